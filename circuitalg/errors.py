@@ -1,0 +1,61 @@
+"""The exception family of circuitalg.
+
+Every error a user can cause derives from :class:`CircuitAlgError`, and also from the
+built-in exception a caller would naturally catch (``ValueError``, ``TypeError``,
+``MemoryError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitAlgError",
+    "InvalidArgumentError",
+    "SpaceMismatchError",
+    "ShapeError",
+    "InvalidArrayError",
+    "NonFiniteError",
+    "DTypeError",
+    "TooLargeError",
+    "LoadError",
+    "ConfigError",
+]
+
+
+class CircuitAlgError(Exception):
+    """Base class of every exception raised by circuitalg for bad input or limits."""
+
+
+class InvalidArgumentError(CircuitAlgError, ValueError):
+    """An argument has a value outside what the function accepts (k, method, space name...)."""
+
+
+class SpaceMismatchError(CircuitAlgError, ValueError):
+    """Two maps were combined whose spaces do not meet (composition, sum, Kronecker product)."""
+
+
+class ShapeError(CircuitAlgError, ValueError):
+    """An array or vector has a shape that does not match the spaces it is declared on."""
+
+
+class InvalidArrayError(CircuitAlgError, ValueError):
+    """An array cannot be used as a weight (not 2-D, empty, not numeric...)."""
+
+
+class NonFiniteError(InvalidArrayError):
+    """An array contains NaN or infinite entries."""
+
+
+class DTypeError(InvalidArrayError, TypeError):
+    """An array or scalar has a dtype circuitalg cannot analyse (complex, object, strings...)."""
+
+
+class TooLargeError(CircuitAlgError, MemoryError):
+    """An operation would allocate more memory than the stated budget; nothing was allocated."""
+
+
+class LoadError(CircuitAlgError, ValueError):
+    """A checkpoint file or state dict cannot be read as a model."""
+
+
+class ConfigError(CircuitAlgError, ValueError):
+    """A model configuration is inconsistent or outside what circuitalg supports."""

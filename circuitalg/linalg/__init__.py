@@ -1,0 +1,38 @@
+"""Numerical algorithms on maps, as registered functions (one file per problem).
+
+- :mod:`~circuitalg.linalg.apply`: ``matmat``/``rmatmat`` per node, ``matvec``,
+  ``to_dense`` (size-checked), ``as_operator`` (scipy ``LinearOperator``);
+- :mod:`~circuitalg.linalg.plan`: the one place a routine picks its method;
+- :mod:`~circuitalg.linalg.factors`: chains, cached leaf factors, small-core sweeps;
+- :mod:`~circuitalg.linalg.svd`, :mod:`~circuitalg.linalg.eig`,
+  :mod:`~circuitalg.linalg.norm`: the spectral routines.
+"""
+
+from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
+from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
+from circuitalg.linalg.eig import eigenvalues
+from circuitalg.linalg.factors import GRAM_COND_LIMIT, as_chain, leaf_factor_method
+from circuitalg.linalg.norm import norm, trace
+from circuitalg.linalg.plan import Plan, plan
+from circuitalg.linalg.svd import singular_values, svd
+
+__all__ = [
+    "matmat",
+    "rmatmat",
+    "matvec",
+    "rmatvec",
+    "to_dense",
+    "as_operator",
+    "singular_values",
+    "svd",
+    "eigenvalues",
+    "norm",
+    "trace",
+    "plan",
+    "Plan",
+    "as_chain",
+    "leaf_factor_method",
+    "DEFAULT_MAX_BYTES",
+    "SMALL_DENSE_BYTES",
+    "GRAM_COND_LIMIT",
+]

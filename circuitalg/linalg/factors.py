@@ -1,0 +1,261 @@
+"""Factored structure: chains, cached leaf decompositions and the small-core sweeps.
+
+A map is seen as a *chain* ``c * F1 @ F2 @ ... @ Fk`` (:func:`as_chain`); sums whose
+terms share outer factors are factored first (``W_U W_E + W_U W_OV W_E ->
+W_U (I + W_OV) W_E``). With dims ``d0 = n, d1, ..., dk = m``, the *bottleneck* ``j``
+is where ``dj`` is smallest. Everything numeric then happens on small matrices:
+
+- :func:`left_factor` sweeps ``F1 ... Fj`` into ``S_L`` with ``S_Lᵀ S_L = Lᵀ L``
+  (``L = F1 ... Fj``), so ``‖L x‖ = ‖S_L x‖``; ``S_L`` has at most ``dj`` columns and is
+  kept short by QR of small matrices. The right part is swept the same way from the
+  other end, and ``P = L R`` has the singular values and Frobenius norm of the small
+  core ``S_L S_Rᵀ``: cost O((n + m) r^2) once per outer leaf, then O(d r^2) per chain.
+- Outer leaves (``W_E``, ``W_U``, ``W_pos``) are decomposed once per leaf object and the
+  results cached on the leaf (:func:`leaf_r`, :func:`pair_product`), so all heads reuse them.
+
+The triangular factor of a tall leaf ``A`` comes from the Cholesky factor of its Gram
+matrix ``AᵀA`` (one BLAS-3 pass, ~8x faster than Householder QR at GPT-2 shapes) when
+``A`` is well conditioned (estimated condition number below :data:`GRAM_COND_LIMIT`),
+and from Householder QR otherwise; the two agree up to row signs, and the choice is
+recorded (:func:`leaf_factor_method`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+
+from circuitalg.linalg.apply import evaluate, matmat, rmatmat
+from circuitalg.maps.nodes import Dense, Identity, LinearMap, Product, Scaled, Sum, Transpose
+from circuitalg.maps.rules import add, compose, identity, scale
+
+__all__ = [
+    "Chain",
+    "as_chain",
+    "leaf_r",
+    "leaf_factor_method",
+    "pair_product",
+    "sweep",
+    "collapse_pairs",
+    "evaluate_chain",
+    "GRAM_COND_LIMIT",
+]
+
+#: Leaves whose estimated 2-norm condition number is above this use Householder QR;
+#: below it the Gram-Cholesky factor loses at most ~eps * GRAM_COND_LIMIT**2 relative.
+GRAM_COND_LIMIT: float = 1e3
+
+
+@dataclass(frozen=True)
+class Chain:
+    """``scalar * factors[0] @ ... @ factors[-1]``, with the chain's dimensions."""
+
+    scalar: float
+    factors: tuple[LinearMap, ...]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """``(n, d1, ..., m)``: codomain of the first factor, then each factor's domain."""
+        return (self.factors[0].codomain.dim,) + tuple(f.domain.dim for f in self.factors)
+
+    @property
+    def bottleneck(self) -> int:
+        """Index ``j`` (0..k) of the smallest dimension; ties go to the middle-most."""
+        d = self.dims
+        low = min(d)
+        cands = [i for i, v in enumerate(d) if v == low]
+        mid = (len(d) - 1) / 2
+        return min(cands, key=lambda i: abs(i - mid))
+
+
+def as_chain(m: LinearMap) -> Chain:
+    """View ``m`` as a chain of factors, pulling out scalars and common outer factors."""
+    if isinstance(m, Scaled):
+        inner = as_chain(m.inner)
+        return Chain(m.scalar * inner.scalar, inner.factors)
+    if isinstance(m, Product):
+        c, out = 1.0, []
+        for f in m.factors:
+            sub = as_chain(f)
+            c *= sub.scalar
+            out.extend(sub.factors)
+        return Chain(c, tuple(out))
+    if isinstance(m, Sum):
+        return _factor_sum(m)
+    return Chain(1.0, (m,))
+
+
+def _factor_sum(m: Sum) -> Chain:
+    """``A X1 B + A X2 B -> A (X1 + X2) B`` for the longest common outer factors."""
+    chains = [as_chain(t) for t in m.terms]
+    shortest = min(len(c.factors) for c in chains)
+    pre = 0
+    while pre < shortest and all(c.factors[pre] is chains[0].factors[pre] for c in chains):
+        pre += 1
+    suf = 0
+    while suf < shortest - pre and all(c.factors[-1 - suf] is chains[0].factors[-1 - suf] for c in chains):
+        suf += 1
+    if pre == 0 and suf == 0:
+        return Chain(1.0, (m,))
+    prefix = chains[0].factors[:pre]
+    suffix = chains[0].factors[len(chains[0].factors) - suf :]
+    middles = []
+    for c in chains:
+        body = c.factors[pre : len(c.factors) - suf]
+        space = prefix[-1].domain if prefix else suffix[0].codomain
+        middles.append(scale(c.scalar, compose(*body) if body else identity(space, dtype=m.dtype)))
+    return Chain(1.0, prefix + (add(*middles),) + suffix)
+
+
+# --- leaf caches ------------------------------------------------------------------------------
+def _leaf_and_side(f: LinearMap) -> tuple[Dense, str] | None:
+    """``(leaf, "cols")`` for a Dense leaf, ``(leaf, "rows")`` for its transpose."""
+    if isinstance(f, Dense):
+        return f, "cols"
+    if isinstance(f, Transpose) and isinstance(f.inner, Dense):
+        return f.inner, "rows"
+    return None
+
+
+def _oriented(leaf: Dense, side: str) -> np.ndarray:
+    return leaf.array if side == "cols" else leaf.array.T
+
+
+def leaf_r(leaf: Dense, side: str) -> np.ndarray:
+    """Upper-triangular ``R`` with ``RᵀR = MᵀM`` for ``M = leaf`` (side ``"cols"``) or
+    ``M = leafᵀ`` (side ``"rows"``); cached on the leaf. Only for tall ``M``."""
+    key = ("R", side)
+    hit = leaf._cache.get(key)
+    if hit is not None:
+        return hit
+    M = _oriented(leaf, side)
+    G = M.T @ M
+    R, method = None, "qr"
+    try:
+        R = sla.cholesky(G, lower=False, check_finite=False)
+        diag = np.abs(np.diag(R))
+        if diag.min() <= 0 or diag.max() / diag.min() > GRAM_COND_LIMIT:
+            R = None
+        else:
+            method = "gram-cholesky"
+    except np.linalg.LinAlgError:
+        R = None
+    if R is None:
+        R = sla.qr(M, mode="r", check_finite=False)[0][: M.shape[1]]
+    R.flags.writeable = False
+    leaf._cache[key] = R
+    leaf._cache[("R-method", side)] = method
+    return R
+
+
+def leaf_factor_method(leaf: Dense, side: str = "cols") -> str | None:
+    """How :func:`leaf_r` factored this leaf (``"gram-cholesky"`` or ``"qr"``), or None."""
+    return leaf._cache.get(("R-method", side))
+
+
+def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
+    """``a @ b`` as a dense array, cached on ``a``, when both are (transposed) Dense leaves
+    and the contracted dimension is larger than both outer dimensions; else None."""
+    la, lb = _leaf_and_side(a), _leaf_and_side(b)
+    if la is None or lb is None:
+        return None
+    inner = a.domain.dim
+    if inner <= max(a.codomain.dim, b.domain.dim):
+        return None
+    (leaf_a, side_a), (leaf_b, side_b) = la, lb
+    key = ("pair", side_a, id(leaf_b), side_b)
+    hit = leaf_a._cache.get(key)
+    if hit is not None and hit[0] is leaf_b:
+        return hit[1]
+    A = leaf_a.array if side_a == "cols" else leaf_a.array.T
+    B = leaf_b.array if side_b == "cols" else leaf_b.array.T
+    out = A @ B
+    out.flags.writeable = False
+    leaf_a._cache[key] = (leaf_b, out)
+    return out
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+def _qr_r(S: np.ndarray) -> np.ndarray:
+    """Shorten a tall ``S`` to its triangular factor (same Gram matrix)."""
+    if S.shape[0] <= S.shape[1]:
+        return S
+    return sla.qr(S, mode="r", check_finite=False)[0][: S.shape[1]]
+
+
+def _first_factor(f: LinearMap, max_bytes: int | None) -> np.ndarray:
+    hit = _leaf_and_side(f)
+    rows, cols = f.shape
+    if hit is not None:
+        leaf, side = hit
+        return leaf_r(leaf, side) if rows > cols else _oriented(leaf, side)
+    if isinstance(f, Identity):
+        return np.eye(rows, dtype=f.dtype)
+    return _qr_r(np.asarray(evaluate(f, max_bytes)))
+
+
+def sweep(factors: tuple[LinearMap, ...], max_bytes: int | None = None) -> np.ndarray | None:
+    """``S`` with ``SᵀS = LᵀL`` for ``L = factors[0] @ ... @ factors[-1]``.
+
+    Returns None for an empty sweep (``L`` is the identity). ``S`` has at most
+    ``min(dims)`` rows.
+    """
+    S: np.ndarray | None = None
+    for f in factors:
+        if S is None:
+            S = _first_factor(f, max_bytes)
+        else:
+            S = _qr_r(rmatmat(f, S.T).T)
+    return S
+
+
+def transposed(factors: tuple[LinearMap, ...]) -> tuple[LinearMap, ...]:
+    """The factors of ``(F1 ... Fk)ᵀ = Fkᵀ ... F1ᵀ``."""
+    from circuitalg.maps.rules import transpose
+
+    return tuple(transpose(f) for f in reversed(factors))
+
+
+def core(chain: Chain, max_bytes: int | None = None) -> np.ndarray:
+    """The small core ``C = S_L S_Rᵀ`` with the singular values and norm of the chain
+    (without the scalar)."""
+    j = chain.bottleneck
+    fs = chain.factors
+    S_L = sweep(fs[:j], max_bytes)
+    S_R = sweep(transposed(fs[j:]), max_bytes)
+    if S_L is None and S_R is None:  # pragma: no cover - a chain has at least one factor
+        raise AssertionError("empty chain")
+    if S_L is None:
+        return S_R.T
+    if S_R is None:
+        return S_L
+    return S_L @ S_R.T
+
+
+# --- dense evaluation of short chains -----------------------------------------------------------
+def collapse_pairs(factors: tuple[LinearMap, ...]) -> list[LinearMap | np.ndarray]:
+    """Replace adjacent leaf pairs that contract a large dimension by their cached products."""
+    out: list[LinearMap | np.ndarray] = []
+    i = 0
+    while i < len(factors):
+        if i + 1 < len(factors):
+            p = pair_product(factors[i], factors[i + 1])
+            if p is not None:
+                out.append(p)
+                i += 2
+                continue
+        out.append(factors[i])
+        i += 1
+    return out
+
+
+def evaluate_chain(factors: tuple[LinearMap, ...], max_bytes: int | None = None) -> np.ndarray:
+    """Dense product of a chain whose outer dimensions are small, using cached pairs."""
+    items = collapse_pairs(factors)
+    last = items[-1]
+    X = last if isinstance(last, np.ndarray) else np.asarray(evaluate(last, max_bytes))
+    for it in reversed(items[:-1]):
+        X = it @ X if isinstance(it, np.ndarray) else matmat(it, X)
+    return X

@@ -1,0 +1,167 @@
+"""Singular values and singular value decompositions of maps, factored where possible."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse.linalg as spla
+
+from circuitalg.errors import InvalidArgumentError, TooLargeError
+from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
+from circuitalg.linalg.budget import check_budget
+from circuitalg.linalg.factors import Chain, core, leaf_r
+from circuitalg.linalg.plan import plan
+from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Scaled, Transpose
+
+__all__ = ["singular_values", "svd", "check_k"]
+
+
+def check_k(m: LinearMap, k: int | None, limit: int) -> int:
+    """Validate ``k`` (None means all ``limit`` values) and return the count to keep."""
+    if k is None:
+        return limit
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidArgumentError(f"k must be a positive integer or None, got {k!r}.")
+    if k > min(m.shape):
+        raise InvalidArgumentError(
+            f"k={k} exceeds min(shape)={min(m.shape)} of {m.symbol} {m.shape}; pass k <= {min(m.shape)}."
+        )
+    return min(int(k), limit)
+
+
+def _svdvals(a: np.ndarray) -> np.ndarray:
+    return sla.svdvals(a, check_finite=False)
+
+
+def _leaf_values(m: Dense) -> np.ndarray:
+    rows, cols = m.shape
+    if rows > cols:
+        return _svdvals(leaf_r(m, "cols"))
+    if cols > rows:
+        return _svdvals(leaf_r(m, "rows"))
+    return _svdvals(m.array)
+
+
+def _all_singular_values(m: LinearMap, k: int | None) -> np.ndarray:
+    """Singular values, descending, before truncation (may be longer than rank_bound)."""
+    if isinstance(m, Scaled):
+        return abs(m.scalar) * _all_singular_values(m.inner, k)
+    if isinstance(m, Transpose):
+        return _all_singular_values(m.inner, k)
+    p = plan(m, "singular_values", k)
+    if p.method == "leaf":
+        return _leaf_values(m)  # type: ignore[arg-type]
+    if p.method == "identity":
+        return np.ones(m.shape[0], dtype=m.dtype)
+    if p.method == "diagonal":
+        return np.sort(np.abs(m.values))[::-1]  # type: ignore[attr-defined]
+    if p.method == "kron":
+        out = np.ones(1, dtype=m.dtype)
+        for f in m.factors:  # type: ignore[attr-defined]
+            out = np.multiply.outer(out, _all_singular_values(f, None)).ravel()
+        return np.sort(out)[::-1]
+    if p.method == "chain":
+        chain: Chain = p.chain  # type: ignore[assignment]
+        return abs(chain.scalar) * _svdvals(core(chain))
+    if p.method == "dense":
+        return _svdvals(evaluate(m))
+    if k is None or k >= min(m.shape):
+        raise TooLargeError(
+            f"singular_values of {m.symbol} {m.shape}: no structural rule applies and the map is "
+            "too large to evaluate densely; pass k to compute the top k with "
+            "scipy.sparse.linalg.svds."
+        )
+    s = spla.svds(as_operator(m), k=k, return_singular_vectors=False, random_state=0)
+    return np.sort(s)[::-1]
+
+
+def singular_values(m: LinearMap, k: int | None = None) -> np.ndarray:
+    """Singular values of ``m``, descending.
+
+    Returns ``min(rank_bound, k)`` values (all ``rank_bound`` when ``k`` is None). The
+    method is chosen by :func:`~circuitalg.linalg.plan`: chains go through the small
+    core (O((n+m) r^2) once per outer leaf, O(d r^2) per chain), Kronecker products are
+    factor-wise, and maps with no structure fall back to ``scipy.sparse.linalg.svds``.
+    """
+    n = check_k(m, k, m.rank_bound)
+    s = _all_singular_values(m, k)
+    return np.asarray(s[:n], dtype=m.dtype)
+
+
+# --- full decompositions -------------------------------------------------------------------------
+def _chain_svd(m: LinearMap, chain: Chain) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    j = chain.bottleneck
+    fs = chain.factors
+    r = chain.dims[j]
+    n, mm = m.shape
+    check_budget((n, r), m.dtype, f"svd of {m.symbol} (left vectors)", None)
+    check_budget((mm, r), m.dtype, f"svd of {m.symbol} (right vectors)", None)
+    eye = np.eye(r, dtype=m.dtype)
+    L = eye
+    for f in reversed(fs[:j]):
+        L = matmat(f, L)
+    Rt = eye
+    for f in fs[j:]:
+        Rt = rmatmat(f, Rt)
+    QL, RL = np.linalg.qr(L)
+    QR, RR = np.linalg.qr(Rt)
+    Uc, S, Vhc = np.linalg.svd(RL @ RR.T, full_matrices=False)
+    sign = -1.0 if chain.scalar < 0 else 1.0
+    return sign * (QL @ Uc), abs(chain.scalar) * S, Vhc @ QR.T
+
+
+def _all_svd(m: LinearMap, k: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(m, Scaled):
+        U, S, Vh = _all_svd(m.inner, k)
+        return (-U if m.scalar < 0 else U), abs(m.scalar) * S, Vh
+    if isinstance(m, Transpose):
+        U, S, Vh = _all_svd(m.inner, k)
+        return Vh.T, S, U.T
+    p = plan(m, "svd", k)
+    n, d = m.shape
+    if p.method in ("identity", "diagonal"):
+        check_budget((n, n), m.dtype, f"svd of {m.symbol}", None)
+        vals = np.ones(n, dtype=m.dtype) if isinstance(m, Identity) else m.values  # type: ignore[attr-defined]
+        order = np.argsort(-np.abs(vals), kind="stable")
+        eye = np.eye(n, dtype=m.dtype)[:, order]
+        signs = np.where(vals[order] < 0, -1.0, 1.0).astype(m.dtype)
+        return eye * signs, np.abs(vals[order]), eye.T
+    if p.method == "kron":
+        U, S, Vh = np.ones((1, 1)), np.ones(1), np.ones((1, 1))
+        for f in m.factors:  # type: ignore[attr-defined]
+            Uf, Sf, Vhf = _all_svd(f, None)
+            U, S, Vh = np.kron(U, Uf), np.kron(S, Sf), np.kron(Vh, Vhf)
+        order = np.argsort(-S, kind="stable")
+        return U[:, order], S[order], Vh[order]
+    if p.method == "chain":
+        return _chain_svd(m, p.chain)  # type: ignore[arg-type]
+    if p.method in ("leaf", "dense"):
+        check_budget((n, min(n, d)), m.dtype, f"svd of {m.symbol}", None)
+        check_budget((min(n, d), d), m.dtype, f"svd of {m.symbol}", None)
+        return np.linalg.svd(evaluate(m), full_matrices=False)
+    if k is None or k >= min(m.shape):
+        raise TooLargeError(
+            f"svd of {m.symbol} {m.shape}: no structural rule applies and the map is too large to "
+            "evaluate densely; pass k to compute the top k with scipy.sparse.linalg.svds."
+        )
+    U, S, Vh = spla.svds(as_operator(m), k=k, random_state=0)
+    order = np.argsort(-S)
+    return U[:, order], S[order], Vh[order]
+
+
+def svd(m: LinearMap, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD ``(U, S, Vh)`` with ``m ≈ U @ diag(S) @ Vh``.
+
+    ``U`` is ``(codomain.dim, r)``, ``S`` descending, ``Vh`` is ``(r, domain.dim)``, with
+    ``r = min(rank_bound, k)``. Output sizes are checked against the memory budget.
+    Chains compute ``U`` and ``Vh`` from the thin QR of the two halves of the chain split
+    at its bottleneck, and an SVD of the small core.
+    """
+    n = check_k(m, k, m.rank_bound)
+    U, S, Vh = _all_svd(m, k)
+    dt = m.dtype
+    return (
+        np.asarray(U[:, :n], dtype=dt),
+        np.asarray(S[:n], dtype=dt),
+        np.asarray(Vh[:n], dtype=dt),
+    )

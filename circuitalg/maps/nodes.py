@@ -470,9 +470,15 @@ class Sum(LinearMap):
     def children(self) -> tuple[LinearMap, ...]:
         return self.terms
 
-    @property
-    def rank_bound(self) -> int:
-        return min(min(self.shape), sum(t.rank_bound for t in self.terms))
+    @cached_property
+    def rank_bound(self) -> int:  # type: ignore[override]
+        bound = min(min(self.shape), sum(t.rank_bound for t in self.terms))
+        from circuitalg.linalg.factors import as_chain
+
+        chain = as_chain(self)  # common outer factors bound the rank too
+        if len(chain.factors) > 1:
+            bound = min(bound, min(chain.dims), *(f.rank_bound for f in chain.factors))
+        return bound
 
 
 class Scaled(LinearMap):

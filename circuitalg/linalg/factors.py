@@ -143,7 +143,7 @@ def leaf_r(leaf: Dense, side: str) -> np.ndarray:
     except np.linalg.LinAlgError:
         R = None
     if R is None:
-        R = sla.qr(M, mode="r", check_finite=False)[0][: M.shape[1]]
+        R = np.linalg.qr(M, mode="r")
     R.flags.writeable = False
     leaf._cache[key] = R
     leaf._cache[("R-method", side)] = method
@@ -182,7 +182,7 @@ def _qr_r(S: np.ndarray) -> np.ndarray:
     """Shorten a tall ``S`` to its triangular factor (same Gram matrix)."""
     if S.shape[0] <= S.shape[1]:
         return S
-    return sla.qr(S, mode="r", check_finite=False)[0][: S.shape[1]]
+    return np.linalg.qr(S, mode="r")
 
 
 def _first_factor(f: LinearMap, max_bytes: int | None) -> np.ndarray:

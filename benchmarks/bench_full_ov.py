@@ -1,0 +1,142 @@
+"""Full-OV singular values and copying eigenvalues for all heads at GPT-2-small shapes.
+
+Reports, in one run, circuitalg against a baseline computed head by head:
+
+- TransformerLens's ``FactoredMatrix`` when ``transformer_lens`` is installed (weights
+  converted to its row-vector layout): ``(W_E @ OV @ W_U).S`` and ``.eigenvalues``;
+- otherwise the obvious per-head factored computation in numpy: ``A = W_U W_O`` and
+  ``B = W_V W_E`` (``50257 x 64`` each), thin QR of both and an SVD of the 64 x 64 core,
+  and ``eig(B A)`` for the eigenvalues.
+
+The baseline has no shared work, so its cost is linear in the number of heads: by default
+it is timed on ``--baseline-heads`` heads and scaled to all heads (the scaling is printed);
+``--baseline-heads 144`` times every head. circuitalg is timed on all heads from cold
+caches (fresh leaf objects), so its figure includes the two large decompositions.
+
+Usage: ``python benchmarks/bench_full_ov.py [--layers 12 --heads 12 --baseline-heads 12]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+
+import circuitalg as ca
+from circuitalg.testing import match_spectra
+
+D_VOCAB, D_MODEL, D_HEAD = 50257, 768, 64
+
+
+def make_weights(n_heads: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    s = 1 / np.sqrt(D_MODEL)
+    return {
+        "W_E": rng.standard_normal((D_MODEL, D_VOCAB)) * s,
+        "W_U": rng.standard_normal((D_VOCAB, D_MODEL)) * s,
+        "W_V": [rng.standard_normal((D_HEAD, D_MODEL)) * s for _ in range(n_heads)],
+        "W_O": [rng.standard_normal((D_MODEL, D_HEAD)) * s for _ in range(n_heads)],
+    }
+
+
+def circuitalg_maps(w: dict) -> list[ca.LinearMap]:
+    """Fresh leaves (cold caches) and every head's full OV circuit W_U W_O W_V W_E."""
+    vocab, resid = ca.Space("vocab", D_VOCAB), ca.Space("resid", D_MODEL)
+    W_E = ca.Dense(w["W_E"], vocab, resid, "W_E")
+    W_U = ca.Dense(w["W_U"], resid, vocab, "W_U")
+    out = []
+    for h, (wv, wo) in enumerate(zip(w["W_V"], w["W_O"])):
+        space = ca.Space(f"H{h}", D_HEAD)
+        out.append(W_U @ ca.Dense(wo, space, resid, f"W_O{h}") @ ca.Dense(wv, resid, space, f"W_V{h}") @ W_E)
+    return out
+
+
+def baseline_numpy(w: dict, heads: range, what: str) -> list[np.ndarray]:
+    res = []
+    for h in heads:
+        A = w["W_U"] @ w["W_O"][h]
+        B = w["W_V"][h] @ w["W_E"]
+        if what == "svd":
+            _, ra = np.linalg.qr(A)
+            _, rb = np.linalg.qr(B.T)
+            res.append(np.linalg.svd(ra @ rb.T, compute_uv=False))
+        else:
+            res.append(np.linalg.eigvals(B @ A))
+    return res
+
+
+def baseline_transformer_lens(w: dict, heads: range, what: str) -> list[np.ndarray]:
+    import torch
+    from transformer_lens import FactoredMatrix
+
+    res = []
+    with torch.no_grad():
+        W_E = torch.from_numpy(np.ascontiguousarray(w["W_E"].T))  # [d_vocab, d_model]
+        W_U = torch.from_numpy(np.ascontiguousarray(w["W_U"].T))  # [d_model, d_vocab]
+        for h in heads:
+            W_V = torch.from_numpy(np.ascontiguousarray(w["W_V"][h].T))  # [d_model, d_head]
+            W_O = torch.from_numpy(np.ascontiguousarray(w["W_O"][h].T))  # [d_head, d_model]
+            full = W_E @ FactoredMatrix(W_V, W_O) @ W_U
+            res.append((full.S if what == "svd" else full.eigenvalues).numpy())
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--baseline-heads", type=int, default=12)
+    ap.add_argument("--baseline", choices=["auto", "numpy", "transformer_lens"], default="auto")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    n = args.layers * args.heads
+    nb = min(args.baseline_heads, n)
+    w = make_weights(n)
+    kind = args.baseline
+    if kind == "auto":
+        try:
+            import transformer_lens  # noqa: F401
+
+            kind = "transformer_lens"
+        except ImportError:
+            kind = "numpy"
+    base_fn = baseline_transformer_lens if kind == "transformer_lens" else baseline_numpy
+
+    report = {"heads": n, "baseline": kind, "baseline_heads_timed": nb}
+    for what in ("svd", "eig"):
+        maps = circuitalg_maps(w)  # cold caches for each measurement
+        t0 = time.perf_counter()
+        ours = [m.singular_values() if what == "svd" else m.eigenvalues() for m in maps]
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = base_fn(w, range(nb), what)
+        t_base = (time.perf_counter() - t0) * n / nb
+        if what == "svd":
+            err = max(float(np.max(np.abs(o - np.sort(r)[::-1][: len(o)])) / np.max(r)) for o, r in zip(ours, ref))
+        else:
+            err = max(float(np.max(np.abs(np.subtract(*match_spectra(o, np.asarray(r, complex))[:2]))) / np.max(np.abs(r))) for o, r in zip(ours, ref))
+        report[what] = {
+            "circuitalg_s": round(t_ours, 3),
+            "baseline_s_all_heads": round(t_base, 2),
+            "speedup": round(t_base / t_ours, 1),
+            "max_rel_diff": err,
+        }
+    report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"GPT-2-small shapes, {n} heads; baseline: {kind} ({nb} heads timed, scaled x{n / nb:.1f})")
+    for what, label in (("svd", "full-OV singular values"), ("eig", "full-OV eigenvalues")):
+        r = report[what]
+        print(
+            f"  {label:26s} circuitalg {r['circuitalg_s']:7.2f} s   baseline {r['baseline_s_all_heads']:8.1f} s"
+            f"   speedup {r['speedup']:6.1f}x   max rel diff {r['max_rel_diff']:.1e}"
+        )
+    print(f"  peak RSS {report['peak_rss_gb']} GB (both runs' weights included)")
+
+
+if __name__ == "__main__":
+    main()

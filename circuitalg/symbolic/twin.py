@@ -61,7 +61,7 @@ def _(m: Sum) -> sympy.MatrixExpr:
 
 @to_sympy.register
 def _(m: Scaled) -> sympy.MatrixExpr:
-    return sympy.MatMul(sympy_scalar(m.scalar), m.inner.symbol)
+    return sympy_scalar(m.scalar) * m.inner.symbol
 
 
 @to_sympy.register

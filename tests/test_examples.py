@@ -1,0 +1,19 @@
+"""Examples run as smoke tests (reduced vocabulary to stay fast)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_factored_algebra_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "01_factored_algebra.py"), "--vocab", "3000"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "W_U*W_O*W_V*W_E" in out.stdout
+    rel = float(out.stdout.split("independent QR reference:")[1].split()[0])
+    assert rel < 1e-10

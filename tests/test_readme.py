@@ -1,0 +1,24 @@
+"""The README's two commands stay true: CI runs exactly its test command."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.strip().splitlines()]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    install_and_run, install_and_test = _readme_commands()
+    assert "pytest" in install_and_test
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert install_and_test in ci_lines
+
+
+def test_main_job_script_exists() -> None:
+    install_and_run, _ = _readme_commands()
+    script = install_and_run.split("python ", 1)[1].split()[0]
+    assert (ROOT / script).is_file()

@@ -9,7 +9,7 @@ import circuitalg as ca
 def _maps():
     rng = np.random.default_rng(0)
     vocab, resid, head, pos = ca.Space("vocab", 50257), ca.Space("resid", 768), ca.Space("L0H0", 64), ca.Space("pos", 8)
-    small = lambda shape: rng.standard_normal(shape)  # noqa: E731
+    small = lambda shape: rng.standard_normal(shape)
     W_E = ca.Dense(np.zeros((768, 50257)), vocab, resid, "W_E")
     W_U = ca.Dense(np.zeros((50257, 768)), resid, vocab, "W_U")
     W_V = ca.Dense(small((64, 768)), resid, head, "W_V")

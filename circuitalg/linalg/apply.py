@@ -148,7 +148,7 @@ def _as_block(m: LinearMap, x: Any, dim: int, side: str) -> tuple[np.ndarray, bo
         raise ShapeError(
             f"{side} of {m.symbol}: expected shape ({dim},) or ({dim}, k), got {arr.shape}."
         )
-    arr = as_float_array(arr, f"input to {side} of {m.symbol}", ndim=arr.ndim)
+    arr = as_float_array(arr, lambda: f"input to {side} of {m.symbol}", ndim=arr.ndim)
     if arr.shape[0] != dim:
         space = m.domain if side == "matvec" else m.codomain
         raise ShapeError(
@@ -183,7 +183,7 @@ def rmatvec(m: LinearMap, y: Any) -> np.ndarray:
 def evaluate(m: LinearMap, max_bytes: int | None = None) -> np.ndarray:
     """The dense matrix of ``m`` (internal: may return a read-only view of a leaf)."""
     n, d = m.shape
-    check_budget((n, d), m.dtype, f"to_dense of {m.symbol}", max_bytes)
+    check_budget((n, d), m.dtype, lambda: f"to_dense of {m.symbol}", max_bytes)
     if isinstance(m, Dense):
         return m.array
     if isinstance(m, Transpose) and isinstance(m.inner, Dense):
@@ -206,7 +206,7 @@ def evaluate(m: LinearMap, max_bytes: int | None = None) -> np.ndarray:
         if d <= n:
             X = evaluate(m.factors[-1], max_bytes)
             for f in reversed(m.factors[:-1]):
-                check_budget((f.codomain.dim, d), m.dtype, f"to_dense of {m.symbol}", max_bytes)
+                check_budget((f.codomain.dim, d), m.dtype, lambda: f"to_dense of {m.symbol}", max_bytes)
                 X = matmat(f, X)
             return X
         return evaluate(transpose(m), max_bytes).T

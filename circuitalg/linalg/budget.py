@@ -8,6 +8,7 @@ a map with no structural rule is evaluated densely rather than iteratively.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,14 +26,19 @@ def nbytes(shape: tuple[int, ...], dtype: Any) -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
-def check_budget(shape: tuple[int, ...], dtype: Any, what: str, max_bytes: int | None) -> None:
+def check_budget(
+    shape: tuple[int, ...], dtype: Any, what: str | Callable[[], str], max_bytes: int | None
+) -> None:
     """Raise :class:`TooLargeError` if an array of ``shape`` would exceed ``max_bytes``.
 
-    ``max_bytes=None`` means :data:`DEFAULT_MAX_BYTES`. Nothing is allocated.
+    ``max_bytes=None`` means :data:`DEFAULT_MAX_BYTES`. Nothing is allocated. ``what``
+    names the operation; pass a callable to build the name only when the check fails
+    (printing a large sympy twin is not free).
     """
     budget = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
     need = nbytes(shape, dtype)
     if need > budget:
+        what = what() if callable(what) else what
         dims = " x ".join(str(d) for d in shape)
         raise TooLargeError(
             f"{what} needs a dense {dims} {np.dtype(dtype).name} array of {need / 1e9:.3g} GB, "

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
+from circuitalg.linalg.budget import check_budget
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, Product, Scaled, Sum, Transpose
 from circuitalg.maps.rules import add, compose, identity, scale
 
@@ -257,5 +258,6 @@ def evaluate_chain(factors: tuple[LinearMap, ...], max_bytes: int | None = None)
     last = items[-1]
     X = last if isinstance(last, np.ndarray) else np.asarray(evaluate(last, max_bytes))
     for it in reversed(items[:-1]):
+        check_budget((it.shape[0], X.shape[1]), X.dtype, "evaluating a chain's small core", max_bytes)
         X = it @ X if isinstance(it, np.ndarray) else matmat(it, X)
     return X

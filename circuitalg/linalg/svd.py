@@ -11,7 +11,7 @@ from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.linalg.factors import Chain, core, leaf_r
 from circuitalg.linalg.plan import plan
-from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Scaled, Transpose
+from circuitalg.maps.nodes import Dense, Identity, LinearMap, Scaled, Transpose
 
 __all__ = ["singular_values", "svd", "check_k"]
 
@@ -94,8 +94,8 @@ def _chain_svd(m: LinearMap, chain: Chain) -> tuple[np.ndarray, np.ndarray, np.n
     fs = chain.factors
     r = chain.dims[j]
     n, mm = m.shape
-    check_budget((n, r), m.dtype, f"svd of {m.symbol} (left vectors)", None)
-    check_budget((mm, r), m.dtype, f"svd of {m.symbol} (right vectors)", None)
+    check_budget((n, r), m.dtype, lambda: f"svd of {m.symbol} (left vectors)", None)
+    check_budget((mm, r), m.dtype, lambda: f"svd of {m.symbol} (right vectors)", None)
     eye = np.eye(r, dtype=m.dtype)
     L = eye
     for f in reversed(fs[:j]):
@@ -120,7 +120,7 @@ def _all_svd(m: LinearMap, k: int | None) -> tuple[np.ndarray, np.ndarray, np.nd
     p = plan(m, "svd", k)
     n, d = m.shape
     if p.method in ("identity", "diagonal"):
-        check_budget((n, n), m.dtype, f"svd of {m.symbol}", None)
+        check_budget((n, n), m.dtype, lambda: f"svd of {m.symbol}", None)
         vals = np.ones(n, dtype=m.dtype) if isinstance(m, Identity) else m.values  # type: ignore[attr-defined]
         order = np.argsort(-np.abs(vals), kind="stable")
         eye = np.eye(n, dtype=m.dtype)[:, order]
@@ -136,8 +136,8 @@ def _all_svd(m: LinearMap, k: int | None) -> tuple[np.ndarray, np.ndarray, np.nd
     if p.method == "chain":
         return _chain_svd(m, p.chain)  # type: ignore[arg-type]
     if p.method in ("leaf", "dense"):
-        check_budget((n, min(n, d)), m.dtype, f"svd of {m.symbol}", None)
-        check_budget((min(n, d), d), m.dtype, f"svd of {m.symbol}", None)
+        check_budget((n, min(n, d)), m.dtype, lambda: f"svd of {m.symbol}", None)
+        check_budget((min(n, d), d), m.dtype, lambda: f"svd of {m.symbol}", None)
         return np.linalg.svd(evaluate(m), full_matrices=False)
     if k is None or k >= min(m.shape):
         raise TooLargeError(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -51,18 +51,25 @@ __all__ = [
 _name_counter = itertools.count()
 
 
-def as_float_array(values: Any, what: str, *, ndim: int, dtype: Any = None) -> np.ndarray:
+def as_float_array(
+    values: Any, what: str | Callable[[], str], *, ndim: int, dtype: Any = None
+) -> np.ndarray:
     """Validate and convert ``values`` to a read-only float32/float64 array.
 
     Integers, booleans and float16 become float64; float32 is kept (pass ``dtype`` to
     force one). Complex, object and string arrays raise :class:`DTypeError`; arrays
     with the wrong number of dimensions raise :class:`InvalidArrayError`; NaN or Inf
-    raise :class:`NonFiniteError`. ``what`` names the tensor in messages.
+    raise :class:`NonFiniteError`. ``what`` names the tensor in messages (a callable is
+    called only when an error is raised).
     """
+
+    def what_str() -> str:
+        return what() if callable(what) else what
+
     try:
         arr = np.asarray(values)
     except Exception as exc:  # ragged lists and the like
-        raise InvalidArrayError(f"{what}: cannot be read as an array ({exc}).") from None
+        raise InvalidArrayError(f"{what_str()}: cannot be read as an array ({exc}).") from None
     kind = arr.dtype.kind
     if kind in "biu" or arr.dtype == np.float16:
         arr = arr.astype(np.float64)
@@ -71,29 +78,29 @@ def as_float_array(values: Any, what: str, *, ndim: int, dtype: Any = None) -> n
             arr = arr.astype(np.float64)
     else:
         raise DTypeError(
-            f"{what}: dtype {arr.dtype} is not supported; circuitalg analyses real "
+            f"{what_str()}: dtype {arr.dtype} is not supported; circuitalg analyses real "
             "float32/float64 weights. Convert with array.astype(numpy.float64)"
             + (" (take .real if the imaginary part is zero)." if kind == "c" else ".")
         )
     if dtype is not None:
         want = np.dtype(dtype)
         if want not in (np.float32, np.float64):
-            raise DTypeError(f"{what}: dtype={want} requested; use numpy.float32 or numpy.float64.")
+            raise DTypeError(f"{what_str()}: dtype={want} requested; use numpy.float32 or numpy.float64.")
         arr = arr.astype(want, copy=False)
     if arr.ndim != ndim:
         raise InvalidArrayError(
-            f"{what}: expected a {ndim}-D array, got {arr.ndim}-D with shape {arr.shape}."
+            f"{what_str()}: expected a {ndim}-D array, got {arr.ndim}-D with shape {arr.shape}."
             + (" Stack per-head weights into separate maps, one per head." if arr.ndim > 2 else "")
         )
     if arr.size == 0:
-        raise InvalidArrayError(f"{what}: array of shape {arr.shape} is empty.")
+        raise InvalidArrayError(f"{what_str()}: array of shape {arr.shape} is empty.")
     finite = np.isfinite(arr)
     if not finite.all():
         bad = np.argwhere(~finite)
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(bad.shape[0] - n_nan)
         raise NonFiniteError(
-            f"{what}: contains {n_nan} NaN and {n_inf} infinite entries (first at index "
+            f"{what_str()}: contains {n_nan} NaN and {n_inf} infinite entries (first at index "
             f"{tuple(int(i) for i in bad[0])}); fix or clean the weights before analysing them."
         )
     if arr.flags.writeable:

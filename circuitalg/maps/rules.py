@@ -22,7 +22,6 @@ import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, SpaceMismatchError
 from circuitalg.maps.nodes import (
-    Dense,
     Diagonal,
     Identity,
     Kron,

@@ -86,7 +86,11 @@ def test_mixed_product_law(data) -> None:
     tol = 1e-10 * (1 + np.abs(ref).max())
     np.testing.assert_allclose(lhs.to_dense(), ref, atol=tol)
     np.testing.assert_allclose(rhs.to_dense(), ref, atol=tol)
-    np.testing.assert_allclose(lhs.singular_values(), rhs.singular_values(), atol=tol)
+    ref_s = np.linalg.svd(ref, compute_uv=False)  # the two trees may differ in rank_bound
+    for side in (lhs, rhs):
+        s = side.singular_values()
+        np.testing.assert_allclose(s, ref_s[: len(s)], atol=tol)
+        np.testing.assert_allclose(ref_s[len(s) :], 0, atol=tol)
     np.testing.assert_allclose(lhs.norm(), np.linalg.norm(ref), atol=tol)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, SpaceMismatchError
+from circuitalg.errors import InvalidArgumentError
 from circuitalg.maps.nodes import (
     Diagonal,
     Identity,
@@ -189,12 +189,3 @@ def identity(space: Space, dtype: Any = np.float64) -> Identity:
 def diagonal(values: Any, space: Space, name: str | None = None) -> Diagonal:
     """The diagonal map on ``space`` with the given diagonal ``values``."""
     return Diagonal(values, space, name=name)
-
-
-def check_same_spaces(a: LinearMap, b: LinearMap, what: str) -> None:
-    """Raise :class:`SpaceMismatchError` unless ``a`` and ``b`` share domain and codomain."""
-    if a.domain != b.domain or a.codomain != b.codomain:
-        raise SpaceMismatchError(
-            f"{what}: the maps have different spaces ({a.domain} -> {a.codomain} versus "
-            f"{b.domain} -> {b.codomain})."
-        )

@@ -1,0 +1,138 @@
+"""The configuration of a transformer: sizes and architecture choices, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from circuitalg.errors import ConfigError
+
+__all__ = ["TransformerConfig", "NORMALIZATIONS", "ACTIVATIONS"]
+
+#: ``"LN"``: layer norm with weight and bias; ``"LNPre"``: layer norm whose weight and bias
+#: were folded into the next weights (centre and scale only); ``None``: no normalisation.
+NORMALIZATIONS = ("LN", "LNPre", None)
+#: MLP activations the reference forward pass implements (``gelu_new`` is GPT-2's tanh form).
+ACTIVATIONS = ("gelu_new", "gelu", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes and architecture of a GPT-2-style transformer.
+
+    Parameters
+    ----------
+    n_layers, n_heads, d_model, d_head, d_vocab, n_ctx : int
+        Sizes; ``n_ctx`` is the number of learned positions.
+    d_mlp : int or None
+        MLP hidden width; ``None`` for attention-only models.
+    normalization : {"LN", "LNPre", None}
+        Pre-norm layer norm before each attention, MLP and the unembedding.
+    act_fn : {"gelu_new", "gelu", "relu"} or None
+        MLP activation; ``None`` exactly when there is no MLP.
+    attn_scale : float, optional
+        Attention scores are ``q·k / attn_scale``; default ``sqrt(d_head)``.
+    ln_eps : float
+        Layer-norm epsilon (``1e-5`` in GPT-2).
+    """
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int
+    d_mlp: int | None = None
+    normalization: str | None = "LN"
+    act_fn: str | None = None
+    attn_scale: float = 0.0
+    ln_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
+            object.__setattr__(self, name, _check_size(name, getattr(self, name)))
+        if self.d_mlp is not None:
+            object.__setattr__(self, "d_mlp", _check_size("d_mlp", self.d_mlp))
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"config normalization={self.normalization!r} is not supported; use one of {NORMALIZATIONS}."
+            )
+        if self.d_mlp is None and self.act_fn is not None:
+            raise ConfigError(
+                f"config act_fn={self.act_fn!r} given for an attention-only model (d_mlp=None); "
+                "set d_mlp or drop act_fn."
+            )
+        if self.d_mlp is not None:
+            if self.act_fn is None:
+                object.__setattr__(self, "act_fn", "gelu_new")
+            if self.act_fn not in ACTIVATIONS:
+                raise ConfigError(
+                    f"config act_fn={self.act_fn!r} is not supported; use one of {ACTIVATIONS}."
+                )
+        scale = self.attn_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ConfigError(f"config attn_scale={scale!r} must be a positive finite number.")
+        if scale == 0:
+            object.__setattr__(self, "attn_scale", math.sqrt(self.d_head))
+        elif scale < 0:
+            raise ConfigError(f"config attn_scale={scale!r} must be positive.")
+        else:
+            object.__setattr__(self, "attn_scale", float(scale))
+        eps = self.ln_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < 1):
+            raise ConfigError(f"config ln_eps={eps!r} must be a number in [0, 1).")
+        object.__setattr__(self, "ln_eps", float(eps))
+
+    @property
+    def attn_only(self) -> bool:
+        """True when the model has no MLPs."""
+        return self.d_mlp is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict that :meth:`from_dict` reads back."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The config as a JSON string."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "config") -> TransformerConfig:
+        """Build a config from a dict, rejecting unknown keys (``attn_only`` is accepted and checked)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{source}: expected a JSON object of config fields, got {type(d).__name__}.")
+        d = dict(d)
+        attn_only = d.pop("attn_only", None)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config keys {unknown}; known keys are {sorted(fields)}.")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in d
+        )
+        if missing:
+            raise ConfigError(f"{source}: missing config keys {missing}.")
+        try:
+            cfg = cls(**d)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if attn_only is not None and bool(attn_only) != cfg.attn_only:
+            raise ConfigError(
+                f"{source}: attn_only={attn_only!r} contradicts d_mlp={cfg.d_mlp!r}."
+            )
+        return cfg
+
+
+def _check_size(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"config {name}={value!r} must be a positive integer.")
+    if not 1 <= value <= 10_000_000:
+        raise ConfigError(f"config {name}={value} is outside [1, 10_000_000].")
+    return int(value)

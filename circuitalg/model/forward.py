@@ -1,0 +1,216 @@
+"""The numpy reference forward pass of a GPT-2-style transformer, and the logit lens.
+
+Architecture: token plus learned positional embeddings; per block, pre-norm attention
+(causal, scores ``q·k / attn_scale``) then, unless attention-only, a pre-norm MLP; a final
+layer norm (when the model has normalisation) and the unembedding. Computed in the model's
+dtype (float64 by default), row layout internally (one row per position).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from circuitalg.errors import InvalidArgumentError, ShapeError
+from circuitalg.linalg.budget import check_budget
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitalg.model.weights import Transformer
+
+__all__ = ["Cache", "run", "logit_lens", "check_tokens", "activation"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Cache:
+    """Activations of one forward pass (arrays are read-only; ``seq`` is the number of tokens).
+
+    Attributes
+    ----------
+    tokens : (seq,) int array
+    resid : (n_layers + 1, seq, d_model)
+        ``resid[l]`` is the residual stream entering layer ``l``; ``resid[n_layers]`` is
+        the final residual stream (before the final layer norm).
+    resid_mid : (n_layers, seq, d_model)
+        The residual stream after layer ``l``'s attention, before its MLP.
+    pattern : (n_layers, n_heads, seq, seq)
+        Attention patterns, ``pattern[l, h, query, key]``; rows sum to 1.
+    z : (n_layers, n_heads, seq, d_head)
+        Each head's attention-weighted values (``pattern @ v``, before ``W_O``).
+    attn_out : (n_layers, seq, d_model)
+        Each layer's attention output, ``b_O`` included.
+    mlp_out : (n_layers, seq, d_model) or None
+        Each layer's MLP output, ``b_out`` included; ``None`` for attention-only models.
+    ln1_scale, ln2_scale : (n_layers, seq) or None
+        The layer-norm scales ``sqrt(var + eps)`` before attention and before the MLP.
+    ln_final_scale : (seq,) or None
+        The scale of the final layer norm.
+    """
+
+    tokens: np.ndarray
+    resid: np.ndarray
+    resid_mid: np.ndarray
+    pattern: np.ndarray
+    z: np.ndarray
+    attn_out: np.ndarray
+    mlp_out: np.ndarray | None
+    ln1_scale: np.ndarray | None
+    ln2_scale: np.ndarray | None
+    ln_final_scale: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+
+    @property
+    def seq(self) -> int:
+        """The number of positions."""
+        return int(self.tokens.shape[0])
+
+    def head_out(self, layer: int, model: Transformer) -> np.ndarray:
+        """Each head's output ``W_O z`` at ``layer``: ``(n_heads, seq, d_model)`` (``b_O`` excluded)."""
+        W_O = model.params[f"blocks.{layer}.attn.W_O"]
+        return np.einsum("hmd,hsd->hsm", W_O, self.z[layer])
+
+
+def check_tokens(tokens: Any, model: Transformer) -> np.ndarray:
+    """Validate a 1-D sequence of token ids for ``model``; returns an int64 array."""
+    arr = np.asarray(tokens)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise InvalidArgumentError(
+                f"tokens must be integer token ids, got dtype {arr.dtype}; e.g. numpy.array([3, 14, 15])."
+            )
+    if arr.ndim != 1:
+        raise ShapeError(
+            f"tokens must be a 1-D sequence of ids, got shape {arr.shape}; run one sequence at a time "
+            "(loop over the batch)."
+        )
+    c = model.config
+    if not 1 <= arr.shape[0] <= c.n_ctx:
+        raise ShapeError(f"{model.name}: {arr.shape[0]} tokens given; the model takes 1 to n_ctx={c.n_ctx}.")
+    bad = (arr < 0) | (arr >= c.d_vocab)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidArgumentError(
+            f"{model.name}: token id {int(arr[i])} at position {i} is outside the vocabulary 0..{c.d_vocab - 1}."
+        )
+    return arr.astype(np.int64)
+
+
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    """The MLP activation ``name`` applied to ``x``."""
+    if name == "gelu_new":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "gelu":
+        from scipy.special import erf
+
+        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    raise InvalidArgumentError(f"unknown activation {name!r}; use gelu_new, gelu or relu.")
+
+
+def run(model: Transformer, tokens: Any) -> tuple[np.ndarray, Cache]:
+    """Run ``model`` on one sequence of token ids.
+
+    Returns
+    -------
+    logits : (seq, d_vocab) array
+    cache : Cache
+    """
+    tok = check_tokens(tokens, model)
+    c = model.config
+    seq = tok.shape[0]
+    p = model.params
+    dt = model.dtype
+    check_budget((c.n_layers * c.n_heads * seq, seq), dt, "the attention patterns of this forward pass", None)
+    x = p["W_E"][:, tok].T + p["W_pos"][:, :seq].T
+    resid = [x]
+    resid_mid, patterns, zs, attn_outs, mlp_outs = [], [], [], [], []
+    ln1s, ln2s = [], []
+    mask = np.triu(np.ones((seq, seq), dtype=bool), k=1)
+    for layer in model.layers:
+        a = f"blocks.{layer.index}.attn."
+        if layer.ln1 is not None:
+            xn, s1 = layer.ln1(x)
+            ln1s.append(s1)
+        else:
+            xn = x
+        q = np.einsum("hdm,sm->hsd", p[a + "W_Q"], xn) + p[a + "b_Q"][:, None, :]
+        k = np.einsum("hdm,sm->hsd", p[a + "W_K"], xn) + p[a + "b_K"][:, None, :]
+        v = np.einsum("hdm,sm->hsd", p[a + "W_V"], xn) + p[a + "b_V"][:, None, :]
+        scores = q @ k.transpose(0, 2, 1) / c.attn_scale
+        scores = np.where(mask, -np.inf, scores)
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        weights = np.exp(scores)
+        pattern = weights / weights.sum(axis=-1, keepdims=True)
+        z = pattern @ v
+        attn_out = np.einsum("hmd,hsd->sm", p[a + "W_O"], z) + p[a + "b_O"]
+        x = x + attn_out
+        patterns.append(pattern)
+        zs.append(z)
+        attn_outs.append(attn_out)
+        resid_mid.append(x)
+        if layer.mlp is not None:
+            if layer.ln2 is not None:
+                xn2, s2 = layer.ln2(x)
+                ln2s.append(s2)
+            else:
+                xn2 = x
+            m = layer.mlp
+            hidden = activation(m.act_fn, xn2 @ m.W_in.array.T + m.b_in)
+            mlp_out = hidden @ m.W_out.array.T + m.b_out
+            x = x + mlp_out
+            mlp_outs.append(mlp_out)
+        resid.append(x)
+    if model.ln_final is not None:
+        xf, sf = model.ln_final(x)
+    else:
+        xf, sf = x, None
+    logits = xf @ p["W_U"].T + p["b_U"]
+    cache = Cache(
+        tokens=tok,
+        resid=np.stack(resid),
+        resid_mid=np.stack(resid_mid),
+        pattern=np.stack(patterns),
+        z=np.stack(zs),
+        attn_out=np.stack(attn_outs),
+        mlp_out=np.stack(mlp_outs) if mlp_outs else None,
+        ln1_scale=np.stack(ln1s) if ln1s else None,
+        ln2_scale=np.stack(ln2s) if ln2s else None,
+        ln_final_scale=sf,
+    )
+    return logits, cache
+
+
+def logit_lens(model: Transformer, cache: Cache, *, max_bytes: int | None = None) -> np.ndarray:
+    """Logits read off the residual stream entering each layer and at the end.
+
+    Each residual stream ``cache.resid[l]`` goes through the final layer norm (with its own
+    scale, as in the usual logit lens) and the unembedding. ``result[n_layers]`` equals the
+    model's logits.
+
+    Returns
+    -------
+    (n_layers + 1, seq, d_vocab) array
+    """
+    if not isinstance(cache, Cache):
+        raise InvalidArgumentError(f"cache must be the Cache from model.run(tokens), got {type(cache).__name__}.")
+    c = model.config
+    if cache.resid.shape[0] != c.n_layers + 1 or cache.resid.shape[2] != c.d_model:
+        raise ShapeError(
+            f"cache has residual streams of shape {cache.resid.shape}, which does not fit {model.name} "
+            f"({c.n_layers} layers, d_model={c.d_model}); pass the cache from this model's run."
+        )
+    check_budget((cache.resid.shape[0] * cache.seq, c.d_vocab), model.dtype, "the logit lens", max_bytes)
+    x = cache.resid
+    if model.ln_final is not None:
+        x, _ = model.ln_final(x)
+    return x @ model.params["W_U"].T + model.params["b_U"]

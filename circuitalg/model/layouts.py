@@ -1,0 +1,355 @@
+"""State-dict layouts: TransformerLens, Hugging Face GPT-2 and circuitalg's own.
+
+Each converter maps a flat ``{name: array}`` dict in a foreign layout (row-vector
+``x @ W`` weights) to circuitalg's canonical parameters (column layout, names from
+:func:`circuitalg.model.weights.param_shapes`) and a :class:`TransformerConfig`. Shapes are
+checked here, against the config, with messages that name the tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from circuitalg.errors import ConfigError, LoadError
+from circuitalg.model.config import TransformerConfig
+
+__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens", "hf_config"]
+
+LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2")
+
+#: Buffers that checkpoints carry but that are not parameters (causal masks and the like).
+_TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE)$")
+_HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+def detect_layout(keys: Any, source: str = "state dict") -> str:
+    """The layout of a state dict, from its keys."""
+    keys = set(keys)
+    if "embed.W_E" in keys:
+        return "transformer_lens"
+    if "wte.weight" in keys or "transformer.wte.weight" in keys:
+        return "hf_gpt2"
+    if "W_E" in keys:
+        return "circuitalg"
+    sample = sorted(keys)[:6]
+    raise LoadError(
+        f"{source}: unknown checkpoint layout (first keys: {sample}); circuitalg reads TransformerLens "
+        "('embed.W_E', 'blocks.0.attn.W_Q', ...), Hugging Face GPT-2 ('transformer.wte.weight', "
+        "'transformer.h.0.attn.c_attn.weight', ...) and its own format ('W_E', 'blocks.0.attn.W_Q', ...)."
+    )
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Any], *, layout: str = "auto", config: Any = None, source: str = "state dict"
+) -> tuple[TransformerConfig, dict[str, Any]]:
+    """Convert ``state_dict`` to ``(config, canonical params)``; see the module docstring."""
+    if not isinstance(state_dict, Mapping):
+        raise LoadError(f"{source}: expected a mapping of tensor names to arrays, got {type(state_dict).__name__}.")
+    bad = [k for k in state_dict if not isinstance(k, str)]
+    if bad:
+        raise LoadError(f"{source}: tensor names must be strings, got {bad[:3]}.")
+    if layout == "auto":
+        layout = detect_layout(state_dict.keys(), source)
+    if layout == "circuitalg":
+        if config is None:
+            raise ConfigError(
+                f"{source}: the circuitalg layout needs its config (the JSON stored beside the arrays); "
+                "pass config=TransformerConfig(...) or a dict."
+            )
+        return _as_config(config, source), dict(state_dict)
+    if layout == "transformer_lens":
+        return _from_transformer_lens(state_dict, config, source)
+    if layout == "hf_gpt2":
+        return _from_hf_gpt2(state_dict, config, source)
+    raise LoadError(f"{source}: unknown layout {layout!r}; use 'auto' or one of {LAYOUTS}.")
+
+
+def _as_config(config: Any, source: str) -> TransformerConfig:
+    if isinstance(config, TransformerConfig):
+        return config
+    if isinstance(config, Mapping):
+        return TransformerConfig.from_dict(config, source=source)
+    raise ConfigError(f"{source}: config must be a TransformerConfig or a dict, got {type(config).__name__}.")
+
+
+def _np(value: Any) -> np.ndarray:
+    from circuitalg.model.weights import _to_numpy
+
+    return np.asarray(_to_numpy(value))
+
+
+def _get(sd: Mapping[str, Any], key: str, shape: tuple[int, ...], source: str) -> np.ndarray:
+    if key not in sd:
+        raise LoadError(f"{source}: missing tensor {key!r}; the checkpoint is incomplete or not this layout.")
+    arr = _np(sd[key])
+    if arr.shape != shape:
+        raise LoadError(f"{source}: tensor {key!r} has shape {arr.shape}, expected {shape}.")
+    return arr
+
+
+def _shape_of(sd: Mapping[str, Any], key: str, ndim: int, source: str) -> tuple[int, ...]:
+    if key not in sd:
+        raise LoadError(f"{source}: missing tensor {key!r}; the checkpoint is incomplete or not this layout.")
+    shape = tuple(int(s) for s in getattr(sd[key], "shape", np.shape(sd[key])))
+    if len(shape) != ndim:
+        raise LoadError(f"{source}: tensor {key!r} has shape {shape}, expected a {ndim}-D tensor.")
+    return shape
+
+
+def _count_layers(keys: Any, pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for k in keys if (m := rx.match(k))}
+    n = max(found) + 1 if found else 0
+    missing = sorted(set(range(n)) - found)
+    if missing:
+        raise LoadError(f"blocks {missing} are missing (found blocks {sorted(found)}).")
+    return n
+
+
+def _check_no_extra(sd: Mapping[str, Any], used: set[str], buffers: re.Pattern[str], source: str) -> None:
+    extra = sorted(k for k in sd if k not in used and not buffers.match(k))
+    if extra:
+        raise LoadError(
+            f"{source}: unexpected tensors {extra[:8]}{' ...' if len(extra) > 8 else ''}; the architecture "
+            "is not one circuitalg supports (GPT-2 style: learned positions, LayerNorm, GELU MLP) or the "
+            "config does not match the checkpoint."
+        )
+
+
+# -- TransformerLens ------------------------------------------------------------------------
+
+
+def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
+    """Config fields from a TL HookedTransformerConfig, a dict of TL or circuitalg fields, or None."""
+    if config is None:
+        return {}
+    if isinstance(config, TransformerConfig):
+        return config.to_dict()
+    if isinstance(config, Mapping):
+        d = dict(config)
+    else:  # a HookedTransformerConfig (duck-typed: no transformer_lens import)
+        d = {k: getattr(config, k) for k in dir(config) if not k.startswith("_") and not callable(getattr(config, k))}
+    out: dict[str, Any] = {}
+    if "normalization_type" in d:
+        norm = d["normalization_type"]
+        if norm not in ("LN", "LNPre", None):
+            raise ConfigError(f"{source}: normalization_type={norm!r} is not supported; circuitalg handles LN, LNPre, None.")
+        out["normalization"] = norm
+    if "normalization" in d:
+        out["normalization"] = d["normalization"]
+    for bad_key, ok in (
+        ("positional_embedding_type", ("standard",)),
+        ("parallel_attn_mlp", (False,)),
+        ("gated_mlp", (False,)),
+        ("final_rms", (False,)),
+    ):
+        if bad_key in d and d[bad_key] not in ok:
+            raise ConfigError(f"{source}: {bad_key}={d[bad_key]!r} is not supported by circuitalg.")
+    if d.get("n_key_value_heads") not in (None, d.get("n_heads")):
+        raise ConfigError(f"{source}: grouped-query attention (n_key_value_heads) is not supported.")
+    if "act_fn" in d:
+        out["act_fn"] = d["act_fn"]
+    if "eps" in d:
+        out["ln_eps"] = d["eps"]
+    if "ln_eps" in d:
+        out["ln_eps"] = d["ln_eps"]
+    if d.get("use_attn_scale") is False:
+        out["attn_scale"] = 1.0
+    elif "attn_scale" in d and d["attn_scale"] not in (None, 0):
+        out["attn_scale"] = float(d["attn_scale"])
+    return out
+
+
+def _from_transformer_lens(
+    sd: Mapping[str, Any], config: Any, source: str
+) -> tuple[TransformerConfig, dict[str, Any]]:
+    fields = _tl_config_fields(config, source)
+    V, D = _shape_of(sd, "embed.W_E", 2, source)
+    n_ctx, _ = _shape_of(sd, "pos_embed.W_pos", 2, source)
+    try:
+        L = _count_layers(sd.keys(), r"^blocks\.(\d+)\.")
+    except LoadError as exc:
+        raise LoadError(f"{source}: {exc}") from None
+    if L == 0:
+        raise LoadError(f"{source}: no 'blocks.{{l}}.attn.W_Q' tensors: not a transformer checkpoint.")
+    H, _, dh = _shape_of(sd, "blocks.0.attn.W_Q", 3, source)
+    has_mlp = "blocks.0.mlp.W_in" in sd
+    d_mlp = _shape_of(sd, "blocks.0.mlp.W_in", 2, source)[1] if has_mlp else None
+    has_ln = "blocks.0.ln1.w" in sd
+    if "normalization" not in fields:
+        if has_ln:
+            fields["normalization"] = "LN"
+        else:
+            raise ConfigError(
+                f"{source}: the checkpoint has no layer-norm weights, so it is either un-normalised or "
+                "had its layer norms folded (LNPre); pass config={'normalization': None} or "
+                "{'normalization': 'LNPre'} (or the model's HookedTransformerConfig)."
+            )
+    if not has_mlp:
+        fields["act_fn"] = None
+    cfg = TransformerConfig(
+        n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
+        **{k: v for k, v in fields.items() if k in ("normalization", "act_fn", "attn_scale", "ln_eps")},
+    )
+    used: set[str] = set()
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used.add(key)
+        return _get(sd, key, shape, source)
+
+    p: dict[str, Any] = {
+        "W_E": get("embed.W_E", (V, D)).T,
+        "W_pos": get("pos_embed.W_pos", (n_ctx, D)).T,
+        "W_U": get("unembed.W_U", (D, V)).T,
+        "b_U": get("unembed.b_U", (V,)),
+    }
+    for l_ in range(L):
+        b = f"blocks.{l_}."
+        for w in ("W_Q", "W_K", "W_V"):
+            p[b + "attn." + w] = get(b + "attn." + w, (H, D, dh)).transpose(0, 2, 1)
+            p[b + "attn.b_" + w[-1]] = get(b + "attn.b_" + w[-1], (H, dh))
+        p[b + "attn.W_O"] = get(b + "attn.W_O", (H, dh, D)).transpose(0, 2, 1)
+        p[b + "attn.b_O"] = get(b + "attn.b_O", (D,))
+        if cfg.normalization == "LN":
+            for ln in ("ln1",) + (("ln2",) if has_mlp else ()):
+                p[b + ln + ".w"] = get(b + ln + ".w", (D,))
+                p[b + ln + ".b"] = get(b + ln + ".b", (D,))
+        if d_mlp is not None:
+            p[b + "mlp.W_in"] = get(b + "mlp.W_in", (D, d_mlp)).T
+            p[b + "mlp.b_in"] = get(b + "mlp.b_in", (d_mlp,))
+            p[b + "mlp.W_out"] = get(b + "mlp.W_out", (d_mlp, D)).T
+            p[b + "mlp.b_out"] = get(b + "mlp.b_out", (D,))
+    if cfg.normalization == "LN":
+        p["ln_final.w"] = get("ln_final.w", (D,))
+        p["ln_final.b"] = get("ln_final.b", (D,))
+    _check_no_extra(sd, used, _TL_BUFFERS, source)
+    return cfg, p
+
+
+def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerConfig) -> dict[str, np.ndarray]:
+    """Canonical parameters to a TransformerLens state dict (row layout, numpy arrays)."""
+    out: dict[str, np.ndarray] = {
+        "embed.W_E": params["W_E"].T,
+        "pos_embed.W_pos": params["W_pos"].T,
+        "unembed.W_U": params["W_U"].T,
+        "unembed.b_U": params["b_U"],
+    }
+    for key, value in params.items():
+        if not key.startswith("blocks.") and not key.startswith("ln_final."):
+            continue
+        if key.endswith(("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O")):
+            value = value.transpose(0, 2, 1)
+        elif key.endswith(("mlp.W_in", "mlp.W_out")):
+            value = value.T
+        out[key] = value
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# -- Hugging Face GPT-2 ---------------------------------------------------------------------
+
+_HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+
+def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """circuitalg config fields from a Hugging Face GPT-2 ``config.json`` dict."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{source}: config.json must hold a JSON object, got {type(d).__name__}.")
+    model_type = d.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise ConfigError(
+            f"{source}: model_type={model_type!r}; circuitalg reads GPT-2 checkpoints (model_type 'gpt2')."
+        )
+    if d.get("scale_attn_by_inverse_layer_idx"):
+        raise ConfigError(f"{source}: scale_attn_by_inverse_layer_idx=true is not supported.")
+    act = d.get("activation_function", "gelu_new")
+    if act not in _HF_ACT:
+        raise ConfigError(f"{source}: activation_function={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
+    try:
+        n_embd, n_head = d["n_embd"], d["n_head"]
+        out = {
+            "n_layers": d["n_layer"],
+            "n_heads": n_head,
+            "d_model": n_embd,
+            "d_vocab": d["vocab_size"],
+            "n_ctx": d["n_positions"],
+        }
+    except KeyError as exc:
+        raise ConfigError(f"{source}: config.json lacks {exc.args[0]!r}.") from None
+    if not isinstance(n_embd, int) or not isinstance(n_head, int) or n_head <= 0 or n_embd % n_head:
+        raise ConfigError(f"{source}: n_embd={n_embd!r} is not a multiple of n_head={n_head!r}.")
+    out["d_head"] = n_embd // n_head
+    n_inner = d.get("n_inner")
+    out["d_mlp"] = 4 * n_embd if n_inner is None else n_inner
+    out["act_fn"] = _HF_ACT[act]
+    out["ln_eps"] = d.get("layer_norm_epsilon", 1e-5)
+    out["normalization"] = "LN"
+    out["attn_scale"] = 0.0 if d.get("scale_attn_weights", True) else 1.0
+    return out
+
+
+def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
+    if config is None:
+        raise ConfigError(
+            f"{source}: a Hugging Face GPT-2 state dict needs its config.json (the number of heads cannot be "
+            "read from the weights); pass config=json.load(open('config.json')) or load the directory."
+        )
+    if isinstance(config, TransformerConfig):
+        cfg = config
+    else:
+        cfg = TransformerConfig.from_dict(hf_config(config, source), source=source)
+    # Strip the "transformer." prefix of GPT2LMHeadModel; keep lm_head separate.
+    flat: dict[str, Any] = {}
+    lm_head = None
+    for k, v in sd.items():
+        if k == "lm_head.weight":
+            lm_head = v
+        elif k.startswith("transformer."):
+            flat[k[len("transformer."):]] = v
+        else:
+            flat[k] = v
+    c = cfg
+    D, V, H, dh = c.d_model, c.d_vocab, c.n_heads, c.d_head
+    used: set[str] = set()
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used.add(key)
+        return _get(flat, key, shape, source)
+
+    W_E = get("wte.weight", (V, D))
+    p: dict[str, Any] = {"W_E": W_E.T, "W_pos": get("wpe.weight", (c.n_ctx, D)).T}
+    if lm_head is not None:
+        W_U = _np(lm_head)
+        if W_U.shape != (V, D):
+            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {(V, D)}.")
+        p["W_U"] = W_U
+    else:  # tied embeddings: GPT-2 does not store lm_head
+        p["W_U"] = W_E
+    p["b_U"] = np.zeros(V, dtype=W_E.dtype)
+    for l_ in range(c.n_layers):
+        h, b = f"h.{l_}.", f"blocks.{l_}."
+        W = get(h + "attn.c_attn.weight", (D, 3 * D))  # x @ W = [q | k | v]
+        bias = get(h + "attn.c_attn.bias", (3 * D,))
+        for i, name in enumerate(("Q", "K", "V")):
+            w = W[:, i * D:(i + 1) * D]  # (D, H*dh), columns grouped by head
+            p[b + "attn.W_" + name] = w.reshape(D, H, dh).transpose(1, 2, 0)
+            p[b + "attn.b_" + name] = bias[i * D:(i + 1) * D].reshape(H, dh)
+        W_proj = get(h + "attn.c_proj.weight", (D, D))  # z_concat @ W_proj, rows grouped by head
+        p[b + "attn.W_O"] = W_proj.reshape(H, dh, D).transpose(0, 2, 1)
+        p[b + "attn.b_O"] = get(h + "attn.c_proj.bias", (D,))
+        for src, dst in (("ln_1", "ln1"), ("ln_2", "ln2")):
+            p[b + dst + ".w"] = get(h + src + ".weight", (D,))
+            p[b + dst + ".b"] = get(h + src + ".bias", (D,))
+        if c.d_mlp is None:
+            raise ConfigError(f"{source}: GPT-2 has MLPs; the config given has d_mlp=None.")
+        p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (D, c.d_mlp)).T
+        p[b + "mlp.b_in"] = get(h + "mlp.c_fc.bias", (c.d_mlp,))
+        p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (c.d_mlp, D)).T
+        p[b + "mlp.b_out"] = get(h + "mlp.c_proj.bias", (D,))
+    p["ln_final.w"] = get("ln_f.weight", (D,))
+    p["ln_final.b"] = get("ln_f.bias", (D,))
+    _check_no_extra(flat, used, _HF_BUFFERS, source)
+    return cfg, p

@@ -1,0 +1,102 @@
+"""Weight transforms that keep what a model computes: layer-norm folding and centring.
+
+The mathematics is TransformerLens's weight processing, in column layout:
+
+- :func:`fold_layer_norm`: a layer norm ``w * centre(x) / scale + b`` followed by a reading
+  weight ``W`` (and bias ``b_W``) equals ``centre(x) / scale`` followed by ``W diag(w)`` with
+  bias ``b_W + W b``. The model becomes ``LNPre``. With ``center_reads`` the reading weights
+  are also centred over ``d_model`` (``W - mean_row(W) 1ᵀ``), exact because their input is
+  centred. Logits are unchanged.
+- :func:`center_writing_weights`: subtracting each written vector's mean over ``d_model``
+  (``W_E, W_pos, W_O, b_O, W_out, b_out``) changes the residual stream only along the
+  all-ones direction, which every layer norm removes. Logits are unchanged; needs LN.
+- :func:`center_unembed`: subtracting the mean over the vocabulary from ``W_U`` and ``b_U``
+  shifts each position's logits by a constant: log-probabilities are unchanged.
+- :func:`fold_value_biases`: since each attention pattern row sums to 1, ``b_V`` contributes
+  ``W_O b_V`` at every position; it moves into ``b_O``. Logits are unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from circuitalg.errors import ConfigError
+from circuitalg.model.weights import Transformer
+
+__all__ = ["fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases"]
+
+
+def _centre_rows(W: np.ndarray) -> np.ndarray:
+    """Subtract the mean over the last axis (the ``d_model`` input axis of a reading weight)."""
+    return W - W.mean(axis=-1, keepdims=True)
+
+
+def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transformer:
+    """Fold each layer norm's weight and bias into the weights that read it (model becomes ``LNPre``).
+
+    A model without normalisation is returned unchanged; an ``LNPre`` model only has its
+    reading weights centred (when ``center_reads``).
+    """
+    c = model.config
+    if c.normalization is None:
+        return model
+    p = dict(model.params)
+    folded = c.normalization == "LN"
+
+    def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
+        w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
+        for wk, bk in weight_keys:
+            W = p[wk]
+            if folded:
+                p[bk] = p[bk] + W @ b
+                W = W * w
+            p[wk] = _centre_rows(W) if center_reads else W
+
+    for layer in range(c.n_layers):
+        a = f"blocks.{layer}.attn."
+        fold(f"blocks.{layer}.ln1", [(a + "W_Q", a + "b_Q"), (a + "W_K", a + "b_K"), (a + "W_V", a + "b_V")])
+        if c.d_mlp is not None:
+            m = f"blocks.{layer}.mlp."
+            fold(f"blocks.{layer}.ln2", [(m + "W_in", m + "b_in")])
+    fold("ln_final", [("W_U", "b_U")])
+    return model.with_params(p, normalization="LNPre")
+
+
+def center_writing_weights(model: Transformer) -> Transformer:
+    """Centre every weight that writes to the residual stream over ``d_model`` (needs LN or LNPre)."""
+    c = model.config
+    if c.normalization is None:
+        raise ConfigError(
+            f"{model.name}: center_writing_weights is exact only when every reader sits behind a layer norm; "
+            "this model has normalization=None."
+        )
+    p = dict(model.params)
+    p["W_E"] = p["W_E"] - p["W_E"].mean(axis=0, keepdims=True)
+    p["W_pos"] = p["W_pos"] - p["W_pos"].mean(axis=0, keepdims=True)
+    for layer in range(c.n_layers):
+        a = f"blocks.{layer}.attn."
+        p[a + "W_O"] = p[a + "W_O"] - p[a + "W_O"].mean(axis=1, keepdims=True)
+        p[a + "b_O"] = p[a + "b_O"] - p[a + "b_O"].mean()
+        if c.d_mlp is not None:
+            m = f"blocks.{layer}.mlp."
+            p[m + "W_out"] = p[m + "W_out"] - p[m + "W_out"].mean(axis=0, keepdims=True)
+            p[m + "b_out"] = p[m + "b_out"] - p[m + "b_out"].mean()
+    return model.with_params(p)
+
+
+def center_unembed(model: Transformer) -> Transformer:
+    """Centre ``W_U`` and ``b_U`` over the vocabulary; logits shift by a per-position constant."""
+    p = dict(model.params)
+    p["W_U"] = p["W_U"] - p["W_U"].mean(axis=0, keepdims=True)
+    p["b_U"] = p["b_U"] - p["b_U"].mean()
+    return model.with_params(p)
+
+
+def fold_value_biases(model: Transformer) -> Transformer:
+    """Move each head's value bias into the layer's output bias: ``b_O += Σ_h W_O^h b_V^h``, ``b_V = 0``."""
+    p = dict(model.params)
+    for layer in range(model.config.n_layers):
+        a = f"blocks.{layer}.attn."
+        p[a + "b_O"] = p[a + "b_O"] + np.einsum("hmd,hd->m", p[a + "W_O"], p[a + "b_V"])
+        p[a + "b_V"] = np.zeros_like(p[a + "b_V"])
+    return model.with_params(p)

@@ -1,0 +1,414 @@
+"""A transformer's weights as typed maps on named spaces.
+
+Spaces: ``vocab[d_vocab]``, ``pos[n_ctx]``, ``resid[d_model]``, one space per head named
+``L{l}H{h}`` (so one head's W_V cannot be composed with another head's W_O by mistake) and
+``mlp{l}`` for MLP hidden units. Column-vector convention throughout: ``W_E`` is
+``(d_model, d_vocab)``, ``W_Q`` of a head is ``(d_head, d_model)``, ``W_O`` is
+``(d_model, d_head)``.
+
+The canonical parameter names (circuitalg's own checkpoint format, column layout) are
+listed by :func:`param_shapes`; loaders for other layouts convert to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError
+from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
+from circuitalg.model.config import TransformerConfig
+from circuitalg.spaces import Space
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitalg.model.forward import Cache
+
+__all__ = ["Transformer", "Head", "MLP", "LayerNorm", "Layer", "param_shapes", "BIAS_KEYS"]
+
+#: Parameter-name suffixes that may be zero-filled with ``biases="zero-fill"``.
+BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")
+
+
+def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical parameter names of a model with ``config`` and their shapes (column layout)."""
+    c = config
+    shapes: dict[str, tuple[int, ...]] = {
+        "W_E": (c.d_model, c.d_vocab),
+        "W_pos": (c.d_model, c.n_ctx),
+        "W_U": (c.d_vocab, c.d_model),
+        "b_U": (c.d_vocab,),
+    }
+    for layer in range(c.n_layers):
+        p = f"blocks.{layer}."
+        for w in ("W_Q", "W_K", "W_V"):
+            shapes[p + "attn." + w] = (c.n_heads, c.d_head, c.d_model)
+        shapes[p + "attn.W_O"] = (c.n_heads, c.d_model, c.d_head)
+        for b in ("b_Q", "b_K", "b_V"):
+            shapes[p + "attn." + b] = (c.n_heads, c.d_head)
+        shapes[p + "attn.b_O"] = (c.d_model,)
+        if c.normalization == "LN":
+            shapes[p + "ln1.w"] = shapes[p + "ln1.b"] = (c.d_model,)
+            if c.d_mlp is not None:
+                shapes[p + "ln2.w"] = shapes[p + "ln2.b"] = (c.d_model,)
+        if c.d_mlp is not None:
+            shapes[p + "mlp.W_in"] = (c.d_mlp, c.d_model)
+            shapes[p + "mlp.b_in"] = (c.d_mlp,)
+            shapes[p + "mlp.W_out"] = (c.d_model, c.d_mlp)
+            shapes[p + "mlp.b_out"] = (c.d_model,)
+    if c.normalization == "LN":
+        shapes["ln_final.w"] = shapes["ln_final.b"] = (c.d_model,)
+    return shapes
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerNorm:
+    """A pre-norm layer norm: ``y = w * (x - mean(x)) / scale + b``, ``scale = sqrt(var(x) + eps)``.
+
+    ``w`` and ``b`` are ``None`` for ``LNPre`` (folded) layer norms. The per-position
+    ``scale`` is what :meth:`Transformer.run` caches and path expansion freezes.
+    """
+
+    eps: float
+    w: np.ndarray | None = None
+    b: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalise the rows of ``x`` (``[..., d_model]``); returns ``(y, scale)``."""
+        centred = x - x.mean(axis=-1, keepdims=True)
+        scale = np.sqrt((centred**2).mean(axis=-1) + self.eps)
+        y = centred / scale[..., None]
+        if self.w is not None:
+            y = y * self.w
+        if self.b is not None:
+            y = y + self.b
+        return y, scale
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Head:
+    """One attention head: typed maps ``W_Q, W_K, W_V: resid -> L{l}H{h}``, ``W_O: L{l}H{h} -> resid``.
+
+    ``ov`` is ``W_O @ W_V`` (resid -> resid) and ``qk`` is ``W_Q.T @ W_K`` (resid -> resid,
+    the bilinear form: the score of query x and key y is ``x · qk y / attn_scale`` plus bias
+    terms). Both are lazy products that share the leaves, so decompositions are cached.
+    """
+
+    layer: int
+    index: int
+    W_Q: Dense
+    W_K: Dense
+    W_V: Dense
+    W_O: Dense
+    b_Q: np.ndarray
+    b_K: np.ndarray
+    b_V: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """``L{layer}H{index}``."""
+        return f"L{self.layer}H{self.index}"
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(layer, index)``."""
+        return (self.layer, self.index)
+
+    @property
+    def space(self) -> Space:
+        """The head's own space ``L{l}H{h}[d_head]``."""
+        return self.W_V.codomain
+
+    @cached_property
+    def ov(self) -> LinearMap:
+        """The OV circuit ``W_O @ W_V`` (resid -> resid)."""
+        return self.W_O @ self.W_V
+
+    @cached_property
+    def qk(self) -> LinearMap:
+        """The QK circuit ``W_Q.T @ W_K`` (resid -> resid, read as a bilinear form)."""
+        return self.W_Q.T @ self.W_K
+
+    def __repr__(self) -> str:
+        return f"<Head {self.name}: d_head={self.space.dim}>"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MLP:
+    """An MLP block: ``W_out act(W_in x + b_in) + b_out`` with typed maps through ``mlp{l}``."""
+
+    layer: int
+    W_in: Dense
+    b_in: np.ndarray
+    W_out: Dense
+    b_out: np.ndarray
+    act_fn: str
+
+    @property
+    def name(self) -> str:
+        """``mlp{layer}``."""
+        return f"mlp{self.layer}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layer:
+    """One transformer block: heads, the attention output bias, layer norms and the MLP."""
+
+    index: int
+    heads: tuple[Head, ...]
+    b_O: np.ndarray
+    ln1: LayerNorm | None
+    ln2: LayerNorm | None
+    mlp: MLP | None
+
+
+class Transformer:
+    """A GPT-2-style transformer's weights as typed maps, with a numpy reference forward pass.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        Sizes and architecture.
+    params : mapping of str to array
+        Canonical parameters (names and shapes from :func:`param_shapes`, column layout).
+    biases : {"required", "zero-fill"}
+        Whether missing bias vectors are an error or zeros.
+    vocab : sequence of str, optional
+        Token strings, indexed by token id (used when printing circuits).
+    name : str
+        A label for the model (its file or zoo name).
+    dtype : numpy dtype
+        float64 (default) or float32.
+
+    Raises
+    ------
+    LoadError
+        A parameter is missing, unexpected, of the wrong shape, or not finite.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        params: Mapping[str, Any],
+        *,
+        biases: str = "required",
+        vocab: Sequence[str] | None = None,
+        name: str = "model",
+        dtype: Any = np.float64,
+    ) -> None:
+        if not isinstance(config, TransformerConfig):
+            raise InvalidArgumentError(
+                f"config must be a ca.TransformerConfig, got {type(config).__name__}; "
+                "build one with ca.TransformerConfig(...) or TransformerConfig.from_dict(d)."
+            )
+        if biases not in ("required", "zero-fill"):
+            raise InvalidArgumentError(f"biases={biases!r}; use 'required' or 'zero-fill'.")
+        self.config = config
+        self.name = str(name)
+        self.params = _validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
+        if vocab is not None:
+            vocab = tuple(str(t) for t in vocab)
+            if len(vocab) != config.d_vocab:
+                raise LoadError(
+                    f"{self.name}: vocabulary has {len(vocab)} token strings but d_vocab={config.d_vocab}."
+                )
+        self.vocab: tuple[str, ...] | None = vocab
+        c = config
+        self.vocab_space = Space("vocab", c.d_vocab)
+        self.pos_space = Space("pos", c.n_ctx)
+        self.resid_space = Space("resid", c.d_model)
+        p = self.params
+        self.W_E = Dense(p["W_E"], self.vocab_space, self.resid_space, "W_E")
+        self.W_pos = Dense(p["W_pos"], self.pos_space, self.resid_space, "W_pos")
+        self.W_U = Dense(p["W_U"], self.resid_space, self.vocab_space, "W_U")
+        self.b_U = p["b_U"]
+        ln = c.normalization is not None
+
+        def layer_norm(prefix: str) -> LayerNorm | None:
+            if not ln:
+                return None
+            return LayerNorm(c.ln_eps, p.get(prefix + ".w"), p.get(prefix + ".b"))
+
+        layers = []
+        for l_ in range(c.n_layers):
+            a = f"blocks.{l_}.attn."
+            heads = []
+            for h in range(c.n_heads):
+                hs = Space(f"L{l_}H{h}", c.d_head)
+                tag = f"^{{{l_}.{h}}}"
+                heads.append(
+                    Head(
+                        l_,
+                        h,
+                        W_Q=Dense(p[a + "W_Q"][h], self.resid_space, hs, "W_Q" + tag),
+                        W_K=Dense(p[a + "W_K"][h], self.resid_space, hs, "W_K" + tag),
+                        W_V=Dense(p[a + "W_V"][h], self.resid_space, hs, "W_V" + tag),
+                        W_O=Dense(p[a + "W_O"][h], hs, self.resid_space, "W_O" + tag),
+                        b_Q=p[a + "b_Q"][h],
+                        b_K=p[a + "b_K"][h],
+                        b_V=p[a + "b_V"][h],
+                    )
+                )
+            mlp = None
+            if c.d_mlp is not None:
+                m = f"blocks.{l_}.mlp."
+                ms = Space(f"mlp{l_}", c.d_mlp)
+                mlp = MLP(
+                    l_,
+                    W_in=Dense(p[m + "W_in"], self.resid_space, ms, f"W_in^{{{l_}}}"),
+                    b_in=p[m + "b_in"],
+                    W_out=Dense(p[m + "W_out"], ms, self.resid_space, f"W_out^{{{l_}}}"),
+                    b_out=p[m + "b_out"],
+                    act_fn=str(c.act_fn),
+                )
+            layers.append(
+                Layer(
+                    l_,
+                    tuple(heads),
+                    b_O=p[a + "b_O"],
+                    ln1=layer_norm(f"blocks.{l_}.ln1"),
+                    ln2=layer_norm(f"blocks.{l_}.ln2") if mlp is not None else None,
+                    mlp=mlp,
+                )
+            )
+        self.layers: tuple[Layer, ...] = tuple(layers)
+        self.ln_final: LayerNorm | None = layer_norm("ln_final")
+
+    # -- access ---------------------------------------------------------------------------
+    def head(self, layer: int, index: int) -> Head:
+        """The head ``L{layer}H{index}``."""
+        c = self.config
+        for what, v, n in (("layer", layer, c.n_layers), ("head", index, c.n_heads)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
+                raise InvalidArgumentError(f"{what} {v!r} is out of range for {self.name}: use 0..{n - 1}.")
+        return self.layers[layer].heads[index]
+
+    def heads(self) -> Iterator[Head]:
+        """All heads, layer by layer."""
+        for layer in self.layers:
+            yield from layer.heads
+
+    def mlp(self, layer: int) -> MLP:
+        """The MLP of ``layer``; :class:`InvalidArgumentError` for attention-only models."""
+        if self.config.d_mlp is None:
+            raise InvalidArgumentError(f"{self.name} is attention-only: it has no MLPs.")
+        self.head(layer, 0)  # validates the layer index
+        mlp = self.layers[layer].mlp
+        assert mlp is not None  # internal invariant: d_mlp set implies every layer has an MLP
+        return mlp
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of every parameter."""
+        return self.params["W_E"].dtype
+
+    # -- computation ----------------------------------------------------------------------
+    def run(self, tokens: Any) -> tuple[np.ndarray, Cache]:
+        """Reference forward pass; see :func:`circuitalg.model.forward.run`."""
+        from circuitalg.model.forward import run
+
+        return run(self, tokens)
+
+    def with_params(self, params: Mapping[str, Any], **changes: Any) -> Transformer:
+        """A new model with ``params`` (and config fields in ``changes``); the rest is kept."""
+        config = dataclasses.replace(self.config, **changes) if changes else self.config
+        return Transformer(config, params, vocab=self.vocab, name=self.name, dtype=self.dtype)
+
+    def __repr__(self) -> str:
+        c = self.config
+        kind = "attention-only" if c.attn_only else f"d_mlp={c.d_mlp}, {c.act_fn}"
+        return (
+            f"<Transformer {self.name!r}: {c.n_layers} layers x {c.n_heads} heads, d_model={c.d_model}, "
+            f"d_head={c.d_head}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx}, {kind}, "
+            f"normalization={c.normalization}>"
+        )
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, Any],
+        layout: str = "auto",
+        config: Any = None,
+        *,
+        name: str = "state_dict",
+        vocab: Sequence[str] | None = None,
+    ) -> Transformer:
+        """Build a model from a state dict in a known layout.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array
+            numpy arrays or torch tensors.
+        layout : {"auto", "circuitalg", "transformer_lens", "hf_gpt2"}
+            The key layout; ``"auto"`` detects it from the keys.
+        config : TransformerConfig, dict, TransformerLens config or HF config dict, optional
+            Required for ``circuitalg``; inferred from shapes (and the config when given)
+            for the other layouts.
+        """
+        from circuitalg.model.layouts import convert_state_dict
+
+        cfg, params = convert_state_dict(state_dict, layout=layout, config=config, source=name)
+        return cls(cfg, params, name=name, vocab=vocab)
+
+
+def _validate_params(
+    config: TransformerConfig,
+    params: Mapping[str, Any],
+    *,
+    biases: str,
+    source: str,
+    dtype: Any,
+) -> dict[str, np.ndarray]:
+    if not isinstance(params, Mapping):
+        raise LoadError(f"{source}: parameters must be a mapping of names to arrays, got {type(params).__name__}.")
+    shapes = param_shapes(config)
+    extra = sorted(set(params) - set(shapes))
+    if extra:
+        raise LoadError(
+            f"{source}: unexpected parameters {extra[:8]}{' ...' if len(extra) > 8 else ''} for a model with "
+            f"config {config.to_json()}; check the layout and the config (normalization, d_mlp, n_layers)."
+        )
+    out: dict[str, np.ndarray] = {}
+    missing = []
+    for key, shape in shapes.items():
+        if key not in params:
+            if biases == "zero-fill" and key.rsplit(".", 1)[-1] in BIAS_KEYS:
+                out[key] = np.zeros(shape, dtype=dtype)
+                out[key].flags.writeable = False
+                continue
+            missing.append(key)
+            continue
+        value = params[key]
+        try:
+            arr = as_float_array(_to_numpy(value), f"{source}: tensor {key!r}", ndim=len(shape), dtype=dtype)
+        except InvalidArrayError as exc:
+            raise LoadError(str(exc)) from None
+        if arr.shape != shape:
+            raise LoadError(
+                f"{source}: tensor {key!r} has shape {arr.shape}, expected {shape} for config "
+                f"{config.to_json()}."
+            )
+        out[key] = arr
+    if missing:
+        raise LoadError(
+            f"{source}: missing parameters {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            "the checkpoint is incomplete or its config does not match it."
+        )
+    return out
+
+
+def _to_numpy(value: Any) -> Any:
+    """Convert a torch tensor (duck-typed, no torch import) to numpy; pass others through."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        t = value.detach().cpu()
+        if str(getattr(t, "dtype", "")) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    return value

@@ -47,6 +47,25 @@ from circuitalg.maps import (
     scale,
     transpose,
 )
+from circuitalg.model import (
+    MLP,
+    Cache,
+    Head,
+    Layer,
+    LayerNorm,
+    Transformer,
+    TransformerConfig,
+    center_unembed,
+    center_writing_weights,
+    fold_layer_norm,
+    fold_value_biases,
+    load,
+    logit_lens,
+    param_shapes,
+    save,
+    to_transformer_lens,
+)
+from circuitalg.circuits import Path, PathScore, PathSum, expand
 from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.symbolic import latex, to_sympy
 
@@ -86,6 +105,28 @@ __all__ = [
     "trace",
     "plan",
     "Plan",
+    # models
+    "TransformerConfig",
+    "Transformer",
+    "Head",
+    "MLP",
+    "Layer",
+    "LayerNorm",
+    "Cache",
+    "param_shapes",
+    "load",
+    "save",
+    "to_transformer_lens",
+    "logit_lens",
+    "fold_layer_norm",
+    "center_writing_weights",
+    "center_unembed",
+    "fold_value_biases",
+    # circuits
+    "expand",
+    "Path",
+    "PathSum",
+    "PathScore",
     # symbolic
     "to_sympy",
     "latex",

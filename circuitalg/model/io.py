@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -287,7 +288,9 @@ def _read_torch(p: Path) -> dict[str, Any]:
             "(safetensors.torch.save_file(state_dict, 'model.safetensors'))."
         ) from None
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols; failures raise below
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise LoadError(
             f"{p}: torch.load(weights_only=True) refused or failed ({type(exc).__name__}: {str(exc)[:300]}). "

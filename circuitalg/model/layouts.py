@@ -326,6 +326,8 @@ def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
         if W_U.shape != (V, D):
             raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {(V, D)}.")
         p["W_U"] = W_U
+    elif isinstance(config, Mapping) and config.get("tie_word_embeddings") is False:
+        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (config says tie_word_embeddings=false).")
     else:  # tied embeddings: GPT-2 does not store lm_head
         p["W_U"] = W_E
     p["b_U"] = np.zeros(V, dtype=W_E.dtype)

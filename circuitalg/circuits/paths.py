@@ -1,0 +1,413 @@
+"""Exact path expansion of a transformer's logits (Elhage et al., 2021, section "Path expansion").
+
+With attention patterns, layer-norm scales and MLP outputs frozen (taken from a forward
+pass's :class:`~circuitalg.model.forward.Cache`), the logits are exactly a sum of path terms
+
+    logits = Σ_paths  D_f P_hk ... P_h1 X_src  ⊗  W_U W_OV^hk ... W_OV^h1 S_src   (+ b_U)
+
+over sources ``src`` and chains of heads ``h1 < ... < hk`` in strictly increasing layers:
+
+- ``embed``: ``S = W_E`` on the one-hot tokens; ``pos``: ``S = W_pos`` on the one-hot
+  positions (both enter before layer 0);
+- ``attn_bias{l}``: the constant vector ``b_O^l + Σ_h W_O^h b_V^h`` written by layer ``l``'s
+  attention (patterns' rows sum to 1, so value biases are constants), read by later layers;
+- ``mlp{l}``: layer ``l``'s MLP output taken from the cache, a *frozen, input-dependent*
+  term (the MLP is nonlinear, so its output is not expanded further), read by later layers;
+- ``unembed_bias``: the constant ``b_U`` (no heads).
+
+``P_h = A^h diag(1/s^l)`` is head ``h``'s pattern times the frozen inverse scales of the layer
+norm it reads through (the identity without normalisation) and ``D_f = diag(1/s_final)``.
+Layer norms are handled by folding them (:func:`~circuitalg.model.transforms.fold_layer_norm`
+with centring): a path's ``weight`` uses the folded weights, and the expansion holds exactly
+for the folded model, which computes the same logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from circuitalg.errors import InvalidArgumentError, ShapeError
+from circuitalg.maps.nodes import Dense, LinearMap
+from circuitalg.maps.rules import identity
+from circuitalg.model.forward import Cache, check_tokens
+from circuitalg.model.transforms import fold_layer_norm
+from circuitalg.model.weights import Transformer
+from circuitalg.spaces import Space
+
+__all__ = ["Path", "PathSum", "PathScore", "expand", "SOURCE_KINDS"]
+
+#: The kinds of source a path can start from; ``expand(sources=...)`` takes a subset.
+SOURCE_KINDS = ("embed", "pos", "attn_bias", "mlp", "unembed_bias")
+
+_CONST = Space("const", 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Path:
+    """One term of a :class:`PathSum`: a source and a chain of heads in strictly increasing layers.
+
+    Attributes
+    ----------
+    source : str
+        ``embed``, ``pos``, ``attn_bias{l}``, ``mlp{l}`` or ``unembed_bias``.
+    heads : tuple of (layer, head)
+        The chain, first head first, e.g. ``((0, 3), (1, 2))``.
+    """
+
+    source: str
+    heads: tuple[tuple[int, int], ...]
+    expansion: PathSum = dataclasses.field(repr=False, compare=False, hash=False)
+
+    @property
+    def name(self) -> str:
+        """``embed -> L0H3 -> L1H2 -> unembed``."""
+        return " -> ".join([self.source, *(f"L{l}H{h}" for l, h in self.heads), "unembed"])
+
+    @property
+    def order(self) -> int:
+        """The number of heads."""
+        return len(self.heads)
+
+    @cached_property
+    def weight(self) -> LinearMap:
+        """The lazy typed map from the source space to vocab, ``W_U @ W_OV^hk ... @ W_OV^h1 @ S``."""
+        ps = self.expansion
+        m = ps.model
+        if self.source == "unembed_bias":
+            return ps.unembed_bias_map
+        out = ps.source_map(self.source)
+        for l, h in self.heads:
+            out = m.head(l, h).ov @ out
+        return m.W_U @ out
+
+    @property
+    def symbol(self) -> Any:
+        """The sympy twin of :attr:`weight`."""
+        return self.weight.symbol
+
+    def position_map(self, cache: Cache) -> np.ndarray:
+        """The ``(seq, seq)`` position factor ``D_f P_hk ... P_h1`` (``(seq, 1)`` ones for constants)."""
+        ps = self.expansion
+        ps.check_cache(cache)
+        seq = cache.seq
+        if self.source == "unembed_bias":
+            return np.ones((seq, 1))
+        M = np.ones((seq, 1)) if self.source.startswith("attn_bias") else np.eye(seq)
+        for l, h in self.heads:
+            M = ps.pattern_factor(cache, l, h) @ M
+        return ps.final_scale(cache)[:, None] * M
+
+    def contribution(self, tokens: Any, cache: Cache) -> np.ndarray:
+        """The logits ``(seq, d_vocab)`` this term contributes on ``tokens`` with ``cache`` frozen."""
+        ps = self.expansion
+        tok = ps.check_inputs(tokens, cache)
+        if self.source == "unembed_bias":
+            return np.broadcast_to(ps.model.params["b_U"], (tok.shape[0], ps.model.config.d_vocab)).copy()
+        V = ps.source_vectors(self.source, tok, cache)
+        for l, h in self.heads:
+            V = ps.apply_head(V, cache, l, h)
+        return ps.unembed(V, cache)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class PathScore:
+    """A path and the size of its contribution (see :meth:`PathSum.top`)."""
+
+    path: Path
+    score: float
+
+
+class PathSum:
+    """The lazy sum of path terms of a model up to ``order`` heads per path; built by :func:`expand`.
+
+    Iterating yields :class:`Path` objects, source by source, then by number of heads, then
+    in lexicographic order of the chain. Nothing is computed until asked: the folded model
+    is built on first use, and :attr:`Path.weight` is a lazy product.
+    """
+
+    def __init__(self, model: Transformer, order: int, sources: Sequence[str]) -> None:
+        self.original = model
+        self.order = order
+        c = model.config
+        names: list[str] = []
+        for kind in sources:
+            if kind in ("embed", "pos", "unembed_bias"):
+                names.append(kind)
+            elif kind == "attn_bias":
+                names += [f"attn_bias{l}" for l in range(c.n_layers)]
+            elif kind == "mlp" and c.d_mlp is not None:
+                names += [f"mlp{l}" for l in range(c.n_layers)]
+        self.sources: tuple[str, ...] = tuple(names)
+
+    # -- the folded model and shared factors ---------------------------------------------
+    @cached_property
+    def model(self) -> Transformer:
+        """The model the path weights refer to: ``fold_layer_norm(original)`` (itself when there is no LN)."""
+        return fold_layer_norm(self.original)
+
+    @cached_property
+    def _attn_bias(self) -> np.ndarray:
+        p = self.model.params
+        return np.stack(
+            [
+                p[f"blocks.{l}.attn.b_O"] + np.einsum("hmd,hd->m", p[f"blocks.{l}.attn.W_O"], p[f"blocks.{l}.attn.b_V"])
+                for l in range(self.model.config.n_layers)
+            ]
+        )
+
+    def source_map(self, source: str) -> LinearMap:
+        """The typed map ``S`` a source writes through: ``W_E``, ``W_pos``, a bias column, or identity."""
+        m = self.model
+        if source == "embed":
+            return m.W_E
+        if source == "pos":
+            return m.W_pos
+        if source.startswith("attn_bias"):
+            l = int(source[len("attn_bias"):])
+            return self._bias_maps[l]
+        if source.startswith("mlp"):
+            return identity(m.resid_space, dtype=m.dtype)
+        raise InvalidArgumentError(f"unknown source {source!r}; sources are {self.sources}.")
+
+    @cached_property
+    def _bias_maps(self) -> tuple[Dense, ...]:
+        m = self.model
+        return tuple(
+            Dense(b[:, None], _CONST, m.resid_space, f"b_attn^{{{l}}}") for l, b in enumerate(self._attn_bias)
+        )
+
+    @cached_property
+    def unembed_bias_map(self) -> Dense:
+        """``b_U`` as a map ``const[1] -> vocab`` (after folding: includes ``W_U b_final``)."""
+        return Dense(self.model.params["b_U"][:, None], _CONST, self.model.vocab_space, "b_U")
+
+    # -- enumeration ---------------------------------------------------------------------
+    def _entry_layer(self, source: str) -> int:
+        if source in ("embed", "pos"):
+            return 0
+        if source.startswith("attn_bias"):
+            return int(source[len("attn_bias"):]) + 1
+        return int(source[len("mlp"):]) + 1
+
+    def terms(self, source: str | None = None, n_heads: int | None = None) -> Iterator[Path]:
+        """Iterate the terms, optionally only from ``source`` and/or with exactly ``n_heads`` heads."""
+        if source is not None and source not in self.sources:
+            raise InvalidArgumentError(f"unknown source {source!r}; this expansion has sources {self.sources}.")
+        for src in self.sources if source is None else (source,):
+            if src == "unembed_bias":
+                if n_heads in (None, 0):
+                    yield Path(src, (), self)
+                continue
+            for n in range(self.order + 1) if n_heads is None else (n_heads,):
+                for chain in self._chains_of_length(self._entry_layer(src), n):
+                    yield Path(src, chain, self)
+
+    def _chains_of_length(self, first_layer: int, n: int) -> Iterator[tuple[tuple[int, int], ...]]:
+        c = self.original.config
+        if n == 0:
+            yield ()
+            return
+        if n > self.order:
+            return
+
+        def rec(prefix: tuple[tuple[int, int], ...], start: int) -> Iterator[tuple[tuple[int, int], ...]]:
+            if len(prefix) == n:
+                yield prefix
+                return
+            for l in range(start, c.n_layers):
+                for h in range(c.n_heads):
+                    yield from rec(prefix + ((l, h),), l + 1)
+
+        yield from rec((), first_layer)
+
+    def count(self, source: str | None = None, n_heads: int | None = None) -> int:
+        """The number of terms :meth:`terms` yields, computed without enumerating."""
+        c = self.original.config
+        total = 0
+        for src in self.sources if source is None else (source,):
+            if src == "unembed_bias":
+                total += n_heads in (None, 0)
+                continue
+            free = c.n_layers - self._entry_layer(src)
+            for n in range(self.order + 1) if n_heads is None else (n_heads,):
+                if 0 <= n <= self.order:
+                    total += math.comb(max(free, 0), n) * c.n_heads**n
+        return total
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __iter__(self) -> Iterator[Path]:
+        return self.terms()
+
+    def __repr__(self) -> str:
+        return f"<PathSum of {self.original.name!r}: order {self.order}, {len(self)} terms, sources {self.sources}>"
+
+    # -- numerics with frozen activations ------------------------------------------------
+    def check_cache(self, cache: Cache) -> None:
+        """Check that ``cache`` comes from a forward pass of a model shaped like this one."""
+        c = self.original.config
+        if not isinstance(cache, Cache):
+            raise InvalidArgumentError(f"cache must be the Cache from model.run(tokens), got {type(cache).__name__}.")
+        if cache.pattern.shape[:2] != (c.n_layers, c.n_heads) or cache.resid.shape[-1] != c.d_model:
+            raise ShapeError(
+                f"cache patterns have shape {cache.pattern.shape} and d_model {cache.resid.shape[-1]}; "
+                f"{self.original.name} has {c.n_layers} layers, {c.n_heads} heads, d_model {c.d_model}. "
+                "Pass the cache from this model's run."
+            )
+        if c.normalization is not None and (cache.ln1_scale is None or cache.ln_final_scale is None):
+            raise ShapeError("cache has no layer-norm scales, but the model has layer norms; use its own run.")
+
+    def check_inputs(self, tokens: Any, cache: Cache) -> np.ndarray:
+        """Validate ``tokens`` against the model and ``cache`` (same length as the cached run)."""
+        self.check_cache(cache)
+        tok = check_tokens(tokens, self.original)
+        if tok.shape[0] != cache.seq:
+            raise ShapeError(
+                f"{tok.shape[0]} tokens given but the cache holds a run on {cache.seq} tokens; the frozen "
+                "patterns must have the same length."
+            )
+        return tok
+
+    def pattern_factor(self, cache: Cache, layer: int, head: int) -> np.ndarray:
+        """``P_h = A^h diag(1/s^l)``: the frozen pattern times the inverse layer-norm scales it reads."""
+        A = cache.pattern[layer, head]
+        if cache.ln1_scale is None or self.original.config.normalization is None:
+            return A
+        return A / cache.ln1_scale[layer][None, :]
+
+    def final_scale(self, cache: Cache) -> np.ndarray:
+        """``1 / s_final`` per position (ones without normalisation)."""
+        if cache.ln_final_scale is None or self.original.config.normalization is None:
+            return np.ones(cache.seq)
+        return 1.0 / cache.ln_final_scale
+
+    def source_vectors(self, source: str, tokens: np.ndarray, cache: Cache) -> np.ndarray:
+        """The ``(d_model, seq)`` residual vectors a source writes, before any head (``S X_src``)."""
+        p = self.model.params
+        seq = tokens.shape[0]
+        if source == "embed":
+            return p["W_E"][:, tokens]
+        if source == "pos":
+            return p["W_pos"][:, :seq]
+        if source.startswith("attn_bias"):
+            b = self._attn_bias[int(source[len("attn_bias"):])]
+            return np.repeat(b[:, None], seq, axis=1)
+        if source.startswith("mlp"):
+            if cache.mlp_out is None:
+                raise ShapeError("cache has no MLP outputs; use the cache of this model's run.")
+            return cache.mlp_out[int(source[len("mlp"):])].T
+        raise InvalidArgumentError(f"unknown source {source!r}; sources are {self.sources}.")
+
+    def apply_head(self, V: np.ndarray, cache: Cache, layer: int, head: int) -> np.ndarray:
+        """``W_OV^h V P_hᵀ``: move ``(d_model, seq)`` vectors through one head with frozen pattern."""
+        p = self.model.params
+        a = f"blocks.{layer}.attn."
+        moved = p[a + "W_O"][head] @ (p[a + "W_V"][head] @ V)
+        return moved @ self.pattern_factor(cache, layer, head).T
+
+    def unembed(self, V: np.ndarray, cache: Cache) -> np.ndarray:
+        """``(W_U V D_f)ᵀ``: the ``(seq, d_vocab)`` logits of final residual vectors ``V``."""
+        return (V * self.final_scale(cache)[None, :]).T @ self.model.params["W_U"].T
+
+    def _walk(self, tokens: np.ndarray, cache: Cache) -> Iterator[tuple[Path, np.ndarray]]:
+        """Every non-constant term with its final residual vectors, sharing chain prefixes."""
+        c = self.original.config
+
+        def rec(src: str, V: np.ndarray, chain: tuple[tuple[int, int], ...], start: int) -> Iterator[
+            tuple[Path, np.ndarray]
+        ]:
+            yield Path(src, chain, self), V
+            if len(chain) < self.order:
+                for l in range(start, c.n_layers):
+                    for h in range(c.n_heads):
+                        yield from rec(src, self.apply_head(V, cache, l, h), chain + ((l, h),), l + 1)
+
+        for src in self.sources:
+            if src != "unembed_bias":
+                yield from rec(src, self.source_vectors(src, tokens, cache), (), self._entry_layer(src))
+
+    def logits(self, tokens: Any, cache: Cache) -> np.ndarray:
+        """The sum of every term's contribution, ``(seq, d_vocab)``; equals the model's logits at full order."""
+        tok = self.check_inputs(tokens, cache)
+        total = np.zeros((self.original.config.d_model, tok.shape[0]), dtype=self.model.dtype)
+        for _, V in self._walk(tok, cache):
+            total += V
+        out = self.unembed(total, cache)
+        if "unembed_bias" in self.sources:
+            out = out + self.model.params["b_U"]
+        return out
+
+    def top(self, tokens: Any, cache: Cache, k: int = 10, *, targets: Any = None) -> list[PathScore]:
+        """The ``k`` terms with the largest contributions (direct logit attribution for paths).
+
+        Without ``targets`` a term's score is the Frobenius norm of its ``(seq, d_vocab)``
+        contribution, computed as ``||R V D_f||_F`` with ``W_U = Q R`` (never the logits).
+        With ``targets`` (one token id per position) the score is the summed contribution to
+        the target logits, ranked by absolute value.
+        """
+        tok = self.check_inputs(tokens, cache)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidArgumentError(f"k={k!r}; pass a positive integer.")
+        scale = self.final_scale(cache)
+        W_U = self.model.params["W_U"]
+        if targets is None:
+            R = np.linalg.qr(W_U, mode="r")
+
+            def score(V: np.ndarray) -> float:
+                return float(np.linalg.norm(R @ (V * scale[None, :])))
+
+            bias_score = float(np.linalg.norm(self.model.params["b_U"])) * math.sqrt(tok.shape[0])
+        else:
+            tgt = check_tokens(targets, self.original)
+            if tgt.shape != tok.shape:
+                raise ShapeError(f"targets has shape {tgt.shape}; give one target token per position {tok.shape}.")
+            rows = W_U[tgt] * scale[:, None]  # (seq, d_model): the unembedding row each position is scored on
+
+            def score(V: np.ndarray) -> float:
+                return float(np.einsum("sm,ms->", rows, V))
+
+            bias_score = float(self.model.params["b_U"][tgt].sum())
+        scored = [PathScore(path, score(V)) for path, V in self._walk(tok, cache)]
+        if "unembed_bias" in self.sources:
+            scored.append(PathScore(Path("unembed_bias", (), self), bias_score))
+        scored.sort(key=lambda s: -abs(s.score))
+        return scored[:k]
+
+
+def expand(model: Transformer, order: int | None = None, *, sources: Sequence[str] = SOURCE_KINDS) -> PathSum:
+    """The path expansion of ``model``'s logits up to ``order`` heads per path (default: all layers).
+
+    Parameters
+    ----------
+    model : Transformer
+    order : int, optional
+        The most heads in one path; ``model.config.n_layers`` (the exact expansion) by default.
+    sources : sequence of str
+        Which of :data:`SOURCE_KINDS` to include; all by default (needed for exactness).
+
+    Returns
+    -------
+    PathSum
+        Lazy: terms are generated on iteration, weights built on access.
+    """
+    if not isinstance(model, Transformer):
+        raise InvalidArgumentError(f"expand expects a ca.Transformer, got {type(model).__name__}.")
+    n_layers = model.config.n_layers
+    if order is None:
+        order = n_layers
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 0:
+        raise InvalidArgumentError(f"order={order!r}; pass an integer from 0 to n_layers={n_layers}.")
+    unknown = [s for s in sources if s not in SOURCE_KINDS]
+    if unknown or isinstance(sources, str):
+        raise InvalidArgumentError(f"unknown sources {unknown or sources!r}; choose from {SOURCE_KINDS}.")
+    return PathSum(model, min(int(order), n_layers), tuple(sources))

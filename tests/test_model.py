@@ -1,0 +1,275 @@
+"""The Transformer container, the forward pass, weight transforms and checkpoint round trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import circuitalg as ca
+from model_helpers import log_softmax, random_model
+
+CONFIGS = {
+    "attn-only, no LN": dict(normalization=None),
+    "attn-only, LN": dict(normalization="LN"),
+    "MLP, LN": dict(normalization="LN", d_mlp=24),
+    "MLP, LNPre": dict(normalization="LNPre", d_mlp=24),
+    "MLP, no LN": dict(normalization=None, d_mlp=24),
+}
+
+
+def naive_forward(model: ca.Transformer, tokens: np.ndarray) -> np.ndarray:
+    """An independent, loop-based forward pass: one position, one head at a time, in the paper's notation."""
+    c, p = model.config, model.params
+    seq = len(tokens)
+
+    def ln(x: np.ndarray, prefix: str) -> np.ndarray:
+        if c.normalization is None:
+            return x
+        mu = x.mean()
+        y = (x - mu) / math.sqrt(((x - mu) ** 2).mean() + c.ln_eps)
+        if c.normalization == "LN":
+            y = y * p[prefix + ".w"] + p[prefix + ".b"]
+        return y
+
+    resid = [p["W_E"][:, t] + p["W_pos"][:, i] for i, t in enumerate(tokens)]
+    for layer in range(c.n_layers):
+        a = f"blocks.{layer}.attn."
+        xs = [ln(r, f"blocks.{layer}.ln1") for r in resid]
+        new = [r + p[a + "b_O"] for r in resid]
+        for h in range(c.n_heads):
+            q = [p[a + "W_Q"][h] @ x + p[a + "b_Q"][h] for x in xs]
+            k = [p[a + "W_K"][h] @ x + p[a + "b_K"][h] for x in xs]
+            v = [p[a + "W_V"][h] @ x + p[a + "b_V"][h] for x in xs]
+            for i in range(seq):
+                s = np.array([q[i] @ k[j] / math.sqrt(c.d_head) for j in range(i + 1)])
+                w = np.exp(s - s.max())
+                w /= w.sum()
+                new[i] = new[i] + p[a + "W_O"][h] @ sum(w[j] * v[j] for j in range(i + 1))
+        resid = new
+        if c.d_mlp is not None:
+            m = f"blocks.{layer}.mlp."
+            for i in range(seq):
+                x = ln(resid[i], f"blocks.{layer}.ln2")
+                pre = p[m + "W_in"] @ x + p[m + "b_in"]
+                act = 0.5 * pre * (1 + np.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3)))
+                resid[i] = resid[i] + p[m + "W_out"] @ act + p[m + "b_out"]
+    return np.stack([p["W_U"] @ ln(r, "ln_final") + p["b_U"] for r in resid])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_run_matches_an_independent_loop_forward_pass(name: str) -> None:
+    model = random_model(**CONFIGS[name], n_layers=2)
+    tokens = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+    logits, cache = model.run(tokens)
+    np.testing.assert_allclose(logits, naive_forward(model, tokens), rtol=1e-12, atol=1e-12)
+    assert cache.pattern.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(cache.pattern.sum(-1), 1.0, rtol=1e-14)
+    assert np.all(np.triu(cache.pattern, k=1) == 0)  # causal
+    assert cache.resid.shape == (3, 8, 16)
+    # the residual stream accounting closes: resid[l+1] = resid[l] + attn_out[l] (+ mlp_out[l])
+    for layer in range(2):
+        step = cache.attn_out[layer] + (cache.mlp_out[layer] if cache.mlp_out is not None else 0)
+        np.testing.assert_allclose(cache.resid[layer + 1], cache.resid[layer] + step, atol=1e-12)
+    assert (cache.ln1_scale is None) == (model.config.normalization is None)
+
+
+@pytest.mark.parametrize("name", ["attn-only, LN", "MLP, LN", "MLP, LNPre"])
+def test_weight_transforms_keep_the_outputs(name: str) -> None:
+    model = random_model(**CONFIGS[name], seed=3)
+    tokens = np.array([0, 5, 7, 7, 2, 11, 12])
+    ref, _ = model.run(tokens)
+    folded = ca.fold_layer_norm(model)
+    assert folded.config.normalization == "LNPre" and not any(k.endswith((".w", ".b")) for k in folded.params)
+    for transform in (ca.fold_layer_norm, ca.center_writing_weights, ca.fold_value_biases):
+        out, _ = transform(model).run(tokens)
+        np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10, err_msg=transform.__name__)
+    # all together, in TransformerLens's order
+    processed = ca.center_unembed(ca.fold_value_biases(ca.center_writing_weights(folded)))
+    out, _ = processed.run(tokens)
+    np.testing.assert_allclose(log_softmax(out), log_softmax(ref), rtol=1e-10, atol=1e-10)
+    assert not np.allclose(out, ref)  # centring the unembedding shifts raw logits
+    np.testing.assert_allclose(processed.params["W_U"].mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(processed.params["W_E"].mean(axis=0), 0.0, atol=1e-12)
+    for h in processed.heads():
+        np.testing.assert_allclose(h.W_V.array.sum(axis=1), 0.0, atol=1e-12)  # reading weights centred
+        assert not h.b_V.any()
+
+
+def test_fold_layer_norm_matches_its_formula() -> None:
+    model = random_model(normalization="LN", seed=1)
+    folded = ca.fold_layer_norm(model, center_reads=False)
+    w, b = model.params["blocks.1.ln1.w"], model.params["blocks.1.ln1.b"]
+    W_K = model.params["blocks.1.attn.W_K"]
+    np.testing.assert_allclose(folded.params["blocks.1.attn.W_K"], W_K * w)
+    np.testing.assert_allclose(folded.params["blocks.1.attn.b_K"], model.params["blocks.1.attn.b_K"] + W_K @ b)
+
+
+def test_center_writing_weights_needs_layer_norm() -> None:
+    with pytest.raises(ca.ConfigError, match="normalization=None"):
+        ca.center_writing_weights(random_model(normalization=None))
+
+
+def test_logit_lens() -> None:
+    model = random_model(normalization="LN", d_mlp=24)
+    tokens = np.array([1, 2, 3, 4])
+    logits, cache = model.run(tokens)
+    lens = ca.logit_lens(model, cache)
+    assert lens.shape == (3, 4, 13)
+    np.testing.assert_allclose(lens[-1], logits, atol=1e-12)
+    x0 = model.params["W_E"][:, tokens].T + model.params["W_pos"][:, :4].T
+    np.testing.assert_allclose(lens[0], model.ln_final(x0)[0] @ model.params["W_U"].T + model.params["b_U"])
+    with pytest.raises(ca.TooLargeError):
+        ca.logit_lens(model, cache, max_bytes=100)
+
+
+def test_heads_are_typed_maps_on_their_own_spaces() -> None:
+    model = random_model(d_mlp=24)
+    h = model.head(1, 2)
+    assert str(h) == h.name == "L1H2" and h.key == (1, 2)
+    assert h.space == ca.Space("L1H2", 4)
+    assert h.W_Q.shape == (4, 16) and h.W_O.shape == (16, 4)
+    assert h.ov.domain == h.ov.codomain == model.resid_space
+    np.testing.assert_allclose(h.ov.to_dense(), h.W_O.array @ h.W_V.array)
+    np.testing.assert_allclose(h.qk.to_dense(), h.W_Q.array.T @ h.W_K.array)
+    assert str(h.qk.symbol) == "W_Q^{1.2}.T*W_K^{1.2}"
+    with pytest.raises(ca.SpaceMismatchError, match="L1H1"):
+        h.W_O @ model.head(1, 1).W_V  # one head's output cannot read another head's values
+    assert model.head(1, 2) is h  # the same leaves every time, so decompositions are cached once
+    assert len(list(model.heads())) == 6
+    full_ov = model.W_U @ h.ov @ model.W_E
+    assert full_ov.shape == (13, 13)
+    dense_sv = np.linalg.svd(full_ov.to_dense(), compute_uv=False)
+    sv = full_ov.singular_values()
+    np.testing.assert_allclose(sv, dense_sv[: len(sv)], rtol=1e-10, atol=1e-12)
+    mlp = model.mlp(0)
+    assert mlp.W_in.codomain == ca.Space("mlp0", 24)
+    with pytest.raises(ca.InvalidArgumentError, match="out of range"):
+        model.head(2, 0)
+    with pytest.raises(ca.InvalidArgumentError, match="attention-only"):
+        random_model().mlp(0)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_own_format_round_trip(tmp_path, suffix: str) -> None:
+    model = random_model(normalization="LN", d_mlp=24)
+    model = ca.Transformer(model.config, model.params, vocab=[f"t{i}" for i in range(13)], name="m")
+    path = ca.save(model, tmp_path / f"m{suffix}")
+    back = ca.load(path)
+    assert back.config == model.config and back.vocab == model.vocab
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(back.params[k], v)
+
+
+def test_float32_on_request(tmp_path) -> None:
+    model = random_model()
+    back = ca.load(ca.save(model, tmp_path / "m.safetensors"), dtype=np.float32)
+    assert back.dtype == np.float32 and back.W_E.dtype == np.float32
+
+
+def test_transformer_lens_layout_round_trip() -> None:
+    model = random_model(normalization="LN", d_mlp=24)
+    sd = ca.to_transformer_lens(model.params, model.config)
+    assert sd["blocks.0.attn.W_Q"].shape == (3, 16, 4) and sd["embed.W_E"].shape == (13, 16)
+    back = ca.Transformer.from_state_dict(sd)  # layout and config inferred from keys and shapes
+    assert back.config == model.config
+    tokens = np.arange(8)
+    np.testing.assert_allclose(back.run(tokens)[0], model.run(tokens)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_transformer_lens_layout_without_ln_needs_the_normalization() -> None:
+    model = random_model(normalization=None)
+    sd = ca.to_transformer_lens(model.params, model.config)
+    with pytest.raises(ca.ConfigError, match="normalization"):
+        ca.Transformer.from_state_dict(sd)
+    back = ca.Transformer.from_state_dict(sd, config={"normalization": None})
+    assert back.config == model.config
+
+
+def hf_state_dict(model: ca.Transformer) -> tuple[dict, dict]:
+    """A GPT-2 (Conv1D, fused QKV) state dict and config.json written from canonical params by hand."""
+    c, p = model.config, model.params
+    sd = {"transformer.wte.weight": p["W_E"].T, "transformer.wpe.weight": p["W_pos"].T}
+    for l in range(c.n_layers):
+        a, h = f"blocks.{l}.attn.", f"transformer.h.{l}."
+        qkv = [p[a + w].transpose(2, 0, 1).reshape(c.d_model, -1) for w in ("W_Q", "W_K", "W_V")]
+        sd[h + "attn.c_attn.weight"] = np.concatenate(qkv, axis=1)
+        sd[h + "attn.c_attn.bias"] = np.concatenate([p[a + b].reshape(-1) for b in ("b_Q", "b_K", "b_V")])
+        sd[h + "attn.c_proj.weight"] = p[a + "W_O"].transpose(0, 2, 1).reshape(-1, c.d_model)
+        sd[h + "attn.c_proj.bias"] = p[a + "b_O"]
+        sd[h + "attn.bias"] = np.tril(np.ones((c.n_ctx, c.n_ctx)))  # a causal-mask buffer
+        for src, dst in (("ln_1", "ln1"), ("ln_2", "ln2")):
+            sd[h + src + ".weight"], sd[h + src + ".bias"] = p[f"blocks.{l}.{dst}.w"], p[f"blocks.{l}.{dst}.b"]
+        m = f"blocks.{l}.mlp."
+        sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_fc.bias"] = p[m + "W_in"].T, p[m + "b_in"]
+        sd[h + "mlp.c_proj.weight"], sd[h + "mlp.c_proj.bias"] = p[m + "W_out"].T, p[m + "b_out"]
+    sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"] = p["ln_final.w"], p["ln_final.b"]
+    cfg = {"model_type": "gpt2", "n_layer": c.n_layers, "n_head": c.n_heads, "n_embd": c.d_model,
+           "vocab_size": c.d_vocab, "n_positions": c.n_ctx, "n_inner": c.d_mlp, "activation_function": "gelu_new"}
+    return sd, cfg
+
+
+def test_hf_gpt2_layout_by_hand(tmp_path) -> None:
+    """Tied embeddings, fused QKV Conv1D weights and the mask buffer, without transformers installed."""
+    params = dict(random_model(normalization="LN", d_mlp=24, n_heads=4).params)
+    params["W_U"] = params["W_E"].T  # GPT-2 ties the unembedding to the embedding
+    params["b_U"] = np.zeros(13)
+    model = ca.Transformer(random_model(normalization="LN", d_mlp=24, n_heads=4).config, params)
+    sd, cfg = hf_state_dict(model)
+    back = ca.Transformer.from_state_dict(sd, config=cfg)
+    tokens = np.arange(10)
+    np.testing.assert_allclose(back.run(tokens)[0], model.run(tokens)[0], rtol=1e-13, atol=1e-13)
+    # the same as a checkpoint directory
+    import json
+
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "vocab.json").write_text(json.dumps({("Ġ" + str(i)): i for i in range(13)}))
+    loaded = ca.load(tmp_path)
+    np.testing.assert_allclose(loaded.run(tokens)[0], model.run(tokens)[0], rtol=1e-13, atol=1e-13)
+    assert loaded.vocab[3] == " 3"  # GPT-2's byte-level 'Ġ' decodes to a space
+
+
+def test_tiny_hf_gpt2_matches_transformers(tmp_path) -> None:
+    """A random tiny GPT-2 saved by transformers loads with ca.load and reproduces its logits."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=101, n_positions=32)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    model = ca.load(tmp_path)
+    assert model.config.n_heads == 4 and model.config.d_head == 16 and model.config.d_mlp == 256
+    tokens = np.random.default_rng(0).integers(0, 101, size=32)
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)[None]).logits[0].double().numpy()
+    logits, _ = model.run(tokens)
+    err = np.abs(logits - ref).max()
+    assert err < 1e-4, err
+    # Our float64 pass agrees with float32 torch to float32 rounding, far inside the criterion.
+    assert err < 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_matches_transformer_lens_attention_only() -> None:
+    """Random attention-only HookedTransformers (with and without LN) in TL layout."""
+    pytest.importorskip("transformer_lens")
+    torch = pytest.importorskip("torch")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    for norm in (None, "LN"):
+        cfg = HookedTransformerConfig(
+            n_layers=2, d_model=64, n_ctx=32, d_head=16, n_heads=4, d_vocab=101, attn_only=True,
+            normalization_type=norm, act_fn=None, seed=0, init_weights=True, dtype=torch.float64,
+        )
+        tl = HookedTransformer(cfg)
+        with torch.no_grad():
+            for name, param in tl.named_parameters():  # random biases and LN weights too
+                param.add_(0.1 * torch.randn_like(param))
+        model = ca.Transformer.from_state_dict(tl.state_dict(), layout="transformer_lens", config=tl.cfg)
+        tokens = np.random.default_rng(1).integers(0, 101, size=20)
+        with torch.no_grad():
+            ref = tl(torch.tensor(tokens)[None]).double().numpy()[0]
+        np.testing.assert_allclose(model.run(tokens)[0], ref, rtol=1e-9, atol=1e-9)

@@ -17,3 +17,12 @@ def test_factored_algebra_example_runs() -> None:
     assert "W_U*W_O*W_V*W_E" in out.stdout
     rel = float(out.stdout.split("independent QR reference:")[1].split()[0])
     assert rel < 1e-10
+
+
+def test_gpt2_paths_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "02_gpt2_paths.py")], capture_output=True, text=True, check=True
+    )
+    rel = float(out.stdout.split("forward-pass logits: max relative difference")[1].split()[0])
+    assert rel < 1e-8
+    assert "embed -> unembed" in out.stdout

@@ -273,3 +273,42 @@ def test_matches_transformer_lens_attention_only() -> None:
         with torch.no_grad():
             ref = tl(torch.tensor(tokens)[None]).double().numpy()[0]
         np.testing.assert_allclose(model.run(tokens)[0], ref, rtol=1e-9, atol=1e-9)
+
+
+def test_weight_processing_equals_transformer_lens() -> None:
+    """fold_layer_norm + center_writing_weights + center_unembed + fold_value_biases = TL's process_weights_."""
+    pytest.importorskip("transformer_lens")
+    torch = pytest.importorskip("torch")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, d_mlp=64, act_fn="gelu_new",
+        normalization_type="LN", seed=0, dtype=torch.float64,
+    )
+    tl = HookedTransformer(cfg)
+    with torch.no_grad():
+        for _, param in tl.named_parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    ours = ca.Transformer.from_state_dict(tl.state_dict(), config=tl.cfg)
+    tl.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)  # folds b_V too
+    theirs = ca.Transformer.from_state_dict(tl.state_dict(), config=tl.cfg)
+    processed = ca.fold_value_biases(ca.center_unembed(ca.center_writing_weights(ca.fold_layer_norm(ours))))
+    assert processed.config == theirs.config
+    for key, value in theirs.params.items():
+        # TL 3.x rounds through float32 while processing, hence the float32-level tolerance.
+        np.testing.assert_allclose(processed.params[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_the_model_owns_its_weights() -> None:
+    """Changing the caller's arrays afterwards (as TL's in-place processing does) leaves the model intact."""
+    model = random_model()
+    params = {k: np.array(v) for k, v in model.params.items()}
+    copy = ca.Transformer(model.config, params)
+    before = copy.run(TOKENS_SHORT)[0]
+    params["W_E"] += 1.0
+    np.testing.assert_array_equal(copy.run(TOKENS_SHORT)[0], before)
+    with pytest.raises(ValueError):
+        copy.params["W_E"][0, 0] = 1.0  # read-only
+
+
+TOKENS_SHORT = np.array([1, 2, 3])

@@ -385,9 +385,13 @@ def _validate_params(
                 continue
             missing.append(key)
             continue
-        value = params[key]
+        value = _to_numpy(params[key])
+        if not (isinstance(value, np.ndarray) and not value.flags.writeable):
+            # Own the data: a caller (or TransformerLens processing weights in place) could
+            # otherwise change the weights under cached decompositions.
+            value = np.array(value, copy=True)
         try:
-            arr = as_float_array(_to_numpy(value), f"{source}: tensor {key!r}", ndim=len(shape), dtype=dtype)
+            arr = as_float_array(value, f"{source}: tensor {key!r}", ndim=len(shape), dtype=dtype)
         except InvalidArrayError as exc:
             raise LoadError(str(exc)) from None
         if arr.shape != shape:

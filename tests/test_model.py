@@ -268,7 +268,7 @@ def test_matches_transformer_lens_attention_only() -> None:
         with torch.no_grad():
             for name, param in tl.named_parameters():  # random biases and LN weights too
                 param.add_(0.1 * torch.randn_like(param))
-        model = ca.Transformer.from_state_dict(tl.state_dict(), layout="transformer_lens", config=tl.cfg)
+        model = ca.Transformer.from_hooked_transformer(tl)
         tokens = np.random.default_rng(1).integers(0, 101, size=20)
         with torch.no_grad():
             ref = tl(torch.tensor(tokens)[None]).double().numpy()[0]

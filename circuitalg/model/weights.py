@@ -357,6 +357,18 @@ class Transformer:
         cfg, params = convert_state_dict(state_dict, layout=layout, config=config, source=name)
         return cls(cfg, params, name=name, vocab=vocab)
 
+    @classmethod
+    def from_hooked_transformer(cls, hooked: Any) -> Transformer:
+        """Read a live TransformerLens ``HookedTransformer`` (its ``state_dict()`` and ``cfg``)."""
+        cfg = getattr(hooked, "cfg", None)
+        if cfg is None or not hasattr(hooked, "state_dict"):
+            raise InvalidArgumentError(
+                f"expected a TransformerLens HookedTransformer, got {type(hooked).__name__}; for a state dict "
+                "use Transformer.from_state_dict(sd, layout='transformer_lens', config=...)."
+            )
+        name = str(getattr(cfg, "model_name", None) or "hooked_transformer")
+        return cls.from_state_dict(hooked.state_dict(), layout="transformer_lens", config=cfg, name=name)
+
 
 def _validate_params(
     config: TransformerConfig,

@@ -67,7 +67,15 @@ from circuitalg.model import (
 )
 from circuitalg.circuits import Path, PathScore, PathSum, expand
 from circuitalg.spaces import ProductSpace, Space, product_space
-from circuitalg.symbolic import latex, to_sympy
+from circuitalg.symbolic import (
+    SymbolicExpansion,
+    Verification,
+    latex,
+    symbolic_expansion,
+    to_sympy,
+    verify,
+    verify_numeric,
+)
 
 __version__ = "0.1.0"
 
@@ -130,6 +138,11 @@ __all__ = [
     # symbolic
     "to_sympy",
     "latex",
+    "verify",
+    "verify_numeric",
+    "Verification",
+    "symbolic_expansion",
+    "SymbolicExpansion",
     # errors
     "CircuitAlgError",
     "InvalidArgumentError",

@@ -300,7 +300,8 @@ class Transformer:
             raise InvalidArgumentError(f"{self.name} is attention-only: it has no MLPs.")
         self.head(layer, 0)  # validates the layer index
         mlp = self.layers[layer].mlp
-        assert mlp is not None  # internal invariant: d_mlp set implies every layer has an MLP
+        if mlp is None:  # unreachable: d_mlp set implies every layer has an MLP
+            raise InvalidArgumentError(f"{self.name}: layer {layer} has no MLP.")
         return mlp
 
     @property

@@ -20,6 +20,20 @@ def saved(tmp_path):
     return model, ca.save(model, tmp_path / "m.safetensors")
 
 
+def _tensors(path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def _resave(tensors: dict, model: ca.Transformer, path):
+    """Write (mutated) tensors back in circuitalg's format, with the model's config."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata={"circuitalg_config": model.config.to_json()})
+    return path
+
+
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(ca.LoadError, match="no such file"):
         ca.load(tmp_path / "nope.safetensors")
@@ -54,37 +68,28 @@ def test_hostile_header_is_refused_before_allocating(tmp_path) -> None:
 
 
 def test_missing_tensor_is_named(saved, tmp_path) -> None:
-    from safetensors.numpy import load_file, save_file
-
     model, path = saved
-    tensors = load_file(str(path))
+    tensors = _tensors(path)
     del tensors["blocks.1.attn.W_K"]
-    bad = tmp_path / "missing.safetensors"
-    save_file(tensors, str(bad), metadata={"circuitalg_config": model.config.to_json()})
+    bad = _resave(tensors, model, tmp_path / "missing.safetensors")
     with pytest.raises(ca.LoadError, match=r"missing parameters \['blocks.1.attn.W_K'\]"):
         ca.load(bad)
 
 
 def test_wrong_shape_is_named(saved, tmp_path) -> None:
-    from safetensors.numpy import load_file, save_file
-
     model, path = saved
-    tensors = load_file(str(path))
+    tensors = _tensors(path)
     tensors["blocks.0.mlp.W_in"] = tensors["blocks.0.mlp.W_in"].T.copy()
-    bad = tmp_path / "shape.safetensors"
-    save_file(tensors, str(bad), metadata={"circuitalg_config": model.config.to_json()})
+    bad = _resave(tensors, model, tmp_path / "shape.safetensors")
     with pytest.raises(ca.LoadError, match=r"tensor 'blocks.0.mlp.W_in' has shape \(16, 24\), expected \(24, 16\)"):
         ca.load(bad)
 
 
 def test_nan_is_named(saved, tmp_path) -> None:
-    from safetensors.numpy import load_file, save_file
-
     model, path = saved
-    tensors = load_file(str(path))
+    tensors = _tensors(path)
     tensors["W_U"][3, 4] = np.nan
-    bad = tmp_path / "nan.safetensors"
-    save_file(tensors, str(bad), metadata={"circuitalg_config": model.config.to_json()})
+    bad = _resave(tensors, model, tmp_path / "nan.safetensors")
     with pytest.raises(ca.LoadError, match=r"nan.safetensors: tensor 'W_U': contains 1 NaN"):
         ca.load(bad)
 

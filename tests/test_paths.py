@@ -117,8 +117,9 @@ def _shape_only_model(cfg: ca.TransformerConfig) -> ca.Transformer:
     return ca.Transformer(cfg, params, dtype=np.float32)
 
 
-def test_top_ranks_terms_by_their_contribution() -> None:
-    model = random_model(normalization="LN", n_layers=2, d_mlp=24, seed=5)
+@pytest.mark.parametrize("d_vocab", [13, 40])  # W_U wide (QR of it) and tall (its cached leaf factor)
+def test_top_ranks_terms_by_their_contribution(d_vocab: int) -> None:
+    model = random_model(normalization="LN", n_layers=2, d_mlp=24, seed=5, d_vocab=d_vocab)
     logits, cache = model.run(TOKENS)
     ps = ca.expand(model)
     top = ps.top(TOKENS, cache, k=5)

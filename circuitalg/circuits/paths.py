@@ -36,7 +36,8 @@ from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.maps.nodes import Dense, LinearMap
 from circuitalg.maps.rules import identity
 from circuitalg.model.forward import Cache, check_tokens
-from circuitalg.model.transforms import fold_layer_norm
+from circuitalg.linalg.factors import leaf_r
+from circuitalg.model.transforms import attention_bias, fold_layer_norm
 from circuitalg.model.weights import Transformer
 from circuitalg.spaces import Space
 
@@ -46,6 +47,11 @@ __all__ = ["Path", "PathSum", "PathScore", "expand", "SOURCE_KINDS"]
 SOURCE_KINDS = ("embed", "pos", "attn_bias", "mlp", "unembed_bias")
 
 _CONST = Space("const", 1)
+
+
+def _source_layer(source: str) -> int:
+    """The layer of an ``attn_bias{l}`` or ``mlp{l}`` source."""
+    return int(source[len("attn_bias"):] if source.startswith("attn_bias") else source[len("mlp"):])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,13 +162,7 @@ class PathSum:
 
     @cached_property
     def _attn_bias(self) -> np.ndarray:
-        p = self.model.params
-        return np.stack(
-            [
-                p[f"blocks.{l}.attn.b_O"] + np.einsum("hmd,hd->m", p[f"blocks.{l}.attn.W_O"], p[f"blocks.{l}.attn.b_V"])
-                for l in range(self.model.config.n_layers)
-            ]
-        )
+        return np.stack([attention_bias(self.model.params, l) for l in range(self.model.config.n_layers)])
 
     def source_map(self, source: str) -> LinearMap:
         """The typed map ``S`` a source writes through: ``W_E``, ``W_pos``, a bias column, or identity."""
@@ -172,8 +172,7 @@ class PathSum:
         if source == "pos":
             return m.W_pos
         if source.startswith("attn_bias"):
-            l = int(source[len("attn_bias"):])
-            return self._bias_maps[l]
+            return self._bias_maps[_source_layer(source)]
         if source.startswith("mlp"):
             return identity(m.resid_space, dtype=m.dtype)
         raise InvalidArgumentError(f"unknown source {source!r}; sources are {self.sources}.")
@@ -192,11 +191,7 @@ class PathSum:
 
     # -- enumeration ---------------------------------------------------------------------
     def _entry_layer(self, source: str) -> int:
-        if source in ("embed", "pos"):
-            return 0
-        if source.startswith("attn_bias"):
-            return int(source[len("attn_bias"):]) + 1
-        return int(source[len("mlp"):]) + 1
+        return 0 if source in ("embed", "pos") else _source_layer(source) + 1
 
     def terms(self, source: str | None = None, n_heads: int | None = None) -> Iterator[Path]:
         """Iterate the terms, optionally only from ``source`` and/or with exactly ``n_heads`` heads."""
@@ -300,12 +295,12 @@ class PathSum:
         if source == "pos":
             return p["W_pos"][:, :seq]
         if source.startswith("attn_bias"):
-            b = self._attn_bias[int(source[len("attn_bias"):])]
+            b = self._attn_bias[_source_layer(source)]
             return np.repeat(b[:, None], seq, axis=1)
         if source.startswith("mlp"):
             if cache.mlp_out is None:
                 raise ShapeError("cache has no MLP outputs; use the cache of this model's run.")
-            return cache.mlp_out[int(source[len("mlp"):])].T
+            return cache.mlp_out[_source_layer(source)].T
         raise InvalidArgumentError(f"unknown source {source!r}; sources are {self.sources}.")
 
     def apply_head(self, V: np.ndarray, cache: Cache, layer: int, head: int) -> np.ndarray:
@@ -351,7 +346,7 @@ class PathSum:
         """The ``k`` terms with the largest contributions (direct logit attribution for paths).
 
         Without ``targets`` a term's score is the Frobenius norm of its ``(seq, d_vocab)``
-        contribution, computed as ``||R V D_f||_F`` with ``W_U = Q R`` (never the logits).
+        contribution, computed as ``||R V D_f||_F`` with ``RᵀR = W_UᵀW_U`` (never the logits).
         With ``targets`` (one token id per position) the score is the summed contribution to
         the target logits, ranked by absolute value.
         """
@@ -361,7 +356,9 @@ class PathSum:
         scale = self.final_scale(cache)
         W_U = self.model.params["W_U"]
         if targets is None:
-            R = np.linalg.qr(W_U, mode="r")
+            # RᵀR = W_UᵀW_U; the tall leaf's factor is cached on it and shared with the factored numerics
+            tall = W_U.shape[0] >= W_U.shape[1]
+            R = leaf_r(self.model.W_U, "cols") if tall else np.linalg.qr(W_U, mode="r")
 
             def score(V: np.ndarray) -> float:
                 return float(np.linalg.norm(R @ (V * scale[None, :])))

@@ -16,6 +16,7 @@ import numpy as np
 
 from circuitalg.errors import ConfigError, LoadError
 from circuitalg.model.config import TransformerConfig
+from circuitalg.model.weights import _to_numpy
 
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens", "hf_config"]
 
@@ -77,8 +78,6 @@ def _as_config(config: Any, source: str) -> TransformerConfig:
 
 
 def _np(value: Any) -> np.ndarray:
-    from circuitalg.model.weights import _to_numpy
-
     return np.asarray(_to_numpy(value))
 
 

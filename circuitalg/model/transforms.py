@@ -23,7 +23,13 @@ import numpy as np
 from circuitalg.errors import ConfigError
 from circuitalg.model.weights import Transformer
 
-__all__ = ["fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases"]
+__all__ = ["fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases", "attention_bias"]
+
+
+def attention_bias(params: dict[str, np.ndarray], layer: int) -> np.ndarray:
+    """The constant vector layer ``layer``'s attention writes at every position: ``b_O + Σ_h W_O^h b_V^h``."""
+    a = f"blocks.{layer}.attn."
+    return params[a + "b_O"] + np.einsum("hmd,hd->m", params[a + "W_O"], params[a + "b_V"])
 
 
 def _centre_rows(W: np.ndarray) -> np.ndarray:
@@ -97,6 +103,6 @@ def fold_value_biases(model: Transformer) -> Transformer:
     p = dict(model.params)
     for layer in range(model.config.n_layers):
         a = f"blocks.{layer}.attn."
-        p[a + "b_O"] = p[a + "b_O"] + np.einsum("hmd,hd->m", p[a + "W_O"], p[a + "b_V"])
+        p[a + "b_O"] = attention_bias(p, layer)
         p[a + "b_V"] = np.zeros_like(p[a + "b_V"])
     return model.with_params(p)

@@ -281,12 +281,14 @@ class Transformer:
         self.ln_final: LayerNorm | None = layer_norm("ln_final")
 
     # -- access ---------------------------------------------------------------------------
+    def _check_index(self, what: str, v: Any, n: int) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
+            raise InvalidArgumentError(f"{what} {v!r} is out of range for {self.name}: use 0..{n - 1}.")
+
     def head(self, layer: int, index: int) -> Head:
         """The head ``L{layer}H{index}``."""
-        c = self.config
-        for what, v, n in (("layer", layer, c.n_layers), ("head", index, c.n_heads)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
-                raise InvalidArgumentError(f"{what} {v!r} is out of range for {self.name}: use 0..{n - 1}.")
+        self._check_index("layer", layer, self.config.n_layers)
+        self._check_index("head", index, self.config.n_heads)
         return self.layers[layer].heads[index]
 
     def heads(self) -> Iterator[Head]:
@@ -298,7 +300,7 @@ class Transformer:
         """The MLP of ``layer``; :class:`InvalidArgumentError` for attention-only models."""
         if self.config.d_mlp is None:
             raise InvalidArgumentError(f"{self.name} is attention-only: it has no MLPs.")
-        self.head(layer, 0)  # validates the layer index
+        self._check_index("layer", layer, self.config.n_layers)
         mlp = self.layers[layer].mlp
         if mlp is None:  # unreachable: d_mlp set implies every layer has an MLP
             raise InvalidArgumentError(f"{self.name}: layer {layer} has no MLP.")

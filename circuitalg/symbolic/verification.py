@@ -90,12 +90,9 @@ class Poly:
         return dict(self.terms)
 
 
-def _letter_shape(letter: Any) -> tuple[Any, Any]:
-    return letter.rows, letter.cols
-
-
 def _same(a: Any, b: Any) -> bool:
-    return bool(sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0)
+    """Exact equality of two dimensions (polynomials in integer symbols)."""
+    return bool(sympy.expand(sympy.sympify(a) - sympy.sympify(b)) == 0)
 
 
 # Rules: small pure functions. Each is checked numerically on random instances in the tests.
@@ -294,7 +291,7 @@ def evaluate_exact(expr: Any, values: Mapping[str, np.ndarray], scalars: Mapping
             out[i, i] = 1
         return out
     if isinstance(e, sympy.ZeroMatrix):
-        return np.zeros((dim(e.shape[0]), dim(e.shape[1])), dtype=object) * 0
+        return np.zeros((dim(e.shape[0]), dim(e.shape[1])), dtype=object)
     if isinstance(e, sympy.Transpose):
         return evaluate_exact(e.arg, values, scalars, dims).T
     if isinstance(e, sympy.MatAdd):
@@ -464,9 +461,8 @@ def verify(
     pa, pb = normal_form(a, rules), normal_form(b, rules)
     _, dim_syms, _ = _symbols_of((a, b))
     dim_sets = _dim_sets(dim_syms, sizes, seed)
-    if pa.as_dict().keys() == pb.as_dict().keys() and all(
-        sympy.expand(pa.as_dict()[w] - pb.as_dict()[w]) == 0 for w in pa.as_dict()
-    ):
+    da, db = pa.as_dict(), pb.as_dict()
+    if da.keys() == db.keys() and all(sympy.expand(da[w] - db[w]) == 0 for w in da):
         ok, cex = _exact_trials(a, b, dim_sets[:1], 1, seed)  # guard against an unsound rule
         if ok:
             return Verification(

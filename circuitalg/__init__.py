@@ -65,7 +65,28 @@ from circuitalg.model import (
     save,
     to_transformer_lens,
 )
-from circuitalg.circuits import Path, PathScore, PathSum, expand
+from circuitalg.circuits import (
+    Circuit,
+    CircuitGraph,
+    CircuitSearch,
+    CompositionBaseline,
+    HeadTable,
+    Path,
+    PathScore,
+    PathSum,
+    TokenEntry,
+    composition_baseline,
+    composition_scores,
+    copying_score,
+    count_circuits,
+    effective_rank,
+    expand,
+    head_table,
+    repeated_random_tokens,
+    top_circuits,
+    top_tokens,
+)
+from circuitalg import zoo
 from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.symbolic import (
     SymbolicExpansion,
@@ -135,6 +156,22 @@ __all__ = [
     "Path",
     "PathSum",
     "PathScore",
+    "composition_scores",
+    "composition_baseline",
+    "CompositionBaseline",
+    "head_table",
+    "HeadTable",
+    "copying_score",
+    "effective_rank",
+    "repeated_random_tokens",
+    "top_tokens",
+    "TokenEntry",
+    "CircuitGraph",
+    "top_circuits",
+    "count_circuits",
+    "Circuit",
+    "CircuitSearch",
+    "zoo",
     # symbolic
     "to_sympy",
     "latex",

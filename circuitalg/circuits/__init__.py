@@ -1,5 +1,46 @@
-"""Circuits: path expansion (and, later, virtual weights, composition scores, the graph)."""
+"""Circuits: path expansion, composition scores, head diagnostics, the graph, circuit enumeration."""
 
+from circuitalg.circuits.composition import (
+    COMPOSITION_KINDS,
+    CompositionBaseline,
+    composition_baseline,
+    composition_scores,
+)
+from circuitalg.circuits.diagnostics import (
+    HeadTable,
+    TokenEntry,
+    copying_score,
+    effective_rank,
+    head_table,
+    repeated_random_tokens,
+    top_tokens,
+)
+from circuitalg.circuits.enumerate import SINK_KINDS, Circuit, CircuitSearch, count_circuits, top_circuits
+from circuitalg.circuits.graph import EDGE_KINDS, CircuitGraph
 from circuitalg.circuits.paths import SOURCE_KINDS, Path, PathScore, PathSum, expand
 
-__all__ = ["Path", "PathSum", "PathScore", "expand", "SOURCE_KINDS"]
+__all__ = [
+    "COMPOSITION_KINDS",
+    "CompositionBaseline",
+    "composition_baseline",
+    "composition_scores",
+    "HeadTable",
+    "TokenEntry",
+    "copying_score",
+    "effective_rank",
+    "head_table",
+    "repeated_random_tokens",
+    "top_tokens",
+    "SINK_KINDS",
+    "Circuit",
+    "CircuitSearch",
+    "count_circuits",
+    "top_circuits",
+    "EDGE_KINDS",
+    "CircuitGraph",
+    "Path",
+    "PathSum",
+    "PathScore",
+    "expand",
+    "SOURCE_KINDS",
+]

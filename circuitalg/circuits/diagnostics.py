@@ -1,0 +1,303 @@
+"""Per-head diagnostics (copying, positional and behavioural scores) and top token mappings.
+
+Everything static is computed from factored maps: the full OV circuit ``W_U W_OV W_E`` is
+never built (its eigenvalues come from the ``d_head x d_head`` matrix ``W_V (W_E W_U) W_O``,
+with ``W_E W_U`` formed once), and :func:`top_tokens` scans a thin factorisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from circuitalg.circuits.composition import check_model
+from circuitalg.errors import InvalidArgumentError, ShapeError
+from circuitalg.linalg.eig import eigenvalues
+from circuitalg.linalg.svd import singular_values, svd
+from circuitalg.maps.nodes import LinearMap
+from circuitalg.model.forward import check_tokens
+from circuitalg.model.weights import Transformer
+
+__all__ = [
+    "HeadTable",
+    "TokenEntry",
+    "copying_score",
+    "effective_rank",
+    "head_table",
+    "repeated_random_tokens",
+    "top_tokens",
+]
+
+
+#: Default size of one block of rows scanned by :func:`top_tokens` (64 MiB).
+SCAN_BYTES = 64 << 20
+
+
+def copying_score(eigs: np.ndarray) -> float:
+    """``Σ Re λ / Σ |λ|`` over eigenvalues (1 for a pure copier, -1 for an anti-copier, 0 if all vanish)."""
+    eigs = np.asarray(eigs)
+    den = float(np.abs(eigs).sum())
+    return float(np.real(eigs).sum() / den) if den > 0 else 0.0
+
+
+def effective_rank(s: np.ndarray) -> float:
+    """Entropy effective rank ``exp(-Σ p log p)`` with ``p = σ / Σσ`` (Roy & Vetterli, 2007)."""
+    s = np.asarray(s, dtype=np.float64)
+    s = s[s > 0]
+    if s.size == 0:
+        return 0.0
+    p = s / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def repeated_random_tokens(model: Transformer, seq_len: int = 20, n_seqs: int = 8, *, seed: int = 0) -> np.ndarray:
+    """``n_seqs`` sequences of ``seq_len`` uniform random tokens, each repeated once: ``(n_seqs, 2 seq_len)``."""
+    check_model(model)
+    for name, v in (("seq_len", seq_len), ("n_seqs", n_seqs)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InvalidArgumentError(f"{name}={v!r}; use a positive integer.")
+    if 2 * seq_len > model.config.n_ctx:
+        raise InvalidArgumentError(
+            f"seq_len={seq_len}: the repeated sequence has {2 * seq_len} tokens but n_ctx={model.config.n_ctx}; "
+            f"use seq_len <= {model.config.n_ctx // 2}."
+        )
+    half = np.random.default_rng(seed).integers(0, model.config.d_vocab, size=(n_seqs, seq_len))
+    return np.concatenate([half, half], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadTable:
+    """Diagnostics of every head, as ``[n_layers, n_heads]`` arrays.
+
+    Attributes
+    ----------
+    copying : full OV circuit ``W_U W_OV W_E``, ``Σ Re λ / Σ |λ|``.
+    copying_ov : the same for the ``d_model``-sized ``W_OV``.
+    positional_prev_token : mean attention to the previous position of a softmax over the
+        positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` (causal; tokens, biases and
+        layer norms ignored), over the first ``n_positions`` positions.
+    ov_effective_rank, qk_effective_rank : entropy effective rank of ``W_OV`` and ``W_QK``.
+    ov_singular_values, qk_singular_values : ``[n_layers, n_heads, k]``, the top ``k``.
+    induction, prev_token : measured on repeated random tokens (``None`` unless tokens were
+        given): mean attention on the ``1 - seq_len`` diagonal (the token after the previous
+        occurrence) and on the ``-1`` diagonal, over the second half of each sequence
+        (induction) and all positions after the first (previous token).
+    """
+
+    copying: np.ndarray
+    copying_ov: np.ndarray
+    positional_prev_token: np.ndarray
+    ov_effective_rank: np.ndarray
+    qk_effective_rank: np.ndarray
+    ov_singular_values: np.ndarray
+    qk_singular_values: np.ndarray
+    induction: np.ndarray | None = None
+    prev_token: np.ndarray | None = None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of the scalar columns present."""
+        names = ["copying", "copying_ov", "positional_prev_token", "ov_effective_rank", "qk_effective_rank"]
+        names += [n for n in ("induction", "prev_token") if getattr(self, n) is not None]
+        return tuple(names)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per head (``head``, ``layer``, ``index`` and every column), layer by layer."""
+        L, H = self.copying.shape
+        out = []
+        for l in range(L):
+            for h in range(H):
+                rec: dict[str, Any] = {"head": f"L{l}H{h}", "layer": l, "index": h}
+                for f in self.fields:
+                    rec[f] = float(getattr(self, f)[l, h])
+                rec["ov_singular_values"] = [float(x) for x in self.ov_singular_values[l, h]]
+                rec["qk_singular_values"] = [float(x) for x in self.qk_singular_values[l, h]]
+                out.append(rec)
+        return out
+
+    def top(self, field: str, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` heads with the largest ``field``, as ``("L1H2", value)`` pairs."""
+        if field not in self.fields:
+            raise InvalidArgumentError(f"field={field!r}; this table has {', '.join(self.fields)}.")
+        a = getattr(self, field)
+        order = np.argsort(-a, axis=None, kind="stable")[:k]
+        H = a.shape[1]
+        return [(f"L{i // H}H{i % H}", float(a.flat[i])) for i in order]
+
+
+def _positional_prev_token(model: Transformer, n_positions: int) -> np.ndarray:
+    c = model.config
+    n = min(n_positions, c.n_ctx)
+    out = np.zeros((c.n_layers, c.n_heads))
+    if n < 2:
+        return out
+    P = np.asarray(model.params["W_pos"][:, :n], dtype=np.float64)
+    mask = np.triu(np.ones((n, n), dtype=bool), k=1)
+    for head in model.heads():
+        q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
+        k = np.asarray(head.W_K.array, dtype=np.float64) @ P
+        s = (q.T @ k) / c.attn_scale
+        s[mask] = -np.inf
+        s -= s.max(axis=1, keepdims=True)
+        p = np.exp(s)
+        p /= p.sum(axis=1, keepdims=True)
+        out[head.layer, head.index] = float(np.diagonal(p, offset=-1).mean())
+    return out
+
+
+def _behaviour(model: Transformer, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(tokens)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] < 2 or arr.shape[1] % 2:
+        raise ShapeError(
+            f"tokens must be (n_seqs, 2 * seq_len) repeated sequences, got shape {arr.shape}; "
+            "make them with ca.repeated_random_tokens(model)."
+        )
+    T = arr.shape[1] // 2
+    if not np.array_equal(arr[:, :T], arr[:, T:]):
+        raise InvalidArgumentError(
+            "tokens must repeat: each row's second half must equal its first half "
+            "(the induction score reads attention to the previous occurrence); use ca.repeated_random_tokens(model)."
+        )
+    c = model.config
+    ind = np.zeros((c.n_layers, c.n_heads))
+    prev = np.zeros((c.n_layers, c.n_heads))
+    for row in arr:
+        _, cache = model.run(check_tokens(row, model))
+        pat = cache.pattern  # (L, H, 2T, 2T)
+        # diagonal entry i is pattern[i + T - 1, i]; queries T .. 2T-1 are entries 1 .. T
+        ind += np.diagonal(pat, offset=1 - T, axis1=2, axis2=3)[..., 1:].mean(axis=-1)
+        prev += np.diagonal(pat, offset=-1, axis1=2, axis2=3).mean(axis=-1)
+    return ind / len(arr), prev / len(arr)
+
+
+def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_positions: int = 256) -> HeadTable:
+    """Diagnostics of every head of ``model`` (see :class:`HeadTable`).
+
+    Parameters
+    ----------
+    model : Transformer
+    tokens : (n_seqs, 2 seq_len) int array, optional
+        Repeated random sequences (:func:`repeated_random_tokens`); when given, the
+        induction and previous-token scores are measured with forward passes.
+    k : int
+        How many top singular values of ``W_OV`` and ``W_QK`` to keep.
+    n_positions : int
+        Positions used by the positional previous-token score.
+    """
+    check_model(model)
+    c = model.config
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= c.d_head:
+        raise InvalidArgumentError(f"k={k!r}; use 1..d_head={c.d_head}.")
+    L, H = c.n_layers, c.n_heads
+    copying = np.zeros((L, H))
+    copying_ov = np.zeros((L, H))
+    ov_rank = np.zeros((L, H))
+    qk_rank = np.zeros((L, H))
+    ov_sv = np.zeros((L, H, k))
+    qk_sv = np.zeros((L, H, k))
+    for head in model.heads():
+        i = (head.layer, head.index)
+        copying[i] = copying_score(eigenvalues(model.W_U @ head.ov @ model.W_E))
+        copying_ov[i] = copying_score(eigenvalues(head.ov))
+        s_ov = singular_values(head.ov)
+        s_qk = singular_values(head.qk)
+        ov_rank[i], qk_rank[i] = effective_rank(s_ov), effective_rank(s_qk)
+        ov_sv[i], qk_sv[i] = s_ov[:k], s_qk[:k]
+    induction = prev = None
+    if tokens is not None:
+        induction, prev = _behaviour(model, tokens)
+    return HeadTable(
+        copying, copying_ov, _positional_prev_token(model, n_positions), ov_rank, qk_rank, ov_sv, qk_sv,
+        induction, prev,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenEntry:
+    """One entry ``m[row, col]`` of a token-to-token map.
+
+    For a full OV circuit ``W_U W_OV W_E`` the column is the attended (source) token and the
+    row the promoted output token; for a QK circuit ``W_Eᵀ W_QK W_E`` the row is the query
+    token and the column the key token.
+    """
+
+    row: int
+    col: int
+    value: float
+    row_token: str | None = None
+    col_token: str | None = None
+
+    def __str__(self) -> str:
+        r = repr(self.row_token) if self.row_token is not None else str(self.row)
+        c = repr(self.col_token) if self.col_token is not None else str(self.col)
+        return f"{c} -> {r}: {self.value:+.4g}"
+
+
+def top_tokens(
+    m: LinearMap, k: int = 10, *, vocab: Sequence[str] | Transformer | None = None, by: str = "value",
+    max_bytes: int | None = None,
+) -> list[TokenEntry]:
+    """The ``k`` largest entries of a (vocab x vocab) map without building it.
+
+    ``m`` is factored once as ``U S Vᵀ`` (the factored SVD); rows are then scanned in blocks
+    of at most ``max_bytes`` (default 64 MiB), strongest rows first, stopping
+    as soon as the Cauchy-Schwarz bound ``|m[i, j]| <= ||(US)_i|| max_j ||V_j||`` shows that
+    no remaining row can enter the top ``k``. Entries agree with the dense matrix to about
+    ``1e-15 * σ_max``.
+
+    Parameters
+    ----------
+    m : LinearMap
+        Any map, e.g. ``W_U @ head.ov @ W_E`` or ``W_E.T @ head.qk @ W_E``.
+    k : int
+    vocab : sequence of str or Transformer, optional
+        Token strings (a model's ``vocab``) to label the entries.
+    by : {"value", "abs"}
+        Largest values, or largest magnitudes.
+    """
+    if not isinstance(m, LinearMap):
+        raise InvalidArgumentError(f"top_tokens takes a ca.LinearMap, got {type(m).__name__}.")
+    n_rows, n_cols = m.shape
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_rows * n_cols:
+        raise InvalidArgumentError(f"k={k!r}; use 1..{n_rows * n_cols}.")
+    if by not in ("value", "abs"):
+        raise InvalidArgumentError(f"by={by!r}; use 'value' or 'abs'.")
+    if isinstance(vocab, Transformer):
+        vocab = vocab.vocab
+    if vocab is not None and (len(vocab) < max(n_rows, n_cols)):
+        raise InvalidArgumentError(f"vocab has {len(vocab)} strings but the map is {n_rows} x {n_cols}.")
+    U, S, Vh = svd(m)
+    Lf = U * S  # (n_rows, r)
+    budget = SCAN_BYTES if max_bytes is None else max_bytes
+    block = max(1, min(n_rows, budget // max(1, 8 * n_cols)))
+    row_norm = np.linalg.norm(Lf, axis=1)
+    col_max = float(np.linalg.norm(Vh, axis=0).max()) if Vh.size else 0.0
+    order = np.argsort(-row_norm, kind="stable")
+    best_v = np.empty(0)
+    best_i = np.empty(0, dtype=np.int64)
+    best_j = np.empty(0, dtype=np.int64)
+    for start in range(0, n_rows, block):
+        rows = order[start:start + block]
+        if best_v.size == k and row_norm[rows[0]] * col_max * (1 + 1e-12) < best_v.min():
+            break  # no remaining row can beat the k-th entry
+        vals = Lf[rows] @ Vh
+        key = np.abs(vals) if by == "abs" else vals
+        kk = min(k, key.size)
+        flat = np.argpartition(-key, kk - 1, axis=None)[:kk]
+        ri, cj = np.unravel_index(flat, key.shape)
+        cand_v = np.concatenate([best_v, key[ri, cj]])
+        cand_i = np.concatenate([best_i, rows[ri]])
+        cand_j = np.concatenate([best_j, cj])
+        keep = np.lexsort((cand_j, cand_i, -cand_v))[:k]
+        best_v, best_i, best_j = cand_v[keep], cand_i[keep], cand_j[keep]
+    out = []
+    for i, j in zip(best_i, best_j):
+        v = float(Lf[i] @ Vh[:, j])
+        out.append(TokenEntry(int(i), int(j), v, vocab[i] if vocab else None, vocab[j] if vocab else None))
+    return out

@@ -1,0 +1,324 @@
+"""The graph of virtual weights between a model's components (a ``networkx.MultiDiGraph``).
+
+Nodes: ``embed``, ``pos``, every head ``L{l}H{h}``, ``mlp{l}`` (models with MLPs) and
+``unembed``. Edges run from each writer to each later reader, one per way of reading
+(the edge key is its kind):
+
+- into a head: ``q``, ``k``, ``v`` with virtual weights ``W_QKᵀ W``, ``W_QK W`` and
+  ``W_OV W`` for the writer's map ``W`` (``W_E``, ``W_pos``, ``W_OV`` or ``W_out``);
+- into an MLP: ``in`` (``W_in W``); into the unembedding: ``out`` (``W_U W``).
+
+Each edge carries ``weight`` (the lazy typed map, never materialised), ``norm`` (its
+Frobenius norm), ``score`` (the norm divided by the product of the two factors' norms: the
+composition score for head-to-head edges) and, for head-to-head edges, the random-matrix
+``baseline`` (mean) and ``baseline_std`` of :func:`~circuitalg.circuits.composition.composition_baseline`
+(NaN elsewhere). Weights are used as given (fold layer norms first for what the model computes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path as FilePath
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from circuitalg.circuits.composition import (
+    COMPOSITION_KINDS,
+    CompositionBaseline,
+    check_model,
+    composition_baseline,
+    composition_parts,
+    head_weights,
+)
+from circuitalg.circuits.enumerate import SINK_KINDS, CircuitSearch, top_circuits
+from circuitalg.errors import InvalidArgumentError, LoadError
+from circuitalg.linalg.factors import leaf_r
+from circuitalg.maps.nodes import LinearMap
+from circuitalg.model.weights import Transformer
+
+__all__ = ["CircuitGraph", "EDGE_KINDS"]
+
+#: Edge kinds: reads by a head's query, key and value sides, by an MLP, and by the unembedding.
+EDGE_KINDS = ("q", "k", "v", "in", "out")
+_EXPORT_EDGE = ("kind", "norm", "score", "baseline", "baseline_std", "label")
+
+
+def _writers(model: Transformer) -> list[tuple[str, int, LinearMap, str]]:
+    """``(node, position, map, label)``; position orders reads and writes through the stream."""
+    out = [("embed", -1, model.W_E, "W_E"), ("pos", -1, model.W_pos, "W_pos")]
+    for layer in model.layers:
+        for head in layer.heads:
+            out.append((head.name, 2 * layer.index, head.ov, f"W_OV^{{{layer.index}.{head.index}}}"))
+        if layer.mlp is not None:
+            out.append((f"mlp{layer.index}", 2 * layer.index + 1, layer.mlp.W_out, f"W_out^{{{layer.index}}}"))
+    return out
+
+
+def _factor(model: Transformer, node: str, m: LinearMap) -> np.ndarray:
+    """``F`` (d_model x r) with ``F Fᵀ = W Wᵀ`` for writer map ``W``."""
+    if node == "embed":
+        return np.asarray(leaf_r(model.W_E, "rows"), dtype=np.float64).T
+    if node == "pos":
+        return np.asarray(leaf_r(model.W_pos, "rows"), dtype=np.float64).T
+    if node.startswith("mlp"):
+        return np.asarray(m.array, dtype=np.float64)  # type: ignore[attr-defined]
+    head = model.head(*_head_index(node))
+    W_V = np.asarray(head.W_V.array, dtype=np.float64)
+    w, U = np.linalg.eigh(W_V @ W_V.T)
+    return np.asarray(head.W_O.array, dtype=np.float64) @ (U * np.sqrt(np.clip(w, 0.0, None)))
+
+
+def _head_index(node: str) -> tuple[int, int]:
+    l, h = node[1:].split("H")
+    return int(l), int(h)
+
+
+class CircuitGraph:
+    """The virtual-weight graph of ``model`` (see the module docstring); ``.nx`` is the networkx graph.
+
+    Parameters
+    ----------
+    model : Transformer
+    baselines : dict of kind -> CompositionBaseline, optional
+        Defaults to :func:`composition_baseline` for ``q``, ``k``, ``v`` (seed 0).
+    """
+
+    def __init__(
+        self, model: Transformer | None, baselines: dict[str, CompositionBaseline] | None = None, *,
+        graph: nx.MultiDiGraph | None = None,
+    ) -> None:
+        self.model = model
+        if graph is not None:
+            self.nx = graph
+            self.baselines = dict(baselines or {})
+            return
+        model = check_model(model)
+        self.baselines = dict(baselines) if baselines else {k: composition_baseline(model, k) for k in COMPOSITION_KINDS}
+        self.nx = _build(model, self.baselines)
+
+    # -- queries ------------------------------------------------------------------------
+    def edges(self, kind: str | Iterable[str] | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
+        """Edge records ``{writer, reader, kind, norm, score, baseline, ...}``, highest score first."""
+        kinds = _kinds(kind)
+        recs = [
+            {"writer": u, "reader": v, **{k: d[k] for k in d if k != "weight"}}
+            for u, v, d in self.nx.edges(data=True)
+            if d["kind"] in kinds
+        ]
+        recs.sort(key=lambda r: (-r["score"], r["writer"], r["reader"], r["kind"]))
+        return recs if top is None else recs[:top]
+
+    def edge(self, writer: str, reader: str, kind: str) -> dict[str, Any]:
+        """The attributes of one edge; :class:`InvalidArgumentError` if absent."""
+        try:
+            return self.nx.edges[writer, reader, kind]
+        except KeyError:
+            raise InvalidArgumentError(f"no {kind!r} edge {writer} -> {reader} in this graph.") from None
+
+    def threshold(
+        self, min_score: float | None = None, *, above_baseline: float | None = None,
+        min_norm: float | None = None, kinds: str | Iterable[str] | None = None,
+    ) -> CircuitGraph:
+        """A graph with the same nodes and only the edges that pass every given test.
+
+        ``above_baseline=r`` keeps head-to-head edges whose score is at least ``r`` times the
+        baseline (and drops edges without a baseline).
+        """
+        ks = _kinds(kinds)
+        g = nx.MultiDiGraph(**self.nx.graph)
+        g.add_nodes_from(self.nx.nodes(data=True))
+        for u, v, key, d in self.nx.edges(keys=True, data=True):
+            if d["kind"] not in ks:
+                continue
+            if min_score is not None and not d["score"] >= min_score:
+                continue
+            if min_norm is not None and not d["norm"] >= min_norm:
+                continue
+            if above_baseline is not None and not d["score"] >= above_baseline * d["baseline"]:
+                continue  # NaN baselines fail this test
+            g.add_edge(u, v, key=key, **d)
+        return CircuitGraph(self.model, self.baselines, graph=g)
+
+    def subgraph(self, nodes: Iterable[str]) -> CircuitGraph:
+        """The graph induced on ``nodes`` (a copy)."""
+        nodes = list(nodes)
+        missing = [n for n in nodes if n not in self.nx]
+        if missing:
+            raise InvalidArgumentError(f"nodes {missing} are not in this graph; nodes look like 'embed', 'L0H1', 'mlp0'.")
+        return CircuitGraph(self.model, self.baselines, graph=nx.MultiDiGraph(self.nx.subgraph(nodes)))
+
+    def top_circuits(
+        self, k: int = 10, max_heads: int = 3, sinks: Sequence[str] = SINK_KINDS
+    ) -> CircuitSearch:
+        """The ``k`` strongest circuits, exactly: :func:`~circuitalg.circuits.enumerate.top_circuits`."""
+        if self.model is None:
+            raise InvalidArgumentError("this graph was read without its model; pass model= to CircuitGraph.read.")
+        return top_circuits(self.model, k, max_heads, sinks)
+
+    def __repr__(self) -> str:
+        return f"<CircuitGraph {self.nx.number_of_nodes()} nodes, {self.nx.number_of_edges()} edges>"
+
+    # -- export -------------------------------------------------------------------------
+    def _exportable(self) -> nx.MultiDiGraph:
+        g = nx.MultiDiGraph(**{k: v for k, v in self.nx.graph.items() if isinstance(v, (str, int, float))})
+        g.add_nodes_from(self.nx.nodes(data=True))
+        for u, v, key, d in self.nx.edges(keys=True, data=True):
+            g.add_edge(u, v, key=key, **{k: d[k] for k in _EXPORT_EDGE})
+        return g
+
+    def to_graphml(self, path: str | FilePath) -> None:
+        """Write GraphML (lazy maps are left out; :meth:`read` with the model re-attaches them)."""
+        nx.write_graphml(self._exportable(), str(path))
+
+    def to_json(self, path: str | FilePath) -> None:
+        """Write node-link JSON (networkx's ``node_link_data``)."""
+        data = nx.node_link_data(self._exportable(), edges="edges")
+        FilePath(path).write_text(json.dumps(data, allow_nan=True, indent=1))
+
+    @classmethod
+    def read(cls, path: str | FilePath, model: Transformer | None = None) -> CircuitGraph:
+        """Read a graph written by :meth:`to_graphml` (``.graphml``) or :meth:`to_json` (``.json``).
+
+        With ``model`` (the same model), each edge's lazy ``weight`` is rebuilt.
+        """
+        path = FilePath(path)
+        if not path.is_file():
+            raise LoadError(f"{path}: no such file.")
+        try:
+            if path.suffix == ".json":
+                data = json.loads(path.read_text())
+                g = nx.node_link_graph(data, directed=True, multigraph=True, edges="edges")
+            elif path.suffix == ".graphml":
+                g = nx.read_graphml(str(path), edge_key_type=str, force_multigraph=True)
+            else:
+                raise LoadError(f"{path}: unknown graph format {path.suffix!r}; use .graphml or .json.")
+        except LoadError:
+            raise
+        except Exception as e:  # networkx/json/xml raise many types on corrupt files
+            raise LoadError(f"{path}: not a readable circuit graph ({type(e).__name__}: {e}).") from e
+        for u, v, key, d in g.edges(keys=True, data=True):
+            missing = [k for k in _EXPORT_EDGE if k not in d]
+            if missing:
+                raise LoadError(f"{path}: edge {u} -> {v} ({key}) lacks {missing}; was it written by circuitalg?")
+        if model is not None:
+            check_model(model)
+            reads = _reader_maps(model)
+            writes = {n: m for n, _, m, _ in _writers(model)}
+            for u, v, key, d in g.edges(keys=True, data=True):
+                try:
+                    d["weight"] = reads[(v, key)] @ writes[u]
+                except KeyError:
+                    raise LoadError(f"{path}: edge {u} -> {v} ({key}) does not exist in {model.name}.") from None
+        return cls(model, graph=g)
+
+
+def _kinds(kind: str | Iterable[str] | None) -> tuple[str, ...]:
+    ks = EDGE_KINDS if kind is None else ((kind,) if isinstance(kind, str) else tuple(kind))
+    bad = [k for k in ks if k not in EDGE_KINDS]
+    if bad:
+        raise InvalidArgumentError(f"edge kinds {bad} are unknown; use {EDGE_KINDS}.")
+    return ks
+
+
+def _reader_maps(model: Transformer) -> dict[tuple[str, str], LinearMap]:
+    out: dict[tuple[str, str], LinearMap] = {}
+    for layer in model.layers:
+        for head in layer.heads:
+            out[(head.name, "q")] = head.qk.T
+            out[(head.name, "k")] = head.qk
+            out[(head.name, "v")] = head.ov
+        if layer.mlp is not None:
+            out[(f"mlp{layer.index}", "in")] = layer.mlp.W_in
+    out[("unembed", "out")] = model.W_U
+    return out
+
+
+def _readers(model: Transformer) -> list[tuple[str, str, int, str]]:
+    """``(node, kind, position, label)`` of every read."""
+    out = []
+    for layer in model.layers:
+        for head in layer.heads:
+            t = f"{{{layer.index}.{head.index}}}"
+            out += [
+                (head.name, "q", 2 * layer.index, f"W_QK^{t}ᵀ"),
+                (head.name, "k", 2 * layer.index, f"W_QK^{t}"),
+                (head.name, "v", 2 * layer.index, f"W_OV^{t}"),
+            ]
+        if layer.mlp is not None:
+            out.append((f"mlp{layer.index}", "in", 2 * layer.index + 1, f"W_in^{{{layer.index}}}"))
+    out.append(("unembed", "out", 2 * model.config.n_layers, "W_U"))
+    return out
+
+
+def _reader_value(model: Transformer, node: str, kind: str, F: np.ndarray) -> float:
+    """``||R F||_F²`` for the reader map ``R`` of (node, kind)."""
+    if node == "unembed":
+        R = np.asarray(leaf_r(model.W_U, "cols"), dtype=np.float64)
+        return float(np.sum((R @ F) ** 2))
+    if node.startswith("mlp"):
+        W_in = np.asarray(model.mlp(int(node[3:])).W_in.array, dtype=np.float64)
+        return float(np.sum((W_in @ F) ** 2))
+    head = model.head(*_head_index(node))
+    arr = {n: np.asarray(getattr(head, n).array, dtype=np.float64) for n in ("W_Q", "W_K", "W_V", "W_O")}
+    if kind == "k":
+        G, W = arr["W_Q"] @ arr["W_Q"].T, arr["W_K"]
+    elif kind == "q":
+        G, W = arr["W_K"] @ arr["W_K"].T, arr["W_Q"]
+    else:
+        G, W = arr["W_O"].T @ arr["W_O"], arr["W_V"]
+    A = W @ F
+    return float(np.sum(G * (A @ A.T)))
+
+
+def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.MultiDiGraph:
+    c = model.config
+    g = nx.MultiDiGraph(model=model.name, n_layers=c.n_layers, n_heads=c.n_heads, d_model=c.d_model)
+    g.add_node("embed", kind="embed", layer=-1, label="W_E")
+    g.add_node("pos", kind="pos", layer=-1, label="W_pos")
+    for layer in model.layers:
+        for head in layer.heads:
+            g.add_node(head.name, kind="head", layer=layer.index, label=head.name)
+        if layer.mlp is not None:
+            g.add_node(f"mlp{layer.index}", kind="mlp", layer=layer.index, label=f"mlp{layer.index}")
+    g.add_node("unembed", kind="unembed", layer=c.n_layers, label="W_U")
+
+    writers = _writers(model)
+    readers = _readers(model)
+    read_maps = _reader_maps(model)
+    # squared norms of every factor (cheap factored traces)
+    w_norm2 = {n: float(np.sum(_factor(model, n, m) ** 2)) for n, _, m, _ in writers}
+    r_norm2 = {}
+    for node, kind, _, _ in readers:
+        r_norm2[(node, kind)] = _reader_value(model, node, kind, np.eye(c.d_model))
+    # head-to-head numerators in one batch per kind
+    hw = head_weights(model)
+    head_num2 = {k: composition_parts(hw, k)[0] for k in COMPOSITION_KINDS}
+    nan = float("nan")
+    for wnode, wpos, wmap, wlabel in writers:
+        F = None
+        for rnode, kind, rpos, rlabel in readers:
+            if wpos >= rpos:
+                continue
+            base = baselines.get(kind) if kind in COMPOSITION_KINDS else None
+            if kind in COMPOSITION_KINDS and wnode.startswith("L"):
+                l1, h1 = _head_index(wnode)
+                l2, h2 = _head_index(rnode)
+                num2 = float(head_num2[kind][l1, h1, l2, h2])
+            else:
+                if F is None:
+                    F = _factor(model, wnode, wmap)
+                num2 = _reader_value(model, rnode, kind, F)
+            den = math.sqrt(w_norm2[wnode] * r_norm2[(rnode, kind)])
+            norm = math.sqrt(max(num2, 0.0))
+            head_edge = base is not None and wnode.startswith("L")
+            g.add_edge(
+                wnode, rnode, key=kind, kind=kind, weight=read_maps[(rnode, kind)] @ wmap, norm=norm,
+                score=norm / den if den > 0 else 0.0,
+                baseline=base.mean if head_edge else nan, baseline_std=base.std if head_edge else nan,
+                label=f"{rlabel} {wlabel}",
+            )
+    return g

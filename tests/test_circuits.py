@@ -1,0 +1,314 @@
+"""Composition scores, head diagnostics, top tokens, the virtual-weight graph and circuit search,
+each checked against dense numpy on small models (and TransformerLens where installed)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import circuitalg as ca
+from model_helpers import random_model
+
+
+def dense_scores(m: ca.Transformer, kind: str) -> np.ndarray:
+    L, H = m.config.n_layers, m.config.n_heads
+    out = np.zeros((L, H, L, H))
+    for h1 in m.heads():
+        for h2 in m.heads():
+            if h1.layer < h2.layer:
+                OV1 = h1.W_O.array @ h1.W_V.array
+                QK2 = h2.W_Q.array.T @ h2.W_K.array
+                R = {"q": QK2.T, "k": QK2, "v": h2.W_O.array @ h2.W_V.array}[kind]
+                out[h1.layer, h1.index, h2.layer, h2.index] = (
+                    np.linalg.norm(R @ OV1) / np.linalg.norm(R) / np.linalg.norm(OV1)
+                )
+    return out
+
+
+# --- composition scores ------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", ["q", "k", "v"])
+def test_composition_scores_match_dense(seed: int, kind: str) -> None:
+    m = random_model(n_layers=3, n_heads=2, d_model=10 + seed, d_head=3, d_vocab=7, n_ctx=5, seed=seed)
+    s = ca.composition_scores(m, kind)
+    assert s.shape == (3, 2, 3, 2)
+    np.testing.assert_allclose(s, dense_scores(m, kind), rtol=1e-10, atol=1e-12)
+    assert np.all(s[:, :, 0, :] == 0) and np.all(s[2] == 0)  # only earlier writers
+
+
+def test_composition_scores_wide_heads_and_upper_case() -> None:
+    # n_heads * d_head > d_model and d_model not a multiple of the block size
+    m = random_model(n_layers=2, n_heads=4, d_model=150, d_head=60, d_vocab=5, n_ctx=4, seed=7)
+    np.testing.assert_allclose(ca.composition_scores(m, "K"), dense_scores(m, "k"), rtol=1e-9, atol=1e-12)
+
+
+def test_zero_head_scores_zero_not_nan() -> None:
+    m = random_model(n_layers=2, n_heads=2, d_model=8, d_head=2, seed=1)
+    p = dict(m.params)
+    p["blocks.0.attn.W_O"] = np.zeros_like(p["blocks.0.attn.W_O"])
+    m0 = m.with_params(p)
+    for kind in "qkv":
+        s = ca.composition_scores(m0, kind)
+        assert np.all(np.isfinite(s)) and np.all(s[0] == 0)
+
+
+def test_composition_bad_input() -> None:
+    m = random_model()
+    with pytest.raises(ca.InvalidArgumentError, match="'q', 'k' or 'v'"):
+        ca.composition_scores(m, "x")
+    with pytest.raises(ca.InvalidArgumentError, match="ca.Transformer"):
+        ca.composition_scores(np.eye(3), "k")
+    with pytest.raises(ca.InvalidArgumentError, match="n_samples"):
+        ca.composition_baseline(m, n_samples=1)
+
+
+def test_baseline_is_about_inverse_sqrt_d_model_and_deterministic() -> None:
+    m = random_model(n_layers=2, n_heads=4, d_model=64, d_head=8, seed=0)
+    b = ca.composition_baseline(m, "k", n_samples=500, seed=3)
+    assert abs(b.mean - 1 / np.sqrt(64)) < 0.2 / np.sqrt(64)
+    assert 0 < b.std < b.mean and b.quantile_99 > b.mean and b.n_samples >= 500
+    assert ca.composition_baseline(m, "k", n_samples=500, seed=3) == b
+    assert ca.composition_baseline(m, "k", n_samples=500, seed=4) != b
+
+
+def test_composition_scores_equal_transformer_lens() -> None:
+    torch = pytest.importorskip("torch")
+    tl = pytest.importorskip("transformer_lens")
+    if not hasattr(tl, "HookedTransformer"):
+        pytest.skip("this transformer_lens has no HookedTransformer")
+    torch.manual_seed(0)
+    cfg = tl.HookedTransformerConfig(n_layers=3, n_heads=4, d_model=48, d_head=12, d_vocab=20, n_ctx=8,
+                                     attn_only=True, normalization_type=None, act_fn="gelu")
+    hooked = tl.HookedTransformer(cfg)
+    m = ca.Transformer.from_hooked_transformer(hooked)
+    with torch.no_grad():
+        for kind in "QKV":
+            ref = hooked.all_composition_scores(kind).double().numpy()
+            np.testing.assert_allclose(ca.composition_scores(m, kind), ref, atol=1e-5)
+
+
+# --- head diagnostics ------------------------------------------------------------------
+def test_head_table_matches_dense() -> None:
+    m = random_model(n_layers=2, n_heads=2, d_model=10, d_head=4, d_vocab=9, n_ctx=8, seed=2)
+    tokens = ca.repeated_random_tokens(m, 4, 3, seed=1)
+    t = ca.head_table(m, tokens, k=3)
+    for head in m.heads():
+        i = head.key
+        OV = head.W_O.array @ head.W_V.array
+        full = m.W_U.array @ OV @ m.W_E.array
+        lam = np.linalg.eigvals(full)
+        assert t.copying[i] == pytest.approx(lam.real.sum() / np.abs(lam).sum(), abs=1e-9)
+        lam = np.linalg.eigvals(OV)
+        assert t.copying_ov[i] == pytest.approx(lam.real.sum() / np.abs(lam).sum(), abs=1e-9)
+        s = np.linalg.svd(OV, compute_uv=False)
+        np.testing.assert_allclose(t.ov_singular_values[i], s[:3], rtol=1e-9)
+        s = s[s > 1e-12 * s[0]]
+        p = s / s.sum()
+        assert t.ov_effective_rank[i] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
+        P = m.W_pos.array
+        S = (head.W_Q.array @ P).T @ (head.W_K.array @ P) / m.config.attn_scale
+        S[np.triu_indices(8, 1)] = -np.inf
+        A = np.exp(S - S.max(1, keepdims=True))
+        A /= A.sum(1, keepdims=True)
+        assert t.positional_prev_token[i] == pytest.approx(np.mean([A[q, q - 1] for q in range(1, 8)]))
+        ind, prev = [], []
+        for row in tokens:
+            pat = m.run(row)[1].pattern[i]
+            ind.append(np.mean([pat[q, q - 3] for q in range(4, 8)]))
+            prev.append(np.mean([pat[q, q - 1] for q in range(1, 8)]))
+        assert t.induction[i] == pytest.approx(np.mean(ind))
+        assert t.prev_token[i] == pytest.approx(np.mean(prev))
+    recs = t.records()
+    assert len(recs) == 4 and recs[1]["head"] == "L0H1" and "induction" in recs[1]
+    assert t.top("copying", 1)[0][1] == pytest.approx(t.copying.max())
+
+
+def test_head_table_bad_tokens() -> None:
+    m = random_model(n_ctx=10)
+    with pytest.raises(ca.InvalidArgumentError, match="repeat"):
+        ca.head_table(m, np.array([[1, 2, 3, 4]]))
+    with pytest.raises(ca.ShapeError, match="repeated sequences"):
+        ca.head_table(m, np.array([[1, 2, 3]]))
+    with pytest.raises(ca.InvalidArgumentError, match="n_ctx"):
+        ca.repeated_random_tokens(m, 6)
+    with pytest.raises(ca.InvalidArgumentError, match="field"):
+        ca.head_table(m).top("nope")
+
+
+@pytest.mark.parametrize("by", ["value", "abs"])
+@pytest.mark.parametrize("max_bytes", [None, 200])
+def test_top_tokens_match_dense(by: str, max_bytes: int | None) -> None:
+    m = random_model(n_layers=1, n_heads=2, d_model=12, d_head=3, d_vocab=40, seed=5)
+    head = m.head(0, 1)
+    for circuit in (m.W_U @ head.ov @ m.W_E, m.W_E.T @ head.qk @ m.W_E):
+        dense = ca.to_dense(circuit)
+        key = np.abs(dense) if by == "abs" else dense
+        order = np.argsort(-key, axis=None)[:7]
+        got = ca.top_tokens(circuit, 7, by=by, max_bytes=max_bytes)
+        assert [(e.row, e.col) for e in got] == [tuple(np.unravel_index(o, dense.shape)) for o in order]
+        np.testing.assert_allclose([e.value for e in got], dense.flat[order], rtol=1e-9)
+
+
+def test_top_tokens_vocab_strings() -> None:
+    m = ca.zoo.planted_induction()
+    got = ca.top_tokens(m.W_U @ m.head(1, 2).ov @ m.W_E, 3, vocab=m)
+    assert all(e.row == e.col and e.row_token == f"t{e.row}" for e in got)
+    assert all(e.value == pytest.approx(2.0) for e in got)
+    with pytest.raises(ca.InvalidArgumentError, match="k="):
+        ca.top_tokens(m.W_E, 0)
+
+
+# --- the graph -----------------------------------------------------------------------
+def test_graph_edges_match_dense_and_composition_scores(tmp_path) -> None:
+    m = random_model(n_layers=2, n_heads=2, d_model=8, d_head=3, d_vocab=7, n_ctx=5, d_mlp=6,
+                     normalization="LN", seed=3)
+    g = ca.CircuitGraph(m)
+    nodes = set(g.nx.nodes)
+    assert nodes == {"embed", "pos", "L0H0", "L0H1", "L1H0", "L1H1", "mlp0", "mlp1", "unembed"}
+    # embed and pos feed all 15 reads; L0 heads feed mlp0, 6 L1 reads, mlp1, unembed; L1 heads
+    # feed mlp1 and unembed; mlp0 feeds 6 L1 reads, mlp1, unembed; mlp1 feeds unembed
+    assert g.nx.number_of_edges() == 2 * 15 + 2 * (1 + 6 + 1 + 1) + 2 * (1 + 1) + (6 + 1 + 1) + 1
+    scores = {k: ca.composition_scores(m, k) for k in "qkv"}
+    for u, v, kind, d in g.nx.edges(keys=True, data=True):
+        W = ca.to_dense(d["weight"])
+        assert d["norm"] == pytest.approx(np.linalg.norm(W), rel=1e-9, abs=1e-12)
+        if u.startswith("L") and v.startswith("L"):
+            (l1, h1), (l2, h2) = (tuple(int(x) for x in n[1:].split("H")) for n in (u, v))
+            assert d["score"] == pytest.approx(scores[kind][l1, h1, l2, h2], rel=1e-9)
+            assert d["baseline"] == g.baselines[kind].mean
+        else:
+            assert np.isnan(d["baseline"])
+    assert not g.nx.has_edge("L1H0", "L0H0") and not g.nx.has_edge("mlp0", "L0H1")
+    assert g.nx.has_edge("L0H0", "mlp0") and g.nx.has_edge("mlp0", "L1H1")
+
+
+def test_graph_threshold_subgraph_and_round_trip(tmp_path) -> None:
+    m = random_model(n_layers=2, n_heads=2, d_model=8, d_head=3, seed=4)
+    g = ca.CircuitGraph(m)
+    t = g.threshold(above_baseline=1.0, kinds="k")
+    assert all(d["kind"] == "k" and d["score"] >= d["baseline"] for *_, d in t.nx.edges(data=True))
+    assert set(t.nx.nodes) == set(g.nx.nodes)
+    s = g.subgraph(["embed", "L0H0", "L1H1"])
+    assert set(s.nx.nodes) == {"embed", "L0H0", "L1H1"} and s.nx.number_of_edges() == 3 + 3 + 3
+    for suffix in (".graphml", ".json"):
+        path = tmp_path / f"g{suffix}"
+        getattr(g, "to_graphml" if suffix == ".graphml" else "to_json")(path)
+        back = ca.CircuitGraph.read(path, model=m)
+        e1, e2 = g.edges(), back.edges()
+        assert len(e1) == len(e2)
+        for a, b in zip(e1, e2):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key] == b[key] or (np.isnan(a[key]) and np.isnan(b[key]))
+        assert dict(g.nx.nodes(data=True)) == dict(back.nx.nodes(data=True))
+        d = back.edge("L0H1", "L1H0", "v")
+        assert ca.norm(d["weight"]) == pytest.approx(d["norm"])
+    bad = tmp_path / "bad.graphml"
+    bad.write_text("<graphml><not closed")
+    with pytest.raises(ca.LoadError, match="bad.graphml"):
+        ca.CircuitGraph.read(bad)
+    with pytest.raises(ca.InvalidArgumentError, match="edge kinds"):
+        g.edges("z")
+    with pytest.raises(ca.InvalidArgumentError, match="not in this graph"):
+        g.subgraph(["L9H9"])
+
+
+# --- circuit search -----------------------------------------------------------------------
+def brute_force(m: ca.Transformer, max_heads: int, sinks: tuple[str, ...]) -> list[tuple]:
+    """Every circuit, scored densely: (score, kind, source, heads, sink, other_source)."""
+    L, H = m.config.n_layers, m.config.n_heads
+    src = {"embed": m.W_E.array, "pos": m.W_pos.array}
+
+    def OV(l: int, h: int) -> np.ndarray:
+        return m.head(l, h).W_O.array @ m.head(l, h).W_V.array
+
+    def chains(limit: int, n: int):
+        for j in range(n + 1):
+            for layers in itertools.combinations(range(limit), j):
+                for hs in itertools.product(range(H), repeat=j):
+                    yield tuple(zip(layers, hs))
+
+    out = []
+    for s, S in src.items():
+        if "unembed" in sinks:
+            for ch in chains(L, max_heads):
+                P = S
+                for l, h in ch:
+                    P = OV(l, h) @ P
+                out.append((np.linalg.norm(m.W_U.array @ P), "unembed", s, ch, None, None))
+        if max_heads < 1:
+            continue
+        for l in range(L):
+            for h in range(H):
+                QK = m.head(l, h).W_Q.array.T @ m.head(l, h).W_K.array
+                for side in ("k", "q"):
+                    if side not in sinks:
+                        continue
+                    for o, So in src.items():
+                        for ch in chains(l, max_heads - 1):
+                            if side == "q" and "k" in sinks and not ch:
+                                continue
+                            P = S
+                            for a, b in ch:
+                                P = OV(a, b) @ P
+                            W = So.T @ QK @ P if side == "k" else P.T @ QK @ So
+                            out.append((np.linalg.norm(W), side, s, ch, (l, h), o))
+    out.sort(key=lambda t: -t[0])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    ("max_heads", "sinks", "k"),
+    [(1, ("unembed",), 2), (2, ("unembed",), 5), (3, ("unembed", "q", "k"), 7), (2, ("k",), 4), (2, ("q",), 3),
+     (0, ("unembed",), 1)],
+)
+def test_top_circuits_equal_brute_force(seed: int, max_heads: int, sinks: tuple[str, ...], k: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = random_model(n_layers=int(rng.integers(2, 4)), n_heads=2, d_model=10, d_head=3, d_vocab=6, n_ctx=5,
+                     seed=seed)
+    bf = brute_force(m, max_heads, sinks)
+    res = ca.top_circuits(m, k, max_heads, sinks)
+    assert res.total == len(bf) == ca.count_circuits(m, max_heads, sinks)
+    k = min(k, len(bf))
+    np.testing.assert_allclose([c.score for c in res], [b[0] for b in bf[:k]], rtol=1e-9)
+    gaps = np.diff([b[0] for b in bf[: k + 1]])
+    if np.all(np.abs(gaps) > 1e-9 * bf[0][0]):  # no ties: the identities must agree too
+        assert [(c.kind, c.source, c.heads, c.sink, c.other_source) for c in res] == [b[1:] for b in bf[:k]]
+    rest = [b[0] for b in bf[k:]]
+    assert not rest or max(rest) <= max(res.bound, res[k - 1].score) * (1 + 1e-9)
+    for c in res:
+        assert ca.norm(c.weight) == pytest.approx(c.score, rel=1e-9)
+        assert c.n_heads <= max_heads
+
+
+def test_top_circuits_bad_input() -> None:
+    m = random_model()
+    with pytest.raises(ca.InvalidArgumentError, match="sinks"):
+        ca.top_circuits(m, sinks=("nowhere",))
+    with pytest.raises(ca.InvalidArgumentError, match="k="):
+        ca.top_circuits(m, k=0)
+
+
+# --- the planted circuit -----------------------------------------------------------------
+def test_planted_induction_circuit_is_identified() -> None:
+    m = ca.zoo.planted_induction()  # previous-token head L0H1, induction head L1H2
+    table = ca.head_table(m, ca.repeated_random_tokens(m, 12, 8, seed=0))
+    # the model does what it was built to do (forward passes, independent of the analysis)
+    assert table.top("induction", 1)[0] == ("L1H2", pytest.approx(table.induction[1, 2]))
+    assert table.induction[1, 2] > 0.7 and table.prev_token[0, 1] > 0.9
+    # ...and the weight-based analysis finds it
+    k = ca.composition_scores(m, "k")
+    assert np.unravel_index(np.argmax(k), k.shape) == (0, 1, 1, 2)
+    base = ca.composition_baseline(m, "k")
+    assert k[0, 1, 1, 2] > base.mean + 10 * base.std
+    assert table.top("positional_prev_token", 1)[0][0] == "L0H1"
+    assert table.copying[1, 2] == pytest.approx(1.0) and table.top("copying", 1)[0][0] == "L1H2"
+    graph = ca.CircuitGraph(m)
+    top_k_edge = graph.edges("k", top=10)
+    top_k_edge = [e for e in top_k_edge if e["writer"].startswith("L")][0]
+    assert (top_k_edge["writer"], top_k_edge["reader"]) == ("L0H1", "L1H2")
+    qk = [c for c in ca.top_circuits(m, 20, 2, ("k", "q")) if c.sink == (1, 2)][0]
+    assert (qk.kind, qk.source, qk.heads, qk.other_source) == ("k", "embed", ((0, 1),), "embed")

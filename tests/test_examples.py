@@ -26,3 +26,14 @@ def test_gpt2_paths_example_runs() -> None:
     rel = float(out.stdout.split("forward-pass logits: max relative difference")[1].split()[0])
     assert rel < 1e-8
     assert "embed -> unembed" in out.stdout
+
+
+def test_find_induction_circuit_example_runs(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "03_find_induction_circuit.py"), "--out", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "previous-token head (positional QK): [('L0H1'" in out
+    assert "strongest K-composition: L0H1 -> L1H2" in out
+    assert "top QK circuit of the copier: embed -> L0H1 -> L1H2.k (query: embed)" in out
+    assert (tmp_path / "circuit_graph.graphml").is_file()

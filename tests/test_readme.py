@@ -22,3 +22,14 @@ def test_main_job_script_exists() -> None:
     install_and_run, _ = _readme_commands()
     script = install_and_run.split("python ", 1)[1].split()[0]
     assert (ROOT / script).is_file()
+
+
+def test_composition_tour_runs(tmp_path, monkeypatch) -> None:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Composition, heads, the graph and circuit search", 1)[1]
+    code = block.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README", "exec"), ns)
+    assert str(ns["search"][0]).startswith("embed -> L0H1 -> L1H2.k (query: embed)")
+    assert (tmp_path / "graph.graphml").is_file()

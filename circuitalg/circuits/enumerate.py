@@ -230,10 +230,13 @@ class _Engine:
         # transitions and their spectral norms, for writer g and later reader g'
         self.M: dict[tuple[int, int], np.ndarray] = {}
         self.M_norm2 = np.zeros((n, n))
+        W_V_all = np.stack(self.W_V) if n else np.zeros((0, 0, 0))
+        dh = W_V_all.shape[1] if n else 0
         for g in range(n):
             later = np.flatnonzero(self.layer > self.layer[g])
             if later.size:
-                Ms = np.stack([self.W_V[g2] for g2 in later]) @ self.W_O[g]
+                first = int(later[0])  # later heads are a suffix of the layer-ordered list
+                Ms = (W_V_all[first:].reshape(-1, W_V_all.shape[2]) @ self.W_O[g]).reshape(-1, dh, dh)
                 norms = np.linalg.norm(Ms, ord=2, axis=(1, 2))
                 for g2, Mg, nm in zip(later, Ms, norms):
                     self.M[(g, int(g2))] = Mg

@@ -1,0 +1,67 @@
+"""Find an induction circuit from the weights alone, step by step, and export the graph.
+
+Usage::
+
+    python examples/03_find_induction_circuit.py [--out DIR]
+
+Uses ``ca.zoo.planted_induction()``: a two-layer attention-only model built by hand with a
+previous-token head, an induction head reading it through K-composition, and distractors.
+Nothing below is told which heads those are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import circuitalg as ca
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None, help="folder for circuit_graph.graphml (default: a temporary one)")
+    args = ap.parse_args()
+    model = ca.zoo.planted_induction()
+    print(model)
+
+    # 1. heads: which one attends to the previous position (from W_pos alone), which one copies?
+    table = ca.head_table(model, ca.repeated_random_tokens(model, 12, 8, seed=0))
+    print("previous-token head (positional QK):", table.top("positional_prev_token", 1))
+    print("copying head (eigenvalues of W_U W_OV W_E):", table.top("copying", 1))
+
+    # 2. K-composition: which earlier head does that copier's key side read?
+    k = ca.composition_scores(model, "k")
+    base = ca.composition_baseline(model, "k")
+    l1, h1, l2, h2 = np.unravel_index(np.argmax(k), k.shape)
+    print(f"strongest K-composition: L{l1}H{h1} -> L{l2}H{h2} = {k[l1, h1, l2, h2]:.3f} (baseline {base})")
+
+    # 3. the exact top QK circuits of that head
+    search = ca.top_circuits(model, k=3, max_heads=2, sinks=("k", "q"))
+    print(search.summary())
+    for c in search:
+        print("  ", c)
+    induction = [c for c in ca.top_circuits(model, 30, 2, ("k",)) if c.sink == (int(l2), int(h2))][0]
+    print("top QK circuit of the copier:", induction)
+    print("   its virtual weight:", induction.symbol)
+    print("   strongest query->key token pairs:", [str(e) for e in ca.top_tokens(induction.weight, 3, vocab=model)])
+
+    # 4. behaviour confirms it: attention on repeated random tokens (forward passes)
+    print("induction score on repeated random tokens:", table.top("induction", 1))
+
+    # 5. the virtual-weight graph, thresholded and exported
+    graph = ca.CircuitGraph(model).threshold(above_baseline=1.5, kinds=("k", "q", "v"))
+    out = Path(args.out or tempfile.mkdtemp())
+    out.mkdir(parents=True, exist_ok=True)
+    graph.to_graphml(out / "circuit_graph.graphml")
+    back = ca.CircuitGraph.read(out / "circuit_graph.graphml", model=model)
+    print(f"graph with edges above 1.5x baseline: {graph}; written to {out / 'circuit_graph.graphml'} "
+          f"and read back: {back}")
+    for e in graph.edges(top=3):
+        print(f"   {e['writer']} -> {e['reader']} ({e['kind']}): score {e['score']:.3f}, baseline {e['baseline']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

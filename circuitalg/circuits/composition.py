@@ -15,9 +15,9 @@ per *pair*): every squared numerator is a Frobenius inner product of two symmetr
 
     ||R W||_F² = <RᵀR, W Wᵀ>_F,   e.g. K: RᵀR = W_Kᵀ (W_Q W_Qᵀ) W_K,  W Wᵀ = W_O (W_V W_Vᵀ) W_Oᵀ.
 
-Each such matrix is built once per head with a symmetric rank-``d_head`` update (BLAS
-``syrk``) and packed to its upper triangle, so all pairs cost one matrix product of the
-packed features. At GPT-2-small shapes this is about 16 GFLOP and 0.3 GB, against
+Each such matrix is formed once per head, one block row (about 128 rows, the blocks on and
+right of the diagonal) at a time, and all reader/writer pairs of a block row cost one matrix
+product. At GPT-2-small shapes this is about 20 GFLOP with a peak of about 0.6 GB, against
 TransformerLens's dense broadcast (``benchmarks/bench_composition.py``).
 
 Accuracy: float64 throughout; the inner products are of positive semidefinite matrices, so
@@ -64,7 +64,7 @@ def check_model(model: Any) -> Transformer:
     """Raise unless ``model`` is a :class:`~circuitalg.model.weights.Transformer`."""
     if not isinstance(model, Transformer):
         raise InvalidArgumentError(
-            f"expected a ca.Transformer, got {type(model).__name__}; load one with ca.load(path) or ca.zoo.load(name)."
+            f"expected a ca.Transformer, got {type(model).__name__}; load one with ca.load(path) or build ca.zoo.planted_induction()."
         )
     return model
 

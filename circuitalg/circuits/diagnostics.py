@@ -8,7 +8,6 @@ with ``W_E W_U`` formed once), and :func:`top_tokens` scans a thin factorisation
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any
 

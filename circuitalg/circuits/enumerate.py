@@ -340,7 +340,6 @@ def top_circuits(
     eng = _Engine(model, sinks)
     n = len(eng.heads)
     R = len(eng.readers)
-    qk_readers = [r for r in range(R) if eng.readers[r][0] != "unembed"]
     unembed_readers = [r for r in range(R) if eng.readers[r][0] == "unembed"]
 
     # B[r][g]: bound on λmax of the sink Gram seen from head g's W_O with r more heads allowed

@@ -178,14 +178,26 @@ def _block_row(Xt: np.ndarray, Y: np.ndarray, a: int, b: int, buf: np.ndarray) -
     return out
 
 
+def reader_side(kind: str, W_Q: np.ndarray, W_K: np.ndarray, W_V: np.ndarray, W_O: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(G, W)`` with ``RᵀR = Wᵀ G W`` for the map ``R`` through which a head reads on side
+    ``kind`` (single heads or stacks; ``G`` is ``d_head x d_head``)::
+
+        k: R = W_Qᵀ W_K  ->  G = W_Q W_Qᵀ, W = W_K
+        q: R = W_Kᵀ W_Q  ->  G = W_K W_Kᵀ, W = W_Q
+        v: R = W_O W_V   ->  G = W_Oᵀ W_O, W = W_V
+    """
+    if kind == "k":
+        return np.matmul(W_Q, W_Q.swapaxes(-1, -2)), W_K
+    if kind == "q":
+        return np.matmul(W_K, W_K.swapaxes(-1, -2)), W_Q
+    return np.matmul(W_O.swapaxes(-1, -2), W_O), W_V
+
+
 def _reader_factors(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """``(X, Y)`` per head with ``XᵀY = RᵀR`` for the reader map ``R`` of ``kind``."""
-    if kind == "k":  # R = W_Qᵀ W_K:  RᵀR = W_Kᵀ (W_Q W_Qᵀ) W_K
-        G, W = w.gram("Q"), w.W_K
-    elif kind == "q":  # R = W_Kᵀ W_Q
-        G, W = w.gram("K"), w.W_Q
-    else:  # R = W_O W_V:  RᵀR = W_Vᵀ (W_Oᵀ W_O) W_V
-        G, W = w.gram("O"), w.W_V
+    G = w.gram({"k": "Q", "q": "K", "v": "O"}[kind])
+    W = {"k": w.W_K, "q": w.W_Q, "v": w.W_V}[kind]
     return W, np.matmul(G, W)
 
 

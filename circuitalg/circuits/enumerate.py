@@ -266,19 +266,23 @@ class _Engine:
                 for g in range(n):
                     self.sigma[g, r] = np.linalg.eigvalsh(self.Zmat(g, r))[-1]
             else:
-                W_read = self.W_K[h] if kind == "k" else self.W_Q[h]
+                W_read = self.sides(kind, h)[0]
                 lam = np.linalg.eigvalsh(self.other_gram(kind, h, s))[-1]
                 self.sigma[:, r] = np.linalg.norm(W_read, 2) ** 2 * lam * self.W_O_norm2
             self.sigma[self.layer >= self.reader_layer[r], r] = 0.0
         self.sigma = np.maximum(self.sigma, 0.0) * _SAFETY
+
+    def sides(self, kind: str, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(W_read, W_other)`` of QK sink ``h``: the chain enters through ``W_K`` for key sinks
+        (``W_Q`` for query sinks) and the bare source through the other."""
+        return (self.W_K[h], self.W_Q[h]) if kind == "k" else (self.W_Q[h], self.W_K[h])
 
     def other_gram(self, kind: str, h: int, s: str) -> np.ndarray:
         """``W S Sᵀ Wᵀ`` for the bare side of a QK sink (``W_Q`` for key sinks, ``W_K`` for query sinks)."""
         key = (kind, h, s)
         G = self.side_gram.get(key)
         if G is None:
-            W = self.W_Q[h] if kind == "k" else self.W_K[h]
-            G = self.side_gram[key] = _gram_of(self.R_src[s] @ W.T)
+            G = self.side_gram[key] = _gram_of(self.R_src[s] @ self.sides(kind, h)[1].T)
         return G
 
     def Zmat(self, g: int, r: int) -> np.ndarray:
@@ -290,7 +294,7 @@ class _Engine:
             if kind == "unembed":
                 Z = _gram_of(self.G_U_factor @ self.W_O[g])
             else:
-                W_read = self.W_K[h] if kind == "k" else self.W_Q[h]
+                W_read = self.sides(kind, h)[0]
                 A = W_read @ self.W_O[g]
                 Z = A.T @ self.other_gram(kind, h, s) @ A
             self.Z[key] = Z
@@ -302,7 +306,7 @@ class _Engine:
         R = self.R_src[s]
         if kind == "unembed":
             return float(np.linalg.norm(self.G_U_factor @ R.T) ** 2)
-        W_read = self.W_K[h] if kind == "k" else self.W_Q[h]
+        W_read = self.sides(kind, h)[0]
         G = _gram_of(R @ W_read.T)
         return float(np.sum(G * self.other_gram(kind, h, other)))
 

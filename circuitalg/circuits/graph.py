@@ -33,6 +33,7 @@ from circuitalg.circuits.composition import (
     composition_baseline,
     composition_parts,
     head_weights,
+    reader_side,
 )
 from circuitalg.circuits.enumerate import SINK_KINDS, CircuitSearch, top_circuits
 from circuitalg.errors import InvalidArgumentError, LoadError
@@ -254,23 +255,17 @@ def _readers(model: Transformer) -> list[tuple[str, str, int, str]]:
     return out
 
 
-def _reader_value(model: Transformer, node: str, kind: str, F: np.ndarray) -> float:
-    """``||R F||_F²`` for the reader map ``R`` of (node, kind)."""
+def _reader_value(model: Transformer, node: str, kind: str, F: np.ndarray | None) -> float:
+    """``||R F||_F²`` for the reader map ``R`` of (node, kind); ``F=None`` gives ``||R||_F²``."""
     if node == "unembed":
         R = np.asarray(leaf_r(model.W_U, "cols"), dtype=np.float64)
-        return float(np.sum((R @ F) ** 2))
+        return float(np.sum(R**2 if F is None else (R @ F) ** 2))
     if node.startswith("mlp"):
         W_in = np.asarray(model.mlp(int(node[3:])).W_in.array, dtype=np.float64)
-        return float(np.sum((W_in @ F) ** 2))
+        return float(np.sum(W_in**2 if F is None else (W_in @ F) ** 2))
     head = model.head(*_head_index(node))
-    arr = {n: np.asarray(getattr(head, n).array, dtype=np.float64) for n in ("W_Q", "W_K", "W_V", "W_O")}
-    if kind == "k":
-        G, W = arr["W_Q"] @ arr["W_Q"].T, arr["W_K"]
-    elif kind == "q":
-        G, W = arr["W_K"] @ arr["W_K"].T, arr["W_Q"]
-    else:
-        G, W = arr["W_O"].T @ arr["W_O"], arr["W_V"]
-    A = W @ F
+    G, W = reader_side(kind, *(np.asarray(getattr(head, n).array, dtype=np.float64) for n in ("W_Q", "W_K", "W_V", "W_O")))
+    A = W if F is None else W @ F
     return float(np.sum(G * (A @ A.T)))
 
 
@@ -293,7 +288,7 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     w_norm2 = {n: float(np.sum(_factor(model, n, m) ** 2)) for n, _, m, _ in writers}
     r_norm2 = {}
     for node, kind, _, _ in readers:
-        r_norm2[(node, kind)] = _reader_value(model, node, kind, np.eye(c.d_model))
+        r_norm2[(node, kind)] = _reader_value(model, node, kind, None)
     # head-to-head numerators in one batch per kind
     hw = head_weights(model)
     head_num2 = {k: composition_parts(hw, k)[0] for k in COMPOSITION_KINDS}

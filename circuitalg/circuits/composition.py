@@ -32,6 +32,7 @@ The scores use the model's weights as given; fold layer norms first
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -309,7 +310,7 @@ def composition_baseline(
     model : Transformer
     kind : {"q", "k", "v"}
     n_samples : int
-        At least this many pairs (rounded up to whole batches of ``n_heads²``).
+        At least this many pairs (drawn in batches of up to ``64²`` writer/reader pairs).
     seed : int
         Seed of the generator; equal seeds give equal baselines.
     """
@@ -319,7 +320,7 @@ def composition_baseline(
         raise InvalidArgumentError(f"n_samples={n_samples!r}; use an integer of at least 2.")
     c = model.config
     D, dh = c.d_model, c.d_head
-    H = max(1, min(c.n_heads, 16))
+    H = int(min(64, max(2, math.ceil(math.sqrt(n_samples)))))  # one draw of H x H pairs usually suffices
     rng = np.random.default_rng(seed)
     samples = []
     total = 0

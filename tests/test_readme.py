@@ -18,10 +18,10 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert install_and_test in ci_lines
 
 
-def test_main_job_script_exists() -> None:
+def test_main_job_is_the_report_command() -> None:
     install_and_run, _ = _readme_commands()
-    script = install_and_run.split("python ", 1)[1].split()[0]
-    assert (ROOT / script).is_file()
+    assert install_and_run.endswith("circuitalg report")
+    assert 'circuitalg = "circuitalg.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_composition_tour_runs(tmp_path, monkeypatch) -> None:

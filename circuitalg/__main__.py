@@ -1,0 +1,7 @@
+"""``python -m circuitalg`` runs the ``circuitalg`` command."""
+
+import sys
+
+from circuitalg.cli import main
+
+sys.exit(main())

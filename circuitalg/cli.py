@@ -1,0 +1,171 @@
+"""The ``circuitalg`` command: ``report``, ``circuits``, ``scores`` and ``info``.
+
+MODEL is a zoo name (``circuitalg info --list`` shows them) or a path that
+:func:`circuitalg.load` reads. Models with layer norm are analysed after folding it
+(:func:`circuitalg.fold_layer_norm`), i.e. as the weights the model effectively uses.
+
+Exit codes: 0 success, 2 bad options, 3 unknown model or unreadable file, 4 another
+circuitalg error (the message says what and how to fix it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 2, 3, 4
+DEFAULT_MODEL = "attn2l"
+
+
+def progress(msg: str) -> None:
+    """One progress line on stderr (stdout stays clean for --json)."""
+    print(f"[circuitalg] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_model(spec: str) -> Any:
+    """A zoo name or a checkpoint path -> Transformer (LoadError / InvalidArgumentError otherwise)."""
+    import circuitalg as ca
+
+    if spec in ca.zoo.list():
+        return ca.zoo.load(spec)
+    path = Path(spec)
+    if not path.exists():
+        raise ca.LoadError(f"{spec!r} is neither a zoo model ({', '.join(ca.zoo.list())}) nor an existing file.")
+    return ca.load(path)
+
+
+def analysed(model: Any) -> Any:
+    import circuitalg as ca
+
+    return ca.fold_layer_norm(model) if model.config.normalization is not None else model
+
+
+def info(model: Any) -> dict[str, Any]:
+    import circuitalg as ca
+
+    c = model.config
+    out = {
+        "name": model.name,
+        "config": c.to_dict(),
+        "n_parameters": int(sum(np.size(v) for v in model.params.values())),
+        "has_vocab": model.vocab is not None,
+    }
+    if model.name in ca.zoo.list():
+        out["card"] = ca.zoo.card(model.name)
+    return out
+
+
+def scores(model: Any, kind: str, top: int) -> dict[str, Any]:
+    import circuitalg as ca
+
+    s = ca.composition_scores(model, kind)
+    base = ca.composition_baseline(model, kind)
+    order = np.argsort(-s, axis=None)[:top]
+    pairs = []
+    for i in order:
+        l1, h1, l2, h2 = (int(x) for x in np.unravel_index(i, s.shape))
+        if s[l1, h1, l2, h2] > 0:
+            pairs.append({"writer": f"L{l1}H{h1}", "reader": f"L{l2}H{h2}", "score": float(s[l1, h1, l2, h2]),
+                          "z": float((s[l1, h1, l2, h2] - base.mean) / base.std) if base.std > 0 else None})
+    return {"kind": kind, "baseline": {"mean": base.mean, "std": base.std, "quantile_99": base.quantile_99},
+            "top": pairs, "scores": s.tolist()}
+
+
+def circuits(model: Any, top: int, max_heads: int, sinks: list[str]) -> dict[str, Any]:
+    import circuitalg as ca
+
+    res = ca.top_circuits(model, top, max_heads, sinks)
+    return {"summary": res.summary(), "visited": res.visited, "evaluated": res.evaluated, "total": res.total,
+            "bound": res.bound, "circuits": [dict(c.to_dict(), symbol=str(c.symbol)) for c in res]}
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=float))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="circuitalg", description="Weight-based circuit analysis of transformers.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("report", help="analyse a model, print a summary and write DIR/report.html")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"zoo name or checkpoint path (default {DEFAULT_MODEL})")
+    p.add_argument("--out", default="circuitalg-report", help="output folder (default ./circuitalg-report)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p = sub.add_parser("circuits", help="the exact top-k circuits")
+    p.add_argument("model")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--max-heads", type=int, default=2)
+    p.add_argument("--sinks", nargs="+", default=["unembed", "q", "k"], choices=["unembed", "q", "k"])
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("scores", help="composition scores with their random baseline")
+    p.add_argument("model")
+    p.add_argument("--kind", default="k", choices=["q", "k", "v"])
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("info", help="the model's configuration (and card, for zoo models)")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--list", action="store_true", help="list the zoo models")
+    p.add_argument("--json", action="store_true")
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad options, 0 on --help
+        return int(e.code or 0)
+
+    import circuitalg as ca
+
+    try:
+        if args.command == "info" and (args.list or args.model is None):
+            names = ca.zoo.list()
+            _print_json(names) if args.json else print("\n".join(names))
+            return 0
+        try:
+            model = resolve_model(args.model)
+        except (ca.LoadError, ca.ConfigError) as e:
+            print(f"circuitalg: error: {e}", file=sys.stderr)
+            return EXIT_MODEL
+        if args.command == "info":
+            out = info(model)
+            if args.json:
+                _print_json(out)
+            else:
+                print(model)
+                print(f"parameters: {out['n_parameters']:,}")
+                for k, v in out.get("card", {}).items():
+                    print(f"{k}: {json.dumps(v)}")
+        elif args.command == "scores":
+            out = scores(analysed(model), args.kind, args.top)
+            if args.json:
+                _print_json(out)
+            else:
+                b = out["baseline"]
+                print(f"{args.kind.upper()}-composition, {model.name}; random baseline {b['mean']:.4f} ± {b['std']:.4f}")
+                for r in out["top"]:
+                    print(f"  {r['writer']} -> {r['reader']}: {r['score']:.4f}  ({r['z']:+.1f} std)")
+        elif args.command == "circuits":
+            out = circuits(analysed(model), args.top, args.max_heads, args.sinks)
+            if args.json:
+                _print_json(out)
+            else:
+                print(out["summary"])
+                for c in out["circuits"]:
+                    print(f"  {c['score']:10.4g}  {c['name']}\n              {c['symbol']}")
+        else:
+            from circuitalg.report import write_report
+
+            summary = write_report(model, Path(args.out), log=progress)
+            if args.json:
+                _print_json(summary)
+            else:
+                print(summary["text"])
+    except ca.CircuitAlgError as e:
+        print(f"circuitalg: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The zoo, the `circuitalg` command and its HTML report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+import circuitalg as ca
+from circuitalg.cli import main
+
+
+def test_zoo_lists_and_loads_shipped_models_without_torch() -> None:
+    assert {"attn1l", "attn2l", "planted_induction"} <= set(ca.zoo.list())
+    code = "import sys, circuitalg as ca; m = ca.zoo.load('attn2l'); print(m.config.n_layers, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", "False"]
+    card = ca.zoo.card("attn2l")
+    assert card["architecture"]["n_layers"] == 2 and card["training"]["seed"] == 0
+    assert {"induction", "prev_token", "copying", } <= set(card["scores"])
+    with pytest.raises(ca.InvalidArgumentError, match="unknown zoo model"):
+        ca.zoo.load("gpt5")
+
+
+@pytest.mark.parametrize("name", ["attn1l", "attn2l"])
+def test_shipped_model_files_are_small(name: str) -> None:
+    path = ca.zoo.MODELS_DIR / f"{name}.safetensors"
+    assert path.stat().st_size < 2_000_000
+
+
+def test_card_scores_match_the_shipped_weights() -> None:
+    m = ca.zoo.load("attn2l")
+    card = ca.zoo.card("attn2l")
+    t = ca.head_table(m, ca.repeated_random_tokens(m, m.config.n_ctx // 2, 16, seed=0))
+    for head, value in card["scores"]["induction"].items():
+        l, h = (int(x) for x in head[1:].split("H"))
+        assert t.induction[l, h] == pytest.approx(value, abs=1e-9)
+
+
+class _Structure(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[str] = []
+        self.sections: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag == "section":
+            self.sections.append(a.get("id", ""))
+
+
+def test_report_on_attn2l_names_the_circuit(tmp_path, capsys) -> None:
+    assert main(["report", "attn2l", "--out", str(tmp_path), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    # measured by independent means in the test below: the previous-token head attends back,
+    # the induction head attends to the token after the previous occurrence and copies
+    assert s["previous_token_head"].startswith("L0") and s["induction_head"].startswith("L1")
+    assert s["induction_score"] > 0.5 and s["induction_copying"] > 0.5
+    assert s["k_composition"] > s["baseline_k"]["mean"] + 5 * s["baseline_k"]["std"]
+    assert s["identity_verified"] is True
+    page = (tmp_path / "report.html").read_text()
+    parser = _Structure()
+    parser.feed(page)
+    assert {"summary", "composition", "copying", "positional", "graph", "circuits", "tokens", "heads",
+            "identity"} <= set(parser.sections)
+    assert len(parser.imgs) == 4 and all(src.startswith("data:image/png;base64,") and len(src) > 5000
+                                         for src in parser.imgs)
+    m = ca.zoo.load("attn2l")
+    l, h = (int(x) for x in s["induction_head"][1:].split("H"))
+    row = ca.repeated_random_tokens(m, 10, 1, seed=5)[0]
+    pat = m.run(row)[1].pattern[l, h]
+    assert np.mean([pat[q, q - 9] for q in range(10, 20)]) > 0.3
+
+
+def test_report_finds_the_planted_circuit(tmp_path, capsys) -> None:
+    assert main(["report", "planted_induction", "--out", str(tmp_path), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["previous_token_head"], s["induction_head"]) == ("L0H1", "L1H2")
+    assert s["top_circuits"][0]["name"] == "embed -> L0H1 -> L1H2.k (query: embed)"
+
+
+def test_cli_subcommands_and_exit_codes(tmp_path, capsys) -> None:
+    assert main(["info", "--list"]) == 0
+    assert "attn2l" in capsys.readouterr().out
+    assert main(["info", "attn2l", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["n_heads"] == 4
+    assert main(["scores", "planted_induction", "--kind", "k", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["top"][0]["writer"] == "L0H1" and out["top"][0]["reader"] == "L1H2"
+    assert main(["circuits", "planted_induction", "--top", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["circuits"]) == 2
+    assert main(["info", "no_such_model"]) == 3
+    assert "neither a zoo model" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 5)
+    assert main(["info", str(bad)]) == 3
+    assert "bad.safetensors" in capsys.readouterr().err
+    assert main(["scores", "attn2l", "--kind", "x"]) == 2
+    assert main(["circuits", "planted_induction", "--top", "0"]) == 4
+    # a checkpoint path works too
+    path = ca.save(ca.zoo.load("planted_induction"), tmp_path / "p.safetensors")
+    assert main(["scores", str(path), "--json"]) == 0
+
+
+def test_python_dash_m_entry_point() -> None:
+    r = subprocess.run([sys.executable, "-m", "circuitalg", "info", "--list"], capture_output=True, text=True)
+    assert r.returncode == 0 and "attn2l" in r.stdout
+
+
+def test_training_forward_equals_circuitalg_forward() -> None:
+    torch = pytest.importorskip("torch")
+    from circuitalg.zoo import train
+
+    model, card = train.train("attn2l", seed=1, steps=3, log=None)
+    assert card["training"]["steps"] == 3
+    p = {k: torch.tensor(v) for k, v in model.params.items()}
+    tokens = train.make_batch(train.bigram_matrix(64, np.random.default_rng(0)), 2, 32, np.random.default_rng(1))
+    with torch.no_grad():
+        ref = train.forward(torch, p, model.config, torch.from_numpy(tokens)).numpy()
+    for i, row in enumerate(tokens):
+        np.testing.assert_allclose(model.run(row)[0], ref[i], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_training_reproduces_the_shipped_attn2l(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from circuitalg.zoo import train
+
+    _, card = train.train("attn2l", seed=0, log=None)
+    shipped = ca.zoo.card("attn2l")
+    for kind in ("induction", "prev_token", "copying"):
+        for head, value in shipped["scores"][kind].items():
+            assert card["scores"][kind].get(head) == pytest.approx(value, abs=0.05), (kind, head)
+    assert card["eval_loss"] == pytest.approx(shipped["eval_loss"], abs=0.05)

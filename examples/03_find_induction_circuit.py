@@ -2,11 +2,11 @@
 
 Usage::
 
-    python examples/03_find_induction_circuit.py [--out DIR]
+    python examples/03_find_induction_circuit.py [--model attn2l] [--out DIR]
 
-Uses ``ca.zoo.planted_induction()``: a two-layer attention-only model built by hand with a
-previous-token head, an induction head reading it through K-composition, and distractors.
-Nothing below is told which heads those are.
+By default the shipped ``attn2l`` (trained on synthetic text with repeats); ``--model
+planted_induction`` uses a model built by hand with a known previous-token head and induction
+head. Nothing below is told which heads those are.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import circuitalg as ca
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="folder for circuit_graph.graphml (default: a temporary one)")
+    ap.add_argument("--model", default="attn2l", help="a zoo name (ca.zoo.list())")
     args = ap.parse_args()
-    model = ca.zoo.planted_induction()
+    model = ca.zoo.load(args.model)
     print(model)
 
     # 1. heads: which one attends to the previous position (from W_pos alone), which one copies?
@@ -43,7 +44,7 @@ def main() -> None:
     print(search.summary())
     for c in search:
         print("  ", c)
-    induction = [c for c in ca.top_circuits(model, 30, 2, ("k",)) if c.sink == (int(l2), int(h2))][0]
+    induction = [c for c in ca.top_circuits(model, 200, 2, ("k",)) if c.sink == (int(l2), int(h2))][0]
     print("top QK circuit of the copier:", induction)
     print("   its virtual weight:", induction.symbol)
     print("   strongest query->key token pairs:", [str(e) for e in ca.top_tokens(induction.weight, 3, vocab=model)])

@@ -30,10 +30,29 @@ def test_gpt2_paths_example_runs() -> None:
 
 def test_find_induction_circuit_example_runs(tmp_path) -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "03_find_induction_circuit.py"), "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "examples" / "03_find_induction_circuit.py"), "--model", "planted_induction",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, check=True,
     ).stdout
     assert "previous-token head (positional QK): [('L0H1'" in out
     assert "strongest K-composition: L0H1 -> L1H2" in out
     assert "top QK circuit of the copier: embed -> L0H1 -> L1H2.k (query: embed)" in out
     assert (tmp_path / "circuit_graph.graphml").is_file()
+
+
+def test_find_induction_circuit_in_attn2l_runs(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "03_find_induction_circuit.py"), "--out", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "<Transformer 'attn2l'" in out
+    assert "strongest K-composition: L0H" in out and "top QK circuit of the copier: embed -> L0H" in out
+
+
+def test_verify_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "04_verify_factorisation.py")], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    assert out.count(": True (rewrite)") == 4
+    assert "(A+C)⊗(B+D): False (exact-random); counterexample found: True" in out

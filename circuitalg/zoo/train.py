@@ -108,8 +108,8 @@ def train(name: str, seed: int = 0, steps: int | None = None, log: Any = print) 
     import circuitalg as ca
 
     recipe = dict(RECIPES[name])
-    n_steps = int(recipe.pop("steps") if steps is None else steps)
-    recipe.pop("steps", None)
+    recipe_steps = recipe.pop("steps")
+    n_steps = int(recipe_steps if steps is None else steps)
     cfg = ca.TransformerConfig(normalization=None, **recipe)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

@@ -39,12 +39,6 @@ def resolve_model(spec: str) -> Any:
     return ca.load(path)
 
 
-def analysed(model: Any) -> Any:
-    import circuitalg as ca
-
-    return ca.fold_layer_norm(model) if model.config.normalization is not None else model
-
-
 def info(model: Any) -> dict[str, Any]:
     import circuitalg as ca
 
@@ -137,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in out.get("card", {}).items():
                     print(f"{k}: {json.dumps(v)}")
         elif args.command == "scores":
-            out = scores(analysed(model), args.kind, args.top)
+            out = scores(ca.fold_layer_norm(model), args.kind, args.top)
             if args.json:
                 _print_json(out)
             else:
@@ -146,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in out["top"]:
                     print(f"  {r['writer']} -> {r['reader']}: {r['score']:.4f}  ({r['z']:+.1f} std)")
         elif args.command == "circuits":
-            out = circuits(analysed(model), args.top, args.max_heads, args.sinks)
+            out = circuits(ca.fold_layer_norm(model), args.top, args.max_heads, args.sinks)
             if args.json:
                 _print_json(out)
             else:

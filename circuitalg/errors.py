@@ -18,6 +18,7 @@ __all__ = [
     "TooLargeError",
     "LoadError",
     "ConfigError",
+    "check_int",
 ]
 
 
@@ -59,3 +60,15 @@ class LoadError(CircuitAlgError, ValueError):
 
 class ConfigError(CircuitAlgError, ValueError):
     """A model configuration is inconsistent or outside what circuitalg supports."""
+
+
+def check_int(name: str, value: object, lo: int, hi: int | None = None, hint: str = "") -> int:
+    """``value`` as an int if it is an integer in ``lo..hi`` (``hi=None``: no upper bound),
+    else :class:`InvalidArgumentError` saying what was passed and what is accepted."""
+    import numbers
+
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and value >= lo and (hi is None or value <= hi):  # type: ignore[operator]
+        return int(value)  # type: ignore[arg-type]
+    wanted = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+    raise InvalidArgumentError(f"{name}={value!r}; pass {wanted}{hint}.")

@@ -60,8 +60,14 @@ def test_composition_bad_input() -> None:
         ca.composition_scores(m, "x")
     with pytest.raises(ca.InvalidArgumentError, match="ca.Transformer"):
         ca.composition_scores(np.eye(3), "k")
-    with pytest.raises(ca.InvalidArgumentError, match="n_samples"):
+    with pytest.raises(ca.InvalidArgumentError, match=r"^n_samples=1; pass an integer >= 2\.$"):
         ca.composition_baseline(m, n_samples=1)
+    with pytest.raises(ca.InvalidArgumentError, match=r"^k=True; pass an integer from 1 to 4 \(d_head\)\.$"):
+        ca.head_table(m, k=True)
+    with pytest.raises(ca.InvalidArgumentError, match=r"^max_heads=-1; pass an integer >= 0\.$"):
+        ca.top_circuits(m, max_heads=-1)
+    with pytest.raises(ca.InvalidArgumentError, match=r"^seq_len=2\.5; pass an integer >= 1\.$"):
+        ca.repeated_random_tokens(m, 2.5)
 
 
 def test_baseline_is_about_inverse_sqrt_d_model_and_deterministic() -> None:

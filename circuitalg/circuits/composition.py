@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError
+from circuitalg.errors import InvalidArgumentError, check_int
 from circuitalg.model.weights import Transformer
 
 __all__ = [
@@ -316,8 +316,7 @@ def composition_baseline(
     """
     check_model(model)
     kind = check_kind(kind)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
-        raise InvalidArgumentError(f"n_samples={n_samples!r}; use an integer of at least 2.")
+    n_samples = check_int("n_samples", n_samples, 2)
     c = model.config
     D, dh = c.d_model, c.d_head
     H = int(min(64, max(2, math.ceil(math.sqrt(n_samples)))))  # one draw of H x H pairs usually suffices

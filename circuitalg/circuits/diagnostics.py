@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.circuits.composition import check_model
-from circuitalg.errors import InvalidArgumentError, ShapeError
+from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
 from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
@@ -27,6 +27,7 @@ __all__ = [
     "copying_score",
     "effective_rank",
     "head_table",
+    "positional_pattern",
     "repeated_random_tokens",
     "top_tokens",
 ]
@@ -56,9 +57,7 @@ def effective_rank(s: np.ndarray) -> float:
 def repeated_random_tokens(model: Transformer, seq_len: int = 20, n_seqs: int = 8, *, seed: int = 0) -> np.ndarray:
     """``n_seqs`` sequences of ``seq_len`` uniform random tokens, each repeated once: ``(n_seqs, 2 seq_len)``."""
     check_model(model)
-    for name, v in (("seq_len", seq_len), ("n_seqs", n_seqs)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise InvalidArgumentError(f"{name}={v!r}; use a positive integer.")
+    seq_len, n_seqs = check_int("seq_len", seq_len, 1), check_int("n_seqs", n_seqs, 1)
     if 2 * seq_len > model.config.n_ctx:
         raise InvalidArgumentError(
             f"seq_len={seq_len}: the repeated sequence has {2 * seq_len} tokens but n_ctx={model.config.n_ctx}; "
@@ -128,23 +127,28 @@ class HeadTable:
         return [(f"L{i // H}H{i % H}", float(a.flat[i])) for i in order]
 
 
+def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
+    """The causal softmax of a head's positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale``
+    over the first ``n_positions`` positions (query rows, key columns; tokens, biases and layer
+    norms ignored)."""
+    n = min(n_positions, model.config.n_ctx)
+    P = np.asarray(model.params["W_pos"][:, :n], dtype=np.float64)
+    q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
+    k = np.asarray(head.W_K.array, dtype=np.float64) @ P
+    s = (q.T @ k) / model.config.attn_scale
+    s[np.triu_indices(n, 1)] = -np.inf
+    s -= s.max(axis=1, keepdims=True)
+    p = np.exp(s)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def _positional_prev_token(model: Transformer, n_positions: int) -> np.ndarray:
     c = model.config
-    n = min(n_positions, c.n_ctx)
     out = np.zeros((c.n_layers, c.n_heads))
-    if n < 2:
+    if min(n_positions, c.n_ctx) < 2:
         return out
-    P = np.asarray(model.params["W_pos"][:, :n], dtype=np.float64)
-    mask = np.triu(np.ones((n, n), dtype=bool), k=1)
     for head in model.heads():
-        q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
-        k = np.asarray(head.W_K.array, dtype=np.float64) @ P
-        s = (q.T @ k) / c.attn_scale
-        s[mask] = -np.inf
-        s -= s.max(axis=1, keepdims=True)
-        p = np.exp(s)
-        p /= p.sum(axis=1, keepdims=True)
-        out[head.layer, head.index] = float(np.diagonal(p, offset=-1).mean())
+        out[head.layer, head.index] = float(np.diagonal(positional_pattern(model, head, n_positions), offset=-1).mean())
     return out
 
 
@@ -191,8 +195,7 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
     """
     check_model(model)
     c = model.config
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= c.d_head:
-        raise InvalidArgumentError(f"k={k!r}; use 1..d_head={c.d_head}.")
+    k = check_int("k", k, 1, c.d_head, " (d_head)")
     L, H = c.n_layers, c.n_heads
     copying = np.zeros((L, H))
     copying_ov = np.zeros((L, H))
@@ -263,8 +266,7 @@ def top_tokens(
     if not isinstance(m, LinearMap):
         raise InvalidArgumentError(f"top_tokens takes a ca.LinearMap, got {type(m).__name__}.")
     n_rows, n_cols = m.shape
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_rows * n_cols:
-        raise InvalidArgumentError(f"k={k!r}; use 1..{n_rows * n_cols}.")
+    k = check_int("k", k, 1, n_rows * n_cols, " (the number of entries)")
     if by not in ("value", "abs"):
         raise InvalidArgumentError(f"by={by!r}; use 'value' or 'abs'.")
     if isinstance(vocab, Transformer):

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.circuits.composition import check_model
-from circuitalg.errors import InvalidArgumentError
+from circuitalg.errors import InvalidArgumentError, check_int
 from circuitalg.linalg.factors import leaf_r
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.weights import Transformer
@@ -172,9 +172,8 @@ class CircuitSearch:
 
 def _check_args(model: Any, k: Any, max_heads: Any, sinks: Any) -> tuple[str, ...]:
     check_model(model)
-    for name, v, lo in (("k", k, 1), ("max_heads", max_heads, 0)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise InvalidArgumentError(f"{name}={v!r}; use an integer >= {lo}.")
+    check_int("k", k, 1)
+    check_int("max_heads", max_heads, 0)
     if isinstance(sinks, str):
         sinks = (sinks,)
     sinks = tuple(sinks)
@@ -188,7 +187,6 @@ def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] 
     """How many circuits :func:`top_circuits` searches (what brute force would score)."""
     sinks = _check_args(model, 1, max_heads, sinks)
     L, H = model.config.n_layers, model.config.n_heads
-    # chains[j][l]: chains of j heads whose last head is in layer l (per source)
     def chains_below(limit: int, max_len: int) -> int:
         """Chains (empty included) of <= max_len heads in layers < limit."""
         return sum(math.comb(limit, j) * H**j for j in range(0, max_len + 1))

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, ShapeError
+from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
 from circuitalg.maps.nodes import Dense, LinearMap
 from circuitalg.maps.rules import identity
 from circuitalg.model.forward import Cache, check_tokens
@@ -351,8 +351,7 @@ class PathSum:
         the target logits, ranked by absolute value.
         """
         tok = self.check_inputs(tokens, cache)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidArgumentError(f"k={k!r}; pass a positive integer.")
+        k = check_int("k", k, 1)
         scale = self.final_scale(cache)
         W_U = self.model.params["W_U"]
         if targets is None:
@@ -402,8 +401,7 @@ def expand(model: Transformer, order: int | None = None, *, sources: Sequence[st
     n_layers = model.config.n_layers
     if order is None:
         order = n_layers
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 0:
-        raise InvalidArgumentError(f"order={order!r}; pass an integer from 0 to n_layers={n_layers}.")
+    order = check_int("order", order, 0, hint=f" (n_layers={n_layers}; larger orders are the full expansion)")
     unknown = [s for s in sources if s not in SOURCE_KINDS]
     if unknown or isinstance(sources, str):
         raise InvalidArgumentError(f"unknown sources {unknown or sources!r}; choose from {SOURCE_KINDS}.")

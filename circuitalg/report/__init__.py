@@ -45,7 +45,7 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> dict[str, A
     log = log or (lambda _m: None)
     steps = 6
     t0 = time.time()
-    m = ca.fold_layer_norm(model) if model.config.normalization is not None else model
+    m = ca.fold_layer_norm(model)  # unchanged without layer norm
     c = m.config
     log(f"[1/{steps}] head diagnostics on repeated random tokens")
     seq_len = max(2, min(20, c.n_ctx // 2))
@@ -134,17 +134,12 @@ def _figures(a: dict[str, Any]) -> dict[str, str]:
     axes[1].legend(fontsize=6, ncol=2)
     figs["copying"] = _png(fig)
 
-    n = min(c.n_ctx, 32)
+    from circuitalg.circuits.diagnostics import positional_pattern
+
     fig, axes = plt.subplots(L, H, figsize=(2.2 * H, 2.2 * L), squeeze=False)
-    P = np.asarray(m.params["W_pos"][:, :n], dtype=np.float64)
-    mask = np.triu(np.ones((n, n), dtype=bool), 1)
     for head in m.heads():
-        s = (head.W_Q.array @ P).T @ (head.W_K.array @ P) / c.attn_scale
-        s[mask] = -np.inf
-        p = np.exp(s - s.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
         ax = axes[head.layer, head.index]
-        ax.imshow(p, cmap="Blues", vmin=0, vmax=1)
+        ax.imshow(positional_pattern(m, head, 32), cmap="Blues", vmin=0, vmax=1)
         ax.set_title(f"{head.name} ({table.positional_prev_token[head.key]:.2f})", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])

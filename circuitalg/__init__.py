@@ -6,6 +6,8 @@ Conventions: column vectors (a map X -> Y has a matrix of shape ``(Y.dim, X.dim)
 
 from circuitalg.errors import (
     CircuitAlgError,
+    CircuitAlgWarning,
+    PrecisionWarning,
     ConfigError,
     DTypeError,
     InvalidArgumentError,
@@ -18,6 +20,7 @@ from circuitalg.errors import (
 )
 from circuitalg.linalg import (
     Plan,
+    accuracy,
     as_operator,
     eigenvalues,
     matvec,
@@ -134,6 +137,7 @@ __all__ = [
     "trace",
     "plan",
     "Plan",
+    "accuracy",
     # models
     "TransformerConfig",
     "Transformer",
@@ -191,5 +195,7 @@ __all__ = [
     "TooLargeError",
     "LoadError",
     "ConfigError",
+    "CircuitAlgWarning",
+    "PrecisionWarning",
     "__version__",
 ]

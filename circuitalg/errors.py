@@ -18,6 +18,8 @@ __all__ = [
     "TooLargeError",
     "LoadError",
     "ConfigError",
+    "CircuitAlgWarning",
+    "PrecisionWarning",
     "check_int",
 ]
 
@@ -60,6 +62,15 @@ class LoadError(CircuitAlgError, ValueError):
 
 class ConfigError(CircuitAlgError, ValueError):
     """A model configuration is inconsistent or outside what circuitalg supports."""
+
+
+class CircuitAlgWarning(UserWarning):
+    """Base class of every warning circuitalg emits."""
+
+
+class PrecisionWarning(CircuitAlgWarning, RuntimeWarning):
+    """A result's a-priori error bound exceeds half the digits of its dtype
+    (see :mod:`circuitalg.linalg.accuracy`); the value is returned, but distrust it."""
 
 
 def check_int(name: str, value: object, lo: int, hi: int | None = None, hint: str = "") -> int:

@@ -292,25 +292,27 @@ def random_tree(
     domain: Space,
     codomain: Space,
     depth: int,
+    dtype: type = np.float64,
 ) -> tuple[LinearMap, np.ndarray]:
     """A random expression tree from ``domain`` to ``codomain`` and its dense matrix.
 
     ``draw(what, lo, hi)`` picks an integer in ``[lo, hi]`` (hypothesis's ``draw`` of
     ``integers`` in the tests, or a ``Random`` elsewhere); ``rng`` fills the leaves.
-    Leaves may be rank-deficient; dimensions include 1.
+    Leaves may be rank-deficient; dimensions include 1; leaves (and identities) have
+    ``dtype``, and the dense matrix is float64 of the stored (rounded) values.
     """
     kinds = ["leaf"] if depth <= 0 else ["leaf", "product", "sum", "scaled", "transpose", "kron", "identity"]
     kind = kinds[draw("kind", 0, len(kinds) - 1)]
     if kind == "identity" and domain == codomain:
-        return identity(domain), np.eye(domain.dim)
+        return identity(domain, dtype=dtype), np.eye(domain.dim)
     if (
         kind == "kron"
         and isinstance(domain, ProductSpace)
         and isinstance(codomain, ProductSpace)
         and len(domain.factors) == len(codomain.factors) == 2
     ):
-        a, da = random_tree(draw, rng, domain.factors[0], codomain.factors[0], depth - 1)
-        b, db = random_tree(draw, rng, domain.factors[1], codomain.factors[1], depth - 1)
+        a, da = random_tree(draw, rng, domain.factors[0], codomain.factors[0], depth - 1, dtype)
+        b, db = random_tree(draw, rng, domain.factors[1], codomain.factors[1], depth - 1, dtype)
         return kron(a, b), np.kron(da, db)
     if kind == "product":
         mid_dim = draw("mid", 1, 5)
@@ -318,19 +320,23 @@ def random_tree(
             mid = product_space(Space("pa", mid_dim), Space("pb", draw("mid2", 1, 3)))
         else:
             mid = Space(f"z{mid_dim}", mid_dim)
-        a, da = random_tree(draw, rng, mid, codomain, depth - 1)
-        b, db = random_tree(draw, rng, domain, mid, depth - 1)
+        a, da = random_tree(draw, rng, mid, codomain, depth - 1, dtype)
+        b, db = random_tree(draw, rng, domain, mid, depth - 1, dtype)
         return a @ b, da @ db
     if kind == "sum":
-        a, da = random_tree(draw, rng, domain, codomain, depth - 1)
-        b, db = random_tree(draw, rng, domain, codomain, depth - 1)
+        a, da = random_tree(draw, rng, domain, codomain, depth - 1, dtype)
+        b, db = random_tree(draw, rng, domain, codomain, depth - 1, dtype)
         return a + b, da + db
     if kind == "scaled":
         c = draw("scalar", -4, 4) / 2
-        a, da = random_tree(draw, rng, domain, codomain, depth - 1)
+        a, da = random_tree(draw, rng, domain, codomain, depth - 1, dtype)
         return c * a, c * da
     if kind == "transpose":
-        a, da = random_tree(draw, rng, codomain, domain, depth - 1)
+        a, da = random_tree(draw, rng, codomain, domain, depth - 1, dtype)
         return a.T, da.T
+    if domain == codomain and draw("diagonal-leaf", 0, 4) == 0:
+        vals = rng.standard_normal(domain.dim) * rng.integers(0, 2, domain.dim)  # some zeros
+        d = diagonal(vals.astype(dtype), domain)
+        return d, np.diag(d.values.astype(np.float64))
     rank = draw("rank", 0, min(domain.dim, codomain.dim))
-    return random_dense(rng, domain, codomain, rank=rank or None)
+    return random_dense(rng, domain, codomain, rank=rank or None, dtype=dtype)

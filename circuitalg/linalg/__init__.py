@@ -8,6 +8,7 @@
   :mod:`~circuitalg.linalg.norm`: the spectral routines.
 """
 
+from circuitalg.linalg.accuracy import accuracy, magnitude
 from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
 from circuitalg.linalg.eig import eigenvalues
@@ -17,6 +18,8 @@ from circuitalg.linalg.plan import Plan, plan
 from circuitalg.linalg.svd import singular_values, svd
 
 __all__ = [
+    "accuracy",
+    "magnitude",
     "matmat",
     "rmatmat",
     "matvec",

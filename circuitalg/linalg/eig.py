@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as spla
 
 from circuitalg.errors import ShapeError, TooLargeError
+from circuitalg.linalg.accuracy import accuracy, eigen_conditions, eigen_noise_floor, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate
 from circuitalg.linalg.factors import Chain, evaluate_chain
 from circuitalg.linalg.plan import plan
@@ -36,34 +39,48 @@ def cyclic_core(chain: Chain) -> np.ndarray:
     return evaluate_chain(rotated)
 
 
-def _sorted(vals: np.ndarray) -> np.ndarray:
+def _order(vals: np.ndarray) -> np.ndarray:
+    """Indices sorting eigenvalues by descending magnitude (then real, imaginary part)."""
     vals = np.asarray(vals, dtype=np.result_type(vals.dtype, np.complex64))
-    order = np.lexsort((-vals.imag, -vals.real, -np.abs(vals)))
-    return vals[order]
+    return np.lexsort((-vals.imag, -vals.real, -np.abs(vals)))
 
 
-def _all_eigenvalues(m: LinearMap, k: int | None) -> np.ndarray:
+Spectrum = tuple[np.ndarray, np.ndarray]  # (eigenvalues, their condition numbers)
+
+
+def _eig(a: np.ndarray) -> Spectrum:
+    return eigen_conditions(a)
+
+
+def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
+    """Eigenvalues and their condition numbers (``nan`` where unknown: the iterative route)."""
     if isinstance(m, Scaled):
-        return m.scalar * _all_eigenvalues(m.inner, k)
+        w, c = _all_eigenvalues(m.inner, k)
+        return m.scalar * w, c
     if isinstance(m, Transpose):
         return _all_eigenvalues(m.inner, k)
     p = plan(m, "eigenvalues", k)
     if p.method == "leaf":
-        return sla.eigvals(m.array, check_finite=False)  # type: ignore[attr-defined]
+        return _eig(m.array)  # type: ignore[attr-defined]
     if p.method == "identity":
-        return np.ones(m.shape[0])
+        return np.ones(m.shape[0]), np.ones(m.shape[0])
     if p.method == "diagonal":
-        return np.asarray(m.values)  # type: ignore[attr-defined]
+        vals = np.asarray(m.values)  # type: ignore[attr-defined]
+        return vals, np.ones(len(vals))
     if p.method == "kron":
-        out = np.ones(1, dtype=complex)
+        out, cond = np.ones(1, dtype=complex), np.ones(1)
         for f in m.factors:  # type: ignore[attr-defined]
-            out = np.multiply.outer(out, _sorted(_all_eigenvalues(f, None))[: f.rank_bound]).ravel()
-        return out
+            w, c = _all_eigenvalues(f, None)
+            keep = _order(w)[: f.rank_bound]
+            out = np.multiply.outer(out, w[keep]).ravel()
+            cond = np.multiply.outer(cond, c[keep]).ravel()  # kron eigenvectors: conditions multiply
+        return out, cond
     if p.method == "chain":
         chain: Chain = p.chain  # type: ignore[assignment]
-        return chain.scalar * sla.eigvals(cyclic_core(chain), check_finite=False)
+        w, c = _eig(cyclic_core(chain))
+        return chain.scalar * w, c
     if p.method == "dense":
-        return sla.eigvals(evaluate(m), check_finite=False)
+        return _eig(evaluate(m))
     n = m.shape[0]
     if k is None or k >= n - 1:
         raise TooLargeError(
@@ -71,7 +88,17 @@ def _all_eigenvalues(m: LinearMap, k: int | None) -> np.ndarray:
             "large to evaluate densely; pass k to compute the k largest in magnitude with "
             "scipy.sparse.linalg.eigs."
         )
-    return spla.eigs(as_operator(m), k=k, return_eigenvectors=False, v0=np.ones(n))
+    w = spla.eigs(as_operator(m), k=k, return_eigenvectors=False, v0=np.ones(n))
+    return w, np.full(len(w), np.nan)
+
+
+def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray) -> None:
+    """Warn if an eigenvalue above the noise floor has a bound over sqrt(eps) * |λ_1|."""
+    above = np.abs(vals) > eigen_noise_floor(m)
+    if not above.any():
+        return
+    worst = float(np.max(np.where(np.isnan(cond[above]), 0.0, cond[above])))
+    warn_if_imprecise(m, "eigenvalues", worst * accuracy(m), float(np.abs(vals[0])), stacklevel=4)
 
 
 def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
@@ -81,9 +108,19 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
     ``k`` largest in magnitude). Chains use ``eig(AB) = eig(BA)`` on the nonzero
     spectrum: ``W_U W_OV W_E`` is evaluated as the ``d_head x d_head`` matrix
     ``W_V (W_E W_U) W_O``, with ``W_E W_U`` computed once and cached.
+
+    Accuracy: ``κᵢ · accuracy(m)`` to first order for eigenvalues above the noise floor
+    (:mod:`circuitalg.linalg.accuracy`); a :class:`~circuitalg.errors.PrecisionWarning`
+    says when that exceeds ``sqrt(eps)`` times the largest magnitude, as for (nearly)
+    defective eigenvalues. Not checked on the iterative route (``k`` on a map without
+    structure).
     """
     require_square(m, "eigenvalues")
     n = check_k(m, k, m.rank_bound)
-    vals = _sorted(_all_eigenvalues(m, k))[:n]
+    w, cond = _all_eigenvalues(m, k)
+    keep = _order(w)[:n]
+    vals = np.asarray(w, dtype=np.result_type(w.dtype, np.complex64))[keep]
+    if len(vals):
+        _warn_if_ill_conditioned(m, vals, cond[keep])
     out_dtype = np.complex64 if m.dtype == np.float32 else np.complex128
     return vals.astype(out_dtype)

@@ -15,8 +15,8 @@ is where ``dj`` is smallest. Everything numeric then happens on small matrices:
 
 The triangular factor of a tall leaf ``A`` comes from the Cholesky factor of its Gram
 matrix ``AᵀA`` (one BLAS-3 pass, ~8x faster than Householder QR at GPT-2 shapes) when
-``A`` is well conditioned (estimated condition number below :data:`GRAM_COND_LIMIT`),
-and from Householder QR otherwise; the two agree up to row signs, and the choice is
+``A`` is float64 and well conditioned (estimated condition number below
+:data:`GRAM_COND_LIMIT`), and from Householder QR otherwise; the two agree up to row signs, and the choice is
 recorded (:func:`leaf_factor_method`).
 """
 
@@ -132,9 +132,11 @@ def leaf_r(leaf: Dense, side: str) -> np.ndarray:
     if hit is not None:
         return hit
     M = _oriented(leaf, side)
-    G = M.T @ M
     R, method = None, "qr"
     try:
+        if M.dtype != np.float64:  # float32 Gram matrices lose too much (eps * cond**2)
+            raise np.linalg.LinAlgError
+        G = M.T @ M
         R = sla.cholesky(G, lower=False, check_finite=False)
         diag = np.abs(np.diag(R))
         if diag.min() <= 0 or diag.max() / diag.min() > GRAM_COND_LIMIT:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from circuitalg.errors import TooLargeError
+from circuitalg.linalg.accuracy import accuracy, magnitude, unit_roundoff, warn_if_imprecise
 from circuitalg.linalg.apply import evaluate
 from circuitalg.linalg.eig import cyclic_core, require_square
 from circuitalg.linalg.factors import Chain, core
@@ -22,6 +23,8 @@ def trace(m: LinearMap) -> float:
 
     Chains use the cyclic small product (``tr(W_U W_OV W_E) = tr(W_V W_E W_U W_O)``),
     sums add their terms' traces, Kronecker products multiply their factors' traces.
+    The error is at most ``rank_bound * accuracy(m)`` (:mod:`circuitalg.linalg.accuracy`);
+    no warning is given because a small trace is not a sign of lost precision.
     """
     require_square(m, "trace")
     return float(_trace(m))
@@ -62,15 +65,33 @@ def norm(m: LinearMap) -> float:
     product of the factors' norms; sums with no common factor: small maps densely,
     larger ones from the Gram traces ``Σ_ij tr(T_iᵀ T_j)`` (which may lose relative
     accuracy when the terms cancel).
+
+    The error is at most ``sqrt(rank_bound) * accuracy(m)`` (see
+    :mod:`circuitalg.linalg.accuracy`), or for the Gram-trace route
+    ``sqrt(g)`` at worst with ``g = 4 n_terms rank_bound eps (Σ magnitude(T_i))²``; a
+    :class:`~circuitalg.errors.PrecisionWarning` says when the bound exceeds
+    ``sqrt(eps)`` times the result.
     """
-    return float(_norm(m))
+    gram_err: list[float] = []
+    out = float(_norm(m, gram_err))
+    bound = math.sqrt(max(m.rank_bound, 1)) * accuracy(m)
+    if gram_err:  # the Gram-trace route: its error enters squared
+        g = sum(gram_err)
+        bound = max(bound, min(math.sqrt(g), g / (2 * out)) if out > 0 else math.sqrt(g))
+    warn_if_imprecise(m, "norm", bound, out)
+    return out
 
 
-def _norm(m: LinearMap) -> float:
+def _norm(m: LinearMap, gram_err: list[float]) -> float:
+    """The norm; appends to ``gram_err`` the error of each squared norm summed from traces."""
     if isinstance(m, Scaled):
-        return abs(m.scalar) * _norm(m.inner)
+        c = abs(m.scalar)
+        inner: list[float] = []
+        out = c * _norm(m.inner, inner)
+        gram_err.extend(c * c * e for e in inner)
+        return out
     if isinstance(m, Transpose):
-        return _norm(m.inner)
+        return _norm(m.inner, gram_err)
     p = plan(m, "norm")
     if p.method == "leaf":
         return float(np.linalg.norm(m.array))  # type: ignore[attr-defined]
@@ -79,7 +100,13 @@ def _norm(m: LinearMap) -> float:
     if p.method == "diagonal":
         return float(np.linalg.norm(m.values))  # type: ignore[attr-defined]
     if p.method == "kron":
-        return math.prod(_norm(f) for f in m.factors)  # type: ignore[attr-defined]
+        errs = [[] for _ in m.factors]  # type: ignore[attr-defined]
+        vals = [_norm(f, e) for f, e in zip(m.factors, errs)]  # type: ignore[attr-defined]
+        out = math.prod(vals)
+        for i, e in enumerate(errs):  # a factor's squared-norm error, times the others' squares
+            rest = math.prod(v * v for j, v in enumerate(vals) if j != i)
+            gram_err.extend(x * rest for x in e)
+        return out
     if p.method == "chain":
         chain: Chain = p.chain  # type: ignore[assignment]
         return abs(chain.scalar) * float(np.linalg.norm(core(chain)))
@@ -92,6 +119,8 @@ def _norm(m: LinearMap) -> float:
             total += _trace(compose(transpose(a), a))
             for b in terms[i + 1 :]:
                 total += 2.0 * _trace(compose(transpose(a), b))
+        mags = sum(magnitude(t) for t in terms)
+        gram_err.append(4.0 * len(terms) * m.rank_bound * unit_roundoff(m.dtype) * mags * mags)
         return math.sqrt(max(total, 0.0))
     raise TooLargeError(
         f"norm of {m.symbol} {m.shape}: no structural rule applies and the map is too large to "

@@ -7,6 +7,7 @@ import scipy.linalg as sla
 import scipy.sparse.linalg as spla
 
 from circuitalg.errors import InvalidArgumentError, TooLargeError
+from circuitalg.linalg.accuracy import accuracy, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.linalg.factors import Chain, core, leaf_r
@@ -84,8 +85,10 @@ def singular_values(m: LinearMap, k: int | None = None) -> np.ndarray:
     factor-wise, and maps with no structure fall back to ``scipy.sparse.linalg.svds``.
     """
     n = check_k(m, k, m.rank_bound)
-    s = _all_singular_values(m, k)
-    return np.asarray(s[:n], dtype=m.dtype)
+    s = np.asarray(_all_singular_values(m, k)[:n], dtype=m.dtype)
+    if len(s):
+        warn_if_imprecise(m, "singular_values", accuracy(m), float(s[0]))
+    return s
 
 
 # --- full decompositions -------------------------------------------------------------------------
@@ -155,11 +158,14 @@ def svd(m: LinearMap, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.
     ``U`` is ``(codomain.dim, r)``, ``S`` descending, ``Vh`` is ``(r, domain.dim)``, with
     ``r = min(rank_bound, k)``. Output sizes are checked against the memory budget.
     Chains compute ``U`` and ``Vh`` from the thin QR of the two halves of the chain split
-    at its bottleneck, and an SVD of the small core.
+    at its bottleneck, and an SVD of the small core. Accuracy and warnings as for
+    :func:`singular_values`.
     """
     n = check_k(m, k, m.rank_bound)
     U, S, Vh = _all_svd(m, k)
     dt = m.dtype
+    if n:
+        warn_if_imprecise(m, "svd", accuracy(m), float(S[0]))
     return (
         np.asarray(U[:, :n], dtype=dt),
         np.asarray(S[:n], dtype=dt),

@@ -1,0 +1,179 @@
+"""The stated error bounds hold, and precision warnings fire exactly where precision is lost.
+
+The references are independent: numpy/scipy on the float64 dense matrix of the stored
+(possibly float32) values, or exact integer arithmetic.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import circuitalg as ca
+from circuitalg.linalg.accuracy import eigen_noise_floor, magnitude, unit_roundoff
+from circuitalg.linalg.factors import leaf_factor_method
+from circuitalg.linalg.plan import plan
+from circuitalg.testing import random_tree
+
+SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EPS64 = np.finfo(np.float64).eps
+
+
+def _tree(data):
+    dims = [data.draw(st.integers(1, 6), label=n) for n in ("n", "m")]
+    dom, cod = ca.Space("x", dims[1]), ca.Space("y", dims[0])
+    if data.draw(st.booleans(), label="square"):
+        cod = dom
+    dtype = data.draw(st.sampled_from([np.float64, np.float32]), label="dtype")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    draw = lambda what, lo, hi: data.draw(st.integers(lo, hi), label=what)  # noqa: E731
+    return random_tree(draw, np.random.default_rng(seed), dom, cod, 3, dtype)
+
+
+def _quiet(fn, *args):
+    """Call ``fn`` and return (result, list of PrecisionWarnings raised)."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always", ca.PrecisionWarning)
+        out = fn(*args)
+    return out, [w for w in rec if issubclass(w.category, ca.PrecisionWarning)]
+
+
+@SETTINGS
+@given(st.data())
+def test_singular_values_norm_and_trace_are_within_the_stated_bound(data) -> None:
+    m, d = _tree(data)
+    acc = ca.accuracy(m)
+    assert magnitude(m) >= np.linalg.norm(d, 2) * (1 - 1e-12)
+    ref = np.linalg.svd(d, compute_uv=False)
+    ref_err = 8 * EPS64 * max(d.shape) * ref[0]  # the float64 reference's own rounding
+    s, _ = _quiet(ca.singular_values, m)
+    np.testing.assert_array_less(np.abs(s - ref[: len(s)]), acc + ref_err + 1e-300)
+    np.testing.assert_array_less(ref[len(s) :], acc + ref_err + 1e-300)
+    (_, S, _), _ = _quiet(ca.svd, m)
+    np.testing.assert_array_less(np.abs(S - ref[: len(S)]), acc + ref_err + 1e-300)
+    r = max(m.rank_bound, 1)
+    nrm, _ = _quiet(ca.norm, m)
+    assert abs(nrm - np.linalg.norm(d)) <= np.sqrt(r) * acc + ref_err * np.sqrt(r) + 1e-300
+    if m.is_square:
+        assert abs(ca.trace(m) - np.trace(d)) <= r * acc + ref_err * r + 1e-300
+
+
+@SETTINGS
+@given(st.data())
+def test_eigenvalues_without_a_warning_keep_half_the_digits(data) -> None:
+    m, d = _tree(data)
+    if not m.is_square:
+        return
+    lam, warned = _quiet(ca.eigenvalues, m)
+    if warned or not len(lam):
+        return
+    ref = np.linalg.eigvals(d)
+    scale = abs(lam[0])
+    tol = 4 * np.sqrt(unit_roundoff(m.dtype)) * scale + 1e-300
+    for v in lam[np.abs(lam) > eigen_noise_floor(m)]:
+        assert np.min(np.abs(ref - v)) <= tol, (v, ref, tol)
+
+
+def _exact_cancelling_product(scale: float):
+    """A @ B with ‖A‖‖B‖ ~ scale but A @ B small, all in exactly representable integers."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-9, 10, 40).astype(float) * scale
+    delta = rng.integers(-3, 4, 40).astype(float)
+    y = rng.integers(-5, 6, 30).astype(float)
+    A = np.stack([x, x + delta], axis=1)  # 40 x 2
+    B = np.stack([y, -y], axis=0)  # 2 x 30
+    exact = A @ B  # = -delta y^T, exact in float64 (integers below 2**53)
+    np.testing.assert_array_equal(exact, -np.outer(delta, y))
+    s, r, t = ca.Space("s", 30), ca.Space("r", 2), ca.Space("t", 40)
+    return ca.Dense(A, r, t, "A") @ ca.Dense(B, s, r, "B"), exact
+
+
+def test_cancelling_factors_warn_and_stay_within_the_bound() -> None:
+    m, exact = _exact_cancelling_product(1e8)
+    with pytest.warns(ca.PrecisionWarning, match=r"singular_values of A\*B \(40, 30\) may be inaccurate"):
+        s = m.singular_values()
+    ref = np.linalg.svd(exact, compute_uv=False)
+    assert abs(s[0] - ref[0]) <= ca.accuracy(m)
+    assert ca.accuracy(m) > np.sqrt(EPS64) * ref[0]
+    with pytest.warns(ca.PrecisionWarning, match="norm of A"):
+        m.norm()
+
+
+def test_mild_factors_do_not_warn() -> None:
+    m, exact = _exact_cancelling_product(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ca.PrecisionWarning)
+        s = m.singular_values()
+        m.norm()
+        m.svd()
+    ref = np.linalg.svd(exact, compute_uv=False)[:2]  # rank 1: the second value is 0
+    np.testing.assert_allclose(s, ref, rtol=0, atol=ca.accuracy(m))
+    assert ca.accuracy(m) < 1e-11 * ref[0]
+
+
+def test_realistic_ov_circuit_is_accurate_and_silent() -> None:
+    rng = np.random.default_rng(1)
+    v, r, h = ca.Space("vocab", 2000), ca.Space("resid", 64), ca.Space("head", 8)
+    W_E = ca.Dense(rng.standard_normal((64, 2000)) / 8, v, r, "W_E")
+    W_U = ca.Dense(rng.standard_normal((2000, 64)) / 8, r, v, "W_U")
+    W_V = ca.Dense(rng.standard_normal((8, 64)) / 8, r, h, "W_V")
+    W_O = ca.Dense(rng.standard_normal((64, 8)) / 8, h, r, "W_O")
+    m = W_U @ W_O @ W_V @ W_E
+    d = W_U.array @ W_O.array @ W_V.array @ W_E.array
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ca.PrecisionWarning)
+        s, lam, nrm = m.singular_values(), m.eigenvalues(), m.norm()
+    ref = np.linalg.svd(d, compute_uv=False)[:8]
+    assert np.max(np.abs(s - ref)) <= ca.accuracy(m)
+    assert ca.accuracy(m) < 1e-10 * ref[0]  # the bound is not vacuous
+    assert abs(nrm - np.linalg.norm(d)) <= np.sqrt(8) * ca.accuracy(m)
+    ref_lam = np.linalg.eigvals(d)
+    ref_lam = ref_lam[np.argsort(-np.abs(ref_lam))][:8]
+    np.testing.assert_allclose(np.sort_complex(lam), np.sort_complex(ref_lam), atol=1e-9 * abs(ref_lam[0]))
+
+
+def test_defective_eigenvalues_warn_and_normal_ones_do_not() -> None:
+    x = ca.Space("x", 2)
+    jordan = ca.Dense(np.array([[1.0, 1.0], [0.0, 1.0]]), x, x, "J")
+    with pytest.warns(ca.PrecisionWarning, match=r"eigenvalues of J \(2, 2\)"):
+        jordan.eigenvalues()
+    nearly = ca.Dense(np.array([[1.0, 1e4], [0.0, 1.0 + 1e-6]]), x, x, "N")  # κ ~ 1e10
+    with pytest.warns(ca.PrecisionWarning, match="eigenvalues of N"):
+        nearly.eigenvalues()
+    sym = ca.Dense(np.array([[2.0, 1.0], [1.0, 3.0]]), x, x, "S")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ca.PrecisionWarning)
+        np.testing.assert_allclose(np.sort(sym.eigenvalues().real), np.linalg.eigvalsh(sym.array))
+
+
+def test_sum_norm_by_gram_traces_warns_when_terms_cancel() -> None:
+    rng = np.random.default_rng(2)
+    big, r = ca.Space("big", 3000), ca.Space("r", 2)
+    a, b = rng.standard_normal((3000, 2)), rng.standard_normal((2, 3000))
+    A1, B1 = ca.Dense(a, r, big, "A1"), ca.Dense(b, big, r, "B1")
+    A2, B2 = ca.Dense(a.copy(), r, big, "A2"), ca.Dense(b.copy(), big, r, "B2")
+    m = A1 @ B1 - A2 @ B2  # exactly zero, but not recognisably so
+    assert plan(m, "norm").method not in ("dense", "chain")
+    with pytest.warns(ca.PrecisionWarning, match="norm of"):
+        value = m.norm()
+    assert value <= np.sqrt(4 * 2 * 2 * EPS64) * 2 * np.linalg.norm(a) * np.linalg.norm(b)
+    far = A1 @ B1 + 0.5 * (A2 @ B2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ca.PrecisionWarning)
+        np.testing.assert_allclose(far.norm(), 1.5 * np.linalg.norm(a @ b), rtol=1e-10)
+
+
+def test_float32_leaves_are_factored_by_qr_not_by_their_gram_matrix() -> None:
+    rng = np.random.default_rng(3)
+    v, r = ca.Space("v", 300), ca.Space("r", 6)
+    for dtype, method in ((np.float32, "qr"), (np.float64, "gram-cholesky")):
+        E = ca.Dense(rng.standard_normal((6, 300)).astype(dtype), v, r, "E")
+        (E.T @ E).singular_values()
+        assert leaf_factor_method(E, "rows") == method
+
+
+def test_accuracy_rejects_non_maps() -> None:
+    with pytest.raises(ca.InvalidArgumentError, match="accuracy needs a ca.LinearMap, got ndarray"):
+        ca.accuracy(np.eye(2))

@@ -4,16 +4,38 @@ Conventions: column vectors (a map X -> Y has a matrix of shape ``(Y.dim, X.dim)
 ``g @ f`` is g after f), spaces as types, float64 by default.
 """
 
+from circuitalg import zoo
+from circuitalg.circuits import (
+    Circuit,
+    CircuitGraph,
+    CircuitSearch,
+    CompositionBaseline,
+    HeadTable,
+    Path,
+    PathScore,
+    PathSum,
+    TokenEntry,
+    composition_baseline,
+    composition_scores,
+    copying_score,
+    count_circuits,
+    effective_rank,
+    expand,
+    head_table,
+    repeated_random_tokens,
+    top_circuits,
+    top_tokens,
+)
 from circuitalg.errors import (
     CircuitAlgError,
     CircuitAlgWarning,
-    PrecisionWarning,
     ConfigError,
     DTypeError,
     InvalidArgumentError,
     InvalidArrayError,
     LoadError,
     NonFiniteError,
+    PrecisionWarning,
     ShapeError,
     SpaceMismatchError,
     TooLargeError,
@@ -68,28 +90,6 @@ from circuitalg.model import (
     save,
     to_transformer_lens,
 )
-from circuitalg.circuits import (
-    Circuit,
-    CircuitGraph,
-    CircuitSearch,
-    CompositionBaseline,
-    HeadTable,
-    Path,
-    PathScore,
-    PathSum,
-    TokenEntry,
-    composition_baseline,
-    composition_scores,
-    copying_score,
-    count_circuits,
-    effective_rank,
-    expand,
-    head_table,
-    repeated_random_tokens,
-    top_circuits,
-    top_tokens,
-)
-from circuitalg import zoo
 from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.symbolic import (
     SymbolicExpansion,

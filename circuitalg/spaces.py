@@ -62,6 +62,24 @@ class ProductSpace(Space):
 
     factors: tuple[Space, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fs = self.factors
+        if (
+            not isinstance(fs, tuple)
+            or len(fs) < 2
+            or not all(isinstance(f, Space) and not isinstance(f, ProductSpace) for f in fs)
+        ):
+            raise InvalidArgumentError(
+                f"ProductSpace {self.name!r}: factors must be a tuple of at least two plain Spaces, got "
+                f"{fs!r}; build products with ca.product_space(a, b)."
+            )
+        if math.prod(f.dim for f in fs) != self.dim:
+            raise InvalidArgumentError(
+                f"ProductSpace {self.name!r}: dim={self.dim} is not the product of its factors' dims "
+                f"{[f.dim for f in fs]}; build products with ca.product_space(a, b)."
+            )
+
     def __str__(self) -> str:
         return "(" + " ⊗ ".join(str(f) for f in self.factors) + ")"
 

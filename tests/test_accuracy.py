@@ -175,5 +175,5 @@ def test_float32_leaves_are_factored_by_qr_not_by_their_gram_matrix() -> None:
 
 
 def test_accuracy_rejects_non_maps() -> None:
-    with pytest.raises(ca.InvalidArgumentError, match="accuracy needs a ca.LinearMap, got ndarray"):
+    with pytest.raises(ca.InvalidArgumentError, match=r"^accuracy takes a ca.LinearMap, got ndarray; wrap arrays as ca.Dense\(array, domain=..., codomain=...\).$"):
         ca.accuracy(np.eye(2))

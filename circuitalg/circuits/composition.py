@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, check_int
-from circuitalg.model.weights import Transformer
+from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
     "COMPOSITION_KINDS",
@@ -63,11 +63,7 @@ def check_kind(kind: Any) -> str:
 
 def check_model(model: Any) -> Transformer:
     """Raise unless ``model`` is a :class:`~circuitalg.model.weights.Transformer`."""
-    if not isinstance(model, Transformer):
-        raise InvalidArgumentError(
-            f"expected a ca.Transformer, got {type(model).__name__}; load one with ca.load(path) or build ca.zoo.planted_induction()."
-        )
-    return model
+    return require_model(model)
 
 
 @dataclasses.dataclass(frozen=True)

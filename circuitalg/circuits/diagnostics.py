@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from circuitalg.circuits.composition import check_model
-from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
+from circuitalg.errors import (
+    DTypeError,
+    InvalidArgumentError,
+    InvalidArrayError,
+    NonFiniteError,
+    ShapeError,
+    check_int,
+)
 from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
@@ -37,16 +44,36 @@ __all__ = [
 SCAN_BYTES = 64 << 20
 
 
+def _vector(x: Any, name: str, what: str, complex_ok: bool) -> np.ndarray:
+    """``x`` as a finite 1-D numeric array, or a circuitalg error naming ``what``."""
+    kinds = "biufc" if complex_ok else "biuf"
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise InvalidArrayError(f"{what}: {name} must be a 1-D array of numbers ({exc}).") from None
+    if arr.dtype.kind not in kinds:
+        raise DTypeError(
+            f"{what}: {name} has dtype {arr.dtype}; pass a 1-D array of {'complex or ' if complex_ok else ''}real numbers."
+        )
+    if arr.ndim != 1:
+        raise ShapeError(f"{what}: {name} has shape {arr.shape}; pass a 1-D array (one value per entry).")
+    if not np.all(np.isfinite(arr)):
+        raise NonFiniteError(f"{what}: {name} contains NaN or Inf; pass finite values.")
+    return arr
+
+
 def copying_score(eigs: np.ndarray) -> float:
     """``Σ Re λ / Σ |λ|`` over eigenvalues (1 for a pure copier, -1 for an anti-copier, 0 if all vanish)."""
-    eigs = np.asarray(eigs)
+    eigs = _vector(eigs, "eigs", "copying_score", complex_ok=True)
     den = float(np.abs(eigs).sum())
     return float(np.real(eigs).sum() / den) if den > 0 else 0.0
 
 
 def effective_rank(s: np.ndarray) -> float:
     """Entropy effective rank ``exp(-Σ p log p)`` with ``p = σ / Σσ`` (Roy & Vetterli, 2007)."""
-    s = np.asarray(s, dtype=np.float64)
+    s = _vector(s, "s", "effective_rank", complex_ok=False).astype(np.float64)
+    if np.any(s < 0):
+        raise InvalidArgumentError("effective_rank: s has negative entries; pass singular values (>= 0).")
     s = s[s > 0]
     if s.size == 0:
         return 0.0

@@ -98,6 +98,14 @@ class CircuitGraph:
             self.baselines = dict(baselines or {})
             return
         model = check_model(model)
+        if baselines is not None and not (
+            isinstance(baselines, dict)
+            and all(k in COMPOSITION_KINDS and isinstance(v, CompositionBaseline) for k, v in baselines.items())
+        ):
+            raise InvalidArgumentError(
+                f"CircuitGraph: baselines must map 'q'/'k'/'v' to ca.CompositionBaseline, got {baselines!r:.80}; "
+                "make them with ca.composition_baseline(model, kind) or leave baselines out."
+            )
         self.baselines = dict(baselines) if baselines else {k: composition_baseline(model, k) for k in COMPOSITION_KINDS}
         self.nx = _build(model, self.baselines)
 

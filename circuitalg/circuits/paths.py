@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
+from circuitalg.linalg.factors import leaf_r
 from circuitalg.maps.nodes import Dense, LinearMap
 from circuitalg.maps.rules import identity
 from circuitalg.model.forward import Cache, check_tokens
-from circuitalg.linalg.factors import leaf_r
 from circuitalg.model.transforms import attention_bias, fold_layer_norm
 from circuitalg.model.weights import Transformer
 from circuitalg.spaces import Space

@@ -40,7 +40,18 @@ import numpy as np
 import scipy.linalg as sla
 
 from circuitalg.errors import PrecisionWarning
-from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Product, Scaled, Sum, Transpose
+from circuitalg.maps.nodes import (
+    Dense,
+    Diagonal,
+    Identity,
+    Kron,
+    LinearMap,
+    Product,
+    Scaled,
+    Sum,
+    Transpose,
+    require_map,
+)
 
 __all__ = [
     "accuracy",
@@ -126,10 +137,7 @@ def accuracy(m: LinearMap) -> float:
     stored arrays). See the module docstring for the formula and the derived bounds
     for norms, traces and eigenvalues. Cheap: one pass over the tree, leaf norms cached.
     """
-    if not isinstance(m, LinearMap):
-        from circuitalg.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(f"accuracy needs a ca.LinearMap, got {type(m).__name__}.")
+    require_map(m, "accuracy")
     n_leaves, d_max = _tree_size(m)
     return 4.0 * (n_leaves + 1) * math.sqrt(d_max) * unit_roundoff(m.dtype) * magnitude(m)
 

@@ -27,6 +27,7 @@ from circuitalg.maps.nodes import (
     Sum,
     Transpose,
     as_float_array,
+    require_map,
 )
 from circuitalg.maps.rules import transpose
 
@@ -169,12 +170,14 @@ def _finish(out: np.ndarray, inp: np.ndarray, vector: bool, dtype: np.dtype) -> 
 
 def matvec(m: LinearMap, x: Any) -> np.ndarray:
     """Apply ``m`` to ``x`` of shape ``(domain.dim,)`` or ``(domain.dim, k)``."""
+    require_map(m, "matvec")
     X, vector = _as_block(m, x, m.domain.dim, "matvec")
     return _finish(matmat(m, X), X, vector, m.dtype)
 
 
 def rmatvec(m: LinearMap, y: Any) -> np.ndarray:
     """Apply ``mᵀ`` to ``y`` of shape ``(codomain.dim,)`` or ``(codomain.dim, k)``."""
+    require_map(m, "rmatvec")
     Y, vector = _as_block(m, y, m.codomain.dim, "rmatvec")
     return _finish(rmatmat(m, Y), Y, vector, m.dtype)
 
@@ -224,6 +227,7 @@ def to_dense(m: LinearMap, max_bytes: int | None = None) -> np.ndarray:
         (default :data:`~circuitalg.linalg.budget.DEFAULT_MAX_BYTES`); the message gives the
         size in GB.
     """
+    require_map(m, "to_dense")
     out = evaluate(m, max_bytes)
     if not (out.flags.owndata and out.flags.writeable):
         out = out.copy()
@@ -257,4 +261,5 @@ class MapOperator(spla.LinearOperator):
 
 def as_operator(m: LinearMap) -> MapOperator:
     """``m`` as a scipy ``LinearOperator`` (so ``scipy.sparse.linalg.svds`` works on any map)."""
+    require_map(m, "as_operator")
     return MapOperator(m)

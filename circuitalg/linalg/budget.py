@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import TooLargeError
+from circuitalg.errors import TooLargeError, check_int
 
 __all__ = ["DEFAULT_MAX_BYTES", "SMALL_DENSE_BYTES", "nbytes", "check_budget"]
 
@@ -35,7 +35,7 @@ def check_budget(
     names the operation; pass a callable to build the name only when the check fails
     (printing a large sympy twin is not free).
     """
-    budget = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+    budget = DEFAULT_MAX_BYTES if max_bytes is None else check_int("max_bytes", max_bytes, 0, hint=" or None (1 GiB)")
     need = nbytes(shape, dtype)
     if need > budget:
         what = what() if callable(what) else what

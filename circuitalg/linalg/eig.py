@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse.linalg as spla
 
 from circuitalg.errors import ShapeError, TooLargeError
@@ -14,7 +11,7 @@ from circuitalg.linalg.apply import as_operator, evaluate
 from circuitalg.linalg.factors import Chain, evaluate_chain
 from circuitalg.linalg.plan import plan
 from circuitalg.linalg.svd import check_k
-from circuitalg.maps.nodes import LinearMap, Scaled, Transpose
+from circuitalg.maps.nodes import LinearMap, Scaled, Transpose, require_map
 
 __all__ = ["eigenvalues", "cyclic_core", "require_square"]
 
@@ -115,6 +112,7 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
     defective eigenvalues. Not checked on the iterative route (``k`` on a map without
     structure).
     """
+    require_map(m, "eigenvalues")
     require_square(m, "eigenvalues")
     n = check_k(m, k, m.rank_bound)
     w, cond = _all_eigenvalues(m, k)

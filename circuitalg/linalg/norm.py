@@ -12,7 +12,7 @@ from circuitalg.linalg.apply import evaluate
 from circuitalg.linalg.eig import cyclic_core, require_square
 from circuitalg.linalg.factors import Chain, core
 from circuitalg.linalg.plan import plan
-from circuitalg.maps.nodes import LinearMap, Scaled, Sum, Transpose
+from circuitalg.maps.nodes import LinearMap, Scaled, Sum, Transpose, require_map
 from circuitalg.maps.rules import compose, transpose
 
 __all__ = ["norm", "trace"]
@@ -26,6 +26,7 @@ def trace(m: LinearMap) -> float:
     The error is at most ``rank_bound * accuracy(m)`` (:mod:`circuitalg.linalg.accuracy`);
     no warning is given because a small trace is not a sign of lost precision.
     """
+    require_map(m, "trace")
     require_square(m, "trace")
     return float(_trace(m))
 
@@ -72,6 +73,7 @@ def norm(m: LinearMap) -> float:
     :class:`~circuitalg.errors.PrecisionWarning` says when the bound exceeds
     ``sqrt(eps)`` times the result.
     """
+    require_map(m, "norm")
     gram_err: list[float] = []
     out = float(_norm(m, gram_err))
     bound = math.sqrt(max(m.rank_bound, 1)) * accuracy(m)

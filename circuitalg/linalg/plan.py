@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES, nbytes
 from circuitalg.linalg.factors import Chain, as_chain
-from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Scaled, Transpose
+from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Scaled, Transpose, require_map
 
 __all__ = ["Plan", "plan", "PROBLEMS"]
 
@@ -80,6 +80,7 @@ def _structural(m: LinearMap, problem: str) -> Plan | None:
 
 def plan(m: LinearMap, problem: str = "singular_values", k: int | None = None) -> Plan:
     """Choose the method ``problem`` (one of :data:`PROBLEMS`) will use on ``m``."""
+    require_map(m, "plan")
     if problem not in PROBLEMS:
         raise InvalidArgumentError(f"unknown problem {problem!r}; expected one of {PROBLEMS}.")
     hit = _structural(m, problem)

@@ -12,7 +12,7 @@ from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.linalg.factors import Chain, core, leaf_r
 from circuitalg.linalg.plan import plan
-from circuitalg.maps.nodes import Dense, Identity, LinearMap, Scaled, Transpose
+from circuitalg.maps.nodes import Dense, Identity, LinearMap, Scaled, Transpose, require_map
 
 __all__ = ["singular_values", "svd", "check_k"]
 
@@ -84,6 +84,7 @@ def singular_values(m: LinearMap, k: int | None = None) -> np.ndarray:
     core (O((n+m) r^2) once per outer leaf, O(d r^2) per chain), Kronecker products are
     factor-wise, and maps with no structure fall back to ``scipy.sparse.linalg.svds``.
     """
+    require_map(m, "singular_values")
     n = check_k(m, k, m.rank_bound)
     s = np.asarray(_all_singular_values(m, k)[:n], dtype=m.dtype)
     if len(s):
@@ -161,6 +162,7 @@ def svd(m: LinearMap, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.
     at its bottleneck, and an SVD of the small core. Accuracy and warnings as for
     :func:`singular_values`.
     """
+    require_map(m, "svd")
     n = check_k(m, k, m.rank_bound)
     U, S, Vh = _all_svd(m, k)
     dt = m.dtype

@@ -51,6 +51,17 @@ __all__ = [
 _name_counter = itertools.count()
 
 
+def check_float_dtype(dtype: Any, what: str) -> np.dtype:
+    """``dtype`` as float32 or float64, else :class:`DTypeError` naming ``what``."""
+    try:
+        want = np.dtype(dtype)
+    except TypeError:
+        want = None
+    if want not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise DTypeError(f"{what}: dtype={dtype!r} requested; use numpy.float32 or numpy.float64.")
+    return want
+
+
 def as_float_array(
     values: Any, what: str | Callable[[], str], *, ndim: int, dtype: Any = None
 ) -> np.ndarray:
@@ -83,10 +94,7 @@ def as_float_array(
             + (" (take .real if the imaginary part is zero)." if kind == "c" else ".")
         )
     if dtype is not None:
-        want = np.dtype(dtype)
-        if want not in (np.float32, np.float64):
-            raise DTypeError(f"{what_str()}: dtype={want} requested; use numpy.float32 or numpy.float64.")
-        arr = arr.astype(want, copy=False)
+        arr = arr.astype(check_float_dtype(dtype, what_str()), copy=False)
     if arr.ndim != ndim:
         raise InvalidArrayError(
             f"{what_str()}: expected a {ndim}-D array, got {arr.ndim}-D with shape {arr.shape}."
@@ -363,7 +371,7 @@ class Identity(LinearMap):
     def __init__(self, space: Space, dtype: Any = np.float64) -> None:
         if not isinstance(space, Space):
             raise InvalidArgumentError(f"identity needs a ca.Space, got {type(space).__name__}.")
-        self._init(domain=space, codomain=space, space=space, _dtype=np.dtype(dtype))
+        self._init(domain=space, codomain=space, space=space, _dtype=check_float_dtype(dtype, f"identity on {space}"))
 
     @property
     def dtype(self) -> np.dtype:  # type: ignore[override]
@@ -393,6 +401,16 @@ class Diagonal(LinearMap):
     @property
     def rank_bound(self) -> int:
         return int(np.count_nonzero(self.values))
+
+
+def require_map(m: Any, what: str) -> LinearMap:
+    """``m`` if it is a :class:`LinearMap`, else :class:`InvalidArgumentError` naming ``what``."""
+    if not isinstance(m, LinearMap):
+        raise InvalidArgumentError(
+            f"{what} takes a ca.LinearMap, got {type(m).__name__}; wrap arrays as "
+            "ca.Dense(array, domain=..., codomain=...)."
+        )
+    return m
 
 
 def _composition_hint(left: LinearMap, right: LinearMap) -> str:
@@ -492,6 +510,7 @@ class Scaled(LinearMap):
     """``scalar * inner`` for a real, finite scalar."""
 
     def __init__(self, scalar: Any, inner: LinearMap) -> None:
+        require_map(inner, "Scaled")
         self._init(scalar=_check_scalar(scalar), inner=inner, domain=inner.domain, codomain=inner.codomain)
 
     @property
@@ -507,6 +526,7 @@ class Transpose(LinearMap):
     """The transpose of a leaf; smart constructors push transposes down to leaves."""
 
     def __init__(self, inner: LinearMap) -> None:
+        require_map(inner, "Transpose")
         self._init(inner=inner, domain=inner.codomain, codomain=inner.domain)
 
     @property

@@ -32,6 +32,7 @@ from circuitalg.maps.nodes import (
     Transpose,
     _check_scalar,
     check_composable,
+    require_map,
 )
 from circuitalg.spaces import Space
 
@@ -42,11 +43,7 @@ Factors = tuple[LinearMap, ...]
 
 def _require_maps(maps: Sequence[Any], what: str) -> None:
     for m in maps:
-        if not isinstance(m, LinearMap):
-            raise InvalidArgumentError(
-                f"{what} takes ca.LinearMap objects, got {type(m).__name__}; wrap arrays as "
-                "ca.Dense(array, domain=..., codomain=...)."
-            )
+        require_map(m, what)
 
 
 # --- product rules -----------------------------------------------------------------

@@ -201,6 +201,9 @@ def logit_lens(model: Transformer, cache: Cache, *, max_bytes: int | None = None
     -------
     (n_layers + 1, seq, d_vocab) array
     """
+    from circuitalg.model.weights import require_model  # weights imports this module
+
+    require_model(model, "logit_lens")
     if not isinstance(cache, Cache):
         raise InvalidArgumentError(f"cache must be the Cache from model.run(tokens), got {type(cache).__name__}.")
     c = model.config

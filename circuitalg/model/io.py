@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArgumentError, LoadError
+from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArgumentError, LoadError, check_int
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.layouts import convert_state_dict, detect_layout
-from circuitalg.model.weights import Transformer
+from circuitalg.model.layouts import LAYOUTS, convert_state_dict, detect_layout
+from circuitalg.model.weights import Transformer, require_model
 
 __all__ = ["load", "save", "read_tensors", "DEFAULT_LOAD_BYTES"]
 
@@ -81,8 +81,15 @@ def load(
     ConfigError
         The config is missing, inconsistent or unsupported.
     """
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise InvalidArgumentError(
+            f"load: path must be a file or directory name (str or Path), got {type(path).__name__}; "
+            "a model that is already loaded needs no loading."
+        )
+    if layout not in ("auto",) + LAYOUTS:
+        raise InvalidArgumentError(f"load: layout={layout!r}; use one of {('auto',) + LAYOUTS}.")
     p = Path(path)
-    budget = DEFAULT_LOAD_BYTES if max_bytes is None else int(max_bytes)
+    budget = DEFAULT_LOAD_BYTES if max_bytes is None else check_int("max_bytes", max_bytes, 1)
     if not p.exists():
         raise LoadError(f"{p}: no such file or directory.")
     vocab = None
@@ -116,8 +123,9 @@ def load(
 
 def save(model: Transformer, path: str | Path) -> Path:
     """Write ``model`` in circuitalg's own format (``.safetensors`` or ``.npz``, by suffix)."""
-    if not isinstance(model, Transformer):
-        raise InvalidArgumentError(f"save expects a ca.Transformer, got {type(model).__name__}.")
+    require_model(model, "save")
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise InvalidArgumentError(f"save: path must be a file name (str or Path), got {path!r}.")
     p = Path(path)
     arrays = {k: np.ascontiguousarray(v) for k, v in model.params.items()}
     config_json = model.config.to_json()

@@ -231,6 +231,24 @@ def _from_transformer_lens(
 
 def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerConfig) -> dict[str, np.ndarray]:
     """Canonical parameters to a TransformerLens state dict (row layout, numpy arrays)."""
+    from circuitalg.errors import InvalidArgumentError, ShapeError
+    from circuitalg.model.weights import param_shapes, require_config
+
+    shapes = param_shapes(require_config(config, "to_transformer_lens"))
+    if not isinstance(params, Mapping):
+        raise InvalidArgumentError(
+            f"to_transformer_lens: params must map names to arrays (model.params), got {type(params).__name__}."
+        )
+    missing = [k for k in shapes if k not in params]
+    if missing:
+        raise InvalidArgumentError(
+            f"to_transformer_lens: params lack {missing[:4]}{' ...' if len(missing) > 4 else ''}; "
+            "pass model.params with model.config."
+        )
+    for k, shape in shapes.items():
+        got = np.shape(params[k])
+        if got != shape:
+            raise ShapeError(f"to_transformer_lens: params[{k!r}] has shape {got}, expected {shape} for this config.")
     out: dict[str, np.ndarray] = {
         "embed.W_E": params["W_E"].T,
         "pos_embed.W_pos": params["W_pos"].T,

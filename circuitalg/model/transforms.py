@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from circuitalg.errors import ConfigError
-from circuitalg.model.weights import Transformer
+from circuitalg.errors import ConfigError, InvalidArgumentError
+from circuitalg.model.weights import Transformer, require_model
 
 __all__ = ["fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases", "attention_bias"]
 
@@ -43,6 +43,9 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transfo
     A model without normalisation is returned unchanged; an ``LNPre`` model only has its
     reading weights centred (when ``center_reads``).
     """
+    require_model(model, "fold_layer_norm")
+    if not isinstance(center_reads, (bool, np.bool_)):
+        raise InvalidArgumentError(f"fold_layer_norm: center_reads={center_reads!r}; pass True or False.")
     c = model.config
     if c.normalization is None:
         return model
@@ -70,6 +73,7 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transfo
 
 def center_writing_weights(model: Transformer) -> Transformer:
     """Centre every weight that writes to the residual stream over ``d_model`` (needs LN or LNPre)."""
+    require_model(model, "center_writing_weights")
     c = model.config
     if c.normalization is None:
         raise ConfigError(
@@ -92,6 +96,7 @@ def center_writing_weights(model: Transformer) -> Transformer:
 
 def center_unembed(model: Transformer) -> Transformer:
     """Centre ``W_U`` and ``b_U`` over the vocabulary; logits shift by a per-position constant."""
+    require_model(model, "center_unembed")
     p = dict(model.params)
     p["W_U"] = p["W_U"] - p["W_U"].mean(axis=0, keepdims=True)
     p["b_U"] = p["b_U"] - p["b_U"].mean()
@@ -100,6 +105,7 @@ def center_unembed(model: Transformer) -> Transformer:
 
 def fold_value_biases(model: Transformer) -> Transformer:
     """Move each head's value bias into the layer's output bias: ``b_O += Σ_h W_O^h b_V^h``, ``b_V = 0``."""
+    require_model(model, "fold_value_biases")
     p = dict(model.params)
     for layer in range(model.config.n_layers):
         a = f"blocks.{layer}.attn."

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError
+from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.model.config import TransformerConfig
 from circuitalg.spaces import Space
@@ -33,9 +33,30 @@ __all__ = ["Transformer", "Head", "MLP", "LayerNorm", "Layer", "param_shapes", "
 BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")
 
 
+def require_config(config: Any, what: str) -> TransformerConfig:
+    """``config`` if it is a :class:`TransformerConfig`, else :class:`InvalidArgumentError`."""
+    if not isinstance(config, TransformerConfig):
+        raise InvalidArgumentError(
+            f"{what} takes a ca.TransformerConfig, got {type(config).__name__}; build one with "
+            "ca.TransformerConfig(n_layers=..., ...) or use model.config."
+        )
+    return config
+
+
+def require_model(model: Any, what: str | None = None) -> Transformer:
+    """``model`` if it is a :class:`Transformer`, else :class:`InvalidArgumentError` naming ``what``."""
+    if not isinstance(model, Transformer):
+        head = f"{what} takes a ca.Transformer" if what else "expected a ca.Transformer"
+        raise InvalidArgumentError(
+            f"{head}, got {type(model).__name__}; load one with ca.load(path) or build "
+            "ca.zoo.planted_induction()."
+        )
+    return model
+
+
 def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     """The canonical parameter names of a model with ``config`` and their shapes (column layout)."""
-    c = config
+    c = require_config(config, "param_shapes")
     shapes: dict[str, tuple[int, ...]] = {
         "W_E": (c.d_model, c.d_vocab),
         "W_pos": (c.d_model, c.n_ctx),
@@ -75,6 +96,21 @@ class LayerNorm:
     eps: float
     w: np.ndarray | None = None
     b: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not (
+            np.isfinite(eps) and eps >= 0
+        ):
+            raise InvalidArgumentError(f"LayerNorm eps={eps!r}; pass a finite number >= 0 (e.g. 1e-5).")
+        for name in ("w", "b"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, as_float_array(v, f"LayerNorm {name}", ndim=1))
+        if self.w is not None and self.b is not None and self.w.shape != self.b.shape:
+            raise ShapeError(
+                f"LayerNorm w has shape {self.w.shape} but b has shape {self.b.shape}; both are (d_model,)."
+            )
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalise the rows of ``x`` (``[..., d_model]``); returns ``(y, scale)``."""

@@ -26,6 +26,7 @@ sympy's ``combine_kronecker`` is never used: in sympy 1.14 it rewrites ``A⊗B +
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Callable, Mapping
 from fractions import Fraction
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from circuitalg.errors import InvalidArgumentError, ShapeError
+from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
 from circuitalg.maps.nodes import LinearMap
 
 __all__ = ["Verification", "Rules", "RULES", "verify", "normal_form", "evaluate_exact", "VALUE_RANGE"]
@@ -455,6 +456,15 @@ def verify(
     rules : Rules
         The rewrite rules (replace one only to test the safeguards).
     """
+    trials = check_int("trials", trials, 1)
+    seed = check_int("seed", seed, 0)
+    if (
+        not isinstance(sizes, (tuple, list))
+        or not sizes
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 for n in sizes)
+    ):
+        raise InvalidArgumentError(f"verify: sizes={sizes!r}; pass a non-empty tuple of integers from 1 to 64.")
+    sizes = tuple(sizes)
     a, b = _as_sympy(lhs), _as_sympy(rhs)
     if not (_same(a.shape[0], b.shape[0]) and _same(a.shape[1], b.shape[1])):
         return Verification(a, b, False, "rewrite", f"shapes differ: {a.shape} vs {b.shape}.")
@@ -507,6 +517,9 @@ def verify_numeric(a: LinearMap, b: LinearMap, *, rtol: float = 1e-9, probes: in
 
     if not isinstance(a, LinearMap) or not isinstance(b, LinearMap):
         raise InvalidArgumentError("verify_numeric compares two circuitalg maps; use verify for sympy expressions.")
+    probes, seed = check_int("probes", probes, 1), check_int("seed", seed, 0)
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)) or not (0 <= rtol < math.inf):
+        raise InvalidArgumentError(f"verify_numeric: rtol={rtol!r}; pass a finite number >= 0.")
     if a.domain != b.domain or a.codomain != b.codomain:
         return Verification(a.symbol, b.symbol, False, "numeric",
                             f"spaces differ: {a.domain} -> {a.codomain} vs {b.domain} -> {b.codomain}.")

@@ -95,7 +95,7 @@ def product_space(*spaces: Space) -> Space:
     flat: list[Space] = []
     for s in spaces:
         if not isinstance(s, Space):
-            raise InvalidArgumentError(f"product_space expects Space objects, got {type(s).__name__}.")
+            raise InvalidArgumentError(f"product_space expects Space objects, got {type(s).__name__}; make each with ca.Space(name, dim).")
         flat.extend(s.factors if isinstance(s, ProductSpace) else (s,))
     if not flat:
         raise InvalidArgumentError("product_space needs at least one space.")

@@ -38,7 +38,7 @@ from circuitalg.maps.nodes import Dense, LinearMap
 from circuitalg.maps.rules import identity
 from circuitalg.model.forward import Cache, check_tokens
 from circuitalg.model.transforms import attention_bias, fold_layer_norm
-from circuitalg.model.weights import Transformer
+from circuitalg.model.weights import Transformer, require_model
 from circuitalg.spaces import Space
 
 __all__ = ["Path", "PathSum", "PathScore", "expand", "SOURCE_KINDS"]
@@ -140,12 +140,20 @@ class PathSum:
     is built on first use, and :attr:`Path.weight` is a lazy product.
     """
 
-    def __init__(self, model: Transformer, order: int, sources: Sequence[str]) -> None:
+    def __init__(self, model: Transformer, order: int | None, sources: Sequence[str]) -> None:
+        c = require_model(model, "PathSum").config
+        if order is None:
+            order = c.n_layers
+        order = check_int("order", order, 0, hint=f" (n_layers={c.n_layers}; larger orders are the full expansion)")
+        if isinstance(sources, str) or not isinstance(sources, Sequence):
+            raise InvalidArgumentError(f"sources={sources!r}; pass a sequence drawn from {SOURCE_KINDS}.")
+        unknown = [s for s in sources if s not in SOURCE_KINDS]
+        if unknown:
+            raise InvalidArgumentError(f"unknown sources {unknown!r}; choose from {SOURCE_KINDS}.")
         self.original = model
-        self.order = order
-        c = model.config
+        self.order = min(order, c.n_layers)
         names: list[str] = []
-        for kind in sources:
+        for kind in tuple(sources):
             if kind in ("embed", "pos", "unembed_bias"):
                 names.append(kind)
             elif kind == "attn_bias":
@@ -396,13 +404,4 @@ def expand(model: Transformer, order: int | None = None, *, sources: Sequence[st
     PathSum
         Lazy: terms are generated on iteration, weights built on access.
     """
-    if not isinstance(model, Transformer):
-        raise InvalidArgumentError(f"expand expects a ca.Transformer, got {type(model).__name__}.")
-    n_layers = model.config.n_layers
-    if order is None:
-        order = n_layers
-    order = check_int("order", order, 0, hint=f" (n_layers={n_layers}; larger orders are the full expansion)")
-    unknown = [s for s in sources if s not in SOURCE_KINDS]
-    if unknown or isinstance(sources, str):
-        raise InvalidArgumentError(f"unknown sources {unknown or sources!r}; choose from {SOURCE_KINDS}.")
-    return PathSum(model, min(int(order), n_layers), tuple(sources))
+    return PathSum(require_model(model, "expand"), order, sources)

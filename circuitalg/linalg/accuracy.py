@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 import scipy.linalg as sla
 
-from circuitalg.errors import PrecisionWarning
+from circuitalg.errors import InvalidArgumentError, PrecisionWarning
 from circuitalg.maps.nodes import (
     Dense,
     Diagonal,
@@ -94,7 +94,7 @@ def magnitude(m: LinearMap) -> float:
         return math.prod(magnitude(f) for f in m.factors)
     if isinstance(m, Sum):
         return sum(magnitude(t) for t in m.terms)
-    raise TypeError(f"magnitude: unknown map node {type(m).__name__}")  # pragma: no cover
+    raise InvalidArgumentError(f"magnitude: unknown map node {type(m).__name__}; register its rules first.")
 
 
 def _leaf_norm2(m: Dense) -> float:

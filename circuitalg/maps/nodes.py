@@ -58,7 +58,8 @@ def check_float_dtype(dtype: Any, what: str) -> np.dtype:
     except TypeError:
         want = None
     if want not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise DTypeError(f"{what}: dtype={dtype!r} requested; use numpy.float32 or numpy.float64.")
+        shown = want.name if want is not None else repr(dtype)
+        raise DTypeError(f"{what}: dtype {shown} requested; use numpy.float32 or numpy.float64.")
     return want
 
 
@@ -370,7 +371,7 @@ class Identity(LinearMap):
 
     def __init__(self, space: Space, dtype: Any = np.float64) -> None:
         if not isinstance(space, Space):
-            raise InvalidArgumentError(f"identity needs a ca.Space, got {type(space).__name__}.")
+            raise InvalidArgumentError(f"identity needs a ca.Space, got {type(space).__name__}; e.g. ca.identity(ca.Space('resid', 768)).")
         self._init(domain=space, codomain=space, space=space, _dtype=check_float_dtype(dtype, f"identity on {space}"))
 
     @property

@@ -5,7 +5,8 @@ MODEL is a zoo name (``circuitalg info --list`` shows them) or a path that
 (:func:`circuitalg.fold_layer_norm`), i.e. as the weights the model effectively uses.
 
 Exit codes: 0 success, 2 bad options, 3 unknown model or unreadable file, 4 another
-circuitalg error (the message says what and how to fix it).
+circuitalg error (the message says what and how to fix it), 130 interrupted (Ctrl-C; files are
+written atomically, so no partial file is left).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 2, 3, 4
+EXIT_USAGE, EXIT_MODEL, EXIT_ERROR, EXIT_INTERRUPTED = 2, 3, 4, 130
 DEFAULT_MODEL = "attn2l"
 
 
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except ca.CircuitAlgError as e:
         print(f"circuitalg: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # files are written atomically, so nothing partial is left
+        print("circuitalg: interrupted; no partial files are left.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -7,9 +7,9 @@ import itertools
 
 import numpy as np
 import pytest
+from model_helpers import random_model
 
 import circuitalg as ca
-from model_helpers import random_model
 
 
 def dense_scores(m: ca.Transformer, kind: str) -> np.ndarray:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_helpers import random_model
 
 import circuitalg as ca
-from model_helpers import random_model
 
 FUZZ_CASES = int(os.environ.get("CIRCUITALG_FUZZ_CASES", "2400"))
 EXPECTED = (ca.LoadError, ca.ConfigError)

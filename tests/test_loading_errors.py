@@ -9,9 +9,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from model_helpers import random_model
 
 import circuitalg as ca
-from model_helpers import random_model
 
 
 @pytest.fixture()

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from model_helpers import log_softmax, random_model
 
 import circuitalg as ca
-from model_helpers import log_softmax, random_model
 
 CONFIGS = {
     "attn-only, no LN": dict(normalization=None),

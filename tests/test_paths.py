@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from model_helpers import random_model
 
 import circuitalg as ca
-from model_helpers import random_model
 
 CASES = {  # name: (model kwargs, relative tolerance the issue states)
     "attn-only, no LN": (dict(normalization=None, n_layers=3), 1e-9),

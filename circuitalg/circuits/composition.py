@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, check_int
+from circuitalg.errors import InvalidArgumentError, TooLargeError, check_int
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
@@ -115,6 +115,11 @@ def head_weights(model: Transformer) -> HeadWeights:
     return HeadWeights(stack("W_Q"), stack("W_K"), stack("W_V"), stack("W_O"))
 
 
+#: Working memory of the block-row buffers of :func:`composition_scores` (both sides);
+#: the block height shrinks from 128 rows to fit, and below one row TooLargeError is raised.
+WORK_BYTES: int = 1 << 30
+
+
 def _blocks(d: int, size: int = 128) -> list[tuple[int, int]]:
     """Row blocks ``[start, stop)`` of about ``size`` rows covering ``range(d)``."""
     n = max(1, -(-d // size))
@@ -142,7 +147,14 @@ def _gram_inner(
     # readers in a few contiguous chunks, each multiplied by the writers its last row needs
     edges = np.unique(np.linspace(0, X.shape[0], 5).astype(int))
     chunks = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
-    blocks = _blocks(d)
+    per_row = (X.shape[0] + U.shape[0]) * d * 8  # one row of every head's block row, both sides
+    if per_row > WORK_BYTES:
+        raise TooLargeError(
+            f"composition scores of {X.shape[0]} readers and {U.shape[0]} writers at d_model={d} need "
+            f"{per_row / 1e9:.3g} GB per block row, above circuitalg.circuits.composition.WORK_BYTES = "
+            f"{WORK_BYTES / 1e9:.3g} GB; raise WORK_BYTES or score a subset of layers."
+        )
+    blocks = _blocks(d, min(128, WORK_BYTES // per_row))
     width = max(b - a for a, b in blocks)
     S_buf, T_buf = np.empty(X.shape[0] * width * d), np.empty(U.shape[0] * width * d)  # reused per block
     for a, b in blocks:

@@ -37,6 +37,7 @@ from circuitalg.circuits.composition import (
 )
 from circuitalg.circuits.enumerate import SINK_KINDS, CircuitSearch, top_circuits
 from circuitalg.errors import InvalidArgumentError, LoadError
+from circuitalg.files import atomic_write
 from circuitalg.linalg.factors import leaf_r
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.weights import Transformer
@@ -181,12 +182,14 @@ class CircuitGraph:
 
     def to_graphml(self, path: str | FilePath) -> None:
         """Write GraphML (lazy maps are left out; :meth:`read` with the model re-attaches them)."""
-        nx.write_graphml(self._exportable(), str(path))
+        g = self._exportable()
+        atomic_write(path, lambda tmp: nx.write_graphml(g, str(tmp)))
 
     def to_json(self, path: str | FilePath) -> None:
         """Write node-link JSON (networkx's ``node_link_data``)."""
         data = nx.node_link_data(self._exportable(), edges="edges")
-        FilePath(path).write_text(json.dumps(data, allow_nan=True, indent=1))
+        text = json.dumps(data, allow_nan=True, indent=1)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def read(cls, path: str | FilePath, model: Transformer | None = None) -> CircuitGraph:

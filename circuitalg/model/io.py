@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArgumentError, LoadError, check_int
+from circuitalg.files import atomic_write
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.layouts import LAYOUTS, convert_state_dict, detect_layout
 from circuitalg.model.weights import Transformer, require_model
@@ -135,10 +136,11 @@ def save(model: Transformer, path: str | Path) -> Path:
         meta = {"format": "circuitalg", _CONFIG_META: config_json}
         if model.vocab is not None:
             meta[_VOCAB_META] = json.dumps(list(model.vocab))
-        save_file(arrays, str(p), metadata=meta)
+        atomic_write(p, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
     elif p.suffix == ".npz":
         blob = json.dumps({"config": json.loads(config_json), "vocab": model.vocab}).encode()
-        np.savez(p, **arrays, **{_NPZ_META: np.frombuffer(blob, dtype=np.uint8)})
+        extra = {_NPZ_META: np.frombuffer(blob, dtype=np.uint8)}
+        atomic_write(p, lambda tmp: np.savez(tmp, **arrays, **extra))
     else:
         raise InvalidArgumentError(f"save: unsupported suffix {p.suffix!r} for {p}; use .safetensors or .npz.")
     return p

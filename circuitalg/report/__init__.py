@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import CircuitAlgError
+from circuitalg.files import atomic_write
 
 __all__ = ["analyse", "write_report"]
 
@@ -223,7 +224,7 @@ transformer with {a["shown"][1]} heads per layer, over symbolic dimensions (meth
 {v.holds}.</p><pre>{html.escape(str(a["expansion"]))}</pre></section>
 </body></html>
 """
-    (out / "report.html").write_text(doc)
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(doc))
     log(f"wrote {out / 'report.html'}")
     summary = {
         "model": model.name, "previous_token_head": a["prev"], "induction_head": a["induction"],

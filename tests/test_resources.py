@@ -1,0 +1,149 @@
+"""Resource limits, clean interruption, atomic output files and determinism for a seed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import circuitalg as ca
+import circuitalg.circuits.composition as composition
+from circuitalg.files import atomic_write
+
+TESTS = Path(__file__).parent
+
+
+def test_composition_block_rows_shrink_to_the_work_budget_and_refuse_below_one_row(monkeypatch) -> None:
+    m = ca.zoo.planted_induction()
+    ref = ca.composition_scores(m, "k")
+    monkeypatch.setattr(composition, "WORK_BYTES", (3 + 3) * 96 * 8 * 5)  # 5-row blocks
+    np.testing.assert_allclose(ca.composition_scores(m, "k"), ref, rtol=0, atol=1e-14)
+    monkeypatch.setattr(composition, "WORK_BYTES", 100)
+    with pytest.raises(ca.TooLargeError, match=r"^composition scores of 3 readers and 3 writers at d_model=96 need "):
+        ca.composition_scores(m, "k")
+
+
+def test_atomic_write_leaves_nothing_behind_on_error_or_interrupt(tmp_path) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("old")
+
+    def fails(exc):
+        def write(tmp: Path) -> None:
+            tmp.write_text("half")
+            raise exc
+
+        return write
+
+    for exc in (ValueError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            atomic_write(target, fails(exc))
+        assert target.read_text() == "old"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    atomic_write(target, lambda tmp: tmp.write_text("new"))
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_save_is_atomic(tmp_path, monkeypatch) -> None:
+    m = ca.zoo.planted_induction()
+    path = tmp_path / "m.npz"
+    ca.save(m, path)
+    before = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        Path(args[0]).write_bytes(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ca.save(m, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+LONG_SEARCH = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    import circuitalg as ca
+    from model_helpers import random_model
+
+    def model():
+        return random_model(n_layers=6, n_heads=8, d_model=64, d_head=8, d_vocab=500, n_ctx=8, biases=False, seed=1)
+
+    m = model()
+    small = lambda mod: [(c.name, c.score) for c in ca.top_circuits(mod, k=5, max_heads=2).circuits]
+    print("started", flush=True)
+    try:
+        ca.top_circuits(m, k=60000, max_heads=3)
+        print("finished", flush=True)
+    except KeyboardInterrupt:
+        # the interrupted model's caches must still give the same answers as a fresh model
+        print("interrupted", small(m) == small(model()), flush=True)
+    """
+)
+
+
+def _start(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_long_search_stops_promptly_on_ctrl_c_and_leaves_the_model_usable() -> None:
+    proc = _start([sys.executable, "-c", LONG_SEARCH.format(tests=str(TESTS))])
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    waited = time.perf_counter() - sent
+    assert proc.returncode == 0, err
+    assert out.strip() == "interrupted True", (out, err)
+    assert waited < 30, f"took {waited:.1f} s to stop and re-check"
+
+
+def test_cli_ctrl_c_exits_130_without_partial_files(tmp_path) -> None:
+    out_dir = tmp_path / "out"
+    proc = _start([sys.executable, "-m", "circuitalg", "report", "attn2l", "--out", str(out_dir)])
+    first = proc.stderr.readline()  # the first progress line: the analysis is under way
+    assert first, "no progress line"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the report finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "circuitalg: interrupted; no partial files are left." in err
+    assert "Traceback" not in err
+    left = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else []
+    assert left == [], left
+
+
+def _cli_json(args: list[str], hash_seed: str) -> dict:
+    env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+    out = subprocess.run([sys.executable, "-m", "circuitalg", *args, "--json"], capture_output=True, text=True,
+                         env=env, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("args", [["circuits", "attn2l", "--top", "8"], ["scores", "attn2l", "--kind", "k"]])
+def test_results_are_identical_across_processes_and_hash_seeds(args) -> None:
+    assert _cli_json(args, "1") == _cli_json(args, "2")
+
+
+def test_seeded_functions_are_deterministic_and_seeds_matter() -> None:
+    m = ca.zoo.load("attn2l")
+    a = ca.composition_baseline(m, "k", seed=3)
+    assert a == ca.composition_baseline(m, "k", seed=3)
+    assert a != ca.composition_baseline(m, "k", seed=4)
+    t = ca.repeated_random_tokens(m, seq_len=8, n_seqs=4, seed=5)
+    np.testing.assert_array_equal(t, ca.repeated_random_tokens(m, seq_len=8, n_seqs=4, seed=5))
+    assert not np.array_equal(t, ca.repeated_random_tokens(m, seq_len=8, n_seqs=4, seed=6))
+    h1, h2 = ca.head_table(m), ca.head_table(ca.zoo.load("attn2l"))
+    assert h1.records() == h2.records()
+    v = ca.verify(m.W_U @ m.W_E, m.W_U @ m.W_E, seed=7)
+    assert v.holds

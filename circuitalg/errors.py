@@ -69,7 +69,7 @@ class CircuitAlgWarning(UserWarning):
 
 
 class PrecisionWarning(CircuitAlgWarning, RuntimeWarning):
-    """A result's a-priori error bound exceeds half the digits of its dtype
+    """A result's a-priori error bound exceeds ``eps^(1/3)`` of its scale
     (see :mod:`circuitalg.linalg.accuracy`); the value is returned, but distrust it."""
 
 

@@ -5,10 +5,13 @@ matrix ``m + E``. :func:`accuracy` bounds ``‖E‖₂`` from the structure of `
 (never from the result), so it also bounds the error of each singular value
 (Weyl): ``|σ̂ᵢ - σᵢ| <= accuracy(m)``. The bound is
 
-``accuracy(m) = 4 (n_leaves + 1) sqrt(d_max) · u · magnitude(m)``
+``accuracy(m) = 4 (n_leaves + 1) sqrt(d_max) · g · u · magnitude(m)``
 
 with ``u`` the machine epsilon of ``m.dtype`` (2.2e-16 for float64, 1.2e-7 for
-float32), ``d_max`` the largest dimension in the tree and :func:`magnitude` the
+float32), ``d_max`` the largest dimension in the tree, ``g >= 1`` the largest condition
+number of a leaf whose triangular factor came from its Gram matrix (at most about
+:data:`~circuitalg.linalg.factors.GRAM_COND_LIMIT`; that factor has ``u · cond``
+relative error) and :func:`magnitude` the
 cancellation-free bound on ``‖m‖₂`` (spectral norms of leaves, multiplied through
 products and Kronecker products, added through sums). Derived bounds:
 
@@ -21,14 +24,16 @@ products and Kronecker products, added through sums). Derived bounds:
   may be rounding artefacts of a zero, possibly defective, part of the spectrum (the
   zero eigenvalues of a rank-deficient product) and are not covered.
 
-A result *loses precision* when its bound exceeds ``sqrt(u)`` times its scale (the
-largest singular value, the norm, the largest eigenvalue magnitude): fewer than half
-the digits of the dtype can be trusted (for eigenvalues: any eigenvalue above the noise
+A result *loses precision* when its bound exceeds :func:`warn_rtol` ``= u^(1/3)`` times
+its scale (6.1e-6 in float64, 4.9e-3 in float32; the scale is the largest singular value,
+the norm, the largest eigenvalue magnitude): fewer than two thirds of the dtype's digits are
+guaranteed. The bound is a worst case and usually pessimistic by orders of magnitude, so
+the threshold leaves room for it (for eigenvalues: any eigenvalue above the noise
 floor, relative to the largest magnitude; a spectrum entirely below the floor, as of a
 nilpotent map, is reported without a warning). The routines then emit a
 :class:`~circuitalg.errors.PrecisionWarning` that states the bound. This happens when
 factors cancel (``‖A B‖ << ‖A‖ ‖B‖``) or eigenvectors are nearly parallel; ordinary
-weights are many orders of magnitude away from it.
+weights are orders of magnitude away from it.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "unit_roundoff",
     "eigen_conditions",
     "eigen_noise_floor",
+    "warn_rtol",
     "warn_if_imprecise",
 ]
 
@@ -100,21 +106,29 @@ def magnitude(m: LinearMap) -> float:
 def _leaf_norm2(m: Dense) -> float:
     """``‖A‖₂`` of a leaf (slightly inflated against rounding), from the cached triangular
     factor of a tall or wide leaf or the SVD of a square one up to 1024; otherwise the
-    Frobenius norm, which bounds it."""
-    from circuitalg.linalg.factors import leaf_r
+    Frobenius norm, which bounds it. Records the condition number of leaves factored
+    through their Gram matrix (their factor carries ``eps * cond`` relative error)."""
+    from circuitalg.linalg.factors import leaf_factor_method, leaf_r
 
     a = m.array
     n, k = a.shape
-    if min(n, k) == 0:
-        return 0.0
     if n != k and min(n, k) <= 2048:
-        small = leaf_r(m, "cols" if n > k else "rows")
+        side = "cols" if n > k else "rows"
+        sv = sla.svdvals(np.asarray(leaf_r(m, side), dtype=np.float64), check_finite=False)
+        if leaf_factor_method(m, side) == "gram-cholesky":
+            m._cache["gram-cond"] = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
     elif n == k and n <= 1024:
-        small = a
+        sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
     else:
         return math.sqrt(float(np.einsum("ij,ij->", a, a, dtype=np.float64)))
-    top = float(sla.svdvals(np.asarray(small, dtype=np.float64), check_finite=False)[0])
-    return top * (1.0 + 16 * max(n, k) * unit_roundoff(a.dtype))
+    return float(sv[0]) * (1.0 + 16 * max(n, k) * unit_roundoff(a.dtype))
+
+
+def _gram_penalty(m: LinearMap) -> float:
+    """The largest condition number of a leaf factored through its Gram matrix (at least 1)."""
+    if isinstance(m, Dense):
+        return max(1.0, m._cache.get("gram-cond", 1.0))
+    return max((_gram_penalty(c) for c in m.children), default=1.0)
 
 
 def _tree_size(m: LinearMap) -> tuple[int, int]:
@@ -139,7 +153,8 @@ def accuracy(m: LinearMap) -> float:
     """
     require_map(m, "accuracy")
     n_leaves, d_max = _tree_size(m)
-    return 4.0 * (n_leaves + 1) * math.sqrt(d_max) * unit_roundoff(m.dtype) * magnitude(m)
+    mag = magnitude(m)  # first: it factors the leaves and records their conditioning
+    return 4.0 * (n_leaves + 1) * math.sqrt(d_max) * _gram_penalty(m) * unit_roundoff(m.dtype) * mag
 
 
 def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,10 +176,15 @@ def eigen_noise_floor(m: LinearMap) -> float:
     return math.sqrt(accuracy(m) * magnitude(m))
 
 
+def warn_rtol(dtype: np.dtype) -> float:
+    """The relative bound above which results warn: ``u^(1/3)`` (6.1e-6 float64, 4.9e-3 float32)."""
+    return unit_roundoff(dtype) ** (1.0 / 3.0)
+
+
 def warn_if_imprecise(m: LinearMap, what: str, bound: float, scale: float, stacklevel: int = 3) -> None:
-    """Emit :class:`PrecisionWarning` if ``bound > sqrt(u) * scale`` (half the digits lost)."""
+    """Emit :class:`PrecisionWarning` if ``bound > warn_rtol(m.dtype) * |scale|``."""
     u = unit_roundoff(m.dtype)
-    if not (bound > math.sqrt(u) * abs(scale)) or bound == 0.0:
+    if not (bound > warn_rtol(m.dtype) * abs(scale)) or bound == 0.0:
         return
     rel = bound / abs(scale) if scale else math.inf
     warnings.warn(

@@ -90,7 +90,7 @@ def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
 
 
 def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray) -> None:
-    """Warn if an eigenvalue above the noise floor has a bound over sqrt(eps) * |λ_1|."""
+    """Warn if an eigenvalue above the noise floor has a bound over warn_rtol * |λ_1|."""
     above = np.abs(vals) > eigen_noise_floor(m)
     if not above.any():
         return
@@ -108,7 +108,7 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
 
     Accuracy: ``κᵢ · accuracy(m)`` to first order for eigenvalues above the noise floor
     (:mod:`circuitalg.linalg.accuracy`); a :class:`~circuitalg.errors.PrecisionWarning`
-    says when that exceeds ``sqrt(eps)`` times the largest magnitude, as for (nearly)
+    says when that exceeds ``eps^(1/3)`` times the largest magnitude, as for (nearly)
     defective eigenvalues. Not checked on the iterative route (``k`` on a map without
     structure).
     """

@@ -71,7 +71,7 @@ def norm(m: LinearMap) -> float:
     :mod:`circuitalg.linalg.accuracy`), or for the Gram-trace route
     ``sqrt(g)`` at worst with ``g = 4 n_terms rank_bound eps (Σ magnitude(T_i))²``; a
     :class:`~circuitalg.errors.PrecisionWarning` says when the bound exceeds
-    ``sqrt(eps)`` times the result.
+    ``eps^(1/3)`` times the result.
     """
     require_map(m, "norm")
     gram_err: list[float] = []

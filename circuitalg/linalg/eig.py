@@ -45,10 +45,6 @@ def _order(vals: np.ndarray) -> np.ndarray:
 Spectrum = tuple[np.ndarray, np.ndarray]  # (eigenvalues, their condition numbers)
 
 
-def _eig(a: np.ndarray) -> Spectrum:
-    return eigen_conditions(a)
-
-
 def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
     """Eigenvalues and their condition numbers (``nan`` where unknown: the iterative route)."""
     if isinstance(m, Scaled):
@@ -58,7 +54,7 @@ def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
         return _all_eigenvalues(m.inner, k)
     p = plan(m, "eigenvalues", k)
     if p.method == "leaf":
-        return _eig(m.array)  # type: ignore[attr-defined]
+        return eigen_conditions(m.array)  # type: ignore[attr-defined]
     if p.method == "identity":
         return np.ones(m.shape[0]), np.ones(m.shape[0])
     if p.method == "diagonal":
@@ -74,10 +70,10 @@ def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
         return out, cond
     if p.method == "chain":
         chain: Chain = p.chain  # type: ignore[assignment]
-        w, c = _eig(cyclic_core(chain))
+        w, c = eigen_conditions(cyclic_core(chain))
         return chain.scalar * w, c
     if p.method == "dense":
-        return _eig(evaluate(m))
+        return eigen_conditions(evaluate(m))
     n = m.shape[0]
     if k is None or k >= n - 1:
         raise TooLargeError(

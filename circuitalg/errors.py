@@ -21,6 +21,7 @@ __all__ = [
     "CircuitAlgWarning",
     "PrecisionWarning",
     "check_int",
+    "check_real",
 ]
 
 
@@ -83,3 +84,15 @@ def check_int(name: str, value: object, lo: int, hi: int | None = None, hint: st
         return int(value)  # type: ignore[arg-type]
     wanted = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
     raise InvalidArgumentError(f"{name}={value!r}; pass {wanted}{hint}.")
+
+
+def check_real(name: str, value: object, lo: float, hint: str = "") -> float:
+    """``value`` as a float if it is a finite real number ``>= lo``, else
+    :class:`InvalidArgumentError` saying what was passed and what is accepted."""
+    import math
+    import numbers
+
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and math.isfinite(value) and value >= lo:  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]
+    raise InvalidArgumentError(f"{name}={value!r}; pass a finite number >= {lo}{hint}.")

@@ -170,10 +170,11 @@ def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w, kappa
 
 
-def eigen_noise_floor(m: LinearMap) -> float:
+def eigen_noise_floor(m: LinearMap, acc: float | None = None) -> float:
     """``sqrt(accuracy(m) · magnitude(m))``: eigenvalues below it may be rounding
-    artefacts of a zero (possibly defective) part of the spectrum."""
-    return math.sqrt(accuracy(m) * magnitude(m))
+    artefacts of a zero (possibly defective) part of the spectrum. Pass ``acc`` when
+    ``accuracy(m)`` is already known."""
+    return math.sqrt((accuracy(m) if acc is None else acc) * magnitude(m))
 
 
 def warn_rtol(dtype: np.dtype) -> float:

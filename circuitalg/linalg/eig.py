@@ -87,11 +87,12 @@ def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
 
 def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray) -> None:
     """Warn if an eigenvalue above the noise floor has a bound over warn_rtol * |λ_1|."""
-    above = np.abs(vals) > eigen_noise_floor(m)
+    acc = accuracy(m)
+    above = np.abs(vals) > eigen_noise_floor(m, acc)
     if not above.any():
         return
     worst = float(np.max(np.where(np.isnan(cond[above]), 0.0, cond[above])))
-    warn_if_imprecise(m, "eigenvalues", worst * accuracy(m), float(np.abs(vals[0])), stacklevel=4)
+    warn_if_imprecise(m, "eigenvalues", worst * acc, float(np.abs(vals[0])), stacklevel=4)
 
 
 def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError
+from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.model.config import TransformerConfig
 from circuitalg.spaces import Space
@@ -98,11 +98,7 @@ class LayerNorm:
     b: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not (
-            np.isfinite(eps) and eps >= 0
-        ):
-            raise InvalidArgumentError(f"LayerNorm eps={eps!r}; pass a finite number >= 0 (e.g. 1e-5).")
+        check_real("LayerNorm eps", self.eps, 0, hint=" (e.g. 1e-5)")
         for name in ("w", "b"):
             v = getattr(self, name)
             if v is not None:

@@ -26,7 +26,6 @@ sympy's ``combine_kronecker`` is never used: in sympy 1.14 it rewrites ``A⊗B +
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from collections.abc import Callable, Mapping
 from fractions import Fraction
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
+from circuitalg.errors import InvalidArgumentError, ShapeError, check_int, check_real
 from circuitalg.maps.nodes import LinearMap
 
 __all__ = ["Verification", "Rules", "RULES", "verify", "normal_form", "evaluate_exact", "VALUE_RANGE"]
@@ -518,8 +517,7 @@ def verify_numeric(a: LinearMap, b: LinearMap, *, rtol: float = 1e-9, probes: in
     if not isinstance(a, LinearMap) or not isinstance(b, LinearMap):
         raise InvalidArgumentError("verify_numeric compares two circuitalg maps; use verify for sympy expressions.")
     probes, seed = check_int("probes", probes, 1), check_int("seed", seed, 0)
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)) or not (0 <= rtol < math.inf):
-        raise InvalidArgumentError(f"verify_numeric: rtol={rtol!r}; pass a finite number >= 0.")
+    check_real("verify_numeric: rtol", rtol, 0)
     if a.domain != b.domain or a.codomain != b.codomain:
         return Verification(a.symbol, b.symbol, False, "numeric",
                             f"spaces differ: {a.domain} -> {a.codomain} vs {b.domain} -> {b.codomain}.")

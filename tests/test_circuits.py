@@ -265,29 +265,90 @@ def brute_force(m: ca.Transformer, max_heads: int, sinks: tuple[str, ...]) -> li
     return out
 
 
-@pytest.mark.parametrize("seed", range(4))
+def _zeroed(m: ca.Transformer, heads: list[tuple[int, int]]) -> ca.Transformer:
+    """``m`` with the OV maps of ``heads`` set to exactly zero (circuits through them score 0)."""
+    p = dict(m.params)
+    for l, h in heads:
+        W_O = np.array(p[f"blocks.{l}.attn.W_O"])
+        W_O[h] = 0.0
+        p[f"blocks.{l}.attn.W_O"] = W_O
+    return ca.Transformer(m.config, p, name=m.name + "-zeroed")
+
+
+def _search_models() -> list[tuple[str, ca.Transformer]]:
+    out = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        out.append((f"random{seed}", random_model(
+            n_layers=int(rng.integers(2, 4)), n_heads=2, d_model=10, d_head=3, d_vocab=6, n_ctx=5, seed=seed)))
+    out.append(("zero-heads", _zeroed(random_model(n_layers=3, n_heads=2, d_model=10, d_head=3, d_vocab=6,
+                                                   n_ctx=5, seed=7), [(0, 0), (1, 1)])))
+    out += [(name, ca.zoo.load(name)) for name in ca.zoo.list()]
+    return out
+
+
+_SEARCH_MODELS = _search_models()
+
+
+@pytest.mark.parametrize("model", [m for _, m in _SEARCH_MODELS], ids=[n for n, _ in _SEARCH_MODELS])
 @pytest.mark.parametrize(
     ("max_heads", "sinks", "k"),
     [(1, ("unembed",), 2), (2, ("unembed",), 5), (3, ("unembed", "q", "k"), 7), (2, ("k",), 4), (2, ("q",), 3),
-     (0, ("unembed",), 1)],
+     (0, ("unembed",), 1), (2, ("unembed", "q", "k"), 1), (3, ("unembed", "q", "k"), 20)],
 )
-def test_top_circuits_equal_brute_force(seed: int, max_heads: int, sinks: tuple[str, ...], k: int) -> None:
-    rng = np.random.default_rng(seed)
-    m = random_model(n_layers=int(rng.integers(2, 4)), n_heads=2, d_model=10, d_head=3, d_vocab=6, n_ctx=5,
-                     seed=seed)
+def test_top_circuits_and_certificate_equal_brute_force(
+    model: ca.Transformer, max_heads: int, sinks: tuple[str, ...], k: int
+) -> None:
+    """The top k are exact, and the printed certificate is true: every circuit the search did
+    not score is at most ``bound`` (checked against every circuit, scored densely)."""
+    from circuitalg.circuits.enumerate import _search
+
+    m = model
     bf = brute_force(m, max_heads, sinks)
-    res = ca.top_circuits(m, k, max_heads, sinks)
+    scored: dict[tuple, float] = {}
+
+    def record(key: tuple, v2: float) -> None:
+        assert key not in scored, f"{key} scored twice"
+        scored[key] = v2
+
+    res = _search(m, k, max_heads, sinks, on_score=record)
     assert res.total == len(bf) == ca.count_circuits(m, max_heads, sinks)
-    k = min(k, len(bf))
-    np.testing.assert_allclose([c.score for c in res], [b[0] for b in bf[:k]], rtol=1e-9)
-    gaps = np.diff([b[0] for b in bf[: k + 1]])
+    assert res.evaluated == len(scored)
+    kk = min(k, len(bf))
+    assert len(res) == kk
+    np.testing.assert_allclose([c.score for c in res], [b[0] for b in bf[:kk]], rtol=1e-9, atol=1e-12 * bf[0][0])
+    gaps = np.diff([b[0] for b in bf[: kk + 1]])
     if np.all(np.abs(gaps) > 1e-9 * bf[0][0]):  # no ties: the identities must agree too
-        assert [(c.kind, c.source, c.heads, c.sink, c.other_source) for c in res] == [b[1:] for b in bf[:k]]
-    rest = [b[0] for b in bf[k:]]
-    assert not rest or max(rest) <= max(res.bound, res[k - 1].score) * (1 + 1e-9)
+        assert [(c.kind, c.source, c.heads, c.sink, c.other_source) for c in res] == [b[1:] for b in bf[:kk]]
+    # the claim: unscored circuits are below the bound; the bound is below the k-th score
+    unscored = [b[0] for b in bf if b[1:] not in scored]
+    assert len(unscored) == res.unevaluated
+    tol = 1e-12 * bf[0][0]
+    assert all(v <= res.bound * (1 + 1e-9) + tol for v in unscored), (max(unscored), res.bound)
+    if unscored:
+        assert res.bound <= res[kk - 1].score * (1 + 1e-9) + tol
+        assert f"<= {res.bound:.6g}" in res.summary()
+    else:
+        assert "every circuit was evaluated" in res.summary()
+    # scored circuits outside the top k are below the k-th score
+    top = {(c.kind, c.source, c.heads, c.sink, c.other_source) for c in res}
+    assert top <= set(scored)
+    assert all(np.sqrt(max(v2, 0)) <= res[kk - 1].score * (1 + 1e-9) + tol
+               for key, v2 in scored.items() if key not in top)
     for c in res:
-        assert ca.norm(c.weight) == pytest.approx(c.score, rel=1e-9)
+        assert ca.norm(c.weight) == pytest.approx(c.score, rel=1e-9, abs=tol)
         assert c.n_heads <= max_heads
+
+
+def test_top_circuits_return_exactly_zero_circuits() -> None:
+    m = _zeroed(random_model(n_layers=2, n_heads=2, d_model=10, d_head=3, d_vocab=6, n_ctx=5, seed=3),
+                [(0, 0), (0, 1)])
+    total = ca.count_circuits(m, 2, ("unembed",))
+    res = ca.top_circuits(m, total, 2, ("unembed",))
+    assert len(res) == total and res.evaluated == total and res.bound == 0.0
+    # 2 sources x (2 one-head chains + 2 x 2 two-head chains) start at a zeroed layer-0 head
+    assert sum(c.score == 0.0 for c in res) == 2 * (2 + 2 * 2)
+    assert "every circuit was evaluated" in res.summary()
 
 
 def test_top_circuits_bad_input() -> None:

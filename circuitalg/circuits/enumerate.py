@@ -17,7 +17,15 @@ circuit's squared score is ``tr(K Z)`` with ``Z = W_O^gᵀ G W_O^g`` for the sin
 ``G``. Upper bounds: ``tr(K Z) <= tr(K) λmax(Z)`` and ``λmax(MᵀZM) <= ||M||₂² λmax(Z)``,
 combined over the remaining layers by dynamic programming. Entries are popped best bound
 first; when the best remaining bound is below the k-th score found, no unvisited circuit can
-enter the top k, and that bound is reported as the certificate.
+enter the top k.
+
+The certificate :attr:`CircuitSearch.bound` is the largest bound of any entry the search
+dropped without scoring its circuits: entries pruned when pushed (their bound was already at
+most the k-th score) and the entries left on the heap when the search stopped. Every circuit
+that was never scored is covered by one of them, so it scores at most ``bound`` (bounds are
+inflated by ``1 + 1e-9`` against rounding). Circuits that were scored but are not in the top
+``k`` score at most the k-th score. Exactly-zero circuits are ordinary circuits: with
+``k >= count_circuits(...)`` all of them are returned.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import dataclasses
 import heapq
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -144,9 +152,9 @@ class CircuitSearch:
     total : int
         Circuits in the search space (what brute force would score).
     bound : float
-        No circuit that was never evaluated scores above this; it is at most the k-th score
-        (0 when the whole space was evaluated). Evaluated circuits outside the top k score at
-        most the k-th score.
+        Every circuit that was never evaluated scores at most this; it is at most the k-th
+        score. 0.0 when every circuit was evaluated (nothing is left to bound). Evaluated
+        circuits outside the top ``k`` score at most the k-th score.
     """
 
     circuits: list[Circuit]
@@ -164,10 +172,19 @@ class CircuitSearch:
     def __getitem__(self, i: int) -> Circuit:
         return self.circuits[i]
 
+    @property
+    def unevaluated(self) -> int:
+        """Circuits whose score was bounded but never computed."""
+        return self.total - self.evaluated
+
     def summary(self) -> str:
+        """One line: what was returned, how much was scored, and the certificate."""
         frac = self.evaluated / self.total if self.total else 0.0
-        return (f"top {len(self.circuits)} of {self.total:,} circuits; evaluated {self.evaluated:,} "
-                f"({100 * frac:.2f}%), visited {self.visited:,} chains; every unevaluated circuit scores <= {self.bound:.6g}")
+        head = (f"top {len(self.circuits)} of {self.total:,} circuits; evaluated {self.evaluated:,} "
+                f"({100 * frac:.2f}%), visited {self.visited:,} chains; ")
+        if self.unevaluated == 0:
+            return head + "every circuit was evaluated (the ranking is exhaustive)"
+        return head + f"each of the {self.unevaluated:,} unevaluated circuits scores <= {self.bound:.6g} (certified bound)"
 
 
 def _check_args(model: Any, k: Any, max_heads: Any, sinks: Any) -> tuple[str, ...]:
@@ -267,8 +284,9 @@ class _Engine:
                 W_read = self.sides(kind, h)[0]
                 lam = np.linalg.eigvalsh(self.other_gram(kind, h, s))[-1]
                 self.sigma[:, r] = np.linalg.norm(W_read, 2) ** 2 * lam * self.W_O_norm2
-            self.sigma[self.layer >= self.reader_layer[r], r] = 0.0
-        self.sigma = np.maximum(self.sigma, 0.0) * _SAFETY
+        # valid[g, rho]: a chain ending at head g may stop at reader rho (a later layer)
+        self.valid = self.layer[:, None] < self.reader_layer_arr[None, :]
+        self.sigma = np.where(self.valid, np.maximum(self.sigma, 0.0) * _SAFETY, 0.0)
 
     def sides(self, kind: str, h: int) -> tuple[np.ndarray, np.ndarray]:
         """``(W_read, W_other)`` of QK sink ``h``: the chain enters through ``W_K`` for key sinks
@@ -328,6 +346,8 @@ def top_circuits(
     model : Transformer
         Weights are used as given (fold layer norms first to analyse what the model computes).
     k : int
+        How many circuits to return; ``min(k, count_circuits(...))`` are returned, circuits
+        that score exactly zero included.
     max_heads : int
         At most this many heads per circuit (a QK sink head counts).
     sinks : sequence of {"unembed", "q", "k"}
@@ -336,8 +356,19 @@ def top_circuits(
     -------
     CircuitSearch
         The circuits, how many chains were visited and circuits evaluated, the size of the
-        space, and the bound that certifies everything not returned.
+        space, and the bound that certifies every circuit that was not evaluated.
     """
+    return _search(model, k, max_heads, sinks)
+
+
+#: ``on_score(circuit_key, squared_score)`` with ``circuit_key = (kind, source, heads, sink,
+#: other_source)``: called for every circuit the search evaluates (tests check the certificate).
+ScoreHook = Callable[[tuple[Any, ...], float], None]
+
+
+def _search(
+    model: Transformer, k: int, max_heads: int, sinks: Sequence[str], on_score: ScoreHook | None = None
+) -> CircuitSearch:
     sinks = _check_args(model, k, max_heads, sinks)
     eng = _Engine(model, sinks)
     n = len(eng.heads)
@@ -359,14 +390,14 @@ def top_circuits(
     def offer(v2: float, kind: str, s: str, chain: tuple[int, ...], r: int) -> None:
         nonlocal evaluated
         evaluated += 1
+        _, h, other = eng.readers[r]
+        heads = tuple(eng.heads[g] for g in chain)
+        sink = None if kind == "unembed" else eng.heads[h]
+        if on_score is not None:
+            on_score((kind, s, heads, sink, other), v2)
         if len(best) == k and v2 <= best[0][0]:
             return
-        _, h, other = eng.readers[r]
-        circ = Circuit(
-            kind, s, tuple(eng.heads[g] for g in chain), None if kind == "unembed" else eng.heads[h],
-            other, math.sqrt(max(v2, 0.0)), model,
-        )
-        item = (v2, next(tick), circ)
+        item = (v2, next(tick), Circuit(kind, s, heads, sink, other, math.sqrt(max(v2, 0.0)), model))
         if len(best) < k:
             heapq.heappush(best, item)
         else:
@@ -390,20 +421,25 @@ def top_circuits(
                 continue  # the bare-bare QK term is listed once, as a key-side term
             offer(eng.bare_value(s, r), kind, s, (), r)
 
-    # heap of (-bound², tiebreak, entry)
+    # heap of (-bound², tiebreak, entry); cert: the largest bound² of an entry dropped unexplored
     heap: list[tuple[float, int, tuple]] = []
     visited = 0
+    cert = 0.0
 
     def push(bound2: float, entry: tuple) -> None:
+        nonlocal cert
         if bound2 > threshold():
             heapq.heappush(heap, (-bound2, next(tick), entry))
+        else:  # pruned: its circuits are never scored, so its bound enters the certificate
+            cert = max(cert, bound2)
 
     def add_node(s: str, chain: tuple[int, ...], K: np.ndarray) -> None:
         g = chain[-1]
         tr = max(float(np.trace(K)), 0.0)
         remaining = max_heads - len(chain)
-        push(tr * eng.sigma[g].max(initial=0.0), ("stops", s, chain, K, tr))
-        if remaining >= 1:
+        if any(allowed(r, len(chain)) for r in np.flatnonzero(eng.valid[g])):
+            push(tr * eng.sigma[g].max(initial=0.0), ("stops", s, chain, K, tr))
+        if remaining >= 1 and np.any(eng.layer > eng.layer[g]):
             ext = (eng.M_norm2[g] * B[remaining - 1]).max(initial=0.0) * _SAFETY
             push(tr * ext, ("expand", s, chain, K, tr))
 
@@ -413,19 +449,18 @@ def top_circuits(
                 visited += 1
                 add_node(s, (g,), eng.K1[s][g])
 
-    cert = 0.0
     while heap:
         neg, _, entry = heapq.heappop(heap)
         if -neg <= threshold():
-            cert = -neg
+            cert = max(cert, -neg)  # it and everything left on the heap stay unexplored
             break
         tag = entry[0]
         if tag == "stops":
             _, s, chain, K, tr = entry
             g = chain[-1]
-            for r in range(R):
-                if eng.sigma[g, r] > 0 and allowed(r, len(chain)):
-                    push(tr * eng.sigma[g, r], ("stop", s, chain, K, r))
+            for r in np.flatnonzero(eng.valid[g]):
+                if allowed(int(r), len(chain)):
+                    push(tr * eng.sigma[g, r], ("stop", s, chain, K, int(r)))
         elif tag == "stop":
             _, s, chain, K, r = entry
             offer(float(np.sum(K * eng.Zmat(chain[-1], r))), eng.readers[r][0], s, chain, r)
@@ -441,4 +476,6 @@ def top_circuits(
             visited += 1
             add_node(s, chain + (g2,), M @ K @ M.T)
     circuits = [c for _, _, c in sorted(best, key=lambda t: (-t[0], t[1]))]
-    return CircuitSearch(circuits, visited, evaluated, count_circuits(model, max_heads, sinks), math.sqrt(max(cert, 0.0)))
+    total = count_circuits(model, max_heads, sinks)
+    bound = 0.0 if evaluated == total else math.sqrt(max(cert, 0.0))
+    return CircuitSearch(circuits, visited, evaluated, total, bound)

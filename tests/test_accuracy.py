@@ -177,3 +177,25 @@ def test_float32_leaves_are_factored_by_qr_not_by_their_gram_matrix() -> None:
 def test_accuracy_rejects_non_maps() -> None:
     with pytest.raises(ca.InvalidArgumentError, match=r"^accuracy takes a ca.LinearMap, got ndarray; wrap arrays as ca.Dense\(array, domain=..., codomain=...\).$"):
         ca.accuracy(np.eye(2))
+
+
+def test_exact_structural_zeros_do_not_warn() -> None:
+    """A virtual weight between orthogonal subspaces is exactly zero: 0.0 is exact, no warning."""
+    rng = np.random.default_rng(4)
+    resid, head, vocab = ca.Space("resid", 12), ca.Space("head", 3), ca.Space("vocab", 40)
+    W_O = np.zeros((12, 3))
+    W_O[:6] = rng.standard_normal((6, 3))  # writes into the first half of the stream
+    W_Q = np.zeros((3, 12))
+    W_Q[:, 6:] = rng.standard_normal((3, 6))  # reads only the second half
+    O, Q = ca.Dense(W_O, head, resid, "W_O"), ca.Dense(W_Q, resid, head, "W_Q")
+    E = ca.Dense(rng.standard_normal((12, 40)), vocab, resid, "W_E")
+    V = ca.Dense(rng.standard_normal((3, 12)), resid, head, "W_V")
+    zero = E.T @ Q.T @ Q @ O @ V @ E  # vocab x vocab, exactly zero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ca.PrecisionWarning)
+        for _ in range(3):
+            assert zero.norm() == 0.0
+            assert np.all(zero.singular_values() == 0.0)
+            assert np.all(ca.svd(zero)[1] == 0.0)
+            assert np.all(zero.eigenvalues() == 0.0)
+    assert ca.accuracy(zero) > 0  # the absolute bound still stands

@@ -30,7 +30,8 @@ the norm, the largest eigenvalue magnitude): fewer than two thirds of the dtype'
 guaranteed. The bound is a worst case and usually pessimistic by orders of magnitude, so
 the threshold leaves room for it (for eigenvalues: any eigenvalue above the noise
 floor, relative to the largest magnitude; a spectrum entirely below the floor, as of a
-nilpotent map, is reported without a warning). The routines then emit a
+nilpotent map, is reported without a warning). A result of exactly zero from a product route
+(an exactly zero small core: a structural zero) is exact and does not warn. The routines then emit a
 :class:`~circuitalg.errors.PrecisionWarning` that states the bound. This happens when
 factors cancel (``‖A B‖ << ‖A‖ ‖B‖``) or eigenvectors are nearly parallel; ordinary
 weights are orders of magnitude away from it.
@@ -182,9 +183,20 @@ def warn_rtol(dtype: np.dtype) -> float:
     return unit_roundoff(dtype) ** (1.0 / 3.0)
 
 
-def warn_if_imprecise(m: LinearMap, what: str, bound: float, scale: float, stacklevel: int = 3) -> None:
-    """Emit :class:`PrecisionWarning` if ``bound > warn_rtol(m.dtype) * |scale|``."""
+def warn_if_imprecise(
+    m: LinearMap, what: str, bound: float, scale: float, stacklevel: int = 3, *, zero_is_exact: bool = True
+) -> None:
+    """Emit :class:`PrecisionWarning` if ``bound > warn_rtol(m.dtype) * |scale|``.
+
+    A result of exactly ``0.0`` does not warn when ``zero_is_exact`` (the default): the
+    product routes compute it from an exactly zero small core, which is how structural zeros
+    (orthogonal supports, zero factors) come out, so no digit was lost; its absolute error is
+    still at most ``bound``. Routes that clamp a cancelling sum at zero (Gram-trace norms)
+    pass ``zero_is_exact=False``.
+    """
     u = unit_roundoff(m.dtype)
+    if scale == 0.0 and zero_is_exact:
+        return
     if not (bound > warn_rtol(m.dtype) * abs(scale)) or bound == 0.0:
         return
     rel = bound / abs(scale) if scale else math.inf

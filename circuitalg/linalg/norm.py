@@ -80,7 +80,7 @@ def norm(m: LinearMap) -> float:
     if gram_err:  # the Gram-trace route: its error enters squared
         g = sum(gram_err)
         bound = max(bound, min(math.sqrt(g), g / (2 * out)) if out > 0 else math.sqrt(g))
-    warn_if_imprecise(m, "norm", bound, out)
+    warn_if_imprecise(m, "norm", bound, out, zero_is_exact=not gram_err)
     return out
 
 

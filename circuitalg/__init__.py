@@ -84,6 +84,7 @@ from circuitalg.model import (
     center_writing_weights,
     fold_layer_norm,
     fold_value_biases,
+    rotate_residual,
     load,
     logit_lens,
     param_shapes,
@@ -155,6 +156,7 @@ __all__ = [
     "center_writing_weights",
     "center_unembed",
     "fold_value_biases",
+    "rotate_residual",
     # circuits
     "expand",
     "Path",

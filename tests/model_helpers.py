@@ -41,3 +41,50 @@ def random_model(
 def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compiled_model(seed: int = 0, *, d_vocab: int = 11, n_ctx: int = 7) -> tuple[ca.Transformer, dict]:
+    """An attention-only model whose head-to-head compositions are known by construction.
+
+    The residual stream is split into blocks: one for tokens, one for positions and one per
+    head (each head writes only into its own block). Each head reads, on its query, key and
+    value sides, a fixed set of blocks; the composition of writer ``a`` into reader ``b`` on
+    side ``s`` is nonzero exactly when ``b`` reads ``a``'s block on side ``s``. Returns the
+    model and ``{(kind, writer, reader): True}`` for the present compositions.
+    """
+    rng = np.random.default_rng(seed)
+    L, H, dh, blk = 3, 2, 2, 2
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    n_blocks = 2 + len(heads)
+    D = blk * n_blocks
+
+    def block(i: int) -> slice:
+        return slice(blk * i, blk * (i + 1))
+
+    own = {hd: 2 + i for i, hd in enumerate(heads)}
+    cfg = ca.TransformerConfig(n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=d_vocab, n_ctx=n_ctx,
+                               normalization=None)
+    p: dict[str, np.ndarray] = {k: np.zeros(s) for k, s in ca.param_shapes(cfg).items()}
+    p["W_E"][block(0)] = rng.normal(size=(blk, d_vocab))
+    p["W_pos"][block(1)] = rng.normal(size=(blk, n_ctx))
+    p["W_U"][:, block(0)] = rng.normal(size=(d_vocab, blk))
+    for (l, h) in heads:
+        p[f"blocks.{l}.attn.W_O"][h][block(own[(l, h)])] = rng.normal(size=(blk, dh))
+    present = {}
+    for (l, h) in heads:
+        earlier = [hd for hd in heads if hd[0] < l]
+        for kind, w in (("q", "W_Q"), ("k", "W_K"), ("v", "W_V")):
+            # read tokens or positions, and about half of the earlier heads' blocks
+            reads = [int(rng.integers(0, 2))] + [own[hd] for hd in earlier if rng.random() < 0.5]
+            for b in reads:
+                p[f"blocks.{l}.attn.{w}"][h][:, block(b)] = rng.normal(size=(dh, blk))
+            for hd in earlier:
+                if own[hd] in reads:
+                    present[(kind, hd, (l, h))] = True
+    return ca.Transformer(cfg, p, name=f"compiled-{seed}"), present
+
+
+def random_rotation(d: int, seed: int = 0) -> np.ndarray:
+    """A Haar-random orthogonal ``d x d`` matrix."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+    return q * np.sign(np.diag(r))

@@ -270,6 +270,12 @@ CASES = [
         'fold_value_biases takes a ca.Transformer, got TransformerConfig; load one with ca.load(path) or build ca.zoo.planted_induction().',
     ),
     (
+        'rotate_residual',
+        lambda: ca.rotate_residual(m, np.eye(3)),
+        ca.InvalidArgumentError,
+        f'rotate_residual: Q has shape (3, 3); pass a {m.config.d_model} x {m.config.d_model} orthogonal matrix (d_model={m.config.d_model}).',
+    ),
+    (
         'expand',
         lambda: ca.expand(m, order=-1),
         ca.InvalidArgumentError,

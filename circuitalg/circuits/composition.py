@@ -20,10 +20,15 @@ right of the diagonal) at a time, and all reader/writer pairs of a block row cos
 product. At GPT-2-small shapes this is about 20 GFLOP with a peak of about 0.6 GB, against
 TransformerLens's dense broadcast (``benchmarks/bench_composition.py``).
 
-Accuracy: float64 throughout; the inner products are of positive semidefinite matrices, so
-the absolute error of a squared numerator is about ``1e-16 * ||RᵀR||_F ||W Wᵀ||_F``. Scores of
-exactly orthogonal pairs come out at about ``1e-8`` rather than 0. Heads with an all-zero
-``W_OV`` or ``W_QK`` get score 0 (not NaN).
+Accuracy: float64 throughout. The Gram inner products have an absolute error of about
+``eps * d_model * ||R||_F² ||W||_F²`` in the squared numerator, i.e. a floor near ``1e-8`` on
+the score, which would turn structural zeros into ``1e-9``-sized scores in a rotated residual
+basis. So every pair whose squared Gram estimate is within :data:`ZERO_FLOOR` ``* eps * d_model``
+of the normalisation is recomputed from the small factored product (K:
+``||W_Qᵀ (W_K W_O) W_V||_F`` with the ``d_head x d_head`` core ``W_K W_O``, and likewise for Q
+and V), whose error is relative to the factors: exact zeros come out below ``1e-12`` in any
+basis, and only near-zero pairs pay for it. Heads with an all-zero ``W_OV`` or ``W_QK`` get
+score 0 (not NaN).
 
 The scores use the model's weights as given; fold layer norms first
 (:func:`~circuitalg.model.transforms.fold_layer_norm`) to score the weights the model uses.
@@ -229,9 +234,43 @@ def _ratio(num2: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Squared Gram estimates below ``ZERO_FLOOR * eps * d_model * ||R||_F² ||W_OV||_F²`` are
+#: recomputed from the small factored product (see the module docstring).
+ZERO_FLOOR: float = 64.0
+
+
+def _small_product_num2(w: HeadWeights, kind: str, pairs: np.ndarray) -> np.ndarray:
+    """Squared numerators of the ``(l1, h1, l2, h2)`` rows of ``pairs`` from the ``d_head x d_head``
+    core ``C = W_read^h2 W_O^h1``: ``||R W_OV||_F² = <G_read, C (W_V W_Vᵀ)^h1 Cᵀ>``.
+
+    One reader at a time: its cores with all its flagged writers come from one matrix product
+    ``W_read (W_O^a | W_O^b | ...)`` (writers in chunks of 256, at most about
+    ``256 * d_model * d_head * 8`` bytes gathered at once)."""
+    G = w.gram({"k": "Q", "q": "K", "v": "O"}[kind])
+    W = {"k": w.W_K, "q": w.W_Q, "v": w.W_V}[kind]
+    GV = w.gram("V")
+    H, dh = w.n_heads, w.W_O.shape[-1]
+    out = np.empty(len(pairs))
+    readers = pairs[:, 2] * H + pairs[:, 3]
+    for r in np.unique(readers):
+        rows = np.flatnonzero(readers == r)
+        l2, h2 = divmod(int(r), H)
+        for start in range(0, len(rows), 256):
+            idx = rows[start:start + 256]
+            l1, h1 = pairs[idx, 0], pairs[idx, 1]
+            W_O = np.concatenate(list(w.W_O[l1, h1]), axis=1)  # (d_model, n * d_head)
+            C = (W[l2, h2] @ W_O).reshape(dh, len(idx), dh).swapaxes(0, 1)  # (n, d_head, d_head)
+            out[idx] = _trace_product(G[l2, h2], C @ GV[l1, h1] @ C.swapaxes(-1, -2))
+    return out
+
+
 def composition_parts(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(num2, writer_norm2, reader_norm2)``: squared numerators ``[L, H, L, H]`` (zero unless
-    the writer's layer is earlier), ``||W_OV||_F²`` per writer and ``||R||_F²`` per reader ``[L, H]``."""
+    the writer's layer is earlier), ``||W_OV||_F²`` per writer and ``||R||_F²`` per reader ``[L, H]``.
+
+    Pairs whose Gram estimate lies within its error floor are recomputed from the small
+    factored product, so structural zeros stay below ``1e-12`` of the normalisation in any
+    residual basis."""
     kind = check_kind(kind)
     L, H, D = w.n_layers, w.n_heads, w.d_model
     num2 = np.zeros((L, H, L, H))
@@ -251,7 +290,12 @@ def composition_parts(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray
     )
     num2[: L - 1, :, 1:, :] = inner.reshape(L - 1, H, L - 1, H).transpose(2, 3, 0, 1)
     mask = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
-    return np.where(mask, np.maximum(num2, 0.0), 0.0), w2, r2
+    num2 = np.where(mask, np.maximum(num2, 0.0), 0.0)
+    floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
+    near_zero = np.argwhere(mask & (num2 <= floor))
+    if len(near_zero):
+        num2[tuple(near_zero.T)] = np.maximum(_small_product_num2(w, kind, near_zero), 0.0)
+    return num2, w2, r2
 
 
 def scores_from_weights(w: HeadWeights, kind: str) -> np.ndarray:

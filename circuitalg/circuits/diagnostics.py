@@ -22,6 +22,7 @@ from circuitalg.errors import (
     ShapeError,
     check_int,
 )
+from circuitalg.linalg.accuracy import eigen_noise_floor
 from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
@@ -69,6 +70,14 @@ def copying_score(eigs: np.ndarray) -> float:
     return float(np.real(eigs).sum() / den) if den > 0 else 0.0
 
 
+def _map_copying_score(m: LinearMap) -> float:
+    """:func:`copying_score` of ``m``'s eigenvalues above the noise floor: those below
+    :func:`~circuitalg.linalg.accuracy.eigen_noise_floor` are rounding artefacts of a zero
+    spectrum (an exactly zero circuit would otherwise get a random score in a rotated basis)."""
+    lam = eigenvalues(m)
+    return copying_score(lam[np.abs(lam) > eigen_noise_floor(m)])
+
+
 def effective_rank(s: np.ndarray) -> float:
     """Entropy effective rank ``exp(-Σ p log p)`` with ``p = σ / Σσ`` (Roy & Vetterli, 2007)."""
     s = _vector(s, "s", "effective_rank", complex_ok=False).astype(np.float64)
@@ -100,7 +109,8 @@ class HeadTable:
 
     Attributes
     ----------
-    copying : full OV circuit ``W_U W_OV W_E``, ``Σ Re λ / Σ |λ|``.
+    copying : full OV circuit ``W_U W_OV W_E``, ``Σ Re λ / Σ |λ|`` over the eigenvalues above
+        the noise floor (0 when none is: the circuit is zero to rounding).
     copying_ov : the same for the ``d_model``-sized ``W_OV``.
     positional_prev_token : mean attention to the previous position of a softmax over the
         positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` (causal; tokens, biases and
@@ -232,8 +242,8 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
     qk_sv = np.zeros((L, H, k))
     for head in model.heads():
         i = (head.layer, head.index)
-        copying[i] = copying_score(eigenvalues(model.W_U @ head.ov @ model.W_E))
-        copying_ov[i] = copying_score(eigenvalues(head.ov))
+        copying[i] = _map_copying_score(model.W_U @ head.ov @ model.W_E)
+        copying_ov[i] = _map_copying_score(head.ov)
         s_ov = singular_values(head.ov)
         s_qk = singular_values(head.qk)
         ov_rank[i], qk_rank[i] = effective_rank(s_ov), effective_rank(s_qk)

@@ -9,6 +9,7 @@ from circuitalg.model.transforms import (
     center_writing_weights,
     fold_layer_norm,
     fold_value_biases,
+    rotate_residual,
 )
 from circuitalg.model.weights import MLP, Head, Layer, LayerNorm, Transformer, param_shapes
 
@@ -29,4 +30,5 @@ __all__ = [
     "center_writing_weights",
     "center_unembed",
     "fold_value_biases",
+    "rotate_residual",
 ]

@@ -14,6 +14,9 @@ The mathematics is TransformerLens's weight processing, in column layout:
   shifts each position's logits by a constant: log-probabilities are unchanged.
 - :func:`fold_value_biases`: since each attention pattern row sums to 1, ``b_V`` contributes
   ``W_O b_V`` at every position; it moves into ``b_O``. Logits are unchanged.
+- :func:`rotate_residual`: an orthogonal change of the residual basis ``r -> Q r`` (writers
+  ``Q W``, readers ``W Qᵀ``). The function, every path term and every circuit are unchanged;
+  invariance tests use it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import numpy as np
 from circuitalg.errors import ConfigError, InvalidArgumentError
 from circuitalg.model.weights import Transformer, require_model
 
-__all__ = ["fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases", "attention_bias"]
+__all__ = [
+    "fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases", "attention_bias",
+    "rotate_residual",
+]
 
 
 def attention_bias(params: dict[str, np.ndarray], layer: int) -> np.ndarray:
@@ -112,3 +118,60 @@ def fold_value_biases(model: Transformer) -> Transformer:
         p[a + "b_O"] = attention_bias(p, layer)
         p[a + "b_V"] = np.zeros_like(p[a + "b_V"])
     return model.with_params(p)
+
+
+def rotate_residual(model: Transformer, Q: np.ndarray, *, atol: float = 1e-10) -> Transformer:
+    """The same model in the residual basis ``r' = Q r`` (``Q`` orthogonal, ``d_model x d_model``).
+
+    Writers become ``Q W`` (``W_E, W_pos, W_O, b_O, W_out, b_out``) and readers ``W Qᵀ``
+    (``W_Q, W_K, W_V, W_in, W_U``). Logits, attention patterns, path terms and composition
+    scores are unchanged (up to rounding). A layer norm commutes with ``Q`` only when its
+    weight is folded and ``Q`` fixes the all-ones direction: ``LN`` models are refused (fold
+    them with :func:`fold_layer_norm` first), ``LNPre`` models need ``Q 1 = 1``.
+
+    Parameters
+    ----------
+    model : Transformer
+    Q : (d_model, d_model) array
+        Orthogonal to ``atol`` (``‖QᵀQ - I‖_max <= atol``).
+    atol : float
+    """
+    require_model(model, "rotate_residual")
+    c = model.config
+    D = c.d_model
+    try:
+        Q = np.asarray(Q, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"rotate_residual: Q must be a {D} x {D} array of numbers ({exc}).") from None
+    if Q.shape != (D, D):
+        raise InvalidArgumentError(f"rotate_residual: Q has shape {Q.shape}; pass a {D} x {D} orthogonal matrix (d_model={D}).")
+    if not np.all(np.isfinite(Q)) or np.abs(Q.T @ Q - np.eye(D)).max() > atol:
+        raise InvalidArgumentError(
+            f"rotate_residual: Q is not orthogonal to atol={atol:g}; make one with "
+            "scipy.stats.special_ortho_group.rvs(d_model) or np.linalg.qr of a random matrix."
+        )
+    if c.normalization == "LN":
+        raise ConfigError(
+            f"{model.name}: rotate_residual does not commute with a layer norm's elementwise weight; "
+            "fold it first (ca.fold_layer_norm(model)) and rotate with a Q that fixes the all-ones vector."
+        )
+    if c.normalization == "LNPre" and np.abs(Q @ np.ones(D) - np.ones(D)).max() > atol * np.sqrt(D):
+        raise InvalidArgumentError(
+            f"rotate_residual: {model.name} has layer norms (LNPre), which centre along the all-ones vector; "
+            "Q must map it to itself (Q @ ones == ones)."
+        )
+    p = dict(model.params)
+    dt = {k: np.asarray(v).dtype for k, v in p.items()}
+    p["W_E"], p["W_pos"], p["W_U"] = Q @ p["W_E"], Q @ p["W_pos"], p["W_U"] @ Q.T
+    for layer in range(c.n_layers):
+        a = f"blocks.{layer}.attn."
+        for w in ("W_Q", "W_K", "W_V"):
+            p[a + w] = p[a + w] @ Q.T
+        p[a + "W_O"] = Q @ p[a + "W_O"]
+        p[a + "b_O"] = Q @ p[a + "b_O"]
+        if c.d_mlp is not None:
+            m = f"blocks.{layer}.mlp."
+            p[m + "W_in"] = p[m + "W_in"] @ Q.T
+            p[m + "W_out"] = Q @ p[m + "W_out"]
+            p[m + "b_out"] = Q @ p[m + "b_out"]
+    return model.with_params({k: np.asarray(v, dtype=dt[k]) for k, v in p.items()})

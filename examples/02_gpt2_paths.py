@@ -28,7 +28,7 @@ def make_checkpoint(directory: Path) -> Path:
         import torch
         import transformers
     except ImportError:
-        cfg = ca.TransformerConfig(n_layers=2, n_heads=4, d_model=64, d_head=16, d_vocab=101, n_ctx=32, d_mlp=256)
+        cfg = ca.TransformerConfig(n_layers=2, n_heads=4, d_model=64, d_head=16, d_vocab=101, n_ctx=32, d_mlp=256, act_fn="gelu_new")
         rng = np.random.default_rng(0)
         params = {k: (1.0 if k.endswith(".w") else 0.0) + 0.1 * rng.normal(size=s) for k, s in ca.param_shapes(cfg).items()}
         return ca.save(ca.Transformer(cfg, params, name="random"), directory / "random.safetensors")

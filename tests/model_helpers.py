@@ -24,7 +24,7 @@ def random_model(
     """A model with Gaussian weights (and LN weights around 1 when it has LN)."""
     cfg = ca.TransformerConfig(
         n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_head, d_vocab=d_vocab,
-        n_ctx=n_ctx, d_mlp=d_mlp, normalization=normalization,
+        n_ctx=n_ctx, d_mlp=d_mlp, normalization=normalization, act_fn="gelu_new" if d_mlp else None,
     )
     rng = np.random.default_rng(seed)
     params = {}

@@ -183,3 +183,14 @@ def test_hf_directory_needs_config_and_checkpoint(tmp_path) -> None:
     save_file({"transformer.wte.weight": np.ones((5, 4))}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ca.ConfigError, match="model_type='llama'"):
         ca.load(tmp_path)
+
+
+def test_hf_config_without_model_type_is_refused(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 8}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises((ca.ConfigError, ca.LoadError)):
+        ca.load(tmp_path)
+    from circuitalg.model.layouts import hf_config
+
+    with pytest.raises(ca.ConfigError, match="has no model_type"):
+        hf_config({"n_layer": 1, "n_head": 2, "n_embd": 8}, "config.json")

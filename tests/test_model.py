@@ -172,10 +172,85 @@ def test_transformer_lens_layout_round_trip() -> None:
     model = random_model(normalization="LN", d_mlp=24)
     sd = ca.to_transformer_lens(model.params, model.config)
     assert sd["blocks.0.attn.W_Q"].shape == (3, 16, 4) and sd["embed.W_E"].shape == (13, 16)
-    back = ca.Transformer.from_state_dict(sd)  # layout and config inferred from keys and shapes
+    with pytest.raises(ca.ConfigError, match="has MLPs but the config names no act_fn"):
+        ca.Transformer.from_state_dict(sd)  # the activation is not in the weights: never guessed
+    back = ca.Transformer.from_state_dict(sd, config={"act_fn": "gelu_new"})  # the rest inferred
     assert back.config == model.config
     tokens = np.arange(8)
     np.testing.assert_allclose(back.run(tokens)[0], model.run(tokens)[0], rtol=1e-12, atol=1e-12)
+
+
+# TransformerLens 3.9.0's HookedTransformerConfig fields at their defaults (as a plain dict, so the
+# test needs no transformer_lens): a config like this must load, and each computation-changing
+# field set away from its default must be refused.
+TL_39_DEFAULTS = {
+    'd_model': 16, 'd_head': 4, 'n_layers': 2, 'n_ctx': 10, 'n_heads': 3, 'd_mlp': 24, 'd_vocab': 13, 'device': 'cpu',
+    'use_attn_result': False, 'use_split_qkv_input': False, 'default_prepend_bos': True,
+    'positional_embedding_type': 'standard', 'n_key_value_heads': None, 'attn_only': False, 'gated_mlp': False,
+    'uses_rms_norm': False, 'eps': 1e-05, 'layer_norm_folding': False, 'act_fn': 'gelu_new',
+    'normalization_type': 'LN', 'num_experts': None, 'experts_per_token': None, 'final_rms': False,
+    'dtype': 'float32', 'model_name': 'custom', 'use_attn_scale': True, 'attn_scale': 2.0, 'use_hook_mlp_in': False,
+    'use_attn_in': False, 'use_qk_norm': False, 'clip_qkv': None, 'use_logn_attn': False, 'train_seq_length': None,
+    'use_dynamic_ntk_rope': False, 'use_local_attn': False, 'ungroup_grouped_query_attention': False,
+    'original_architecture': None, 'from_checkpoint': False, 'checkpoint_index': None,
+    'checkpoint_label_type': None, 'checkpoint_value': None, 'tokenizer_name': None, 'window_size': None,
+    'attn_types': None, 'init_mode': 'gpt2', 'n_devices': 1, 'attention_dir': 'causal', 'seed': None,
+    'initializer_range': 0.28, 'init_weights': True, 'scale_attn_by_inverse_layer_idx': False, 'd_vocab_out': 13,
+    'parallel_attn_mlp': False, 'rotary_dim': None, 'n_params': 768, 'use_hook_tokens': False,
+    'tokenizer_prepends_bos': None, 'post_embedding_ln': False, 'rotary_base': 10000, 'rotary_base_local': None,
+    'rotary_scaling_factor': 1.0, 'trust_remote_code': False, 'rotary_adjacent_pairs': False, 'load_in_4bit': False,
+    'quantization_method': None, 'relative_attention_max_distance': None, 'relative_attention_num_buckets': None,
+    'decoder_start_token_id': None, 'tie_word_embeddings': False, 'use_normalization_before_and_after': False,
+    'attn_scores_soft_cap': -1.0, 'output_logits_soft_cap': -1.0, 'use_NTK_by_parts_rope': False,
+    'NTK_by_parts_low_freq_factor': 1.0, 'NTK_by_parts_high_freq_factor': 4.0, 'NTK_by_parts_factor': 8.0,
+    'NTK_original_ctx_len': 8192, 'use_yarn_rope': False, 'yarn_factor': 1.0, 'yarn_attention_factor': 1.0,
+    'yarn_beta_fast': 32.0, 'yarn_beta_slow': 1.0, 'yarn_original_max_position_embeddings': 4096,
+    'yarn_truncate': True, 'yarn_global_attn_only': False, 'use_attention_sinks': False, 'norm_topk_prob': False,
+}
+
+
+def test_transformer_lens_config_fields_are_implemented_or_refused() -> None:
+    model = random_model(normalization="LN", d_mlp=24)
+    sd = ca.to_transformer_lens(model.params, model.config)
+    back = ca.Transformer.from_state_dict(sd, config=TL_39_DEFAULTS)
+    assert back.config == model.config
+    refused = {
+        "attention_dir": ("bidirectional", "bidirectional"),
+        "d_vocab_out": (20, "output vocabulary"),
+        "positional_embedding_type": ("rotary", "positional embeddings"),
+        "parallel_attn_mlp": (True, "parallel"),
+        "gated_mlp": (True, "gated"),
+        "n_key_value_heads": (1, "grouped-query"),
+        "use_local_attn": (True, "local"),
+        "attn_types": (["global", "local"], "local"),
+        "attn_scores_soft_cap": (50.0, "soft-capping"),
+        "output_logits_soft_cap": (30.0, "soft-capping"),
+        "normalization_type": ("RMS", "RMS"),
+        "uses_rms_norm": (True, "RMSNorm"),
+        "use_qk_norm": (True, "query/key norms"),
+        "post_embedding_ln": (True, "after the embedding"),
+        "num_experts": (8, "mixture-of-experts"),
+        "scale_attn_by_inverse_layer_idx": (True, "inverse layer index"),
+        "load_in_4bit": (True, "quantised"),
+        "n_heads": (4, "the weights have n_heads=3"),
+        "d_mlp": (32, "the weights have d_mlp=24"),
+        "n_ctx": (1024, "the weights have n_ctx=10"),
+        "attn_only": (True, "has MLP weights"),
+        "act_fn": ("swish", "act_fn='swish' is not supported"),
+    }
+    for key, (value, match) in refused.items():
+        with pytest.raises(ca.ConfigError, match=match):
+            ca.Transformer.from_state_dict(sd, config={**TL_39_DEFAULTS, key: value})
+    with pytest.raises(ca.ConfigError, match=r"unknown config fields \['use_new_thing'\]"):
+        ca.Transformer.from_state_dict(sd, config={**TL_39_DEFAULTS, "use_new_thing": True})
+    no_act = {k: v for k, v in TL_39_DEFAULTS.items() if k != "act_fn"}
+    with pytest.raises(ca.ConfigError, match="names no act_fn"):
+        ca.Transformer.from_state_dict(sd, config=no_act)
+
+
+def test_config_never_guesses_the_activation() -> None:
+    with pytest.raises(ca.ConfigError, match="d_mlp=24 needs act_fn"):
+        ca.TransformerConfig(n_layers=1, n_heads=2, d_model=8, d_head=4, d_vocab=5, n_ctx=4, d_mlp=24)
 
 
 def test_transformer_lens_layout_without_ln_needs_the_normalization() -> None:

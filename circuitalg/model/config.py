@@ -34,7 +34,7 @@ class TransformerConfig:
     normalization : {"LN", "LNPre", None}
         Pre-norm layer norm before each attention, MLP and the unembedding.
     act_fn : {"gelu_new", "gelu", "relu"} or None
-        MLP activation; ``None`` exactly when there is no MLP.
+        MLP activation: required with ``d_mlp`` (never guessed); ``None`` exactly when there is no MLP.
     attn_scale : float, optional
         Attention scores are ``q·k / attn_scale``; default ``sqrt(d_head)``.
     ln_eps : float
@@ -69,7 +69,10 @@ class TransformerConfig:
             )
         if self.d_mlp is not None:
             if self.act_fn is None:
-                object.__setattr__(self, "act_fn", "gelu_new")
+                raise ConfigError(
+                    f"config d_mlp={self.d_mlp} needs act_fn, one of {ACTIVATIONS}; circuitalg does not guess "
+                    "the MLP activation (GPT-2 uses 'gelu_new')."
+                )
             if self.act_fn not in ACTIVATIONS:
                 raise ConfigError(
                     f"config act_fn={self.act_fn!r} is not supported; use one of {ACTIVATIONS}."

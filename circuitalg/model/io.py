@@ -109,6 +109,8 @@ def load(
                 vocab = _parse_json(meta[_VOCAB_META], f"{source} (metadata {_VOCAB_META})")
         elif config is None and sidecar is not None:
             cfg_arg = sidecar
+        elif config is None and _CONFIG_META in meta:  # e.g. a TL state dict saved with its config
+            cfg_arg = _parse_json(meta[_CONFIG_META], f"{source} (metadata {_CONFIG_META})")
         cfg, params = convert_state_dict(tensors, layout=found_layout, config=cfg_arg, source=source)
         if vocab is not None and len(vocab) != cfg.d_vocab:
             vocab = None  # a tokenizer with added tokens: keep the model, drop the strings

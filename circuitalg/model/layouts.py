@@ -122,17 +122,116 @@ def _check_no_extra(sd: Mapping[str, Any], used: set[str], buffers: re.Pattern[s
 # -- TransformerLens ------------------------------------------------------------------------
 
 
-def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
-    """Config fields from a TL HookedTransformerConfig, a dict of TL or circuitalg fields, or None."""
-    if config is None:
-        return {}
+def _off(v: Any) -> bool:
+    return v is None or v is False
+
+
+def _softcap_off(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0)
+
+
+def _all_global(v: Any) -> bool:
+    return v is None or all(t == "global" for t in v)
+
+
+#: TransformerLens config fields that change the computation but that circuitalg does not
+#: implement (yet): each is accepted only at its neutral value, and refused otherwise.
+_TL_NEUTRAL: dict[str, tuple[Any, str]] = {
+    "attention_dir": (lambda v: v == "causal", "bidirectional (non-causal) attention"),
+    "positional_embedding_type": (lambda v: v == "standard", "positional embeddings other than learned ('standard')"),
+    "parallel_attn_mlp": (_off, "parallel attention and MLP blocks"),
+    "gated_mlp": (_off, "gated MLPs"),
+    "final_rms": (_off, "RMSNorm"),
+    "uses_rms_norm": (_off, "RMSNorm"),
+    "use_qk_norm": (_off, "query/key norms"),
+    "clip_qkv": (lambda v: v is None, "clipped query/key/value"),
+    "use_logn_attn": (_off, "log-n attention scaling"),
+    "use_dynamic_ntk_rope": (_off, "dynamic NTK rotary scaling"),
+    "use_NTK_by_parts_rope": (_off, "NTK-by-parts rotary scaling"),
+    "use_yarn_rope": (_off, "YaRN rotary scaling"),
+    "use_local_attn": (_off, "local (sliding-window) attention"),
+    "attn_types": (_all_global, "local (sliding-window) attention"),
+    "scale_attn_by_inverse_layer_idx": (_off, "attention scaled by the inverse layer index"),
+    "post_embedding_ln": (_off, "a layer norm after the embedding"),
+    "use_normalization_before_and_after": (_off, "normalisation before and after each sublayer"),
+    "num_experts": (lambda v: v is None, "mixture-of-experts MLPs"),
+    "relative_attention_max_distance": (lambda v: v is None, "relative attention biases"),
+    "relative_attention_num_buckets": (lambda v: v is None, "relative attention biases"),
+    "decoder_start_token_id": (lambda v: v is None, "encoder-decoder models"),
+    "attn_scores_soft_cap": (_softcap_off, "attention-logit soft-capping"),
+    "output_logits_soft_cap": (_softcap_off, "final-logit soft-capping"),
+    "use_attention_sinks": (_off, "attention sinks"),
+    "load_in_4bit": (_off, "4-bit quantised weights"),
+    "quantization_method": (lambda v: v is None, "quantised weights"),
+}
+#: Fields that cannot change what the weights compute once the fields above are neutral
+#: (hook switches, initialisation, devices, tokenizer metadata, rotary settings of a model
+#: without rotary embeddings, MoE settings of a model without experts).
+_TL_NO_EFFECT = frozenset({
+    "model_name", "device", "n_devices", "dtype", "seed", "init_mode", "init_weights", "initializer_range",
+    "n_params", "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in", "use_hook_tokens",
+    "default_prepend_bos", "tokenizer_name", "tokenizer_prepends_bos", "trust_remote_code", "original_architecture",
+    "from_checkpoint", "checkpoint_index", "checkpoint_label_type", "checkpoint_value", "layer_norm_folding",
+    "tie_word_embeddings", "window_size", "train_seq_length", "ungroup_grouped_query_attention", "experts_per_token",
+    "norm_topk_prob", "rotary_dim", "rotary_base", "rotary_base_local", "rotary_scaling_factor",
+    "rotary_adjacent_pairs", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
+    "NTK_original_ctx_len", "yarn_factor", "yarn_attention_factor", "yarn_beta_fast", "yarn_beta_slow",
+    "yarn_original_max_position_embeddings", "yarn_truncate", "yarn_global_attn_only",
+})
+#: Size fields checked against the weights (TL's "not set" values are skipped).
+_TL_SIZES = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "d_mlp")
+#: Fields circuitalg reads (TransformerLens and circuitalg names).
+_TL_READ = frozenset({
+    *_TL_SIZES, "attn_only", "act_fn", "eps", "ln_eps", "use_attn_scale", "attn_scale", "normalization_type",
+    "normalization", "d_vocab_out", "n_key_value_heads",
+})
+
+
+def _tl_config_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, TransformerConfig):
         return config.to_dict()
     if isinstance(config, Mapping):
-        d = dict(config)
-    else:  # a HookedTransformerConfig (duck-typed: no transformer_lens import)
-        d = {k: getattr(config, k) for k in dir(config) if not k.startswith("_") and not callable(getattr(config, k))}
+        return dict(config)
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):  # a HookedTransformerConfig (no transformer_lens import)
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {k: getattr(config, k) for k in dir(config) if not k.startswith("_") and not callable(getattr(config, k))}
+
+
+def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
+    """Config fields from a TL HookedTransformerConfig, a dict of TL or circuitalg fields, or None.
+
+    Every field is accounted for: read, accepted at its neutral value (:data:`_TL_NEUTRAL`),
+    known to have no effect (:data:`_TL_NO_EFFECT`), or refused with a :class:`ConfigError`;
+    an unknown field is refused rather than ignored.
+    """
+    if config is None:
+        return {}
+    d = _tl_config_dict(config)
+    unknown = sorted(k for k in d if k not in _TL_READ and k not in _TL_NEUTRAL and k not in _TL_NO_EFFECT)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown config fields {unknown}; circuitalg cannot tell whether they change what the model "
+            "computes, so it does not ignore them. Remove them from the config if they do not."
+        )
+    for key, (neutral, what) in _TL_NEUTRAL.items():
+        if key in d and not neutral(d[key]):
+            raise ConfigError(f"{source}: {key}={d[key]!r} ({what}) is not supported by circuitalg.")
     out: dict[str, Any] = {}
+    for key in _TL_SIZES:
+        v = d.get(key)
+        if v is not None and not (isinstance(v, int) and v < 0):
+            out[key] = v
+    if d.get("n_key_value_heads") not in (None, d.get("n_heads")):
+        raise ConfigError(f"{source}: grouped-query attention (n_key_value_heads) is not supported.")
+    if d.get("d_vocab_out") not in (None, -1, d.get("d_vocab")):
+        raise ConfigError(
+            f"{source}: d_vocab_out={d['d_vocab_out']!r} differs from d_vocab={d.get('d_vocab')!r}; a separate "
+            "output vocabulary is not supported by circuitalg."
+        )
+    if "attn_only" in d:
+        out["attn_only"] = bool(d["attn_only"])
     if "normalization_type" in d:
         norm = d["normalization_type"]
         if norm not in ("LN", "LNPre", None):
@@ -140,16 +239,6 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         out["normalization"] = norm
     if "normalization" in d:
         out["normalization"] = d["normalization"]
-    for bad_key, ok in (
-        ("positional_embedding_type", ("standard",)),
-        ("parallel_attn_mlp", (False,)),
-        ("gated_mlp", (False,)),
-        ("final_rms", (False,)),
-    ):
-        if bad_key in d and d[bad_key] not in ok:
-            raise ConfigError(f"{source}: {bad_key}={d[bad_key]!r} is not supported by circuitalg.")
-    if d.get("n_key_value_heads") not in (None, d.get("n_heads")):
-        raise ConfigError(f"{source}: grouped-query attention (n_key_value_heads) is not supported.")
     if "act_fn" in d:
         out["act_fn"] = d["act_fn"]
     if "eps" in d:
@@ -158,9 +247,19 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         out["ln_eps"] = d["ln_eps"]
     if d.get("use_attn_scale") is False:
         out["attn_scale"] = 1.0
-    elif "attn_scale" in d and d["attn_scale"] not in (None, 0):
-        out["attn_scale"] = float(d["attn_scale"])
+    elif "attn_scale" in d and d["attn_scale"] not in (None, 0, -1, -1.0):
+        out["attn_scale"] = d["attn_scale"]  # TransformerConfig checks it
     return out
+
+
+def _check_sizes(fields: dict[str, Any], found: dict[str, Any], source: str) -> None:
+    """Raise if a size the config states differs from the one the weights have."""
+    for key, value in found.items():
+        if key in fields and fields[key] != value:
+            raise ConfigError(
+                f"{source}: the config says {key}={fields[key]!r} but the weights have {key}={value!r}; "
+                "pass the config these weights were saved with."
+            )
 
 
 def _from_transformer_lens(
@@ -188,7 +287,21 @@ def _from_transformer_lens(
                 "had its layer norms folded (LNPre); pass config={'normalization': None} or "
                 "{'normalization': 'LNPre'} (or the model's HookedTransformerConfig)."
             )
-    if not has_mlp:
+    _check_sizes(fields, {"n_layers": L, "n_heads": H, "d_model": D, "d_head": dh, "d_vocab": V, "n_ctx": n_ctx}, source)
+    if "attn_only" in fields and fields["attn_only"] == has_mlp:
+        raise ConfigError(
+            f"{source}: the config says attn_only={fields['attn_only']} but the checkpoint "
+            f"{'has' if has_mlp else 'has no'} MLP weights (blocks.0.mlp.W_in); pass the matching config."
+        )
+    if has_mlp:
+        _check_sizes(fields, {"d_mlp": d_mlp}, source)
+        if fields.get("act_fn") is None:
+            raise ConfigError(
+                f"{source}: the checkpoint has MLPs but the config names no act_fn, and the activation cannot be "
+                "read from the weights; pass config={'act_fn': 'gelu_new'} (or 'gelu', 'relu': the model's own) "
+                "or the model's HookedTransformerConfig."
+            )
+    else:
         fields["act_fn"] = None
     cfg = TransformerConfig(
         n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
@@ -275,7 +388,14 @@ def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     """circuitalg config fields from a Hugging Face GPT-2 ``config.json`` dict."""
     if not isinstance(d, Mapping):
         raise ConfigError(f"{source}: config.json must hold a JSON object, got {type(d).__name__}.")
-    model_type = d.get("model_type", "gpt2")
+    # Missing keys below take the documented defaults of transformers' GPT2Config (what
+    # transformers itself would run), except model_type, which says what the file describes.
+    if "model_type" not in d:
+        raise ConfigError(
+            f"{source}: config.json has no model_type, so circuitalg cannot tell which architecture it describes; "
+            "add \"model_type\": \"gpt2\" if it is a GPT-2 checkpoint."
+        )
+    model_type = d["model_type"]
     if model_type != "gpt2":
         raise ConfigError(
             f"{source}: model_type={model_type!r}; circuitalg reads GPT-2 checkpoints (model_type 'gpt2')."

@@ -5,6 +5,7 @@ Conventions: column vectors (a map X -> Y has a matrix of shape ``(Y.dim, X.dim)
 """
 
 from circuitalg import zoo
+from circuitalg.model.ids import HeadId
 from circuitalg.circuits import (
     Circuit,
     CircuitGraph,
@@ -25,6 +26,15 @@ from circuitalg.circuits import (
     repeated_random_tokens,
     top_circuits,
     top_tokens,
+)
+from circuitalg.circuits.findings import (
+    FAMILY_ALPHA,
+    PATTERN_THRESHOLD,
+    CompositionFinding,
+    HeadFinding,
+    composition_finding,
+    induction_head,
+    previous_token_head,
 )
 from circuitalg.errors import (
     CircuitAlgError,
@@ -105,6 +115,16 @@ from circuitalg.symbolic import (
 __version__ = "0.1.0"
 
 __all__ = [
+    # ids
+    "HeadId",
+    # findings (named heads and significant compositions, with their evidence)
+    "FAMILY_ALPHA",
+    "PATTERN_THRESHOLD",
+    "HeadFinding",
+    "CompositionFinding",
+    "previous_token_head",
+    "induction_head",
+    "composition_finding",
     # spaces
     "Space",
     "ProductSpace",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from circuitalg.errors import InvalidArgumentError
 
-__all__ = ["Space", "ProductSpace", "product_space", "describe_space"]
+__all__ = ["Space", "ProductSpace", "product_space", "describe_space", "VOCAB_SPACE", "POS_SPACE"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,11 @@ def product_space(*spaces: Space) -> Space:
         return flat[0]
     name = "⊗".join(s.name for s in flat)
     return ProductSpace(name, math.prod(s.dim for s in flat), tuple(flat))
+
+
+#: Names of a model's token and position spaces (``W_E: vocab -> resid``, ``W_pos: pos -> resid``).
+VOCAB_SPACE = "vocab"
+POS_SPACE = "pos"
 
 
 def describe_space(space: Space) -> str:

@@ -396,6 +396,32 @@ CASES = [
         'tokens must be a 1-D sequence of ids, got shape (1, 3); run one sequence at a time (loop over the batch).',
     ),
     (
+        'HeadId',
+        lambda: ca.HeadId.parse("L1X2"),
+        ca.InvalidArgumentError,
+        "'L1X2' is not a head name; heads are named like 'L1H2' (layer 1, head 2).",
+    ),
+    (
+        'previous_token_head',
+        lambda: ca.previous_token_head(ca.head_table(m, k=1), 8),
+        ca.InvalidArgumentError,
+        'previous_token_head: the head table has no behavioural scores; make it with '
+        'ca.head_table(model, ca.repeated_random_tokens(model, seq_len)).',
+    ),
+    (
+        'induction_head',
+        lambda: ca.induction_head("table", 8),
+        ca.InvalidArgumentError,
+        'induction_head takes a ca.HeadTable, got str; make one with ca.head_table(model, tokens).',
+    ),
+    (
+        'composition_finding',
+        lambda: ca.composition_finding(ca.composition_scores(m, "k"), ca.composition_baseline(m, "k"),
+                                       pair=(ca.HeadId(1, 0), ca.HeadId(0, 1))),
+        ca.InvalidArgumentError,
+        'L1H0 -> L0H1: a composition needs the writer in an earlier layer than the reader.',
+    ),
+    (
         'Transformer.head',
         lambda: m.head(0, 7),
         ca.InvalidArgumentError,
@@ -407,6 +433,7 @@ CASES = [
 RESULT_RECORDS = {
     "LinearMap", "Plan", "Cache", "Head", "MLP", "Layer", "Path", "PathScore", "CompositionBaseline",
     "HeadTable", "TokenEntry", "Circuit", "CircuitSearch", "Verification", "SymbolicExpansion",
+    "HeadFinding", "CompositionFinding",
     "CircuitAlgWarning", "PrecisionWarning",
 }
 

@@ -379,3 +379,60 @@ def test_planted_induction_circuit_is_identified() -> None:
     assert (top_k_edge["writer"], top_k_edge["reader"]) == ("L0H1", "L1H2")
     qk = [c for c in ca.top_circuits(m, 20, 2, ("k", "q")) if c.sink == (1, 2)][0]
     assert (qk.kind, qk.source, qk.heads, qk.other_source) == ("k", "embed", ((0, 1),), "embed")
+
+
+# --- honest labels and significance ----------------------------------------------------------
+def test_position_tables_are_causal_and_labelled_as_positions() -> None:
+    m = ca.zoo.load("attn2l")  # has a vocabulary: positions must still not be printed as tokens
+    w = m.W_pos.T @ m.head(0, 2).qk @ m.W_pos
+    entries = ca.top_tokens(w, 50, vocab=m)
+    assert len(entries) == 50
+    assert all(e.col <= e.row for e in entries)  # key <= query: what causal attention can use
+    assert all(e.row_label == f"pos {e.row}" and e.col_label == f"pos {e.col}" for e in entries)
+    assert (entries[0].row_role, entries[0].col_role) == ("query", "key")
+    assert str(entries[0]).startswith(f"query pos {entries[0].row}, key pos {entries[0].col}:")
+    # the same entries as a dense scan of the causal lower triangle
+    dense = (m.W_pos.array.T @ m.head(0, 2).W_Q.array.T @ m.head(0, 2).W_K.array @ m.W_pos.array)
+    dense[np.triu_indices(dense.shape[0], 1)] = -np.inf
+    np.testing.assert_allclose([e.value for e in entries], np.sort(dense.ravel())[::-1][:50], rtol=1e-10)
+    # without the mask the strongest pairs include keys after the query (what the issue saw)
+    free = ca.top_tokens(w, 50, vocab=m, causal=False)
+    assert any(e.col > e.row for e in free)
+    with pytest.raises(ca.InvalidArgumentError, match="causal=True masks"):
+        ca.top_tokens(m.W_U @ m.head(1, 1).ov @ m.W_E, 3, causal=True)
+
+
+def test_token_tables_print_ids_without_a_vocabulary() -> None:
+    m = ca.zoo.planted_induction()
+    bare = ca.Transformer(m.config, m.params, name="no-vocab")
+    assert bare.vocab is None
+    for e in ca.top_tokens(bare.W_U @ bare.head(1, 2).ov @ bare.W_E, 5, vocab=bare):
+        assert e.row_label == f"#{e.row}" and e.col_label == f"#{e.col}" and "None" not in str(e)
+    qk = [c for c in ca.top_circuits(bare, 20, 2, ("k", "q")) if c.sink == (1, 2)][0]
+    entries = qk.top_tokens(4)
+    assert (entries[0].row_role, entries[0].col_role) == ("query", "key")
+    dense = ca.to_dense(qk.weight)
+    np.testing.assert_allclose([e.value for e in entries], np.sort(dense.ravel())[::-1][:4], rtol=1e-10)
+
+
+def test_composition_significance_is_corrected_for_the_number_of_pairs() -> None:
+    """Negative control: among random models the maximum over all valid pairs is called
+    significant at 1% family-wise rarely; the planted composition is far beyond the threshold."""
+    from circuitalg.circuits.composition import valid_pairs
+
+    hits = total = 0
+    for seed in range(30):
+        m = random_model(n_layers=3, n_heads=4, d_model=64, d_head=16, d_vocab=20, n_ctx=8, seed=seed, biases=False)
+        for kind in "qkv":
+            f = ca.composition_finding(ca.composition_scores(m, kind), ca.composition_baseline(m, kind))
+            assert f.n_pairs == valid_pairs(3, 4) == 48 and f.writer.layer < f.reader.layer
+            hits += f.significant
+            total += 1
+            # the threshold and the p-value say the same thing
+            assert (f.score >= f.threshold) == (f.family_p <= f.alpha * (1 + 1e-9)) or abs(f.score - f.threshold) < 1e-12
+    assert hits <= 3, f"{hits} of {total} random models called significant at 1%"
+    p = ca.zoo.planted_induction()
+    f = ca.composition_finding(ca.composition_scores(p, "k"), ca.composition_baseline(p, "k"))
+    assert (f.writer.name, f.reader.name) == ("L0H1", "L1H2") and f.significant and f.family_p < 1e-10
+    one = ca.zoo.load("attn1l")
+    assert ca.composition_finding(ca.composition_scores(one, "k"), ca.composition_baseline(one, "k")) is None

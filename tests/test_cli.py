@@ -62,7 +62,10 @@ def test_report_on_attn2l_names_the_circuit(tmp_path, capsys) -> None:
     # the induction head attends to the token after the previous occurrence and copies
     assert s["previous_token_head"].startswith("L0") and s["induction_head"].startswith("L1")
     assert s["induction_score"] > 0.5 and s["induction_copying"] > 0.5
-    assert s["k_composition"] > s["baseline_k"]["mean"] + 5 * s["baseline_k"]["std"]
+    kc = s["k_composition"]
+    assert (kc["writer"], kc["reader"], kc["chosen"]) == (s["previous_token_head"], s["induction_head"], "named heads")
+    assert kc["significant"] and kc["family_p"] < 1e-6 and kc["n_pairs"] == 16
+    assert kc["score"] > s["baseline_k"]["mean"] + 5 * s["baseline_k"]["std"]
     assert s["identity_verified"] is True
     page = (tmp_path / "report.html").read_text()
     parser = _Structure()
@@ -83,6 +86,47 @@ def test_report_finds_the_planted_circuit(tmp_path, capsys) -> None:
     s = json.loads(capsys.readouterr().out)
     assert (s["previous_token_head"], s["induction_head"]) == ("L0H1", "L1H2")
     assert s["top_circuits"][0]["name"] == "embed -> L0H1 -> L1H2.k (query: embed)"
+    kc = s["k_composition"]
+    assert (kc["writer"], kc["reader"]) == ("L0H1", "L1H2") and kc["significant"]
+
+
+def test_report_on_one_layer_claims_no_composition_and_no_induction_head(tmp_path, capsys) -> None:
+    """Negative control: one layer has no composition and no induction head."""
+    assert main(["report", "attn1l", "--out", str(tmp_path), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["induction_head"] is None and s["k_composition"] is None
+    assert "induction head: not applicable" in s["text"] and "K-composition: not applicable" in s["text"]
+    assert "->" not in "".join(line for line in s["text"].splitlines() if "composition" in line)
+    # the previous-token claim matches the head table: named only above the threshold
+    table = ca.head_table(ca.zoo.load("attn1l"), ca.repeated_random_tokens(ca.zoo.load("attn1l"), 16, 16, seed=0))
+    assert (s["previous_token_head"] is None) == (table.prev_token.max() < ca.PATTERN_THRESHOLD)
+
+
+def _random_gpt2(seed: int) -> ca.Transformer:
+    """GPT-2's architecture and initialisation (weights N(0, 0.02), LN weight 1, biases 0), smaller."""
+    cfg = ca.TransformerConfig(n_layers=4, n_heads=8, d_model=128, d_head=16, d_vocab=300, n_ctx=64,
+                               d_mlp=512, act_fn="gelu_new", normalization="LN")
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key, shape in ca.param_shapes(cfg).items():
+        last = key.rsplit(".", 1)[-1]
+        params[key] = (np.ones(shape) if key.endswith(".w") else np.zeros(shape) if last.startswith("b")
+                       else 0.02 * rng.standard_normal(shape))
+    return ca.Transformer(cfg, params, name=f"random-gpt2-{seed}")
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_report_on_random_weights_names_no_head(tmp_path, seed: int) -> None:
+    """Negative control: random GPT-2-style weights have no previous-token head, no induction
+    head and no significant composition (384 earlier->later pairs: the maximum is corrected)."""
+    from circuitalg.report import analyse
+
+    a = analyse(_random_gpt2(seed))
+    assert a["prev"].head is None and a["induction"].head is None, a["text"]
+    assert a["k_comp"] is not None and a["k_comp"].chosen == "strongest valid pair"
+    assert a["k_comp"].writer.layer < a["k_comp"].reader.layer
+    assert not a["k_comp"].significant, a["text"]
+    assert "none found" in a["text"] and "not significant" in a["text"]
 
 
 def test_cli_subcommands_and_exit_codes(tmp_path, capsys) -> None:

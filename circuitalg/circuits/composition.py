@@ -52,6 +52,7 @@ __all__ = [
     "composition_scores",
     "composition_baseline",
     "head_weights",
+    "valid_pairs",
 ]
 
 #: The three ways a later head can read an earlier head's output.
@@ -322,6 +323,10 @@ def composition_scores(model: Transformer, kind: str) -> np.ndarray:
     return scores_from_weights(head_weights(check_model(model)), check_kind(kind))
 
 
+#: Fraction of the baseline sample above which its tail is fitted (see :class:`CompositionBaseline`).
+TAIL_FRACTION: float = 0.05
+
+
 @dataclasses.dataclass(frozen=True)
 class CompositionBaseline:
     """The distribution of composition scores between *random* heads of a model's shapes.
@@ -332,9 +337,16 @@ class CompositionBaseline:
     mean, std : float
         Mean and standard deviation over ``n_samples`` writer/reader pairs.
     quantile_99 : float
-        The 99th percentile: a score above it is unlikely for unrelated heads.
+        The 99th percentile: a score above it is unlikely for *one* pair of unrelated heads
+        (among thousands of pairs, many exceed it by chance: use :meth:`family_p`).
     n_samples : int
     seed : int
+    tail_start, tail_scale : float
+        The exponential tail fitted to the sample above its 95th percentile ``tail_start``:
+        ``P(score > x) = 0.05 exp(-(x - tail_start) / tail_scale)`` for ``x > tail_start``,
+        ``tail_scale`` the mean excess (peaks over threshold). Random-head scores are
+        light-tailed (nearly Gaussian), so this tail is conservative: it overstates the
+        chance of a large score.
     """
 
     kind: str
@@ -343,13 +355,53 @@ class CompositionBaseline:
     quantile_99: float
     n_samples: int
     seed: int
+    tail_start: float = float("nan")
+    tail_scale: float = float("nan")
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {self.std:.4f} (random heads, {self.kind.upper()}, n={self.n_samples})"
 
+    def z(self, score: float) -> float:
+        """Standard deviations of ``score`` above the random-head mean (for one pair)."""
+        return (score - self.mean) / self.std if self.std > 0 else 0.0
+
+    def tail_p(self, score: float) -> float:
+        """``P(score' >= score)`` for one pair of random heads (the fitted tail above the 95th
+        percentile; the empirical fraction below it is not resolved and reported as >= 0.05)."""
+        if not np.isfinite(self.tail_start) or not self.tail_scale > 0:
+            raise InvalidArgumentError("this baseline has no fitted tail; make it with ca.composition_baseline(model, kind).")
+        if score <= self.tail_start:
+            return 1.0
+        return TAIL_FRACTION * math.exp(-(score - self.tail_start) / self.tail_scale)
+
+    def family_p(self, score: float, n_pairs: int) -> float:
+        """Family-wise p-value of the largest of ``n_pairs`` scores: the chance that the
+        maximum over ``n_pairs`` random pairs reaches ``score`` (Šidák, ``1 - (1 - p)^n``,
+        with ``p`` from :meth:`tail_p`)."""
+        n_pairs = check_int("n_pairs", n_pairs, 1)
+        p = self.tail_p(score)
+        return float(-math.expm1(n_pairs * math.log1p(-p))) if p < 1 else 1.0
+
+    def threshold(self, n_pairs: int, alpha: float = 0.01) -> float:
+        """The score above which the largest of ``n_pairs`` scores is significant at family-wise
+        level ``alpha`` (the inverse of :meth:`family_p`)."""
+        n_pairs = check_int("n_pairs", n_pairs, 1)
+        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise InvalidArgumentError(f"alpha={alpha!r}; pass a probability in (0, 1).")
+        self.tail_p(self.tail_start)  # raises without a fitted tail
+        p = -math.expm1(math.log1p(-alpha) / n_pairs)  # per-pair level (Šidák)
+        if p >= TAIL_FRACTION:
+            return self.tail_start
+        return self.tail_start + self.tail_scale * math.log(TAIL_FRACTION / p)
+
+
+def valid_pairs(n_layers: int, n_heads: int) -> int:
+    """Writer/reader pairs with the writer in an earlier layer: ``n_heads² L (L - 1) / 2``."""
+    return n_heads * n_heads * n_layers * (n_layers - 1) // 2
+
 
 def composition_baseline(
-    model: Transformer, kind: str = "k", *, n_samples: int = 1024, seed: int = 0
+    model: Transformer, kind: str = "k", *, n_samples: int = 4096, seed: int = 0
 ) -> CompositionBaseline:
     """The random-matrix expectation of a composition score at ``model``'s shapes.
 
@@ -382,4 +434,9 @@ def composition_baseline(
         samples.append(s)
         total += s.size
     x = np.concatenate(samples)
-    return CompositionBaseline(kind, float(x.mean()), float(x.std()), float(np.quantile(x, 0.99)), int(x.size), seed)
+    u = float(np.quantile(x, 1.0 - TAIL_FRACTION))
+    excess = x[x > u] - u
+    scale = float(excess.mean()) if excess.size else float(x.std())
+    return CompositionBaseline(
+        kind, float(x.mean()), float(x.std()), float(np.quantile(x, 0.99)), int(x.size), seed, u, scale
+    )

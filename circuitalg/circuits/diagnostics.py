@@ -26,6 +26,7 @@ from circuitalg.linalg.accuracy import eigen_noise_floor
 from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
+from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
 from circuitalg.model.forward import check_tokens
 from circuitalg.model.weights import Transformer
 
@@ -259,11 +260,24 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
 
 @dataclasses.dataclass(frozen=True)
 class TokenEntry:
-    """One entry ``m[row, col]`` of a token-to-token map.
+    """One entry ``m[row, col]`` of a map between token or position spaces, with both axes named.
 
-    For a full OV circuit ``W_U W_OV W_E`` the column is the attended (source) token and the
-    row the promoted output token; for a QK circuit ``W_Eᵀ W_QK W_E`` the row is the query
-    token and the column the key token.
+    The row indexes the codomain and the column the domain. ``row_role``/``col_role`` say what
+    they are: ``"query"``/``"key"`` for a QK circuit (``W_Eᵀ W_QK W_E``: query rows, key
+    columns), ``"output"``/``"input"`` for an OV circuit (``W_U W_OV W_E``: promoted token rows,
+    attended token columns). Printed as ``query 'a', key 'b': +1.2`` (row first, always).
+
+    Attributes
+    ----------
+    row, col : int
+        Token ids or positions.
+    value : float
+    row_token, col_token : str or None
+        Token strings (token axes of a model with a vocabulary); ``None`` otherwise.
+    row_label, col_label : str
+        What is printed: ``'the'`` (a token string), ``#123`` (a token id without vocabulary)
+        or ``pos 13`` (a position).
+    row_role, col_role : str
     """
 
     row: int
@@ -271,18 +285,29 @@ class TokenEntry:
     value: float
     row_token: str | None = None
     col_token: str | None = None
+    row_label: str = ""
+    col_label: str = ""
+    row_role: str = "output"
+    col_role: str = "input"
 
     def __str__(self) -> str:
-        r = repr(self.row_token) if self.row_token is not None else str(self.row)
-        c = repr(self.col_token) if self.col_token is not None else str(self.col)
-        return f"{c} -> {r}: {self.value:+.4g}"
+        return f"{self.row_role} {self.row_label}, {self.col_role} {self.col_label}: {self.value:+.4g}"
+
+
+def _axis_label(space: Any, i: int, vocab: Sequence[str] | None) -> tuple[str | None, str]:
+    """``(token string or None, printed label)`` of index ``i`` on an axis of ``space``."""
+    if space.name == POS_SPACE:
+        return None, f"pos {i}"
+    if space.name == VOCAB_SPACE and vocab is not None:
+        return vocab[i], repr(vocab[i])
+    return None, f"#{i}"
 
 
 def top_tokens(
     m: LinearMap, k: int = 10, *, vocab: Sequence[str] | Transformer | None = None, by: str = "value",
-    max_bytes: int | None = None,
+    roles: tuple[str, str] | None = None, causal: bool | None = None, max_bytes: int | None = None,
 ) -> list[TokenEntry]:
-    """The ``k`` largest entries of a (vocab x vocab) map without building it.
+    """The ``k`` largest entries of a map between token or position spaces, without building it.
 
     ``m`` is factored once as ``U S Vᵀ`` (the factored SVD); rows are then scanned in blocks
     of at most ``max_bytes`` (default 64 MiB), strongest rows first, stopping
@@ -293,23 +318,47 @@ def top_tokens(
     Parameters
     ----------
     m : LinearMap
-        Any map, e.g. ``W_U @ head.ov @ W_E`` or ``W_E.T @ head.qk @ W_E``.
+        Any map, e.g. ``W_U @ head.ov @ W_E`` or ``W_E.T @ head.qk @ W_E``; rows index its
+        codomain, columns its domain.
     k : int
     vocab : sequence of str or Transformer, optional
-        Token strings (a model's ``vocab``) to label the entries.
+        Token strings (a model's ``vocab``) to label token axes; without them token ids are
+        printed (``#123``). Position axes (space ``pos``) are labelled ``pos i``.
     by : {"value", "abs"}
         Largest values, or largest magnitudes.
+    roles : (str, str), optional
+        Names of the row and column axes. Default: ``("query", "key")`` for a map from
+        positions to positions (the QK form ``W_posᵀ W_QK W_pos``: the only such map a
+        transformer has), else ``("output", "input")``. Pass ``("query", "key")`` for a
+        token-to-token QK circuit.
+    causal : bool, optional
+        Keep only pairs with key position <= query position, the pairs causal attention can
+        use. Default: True for a ``("query", "key")`` map between positions; it needs one.
     """
     if not isinstance(m, LinearMap):
         raise InvalidArgumentError(f"top_tokens takes a ca.LinearMap, got {type(m).__name__}.")
     n_rows, n_cols = m.shape
-    k = check_int("k", k, 1, n_rows * n_cols, " (the number of entries)")
+    both_pos = m.codomain.name == POS_SPACE and m.domain.name == POS_SPACE
+    if roles is None:
+        roles = ("query", "key") if both_pos else ("output", "input")
+    elif not (isinstance(roles, tuple) and len(roles) == 2 and all(isinstance(r, str) and r for r in roles)):
+        raise InvalidArgumentError(f"roles={roles!r}; pass two axis names, e.g. ('query', 'key').")
+    if causal is None:
+        causal = both_pos and roles == ("query", "key")
+    elif causal and not (both_pos and roles == ("query", "key")):
+        raise InvalidArgumentError(
+            f"causal=True masks key positions after the query position; this map is {m.codomain} x {m.domain} with "
+            f"roles {roles}: it needs a pos -> pos QK map with roles ('query', 'key')."
+        )
+    n_entries = n_rows * (n_rows + 1) // 2 if causal else n_rows * n_cols
+    k = check_int("k", k, 1, n_entries, " (the number of entries" + (" with key <= query)" if causal else ")"))
     if by not in ("value", "abs"):
         raise InvalidArgumentError(f"by={by!r}; use 'value' or 'abs'.")
     if isinstance(vocab, Transformer):
         vocab = vocab.vocab
-    if vocab is not None and (len(vocab) < max(n_rows, n_cols)):
-        raise InvalidArgumentError(f"vocab has {len(vocab)} strings but the map is {n_rows} x {n_cols}.")
+    n_tok = max([d.dim for d in (m.codomain, m.domain) if d.name == VOCAB_SPACE], default=0)
+    if vocab is not None and len(vocab) < n_tok:
+        raise InvalidArgumentError(f"vocab has {len(vocab)} strings but the map's token axis has {n_tok}.")
     U, S, Vh = svd(m)
     Lf = U * S  # (n_rows, r)
     budget = SCAN_BYTES if max_bytes is None else max_bytes
@@ -320,15 +369,20 @@ def top_tokens(
     best_v = np.empty(0)
     best_i = np.empty(0, dtype=np.int64)
     best_j = np.empty(0, dtype=np.int64)
+    cols = np.arange(n_cols)
     for start in range(0, n_rows, block):
         rows = order[start:start + block]
         if best_v.size == k and row_norm[rows[0]] * col_max * (1 + 1e-12) < best_v.min():
             break  # no remaining row can beat the k-th entry
         vals = Lf[rows] @ Vh
         key = np.abs(vals) if by == "abs" else vals
+        if causal:
+            key = np.where(cols[None, :] <= rows[:, None], key, -np.inf)
         kk = min(k, key.size)
         flat = np.argpartition(-key, kk - 1, axis=None)[:kk]
         ri, cj = np.unravel_index(flat, key.shape)
+        ok = np.isfinite(key[ri, cj])
+        ri, cj = ri[ok], cj[ok]
         cand_v = np.concatenate([best_v, key[ri, cj]])
         cand_i = np.concatenate([best_i, rows[ri]])
         cand_j = np.concatenate([best_j, cj])
@@ -337,5 +391,7 @@ def top_tokens(
     out = []
     for i, j in zip(best_i, best_j):
         v = float(Lf[i] @ Vh[:, j])
-        out.append(TokenEntry(int(i), int(j), v, vocab[i] if vocab else None, vocab[j] if vocab else None))
+        rt, rl = _axis_label(m.codomain, int(i), vocab)
+        ct, cl = _axis_label(m.domain, int(j), vocab)
+        out.append(TokenEntry(int(i), int(j), v, rt, ct, rl, cl, roles[0], roles[1]))
     return out

@@ -124,6 +124,20 @@ class Circuit:
 
         return to_sympy(self.weight)
 
+    @property
+    def roles(self) -> tuple[str, str]:
+        """What the rows and columns of :attr:`weight` index: ``("query", "key")`` for QK
+        circuits, ``("output", "input")`` for OV circuits into the unembedding."""
+        return ("output", "input") if self.kind == "unembed" else ("query", "key")
+
+    def top_tokens(self, k: int = 10, *, by: str = "value") -> list[Any]:
+        """The ``k`` largest entries of :attr:`weight`, labelled by role (query/key or
+        output/input) with the model's tokens, token ids or positions; position pairs of a QK
+        circuit are restricted to key <= query (:func:`~circuitalg.circuits.diagnostics.top_tokens`)."""
+        from circuitalg.circuits.diagnostics import top_tokens
+
+        return top_tokens(self.weight, k, vocab=self.model.vocab, by=by, roles=self.roles)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record."""
         return {

@@ -22,7 +22,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.model.config import TransformerConfig
-from circuitalg.spaces import Space
+from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuitalg.model.forward import Cache
@@ -252,8 +252,8 @@ class Transformer:
                 )
         self.vocab: tuple[str, ...] | None = vocab
         c = config
-        self.vocab_space = Space("vocab", c.d_vocab)
-        self.pos_space = Space("pos", c.n_ctx)
+        self.vocab_space = Space(VOCAB_SPACE, c.d_vocab)
+        self.pos_space = Space(POS_SPACE, c.n_ctx)
         self.resid_space = Space("resid", c.d_model)
         p = self.params
         self.W_E = Dense(p["W_E"], self.vocab_space, self.resid_space, "W_E")

@@ -40,8 +40,15 @@ def _png(fig: Any) -> str:
 
 
 def analyse(model: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Everything the report shows, as plain data (``text`` is the printed summary)."""
+    """Everything the report shows, as plain data (``text`` is the printed summary).
+
+    Every claim in ``text`` carries its evidence: heads are named only above the thresholds
+    of :mod:`circuitalg.circuits.findings`, compositions only between an earlier and a later
+    layer with a family-wise p-value over all such pairs, and otherwise the line says "none
+    found" or "not applicable".
+    """
     import circuitalg as ca
+    from circuitalg.circuits import findings
 
     log = log or (lambda _m: None)
     steps = 6
@@ -58,41 +65,50 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> dict[str, A
     search = ca.top_circuits(m, 10, min(2, c.n_layers + 1), ("unembed", "q", "k"))
     log(f"[4/{steps}] circuit graph")
     graph = ca.CircuitGraph(m, base)
-    H = c.n_heads
 
-    def name(i: int) -> str:
-        return f"L{i // H}H{i % H}"
-
-    prev = int(np.argmax(table.prev_token))
-    ind = int(np.argmax(table.induction))
+    prev = findings.previous_token_head(table, seq_len)
+    ind = findings.induction_head(table, seq_len)
+    pair = (prev.head, ind.head) if prev.head and ind.head and prev.head.layer < ind.head.layer else None
+    k_comp = findings.composition_finding(comp["k"], base["k"], pair=pair)
     copying = [(f"L{l}H{h}", float(table.copying[l, h])) for l, h in zip(*np.nonzero(table.copying > 0.5))]
-    k_pair = float(comp["k"][prev // H, prev % H, ind // H, ind % H]) if prev // H < ind // H else 0.0
     log(f"[5/{steps}] symbolic identity of the path expansion")
     # (1 + heads)^layers paths: prove the identity at a bounded size (it holds for all dimensions)
     shown_layers, shown_heads = min(c.n_layers, 3), min(c.n_heads, 2)
     expansion = ca.symbolic_expansion(shown_layers, shown_heads)
     verification = expansion.verify()
-    ind_head = m.head(ind // H, ind % H)
-    top_ov = ca.top_tokens(m.W_U @ ind_head.ov @ m.W_E, 8, vocab=m)
-    top_qk = ca.top_tokens(search[0].weight, 8, vocab=m) if search.circuits and search[0].kind != "unembed" else []
+    # the OV circuit shown: the induction head's, else the strongest copier's
+    if ind.head is not None:
+        ov_head, ov_why = ind.head, "the induction head"
+    else:
+        l, h = np.unravel_index(int(np.argmax(table.copying)), table.copying.shape)
+        ov_head, ov_why = ca.HeadId(int(l), int(h)), "the head with the largest copying score"
+    ov_circuit = m.W_U @ m.head(ov_head.layer, ov_head.head).ov @ m.W_E
+    top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
+    qk_circuit = next((cc for cc in search if cc.kind != "unembed"), None)
+    top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
+    prev_line = str(prev)
+    if prev.head is not None:
+        prev_line += f"; positional score from W_pos {table.positional_prev_token[prev.head.layer, prev.head.head]:.3f}"
+    ind_line = str(ind)
+    if ind.head is not None:
+        ind_line += f"; copying score {table.copying[ind.head.layer, ind.head.head]:.3f}"
     lines = [
         f"model: {model!r}",
-        f"previous-token head: {name(prev)} (attention to the previous token {table.prev_token.flat[prev]:.3f}, "
-        f"positional score from W_pos {table.positional_prev_token.flat[prev]:.3f})",
-        f"induction head: {name(ind)} (induction score on repeated random tokens {table.induction.flat[ind]:.3f}, "
-        f"copying score {table.copying.flat[ind]:.3f})",
-        f"K-composition {name(prev)} -> {name(ind)}: {k_pair:.3f} (random baseline {base['k'].mean:.3f} ± "
-        f"{base['k'].std:.3f}, {((k_pair - base['k'].mean) / base['k'].std) if base['k'].std else 0:+.1f} std)",
+        prev_line,
+        ind_line,
+        str(k_comp) if k_comp is not None else findings.describe_missing_composition(c.n_layers),
         "copying heads (score > 0.5): " + (", ".join(f"{n} {s:.2f}" for n, s in copying) or "none"),
         search.summary(),
         *[f"  {cc.score:10.4g}  {cc.name}   {cc.symbol}" for cc in search],
-        f"path expansion identity verified: {verification.holds} ({verification.method})",
+        f"path expansion identity verified: {verification.holds} ({verification.method}; general form at "
+        f"{shown_layers} layers x {shown_heads} heads, symbolic dimensions)",
     ]
     log(f"analysis done in {time.time() - t0:.1f} s")
     return {
         "model": m, "original": model, "table": table, "comp": comp, "base": base, "search": search, "graph": graph,
-        "prev": name(prev), "induction": name(ind), "k_pair": k_pair, "copying": copying, "expansion": expansion,
-        "verification": verification, "shown": (shown_layers, shown_heads), "top_ov": top_ov, "top_qk": top_qk, "text": "\n".join(lines),
+        "prev": prev, "induction": ind, "k_comp": k_comp, "copying": copying, "expansion": expansion,
+        "verification": verification, "shown": (shown_layers, shown_heads), "top_ov": top_ov, "ov_head": ov_head,
+        "ov_why": ov_why, "top_qk": top_qk, "qk_circuit": qk_circuit, "text": "\n".join(lines),
     }
 
 
@@ -195,10 +211,14 @@ def write_report(model: Any, out: Path, log: Callable[[str], None] | None = None
         [[f"{cc.score:.4g}", cc.name, str(cc.symbol)] for cc in search],
         ["‖W‖_F", "circuit", "virtual weight"],
     )
-    tokens = _table([[str(e.col_token), str(e.row_token), f"{e.value:+.4g}"] for e in a["top_ov"]],
-                    ["attended token", "promoted token", "logit weight"])
-    qk = _table([[str(e.row_token), str(e.col_token), f"{e.value:+.4g}"] for e in a["top_qk"]],
-                ["query token", "key token", "score weight"]) if a["top_qk"] else "<p>(top circuit is an OV circuit)</p>"
+    def entries(rows: list[Any]) -> str:
+        if not rows:
+            return "<p>(no QK circuit among the top circuits)</p>"
+        return _table([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
+                      [rows[0].row_role, rows[0].col_role, "weight"])
+
+    tokens = entries(a["top_ov"])
+    qk = entries(a["top_qk"])
     heads = _table(
         [[r["head"], *(f"{r[f]:.3f}" for f in a["table"].fields)] for r in a["table"].records()],
         ["head", *a["table"].fields],
@@ -216,8 +236,9 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}} img{{max-width:100
 <section id="positional"><h2>Positional QK patterns</h2><img alt="positional patterns" src="{figs["positional"]}"></section>
 <section id="graph"><h2>Circuit graph</h2><img alt="circuit graph" src="{figs["graph"]}"></section>
 <section id="circuits"><h2>Top circuits</h2><p>{html.escape(search.summary())}</p>{circuits}</section>
-<section id="tokens"><h2>Top token mappings</h2><h3>OV circuit of the induction head {a["induction"]}</h3>{tokens}
-<h3>Top circuit</h3>{qk}</section>
+<section id="tokens"><h2>Top token mappings</h2><h3>OV circuit W_U W_OV W_E of {a["ov_head"].name} ({a["ov_why"]})</h3>{tokens}
+<h3>Strongest QK circuit{": " + html.escape(a["qk_circuit"].name) if a["qk_circuit"] is not None else ""}</h3>
+<p>Rows are queries and columns keys; position pairs are restricted to key &lt;= query (causal attention).</p>{qk}</section>
 <section id="heads"><h2>Head table</h2>{heads}</section>
 <section id="identity"><h2>Verified identity</h2><p>Path expansion of a {a["shown"][0]}-layer attention-only
 transformer with {a["shown"][1]} heads per layer, over symbolic dimensions (method {html.escape(v.method)}): holds =
@@ -226,13 +247,21 @@ transformer with {a["shown"][1]} heads per layer, over symbolic dimensions (meth
 """
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(doc))
     log(f"wrote {out / 'report.html'}")
+    prev, ind, kc = a["prev"], a["induction"], a["k_comp"]
     summary = {
-        "model": model.name, "previous_token_head": a["prev"], "induction_head": a["induction"],
-        "k_composition": a["k_pair"], "baseline_k": {"mean": a["base"]["k"].mean, "std": a["base"]["k"].std},
-        "induction_score": float(np.max(a["table"].induction)), "prev_token_score": float(np.max(a["table"].prev_token)),
+        "model": model.name,
+        "previous_token_head": prev.head.name if prev.head else None,
+        "prev_token_score": prev.score, "induction_head": ind.head.name if ind.head else None,
+        "induction_score": None if ind.best is None else ind.score,
+        "naming_threshold": prev.threshold,
+        "k_composition": None if kc is None else {
+            "writer": kc.writer.name, "reader": kc.reader.name, "score": kc.score, "z": kc.z,
+            "family_p": kc.family_p, "n_pairs": kc.n_pairs, "significant": kc.significant, "chosen": kc.chosen,
+        },
+        "baseline_k": {"mean": a["base"]["k"].mean, "std": a["base"]["k"].std},
         "copying_heads": dict(a["copying"]),
-        "induction_copying": float(a["table"].copying.flat[int(np.argmax(a["table"].induction))]),
-        "top_circuits": [cc.to_dict() for cc in search], "identity_verified": bool(v.holds),
-        "report": str(out / "report.html"), "text": a["text"],
+        "induction_copying": None if ind.head is None else float(a["table"].copying[ind.head.layer, ind.head.head]),
+        "top_circuits": [cc.to_dict() for cc in search], "certificate": search.bound,
+        "identity_verified": bool(v.holds), "report": str(out / "report.html"), "text": a["text"],
     }
     return summary

@@ -57,18 +57,34 @@ def info(model: Any) -> dict[str, Any]:
 
 def scores(model: Any, kind: str, top: int) -> dict[str, Any]:
     import circuitalg as ca
+    from circuitalg.circuits.composition import valid_pairs
 
-    s = ca.composition_scores(model, kind)
+    c = model.config
+    n_pairs = valid_pairs(c.n_layers, c.n_heads)
     base = ca.composition_baseline(model, kind)
-    order = np.argsort(-s, axis=None)[:top]
+    out: dict[str, Any] = {
+        "kind": kind, "n_pairs": n_pairs,
+        "baseline": {"mean": base.mean, "std": base.std, "quantile_99": base.quantile_99},
+        "significance": "family-wise p of the maximum over all earlier->later pairs (Sidak over an exponential "
+                        "tail fitted to the random-head baseline above its 95th percentile)",
+    }
+    if n_pairs == 0:
+        out.update(top=[], scores=[], threshold=None,
+                   note=f"{c.n_layers} layer: no head reads a head of an earlier layer, so there is no composition.")
+        return out
+    s = ca.composition_scores(model, kind)
+    valid = np.arange(c.n_layers)[:, None, None, None] < np.arange(c.n_layers)[None, None, :, None]
+    ranked = np.where(np.broadcast_to(valid, s.shape), s, -np.inf)
+    order = np.argsort(-ranked, axis=None, kind="stable")[: min(top, n_pairs)]
     pairs = []
     for i in order:
         l1, h1, l2, h2 = (int(x) for x in np.unravel_index(i, s.shape))
-        if s[l1, h1, l2, h2] > 0:
-            pairs.append({"writer": f"L{l1}H{h1}", "reader": f"L{l2}H{h2}", "score": float(s[l1, h1, l2, h2]),
-                          "z": float((s[l1, h1, l2, h2] - base.mean) / base.std) if base.std > 0 else None})
-    return {"kind": kind, "baseline": {"mean": base.mean, "std": base.std, "quantile_99": base.quantile_99},
-            "top": pairs, "scores": s.tolist()}
+        v = float(s[l1, h1, l2, h2])
+        p = base.family_p(v, n_pairs)
+        pairs.append({"writer": f"L{l1}H{h1}", "reader": f"L{l2}H{h2}", "score": v, "z": base.z(v),
+                      "family_p": p, "significant": p < ca.FAMILY_ALPHA})
+    out.update(top=pairs, scores=s.tolist(), threshold=base.threshold(n_pairs, ca.FAMILY_ALPHA))
+    return out
 
 
 def circuits(model: Any, top: int, max_heads: int, sinks: list[str]) -> dict[str, Any]:
@@ -138,8 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 b = out["baseline"]
                 print(f"{args.kind.upper()}-composition, {model.name}; random baseline {b['mean']:.4f} ± {b['std']:.4f}")
+                if "note" in out:
+                    print(f"  none: {out['note']}")
+                else:
+                    print(f"  {out['n_pairs']:,} earlier->later pairs; significant at {ca.FAMILY_ALPHA:g} family-wise "
+                          f"from {out['threshold']:.4f} ({out['significance']})")
                 for r in out["top"]:
-                    print(f"  {r['writer']} -> {r['reader']}: {r['score']:.4f}  ({r['z']:+.1f} std)")
+                    mark = "significant" if r["significant"] else "not significant"
+                    print(f"  {r['writer']} -> {r['reader']}: {r['score']:.4f}  ({r['z']:+.1f} std, "
+                          f"family-wise p {r['family_p']:.2g}, {mark})")
         elif args.command == "circuits":
             out = circuits(ca.fold_layer_norm(model), args.top, args.max_heads, args.sinks)
             if args.json:

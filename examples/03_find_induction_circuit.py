@@ -36,8 +36,9 @@ def main() -> None:
     # 2. K-composition: which earlier head does that copier's key side read?
     k = ca.composition_scores(model, "k")
     base = ca.composition_baseline(model, "k")
-    l1, h1, l2, h2 = np.unravel_index(np.argmax(k), k.shape)
-    print(f"strongest K-composition: L{l1}H{h1} -> L{l2}H{h2} = {k[l1, h1, l2, h2]:.3f} (baseline {base})")
+    finding = ca.composition_finding(k, base)  # earlier -> later pairs only, corrected for their number
+    print(finding)
+    l2, h2 = finding.reader.layer, finding.reader.head
 
     # 3. the exact top QK circuits of that head
     search = ca.top_circuits(model, k=3, max_heads=2, sinks=("k", "q"))
@@ -47,7 +48,7 @@ def main() -> None:
     induction = [c for c in ca.top_circuits(model, 200, 2, ("k",)) if c.sink == (int(l2), int(h2))][0]
     print("top QK circuit of the copier:", induction)
     print("   its virtual weight:", induction.symbol)
-    print("   strongest query->key token pairs:", [str(e) for e in ca.top_tokens(induction.weight, 3, vocab=model)])
+    print("   strongest (query, key) token pairs:", [str(e) for e in induction.top_tokens(3)])
 
     # 4. behaviour confirms it: attention on repeated random tokens (forward passes)
     print("induction score on repeated random tokens:", table.top("induction", 1))

@@ -35,7 +35,7 @@ def test_find_induction_circuit_example_runs(tmp_path) -> None:
         capture_output=True, text=True, check=True,
     ).stdout
     assert "previous-token head (positional QK): [('L0H1'" in out
-    assert "strongest K-composition: L0H1 -> L1H2" in out
+    assert "K-composition L0H1 -> L1H2 (strongest valid pair)" in out and "(significant at 0.01" in out
     assert "top QK circuit of the copier: embed -> L0H1 -> L1H2.k (query: embed)" in out
     assert (tmp_path / "circuit_graph.graphml").is_file()
 
@@ -46,7 +46,7 @@ def test_find_induction_circuit_in_attn2l_runs(tmp_path) -> None:
         capture_output=True, text=True, check=True,
     ).stdout
     assert "<Transformer 'attn2l'" in out
-    assert "strongest K-composition: L0H" in out and "top QK circuit of the copier: embed -> L0H" in out
+    assert "K-composition L0H" in out and "top QK circuit of the copier: embed -> L0H" in out
 
 
 def test_verify_example_runs() -> None:

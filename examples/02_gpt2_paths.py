@@ -62,7 +62,7 @@ def main() -> None:
 
     print("largest terms (Frobenius norm of their logit contribution):")
     for s in paths.top(tokens, cache, k=6):
-        print(f"  {s.score:9.4f}  {s.path.name:40s} {s.path.symbol if s.path.source != 'unembed_bias' else 'b_U'}")
+        print(f"  {s.score:9.4f}  {s.path.name:40s} {s.path.symbol if s.path.source.kind != 'unembed_bias' else 'b_U'}")
     targets = np.roll(tokens, -1)
     print("largest terms for the logit of the next token (direct logit attribution, per path):")
     for s in paths.top(tokens, cache, k=4, targets=targets):

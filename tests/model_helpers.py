@@ -31,7 +31,7 @@ def random_model(
     for key, shape in ca.param_shapes(cfg).items():
         if key.endswith(".w"):
             params[key] = 1.0 + 0.2 * rng.normal(size=shape)
-        elif key.rsplit(".", 1)[-1] in ca.model.weights.BIAS_KEYS and not biases:
+        elif key.rsplit(".", 1)[-1] in ca.model.params.BIAS_KEYS and not biases:
             params[key] = np.zeros(shape)
         else:
             params[key] = scale * rng.normal(size=shape)

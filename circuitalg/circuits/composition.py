@@ -43,15 +43,14 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, TooLargeError, check_int
+from circuitalg.model.view import HeadWeights
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
     "COMPOSITION_KINDS",
     "CompositionBaseline",
-    "HeadWeights",
     "composition_scores",
     "composition_baseline",
-    "head_weights",
     "valid_pairs",
 ]
 
@@ -70,55 +69,6 @@ def check_kind(kind: Any) -> str:
 def check_model(model: Any) -> Transformer:
     """Raise unless ``model`` is a :class:`~circuitalg.model.weights.Transformer`."""
     return require_model(model)
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadWeights:
-    """All heads' weights stacked as float64 arrays, column convention.
-
-    ``W_Q, W_K, W_V`` are ``(n_layers, n_heads, d_head, d_model)``; ``W_O`` is
-    ``(n_layers, n_heads, d_model, d_head)``.
-    """
-
-    W_Q: np.ndarray
-    W_K: np.ndarray
-    W_V: np.ndarray
-    W_O: np.ndarray
-
-    @property
-    def n_layers(self) -> int:
-        return self.W_Q.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.W_Q.shape[1]
-
-    @property
-    def d_model(self) -> int:
-        return self.W_Q.shape[3]
-
-    def gram(self, which: str) -> np.ndarray:
-        """``W Wᵀ`` for ``W_Q, W_K, W_V`` or ``W_Oᵀ W_O``: ``(L, H, d_head, d_head)`` (cached)."""
-        cache = self.__dict__.setdefault("_grams", {})
-        if which not in cache:
-            if which == "O":
-                cache[which] = np.matmul(self.W_O.swapaxes(-1, -2), self.W_O)
-            else:
-                W = getattr(self, "W_" + which)
-                cache[which] = np.matmul(W, W.swapaxes(-1, -2))
-        return cache[which]
-
-
-def head_weights(model: Transformer) -> HeadWeights:
-    """Stack ``model``'s attention weights (float64 copies) into a :class:`HeadWeights`."""
-    check_model(model)
-    p = model.params
-    n = model.config.n_layers
-
-    def stack(name: str) -> np.ndarray:
-        return np.stack([np.asarray(p[f"blocks.{l}.attn.{name}"], dtype=np.float64) for l in range(n)])
-
-    return HeadWeights(stack("W_Q"), stack("W_K"), stack("W_V"), stack("W_O"))
 
 
 #: Working memory of the block-row buffers of :func:`composition_scores` (both sides);
@@ -193,33 +143,10 @@ def _block_row(Xt: np.ndarray, Y: np.ndarray, a: int, b: int, buf: np.ndarray) -
     return out
 
 
-def reader_side(kind: str, W_Q: np.ndarray, W_K: np.ndarray, W_V: np.ndarray, W_O: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """``(G, W)`` with ``RᵀR = Wᵀ G W`` for the map ``R`` through which a head reads on side
-    ``kind`` (single heads or stacks; ``G`` is ``d_head x d_head``)::
-
-        k: R = W_Qᵀ W_K  ->  G = W_Q W_Qᵀ, W = W_K
-        q: R = W_Kᵀ W_Q  ->  G = W_K W_Kᵀ, W = W_Q
-        v: R = W_O W_V   ->  G = W_Oᵀ W_O, W = W_V
-    """
-    if kind == "k":
-        return np.matmul(W_Q, W_Q.swapaxes(-1, -2)), W_K
-    if kind == "q":
-        return np.matmul(W_K, W_K.swapaxes(-1, -2)), W_Q
-    return np.matmul(W_O.swapaxes(-1, -2), W_O), W_V
-
-
 def _reader_factors(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, Y)`` per head with ``XᵀY = RᵀR`` for the reader map ``R`` of ``kind``."""
-    G = w.gram({"k": "Q", "q": "K", "v": "O"}[kind])
-    W = {"k": w.W_K, "q": w.W_Q, "v": w.W_V}[kind]
+    """``(X, Y)`` per head with ``XᵀY = RᵀR = Wᵀ G W`` for the reader map ``R`` of ``kind``."""
+    G, W = w.reader(kind)
     return W, np.matmul(G, W)
-
-
-def _writer_factors(w: HeadWeights) -> tuple[np.ndarray, np.ndarray]:
-    """``(U, V)`` per head with ``UᵀV = W_OV W_OVᵀ = W_O (W_V W_Vᵀ) W_Oᵀ``."""
-    U = w.W_O.swapaxes(-1, -2)
-    return U, np.matmul(w.gram("V"), U)
 
 
 def _trace_product(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -247,10 +174,9 @@ def _small_product_num2(w: HeadWeights, kind: str, pairs: np.ndarray) -> np.ndar
     One reader at a time: its cores with all its flagged writers come from one matrix product
     ``W_read (W_O^a | W_O^b | ...)`` (writers in chunks of 256, at most about
     ``256 * d_model * d_head * 8`` bytes gathered at once)."""
-    G = w.gram({"k": "Q", "q": "K", "v": "O"}[kind])
-    W = {"k": w.W_K, "q": w.W_Q, "v": w.W_V}[kind]
+    G, W = w.reader(kind)
     GV = w.gram("V")
-    H, dh = w.n_heads, w.W_O.shape[-1]
+    H, dh = w.n_heads, w.d_head
     out = np.empty(len(pairs))
     readers = pairs[:, 2] * H + pairs[:, 3]
     for r in np.unique(readers):
@@ -287,7 +213,7 @@ def composition_parts(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray
     # readers from layers 1.., writers from layers ..L-2; reader layer l needs writer layers < l
     needed = np.repeat(np.arange(1, L) * H, H)
     inner = _gram_inner(
-        flat(_reader_factors(w, kind), slice(1, L)), flat(_writer_factors(w), slice(0, L - 1)), needed
+        flat(_reader_factors(w, kind), slice(1, L)), flat(w.writer(), slice(0, L - 1)), needed
     )
     num2[: L - 1, :, 1:, :] = inner.reshape(L - 1, H, L - 1, H).transpose(2, 3, 0, 1)
     mask = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
@@ -320,7 +246,7 @@ def composition_scores(model: Transformer, kind: str) -> np.ndarray:
         ``scores[l1, h1, l2, h2]`` for writer ``L{l1}H{h1}`` and reader ``L{l2}H{h2}``; zero
         unless ``l1 < l2``. Compare with :func:`composition_baseline`.
     """
-    return scores_from_weights(head_weights(check_model(model)), check_kind(kind))
+    return scores_from_weights(check_model(model).head_weights.float64(), check_kind(kind))
 
 
 #: Fraction of the baseline sample above which its tail is fitted (see :class:`CompositionBaseline`).
@@ -430,7 +356,7 @@ def composition_baseline(
     while total < n_samples:
         qkv = rng.standard_normal((3, 2, H, dh, D))
         W_O = rng.standard_normal((2, H, D, dh))
-        s = scores_from_weights(HeadWeights(qkv[0], qkv[1], qkv[2], W_O), kind)[0, :, 1, :].ravel()
+        s = scores_from_weights(HeadWeights.from_arrays(qkv[0], qkv[1], qkv[2], W_O), kind)[0, :, 1, :].ravel()
         samples.append(s)
         total += s.size
     x = np.concatenate(samples)

@@ -41,7 +41,7 @@ import numpy as np
 
 from circuitalg.circuits.composition import check_model
 from circuitalg.errors import InvalidArgumentError, check_int
-from circuitalg.linalg.factors import leaf_r
+from circuitalg.linalg import gram_factor
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.weights import Transformer
 
@@ -243,15 +243,14 @@ class _Engine:
         c = model.config
         self.model, self.sinks = model, sinks
         self.L, self.H = c.n_layers, c.n_heads
-        self.heads = [(l, h) for l in range(self.L) for h in range(self.H)]
-        p = model.params
-        f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
-        self.W_Q = [f64(p[f"blocks.{l}.attn.W_Q"][h]) for l, h in self.heads]
-        self.W_K = [f64(p[f"blocks.{l}.attn.W_K"][h]) for l, h in self.heads]
-        self.W_V = [f64(p[f"blocks.{l}.attn.W_V"][h]) for l, h in self.heads]
-        self.W_O = [f64(p[f"blocks.{l}.attn.W_O"][h]) for l, h in self.heads]
+        hw = model.head_weights.float64()
+        self.heads = [(i.layer, i.head) for i in hw.ids()]
+        self.W_Q = [hw.W_Q[l, h] for l, h in self.heads]
+        self.W_K = [hw.W_K[l, h] for l, h in self.heads]
+        self.W_V = [hw.W_V[l, h] for l, h in self.heads]
+        self.W_O = [hw.W_O[l, h] for l, h in self.heads]
         # R_s with R_sᵀ R_s = S Sᵀ for each source S (cached on the leaf)
-        self.R_src = {"embed": _f(leaf_r(model.W_E, "rows")), "pos": _f(leaf_r(model.W_pos, "rows"))}
+        self.R_src = {"embed": _f(gram_factor(model.W_E, "rows")), "pos": _f(gram_factor(model.W_pos, "rows"))}
         self.layer = np.array([l for l, _ in self.heads])
         n = len(self.heads)
         # first step: K_1(s, g) = W_V^g S Sᵀ W_V^gᵀ
@@ -278,7 +277,7 @@ class _Engine:
         if "unembed" in sinks:
             self.readers.append(("unembed", -1, None))
             self.reader_layer.append(self.L)
-            R_U = _f(leaf_r(model.W_U, "cols"))
+            R_U = _f(gram_factor(model.W_U, "cols"))
             self.G_U_factor = R_U
         for side in ("k", "q"):
             if side in sinks:

@@ -32,14 +32,13 @@ from circuitalg.circuits.composition import (
     check_model,
     composition_baseline,
     composition_parts,
-    head_weights,
-    reader_side,
 )
 from circuitalg.circuits.enumerate import SINK_KINDS, CircuitSearch, top_circuits
 from circuitalg.errors import InvalidArgumentError, LoadError
 from circuitalg.files import atomic_write
-from circuitalg.linalg.factors import leaf_r
+from circuitalg.linalg import gram_factor
 from circuitalg.maps.nodes import LinearMap
+from circuitalg.model.ids import EMBED, POS, HeadId, Source
 from circuitalg.model.weights import Transformer
 
 __all__ = ["CircuitGraph", "EDGE_KINDS"]
@@ -49,34 +48,38 @@ EDGE_KINDS = ("q", "k", "v", "in", "out")
 _EXPORT_EDGE = ("kind", "norm", "score", "baseline", "baseline_std", "label")
 
 
-def _writers(model: Transformer) -> list[tuple[str, int, LinearMap, str]]:
+#: A graph node's typed id: a head, a source (embed, pos, mlp{l}) or the unembedding.
+Node = HeadId | Source | str
+UNEMBED = "unembed"
+
+
+def _writers(model: Transformer) -> list[tuple[Node, int, LinearMap, str]]:
     """``(node, position, map, label)``; position orders reads and writes through the stream."""
-    out = [("embed", -1, model.W_E, "W_E"), ("pos", -1, model.W_pos, "W_pos")]
+    out: list[tuple[Node, int, LinearMap, str]] = [(EMBED, -1, model.W_E, "W_E"), (POS, -1, model.W_pos, "W_pos")]
     for layer in model.layers:
         for head in layer.heads:
-            out.append((head.name, 2 * layer.index, head.ov, f"W_OV^{{{layer.index}.{head.index}}}"))
+            out.append((head.id, 2 * layer.index, head.ov, f"W_OV^{{{layer.index}.{head.index}}}"))
         if layer.mlp is not None:
-            out.append((f"mlp{layer.index}", 2 * layer.index + 1, layer.mlp.W_out, f"W_out^{{{layer.index}}}"))
+            out.append((Source("mlp", layer.index), 2 * layer.index + 1, layer.mlp.W_out, f"W_out^{{{layer.index}}}"))
     return out
 
 
-def _factor(model: Transformer, node: str, m: LinearMap) -> np.ndarray:
+def _name(node: Node) -> str:
+    return node if isinstance(node, str) else node.name
+
+
+def _factor(model: Transformer, node: Node, m: LinearMap) -> np.ndarray:
     """``F`` (d_model x r) with ``F Fᵀ = W Wᵀ`` for writer map ``W``."""
-    if node == "embed":
-        return np.asarray(leaf_r(model.W_E, "rows"), dtype=np.float64).T
-    if node == "pos":
-        return np.asarray(leaf_r(model.W_pos, "rows"), dtype=np.float64).T
-    if node.startswith("mlp"):
+    if node == EMBED:
+        return np.asarray(gram_factor(model.W_E, "rows"), dtype=np.float64).T
+    if node == POS:
+        return np.asarray(gram_factor(model.W_pos, "rows"), dtype=np.float64).T
+    if isinstance(node, Source):  # an MLP's W_out
         return np.asarray(m.array, dtype=np.float64)  # type: ignore[attr-defined]
-    head = model.head(*_head_index(node))
-    W_V = np.asarray(head.W_V.array, dtype=np.float64)
+    hw = model.head_weights.float64()
+    W_V = hw.W_V[node.layer, node.head]
     w, U = np.linalg.eigh(W_V @ W_V.T)
-    return np.asarray(head.W_O.array, dtype=np.float64) @ (U * np.sqrt(np.clip(w, 0.0, None)))
-
-
-def _head_index(node: str) -> tuple[int, int]:
-    l, h = node[1:].split("H")
-    return int(l), int(h)
+    return hw.W_O[node.layer, node.head] @ (U * np.sqrt(np.clip(w, 0.0, None)))
 
 
 class CircuitGraph:
@@ -219,7 +222,7 @@ class CircuitGraph:
         if model is not None:
             check_model(model)
             reads = _reader_maps(model)
-            writes = {n: m for n, _, m, _ in _writers(model)}
+            writes = {_name(n): m for n, _, m, _ in _writers(model)}
             for u, v, key, d in g.edges(keys=True, data=True):
                 try:
                     d["weight"] = reads[(v, key)] @ writes[u]
@@ -236,46 +239,38 @@ def _kinds(kind: str | Iterable[str] | None) -> tuple[str, ...]:
     return ks
 
 
-def _reader_maps(model: Transformer) -> dict[tuple[str, str], LinearMap]:
-    out: dict[tuple[str, str], LinearMap] = {}
-    for layer in model.layers:
-        for head in layer.heads:
-            out[(head.name, "q")] = head.qk.T
-            out[(head.name, "k")] = head.qk
-            out[(head.name, "v")] = head.ov
-        if layer.mlp is not None:
-            out[(f"mlp{layer.index}", "in")] = layer.mlp.W_in
-    out[("unembed", "out")] = model.W_U
-    return out
-
-
-def _readers(model: Transformer) -> list[tuple[str, str, int, str]]:
-    """``(node, kind, position, label)`` of every read."""
-    out = []
+def _readers(model: Transformer) -> list[tuple[Node, str, int, LinearMap, str]]:
+    """``(node, kind, position, map, label)`` of every read."""
+    out: list[tuple[Node, str, int, LinearMap, str]] = []
     for layer in model.layers:
         for head in layer.heads:
             t = f"{{{layer.index}.{head.index}}}"
             out += [
-                (head.name, "q", 2 * layer.index, f"W_QK^{t}ᵀ"),
-                (head.name, "k", 2 * layer.index, f"W_QK^{t}"),
-                (head.name, "v", 2 * layer.index, f"W_OV^{t}"),
+                (head.id, "q", 2 * layer.index, head.qk.T, f"W_QK^{t}ᵀ"),
+                (head.id, "k", 2 * layer.index, head.qk, f"W_QK^{t}"),
+                (head.id, "v", 2 * layer.index, head.ov, f"W_OV^{t}"),
             ]
         if layer.mlp is not None:
-            out.append((f"mlp{layer.index}", "in", 2 * layer.index + 1, f"W_in^{{{layer.index}}}"))
-    out.append(("unembed", "out", 2 * model.config.n_layers, "W_U"))
+            out.append((Source("mlp", layer.index), "in", 2 * layer.index + 1, layer.mlp.W_in, f"W_in^{{{layer.index}}}"))
+    out.append((UNEMBED, "out", 2 * model.config.n_layers, model.W_U, "W_U"))
     return out
 
 
-def _reader_value(model: Transformer, node: str, kind: str, F: np.ndarray | None) -> float:
+def _reader_maps(model: Transformer) -> dict[tuple[str, str], LinearMap]:
+    """Reader maps by (node name, edge kind), for edges read back from files."""
+    return {(_name(node), kind): m for node, kind, _, m, _ in _readers(model)}
+
+
+def _reader_value(model: Transformer, node: Node, kind: str, F: np.ndarray | None) -> float:
     """``||R F||_F²`` for the reader map ``R`` of (node, kind); ``F=None`` gives ``||R||_F²``."""
-    if node == "unembed":
-        R = np.asarray(leaf_r(model.W_U, "cols"), dtype=np.float64)
+    if node == UNEMBED:
+        R = np.asarray(gram_factor(model.W_U, "cols"), dtype=np.float64)
         return float(np.sum(R**2 if F is None else (R @ F) ** 2))
-    if node.startswith("mlp"):
-        W_in = np.asarray(model.mlp(int(node[3:])).W_in.array, dtype=np.float64)
+    if isinstance(node, Source):  # an MLP's W_in
+        W_in = np.asarray(model.mlp(node.layer).W_in.array, dtype=np.float64)  # type: ignore[arg-type]
         return float(np.sum(W_in**2 if F is None else (W_in @ F) ** 2))
-    head = model.head(*_head_index(node))
-    G, W = reader_side(kind, *(np.asarray(getattr(head, n).array, dtype=np.float64) for n in ("W_Q", "W_K", "W_V", "W_O")))
+    G, W = model.head_weights.float64().reader(kind)
+    G, W = G[node.layer, node.head], W[node.layer, node.head]
     A = W if F is None else W @ F
     return float(np.sum(G * (A @ A.T)))
 
@@ -283,48 +278,44 @@ def _reader_value(model: Transformer, node: str, kind: str, F: np.ndarray | None
 def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.MultiDiGraph:
     c = model.config
     g = nx.MultiDiGraph(model=model.name, n_layers=c.n_layers, n_heads=c.n_heads, d_model=c.d_model)
-    g.add_node("embed", kind="embed", layer=-1, label="W_E")
-    g.add_node("pos", kind="pos", layer=-1, label="W_pos")
+    g.add_node(EMBED.name, kind="embed", layer=-1, label="W_E")
+    g.add_node(POS.name, kind="pos", layer=-1, label="W_pos")
     for layer in model.layers:
         for head in layer.heads:
             g.add_node(head.name, kind="head", layer=layer.index, label=head.name)
         if layer.mlp is not None:
-            g.add_node(f"mlp{layer.index}", kind="mlp", layer=layer.index, label=f"mlp{layer.index}")
-    g.add_node("unembed", kind="unembed", layer=c.n_layers, label="W_U")
+            mlp = Source("mlp", layer.index).name
+            g.add_node(mlp, kind="mlp", layer=layer.index, label=mlp)
+    g.add_node(UNEMBED, kind="unembed", layer=c.n_layers, label="W_U")
 
     writers = _writers(model)
     readers = _readers(model)
-    read_maps = _reader_maps(model)
     # squared norms of every factor (cheap factored traces)
     w_norm2 = {n: float(np.sum(_factor(model, n, m) ** 2)) for n, _, m, _ in writers}
-    r_norm2 = {}
-    for node, kind, _, _ in readers:
-        r_norm2[(node, kind)] = _reader_value(model, node, kind, None)
+    r_norm2 = {(node, kind): _reader_value(model, node, kind, None) for node, kind, _, _, _ in readers}
     # head-to-head numerators in one batch per kind
-    hw = head_weights(model)
+    hw = model.head_weights.float64()
     head_num2 = {k: composition_parts(hw, k)[0] for k in COMPOSITION_KINDS}
     nan = float("nan")
     for wnode, wpos, wmap, wlabel in writers:
         F = None
-        for rnode, kind, rpos, rlabel in readers:
+        for rnode, kind, rpos, rmap, rlabel in readers:
             if wpos >= rpos:
                 continue
-            base = baselines.get(kind) if kind in COMPOSITION_KINDS else None
-            if kind in COMPOSITION_KINDS and wnode.startswith("L"):
-                l1, h1 = _head_index(wnode)
-                l2, h2 = _head_index(rnode)
-                num2 = float(head_num2[kind][l1, h1, l2, h2])
+            head_edge = isinstance(wnode, HeadId) and kind in COMPOSITION_KINDS
+            if head_edge:
+                num2 = float(head_num2[kind][wnode.layer, wnode.head, rnode.layer, rnode.head])  # type: ignore[union-attr]
             else:
                 if F is None:
                     F = _factor(model, wnode, wmap)
                 num2 = _reader_value(model, rnode, kind, F)
             den = math.sqrt(w_norm2[wnode] * r_norm2[(rnode, kind)])
             norm = math.sqrt(max(num2, 0.0))
-            head_edge = base is not None and wnode.startswith("L")
+            base = baselines.get(kind) if head_edge else None
             g.add_edge(
-                wnode, rnode, key=kind, kind=kind, weight=read_maps[(rnode, kind)] @ wmap, norm=norm,
+                _name(wnode), _name(rnode), key=kind, kind=kind, weight=rmap @ wmap, norm=norm,
                 score=norm / den if den > 0 else 0.0,
-                baseline=base.mean if head_edge else nan, baseline_std=base.std if head_edge else nan,
+                baseline=base.mean if base is not None else nan, baseline_std=base.std if base is not None else nan,
                 label=f"{rlabel} {wlabel}",
             )
     return g

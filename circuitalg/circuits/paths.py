@@ -33,25 +33,19 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
-from circuitalg.linalg.factors import leaf_r
+from circuitalg.linalg import gram_factor
 from circuitalg.maps.nodes import Dense, LinearMap
 from circuitalg.maps.rules import identity
 from circuitalg.model.forward import Cache, check_tokens
-from circuitalg.model.transforms import attention_bias, fold_layer_norm
+from circuitalg.model.ids import SOURCE_KINDS, HeadId, Source
+from circuitalg.model.transforms import fold_layer_norm
 from circuitalg.model.weights import Transformer, require_model
 from circuitalg.spaces import Space
 
 __all__ = ["Path", "PathSum", "PathScore", "expand", "SOURCE_KINDS"]
 
-#: The kinds of source a path can start from; ``expand(sources=...)`` takes a subset.
-SOURCE_KINDS = ("embed", "pos", "attn_bias", "mlp", "unembed_bias")
-
 _CONST = Space("const", 1)
-
-
-def _source_layer(source: str) -> int:
-    """The layer of an ``attn_bias{l}`` or ``mlp{l}`` source."""
-    return int(source[len("attn_bias"):] if source.startswith("attn_bias") else source[len("mlp"):])
+_UNEMBED_BIAS = Source("unembed_bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,20 +54,20 @@ class Path:
 
     Attributes
     ----------
-    source : str
+    source : Source
         ``embed``, ``pos``, ``attn_bias{l}``, ``mlp{l}`` or ``unembed_bias``.
     heads : tuple of (layer, head)
         The chain, first head first, e.g. ``((0, 3), (1, 2))``.
     """
 
-    source: str
+    source: Source
     heads: tuple[tuple[int, int], ...]
     expansion: PathSum = dataclasses.field(repr=False, compare=False, hash=False)
 
     @property
     def name(self) -> str:
         """``embed -> L0H3 -> L1H2 -> unembed``."""
-        return " -> ".join([self.source, *(f"L{l}H{h}" for l, h in self.heads), "unembed"])
+        return " -> ".join([self.source.name, *(HeadId(l, h).name for l, h in self.heads), "unembed"])
 
     @property
     def order(self) -> int:
@@ -85,7 +79,7 @@ class Path:
         """The lazy typed map from the source space to vocab, ``W_U @ W_OV^hk ... @ W_OV^h1 @ S``."""
         ps = self.expansion
         m = ps.model
-        if self.source == "unembed_bias":
+        if self.source == _UNEMBED_BIAS:
             return ps.unembed_bias_map
         out = ps.source_map(self.source)
         for l, h in self.heads:
@@ -102,9 +96,9 @@ class Path:
         ps = self.expansion
         ps.check_cache(cache)
         seq = cache.seq
-        if self.source == "unembed_bias":
+        if self.source == _UNEMBED_BIAS:
             return np.ones((seq, 1))
-        M = np.ones((seq, 1)) if self.source.startswith("attn_bias") else np.eye(seq)
+        M = np.ones((seq, 1)) if self.source.kind == "attn_bias" else np.eye(seq)
         for l, h in self.heads:
             M = ps.pattern_factor(cache, l, h) @ M
         return ps.final_scale(cache)[:, None] * M
@@ -113,8 +107,8 @@ class Path:
         """The logits ``(seq, d_vocab)`` this term contributes on ``tokens`` with ``cache`` frozen."""
         ps = self.expansion
         tok = ps.check_inputs(tokens, cache)
-        if self.source == "unembed_bias":
-            return np.broadcast_to(ps.model.params["b_U"], (tok.shape[0], ps.model.config.d_vocab)).copy()
+        if self.source == _UNEMBED_BIAS:
+            return np.broadcast_to(ps.model.b_U, (tok.shape[0], ps.model.config.d_vocab)).copy()
         V = ps.source_vectors(self.source, tok, cache)
         for l, h in self.heads:
             V = ps.apply_head(V, cache, l, h)
@@ -152,15 +146,13 @@ class PathSum:
             raise InvalidArgumentError(f"unknown sources {unknown!r}; choose from {SOURCE_KINDS}.")
         self.original = model
         self.order = min(order, c.n_layers)
-        names: list[str] = []
+        found: list[Source] = []
         for kind in tuple(sources):
             if kind in ("embed", "pos", "unembed_bias"):
-                names.append(kind)
-            elif kind == "attn_bias":
-                names += [f"attn_bias{l}" for l in range(c.n_layers)]
-            elif kind == "mlp" and c.d_mlp is not None:
-                names += [f"mlp{l}" for l in range(c.n_layers)]
-        self.sources: tuple[str, ...] = tuple(names)
+                found.append(Source(kind))
+            elif kind == "attn_bias" or (kind == "mlp" and c.d_mlp is not None):
+                found += [Source(kind, l) for l in range(c.n_layers)]
+        self.sources: tuple[Source, ...] = tuple(found)
 
     # -- the folded model and shared factors ---------------------------------------------
     @cached_property
@@ -170,20 +162,29 @@ class PathSum:
 
     @cached_property
     def _attn_bias(self) -> np.ndarray:
-        return np.stack([attention_bias(self.model.params, l) for l in range(self.model.config.n_layers)])
+        return self.model.head_weights.attention_bias
 
-    def source_map(self, source: str) -> LinearMap:
+    def _source(self, source: Source | str) -> Source:
+        """``source`` as one of this expansion's sources (names are parsed by :meth:`Source.parse`)."""
+        src = source if isinstance(source, Source) else Source.parse(source) if isinstance(source, str) else None
+        if src is None or src not in self.sources:
+            raise InvalidArgumentError(
+                f"unknown source {source!r}; this expansion has sources {', '.join(s.name for s in self.sources)}."
+            )
+        return src
+
+    def source_map(self, source: Source | str) -> LinearMap:
         """The typed map ``S`` a source writes through: ``W_E``, ``W_pos``, a bias column, or identity."""
-        m = self.model
-        if source == "embed":
+        src, m = self._source(source), self.model
+        if src.kind == "embed":
             return m.W_E
-        if source == "pos":
+        if src.kind == "pos":
             return m.W_pos
-        if source.startswith("attn_bias"):
-            return self._bias_maps[_source_layer(source)]
-        if source.startswith("mlp"):
+        if src.kind == "attn_bias":
+            return self._bias_maps[src.layer]  # type: ignore[index]
+        if src.kind == "mlp":
             return identity(m.resid_space, dtype=m.dtype)
-        raise InvalidArgumentError(f"unknown source {source!r}; sources are {self.sources}.")
+        return self.unembed_bias_map
 
     @cached_property
     def _bias_maps(self) -> tuple[Dense, ...]:
@@ -195,23 +196,18 @@ class PathSum:
     @cached_property
     def unembed_bias_map(self) -> Dense:
         """``b_U`` as a map ``const[1] -> vocab`` (after folding: includes ``W_U b_final``)."""
-        return Dense(self.model.params["b_U"][:, None], _CONST, self.model.vocab_space, "b_U")
+        return Dense(self.model.b_U[:, None], _CONST, self.model.vocab_space, "b_U")
 
     # -- enumeration ---------------------------------------------------------------------
-    def _entry_layer(self, source: str) -> int:
-        return 0 if source in ("embed", "pos") else _source_layer(source) + 1
-
-    def terms(self, source: str | None = None, n_heads: int | None = None) -> Iterator[Path]:
+    def terms(self, source: Source | str | None = None, n_heads: int | None = None) -> Iterator[Path]:
         """Iterate the terms, optionally only from ``source`` and/or with exactly ``n_heads`` heads."""
-        if source is not None and source not in self.sources:
-            raise InvalidArgumentError(f"unknown source {source!r}; this expansion has sources {self.sources}.")
-        for src in self.sources if source is None else (source,):
-            if src == "unembed_bias":
+        for src in self.sources if source is None else (self._source(source),):
+            if src == _UNEMBED_BIAS:
                 if n_heads in (None, 0):
                     yield Path(src, (), self)
                 continue
             for n in range(self.order + 1) if n_heads is None else (n_heads,):
-                for chain in self._chains_of_length(self._entry_layer(src), n):
+                for chain in self._chains_of_length(src.entry_layer, n):
                     yield Path(src, chain, self)
 
     def _chains_of_length(self, first_layer: int, n: int) -> Iterator[tuple[tuple[int, int], ...]]:
@@ -232,15 +228,15 @@ class PathSum:
 
         yield from rec((), first_layer)
 
-    def count(self, source: str | None = None, n_heads: int | None = None) -> int:
+    def count(self, source: Source | str | None = None, n_heads: int | None = None) -> int:
         """The number of terms :meth:`terms` yields, computed without enumerating."""
         c = self.original.config
         total = 0
-        for src in self.sources if source is None else (source,):
-            if src == "unembed_bias":
+        for src in self.sources if source is None else (self._source(source),):
+            if src == _UNEMBED_BIAS:
                 total += n_heads in (None, 0)
                 continue
-            free = c.n_layers - self._entry_layer(src)
+            free = c.n_layers - src.entry_layer
             for n in range(self.order + 1) if n_heads is None else (n_heads,):
                 if 0 <= n <= self.order:
                     total += math.comb(max(free, 0), n) * c.n_heads**n
@@ -253,7 +249,8 @@ class PathSum:
         return self.terms()
 
     def __repr__(self) -> str:
-        return f"<PathSum of {self.original.name!r}: order {self.order}, {len(self)} terms, sources {self.sources}>"
+        names = ", ".join(s.name for s in self.sources)
+        return f"<PathSum of {self.original.name!r}: order {self.order}, {len(self)} terms, sources ({names})>"
 
     # -- numerics with frozen activations ------------------------------------------------
     def check_cache(self, cache: Cache) -> None:
@@ -294,39 +291,38 @@ class PathSum:
             return np.ones(cache.seq)
         return 1.0 / cache.ln_final_scale
 
-    def source_vectors(self, source: str, tokens: np.ndarray, cache: Cache) -> np.ndarray:
+    def source_vectors(self, source: Source | str, tokens: np.ndarray, cache: Cache) -> np.ndarray:
         """The ``(d_model, seq)`` residual vectors a source writes, before any head (``S X_src``)."""
-        p = self.model.params
+        src, m = self._source(source), self.model
         seq = tokens.shape[0]
-        if source == "embed":
-            return p["W_E"][:, tokens]
-        if source == "pos":
-            return p["W_pos"][:, :seq]
-        if source.startswith("attn_bias"):
-            b = self._attn_bias[_source_layer(source)]
+        if src.kind == "embed":
+            return m.W_E.array[:, tokens]
+        if src.kind == "pos":
+            return m.W_pos.array[:, :seq]
+        if src.kind == "attn_bias":
+            b = self._attn_bias[src.layer]
             return np.repeat(b[:, None], seq, axis=1)
-        if source.startswith("mlp"):
+        if src.kind == "mlp":
             if cache.mlp_out is None:
                 raise ShapeError("cache has no MLP outputs; use the cache of this model's run.")
-            return cache.mlp_out[_source_layer(source)].T
-        raise InvalidArgumentError(f"unknown source {source!r}; sources are {self.sources}.")
+            return cache.mlp_out[src.layer].T
+        raise InvalidArgumentError(f"source {src.name} writes no residual vectors (it is the constant b_U).")
 
     def apply_head(self, V: np.ndarray, cache: Cache, layer: int, head: int) -> np.ndarray:
         """``W_OV^h V P_hᵀ``: move ``(d_model, seq)`` vectors through one head with frozen pattern."""
-        p = self.model.params
-        a = f"blocks.{layer}.attn."
-        moved = p[a + "W_O"][head] @ (p[a + "W_V"][head] @ V)
+        hw = self.model.head_weights
+        moved = hw.W_O[layer, head] @ (hw.W_V[layer, head] @ V)
         return moved @ self.pattern_factor(cache, layer, head).T
 
     def unembed(self, V: np.ndarray, cache: Cache) -> np.ndarray:
         """``(W_U V D_f)ᵀ``: the ``(seq, d_vocab)`` logits of final residual vectors ``V``."""
-        return (V * self.final_scale(cache)[None, :]).T @ self.model.params["W_U"].T
+        return (V * self.final_scale(cache)[None, :]).T @ self.model.W_U.array.T
 
     def _walk(self, tokens: np.ndarray, cache: Cache) -> Iterator[tuple[Path, np.ndarray]]:
         """Every non-constant term with its final residual vectors, sharing chain prefixes."""
         c = self.original.config
 
-        def rec(src: str, V: np.ndarray, chain: tuple[tuple[int, int], ...], start: int) -> Iterator[
+        def rec(src: Source, V: np.ndarray, chain: tuple[tuple[int, int], ...], start: int) -> Iterator[
             tuple[Path, np.ndarray]
         ]:
             yield Path(src, chain, self), V
@@ -336,8 +332,8 @@ class PathSum:
                         yield from rec(src, self.apply_head(V, cache, l, h), chain + ((l, h),), l + 1)
 
         for src in self.sources:
-            if src != "unembed_bias":
-                yield from rec(src, self.source_vectors(src, tokens, cache), (), self._entry_layer(src))
+            if src != _UNEMBED_BIAS:
+                yield from rec(src, self.source_vectors(src, tokens, cache), (), src.entry_layer)
 
     def logits(self, tokens: Any, cache: Cache) -> np.ndarray:
         """The sum of every term's contribution, ``(seq, d_vocab)``; equals the model's logits at full order."""
@@ -346,8 +342,8 @@ class PathSum:
         for _, V in self._walk(tok, cache):
             total += V
         out = self.unembed(total, cache)
-        if "unembed_bias" in self.sources:
-            out = out + self.model.params["b_U"]
+        if _UNEMBED_BIAS in self.sources:
+            out = out + self.model.b_U
         return out
 
     def top(self, tokens: Any, cache: Cache, k: int = 10, *, targets: Any = None) -> list[PathScore]:
@@ -361,16 +357,16 @@ class PathSum:
         tok = self.check_inputs(tokens, cache)
         k = check_int("k", k, 1)
         scale = self.final_scale(cache)
-        W_U = self.model.params["W_U"]
+        W_U = self.model.W_U.array
         if targets is None:
             # RᵀR = W_UᵀW_U; the tall leaf's factor is cached on it and shared with the factored numerics
             tall = W_U.shape[0] >= W_U.shape[1]
-            R = leaf_r(self.model.W_U, "cols") if tall else np.linalg.qr(W_U, mode="r")
+            R = gram_factor(self.model.W_U, "cols") if tall else np.linalg.qr(W_U, mode="r")
 
             def score(V: np.ndarray) -> float:
                 return float(np.linalg.norm(R @ (V * scale[None, :])))
 
-            bias_score = float(np.linalg.norm(self.model.params["b_U"])) * math.sqrt(tok.shape[0])
+            bias_score = float(np.linalg.norm(self.model.b_U)) * math.sqrt(tok.shape[0])
         else:
             tgt = check_tokens(targets, self.original)
             if tgt.shape != tok.shape:
@@ -380,10 +376,10 @@ class PathSum:
             def score(V: np.ndarray) -> float:
                 return float(np.einsum("sm,ms->", rows, V))
 
-            bias_score = float(self.model.params["b_U"][tgt].sum())
+            bias_score = float(self.model.b_U[tgt].sum())
         scored = [PathScore(path, score(V)) for path, V in self._walk(tok, cache)]
-        if "unembed_bias" in self.sources:
-            scored.append(PathScore(Path("unembed_bias", (), self), bias_score))
+        if _UNEMBED_BIAS in self.sources:
+            scored.append(PathScore(Path(_UNEMBED_BIAS, (), self), bias_score))
         scored.sort(key=lambda s: -abs(s.score))
         return scored[:k]
 

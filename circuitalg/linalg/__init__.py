@@ -12,7 +12,7 @@ from circuitalg.linalg.accuracy import accuracy, magnitude
 from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
 from circuitalg.linalg.eig import eigenvalues
-from circuitalg.linalg.factors import GRAM_COND_LIMIT, as_chain, leaf_factor_method
+from circuitalg.linalg.factors import GRAM_COND_LIMIT, as_chain, gram_factor, leaf_factor_method
 from circuitalg.linalg.norm import norm, trace
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.linalg.svd import singular_values, svd
@@ -35,6 +35,7 @@ __all__ = [
     "Plan",
     "as_chain",
     "leaf_factor_method",
+    "gram_factor",
     "DEFAULT_MAX_BYTES",
     "SMALL_DENSE_BYTES",
     "GRAM_COND_LIMIT",

@@ -46,6 +46,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from circuitalg.errors import InvalidArgumentError, PrecisionWarning
+from circuitalg.linalg.factors import gram_factor, leaf_factor_method, leaf_factors
 from circuitalg.maps.nodes import (
     Dense,
     Diagonal,
@@ -84,11 +85,10 @@ def magnitude(m: LinearMap) -> float:
     their largest absolute entry; products and Kronecker products multiply, sums add.
     """
     if isinstance(m, Dense):
-        hit = m._cache.get("norm2-bound")
-        if hit is None:
-            hit = _leaf_norm2(m)
-            m._cache["norm2-bound"] = hit
-        return hit
+        cache = leaf_factors(m)
+        if cache.norm2_bound is None:
+            cache.norm2_bound = _leaf_norm2(m)
+        return cache.norm2_bound
     if isinstance(m, Identity):
         return 1.0
     if isinstance(m, Diagonal):
@@ -109,15 +109,13 @@ def _leaf_norm2(m: Dense) -> float:
     factor of a tall or wide leaf or the SVD of a square one up to 1024; otherwise the
     Frobenius norm, which bounds it. Records the condition number of leaves factored
     through their Gram matrix (their factor carries ``eps * cond`` relative error)."""
-    from circuitalg.linalg.factors import leaf_factor_method, leaf_r
-
     a = m.array
     n, k = a.shape
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
-        sv = sla.svdvals(np.asarray(leaf_r(m, side), dtype=np.float64), check_finite=False)
+        sv = sla.svdvals(np.asarray(gram_factor(m, side), dtype=np.float64), check_finite=False)
         if leaf_factor_method(m, side) == "gram-cholesky":
-            m._cache["gram-cond"] = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
+            leaf_factors(m).gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
     elif n == k and n <= 1024:
         sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
     else:
@@ -128,7 +126,8 @@ def _leaf_norm2(m: Dense) -> float:
 def _gram_penalty(m: LinearMap) -> float:
     """The largest condition number of a leaf factored through its Gram matrix (at least 1)."""
     if isinstance(m, Dense):
-        return max(1.0, m._cache.get("gram-cond", 1.0))
+        cond = leaf_factors(m).gram_cond
+        return max(1.0, 1.0 if cond is None else cond)
     return max((_gram_penalty(c) for c in m.children), default=1.0)
 
 

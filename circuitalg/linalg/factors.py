@@ -11,7 +11,8 @@ is where ``dj`` is smallest. Everything numeric then happens on small matrices:
   other end, and ``P = L R`` has the singular values and Frobenius norm of the small
   core ``S_L S_Rᵀ``: cost O((n + m) r^2) once per outer leaf, then O(d r^2) per chain.
 - Outer leaves (``W_E``, ``W_U``, ``W_pos``) are decomposed once per leaf object and the
-  results cached on the leaf (:func:`leaf_r`, :func:`pair_product`), so all heads reuse them.
+  results cached per leaf (:func:`gram_factor`, :func:`pair_product`, held in one
+  ``WeakKeyDictionary`` owned by this module, so leaves stay immutable), so all heads reuse them.
 
 The triangular factor of a tall leaf ``A`` comes from the Cholesky factor of its Gram
 matrix ``AᵀA`` (one BLAS-3 pass, ~8x faster than Householder QR at GPT-2 shapes) when
@@ -22,11 +23,14 @@ recorded (:func:`leaf_factor_method`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
 
+from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, Product, Scaled, Sum, Transpose
@@ -35,7 +39,9 @@ from circuitalg.maps.rules import add, compose, identity, scale
 __all__ = [
     "Chain",
     "as_chain",
-    "leaf_r",
+    "gram_factor",
+    "leaf_factors",
+    "LeafFactors",
     "leaf_factor_method",
     "pair_product",
     "sweep",
@@ -124,11 +130,46 @@ def _oriented(leaf: Dense, side: str) -> np.ndarray:
     return leaf.array if side == "cols" else leaf.array.T
 
 
-def leaf_r(leaf: Dense, side: str) -> np.ndarray:
+@dataclass(eq=False)
+class LeafFactors:
+    """What circuitalg has computed about one Dense leaf, kept while the leaf lives.
+
+    Held in :data:`_LEAF_FACTORS` (a ``WeakKeyDictionary`` owned by this module), never on the
+    leaf, so leaves stay immutable. Filled on demand by :func:`gram_factor`,
+    :func:`pair_product` and :func:`circuitalg.linalg.accuracy.magnitude`.
+    """
+
+    r: dict[str, np.ndarray] = field(default_factory=dict)  # side -> upper-triangular R
+    method: dict[str, str] = field(default_factory=dict)  # side -> "gram-cholesky" | "qr"
+    pairs: dict[tuple[str, int, str], tuple[Any, np.ndarray]] = field(default_factory=dict)
+    norm2_bound: float | None = None  # a bound on the spectral norm
+    gram_cond: float | None = None  # condition number of a Gram-Cholesky factor
+
+
+_LEAF_FACTORS: weakref.WeakKeyDictionary[Dense, LeafFactors] = weakref.WeakKeyDictionary()
+
+
+def leaf_factors(leaf: Dense) -> LeafFactors:
+    """The cached decompositions of ``leaf`` (created empty on first use)."""
+    hit = _LEAF_FACTORS.get(leaf)
+    if hit is None:
+        hit = _LEAF_FACTORS[leaf] = LeafFactors()
+    return hit
+
+
+def gram_factor(leaf: Dense, side: str) -> np.ndarray:
     """Upper-triangular ``R`` with ``RᵀR = MᵀM`` for ``M = leaf`` (side ``"cols"``) or
-    ``M = leafᵀ`` (side ``"rows"``); cached on the leaf. Only for tall ``M``."""
-    key = ("R", side)
-    hit = leaf._cache.get(key)
+    ``M = leafᵀ`` (side ``"rows"``), for tall ``M``; computed once per leaf and cached.
+
+    So ``‖M x‖ = ‖R x‖`` for every ``x``: ``R`` stands in for ``W_U`` (``"cols"``) or for
+    ``W_Eᵀ``, ``W_posᵀ`` (``"rows"``) in every norm and singular value. From the Cholesky factor
+    of the Gram matrix when ``M`` is float64 and well conditioned (below
+    :data:`GRAM_COND_LIMIT`), else Householder QR (:func:`leaf_factor_method` says which).
+    """
+    if side not in ("cols", "rows"):
+        raise InvalidArgumentError(f"gram_factor: side={side!r}; use 'cols' (M = leaf) or 'rows' (M = leaf.T).")
+    cache = leaf_factors(leaf)
+    hit = cache.r.get(side)
     if hit is not None:
         return hit
     M = _oriented(leaf, side)
@@ -148,18 +189,19 @@ def leaf_r(leaf: Dense, side: str) -> np.ndarray:
     if R is None:
         R = np.linalg.qr(M, mode="r")
     R.flags.writeable = False
-    leaf._cache[key] = R
-    leaf._cache[("R-method", side)] = method
+    cache.r[side] = R
+    cache.method[side] = method
     return R
 
 
 def leaf_factor_method(leaf: Dense, side: str = "cols") -> str | None:
-    """How :func:`leaf_r` factored this leaf (``"gram-cholesky"`` or ``"qr"``), or None."""
-    return leaf._cache.get(("R-method", side))
+    """How :func:`gram_factor` factored this leaf (``"gram-cholesky"`` or ``"qr"``), or None."""
+    hit = _LEAF_FACTORS.get(leaf)
+    return None if hit is None else hit.method.get(side)
 
 
 def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
-    """``a @ b`` as a dense array, cached on ``a``, when both are (transposed) Dense leaves
+    """``a @ b`` as a dense array, cached with ``a``, when both are (transposed) Dense leaves
     and the contracted dimension is larger than both outer dimensions; else None."""
     la, lb = _leaf_and_side(a), _leaf_and_side(b)
     if la is None or lb is None:
@@ -168,15 +210,16 @@ def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
     if inner <= max(a.codomain.dim, b.domain.dim):
         return None
     (leaf_a, side_a), (leaf_b, side_b) = la, lb
-    key = ("pair", side_a, id(leaf_b), side_b)
-    hit = leaf_a._cache.get(key)
-    if hit is not None and hit[0] is leaf_b:
+    key = (side_a, id(leaf_b), side_b)
+    pairs = leaf_factors(leaf_a).pairs
+    hit = pairs.get(key)
+    if hit is not None and hit[0]() is leaf_b:
         return hit[1]
     A = leaf_a.array if side_a == "cols" else leaf_a.array.T
     B = leaf_b.array if side_b == "cols" else leaf_b.array.T
     out = A @ B
     out.flags.writeable = False
-    leaf_a._cache[key] = (leaf_b, out)
+    pairs[key] = (weakref.ref(leaf_b), out)
     return out
 
 
@@ -193,7 +236,7 @@ def _first_factor(f: LinearMap, max_bytes: int | None) -> np.ndarray:
     rows, cols = f.shape
     if hit is not None:
         leaf, side = hit
-        return leaf_r(leaf, side) if rows > cols else _oriented(leaf, side)
+        return gram_factor(leaf, side) if rows > cols else _oriented(leaf, side)
     if isinstance(f, Identity):
         return np.eye(rows, dtype=f.dtype)
     return _qr_r(np.asarray(evaluate(f, max_bytes)))

@@ -10,7 +10,7 @@ from circuitalg.errors import InvalidArgumentError, TooLargeError
 from circuitalg.linalg.accuracy import accuracy, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
-from circuitalg.linalg.factors import Chain, core, leaf_r
+from circuitalg.linalg.factors import Chain, core, gram_factor
 from circuitalg.linalg.plan import plan
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, Scaled, Transpose, require_map
 
@@ -37,9 +37,9 @@ def _svdvals(a: np.ndarray) -> np.ndarray:
 def _leaf_values(m: Dense) -> np.ndarray:
     rows, cols = m.shape
     if rows > cols:
-        return _svdvals(leaf_r(m, "cols"))
+        return _svdvals(gram_factor(m, "cols"))
     if cols > rows:
-        return _svdvals(leaf_r(m, "rows"))
+        return _svdvals(gram_factor(m, "rows"))
     return _svdvals(m.array)
 
 

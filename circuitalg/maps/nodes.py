@@ -359,7 +359,7 @@ class Dense(LinearMap):
                 f"Dense {name!r}: array shape {arr.shape} does not match (codomain.dim, domain.dim) "
                 f"= {expected} for {domain} -> {codomain}.{hint}"
             )
-        self._init(array=arr, domain=domain, codomain=codomain, name=name, _cache={})
+        self._init(array=arr, domain=domain, codomain=codomain, name=name)
 
     @property
     def dtype(self) -> np.dtype:  # type: ignore[override]

@@ -1,7 +1,8 @@
 """Transformer weights as typed maps: config, loaders, layer-norm folding, forward pass."""
 
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.forward import Cache, logit_lens
+from circuitalg.model.forward import Cache
+from circuitalg.model.lens import logit_lens
 from circuitalg.model.io import load, save
 from circuitalg.model.layouts import to_transformer_lens
 from circuitalg.model.transforms import (
@@ -11,7 +12,8 @@ from circuitalg.model.transforms import (
     fold_value_biases,
     rotate_residual,
 )
-from circuitalg.model.weights import MLP, Head, Layer, LayerNorm, Transformer, param_shapes
+from circuitalg.model.params import param_shapes
+from circuitalg.model.weights import MLP, Head, Layer, LayerNorm, Transformer
 
 __all__ = [
     "TransformerConfig",

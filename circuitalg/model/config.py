@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import ConfigError
+from circuitalg.errors import ConfigError, InvalidArgumentError
 
-__all__ = ["TransformerConfig", "NORMALIZATIONS", "ACTIVATIONS"]
+__all__ = ["TransformerConfig", "NORMALIZATIONS", "ACTIVATIONS", "require_config"]
 
 #: ``"LN"``: layer norm with weight and bias; ``"LNPre"``: layer norm whose weight and bias
 #: were folded into the next weights (centre and scale only); ``None``: no normalisation.
@@ -139,3 +139,13 @@ def _check_size(name: str, value: Any) -> int:
     if not 1 <= value <= 10_000_000:
         raise ConfigError(f"config {name}={value} is outside [1, 10_000_000].")
     return int(value)
+
+
+def require_config(config: Any, what: str) -> TransformerConfig:
+    """``config`` if it is a :class:`TransformerConfig`, else :class:`InvalidArgumentError`."""
+    if not isinstance(config, TransformerConfig):
+        raise InvalidArgumentError(
+            f"{what} takes a ca.TransformerConfig, got {type(config).__name__}; build one with "
+            "ca.TransformerConfig(n_layers=..., ...) or use model.config."
+        )
+    return config

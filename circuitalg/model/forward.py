@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.linalg.budget import check_budget
 
-if TYPE_CHECKING:  # pragma: no cover
-    from circuitalg.model.weights import Transformer
-
-__all__ = ["Cache", "run", "logit_lens", "check_tokens", "activation"]
+__all__ = ["Cache", "run", "check_tokens", "activation"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -71,13 +68,8 @@ class Cache:
         """The number of positions."""
         return int(self.tokens.shape[0])
 
-    def head_out(self, layer: int, model: Transformer) -> np.ndarray:
-        """Each head's output ``W_O z`` at ``layer``: ``(n_heads, seq, d_model)`` (``b_O`` excluded)."""
-        W_O = model.params[f"blocks.{layer}.attn.W_O"]
-        return np.einsum("hmd,hsd->hsm", W_O, self.z[layer])
 
-
-def check_tokens(tokens: Any, model: Transformer) -> np.ndarray:
+def check_tokens(tokens: Any, model: Any) -> np.ndarray:
     """Validate a 1-D sequence of token ids for ``model``; returns an int64 array."""
     arr = np.asarray(tokens)
     if arr.dtype.kind not in "iu":
@@ -117,7 +109,7 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
     raise InvalidArgumentError(f"unknown activation {name!r}; use gelu_new, gelu or relu.")
 
 
-def run(model: Transformer, tokens: Any) -> tuple[np.ndarray, Cache]:
+def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
     """Run ``model`` on one sequence of token ids.
 
     Returns
@@ -128,31 +120,31 @@ def run(model: Transformer, tokens: Any) -> tuple[np.ndarray, Cache]:
     tok = check_tokens(tokens, model)
     c = model.config
     seq = tok.shape[0]
-    p = model.params
+    hw = model.head_weights
     dt = model.dtype
     check_budget((c.n_layers * c.n_heads * seq, seq), dt, "the attention patterns of this forward pass", None)
-    x = p["W_E"][:, tok].T + p["W_pos"][:, :seq].T
+    x = model.W_E.array[:, tok].T + model.W_pos.array[:, :seq].T
     resid = [x]
     resid_mid, patterns, zs, attn_outs, mlp_outs = [], [], [], [], []
     ln1s, ln2s = [], []
     mask = np.triu(np.ones((seq, seq), dtype=bool), k=1)
     for layer in model.layers:
-        a = f"blocks.{layer.index}.attn."
+        l = layer.index
         if layer.ln1 is not None:
             xn, s1 = layer.ln1(x)
             ln1s.append(s1)
         else:
             xn = x
-        q = np.einsum("hdm,sm->hsd", p[a + "W_Q"], xn) + p[a + "b_Q"][:, None, :]
-        k = np.einsum("hdm,sm->hsd", p[a + "W_K"], xn) + p[a + "b_K"][:, None, :]
-        v = np.einsum("hdm,sm->hsd", p[a + "W_V"], xn) + p[a + "b_V"][:, None, :]
+        q = np.einsum("hdm,sm->hsd", hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
+        k = np.einsum("hdm,sm->hsd", hw.W_K[l], xn) + hw.b_K[l][:, None, :]
+        v = np.einsum("hdm,sm->hsd", hw.W_V[l], xn) + hw.b_V[l][:, None, :]
         scores = q @ k.transpose(0, 2, 1) / c.attn_scale
         scores = np.where(mask, -np.inf, scores)
         scores = scores - scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores)
         pattern = weights / weights.sum(axis=-1, keepdims=True)
         z = pattern @ v
-        attn_out = np.einsum("hmd,hsd->sm", p[a + "W_O"], z) + p[a + "b_O"]
+        attn_out = np.einsum("hmd,hsd->sm", hw.W_O[l], z) + hw.b_O[l]
         x = x + attn_out
         patterns.append(pattern)
         zs.append(z)
@@ -174,7 +166,7 @@ def run(model: Transformer, tokens: Any) -> tuple[np.ndarray, Cache]:
         xf, sf = model.ln_final(x)
     else:
         xf, sf = x, None
-    logits = xf @ p["W_U"].T + p["b_U"]
+    logits = xf @ model.W_U.array.T + model.b_U
     cache = Cache(
         tokens=tok,
         resid=np.stack(resid),
@@ -188,32 +180,3 @@ def run(model: Transformer, tokens: Any) -> tuple[np.ndarray, Cache]:
         ln_final_scale=sf,
     )
     return logits, cache
-
-
-def logit_lens(model: Transformer, cache: Cache, *, max_bytes: int | None = None) -> np.ndarray:
-    """Logits read off the residual stream entering each layer and at the end.
-
-    Each residual stream ``cache.resid[l]`` goes through the final layer norm (with its own
-    scale, as in the usual logit lens) and the unembedding. ``result[n_layers]`` equals the
-    model's logits.
-
-    Returns
-    -------
-    (n_layers + 1, seq, d_vocab) array
-    """
-    from circuitalg.model.weights import require_model  # weights imports this module
-
-    require_model(model, "logit_lens")
-    if not isinstance(cache, Cache):
-        raise InvalidArgumentError(f"cache must be the Cache from model.run(tokens), got {type(cache).__name__}.")
-    c = model.config
-    if cache.resid.shape[0] != c.n_layers + 1 or cache.resid.shape[2] != c.d_model:
-        raise ShapeError(
-            f"cache has residual streams of shape {cache.resid.shape}, which does not fit {model.name} "
-            f"({c.n_layers} layers, d_model={c.d_model}); pass the cache from this model's run."
-        )
-    check_budget((cache.resid.shape[0] * cache.seq, c.d_vocab), model.dtype, "the logit lens", max_bytes)
-    x = cache.resid
-    if model.ln_final is not None:
-        x, _ = model.ln_final(x)
-    return x @ model.params["W_U"].T + model.params["b_U"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from circuitalg.errors import InvalidArgumentError
 
-__all__ = ["HeadId"]
+__all__ = ["HeadId", "Source", "SOURCE_KINDS", "EMBED", "POS"]
 
 _HEAD_NAME = re.compile(r"^L(\d+)H(\d+)$")
 
@@ -33,3 +33,53 @@ class HeadId:
         if m is None:
             raise InvalidArgumentError(f"{name!r} is not a head name; heads are named like 'L1H2' (layer 1, head 2).")
         return cls(int(m.group(1)), int(m.group(2)))
+
+
+#: The kinds of source a path starts from (a :class:`Source`'s ``kind``).
+SOURCE_KINDS = ("embed", "pos", "attn_bias", "mlp", "unembed_bias")
+_LAYERED = ("attn_bias", "mlp")
+_SOURCE_NAME = re.compile(r"^(embed|pos|unembed_bias)$|^(attn_bias|mlp)(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Source:
+    """Where a residual-stream term comes from: the token embedding (``embed``), the positional
+    embedding (``pos``), layer ``l``'s attention bias (``attn_bias``: ``b_O + Σ_h W_O^h b_V^h``),
+    layer ``l``'s MLP output (``mlp``) or the unembedding bias (``unembed_bias``).
+    Printed ``embed``, ``pos``, ``attn_bias{l}``, ``mlp{l}``, ``unembed_bias``."""
+
+    kind: str
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise InvalidArgumentError(f"Source kind {self.kind!r}; use one of {SOURCE_KINDS}.")
+        if (self.kind in _LAYERED) != (self.layer is not None):
+            raise InvalidArgumentError(
+                f"Source {self.kind!r}: {'a layer is required' if self.kind in _LAYERED else 'takes no layer'}."
+            )
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.layer is None else f"{self.kind}{self.layer}"
+
+    @property
+    def entry_layer(self) -> int:
+        """The first layer that reads this source (0 for the embeddings)."""
+        return 0 if self.layer is None else self.layer + 1
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> Source:
+        """``"mlp3"`` -> ``Source("mlp", 3)``; ``"embed"`` -> ``Source("embed")``."""
+        m = _SOURCE_NAME.match(name) if isinstance(name, str) else None
+        if m is None:
+            raise InvalidArgumentError(
+                f"{name!r} is not a source name; sources are named embed, pos, attn_bias{{l}}, mlp{{l}}, unembed_bias."
+            )
+        return cls(m.group(1)) if m.group(1) else cls(m.group(2), int(m.group(3)))
+
+
+EMBED, POS = Source("embed"), Source("pos")

@@ -2,7 +2,7 @@
 
 Each converter maps a flat ``{name: array}`` dict in a foreign layout (row-vector
 ``x @ W`` weights) to circuitalg's canonical parameters (column layout, names from
-:func:`circuitalg.model.weights.param_shapes`) and a :class:`TransformerConfig`. Shapes are
+:func:`circuitalg.model.params.param_shapes`) and a :class:`TransformerConfig`. Shapes are
 checked here, against the config, with messages that name the tensor.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import ConfigError, LoadError
-from circuitalg.model.config import TransformerConfig
-from circuitalg.model.weights import _to_numpy
+from circuitalg.model.config import TransformerConfig, require_config
+from circuitalg.model.params import param_shapes, to_numpy
 
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens", "hf_config"]
 
@@ -78,7 +78,7 @@ def _as_config(config: Any, source: str) -> TransformerConfig:
 
 
 def _np(value: Any) -> np.ndarray:
-    return np.asarray(_to_numpy(value))
+    return np.asarray(to_numpy(value))
 
 
 def _get(sd: Mapping[str, Any], key: str, shape: tuple[int, ...], source: str) -> np.ndarray:
@@ -345,7 +345,6 @@ def _from_transformer_lens(
 def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerConfig) -> dict[str, np.ndarray]:
     """Canonical parameters to a TransformerLens state dict (row layout, numpy arrays)."""
     from circuitalg.errors import InvalidArgumentError, ShapeError
-    from circuitalg.model.weights import param_shapes, require_config
 
     shapes = param_shapes(require_config(config, "to_transformer_lens"))
     if not isinstance(params, Mapping):

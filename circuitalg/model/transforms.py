@@ -27,15 +27,9 @@ from circuitalg.errors import ConfigError, InvalidArgumentError
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
-    "fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases", "attention_bias",
+    "fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases",
     "rotate_residual",
 ]
-
-
-def attention_bias(params: dict[str, np.ndarray], layer: int) -> np.ndarray:
-    """The constant vector layer ``layer``'s attention writes at every position: ``b_O + Σ_h W_O^h b_V^h``."""
-    a = f"blocks.{layer}.attn."
-    return params[a + "b_O"] + np.einsum("hmd,hd->m", params[a + "W_O"], params[a + "b_V"])
 
 
 def _centre_rows(W: np.ndarray) -> np.ndarray:
@@ -113,9 +107,10 @@ def fold_value_biases(model: Transformer) -> Transformer:
     """Move each head's value bias into the layer's output bias: ``b_O += Σ_h W_O^h b_V^h``, ``b_V = 0``."""
     require_model(model, "fold_value_biases")
     p = dict(model.params)
+    bias = model.head_weights.attention_bias
     for layer in range(model.config.n_layers):
         a = f"blocks.{layer}.attn."
-        p[a + "b_O"] = attention_bias(p, layer)
+        p[a + "b_O"] = bias[layer]
         p[a + "b_V"] = np.zeros_like(p[a + "b_V"])
     return model.with_params(p)
 

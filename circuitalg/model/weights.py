@@ -22,26 +22,15 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.model.config import TransformerConfig
+from circuitalg.model.ids import HeadId
+from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
+from circuitalg.model.view import HeadWeights
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuitalg.model.forward import Cache
 
 __all__ = ["Transformer", "Head", "MLP", "LayerNorm", "Layer", "param_shapes", "BIAS_KEYS"]
-
-#: Parameter-name suffixes that may be zero-filled with ``biases="zero-fill"``.
-BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")
-
-
-def require_config(config: Any, what: str) -> TransformerConfig:
-    """``config`` if it is a :class:`TransformerConfig`, else :class:`InvalidArgumentError`."""
-    if not isinstance(config, TransformerConfig):
-        raise InvalidArgumentError(
-            f"{what} takes a ca.TransformerConfig, got {type(config).__name__}; build one with "
-            "ca.TransformerConfig(n_layers=..., ...) or use model.config."
-        )
-    return config
-
 
 def require_model(model: Any, what: str | None = None) -> Transformer:
     """``model`` if it is a :class:`Transformer`, else :class:`InvalidArgumentError` naming ``what``."""
@@ -52,37 +41,6 @@ def require_model(model: Any, what: str | None = None) -> Transformer:
             "ca.zoo.planted_induction()."
         )
     return model
-
-
-def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
-    """The canonical parameter names of a model with ``config`` and their shapes (column layout)."""
-    c = require_config(config, "param_shapes")
-    shapes: dict[str, tuple[int, ...]] = {
-        "W_E": (c.d_model, c.d_vocab),
-        "W_pos": (c.d_model, c.n_ctx),
-        "W_U": (c.d_vocab, c.d_model),
-        "b_U": (c.d_vocab,),
-    }
-    for layer in range(c.n_layers):
-        p = f"blocks.{layer}."
-        for w in ("W_Q", "W_K", "W_V"):
-            shapes[p + "attn." + w] = (c.n_heads, c.d_head, c.d_model)
-        shapes[p + "attn.W_O"] = (c.n_heads, c.d_model, c.d_head)
-        for b in ("b_Q", "b_K", "b_V"):
-            shapes[p + "attn." + b] = (c.n_heads, c.d_head)
-        shapes[p + "attn.b_O"] = (c.d_model,)
-        if c.normalization == "LN":
-            shapes[p + "ln1.w"] = shapes[p + "ln1.b"] = (c.d_model,)
-            if c.d_mlp is not None:
-                shapes[p + "ln2.w"] = shapes[p + "ln2.b"] = (c.d_model,)
-        if c.d_mlp is not None:
-            shapes[p + "mlp.W_in"] = (c.d_mlp, c.d_model)
-            shapes[p + "mlp.b_in"] = (c.d_mlp,)
-            shapes[p + "mlp.W_out"] = (c.d_model, c.d_mlp)
-            shapes[p + "mlp.b_out"] = (c.d_model,)
-    if c.normalization == "LN":
-        shapes["ln_final.w"] = shapes["ln_final.b"] = (c.d_model,)
-    return shapes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -140,9 +98,14 @@ class Head:
     b_V: np.ndarray
 
     @property
+    def id(self) -> HeadId:
+        """The typed id ``HeadId(layer, index)``."""
+        return HeadId(self.layer, self.index)
+
+    @property
     def name(self) -> str:
         """``L{layer}H{index}``."""
-        return f"L{self.layer}H{self.index}"
+        return self.id.name
 
     @property
     def key(self) -> tuple[int, int]:
@@ -272,7 +235,7 @@ class Transformer:
             a = f"blocks.{l_}.attn."
             heads = []
             for h in range(c.n_heads):
-                hs = Space(f"L{l_}H{h}", c.d_head)
+                hs = Space(HeadId(l_, h).name, c.d_head)
                 tag = f"^{{{l_}.{h}}}"
                 heads.append(
                     Head(
@@ -342,6 +305,20 @@ class Transformer:
     def dtype(self) -> np.dtype:
         """The dtype of every parameter."""
         return self.params["W_E"].dtype
+
+    @cached_property
+    def head_weights(self) -> HeadWeights:
+        """Every head's weights stacked in the model's dtype (the view every analysis reads;
+        ``.float64()`` for the factored numerics)."""
+        p, c = self.params, self.config
+
+        def stack(name: str) -> np.ndarray:
+            return np.stack([p[f"blocks.{l}.attn.{name}"] for l in range(c.n_layers)])
+
+        return HeadWeights(
+            stack("W_Q"), stack("W_K"), stack("W_V"), stack("W_O"), stack("b_Q"), stack("b_K"), stack("b_V"),
+            stack("b_O"), np.broadcast_to(np.arange(c.n_heads), (c.n_layers, c.n_heads)),
+        )
 
     # -- computation ----------------------------------------------------------------------
     def run(self, tokens: Any) -> tuple[np.ndarray, Cache]:
@@ -432,7 +409,7 @@ def _validate_params(
                 continue
             missing.append(key)
             continue
-        value = _to_numpy(params[key])
+        value = to_numpy(params[key])
         if not (isinstance(value, np.ndarray) and not value.flags.writeable):
             # Own the data: a caller (or TransformerLens processing weights in place) could
             # otherwise change the weights under cached decompositions.
@@ -453,13 +430,3 @@ def _validate_params(
             "the checkpoint is incomplete or its config does not match it."
         )
     return out
-
-
-def _to_numpy(value: Any) -> Any:
-    """Convert a torch tensor (duck-typed, no torch import) to numpy; pass others through."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        t = value.detach().cpu()
-        if str(getattr(t, "dtype", "")) == "torch.bfloat16":
-            t = t.float()
-        return t.numpy()
-    return value

@@ -6,7 +6,8 @@ import numpy as np
 
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.weights import Transformer, param_shapes
+from circuitalg.model.params import param_shapes
+from circuitalg.model.weights import Transformer
 
 __all__ = ["planted_induction"]
 

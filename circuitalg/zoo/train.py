@@ -72,7 +72,7 @@ def make_batch(P: np.ndarray, n: int, n_ctx: int, rng: np.random.Generator) -> n
 
 
 def init_params(cfg: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from circuitalg.model.weights import param_shapes
+    from circuitalg.model.params import param_shapes
 
     params = {}
     for name, shape in param_shapes(cfg).items():

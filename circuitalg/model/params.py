@@ -1,0 +1,53 @@
+"""Canonical parameter names and shapes (circuitalg's own layout, column vectors), and array intake."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from circuitalg.model.config import TransformerConfig, require_config
+
+__all__ = ["param_shapes", "BIAS_KEYS", "to_numpy"]
+
+#: Parameter-name suffixes that may be zero-filled with ``biases="zero-fill"``.
+BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")
+
+
+def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical parameter names of a model with ``config`` and their shapes (column layout)."""
+    c = require_config(config, "param_shapes")
+    shapes: dict[str, tuple[int, ...]] = {
+        "W_E": (c.d_model, c.d_vocab),
+        "W_pos": (c.d_model, c.n_ctx),
+        "W_U": (c.d_vocab, c.d_model),
+        "b_U": (c.d_vocab,),
+    }
+    for layer in range(c.n_layers):
+        p = f"blocks.{layer}."
+        for w in ("W_Q", "W_K", "W_V"):
+            shapes[p + "attn." + w] = (c.n_heads, c.d_head, c.d_model)
+        shapes[p + "attn.W_O"] = (c.n_heads, c.d_model, c.d_head)
+        for b in ("b_Q", "b_K", "b_V"):
+            shapes[p + "attn." + b] = (c.n_heads, c.d_head)
+        shapes[p + "attn.b_O"] = (c.d_model,)
+        if c.normalization == "LN":
+            shapes[p + "ln1.w"] = shapes[p + "ln1.b"] = (c.d_model,)
+            if c.d_mlp is not None:
+                shapes[p + "ln2.w"] = shapes[p + "ln2.b"] = (c.d_model,)
+        if c.d_mlp is not None:
+            shapes[p + "mlp.W_in"] = (c.d_mlp, c.d_model)
+            shapes[p + "mlp.b_in"] = (c.d_mlp,)
+            shapes[p + "mlp.W_out"] = (c.d_model, c.d_mlp)
+            shapes[p + "mlp.b_out"] = (c.d_model,)
+    if c.normalization == "LN":
+        shapes["ln_final.w"] = shapes["ln_final.b"] = (c.d_model,)
+    return shapes
+
+
+def to_numpy(value: Any) -> Any:
+    """Convert a torch tensor (duck-typed, no torch import) to numpy; pass others through."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        t = value.detach().cpu()
+        if str(getattr(t, "dtype", "")) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    return value

@@ -1,0 +1,158 @@
+"""The model view every analysis reads: all heads' weights stacked, with typed ids.
+
+:class:`HeadWeights` holds every head's ``W_Q, W_K, W_V, W_O`` and biases as batched arrays
+(column convention), layer-major, in one dtype; ``model.head_weights`` is the model's own
+(cached, in the model's dtype) and ``.float64()`` the float64 copy the factored numerics use.
+Typed per-head maps are ``model.head(l, h)`` (sharing nothing with these copies but the
+values). Room for architectures to come: ``kv_head[l, h]`` names the key/value head a query
+head reads (``h`` itself today; grouped-query attention shares one among several), and the
+reading side of a head is asked for through :meth:`reader`, so position-dependent QK forms can
+replace it in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from functools import cached_property
+
+import numpy as np
+
+from circuitalg.errors import InvalidArgumentError
+from circuitalg.model.ids import HeadId
+
+__all__ = ["HeadWeights", "READ_SIDES"]
+
+#: The ways a head reads the residual stream: through its query, key or value weights.
+READ_SIDES = ("q", "k", "v")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HeadWeights:
+    """Every head's weights, stacked.
+
+    Attributes
+    ----------
+    W_Q, W_K, W_V : (n_layers, n_heads, d_head, d_model)
+    W_O : (n_layers, n_heads, d_model, d_head)
+    b_Q, b_K, b_V : (n_layers, n_heads, d_head)
+    b_O : (n_layers, d_model)
+    kv_head : (n_layers, n_heads) int
+        The key/value head each query head reads (the identity for multi-head attention).
+    """
+
+    W_Q: np.ndarray
+    W_K: np.ndarray
+    W_V: np.ndarray
+    W_O: np.ndarray
+    b_Q: np.ndarray
+    b_K: np.ndarray
+    b_V: np.ndarray
+    b_O: np.ndarray
+    kv_head: np.ndarray
+
+    @classmethod
+    def from_arrays(
+        cls, W_Q: np.ndarray, W_K: np.ndarray, W_V: np.ndarray, W_O: np.ndarray, *,
+        b_Q: np.ndarray | None = None, b_K: np.ndarray | None = None, b_V: np.ndarray | None = None,
+        b_O: np.ndarray | None = None,
+    ) -> HeadWeights:
+        """Stacks without biases (zeros), e.g. random heads for a baseline."""
+        L, H, dh, D = W_Q.shape
+        z = np.zeros((L, H, dh), dtype=W_Q.dtype)
+        return cls(
+            W_Q, W_K, W_V, W_O, z if b_Q is None else b_Q, z if b_K is None else b_K, z if b_V is None else b_V,
+            np.zeros((L, D), dtype=W_Q.dtype) if b_O is None else b_O,
+            np.broadcast_to(np.arange(H), (L, H)),
+        )
+
+    # -- shapes and ids ------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.W_Q.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.W_Q.shape[1]
+
+    @property
+    def d_head(self) -> int:
+        return self.W_Q.shape[2]
+
+    @property
+    def d_model(self) -> int:
+        return self.W_Q.shape[3]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.W_Q.dtype
+
+    def ids(self) -> Iterator[HeadId]:
+        """Every head, layer by layer."""
+        for l in range(self.n_layers):
+            for h in range(self.n_heads):
+                yield HeadId(l, h)
+
+    # -- derived arrays (cached) ----------------------------------------------------------
+    def float64(self) -> HeadWeights:
+        """This view in float64 (itself when it already is)."""
+        if self.dtype == np.float64:
+            return self
+        return self._float64
+
+    @cached_property
+    def _float64(self) -> HeadWeights:
+        f = {k.name: np.asarray(getattr(self, k.name), dtype=np.float64) for k in dataclasses.fields(self)
+             if k.name != "kv_head"}
+        return HeadWeights(**f, kv_head=self.kv_head)
+
+    @cached_property
+    def attention_bias(self) -> np.ndarray:
+        """``(n_layers, d_model)``: what each layer's attention writes at every position whatever
+        the pattern, ``b_O + Σ_h W_O^h b_V^h`` (pattern rows sum to 1)."""
+        return self.b_O + np.einsum("lhmd,lhd->lm", self.W_O, self.b_V)
+
+    def gram(self, which: str) -> np.ndarray:
+        """``W Wᵀ`` of ``W_Q``, ``W_K``, ``W_V`` (``which`` = "Q", "K", "V") or ``W_Oᵀ W_O`` ("O"):
+        ``(n_layers, n_heads, d_head, d_head)``, cached."""
+        if which not in ("Q", "K", "V", "O"):
+            raise InvalidArgumentError(f"gram: which={which!r}; use 'Q', 'K', 'V' or 'O'.")
+        return getattr(self, "_gram_" + which)
+
+    @cached_property
+    def _gram_Q(self) -> np.ndarray:
+        return np.matmul(self.W_Q, self.W_Q.swapaxes(-1, -2))
+
+    @cached_property
+    def _gram_K(self) -> np.ndarray:
+        return np.matmul(self.W_K, self.W_K.swapaxes(-1, -2))
+
+    @cached_property
+    def _gram_V(self) -> np.ndarray:
+        return np.matmul(self.W_V, self.W_V.swapaxes(-1, -2))
+
+    @cached_property
+    def _gram_O(self) -> np.ndarray:
+        return np.matmul(self.W_O.swapaxes(-1, -2), self.W_O)
+
+    # -- the reading side of each head -----------------------------------------------------
+    def reader(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(G, W)`` with ``RᵀR = Wᵀ G W`` for the map ``R`` through which every head reads on
+        ``side`` (stacks ``(L, H, d_head, d_head)`` and ``(L, H, d_head, d_model)``)::
+
+            k: R = W_Qᵀ W_K  ->  G = W_Q W_Qᵀ, W = W_K
+            q: R = W_Kᵀ W_Q  ->  G = W_K W_Kᵀ, W = W_Q
+            v: R = W_O W_V   ->  G = W_Oᵀ W_O, W = W_V
+        """
+        if side == "k":
+            return self.gram("Q"), self.W_K
+        if side == "q":
+            return self.gram("K"), self.W_Q
+        if side == "v":
+            return self.gram("O"), self.W_V
+        raise InvalidArgumentError(f"side={side!r}; a head reads on {READ_SIDES}.")
+
+    def writer(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(U, V)`` per head with ``UᵀV = W_OV W_OVᵀ = W_O (W_V W_Vᵀ) W_Oᵀ``."""
+        U = self.W_O.swapaxes(-1, -2)
+        return U, np.matmul(self.gram("V"), U)

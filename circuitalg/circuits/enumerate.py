@@ -120,7 +120,7 @@ class Circuit:
     @property
     def symbol(self) -> Any:
         """The sympy twin of :attr:`weight`."""
-        from circuitalg.symbolic.twin import to_sympy
+        from circuitalg.maps.twin import to_sympy
 
         return to_sympy(self.weight)
 

@@ -12,10 +12,17 @@ from circuitalg.linalg.accuracy import accuracy, magnitude
 from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
 from circuitalg.linalg.eig import eigenvalues
-from circuitalg.linalg.factors import GRAM_COND_LIMIT, as_chain, gram_factor, leaf_factor_method
+from circuitalg.linalg.factors import GRAM_COND_LIMIT, gram_factor, leaf_factor_method
 from circuitalg.linalg.norm import norm, trace
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.linalg.svd import singular_values, svd
+from circuitalg.maps.chain import as_chain
+from circuitalg.maps.nodes import register_numerics
+
+register_numerics(
+    matvec=matvec, rmatvec=rmatvec, to_dense=to_dense, as_operator=as_operator, singular_values=singular_values,
+    svd=svd, eigenvalues=eigenvalues, norm=norm, trace=trace,
+)
 
 __all__ = [
     "accuracy",

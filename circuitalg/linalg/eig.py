@@ -5,35 +5,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse.linalg as spla
 
-from circuitalg.errors import ShapeError, TooLargeError
+from circuitalg.errors import TooLargeError
 from circuitalg.linalg.accuracy import accuracy, eigen_conditions, eigen_noise_floor, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate
-from circuitalg.linalg.factors import Chain, evaluate_chain
-from circuitalg.linalg.plan import plan
-from circuitalg.linalg.svd import check_k
-from circuitalg.maps.nodes import LinearMap, Scaled, Transpose, require_map
+from circuitalg.linalg.common import check_k, require_square
+from circuitalg.linalg.factors import cyclic_core
+from circuitalg.linalg.plan import Plan, plan
+from circuitalg.maps.chain import Chain
+from circuitalg.maps.nodes import LinearMap, require_map
 
-__all__ = ["eigenvalues", "cyclic_core", "require_square"]
-
-
-def require_square(m: LinearMap, what: str) -> None:
-    """Raise :class:`ShapeError` unless ``m`` is square."""
-    if not m.is_square:
-        raise ShapeError(
-            f"{what} needs a square map, but {m.symbol} maps {m.domain} -> {m.codomain} "
-            f"(shape {m.shape}); use singular_values for non-square maps."
-        )
-
-
-def cyclic_core(chain: Chain) -> np.ndarray:
-    """The small square matrix ``F_{j+1} ... F_k F_1 ... F_j`` (``j`` the bottleneck),
-    which has the nonzero eigenvalues and the trace of the chain (without its scalar).
-
-    The wrap-around pair ``F_k F_1`` (e.g. ``W_E W_U``) is cached on its leaves."""
-    j = chain.bottleneck
-    fs = chain.factors
-    rotated = fs[j:] + fs[:j] if 0 < j < len(fs) else fs
-    return evaluate_chain(rotated)
+__all__ = ["eigenvalues"]
 
 
 def _order(vals: np.ndarray) -> np.ndarray:
@@ -47,12 +28,13 @@ Spectrum = tuple[np.ndarray, np.ndarray]  # (eigenvalues, their condition number
 
 def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
     """Eigenvalues and their condition numbers (``nan`` where unknown: the iterative route)."""
-    if isinstance(m, Scaled):
-        w, c = _all_eigenvalues(m.inner, k)
-        return m.scalar * w, c
-    if isinstance(m, Transpose):
-        return _all_eigenvalues(m.inner, k)
     p = plan(m, "eigenvalues", k)
+    w, c = _target_eigenvalues(p, k)
+    return p.scalar * w, c  # a transpose has the same eigenvalues
+
+
+def _target_eigenvalues(p: Plan, k: int | None) -> Spectrum:
+    m: LinearMap = p.target  # type: ignore[assignment]
     if p.method == "leaf":
         return eigen_conditions(m.array)  # type: ignore[attr-defined]
     if p.method == "identity":

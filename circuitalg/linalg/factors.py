@@ -1,8 +1,8 @@
 """Factored structure: chains, cached leaf decompositions and the small-core sweeps.
 
-A map is seen as a *chain* ``c * F1 @ F2 @ ... @ Fk`` (:func:`as_chain`); sums whose
-terms share outer factors are factored first (``W_U W_E + W_U W_OV W_E ->
-W_U (I + W_OV) W_E``). With dims ``d0 = n, d1, ..., dk = m``, the *bottleneck* ``j``
+A map is seen as a *chain* ``c * F1 @ F2 @ ... @ Fk``
+(:func:`circuitalg.maps.chain.as_chain`; sums whose terms share outer factors are factored
+first). With dims ``d0 = n, d1, ..., dk = m``, the *bottleneck* ``j``
 is where ``dj`` is smallest. Everything numeric then happens on small matrices:
 
 - :func:`left_factor` sweeps ``F1 ... Fj`` into ``S_L`` with ``S_Lᵀ S_L = Lᵀ L``
@@ -33,12 +33,10 @@ import scipy.linalg as sla
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
-from circuitalg.maps.nodes import Dense, Identity, LinearMap, Product, Scaled, Sum, Transpose
-from circuitalg.maps.rules import add, compose, identity, scale
+from circuitalg.maps.chain import Chain, as_chain
+from circuitalg.maps.nodes import Dense, Identity, LinearMap, Transpose
 
 __all__ = [
-    "Chain",
-    "as_chain",
     "gram_factor",
     "leaf_factors",
     "LeafFactors",
@@ -47,73 +45,13 @@ __all__ = [
     "sweep",
     "collapse_pairs",
     "evaluate_chain",
+    "cyclic_core",
     "GRAM_COND_LIMIT",
 ]
 
 #: Leaves whose estimated 2-norm condition number is above this use Householder QR;
 #: below it the Gram-Cholesky factor loses at most ~eps * GRAM_COND_LIMIT**2 relative.
 GRAM_COND_LIMIT: float = 1e3
-
-
-@dataclass(frozen=True)
-class Chain:
-    """``scalar * factors[0] @ ... @ factors[-1]``, with the chain's dimensions."""
-
-    scalar: float
-    factors: tuple[LinearMap, ...]
-
-    @property
-    def dims(self) -> tuple[int, ...]:
-        """``(n, d1, ..., m)``: codomain of the first factor, then each factor's domain."""
-        return (self.factors[0].codomain.dim,) + tuple(f.domain.dim for f in self.factors)
-
-    @property
-    def bottleneck(self) -> int:
-        """Index ``j`` (0..k) of the smallest dimension; ties go to the middle-most."""
-        d = self.dims
-        low = min(d)
-        cands = [i for i, v in enumerate(d) if v == low]
-        mid = (len(d) - 1) / 2
-        return min(cands, key=lambda i: abs(i - mid))
-
-
-def as_chain(m: LinearMap) -> Chain:
-    """View ``m`` as a chain of factors, pulling out scalars and common outer factors."""
-    if isinstance(m, Scaled):
-        inner = as_chain(m.inner)
-        return Chain(m.scalar * inner.scalar, inner.factors)
-    if isinstance(m, Product):
-        c, out = 1.0, []
-        for f in m.factors:
-            sub = as_chain(f)
-            c *= sub.scalar
-            out.extend(sub.factors)
-        return Chain(c, tuple(out))
-    if isinstance(m, Sum):
-        return _factor_sum(m)
-    return Chain(1.0, (m,))
-
-
-def _factor_sum(m: Sum) -> Chain:
-    """``A X1 B + A X2 B -> A (X1 + X2) B`` for the longest common outer factors."""
-    chains = [as_chain(t) for t in m.terms]
-    shortest = min(len(c.factors) for c in chains)
-    pre = 0
-    while pre < shortest and all(c.factors[pre] is chains[0].factors[pre] for c in chains):
-        pre += 1
-    suf = 0
-    while suf < shortest - pre and all(c.factors[-1 - suf] is chains[0].factors[-1 - suf] for c in chains):
-        suf += 1
-    if pre == 0 and suf == 0:
-        return Chain(1.0, (m,))
-    prefix = chains[0].factors[:pre]
-    suffix = chains[0].factors[len(chains[0].factors) - suf :]
-    middles = []
-    for c in chains:
-        body = c.factors[pre : len(c.factors) - suf]
-        space = prefix[-1].domain if prefix else suffix[0].codomain
-        middles.append(scale(c.scalar, compose(*body) if body else identity(space, dtype=m.dtype)))
-    return Chain(1.0, prefix + (add(*middles),) + suffix)
 
 
 # --- leaf caches ------------------------------------------------------------------------------
@@ -306,3 +244,14 @@ def evaluate_chain(factors: tuple[LinearMap, ...], max_bytes: int | None = None)
         check_budget((it.shape[0], X.shape[1]), X.dtype, "evaluating a chain's small core", max_bytes)
         X = it @ X if isinstance(it, np.ndarray) else matmat(it, X)
     return X
+
+
+def cyclic_core(chain: Chain) -> np.ndarray:
+    """The small square matrix ``F_{j+1} ... F_k F_1 ... F_j`` (``j`` the bottleneck),
+    which has the nonzero eigenvalues and the trace of the chain (without its scalar).
+
+    The wrap-around pair ``F_k F_1`` (e.g. ``W_E W_U``) is cached on its leaves."""
+    j = chain.bottleneck
+    fs = chain.factors
+    rotated = fs[j:] + fs[:j] if 0 < j < len(fs) else fs
+    return evaluate_chain(rotated)

@@ -9,10 +9,11 @@ import numpy as np
 from circuitalg.errors import TooLargeError
 from circuitalg.linalg.accuracy import accuracy, magnitude, unit_roundoff, warn_if_imprecise
 from circuitalg.linalg.apply import evaluate
-from circuitalg.linalg.eig import cyclic_core, require_square
-from circuitalg.linalg.factors import Chain, core
-from circuitalg.linalg.plan import plan
-from circuitalg.maps.nodes import LinearMap, Scaled, Sum, Transpose, require_map
+from circuitalg.linalg.common import require_square
+from circuitalg.linalg.factors import core, cyclic_core
+from circuitalg.linalg.plan import Plan, plan
+from circuitalg.maps.chain import Chain
+from circuitalg.maps.nodes import LinearMap, require_map
 from circuitalg.maps.rules import compose, transpose
 
 __all__ = ["norm", "trace"]
@@ -32,11 +33,12 @@ def trace(m: LinearMap) -> float:
 
 
 def _trace(m: LinearMap) -> float:
-    if isinstance(m, Scaled):
-        return m.scalar * _trace(m.inner)
-    if isinstance(m, Transpose):
-        return _trace(m.inner)
     p = plan(m, "trace")
+    return p.scalar * _target_trace(p)
+
+
+def _target_trace(p: Plan) -> float:
+    m: LinearMap = p.target  # type: ignore[assignment]
     if p.method == "leaf":
         return float(np.trace(m.array))  # type: ignore[attr-defined]
     if p.method == "identity":
@@ -48,8 +50,8 @@ def _trace(m: LinearMap) -> float:
     if p.method == "chain":
         chain: Chain = p.chain  # type: ignore[assignment]
         return chain.scalar * float(np.trace(cyclic_core(chain)))
-    if isinstance(m, Sum):
-        return sum(_trace(t) for t in m.terms)
+    if p.method == "sum":
+        return sum(_trace(t) for t in m.terms)  # type: ignore[attr-defined]
     if p.method == "dense":
         return float(np.trace(evaluate(m)))
     raise TooLargeError(
@@ -86,15 +88,16 @@ def norm(m: LinearMap) -> float:
 
 def _norm(m: LinearMap, gram_err: list[float]) -> float:
     """The norm; appends to ``gram_err`` the error of each squared norm summed from traces."""
-    if isinstance(m, Scaled):
-        c = abs(m.scalar)
-        inner: list[float] = []
-        out = c * _norm(m.inner, inner)
-        gram_err.extend(c * c * e for e in inner)
-        return out
-    if isinstance(m, Transpose):
-        return _norm(m.inner, gram_err)
     p = plan(m, "norm")
+    c = abs(p.scalar)
+    inner: list[float] = []
+    out = c * _target_norm(p, inner)
+    gram_err.extend(c * c * e for e in inner)
+    return out
+
+
+def _target_norm(p: Plan, gram_err: list[float]) -> float:
+    m: LinearMap = p.target  # type: ignore[assignment]
     if p.method == "leaf":
         return float(np.linalg.norm(m.array))  # type: ignore[attr-defined]
     if p.method == "identity":
@@ -102,7 +105,7 @@ def _norm(m: LinearMap, gram_err: list[float]) -> float:
     if p.method == "diagonal":
         return float(np.linalg.norm(m.values))  # type: ignore[attr-defined]
     if p.method == "kron":
-        errs = [[] for _ in m.factors]  # type: ignore[attr-defined]
+        errs: list[list[float]] = [[] for _ in m.factors]  # type: ignore[attr-defined]
         vals = [_norm(f, e) for f, e in zip(m.factors, errs)]  # type: ignore[attr-defined]
         out = math.prod(vals)
         for i, e in enumerate(errs):  # a factor's squared-norm error, times the others' squares
@@ -114,8 +117,8 @@ def _norm(m: LinearMap, gram_err: list[float]) -> float:
         return abs(chain.scalar) * float(np.linalg.norm(core(chain)))
     if p.method == "dense":
         return float(np.linalg.norm(evaluate(m)))
-    if isinstance(m, Sum):
-        terms = m.terms
+    if p.method == "gram-traces":
+        terms = m.terms  # type: ignore[attr-defined]
         total = 0.0
         for i, a in enumerate(terms):
             total += _trace(compose(transpose(a), a))

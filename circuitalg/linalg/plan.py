@@ -7,12 +7,12 @@ will be computed before paying for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES, nbytes
-from circuitalg.linalg.factors import Chain, as_chain
-from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Scaled, Transpose, require_map
+from circuitalg.maps.chain import Chain, as_chain
+from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Scaled, Sum, Transpose, require_map
 
 __all__ = ["Plan", "plan", "PROBLEMS"]
 
@@ -29,17 +29,28 @@ class Plan:
         ``"leaf"`` (a dense leaf's own array, tall leaves via their cached triangular
         factor), ``"identity"``, ``"diagonal"``, ``"kron"`` (factor-wise), ``"chain"`` (the
         factored small-core algorithm), ``"dense"`` (a map under
-        :data:`~circuitalg.linalg.budget.SMALL_DENSE_BYTES` with no structural rule) or
-        ``"iterative"`` (``scipy.sparse.linalg`` on the operator; needs ``k``).
+        :data:`~circuitalg.linalg.budget.SMALL_DENSE_BYTES` with no structural rule),
+        ``"sum"`` (a trace: the sum of the terms' traces), ``"gram-traces"`` (a norm: the
+        squared norm ``Σ_ij tr(T_iᵀ T_j)`` over the terms) or ``"iterative"``
+        (``scipy.sparse.linalg`` on the operator; needs ``k``).
     detail : str
         A human-readable explanation (bottleneck, core size, ...).
     chain : Chain or None
         The chain, for ``method == "chain"``.
+    scalar : float
+        Outer scalars stripped before choosing (the result scales by it).
+    transposed : bool
+        Whether an odd number of outer transposes was stripped.
+    target : LinearMap or None
+        The map the method applies to: ``m`` without its outer scalars and transposes.
     """
 
     method: str
     detail: str
     chain: Chain | None = None
+    scalar: float = 1.0
+    transposed: bool = False
+    target: LinearMap | None = None
 
 
 def _sweep_bytes(chain: Chain, itemsize: int) -> int:
@@ -60,11 +71,6 @@ def _sweep_bytes(chain: Chain, itemsize: int) -> int:
 
 
 def _structural(m: LinearMap, problem: str) -> Plan | None:
-    if isinstance(m, (Scaled, Transpose)):
-        inner = _structural(m.inner, problem)
-        if inner is not None and inner.method != "chain":
-            return Plan(inner.method, f"{type(m).__name__.lower()} of: {inner.detail}", inner.chain)
-        return None
     if isinstance(m, Dense):
         return Plan("leaf", f"dense leaf {m.name} {m.shape[0]}x{m.shape[1]}")
     if isinstance(m, Identity):
@@ -78,11 +84,40 @@ def _structural(m: LinearMap, problem: str) -> Plan | None:
     return None
 
 
+def _strip(m: LinearMap) -> tuple[LinearMap, float, bool]:
+    """``(target, scalar, transposed)`` with ``m = scalar * target`` (transposed if odd)."""
+    scalar, transposed = 1.0, False
+    while isinstance(m, (Scaled, Transpose)):
+        if isinstance(m, Scaled):
+            scalar *= m.scalar
+        else:
+            transposed = not transposed
+        m = m.inner
+    return m, scalar, transposed
+
+
 def plan(m: LinearMap, problem: str = "singular_values", k: int | None = None) -> Plan:
-    """Choose the method ``problem`` (one of :data:`PROBLEMS`) will use on ``m``."""
+    """Choose the method ``problem`` (one of :data:`PROBLEMS`) will use on ``m``.
+
+    Outer scalars and transposes are stripped first (``Plan.scalar``, ``Plan.transposed``,
+    ``Plan.target``); every routine in :mod:`circuitalg.linalg` follows the plan, so what it
+    names is what runs.
+    """
     require_map(m, "plan")
     if problem not in PROBLEMS:
         raise InvalidArgumentError(f"unknown problem {problem!r}; expected one of {PROBLEMS}.")
+    target, scalar, transposed = _strip(m)
+    p = _plan_target(target, problem, k)
+    prefix = "".join(
+        (f"scalar {scalar:g} times " if scalar != 1.0 else "", "transpose of " if transposed else "")
+    )
+    return replace(
+        p, detail=prefix + p.detail, scalar=scalar * p.scalar, transposed=transposed != p.transposed,
+        target=target if p.target is None else p.target,
+    )
+
+
+def _plan_target(m: LinearMap, problem: str, k: int | None) -> Plan:
     hit = _structural(m, problem)
     if hit is not None:
         return hit
@@ -97,11 +132,17 @@ def plan(m: LinearMap, problem: str = "singular_values", k: int | None = None) -
                 f"bottleneck {r} at position {chain.bottleneck}: core at most {r}x{r}",
                 chain,
             )
-    if len(chain.factors) == 1 and chain.factors[0] is not m:
+    if len(chain.factors) == 1 and chain.factors[0] is not m:  # a scalar pulled out of a product
         inner = plan(chain.factors[0], problem, k)
-        return Plan(inner.method, f"scaled: {inner.detail}", inner.chain)
-    if nbytes(m.shape, m.dtype) <= SMALL_DENSE_BYTES:
+        return replace(inner, scalar=inner.scalar * chain.scalar)
+    if isinstance(m, Sum) and problem == "trace":
+        return Plan("sum", f"sum of the traces of {len(m.terms)} terms")
+    small = nbytes(m.shape, m.dtype) <= SMALL_DENSE_BYTES
+    if small:
         return Plan("dense", f"no structural rule; {m.shape[0]}x{m.shape[1]} is small, evaluated densely")
+    if isinstance(m, Sum) and problem == "norm":
+        n = len(m.terms)
+        return Plan("gram-traces", f"squared norm as Σ_ij tr(T_iᵀ T_j) over {n} terms ({n * (n + 1) // 2} traces)")
     return Plan(
         "iterative",
         f"no structural rule; scipy.sparse.linalg on the {m.shape[0]}x{m.shape[1]} operator"

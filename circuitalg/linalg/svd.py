@@ -10,24 +10,13 @@ from circuitalg.errors import InvalidArgumentError, TooLargeError
 from circuitalg.linalg.accuracy import accuracy, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
-from circuitalg.linalg.factors import Chain, core, gram_factor
-from circuitalg.linalg.plan import plan
-from circuitalg.maps.nodes import Dense, Identity, LinearMap, Scaled, Transpose, require_map
+from circuitalg.linalg.common import check_k
+from circuitalg.linalg.factors import core, gram_factor
+from circuitalg.linalg.plan import Plan, plan
+from circuitalg.maps.chain import Chain
+from circuitalg.maps.nodes import Dense, Identity, LinearMap, require_map
 
-__all__ = ["singular_values", "svd", "check_k"]
-
-
-def check_k(m: LinearMap, k: int | None, limit: int) -> int:
-    """Validate ``k`` (None means all ``limit`` values) and return the count to keep."""
-    if k is None:
-        return limit
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InvalidArgumentError(f"k must be a positive integer or None, got {k!r}.")
-    if k > min(m.shape):
-        raise InvalidArgumentError(
-            f"k={k} exceeds min(shape)={min(m.shape)} of {m.symbol} {m.shape}; pass k <= {min(m.shape)}."
-        )
-    return min(int(k), limit)
+__all__ = ["singular_values", "svd"]
 
 
 def _svdvals(a: np.ndarray) -> np.ndarray:
@@ -45,11 +34,12 @@ def _leaf_values(m: Dense) -> np.ndarray:
 
 def _all_singular_values(m: LinearMap, k: int | None) -> np.ndarray:
     """Singular values, descending, before truncation (may be longer than rank_bound)."""
-    if isinstance(m, Scaled):
-        return abs(m.scalar) * _all_singular_values(m.inner, k)
-    if isinstance(m, Transpose):
-        return _all_singular_values(m.inner, k)
     p = plan(m, "singular_values", k)
+    return abs(p.scalar) * _target_singular_values(p, k)
+
+
+def _target_singular_values(p: Plan, k: int | None) -> np.ndarray:
+    m: LinearMap = p.target  # type: ignore[assignment]
     if p.method == "leaf":
         return _leaf_values(m)  # type: ignore[arg-type]
     if p.method == "identity":
@@ -115,13 +105,15 @@ def _chain_svd(m: LinearMap, chain: Chain) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _all_svd(m: LinearMap, k: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if isinstance(m, Scaled):
-        U, S, Vh = _all_svd(m.inner, k)
-        return (-U if m.scalar < 0 else U), abs(m.scalar) * S, Vh
-    if isinstance(m, Transpose):
-        U, S, Vh = _all_svd(m.inner, k)
-        return Vh.T, S, U.T
     p = plan(m, "svd", k)
+    U, S, Vh = _target_svd(p, k)
+    if p.transposed:
+        U, Vh = Vh.T, U.T
+    return (-U if p.scalar < 0 else U), abs(p.scalar) * S, Vh
+
+
+def _target_svd(p: Plan, k: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m: LinearMap = p.target  # type: ignore[assignment]
     n, d = m.shape
     if p.method in ("identity", "diagonal"):
         check_budget((n, n), m.dtype, lambda: f"svd of {m.symbol}", None)

@@ -128,6 +128,25 @@ def _check_scalar(c: Any) -> float | int:
     return int(c) if isinstance(c, (int, np.integer)) else float(c)
 
 
+#: The numeric routines behind the shortcut methods (``m.norm()``...), registered by
+#: :mod:`circuitalg.linalg` when it is imported (so this module never imports it).
+_NUMERICS: dict[str, Callable[..., Any]] = {}
+
+
+def register_numerics(**routines: Callable[..., Any]) -> None:
+    """Install the routines the shortcut methods call (done by :mod:`circuitalg.linalg`)."""
+    _NUMERICS.update(routines)
+
+
+def _numeric(name: str) -> Callable[..., Any]:
+    try:
+        return _NUMERICS[name]
+    except KeyError:
+        raise InvalidArgumentError(
+            f"map.{name}() needs circuitalg's numeric routines; import circuitalg (or circuitalg.linalg) first."
+        ) from None
+
+
 class LinearMap:
     """A typed linear map from ``domain`` to ``codomain``; the base of every node.
 
@@ -236,72 +255,54 @@ class LinearMap:
 
         return transpose(self)
 
-    # ----- numerics (thin shortcuts to circuitalg.linalg) -------------------------
+    # ----- numerics (thin shortcuts to circuitalg.linalg, which registers them) ----------
     def matvec(self, x: Any) -> np.ndarray:
         """Apply the map to ``x`` of shape ``(domain.dim,)`` or ``(domain.dim, k)``."""
-        from circuitalg.linalg import matvec
-
-        return matvec(self, x)
+        return _numeric("matvec")(self, x)
 
     def rmatvec(self, y: Any) -> np.ndarray:
         """Apply the transpose to ``y`` of shape ``(codomain.dim,)`` or ``(codomain.dim, k)``."""
-        from circuitalg.linalg import rmatvec
-
-        return rmatvec(self, y)
+        return _numeric("rmatvec")(self, y)
 
     def to_dense(self, max_bytes: int | None = None) -> np.ndarray:
         """The dense matrix, refused with :class:`TooLargeError` above ``max_bytes``."""
-        from circuitalg.linalg import to_dense
-
-        return to_dense(self, max_bytes=max_bytes)
+        return _numeric("to_dense")(self, max_bytes=max_bytes)
 
     def as_operator(self) -> scipy.sparse.linalg.LinearOperator:
         """A :class:`scipy.sparse.linalg.LinearOperator` applying this map."""
-        from circuitalg.linalg import as_operator
-
-        return as_operator(self)
+        return _numeric("as_operator")(self)
 
     def singular_values(self, k: int | None = None) -> np.ndarray:
         """Singular values, descending: ``rank_bound`` of them, or the top ``k``."""
-        from circuitalg.linalg import singular_values
-
-        return singular_values(self, k=k)
+        return _numeric("singular_values")(self, k=k)
 
     def svd(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(U, S, Vh)`` with ``self ≈ U @ diag(S) @ Vh``, truncated to ``rank_bound`` or ``k``."""
-        from circuitalg.linalg import svd
-
-        return svd(self, k=k)
+        return _numeric("svd")(self, k=k)
 
     def eigenvalues(self, k: int | None = None) -> np.ndarray:
         """Eigenvalues of a square map: the nonzero spectrum, zero-padded to ``rank_bound``."""
-        from circuitalg.linalg import eigenvalues
-
-        return eigenvalues(self, k=k)
+        return _numeric("eigenvalues")(self, k=k)
 
     def norm(self) -> float:
         """The Frobenius norm, from small Gram factors (no SVD)."""
-        from circuitalg.linalg import norm
-
-        return norm(self)
+        return _numeric("norm")(self)
 
     def trace(self) -> float:
         """The trace of a square map, from the cyclic small product."""
-        from circuitalg.linalg import trace
-
-        return trace(self)
+        return _numeric("trace")(self)
 
     # ----- symbolic twin --------------------------------------------------------------
     @cached_property
     def symbol(self) -> sympy.MatrixExpr:
         """The sympy matrix expression twin (MatrixSymbols named after the leaves)."""
-        from circuitalg.symbolic import to_sympy
+        from circuitalg.maps.twin import to_sympy
 
         return to_sympy(self)
 
     def latex(self) -> str:
         """LaTeX of the symbolic twin."""
-        from circuitalg.symbolic import latex
+        from circuitalg.maps.twin import latex
 
         return latex(self)
 
@@ -499,7 +500,7 @@ class Sum(LinearMap):
     @cached_property
     def rank_bound(self) -> int:  # type: ignore[override]
         bound = min(min(self.shape), sum(t.rank_bound for t in self.terms))
-        from circuitalg.linalg.factors import as_chain
+        from circuitalg.maps.chain import as_chain
 
         chain = as_chain(self)  # common outer factors bound the rank too
         if len(chain.factors) > 1:

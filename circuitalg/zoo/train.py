@@ -105,12 +105,14 @@ def train(name: str, seed: int = 0, steps: int | None = None, log: Any = print) 
     """Train zoo model ``name``; returns ``(Transformer, card)``."""
     import torch
 
-    import circuitalg as ca
+    from circuitalg.circuits.diagnostics import head_table, repeated_random_tokens
+    from circuitalg.model.config import TransformerConfig
+    from circuitalg.model.weights import Transformer
 
     recipe = dict(RECIPES[name])
     recipe_steps = recipe.pop("steps")
     n_steps = int(recipe_steps if steps is None else steps)
-    cfg = ca.TransformerConfig(normalization=None, **recipe)
+    cfg = TransformerConfig(normalization=None, **recipe)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     P = bigram_matrix(cfg.d_vocab, rng)
@@ -132,7 +134,7 @@ def train(name: str, seed: int = 0, steps: int | None = None, log: Any = print) 
         if log and (step % 500 == 0 or step == n_steps - 1):
             log(f"{name} step {step:5d}/{n_steps}  loss {loss_value:.4f}  ({time.time() - t0:.0f} s)")
     params = {k: v.detach().double().numpy() for k, v in p.items()}
-    model = ca.Transformer(cfg, params, name=name, vocab=[f"t{i}" for i in range(cfg.d_vocab)])
+    model = Transformer(cfg, params, name=name, vocab=[f"t{i}" for i in range(cfg.d_vocab)])
     # held-out loss on fresh data (float64, circuitalg's own forward pass)
     eval_tokens = make_batch(P, 32, cfg.n_ctx, np.random.default_rng(seed + 10_000))
     losses = []
@@ -140,7 +142,7 @@ def train(name: str, seed: int = 0, steps: int | None = None, log: Any = print) 
         logits, _ = model.run(row[:-1])
         logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
         losses.append(float(np.mean(logz - logits[np.arange(len(row) - 1), row[1:]])))
-    table = ca.head_table(model, ca.repeated_random_tokens(model, cfg.n_ctx // 2, 16, seed=seed))
+    table = head_table(model, repeated_random_tokens(model, cfg.n_ctx // 2, 16, seed=seed))
     card = {
         "name": name,
         "architecture": cfg.to_dict(),
@@ -170,12 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     ap.add_argument("--out", default=str(Path(__file__).parent / "models"))
     args = ap.parse_args(argv)
-    import circuitalg as ca
+    from circuitalg.model.io import save
 
     model, card = train(args.model, args.seed, args.steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ca.save(model, out / f"{args.model}.safetensors")
+    save(model, out / f"{args.model}.safetensors")
     (out / f"{args.model}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps(card["scores"], indent=2))
     print(f"wrote {out / (args.model + '.safetensors')} and {args.model}.json")

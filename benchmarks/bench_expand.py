@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_expand.py [--order 2]
+    python benchmarks/bench_expand.py [--max-heads 2]
 
 The criterion (issue 3): ``expand`` at order 2 (1 + 144 + 9,504 token paths) builds lazily in
 under a second and is iterable. Weights are random float32 (their values do not matter here).
@@ -20,7 +20,7 @@ import circuitalg as ca
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--order", type=int, default=2)
+    parser.add_argument("--max-heads", type=int, default=2)
     args = parser.parse_args()
     cfg = ca.TransformerConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_vocab=50257, n_ctx=1024,
                                normalization=None)
@@ -29,7 +29,7 @@ def main() -> None:
     model = ca.Transformer(cfg, params, dtype=np.float32, name="gpt2-small-shapes")
 
     t0 = time.perf_counter()
-    paths = ca.expand(model, order=args.order)
+    paths = ca.expand(model, max_heads=args.max_heads)
     t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
     n_embed = sum(1 for _ in paths.terms(source="embed"))
@@ -38,12 +38,12 @@ def main() -> None:
     n_all = sum(1 for _ in paths)
     t_all = time.perf_counter() - t0
     t0 = time.perf_counter()
-    weights = [p.weight for p in paths.terms(source="embed", n_heads=args.order)]
+    weights = [p.weight for p in paths.terms(source="embed", n_heads=args.max_heads)]
     t_weights = time.perf_counter() - t0
-    print(f"expand(order={args.order}) built in {t_build * 1e3:.2f} ms")
+    print(f"expand(max_heads={args.max_heads}) built in {t_build * 1e3:.2f} ms")
     print(f"iterated {n_embed} token paths in {t_embed:.3f} s; all {n_all} terms (every source) in {t_all:.3f} s")
     print(
-        f"built all {len(weights)} lazy {args.order}-head path weights in {t_weights:.3f} s; "
+        f"built all {len(weights)} lazy {args.max_heads}-head path weights in {t_weights:.3f} s; "
         f"e.g. {weights[0].symbol}, shape {weights[0].shape} (never materialised)"
     )
 

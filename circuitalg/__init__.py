@@ -5,16 +5,17 @@ Conventions: column vectors (a map X -> Y has a matrix of shape ``(Y.dim, X.dim)
 """
 
 from circuitalg import zoo
-from circuitalg.model.ids import HeadId
+from circuitalg.model.ids import HeadId, Source
 from circuitalg.circuits import (
     Circuit,
     CircuitGraph,
     CircuitSearch,
     CompositionBaseline,
     HeadTable,
-    Path,
+    FrozenPaths,
     PathScore,
     PathSum,
+    Sink,
     TokenEntry,
     composition_baseline,
     composition_scores,
@@ -179,9 +180,11 @@ __all__ = [
     "rotate_residual",
     # circuits
     "expand",
-    "Path",
+    "FrozenPaths",
     "PathSum",
     "PathScore",
+    "Sink",
+    "Source",
     "composition_scores",
     "composition_baseline",
     "CompositionBaseline",

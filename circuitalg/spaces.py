@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from circuitalg.errors import InvalidArgumentError
 
-__all__ = ["Space", "ProductSpace", "product_space", "describe_space", "VOCAB_SPACE", "POS_SPACE"]
+__all__ = ["Space", "ProductSpace", "product_space", "VOCAB_SPACE", "POS_SPACE"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,3 @@ def product_space(*spaces: Space) -> Space:
 #: Names of a model's token and position spaces (``W_E: vocab -> resid``, ``W_pos: pos -> resid``).
 VOCAB_SPACE = "vocab"
 POS_SPACE = "pos"
-
-
-def describe_space(space: Space) -> str:
-    """``name[dim]``, the form every error message uses."""
-    return str(space)

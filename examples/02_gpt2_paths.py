@@ -2,7 +2,7 @@
 
 Usage::
 
-    python examples/02_gpt2_paths.py [CHECKPOINT] [--order K]
+    python examples/02_gpt2_paths.py [CHECKPOINT] [--max-heads K]
 
 CHECKPOINT is a Hugging Face GPT-2 directory (config.json + model.safetensors), a
 TransformerLens state dict or a circuitalg file. Without one, a random tiny GPT-2 is created
@@ -41,7 +41,7 @@ def make_checkpoint(directory: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint file or directory (default: a random tiny GPT-2)")
-    parser.add_argument("--order", type=int, default=None, help="most heads per path (default: all layers)")
+    parser.add_argument("--max-heads", type=int, default=None, help="most heads per path (default: all layers)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +54,7 @@ def main() -> None:
     print(f"forward pass on {len(tokens)} tokens: logits {logits.shape}, patterns {cache.pattern.shape}")
 
     t0 = time.perf_counter()
-    paths = ca.expand(model, order=args.order)
+    paths = ca.expand(model, max_heads=args.max_heads)
     print(f"{paths}  (built in {time.perf_counter() - t0:.3f} s)")
     total = paths.logits(tokens, cache)
     rel = np.abs(total - logits).max() / np.abs(logits).max()
@@ -62,11 +62,11 @@ def main() -> None:
 
     print("largest terms (Frobenius norm of their logit contribution):")
     for s in paths.top(tokens, cache, k=6):
-        print(f"  {s.score:9.4f}  {s.path.name:40s} {s.path.symbol if s.path.source.kind != 'unembed_bias' else 'b_U'}")
+        print(f"  {s.score:9.4f}  {s.circuit.name:40s} {s.circuit.symbol}")
     targets = np.roll(tokens, -1)
     print("largest terms for the logit of the next token (direct logit attribution, per path):")
     for s in paths.top(tokens, cache, k=4, targets=targets):
-        print(f"  {s.score:+9.4f}  {s.path.name}")
+        print(f"  {s.score:+9.4f}  {s.circuit.name}")
     lens = ca.logit_lens(model, cache)
     agree = [(np.argmax(lens[layer], axis=-1) == np.argmax(logits, axis=-1)).mean() for layer in range(c.n_layers + 1)]
     print("logit lens: fraction of positions whose top token matches the final one, by layer:",

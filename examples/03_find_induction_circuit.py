@@ -45,7 +45,7 @@ def main() -> None:
     print(search.summary())
     for c in search:
         print("  ", c)
-    induction = [c for c in ca.top_circuits(model, 200, 2, ("k",)) if c.sink == (int(l2), int(h2))][0]
+    induction = [c for c in ca.top_circuits(model, 200, 2, ("k",)) if c.sink.head == (int(l2), int(h2))][0]
     print("top QK circuit of the copier:", induction)
     print("   its virtual weight:", induction.symbol)
     print("   strongest (query, key) token pairs:", [str(e) for e in induction.top_tokens(3)])

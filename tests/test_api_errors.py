@@ -277,9 +277,9 @@ CASES = [
     ),
     (
         'expand',
-        lambda: ca.expand(m, order=-1),
+        lambda: ca.expand(m, max_heads=-1),
         ca.InvalidArgumentError,
-        'order=-1; pass an integer >= 0 (n_layers=2; larger orders are the full expansion).',
+        'max_heads=-1; pass an integer >= 0 (n_layers=2; more heads give the full expansion).',
     ),
     (
         'PathSum',
@@ -396,6 +396,24 @@ CASES = [
         'tokens must be a 1-D sequence of ids, got shape (1, 3); run one sequence at a time (loop over the batch).',
     ),
     (
+        'Source',
+        lambda: ca.Source("mlp"),
+        ca.InvalidArgumentError,
+        "Source 'mlp': a layer is required.",
+    ),
+    (
+        'Sink',
+        lambda: ca.Sink("k"),
+        ca.InvalidArgumentError,
+        "Sink: a QK sink ('q' or 'k') needs head and other; 'unembed' takes neither.",
+    ),
+    (
+        'FrozenPaths',
+        lambda: ca.expand(m).on([0, 1], "cache"),
+        ca.InvalidArgumentError,
+        'cache must be the Cache from model.run(tokens), got str.',
+    ),
+    (
         'HeadId',
         lambda: ca.HeadId.parse("L1X2"),
         ca.InvalidArgumentError,
@@ -431,7 +449,7 @@ CASES = [
 
 #: Records circuitalg returns (plans, caches, heads, results); users read them, circuitalg builds them.
 RESULT_RECORDS = {
-    "LinearMap", "Plan", "Cache", "Head", "MLP", "Layer", "Path", "PathScore", "CompositionBaseline",
+    "LinearMap", "Plan", "Cache", "Head", "MLP", "Layer", "PathScore", "CompositionBaseline",
     "HeadTable", "TokenEntry", "Circuit", "CircuitSearch", "Verification", "SymbolicExpansion",
     "HeadFinding", "CompositionFinding",
     "CircuitAlgWarning", "PrecisionWarning",

@@ -222,6 +222,12 @@ def test_graph_threshold_subgraph_and_round_trip(tmp_path) -> None:
 
 
 # --- circuit search -----------------------------------------------------------------------
+def key(c: ca.Circuit) -> tuple:
+    """A circuit as brute_force names it: (side, source, heads, sink head, other source)."""
+    other = None if c.sink.other is None else c.sink.other.name
+    return (c.sink.side, c.source.name, c.heads, c.sink.head, other)
+
+
 def brute_force(m: ca.Transformer, max_heads: int, sinks: tuple[str, ...]) -> list[tuple]:
     """Every circuit, scored densely: (score, kind, source, heads, sink, other_source)."""
     L, H = m.config.n_layers, m.config.n_heads
@@ -301,17 +307,17 @@ def test_top_circuits_and_certificate_equal_brute_force(
 ) -> None:
     """The top k are exact, and the printed certificate is true: every circuit the search did
     not score is at most ``bound`` (checked against every circuit, scored densely)."""
-    from circuitalg.circuits.enumerate import _search
+    from circuitalg.circuits.enumerate import _Engine, _Search
 
     m = model
     bf = brute_force(m, max_heads, sinks)
     scored: dict[tuple, float] = {}
 
-    def record(key: tuple, v2: float) -> None:
-        assert key not in scored, f"{key} scored twice"
-        scored[key] = v2
+    def record(c: ca.Circuit) -> None:
+        assert key(c) not in scored, f"{c.name} scored twice"
+        scored[key(c)] = c.score**2
 
-    res = _search(m, k, max_heads, sinks, on_score=record)
+    res = _Search(_Engine(m, sinks), k, max_heads, on_score=record).run()
     assert res.total == len(bf) == ca.count_circuits(m, max_heads, sinks)
     assert res.evaluated == len(scored)
     kk = min(k, len(bf))
@@ -319,7 +325,7 @@ def test_top_circuits_and_certificate_equal_brute_force(
     np.testing.assert_allclose([c.score for c in res], [b[0] for b in bf[:kk]], rtol=1e-9, atol=1e-12 * bf[0][0])
     gaps = np.diff([b[0] for b in bf[: kk + 1]])
     if np.all(np.abs(gaps) > 1e-9 * bf[0][0]):  # no ties: the identities must agree too
-        assert [(c.kind, c.source, c.heads, c.sink, c.other_source) for c in res] == [b[1:] for b in bf[:kk]]
+        assert [key(c) for c in res] == [b[1:] for b in bf[:kk]]
     # the claim: unscored circuits are below the bound; the bound is below the k-th score
     unscored = [b[0] for b in bf if b[1:] not in scored]
     assert len(unscored) == res.unevaluated
@@ -331,7 +337,7 @@ def test_top_circuits_and_certificate_equal_brute_force(
     else:
         assert "every circuit was evaluated" in res.summary()
     # scored circuits outside the top k are below the k-th score
-    top = {(c.kind, c.source, c.heads, c.sink, c.other_source) for c in res}
+    top = {key(c) for c in res}
     assert top <= set(scored)
     assert all(np.sqrt(max(v2, 0)) <= res[kk - 1].score * (1 + 1e-9) + tol
                for key, v2 in scored.items() if key not in top)
@@ -377,8 +383,8 @@ def test_planted_induction_circuit_is_identified() -> None:
     top_k_edge = graph.edges("k", top=10)
     top_k_edge = [e for e in top_k_edge if e["writer"].startswith("L")][0]
     assert (top_k_edge["writer"], top_k_edge["reader"]) == ("L0H1", "L1H2")
-    qk = [c for c in ca.top_circuits(m, 20, 2, ("k", "q")) if c.sink == (1, 2)][0]
-    assert (qk.kind, qk.source, qk.heads, qk.other_source) == ("k", "embed", ((0, 1),), "embed")
+    qk = [c for c in ca.top_circuits(m, 20, 2, ("k", "q")) if c.sink.head == (1, 2)][0]
+    assert key(qk) == ("k", "embed", ((0, 1),), (1, 2), "embed")
 
 
 # --- honest labels and significance ----------------------------------------------------------
@@ -408,7 +414,7 @@ def test_token_tables_print_ids_without_a_vocabulary() -> None:
     assert bare.vocab is None
     for e in ca.top_tokens(bare.W_U @ bare.head(1, 2).ov @ bare.W_E, 5, vocab=bare):
         assert e.row_label == f"#{e.row}" and e.col_label == f"#{e.col}" and "None" not in str(e)
-    qk = [c for c in ca.top_circuits(bare, 20, 2, ("k", "q")) if c.sink == (1, 2)][0]
+    qk = [c for c in ca.top_circuits(bare, 20, 2, ("k", "q")) if c.sink.head == (1, 2)][0]
     entries = qk.top_tokens(4)
     assert (entries[0].row_role, entries[0].col_role) == ("query", "key")
     dense = ca.to_dense(qk.weight)

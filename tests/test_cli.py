@@ -122,11 +122,11 @@ def test_report_on_random_weights_names_no_head(tmp_path, seed: int) -> None:
     from circuitalg.report import analyse
 
     a = analyse(_random_gpt2(seed))
-    assert a["prev"].head is None and a["induction"].head is None, a["text"]
-    assert a["k_comp"] is not None and a["k_comp"].chosen == "strongest valid pair"
-    assert a["k_comp"].writer.layer < a["k_comp"].reader.layer
-    assert not a["k_comp"].significant, a["text"]
-    assert "none found" in a["text"] and "not significant" in a["text"]
+    assert a.prev.head is None and a.induction.head is None, a.text
+    assert a.k_comp is not None and a.k_comp.chosen == "strongest valid pair"
+    assert a.k_comp.writer.layer < a.k_comp.reader.layer
+    assert not a.k_comp.significant, a.text
+    assert "none found" in a.text and "not significant" in a.text
 
 
 def test_cli_subcommands_and_exit_codes(tmp_path, capsys) -> None:

@@ -29,10 +29,11 @@ def test_full_expansion_equals_the_forward_pass(name: str) -> None:
     kwargs, tol = CASES[name]
     model = random_model(**kwargs, seed=7)
     logits, cache = model.run(TOKENS)
-    ps = ca.expand(model, order=model.config.n_layers)
+    ps = ca.expand(model, max_heads=model.config.n_layers)
     assert rel_err(ps.logits(TOKENS, cache), logits) < tol
     # term by term, each computed on its own (no shared prefixes), sums to the same logits
-    total = sum(term.contribution(TOKENS, cache) for term in ps)
+    run = ps.on(TOKENS, cache)
+    total = sum(run.contribution(term) for term in ps)
     assert rel_err(total, logits) < tol
 
 
@@ -43,12 +44,12 @@ def test_truncated_orders_differ_by_exactly_the_omitted_terms(name: str) -> None
     logits, cache = model.run(TOKENS)
     full = ca.expand(model)
     for order in range(model.config.n_layers):
-        truncated = ca.expand(model, order=order)
-        omitted = sum(t.contribution(TOKENS, cache) for t in full if t.order > order)
+        truncated = ca.expand(model, max_heads=order)
+        omitted = sum(full.on(TOKENS, cache).contribution(t) for t in full if len(t.heads) > order)
         diff = full.logits(TOKENS, cache) - truncated.logits(TOKENS, cache)
         np.testing.assert_allclose(diff, omitted, rtol=1e-9, atol=1e-9 * np.abs(logits).max())
         assert np.abs(omitted).max() > 1e-3  # the omitted terms matter, so the check can fail
-        assert all(t.order <= order for t in truncated)
+        assert all(len(t.heads) <= order for t in truncated)
 
 
 def test_path_weight_and_position_map_give_the_contribution() -> None:
@@ -56,21 +57,22 @@ def test_path_weight_and_position_map_give_the_contribution() -> None:
     model = random_model(normalization="LN", n_layers=3, seed=2)
     logits, cache = model.run(TOKENS)
     ps = ca.expand(model)
+    run = ps.on(TOKENS, cache)
     n_vocab = model.config.d_vocab
     for term in ps.terms(source="embed"):
         W = term.weight.to_dense()  # (vocab, vocab), small here
         X = np.eye(n_vocab)[:, TOKENS]
-        expected = term.position_map(cache) @ (W @ X).T
-        np.testing.assert_allclose(term.contribution(TOKENS, cache), expected, rtol=1e-10, atol=1e-12)
+        expected = run.position_map(term) @ (W @ X).T
+        np.testing.assert_allclose(run.contribution(term), expected, rtol=1e-10, atol=1e-12)
     term = next(ps.terms(source="pos", n_heads=2))
     W = term.weight.to_dense()
-    expected = term.position_map(cache) @ W[:, : len(TOKENS)].T
-    np.testing.assert_allclose(term.contribution(TOKENS, cache), expected, rtol=1e-10, atol=1e-12)
+    expected = run.position_map(term) @ W[:, : len(TOKENS)].T
+    np.testing.assert_allclose(run.contribution(term), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_path_names_symbols_and_weights() -> None:
     model = random_model(normalization=None, n_layers=2, n_heads=4)
-    ps = ca.expand(model, order=2)
+    ps = ca.expand(model, max_heads=2)
     term = next(t for t in ps.terms(source="embed", n_heads=2) if t.heads == ((0, 3), (1, 2)))
     assert term.name == "embed -> L0H3 -> L1H2 -> unembed"
     assert str(term.symbol) == "W_U*W_O^{1.2}*W_V^{1.2}*W_O^{0.3}*W_V^{0.3}*W_E"
@@ -84,7 +86,7 @@ def test_path_names_symbols_and_weights() -> None:
 def test_counts_match_enumeration() -> None:
     model = random_model(normalization="LN", n_layers=3, n_heads=2, d_mlp=24)
     for order in range(4):
-        ps = ca.expand(model, order=order)
+        ps = ca.expand(model, max_heads=order)
         assert len(list(ps)) == len(ps)
         for src in ps.sources:
             for n in range(order + 1):
@@ -98,7 +100,7 @@ def test_gpt2_small_shapes_expand_lazily() -> None:
     cfg = ca.TransformerConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_vocab=50257, n_ctx=1024,
                                normalization=None)
     model = _shape_only_model(cfg)
-    ps = ca.expand(model, order=2)
+    ps = ca.expand(model, max_heads=2)
     assert ps.count(source="embed") == 1 + 144 + 9_504 == math.comb(12, 2) * 144 + 145
     terms = list(ps.terms(source="embed"))
     assert len(terms) == 9_649
@@ -123,14 +125,15 @@ def test_top_ranks_terms_by_their_contribution(d_vocab: int) -> None:
     logits, cache = model.run(TOKENS)
     ps = ca.expand(model)
     top = ps.top(TOKENS, cache, k=5)
-    all_norms = sorted((np.linalg.norm(t.contribution(TOKENS, cache)) for t in ps), reverse=True)
+    run = ps.on(TOKENS, cache)
+    all_norms = sorted((np.linalg.norm(run.contribution(t)) for t in ps), reverse=True)
     np.testing.assert_allclose([s.score for s in top], all_norms[:5], rtol=1e-10)
     for s in top:
-        np.testing.assert_allclose(s.score, np.linalg.norm(s.path.contribution(TOKENS, cache)), rtol=1e-10)
+        np.testing.assert_allclose(s.score, np.linalg.norm(run.contribution(s.circuit)), rtol=1e-10)
     targets = np.roll(TOKENS, -1)
     top_t = ps.top(TOKENS, cache, k=3, targets=targets)
     for s in top_t:
-        c = s.path.contribution(TOKENS, cache)
+        c = run.contribution(s.circuit)
         np.testing.assert_allclose(s.score, c[np.arange(len(TOKENS)), targets].sum(), rtol=1e-10)
     # the target scores of all terms add up to the target logits
     every = ps.top(TOKENS, cache, k=len(ps), targets=targets)
@@ -141,8 +144,8 @@ def test_bad_arguments() -> None:
     model = random_model()
     logits, cache = model.run(TOKENS)
     ps = ca.expand(model)
-    with pytest.raises(ca.InvalidArgumentError, match="order=-1"):
-        ca.expand(model, order=-1)
+    with pytest.raises(ca.InvalidArgumentError, match="max_heads=-1"):
+        ca.expand(model, max_heads=-1)
     with pytest.raises(ca.InvalidArgumentError, match="unknown sources"):
         ca.expand(model, sources=("embed", "resid"))
     with pytest.raises(ca.ShapeError, match="same length"):

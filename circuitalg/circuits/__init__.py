@@ -15,9 +15,10 @@ from circuitalg.circuits.diagnostics import (
     repeated_random_tokens,
     top_tokens,
 )
-from circuitalg.circuits.enumerate import SINK_KINDS, Circuit, CircuitSearch, count_circuits, top_circuits
+from circuitalg.circuits.circuit import SINK_SIDES, Circuit, Sink, count_head_chains, head_chains
+from circuitalg.circuits.enumerate import CircuitSearch, count_circuits, top_circuits
 from circuitalg.circuits.graph import EDGE_KINDS, CircuitGraph
-from circuitalg.circuits.paths import SOURCE_KINDS, Path, PathScore, PathSum, expand
+from circuitalg.circuits.paths import SOURCE_KINDS, FrozenPaths, PathScore, PathSum, expand
 
 __all__ = [
     "COMPOSITION_KINDS",
@@ -31,14 +32,17 @@ __all__ = [
     "head_table",
     "repeated_random_tokens",
     "top_tokens",
-    "SINK_KINDS",
+    "SINK_SIDES",
     "Circuit",
+    "Sink",
+    "head_chains",
+    "count_head_chains",
     "CircuitSearch",
     "count_circuits",
     "top_circuits",
     "EDGE_KINDS",
     "CircuitGraph",
-    "Path",
+    "FrozenPaths",
     "PathSum",
     "PathScore",
     "expand",

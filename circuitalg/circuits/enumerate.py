@@ -1,12 +1,10 @@
 """Exact top-k circuit enumeration by best-first branch and bound.
 
-A *circuit* is a chain of OV maps from a source (``embed``: ``W_E``, or ``pos``: ``W_pos``)
-through heads in strictly increasing layers, ending at a sink:
-
-- ``unembed``: the OV circuit ``W_U W_OV^hk ... W_OV^h1 S`` (vocab x source);
-- the key side of a head ``h`` (kind ``"k"``): the QK term ``S_qᵀ W_QK^h P`` whose key path is
-  the chain ``P = W_OV^hk ... W_OV^h1 S`` and whose query side is a bare source ``S_q``;
-- the query side (kind ``"q"``): ``Pᵀ W_QK^h S_k`` with a bare key source.
+The search space: every :class:`~circuitalg.circuits.circuit.Circuit` from a source
+(``embed``: ``W_E``, or ``pos``: ``W_pos``) through heads in strictly increasing layers, ending
+at the unembedding (``W_U W_OV^hk ... W_OV^h1 S``) or at the key (side ``"k"``:
+``S_qᵀ W_QK^h P``) or query (side ``"q"``: ``Pᵀ W_QK^h S_k``) side of a later head, with a bare
+source on the other side.
 
 QK terms whose query *and* key paths both pass through heads are not enumerated. A circuit's
 head count includes its QK sink head. The score is the Frobenius norm of the virtual weight.
@@ -39,116 +37,17 @@ from typing import Any
 
 import numpy as np
 
+from circuitalg.circuits.circuit import SINK_SIDES, UNEMBED, Circuit, Sink, count_head_chains
 from circuitalg.circuits.composition import check_model
 from circuitalg.errors import InvalidArgumentError, check_int
 from circuitalg.linalg import gram_factor
-from circuitalg.maps.nodes import LinearMap
+from circuitalg.model.ids import EMBED, POS, HeadId, Source
 from circuitalg.model.weights import Transformer
 
-__all__ = ["Circuit", "CircuitSearch", "SINK_KINDS", "top_circuits", "count_circuits"]
+__all__ = ["CircuitSearch", "top_circuits", "count_circuits"]
 
-#: The sinks a circuit can end at.
-SINK_KINDS = ("unembed", "q", "k")
-_SOURCES = ("embed", "pos")
+_SOURCES = (EMBED, POS)
 _SAFETY = 1.0 + 1e-9  # bounds are inflated by this factor against rounding
-
-
-@dataclasses.dataclass(frozen=True)
-class Circuit:
-    """One circuit (see the module docstring).
-
-    Attributes
-    ----------
-    kind : {"unembed", "q", "k"}
-    source : str
-        ``embed`` or ``pos``: where the chain starts.
-    heads : tuple of (layer, head)
-        The chain's heads, first first.
-    sink : (layer, head) or None
-        The head whose QK circuit the chain enters (None for ``unembed``).
-    other_source : str or None
-        The bare source on the other side of the QK term.
-    score : float
-        Frobenius norm of the virtual weight.
-    """
-
-    kind: str
-    source: str
-    heads: tuple[tuple[int, int], ...]
-    sink: tuple[int, int] | None
-    other_source: str | None
-    score: float
-    model: Transformer = dataclasses.field(repr=False, compare=False, hash=False)
-
-    @property
-    def n_heads(self) -> int:
-        """Heads in the circuit, the QK sink head included."""
-        return len(self.heads) + (self.sink is not None)
-
-    @property
-    def name(self) -> str:
-        """e.g. ``embed -> L0H1 -> L1H2.k (query: embed)`` or ``embed -> L0H3 -> unembed``."""
-        chain = " -> ".join([self.source, *(f"L{l}H{h}" for l, h in self.heads)])
-        if self.kind == "unembed":
-            return chain + " -> unembed"
-        l, h = self.sink  # type: ignore[misc]
-        side = "query" if self.kind == "k" else "key"
-        return f"{chain} -> L{l}H{h}.{self.kind} ({side}: {self.other_source})"
-
-    def _source_map(self, source: str) -> LinearMap:
-        return self.model.W_E if source == "embed" else self.model.W_pos
-
-    def path(self) -> LinearMap:
-        """The chain ``W_OV^hk ... W_OV^h1 S`` (resid x source)."""
-        m = self._source_map(self.source)
-        for l, h in self.heads:
-            m = self.model.head(l, h).ov @ m
-        return m
-
-    @property
-    def weight(self) -> LinearMap:
-        """The virtual weight, a lazy typed map (never materialised)."""
-        P = self.path()
-        if self.kind == "unembed":
-            return self.model.W_U @ P
-        head = self.model.head(*self.sink)  # type: ignore[misc]
-        other = self._source_map(self.other_source)  # type: ignore[arg-type]
-        if self.kind == "k":
-            return other.T @ head.qk @ P
-        return P.T @ head.qk @ other
-
-    @property
-    def symbol(self) -> Any:
-        """The sympy twin of :attr:`weight`."""
-        from circuitalg.maps.twin import to_sympy
-
-        return to_sympy(self.weight)
-
-    @property
-    def roles(self) -> tuple[str, str]:
-        """What the rows and columns of :attr:`weight` index: ``("query", "key")`` for QK
-        circuits, ``("output", "input")`` for OV circuits into the unembedding."""
-        return ("output", "input") if self.kind == "unembed" else ("query", "key")
-
-    def top_tokens(self, k: int = 10, *, by: str = "value") -> list[Any]:
-        """The ``k`` largest entries of :attr:`weight`, labelled by role (query/key or
-        output/input) with the model's tokens, token ids or positions; position pairs of a QK
-        circuit are restricted to key <= query (:func:`~circuitalg.circuits.diagnostics.top_tokens`)."""
-        from circuitalg.circuits.diagnostics import top_tokens
-
-        return top_tokens(self.weight, k, vocab=self.model.vocab, by=by, roles=self.roles)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record."""
-        return {
-            "name": self.name, "kind": self.kind, "source": self.source,
-            "heads": [f"L{l}H{h}" for l, h in self.heads],
-            "sink": None if self.sink is None else f"L{self.sink[0]}H{self.sink[1]}",
-            "other_source": self.other_source, "score": self.score, "n_heads": self.n_heads,
-        }
-
-    def __str__(self) -> str:
-        return f"{self.name}  ||.||_F = {self.score:.6g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,19 +107,20 @@ def _check_args(model: Any, k: Any, max_heads: Any, sinks: Any) -> tuple[str, ..
     if isinstance(sinks, str):
         sinks = (sinks,)
     sinks = tuple(sinks)
-    bad = [s for s in sinks if s not in SINK_KINDS]
+    bad = [s for s in sinks if s not in SINK_SIDES]
     if bad or not sinks:
-        raise InvalidArgumentError(f"sinks={sinks!r}; choose from {SINK_KINDS}.")
+        raise InvalidArgumentError(f"sinks={sinks!r}; choose from {SINK_SIDES}.")
     return sinks
 
 
-def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] = SINK_KINDS) -> int:
+def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] = SINK_SIDES) -> int:
     """How many circuits :func:`top_circuits` searches (what brute force would score)."""
     sinks = _check_args(model, 1, max_heads, sinks)
     L, H = model.config.n_layers, model.config.n_heads
+
     def chains_below(limit: int, max_len: int) -> int:
         """Chains (empty included) of <= max_len heads in layers < limit."""
-        return sum(math.comb(limit, j) * H**j for j in range(0, max_len + 1))
+        return sum(count_head_chains(limit, H, j) for j in range(0, max_len + 1))
 
     total = 0
     if "unembed" in sinks:
@@ -244,13 +144,13 @@ class _Engine:
         self.model, self.sinks = model, sinks
         self.L, self.H = c.n_layers, c.n_heads
         hw = model.head_weights.float64()
-        self.heads = [(i.layer, i.head) for i in hw.ids()]
+        self.heads: list[HeadId] = list(hw.ids())
         self.W_Q = [hw.W_Q[l, h] for l, h in self.heads]
         self.W_K = [hw.W_K[l, h] for l, h in self.heads]
         self.W_V = [hw.W_V[l, h] for l, h in self.heads]
         self.W_O = [hw.W_O[l, h] for l, h in self.heads]
         # R_s with R_sᵀ R_s = S Sᵀ for each source S (cached on the leaf)
-        self.R_src = {"embed": _f(gram_factor(model.W_E, "rows")), "pos": _f(gram_factor(model.W_pos, "rows"))}
+        self.R_src = {EMBED: _f(gram_factor(model.W_E, "rows")), POS: _f(gram_factor(model.W_pos, "rows"))}
         self.layer = np.array([l for l, _ in self.heads])
         n = len(self.heads)
         # first step: K_1(s, g) = W_V^g S Sᵀ W_V^gᵀ
@@ -269,11 +169,11 @@ class _Engine:
                 for g2, Mg, nm in zip(later, Ms, norms):
                     self.M[(g, int(g2))] = Mg
                     self.M_norm2[g, g2] = nm**2
-        # readers: (kind, sink index or -1, bare source)
-        self.readers: list[tuple[str, int, str | None]] = []
+        # readers: (sink side, sink head index or -1, bare source)
+        self.readers: list[tuple[str, int, Source | None]] = []
         self.reader_layer: list[int] = []
         self.Z: dict[tuple[int, int], np.ndarray] = {}
-        self.side_gram: dict[tuple[str, int, str], np.ndarray] = {}
+        self.side_gram: dict[tuple[str, int, Source], np.ndarray] = {}
         if "unembed" in sinks:
             self.readers.append(("unembed", -1, None))
             self.reader_layer.append(self.L)
@@ -350,7 +250,7 @@ def _gram_of(Y: np.ndarray) -> np.ndarray:
 
 
 def top_circuits(
-    model: Transformer, k: int = 10, max_heads: int = 3, sinks: Sequence[str] = SINK_KINDS
+    model: Transformer, k: int = 10, max_heads: int = 3, sinks: Sequence[str] = SINK_SIDES
 ) -> CircuitSearch:
     """The ``k`` circuits with the largest Frobenius norm, exactly (best-first branch and bound).
 
@@ -368,127 +268,165 @@ def top_circuits(
     Returns
     -------
     CircuitSearch
-        The circuits, how many chains were visited and circuits evaluated, the size of the
-        space, and the bound that certifies every circuit that was not evaluated.
+        The circuits (each with its ``score``), how many chains were visited and circuits
+        evaluated, the size of the space, and the bound that certifies every circuit that was
+        not evaluated.
     """
-    return _search(model, k, max_heads, sinks)
-
-
-#: ``on_score(circuit_key, squared_score)`` with ``circuit_key = (kind, source, heads, sink,
-#: other_source)``: called for every circuit the search evaluates (tests check the certificate).
-ScoreHook = Callable[[tuple[Any, ...], float], None]
-
-
-def _search(
-    model: Transformer, k: int, max_heads: int, sinks: Sequence[str], on_score: ScoreHook | None = None
-) -> CircuitSearch:
     sinks = _check_args(model, k, max_heads, sinks)
-    eng = _Engine(model, sinks)
-    n = len(eng.heads)
-    R = len(eng.readers)
-    unembed_readers = [r for r in range(R) if eng.readers[r][0] == "unembed"]
+    return _Search(_Engine(model, sinks), k, max_heads).run()
 
-    # B[r][g]: bound on λmax of the sink Gram seen from head g's W_O with r more heads allowed
-    stop_u = eng.sigma[:, unembed_readers].max(axis=1) if unembed_readers else np.zeros(n)
-    stop_all = eng.sigma.max(axis=1) if R else np.zeros(n)
-    B = [stop_u.copy()]
-    for r in range(1, max_heads + 1):
-        ext = (eng.M_norm2 * B[r - 1][None, :]).max(axis=1) * _SAFETY if n else np.zeros(0)
-        B.append(np.maximum(stop_all, ext))
 
-    best: list[tuple[float, int, Circuit]] = []  # min-heap of (value², tiebreak, circuit)
-    tick = itertools.count()
-    evaluated = 0
+#: ``on_score(circuit)``: called with every circuit the search evaluates, its ``score`` set
+#: (the tests check the certificate against brute force with it).
+ScoreHook = Callable[[Circuit], None]
 
-    def offer(v2: float, kind: str, s: str, chain: tuple[int, ...], r: int) -> None:
-        nonlocal evaluated
-        evaluated += 1
-        _, h, other = eng.readers[r]
-        heads = tuple(eng.heads[g] for g in chain)
-        sink = None if kind == "unembed" else eng.heads[h]
-        if on_score is not None:
-            on_score((kind, s, heads, sink, other), v2)
-        if len(best) == k and v2 <= best[0][0]:
+
+@dataclasses.dataclass(frozen=True)
+class _Node:
+    """A chain prefix: its source, heads (indices into the engine's head list) and Gram ``K``."""
+
+    source: Source
+    chain: tuple[int, ...]
+    K: np.ndarray
+    trace: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stops:
+    """Every circuit that stops at one of ``node``'s readers (bounded together)."""
+
+    node: _Node
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stop:
+    """The one circuit that stops ``node`` at reader ``reader``."""
+
+    node: _Node
+    reader: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Expand:
+    """Every circuit that extends ``node`` by at least one head (bounded together)."""
+
+    node: _Node
+
+
+@dataclasses.dataclass(frozen=True)
+class _Child:
+    """Every circuit that extends ``node`` through head ``head`` (bounded together)."""
+
+    node: _Node
+    head: int
+
+
+_Entry = _Stops | _Stop | _Expand | _Child
+
+
+class _Search:
+    """Best-first branch and bound over chain prefixes (see the module docstring)."""
+
+    def __init__(self, eng: _Engine, k: int, max_heads: int, on_score: ScoreHook | None = None) -> None:
+        self.eng, self.k, self.max_heads, self.on_score = eng, k, max_heads, on_score
+        n, R = len(eng.heads), len(eng.readers)
+        unembed_readers = [r for r in range(R) if eng.readers[r][0] == "unembed"]
+        # B[r][g]: bound on λmax of the sink Gram seen from head g's W_O with r more heads allowed
+        stop_u = eng.sigma[:, unembed_readers].max(axis=1) if unembed_readers else np.zeros(n)
+        stop_all = eng.sigma.max(axis=1) if R else np.zeros(n)
+        self.B = [stop_u.copy()]
+        for r in range(1, max_heads + 1):
+            ext = (eng.M_norm2 * self.B[r - 1][None, :]).max(axis=1) * _SAFETY if n else np.zeros(0)
+            self.B.append(np.maximum(stop_all, ext))
+        self.best: list[tuple[float, int, Circuit]] = []  # min-heap of (value², tiebreak, circuit)
+        self.heap: list[tuple[float, int, _Entry]] = []  # (-bound², tiebreak, entry)
+        self.tick = itertools.count()
+        self.evaluated = self.visited = 0
+        self.cert = 0.0  # the largest bound² of an entry dropped unexplored
+
+    # -- the top k and the certificate ------------------------------------------------------
+    def threshold(self) -> float:
+        return self.best[0][0] if len(self.best) == self.k else -1.0
+
+    def offer(self, v2: float, source: Source, chain: tuple[int, ...], r: int) -> None:
+        """Record an evaluated circuit of squared score ``v2``."""
+        eng = self.eng
+        self.evaluated += 1
+        side, h, other = eng.readers[r]
+        sink = UNEMBED if side == "unembed" else Sink(side, eng.heads[h], other)
+        circ = Circuit(source, tuple(eng.heads[g] for g in chain), sink, eng.model, math.sqrt(max(v2, 0.0)))
+        if self.on_score is not None:
+            self.on_score(circ)
+        if len(self.best) == self.k and v2 <= self.best[0][0]:
             return
-        item = (v2, next(tick), Circuit(kind, s, heads, sink, other, math.sqrt(max(v2, 0.0)), model))
-        if len(best) < k:
-            heapq.heappush(best, item)
+        item = (v2, next(self.tick), circ)
+        if len(self.best) < self.k:
+            heapq.heappush(self.best, item)
         else:
-            heapq.heapreplace(best, item)
+            heapq.heapreplace(self.best, item)
 
-    def threshold() -> float:
-        return best[0][0] if len(best) == k else -1.0
-
-    def allowed(r: int, n_chain: int) -> bool:
-        """May a chain of ``n_chain`` heads stop at reader ``r``?"""
-        kind = eng.readers[r][0]
-        return n_chain <= max_heads if kind == "unembed" else n_chain + 1 <= max_heads
-
-    # bare-source circuits, scored directly
-    for s in _SOURCES:
-        for r in range(R):
-            kind, h, other = eng.readers[r]
-            if not allowed(r, 0):
-                continue
-            if kind == "q" and "k" in sinks:
-                continue  # the bare-bare QK term is listed once, as a key-side term
-            offer(eng.bare_value(s, r), kind, s, (), r)
-
-    # heap of (-bound², tiebreak, entry); cert: the largest bound² of an entry dropped unexplored
-    heap: list[tuple[float, int, tuple]] = []
-    visited = 0
-    cert = 0.0
-
-    def push(bound2: float, entry: tuple) -> None:
-        nonlocal cert
-        if bound2 > threshold():
-            heapq.heappush(heap, (-bound2, next(tick), entry))
+    def push(self, bound2: float, entry: _Entry) -> None:
+        if bound2 > self.threshold():
+            heapq.heappush(self.heap, (-bound2, next(self.tick), entry))
         else:  # pruned: its circuits are never scored, so its bound enters the certificate
-            cert = max(cert, bound2)
+            self.cert = max(self.cert, bound2)
 
-    def add_node(s: str, chain: tuple[int, ...], K: np.ndarray) -> None:
-        g = chain[-1]
-        tr = max(float(np.trace(K)), 0.0)
-        remaining = max_heads - len(chain)
-        if any(allowed(r, len(chain)) for r in np.flatnonzero(eng.valid[g])):
-            push(tr * eng.sigma[g].max(initial=0.0), ("stops", s, chain, K, tr))
+    def allowed(self, r: int, n_chain: int) -> bool:
+        """May a chain of ``n_chain`` heads stop at reader ``r``?"""
+        side = self.eng.readers[r][0]
+        return n_chain <= self.max_heads if side == "unembed" else n_chain + 1 <= self.max_heads
+
+    # -- the search ----------------------------------------------------------------------------
+    def add_node(self, source: Source, chain: tuple[int, ...], K: np.ndarray) -> None:
+        eng, g = self.eng, chain[-1]
+        self.visited += 1
+        node = _Node(source, chain, K, max(float(np.trace(K)), 0.0))
+        remaining = self.max_heads - len(chain)
+        if any(self.allowed(r, len(chain)) for r in np.flatnonzero(eng.valid[g])):
+            self.push(node.trace * eng.sigma[g].max(initial=0.0), _Stops(node))
         if remaining >= 1 and np.any(eng.layer > eng.layer[g]):
-            ext = (eng.M_norm2[g] * B[remaining - 1]).max(initial=0.0) * _SAFETY
-            push(tr * ext, ("expand", s, chain, K, tr))
+            ext = (eng.M_norm2[g] * self.B[remaining - 1]).max(initial=0.0) * _SAFETY
+            self.push(node.trace * ext, _Expand(node))
 
-    if max_heads >= 1:
-        for s in _SOURCES:
-            for g in range(n):
-                visited += 1
-                add_node(s, (g,), eng.K1[s][g])
-
-    while heap:
-        neg, _, entry = heapq.heappop(heap)
-        if -neg <= threshold():
-            cert = max(cert, -neg)  # it and everything left on the heap stay unexplored
-            break
-        tag = entry[0]
-        if tag == "stops":
-            _, s, chain, K, tr = entry
-            g = chain[-1]
+    def expand(self, entry: _Entry) -> None:
+        eng = self.eng
+        node = entry.node
+        g = node.chain[-1]
+        if isinstance(entry, _Stops):
             for r in np.flatnonzero(eng.valid[g]):
-                if allowed(int(r), len(chain)):
-                    push(tr * eng.sigma[g, r], ("stop", s, chain, K, int(r)))
-        elif tag == "stop":
-            _, s, chain, K, r = entry
-            offer(float(np.sum(K * eng.Zmat(chain[-1], r))), eng.readers[r][0], s, chain, r)
-        elif tag == "expand":
-            _, s, chain, K, tr = entry
-            g = chain[-1]
-            remaining = max_heads - len(chain)
+                if self.allowed(int(r), len(node.chain)):
+                    self.push(node.trace * eng.sigma[g, r], _Stop(node, int(r)))
+        elif isinstance(entry, _Stop):
+            self.offer(float(np.sum(node.K * eng.Zmat(g, entry.reader))), node.source, node.chain, entry.reader)
+        elif isinstance(entry, _Expand):
+            remaining = self.max_heads - len(node.chain)
             for g2 in np.flatnonzero(eng.layer > eng.layer[g]):
-                push(tr * eng.M_norm2[g, g2] * B[remaining - 1][g2] * _SAFETY, ("child", s, chain, K, int(g2)))
-        else:  # child
-            _, s, chain, K, g2 = entry
-            M = eng.M[(chain[-1], g2)]
-            visited += 1
-            add_node(s, chain + (g2,), M @ K @ M.T)
-    circuits = [c for _, _, c in sorted(best, key=lambda t: (-t[0], t[1]))]
-    total = count_circuits(model, max_heads, sinks)
-    bound = 0.0 if evaluated == total else math.sqrt(max(cert, 0.0))
-    return CircuitSearch(circuits, visited, evaluated, total, bound)
+                bound2 = node.trace * eng.M_norm2[g, g2] * self.B[remaining - 1][g2] * _SAFETY
+                self.push(bound2, _Child(node, int(g2)))
+        else:
+            M = eng.M[(g, entry.head)]
+            self.add_node(node.source, node.chain + (entry.head,), M @ node.K @ M.T)
+
+    def run(self) -> CircuitSearch:
+        eng = self.eng
+        for s in _SOURCES:  # bare-source circuits, scored directly
+            for r, (side, _, _) in enumerate(eng.readers):
+                if not self.allowed(r, 0):
+                    continue
+                if side == "q" and "k" in eng.sinks:
+                    continue  # the bare-bare QK term is listed once, as a key-side term
+                self.offer(eng.bare_value(s, r), s, (), r)
+        if self.max_heads >= 1:
+            for s in _SOURCES:
+                for g in range(len(eng.heads)):
+                    self.add_node(s, (g,), eng.K1[s][g])
+        while self.heap:
+            neg, _, entry = heapq.heappop(self.heap)
+            if -neg <= self.threshold():
+                self.cert = max(self.cert, -neg)  # it and everything left on the heap stay unexplored
+                break
+            self.expand(entry)
+        circuits = [c for _, _, c in sorted(self.best, key=lambda t: (-t[0], t[1]))]
+        total = count_circuits(eng.model, self.max_heads, eng.sinks)
+        bound = 0.0 if self.evaluated == total else math.sqrt(max(self.cert, 0.0))
+        return CircuitSearch(circuits, self.visited, self.evaluated, total, bound)

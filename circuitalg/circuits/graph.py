@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -33,7 +33,6 @@ from circuitalg.circuits.composition import (
     composition_baseline,
     composition_parts,
 )
-from circuitalg.circuits.enumerate import SINK_KINDS, CircuitSearch, top_circuits
 from circuitalg.errors import InvalidArgumentError, LoadError
 from circuitalg.files import atomic_write
 from circuitalg.linalg import gram_factor
@@ -163,14 +162,6 @@ class CircuitGraph:
         if missing:
             raise InvalidArgumentError(f"nodes {missing} are not in this graph; nodes look like 'embed', 'L0H1', 'mlp0'.")
         return CircuitGraph(self.model, self.baselines, graph=nx.MultiDiGraph(self.nx.subgraph(nodes)))
-
-    def top_circuits(
-        self, k: int = 10, max_heads: int = 3, sinks: Sequence[str] = SINK_KINDS
-    ) -> CircuitSearch:
-        """The ``k`` strongest circuits, exactly: :func:`~circuitalg.circuits.enumerate.top_circuits`."""
-        if self.model is None:
-            raise InvalidArgumentError("this graph was read without its model; pass model= to CircuitGraph.read.")
-        return top_circuits(self.model, k, max_heads, sinks)
 
     def __repr__(self) -> str:
         return f"<CircuitGraph {self.nx.number_of_nodes()} nodes, {self.nx.number_of_edges()} edges>"

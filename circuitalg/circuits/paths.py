@@ -20,6 +20,10 @@ norm it reads through (the identity without normalisation) and ``D_f = diag(1/s_
 Layer norms are handled by folding them (:func:`~circuitalg.model.transforms.fold_layer_norm`
 with centring): a path's ``weight`` uses the folded weights, and the expansion holds exactly
 for the folded model, which computes the same logits.
+
+Enumeration (:class:`PathSum`: which terms exist, their lazy weights) is separate from the
+frozen-activation numerics (:meth:`PathSum.on` gives a :class:`FrozenPaths` for one run:
+each term's position factor and contribution, the logits, attribution).
 """
 
 from __future__ import annotations
@@ -32,120 +36,50 @@ from typing import Any
 
 import numpy as np
 
+from circuitalg.circuits.circuit import UNEMBED, Circuit, count_head_chains, head_chains
 from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
 from circuitalg.linalg import gram_factor
-from circuitalg.maps.nodes import Dense, LinearMap
-from circuitalg.maps.rules import identity
 from circuitalg.model.forward import Cache, check_tokens
 from circuitalg.model.ids import SOURCE_KINDS, HeadId, Source
 from circuitalg.model.transforms import fold_layer_norm
 from circuitalg.model.weights import Transformer, require_model
-from circuitalg.spaces import Space
 
-__all__ = ["Path", "PathSum", "PathScore", "expand", "SOURCE_KINDS"]
+__all__ = ["PathSum", "PathScore", "FrozenPaths", "expand", "SOURCE_KINDS"]
 
-_CONST = Space("const", 1)
 _UNEMBED_BIAS = Source("unembed_bias")
 
 
 @dataclasses.dataclass(frozen=True)
-class Path:
-    """One term of a :class:`PathSum`: a source and a chain of heads in strictly increasing layers.
-
-    Attributes
-    ----------
-    source : Source
-        ``embed``, ``pos``, ``attn_bias{l}``, ``mlp{l}`` or ``unembed_bias``.
-    heads : tuple of (layer, head)
-        The chain, first head first, e.g. ``((0, 3), (1, 2))``.
-    """
-
-    source: Source
-    heads: tuple[tuple[int, int], ...]
-    expansion: PathSum = dataclasses.field(repr=False, compare=False, hash=False)
-
-    @property
-    def name(self) -> str:
-        """``embed -> L0H3 -> L1H2 -> unembed``."""
-        return " -> ".join([self.source.name, *(HeadId(l, h).name for l, h in self.heads), "unembed"])
-
-    @property
-    def order(self) -> int:
-        """The number of heads."""
-        return len(self.heads)
-
-    @cached_property
-    def weight(self) -> LinearMap:
-        """The lazy typed map from the source space to vocab, ``W_U @ W_OV^hk ... @ W_OV^h1 @ S``."""
-        ps = self.expansion
-        m = ps.model
-        if self.source == _UNEMBED_BIAS:
-            return ps.unembed_bias_map
-        out = ps.source_map(self.source)
-        for l, h in self.heads:
-            out = m.head(l, h).ov @ out
-        return m.W_U @ out
-
-    @property
-    def symbol(self) -> Any:
-        """The sympy twin of :attr:`weight`."""
-        return self.weight.symbol
-
-    def position_map(self, cache: Cache) -> np.ndarray:
-        """The ``(seq, seq)`` position factor ``D_f P_hk ... P_h1`` (``(seq, 1)`` ones for constants)."""
-        ps = self.expansion
-        ps.check_cache(cache)
-        seq = cache.seq
-        if self.source == _UNEMBED_BIAS:
-            return np.ones((seq, 1))
-        M = np.ones((seq, 1)) if self.source.kind == "attn_bias" else np.eye(seq)
-        for l, h in self.heads:
-            M = ps.pattern_factor(cache, l, h) @ M
-        return ps.final_scale(cache)[:, None] * M
-
-    def contribution(self, tokens: Any, cache: Cache) -> np.ndarray:
-        """The logits ``(seq, d_vocab)`` this term contributes on ``tokens`` with ``cache`` frozen."""
-        ps = self.expansion
-        tok = ps.check_inputs(tokens, cache)
-        if self.source == _UNEMBED_BIAS:
-            return np.broadcast_to(ps.model.b_U, (tok.shape[0], ps.model.config.d_vocab)).copy()
-        V = ps.source_vectors(self.source, tok, cache)
-        for l, h in self.heads:
-            V = ps.apply_head(V, cache, l, h)
-        return ps.unembed(V, cache)
-
-    def __str__(self) -> str:
-        return self.name
-
-
-@dataclasses.dataclass(frozen=True)
 class PathScore:
-    """A path and the size of its contribution (see :meth:`PathSum.top`)."""
+    """A path term and the size of its contribution (see :meth:`FrozenPaths.top`)."""
 
-    path: Path
+    circuit: Circuit
     score: float
 
 
 class PathSum:
-    """The lazy sum of path terms of a model up to ``order`` heads per path; built by :func:`expand`.
+    """The lazy sum of path terms of a model with up to ``max_heads`` heads per path; built by :func:`expand`.
 
-    Iterating yields :class:`Path` objects, source by source, then by number of heads, then
-    in lexicographic order of the chain. Nothing is computed until asked: the folded model
-    is built on first use, and :attr:`Path.weight` is a lazy product.
+    Iterating yields :class:`~circuitalg.circuits.circuit.Circuit` objects (sink: the
+    unembedding), source by source, then by number of heads, then in lexicographic order of
+    the chain. Nothing is computed until asked: the folded model is built on first use, and
+    :attr:`Circuit.weight` is a lazy product over it.
     """
 
-    def __init__(self, model: Transformer, order: int | None, sources: Sequence[str]) -> None:
+    def __init__(self, model: Transformer, max_heads: int | None, sources: Sequence[str]) -> None:
         c = require_model(model, "PathSum").config
-        if order is None:
-            order = c.n_layers
-        order = check_int("order", order, 0, hint=f" (n_layers={c.n_layers}; larger orders are the full expansion)")
+        if max_heads is None:
+            max_heads = c.n_layers
+        max_heads = check_int(
+            "max_heads", max_heads, 0, hint=f" (n_layers={c.n_layers}; more heads give the full expansion)"
+        )
         if isinstance(sources, str) or not isinstance(sources, Sequence):
             raise InvalidArgumentError(f"sources={sources!r}; pass a sequence drawn from {SOURCE_KINDS}.")
         unknown = [s for s in sources if s not in SOURCE_KINDS]
         if unknown:
             raise InvalidArgumentError(f"unknown sources {unknown!r}; choose from {SOURCE_KINDS}.")
         self.original = model
-        self.order = min(order, c.n_layers)
+        self.max_heads = min(max_heads, c.n_layers)
         found: list[Source] = []
         for kind in tuple(sources):
             if kind in ("embed", "pos", "unembed_bias"):
@@ -154,17 +88,12 @@ class PathSum:
                 found += [Source(kind, l) for l in range(c.n_layers)]
         self.sources: tuple[Source, ...] = tuple(found)
 
-    # -- the folded model and shared factors ---------------------------------------------
     @cached_property
     def model(self) -> Transformer:
         """The model the path weights refer to: ``fold_layer_norm(original)`` (itself when there is no LN)."""
         return fold_layer_norm(self.original)
 
-    @cached_property
-    def _attn_bias(self) -> np.ndarray:
-        return self.model.head_weights.attention_bias
-
-    def _source(self, source: Source | str) -> Source:
+    def source(self, source: Source | str) -> Source:
         """``source`` as one of this expansion's sources (names are parsed by :meth:`Source.parse`)."""
         src = source if isinstance(source, Source) else Source.parse(source) if isinstance(source, str) else None
         if src is None or src not in self.sources:
@@ -173,180 +102,179 @@ class PathSum:
             )
         return src
 
-    def source_map(self, source: Source | str) -> LinearMap:
-        """The typed map ``S`` a source writes through: ``W_E``, ``W_pos``, a bias column, or identity."""
-        src, m = self._source(source), self.model
-        if src.kind == "embed":
-            return m.W_E
-        if src.kind == "pos":
-            return m.W_pos
-        if src.kind == "attn_bias":
-            return self._bias_maps[src.layer]  # type: ignore[index]
-        if src.kind == "mlp":
-            return identity(m.resid_space, dtype=m.dtype)
-        return self.unembed_bias_map
-
-    @cached_property
-    def _bias_maps(self) -> tuple[Dense, ...]:
-        m = self.model
-        return tuple(
-            Dense(b[:, None], _CONST, m.resid_space, f"b_attn^{{{l}}}") for l, b in enumerate(self._attn_bias)
-        )
-
-    @cached_property
-    def unembed_bias_map(self) -> Dense:
-        """``b_U`` as a map ``const[1] -> vocab`` (after folding: includes ``W_U b_final``)."""
-        return Dense(self.model.b_U[:, None], _CONST, self.model.vocab_space, "b_U")
-
     # -- enumeration ---------------------------------------------------------------------
-    def terms(self, source: Source | str | None = None, n_heads: int | None = None) -> Iterator[Path]:
+    def _lengths(self, src: Source, n_heads: int | None) -> range | tuple[int, ...]:
+        if src == _UNEMBED_BIAS:  # a constant: no heads
+            return (0,) if n_heads in (None, 0) else ()
+        if n_heads is None:
+            return range(self.max_heads + 1)
+        return (n_heads,) if 0 <= n_heads <= self.max_heads else ()
+
+    def terms(self, source: Source | str | None = None, n_heads: int | None = None) -> Iterator[Circuit]:
         """Iterate the terms, optionally only from ``source`` and/or with exactly ``n_heads`` heads."""
-        for src in self.sources if source is None else (self._source(source),):
-            if src == _UNEMBED_BIAS:
-                if n_heads in (None, 0):
-                    yield Path(src, (), self)
-                continue
-            for n in range(self.order + 1) if n_heads is None else (n_heads,):
-                for chain in self._chains_of_length(src.entry_layer, n):
-                    yield Path(src, chain, self)
-
-    def _chains_of_length(self, first_layer: int, n: int) -> Iterator[tuple[tuple[int, int], ...]]:
         c = self.original.config
-        if n == 0:
-            yield ()
-            return
-        if n > self.order:
-            return
-
-        def rec(prefix: tuple[tuple[int, int], ...], start: int) -> Iterator[tuple[tuple[int, int], ...]]:
-            if len(prefix) == n:
-                yield prefix
-                return
-            for l in range(start, c.n_layers):
-                for h in range(c.n_heads):
-                    yield from rec(prefix + ((l, h),), l + 1)
-
-        yield from rec((), first_layer)
+        for src in self.sources if source is None else (self.source(source),):
+            for n in self._lengths(src, n_heads):
+                for chain in head_chains(c.n_layers, c.n_heads, n, src.entry_layer):
+                    yield Circuit(src, chain, UNEMBED, self.model)
 
     def count(self, source: Source | str | None = None, n_heads: int | None = None) -> int:
         """The number of terms :meth:`terms` yields, computed without enumerating."""
         c = self.original.config
-        total = 0
-        for src in self.sources if source is None else (self._source(source),):
-            if src == _UNEMBED_BIAS:
-                total += n_heads in (None, 0)
-                continue
-            free = c.n_layers - src.entry_layer
-            for n in range(self.order + 1) if n_heads is None else (n_heads,):
-                if 0 <= n <= self.order:
-                    total += math.comb(max(free, 0), n) * c.n_heads**n
-        return total
+        return sum(
+            count_head_chains(c.n_layers, c.n_heads, n, src.entry_layer)
+            for src in (self.sources if source is None else (self.source(source),))
+            for n in self._lengths(src, n_heads)
+        )
 
     def __len__(self) -> int:
         return self.count()
 
-    def __iter__(self) -> Iterator[Path]:
+    def __iter__(self) -> Iterator[Circuit]:
         return self.terms()
 
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.sources)
-        return f"<PathSum of {self.original.name!r}: order {self.order}, {len(self)} terms, sources ({names})>"
+        return f"<PathSum of {self.original.name!r}: up to {self.max_heads} heads, {len(self)} terms, sources ({names})>"
 
-    # -- numerics with frozen activations ------------------------------------------------
-    def check_cache(self, cache: Cache) -> None:
-        """Check that ``cache`` comes from a forward pass of a model shaped like this one."""
-        c = self.original.config
+    def on(self, tokens: Any, cache: Cache) -> FrozenPaths:
+        """The terms' numerics on one run, with its patterns, layer-norm scales and MLP outputs frozen."""
+        return FrozenPaths(self, tokens, cache)
+
+    # convenience: the two questions asked most, on one run
+    def logits(self, tokens: Any, cache: Cache) -> np.ndarray:
+        """``self.on(tokens, cache).logits()``."""
+        return self.on(tokens, cache).logits()
+
+    def top(self, tokens: Any, cache: Cache, k: int = 10, *, targets: Any = None) -> list[PathScore]:
+        """``self.on(tokens, cache).top(k, targets=targets)``."""
+        return self.on(tokens, cache).top(k, targets=targets)
+
+
+class FrozenPaths:
+    """The path terms of a :class:`PathSum` on one run (tokens and the cache of its forward pass).
+
+    Attention patterns, layer-norm scales and MLP outputs are taken from the cache and frozen;
+    every quantity is then linear in the weights, and the terms' contributions add up to the
+    logits (exactly, at full order).
+    """
+
+    def __init__(self, paths: PathSum, tokens: Any, cache: Cache) -> None:
+        self.paths = paths
+        c = paths.original.config
         if not isinstance(cache, Cache):
             raise InvalidArgumentError(f"cache must be the Cache from model.run(tokens), got {type(cache).__name__}.")
         if cache.pattern.shape[:2] != (c.n_layers, c.n_heads) or cache.resid.shape[-1] != c.d_model:
             raise ShapeError(
                 f"cache patterns have shape {cache.pattern.shape} and d_model {cache.resid.shape[-1]}; "
-                f"{self.original.name} has {c.n_layers} layers, {c.n_heads} heads, d_model {c.d_model}. "
+                f"{paths.original.name} has {c.n_layers} layers, {c.n_heads} heads, d_model {c.d_model}. "
                 "Pass the cache from this model's run."
             )
         if c.normalization is not None and (cache.ln1_scale is None or cache.ln_final_scale is None):
             raise ShapeError("cache has no layer-norm scales, but the model has layer norms; use its own run.")
-
-    def check_inputs(self, tokens: Any, cache: Cache) -> np.ndarray:
-        """Validate ``tokens`` against the model and ``cache`` (same length as the cached run)."""
-        self.check_cache(cache)
-        tok = check_tokens(tokens, self.original)
+        tok = check_tokens(tokens, paths.original)
         if tok.shape[0] != cache.seq:
             raise ShapeError(
                 f"{tok.shape[0]} tokens given but the cache holds a run on {cache.seq} tokens; the frozen "
                 "patterns must have the same length."
             )
-        return tok
+        self.tokens, self.cache = tok, cache
+        self._normalised = c.normalization is not None
 
-    def pattern_factor(self, cache: Cache, layer: int, head: int) -> np.ndarray:
+    @property
+    def model(self) -> Transformer:
+        return self.paths.model
+
+    # -- frozen factors ------------------------------------------------------------------------
+    def pattern_factor(self, head: HeadId) -> np.ndarray:
         """``P_h = A^h diag(1/s^l)``: the frozen pattern times the inverse layer-norm scales it reads."""
-        A = cache.pattern[layer, head]
-        if cache.ln1_scale is None or self.original.config.normalization is None:
+        A = self.cache.pattern[head.layer, head.head]
+        if self.cache.ln1_scale is None or not self._normalised:
             return A
-        return A / cache.ln1_scale[layer][None, :]
+        return A / self.cache.ln1_scale[head.layer][None, :]
 
-    def final_scale(self, cache: Cache) -> np.ndarray:
+    @cached_property
+    def final_scale(self) -> np.ndarray:
         """``1 / s_final`` per position (ones without normalisation)."""
-        if cache.ln_final_scale is None or self.original.config.normalization is None:
-            return np.ones(cache.seq)
-        return 1.0 / cache.ln_final_scale
+        if self.cache.ln_final_scale is None or not self._normalised:
+            return np.ones(self.cache.seq)
+        return 1.0 / self.cache.ln_final_scale
 
-    def source_vectors(self, source: Source | str, tokens: np.ndarray, cache: Cache) -> np.ndarray:
+    def position_map(self, term: Circuit) -> np.ndarray:
+        """The ``(seq, seq)`` position factor ``D_f P_hk ... P_h1`` (``(seq, 1)`` for constants)."""
+        seq = self.cache.seq
+        if term.source == _UNEMBED_BIAS:
+            return np.ones((seq, 1))
+        M = np.ones((seq, 1)) if term.source.kind == "attn_bias" else np.eye(seq)
+        for h in term.heads:
+            M = self.pattern_factor(h) @ M
+        return self.final_scale[:, None] * M
+
+    def source_vectors(self, source: Source) -> np.ndarray:
         """The ``(d_model, seq)`` residual vectors a source writes, before any head (``S X_src``)."""
-        src, m = self._source(source), self.model
-        seq = tokens.shape[0]
-        if src.kind == "embed":
-            return m.W_E.array[:, tokens]
-        if src.kind == "pos":
+        m, seq = self.model, self.cache.seq
+        if source.kind == "embed":
+            return m.W_E.array[:, self.tokens]
+        if source.kind == "pos":
             return m.W_pos.array[:, :seq]
-        if src.kind == "attn_bias":
-            b = self._attn_bias[src.layer]
+        if source.kind == "attn_bias":
+            b = m.head_weights.attention_bias[source.layer]
             return np.repeat(b[:, None], seq, axis=1)
-        if src.kind == "mlp":
-            if cache.mlp_out is None:
+        if source.kind == "mlp":
+            if self.cache.mlp_out is None:
                 raise ShapeError("cache has no MLP outputs; use the cache of this model's run.")
-            return cache.mlp_out[src.layer].T
-        raise InvalidArgumentError(f"source {src.name} writes no residual vectors (it is the constant b_U).")
+            return self.cache.mlp_out[source.layer].T
+        raise InvalidArgumentError(f"source {source.name} writes no residual vectors (it is the constant b_U).")
 
-    def apply_head(self, V: np.ndarray, cache: Cache, layer: int, head: int) -> np.ndarray:
+    def apply_head(self, V: np.ndarray, head: HeadId) -> np.ndarray:
         """``W_OV^h V P_hᵀ``: move ``(d_model, seq)`` vectors through one head with frozen pattern."""
         hw = self.model.head_weights
-        moved = hw.W_O[layer, head] @ (hw.W_V[layer, head] @ V)
-        return moved @ self.pattern_factor(cache, layer, head).T
+        moved = hw.W_O[head.layer, head.head] @ (hw.W_V[head.layer, head.head] @ V)
+        return moved @ self.pattern_factor(head).T
 
-    def unembed(self, V: np.ndarray, cache: Cache) -> np.ndarray:
+    def unembed(self, V: np.ndarray) -> np.ndarray:
         """``(W_U V D_f)ᵀ``: the ``(seq, d_vocab)`` logits of final residual vectors ``V``."""
-        return (V * self.final_scale(cache)[None, :]).T @ self.model.W_U.array.T
+        return (V * self.final_scale[None, :]).T @ self.model.W_U.array.T
 
-    def _walk(self, tokens: np.ndarray, cache: Cache) -> Iterator[tuple[Path, np.ndarray]]:
+    # -- terms ---------------------------------------------------------------------------------
+    def contribution(self, term: Circuit) -> np.ndarray:
+        """The logits ``(seq, d_vocab)`` that ``term`` contributes on this run."""
+        if term.sink != UNEMBED:
+            raise InvalidArgumentError(f"{term.name} is not a path term (it ends at a QK circuit, not the logits).")
+        if term.source == _UNEMBED_BIAS:
+            return np.broadcast_to(self.model.b_U, (self.cache.seq, self.model.config.d_vocab)).copy()
+        V = self.source_vectors(term.source)
+        for h in term.heads:
+            V = self.apply_head(V, h)
+        return self.unembed(V)
+
+    def _walk(self) -> Iterator[tuple[Circuit, np.ndarray]]:
         """Every non-constant term with its final residual vectors, sharing chain prefixes."""
-        c = self.original.config
+        ps, c = self.paths, self.paths.original.config
 
-        def rec(src: Source, V: np.ndarray, chain: tuple[tuple[int, int], ...], start: int) -> Iterator[
-            tuple[Path, np.ndarray]
-        ]:
-            yield Path(src, chain, self), V
-            if len(chain) < self.order:
-                for l in range(start, c.n_layers):
-                    for h in range(c.n_heads):
-                        yield from rec(src, self.apply_head(V, cache, l, h), chain + ((l, h),), l + 1)
+        def rec(src: Source, V: np.ndarray, chain: tuple[HeadId, ...]) -> Iterator[tuple[Circuit, np.ndarray]]:
+            yield Circuit(src, chain, UNEMBED, ps.model), V
+            if len(chain) < ps.max_heads:
+                start = chain[-1].layer + 1 if chain else src.entry_layer
+                for (h,) in head_chains(c.n_layers, c.n_heads, 1, start):
+                    yield from rec(src, self.apply_head(V, h), chain + (h,))
 
-        for src in self.sources:
+        for src in ps.sources:
             if src != _UNEMBED_BIAS:
-                yield from rec(src, self.source_vectors(src, tokens, cache), (), src.entry_layer)
+                yield from rec(src, self.source_vectors(src), ())
 
-    def logits(self, tokens: Any, cache: Cache) -> np.ndarray:
-        """The sum of every term's contribution, ``(seq, d_vocab)``; equals the model's logits at full order."""
-        tok = self.check_inputs(tokens, cache)
-        total = np.zeros((self.original.config.d_model, tok.shape[0]), dtype=self.model.dtype)
-        for _, V in self._walk(tok, cache):
+    def logits(self) -> np.ndarray:
+        """The sum of every term's contribution, ``(seq, d_vocab)``; equals the model's logits when
+        ``max_heads >= n_layers`` (the full expansion)."""
+        total = np.zeros((self.paths.original.config.d_model, self.cache.seq), dtype=self.model.dtype)
+        for _, V in self._walk():
             total += V
-        out = self.unembed(total, cache)
-        if _UNEMBED_BIAS in self.sources:
+        out = self.unembed(total)
+        if _UNEMBED_BIAS in self.paths.sources:
             out = out + self.model.b_U
         return out
 
-    def top(self, tokens: Any, cache: Cache, k: int = 10, *, targets: Any = None) -> list[PathScore]:
+    def top(self, k: int = 10, *, targets: Any = None) -> list[PathScore]:
         """The ``k`` terms with the largest contributions (direct logit attribution for paths).
 
         Without ``targets`` a term's score is the Frobenius norm of its ``(seq, d_vocab)``
@@ -354,44 +282,44 @@ class PathSum:
         With ``targets`` (one token id per position) the score is the summed contribution to
         the target logits, ranked by absolute value.
         """
-        tok = self.check_inputs(tokens, cache)
         k = check_int("k", k, 1)
-        scale = self.final_scale(cache)
+        scale = self.final_scale
         W_U = self.model.W_U.array
         if targets is None:
-            # RᵀR = W_UᵀW_U; the tall leaf's factor is cached on it and shared with the factored numerics
+            # RᵀR = W_UᵀW_U; the tall leaf's factor is cached and shared with the factored numerics
             tall = W_U.shape[0] >= W_U.shape[1]
             R = gram_factor(self.model.W_U, "cols") if tall else np.linalg.qr(W_U, mode="r")
 
             def score(V: np.ndarray) -> float:
                 return float(np.linalg.norm(R @ (V * scale[None, :])))
 
-            bias_score = float(np.linalg.norm(self.model.b_U)) * math.sqrt(tok.shape[0])
+            bias_score = float(np.linalg.norm(self.model.b_U)) * math.sqrt(self.cache.seq)
         else:
-            tgt = check_tokens(targets, self.original)
-            if tgt.shape != tok.shape:
-                raise ShapeError(f"targets has shape {tgt.shape}; give one target token per position {tok.shape}.")
+            tgt = check_tokens(targets, self.paths.original)
+            if tgt.shape != self.tokens.shape:
+                raise ShapeError(f"targets has shape {tgt.shape}; give one target token per position {self.tokens.shape}.")
             rows = W_U[tgt] * scale[:, None]  # (seq, d_model): the unembedding row each position is scored on
 
             def score(V: np.ndarray) -> float:
                 return float(np.einsum("sm,ms->", rows, V))
 
             bias_score = float(self.model.b_U[tgt].sum())
-        scored = [PathScore(path, score(V)) for path, V in self._walk(tok, cache)]
-        if _UNEMBED_BIAS in self.sources:
-            scored.append(PathScore(Path(_UNEMBED_BIAS, (), self), bias_score))
+        scored = [PathScore(term, score(V)) for term, V in self._walk()]
+        if _UNEMBED_BIAS in self.paths.sources:
+            scored.append(PathScore(Circuit(_UNEMBED_BIAS, (), UNEMBED, self.model), bias_score))
         scored.sort(key=lambda s: -abs(s.score))
         return scored[:k]
 
 
-def expand(model: Transformer, order: int | None = None, *, sources: Sequence[str] = SOURCE_KINDS) -> PathSum:
-    """The path expansion of ``model``'s logits up to ``order`` heads per path (default: all layers).
+def expand(model: Transformer, max_heads: int | None = None, *, sources: Sequence[str] = SOURCE_KINDS) -> PathSum:
+    """The path expansion of ``model``'s logits with up to ``max_heads`` heads per path (default: all layers).
 
     Parameters
     ----------
     model : Transformer
-    order : int, optional
-        The most heads in one path; ``model.config.n_layers`` (the exact expansion) by default.
+    max_heads : int, optional
+        The most heads in one path (the name :func:`top_circuits` uses too);
+        ``model.config.n_layers`` (the exact expansion) by default.
     sources : sequence of str
         Which of :data:`SOURCE_KINDS` to include; all by default (needed for exactness).
 
@@ -400,4 +328,4 @@ def expand(model: Transformer, order: int | None = None, *, sources: Sequence[st
     PathSum
         Lazy: terms are generated on iteration, weights built on access.
     """
-    return PathSum(require_model(model, "expand"), order, sources)
+    return PathSum(require_model(model, "expand"), max_heads, sources)

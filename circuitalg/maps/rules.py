@@ -1,8 +1,9 @@
 """Smart constructors: build maps and apply sound structural simplifications.
 
-Each simplification is a small pure function from a tuple of maps to a tuple of maps,
-listed in the ``*_RULES`` tuples and applied in order (sympy's canonicalize pattern).
-Only exact identities are used:
+Product simplifications are small pure functions from a tuple of factors to a tuple of
+factors, listed in :data:`PRODUCT_RULES` and applied in order until none changes anything
+(sympy's canonicalize pattern); the other constructors apply their rules inline. Only exact
+identities are used:
 
 - products: flatten nested products, drop identities, pull scalars out, and apply the
   mixed-product rule ``(A ⊗ B)(C ⊗ D) = (AC) ⊗ (BD)`` when the factor spaces conform;

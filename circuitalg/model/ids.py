@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from circuitalg.errors import InvalidArgumentError
 
@@ -12,9 +13,11 @@ __all__ = ["HeadId", "Source", "SOURCE_KINDS", "EMBED", "POS"]
 _HEAD_NAME = re.compile(r"^L(\d+)H(\d+)$")
 
 
-@dataclass(frozen=True, order=True)
-class HeadId:
-    """Attention head ``head`` of layer ``layer``; printed ``L{layer}H{head}`` (e.g. ``L1H2``)."""
+class HeadId(NamedTuple):
+    """Attention head ``head`` of layer ``layer``; printed ``L{layer}H{head}`` (e.g. ``L1H2``).
+
+    A named tuple, so it unpacks as ``l, h = head_id`` and equals ``(l, h)``.
+    """
 
     layer: int
     head: int

@@ -22,10 +22,14 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.ids import HeadId
+from circuitalg.maps.rules import identity
+from circuitalg.model.ids import HeadId, Source
 from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
 from circuitalg.model.view import HeadWeights
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
+
+#: The one-dimensional space of constant terms (biases written at every position).
+CONST_SPACE = Space("const", 1)
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuitalg.model.forward import Cache
@@ -305,6 +309,37 @@ class Transformer:
     def dtype(self) -> np.dtype:
         """The dtype of every parameter."""
         return self.params["W_E"].dtype
+
+    def source_map(self, source: Source) -> LinearMap:
+        """The typed map a source writes into the residual stream: ``W_E`` (vocab -> resid),
+        ``W_pos`` (pos -> resid), layer ``l``'s attention bias as a column (const[1] -> resid),
+        or the identity on resid for an MLP output (taken as given, frozen)."""
+        if not isinstance(source, Source):
+            raise InvalidArgumentError(f"source_map takes a ca.Source, got {type(source).__name__}; e.g. ca.Source('embed').")
+        if source.kind == "embed":
+            return self.W_E
+        if source.kind == "pos":
+            return self.W_pos
+        if source.kind == "attn_bias":
+            self._check_index("layer", source.layer, self.config.n_layers)
+            return self._attention_bias_maps[source.layer]  # type: ignore[index]
+        if source.kind == "mlp":
+            self.mlp(source.layer)  # type: ignore[arg-type]  (raises for attention-only models)
+            return identity(self.resid_space, dtype=self.dtype)
+        raise InvalidArgumentError(
+            "source_map: unembed_bias writes nothing into the residual stream; it is model.unembed_bias_map "
+            "(const -> vocab)."
+        )
+
+    @cached_property
+    def _attention_bias_maps(self) -> tuple[Dense, ...]:
+        bias = self.head_weights.attention_bias
+        return tuple(Dense(b[:, None], CONST_SPACE, self.resid_space, f"b_attn^{{{l}}}") for l, b in enumerate(bias))
+
+    @cached_property
+    def unembed_bias_map(self) -> Dense:
+        """``b_U`` as a map ``const[1] -> vocab``."""
+        return Dense(self.b_U[:, None], CONST_SPACE, self.vocab_space, "b_U")
 
     @cached_property
     def head_weights(self) -> HeadWeights:

@@ -1,11 +1,13 @@
 """The HTML report of ``circuitalg report``: one self-contained file with embedded PNG figures.
 
-Needs matplotlib (``pip install -e ".[viz]"``).
+:func:`analyse` computes an :class:`Analysis` (every finding with its evidence); the figures
+and the HTML read only that record. matplotlib is a core dependency.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import time
@@ -18,7 +20,41 @@ import numpy as np
 from circuitalg.errors import CircuitAlgError
 from circuitalg.files import atomic_write
 
-__all__ = ["analyse", "write_report"]
+__all__ = ["Analysis", "analyse", "write_report"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """What :func:`analyse` found: the results every figure, table and summary line reads.
+
+    ``model`` is the analysed (layer-norm folded) model, ``original`` the one given; ``comp``
+    and ``base`` map a composition kind to its scores and random-head baseline; ``prev``,
+    ``induction`` and ``k_comp`` are the findings with their evidence
+    (:mod:`circuitalg.circuits.findings`); ``top_ov`` and ``top_qk`` the token tables of the OV
+    circuit of ``ov_head`` and of ``qk_circuit``; ``expansion`` and ``verification`` the
+    symbolic identity shown at ``shown`` = (layers, heads); ``text`` the printed summary.
+    """
+
+    model: Any
+    original: Any
+    table: Any
+    comp: dict[str, np.ndarray]
+    base: dict[str, Any]
+    search: Any
+    graph: Any
+    prev: Any
+    induction: Any
+    k_comp: Any
+    copying: list[tuple[str, float]]
+    expansion: Any
+    verification: Any
+    shown: tuple[int, int]
+    top_ov: list[Any]
+    ov_head: Any
+    ov_why: str
+    top_qk: list[Any]
+    qk_circuit: Any
+    text: str
 
 
 def _plt() -> Any:
@@ -39,8 +75,8 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def analyse(model: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Everything the report shows, as plain data (``text`` is the printed summary).
+def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
+    """Everything the report shows (:class:`Analysis`; ``text`` is the printed summary).
 
     Every claim in ``text`` carries its evidence: heads are named only above the thresholds
     of :mod:`circuitalg.circuits.findings`, compositions only between an earlier and a later
@@ -84,7 +120,7 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> dict[str, A
         ov_head, ov_why = ca.HeadId(int(l), int(h)), "the head with the largest copying score"
     ov_circuit = m.W_U @ m.head(ov_head.layer, ov_head.head).ov @ m.W_E
     top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
-    qk_circuit = next((cc for cc in search if cc.kind != "unembed"), None)
+    qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
     top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
     prev_line = str(prev)
     if prev.head is not None:
@@ -104,26 +140,26 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> dict[str, A
         f"{shown_layers} layers x {shown_heads} heads, symbolic dimensions)",
     ]
     log(f"analysis done in {time.time() - t0:.1f} s")
-    return {
-        "model": m, "original": model, "table": table, "comp": comp, "base": base, "search": search, "graph": graph,
-        "prev": prev, "induction": ind, "k_comp": k_comp, "copying": copying, "expansion": expansion,
-        "verification": verification, "shown": (shown_layers, shown_heads), "top_ov": top_ov, "ov_head": ov_head,
-        "ov_why": ov_why, "top_qk": top_qk, "qk_circuit": qk_circuit, "text": "\n".join(lines),
-    }
+    return Analysis(
+        model=m, original=model, table=table, comp=comp, base=base, search=search, graph=graph, prev=prev,
+        induction=ind, k_comp=k_comp, copying=copying, expansion=expansion, verification=verification,
+        shown=(shown_layers, shown_heads), top_ov=top_ov, ov_head=ov_head, ov_why=ov_why, top_qk=top_qk,
+        qk_circuit=qk_circuit, text="\n".join(lines),
+    )
 
 
-def _figures(a: dict[str, Any]) -> dict[str, str]:
+def _figures(a: Analysis) -> dict[str, str]:
     plt = _plt()
-    m, table = a["model"], a["table"]
+    m, table = a.model, a.table
     c = m.config
     L, H = c.n_layers, c.n_heads
     labels = [f"L{l}H{h}" for l in range(L) for h in range(H)]
     figs = {}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, k in zip(axes, "qkv"):
-        s = a["comp"][k].reshape(L * H, L * H)
+        s = a.comp[k].reshape(L * H, L * H)
         im = ax.imshow(s, cmap="viridis", vmin=0)
-        b = a["base"][k]
+        b = a.base[k]
         ax.set_title(f"{k.upper()}-composition (baseline {b.mean:.3f} ± {b.std:.3f})")
         ax.set_xticks(range(L * H), labels, rotation=90, fontsize=7)
         ax.set_yticks(range(L * H), labels, fontsize=7)
@@ -165,7 +201,7 @@ def _figures(a: dict[str, Any]) -> dict[str, str]:
 
     import networkx as nx
 
-    g = a["graph"].nx
+    g = a.graph.nx
     edges = sorted(
         ((u, v, d) for u, v, d in g.edges(data=True) if u.startswith("L") and v.startswith("L")),
         key=lambda e: -e[2]["score"] / e[2]["baseline"],
@@ -206,7 +242,7 @@ def write_report(model: Any, out: Path, log: Callable[[str], None] | None = None
     figs = _figures(a)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    search = a["search"]
+    search = a.search
     circuits = _table(
         [[f"{cc.score:.4g}", cc.name, str(cc.symbol)] for cc in search],
         ["‖W‖_F", "circuit", "virtual weight"],
@@ -217,37 +253,37 @@ def write_report(model: Any, out: Path, log: Callable[[str], None] | None = None
         return _table([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
                       [rows[0].row_role, rows[0].col_role, "weight"])
 
-    tokens = entries(a["top_ov"])
-    qk = entries(a["top_qk"])
+    tokens = entries(a.top_ov)
+    qk = entries(a.top_qk)
     heads = _table(
-        [[r["head"], *(f"{r[f]:.3f}" for f in a["table"].fields)] for r in a["table"].records()],
-        ["head", *a["table"].fields],
+        [[r["head"], *(f"{r[f]:.3f}" for f in a.table.fields)] for r in a.table.records()],
+        ["head", *a.table.fields],
     )
-    v = a["verification"]
+    v = a.verification
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>circuitalg report: {html.escape(model.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}} img{{max-width:100%}} pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style>
 </head><body>
 <h1>circuitalg report: {html.escape(model.name)}</h1>
-<section id="summary"><h2>Summary</h2><pre>{html.escape(a["text"])}</pre></section>
+<section id="summary"><h2>Summary</h2><pre>{html.escape(a.text)}</pre></section>
 <section id="composition"><h2>Composition scores</h2><img alt="composition heatmaps" src="{figs["composition"]}"></section>
 <section id="copying"><h2>Copying and eigenvalues</h2><img alt="copying scores and eigenvalues" src="{figs["copying"]}"></section>
 <section id="positional"><h2>Positional QK patterns</h2><img alt="positional patterns" src="{figs["positional"]}"></section>
 <section id="graph"><h2>Circuit graph</h2><img alt="circuit graph" src="{figs["graph"]}"></section>
 <section id="circuits"><h2>Top circuits</h2><p>{html.escape(search.summary())}</p>{circuits}</section>
-<section id="tokens"><h2>Top token mappings</h2><h3>OV circuit W_U W_OV W_E of {a["ov_head"].name} ({a["ov_why"]})</h3>{tokens}
-<h3>Strongest QK circuit{": " + html.escape(a["qk_circuit"].name) if a["qk_circuit"] is not None else ""}</h3>
+<section id="tokens"><h2>Top token mappings</h2><h3>OV circuit W_U W_OV W_E of {a.ov_head.name} ({a.ov_why})</h3>{tokens}
+<h3>Strongest QK circuit{": " + html.escape(a.qk_circuit.name) if a.qk_circuit is not None else ""}</h3>
 <p>Rows are queries and columns keys; position pairs are restricted to key &lt;= query (causal attention).</p>{qk}</section>
 <section id="heads"><h2>Head table</h2>{heads}</section>
-<section id="identity"><h2>Verified identity</h2><p>Path expansion of a {a["shown"][0]}-layer attention-only
-transformer with {a["shown"][1]} heads per layer, over symbolic dimensions (method {html.escape(v.method)}): holds =
-{v.holds}.</p><pre>{html.escape(str(a["expansion"]))}</pre></section>
+<section id="identity"><h2>Verified identity</h2><p>Path expansion of a {a.shown[0]}-layer attention-only
+transformer with {a.shown[1]} heads per layer, over symbolic dimensions (method {html.escape(v.method)}): holds =
+{v.holds}.</p><pre>{html.escape(str(a.expansion))}</pre></section>
 </body></html>
 """
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(doc))
     log(f"wrote {out / 'report.html'}")
-    prev, ind, kc = a["prev"], a["induction"], a["k_comp"]
+    prev, ind, kc = a.prev, a.induction, a.k_comp
     summary = {
         "model": model.name,
         "previous_token_head": prev.head.name if prev.head else None,
@@ -258,10 +294,10 @@ transformer with {a["shown"][1]} heads per layer, over symbolic dimensions (meth
             "writer": kc.writer.name, "reader": kc.reader.name, "score": kc.score, "z": kc.z,
             "family_p": kc.family_p, "n_pairs": kc.n_pairs, "significant": kc.significant, "chosen": kc.chosen,
         },
-        "baseline_k": {"mean": a["base"]["k"].mean, "std": a["base"]["k"].std},
-        "copying_heads": dict(a["copying"]),
-        "induction_copying": None if ind.head is None else float(a["table"].copying[ind.head.layer, ind.head.head]),
+        "baseline_k": {"mean": a.base["k"].mean, "std": a.base["k"].std},
+        "copying_heads": dict(a.copying),
+        "induction_copying": None if ind.head is None else float(a.table.copying[ind.head.layer, ind.head.head]),
         "top_circuits": [cc.to_dict() for cc in search], "certificate": search.bound,
-        "identity_verified": bool(v.holds), "report": str(out / "report.html"), "text": a["text"],
+        "identity_verified": bool(v.holds), "report": str(out / "report.html"), "text": a.text,
     }
     return summary

@@ -81,7 +81,7 @@ def scores(model: Any, kind: str, top: int) -> dict[str, Any]:
         l1, h1, l2, h2 = (int(x) for x in np.unravel_index(i, s.shape))
         v = float(s[l1, h1, l2, h2])
         p = base.family_p(v, n_pairs)
-        pairs.append({"writer": f"L{l1}H{h1}", "reader": f"L{l2}H{h2}", "score": v, "z": base.z(v),
+        pairs.append({"writer": ca.HeadId(l1, h1).name, "reader": ca.HeadId(l2, h2).name, "score": v, "z": base.z(v),
                       "family_p": p, "significant": p < ca.FAMILY_ALPHA})
     out.update(top=pairs, scores=s.tolist(), threshold=base.threshold(n_pairs, ca.FAMILY_ALPHA))
     return out

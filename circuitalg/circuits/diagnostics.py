@@ -28,6 +28,7 @@ from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
 from circuitalg.model.forward import check_tokens
+from circuitalg.model.ids import HeadId
 from circuitalg.model.weights import Transformer
 
 __all__ = [
@@ -147,7 +148,7 @@ class HeadTable:
         out = []
         for l in range(L):
             for h in range(H):
-                rec: dict[str, Any] = {"head": f"L{l}H{h}", "layer": l, "index": h}
+                rec: dict[str, Any] = {"head": HeadId(l, h).name, "layer": l, "index": h}
                 for f in self.fields:
                     rec[f] = float(getattr(self, f)[l, h])
                 rec["ov_singular_values"] = [float(x) for x in self.ov_singular_values[l, h]]
@@ -162,7 +163,7 @@ class HeadTable:
         a = getattr(self, field)
         order = np.argsort(-a, axis=None, kind="stable")[:k]
         H = a.shape[1]
-        return [(f"L{i // H}H{i % H}", float(a.flat[i])) for i in order]
+        return [(HeadId(*divmod(int(i), H)).name, float(a.flat[i])) for i in order]
 
 
 def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
@@ -170,7 +171,7 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
     over the first ``n_positions`` positions (query rows, key columns; tokens, biases and layer
     norms ignored)."""
     n = min(n_positions, model.config.n_ctx)
-    P = np.asarray(model.params["W_pos"][:, :n], dtype=np.float64)
+    P = np.asarray(model.W_pos.array[:, :n], dtype=np.float64)
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
     k = np.asarray(head.W_K.array, dtype=np.float64) @ P
     s = (q.T @ k) / model.config.attn_scale

@@ -273,7 +273,7 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     g.add_node(POS.name, kind="pos", layer=-1, label="W_pos")
     for layer in model.layers:
         for head in layer.heads:
-            g.add_node(head.name, kind="head", layer=layer.index, label=head.name)
+            g.add_node(head.name, kind="head", layer=layer.index, index=head.index, label=head.name)
         if layer.mlp is not None:
             mlp = Source("mlp", layer.index).name
             g.add_node(mlp, kind="mlp", layer=layer.index, label=mlp)

@@ -106,7 +106,8 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     ind = findings.induction_head(table, seq_len)
     pair = (prev.head, ind.head) if prev.head and ind.head and prev.head.layer < ind.head.layer else None
     k_comp = findings.composition_finding(comp["k"], base["k"], pair=pair)
-    copying = [(f"L{l}H{h}", float(table.copying[l, h])) for l, h in zip(*np.nonzero(table.copying > 0.5))]
+    copying = [(ca.HeadId(int(l), int(h)).name, float(table.copying[l, h]))
+               for l, h in zip(*np.nonzero(table.copying > 0.5))]
     log(f"[5/{steps}] symbolic identity of the path expansion")
     # (1 + heads)^layers paths: prove the identity at a bounded size (it holds for all dimensions)
     shown_layers, shown_heads = min(c.n_layers, 3), min(c.n_heads, 2)
@@ -153,7 +154,7 @@ def _figures(a: Analysis) -> dict[str, str]:
     m, table = a.model, a.table
     c = m.config
     L, H = c.n_layers, c.n_heads
-    labels = [f"L{l}H{h}" for l in range(L) for h in range(H)]
+    labels = [hd.name for hd in m.head_weights.ids()]
     figs = {}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, k in zip(axes, "qkv"):
@@ -203,14 +204,14 @@ def _figures(a: Analysis) -> dict[str, str]:
 
     g = a.graph.nx
     edges = sorted(
-        ((u, v, d) for u, v, d in g.edges(data=True) if u.startswith("L") and v.startswith("L")),
+        ((u, v, d) for u, v, d in g.edges(data=True) if g.nodes[u]["kind"] == "head" == g.nodes[v]["kind"]),
         key=lambda e: -e[2]["score"] / e[2]["baseline"],
     )[: max(6, L * H)]
     fig, ax = plt.subplots(figsize=(9, 5))
     pos = {}
     for node, d in g.nodes(data=True):
         layer = d["layer"]
-        idx = int(node.split("H")[1]) if d["kind"] == "head" else (0 if node == "embed" else 1)
+        idx = d["index"] if d["kind"] == "head" else (0 if d["kind"] == "embed" else 1)
         pos[node] = (idx, layer)
     sub = nx.MultiDiGraph()
     sub.add_nodes_from(g.nodes)

@@ -338,6 +338,11 @@ class _Search:
         for r in range(1, max_heads + 1):
             ext = (eng.M_norm2 * self.B[r - 1][None, :]).max(axis=1) * _SAFETY if n else np.zeros(0)
             self.B.append(np.maximum(stop_all, ext))
+        # can_stop[n][g]: a chain of n heads ending at head g has a reader it may stop at
+        is_unembed = np.array([side == "unembed" for side, _, _ in eng.readers], dtype=bool)
+        any_u = (eng.valid & is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
+        any_qk = (eng.valid & ~is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
+        self.can_stop = [(any_u & (j <= max_heads)) | (any_qk & (j + 1 <= max_heads)) for j in range(max_heads + 1)]
         self.best: list[tuple[float, int, Circuit]] = []  # min-heap of (value², tiebreak, circuit)
         self.heap: list[tuple[float, int, _Entry]] = []  # (-bound², tiebreak, entry)
         self.tick = itertools.count()
@@ -382,7 +387,7 @@ class _Search:
         self.visited += 1
         node = _Node(source, chain, K, max(float(np.trace(K)), 0.0))
         remaining = self.max_heads - len(chain)
-        if any(self.allowed(r, len(chain)) for r in np.flatnonzero(eng.valid[g])):
+        if self.can_stop[len(chain)][g]:
             self.push(node.trace * eng.sigma[g].max(initial=0.0), _Stops(node))
         if remaining >= 1 and np.any(eng.layer > eng.layer[g]):
             ext = (eng.M_norm2[g] * self.B[remaining - 1]).max(initial=0.0) * _SAFETY

@@ -185,6 +185,12 @@ class Transformer:
     dtype : numpy dtype
         float64 (default) or float32.
 
+    Attributes
+    ----------
+    head_weights : HeadWeights
+        Every head's weights stacked: the view every analysis reads (``.float64()`` for the
+        factored numerics). ``params``' attention entries are views into it.
+
     Raises
     ------
     LoadError
@@ -210,7 +216,8 @@ class Transformer:
             raise InvalidArgumentError(f"biases={biases!r}; use 'required' or 'zero-fill'.")
         self.config = config
         self.name = str(name)
-        self.params = _validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
+        params = _validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
+        self.head_weights, self.params = _stack_heads(config, params)
         if vocab is not None:
             vocab = tuple(str(t) for t in vocab)
             if len(vocab) != config.d_vocab:
@@ -341,20 +348,6 @@ class Transformer:
         """``b_U`` as a map ``const[1] -> vocab``."""
         return Dense(self.b_U[:, None], CONST_SPACE, self.vocab_space, "b_U")
 
-    @cached_property
-    def head_weights(self) -> HeadWeights:
-        """Every head's weights stacked in the model's dtype (the view every analysis reads;
-        ``.float64()`` for the factored numerics)."""
-        p, c = self.params, self.config
-
-        def stack(name: str) -> np.ndarray:
-            return np.stack([p[f"blocks.{l}.attn.{name}"] for l in range(c.n_layers)])
-
-        return HeadWeights(
-            stack("W_Q"), stack("W_K"), stack("W_V"), stack("W_O"), stack("b_Q"), stack("b_K"), stack("b_V"),
-            stack("b_O"), np.broadcast_to(np.arange(c.n_heads), (c.n_layers, c.n_heads)),
-        )
-
     # -- computation ----------------------------------------------------------------------
     def run(self, tokens: Any) -> tuple[np.ndarray, Cache]:
         """Reference forward pass; see :func:`circuitalg.model.forward.run`."""
@@ -415,6 +408,23 @@ class Transformer:
             )
         name = str(getattr(cfg, "model_name", None) or "hooked_transformer")
         return cls.from_state_dict(hooked.state_dict(), layout="transformer_lens", config=cfg, name=name)
+
+
+def _stack_heads(config: TransformerConfig, params: dict[str, np.ndarray]) -> tuple[HeadWeights, dict[str, np.ndarray]]:
+    """The model view of every head's weights (one read-only stack per weight, in the model's
+    dtype), and ``params`` with each ``blocks.{l}.attn.*`` entry replaced by a view into it, so the
+    two share memory and cannot disagree."""
+    names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+    stacks = {}
+    out = dict(params)
+    for name in names:
+        a = np.stack([params[f"blocks.{l}.attn.{name}"] for l in range(config.n_layers)])
+        a.flags.writeable = False
+        stacks[name] = a
+        for l in range(config.n_layers):
+            out[f"blocks.{l}.attn.{name}"] = a[l]
+    kv = np.broadcast_to(np.arange(config.n_heads), (config.n_layers, config.n_heads))
+    return HeadWeights(**stacks, kv_head=kv), out
 
 
 def _validate_params(

@@ -130,7 +130,8 @@ def train(name: str, seed: int = 0, steps: int | None = None, log: Any = print) 
         loss.backward()
         opt.step()
         sched.step()
-        loss_value = 0.98 * loss_value + 0.02 * float(loss) if step else float(loss)
+        value = float(loss.detach())
+        loss_value = 0.98 * loss_value + 0.02 * value if step else value
         if log and (step % 500 == 0 or step == n_steps - 1):
             log(f"{name} step {step:5d}/{n_steps}  loss {loss_value:.4f}  ({time.time() - t0:.0f} s)")
     params = {k: v.detach().double().numpy() for k, v in p.items()}

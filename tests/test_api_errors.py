@@ -421,14 +421,14 @@ CASES = [
     ),
     (
         'previous_token_head',
-        lambda: ca.previous_token_head(ca.head_table(m, k=1), 8),
+        lambda: ca.previous_token_head(ca.head_table(m, k=1)),
         ca.InvalidArgumentError,
         'previous_token_head: the head table has no behavioural scores; make it with '
         'ca.head_table(model, ca.repeated_random_tokens(model, seq_len)).',
     ),
     (
         'induction_head',
-        lambda: ca.induction_head("table", 8),
+        lambda: ca.induction_head("table"),
         ca.InvalidArgumentError,
         'induction_head takes a ca.HeadTable, got str; make one with ca.head_table(model, tokens).',
     ),

@@ -123,6 +123,8 @@ class HeadTable:
         given): mean attention on the ``1 - seq_len`` diagonal (the token after the previous
         occurrence) and on the ``-1`` diagonal, over the second half of each sequence
         (induction) and all positions after the first (previous token).
+    seq_len : int or None
+        The length of the repeated half of those sequences (``None`` without tokens).
     """
 
     copying: np.ndarray
@@ -134,6 +136,7 @@ class HeadTable:
     qk_singular_values: np.ndarray
     induction: np.ndarray | None = None
     prev_token: np.ndarray | None = None
+    seq_len: int | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -250,12 +253,13 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
         s_qk = singular_values(head.qk)
         ov_rank[i], qk_rank[i] = effective_rank(s_ov), effective_rank(s_qk)
         ov_sv[i], qk_sv[i] = s_ov[:k], s_qk[:k]
-    induction = prev = None
+    induction = prev = seq_len = None
     if tokens is not None:
         induction, prev = _behaviour(model, tokens)
+        seq_len = int(np.shape(tokens)[-1]) // 2
     return HeadTable(
         copying, copying_ov, _positional_prev_token(model, n_positions), ov_rank, qk_rank, ov_sv, qk_sv,
-        induction, prev,
+        induction, prev, seq_len,
     )
 
 

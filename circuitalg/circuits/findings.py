@@ -104,7 +104,7 @@ def _behaviour(table: object, field: str, what: str) -> np.ndarray:
     if not isinstance(table, HeadTable):
         raise InvalidArgumentError(f"{what} takes a ca.HeadTable, got {type(table).__name__}; make one with ca.head_table(model, tokens).")
     a = getattr(table, field)
-    if a is None:
+    if a is None or table.seq_len is None:
         raise InvalidArgumentError(
             f"{what}: the head table has no behavioural scores; make it with "
             "ca.head_table(model, ca.repeated_random_tokens(model, seq_len))."
@@ -119,19 +119,20 @@ def _best(score: np.ndarray, mask: np.ndarray) -> tuple[HeadId, float]:
     return HeadId(int(l), int(h)), float(a.flat[i])
 
 
-def previous_token_head(table: HeadTable, seq_len: int, threshold: float = PATTERN_THRESHOLD) -> HeadFinding:
-    """The head attending most to the previous token, named if its score reaches ``threshold``."""
+def previous_token_head(table: HeadTable, threshold: float = PATTERN_THRESHOLD) -> HeadFinding:
+    """The head attending most to the previous token, named if its score reaches ``threshold``
+    (the table's behavioural scores: ``ca.head_table(model, ca.repeated_random_tokens(model))``)."""
     a = _behaviour(table, "prev_token", "previous_token_head")
     best, score = _best(a, np.ones(a.shape, dtype=bool))
-    chance = uniform_attention(seq_len, "prev_token")
+    chance = uniform_attention(table.seq_len, "prev_token")  # type: ignore[arg-type]
     named = best if score >= threshold else None
     return HeadFinding("previous-token head", named, best, score, chance, threshold, "" if named else "none found")
 
 
-def induction_head(table: HeadTable, seq_len: int, threshold: float = PATTERN_THRESHOLD) -> HeadFinding:
+def induction_head(table: HeadTable, threshold: float = PATTERN_THRESHOLD) -> HeadFinding:
     """The layer >= 1 head with the largest induction score, named if it reaches ``threshold``."""
     a = _behaviour(table, "induction", "induction_head")
-    chance = uniform_attention(seq_len, "induction")
+    chance = uniform_attention(table.seq_len, "induction")  # type: ignore[arg-type]
     L = a.shape[0]
     if L < 2:
         return HeadFinding("induction head", None, None, float("nan"), chance, threshold,

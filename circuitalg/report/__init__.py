@@ -102,8 +102,8 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     log(f"[4/{steps}] circuit graph")
     graph = ca.CircuitGraph(m, base)
 
-    prev = findings.previous_token_head(table, seq_len)
-    ind = findings.induction_head(table, seq_len)
+    prev = findings.previous_token_head(table)
+    ind = findings.induction_head(table)
     pair = (prev.head, ind.head) if prev.head and ind.head and prev.head.layer < ind.head.layer else None
     k_comp = findings.composition_finding(comp["k"], base["k"], pair=pair)
     copying = [(ca.HeadId(int(l), int(h)).name, float(table.copying[l, h]))

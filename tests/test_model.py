@@ -221,8 +221,7 @@ def test_transformer_lens_config_fields_are_implemented_or_refused() -> None:
         "parallel_attn_mlp": (True, "parallel"),
         "gated_mlp": (True, "gated"),
         "n_key_value_heads": (1, "grouped-query"),
-        "use_local_attn": (True, "local"),
-        "attn_types": (["global", "local"], "local"),
+        "use_local_attn": (True, "attn_types"),  # local attention needs its layer types
         "attn_scores_soft_cap": (50.0, "soft-capping"),
         "output_logits_soft_cap": (30.0, "soft-capping"),
         "normalization_type": ("RMS", "RMS"),

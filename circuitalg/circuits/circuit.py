@@ -128,10 +128,14 @@ class Circuit:
     def top_tokens(self, k: int = 10, *, by: str = "value") -> list[Any]:
         """The ``k`` largest entries of :attr:`weight`, labelled by role (query/key or
         output/input) with the model's tokens, token ids or positions; position pairs of a QK
-        circuit are restricted to key <= query (:func:`~circuitalg.circuits.diagnostics.top_tokens`)."""
+        circuit are restricted to key <= query, and inside the window of a local layer
+        (:func:`~circuitalg.circuits.diagnostics.top_tokens`)."""
         from circuitalg.circuits.diagnostics import top_tokens
 
-        return top_tokens(self.weight, k, vocab=self.model.vocab, by=by, roles=self.roles)
+        # a bare position-to-position QK term of a local layer: only pairs inside its window occur
+        bare_pos = self.sink.head is not None and not self.heads and self.source.kind == self.sink.other.kind == "pos"  # type: ignore[union-attr]
+        window = self.model.config.window(self.sink.head.layer) if bare_pos else None  # type: ignore[union-attr]
+        return top_tokens(self.weight, k, vocab=self.model.vocab, by=by, roles=self.roles, window=window)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record."""

@@ -27,7 +27,7 @@ from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
-from circuitalg.model.forward import check_tokens
+from circuitalg.model.forward import blocked, check_tokens
 from circuitalg.model.ids import HeadId
 from circuitalg.model.weights import Transformer
 
@@ -170,15 +170,15 @@ class HeadTable:
 
 
 def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
-    """The causal softmax of a head's positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale``
-    over the first ``n_positions`` positions (query rows, key columns; tokens, biases and layer
-    norms ignored)."""
+    """The causal (and, in a local layer, windowed) softmax of a head's positional scores
+    ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` over the first ``n_positions`` positions (query
+    rows, key columns; tokens, biases and layer norms ignored)."""
     n = min(n_positions, model.config.n_ctx)
     P = np.asarray(model.W_pos.array[:, :n], dtype=np.float64)
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
     k = np.asarray(head.W_K.array, dtype=np.float64) @ P
     s = (q.T @ k) / model.config.attn_scale
-    s[np.triu_indices(n, 1)] = -np.inf
+    s[blocked(n, n, model.config.window(head.layer))] = -np.inf
     s -= s.max(axis=1, keepdims=True)
     p = np.exp(s)
     return p / p.sum(axis=1, keepdims=True)
@@ -310,7 +310,8 @@ def _axis_label(space: Any, i: int, vocab: Sequence[str] | None) -> tuple[str | 
 
 def top_tokens(
     m: LinearMap, k: int = 10, *, vocab: Sequence[str] | Transformer | None = None, by: str = "value",
-    roles: tuple[str, str] | None = None, causal: bool | None = None, max_bytes: int | None = None,
+    roles: tuple[str, str] | None = None, causal: bool | None = None, window: int | None = None,
+    max_bytes: int | None = None,
 ) -> list[TokenEntry]:
     """The ``k`` largest entries of a map between token or position spaces, without building it.
 
@@ -339,6 +340,9 @@ def top_tokens(
     causal : bool, optional
         Keep only pairs with key position <= query position, the pairs causal attention can
         use. Default: True for a ``("query", "key")`` map between positions; it needs one.
+    window : int, optional
+        With ``causal``: keep only keys less than ``window`` positions back (a local attention
+        layer's pairs, ``query - window < key <= query``).
     """
     if not isinstance(m, LinearMap):
         raise InvalidArgumentError(f"top_tokens takes a ca.LinearMap, got {type(m).__name__}.")
@@ -355,8 +359,16 @@ def top_tokens(
             f"causal=True masks key positions after the query position; this map is {m.codomain} x {m.domain} with "
             f"roles {roles}: it needs a pos -> pos QK map with roles ('query', 'key')."
         )
-    n_entries = n_rows * (n_rows + 1) // 2 if causal else n_rows * n_cols
-    k = check_int("k", k, 1, n_entries, " (the number of entries" + (" with key <= query)" if causal else ")"))
+    if window is not None:
+        window = check_int("window", window, 1)
+        if not causal:
+            raise InvalidArgumentError("window restricts the pairs of a causal position table; pass causal=True with it.")
+    if causal:
+        w = n_rows if window is None else min(window, n_rows)
+        n_entries = sum(min(i + 1, w) for i in range(n_rows))
+    else:
+        n_entries = n_rows * n_cols
+    k = check_int("k", k, 1, n_entries, " (the number of entries" + (" causal attention can use)" if causal else ")"))
     if by not in ("value", "abs"):
         raise InvalidArgumentError(f"by={by!r}; use 'value' or 'abs'.")
     if isinstance(vocab, Transformer):
@@ -382,7 +394,9 @@ def top_tokens(
         vals = Lf[rows] @ Vh
         key = np.abs(vals) if by == "abs" else vals
         if causal:
-            key = np.where(cols[None, :] <= rows[:, None], key, -np.inf)
+            back = rows[:, None] - cols[None, :]
+            ok = (back >= 0) if window is None else (back >= 0) & (back < window)
+            key = np.where(ok, key, -np.inf)
         kk = min(k, key.size)
         flat = np.argpartition(-key, kk - 1, axis=None)[:kk]
         ri, cj = np.unravel_index(flat, key.shape)

@@ -39,6 +39,10 @@ class TransformerConfig:
         Attention scores are ``q·k / attn_scale``; default ``sqrt(d_head)``.
     ln_eps : float
         Layer-norm epsilon (``1e-5`` in GPT-2).
+    attn_windows : tuple of (int or None), optional
+        Local (sliding-window) attention, one entry per layer: a query at position ``i`` attends
+        to keys ``j`` with ``i - w < j <= i`` (GPT-Neo's local layers); ``None`` entries (and
+        ``attn_windows=None``) are global causal attention.
     """
 
     n_layers: int
@@ -52,6 +56,7 @@ class TransformerConfig:
     act_fn: str | None = None
     attn_scale: float = 0.0
     ln_eps: float = 1e-5
+    attn_windows: tuple[int | None, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
@@ -90,6 +95,19 @@ class TransformerConfig:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < 1):
             raise ConfigError(f"config ln_eps={eps!r} must be a number in [0, 1).")
         object.__setattr__(self, "ln_eps", float(eps))
+        windows = self.attn_windows
+        if windows is not None:
+            if isinstance(windows, (str, bytes)) or not isinstance(windows, (list, tuple)) or len(windows) != self.n_layers:
+                raise ConfigError(
+                    f"config attn_windows={windows!r} must list one window (a positive integer, or None for global "
+                    f"attention) per layer: {self.n_layers} entries."
+                )
+            checked = tuple(None if w is None else _check_size("attn_windows entry", w) for w in windows)
+            object.__setattr__(self, "attn_windows", None if all(w is None for w in checked) else checked)
+
+    def window(self, layer: int) -> int | None:
+        """The attention window of ``layer`` (``None``: global causal attention)."""
+        return None if self.attn_windows is None else self.attn_windows[layer]
 
     @property
     def attn_only(self) -> bool:

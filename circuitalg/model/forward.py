@@ -1,7 +1,7 @@
 """The numpy reference forward pass of a GPT-2-style transformer, and the logit lens.
 
 Architecture: token plus learned positional embeddings; per block, pre-norm attention
-(causal, scores ``q·k / attn_scale``) then, unless attention-only, a pre-norm MLP; a final
+(causal, optionally local: :func:`blocked`; scores ``q·k / attn_scale``) then, unless attention-only, a pre-norm MLP; a final
 layer norm (when the model has normalisation) and the unembedding. Computed in the model's
 dtype (float64 by default), row layout internally (one row per position).
 """
@@ -17,7 +17,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.linalg.budget import check_budget
 
-__all__ = ["Cache", "run", "check_tokens", "activation"]
+__all__ = ["Cache", "run", "check_tokens", "activation", "blocked"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -109,6 +109,18 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
     raise InvalidArgumentError(f"unknown activation {name!r}; use gelu_new, gelu or relu.")
 
 
+def blocked(n_queries: int, n_keys: int, window: int | None = None) -> np.ndarray:
+    """``(n_queries, n_keys)`` boolean mask of the key positions a query may *not* attend to:
+    later keys (causal), and with a ``window`` keys at least ``window`` positions back (local
+    attention: query ``i`` sees keys ``i - window < j <= i``)."""
+    q = np.arange(n_queries)[:, None]
+    k = np.arange(n_keys)[None, :]
+    out = k > q
+    if window is not None:
+        out |= q - k >= window
+    return out
+
+
 def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
     """Run ``model`` on one sequence of token ids.
 
@@ -127,7 +139,6 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
     resid = [x]
     resid_mid, patterns, zs, attn_outs, mlp_outs = [], [], [], [], []
     ln1s, ln2s = [], []
-    mask = np.triu(np.ones((seq, seq), dtype=bool), k=1)
     for layer in model.layers:
         l = layer.index
         if layer.ln1 is not None:
@@ -139,7 +150,7 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
         k = np.einsum("hdm,sm->hsd", hw.W_K[l], xn) + hw.b_K[l][:, None, :]
         v = np.einsum("hdm,sm->hsd", hw.W_V[l], xn) + hw.b_V[l][:, None, :]
         scores = q @ k.transpose(0, 2, 1) / c.attn_scale
-        scores = np.where(mask, -np.inf, scores)
+        scores = np.where(blocked(seq, seq, c.window(l)), -np.inf, scores)
         scores = scores - scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores)
         pattern = weights / weights.sum(axis=-1, keepdims=True)

@@ -20,11 +20,12 @@ from circuitalg.model.params import param_shapes, to_numpy
 
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens", "hf_config"]
 
-LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2")
+LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo")
 
 #: Buffers that checkpoints carry but that are not parameters (causal masks and the like).
 _TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE)$")
 _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+_HF_NEO_BUFFERS = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
 
 
 def detect_layout(keys: Any, source: str = "state dict") -> str:
@@ -32,6 +33,8 @@ def detect_layout(keys: Any, source: str = "state dict") -> str:
     keys = set(keys)
     if "embed.W_E" in keys:
         return "transformer_lens"
+    if "h.0.attn.attention.q_proj.weight" in keys or "transformer.h.0.attn.attention.q_proj.weight" in keys:
+        return "hf_gpt_neo"
     if "wte.weight" in keys or "transformer.wte.weight" in keys:
         return "hf_gpt2"
     if "W_E" in keys:
@@ -40,7 +43,8 @@ def detect_layout(keys: Any, source: str = "state dict") -> str:
     raise LoadError(
         f"{source}: unknown checkpoint layout (first keys: {sample}); circuitalg reads TransformerLens "
         "('embed.W_E', 'blocks.0.attn.W_Q', ...), Hugging Face GPT-2 ('transformer.wte.weight', "
-        "'transformer.h.0.attn.c_attn.weight', ...) and its own format ('W_E', 'blocks.0.attn.W_Q', ...)."
+        "'transformer.h.0.attn.c_attn.weight', ...), GPT-Neo ('transformer.h.0.attn.attention.q_proj.weight', "
+        "...) and its own format ('W_E', 'blocks.0.attn.W_Q', ...)."
     )
 
 
@@ -66,6 +70,8 @@ def convert_state_dict(
         return _from_transformer_lens(state_dict, config, source)
     if layout == "hf_gpt2":
         return _from_hf_gpt2(state_dict, config, source)
+    if layout == "hf_gpt_neo":
+        return _from_hf_gpt_neo(state_dict, config, source)
     raise LoadError(f"{source}: unknown layout {layout!r}; use 'auto' or one of {LAYOUTS}.")
 
 
@@ -130,10 +136,6 @@ def _softcap_off(v: Any) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0)
 
 
-def _all_global(v: Any) -> bool:
-    return v is None or all(t == "global" for t in v)
-
-
 #: TransformerLens config fields that change the computation but that circuitalg does not
 #: implement (yet): each is accepted only at its neutral value, and refused otherwise.
 _TL_NEUTRAL: dict[str, tuple[Any, str]] = {
@@ -149,8 +151,6 @@ _TL_NEUTRAL: dict[str, tuple[Any, str]] = {
     "use_dynamic_ntk_rope": (_off, "dynamic NTK rotary scaling"),
     "use_NTK_by_parts_rope": (_off, "NTK-by-parts rotary scaling"),
     "use_yarn_rope": (_off, "YaRN rotary scaling"),
-    "use_local_attn": (_off, "local (sliding-window) attention"),
-    "attn_types": (_all_global, "local (sliding-window) attention"),
     "scale_attn_by_inverse_layer_idx": (_off, "attention scaled by the inverse layer index"),
     "post_embedding_ln": (_off, "a layer norm after the embedding"),
     "use_normalization_before_and_after": (_off, "normalisation before and after each sublayer"),
@@ -172,7 +172,7 @@ _TL_NO_EFFECT = frozenset({
     "n_params", "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in", "use_hook_tokens",
     "default_prepend_bos", "tokenizer_name", "tokenizer_prepends_bos", "trust_remote_code", "original_architecture",
     "from_checkpoint", "checkpoint_index", "checkpoint_label_type", "checkpoint_value", "layer_norm_folding",
-    "tie_word_embeddings", "window_size", "train_seq_length", "ungroup_grouped_query_attention", "experts_per_token",
+    "tie_word_embeddings", "train_seq_length", "ungroup_grouped_query_attention", "experts_per_token",
     "norm_topk_prob", "rotary_dim", "rotary_base", "rotary_base_local", "rotary_scaling_factor",
     "rotary_adjacent_pairs", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
     "NTK_original_ctx_len", "yarn_factor", "yarn_attention_factor", "yarn_beta_fast", "yarn_beta_slow",
@@ -183,7 +183,8 @@ _TL_SIZES = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "d_
 #: Fields circuitalg reads (TransformerLens and circuitalg names).
 _TL_READ = frozenset({
     *_TL_SIZES, "attn_only", "act_fn", "eps", "ln_eps", "use_attn_scale", "attn_scale", "normalization_type",
-    "normalization", "d_vocab_out", "n_key_value_heads",
+    "normalization", "d_vocab_out", "n_key_value_heads", "use_local_attn", "attn_types", "window_size",
+    "attn_windows",
 })
 
 
@@ -245,6 +246,15 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         out["ln_eps"] = d["eps"]
     if "ln_eps" in d:
         out["ln_eps"] = d["ln_eps"]
+    if d.get("use_local_attn"):
+        types, w = d.get("attn_types"), d.get("window_size")
+        if not isinstance(types, (list, tuple)) or any(t not in ("global", "local") for t in types):
+            raise ConfigError(f"{source}: use_local_attn=True needs attn_types, a list of 'global'/'local' per layer; got {types!r}.")
+        if "local" in types and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ConfigError(f"{source}: local attention needs window_size, a positive integer; got {w!r}.")
+        out["attn_windows"] = tuple(w if t == "local" else None for t in types)
+    if "attn_windows" in d:
+        out["attn_windows"] = d["attn_windows"]
     if d.get("use_attn_scale") is False:
         out["attn_scale"] = 1.0
     elif "attn_scale" in d and d["attn_scale"] not in (None, 0, -1, -1.0):
@@ -305,7 +315,7 @@ def _from_transformer_lens(
         fields["act_fn"] = None
     cfg = TransformerConfig(
         n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
-        **{k: v for k, v in fields.items() if k in ("normalization", "act_fn", "attn_scale", "ln_eps")},
+        **{k: v for k, v in fields.items() if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows")},
     )
     used: set[str] = set()
 
@@ -378,66 +388,120 @@ def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerCon
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-# -- Hugging Face GPT-2 ---------------------------------------------------------------------
+# -- Hugging Face GPT-2 and GPT-Neo -------------------------------------------------------
 
 _HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
+#: The Hugging Face architectures circuitalg reads, by ``config.json`` ``model_type``, with
+#: their state-dict layout.
+HF_MODEL_TYPES = {"gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo"}
+
+
 def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """circuitalg config fields from a Hugging Face GPT-2 ``config.json`` dict."""
+    """circuitalg config fields from a Hugging Face ``config.json`` dict (GPT-2 or GPT-Neo).
+
+    Keys the file leaves out take the documented defaults of transformers' own config class
+    (what transformers itself would run), except ``model_type``, which says what the file
+    describes and is required.
+    """
     if not isinstance(d, Mapping):
         raise ConfigError(f"{source}: config.json must hold a JSON object, got {type(d).__name__}.")
-    # Missing keys below take the documented defaults of transformers' GPT2Config (what
-    # transformers itself would run), except model_type, which says what the file describes.
     if "model_type" not in d:
         raise ConfigError(
             f"{source}: config.json has no model_type, so circuitalg cannot tell which architecture it describes; "
             "add \"model_type\": \"gpt2\" if it is a GPT-2 checkpoint."
         )
     model_type = d["model_type"]
-    if model_type != "gpt2":
+    if model_type not in HF_MODEL_TYPES:
         raise ConfigError(
-            f"{source}: model_type={model_type!r}; circuitalg reads GPT-2 checkpoints (model_type 'gpt2')."
+            f"{source}: model_type={model_type!r}; circuitalg reads Hugging Face checkpoints of model_type "
+            f"{sorted(HF_MODEL_TYPES)}."
         )
-    if d.get("scale_attn_by_inverse_layer_idx"):
-        raise ConfigError(f"{source}: scale_attn_by_inverse_layer_idx=true is not supported.")
     act = d.get("activation_function", "gelu_new")
     if act not in _HF_ACT:
         raise ConfigError(f"{source}: activation_function={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
+    return _hf_gpt2_fields(d, source) if model_type == "gpt2" else _hf_gpt_neo_fields(d, source)
+
+
+def _sizes(d: Mapping[str, Any], names: dict[str, str], source: str) -> dict[str, Any]:
     try:
-        n_embd, n_head = d["n_embd"], d["n_head"]
-        out = {
-            "n_layers": d["n_layer"],
-            "n_heads": n_head,
-            "d_model": n_embd,
-            "d_vocab": d["vocab_size"],
-            "n_ctx": d["n_positions"],
-        }
+        return {ours: d[theirs] for ours, theirs in names.items()}
     except KeyError as exc:
         raise ConfigError(f"{source}: config.json lacks {exc.args[0]!r}.") from None
-    if not isinstance(n_embd, int) or not isinstance(n_head, int) or n_head <= 0 or n_embd % n_head:
-        raise ConfigError(f"{source}: n_embd={n_embd!r} is not a multiple of n_head={n_head!r}.")
-    out["d_head"] = n_embd // n_head
+
+
+def _head_size(d_model: Any, n_heads: Any, names: tuple[str, str], source: str) -> int:
+    if not isinstance(d_model, int) or not isinstance(n_heads, int) or n_heads <= 0 or d_model % n_heads:
+        raise ConfigError(f"{source}: {names[0]}={d_model!r} is not a multiple of {names[1]}={n_heads!r}.")
+    return d_model // n_heads
+
+
+def _hf_gpt2_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    if d.get("scale_attn_by_inverse_layer_idx"):
+        raise ConfigError(f"{source}: scale_attn_by_inverse_layer_idx=true is not supported.")
+    out = _sizes(d, {"n_layers": "n_layer", "n_heads": "n_head", "d_model": "n_embd", "d_vocab": "vocab_size",
+                     "n_ctx": "n_positions"}, source)
+    out["d_head"] = _head_size(out["d_model"], out["n_heads"], ("n_embd", "n_head"), source)
     n_inner = d.get("n_inner")
-    out["d_mlp"] = 4 * n_embd if n_inner is None else n_inner
-    out["act_fn"] = _HF_ACT[act]
+    out["d_mlp"] = 4 * out["d_model"] if n_inner is None else n_inner
+    out["act_fn"] = _HF_ACT[d.get("activation_function", "gelu_new")]
     out["ln_eps"] = d.get("layer_norm_epsilon", 1e-5)
     out["normalization"] = "LN"
     out["attn_scale"] = 0.0 if d.get("scale_attn_weights", True) else 1.0
     return out
 
 
-def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
+def _hf_gpt_neo_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """GPT-Neo: GPT-2's block with separate q/k/v projections (no biases), attention scores
+    *not* divided by sqrt(d_head), and local layers (window ``window_size``) as listed by
+    ``attention_types`` (expanded to ``attention_layers``)."""
+    out = _sizes(d, {"n_layers": "num_layers", "n_heads": "num_heads", "d_model": "hidden_size",
+                     "d_vocab": "vocab_size", "n_ctx": "max_position_embeddings"}, source)
+    out["d_head"] = _head_size(out["d_model"], out["n_heads"], ("hidden_size", "num_heads"), source)
+    inner = d.get("intermediate_size")
+    out["d_mlp"] = 4 * out["d_model"] if inner is None else inner
+    out["act_fn"] = _HF_ACT[d.get("activation_function", "gelu_new")]
+    out["ln_eps"] = d.get("layer_norm_epsilon", 1e-5)
+    out["normalization"] = "LN"
+    out["attn_scale"] = 1.0
+    types = d.get("attention_types", [[["global", "local"], 12]])
+    try:
+        layers = [t for group, count in types for _ in range(count) for t in group]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{source}: attention_types={types!r}; expected [[['global', 'local'], n], ...] as GPT-Neo writes it."
+        ) from None
+    if any(t not in ("global", "local") for t in layers):
+        raise ConfigError(f"{source}: attention_types lists {sorted(set(layers))}; GPT-Neo layers are 'global' or 'local'.")
+    if len(layers) != out["n_layers"]:
+        raise ConfigError(f"{source}: attention_types covers {len(layers)} layers but num_layers={out['n_layers']}.")
+    window = d.get("window_size", 256)
+    out["attn_windows"] = tuple(window if t == "local" else None for t in layers)
+    return out
+
+
+def _hf_parts(
+    sd: Mapping[str, Any], config: Any, source: str, model_type: str
+) -> tuple[TransformerConfig, dict[str, Any], Any]:
+    """``(config, tensors without the "transformer." prefix, lm_head or None)``."""
     if config is None:
         raise ConfigError(
-            f"{source}: a Hugging Face GPT-2 state dict needs its config.json (the number of heads cannot be "
+            f"{source}: a Hugging Face state dict needs its config.json (the number of heads cannot be "
             "read from the weights); pass config=json.load(open('config.json')) or load the directory."
         )
     if isinstance(config, TransformerConfig):
         cfg = config
     else:
-        cfg = TransformerConfig.from_dict(hf_config(config, source), source=source)
-    # Strip the "transformer." prefix of GPT2LMHeadModel; keep lm_head separate.
+        fields = hf_config(config, source)
+        if config.get("model_type") != model_type:
+            raise ConfigError(
+                f"{source}: the tensors are a {model_type} checkpoint but config.json says "
+                f"model_type={config.get('model_type')!r}; pass the config these weights were saved with."
+            )
+        cfg = TransformerConfig.from_dict(fields, source=source)
+    if cfg.d_mlp is None:
+        raise ConfigError(f"{source}: {model_type} has MLPs; the config given has d_mlp=None.")
     flat: dict[str, Any] = {}
     lm_head = None
     for k, v in sd.items():
@@ -447,16 +511,16 @@ def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
             flat[k[len("transformer."):]] = v
         else:
             flat[k] = v
-    c = cfg
-    D, V, H, dh = c.d_model, c.d_vocab, c.n_heads, c.d_head
-    used: set[str] = set()
+    return cfg, flat, lm_head
 
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        used.add(key)
-        return _get(flat, key, shape, source)
 
+def _hf_embeddings(
+    get: Any, cfg: TransformerConfig, config: Any, lm_head: Any, source: str
+) -> dict[str, Any]:
+    """``W_E``, ``W_pos``, ``W_U`` (``lm_head``, or tied to ``wte``) and a zero ``b_U`` (no bias)."""
+    V, D = cfg.d_vocab, cfg.d_model
     W_E = get("wte.weight", (V, D))
-    p: dict[str, Any] = {"W_E": W_E.T, "W_pos": get("wpe.weight", (c.n_ctx, D)).T}
+    p: dict[str, Any] = {"W_E": W_E.T, "W_pos": get("wpe.weight", (cfg.n_ctx, D)).T}
     if lm_head is not None:
         W_U = _np(lm_head)
         if W_U.shape != (V, D):
@@ -464,9 +528,38 @@ def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
         p["W_U"] = W_U
     elif isinstance(config, Mapping) and config.get("tie_word_embeddings") is False:
         raise LoadError(f"{source}: missing tensor 'lm_head.weight' (config says tie_word_embeddings=false).")
-    else:  # tied embeddings: GPT-2 does not store lm_head
+    else:  # tied embeddings: the checkpoint does not store lm_head
         p["W_U"] = W_E
-    p["b_U"] = np.zeros(V, dtype=W_E.dtype)
+    p["b_U"] = np.zeros(V, dtype=W_E.dtype)  # these models' unembeddings have no bias
+    return p
+
+
+def _hf_norms_and_mlp(get: Any, cfg: TransformerConfig, h: str, b: str, p: dict[str, Any], linear: bool) -> None:
+    """Layer norms and the GELU MLP of block ``h`` (Conv1D weights, or nn.Linear when ``linear``)."""
+    D, d_mlp = cfg.d_model, cfg.d_mlp
+    for src, dst in (("ln_1", "ln1"), ("ln_2", "ln2")):
+        p[b + dst + ".w"] = get(h + src + ".weight", (D,))
+        p[b + dst + ".b"] = get(h + src + ".bias", (D,))
+    if linear:  # nn.Linear stores (out, in): already the column layout
+        p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (d_mlp, D))
+        p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (D, d_mlp))
+    else:  # Conv1D stores (in, out)
+        p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (D, d_mlp)).T
+        p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (d_mlp, D)).T
+    p[b + "mlp.b_in"] = get(h + "mlp.c_fc.bias", (d_mlp,))
+    p[b + "mlp.b_out"] = get(h + "mlp.c_proj.bias", (D,))
+
+
+def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
+    c, flat, lm_head = _hf_parts(sd, config, source, "gpt2")
+    D, H, dh = c.d_model, c.n_heads, c.d_head
+    used: set[str] = set()
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used.add(key)
+        return _get(flat, key, shape, source)
+
+    p = _hf_embeddings(get, c, config, lm_head, source)
     for l_ in range(c.n_layers):
         h, b = f"h.{l_}.", f"blocks.{l_}."
         W = get(h + "attn.c_attn.weight", (D, 3 * D))  # x @ W = [q | k | v]
@@ -478,16 +571,35 @@ def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
         W_proj = get(h + "attn.c_proj.weight", (D, D))  # z_concat @ W_proj, rows grouped by head
         p[b + "attn.W_O"] = W_proj.reshape(H, dh, D).transpose(0, 2, 1)
         p[b + "attn.b_O"] = get(h + "attn.c_proj.bias", (D,))
-        for src, dst in (("ln_1", "ln1"), ("ln_2", "ln2")):
-            p[b + dst + ".w"] = get(h + src + ".weight", (D,))
-            p[b + dst + ".b"] = get(h + src + ".bias", (D,))
-        if c.d_mlp is None:
-            raise ConfigError(f"{source}: GPT-2 has MLPs; the config given has d_mlp=None.")
-        p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (D, c.d_mlp)).T
-        p[b + "mlp.b_in"] = get(h + "mlp.c_fc.bias", (c.d_mlp,))
-        p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (c.d_mlp, D)).T
-        p[b + "mlp.b_out"] = get(h + "mlp.c_proj.bias", (D,))
+        _hf_norms_and_mlp(get, c, h, b, p, linear=False)
     p["ln_final.w"] = get("ln_f.weight", (D,))
     p["ln_final.b"] = get("ln_f.bias", (D,))
     _check_no_extra(flat, used, _HF_BUFFERS, source)
-    return cfg, p
+    return c, p
+
+
+def _from_hf_gpt_neo(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
+    c, flat, lm_head = _hf_parts(sd, config, source, "gpt_neo")
+    D, H, dh = c.d_model, c.n_heads, c.d_head
+    used: set[str] = set()
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used.add(key)
+        return _get(flat, key, shape, source)
+
+    p = _hf_embeddings(get, c, config, lm_head, source)
+    for l_ in range(c.n_layers):
+        h, b = f"h.{l_}.", f"blocks.{l_}."
+        a = h + "attn.attention."
+        for name in ("Q", "K", "V"):  # nn.Linear (out, in): rows grouped by head; GPT-Neo has no q/k/v bias
+            W = get(a + f"{name.lower()}_proj.weight", (D, D))
+            p[b + "attn.W_" + name] = W.reshape(H, dh, D)
+            p[b + "attn.b_" + name] = np.zeros((H, dh), dtype=W.dtype)
+        W_out = get(a + "out_proj.weight", (D, D))  # (out, in): columns grouped by head
+        p[b + "attn.W_O"] = W_out.reshape(D, H, dh).transpose(1, 0, 2)
+        p[b + "attn.b_O"] = get(a + "out_proj.bias", (D,))
+        _hf_norms_and_mlp(get, c, h, b, p, linear=True)
+    p["ln_final.w"] = get("ln_f.weight", (D,))
+    p["ln_final.b"] = get("ln_f.bias", (D,))
+    _check_no_extra(flat, used, _HF_NEO_BUFFERS, source)
+    return c, p

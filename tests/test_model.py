@@ -217,8 +217,8 @@ def test_transformer_lens_config_fields_are_implemented_or_refused() -> None:
     refused = {
         "attention_dir": ("bidirectional", "bidirectional"),
         "d_vocab_out": (20, "output vocabulary"),
-        "positional_embedding_type": ("rotary", "positional embeddings"),
-        "parallel_attn_mlp": (True, "parallel"),
+        "positional_embedding_type": ("alibi", "positional embeddings"),
+        "use_yarn_rope": (True, "YaRN"),
         "gated_mlp": (True, "gated"),
         "n_key_value_heads": (1, "grouped-query"),
         "use_local_attn": (True, "attn_types"),  # local attention needs its layer types

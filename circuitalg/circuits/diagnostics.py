@@ -116,7 +116,8 @@ class HeadTable:
     copying_ov : the same for the ``d_model``-sized ``W_OV``.
     positional_prev_token : mean attention to the previous position of a softmax over the
         positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` (causal; tokens, biases and
-        layer norms ignored), over the first ``n_positions`` positions.
+        layer norms ignored), over the first ``n_positions`` positions; NaN (not defined) for
+        rotary models, which have no ``W_pos``.
     ov_effective_rank, qk_effective_rank : entropy effective rank of ``W_OV`` and ``W_QK``.
     ov_singular_values, qk_singular_values : ``[n_layers, n_heads, k]``, the top ``k``.
     induction, prev_token : measured on repeated random tokens (``None`` unless tokens were
@@ -172,7 +173,13 @@ class HeadTable:
 def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
     """The causal (and, in a local layer, windowed) softmax of a head's positional scores
     ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` over the first ``n_positions`` positions (query
-    rows, key columns; tokens, biases and layer norms ignored)."""
+    rows, key columns; tokens, biases and layer norms ignored). Defined for learned positions
+    only: a rotary model has no ``W_pos`` (its positional structure is in ``head.qk_at(Δ)``)."""
+    if model.W_pos is None:
+        raise InvalidArgumentError(
+            f"{model.name} has rotary position embeddings: there is no W_pos to form positional scores from; "
+            "use head.qk_at(delta) for the QK form at an offset."
+        )
     n = min(n_positions, model.config.n_ctx)
     P = np.asarray(model.W_pos.array[:, :n], dtype=np.float64)
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
@@ -186,6 +193,8 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
 
 def _positional_prev_token(model: Transformer, n_positions: int) -> np.ndarray:
     c = model.config
+    if model.W_pos is None:  # not defined without learned positions
+        return np.full((c.n_layers, c.n_heads), np.nan)
     out = np.zeros((c.n_layers, c.n_heads))
     if min(n_positions, c.n_ctx) < 2:
         return out

@@ -41,12 +41,11 @@ from circuitalg.circuits.circuit import SINK_SIDES, UNEMBED, Circuit, Sink, coun
 from circuitalg.circuits.composition import check_model
 from circuitalg.errors import InvalidArgumentError, check_int
 from circuitalg.linalg import gram_factor
-from circuitalg.model.ids import EMBED, POS, HeadId, Source
+from circuitalg.model.ids import HeadId, Source
 from circuitalg.model.weights import Transformer
 
 __all__ = ["CircuitSearch", "top_circuits", "count_circuits"]
 
-_SOURCES = (EMBED, POS)
 _SAFETY = 1.0 + 1e-9  # bounds are inflated by this factor against rounding
 
 
@@ -117,6 +116,7 @@ def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] 
     """How many circuits :func:`top_circuits` searches (what brute force would score)."""
     sinks = _check_args(model, 1, max_heads, sinks)
     L, H = model.config.n_layers, model.config.n_heads
+    S = len(model.embedding_sources)  # embed, and pos with learned positions
 
     def chains_below(limit: int, max_len: int) -> int:
         """Chains (empty included) of <= max_len heads in layers < limit."""
@@ -124,7 +124,7 @@ def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] 
 
     total = 0
     if "unembed" in sinks:
-        total += 2 * chains_below(L, max_heads)
+        total += S * chains_below(L, max_heads)
     if max_heads >= 1:
         for side in ("k", "q"):
             if side in sinks:
@@ -132,7 +132,7 @@ def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] 
                     n = chains_below(l, max_heads - 1)
                     if side == "q" and "k" in sinks:
                         n -= 1  # the bare-bare term is counted once, under "k"
-                    total += H * 2 * 2 * n
+                    total += H * S * S * n
     return total
 
 
@@ -150,7 +150,8 @@ class _Engine:
         self.W_V = [hw.W_V[l, h] for l, h in self.heads]
         self.W_O = [hw.W_O[l, h] for l, h in self.heads]
         # R_s with R_sᵀ R_s = S Sᵀ for each source S (cached on the leaf)
-        self.R_src = {EMBED: _f(gram_factor(model.W_E, "rows")), POS: _f(gram_factor(model.W_pos, "rows"))}
+        self.sources = model.embedding_sources
+        self.R_src = {s: _f(gram_factor(model.source_map(s), "rows")) for s in self.sources}
         self.layer = np.array([l for l, _ in self.heads])
         n = len(self.heads)
         # first step: K_1(s, g) = W_V^g S Sᵀ W_V^gᵀ
@@ -182,7 +183,7 @@ class _Engine:
         for side in ("k", "q"):
             if side in sinks:
                 for g in range(n):
-                    for s in _SOURCES:
+                    for s in self.sources:
                         self.readers.append((side, g, s))
                         self.reader_layer.append(int(self.layer[g]))
         self.reader_layer_arr = np.array(self.reader_layer, dtype=np.int64)
@@ -414,7 +415,7 @@ class _Search:
 
     def run(self) -> CircuitSearch:
         eng = self.eng
-        for s in _SOURCES:  # bare-source circuits, scored directly
+        for s in eng.sources:  # bare-source circuits, scored directly
             for r, (side, _, _) in enumerate(eng.readers):
                 if not self.allowed(r, 0):
                     continue
@@ -422,7 +423,7 @@ class _Search:
                     continue  # the bare-bare QK term is listed once, as a key-side term
                 self.offer(eng.bare_value(s, r), s, (), r)
         if self.max_heads >= 1:
-            for s in _SOURCES:
+            for s in eng.sources:
                 for g in range(len(eng.heads)):
                     self.add_node(s, (g,), eng.K1[s][g])
         while self.heap:

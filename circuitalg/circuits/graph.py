@@ -54,7 +54,9 @@ UNEMBED = "unembed"
 
 def _writers(model: Transformer) -> list[tuple[Node, int, LinearMap, str]]:
     """``(node, position, map, label)``; position orders reads and writes through the stream."""
-    out: list[tuple[Node, int, LinearMap, str]] = [(EMBED, -1, model.W_E, "W_E"), (POS, -1, model.W_pos, "W_pos")]
+    out: list[tuple[Node, int, LinearMap, str]] = [
+        (s, -1, model.source_map(s), "W_E" if s == EMBED else "W_pos") for s in model.embedding_sources
+    ]
     for layer in model.layers:
         for head in layer.heads:
             out.append((head.id, 2 * layer.index, head.ov, f"W_OV^{{{layer.index}.{head.index}}}"))
@@ -69,10 +71,8 @@ def _name(node: Node) -> str:
 
 def _factor(model: Transformer, node: Node, m: LinearMap) -> np.ndarray:
     """``F`` (d_model x r) with ``F Fᵀ = W Wᵀ`` for writer map ``W``."""
-    if node == EMBED:
-        return np.asarray(gram_factor(model.W_E, "rows"), dtype=np.float64).T
-    if node == POS:
-        return np.asarray(gram_factor(model.W_pos, "rows"), dtype=np.float64).T
+    if node in (EMBED, POS):
+        return np.asarray(gram_factor(model.source_map(node), "rows"), dtype=np.float64).T  # type: ignore[arg-type]
     if isinstance(node, Source):  # an MLP's W_out
         return np.asarray(m.array, dtype=np.float64)  # type: ignore[attr-defined]
     hw = model.head_weights.float64()
@@ -270,7 +270,8 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     c = model.config
     g = nx.MultiDiGraph(model=model.name, n_layers=c.n_layers, n_heads=c.n_heads, d_model=c.d_model)
     g.add_node(EMBED.name, kind="embed", layer=-1, label="W_E")
-    g.add_node(POS.name, kind="pos", layer=-1, label="W_pos")
+    if POS in model.embedding_sources:
+        g.add_node(POS.name, kind="pos", layer=-1, label="W_pos")
     for layer in model.layers:
         for head in layer.heads:
             g.add_node(head.name, kind="head", layer=layer.index, index=head.index, label=head.name)

@@ -82,7 +82,7 @@ class PathSum:
         self.max_heads = min(max_heads, c.n_layers)
         found: list[Source] = []
         for kind in tuple(sources):
-            if kind in ("embed", "pos", "unembed_bias"):
+            if kind in ("embed", "unembed_bias") or (kind == "pos" and c.learned_positions):
                 found.append(Source(kind))
             elif kind == "attn_bias" or (kind == "mlp" and c.d_mlp is not None):
                 found += [Source(kind, l) for l in range(c.n_layers)]
@@ -216,7 +216,7 @@ class FrozenPaths:
         if source.kind == "embed":
             return m.W_E.array[:, self.tokens]
         if source.kind == "pos":
-            return m.W_pos.array[:, :seq]
+            return m.source_map(source).array[:, :seq]  # type: ignore[attr-defined]
         if source.kind == "attn_bias":
             b = m.head_weights.attention_bias[source.layer]
             return np.repeat(b[:, None], seq, axis=1)

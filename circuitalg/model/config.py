@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import ConfigError, InvalidArgumentError
+from circuitalg.model.rotary import Rotary
 
 __all__ = ["TransformerConfig", "NORMALIZATIONS", "ACTIVATIONS", "require_config"]
 
@@ -43,6 +44,13 @@ class TransformerConfig:
         Local (sliding-window) attention, one entry per layer: a query at position ``i`` attends
         to keys ``j`` with ``i - w < j <= i`` (GPT-Neo's local layers); ``None`` entries (and
         ``attn_windows=None``) are global causal attention.
+    rotary : Rotary or dict, optional
+        Rotary position embeddings (:class:`~circuitalg.model.rotary.Rotary`); ``None`` means
+        learned positions ``W_pos`` (GPT-2). Rotary models have no ``W_pos``; ``n_ctx`` is then
+        the context length.
+    parallel_attn_mlp : bool
+        Attention and MLP read the same residual stream and add to it together (GPT-NeoX, GPT-J):
+        ``x + attn(ln1(x)) + mlp(ln2(x))``.
     """
 
     n_layers: int
@@ -57,6 +65,8 @@ class TransformerConfig:
     attn_scale: float = 0.0
     ln_eps: float = 1e-5
     attn_windows: tuple[int | None, ...] | None = None
+    rotary: Rotary | None = None
+    parallel_attn_mlp: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
@@ -104,6 +114,21 @@ class TransformerConfig:
                 )
             checked = tuple(None if w is None else _check_size("attn_windows entry", w) for w in windows)
             object.__setattr__(self, "attn_windows", None if all(w is None for w in checked) else checked)
+        if self.rotary is not None:
+            rotary = Rotary.from_dict(self.rotary)
+            if rotary.dim > self.d_head:
+                raise ConfigError(f"config rotary dim={rotary.dim} exceeds d_head={self.d_head}.")
+            object.__setattr__(self, "rotary", rotary)
+        if not isinstance(self.parallel_attn_mlp, (bool, np.bool_)):
+            raise ConfigError(f"config parallel_attn_mlp={self.parallel_attn_mlp!r} must be true or false.")
+        if self.parallel_attn_mlp and self.d_mlp is None:
+            raise ConfigError("config parallel_attn_mlp=true needs MLPs (d_mlp); attention-only models have none.")
+        object.__setattr__(self, "parallel_attn_mlp", bool(self.parallel_attn_mlp))
+
+    @property
+    def learned_positions(self) -> bool:
+        """True when positions enter through a learned ``W_pos`` (no rotary embedding)."""
+        return self.rotary is None
 
     def window(self, layer: int) -> int | None:
         """The attention window of ``layer`` (``None``: global causal attention)."""

@@ -1,7 +1,9 @@
-"""The numpy reference forward pass of a GPT-2-style transformer, and the logit lens.
+"""The numpy reference forward pass of a transformer.
 
-Architecture: token plus learned positional embeddings; per block, pre-norm attention
-(causal, optionally local: :func:`blocked`; scores ``q·k / attn_scale``) then, unless attention-only, a pre-norm MLP; a final
+Architecture: token embeddings plus learned positional embeddings, or rotary embeddings of
+queries and keys; per block, pre-norm attention (causal, optionally local: :func:`blocked`;
+scores ``q·k / attn_scale``) then, unless attention-only, a pre-norm MLP (reading the same
+residual stream as the attention in parallel blocks); a final
 layer norm (when the model has normalisation) and the unembedding. Computed in the model's
 dtype (float64 by default), row layout internally (one row per position).
 """
@@ -135,7 +137,10 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
     hw = model.head_weights
     dt = model.dtype
     check_budget((c.n_layers * c.n_heads * seq, seq), dt, "the attention patterns of this forward pass", None)
-    x = model.W_E.array[:, tok].T + model.W_pos.array[:, :seq].T
+    x = model.W_E.array[:, tok].T
+    if model.W_pos is not None:
+        x = x + model.W_pos.array[:, :seq].T
+    positions = np.arange(seq)
     resid = [x]
     resid_mid, patterns, zs, attn_outs, mlp_outs = [], [], [], [], []
     ln1s, ln2s = [], []
@@ -149,6 +154,8 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
         q = np.einsum("hdm,sm->hsd", hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
         k = np.einsum("hdm,sm->hsd", hw.W_K[l], xn) + hw.b_K[l][:, None, :]
         v = np.einsum("hdm,sm->hsd", hw.W_V[l], xn) + hw.b_V[l][:, None, :]
+        if c.rotary is not None:
+            q, k = c.rotary.apply(q, positions), c.rotary.apply(k, positions)
         scores = q @ k.transpose(0, 2, 1) / c.attn_scale
         scores = np.where(blocked(seq, seq, c.window(l)), -np.inf, scores)
         scores = scores - scores.max(axis=-1, keepdims=True)
@@ -156,17 +163,20 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
         pattern = weights / weights.sum(axis=-1, keepdims=True)
         z = pattern @ v
         attn_out = np.einsum("hmd,hsd->sm", hw.W_O[l], z) + hw.b_O[l]
+        mlp_in = x  # parallel blocks: the MLP reads the residual stream the attention read
         x = x + attn_out
         patterns.append(pattern)
         zs.append(z)
         attn_outs.append(attn_out)
         resid_mid.append(x)
         if layer.mlp is not None:
+            if not c.parallel_attn_mlp:
+                mlp_in = x
             if layer.ln2 is not None:
-                xn2, s2 = layer.ln2(x)
+                xn2, s2 = layer.ln2(mlp_in)
                 ln2s.append(s2)
             else:
-                xn2 = x
+                xn2 = mlp_in
             m = layer.mlp
             hidden = activation(m.act_fn, xn2 @ m.W_in.array.T + m.b_in)
             mlp_out = hidden @ m.W_out.array.T + m.b_out

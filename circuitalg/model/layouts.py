@@ -20,12 +20,13 @@ from circuitalg.model.params import param_shapes, to_numpy
 
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens", "hf_config"]
 
-LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo")
+LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox")
 
 #: Buffers that checkpoints carry but that are not parameters (causal masks and the like).
-_TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE)$")
+_TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE|rotary_cos|rotary_sin)$")
 _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _HF_NEO_BUFFERS = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
+_HF_NEOX_BUFFERS = re.compile(r"^gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$|^gpt_neox\.rotary_emb\.inv_freq$")
 
 
 def detect_layout(keys: Any, source: str = "state dict") -> str:
@@ -35,6 +36,8 @@ def detect_layout(keys: Any, source: str = "state dict") -> str:
         return "transformer_lens"
     if "h.0.attn.attention.q_proj.weight" in keys or "transformer.h.0.attn.attention.q_proj.weight" in keys:
         return "hf_gpt_neo"
+    if "gpt_neox.embed_in.weight" in keys:
+        return "hf_gpt_neox"
     if "wte.weight" in keys or "transformer.wte.weight" in keys:
         return "hf_gpt2"
     if "W_E" in keys:
@@ -72,6 +75,8 @@ def convert_state_dict(
         return _from_hf_gpt2(state_dict, config, source)
     if layout == "hf_gpt_neo":
         return _from_hf_gpt_neo(state_dict, config, source)
+    if layout == "hf_gpt_neox":
+        return _from_hf_gpt_neox(state_dict, config, source)
     raise LoadError(f"{source}: unknown layout {layout!r}; use 'auto' or one of {LAYOUTS}.")
 
 
@@ -140,8 +145,7 @@ def _softcap_off(v: Any) -> bool:
 #: implement (yet): each is accepted only at its neutral value, and refused otherwise.
 _TL_NEUTRAL: dict[str, tuple[Any, str]] = {
     "attention_dir": (lambda v: v == "causal", "bidirectional (non-causal) attention"),
-    "positional_embedding_type": (lambda v: v == "standard", "positional embeddings other than learned ('standard')"),
-    "parallel_attn_mlp": (_off, "parallel attention and MLP blocks"),
+    "positional_embedding_type": (lambda v: v in ("standard", "rotary"), "positional embeddings other than learned or rotary"),
     "gated_mlp": (_off, "gated MLPs"),
     "final_rms": (_off, "RMSNorm"),
     "uses_rms_norm": (_off, "RMSNorm"),
@@ -149,7 +153,6 @@ _TL_NEUTRAL: dict[str, tuple[Any, str]] = {
     "clip_qkv": (lambda v: v is None, "clipped query/key/value"),
     "use_logn_attn": (_off, "log-n attention scaling"),
     "use_dynamic_ntk_rope": (_off, "dynamic NTK rotary scaling"),
-    "use_NTK_by_parts_rope": (_off, "NTK-by-parts rotary scaling"),
     "use_yarn_rope": (_off, "YaRN rotary scaling"),
     "scale_attn_by_inverse_layer_idx": (_off, "attention scaled by the inverse layer index"),
     "post_embedding_ln": (_off, "a layer norm after the embedding"),
@@ -173,9 +176,8 @@ _TL_NO_EFFECT = frozenset({
     "default_prepend_bos", "tokenizer_name", "tokenizer_prepends_bos", "trust_remote_code", "original_architecture",
     "from_checkpoint", "checkpoint_index", "checkpoint_label_type", "checkpoint_value", "layer_norm_folding",
     "tie_word_embeddings", "train_seq_length", "ungroup_grouped_query_attention", "experts_per_token",
-    "norm_topk_prob", "rotary_dim", "rotary_base", "rotary_base_local", "rotary_scaling_factor",
-    "rotary_adjacent_pairs", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
-    "NTK_original_ctx_len", "yarn_factor", "yarn_attention_factor", "yarn_beta_fast", "yarn_beta_slow",
+    "norm_topk_prob", "rotary_base_local", "rotary_scaling_factor",
+    "yarn_factor", "yarn_attention_factor", "yarn_beta_fast", "yarn_beta_slow",
     "yarn_original_max_position_embeddings", "yarn_truncate", "yarn_global_attn_only",
 })
 #: Size fields checked against the weights (TL's "not set" values are skipped).
@@ -184,7 +186,9 @@ _TL_SIZES = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "d_
 _TL_READ = frozenset({
     *_TL_SIZES, "attn_only", "act_fn", "eps", "ln_eps", "use_attn_scale", "attn_scale", "normalization_type",
     "normalization", "d_vocab_out", "n_key_value_heads", "use_local_attn", "attn_types", "window_size",
-    "attn_windows",
+    "attn_windows", "positional_embedding_type", "rotary_dim", "rotary_base", "rotary_adjacent_pairs",
+    "use_NTK_by_parts_rope", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
+    "NTK_original_ctx_len", "parallel_attn_mlp", "rotary",
 })
 
 
@@ -255,6 +259,25 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         out["attn_windows"] = tuple(w if t == "local" else None for t in types)
     if "attn_windows" in d:
         out["attn_windows"] = d["attn_windows"]
+    if d.get("positional_embedding_type") == "rotary":
+        rotary: dict[str, Any] = {
+            "dim": d.get("rotary_dim") or d.get("d_head"), "base": d.get("rotary_base", 10000),
+            "style": "interleaved" if d.get("rotary_adjacent_pairs") else "half",
+        }
+        if d.get("use_NTK_by_parts_rope"):  # TransformerLens's name for Llama 3.1's scaling
+            rotary.update(
+                scaling="llama3", factor=d.get("NTK_by_parts_factor", 8.0),
+                low_freq_factor=d.get("NTK_by_parts_low_freq_factor", 1.0),
+                high_freq_factor=d.get("NTK_by_parts_high_freq_factor", 4.0),
+                original_max_position_embeddings=d.get("NTK_original_ctx_len", 8192),
+            )
+        if rotary["dim"] is None:
+            raise ConfigError(f"{source}: positional_embedding_type='rotary' needs rotary_dim (or d_head).")
+        out["rotary"] = rotary
+    if "rotary" in d and d["rotary"] is not None:
+        out["rotary"] = d["rotary"]
+    if "parallel_attn_mlp" in d:
+        out["parallel_attn_mlp"] = d["parallel_attn_mlp"]
     if d.get("use_attn_scale") is False:
         out["attn_scale"] = 1.0
     elif "attn_scale" in d and d["attn_scale"] not in (None, 0, -1, -1.0):
@@ -277,7 +300,13 @@ def _from_transformer_lens(
 ) -> tuple[TransformerConfig, dict[str, Any]]:
     fields = _tl_config_fields(config, source)
     V, D = _shape_of(sd, "embed.W_E", 2, source)
-    n_ctx, _ = _shape_of(sd, "pos_embed.W_pos", 2, source)
+    rotary = fields.get("rotary") is not None
+    if rotary:  # no W_pos: the context length comes from the config
+        if "n_ctx" not in fields:
+            raise ConfigError(f"{source}: a rotary model has no pos_embed.W_pos to read n_ctx from; pass it in the config.")
+        n_ctx = fields["n_ctx"]
+    else:
+        n_ctx, _ = _shape_of(sd, "pos_embed.W_pos", 2, source)
     try:
         L = _count_layers(sd.keys(), r"^blocks\.(\d+)\.")
     except LoadError as exc:
@@ -315,7 +344,8 @@ def _from_transformer_lens(
         fields["act_fn"] = None
     cfg = TransformerConfig(
         n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
-        **{k: v for k, v in fields.items() if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows")},
+        **{k: v for k, v in fields.items()
+           if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp")},
     )
     used: set[str] = set()
 
@@ -323,12 +353,11 @@ def _from_transformer_lens(
         used.add(key)
         return _get(sd, key, shape, source)
 
-    p: dict[str, Any] = {
-        "W_E": get("embed.W_E", (V, D)).T,
-        "W_pos": get("pos_embed.W_pos", (n_ctx, D)).T,
-        "W_U": get("unembed.W_U", (D, V)).T,
-        "b_U": get("unembed.b_U", (V,)),
-    }
+    p: dict[str, Any] = {"W_E": get("embed.W_E", (V, D)).T}
+    if not rotary:
+        p["W_pos"] = get("pos_embed.W_pos", (n_ctx, D)).T
+    p["W_U"] = get("unembed.W_U", (D, V)).T
+    p["b_U"] = get("unembed.b_U", (V,))
     for l_ in range(L):
         b = f"blocks.{l_}."
         for w in ("W_Q", "W_K", "W_V"):
@@ -371,12 +400,11 @@ def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerCon
         got = np.shape(params[k])
         if got != shape:
             raise ShapeError(f"to_transformer_lens: params[{k!r}] has shape {got}, expected {shape} for this config.")
-    out: dict[str, np.ndarray] = {
-        "embed.W_E": params["W_E"].T,
-        "pos_embed.W_pos": params["W_pos"].T,
-        "unembed.W_U": params["W_U"].T,
-        "unembed.b_U": params["b_U"],
-    }
+    out: dict[str, np.ndarray] = {"embed.W_E": params["W_E"].T}
+    if "W_pos" in params:
+        out["pos_embed.W_pos"] = params["W_pos"].T
+    out["unembed.W_U"] = params["W_U"].T
+    out["unembed.b_U"] = params["b_U"]
     for key, value in params.items():
         if not key.startswith("blocks.") and not key.startswith("ln_final."):
             continue
@@ -395,7 +423,7 @@ _HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gel
 
 #: The Hugging Face architectures circuitalg reads, by ``config.json`` ``model_type``, with
 #: their state-dict layout.
-HF_MODEL_TYPES = {"gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo"}
+HF_MODEL_TYPES = {"gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo", "gpt_neox": "hf_gpt_neox"}
 
 
 def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -418,10 +446,12 @@ def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
             f"{source}: model_type={model_type!r}; circuitalg reads Hugging Face checkpoints of model_type "
             f"{sorted(HF_MODEL_TYPES)}."
         )
-    act = d.get("activation_function", "gelu_new")
+    act_key = "hidden_act" if model_type == "gpt_neox" else "activation_function"
+    act = d.get(act_key, "gelu" if model_type == "gpt_neox" else "gelu_new")
     if act not in _HF_ACT:
-        raise ConfigError(f"{source}: activation_function={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
-    return _hf_gpt2_fields(d, source) if model_type == "gpt2" else _hf_gpt_neo_fields(d, source)
+        raise ConfigError(f"{source}: {act_key}={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
+    fields = {"gpt2": _hf_gpt2_fields, "gpt_neo": _hf_gpt_neo_fields, "gpt_neox": _hf_gpt_neox_fields}[model_type]
+    return fields(d, source)
 
 
 def _sizes(d: Mapping[str, Any], names: dict[str, str], source: str) -> dict[str, Any]:
@@ -548,6 +578,94 @@ def _hf_norms_and_mlp(get: Any, cfg: TransformerConfig, h: str, b: str, p: dict[
         p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (d_mlp, D)).T
     p[b + "mlp.b_in"] = get(h + "mlp.c_fc.bias", (d_mlp,))
     p[b + "mlp.b_out"] = get(h + "mlp.c_proj.bias", (D,))
+
+
+def _hf_rotary(d: Mapping[str, Any], d_head: int, source: str) -> dict[str, Any]:
+    """Rotary settings from a config.json in either form: transformers 5.x ``rope_parameters``
+    (``rope_theta``, ``partial_rotary_factor``, ``rope_type``...) or 4.x top-level keys
+    (``rope_theta``/``rotary_emb_base``, ``partial_rotary_factor``/``rotary_pct``, ``rope_scaling``)."""
+    params = d.get("rope_parameters")
+    if params is None:
+        params = {
+            "rope_theta": d.get("rope_theta", d.get("rotary_emb_base", 10000.0)),
+            "partial_rotary_factor": d.get("partial_rotary_factor", d.get("rotary_pct", 1.0)),
+            **(d.get("rope_scaling") or {}),
+        }
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{source}: rope_parameters={params!r} must be a JSON object.")
+    kind = params.get("rope_type", params.get("type", "default"))
+    fraction = params.get("partial_rotary_factor", 1.0)
+    out: dict[str, Any] = {"dim": int(d_head * fraction), "base": params.get("rope_theta", 10000.0), "style": "half"}
+    if kind == "linear":
+        out.update(scaling="linear", factor=params.get("factor"))
+    elif kind == "llama3":
+        out.update(
+            scaling="llama3", factor=params.get("factor"), low_freq_factor=params.get("low_freq_factor"),
+            high_freq_factor=params.get("high_freq_factor"),
+            original_max_position_embeddings=params.get("original_max_position_embeddings"),
+        )
+    elif kind != "default":
+        raise ConfigError(
+            f"{source}: rope_type={kind!r} is not supported: circuitalg implements default, linear and llama3 rotary "
+            "embeddings (scalings that rescale scores or depend on the sequence length are not approximated)."
+        )
+    return out
+
+
+def _hf_gpt_neox_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """GPT-NeoX (Pythia): partial rotary embeddings, parallel attention and MLP (unless
+    ``use_parallel_residual`` is false), fused per-head q/k/v, an untied ``embed_out``."""
+    out = _sizes(d, {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "d_model": "hidden_size",
+                     "d_vocab": "vocab_size", "n_ctx": "max_position_embeddings", "d_mlp": "intermediate_size"}, source)
+    out["d_head"] = _head_size(out["d_model"], out["n_heads"], ("hidden_size", "num_attention_heads"), source)
+    out["act_fn"] = _HF_ACT[d.get("hidden_act", "gelu")]
+    out["ln_eps"] = d.get("layer_norm_eps", 1e-5)
+    out["normalization"] = "LN"
+    out["rotary"] = _hf_rotary(d, out["d_head"], source)
+    out["parallel_attn_mlp"] = bool(d.get("use_parallel_residual", True))
+    return out
+
+
+def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
+    c, flat, _ = _hf_parts(sd, config, source, "gpt_neox")
+    D, H, dh, V = c.d_model, c.n_heads, c.d_head, c.d_vocab
+    used: set[str] = set()
+    biased = not (isinstance(config, Mapping) and config.get("attention_bias") is False)
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used.add(key)
+        return _get(flat, key, shape, source)
+
+    W_E = get("gpt_neox.embed_in.weight", (V, D))
+    p: dict[str, Any] = {"W_E": W_E.T}
+    if "embed_out.weight" in flat:
+        p["W_U"] = get("embed_out.weight", (V, D))
+    elif isinstance(config, Mapping) and config.get("tie_word_embeddings"):
+        p["W_U"] = W_E
+    else:
+        raise LoadError(f"{source}: missing tensor 'embed_out.weight' (GPT-NeoX's unembedding is not tied).")
+    p["b_U"] = np.zeros(V, dtype=W_E.dtype)  # embed_out has no bias
+    for l_ in range(c.n_layers):
+        h, b = f"gpt_neox.layers.{l_}.", f"blocks.{l_}."
+        qkv = get(h + "attention.query_key_value.weight", (3 * D, D)).reshape(H, 3, dh, D)  # per head: q, k, v rows
+        qkv_b = (get(h + "attention.query_key_value.bias", (3 * D,)) if biased
+                 else np.zeros(3 * D, dtype=qkv.dtype)).reshape(H, 3, dh)
+        for i, name in enumerate(("Q", "K", "V")):
+            p[b + "attn.W_" + name] = qkv[:, i]
+            p[b + "attn.b_" + name] = qkv_b[:, i]
+        p[b + "attn.W_O"] = get(h + "attention.dense.weight", (D, D)).reshape(D, H, dh).transpose(1, 0, 2)
+        p[b + "attn.b_O"] = get(h + "attention.dense.bias", (D,)) if biased else np.zeros(D, dtype=qkv.dtype)
+        for src, dst in (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2")):
+            p[b + dst + ".w"] = get(h + src + ".weight", (D,))
+            p[b + dst + ".b"] = get(h + src + ".bias", (D,))
+        p[b + "mlp.W_in"] = get(h + "mlp.dense_h_to_4h.weight", (c.d_mlp, D))  # type: ignore[arg-type]
+        p[b + "mlp.b_in"] = get(h + "mlp.dense_h_to_4h.bias", (c.d_mlp,))  # type: ignore[arg-type]
+        p[b + "mlp.W_out"] = get(h + "mlp.dense_4h_to_h.weight", (D, c.d_mlp))  # type: ignore[arg-type]
+        p[b + "mlp.b_out"] = get(h + "mlp.dense_4h_to_h.bias", (D,))
+    p["ln_final.w"] = get("gpt_neox.final_layer_norm.weight", (D,))
+    p["ln_final.b"] = get("gpt_neox.final_layer_norm.bias", (D,))
+    _check_no_extra(flat, used, _HF_NEOX_BUFFERS, source)
+    return c, p
 
 
 def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:

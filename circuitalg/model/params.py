@@ -15,12 +15,11 @@ BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")
 def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     """The canonical parameter names of a model with ``config`` and their shapes (column layout)."""
     c = require_config(config, "param_shapes")
-    shapes: dict[str, tuple[int, ...]] = {
-        "W_E": (c.d_model, c.d_vocab),
-        "W_pos": (c.d_model, c.n_ctx),
-        "W_U": (c.d_vocab, c.d_model),
-        "b_U": (c.d_vocab,),
-    }
+    shapes: dict[str, tuple[int, ...]] = {"W_E": (c.d_model, c.d_vocab)}
+    if c.learned_positions:
+        shapes["W_pos"] = (c.d_model, c.n_ctx)
+    shapes["W_U"] = (c.d_vocab, c.d_model)
+    shapes["b_U"] = (c.d_vocab,)
     for layer in range(c.n_layers):
         p = f"blocks.{layer}."
         for w in ("W_Q", "W_K", "W_V"):

@@ -82,7 +82,8 @@ def center_writing_weights(model: Transformer) -> Transformer:
         )
     p = dict(model.params)
     p["W_E"] = p["W_E"] - p["W_E"].mean(axis=0, keepdims=True)
-    p["W_pos"] = p["W_pos"] - p["W_pos"].mean(axis=0, keepdims=True)
+    if "W_pos" in p:
+        p["W_pos"] = p["W_pos"] - p["W_pos"].mean(axis=0, keepdims=True)
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
         p[a + "W_O"] = p[a + "W_O"] - p[a + "W_O"].mean(axis=1, keepdims=True)
@@ -157,7 +158,9 @@ def rotate_residual(model: Transformer, Q: np.ndarray, *, atol: float = 1e-10) -
         )
     p = dict(model.params)
     dt = {k: np.asarray(v).dtype for k, v in p.items()}
-    p["W_E"], p["W_pos"], p["W_U"] = Q @ p["W_E"], Q @ p["W_pos"], p["W_U"] @ Q.T
+    p["W_E"], p["W_U"] = Q @ p["W_E"], p["W_U"] @ Q.T
+    if "W_pos" in p:
+        p["W_pos"] = Q @ p["W_pos"]
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
         for w in ("W_Q", "W_K", "W_V"):

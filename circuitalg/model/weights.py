@@ -23,8 +23,9 @@ from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.model.config import TransformerConfig
 from circuitalg.maps.rules import identity
-from circuitalg.model.ids import HeadId, Source
+from circuitalg.model.ids import EMBED, POS, HeadId, Source
 from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
+from circuitalg.model.rotary import Rotary
 from circuitalg.model.view import HeadWeights
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
 
@@ -100,6 +101,7 @@ class Head:
     b_Q: np.ndarray
     b_K: np.ndarray
     b_V: np.ndarray
+    rotary: Rotary | None = None
 
     @property
     def id(self) -> HeadId:
@@ -128,8 +130,24 @@ class Head:
 
     @cached_property
     def qk(self) -> LinearMap:
-        """The QK circuit ``W_Q.T @ W_K`` (resid -> resid, read as a bilinear form)."""
+        """The QK circuit ``W_Q.T @ W_K`` (resid -> resid, read as a bilinear form). For a rotary
+        head this is the form at offset 0, ``W_QK(0)`` (``R(0) = I``); see :meth:`qk_at`."""
         return self.W_Q.T @ self.W_K
+
+    def rotation(self, delta: int) -> LinearMap:
+        """``R(Δ)``, the rotary rotation of this head's space between a query and a key ``Δ``
+        positions apart (``Δ = key - query``); the identity without rotary embeddings."""
+        if isinstance(delta, bool) or not isinstance(delta, (int, np.integer)):
+            raise InvalidArgumentError(f"delta={delta!r}; pass an integer offset key - query (e.g. -1).")
+        if self.rotary is None:
+            return identity(self.space, dtype=self.W_Q.dtype)
+        R = self.rotary.matrix(int(delta), self.space.dim).astype(self.W_Q.dtype)
+        return Dense(R, self.space, self.space, f"R_{{{self.layer}}}({int(delta)})")
+
+    def qk_at(self, delta: int) -> LinearMap:
+        """``W_QK(Δ) = W_Qᵀ R(Δ) W_K``: the bilinear form between a query at position ``i`` and a key
+        at ``i + Δ`` (``Δ <= 0`` for causal attention); :attr:`qk` without rotary embeddings."""
+        return self.W_Q.T @ self.rotation(delta) @ self.W_K
 
     def __repr__(self) -> str:
         return f"<Head {self.name}: d_head={self.space.dim}>"
@@ -231,7 +249,9 @@ class Transformer:
         self.resid_space = Space("resid", c.d_model)
         p = self.params
         self.W_E = Dense(p["W_E"], self.vocab_space, self.resid_space, "W_E")
-        self.W_pos = Dense(p["W_pos"], self.pos_space, self.resid_space, "W_pos")
+        self.W_pos: Dense | None = (
+            Dense(p["W_pos"], self.pos_space, self.resid_space, "W_pos") if c.learned_positions else None
+        )
         self.W_U = Dense(p["W_U"], self.resid_space, self.vocab_space, "W_U")
         self.b_U = p["b_U"]
         ln = c.normalization is not None
@@ -259,6 +279,7 @@ class Transformer:
                         b_Q=p[a + "b_Q"][h],
                         b_K=p[a + "b_K"][h],
                         b_V=p[a + "b_V"][h],
+                        rotary=c.rotary,
                     )
                 )
             mlp = None
@@ -317,6 +338,11 @@ class Transformer:
         """The dtype of every parameter."""
         return self.params["W_E"].dtype
 
+    @property
+    def embedding_sources(self) -> tuple[Source, ...]:
+        """The sources written before layer 0: ``embed``, and ``pos`` with learned positions."""
+        return (EMBED, POS) if self.W_pos is not None else (EMBED,)
+
     def source_map(self, source: Source) -> LinearMap:
         """The typed map a source writes into the residual stream: ``W_E`` (vocab -> resid),
         ``W_pos`` (pos -> resid), layer ``l``'s attention bias as a column (const[1] -> resid),
@@ -326,6 +352,11 @@ class Transformer:
         if source.kind == "embed":
             return self.W_E
         if source.kind == "pos":
+            if self.W_pos is None:
+                raise InvalidArgumentError(
+                    f"{self.name} has rotary position embeddings and no W_pos: positions do not write into the "
+                    "residual stream, so 'pos' is not a source."
+                )
             return self.W_pos
         if source.kind == "attn_bias":
             self._check_index("layer", source.layer, self.config.n_layers)

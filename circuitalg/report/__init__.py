@@ -124,7 +124,7 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
     top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
     prev_line = str(prev)
-    if prev.head is not None:
+    if prev.head is not None and m.W_pos is not None:
         prev_line += f"; positional score from W_pos {table.positional_prev_token[prev.head.layer, prev.head.head]:.3f}"
     ind_line = str(ind)
     if ind.head is not None:
@@ -190,15 +190,16 @@ def _figures(a: Analysis) -> dict[str, str]:
 
     from circuitalg.circuits.diagnostics import positional_pattern
 
-    fig, axes = plt.subplots(L, H, figsize=(2.2 * H, 2.2 * L), squeeze=False)
-    for head in m.heads():
-        ax = axes[head.layer, head.index]
-        ax.imshow(positional_pattern(m, head, 32), cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"{head.name} ({table.positional_prev_token[head.key]:.2f})", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("positional QK patterns (softmax over W_pos scores; query rows, key columns)")
-    figs["positional"] = _png(fig)
+    if m.W_pos is not None:  # positional patterns need learned positions
+        fig, axes = plt.subplots(L, H, figsize=(2.2 * H, 2.2 * L), squeeze=False)
+        for head in m.heads():
+            ax = axes[head.layer, head.index]
+            ax.imshow(positional_pattern(m, head, 32), cmap="Blues", vmin=0, vmax=1)
+            ax.set_title(f"{head.name} ({table.positional_prev_token[head.key]:.2f})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle("positional QK patterns (softmax over W_pos scores; query rows, key columns)")
+        figs["positional"] = _png(fig)
 
     import networkx as nx
 
@@ -254,6 +255,12 @@ def write_report(model: Any, out: Path, log: Callable[[str], None] | None = None
         return _table([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
                       [rows[0].row_role, rows[0].col_role, "weight"])
 
+    positional = (
+        f'<img alt="positional patterns" src="{figs["positional"]}">' if "positional" in figs else
+        "<p>Not applicable: this model has rotary position embeddings, so there is no W_pos to form positional "
+        "scores from. Its QK circuits and Q/K-compositions are taken at offset 0, W_QK(0) = W_Q<sup>T</sup> W_K; "
+        "head.qk_at(Δ) gives the form at other offsets.</p>"
+    )
     tokens = entries(a.top_ov)
     qk = entries(a.top_qk)
     heads = _table(
@@ -270,7 +277,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}} img{{max-width:100
 <section id="summary"><h2>Summary</h2><pre>{html.escape(a.text)}</pre></section>
 <section id="composition"><h2>Composition scores</h2><img alt="composition heatmaps" src="{figs["composition"]}"></section>
 <section id="copying"><h2>Copying and eigenvalues</h2><img alt="copying scores and eigenvalues" src="{figs["copying"]}"></section>
-<section id="positional"><h2>Positional QK patterns</h2><img alt="positional patterns" src="{figs["positional"]}"></section>
+<section id="positional"><h2>Positional QK patterns</h2>{positional}</section>
 <section id="graph"><h2>Circuit graph</h2><img alt="circuit graph" src="{figs["graph"]}"></section>
 <section id="circuits"><h2>Top circuits</h2><p>{html.escape(search.summary())}</p>{circuits}</section>
 <section id="tokens"><h2>Top token mappings</h2><h3>OV circuit W_U W_OV W_E of {a.ov_head.name} ({a.ov_why})</h3>{tokens}

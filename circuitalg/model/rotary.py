@@ -1,0 +1,135 @@
+"""Rotary position embeddings (RoPE) as typed rotations of a head's space.
+
+A rotary head rotates its query at position ``i`` by ``R(i)`` and its key at ``j`` by ``R(j)``
+before the dot product, so the score is ``qᵀ R(i)ᵀ R(j) k = qᵀ R(j - i) k``: the QK form
+between a query at ``i`` and a key at ``j`` is ``W_QK(Δ) = W_Qᵀ R(Δ) W_K`` with ``Δ = j - i``
+(``Δ <= 0`` under causal attention), and ``R(0) = I``. ``R(Δ)`` is block-diagonal: the first
+``dim`` dimensions of the head form ``dim / 2`` planes, plane ``k`` turned by the angle
+``Δ · inv_freq[k]``; the other ``d_head - dim`` dimensions (partial rotary) are left alone.
+
+Pairing conventions: ``"half"`` pairs dimension ``k`` with ``k + dim/2`` (GPT-NeoX, Llama and
+most models: transformers' ``rotate_half``); ``"interleaved"`` pairs ``2k`` with ``2k + 1``
+(GPT-J: ``rotate_every_two``). Frequencies: ``inv_freq[k] = base^(-2k / dim)``, with the
+scalings transformers implements as pure frequency changes: ``"linear"`` (divide by
+``factor``) and ``"llama3"`` (Llama 3.1's banded rescaling). Scalings that also rescale the
+scores (YaRN's attention factor) or depend on the sequence length (dynamic NTK) are refused
+by the loaders rather than approximated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from circuitalg.errors import ConfigError
+
+__all__ = ["Rotary", "ROTARY_STYLES", "ROTARY_SCALINGS"]
+
+ROTARY_STYLES = ("half", "interleaved")
+ROTARY_SCALINGS = ("none", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotary:
+    """The rotary embedding of every head of a model (see the module docstring).
+
+    Attributes
+    ----------
+    dim : int
+        Rotated dimensions per head (even, at most ``d_head``); the rest pass unrotated.
+    base : float
+        ``rope_theta``.
+    style : {"half", "interleaved"}
+    scaling : {"none", "linear", "llama3"}
+    factor, low_freq_factor, high_freq_factor : float
+        Scaling parameters (``factor`` for linear and llama3, the band edges for llama3).
+    original_max_position_embeddings : int
+        The context length llama3 scaling was designed around.
+    """
+
+    dim: int
+    base: float = 10000.0
+    style: str = "half"
+    scaling: str = "none"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim < 2 or self.dim % 2:
+            raise ConfigError(f"config rotary dim={self.dim!r} must be a positive even integer.")
+        object.__setattr__(self, "dim", int(self.dim))
+        for name in ("base", "factor", "low_freq_factor", "high_freq_factor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"config rotary {name}={v!r} must be a positive finite number.")
+            object.__setattr__(self, name, float(v))
+        if self.style not in ROTARY_STYLES:
+            raise ConfigError(f"config rotary style={self.style!r}; use one of {ROTARY_STYLES}.")
+        if self.scaling not in ROTARY_SCALINGS:
+            raise ConfigError(f"config rotary scaling={self.scaling!r}; circuitalg implements {ROTARY_SCALINGS}.")
+        if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ConfigError("config rotary llama3 scaling needs high_freq_factor > low_freq_factor.")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Rotary:
+        """From the dict :meth:`TransformerConfig.to_dict` writes (or a Rotary)."""
+        if isinstance(d, Rotary):
+            return d
+        if not isinstance(d, dict):
+            raise ConfigError(f"config rotary={d!r} must be a dict of Rotary fields or None (learned positions).")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"config rotary has unknown keys {unknown}; known keys are {sorted(known)}.")
+        if "dim" not in d:
+            raise ConfigError("config rotary needs dim (the rotated dimensions per head).")
+        return cls(**d)
+
+    # -- frequencies and angles -------------------------------------------------------------
+    def inv_freq(self) -> np.ndarray:
+        """The ``dim / 2`` angular frequencies, scaling applied."""
+        inv = 1.0 / self.base ** (np.arange(0, self.dim, 2, dtype=np.float64) / self.dim)
+        if self.scaling == "linear":
+            return inv / self.factor
+        if self.scaling == "llama3":
+            old = self.original_max_position_embeddings
+            low_wavelen, high_wavelen = old / self.low_freq_factor, old / self.high_freq_factor
+            wavelen = 2 * math.pi / inv
+            scaled = np.where(wavelen > low_wavelen, inv / self.factor, inv)
+            smooth = (old / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+            smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+            medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+            return np.where(medium, smoothed, scaled)
+        return inv
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices ``(a, b)`` of the rotated planes, plane ``k`` spanning dims ``a[k], b[k]``."""
+        k = np.arange(self.dim // 2)
+        if self.style == "half":
+            return k, k + self.dim // 2
+        return 2 * k, 2 * k + 1
+
+    def apply(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Rotate ``x`` (``[..., n_positions, d_head]``) by ``R(position)`` row by row."""
+        angle = np.asarray(positions, dtype=np.float64)[:, None] * self.inv_freq()[None, :]
+        cos, sin = np.cos(angle).astype(x.dtype), np.sin(angle).astype(x.dtype)
+        a, b = self._pairs()
+        out = x.copy()
+        xa, xb = x[..., a], x[..., b]
+        out[..., a] = xa * cos - xb * sin
+        out[..., b] = xb * cos + xa * sin
+        return out
+
+    def matrix(self, delta: int, d_head: int) -> np.ndarray:
+        """``R(Δ)`` as a ``d_head x d_head`` array: ``R(i)ᵀ R(j) = R(j - i)``."""
+        R = np.eye(d_head)
+        phi = float(delta) * self.inv_freq()
+        a, b = self._pairs()
+        R[a, a], R[b, b] = np.cos(phi), np.cos(phi)
+        R[a, b], R[b, a] = -np.sin(phi), np.sin(phi)
+        return R

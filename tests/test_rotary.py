@@ -1,0 +1,135 @@
+"""Rotary position embeddings and parallel blocks: GPT-NeoX (Pythia) against transformers, the
+typed ``W_QK(Δ)`` against the forward pass, TransformerLens rotary models where installed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import circuitalg as ca
+
+TOKENS = np.random.default_rng(5).integers(0, 61, size=18)
+
+
+def _neox(tmp_path, **overrides):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    kwargs = dict(
+        vocab_size=61, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=24, rotary_pct=0.5, hidden_act="gelu", tie_word_embeddings=False,
+        bos_token_id=0, eos_token_id=0,
+    )
+    kwargs.update(overrides)
+    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**kwargs)).eval()
+    with torch.no_grad():
+        for _, param in hf.named_parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    hf.save_pretrained(tmp_path)
+    return hf, torch
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"use_parallel_residual": False}, {"rotary_pct": 1.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}],
+    ids=["parallel-partial", "sequential", "full-linear-scaling"],
+)
+def test_hf_gpt_neox_matches_transformers(tmp_path, overrides) -> None:
+    hf, torch = _neox(tmp_path, **overrides)
+    model = ca.load(tmp_path)
+    c = model.config
+    assert c.rotary is not None and model.W_pos is None
+    assert c.rotary.dim == (8 if overrides.get("rotary_pct", 0.5) == 1.0 else 4)
+    assert c.parallel_attn_mlp == overrides.get("use_parallel_residual", True)
+    logits, cache = model.run(TOKENS)
+    with torch.no_grad():
+        out = hf(torch.tensor(TOKENS)[None], output_attentions=True)
+    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
+    for layer, att in enumerate(out.attentions):
+        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    # the path expansion stays exact: rotary acts on queries and keys, whose patterns are frozen
+    run = ca.expand(model).on(TOKENS, cache)
+    assert np.abs(run.logits() - logits).max() < 1e-8 * np.abs(logits).max()
+    assert all(t.source.kind != "pos" for t in ca.expand(model))
+
+
+def test_gpt_neox_config_forms(tmp_path) -> None:
+    """transformers 5.x writes rope_parameters; 4.x wrote rotary_pct / rotary_emb_base: both read the same."""
+    _neox(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    new = ca.load(tmp_path).config
+    old = {k: v for k, v in cfg.items() if k != "rope_parameters"}
+    old.update(rotary_pct=cfg["rope_parameters"]["partial_rotary_factor"],
+               rotary_emb_base=cfg["rope_parameters"]["rope_theta"])
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert ca.load(tmp_path).config == new
+    (tmp_path / "config.json").write_text(json.dumps({**old, "rope_scaling": {"type": "yarn", "factor": 4.0}}))
+    with pytest.raises(ca.ConfigError, match="rope_type='yarn' is not supported"):
+        ca.load(tmp_path)
+
+
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+def test_qk_at_offset_equals_the_forward_pass_scores(style: str) -> None:
+    """W_QK(Δ) = W_Qᵀ R(Δ) W_K reproduces the pre-softmax scores of the forward pass (read back from
+    its patterns: log p_ij - log p_ii = s_ij - s_ii), to 1e-10."""
+    rng = np.random.default_rng(0)
+    cfg = ca.TransformerConfig(n_layers=1, n_heads=2, d_model=12, d_head=6, d_vocab=17, n_ctx=10,
+                               normalization=None, rotary={"dim": 4, "base": 50.0, "style": style})
+    params = {k: 0.5 * rng.standard_normal(s) for k, s in ca.param_shapes(cfg).items()}
+    for b in ("b_Q", "b_K"):
+        params[f"blocks.0.attn.{b}"] = np.zeros_like(params[f"blocks.0.attn.{b}"])
+    m = ca.Transformer(cfg, params)
+    tokens = rng.integers(0, 17, size=10)
+    _, cache = m.run(tokens)
+    x = cache.resid[0]  # what layer 0 reads (no layer norm)
+    for head in m.heads():
+        logp = np.log(cache.pattern[0, head.index])
+        for i in range(10):
+            for j in range(i + 1):
+                s_ij = x[i] @ ca.to_dense(head.qk_at(j - i)) @ x[j] / cfg.attn_scale
+                s_ii = x[i] @ ca.to_dense(head.qk_at(0)) @ x[i] / cfg.attn_scale
+                assert abs((logp[i, j] - logp[i, i]) - (s_ij - s_ii)) < 1e-10
+        np.testing.assert_allclose(ca.to_dense(head.qk_at(0)), ca.to_dense(head.qk), atol=1e-14)
+        assert head.rotation(3).symbol.name == "R_{0}(3)"
+
+
+def test_rotary_model_analyses_say_what_is_not_defined(tmp_path) -> None:
+    _neox(tmp_path)
+    model = ca.load(tmp_path)
+    table = ca.head_table(model, ca.repeated_random_tokens(model, 8, 2), k=2)
+    assert np.all(np.isnan(table.positional_prev_token))
+    with pytest.raises(ca.InvalidArgumentError, match="rotary position embeddings"):
+        ca.circuits.diagnostics.positional_pattern(model, model.head(0, 0), 8)
+    search = ca.top_circuits(ca.fold_layer_norm(model), 5, 2)
+    assert search.total == ca.count_circuits(model, 2) and all(c.source.kind == "embed" for c in search)
+    graph = ca.CircuitGraph(ca.fold_layer_norm(model))
+    assert "pos" not in graph.nx and graph.nx.number_of_edges() > 0
+    from circuitalg.cli import main
+
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Not applicable: this model has rotary position embeddings" in page
+
+
+def test_transformer_lens_rotary_parallel() -> None:
+    pytest.importorskip("transformer_lens")
+    torch = pytest.importorskip("torch")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    for adjacent in (False, True):
+        cfg = HookedTransformerConfig(
+            n_layers=2, d_model=32, n_ctx=24, d_head=8, n_heads=4, d_vocab=61, d_mlp=48, act_fn="gelu",
+            normalization_type="LN", positional_embedding_type="rotary", rotary_dim=4,
+            rotary_adjacent_pairs=adjacent, parallel_attn_mlp=True, seed=0, dtype=torch.float64,
+        )
+        tl = HookedTransformer(cfg)
+        with torch.no_grad():
+            for _, param in tl.named_parameters():
+                param.add_(0.1 * torch.randn_like(param))
+        model = ca.Transformer.from_hooked_transformer(tl)
+        assert model.config.rotary.style == ("interleaved" if adjacent else "half")
+        with torch.no_grad():
+            ref = tl(torch.tensor(TOKENS)[None]).double().numpy()[0]
+        np.testing.assert_allclose(model.run(TOKENS)[0], ref, rtol=1e-8, atol=1e-8)

@@ -23,7 +23,8 @@ __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_len
 LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox")
 
 #: Buffers that checkpoints carry but that are not parameters (causal masks and the like).
-_TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE|rotary_cos|rotary_sin)$")
+_TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE)$")
+_TL_ROTARY_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE|rotary_cos|rotary_sin)$")
 _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _HF_NEO_BUFFERS = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
 _HF_NEOX_BUFFERS = re.compile(r"^gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$|^gpt_neox\.rotary_emb\.inv_freq$")
@@ -377,7 +378,7 @@ def _from_transformer_lens(
     if cfg.normalization == "LN":
         p["ln_final.w"] = get("ln_final.w", (D,))
         p["ln_final.b"] = get("ln_final.b", (D,))
-    _check_no_extra(sd, used, _TL_BUFFERS, source)
+    _check_no_extra(sd, used, _TL_ROTARY_BUFFERS if rotary else _TL_BUFFERS, source)
     return cfg, p
 
 

@@ -6,7 +6,8 @@ Nodes: ``embed``, ``pos``, every head ``L{l}H{h}``, ``mlp{l}`` (models with MLPs
 
 - into a head: ``q``, ``k``, ``v`` with virtual weights ``W_QKᵀ W``, ``W_QK W`` and
   ``W_OV W`` for the writer's map ``W`` (``W_E``, ``W_pos``, ``W_OV`` or ``W_out``);
-- into an MLP: ``in`` (``W_in W``); into the unembedding: ``out`` (``W_U W``).
+- into an MLP: ``in`` (``W_in W``) and, for a gated MLP, ``gate`` (``W_gate W``); into the
+  unembedding: ``out`` (``W_U W``).
 
 Each edge carries ``weight`` (the lazy typed map, never materialised), ``norm`` (its
 Frobenius norm), ``score`` (the norm divided by the product of the two factors' norms: the
@@ -42,8 +43,9 @@ from circuitalg.model.weights import Transformer
 
 __all__ = ["CircuitGraph", "EDGE_KINDS"]
 
-#: Edge kinds: reads by a head's query, key and value sides, by an MLP, and by the unembedding.
-EDGE_KINDS = ("q", "k", "v", "in", "out")
+#: Edge kinds: reads by a head's query, key and value sides, by an MLP (``in``; and ``gate`` for a
+#: gated MLP's gate), and by the unembedding.
+EDGE_KINDS = ("q", "k", "v", "in", "gate", "out")
 _EXPORT_EDGE = ("kind", "norm", "score", "baseline", "baseline_std", "label")
 
 
@@ -242,7 +244,10 @@ def _readers(model: Transformer) -> list[tuple[Node, str, int, LinearMap, str]]:
                 (head.id, "v", 2 * layer.index, head.ov, f"W_OV^{t}"),
             ]
         if layer.mlp is not None:
-            out.append((Source("mlp", layer.index), "in", 2 * layer.index + 1, layer.mlp.W_in, f"W_in^{{{layer.index}}}"))
+            mlp = Source("mlp", layer.index)
+            out.append((mlp, "in", 2 * layer.index + 1, layer.mlp.W_in, f"W_in^{{{layer.index}}}"))
+            if layer.mlp.W_gate is not None:
+                out.append((mlp, "gate", 2 * layer.index + 1, layer.mlp.W_gate, f"W_gate^{{{layer.index}}}"))
     out.append((UNEMBED, "out", 2 * model.config.n_layers, model.W_U, "W_U"))
     return out
 
@@ -257,9 +262,10 @@ def _reader_value(model: Transformer, node: Node, kind: str, F: np.ndarray | Non
     if node == UNEMBED:
         R = np.asarray(gram_factor(model.W_U, "cols"), dtype=np.float64)
         return float(np.sum(R**2 if F is None else (R @ F) ** 2))
-    if isinstance(node, Source):  # an MLP's W_in
-        W_in = np.asarray(model.mlp(node.layer).W_in.array, dtype=np.float64)  # type: ignore[arg-type]
-        return float(np.sum(W_in**2 if F is None else (W_in @ F) ** 2))
+    if isinstance(node, Source):  # an MLP's W_in or W_gate
+        mlp = model.mlp(node.layer)  # type: ignore[arg-type]
+        W = np.asarray((mlp.W_gate if kind == "gate" else mlp.W_in).array, dtype=np.float64)  # type: ignore[union-attr]
+        return float(np.sum(W**2 if F is None else (W @ F) ** 2))
     G, W = model.head_weights.float64().reader(kind)
     G, W = G[node.layer, node.head], W[node.layer, node.head]
     A = W if F is None else W @ F

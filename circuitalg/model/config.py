@@ -16,10 +16,13 @@ from circuitalg.model.rotary import Rotary
 __all__ = ["TransformerConfig", "NORMALIZATIONS", "ACTIVATIONS", "require_config"]
 
 #: ``"LN"``: layer norm with weight and bias; ``"LNPre"``: layer norm whose weight and bias
-#: were folded into the next weights (centre and scale only); ``None``: no normalisation.
-NORMALIZATIONS = ("LN", "LNPre", None)
-#: MLP activations the reference forward pass implements (``gelu_new`` is GPT-2's tanh form).
-ACTIVATIONS = ("gelu_new", "gelu", "relu")
+#: were folded into the next weights (centre and scale only); ``"RMS"``: RMSNorm with a weight
+#: (no centring, no bias); ``"RMSPre"``: RMSNorm with its weight folded (scale only);
+#: ``None``: no normalisation.
+NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
+#: MLP activations the reference forward pass implements (``gelu_new`` is GPT-2's tanh form,
+#: ``silu`` is SwiGLU's gate).
+ACTIVATIONS = ("gelu_new", "gelu", "relu", "silu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +35,8 @@ class TransformerConfig:
         Sizes; ``n_ctx`` is the number of learned positions.
     d_mlp : int or None
         MLP hidden width; ``None`` for attention-only models.
-    normalization : {"LN", "LNPre", None}
-        Pre-norm layer norm before each attention, MLP and the unembedding.
+    normalization : {"LN", "LNPre", "RMS", "RMSPre", None}
+        Pre-norm layer norm (or RMSNorm) before each attention, MLP and the unembedding.
     act_fn : {"gelu_new", "gelu", "relu"} or None
         MLP activation: required with ``d_mlp`` (never guessed); ``None`` exactly when there is no MLP.
     attn_scale : float, optional
@@ -51,6 +54,12 @@ class TransformerConfig:
     parallel_attn_mlp : bool
         Attention and MLP read the same residual stream and add to it together (GPT-NeoX, GPT-J):
         ``x + attn(ln1(x)) + mlp(ln2(x))``.
+    n_kv_heads : int, optional
+        Key/value heads per layer (grouped-query attention; ``n_heads`` must be a multiple):
+        query head ``h`` reads key/value head ``h // (n_heads // n_kv_heads)``. ``None``: one per
+        query head.
+    gated_mlp : bool
+        A gated MLP (SwiGLU, GeGLU): ``W_out (act(W_gate x + b_gate) * (W_in x + b_in)) + b_out``.
     """
 
     n_layers: int
@@ -67,6 +76,8 @@ class TransformerConfig:
     attn_windows: tuple[int | None, ...] | None = None
     rotary: Rotary | None = None
     parallel_attn_mlp: bool = False
+    n_kv_heads: int | None = None
+    gated_mlp: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
@@ -124,6 +135,30 @@ class TransformerConfig:
         if self.parallel_attn_mlp and self.d_mlp is None:
             raise ConfigError("config parallel_attn_mlp=true needs MLPs (d_mlp); attention-only models have none.")
         object.__setattr__(self, "parallel_attn_mlp", bool(self.parallel_attn_mlp))
+        if self.n_kv_heads is not None:
+            kv = _check_size("n_kv_heads", self.n_kv_heads)
+            if self.n_heads % kv:
+                raise ConfigError(f"config n_heads={self.n_heads} is not a multiple of n_kv_heads={kv}.")
+            object.__setattr__(self, "n_kv_heads", None if kv == self.n_heads else kv)
+        if not isinstance(self.gated_mlp, (bool, np.bool_)):
+            raise ConfigError(f"config gated_mlp={self.gated_mlp!r} must be true or false.")
+        if self.gated_mlp and self.d_mlp is None:
+            raise ConfigError("config gated_mlp=true needs MLPs (d_mlp); attention-only models have none.")
+        object.__setattr__(self, "gated_mlp", bool(self.gated_mlp))
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per layer (``n_heads`` without grouped-query attention)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head ``head`` reads."""
+        return head // (self.n_heads // self.kv_heads)
+
+    @property
+    def centred_norm(self) -> bool:
+        """True for LayerNorm (which centres), False for RMSNorm and no normalisation."""
+        return self.normalization in ("LN", "LNPre")
 
     @property
     def learned_positions(self) -> bool:

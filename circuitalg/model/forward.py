@@ -108,7 +108,9 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
         return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
     if name == "relu":
         return np.maximum(x, 0.0)
-    raise InvalidArgumentError(f"unknown activation {name!r}; use gelu_new, gelu or relu.")
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    raise InvalidArgumentError(f"unknown activation {name!r}; use gelu_new, gelu, relu or silu.")
 
 
 def blocked(n_queries: int, n_keys: int, window: int | None = None) -> np.ndarray:
@@ -177,9 +179,7 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
                 ln2s.append(s2)
             else:
                 xn2 = mlp_in
-            m = layer.mlp
-            hidden = activation(m.act_fn, xn2 @ m.W_in.array.T + m.b_in)
-            mlp_out = hidden @ m.W_out.array.T + m.b_out
+            mlp_out = layer.mlp(xn2)
             x = x + mlp_out
             mlp_outs.append(mlp_out)
         resid.append(x)

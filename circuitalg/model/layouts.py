@@ -147,9 +147,6 @@ def _softcap_off(v: Any) -> bool:
 _TL_NEUTRAL: dict[str, tuple[Any, str]] = {
     "attention_dir": (lambda v: v == "causal", "bidirectional (non-causal) attention"),
     "positional_embedding_type": (lambda v: v in ("standard", "rotary"), "positional embeddings other than learned or rotary"),
-    "gated_mlp": (_off, "gated MLPs"),
-    "final_rms": (_off, "RMSNorm"),
-    "uses_rms_norm": (_off, "RMSNorm"),
     "use_qk_norm": (_off, "query/key norms"),
     "clip_qkv": (lambda v: v is None, "clipped query/key/value"),
     "use_logn_attn": (_off, "log-n attention scaling"),
@@ -186,7 +183,8 @@ _TL_SIZES = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "d_
 #: Fields circuitalg reads (TransformerLens and circuitalg names).
 _TL_READ = frozenset({
     *_TL_SIZES, "attn_only", "act_fn", "eps", "ln_eps", "use_attn_scale", "attn_scale", "normalization_type",
-    "normalization", "d_vocab_out", "n_key_value_heads", "use_local_attn", "attn_types", "window_size",
+    "normalization", "d_vocab_out", "n_key_value_heads", "n_kv_heads", "gated_mlp", "final_rms", "uses_rms_norm",
+    "use_local_attn", "attn_types", "window_size",
     "attn_windows", "positional_embedding_type", "rotary_dim", "rotary_base", "rotary_adjacent_pairs",
     "use_NTK_by_parts_rope", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
     "NTK_original_ctx_len", "parallel_attn_mlp", "rotary",
@@ -229,8 +227,12 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         v = d.get(key)
         if v is not None and not (isinstance(v, int) and v < 0):
             out[key] = v
-    if d.get("n_key_value_heads") not in (None, d.get("n_heads")):
-        raise ConfigError(f"{source}: grouped-query attention (n_key_value_heads) is not supported.")
+    if d.get("n_key_value_heads") is not None:
+        out["n_kv_heads"] = d["n_key_value_heads"]
+    if d.get("n_kv_heads") is not None:
+        out["n_kv_heads"] = d["n_kv_heads"]
+    if "gated_mlp" in d:
+        out["gated_mlp"] = bool(d["gated_mlp"])
     if d.get("d_vocab_out") not in (None, -1, d.get("d_vocab")):
         raise ConfigError(
             f"{source}: d_vocab_out={d['d_vocab_out']!r} differs from d_vocab={d.get('d_vocab')!r}; a separate "
@@ -240,13 +242,15 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         out["attn_only"] = bool(d["attn_only"])
     if "normalization_type" in d:
         norm = d["normalization_type"]
-        if norm not in ("LN", "LNPre", None):
-            raise ConfigError(f"{source}: normalization_type={norm!r} is not supported; circuitalg handles LN, LNPre, None.")
+        if norm not in ("LN", "LNPre", "RMS", "RMSPre", None):
+            raise ConfigError(
+                f"{source}: normalization_type={norm!r} is not supported; circuitalg handles LN, LNPre, RMS, RMSPre, None."
+            )
         out["normalization"] = norm
     if "normalization" in d:
         out["normalization"] = d["normalization"]
     if "act_fn" in d:
-        out["act_fn"] = d["act_fn"]
+        out["act_fn"] = "gelu_new" if d["act_fn"] == "gelu_pytorch_tanh" else d["act_fn"]  # the same tanh form
     if "eps" in d:
         out["ln_eps"] = d["eps"]
     if "ln_eps" in d:
@@ -315,12 +319,22 @@ def _from_transformer_lens(
     if L == 0:
         raise LoadError(f"{source}: no 'blocks.{{l}}.attn.W_Q' tensors: not a transformer checkpoint.")
     H, _, dh = _shape_of(sd, "blocks.0.attn.W_Q", 3, source)
+    gqa = "blocks.0.attn._W_K" in sd  # TransformerLens stores shared key/value heads as _W_K, _W_V
+    H_kv = _shape_of(sd, "blocks.0.attn._W_K", 3, source)[0] if gqa else H
+    _check_sizes(fields, {"n_kv_heads": H_kv}, source)
+    if gqa:
+        fields["n_kv_heads"] = H_kv
     has_mlp = "blocks.0.mlp.W_in" in sd
     d_mlp = _shape_of(sd, "blocks.0.mlp.W_in", 2, source)[1] if has_mlp else None
     has_ln = "blocks.0.ln1.w" in sd
     if "normalization" not in fields:
-        if has_ln:
+        if has_ln and "blocks.0.ln1.b" in sd:
             fields["normalization"] = "LN"
+        elif has_ln:
+            raise ConfigError(
+                f"{source}: the checkpoint has norm weights without biases: RMSNorm or a LayerNorm without bias; "
+                "pass config={'normalization': 'RMS'} (or the model's HookedTransformerConfig)."
+            )
         else:
             raise ConfigError(
                 f"{source}: the checkpoint has no layer-norm weights, so it is either un-normalised or "
@@ -346,7 +360,8 @@ def _from_transformer_lens(
     cfg = TransformerConfig(
         n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
         **{k: v for k, v in fields.items()
-           if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp")},
+           if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp",
+                    "n_kv_heads", "gated_mlp")},
     )
     used: set[str] = set()
 
@@ -359,24 +374,36 @@ def _from_transformer_lens(
         p["W_pos"] = get("pos_embed.W_pos", (n_ctx, D)).T
     p["W_U"] = get("unembed.W_U", (D, V)).T
     p["b_U"] = get("unembed.b_U", (V,))
+    kv = "_" if gqa else ""
     for l_ in range(L):
         b = f"blocks.{l_}."
-        for w in ("W_Q", "W_K", "W_V"):
-            p[b + "attn." + w] = get(b + "attn." + w, (H, D, dh)).transpose(0, 2, 1)
-            p[b + "attn.b_" + w[-1]] = get(b + "attn.b_" + w[-1], (H, dh))
+        p[b + "attn.W_Q"] = get(b + "attn.W_Q", (H, D, dh)).transpose(0, 2, 1)
+        p[b + "attn.b_Q"] = get(b + "attn.b_Q", (H, dh))
+        for w in ("K", "V"):
+            p[b + "attn.W_" + w] = get(b + f"attn.{kv}W_" + w, (H_kv, D, dh)).transpose(0, 2, 1)
+            p[b + "attn.b_" + w] = get(b + f"attn.{kv}b_" + w, (H_kv, dh))
         p[b + "attn.W_O"] = get(b + "attn.W_O", (H, dh, D)).transpose(0, 2, 1)
         p[b + "attn.b_O"] = get(b + "attn.b_O", (D,))
-        if cfg.normalization == "LN":
-            for ln in ("ln1",) + (("ln2",) if has_mlp else ()):
+        for ln in ("ln1",) + (("ln2",) if has_mlp else ()):
+            if cfg.normalization in ("LN", "RMS"):
                 p[b + ln + ".w"] = get(b + ln + ".w", (D,))
+            if cfg.normalization == "LN":
                 p[b + ln + ".b"] = get(b + ln + ".b", (D,))
         if d_mlp is not None:
             p[b + "mlp.W_in"] = get(b + "mlp.W_in", (D, d_mlp)).T
             p[b + "mlp.b_in"] = get(b + "mlp.b_in", (d_mlp,))
             p[b + "mlp.W_out"] = get(b + "mlp.W_out", (d_mlp, D)).T
             p[b + "mlp.b_out"] = get(b + "mlp.b_out", (D,))
-    if cfg.normalization == "LN":
+            if cfg.gated_mlp:
+                # TransformerLens adds b_in after the gate product: W_out (act(g) * lin + b_in) + b_out,
+                # which is W_out (act(g) * lin) + (b_out + W_out b_in): fold it into b_out, exactly
+                p[b + "mlp.W_gate"] = get(b + "mlp.W_gate", (D, d_mlp)).T
+                p[b + "mlp.b_gate"] = np.zeros(d_mlp, dtype=p[b + "mlp.b_in"].dtype)
+                p[b + "mlp.b_out"] = p[b + "mlp.b_out"] + p[b + "mlp.W_out"] @ p[b + "mlp.b_in"]
+                p[b + "mlp.b_in"] = np.zeros_like(p[b + "mlp.b_in"])
+    if cfg.normalization in ("LN", "RMS"):
         p["ln_final.w"] = get("ln_final.w", (D,))
+    if cfg.normalization == "LN":
         p["ln_final.b"] = get("ln_final.b", (D,))
     _check_no_extra(sd, used, _TL_ROTARY_BUFFERS if rotary else _TL_BUFFERS, source)
     return cfg, p
@@ -409,17 +436,28 @@ def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerCon
     for key, value in params.items():
         if not key.startswith("blocks.") and not key.startswith("ln_final."):
             continue
+        if key.endswith(("mlp.b_gate", "mlp.b_in")) and config.gated_mlp:
+            if np.any(value != 0):  # TransformerLens's gated MLP has no gate bias and adds b_in after the product
+                raise ConfigError(
+                    f"to_transformer_lens: {key} is nonzero, which TransformerLens's gated MLP cannot represent; "
+                    "fold it into b_out first if it is a post-product bias."
+                )
+            if key.endswith("b_gate"):
+                continue
         if key.endswith(("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O")):
             value = value.transpose(0, 2, 1)
-        elif key.endswith(("mlp.W_in", "mlp.W_out")):
+        elif key.endswith(("mlp.W_in", "mlp.W_out", "mlp.W_gate")):
             value = value.T
+        if config.n_kv_heads is not None and key.endswith(("attn.W_K", "attn.W_V", "attn.b_K", "attn.b_V")):
+            head, _, name = key.rpartition(".")
+            key = f"{head}._{name}"  # TransformerLens's names for shared key/value heads
         out[key] = value
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
 # -- Hugging Face GPT-2 and GPT-Neo -------------------------------------------------------
 
-_HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+_HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
 #: The Hugging Face architectures circuitalg reads, by ``config.json`` ``model_type``, with

@@ -9,7 +9,7 @@ from circuitalg.model.config import TransformerConfig, require_config
 __all__ = ["param_shapes", "BIAS_KEYS", "to_numpy"]
 
 #: Parameter-name suffixes that may be zero-filled with ``biases="zero-fill"``.
-BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")
+BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", "b_gate")
 
 
 def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
@@ -22,23 +22,31 @@ def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     shapes["b_U"] = (c.d_vocab,)
     for layer in range(c.n_layers):
         p = f"blocks.{layer}."
-        for w in ("W_Q", "W_K", "W_V"):
-            shapes[p + "attn." + w] = (c.n_heads, c.d_head, c.d_model)
+        shapes[p + "attn.W_Q"] = (c.n_heads, c.d_head, c.d_model)
+        for w in ("W_K", "W_V"):  # one per key/value head (grouped-query attention shares them)
+            shapes[p + "attn." + w] = (c.kv_heads, c.d_head, c.d_model)
         shapes[p + "attn.W_O"] = (c.n_heads, c.d_model, c.d_head)
-        for b in ("b_Q", "b_K", "b_V"):
-            shapes[p + "attn." + b] = (c.n_heads, c.d_head)
+        shapes[p + "attn.b_Q"] = (c.n_heads, c.d_head)
+        for b in ("b_K", "b_V"):
+            shapes[p + "attn." + b] = (c.kv_heads, c.d_head)
         shapes[p + "attn.b_O"] = (c.d_model,)
-        if c.normalization == "LN":
-            shapes[p + "ln1.w"] = shapes[p + "ln1.b"] = (c.d_model,)
-            if c.d_mlp is not None:
-                shapes[p + "ln2.w"] = shapes[p + "ln2.b"] = (c.d_model,)
+        for ln in ("ln1", "ln2") if c.d_mlp is not None else ("ln1",):
+            if c.normalization in ("LN", "RMS"):
+                shapes[p + ln + ".w"] = (c.d_model,)
+            if c.normalization == "LN":
+                shapes[p + ln + ".b"] = (c.d_model,)
         if c.d_mlp is not None:
             shapes[p + "mlp.W_in"] = (c.d_mlp, c.d_model)
             shapes[p + "mlp.b_in"] = (c.d_mlp,)
             shapes[p + "mlp.W_out"] = (c.d_model, c.d_mlp)
             shapes[p + "mlp.b_out"] = (c.d_model,)
+            if c.gated_mlp:
+                shapes[p + "mlp.W_gate"] = (c.d_mlp, c.d_model)
+                shapes[p + "mlp.b_gate"] = (c.d_mlp,)
+    if c.normalization in ("LN", "RMS"):
+        shapes["ln_final.w"] = (c.d_model,)
     if c.normalization == "LN":
-        shapes["ln_final.w"] = shapes["ln_final.b"] = (c.d_model,)
+        shapes["ln_final.b"] = (c.d_model,)
     return shapes
 
 

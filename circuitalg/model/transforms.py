@@ -38,7 +38,9 @@ def _centre_rows(W: np.ndarray) -> np.ndarray:
 
 
 def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transformer:
-    """Fold each layer norm's weight and bias into the weights that read it (model becomes ``LNPre``).
+    """Fold each layer norm's weight and bias into the weights that read it (model becomes
+    ``LNPre``; an RMSNorm model becomes ``RMSPre``: its weights fold the same way, without a bias
+    and without centring, since RMSNorm does not centre).
 
     A model without normalisation is returned unchanged; an ``LNPre`` model only has its
     reading weights centred (when ``center_reads``).
@@ -50,35 +52,37 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transfo
     if c.normalization is None:
         return model
     p = dict(model.params)
-    folded = c.normalization == "LN"
+    centred = c.centred_norm  # only a layer norm's output is centred, so only then may reads be centred
 
     def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
         w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
         for wk, bk in weight_keys:
             W = p[wk]
-            if folded:
+            if b is not None:
                 p[bk] = p[bk] + W @ b
+            if w is not None:
                 W = W * w
-            p[wk] = _centre_rows(W) if center_reads else W
+            p[wk] = _centre_rows(W) if center_reads and centred else W
 
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
         fold(f"blocks.{layer}.ln1", [(a + "W_Q", a + "b_Q"), (a + "W_K", a + "b_K"), (a + "W_V", a + "b_V")])
         if c.d_mlp is not None:
             m = f"blocks.{layer}.mlp."
-            fold(f"blocks.{layer}.ln2", [(m + "W_in", m + "b_in")])
+            reads = [(m + "W_in", m + "b_in")] + ([(m + "W_gate", m + "b_gate")] if c.gated_mlp else [])
+            fold(f"blocks.{layer}.ln2", reads)
     fold("ln_final", [("W_U", "b_U")])
-    return model.with_params(p, normalization="LNPre")
+    return model.with_params(p, normalization="LNPre" if centred else "RMSPre")
 
 
 def center_writing_weights(model: Transformer) -> Transformer:
     """Centre every weight that writes to the residual stream over ``d_model`` (needs LN or LNPre)."""
     require_model(model, "center_writing_weights")
     c = model.config
-    if c.normalization is None:
+    if not c.centred_norm:
         raise ConfigError(
-            f"{model.name}: center_writing_weights is exact only when every reader sits behind a layer norm; "
-            "this model has normalization=None."
+            f"{model.name}: center_writing_weights is exact only when every reader sits behind a layer norm "
+            f"(which removes the mean); this model has normalization={c.normalization!r}."
         )
     p = dict(model.params)
     p["W_E"] = p["W_E"] - p["W_E"].mean(axis=0, keepdims=True)
@@ -120,7 +124,8 @@ def rotate_residual(model: Transformer, Q: np.ndarray, *, atol: float = 1e-10) -
     """The same model in the residual basis ``r' = Q r`` (``Q`` orthogonal, ``d_model x d_model``).
 
     Writers become ``Q W`` (``W_E, W_pos, W_O, b_O, W_out, b_out``) and readers ``W Qᵀ``
-    (``W_Q, W_K, W_V, W_in, W_U``). Logits, attention patterns, path terms and composition
+    (``W_Q, W_K, W_V, W_in, W_gate, W_U``). RMSNorm commutes with every orthogonal ``Q`` once its
+    weight is folded (``RMSPre``). Logits, attention patterns, path terms and composition
     scores are unchanged (up to rounding). A layer norm commutes with ``Q`` only when its
     weight is folded and ``Q`` fixes the all-ones direction: ``LN`` models are refused (fold
     them with :func:`fold_layer_norm` first), ``LNPre`` models need ``Q 1 = 1``.
@@ -146,10 +151,10 @@ def rotate_residual(model: Transformer, Q: np.ndarray, *, atol: float = 1e-10) -
             f"rotate_residual: Q is not orthogonal to atol={atol:g}; make one with "
             "scipy.stats.special_ortho_group.rvs(d_model) or np.linalg.qr of a random matrix."
         )
-    if c.normalization == "LN":
+    if c.normalization in ("LN", "RMS"):
         raise ConfigError(
-            f"{model.name}: rotate_residual does not commute with a layer norm's elementwise weight; "
-            "fold it first (ca.fold_layer_norm(model)) and rotate with a Q that fixes the all-ones vector."
+            f"{model.name}: rotate_residual does not commute with a norm's elementwise weight; fold it first "
+            "(ca.fold_layer_norm(model)); for layer norms rotate with a Q that fixes the all-ones vector."
         )
     if c.normalization == "LNPre" and np.abs(Q @ np.ones(D) - np.ones(D)).max() > atol * np.sqrt(D):
         raise InvalidArgumentError(
@@ -170,6 +175,8 @@ def rotate_residual(model: Transformer, Q: np.ndarray, *, atol: float = 1e-10) -
         if c.d_mlp is not None:
             m = f"blocks.{layer}.mlp."
             p[m + "W_in"] = p[m + "W_in"] @ Q.T
+            if c.gated_mlp:
+                p[m + "W_gate"] = p[m + "W_gate"] @ Q.T
             p[m + "W_out"] = Q @ p[m + "W_out"]
             p[m + "b_out"] = Q @ p[m + "b_out"]
     return model.with_params({k: np.asarray(v, dtype=dt[k]) for k, v in p.items()})

@@ -22,6 +22,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.model.config import TransformerConfig
+from circuitalg.model.forward import activation
 from circuitalg.maps.rules import identity
 from circuitalg.model.ids import EMBED, POS, HeadId, Source
 from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
@@ -50,15 +51,17 @@ def require_model(model: Any, what: str | None = None) -> Transformer:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LayerNorm:
-    """A pre-norm layer norm: ``y = w * (x - mean(x)) / scale + b``, ``scale = sqrt(var(x) + eps)``.
+    """A pre-norm layer norm: ``y = w * (x - mean(x)) / scale + b``, ``scale = sqrt(var(x) + eps)``;
+    with ``center=False`` an RMSNorm: ``y = w * x / sqrt(mean(x²) + eps)``.
 
-    ``w`` and ``b`` are ``None`` for ``LNPre`` (folded) layer norms. The per-position
+    ``w`` and ``b`` are ``None`` for folded (``LNPre``, ``RMSPre``) norms. The per-position
     ``scale`` is what :meth:`Transformer.run` caches and path expansion freezes.
     """
 
     eps: float
     w: np.ndarray | None = None
     b: np.ndarray | None = None
+    center: bool = True
 
     def __post_init__(self) -> None:
         check_real("LayerNorm eps", self.eps, 0, hint=" (e.g. 1e-5)")
@@ -73,7 +76,7 @@ class LayerNorm:
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalise the rows of ``x`` (``[..., d_model]``); returns ``(y, scale)``."""
-        centred = x - x.mean(axis=-1, keepdims=True)
+        centred = x - x.mean(axis=-1, keepdims=True) if self.center else x
         scale = np.sqrt((centred**2).mean(axis=-1) + self.eps)
         y = centred / scale[..., None]
         if self.w is not None:
@@ -102,6 +105,7 @@ class Head:
     b_K: np.ndarray
     b_V: np.ndarray
     rotary: Rotary | None = None
+    kv_group: int | None = None
 
     @property
     def id(self) -> HeadId:
@@ -158,7 +162,8 @@ class Head:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MLP:
-    """An MLP block: ``W_out act(W_in x + b_in) + b_out`` with typed maps through ``mlp{l}``."""
+    """An MLP block: ``W_out act(W_in x + b_in) + b_out`` with typed maps through ``mlp{l}``; a
+    gated MLP (``W_gate`` set) computes ``W_out (act(W_gate x + b_gate) * (W_in x + b_in)) + b_out``."""
 
     layer: int
     W_in: Dense
@@ -166,6 +171,17 @@ class MLP:
     W_out: Dense
     b_out: np.ndarray
     act_fn: str
+    W_gate: Dense | None = None
+    b_gate: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The MLP's output for the rows of ``x`` (``[..., d_model]``)."""
+        pre = x @ self.W_in.array.T + self.b_in
+        if self.W_gate is None:
+            hidden = activation(self.act_fn, pre)
+        else:
+            hidden = activation(self.act_fn, x @ self.W_gate.array.T + self.b_gate) * pre
+        return hidden @ self.W_out.array.T + self.b_out
 
     @property
     def name(self) -> str:
@@ -259,27 +275,34 @@ class Transformer:
         def layer_norm(prefix: str) -> LayerNorm | None:
             if not ln:
                 return None
-            return LayerNorm(c.ln_eps, p.get(prefix + ".w"), p.get(prefix + ".b"))
+            return LayerNorm(c.ln_eps, p.get(prefix + ".w"), p.get(prefix + ".b"), center=c.centred_norm)
 
         layers = []
         for l_ in range(c.n_layers):
             a = f"blocks.{l_}.attn."
             heads = []
+            # grouped-query attention: the heads of a group share one space and one W_K, W_V map
+            group_space = [Space(_group_name(c, l_, g), c.d_head) for g in range(c.kv_heads)]
+            tags = [f"^{{{l_}.{g}}}" for g in range(c.kv_heads)]
+            W_K = [Dense(p[a + "W_K"][g], self.resid_space, group_space[g], "W_K" + tags[g]) for g in range(c.kv_heads)]
+            W_V = [Dense(p[a + "W_V"][g], self.resid_space, group_space[g], "W_V" + tags[g]) for g in range(c.kv_heads)]
             for h in range(c.n_heads):
-                hs = Space(HeadId(l_, h).name, c.d_head)
+                g = c.kv_head(h)
+                hs = group_space[g]
                 tag = f"^{{{l_}.{h}}}"
                 heads.append(
                     Head(
                         l_,
                         h,
                         W_Q=Dense(p[a + "W_Q"][h], self.resid_space, hs, "W_Q" + tag),
-                        W_K=Dense(p[a + "W_K"][h], self.resid_space, hs, "W_K" + tag),
-                        W_V=Dense(p[a + "W_V"][h], self.resid_space, hs, "W_V" + tag),
+                        W_K=W_K[g],
+                        W_V=W_V[g],
                         W_O=Dense(p[a + "W_O"][h], hs, self.resid_space, "W_O" + tag),
                         b_Q=p[a + "b_Q"][h],
-                        b_K=p[a + "b_K"][h],
-                        b_V=p[a + "b_V"][h],
+                        b_K=p[a + "b_K"][g],
+                        b_V=p[a + "b_V"][g],
                         rotary=c.rotary,
+                        kv_group=g,
                     )
                 )
             mlp = None
@@ -293,6 +316,8 @@ class Transformer:
                     W_out=Dense(p[m + "W_out"], ms, self.resid_space, f"W_out^{{{l_}}}"),
                     b_out=p[m + "b_out"],
                     act_fn=str(c.act_fn),
+                    W_gate=Dense(p[m + "W_gate"], self.resid_space, ms, f"W_gate^{{{l_}}}") if c.gated_mlp else None,
+                    b_gate=p[m + "b_gate"] if c.gated_mlp else None,
                 )
             layers.append(
                 Layer(
@@ -441,6 +466,11 @@ class Transformer:
         return cls.from_state_dict(hooked.state_dict(), layout="transformer_lens", config=cfg, name=name)
 
 
+def _group_name(config: TransformerConfig, layer: int, group: int) -> str:
+    """The name of a head's space: ``L{l}H{h}``, or ``L{l}KV{g}`` shared by a key/value group."""
+    return HeadId(layer, group).name if config.n_kv_heads is None else f"L{layer}KV{group}"
+
+
 def _stack_heads(config: TransformerConfig, params: dict[str, np.ndarray]) -> tuple[HeadWeights, dict[str, np.ndarray]]:
     """The model view of every head's weights (one read-only stack per weight, in the model's
     dtype), and ``params`` with each ``blocks.{l}.attn.*`` entry replaced by a view into it, so the
@@ -448,13 +478,17 @@ def _stack_heads(config: TransformerConfig, params: dict[str, np.ndarray]) -> tu
     names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
     stacks = {}
     out = dict(params)
+    group = np.array([config.kv_head(h) for h in range(config.n_heads)])
     for name in names:
         a = np.stack([params[f"blocks.{l}.attn.{name}"] for l in range(config.n_layers)])
         a.flags.writeable = False
-        stacks[name] = a
         for l in range(config.n_layers):
             out[f"blocks.{l}.attn.{name}"] = a[l]
-    kv = np.broadcast_to(np.arange(config.n_heads), (config.n_layers, config.n_heads))
+        if name in ("W_K", "W_V", "b_K", "b_V") and config.n_kv_heads is not None:
+            a = a[:, group]  # one row per query head: the view analyses read (a copy of the shared maps)
+            a.flags.writeable = False
+        stacks[name] = a
+    kv = np.broadcast_to(group, (config.n_layers, config.n_heads))
     return HeadWeights(**stacks, kv_head=kv), out
 
 

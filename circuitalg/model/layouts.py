@@ -20,13 +20,14 @@ from circuitalg.model.params import param_shapes, to_numpy
 
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens", "hf_config"]
 
-LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox")
+LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox", "hf_llama")
 
 #: Buffers that checkpoints carry but that are not parameters (causal masks and the like).
 _TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE)$")
 _TL_ROTARY_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE|rotary_cos|rotary_sin)$")
 _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _HF_NEO_BUFFERS = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
+_HF_LLAMA_BUFFERS = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")
 _HF_NEOX_BUFFERS = re.compile(r"^gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$|^gpt_neox\.rotary_emb\.inv_freq$")
 
 
@@ -39,6 +40,8 @@ def detect_layout(keys: Any, source: str = "state dict") -> str:
         return "hf_gpt_neo"
     if "gpt_neox.embed_in.weight" in keys:
         return "hf_gpt_neox"
+    if "model.embed_tokens.weight" in keys and "model.layers.0.self_attn.q_proj.weight" in keys:
+        return "hf_llama"
     if "wte.weight" in keys or "transformer.wte.weight" in keys:
         return "hf_gpt2"
     if "W_E" in keys:
@@ -78,6 +81,8 @@ def convert_state_dict(
         return _from_hf_gpt_neo(state_dict, config, source)
     if layout == "hf_gpt_neox":
         return _from_hf_gpt_neox(state_dict, config, source)
+    if layout == "hf_llama":
+        return _from_hf_llama(state_dict, config, source)
     raise LoadError(f"{source}: unknown layout {layout!r}; use 'auto' or one of {LAYOUTS}.")
 
 
@@ -462,7 +467,17 @@ _HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gel
 
 #: The Hugging Face architectures circuitalg reads, by ``config.json`` ``model_type``, with
 #: their state-dict layout.
-HF_MODEL_TYPES = {"gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo", "gpt_neox": "hf_gpt_neox"}
+HF_MODEL_TYPES = {
+    "gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo", "gpt_neox": "hf_gpt_neox",
+    "llama": "hf_llama", "mistral": "hf_llama", "qwen2": "hf_llama",
+}
+#: Llama-layout families: which projections carry biases (q/k/v, o, MLP), from the config or fixed.
+_LLAMA_BIASES = {
+    "llama": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)),
+                        bool(d.get("mlp_bias", False))),
+    "mistral": lambda d: (False, False, False),
+    "qwen2": lambda d: (True, False, False),
+}
 
 
 def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -485,10 +500,13 @@ def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
             f"{source}: model_type={model_type!r}; circuitalg reads Hugging Face checkpoints of model_type "
             f"{sorted(HF_MODEL_TYPES)}."
         )
-    act_key = "hidden_act" if model_type == "gpt_neox" else "activation_function"
-    act = d.get(act_key, "gelu" if model_type == "gpt_neox" else "gelu_new")
+    hidden_act = model_type in ("gpt_neox", "llama", "mistral", "qwen2")
+    act_key = "hidden_act" if hidden_act else "activation_function"
+    act = d.get(act_key, {"gpt_neox": "gelu", "gpt2": "gelu_new", "gpt_neo": "gelu_new"}.get(model_type, "silu"))
     if act not in _HF_ACT:
         raise ConfigError(f"{source}: {act_key}={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
+    if model_type in _LLAMA_BIASES:
+        return _hf_llama_fields(d, source)
     fields = {"gpt2": _hf_gpt2_fields, "gpt_neo": _hf_gpt_neo_fields, "gpt_neox": _hf_gpt_neox_fields}[model_type]
     return fields(d, source)
 
@@ -562,13 +580,12 @@ def _hf_parts(
     if isinstance(config, TransformerConfig):
         cfg = config
     else:
-        fields = hf_config(config, source)
-        if config.get("model_type") != model_type:
+        if isinstance(config, Mapping) and "model_type" in config and config["model_type"] != model_type:
             raise ConfigError(
                 f"{source}: the tensors are a {model_type} checkpoint but config.json says "
                 f"model_type={config.get('model_type')!r}; pass the config these weights were saved with."
             )
-        cfg = TransformerConfig.from_dict(fields, source=source)
+        cfg = TransformerConfig.from_dict(hf_config(config, source), source=source)
     if cfg.d_mlp is None:
         raise ConfigError(f"{source}: {model_type} has MLPs; the config given has d_mlp=None.")
     flat: dict[str, Any] = {}
@@ -704,6 +721,90 @@ def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[
     p["ln_final.w"] = get("gpt_neox.final_layer_norm.weight", (D,))
     p["ln_final.b"] = get("gpt_neox.final_layer_norm.bias", (D,))
     _check_no_extra(flat, used, _HF_NEOX_BUFFERS, source)
+    return c, p
+
+
+def _hf_llama_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Llama, Mistral, Qwen2: RMSNorm, rotary (half-split), grouped-query attention, a gated MLP
+    (SwiGLU), no learned positions; Mistral's and Qwen2's sliding windows."""
+    model_type = d["model_type"]
+    out = _sizes(d, {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "d_model": "hidden_size",
+                     "d_vocab": "vocab_size", "n_ctx": "max_position_embeddings", "d_mlp": "intermediate_size"}, source)
+    head_dim = d.get("head_dim")
+    out["d_head"] = (head_dim if head_dim is not None
+                     else _head_size(out["d_model"], out["n_heads"], ("hidden_size", "num_attention_heads"), source))
+    out["n_kv_heads"] = d.get("num_key_value_heads", out["n_heads"])
+    out["act_fn"] = _HF_ACT[d.get("hidden_act", "silu")]
+    out["gated_mlp"] = True
+    out["ln_eps"] = d.get("rms_norm_eps", 1e-6)
+    out["normalization"] = "RMS"
+    out["rotary"] = _hf_rotary(d, out["d_head"], source)
+    window = d.get("sliding_window")
+    types = d.get("layer_types")
+    if model_type == "mistral":
+        layers = [window] * out["n_layers"] if window is not None else None
+    elif types is not None:
+        if not isinstance(types, list) or len(types) != out["n_layers"] or any(
+            t not in ("full_attention", "sliding_attention") for t in types
+        ):
+            raise ConfigError(f"{source}: layer_types={types!r}; expected 'full_attention'/'sliding_attention' per layer.")
+        layers = [window if t == "sliding_attention" else None for t in types]
+    elif d.get("use_sliding_window"):  # Qwen2 before layer_types: sliding from max_window_layers on
+        first = d.get("max_window_layers", 0)
+        layers = [window if i >= first else None for i in range(out["n_layers"])]
+    else:
+        layers = None
+    if layers is not None and any(w is not None for w in layers):
+        if window is None:
+            raise ConfigError(f"{source}: sliding-window layers are listed but sliding_window is null.")
+        out["attn_windows"] = tuple(layers)
+    return out
+
+
+def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
+    model_type = config.get("model_type") if isinstance(config, Mapping) else "llama"
+    c, flat, lm_head = _hf_parts(sd, config, source, model_type if model_type in _LLAMA_BIASES else "llama")
+    D, H, H_kv, dh, V = c.d_model, c.n_heads, c.kv_heads, c.d_head, c.d_vocab
+    qkv_bias, o_bias, mlp_bias = _LLAMA_BIASES.get(model_type, _LLAMA_BIASES["llama"])(config if isinstance(config, Mapping) else {})
+    used: set[str] = set()
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used.add(key)
+        return _get(flat, key, shape, source)
+
+    W_E = get("model.embed_tokens.weight", (V, D))
+    p: dict[str, Any] = {"W_E": W_E.T}
+    if lm_head is not None:
+        W_U = _np(lm_head)
+        if W_U.shape != (V, D):
+            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {(V, D)}.")
+        p["W_U"] = W_U
+    elif isinstance(config, Mapping) and config.get("tie_word_embeddings"):
+        p["W_U"] = W_E
+    else:
+        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
+    p["b_U"] = np.zeros(V, dtype=W_E.dtype)
+    zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (projections without bias)
+    for l_ in range(c.n_layers):
+        h, b = f"model.layers.{l_}.", f"blocks.{l_}."
+        a = h + "self_attn."
+        for name, n in (("Q", H), ("K", H_kv), ("V", H_kv)):  # nn.Linear (out, in): rows grouped by head
+            p[b + "attn.W_" + name] = get(a + f"{name.lower()}_proj.weight", (n * dh, D)).reshape(n, dh, D)
+            p[b + "attn.b_" + name] = (get(a + f"{name.lower()}_proj.bias", (n * dh,)).reshape(n, dh) if qkv_bias
+                                       else zeros(n, dh))
+        p[b + "attn.W_O"] = get(a + "o_proj.weight", (D, H * dh)).reshape(D, H, dh).transpose(1, 0, 2)
+        p[b + "attn.b_O"] = get(a + "o_proj.bias", (D,)) if o_bias else zeros(D)
+        p[b + "ln1.w"] = get(h + "input_layernorm.weight", (D,))
+        p[b + "ln2.w"] = get(h + "post_attention_layernorm.weight", (D,))
+        m = h + "mlp."
+        for ours, theirs, shape in (("W_gate", "gate_proj", (c.d_mlp, D)), ("W_in", "up_proj", (c.d_mlp, D)),
+                                    ("W_out", "down_proj", (D, c.d_mlp))):
+            p[b + "mlp." + ours] = get(m + theirs + ".weight", shape)  # type: ignore[arg-type]
+            bias_shape = (shape[0],)
+            p[b + "mlp." + ours.replace("W_", "b_")] = (get(m + theirs + ".bias", bias_shape) if mlp_bias
+                                                        else zeros(*bias_shape))
+    p["ln_final.w"] = get("model.norm.weight", (D,))
+    _check_no_extra(flat, used, _HF_LLAMA_BUFFERS, source)
     return c, p
 
 

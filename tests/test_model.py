@@ -384,3 +384,14 @@ def test_the_model_owns_its_weights() -> None:
 
 
 TOKENS_SHORT = np.array([1, 2, 3])
+
+
+def test_transformer_lens_state_dict_without_biases_loads() -> None:
+    """A model without biases needs no zero tensors: absent biases are a model without them."""
+    model = random_model(normalization="LN", d_mlp=24, biases=False)
+    sd = {k: v for k, v in ca.to_transformer_lens(model.params, model.config).items()
+          if k.rsplit(".", 1)[-1] not in ca.model.params.BIAS_KEYS}
+    assert "unembed.b_U" not in sd and "blocks.0.attn.b_Q" not in sd
+    back = ca.Transformer.from_state_dict(sd, config={"act_fn": "gelu_new"})
+    tokens = np.arange(8)
+    np.testing.assert_allclose(back.run(tokens)[0], model.run(tokens)[0], rtol=1e-12, atol=1e-12)

@@ -374,21 +374,25 @@ def _from_transformer_lens(
         used.add(key)
         return _get(sd, key, shape, source)
 
+    def bias(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A bias, or zeros when the state dict has none (a model without that bias)."""
+        return get(key, shape) if key in sd else np.zeros(shape, dtype=_np(sd["embed.W_E"]).dtype)
+
     p: dict[str, Any] = {"W_E": get("embed.W_E", (V, D)).T}
     if not rotary:
         p["W_pos"] = get("pos_embed.W_pos", (n_ctx, D)).T
     p["W_U"] = get("unembed.W_U", (D, V)).T
-    p["b_U"] = get("unembed.b_U", (V,))
+    p["b_U"] = bias("unembed.b_U", (V,))
     kv = "_" if gqa else ""
     for l_ in range(L):
         b = f"blocks.{l_}."
         p[b + "attn.W_Q"] = get(b + "attn.W_Q", (H, D, dh)).transpose(0, 2, 1)
-        p[b + "attn.b_Q"] = get(b + "attn.b_Q", (H, dh))
+        p[b + "attn.b_Q"] = bias(b + "attn.b_Q", (H, dh))
         for w in ("K", "V"):
             p[b + "attn.W_" + w] = get(b + f"attn.{kv}W_" + w, (H_kv, D, dh)).transpose(0, 2, 1)
-            p[b + "attn.b_" + w] = get(b + f"attn.{kv}b_" + w, (H_kv, dh))
+            p[b + "attn.b_" + w] = bias(b + f"attn.{kv}b_" + w, (H_kv, dh))
         p[b + "attn.W_O"] = get(b + "attn.W_O", (H, dh, D)).transpose(0, 2, 1)
-        p[b + "attn.b_O"] = get(b + "attn.b_O", (D,))
+        p[b + "attn.b_O"] = bias(b + "attn.b_O", (D,))
         for ln in ("ln1",) + (("ln2",) if has_mlp else ()):
             if cfg.normalization in ("LN", "RMS"):
                 p[b + ln + ".w"] = get(b + ln + ".w", (D,))
@@ -396,9 +400,9 @@ def _from_transformer_lens(
                 p[b + ln + ".b"] = get(b + ln + ".b", (D,))
         if d_mlp is not None:
             p[b + "mlp.W_in"] = get(b + "mlp.W_in", (D, d_mlp)).T
-            p[b + "mlp.b_in"] = get(b + "mlp.b_in", (d_mlp,))
+            p[b + "mlp.b_in"] = bias(b + "mlp.b_in", (d_mlp,))
             p[b + "mlp.W_out"] = get(b + "mlp.W_out", (d_mlp, D)).T
-            p[b + "mlp.b_out"] = get(b + "mlp.b_out", (D,))
+            p[b + "mlp.b_out"] = bias(b + "mlp.b_out", (D,))
             if cfg.gated_mlp:
                 # TransformerLens adds b_in after the gate product: W_out (act(g) * lin + b_in) + b_out,
                 # which is W_out (act(g) * lin) + (b_out + W_out b_in): fold it into b_out, exactly

@@ -133,3 +133,29 @@ def test_transformer_lens_rotary_parallel() -> None:
         with torch.no_grad():
             ref = tl(torch.tensor(TOKENS)[None]).double().numpy()[0]
         np.testing.assert_allclose(model.run(TOKENS)[0], ref, rtol=1e-8, atol=1e-8)
+
+
+def test_hf_gptj_matches_transformers(tmp_path) -> None:
+    """GPT-J: interleaved partial rotary, one layer norm feeding attention and MLP in parallel, biased lm_head."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPTJConfig(vocab_size=61, n_positions=24, n_embd=32, n_layer=3, n_head=4, rotary_dim=4,
+                                  n_inner=48, bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPTJForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for _, param in hf.named_parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    hf.save_pretrained(tmp_path)
+    model = ca.load(tmp_path)
+    c = model.config
+    assert (c.rotary.style, c.rotary.dim, c.parallel_attn_mlp) == ("interleaved", 4, True)
+    assert np.abs(model.b_U).max() > 0  # the biased lm_head
+    logits, cache = model.run(TOKENS)
+    with torch.no_grad():
+        out = hf(torch.tensor(TOKENS)[None], output_attentions=True)
+    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
+    for layer, att in enumerate(out.attentions):
+        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    run = ca.expand(model).on(TOKENS, cache)
+    assert np.abs(run.logits() - logits).max() < 1e-8 * np.abs(logits).max()

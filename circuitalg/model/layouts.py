@@ -20,13 +20,14 @@ from circuitalg.model.params import param_shapes, to_numpy
 
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens", "hf_config"]
 
-LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox", "hf_llama")
+LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox", "hf_gptj", "hf_llama")
 
 #: Buffers that checkpoints carry but that are not parameters (causal masks and the like).
 _TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE)$")
 _TL_ROTARY_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE|rotary_cos|rotary_sin)$")
 _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _HF_NEO_BUFFERS = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
+_HF_GPTJ_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias|embed_positions)$|^embed_positions$")
 _HF_LLAMA_BUFFERS = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")
 _HF_NEOX_BUFFERS = re.compile(r"^gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$|^gpt_neox\.rotary_emb\.inv_freq$")
 
@@ -40,6 +41,8 @@ def detect_layout(keys: Any, source: str = "state dict") -> str:
         return "hf_gpt_neo"
     if "gpt_neox.embed_in.weight" in keys:
         return "hf_gpt_neox"
+    if "transformer.h.0.mlp.fc_in.weight" in keys or "h.0.mlp.fc_in.weight" in keys:
+        return "hf_gptj"
     if "model.embed_tokens.weight" in keys and "model.layers.0.self_attn.q_proj.weight" in keys:
         return "hf_llama"
     if "wte.weight" in keys or "transformer.wte.weight" in keys:
@@ -83,6 +86,8 @@ def convert_state_dict(
         return _from_hf_gpt_neox(state_dict, config, source)
     if layout == "hf_llama":
         return _from_hf_llama(state_dict, config, source)
+    if layout == "hf_gptj":
+        return _from_hf_gptj(state_dict, config, source)
     raise LoadError(f"{source}: unknown layout {layout!r}; use 'auto' or one of {LAYOUTS}.")
 
 
@@ -472,7 +477,7 @@ _HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gel
 #: The Hugging Face architectures circuitalg reads, by ``config.json`` ``model_type``, with
 #: their state-dict layout.
 HF_MODEL_TYPES = {
-    "gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo", "gpt_neox": "hf_gpt_neox",
+    "gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo", "gpt_neox": "hf_gpt_neox", "gptj": "hf_gptj",
     "llama": "hf_llama", "mistral": "hf_llama", "qwen2": "hf_llama",
 }
 #: Llama-layout families: which projections carry biases (q/k/v, o, MLP), from the config or fixed.
@@ -511,7 +516,8 @@ def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: {act_key}={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
     if model_type in _LLAMA_BIASES:
         return _hf_llama_fields(d, source)
-    fields = {"gpt2": _hf_gpt2_fields, "gpt_neo": _hf_gpt_neo_fields, "gpt_neox": _hf_gpt_neox_fields}[model_type]
+    fields = {"gpt2": _hf_gpt2_fields, "gpt_neo": _hf_gpt_neo_fields, "gpt_neox": _hf_gpt_neox_fields,
+              "gptj": _hf_gptj_fields}[model_type]
     return fields(d, source)
 
 
@@ -809,6 +815,72 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
                                                         else zeros(*bias_shape))
     p["ln_final.w"] = get("model.norm.weight", (D,))
     _check_no_extra(flat, used, _HF_LLAMA_BUFFERS, source)
+    return c, p
+
+
+def _hf_gptj_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """GPT-J: interleaved rotary embeddings on the first ``rotary_dim`` dimensions (base 10000),
+    attention and MLP in parallel behind one shared layer norm, a biased ``lm_head``."""
+    out = _sizes(d, {"n_layers": "n_layer", "n_heads": "n_head", "d_model": "n_embd", "d_vocab": "vocab_size",
+                     "n_ctx": "n_positions"}, source)
+    out["d_head"] = _head_size(out["d_model"], out["n_heads"], ("n_embd", "n_head"), source)
+    n_inner = d.get("n_inner")
+    out["d_mlp"] = 4 * out["d_model"] if n_inner is None else n_inner
+    out["act_fn"] = _HF_ACT[d.get("activation_function", "gelu_new")]
+    out["ln_eps"] = d.get("layer_norm_epsilon", 1e-5)
+    out["normalization"] = "LN"
+    dim = d.get("rotary_dim")
+    if dim is None:
+        raise ConfigError(f"{source}: GPT-J without rotary_dim is not a runnable configuration; set rotary_dim.")
+    out["rotary"] = {"dim": dim, "base": 10000.0, "style": "interleaved"}
+    out["parallel_attn_mlp"] = True
+    return out
+
+
+def _from_hf_gptj(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
+    c, flat, lm_head = _hf_parts(sd, config, source, "gptj")
+    D, H, dh, V = c.d_model, c.n_heads, c.d_head, c.d_vocab
+    used: set[str] = set()
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used.add(key)
+        return _get(flat, key, shape, source)
+
+    W_E = get("wte.weight", (V, D))
+    p: dict[str, Any] = {"W_E": W_E.T}
+    if lm_head is not None:
+        W_U = _np(lm_head)
+        if W_U.shape != (V, D):
+            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {(V, D)}.")
+        p["W_U"] = W_U
+    elif isinstance(config, Mapping) and config.get("tie_word_embeddings"):
+        p["W_U"] = W_E
+    else:
+        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
+    if "lm_head.bias" in sd:
+        p["b_U"] = _get(sd, "lm_head.bias", (V,), source)
+        used.add("lm_head.bias")
+    else:
+        raise LoadError(f"{source}: missing tensor 'lm_head.bias' (GPT-J's unembedding has a bias).")
+    zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (no q/k/v/out biases)
+    for l_ in range(c.n_layers):
+        h, b = f"h.{l_}.", f"blocks.{l_}."
+        for name in ("Q", "K", "V"):
+            p[b + "attn.W_" + name] = get(h + f"attn.{name.lower()}_proj.weight", (D, D)).reshape(H, dh, D)
+            p[b + "attn.b_" + name] = zeros(H, dh)
+        p[b + "attn.W_O"] = get(h + "attn.out_proj.weight", (D, D)).reshape(D, H, dh).transpose(1, 0, 2)
+        p[b + "attn.b_O"] = zeros(D)
+        w, bias = get(h + "ln_1.weight", (D,)), get(h + "ln_1.bias", (D,))
+        for ln in ("ln1", "ln2"):  # one layer norm feeds both the attention and the MLP
+            p[b + ln + ".w"], p[b + ln + ".b"] = w, bias
+        p[b + "mlp.W_in"] = get(h + "mlp.fc_in.weight", (c.d_mlp, D))  # type: ignore[arg-type]
+        p[b + "mlp.b_in"] = get(h + "mlp.fc_in.bias", (c.d_mlp,))  # type: ignore[arg-type]
+        p[b + "mlp.W_out"] = get(h + "mlp.fc_out.weight", (D, c.d_mlp))  # type: ignore[arg-type]
+        p[b + "mlp.b_out"] = get(h + "mlp.fc_out.bias", (D,))
+    p["ln_final.w"] = get("ln_f.weight", (D,))
+    p["ln_final.b"] = get("ln_f.bias", (D,))
+    flat.pop("lm_head.bias", None)
+    _check_no_extra(flat, used, _HF_GPTJ_BUFFERS, source)
     return c, p
 
 

@@ -64,6 +64,7 @@ def scores(model: Any, kind: str, top: int) -> dict[str, Any]:
     base = ca.composition_baseline(model, kind)
     out: dict[str, Any] = {
         "kind": kind, "n_pairs": n_pairs,
+        "qk_offset": 0 if c.rotary is not None and kind in "qk" else None,
         "baseline": {"mean": base.mean, "std": base.std, "quantile_99": base.quantile_99},
         "significance": "family-wise p of the maximum over all earlier->later pairs (Sidak over an exponential "
                         "tail fitted to the random-head baseline above its 95th percentile)",
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 b = out["baseline"]
                 print(f"{args.kind.upper()}-composition, {model.name}; random baseline {b['mean']:.4f} ± {b['std']:.4f}")
+                if out["qk_offset"] is not None:
+                    print("  rotary model: scored through W_QK(0) = W_Q^T W_K (query and key at the same position)")
                 if "note" in out:
                     print(f"  none: {out['note']}")
                 else:

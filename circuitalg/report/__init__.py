@@ -133,7 +133,8 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
         f"model: {model!r}",
         prev_line,
         ind_line,
-        str(k_comp) if k_comp is not None else findings.describe_missing_composition(c.n_layers),
+        (str(k_comp) + ("; rotary model: through W_QK(0)" if c.rotary is not None else ""))
+        if k_comp is not None else findings.describe_missing_composition(c.n_layers),
         "copying heads (score > 0.5): " + (", ".join(f"{n} {s:.2f}" for n, s in copying) or "none"),
         search.summary(),
         *[f"  {cc.score:10.4g}  {cc.name}   {cc.symbol}" for cc in search],

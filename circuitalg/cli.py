@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -96,36 +97,71 @@ def circuits(model: Any, top: int, max_heads: int, sinks: list[str]) -> dict[str
             "bound": res.bound, "circuits": [dict(c.to_dict(), symbol=str(c.symbol)) for c in res]}
 
 
+def _positive(option: str, lowest: int = 1) -> Any:
+    """An argparse type: an integer >= ``lowest``, or an error that names ``option``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be an integer, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{option} must be >= {lowest}, got {value}")
+        return value
+
+    return parse
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the report cannot be written into folder ``out`` (None when it can), checked before any analysis."""
+    if out.exists() and not out.is_dir():
+        return "is a file; pass a folder"
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=float))
 
 
 def main(argv: list[str] | None = None) -> int:
+    import circuitalg
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     ap = argparse.ArgumentParser(prog="circuitalg", description="Weight-based circuit analysis of transformers.")
+    ap.add_argument("--version", action="version", version=f"circuitalg {circuitalg.__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("report", help="analyse a model, print a summary and write DIR/report.html")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"zoo name or checkpoint path (default {DEFAULT_MODEL})")
-    p.add_argument("--out", default="circuitalg-report", help="output folder (default ./circuitalg-report)")
+    p = sub.add_parser("report", help="analyse a model, print a summary and write DIR/report.html", formatter_class=fmt)
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="zoo name or checkpoint path")
+    p.add_argument("--out", default="circuitalg-report", help="output folder (created if missing)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p = sub.add_parser("circuits", help="the exact top-k circuits")
-    p.add_argument("model")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--max-heads", type=int, default=2)
-    p.add_argument("--sinks", nargs="+", default=["unembed", "q", "k"], choices=["unembed", "q", "k"])
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("scores", help="composition scores with their random baseline")
-    p.add_argument("model")
-    p.add_argument("--kind", default="k", choices=["q", "k", "v"])
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("info", help="the model's configuration (and card, for zoo models)")
-    p.add_argument("model", nargs="?")
+    p = sub.add_parser("circuits", help="the exact top-k circuits", formatter_class=fmt)
+    p.add_argument("model", help="zoo name or checkpoint path")
+    p.add_argument("--top", type=_positive("--top"), default=10, help="how many circuits")
+    p.add_argument("--max-heads", type=_positive("--max-heads", 0), default=2, help="most heads per circuit")
+    p.add_argument("--sinks", nargs="+", default=["unembed", "q", "k"], choices=["unembed", "q", "k"],
+                   help="where circuits may end")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("scores", help="composition scores with their random baseline", formatter_class=fmt)
+    p.add_argument("model", help="zoo name or checkpoint path")
+    p.add_argument("--kind", default="k", choices=["q", "k", "v"], help="composition kind")
+    p.add_argument("--top", type=_positive("--top"), default=10, help="how many pairs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("info", help="the model's configuration (and card, for zoo models)", formatter_class=fmt)
+    p.add_argument("model", nargs="?", help="zoo name or checkpoint path")
     p.add_argument("--list", action="store_true", help="list the zoo models")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad options, 0 on --help
         return int(e.code or 0)
+    if args.command == "report":
+        problem = _unwritable(Path(args.out))
+        if problem:
+            print(f"circuitalg report: error: --out {args.out}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
 
     import circuitalg as ca
 

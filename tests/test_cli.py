@@ -146,7 +146,8 @@ def test_cli_subcommands_and_exit_codes(tmp_path, capsys) -> None:
     assert main(["info", str(bad)]) == 3
     assert "bad.safetensors" in capsys.readouterr().err
     assert main(["scores", "attn2l", "--kind", "x"]) == 2
-    assert main(["circuits", "planted_induction", "--top", "0"]) == 4
+    assert main(["circuits", "planted_induction", "--top", "0"]) == 2  # numeric options checked by name
+    assert "--top must be >= 1" in capsys.readouterr().err
     # a checkpoint path works too
     path = ca.save(ca.zoo.load("planted_induction"), tmp_path / "p.safetensors")
     assert main(["scores", str(path), "--json"]) == 0
@@ -182,3 +183,22 @@ def test_training_reproduces_the_shipped_attn2l(tmp_path) -> None:
         for head, value in shipped["scores"][kind].items():
             assert card["scores"][kind].get(head) == pytest.approx(value, abs=0.05), (kind, head)
     assert card["eval_loss"] == pytest.approx(shipped["eval_loss"], abs=0.05)
+
+
+def test_cli_version_out_checks_and_file_modes(tmp_path, capsys) -> None:
+    import os
+    import stat
+
+    assert main(["--version"]) == 0 and ca.__version__ in capsys.readouterr().out
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["report", "attn1l", "--out", str(afile)]) == 2  # before any analysis
+    assert "is a file" in capsys.readouterr().err
+    old = os.umask(0o022)
+    try:
+        assert main(["report", "attn1l", "--out", str(tmp_path / "r")]) == 0
+        path = ca.save(ca.zoo.load("attn1l"), tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "r" / "report.html", path):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f  # the user's umask, not mkstemp's 0600

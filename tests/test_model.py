@@ -215,8 +215,8 @@ def test_transformer_lens_config_fields_are_implemented_or_refused() -> None:
     back = ca.Transformer.from_state_dict(sd, config=TL_39_DEFAULTS)
     assert back.config == model.config
     refused = {
-        "attention_dir": ("bidirectional", "bidirectional"),
-        "d_vocab_out": (20, "output vocabulary"),
+        "attention_dir": ("sideways", "attention_dir='sideways'"),
+        "d_vocab_out": (20, "the weights have d_vocab_out=13"),
         "positional_embedding_type": ("alibi", "positional embeddings"),
         "use_yarn_rope": (True, "YaRN"),
         "n_key_value_heads": (1, "the weights have n_kv_heads=3"),
@@ -395,3 +395,40 @@ def test_transformer_lens_state_dict_without_biases_loads() -> None:
     back = ca.Transformer.from_state_dict(sd, config={"act_fn": "gelu_new"})
     tokens = np.arange(8)
     np.testing.assert_allclose(back.run(tokens)[0], model.run(tokens)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_separate_output_vocabulary_and_bidirectional_attention() -> None:
+    """d_vocab_out and attention_dir='bidirectional' are implemented, not ignored: checked against a
+    dense numpy forward pass written here."""
+    rng = np.random.default_rng(0)
+    cfg = ca.TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_vocab=11, n_ctx=6,
+                               normalization=None, d_vocab_out=5, causal=False)
+    params = {k: 0.3 * rng.standard_normal(s) for k, s in ca.param_shapes(cfg).items()}
+    m = ca.Transformer(cfg, params)
+    tokens = np.array([1, 4, 2, 9, 0])
+    x = params["W_E"][:, tokens].T + params["W_pos"][:, :5].T
+    for l in range(2):
+        a = f"blocks.{l}.attn."
+        out = params[a + "b_O"].copy()
+        for h in range(2):
+            q = x @ params[a + "W_Q"][h].T + params[a + "b_Q"][h]
+            k = x @ params[a + "W_K"][h].T + params[a + "b_K"][h]
+            v = x @ params[a + "W_V"][h].T + params[a + "b_V"][h]
+            s = q @ k.T / 2.0  # no mask: every query sees every key
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            out = out + (p @ v) @ params[a + "W_O"][h].T
+        x = x + out
+    logits, cache = m.run(tokens)
+    np.testing.assert_allclose(logits, x @ params["W_U"].T + params["b_U"], rtol=1e-12, atol=1e-12)
+    assert logits.shape == (5, 5) and np.all(cache.pattern[:, :, 0, 1:] > 0)  # position 0 sees later keys
+    table = ca.head_table(m, k=2)
+    assert np.all(np.isnan(table.copying))  # W_U W_OV W_E is 5 x 11: no eigenvalues
+    run = ca.expand(m).on(tokens, cache)
+    assert np.abs(run.logits() - logits).max() < 1e-10 * np.abs(logits).max()
+    sd = ca.to_transformer_lens(m.params, cfg)
+    back = ca.Transformer.from_state_dict(sd, config={**TL_39_DEFAULTS, "attention_dir": "bidirectional",
+                                                      "normalization_type": None, "d_vocab": 11, "d_vocab_out": 5,
+                                                      "n_ctx": 6, "d_model": 8, "d_head": 4, "n_heads": 2,
+                                                      "d_mlp": None, "attn_only": True})
+    assert back.config == cfg

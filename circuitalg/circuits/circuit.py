@@ -133,9 +133,12 @@ class Circuit:
         from circuitalg.circuits.diagnostics import top_tokens
 
         # a bare position-to-position QK term of a local layer: only pairs inside its window occur
-        bare_pos = self.sink.head is not None and not self.heads and self.source.kind == self.sink.other.kind == "pos"  # type: ignore[union-attr]
-        window = self.model.config.window(self.sink.head.layer) if bare_pos else None  # type: ignore[union-attr]
-        return top_tokens(self.weight, k, vocab=self.model.vocab, by=by, roles=self.roles, window=window)
+        both_pos = self.sink.head is not None and self.source.kind == self.sink.other.kind == "pos"  # type: ignore[union-attr]
+        causal = self.model.config.causal if both_pos else None
+        bare = both_pos and not self.heads and causal
+        window = self.model.config.window(self.sink.head.layer) if bare else None  # type: ignore[union-attr]
+        return top_tokens(self.weight, k, vocab=self.model.vocab, by=by, roles=self.roles, causal=causal,
+                          window=window)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record."""

@@ -112,7 +112,8 @@ class HeadTable:
     Attributes
     ----------
     copying : full OV circuit ``W_U W_OV W_E``, ``Σ Re λ / Σ |λ|`` over the eigenvalues above
-        the noise floor (0 when none is: the circuit is zero to rounding).
+        the noise floor (0 when none is: the circuit is zero to rounding); NaN (not defined) when
+        the output vocabulary differs from the input one (``d_vocab_out``).
     copying_ov : the same for the ``d_model``-sized ``W_OV``.
     positional_prev_token : mean attention to the previous position of a softmax over the
         positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` (causal; tokens, biases and
@@ -185,7 +186,7 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
     k = np.asarray(head.W_K.array, dtype=np.float64) @ P
     s = (q.T @ k) / model.config.attn_scale
-    s[blocked(n, n, model.config.window(head.layer))] = -np.inf
+    s[blocked(n, n, model.config.window(head.layer), model.config.causal)] = -np.inf
     s -= s.max(axis=1, keepdims=True)
     p = np.exp(s)
     return p / p.sum(axis=1, keepdims=True)
@@ -256,7 +257,8 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
     qk_sv = np.zeros((L, H, k))
     for head in model.heads():
         i = (head.layer, head.index)
-        copying[i] = _map_copying_score(model.W_U @ head.ov @ model.W_E)
+        full_ov = model.W_U @ head.ov @ model.W_E
+        copying[i] = _map_copying_score(full_ov) if full_ov.is_square else np.nan  # a separate output vocabulary
         copying_ov[i] = _map_copying_score(head.ov)
         s_ov = singular_values(head.ov)
         s_qk = singular_values(head.qk)

@@ -60,6 +60,12 @@ class TransformerConfig:
         query head.
     gated_mlp : bool
         A gated MLP (SwiGLU, GeGLU): ``W_out (act(W_gate x + b_gate) * (W_in x + b_in)) + b_out``.
+    d_vocab_out : int, optional
+        The size of a separate output vocabulary (``W_U`` is ``d_vocab_out x d_model``; e.g. the
+        answers of an algorithmic task); ``None``: the input vocabulary.
+    causal : bool
+        Causal attention (every query sees only earlier keys); ``False`` for bidirectional
+        attention (every query sees every key).
     """
 
     n_layers: int
@@ -78,6 +84,8 @@ class TransformerConfig:
     parallel_attn_mlp: bool = False
     n_kv_heads: int | None = None
     gated_mlp: bool = False
+    d_vocab_out: int | None = None
+    causal: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
@@ -145,6 +153,19 @@ class TransformerConfig:
         if self.gated_mlp and self.d_mlp is None:
             raise ConfigError("config gated_mlp=true needs MLPs (d_mlp); attention-only models have none.")
         object.__setattr__(self, "gated_mlp", bool(self.gated_mlp))
+        if self.d_vocab_out is not None:
+            out = _check_size("d_vocab_out", self.d_vocab_out)
+            object.__setattr__(self, "d_vocab_out", None if out == self.d_vocab else out)
+        if not isinstance(self.causal, (bool, np.bool_)):
+            raise ConfigError(f"config causal={self.causal!r} must be true or false.")
+        object.__setattr__(self, "causal", bool(self.causal))
+        if not self.causal and self.attn_windows is not None:
+            raise ConfigError("config causal=false with attn_windows: windowed bidirectional attention is not implemented.")
+
+    @property
+    def vocab_out(self) -> int:
+        """The size of the output vocabulary (``d_vocab`` unless ``d_vocab_out`` is set)."""
+        return self.d_vocab if self.d_vocab_out is None else self.d_vocab_out
 
     @property
     def kv_heads(self) -> int:

@@ -113,13 +113,13 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
     raise InvalidArgumentError(f"unknown activation {name!r}; use gelu_new, gelu, relu or silu.")
 
 
-def blocked(n_queries: int, n_keys: int, window: int | None = None) -> np.ndarray:
+def blocked(n_queries: int, n_keys: int, window: int | None = None, causal: bool = True) -> np.ndarray:
     """``(n_queries, n_keys)`` boolean mask of the key positions a query may *not* attend to:
-    later keys (causal), and with a ``window`` keys at least ``window`` positions back (local
-    attention: query ``i`` sees keys ``i - window < j <= i``)."""
+    later keys (causal; nothing for bidirectional attention), and with a ``window`` keys at
+    least ``window`` positions back (local attention: query ``i`` sees keys ``i - window < j <= i``)."""
     q = np.arange(n_queries)[:, None]
     k = np.arange(n_keys)[None, :]
-    out = k > q
+    out = k > q if causal else np.zeros((n_queries, n_keys), dtype=bool)
     if window is not None:
         out |= q - k >= window
     return out
@@ -159,7 +159,7 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
         if c.rotary is not None:
             q, k = c.rotary.apply(q, positions), c.rotary.apply(k, positions)
         scores = q @ k.transpose(0, 2, 1) / c.attn_scale
-        scores = np.where(blocked(seq, seq, c.window(l)), -np.inf, scores)
+        scores = np.where(blocked(seq, seq, c.window(l), c.causal), -np.inf, scores)
         scores = scores - scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores)
         pattern = weights / weights.sum(axis=-1, keepdims=True)

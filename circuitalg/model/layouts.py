@@ -155,7 +155,6 @@ def _softcap_off(v: Any) -> bool:
 #: TransformerLens config fields that change the computation but that circuitalg does not
 #: implement (yet): each is accepted only at its neutral value, and refused otherwise.
 _TL_NEUTRAL: dict[str, tuple[Any, str]] = {
-    "attention_dir": (lambda v: v == "causal", "bidirectional (non-causal) attention"),
     "positional_embedding_type": (lambda v: v in ("standard", "rotary"), "positional embeddings other than learned or rotary"),
     "use_qk_norm": (_off, "query/key norms"),
     "clip_qkv": (lambda v: v is None, "clipped query/key/value"),
@@ -193,7 +192,7 @@ _TL_SIZES = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "d_
 #: Fields circuitalg reads (TransformerLens and circuitalg names).
 _TL_READ = frozenset({
     *_TL_SIZES, "attn_only", "act_fn", "eps", "ln_eps", "use_attn_scale", "attn_scale", "normalization_type",
-    "normalization", "d_vocab_out", "n_key_value_heads", "n_kv_heads", "gated_mlp", "final_rms", "uses_rms_norm",
+    "normalization", "d_vocab_out", "attention_dir", "causal", "n_key_value_heads", "n_kv_heads", "gated_mlp", "final_rms", "uses_rms_norm",
     "use_local_attn", "attn_types", "window_size",
     "attn_windows", "positional_embedding_type", "rotary_dim", "rotary_base", "rotary_adjacent_pairs",
     "use_NTK_by_parts_rope", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
@@ -243,11 +242,14 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         out["n_kv_heads"] = d["n_kv_heads"]
     if "gated_mlp" in d:
         out["gated_mlp"] = bool(d["gated_mlp"])
-    if d.get("d_vocab_out") not in (None, -1, d.get("d_vocab")):
-        raise ConfigError(
-            f"{source}: d_vocab_out={d['d_vocab_out']!r} differs from d_vocab={d.get('d_vocab')!r}; a separate "
-            "output vocabulary is not supported by circuitalg."
-        )
+    if d.get("d_vocab_out") not in (None, -1):
+        out["d_vocab_out"] = d["d_vocab_out"]
+    if "attention_dir" in d:
+        if d["attention_dir"] not in ("causal", "bidirectional"):
+            raise ConfigError(f"{source}: attention_dir={d['attention_dir']!r}; use 'causal' or 'bidirectional'.")
+        out["causal"] = d["attention_dir"] == "causal"
+    if "causal" in d:
+        out["causal"] = d["causal"]
     if "attn_only" in d:
         out["attn_only"] = bool(d["attn_only"])
     if "normalization_type" in d:
@@ -315,6 +317,9 @@ def _from_transformer_lens(
 ) -> tuple[TransformerConfig, dict[str, Any]]:
     fields = _tl_config_fields(config, source)
     V, D = _shape_of(sd, "embed.W_E", 2, source)
+    V_out = _shape_of(sd, "unembed.W_U", 2, source)[1]
+    _check_sizes(fields, {"d_vocab_out": V_out}, source)
+    fields["d_vocab_out"] = V_out
     rotary = fields.get("rotary") is not None
     if rotary:  # no W_pos: the context length comes from the config
         if "n_ctx" not in fields:
@@ -371,7 +376,7 @@ def _from_transformer_lens(
         n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
         **{k: v for k, v in fields.items()
            if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp",
-                    "n_kv_heads", "gated_mlp")},
+                    "n_kv_heads", "gated_mlp", "d_vocab_out", "causal")},
     )
     used: set[str] = set()
 
@@ -386,8 +391,8 @@ def _from_transformer_lens(
     p: dict[str, Any] = {"W_E": get("embed.W_E", (V, D)).T}
     if not rotary:
         p["W_pos"] = get("pos_embed.W_pos", (n_ctx, D)).T
-    p["W_U"] = get("unembed.W_U", (D, V)).T
-    p["b_U"] = bias("unembed.b_U", (V,))
+    p["W_U"] = get("unembed.W_U", (D, V_out)).T
+    p["b_U"] = bias("unembed.b_U", (V_out,))
     kv = "_" if gqa else ""
     for l_ in range(L):
         b = f"blocks.{l_}."
@@ -442,7 +447,7 @@ def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerCon
         got = np.shape(params[k])
         if got != shape:
             raise ShapeError(f"to_transformer_lens: params[{k!r}] has shape {got}, expected {shape} for this config.")
-    out: dict[str, np.ndarray] = {"embed.W_E": params["W_E"].T}
+    out: dict[str, np.ndarray] = {"embed.W_E": params["W_E"].T}  # (W_U's rows: the output vocabulary)
     if "W_pos" in params:
         out["pos_embed.W_pos"] = params["W_pos"].T
     out["unembed.W_U"] = params["W_U"].T

@@ -18,8 +18,8 @@ def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"W_E": (c.d_model, c.d_vocab)}
     if c.learned_positions:
         shapes["W_pos"] = (c.d_model, c.n_ctx)
-    shapes["W_U"] = (c.d_vocab, c.d_model)
-    shapes["b_U"] = (c.d_vocab,)
+    shapes["W_U"] = (c.vocab_out, c.d_model)
+    shapes["b_U"] = (c.vocab_out,)
     for layer in range(c.n_layers):
         p = f"blocks.{layer}."
         shapes[p + "attn.W_Q"] = (c.n_heads, c.d_head, c.d_model)

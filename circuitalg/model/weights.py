@@ -268,7 +268,8 @@ class Transformer:
         self.W_pos: Dense | None = (
             Dense(p["W_pos"], self.pos_space, self.resid_space, "W_pos") if c.learned_positions else None
         )
-        self.W_U = Dense(p["W_U"], self.resid_space, self.vocab_space, "W_U")
+        self.vocab_out_space = self.vocab_space if c.d_vocab_out is None else Space("vocab_out", c.vocab_out)
+        self.W_U = Dense(p["W_U"], self.resid_space, self.vocab_out_space, "W_U")
         self.b_U = p["b_U"]
         ln = c.normalization is not None
 
@@ -402,7 +403,7 @@ class Transformer:
     @cached_property
     def unembed_bias_map(self) -> Dense:
         """``b_U`` as a map ``const[1] -> vocab``."""
-        return Dense(self.b_U[:, None], CONST_SPACE, self.vocab_space, "b_U")
+        return Dense(self.b_U[:, None], CONST_SPACE, self.vocab_out_space, "b_U")
 
     # -- computation ----------------------------------------------------------------------
     def run(self, tokens: Any) -> tuple[np.ndarray, Cache]:

@@ -117,8 +117,11 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     if ind.head is not None:
         ov_head, ov_why = ind.head, "the induction head"
     else:
-        l, h = np.unravel_index(int(np.argmax(table.copying)), table.copying.shape)
-        ov_head, ov_why = ca.HeadId(int(l), int(h)), "the head with the largest copying score"
+        scores = np.nan_to_num(table.copying, nan=-np.inf)
+        l, h = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        ov_head = ca.HeadId(int(l), int(h))
+        ov_why = ("the head with the largest copying score" if np.isfinite(scores).any()
+                  else "copying is not defined with a separate output vocabulary")
     ov_circuit = m.W_U @ m.head(ov_head.layer, ov_head.head).ov @ m.W_E
     top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
     qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
@@ -128,14 +131,17 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
         prev_line += f"; positional score from W_pos {table.positional_prev_token[prev.head.layer, prev.head.head]:.3f}"
     ind_line = str(ind)
     if ind.head is not None:
-        ind_line += f"; copying score {table.copying[ind.head.layer, ind.head.head]:.3f}"
+        if np.isfinite(table.copying[ind.head.layer, ind.head.head]):
+            ind_line += f"; copying score {table.copying[ind.head.layer, ind.head.head]:.3f}"
     lines = [
         f"model: {model!r}",
         prev_line,
         ind_line,
         (str(k_comp) + ("; rotary model: through W_QK(0)" if c.rotary is not None else ""))
         if k_comp is not None else findings.describe_missing_composition(c.n_layers),
-        "copying heads (score > 0.5): " + (", ".join(f"{n} {s:.2f}" for n, s in copying) or "none"),
+        ("copying heads (score > 0.5): " + (", ".join(f"{n} {s:.2f}" for n, s in copying) or "none")
+         if np.isfinite(table.copying).any() else
+         "copying heads: not applicable (a separate output vocabulary: W_U W_OV W_E is not square)"),
         search.summary(),
         *[f"  {cc.score:10.4g}  {cc.name}   {cc.symbol}" for cc in search],
         f"path expansion identity verified: {verification.holds} ({verification.method}; general form at "
@@ -181,10 +187,12 @@ def _figures(a: Analysis) -> dict[str, str]:
     axes[0].legend(fontsize=8)
     import circuitalg as ca
 
-    for head in m.heads():
+    square = m.W_U.codomain == m.W_E.domain  # no eigenvalues with a separate output vocabulary
+    for head in m.heads() if square else ():
         lam = ca.eigenvalues(m.W_U @ head.ov @ m.W_E)
         axes[1].scatter(lam.real, lam.imag, s=8, label=head.name)
-    axes[1].set_title("eigenvalues of each head's full OV circuit")
+    axes[1].set_title("eigenvalues of each head's full OV circuit" if square else
+                      "no eigenvalues: the output vocabulary differs from the input one")
     axes[1].axvline(0, color="k", lw=0.5)
     axes[1].legend(fontsize=6, ncol=2)
     figs["copying"] = _png(fig)

@@ -15,8 +15,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 import circuitalg as ca
 
 

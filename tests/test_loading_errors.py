@@ -190,7 +190,7 @@ def test_hf_config_without_model_type_is_refused(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises((ca.ConfigError, ca.LoadError)):
         ca.load(tmp_path)
-    from circuitalg.model.layouts import hf_config
+    from circuitalg.model.hf import hf_config
 
     with pytest.raises(ca.ConfigError, match="has no model_type"):
         hf_config({"n_layer": 1, "n_head": 2, "n_embd": 8}, "config.json")

@@ -33,7 +33,7 @@ import scipy.linalg as sla
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
-from circuitalg.maps.chain import Chain, as_chain
+from circuitalg.maps.chain import Chain
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, Transpose
 
 __all__ = [

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as spla
 
-from circuitalg.errors import InvalidArgumentError, TooLargeError
+from circuitalg.errors import TooLargeError
 from circuitalg.linalg.accuracy import accuracy, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget

@@ -6,6 +6,7 @@ Conventions: column vectors (a map X -> Y has a matrix of shape ``(Y.dim, X.dim)
 
 from circuitalg import zoo
 from circuitalg.model.ids import HeadId, Source
+from circuitalg.model.rotary import Rotary
 from circuitalg.circuits import (
     Circuit,
     CircuitGraph,
@@ -118,6 +119,7 @@ __version__ = "0.1.0"
 __all__ = [
     # ids
     "HeadId",
+    "Rotary",
     # findings (named heads and significant compositions, with their evidence)
     "FAMILY_ALPHA",
     "PATTERN_THRESHOLD",

@@ -396,6 +396,12 @@ CASES = [
         'tokens must be a 1-D sequence of ids, got shape (1, 3); run one sequence at a time (loop over the batch).',
     ),
     (
+        'Rotary',
+        lambda: ca.Rotary(dim=3),
+        ca.ConfigError,
+        'config rotary dim=3 must be a positive even integer.',
+    ),
+    (
         'Source',
         lambda: ca.Source("mlp"),
         ca.InvalidArgumentError,

@@ -99,7 +99,7 @@ def test_rotary_model_analyses_say_what_is_not_defined(tmp_path) -> None:
     _neox(tmp_path)
     model = ca.load(tmp_path)
     table = ca.head_table(model, ca.repeated_random_tokens(model, 8, 2), k=2)
-    assert np.all(np.isnan(table.positional_prev_token))
+    assert np.all(np.isfinite(table.positional_prev_token))  # by offset, through W_QK(Δ)
     with pytest.raises(ca.InvalidArgumentError, match="rotary position embeddings"):
         ca.circuits.diagnostics.positional_pattern(model, model.head(0, 0), 8)
     search = ca.top_circuits(ca.fold_layer_norm(model), 5, 2)
@@ -110,7 +110,7 @@ def test_rotary_model_analyses_say_what_is_not_defined(tmp_path) -> None:
 
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "Not applicable: this model has rotary position embeddings" in page
+    assert "This model has rotary position embeddings and no W_pos" in page
 
 
 def test_transformer_lens_rotary_parallel() -> None:
@@ -159,3 +159,21 @@ def test_hf_gptj_matches_transformers(tmp_path) -> None:
         np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
     run = ca.expand(model).on(TOKENS, cache)
     assert np.abs(run.logits() - logits).max() < 1e-8 * np.abs(logits).max()
+
+
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+def test_rotary_offset_pattern_is_the_pattern_of_mean_content(style: str) -> None:
+    """When every token embeds as the mean embedding μ, the forward pass attends exactly by offset:
+    its patterns equal rotary_offset_pattern (the weight-based positional score of rotary heads)."""
+    rng = np.random.default_rng(1)
+    cfg = ca.TransformerConfig(n_layers=1, n_heads=3, d_model=12, d_head=6, d_vocab=9, n_ctx=12,
+                               normalization=None, rotary={"dim": 6, "base": 30.0, "style": style})
+    params = {k: 0.7 * rng.standard_normal(s) for k, s in ca.param_shapes(cfg).items()}
+    params["W_E"] = np.repeat(rng.standard_normal((12, 1)), 9, axis=1)  # every token embeds as μ
+    for b in ("b_Q", "b_K"):
+        params[f"blocks.0.attn.{b}"] = np.zeros_like(params[f"blocks.0.attn.{b}"])
+    m = ca.Transformer(cfg, params)
+    _, cache = m.run(rng.integers(0, 9, size=12))
+    for head in m.heads():
+        np.testing.assert_allclose(ca.circuits.diagnostics.rotary_offset_pattern(m, head, 12),
+                                   cache.pattern[0, head.index], atol=1e-12)

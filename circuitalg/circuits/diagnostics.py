@@ -38,6 +38,7 @@ __all__ = [
     "effective_rank",
     "head_table",
     "positional_pattern",
+    "rotary_offset_pattern",
     "repeated_random_tokens",
     "top_tokens",
 ]
@@ -117,8 +118,9 @@ class HeadTable:
     copying_ov : the same for the ``d_model``-sized ``W_OV``.
     positional_prev_token : mean attention to the previous position of a softmax over the
         positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` (causal; tokens, biases and
-        layer norms ignored), over the first ``n_positions`` positions; NaN (not defined) for
-        rotary models, which have no ``W_pos``.
+        layer norms ignored), over the first ``n_positions`` positions. For rotary models (no
+        ``W_pos``) the same statistic of :func:`rotary_offset_pattern`: attention by offset
+        alone, through ``W_QK(Δ)`` with the mean token embedding on both sides.
     ov_effective_rank, qk_effective_rank : entropy effective rank of ``W_OV`` and ``W_QK``.
     ov_singular_values, qk_singular_values : ``[n_layers, n_heads, k]``, the top ``k``.
     induction, prev_token : measured on repeated random tokens (``None`` unless tokens were
@@ -192,15 +194,36 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
     return p / p.sum(axis=1, keepdims=True)
 
 
+def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
+    """A rotary head's attention as a function of offset alone: the causal (windowed) softmax of
+    ``μᵀ W_QK(j - i) μ / attn_scale`` over the first ``n_positions`` positions (query rows, key
+    columns), ``μ`` the mean token embedding (the content every position shares on average;
+    biases and norm scales ignored). It is exactly the pattern a model whose every token embeds
+    as ``μ`` would compute; the counterpart of :func:`positional_pattern` for rotary models."""
+    c = model.config
+    if c.rotary is None:
+        raise InvalidArgumentError(f"{model.name} has learned positions; use positional_pattern(model, head, n).")
+    n = min(n_positions, c.n_ctx)
+    mu = np.asarray(model.W_E.array, dtype=np.float64).mean(axis=1)
+    q = np.asarray(head.W_Q.array, dtype=np.float64) @ mu
+    k = np.asarray(head.W_K.array, dtype=np.float64) @ mu
+    by_offset = np.array([q @ c.rotary.matrix(-d, c.d_head) @ k for d in range(n)]) / c.attn_scale  # Δ = -d
+    back = np.arange(n)[:, None] - np.arange(n)[None, :]
+    s = by_offset[np.clip(back, 0, n - 1)]
+    s[blocked(n, n, c.window(head.layer), c.causal)] = -np.inf
+    s -= s.max(axis=1, keepdims=True)
+    p = np.exp(s)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def _positional_prev_token(model: Transformer, n_positions: int) -> np.ndarray:
     c = model.config
-    if model.W_pos is None:  # not defined without learned positions
-        return np.full((c.n_layers, c.n_heads), np.nan)
     out = np.zeros((c.n_layers, c.n_heads))
     if min(n_positions, c.n_ctx) < 2:
         return out
+    pattern = positional_pattern if model.W_pos is not None else rotary_offset_pattern
     for head in model.heads():
-        out[head.layer, head.index] = float(np.diagonal(positional_pattern(model, head, n_positions), offset=-1).mean())
+        out[head.layer, head.index] = float(np.diagonal(pattern(model, head, n_positions), offset=-1).mean())
     return out
 
 

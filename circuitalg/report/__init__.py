@@ -127,8 +127,9 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
     top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
     prev_line = str(prev)
-    if prev.head is not None and m.W_pos is not None:
-        prev_line += f"; positional score from W_pos {table.positional_prev_token[prev.head.layer, prev.head.head]:.3f}"
+    if prev.head is not None:
+        source = "W_pos" if m.W_pos is not None else "rotary offsets"
+        prev_line += f"; positional score from {source} {table.positional_prev_token[prev.head.layer, prev.head.head]:.3f}"
     ind_line = str(ind)
     if ind.head is not None:
         if np.isfinite(table.copying[ind.head.layer, ind.head.head]):
@@ -197,18 +198,19 @@ def _figures(a: Analysis) -> dict[str, str]:
     axes[1].legend(fontsize=6, ncol=2)
     figs["copying"] = _png(fig)
 
-    from circuitalg.circuits.diagnostics import positional_pattern
+    from circuitalg.circuits.diagnostics import positional_pattern, rotary_offset_pattern
 
-    if m.W_pos is not None:  # positional patterns need learned positions
-        fig, axes = plt.subplots(L, H, figsize=(2.2 * H, 2.2 * L), squeeze=False)
-        for head in m.heads():
-            ax = axes[head.layer, head.index]
-            ax.imshow(positional_pattern(m, head, 32), cmap="Blues", vmin=0, vmax=1)
-            ax.set_title(f"{head.name} ({table.positional_prev_token[head.key]:.2f})", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle("positional QK patterns (softmax over W_pos scores; query rows, key columns)")
-        figs["positional"] = _png(fig)
+    pattern = positional_pattern if m.W_pos is not None else rotary_offset_pattern
+    fig, axes = plt.subplots(L, H, figsize=(2.2 * H, 2.2 * L), squeeze=False)
+    for head in m.heads():
+        ax = axes[head.layer, head.index]
+        ax.imshow(pattern(m, head, 32), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"{head.name} ({table.positional_prev_token[head.key]:.2f})", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("positional QK patterns (softmax over " + ("W_pos scores" if m.W_pos is not None else
+                 "μᵀ W_QK(Δ) μ, μ the mean token embedding") + "; query rows, key columns)")
+    figs["positional"] = _png(fig)
 
     import networkx as nx
 
@@ -264,12 +266,15 @@ def write_report(model: Any, out: Path, log: Callable[[str], None] | None = None
         return _table([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
                       [rows[0].row_role, rows[0].col_role, "weight"])
 
-    positional = (
-        f'<img alt="positional patterns" src="{figs["positional"]}">' if "positional" in figs else
-        "<p>Not applicable: this model has rotary position embeddings, so there is no W_pos to form positional "
-        "scores from. Its QK circuits and Q/K-compositions are taken at offset 0, W_QK(0) = W_Q<sup>T</sup> W_K; "
-        "head.qk_at(Δ) gives the form at other offsets.</p>"
-    )
+    positional = f'<img alt="positional patterns" src="{figs["positional"]}">'
+    if a.model.W_pos is None:
+        positional = (
+            "<p>This model has rotary position embeddings and no W_pos. Each panel is the head's attention by "
+            "offset alone: the causal softmax of μ<sup>T</sup> W_QK(Δ) μ with Δ = key − query and μ the mean token "
+            "embedding (what the head would do if every token embedded as μ). Its QK circuits and Q/K-compositions "
+            "are taken at offset 0, W_QK(0) = W_Q<sup>T</sup> W_K; head.qk_at(Δ) gives the form at other "
+            "offsets.</p>" + positional
+        )
     tokens = entries(a.top_ov)
     qk = entries(a.top_qk)
     heads = _table(

@@ -431,9 +431,15 @@ def top_tokens(
             back = rows[:, None] - cols[None, :]
             ok = (back >= 0) if window is None else (back >= 0) & (back < window)
             key = np.where(ok, key, -np.inf)
-        kk = min(k, key.size)
-        flat = np.argpartition(-key, kk - 1, axis=None)[:kk]
-        ri, cj = np.unravel_index(flat, key.shape)
+        flat_key = key.ravel()
+        if best_v.size == k:  # only entries that can still enter the top k (one pass, no partition)
+            cand = np.flatnonzero(flat_key >= best_v.min())
+            if cand.size > k:
+                cand = cand[np.argpartition(-flat_key[cand], k - 1)[:k]]
+        else:
+            kk = min(k, flat_key.size)
+            cand = np.argpartition(-flat_key, kk - 1)[:kk]
+        ri, cj = np.unravel_index(cand, key.shape)
         ok = np.isfinite(key[ri, cj])
         ri, cj = ri[ok], cj[ok]
         cand_v = np.concatenate([best_v, key[ri, cj]])

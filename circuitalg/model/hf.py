@@ -173,17 +173,23 @@ def _hf_embeddings(
     V, D = cfg.d_vocab, cfg.d_model
     W_E = get("wte.weight", (V, D))
     p: dict[str, Any] = {"W_E": W_E.T, "W_pos": get("wpe.weight", (cfg.n_ctx, D)).T}
-    if lm_head is not None:
-        W_U = as_array(lm_head)
-        if W_U.shape != (V, D):
-            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {(V, D)}.")
-        p["W_U"] = W_U
-    elif isinstance(config, Mapping) and config.get("tie_word_embeddings") is False:
-        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (config says tie_word_embeddings=false).")
-    else:  # tied embeddings: the checkpoint does not store lm_head
-        p["W_U"] = W_E
+    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=True)
     p["b_U"] = np.zeros(V, dtype=W_E.dtype)  # these models' unembeddings have no bias
     return p
+
+
+def _hf_unembed(W_E: np.ndarray, lm_head: Any, config: Any, source: str, *, tied_by_default: bool) -> np.ndarray:
+    """``W_U`` (vocab x d_model): ``lm_head.weight``, or ``W_E``'s rows when the embeddings are tied
+    (``tie_word_embeddings``, whose default differs by family) and the checkpoint leaves it out."""
+    if lm_head is not None:
+        W_U = as_array(lm_head)
+        if W_U.shape != W_E.shape:
+            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {W_E.shape}.")
+        return W_U
+    tied = config.get("tie_word_embeddings", tied_by_default) if isinstance(config, Mapping) else tied_by_default
+    if not tied:
+        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
+    return W_E
 
 
 def _hf_norms_and_mlp(get: Any, cfg: TransformerConfig, h: str, b: str, p: dict[str, Any], linear: bool) -> None:
@@ -340,15 +346,7 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
 
     W_E = get("model.embed_tokens.weight", (V, D))
     p: dict[str, Any] = {"W_E": W_E.T}
-    if lm_head is not None:
-        W_U = as_array(lm_head)
-        if W_U.shape != (V, D):
-            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {(V, D)}.")
-        p["W_U"] = W_U
-    elif isinstance(config, Mapping) and config.get("tie_word_embeddings"):
-        p["W_U"] = W_E
-    else:
-        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
+    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=False)
     p["b_U"] = np.zeros(V, dtype=W_E.dtype)
     zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (projections without bias)
     for l_ in range(c.n_layers):
@@ -404,15 +402,7 @@ def _from_hf_gptj(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
 
     W_E = get("wte.weight", (V, D))
     p: dict[str, Any] = {"W_E": W_E.T}
-    if lm_head is not None:
-        W_U = as_array(lm_head)
-        if W_U.shape != (V, D):
-            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {(V, D)}.")
-        p["W_U"] = W_U
-    elif isinstance(config, Mapping) and config.get("tie_word_embeddings"):
-        p["W_U"] = W_E
-    else:
-        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
+    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=False)
     if "lm_head.bias" in sd:
         p["b_U"] = get_tensor(sd, "lm_head.bias", (V,), source)
         used.add("lm_head.bias")

@@ -1,13 +1,13 @@
 """The model view every analysis reads: all heads' weights stacked, with typed ids.
 
 :class:`HeadWeights` holds every head's ``W_Q, W_K, W_V, W_O`` and biases as batched arrays
-(column convention), layer-major, in one dtype; ``model.head_weights`` is the model's own
-(cached, in the model's dtype) and ``.float64()`` the float64 copy the factored numerics use.
-Typed per-head maps are ``model.head(l, h)`` (sharing nothing with these copies but the
-values). Room for architectures to come: ``kv_head[l, h]`` names the key/value head a query
-head reads (``h`` itself today; grouped-query attention shares one among several), and the
-reading side of a head is asked for through :meth:`reader`, so position-dependent QK forms can
-replace it in one place.
+(column convention), layer-major, one row per query head, in one dtype. ``model.head_weights``
+is the model's own, built once when the model is made (its ``params`` attention entries are
+views into the same stacks), and ``.float64()`` is the float64 copy the factored numerics use.
+Grouped-query attention: ``kv_head[l, h]`` names the key/value head query head ``h`` reads, and
+``W_K``/``W_V`` repeat that head's weights for each query head of its group (the typed maps of
+``model.head(l, h)`` share one object per group). The reading side of a head is asked for
+through :meth:`HeadWeights.reader`, the one place a new QK form would change.
 """
 
 from __future__ import annotations

@@ -5,15 +5,13 @@ Conventions: column vectors (a map X -> Y has a matrix of shape ``(Y.dim, X.dim)
 """
 
 from circuitalg import zoo
-from circuitalg.model.ids import HeadId, Source
-from circuitalg.model.rotary import Rotary
 from circuitalg.circuits import (
     Circuit,
     CircuitGraph,
     CircuitSearch,
     CompositionBaseline,
-    HeadTable,
     FrozenPaths,
+    HeadTable,
     PathScore,
     PathSum,
     Sink,
@@ -96,13 +94,15 @@ from circuitalg.model import (
     center_writing_weights,
     fold_layer_norm,
     fold_value_biases,
-    rotate_residual,
     load,
     logit_lens,
     param_shapes,
+    rotate_residual,
     save,
     to_transformer_lens,
 )
+from circuitalg.model.ids import HeadId, Source
+from circuitalg.model.rotary import Rotary
 from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.symbolic import (
     SymbolicExpansion,

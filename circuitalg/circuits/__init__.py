@@ -1,5 +1,6 @@
 """Circuits: path expansion, composition scores, head diagnostics, the graph, circuit enumeration."""
 
+from circuitalg.circuits.circuit import SINK_SIDES, Circuit, Sink, count_head_chains, head_chains
 from circuitalg.circuits.composition import (
     COMPOSITION_KINDS,
     CompositionBaseline,
@@ -15,7 +16,6 @@ from circuitalg.circuits.diagnostics import (
     repeated_random_tokens,
     top_tokens,
 )
-from circuitalg.circuits.circuit import SINK_SIDES, Circuit, Sink, count_head_chains, head_chains
 from circuitalg.circuits.enumerate import CircuitSearch, count_circuits, top_circuits
 from circuitalg.circuits.graph import EDGE_KINDS, CircuitGraph
 from circuitalg.circuits.paths import SOURCE_KINDS, FrozenPaths, PathScore, PathSum, expand

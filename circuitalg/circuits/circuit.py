@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from circuitalg.circuits.diagnostics import TokenEntry, top_tokens
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.ids import HeadId, Source
@@ -125,13 +126,11 @@ class Circuit:
         circuits, ``("output", "input")`` for OV circuits into the unembedding."""
         return ("output", "input") if self.sink.head is None else ("query", "key")
 
-    def top_tokens(self, k: int = 10, *, by: str = "value") -> list[Any]:
+    def top_tokens(self, k: int = 10, *, by: str = "value") -> list[TokenEntry]:
         """The ``k`` largest entries of :attr:`weight`, labelled by role (query/key or
         output/input) with the model's tokens, token ids or positions; position pairs of a QK
         circuit are restricted to key <= query, and inside the window of a local layer
         (:func:`~circuitalg.circuits.diagnostics.top_tokens`)."""
-        from circuitalg.circuits.diagnostics import top_tokens
-
         # a bare position-to-position QK term of a local layer: only pairs inside its window occur
         both_pos = self.sink.head is not None and self.source.kind == self.sink.other.kind == "pos"  # type: ignore[union-attr]
         causal = self.model.config.causal if both_pos else None

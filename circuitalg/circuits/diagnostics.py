@@ -26,10 +26,10 @@ from circuitalg.linalg.accuracy import eigen_noise_floor
 from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
-from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
 from circuitalg.model.forward import blocked, check_tokens
 from circuitalg.model.ids import HeadId
 from circuitalg.model.weights import Transformer
+from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
 
 __all__ = [
     "HeadTable",

@@ -26,6 +26,7 @@ Definitions
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 from circuitalg.circuits.composition import CompositionBaseline, valid_pairs

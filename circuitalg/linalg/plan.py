@@ -12,7 +12,17 @@ from dataclasses import dataclass, replace
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES, nbytes
 from circuitalg.maps.chain import Chain, as_chain
-from circuitalg.maps.nodes import Dense, Diagonal, Identity, Kron, LinearMap, Scaled, Sum, Transpose, require_map
+from circuitalg.maps.nodes import (
+    Dense,
+    Diagonal,
+    Identity,
+    Kron,
+    LinearMap,
+    Scaled,
+    Sum,
+    Transpose,
+    require_map,
+)
 
 __all__ = ["Plan", "plan", "PROBLEMS"]
 

@@ -2,9 +2,10 @@
 
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.forward import Cache
-from circuitalg.model.lens import logit_lens
 from circuitalg.model.io import load, save
 from circuitalg.model.layouts import to_transformer_lens
+from circuitalg.model.lens import logit_lens
+from circuitalg.model.params import param_shapes
 from circuitalg.model.transforms import (
     center_unembed,
     center_writing_weights,
@@ -12,7 +13,6 @@ from circuitalg.model.transforms import (
     fold_value_biases,
     rotate_residual,
 )
-from circuitalg.model.params import param_shapes
 from circuitalg.model.weights import MLP, Head, Layer, LayerNorm, Transformer
 
 __all__ = [

@@ -21,9 +21,9 @@ import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
+from circuitalg.maps.rules import identity
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.forward import activation
-from circuitalg.maps.rules import identity
 from circuitalg.model.ids import EMBED, POS, HeadId, Source
 from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
 from circuitalg.model.rotary import Rotary

@@ -75,8 +75,9 @@ def _factor(model: Transformer, node: Node, m: LinearMap) -> np.ndarray:
     """``F`` (d_model x r) with ``F Fᵀ = W Wᵀ`` for writer map ``W``."""
     if node in (EMBED, POS):
         return np.asarray(gram_factor(model.source_map(node), "rows"), dtype=np.float64).T  # type: ignore[arg-type]
-    if isinstance(node, Source):  # an MLP's W_out
-        return np.asarray(m.array, dtype=np.float64)  # type: ignore[attr-defined]
+    if isinstance(node, Source):  # an MLP's W_out, shortened to d_model columns when wider
+        W_out = np.asarray(m.array, dtype=np.float64)  # type: ignore[attr-defined]
+        return np.linalg.qr(W_out.T, mode="r").T if W_out.shape[1] > W_out.shape[0] else W_out
     hw = model.head_weights.float64()
     W_V = hw.W_V[node.layer, node.head]
     w, U = np.linalg.eigh(W_V @ W_V.T)
@@ -262,14 +263,29 @@ def _reader_value(model: Transformer, node: Node, kind: str, F: np.ndarray | Non
     if node == UNEMBED:
         R = np.asarray(gram_factor(model.W_U, "cols"), dtype=np.float64)
         return float(np.sum(R**2 if F is None else (R @ F) ** 2))
-    if isinstance(node, Source):  # an MLP's W_in or W_gate
+    if isinstance(node, Source):  # an MLP's W_in or W_gate, as its d_model x d_model triangular factor
         mlp = model.mlp(node.layer)  # type: ignore[arg-type]
-        W = np.asarray((mlp.W_gate if kind == "gate" else mlp.W_in).array, dtype=np.float64)  # type: ignore[union-attr]
-        return float(np.sum(W**2 if F is None else (W @ F) ** 2))
+        R = gram_factor(mlp.W_gate if kind == "gate" else mlp.W_in, "cols")  # type: ignore[arg-type]
+        R = np.asarray(R, dtype=np.float64)  # RᵀR = WᵀW, so ||W F|| = ||R F||
+        return float(np.sum(R**2 if F is None else (R @ F) ** 2))
     G, W = model.head_weights.float64().reader(kind)
     G, W = G[node.layer, node.head], W[node.layer, node.head]
     A = W if F is None else W @ F
     return float(np.sum(G * (A @ A.T)))
+
+
+def _head_reads(hw: Any, kind: str, F: np.ndarray, first_layer: int) -> np.ndarray:
+    """``||R F||_F²`` for the reader map ``R`` of ``kind`` of every head from ``first_layer`` on
+    (``(n_layers, n_heads)``, zero before), with ``RᵀR = Wᵀ G W``: one matrix product ``W F`` for
+    all those heads, then ``<G, (W F)(W F)ᵀ>`` per head."""
+    G, W = hw.reader(kind)
+    L, H, dh, D = W.shape
+    out = np.zeros((L, H))
+    n = L - first_layer
+    if n > 0:
+        A = (W[first_layer:].reshape(n * H * dh, D) @ F).reshape(n, H, dh, F.shape[1])
+        out[first_layer:] = (np.matmul(G[first_layer:], A) * A).sum(axis=(-1, -2))
+    return out
 
 
 def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.MultiDiGraph:
@@ -297,6 +313,7 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     nan = float("nan")
     for wnode, wpos, wmap, wlabel in writers:
         F = None
+        into_heads: dict[str, np.ndarray] = {}
         for rnode, kind, rpos, rmap, rlabel in readers:
             if wpos >= rpos:
                 continue
@@ -306,7 +323,12 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
             else:
                 if F is None:
                     F = _factor(model, wnode, wmap)
-                num2 = _reader_value(model, rnode, kind, F)
+                if isinstance(rnode, HeadId):  # every later head's read of this writer at once, per kind
+                    if kind not in into_heads:
+                        into_heads[kind] = _head_reads(hw, kind, F, rnode.layer)
+                    num2 = float(into_heads[kind][rnode.layer, rnode.head])
+                else:
+                    num2 = _reader_value(model, rnode, kind, F)
             den = math.sqrt(w_norm2[wnode] * r_norm2[(rnode, kind)])
             norm = math.sqrt(max(num2, 0.0))
             base = baselines.get(kind) if head_edge else None

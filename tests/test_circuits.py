@@ -444,14 +444,17 @@ def test_composition_significance_is_corrected_for_the_number_of_pairs() -> None
     assert ca.composition_finding(ca.composition_scores(one, "k"), ca.composition_baseline(one, "k")) is None
 
 
-def test_stated_chance_level_is_what_uniform_attention_scores() -> None:
+@pytest.mark.parametrize("causal", [True, False])
+def test_stated_chance_level_is_what_uniform_attention_scores(causal: bool) -> None:
     """The 'uniform attention gives X' the report prints is the score of a head whose QK is zero."""
+    import dataclasses
+
     m = random_model(n_layers=2, n_heads=2, d_model=10, d_head=3, d_vocab=9, n_ctx=12, seed=4)
     p = dict(m.params)
     for l in range(2):
         p[f"blocks.{l}.attn.W_Q"] = np.zeros_like(p[f"blocks.{l}.attn.W_Q"])
         p[f"blocks.{l}.attn.b_Q"] = np.zeros_like(p[f"blocks.{l}.attn.b_Q"])
-    flat = ca.Transformer(m.config, p, name="uniform")
+    flat = ca.Transformer(dataclasses.replace(m.config, causal=causal), p, name="uniform")
     table = ca.head_table(flat, ca.repeated_random_tokens(flat, 6, 4, seed=1), k=2)
     prev, ind = ca.previous_token_head(table), ca.induction_head(table)
     np.testing.assert_allclose(table.prev_token, prev.chance, rtol=1e-12)

@@ -129,6 +129,8 @@ class HeadTable:
         (induction) and all positions after the first (previous token).
     seq_len : int or None
         The length of the repeated half of those sequences (``None`` without tokens).
+    causal : bool
+        Whether the model's attention is causal (the chance level of the scores depends on it).
     """
 
     copying: np.ndarray
@@ -141,6 +143,7 @@ class HeadTable:
     induction: np.ndarray | None = None
     prev_token: np.ndarray | None = None
     seq_len: int | None = None
+    causal: bool = True
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -293,7 +296,7 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
         seq_len = int(np.shape(tokens)[-1]) // 2
     return HeadTable(
         copying, copying_ov, _positional_prev_token(model, n_positions), ov_rank, qk_rank, ov_sv, qk_sv,
-        induction, prev, seq_len,
+        induction, prev, seq_len, c.causal,
     )
 
 

@@ -52,17 +52,18 @@ PATTERN_THRESHOLD: float = 0.4
 FAMILY_ALPHA: float = 0.01
 
 
-def uniform_attention(seq_len: int, which: str) -> float:
-    """The score of uniform causal attention over repeated sequences of ``2 seq_len`` tokens:
+def uniform_attention(seq_len: int, which: str, causal: bool = True) -> float:
+    """The score of uniform attention over repeated sequences of ``2 seq_len`` tokens:
     ``which="prev_token"`` (queries ``1 .. 2 seq_len - 1``) or ``"induction"`` (queries
-    ``seq_len .. 2 seq_len - 1``); the attention to one key is ``1 / (i + 1)`` at query ``i``."""
+    ``seq_len .. 2 seq_len - 1``); the attention to one key is ``1 / (i + 1)`` at query ``i``
+    under causal attention, ``1 / (2 seq_len)`` under bidirectional attention."""
     if which == "prev_token":
         queries = np.arange(1, 2 * seq_len)
     elif which == "induction":
         queries = np.arange(seq_len, 2 * seq_len)
     else:
         raise InvalidArgumentError(f"which={which!r}; use 'prev_token' or 'induction'.")
-    return float(np.mean(1.0 / (queries + 1)))
+    return float(np.mean(1.0 / (queries + 1))) if causal else 1.0 / (2 * seq_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +126,7 @@ def previous_token_head(table: HeadTable, threshold: float = PATTERN_THRESHOLD) 
     (the table's behavioural scores: ``ca.head_table(model, ca.repeated_random_tokens(model))``)."""
     a = _behaviour(table, "prev_token", "previous_token_head")
     best, score = _best(a, np.ones(a.shape, dtype=bool))
-    chance = uniform_attention(table.seq_len, "prev_token")  # type: ignore[arg-type]
+    chance = uniform_attention(table.seq_len, "prev_token", table.causal)  # type: ignore[arg-type]
     named = best if score >= threshold else None
     return HeadFinding("previous-token head", named, best, score, chance, threshold, "" if named else "none found")
 
@@ -133,7 +134,7 @@ def previous_token_head(table: HeadTable, threshold: float = PATTERN_THRESHOLD) 
 def induction_head(table: HeadTable, threshold: float = PATTERN_THRESHOLD) -> HeadFinding:
     """The layer >= 1 head with the largest induction score, named if it reaches ``threshold``."""
     a = _behaviour(table, "induction", "induction_head")
-    chance = uniform_attention(table.seq_len, "induction")  # type: ignore[arg-type]
+    chance = uniform_attention(table.seq_len, "induction", table.causal)  # type: ignore[arg-type]
     L = a.shape[0]
     if L < 2:
         return HeadFinding("induction head", None, None, float("nan"), chance, threshold,

@@ -16,7 +16,7 @@ import numpy as np
 
 from circuitalg.errors import ConfigError, LoadError
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.statedict import as_array, check_no_extra, get_tensor
+from circuitalg.model.statedict import TensorReader, as_array
 
 __all__ = ["HF_MODEL_TYPES", "HF_LAYOUTS", "hf_config", "convert_hf"]
 
@@ -257,12 +257,8 @@ def _hf_gpt_neox_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
 def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
     c, flat, _ = _hf_parts(sd, config, source, "gpt_neox")
     D, H, dh, V = c.d_model, c.n_heads, c.d_head, c.d_vocab
-    used: set[str] = set()
     biased = not (isinstance(config, Mapping) and config.get("attention_bias") is False)
-
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        used.add(key)
-        return get_tensor(flat, key, shape, source)
+    get = TensorReader(flat, source)
 
     W_E = get("gpt_neox.embed_in.weight", (V, D))
     p: dict[str, Any] = {"W_E": W_E.T}
@@ -292,7 +288,7 @@ def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[
         p[b + "mlp.b_out"] = get(h + "mlp.dense_4h_to_h.bias", (D,))
     p["ln_final.w"] = get("gpt_neox.final_layer_norm.weight", (D,))
     p["ln_final.b"] = get("gpt_neox.final_layer_norm.bias", (D,))
-    check_no_extra(flat, used, _HF_NEOX_BUFFERS, source)
+    get.check_all_read(_HF_NEOX_BUFFERS)
     return c, p
 
 
@@ -338,11 +334,7 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
     c, flat, lm_head = _hf_parts(sd, config, source, model_type if model_type in _LLAMA_BIASES else "llama")
     D, H, H_kv, dh, V = c.d_model, c.n_heads, c.kv_heads, c.d_head, c.d_vocab
     qkv_bias, o_bias, mlp_bias = _LLAMA_BIASES.get(model_type, _LLAMA_BIASES["llama"])(config if isinstance(config, Mapping) else {})
-    used: set[str] = set()
-
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        used.add(key)
-        return get_tensor(flat, key, shape, source)
+    get = TensorReader(flat, source)
 
     W_E = get("model.embed_tokens.weight", (V, D))
     p: dict[str, Any] = {"W_E": W_E.T}
@@ -368,7 +360,7 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
             p[b + "mlp." + ours.replace("W_", "b_")] = (get(m + theirs + ".bias", bias_shape) if mlp_bias
                                                         else zeros(*bias_shape))
     p["ln_final.w"] = get("model.norm.weight", (D,))
-    check_no_extra(flat, used, _HF_LLAMA_BUFFERS, source)
+    get.check_all_read(_HF_LLAMA_BUFFERS)
     return c, p
 
 
@@ -394,20 +386,12 @@ def _hf_gptj_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
 def _from_hf_gptj(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
     c, flat, lm_head = _hf_parts(sd, config, source, "gptj")
     D, H, dh, V = c.d_model, c.n_heads, c.d_head, c.d_vocab
-    used: set[str] = set()
-
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        used.add(key)
-        return get_tensor(flat, key, shape, source)
+    get = TensorReader(flat, source)
 
     W_E = get("wte.weight", (V, D))
     p: dict[str, Any] = {"W_E": W_E.T}
     p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=False)
-    if "lm_head.bias" in sd:
-        p["b_U"] = get_tensor(sd, "lm_head.bias", (V,), source)
-        used.add("lm_head.bias")
-    else:
-        raise LoadError(f"{source}: missing tensor 'lm_head.bias' (GPT-J's unembedding has a bias).")
+    p["b_U"] = get("lm_head.bias", (V,))  # GPT-J's unembedding has a bias
     zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (no q/k/v/out biases)
     for l_ in range(c.n_layers):
         h, b = f"h.{l_}.", f"blocks.{l_}."
@@ -425,19 +409,14 @@ def _from_hf_gptj(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
         p[b + "mlp.b_out"] = get(h + "mlp.fc_out.bias", (D,))
     p["ln_final.w"] = get("ln_f.weight", (D,))
     p["ln_final.b"] = get("ln_f.bias", (D,))
-    flat.pop("lm_head.bias", None)
-    check_no_extra(flat, used, _HF_GPTJ_BUFFERS, source)
+    get.check_all_read(_HF_GPTJ_BUFFERS)
     return c, p
 
 
 def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
     c, flat, lm_head = _hf_parts(sd, config, source, "gpt2")
     D, H, dh = c.d_model, c.n_heads, c.d_head
-    used: set[str] = set()
-
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        used.add(key)
-        return get_tensor(flat, key, shape, source)
+    get = TensorReader(flat, source)
 
     p = _hf_embeddings(get, c, config, lm_head, source)
     for l_ in range(c.n_layers):
@@ -454,18 +433,14 @@ def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
         _hf_norms_and_mlp(get, c, h, b, p, linear=False)
     p["ln_final.w"] = get("ln_f.weight", (D,))
     p["ln_final.b"] = get("ln_f.bias", (D,))
-    check_no_extra(flat, used, _HF_BUFFERS, source)
+    get.check_all_read(_HF_BUFFERS)
     return c, p
 
 
 def _from_hf_gpt_neo(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
     c, flat, lm_head = _hf_parts(sd, config, source, "gpt_neo")
     D, H, dh = c.d_model, c.n_heads, c.d_head
-    used: set[str] = set()
-
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        used.add(key)
-        return get_tensor(flat, key, shape, source)
+    get = TensorReader(flat, source)
 
     p = _hf_embeddings(get, c, config, lm_head, source)
     for l_ in range(c.n_layers):
@@ -481,7 +456,7 @@ def _from_hf_gpt_neo(sd: Mapping[str, Any], config: Any, source: str) -> tuple[T
         _hf_norms_and_mlp(get, c, h, b, p, linear=True)
     p["ln_final.w"] = get("ln_f.weight", (D,))
     p["ln_final.b"] = get("ln_f.bias", (D,))
-    check_no_extra(flat, used, _HF_NEO_BUFFERS, source)
+    get.check_all_read(_HF_NEO_BUFFERS)
     return c, p
 
 

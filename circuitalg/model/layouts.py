@@ -20,7 +20,7 @@ from circuitalg.errors import ConfigError, LoadError
 from circuitalg.model.config import TransformerConfig, require_config
 from circuitalg.model.hf import HF_LAYOUTS, convert_hf
 from circuitalg.model.params import param_shapes
-from circuitalg.model.statedict import as_array, check_no_extra, count_layers, get_tensor, tensor_shape
+from circuitalg.model.statedict import TensorReader, as_array, count_layers, tensor_shape
 
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens"]
 
@@ -327,11 +327,7 @@ def _from_transformer_lens(
            if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp",
                     "n_kv_heads", "gated_mlp", "d_vocab_out", "causal")},
     )
-    used: set[str] = set()
-
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        used.add(key)
-        return get_tensor(sd, key, shape, source)
+    get = TensorReader(sd, source)
 
     def bias(key: str, shape: tuple[int, ...]) -> np.ndarray:
         """A bias, or zeros when the state dict has none (a model without that bias)."""
@@ -373,7 +369,7 @@ def _from_transformer_lens(
         p["ln_final.w"] = get("ln_final.w", (D,))
     if cfg.normalization == "LN":
         p["ln_final.b"] = get("ln_final.b", (D,))
-    check_no_extra(sd, used, _TL_ROTARY_BUFFERS if rotary else _TL_BUFFERS, source)
+    get.check_all_read(_TL_ROTARY_BUFFERS if rotary else _TL_BUFFERS)
     return cfg, p
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from circuitalg.errors import LoadError
 from circuitalg.model.params import to_numpy
 
-__all__ = ["as_array", "get_tensor", "tensor_shape", "count_layers", "check_no_extra"]
+__all__ = ["as_array", "get_tensor", "tensor_shape", "count_layers", "check_no_extra", "TensorReader"]
 
 
 def as_array(value: Any) -> np.ndarray:
@@ -55,3 +55,20 @@ def check_no_extra(sd: Mapping[str, Any], used: set[str], buffers: re.Pattern[st
             "is not one circuitalg supports (GPT-2 style: learned positions, LayerNorm, GELU MLP) or the "
             "config does not match the checkpoint."
         )
+
+
+class TensorReader:
+    """Reads tensors of one state dict by name and expected shape (``reader(key, shape)``),
+    remembering which were read, so :meth:`check_all_read` can refuse the rest."""
+
+    def __init__(self, sd: Mapping[str, Any], source: str) -> None:
+        self.sd, self.source = sd, source
+        self.used: set[str] = set()
+
+    def __call__(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        self.used.add(key)
+        return get_tensor(self.sd, key, shape, self.source)
+
+    def check_all_read(self, buffers: re.Pattern[str]) -> None:
+        """Raise if a tensor was neither read nor a known buffer (see :func:`check_no_extra`)."""
+        check_no_extra(self.sd, self.used, buffers, self.source)

@@ -138,27 +138,19 @@ class TransformerConfig:
             if rotary.dim > self.d_head:
                 raise ConfigError(f"config rotary dim={rotary.dim} exceeds d_head={self.d_head}.")
             object.__setattr__(self, "rotary", rotary)
-        if not isinstance(self.parallel_attn_mlp, (bool, np.bool_)):
-            raise ConfigError(f"config parallel_attn_mlp={self.parallel_attn_mlp!r} must be true or false.")
-        if self.parallel_attn_mlp and self.d_mlp is None:
-            raise ConfigError("config parallel_attn_mlp=true needs MLPs (d_mlp); attention-only models have none.")
-        object.__setattr__(self, "parallel_attn_mlp", bool(self.parallel_attn_mlp))
+        for flag in ("parallel_attn_mlp", "gated_mlp", "causal"):
+            object.__setattr__(self, flag, _check_flag(flag, getattr(self, flag)))
+        for flag in ("parallel_attn_mlp", "gated_mlp"):
+            if getattr(self, flag) and self.d_mlp is None:
+                raise ConfigError(f"config {flag}=true needs MLPs (d_mlp); attention-only models have none.")
         if self.n_kv_heads is not None:
             kv = _check_size("n_kv_heads", self.n_kv_heads)
             if self.n_heads % kv:
                 raise ConfigError(f"config n_heads={self.n_heads} is not a multiple of n_kv_heads={kv}.")
             object.__setattr__(self, "n_kv_heads", None if kv == self.n_heads else kv)
-        if not isinstance(self.gated_mlp, (bool, np.bool_)):
-            raise ConfigError(f"config gated_mlp={self.gated_mlp!r} must be true or false.")
-        if self.gated_mlp and self.d_mlp is None:
-            raise ConfigError("config gated_mlp=true needs MLPs (d_mlp); attention-only models have none.")
-        object.__setattr__(self, "gated_mlp", bool(self.gated_mlp))
         if self.d_vocab_out is not None:
             out = _check_size("d_vocab_out", self.d_vocab_out)
             object.__setattr__(self, "d_vocab_out", None if out == self.d_vocab else out)
-        if not isinstance(self.causal, (bool, np.bool_)):
-            raise ConfigError(f"config causal={self.causal!r} must be true or false.")
-        object.__setattr__(self, "causal", bool(self.causal))
         if not self.causal and self.attn_windows is not None:
             raise ConfigError("config causal=false with attn_windows: windowed bidirectional attention is not implemented.")
 
@@ -238,6 +230,12 @@ def _check_size(name: str, value: Any) -> int:
     if not 1 <= value <= 10_000_000:
         raise ConfigError(f"config {name}={value} is outside [1, 10_000_000].")
     return int(value)
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"config {name}={value!r} must be true or false.")
+    return bool(value)
 
 
 def require_config(config: Any, what: str) -> TransformerConfig:

@@ -210,7 +210,8 @@ def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int) -> np
     mu = np.asarray(model.W_E.array, dtype=np.float64).mean(axis=1)
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ mu
     k = np.asarray(head.W_K.array, dtype=np.float64) @ mu
-    by_offset = np.array([q @ c.rotary.matrix(-d, c.d_head) @ k for d in range(n)]) / c.attn_scale  # Δ = -d
+    # qᵀ R(Δ) k for Δ = 0, -1, ..., -(n-1): k rotated to every offset in one vectorised pass
+    by_offset = c.rotary.apply(np.tile(k, (n, 1)), -np.arange(n)) @ q / c.attn_scale
     back = np.arange(n)[:, None] - np.arange(n)[None, :]
     s = by_offset[np.clip(back, 0, n - 1)]
     s[blocked(n, n, c.window(head.layer), c.causal)] = -np.inf

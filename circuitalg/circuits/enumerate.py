@@ -356,14 +356,17 @@ class _Search:
 
     def offer(self, v2: float, source: Source, chain: tuple[int, ...], r: int) -> None:
         """Record an evaluated circuit of squared score ``v2``."""
-        eng = self.eng
         self.evaluated += 1
+        kept = len(self.best) < self.k or v2 > self.best[0][0]
+        if not kept and self.on_score is None:
+            return  # the common case once the top k fills: no Circuit is built
+        eng = self.eng
         side, h, other = eng.readers[r]
         sink = UNEMBED if side == "unembed" else Sink(side, eng.heads[h], other)
         circ = Circuit(source, tuple(eng.heads[g] for g in chain), sink, eng.model, math.sqrt(max(v2, 0.0)))
         if self.on_score is not None:
             self.on_score(circ)
-        if len(self.best) == self.k and v2 <= self.best[0][0]:
+        if not kept:
             return
         item = (v2, next(self.tick), circ)
         if len(self.best) < self.k:

@@ -88,3 +88,32 @@ def random_rotation(d: int, seed: int = 0) -> np.ndarray:
     """A Haar-random orthogonal ``d x d`` matrix."""
     q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
     return q * np.sign(np.diag(r))
+
+
+def save_random_hf(path, model_class: str, config_class: str, **config):
+    """A randomly initialised transformers model (seed 0; every parameter, biases and norm weights
+    included, perturbed so each is exercised), saved with ``save_pretrained`` at ``path``.
+    Returns ``(model, torch)``; skips the test where torch or transformers is absent."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = getattr(transformers, model_class)(getattr(transformers, config_class)(**config)).eval()
+    with torch.no_grad():
+        for _, param in hf.named_parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    hf.save_pretrained(path)
+    return hf, torch
+
+
+def assert_matches_hf(model: ca.Transformer, hf, torch, tokens: np.ndarray):
+    """``model.run`` against the transformers model: logits to 1e-4 and every attention pattern
+    to 1e-5 (float32 reference). Returns ``(logits, cache)``."""
+    logits, cache = model.run(tokens)
+    with torch.no_grad():
+        out = hf(torch.tensor(tokens)[None], output_attentions=True)
+    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
+    for layer, att in enumerate(out.attentions):
+        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    return logits, cache

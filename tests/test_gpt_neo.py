@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_helpers import assert_matches_hf, save_random_hf
 
 import circuitalg as ca
 
@@ -16,20 +17,11 @@ TOKENS = np.random.default_rng(3).integers(0, 61, size=20)  # longer than the wi
 
 
 def _hf_model(tmp_path, *, tie: bool = True):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPTNeoConfig(
-        vocab_size=61, max_position_embeddings=24, hidden_size=32, num_layers=3, num_heads=4,
-        attention_types=[[["global", "local"], 1], [["local"], 1]], window_size=WINDOW, intermediate_size=48,
-        activation_function="gelu_new", bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie,
+    return save_random_hf(
+        tmp_path, "GPTNeoForCausalLM", "GPTNeoConfig", vocab_size=61, max_position_embeddings=24, hidden_size=32,
+        num_layers=3, num_heads=4, attention_types=[[["global", "local"], 1], [["local"], 1]], window_size=WINDOW,
+        intermediate_size=48, activation_function="gelu_new", bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie,
     )
-    hf = transformers.GPTNeoForCausalLM(cfg).eval()
-    with torch.no_grad():  # random biases and LN weights too, so every parameter is exercised
-        for _, param in hf.named_parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    hf.save_pretrained(tmp_path)
-    return hf, torch
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -38,12 +30,7 @@ def test_hf_gpt_neo_matches_transformers(tmp_path, tie: bool) -> None:
     model = ca.load(tmp_path)
     c = model.config
     assert c.attn_windows == (None, WINDOW, WINDOW) and c.attn_scale == 1.0 and c.n_heads == 4
-    logits, cache = model.run(TOKENS)
-    with torch.no_grad():
-        out = hf(torch.tensor(TOKENS)[None], output_attentions=True)
-    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
-    for layer, att in enumerate(out.attentions):
-        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    logits, cache = assert_matches_hf(model, hf, torch, TOKENS)
     # local layers never attend further back than the window; the global layer does
     back = np.arange(len(TOKENS))[:, None] - np.arange(len(TOKENS))[None, :]
     assert np.all(cache.pattern[1][:, back >= WINDOW] == 0.0)

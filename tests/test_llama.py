@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_helpers import assert_matches_hf, save_random_hf
 
 import circuitalg as ca
 
@@ -24,16 +25,8 @@ FAMILIES = {
 
 
 def _hf(tmp_path, family: str):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     model_cls, config_cls, extra = FAMILIES[family]
-    torch.manual_seed(0)
-    hf = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**{**COMMON, **extra})).eval()
-    with torch.no_grad():  # random norm weights and biases too
-        for _, param in hf.named_parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    hf.save_pretrained(tmp_path)
-    return hf, torch
+    return save_random_hf(tmp_path, model_cls, config_cls, **{**COMMON, **extra})
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -43,12 +36,7 @@ def test_llama_family_matches_transformers(tmp_path, family: str) -> None:
     c = model.config
     assert c.normalization == "RMS" and c.gated_mlp and c.rotary is not None and model.W_pos is None
     assert c.kv_heads == FAMILIES[family][2].get("num_key_value_heads", 2)
-    logits, cache = model.run(TOKENS)
-    with torch.no_grad():
-        out = hf(torch.tensor(TOKENS)[None], output_attentions=True)
-    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
-    for layer, att in enumerate(out.attentions):
-        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    logits, cache = assert_matches_hf(model, hf, torch, TOKENS)
     if family == "mistral-window":
         back = np.arange(len(TOKENS))[:, None] - np.arange(len(TOKENS))[None, :]
         assert c.attn_windows == (5, 5, 5) and np.all(cache.pattern[:, :, back >= 5] == 0.0)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from model_helpers import assert_matches_hf, save_random_hf
 
 import circuitalg as ca
 
@@ -14,21 +15,12 @@ TOKENS = np.random.default_rng(5).integers(0, 61, size=18)
 
 
 def _neox(tmp_path, **overrides):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
     kwargs = dict(
         vocab_size=61, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
         max_position_embeddings=24, rotary_pct=0.5, hidden_act="gelu", tie_word_embeddings=False,
         bos_token_id=0, eos_token_id=0,
     )
-    kwargs.update(overrides)
-    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**kwargs)).eval()
-    with torch.no_grad():
-        for _, param in hf.named_parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    hf.save_pretrained(tmp_path)
-    return hf, torch
+    return save_random_hf(tmp_path, "GPTNeoXForCausalLM", "GPTNeoXConfig", **{**kwargs, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -43,12 +35,7 @@ def test_hf_gpt_neox_matches_transformers(tmp_path, overrides) -> None:
     assert c.rotary is not None and model.W_pos is None
     assert c.rotary.dim == (8 if overrides.get("rotary_pct", 0.5) == 1.0 else 4)
     assert c.parallel_attn_mlp == overrides.get("use_parallel_residual", True)
-    logits, cache = model.run(TOKENS)
-    with torch.no_grad():
-        out = hf(torch.tensor(TOKENS)[None], output_attentions=True)
-    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
-    for layer, att in enumerate(out.attentions):
-        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    logits, cache = assert_matches_hf(model, hf, torch, TOKENS)
     # the path expansion stays exact: rotary acts on queries and keys, whose patterns are frozen
     run = ca.expand(model).on(TOKENS, cache)
     assert np.abs(run.logits() - logits).max() < 1e-8 * np.abs(logits).max()
@@ -137,26 +124,13 @@ def test_transformer_lens_rotary_parallel() -> None:
 
 def test_hf_gptj_matches_transformers(tmp_path) -> None:
     """GPT-J: interleaved partial rotary, one layer norm feeding attention and MLP in parallel, biased lm_head."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPTJConfig(vocab_size=61, n_positions=24, n_embd=32, n_layer=3, n_head=4, rotary_dim=4,
-                                  n_inner=48, bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPTJForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for _, param in hf.named_parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    hf.save_pretrained(tmp_path)
+    hf, torch = save_random_hf(tmp_path, "GPTJForCausalLM", "GPTJConfig", vocab_size=61, n_positions=24, n_embd=32,
+                               n_layer=3, n_head=4, rotary_dim=4, n_inner=48, bos_token_id=0, eos_token_id=0)
     model = ca.load(tmp_path)
     c = model.config
     assert (c.rotary.style, c.rotary.dim, c.parallel_attn_mlp) == ("interleaved", 4, True)
     assert np.abs(model.b_U).max() > 0  # the biased lm_head
-    logits, cache = model.run(TOKENS)
-    with torch.no_grad():
-        out = hf(torch.tensor(TOKENS)[None], output_attentions=True)
-    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
-    for layer, att in enumerate(out.attentions):
-        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    logits, cache = assert_matches_hf(model, hf, torch, TOKENS)
     run = ca.expand(model).on(TOKENS, cache)
     assert np.abs(run.logits() - logits).max() < 1e-8 * np.abs(logits).max()
 

@@ -21,6 +21,17 @@ FAMILIES = {
                                                                   tie_word_embeddings=True, head_dim=12)),
     "mistral-window": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=5)),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(num_key_value_heads=1)),
+    "llama-yarn-partial": ("LlamaForCausalLM", "LlamaConfig", dict(
+        rope_parameters={"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0,
+                         "original_max_position_embeddings": 8})),
+    "mistral-dynamic": ("MistralForCausalLM", "MistralConfig", dict(
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 1000.0, "factor": 2.0})),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(
+        head_dim=12, attention_bias=True, sliding_window=4, use_sliding_window=True,
+        layer_types=["full_attention", "sliding_attention", "full_attention"])),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(
+        head_dim=12, query_pre_attn_scalar=10, sliding_window=5, attn_logit_softcapping=0.2,
+        final_logit_softcapping=0.3, pad_token_id=0)),
 }
 
 
@@ -37,24 +48,44 @@ def test_llama_family_matches_transformers(tmp_path, family: str) -> None:
     assert c.normalization == "RMS" and c.gated_mlp and c.rotary is not None and model.W_pos is None
     assert c.kv_heads == FAMILIES[family][2].get("num_key_value_heads", 2)
     logits, cache = assert_matches_hf(model, hf, torch, TOKENS)
+    back = np.arange(len(TOKENS))[:, None] - np.arange(len(TOKENS))[None, :]
     if family == "mistral-window":
-        back = np.arange(len(TOKENS))[:, None] - np.arange(len(TOKENS))[None, :]
         assert c.attn_windows == (5, 5, 5) and np.all(cache.pattern[:, :, back >= 5] == 0.0)
+    if family == "qwen3":
+        assert c.qk_norm and c.attn_windows == (None, 4, None) and np.all(cache.pattern[1][:, back >= 4] == 0.0)
+        assert cache.q_scale.shape == (3, 4, 16) and cache.k_scale.shape == (3, 2, 16)
+    if family == "llama-yarn-partial":
+        assert c.rotary.scaling == "yarn" and c.rotary.attention_factor == pytest.approx(1 + 0.1 * np.log(4.0))
+    if family == "mistral-dynamic":  # within n_ctx dynamic NTK is the unscaled embedding
+        assert c.rotary.scaling == "none" and c.rotary.base == 1000.0
+    if family == "gemma2":
+        assert c.post_norms and c.attn_windows == (5, None, 5) and c.attn_scale == pytest.approx(np.sqrt(10))
+        assert (c.attn_softcap, c.final_softcap) == (0.2, 0.3)
+        assert np.abs(cache.logits_precap).max() > 0.3 >= np.abs(logits).max()  # the final cap acts
+        # negative control: the same weights without the caps do not reproduce transformers
+        with torch.no_grad():
+            ref = hf(torch.tensor(TOKENS)[None]).logits[0].double().numpy()
+        for caps in ({"attn_softcap": None}, {"final_softcap": None}):
+            assert np.abs(model.with_params(model.params, **caps).run(TOKENS)[0] - ref).max() > 1e-2
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2"])
 def test_llama_family_path_expansion_and_analyses(tmp_path, family: str) -> None:
     _hf(tmp_path, family)
     model = ca.load(tmp_path)
     logits, cache = model.run(TOKENS)
-    run = ca.expand(model).on(TOKENS, cache)  # RMS scales, gates and MLP outputs frozen
+    if model.config.final_softcap is not None:  # path terms add up to the pre-cap logits
+        cap = model.config.final_softcap
+        np.testing.assert_allclose(cap * np.tanh(cache.logits_precap / cap), logits, atol=1e-12)
+        logits = cache.logits_precap
+    run = ca.expand(model).on(TOKENS, cache)  # RMS scales (pre, post, q/k), gates and MLP outputs frozen
     assert np.abs(run.logits() - logits).max() < 1e-8 * np.abs(logits).max()
     truncated = ca.expand(model, max_heads=1).on(TOKENS, cache)
     omitted = sum(run.contribution(t) for t in ca.expand(model) if len(t.heads) > 1)
     np.testing.assert_allclose(run.logits() - truncated.logits(), omitted, atol=1e-9 * np.abs(logits).max())
     folded = ca.fold_layer_norm(model)
     assert folded.config.normalization == "RMSPre"
-    np.testing.assert_allclose(folded.run(TOKENS)[0], logits, atol=1e-10 * np.abs(logits).max())
+    np.testing.assert_allclose(folded.run(TOKENS)[0], model.run(TOKENS)[0], atol=1e-10 * np.abs(logits).max())
     # grouped-query attention: the heads of a group share one W_K map object and one space
     layer = model.layers[0]
     group = model.config.n_heads // model.config.kv_heads
@@ -88,16 +119,26 @@ def test_llama_config_refusals(tmp_path) -> None:
 
     _hf(tmp_path, "llama")
     cfg = json.loads((tmp_path / "config.json").read_text())
-    yarn = {**cfg, "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}}
-    (tmp_path / "config.json").write_text(json.dumps(yarn))
-    with pytest.raises(ca.ConfigError, match="rope_type='yarn'"):
+    longrope = {**cfg, "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0}}
+    (tmp_path / "config.json").write_text(json.dumps(longrope))
+    with pytest.raises(ca.ConfigError, match="rope_type='longrope' is not supported"):
+        ca.load(tmp_path)
+    gemma = {**cfg, "model_type": "gemma2", "use_bidirectional_attention": True}
+    (tmp_path / "config.json").write_text(json.dumps(gemma))
+    with pytest.raises(ca.ConfigError, match="use_bidirectional_attention"):
+        ca.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen3"}))
+    with pytest.raises(ca.LoadError, match="q_norm.weight"):  # a Llama checkpoint is not a Qwen3 one
         ca.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_key_value_heads": 3}))
     with pytest.raises(ca.ConfigError, match="not a multiple of n_kv_heads=3"):
         ca.load(tmp_path)
 
 
-def test_transformer_lens_rms_gqa_gated() -> None:
+@pytest.mark.parametrize("extra", [{}, dict(use_qk_norm=True, use_normalization_before_and_after=True,
+                                             attn_scores_soft_cap=0.5, output_logits_soft_cap=0.4)])
+def test_transformer_lens_rms_gqa_gated(extra) -> None:
+    """RMS, GQA, gated MLPs; with Qwen3's q/k norms and Gemma 2's sandwich norms and soft-caps."""
     pytest.importorskip("transformer_lens")
     torch = pytest.importorskip("torch")
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -105,7 +146,7 @@ def test_transformer_lens_rms_gqa_gated() -> None:
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=32, n_ctx=24, d_head=8, n_heads=4, n_key_value_heads=2, d_vocab=61, d_mlp=48,
         act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8,
-        gated_mlp=True, seed=0, dtype=torch.float64,
+        gated_mlp=True, seed=0, dtype=torch.float64, **extra,
     )
     tl = HookedTransformer(cfg)
     with torch.no_grad():
@@ -113,6 +154,9 @@ def test_transformer_lens_rms_gqa_gated() -> None:
             param.add_(0.1 * torch.randn_like(param))
     model = ca.Transformer.from_hooked_transformer(tl)
     assert model.config.kv_heads == 2 and model.config.gated_mlp and model.config.normalization == "RMS"
+    c = model.config
+    assert (c.qk_norm, c.post_norms, c.attn_softcap, c.final_softcap) == (
+        (True, True, 0.5, 0.4) if extra else (False, False, None, None))
     with torch.no_grad():
         ref = tl(torch.tensor(TOKENS)[None]).double().numpy()[0]
     np.testing.assert_allclose(model.run(TOKENS)[0], ref, rtol=1e-8, atol=1e-8)

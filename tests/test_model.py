@@ -221,10 +221,10 @@ def test_transformer_lens_config_fields_are_implemented_or_refused() -> None:
         "use_yarn_rope": (True, "YaRN"),
         "n_key_value_heads": (1, "the weights have n_kv_heads=3"),
         "use_local_attn": (True, "attn_types"),  # local attention needs its layer types
-        "attn_scores_soft_cap": (50.0, "soft-capping"),
-        "output_logits_soft_cap": (30.0, "soft-capping"),
+        "attn_scores_soft_cap": ("high", "attn_softcap='high' must be a positive finite number"),
         "normalization_type": ("LayerNormX", "LayerNormX"),
-        "use_qk_norm": (True, "query/key norms"),
+        "use_qk_norm": (True, "qk_norm=true is implemented for RMSNorm models"),
+        "use_normalization_before_and_after": (True, "post_norms=true is implemented for RMSNorm models"),
         "post_embedding_ln": (True, "after the embedding"),
         "num_experts": (8, "mixture-of-experts"),
         "scale_attn_by_inverse_layer_idx": (True, "inverse layer index"),
@@ -238,6 +238,9 @@ def test_transformer_lens_config_fields_are_implemented_or_refused() -> None:
     for key, (value, match) in refused.items():
         with pytest.raises(ca.ConfigError, match=match):
             ca.Transformer.from_state_dict(sd, config={**TL_39_DEFAULTS, key: value})
+    capped = ca.Transformer.from_state_dict(
+        sd, config={**TL_39_DEFAULTS, "attn_scores_soft_cap": 50.0, "output_logits_soft_cap": 30.0})
+    assert (capped.config.attn_softcap, capped.config.final_softcap) == (50.0, 30.0)
     with pytest.raises(ca.ConfigError, match=r"unknown config fields \['use_new_thing'\]"):
         ca.Transformer.from_state_dict(sd, config={**TL_39_DEFAULTS, "use_new_thing": True})
     no_act = {k: v for k, v in TL_39_DEFAULTS.items() if k != "act_fn"}

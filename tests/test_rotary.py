@@ -53,32 +53,54 @@ def test_gpt_neox_config_forms(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert ca.load(tmp_path).config == new
     (tmp_path / "config.json").write_text(json.dumps({**old, "rope_scaling": {"type": "yarn", "factor": 4.0}}))
-    with pytest.raises(ca.ConfigError, match="rope_type='yarn' is not supported"):
+    yarn = ca.load(tmp_path).config.rotary  # 4.x rope_scaling: original context = max_position_embeddings
+    assert yarn.scaling == "yarn" and yarn.original_max_position_embeddings == cfg["max_position_embeddings"]
+    assert yarn.attention_factor == pytest.approx(0.1 * np.log(4.0) + 1.0)
+    (tmp_path / "config.json").write_text(json.dumps({**old, "rope_scaling": {"type": "longrope", "factor": 4.0}}))
+    with pytest.raises(ca.ConfigError, match="rope_type='longrope' is not supported"):
         ca.load(tmp_path)
 
 
-@pytest.mark.parametrize("style", ["half", "interleaved"])
-def test_qk_at_offset_equals_the_forward_pass_scores(style: str) -> None:
+QK_VARIANTS = {
+    "half": dict(rotary={"dim": 4, "base": 50.0, "style": "half"}),
+    "interleaved": dict(rotary={"dim": 4, "base": 50.0, "style": "interleaved"}),
+    "yarn": dict(rotary={"dim": 4, "base": 50.0, "scaling": "yarn", "factor": 4.0, "attention_factor": 1.3,
+                         "original_max_position_embeddings": 4}),
+    # Qwen3's per-head q/k norms (frozen scales) and Gemma 2's score soft-capping, GQA
+    "qk-norm-softcap-gqa": dict(rotary={"dim": 6, "base": 20.0}, normalization="RMSPre", qk_norm=True,
+                                attn_softcap=2.0, n_kv_heads=1),
+}
+
+
+@pytest.mark.parametrize("variant", list(QK_VARIANTS))
+def test_qk_at_offset_equals_the_forward_pass_scores(variant: str) -> None:
     """W_QK(Δ) = W_Qᵀ R(Δ) W_K reproduces the pre-softmax scores of the forward pass (read back from
-    its patterns: log p_ij - log p_ii = s_ij - s_ii), to 1e-10."""
+    its patterns: log p_ij - log p_ii = s_ij - s_ii), to 1e-10, with the frozen norm scales (layer
+    norm and per-head q/k norms) dividing the form and the soft-cap applied to the score."""
     rng = np.random.default_rng(0)
     cfg = ca.TransformerConfig(n_layers=1, n_heads=2, d_model=12, d_head=6, d_vocab=17, n_ctx=10,
-                               normalization=None, rotary={"dim": 4, "base": 50.0, "style": style})
+                               **{"normalization": None, **QK_VARIANTS[variant]})
     params = {k: 0.5 * rng.standard_normal(s) for k, s in ca.param_shapes(cfg).items()}
     for b in ("b_Q", "b_K"):
         params[f"blocks.0.attn.{b}"] = np.zeros_like(params[f"blocks.0.attn.{b}"])
     m = ca.Transformer(cfg, params)
     tokens = rng.integers(0, 17, size=10)
     _, cache = m.run(tokens)
-    x = cache.resid[0]  # what layer 0 reads (no layer norm)
+    x = cache.resid[0]  # what layer 0 reads
+    if cache.ln1_scale is not None:
+        x = x / cache.ln1_scale[0][:, None]
+    cap = (lambda s: cfg.attn_softcap * np.tanh(s / cfg.attn_softcap)) if cfg.attn_softcap else (lambda s: s)
     for head in m.heads():
         logp = np.log(cache.pattern[0, head.index])
+        sq = np.ones(10) if cache.q_scale is None else cache.q_scale[0, head.index]
+        sk = np.ones(10) if cache.k_scale is None else cache.k_scale[0, cfg.kv_head(head.index)]
         for i in range(10):
             for j in range(i + 1):
-                s_ij = x[i] @ ca.to_dense(head.qk_at(j - i)) @ x[j] / cfg.attn_scale
-                s_ii = x[i] @ ca.to_dense(head.qk_at(0)) @ x[i] / cfg.attn_scale
-                assert abs((logp[i, j] - logp[i, i]) - (s_ij - s_ii)) < 1e-10
-        np.testing.assert_allclose(ca.to_dense(head.qk_at(0)), ca.to_dense(head.qk), atol=1e-14)
+                s_ij = x[i] @ ca.to_dense(head.qk_at(j - i)) @ x[j] / (cfg.attn_scale * sq[i] * sk[j])
+                s_ii = x[i] @ ca.to_dense(head.qk_at(0)) @ x[i] / (cfg.attn_scale * sq[i] * sk[i])
+                assert abs((logp[i, j] - logp[i, i]) - (cap(s_ij) - cap(s_ii))) < 1e-10
+        if cfg.rotary.attention_factor == 1.0:
+            np.testing.assert_allclose(ca.to_dense(head.qk_at(0)), ca.to_dense(head.qk), atol=1e-14)
         assert head.rotation(3).symbol.name == "R_{0}(3)"
 
 

@@ -199,7 +199,7 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
 
 def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
     """A rotary head's attention as a function of offset alone: the causal (windowed) softmax of
-    ``μᵀ W_QK(j - i) μ / attn_scale`` over the first ``n_positions`` positions (query rows, key
+    ``μᵀ W_QK(j - i) μ / attn_scale`` (soft-capped where the model caps scores) over the first ``n_positions`` positions (query rows, key
     columns), ``μ`` the mean token embedding (the content every position shares on average;
     biases and norm scales ignored). It is exactly the pattern a model whose every token embeds
     as ``μ`` would compute; the counterpart of :func:`positional_pattern` for rotary models."""
@@ -211,7 +211,10 @@ def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int) -> np
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ mu
     k = np.asarray(head.W_K.array, dtype=np.float64) @ mu
     # qᵀ R(Δ) k for Δ = 0, -1, ..., -(n-1): k rotated to every offset in one vectorised pass
-    by_offset = c.rotary.apply(np.tile(k, (n, 1)), -np.arange(n)) @ q / c.attn_scale
+    q0 = c.rotary.apply(q[None, :], np.zeros(1))[0]  # the query at its own position (YaRN's factor)
+    by_offset = c.rotary.apply(np.tile(k, (n, 1)), -np.arange(n)) @ q0 / c.attn_scale
+    if c.attn_softcap is not None:
+        by_offset = c.attn_softcap * np.tanh(by_offset / c.attn_softcap)
     back = np.arange(n)[:, None] - np.arange(n)[None, :]
     s = by_offset[np.clip(back, 0, n - 1)]
     s[blocked(n, n, c.window(head.layer), c.causal)] = -np.inf

@@ -63,7 +63,7 @@ def _writers(model: Transformer) -> list[tuple[Node, int, LinearMap, str]]:
         for head in layer.heads:
             out.append((head.id, 2 * layer.index, head.ov, f"W_OV^{{{layer.index}.{head.index}}}"))
         if layer.mlp is not None:
-            out.append((Source("mlp", layer.index), 2 * layer.index + 1, layer.mlp.W_out, f"W_out^{{{layer.index}}}"))
+            out.append((Source("mlp", layer.index), 2 * layer.index + 1, layer.mlp.writer, f"W_out^{{{layer.index}}}"))
     return out
 
 

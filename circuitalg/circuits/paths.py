@@ -17,6 +17,12 @@ over sources ``src`` and chains of heads ``h1 < ... < hk`` in strictly increasin
 
 ``P_h = A^h diag(1/s^l)`` is head ``h``'s pattern times the frozen inverse scales of the layer
 norm it reads through (the identity without normalisation) and ``D_f = diag(1/s_final)``.
+Other frozen quantities of newer architectures: the per-head q/k norm scales act inside the
+patterns; a norm of the attention output (Gemma 2's ``post_norms``) multiplies ``P_h`` and the
+attention bias by its inverse scale per query position, its weight folded into ``W_O``; the
+MLP's output norm is inside the frozen MLP output; soft-capped attention scores are inside the
+patterns. With final-logit soft-capping the terms add up to the pre-cap logits
+(``cache.logits_precap``), and the model's logits are ``c · tanh(sum / c)``.
 Layer norms are handled by folding them (:func:`~circuitalg.model.transforms.fold_layer_norm`
 with centring): a path's ``weight`` uses the folded weights, and the expansion holds exactly
 for the folded model, which computes the same logits.
@@ -187,11 +193,20 @@ class FrozenPaths:
 
     # -- frozen factors ------------------------------------------------------------------------
     def pattern_factor(self, head: HeadId) -> np.ndarray:
-        """``P_h = A^h diag(1/s^l)``: the frozen pattern times the inverse layer-norm scales it reads."""
+        """``P_h = diag(1/t^l) A^h diag(1/s^l)``: the frozen pattern times the inverse layer-norm
+        scales it reads (``s``) and, with ``post_norms``, the inverse scales of the norm of the
+        layer's attention output (``t``, per query position; its weight is folded into ``W_O``)."""
         A = self.cache.pattern[head.layer, head.head]
-        if self.cache.ln1_scale is None or not self._normalised:
-            return A
-        return A / self.cache.ln1_scale[head.layer][None, :]
+        if self.cache.ln1_scale is not None and self._normalised:
+            A = A / self.cache.ln1_scale[head.layer][None, :]
+        return A * self.post_scale(head.layer)[:, None]
+
+    def post_scale(self, layer: int) -> np.ndarray:
+        """``1 / t^l`` per position: the frozen inverse scale of the norm of layer ``layer``'s
+        attention output (ones without ``post_norms``)."""
+        if self.cache.ln1_post_scale is None:
+            return np.ones(self.cache.seq)
+        return 1.0 / self.cache.ln1_post_scale[layer]
 
     @cached_property
     def final_scale(self) -> np.ndarray:
@@ -219,7 +234,7 @@ class FrozenPaths:
             return m.source_map(source).array[:, :seq]  # type: ignore[attr-defined]
         if source.kind == "attn_bias":
             b = m.head_weights.attention_bias[source.layer]
-            return np.repeat(b[:, None], seq, axis=1)
+            return b[:, None] * self.post_scale(source.layer)[None, :]
         if source.kind == "mlp":
             if self.cache.mlp_out is None:
                 raise ShapeError("cache has no MLP outputs; use the cache of this model's run.")
@@ -265,7 +280,7 @@ class FrozenPaths:
 
     def logits(self) -> np.ndarray:
         """The sum of every term's contribution, ``(seq, d_vocab)``; equals the model's logits when
-        ``max_heads >= n_layers`` (the full expansion)."""
+        ``max_heads >= n_layers`` (the full expansion); with ``final_softcap``, the pre-cap logits."""
         total = np.zeros((self.paths.original.config.d_model, self.cache.seq), dtype=self.model.dtype)
         for _, V in self._walk():
             total += V

@@ -66,6 +66,20 @@ class TransformerConfig:
     causal : bool
         Causal attention (every query sees only earlier keys); ``False`` for bidirectional
         attention (every query sees every key).
+    qk_norm : bool
+        Per-head RMSNorm of queries and keys over ``d_head`` (Qwen3), with weights
+        ``attn.q_norm.w`` / ``attn.k_norm.w`` shared by the heads of a layer, applied before the
+        rotary embedding. The typed maps fold the weights (``diag(w_q) W_Q``); the per-token
+        scales are frozen like layer-norm scales (``Cache.q_scale``, ``Cache.k_scale``).
+    post_norms : bool
+        RMSNorms of each sublayer's output before it is added to the stream (Gemma 2's
+        ``post_attention_layernorm`` and ``post_feedforward_layernorm``), weights ``ln1_post.w``
+        and ``ln2_post.w``; the typed maps fold the weights into ``W_O`` and the MLP's writer,
+        the per-token scales are frozen (``Cache.ln1_post_scale``, ``Cache.ln2_post_scale``).
+    attn_softcap, final_softcap : float, optional
+        Soft-capping ``c · tanh(s / c)`` of the attention scores (after scaling, before the mask)
+        and of the logits (Gemma 2). The attention cap acts inside the frozen patterns; path
+        terms add up to the *pre-cap* logits (``Cache.logits_precap``).
     """
 
     n_layers: int
@@ -86,6 +100,10 @@ class TransformerConfig:
     gated_mlp: bool = False
     d_vocab_out: int | None = None
     causal: bool = True
+    qk_norm: bool = False
+    post_norms: bool = False
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
@@ -138,7 +156,7 @@ class TransformerConfig:
             if rotary.dim > self.d_head:
                 raise ConfigError(f"config rotary dim={rotary.dim} exceeds d_head={self.d_head}.")
             object.__setattr__(self, "rotary", rotary)
-        for flag in ("parallel_attn_mlp", "gated_mlp", "causal"):
+        for flag in ("parallel_attn_mlp", "gated_mlp", "causal", "qk_norm", "post_norms"):
             object.__setattr__(self, flag, _check_flag(flag, getattr(self, flag)))
         for flag in ("parallel_attn_mlp", "gated_mlp"):
             if getattr(self, flag) and self.d_mlp is None:
@@ -151,6 +169,18 @@ class TransformerConfig:
         if self.d_vocab_out is not None:
             out = _check_size("d_vocab_out", self.d_vocab_out)
             object.__setattr__(self, "d_vocab_out", None if out == self.d_vocab else out)
+        for flag in ("qk_norm", "post_norms"):
+            if getattr(self, flag) and self.normalization not in ("RMS", "RMSPre"):
+                raise ConfigError(
+                    f"config {flag}=true is implemented for RMSNorm models (normalization 'RMS' or 'RMSPre'), "
+                    f"not normalization={self.normalization!r}."
+                )
+        for cap in ("attn_softcap", "final_softcap"):
+            v = getattr(self, cap)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    raise ConfigError(f"config {cap}={v!r} must be a positive finite number or None (no cap).")
+                object.__setattr__(self, cap, float(v))
         if not self.causal and self.attn_windows is not None:
             raise ConfigError("config causal=false with attn_windows: windowed bidirectional attention is not implemented.")
 

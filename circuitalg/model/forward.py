@@ -2,7 +2,8 @@
 
 Architecture: token embeddings plus learned positional embeddings, or rotary embeddings of
 queries and keys; per block, pre-norm attention (causal, optionally local: :func:`blocked`;
-scores ``q·k / attn_scale``) then, unless attention-only, a pre-norm MLP (reading the same
+scores ``q·k / attn_scale``, optionally soft-capped; optional per-head q/k RMSNorms and a norm of
+the attention output) then, unless attention-only, a pre-norm MLP (reading the same
 residual stream as the attention in parallel blocks); a final
 layer norm (when the model has normalisation) and the unembedding. Computed in the model's
 dtype (float64 by default), row layout internally (one row per position).
@@ -46,6 +47,12 @@ class Cache:
         The layer-norm scales ``sqrt(var + eps)`` before attention and before the MLP.
     ln_final_scale : (seq,) or None
         The scale of the final layer norm.
+    q_scale, k_scale : (n_layers, n_heads, seq), (n_layers, n_kv_heads, seq) or None
+        The per-head RMS scales of queries and keys (``qk_norm`` models).
+    ln1_post_scale, ln2_post_scale : (n_layers, seq) or None
+        The scales of the norms of the attention and MLP outputs (``post_norms`` models).
+    logits_precap : (seq, d_vocab_out) or None
+        The logits before final soft-capping (``final_softcap`` models): what path terms add up to.
     """
 
     tokens: np.ndarray
@@ -58,6 +65,11 @@ class Cache:
     ln1_scale: np.ndarray | None
     ln2_scale: np.ndarray | None
     ln_final_scale: np.ndarray | None
+    q_scale: np.ndarray | None = None
+    k_scale: np.ndarray | None = None
+    ln1_post_scale: np.ndarray | None = None
+    ln2_post_scale: np.ndarray | None = None
+    logits_precap: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -125,6 +137,12 @@ def blocked(n_queries: int, n_keys: int, window: int | None = None, causal: bool
     return out
 
 
+def _raw(model: Any, layer: int) -> dict[str, np.ndarray]:
+    """Layer ``layer``'s attention weights as stored (no norm weight folded in)."""
+    a = f"blocks.{layer}.attn."
+    return {k: model.params[a + k] for k in ("W_Q", "b_Q", "W_K", "b_K", "W_O", "b_O")}
+
+
 def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
     """Run ``model`` on one sequence of token ids.
 
@@ -143,9 +161,10 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
     if model.W_pos is not None:
         x = x + model.W_pos.array[:, :seq].T
     positions = np.arange(seq)
+    kv = hw.kv_head[0] if c.n_layers else np.arange(c.n_heads)
     resid = [x]
     resid_mid, patterns, zs, attn_outs, mlp_outs = [], [], [], [], []
-    ln1s, ln2s = [], []
+    ln1s, ln2s, q_scales, k_scales, post1s, post2s = [], [], [], [], [], []
     for layer in model.layers:
         l = layer.index
         if layer.ln1 is not None:
@@ -153,18 +172,34 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
             ln1s.append(s1)
         else:
             xn = x
-        q = np.einsum("hdm,sm->hsd", hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
-        k = np.einsum("hdm,sm->hsd", hw.W_K[l], xn) + hw.b_K[l][:, None, :]
+        if layer.q_norm is not None and layer.k_norm is not None:
+            # per-head RMSNorm of the raw projections (the view's W_Q, W_K have the weights folded)
+            raw = _raw(model, l)
+            q, sq = layer.q_norm(np.einsum("hdm,sm->hsd", raw["W_Q"], xn) + raw["b_Q"][:, None, :])
+            k, sk = layer.k_norm(np.einsum("hdm,sm->hsd", raw["W_K"], xn) + raw["b_K"][:, None, :])
+            q_scales.append(sq)
+            k_scales.append(sk)
+            k = k[kv]
+        else:
+            q = np.einsum("hdm,sm->hsd", hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
+            k = np.einsum("hdm,sm->hsd", hw.W_K[l], xn) + hw.b_K[l][:, None, :]
         v = np.einsum("hdm,sm->hsd", hw.W_V[l], xn) + hw.b_V[l][:, None, :]
         if c.rotary is not None:
             q, k = c.rotary.apply(q, positions), c.rotary.apply(k, positions)
         scores = q @ k.transpose(0, 2, 1) / c.attn_scale
+        if c.attn_softcap is not None:
+            scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)
         scores = np.where(blocked(seq, seq, c.window(l), c.causal), -np.inf, scores)
         scores = scores - scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores)
         pattern = weights / weights.sum(axis=-1, keepdims=True)
         z = pattern @ v
-        attn_out = np.einsum("hmd,hsd->sm", hw.W_O[l], z) + hw.b_O[l]
+        if layer.ln1_post is not None:
+            raw = _raw(model, l)
+            attn_out, sp = layer.ln1_post(np.einsum("hmd,hsd->sm", raw["W_O"], z) + raw["b_O"])
+            post1s.append(sp)
+        else:
+            attn_out = np.einsum("hmd,hsd->sm", hw.W_O[l], z) + hw.b_O[l]
         mlp_in = x  # parallel blocks: the MLP reads the residual stream the attention read
         x = x + attn_out
         patterns.append(pattern)
@@ -180,6 +215,9 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
             else:
                 xn2 = mlp_in
             mlp_out = layer.mlp(xn2)
+            if layer.mlp.post is not None:
+                mlp_out, sp2 = layer.mlp.post(mlp_out)
+                post2s.append(sp2)
             x = x + mlp_out
             mlp_outs.append(mlp_out)
         resid.append(x)
@@ -188,6 +226,14 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
     else:
         xf, sf = x, None
     logits = xf @ model.W_U.array.T + model.b_U
+    precap = None
+    if c.final_softcap is not None:
+        precap = logits
+        logits = c.final_softcap * np.tanh(precap / c.final_softcap)
+
+    def stacked(xs: list[np.ndarray]) -> np.ndarray | None:
+        return np.stack(xs) if xs else None
+
     cache = Cache(
         tokens=tok,
         resid=np.stack(resid),
@@ -195,9 +241,14 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
         pattern=np.stack(patterns),
         z=np.stack(zs),
         attn_out=np.stack(attn_outs),
-        mlp_out=np.stack(mlp_outs) if mlp_outs else None,
-        ln1_scale=np.stack(ln1s) if ln1s else None,
-        ln2_scale=np.stack(ln2s) if ln2s else None,
+        mlp_out=stacked(mlp_outs),
+        ln1_scale=stacked(ln1s),
+        ln2_scale=stacked(ln2s),
         ln_final_scale=sf,
+        q_scale=stacked(q_scales),
+        k_scale=stacked(k_scales),
+        ln1_post_scale=stacked(post1s),
+        ln2_post_scale=stacked(post2s),
+        logits_precap=precap,
     )
     return logits, cache

@@ -8,6 +8,7 @@ is ``(in, out)``) to circuitalg's canonical parameters.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -27,14 +28,12 @@ _HF_LLAMA_BUFFERS = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.
 _HF_NEOX_BUFFERS = re.compile(r"^gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$|^gpt_neox\.rotary_emb\.inv_freq$")
 _HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
-_HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
-
 
 #: The Hugging Face architectures circuitalg reads, by ``config.json`` ``model_type``, with
 #: their state-dict layout.
 HF_MODEL_TYPES = {
     "gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo", "gpt_neox": "hf_gpt_neox", "gptj": "hf_gptj",
-    "llama": "hf_llama", "mistral": "hf_llama", "qwen2": "hf_llama",
+    "llama": "hf_llama", "mistral": "hf_llama", "qwen2": "hf_llama", "qwen3": "hf_llama", "gemma2": "hf_llama",
 }
 #: Llama-layout families: which projections carry biases (q/k/v, o, MLP), from the config or fixed.
 _LLAMA_BIASES = {
@@ -42,6 +41,8 @@ _LLAMA_BIASES = {
                         bool(d.get("mlp_bias", False))),
     "mistral": lambda d: (False, False, False),
     "qwen2": lambda d: (True, False, False),
+    "qwen3": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)), False),
+    "gemma2": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)), False),
 }
 
 
@@ -65,9 +66,10 @@ def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
             f"{source}: model_type={model_type!r}; circuitalg reads Hugging Face checkpoints of model_type "
             f"{sorted(HF_MODEL_TYPES)}."
         )
-    hidden_act = model_type in ("gpt_neox", "llama", "mistral", "qwen2")
-    act_key = "hidden_act" if hidden_act else "activation_function"
-    act = d.get(act_key, {"gpt_neox": "gelu", "gpt2": "gelu_new", "gpt_neo": "gelu_new"}.get(model_type, "silu"))
+    act_key = {"gpt2": "activation_function", "gpt_neo": "activation_function", "gptj": "activation_function",
+               "gemma2": "hidden_activation"}.get(model_type, "hidden_act")
+    act = d.get(act_key, {"gpt_neox": "gelu", "gpt2": "gelu_new", "gpt_neo": "gelu_new", "gptj": "gelu_new",
+                          "gemma2": "gelu_pytorch_tanh"}.get(model_type, "silu"))
     if act not in _HF_ACT:
         raise ConfigError(f"{source}: {act_key}={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
     if model_type in _LLAMA_BIASES:
@@ -232,10 +234,28 @@ def _hf_rotary(d: Mapping[str, Any], d_head: int, source: str) -> dict[str, Any]
             high_freq_factor=params.get("high_freq_factor"),
             original_max_position_embeddings=params.get("original_max_position_embeddings"),
         )
+    elif kind == "yarn":
+        factor = params.get("factor")
+        original = params.get("original_max_position_embeddings", d.get("max_position_embeddings"))
+        if factor is None or original is None:
+            raise ConfigError(f"{source}: rope_type='yarn' needs factor and original_max_position_embeddings.")
+        attention = params.get("attention_factor")
+        if attention is None:  # transformers' default: from factor (and mscale / mscale_all_dim when both set)
+            def mscale(scale: float, m: float = 1.0) -> float:
+                return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+            ms, ms_all = params.get("mscale"), params.get("mscale_all_dim")
+            attention = mscale(factor, ms) / mscale(factor, ms_all) if ms and ms_all else mscale(factor)
+        out.update(
+            scaling="yarn", factor=factor, original_max_position_embeddings=original,
+            beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
+            attention_factor=float(attention), truncate=bool(params.get("truncate", True)),
+        )
+    elif kind == "dynamic":
+        pass  # dynamic NTK changes the frequencies only beyond max_position_embeddings (= n_ctx): unscaled within
     elif kind != "default":
         raise ConfigError(
-            f"{source}: rope_type={kind!r} is not supported: circuitalg implements default, linear and llama3 rotary "
-            "embeddings (scalings that rescale scores or depend on the sequence length are not approximated)."
+            f"{source}: rope_type={kind!r} is not supported: circuitalg implements default, linear, llama3, yarn and "
+            "dynamic rotary embeddings."
         )
     return out
 
@@ -293,8 +313,11 @@ def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[
 
 
 def _hf_llama_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Llama, Mistral, Qwen2: RMSNorm, rotary (half-split), grouped-query attention, a gated MLP
-    (SwiGLU), no learned positions; Mistral's and Qwen2's sliding windows."""
+    """Llama, Mistral, Qwen2, Qwen3, Gemma 2: RMSNorm, rotary (half-split), grouped-query
+    attention, a gated MLP (SwiGLU; GeGLU in Gemma 2), no learned positions; sliding windows
+    (Mistral, Qwen2/3's ``layer_types`` or ``use_sliding_window``, Gemma 2's alternating layers);
+    Qwen3's per-head q/k norms; Gemma 2's sandwich norms, soft-capping and
+    ``query_pre_attn_scalar``."""
     model_type = d["model_type"]
     out = _sizes(d, {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "d_model": "hidden_size",
                      "d_vocab": "vocab_size", "n_ctx": "max_position_embeddings", "d_mlp": "intermediate_size"}, source)
@@ -302,13 +325,24 @@ def _hf_llama_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     out["d_head"] = (head_dim if head_dim is not None
                      else _head_size(out["d_model"], out["n_heads"], ("hidden_size", "num_attention_heads"), source))
     out["n_kv_heads"] = d.get("num_key_value_heads", out["n_heads"])
-    out["act_fn"] = _HF_ACT[d.get("hidden_act", "silu")]
+    gemma = model_type == "gemma2"
+    out["act_fn"] = _HF_ACT[d.get("hidden_activation", "gelu_pytorch_tanh") if gemma else d.get("hidden_act", "silu")]
     out["gated_mlp"] = True
+    out["qk_norm"] = model_type == "qwen3"
+    if gemma:
+        if d.get("use_bidirectional_attention"):
+            raise ConfigError(f"{source}: use_bidirectional_attention=true (with sliding windows) is not implemented.")
+        out["post_norms"] = True
+        out["attn_scale"] = math.sqrt(d.get("query_pre_attn_scalar", 256))
+        out["attn_softcap"] = d.get("attn_logit_softcapping", 50.0)
+        out["final_softcap"] = d.get("final_logit_softcapping", 30.0)
     out["ln_eps"] = d.get("rms_norm_eps", 1e-6)
     out["normalization"] = "RMS"
     out["rotary"] = _hf_rotary(d, out["d_head"], source)
-    window = d.get("sliding_window")
+    window = d.get("sliding_window", 4096 if gemma else None)
     types = d.get("layer_types")
+    if gemma and types is None:  # Gemma 2 before layer_types: sliding on even layers
+        types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(out["n_layers"])]
     if model_type == "mistral":
         layers = [window] * out["n_layers"] if window is not None else None
     elif types is not None:
@@ -336,11 +370,21 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
     qkv_bias, o_bias, mlp_bias = _LLAMA_BIASES.get(model_type, _LLAMA_BIASES["llama"])(config if isinstance(config, Mapping) else {})
     get = TensorReader(flat, source)
 
+    gemma = model_type == "gemma2"
     W_E = get("model.embed_tokens.weight", (V, D))
-    p: dict[str, Any] = {"W_E": W_E.T}
-    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=False)
+    # Gemma scales the embeddings by sqrt(d_model) (folded into W_E; the tied W_U is unscaled)
+    p: dict[str, Any] = {"W_E": W_E.T * np.asarray(math.sqrt(D), dtype=W_E.dtype) if gemma else W_E.T}
+    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=gemma)
     p["b_U"] = np.zeros(V, dtype=W_E.dtype)
     zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (projections without bias)
+
+    def norm(key: str) -> np.ndarray:  # Gemma's RMSNorm multiplies by (1 + w)
+        w = get(key, (D,))
+        return 1.0 + w if gemma else w
+
+    norms = (("input_layernorm", "ln1"), ("pre_feedforward_layernorm", "ln2"), ("post_attention_layernorm", "ln1_post"),
+             ("post_feedforward_layernorm", "ln2_post")) if gemma else (("input_layernorm", "ln1"),
+                                                                       ("post_attention_layernorm", "ln2"))
     for l_ in range(c.n_layers):
         h, b = f"model.layers.{l_}.", f"blocks.{l_}."
         a = h + "self_attn."
@@ -350,8 +394,11 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
                                        else zeros(n, dh))
         p[b + "attn.W_O"] = get(a + "o_proj.weight", (D, H * dh)).reshape(D, H, dh).transpose(1, 0, 2)
         p[b + "attn.b_O"] = get(a + "o_proj.bias", (D,)) if o_bias else zeros(D)
-        p[b + "ln1.w"] = get(h + "input_layernorm.weight", (D,))
-        p[b + "ln2.w"] = get(h + "post_attention_layernorm.weight", (D,))
+        if c.qk_norm:  # Qwen3: one RMSNorm weight over d_head for all query heads, one for all key heads
+            p[b + "attn.q_norm.w"] = get(a + "q_norm.weight", (dh,))
+            p[b + "attn.k_norm.w"] = get(a + "k_norm.weight", (dh,))
+        for theirs, ours in norms:
+            p[b + ours + ".w"] = norm(h + theirs + ".weight")
         m = h + "mlp."
         for ours, theirs, shape in (("W_gate", "gate_proj", (c.d_mlp, D)), ("W_in", "up_proj", (c.d_mlp, D)),
                                     ("W_out", "down_proj", (D, c.d_mlp))):
@@ -359,7 +406,7 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
             bias_shape = (shape[0],)
             p[b + "mlp." + ours.replace("W_", "b_")] = (get(m + theirs + ".bias", bias_shape) if mlp_bias
                                                         else zeros(*bias_shape))
-    p["ln_final.w"] = get("model.norm.weight", (D,))
+    p["ln_final.w"] = norm("model.norm.weight")
     get.check_all_read(_HF_LLAMA_BUFFERS)
     return c, p
 

@@ -105,20 +105,16 @@ def _softcap_off(v: Any) -> bool:
 #: implement (yet): each is accepted only at its neutral value, and refused otherwise.
 _TL_NEUTRAL: dict[str, tuple[Any, str]] = {
     "positional_embedding_type": (lambda v: v in ("standard", "rotary"), "positional embeddings other than learned or rotary"),
-    "use_qk_norm": (_off, "query/key norms"),
     "clip_qkv": (lambda v: v is None, "clipped query/key/value"),
     "use_logn_attn": (_off, "log-n attention scaling"),
     "use_dynamic_ntk_rope": (_off, "dynamic NTK rotary scaling"),
     "use_yarn_rope": (_off, "YaRN rotary scaling"),
     "scale_attn_by_inverse_layer_idx": (_off, "attention scaled by the inverse layer index"),
     "post_embedding_ln": (_off, "a layer norm after the embedding"),
-    "use_normalization_before_and_after": (_off, "normalisation before and after each sublayer"),
     "num_experts": (lambda v: v is None, "mixture-of-experts MLPs"),
     "relative_attention_max_distance": (lambda v: v is None, "relative attention biases"),
     "relative_attention_num_buckets": (lambda v: v is None, "relative attention biases"),
     "decoder_start_token_id": (lambda v: v is None, "encoder-decoder models"),
-    "attn_scores_soft_cap": (_softcap_off, "attention-logit soft-capping"),
-    "output_logits_soft_cap": (_softcap_off, "final-logit soft-capping"),
     "use_attention_sinks": (_off, "attention sinks"),
     "load_in_4bit": (_off, "4-bit quantised weights"),
     "quantization_method": (lambda v: v is None, "quantised weights"),
@@ -145,7 +141,8 @@ _TL_READ = frozenset({
     "use_local_attn", "attn_types", "window_size",
     "attn_windows", "positional_embedding_type", "rotary_dim", "rotary_base", "rotary_adjacent_pairs",
     "use_NTK_by_parts_rope", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
-    "NTK_original_ctx_len", "parallel_attn_mlp", "rotary",
+    "NTK_original_ctx_len", "parallel_attn_mlp", "rotary", "qk_norm", "post_norms", "attn_softcap", "final_softcap",
+    "use_qk_norm", "use_normalization_before_and_after", "attn_scores_soft_cap", "output_logits_soft_cap",
 })
 
 
@@ -242,8 +239,15 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
         out["rotary"] = rotary
     if "rotary" in d and d["rotary"] is not None:
         out["rotary"] = d["rotary"]
-    if "parallel_attn_mlp" in d:
-        out["parallel_attn_mlp"] = d["parallel_attn_mlp"]
+    for ours, theirs in (("qk_norm", "use_qk_norm"), ("post_norms", "use_normalization_before_and_after")):
+        if theirs in d:
+            out[ours] = bool(d[theirs])
+    for ours, theirs in (("attn_softcap", "attn_scores_soft_cap"), ("final_softcap", "output_logits_soft_cap")):
+        if theirs in d and not _softcap_off(d[theirs]):  # TransformerLens writes -1 for "no cap"
+            out[ours] = d[theirs]
+    for key in ("parallel_attn_mlp", "qk_norm", "post_norms", "attn_softcap", "final_softcap"):  # circuitalg's names
+        if key in d:
+            out[key] = d[key]
     if d.get("use_attn_scale") is False:
         out["attn_scale"] = 1.0
     elif "attn_scale" in d and d["attn_scale"] not in (None, 0, -1, -1.0):
@@ -325,7 +329,8 @@ def _from_transformer_lens(
         n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
         **{k: v for k, v in fields.items()
            if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp",
-                    "n_kv_heads", "gated_mlp", "d_vocab_out", "causal")},
+                    "n_kv_heads", "gated_mlp", "d_vocab_out", "causal", "qk_norm", "post_norms", "attn_softcap",
+                    "final_softcap")},
     )
     get = TensorReader(sd, source)
 
@@ -348,7 +353,12 @@ def _from_transformer_lens(
             p[b + "attn.b_" + w] = bias(b + f"attn.{kv}b_" + w, (H_kv, dh))
         p[b + "attn.W_O"] = get(b + "attn.W_O", (H, dh, D)).transpose(0, 2, 1)
         p[b + "attn.b_O"] = bias(b + "attn.b_O", (D,))
+        if cfg.qk_norm:
+            p[b + "attn.q_norm.w"] = get(b + "attn.q_norm.w", (dh,))
+            p[b + "attn.k_norm.w"] = get(b + "attn.k_norm.w", (dh,))
         for ln in ("ln1",) + (("ln2",) if has_mlp else ()):
+            if cfg.post_norms:
+                p[b + ln + "_post.w"] = get(b + ln + "_post.w", (D,))
             if cfg.normalization in ("LN", "RMS"):
                 p[b + ln + ".w"] = get(b + ln + ".w", (D,))
             if cfg.normalization == "LN":

@@ -30,11 +30,16 @@ def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
         for b in ("b_K", "b_V"):
             shapes[p + "attn." + b] = (c.kv_heads, c.d_head)
         shapes[p + "attn.b_O"] = (c.d_model,)
+        if c.qk_norm:
+            shapes[p + "attn.q_norm.w"] = (c.d_head,)
+            shapes[p + "attn.k_norm.w"] = (c.d_head,)
         for ln in ("ln1", "ln2") if c.d_mlp is not None else ("ln1",):
             if c.normalization in ("LN", "RMS"):
                 shapes[p + ln + ".w"] = (c.d_model,)
             if c.normalization == "LN":
                 shapes[p + ln + ".b"] = (c.d_model,)
+            if c.post_norms:
+                shapes[p + ln + "_post.w"] = (c.d_model,)
         if c.d_mlp is not None:
             shapes[p + "mlp.W_in"] = (c.d_mlp, c.d_model)
             shapes[p + "mlp.b_in"] = (c.d_mlp,)

@@ -10,10 +10,14 @@ between a query at ``i`` and a key at ``j`` is ``W_QK(Δ) = W_Qᵀ R(Δ) W_K`` w
 Pairing conventions: ``"half"`` pairs dimension ``k`` with ``k + dim/2`` (GPT-NeoX, Llama and
 most models: transformers' ``rotate_half``); ``"interleaved"`` pairs ``2k`` with ``2k + 1``
 (GPT-J: ``rotate_every_two``). Frequencies: ``inv_freq[k] = base^(-2k / dim)``, with the
-scalings transformers implements as pure frequency changes: ``"linear"`` (divide by
-``factor``) and ``"llama3"`` (Llama 3.1's banded rescaling). Scalings that also rescale the
-scores (YaRN's attention factor) or depend on the sequence length (dynamic NTK) are refused
-by the loaders rather than approximated.
+scalings transformers implements: ``"linear"`` (divide by ``factor``), ``"llama3"`` (Llama
+3.1's banded rescaling) and ``"yarn"`` (YaRN: frequencies blended between interpolation and
+extrapolation by a linear ramp between the correction dimensions of ``beta_fast`` and
+``beta_slow``, and an ``attention_factor`` that multiplies the rotated coordinates of every
+query and key, so ``R(Δ)`` carries ``attention_factor²`` on the rotated planes). Dynamic NTK
+scaling changes the frequencies only for sequences longer than the context length, which
+circuitalg refuses, so within ``n_ctx`` it is the unscaled embedding (the loaders read it as
+``"none"``); LongRoPE is refused by the loaders.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from circuitalg.errors import ConfigError
 __all__ = ["Rotary", "ROTARY_STYLES", "ROTARY_SCALINGS"]
 
 ROTARY_STYLES = ("half", "interleaved")
-ROTARY_SCALINGS = ("none", "linear", "llama3")
+ROTARY_SCALINGS = ("none", "linear", "llama3", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +47,17 @@ class Rotary:
     base : float
         ``rope_theta``.
     style : {"half", "interleaved"}
-    scaling : {"none", "linear", "llama3"}
+    scaling : {"none", "linear", "llama3", "yarn"}
     factor, low_freq_factor, high_freq_factor : float
-        Scaling parameters (``factor`` for linear and llama3, the band edges for llama3).
+        Scaling parameters (``factor`` for linear, llama3 and yarn, the band edges for llama3).
     original_max_position_embeddings : int
-        The context length llama3 scaling was designed around.
+        The context length llama3 and yarn scaling were designed around.
+    beta_fast, beta_slow : float
+        YaRN's ramp boundaries (in rotations over the original context).
+    attention_factor : float
+        YaRN's multiplier of the rotated coordinates of queries and keys (1 otherwise).
+    truncate : bool
+        Whether YaRN's correction range is rounded to whole dimensions (transformers' default).
     """
 
     dim: int
@@ -58,12 +68,17 @@ class Rotary:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float = 1.0
+    truncate: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim < 2 or self.dim % 2:
             raise ConfigError(f"config rotary dim={self.dim!r} must be a positive even integer.")
         object.__setattr__(self, "dim", int(self.dim))
-        for name in ("base", "factor", "low_freq_factor", "high_freq_factor"):
+        for name in ("base", "factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow",
+                     "attention_factor"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(f"config rotary {name}={v!r} must be a positive finite number.")
@@ -72,6 +87,13 @@ class Rotary:
             raise ConfigError(f"config rotary style={self.style!r}; use one of {ROTARY_STYLES}.")
         if self.scaling not in ROTARY_SCALINGS:
             raise ConfigError(f"config rotary scaling={self.scaling!r}; circuitalg implements {ROTARY_SCALINGS}.")
+        omp = self.original_max_position_embeddings
+        if isinstance(omp, bool) or not isinstance(omp, (int, np.integer)) or omp < 1:
+            raise ConfigError(f"config rotary original_max_position_embeddings={omp!r} must be a positive integer.")
+        if not isinstance(self.truncate, (bool, np.bool_)):
+            raise ConfigError(f"config rotary truncate={self.truncate!r} must be true or false.")
+        if self.scaling != "yarn" and self.attention_factor != 1.0:
+            raise ConfigError("config rotary attention_factor is YaRN's; other scalings do not rescale queries and keys.")
         if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor:
             raise ConfigError("config rotary llama3 scaling needs high_freq_factor > low_freq_factor.")
 
@@ -105,6 +127,21 @@ class Rotary:
             smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
             medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
             return np.where(medium, smoothed, scaled)
+        if self.scaling == "yarn":  # transformers' _compute_yarn_parameters
+            old = self.original_max_position_embeddings
+
+            def correction_dim(rotations: float) -> float:
+                return self.dim * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(self.base))
+
+            low, high = correction_dim(self.beta_fast), correction_dim(self.beta_slow)
+            if self.truncate:
+                low, high = math.floor(low), math.ceil(high)
+            low, high = max(low, 0), min(high, self.dim - 1)
+            if low == high:
+                high += 0.001
+            ramp = np.clip((np.arange(self.dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+            extrapolate = 1.0 - ramp
+            return inv / self.factor * (1.0 - extrapolate) + inv * extrapolate
         return inv
 
     def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -115,9 +152,11 @@ class Rotary:
         return 2 * k, 2 * k + 1
 
     def apply(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Rotate ``x`` (``[..., n_positions, d_head]``) by ``R(position)`` row by row."""
+        """Rotate ``x`` (``[..., n_positions, d_head]``) by ``R(position)`` row by row (the rotated
+        coordinates times ``attention_factor``)."""
         angle = np.asarray(positions, dtype=np.float64)[:, None] * self.inv_freq()[None, :]
-        cos, sin = np.cos(angle).astype(x.dtype), np.sin(angle).astype(x.dtype)
+        f = self.attention_factor
+        cos, sin = (f * np.cos(angle)).astype(x.dtype), (f * np.sin(angle)).astype(x.dtype)
         a, b = self._pairs()
         out = x.copy()
         xa, xb = x[..., a], x[..., b]
@@ -126,10 +165,12 @@ class Rotary:
         return out
 
     def matrix(self, delta: int, d_head: int) -> np.ndarray:
-        """``R(Δ)`` as a ``d_head x d_head`` array: ``R(i)ᵀ R(j) = R(j - i)``."""
+        """``R(Δ)`` as a ``d_head x d_head`` array: ``R(i)ᵀ R(j) = R(j - i)`` for the maps :meth:`apply`
+        uses (with YaRN, ``attention_factor²`` times a rotation on the rotated planes)."""
         R = np.eye(d_head)
         phi = float(delta) * self.inv_freq()
+        f2 = self.attention_factor**2
         a, b = self._pairs()
-        R[a, a], R[b, b] = np.cos(phi), np.cos(phi)
-        R[a, b], R[b, a] = -np.sin(phi), np.sin(phi)
+        R[a, a], R[b, b] = f2 * np.cos(phi), f2 * np.cos(phi)
+        R[a, b], R[b, a] = -f2 * np.sin(phi), f2 * np.sin(phi)
         return R

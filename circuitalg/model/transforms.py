@@ -156,6 +156,12 @@ def rotate_residual(model: Transformer, Q: np.ndarray, *, atol: float = 1e-10) -
             f"{model.name}: rotate_residual does not commute with a norm's elementwise weight; fold it first "
             "(ca.fold_layer_norm(model)); for layer norms rotate with a Q that fixes the all-ones vector."
         )
+    if c.post_norms:
+        raise ConfigError(
+            f"{model.name}: rotate_residual cannot rotate a model with post_norms: the norm of each sublayer's "
+            "output applies its elementwise weight after the scale it computes, so no weight folding makes it "
+            "commute with a change of residual basis."
+        )
     if c.normalization == "LNPre" and np.abs(Q @ np.ones(D) - np.ones(D)).max() > atol * np.sqrt(D):
         raise InvalidArgumentError(
             f"rotate_residual: {model.name} has layer norms (LNPre), which centre along the all-ones vector; "

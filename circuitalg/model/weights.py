@@ -135,7 +135,8 @@ class Head:
     @cached_property
     def qk(self) -> LinearMap:
         """The QK circuit ``W_Q.T @ W_K`` (resid -> resid, read as a bilinear form). For a rotary
-        head this is the form at offset 0, ``W_QK(0)`` (``R(0) = I``); see :meth:`qk_at`."""
+        head this is the form at offset 0, ``W_QK(0)`` (``R(0) = I``; under YaRN scaling ``R(0)`` is
+        ``attention_factor²`` on the rotated planes, use ``qk_at(0)``); see :meth:`qk_at`."""
         return self.W_Q.T @ self.W_K
 
     def rotation(self, delta: int) -> LinearMap:
@@ -173,9 +174,20 @@ class MLP:
     act_fn: str
     W_gate: Dense | None = None
     b_gate: np.ndarray | None = None
+    post: LayerNorm | None = None
+
+    @cached_property
+    def writer(self) -> Dense:
+        """The map through which the MLP writes to the stream: ``W_out``, or ``diag(w) W_out`` with
+        the weight of its output norm (``post_norms``; the norm's per-token scale is frozen)."""
+        if self.post is None or self.post.w is None:
+            return self.W_out
+        return Dense(self.post.w[:, None] * self.W_out.array, self.W_out.domain, self.W_out.codomain,
+                     self.W_out.name)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The MLP's output for the rows of ``x`` (``[..., d_model]``)."""
+        """The MLP's output for the rows of ``x`` (``[..., d_model]``), before its output norm
+        (``post``) if it has one."""
         pre = x @ self.W_in.array.T + self.b_in
         if self.W_gate is None:
             hidden = activation(self.act_fn, pre)
@@ -191,7 +203,13 @@ class MLP:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
-    """One transformer block: heads, the attention output bias, layer norms and the MLP."""
+    """One transformer block: heads, the attention output bias, layer norms and the MLP.
+
+    ``ln1_post`` is the RMSNorm of the attention output (``post_norms``; its weight is folded
+    into the heads' ``W_O`` and ``b_O``), ``q_norm``/``k_norm`` the per-head RMSNorms of queries
+    and keys (``qk_norm``; weights folded into ``W_Q``/``W_K``). The forward pass applies them
+    to the raw projections (``model.params``).
+    """
 
     index: int
     heads: tuple[Head, ...]
@@ -199,6 +217,9 @@ class Layer:
     ln1: LayerNorm | None
     ln2: LayerNorm | None
     mlp: MLP | None
+    ln1_post: LayerNorm | None = None
+    q_norm: LayerNorm | None = None
+    k_norm: LayerNorm | None = None
 
 
 class Transformer:
@@ -251,7 +272,11 @@ class Transformer:
         self.config = config
         self.name = str(name)
         params = _validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
-        self.head_weights, self.params = _stack_heads(config, params)
+        folded = _fold_head_norms(config, params)
+        self.head_weights, view = _stack_heads(config, {**params, **folded})
+        #: canonical parameters (what ``ca.save`` writes): raw weights, with the attention
+        #: entries that no norm weight was folded into shared with ``head_weights``
+        self.params = {k: params[k] if k in folded else v for k, v in view.items()}
         if vocab is not None:
             vocab = tuple(str(t) for t in vocab)
             if len(vocab) != config.d_vocab:
@@ -263,7 +288,7 @@ class Transformer:
         self.vocab_space = Space(VOCAB_SPACE, c.d_vocab)
         self.pos_space = Space(POS_SPACE, c.n_ctx)
         self.resid_space = Space("resid", c.d_model)
-        p = self.params
+        p = view  # the analysis view: q/k-norm and post-norm weights folded into W_Q, W_K, W_O
         self.W_E = Dense(p["W_E"], self.vocab_space, self.resid_space, "W_E")
         self.W_pos: Dense | None = (
             Dense(p["W_pos"], self.pos_space, self.resid_space, "W_pos") if c.learned_positions else None
@@ -277,6 +302,9 @@ class Transformer:
             if not ln:
                 return None
             return LayerNorm(c.ln_eps, p.get(prefix + ".w"), p.get(prefix + ".b"), center=c.centred_norm)
+
+        def rms_norm(key: str, on: bool) -> LayerNorm | None:  # q/k norms and post norms: RMS with a weight
+            return LayerNorm(c.ln_eps, p[key], center=False) if on else None
 
         layers = []
         for l_ in range(c.n_layers):
@@ -319,6 +347,7 @@ class Transformer:
                     act_fn=str(c.act_fn),
                     W_gate=Dense(p[m + "W_gate"], self.resid_space, ms, f"W_gate^{{{l_}}}") if c.gated_mlp else None,
                     b_gate=p[m + "b_gate"] if c.gated_mlp else None,
+                    post=rms_norm(f"blocks.{l_}.ln2_post.w", c.post_norms),
                 )
             layers.append(
                 Layer(
@@ -328,6 +357,9 @@ class Transformer:
                     ln1=layer_norm(f"blocks.{l_}.ln1"),
                     ln2=layer_norm(f"blocks.{l_}.ln2") if mlp is not None else None,
                     mlp=mlp,
+                    ln1_post=rms_norm(f"blocks.{l_}.ln1_post.w", c.post_norms),
+                    q_norm=rms_norm(a + "q_norm.w", c.qk_norm),
+                    k_norm=rms_norm(a + "k_norm.w", c.qk_norm),
                 )
             )
         self.layers: tuple[Layer, ...] = tuple(layers)
@@ -470,6 +502,27 @@ class Transformer:
 def _group_name(config: TransformerConfig, layer: int, group: int) -> str:
     """The name of a head's space: ``L{l}H{h}``, or ``L{l}KV{g}`` shared by a key/value group."""
     return HeadId(layer, group).name if config.n_kv_heads is None else f"L{layer}KV{group}"
+
+
+def _fold_head_norms(config: TransformerConfig, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The attention weights of the analysis view where a norm weight multiplies a projection:
+    ``diag(w_q) W_Q``, ``diag(w_k) W_K`` (``qk_norm``) and ``diag(w) W_O``, ``w ⊙ b_O`` (``post_norms``),
+    exact up to the norms' per-token scales, which are frozen."""
+    out: dict[str, np.ndarray] = {}
+    for l in range(config.n_layers):
+        a = f"blocks.{l}.attn."
+        if config.qk_norm:
+            for s in ("Q", "K"):
+                w = params[a + f"{s.lower()}_norm.w"]
+                out[a + "W_" + s] = w[None, :, None] * params[a + "W_" + s]
+                out[a + "b_" + s] = w[None, :] * params[a + "b_" + s]
+        if config.post_norms:
+            w = params[f"blocks.{l}.ln1_post.w"]
+            out[a + "W_O"] = w[None, :, None] * params[a + "W_O"]
+            out[a + "b_O"] = w * params[a + "b_O"]
+    for v in out.values():
+        v.flags.writeable = False
+    return out
 
 
 def _stack_heads(config: TransformerConfig, params: dict[str, np.ndarray]) -> tuple[HeadWeights, dict[str, np.ndarray]]:

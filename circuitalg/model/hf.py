@@ -257,6 +257,8 @@ def _hf_rotary(d: Mapping[str, Any], d_head: int, source: str) -> dict[str, Any]
             f"{source}: rope_type={kind!r} is not supported: circuitalg implements default, linear, llama3, yarn and "
             "dynamic rotary embeddings."
         )
+    if params.get("freq_factors") is not None:  # per-plane divisors (what GGUF's rope_freqs tensor holds)
+        out["freq_factors"] = tuple(params["freq_factors"])
     return out
 
 

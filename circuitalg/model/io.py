@@ -11,6 +11,9 @@ Formats:
   JSON as a ``uint8`` array named ``__circuitalg__``.
 - **torch** (``.pt .pth .bin .ckpt``): only with torch installed, through
   ``torch.load(weights_only=True)``; otherwise :class:`LoadError` suggests safetensors.
+- **GGUF** (``.gguf``): llama.cpp's files, through the ``gguf`` package (:mod:`circuitalg.model.gguf`):
+  Llama, Mistral, Qwen2, Qwen3, Gemma 2 and GPT-2 architectures, quantised tensors dequantised
+  one at a time.
 - **Directories**: a Hugging Face checkpoint (``config.json`` and ``model.safetensors``,
   sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``), optionally with
   ``vocab.json`` for token strings.
@@ -32,7 +35,10 @@ import numpy as np
 from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArgumentError, LoadError, check_int
 from circuitalg.files import atomic_write
 from circuitalg.model.config import TransformerConfig
+from circuitalg.model.gguf import read_gguf
+from circuitalg.model.hf import HF_MODEL_TYPES
 from circuitalg.model.layouts import LAYOUTS, convert_state_dict, detect_layout
+from circuitalg.model.vocab import decode_byte_level
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = ["load", "save", "read_tensors", "DEFAULT_LOAD_BYTES"]
@@ -64,7 +70,7 @@ def load(
     Parameters
     ----------
     path : str or Path
-        A ``.safetensors``, ``.npz`` or torch file, or a Hugging Face checkpoint directory.
+        A ``.safetensors``, ``.npz``, ``.gguf`` or torch file, or a Hugging Face checkpoint directory.
     layout : {"auto", "circuitalg", "transformer_lens", "hf_gpt2"}
         The key layout; detected from the keys by default.
     config : TransformerConfig or dict, optional
@@ -96,6 +102,13 @@ def load(
     vocab = None
     if p.is_dir():
         tensors, meta, sidecar, vocab = _read_directory(p, budget)
+    elif p.suffix.lower() == ".gguf":
+        tensors, gguf_config, vocab = read_gguf(p, budget)
+        meta, sidecar = {}, None
+        if layout == "auto":
+            layout = HF_MODEL_TYPES[gguf_config["model_type"]]
+        if config is None:
+            config = gguf_config
     else:
         tensors, meta = read_tensors(p, max_bytes=budget)
         sidecar = _sidecar_config(p)
@@ -359,28 +372,7 @@ def _read_vocab(path: Path) -> list[str] | None:
             return None
     except (ValueError, TypeError, AttributeError):
         return None  # a vocabulary is a convenience; never fail a load over it
-    decoder = _byte_decoder()
-
-    def decode(tok: str) -> str:
-        try:
-            return bytes(decoder[ch] for ch in tok).decode("utf-8", errors="replace")
-        except KeyError:
-            return tok
-
-    return [decode(ids[i]) for i in range(n)]
-
-
-def _byte_decoder() -> dict[str, int]:
-    """The inverse of GPT-2's byte-to-unicode table (printable stand-ins for raw bytes)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return [decode_byte_level(ids[i]) for i in range(n)]
 
 
 def _sidecar_config(p: Path) -> Any:

@@ -58,6 +58,9 @@ class Rotary:
         YaRN's multiplier of the rotated coordinates of queries and keys (1 otherwise).
     truncate : bool
         Whether YaRN's correction range is rounded to whole dimensions (transformers' default).
+    freq_factors : tuple of float, optional
+        Per-plane divisors of the frequencies (llama.cpp's ``rope_freqs`` tensor: how GGUF files
+        store Llama 3.1's scaling), applied after ``scaling``.
     """
 
     dim: int
@@ -72,6 +75,7 @@ class Rotary:
     beta_slow: float = 1.0
     attention_factor: float = 1.0
     truncate: bool = True
+    freq_factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim < 2 or self.dim % 2:
@@ -94,6 +98,16 @@ class Rotary:
             raise ConfigError(f"config rotary truncate={self.truncate!r} must be true or false.")
         if self.scaling != "yarn" and self.attention_factor != 1.0:
             raise ConfigError("config rotary attention_factor is YaRN's; other scalings do not rescale queries and keys.")
+        if self.freq_factors is not None:
+            try:
+                ff = tuple(float(f) for f in self.freq_factors)
+            except (TypeError, ValueError):
+                ff = ()
+            if len(ff) != self.dim // 2 or not all(math.isfinite(f) and f > 0 for f in ff):
+                raise ConfigError(
+                    f"config rotary freq_factors must be {self.dim // 2} positive numbers (one per rotated plane)."
+                )
+            object.__setattr__(self, "freq_factors", ff)
         if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor:
             raise ConfigError("config rotary llama3 scaling needs high_freq_factor > low_freq_factor.")
 
@@ -114,7 +128,11 @@ class Rotary:
 
     # -- frequencies and angles -------------------------------------------------------------
     def inv_freq(self) -> np.ndarray:
-        """The ``dim / 2`` angular frequencies, scaling applied."""
+        """The ``dim / 2`` angular frequencies, scaling (and ``freq_factors``) applied."""
+        inv = self._scaled_inv_freq()
+        return inv if self.freq_factors is None else inv / np.asarray(self.freq_factors)
+
+    def _scaled_inv_freq(self) -> np.ndarray:
         inv = 1.0 / self.base ** (np.arange(0, self.dim, 2, dtype=np.float64) / self.dim)
         if self.scaling == "linear":
             return inv / self.factor

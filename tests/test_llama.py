@@ -69,7 +69,7 @@ def test_llama_family_matches_transformers(tmp_path, family: str) -> None:
             assert np.abs(model.with_params(model.params, **caps).run(TOKENS)[0] - ref).max() > 1e-2
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2", "mistral-window", "llama-yarn-partial"])
 def test_llama_family_path_expansion_and_analyses(tmp_path, family: str) -> None:
     _hf(tmp_path, family)
     model = ca.load(tmp_path)
@@ -160,3 +160,15 @@ def test_transformer_lens_rms_gqa_gated(extra) -> None:
     with torch.no_grad():
         ref = tl(torch.tensor(TOKENS)[None]).double().numpy()[0]
     np.testing.assert_allclose(model.run(TOKENS)[0], ref, rtol=1e-8, atol=1e-8)
+
+
+def test_report_states_how_each_architecture_feature_enters(tmp_path) -> None:
+    from circuitalg.report import architecture_notes
+
+    _hf(tmp_path, "gemma2")
+    notes = "\n".join(architecture_notes(ca.load(tmp_path).config))
+    for claim in ("offset 0", "4 query heads per layer read 2 key/value heads", "L0: 5, L2: 5", "weights folded into W_O",
+                  "soft-capped at 0.2: QK-circuit values are pre-cap", "path terms add up to the pre-cap logits"):
+        assert claim in notes
+    assert "q/k RMSNorms" not in notes and "YaRN" not in notes
+    assert architecture_notes(ca.zoo.load("attn2l").config) == []  # negative control: a GPT-2-style model

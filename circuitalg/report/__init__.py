@@ -136,6 +136,7 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
             ind_line += f"; copying score {table.copying[ind.head.layer, ind.head.head]:.3f}"
     lines = [
         f"model: {model!r}",
+        *architecture_notes(c),
         prev_line,
         ind_line,
         (str(k_comp) + ("; rotary model: through W_QK(0)" if c.rotary is not None else ""))
@@ -155,6 +156,38 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
         shown=(shown_layers, shown_heads), top_ov=top_ov, ov_head=ov_head, ov_why=ov_why, top_qk=top_qk,
         qk_circuit=qk_circuit, text="\n".join(lines),
     )
+
+
+def architecture_notes(c: Any) -> list[str]:
+    """One line per architecture feature that changes what a weight-based number means (empty for
+    a GPT-2-style model): what is frozen, folded or taken at a fixed offset."""
+    notes = []
+    if c.rotary is not None:
+        r = c.rotary
+        scaling = "" if r.scaling == "none" else f", {r.scaling} scaling"
+        notes.append(
+            f"rotary positions ({r.style} pairs, {r.dim} of {c.d_head} dims, base {r.base:g}{scaling}): QK circuits and "
+            "Q/K-composition are taken at offset 0, W_QK(0) = W_Q^T W_K"
+            + (f" (YaRN's factor {r.attention_factor:.3g}^2 on the rotated planes left out)" if r.attention_factor != 1 else "")
+        )
+    if c.n_kv_heads is not None:
+        notes.append(f"grouped-query attention: {c.n_heads} query heads per layer read {c.n_kv_heads} key/value heads")
+    if c.attn_windows is not None:
+        local = [f"L{l}: {w}" for l, w in enumerate(c.attn_windows) if w is not None]
+        notes.append("sliding-window layers (window): " + ", ".join(local))
+    if c.qk_norm:
+        notes.append("per-head q/k RMSNorms: weights folded into W_Q, W_K; their per-token scales are left out of "
+                     "weight-based scores (frozen in path expansion)")
+    if c.post_norms:
+        notes.append("norms of each sublayer's output: weights folded into W_O and the MLP writers; their per-token "
+                     "scales are left out of weight-based scores (frozen in path expansion)")
+    if c.attn_softcap is not None:
+        notes.append(f"attention scores soft-capped at {c.attn_softcap:g}: QK-circuit values are pre-cap scores")
+    if c.final_softcap is not None:
+        notes.append(f"logits soft-capped at {c.final_softcap:g}: path terms add up to the pre-cap logits")
+    if not c.causal:
+        notes.append("bidirectional attention: every query sees every key")
+    return notes
 
 
 def _figures(a: Analysis) -> dict[str, str]:

@@ -165,13 +165,25 @@ def test_sum_norm_by_gram_traces_warns_when_terms_cancel() -> None:
         np.testing.assert_allclose(far.norm(), 1.5 * np.linalg.norm(a @ b), rtol=1e-10)
 
 
-def test_float32_leaves_are_factored_by_qr_not_by_their_gram_matrix() -> None:
+def test_leaf_gram_factors_are_accumulated_in_float64() -> None:
+    """A float32 leaf's Gram matrix is accumulated in float64, so its Cholesky factor is as exact as
+    float64 QR of the same numbers (singular values to 1e-12 relative, then stored in float32:
+    to float32's resolution); an ill-conditioned leaf (cond > GRAM_COND_LIMIT) is factored by QR."""
+    from circuitalg.linalg.factors import GRAM_COND_LIMIT
+
     rng = np.random.default_rng(3)
-    v, r = ca.Space("v", 300), ca.Space("r", 6)
-    for dtype, method in ((np.float32, "qr"), (np.float64, "gram-cholesky")):
-        E = ca.Dense(rng.standard_normal((6, 300)).astype(dtype), v, r, "E")
-        (E.T @ E).singular_values()
-        assert leaf_factor_method(E, "rows") == method
+    v, r = ca.Space("v", 30000), ca.Space("r", 6)
+    for dtype in (np.float32, np.float64):
+        data = rng.standard_normal((6, 30000)).astype(dtype)
+        E = ca.Dense(data, v, r, "E")
+        got = (E.T @ E).singular_values()
+        assert leaf_factor_method(E, "rows") == "gram-cholesky"
+        ref = np.linalg.svd(data.astype(np.float64), compute_uv=False) ** 2
+        np.testing.assert_allclose(got, ref, rtol=1e-12 if dtype == np.float64 else 2e-6)
+    bad = rng.standard_normal((6, 300)) * np.array([1.0, 1, 1, 1, 1, 1e-2 / GRAM_COND_LIMIT])[:, None]
+    E = ca.Dense(bad.astype(np.float32), ca.Space("v", 300), r, "E")
+    (E.T @ E).singular_values()
+    assert leaf_factor_method(E, "rows") == "qr"
 
 
 def test_accuracy_rejects_non_maps() -> None:

@@ -157,6 +157,27 @@ def test_top_tokens_match_dense(by: str, max_bytes: int | None) -> None:
         np.testing.assert_allclose([e.value for e in got], dense.flat[order], rtol=1e-9)
 
 
+@pytest.mark.parametrize("by", ["value", "abs"])
+def test_top_tokens_rank_beyond_float32_resolution(by: str) -> None:
+    """Entries that differ by 1e-10 relative (below float32's resolution, so the float32 screen
+    cannot order them) still come out in the float64 order of the dense matrix; a zero map
+    (every entry tied) returns zeros in (row, col) order."""
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal(300), rng.standard_normal(200)
+    L = ca.Dense(np.stack([np.ones(300), 1e-10 * a], axis=1), ca.Space("k", 2), ca.Space("out", 300))
+    V = ca.Dense(np.stack([-np.ones(200) if by == "abs" else np.ones(200), b]), ca.Space("in", 200), ca.Space("k", 2))
+    circuit = L @ V
+    dense = ca.to_dense(circuit)
+    key = np.abs(dense) if by == "abs" else dense
+    order = np.lexsort((np.tile(np.arange(200), 300), np.repeat(np.arange(300), 200), -key.ravel()))[:25]
+    got = ca.top_tokens(circuit, 25, by=by, max_bytes=4000)
+    assert [(e.row, e.col) for e in got] == [tuple(np.unravel_index(o, dense.shape)) for o in order]
+    zero = ca.Dense(np.zeros((400, 4)), ca.Space("k", 4), ca.Space("out", 400)) @ ca.Dense(
+        np.zeros((4, 400)), ca.Space("in", 400), ca.Space("k", 4))  # 160,000 ties: the float64 fallback
+    got = ca.top_tokens(zero, 5)
+    assert [(e.row, e.col, e.value) for e in got] == [(0, j, 0.0) for j in range(5)]
+
+
 def test_top_tokens_vocab_strings() -> None:
     m = ca.zoo.planted_induction()
     got = ca.top_tokens(m.W_U @ m.head(1, 2).ov @ m.W_E, 3, vocab=m)

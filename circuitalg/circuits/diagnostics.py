@@ -349,6 +349,80 @@ def _axis_label(space: Any, i: int, vocab: Sequence[str] | None) -> tuple[str | 
     return None, f"#{i}"
 
 
+def _scan_top(
+    L: np.ndarray, V: np.ndarray, k: int, by_abs: bool, causal: bool, window: int | None, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the ``k`` largest entries of ``L @ V`` (by value or magnitude;
+    ``causal``: only ``col <= row``, within ``window``), in order, ties by (row, col).
+
+    Rows are scanned in blocks, strongest first; a block is skipped (and the scan stops) when
+    ``‖L_i‖ max_j ‖V_j‖`` shows no entry in it can enter the top ``k``. Each block is screened
+    with a float32 product, whose error is at most ``δ = (γ_r + 2u) max‖L_i‖ max‖V_j‖`` (``u`` the
+    float32 unit roundoff, ``γ_r = r u / (1 - r u)``, inputs rounded to float32 included), and
+    only entries the screen cannot rule out (approximate value within ``δ`` of the running
+    ``k``-th exact value, or of twice ``δ`` below the block's own ``k``-th approximate value) are
+    recomputed in float64: the result is the float64 ranking, exactly. Blocks where too many
+    entries tie within ``δ`` (e.g. a zero map) are evaluated in float64 whole.
+    """
+    n_rows, r = L.shape
+    n_cols = V.shape[1]
+    row_norm = np.linalg.norm(L, axis=1)
+    col_norm = np.linalg.norm(V, axis=0) if V.size else np.zeros(n_cols)
+    col_max = float(col_norm.max()) if n_cols else 0.0
+    u = float(np.finfo(np.float32).eps) / 2
+    gamma = r * u / (1 - r * u)
+    delta = (gamma + 2.01 * u) * float(row_norm.max(initial=0.0)) * col_max
+    L32, V32 = L.astype(np.float32), V.astype(np.float32)
+    block = max(1, min(n_rows, budget // max(1, 4 * n_cols)))
+    order = np.argsort(-row_norm, kind="stable")
+    best_v, best_i, best_j = np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    cols = np.arange(n_cols)
+    for start in range(0, n_rows, block):
+        rows = order[start:start + block]
+        if best_v.size == k and row_norm[rows[0]] * col_max * (1 + 1e-12) < best_v.min():
+            break  # no remaining row can beat the k-th entry
+        approx = L32[rows] @ V32
+        key = np.abs(approx, out=approx) if by_abs else approx
+        if causal:
+            back = rows[:, None] - cols[None, :]
+            ok = (back >= 0) if window is None else (back >= 0) & (back < window)
+            key = np.where(ok, key, -np.inf)
+        flat = key.ravel()
+        if best_v.size == k:
+            floor = float(best_v.min()) - delta
+        else:
+            kk = min(k, flat.size)
+            floor = float(flat[np.argpartition(-flat, kk - 1)[kk - 1]]) - 2 * delta
+        cand = np.flatnonzero(flat >= floor)
+        if cand.size > max(4 * k, 1 << 16):  # ties within the screen's error: evaluate the block exactly
+            exact = L[rows] @ V
+            ekey = np.abs(exact) if by_abs else exact
+            if causal:
+                ekey = np.where(ok, ekey, -np.inf)
+            ef = ekey.ravel()
+            kk = min(k, ef.size)
+            cand = np.flatnonzero(ef >= ef[np.argpartition(-ef, kk - 1)[kk - 1]])  # ties at the k-th kept
+            if cand.size > k:
+                ri, cj = np.unravel_index(cand, key.shape)
+                cand = cand[np.lexsort((cj, rows[ri], -ef[cand]))[:k]]
+            vals = ef[cand]
+            fin = np.isfinite(vals)  # masked (causal) entries are -inf
+            ri, cj = np.unravel_index(cand, key.shape)
+            ri = rows[ri]
+        else:
+            fin = np.isfinite(flat[cand])
+            ri, cj = np.unravel_index(cand, key.shape)
+            ri = rows[ri]
+            vals = np.einsum("ij,ji->i", L[ri], V[:, cj])  # float64, the ranking's values
+            vals = np.abs(vals) if by_abs else vals
+        cand_v = np.concatenate([best_v, vals[fin]])
+        cand_i = np.concatenate([best_i, ri[fin]])
+        cand_j = np.concatenate([best_j, cj[fin]])
+        keep = np.lexsort((cand_j, cand_i, -cand_v))[:k]
+        best_v, best_i, best_j = cand_v[keep], cand_i[keep], cand_j[keep]
+    return best_i, best_j
+
+
 def top_tokens(
     m: LinearMap, k: int = 10, *, vocab: Sequence[str] | Transformer | None = None, by: str = "value",
     roles: tuple[str, str] | None = None, causal: bool | None = None, window: int | None = None,
@@ -359,8 +433,10 @@ def top_tokens(
     ``m`` is factored once as ``U S Vᵀ`` (the factored SVD); rows are then scanned in blocks
     of at most ``max_bytes`` (default 64 MiB), strongest rows first, stopping
     as soon as the Cauchy-Schwarz bound ``|m[i, j]| <= ||(US)_i|| max_j ||V_j||`` shows that
-    no remaining row can enter the top ``k``. Entries agree with the dense matrix to about
-    ``1e-15 * σ_max``.
+    no remaining row can enter the top ``k``. Each block is screened in float32 with a rigorous
+    error bound and only the entries it cannot rule out are computed in float64
+    (:func:`_scan_top`), so the result is the float64 ranking exactly. Entries agree with the
+    dense matrix to about ``1e-15 * σ_max``.
 
     Parameters
     ----------
@@ -418,45 +494,12 @@ def top_tokens(
     if vocab is not None and len(vocab) < n_tok:
         raise InvalidArgumentError(f"vocab has {len(vocab)} strings but the map's token axis has {n_tok}.")
     U, S, Vh = svd(m)
-    Lf = U * S  # (n_rows, r)
-    budget = SCAN_BYTES if max_bytes is None else max_bytes
-    block = max(1, min(n_rows, budget // max(1, 8 * n_cols)))
-    row_norm = np.linalg.norm(Lf, axis=1)
-    col_max = float(np.linalg.norm(Vh, axis=0).max()) if Vh.size else 0.0
-    order = np.argsort(-row_norm, kind="stable")
-    best_v = np.empty(0)
-    best_i = np.empty(0, dtype=np.int64)
-    best_j = np.empty(0, dtype=np.int64)
-    cols = np.arange(n_cols)
-    for start in range(0, n_rows, block):
-        rows = order[start:start + block]
-        if best_v.size == k and row_norm[rows[0]] * col_max * (1 + 1e-12) < best_v.min():
-            break  # no remaining row can beat the k-th entry
-        vals = Lf[rows] @ Vh
-        key = np.abs(vals) if by == "abs" else vals
-        if causal:
-            back = rows[:, None] - cols[None, :]
-            ok = (back >= 0) if window is None else (back >= 0) & (back < window)
-            key = np.where(ok, key, -np.inf)
-        flat_key = key.ravel()
-        if best_v.size == k:  # only entries that can still enter the top k (one pass, no partition)
-            cand = np.flatnonzero(flat_key >= best_v.min())
-            if cand.size > k:
-                cand = cand[np.argpartition(-flat_key[cand], k - 1)[:k]]
-        else:
-            kk = min(k, flat_key.size)
-            cand = np.argpartition(-flat_key, kk - 1)[:kk]
-        ri, cj = np.unravel_index(cand, key.shape)
-        ok = np.isfinite(key[ri, cj])
-        ri, cj = ri[ok], cj[ok]
-        cand_v = np.concatenate([best_v, key[ri, cj]])
-        cand_i = np.concatenate([best_i, rows[ri]])
-        cand_j = np.concatenate([best_j, cj])
-        keep = np.lexsort((cand_j, cand_i, -cand_v))[:k]
-        best_v, best_i, best_j = cand_v[keep], cand_i[keep], cand_j[keep]
+    Lf = np.asarray(U * S, dtype=np.float64)  # (n_rows, r)
+    Vh = np.asarray(Vh, dtype=np.float64)
+    best_i, best_j = _scan_top(Lf, Vh, k, by == "abs", causal, window, SCAN_BYTES if max_bytes is None else max_bytes)
     out = []
     for i, j in zip(best_i, best_j):
-        v = float(Lf[i] @ Vh[:, j])
+        v = float(Lf[i] @ Vh[:, j])  # the same products the scan ranked by
         rt, rl = _axis_label(m.codomain, int(i), vocab)
         ct, cl = _axis_label(m.domain, int(j), vocab)
         out.append(TokenEntry(int(i), int(j), v, rt, ct, rl, cl, roles[0], roles[1]))

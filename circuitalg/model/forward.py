@@ -137,6 +137,17 @@ def blocked(n_queries: int, n_keys: int, window: int | None = None, causal: bool
     return out
 
 
+def _project(W: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``(heads, seq, d_head)``: every head's ``W x`` for the rows of ``x`` (BLAS, not einsum)."""
+    return np.matmul(x, W.transpose(0, 2, 1))
+
+
+def _write(W_O: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``(seq, d_model)``: ``Σ_h W_O^h z_h`` for ``z`` of shape ``(heads, seq, d_head)``."""
+    H, seq, dh = z.shape
+    return z.transpose(1, 0, 2).reshape(seq, H * dh) @ W_O.transpose(0, 2, 1).reshape(H * dh, -1)
+
+
 def _raw(model: Any, layer: int) -> dict[str, np.ndarray]:
     """Layer ``layer``'s attention weights as stored (no norm weight folded in)."""
     a = f"blocks.{layer}.attn."
@@ -175,15 +186,15 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
         if layer.q_norm is not None and layer.k_norm is not None:
             # per-head RMSNorm of the raw projections (the view's W_Q, W_K have the weights folded)
             raw = _raw(model, l)
-            q, sq = layer.q_norm(np.einsum("hdm,sm->hsd", raw["W_Q"], xn) + raw["b_Q"][:, None, :])
-            k, sk = layer.k_norm(np.einsum("hdm,sm->hsd", raw["W_K"], xn) + raw["b_K"][:, None, :])
+            q, sq = layer.q_norm(_project(raw["W_Q"], xn) + raw["b_Q"][:, None, :])
+            k, sk = layer.k_norm(_project(raw["W_K"], xn) + raw["b_K"][:, None, :])
             q_scales.append(sq)
             k_scales.append(sk)
             k = k[kv]
         else:
-            q = np.einsum("hdm,sm->hsd", hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
-            k = np.einsum("hdm,sm->hsd", hw.W_K[l], xn) + hw.b_K[l][:, None, :]
-        v = np.einsum("hdm,sm->hsd", hw.W_V[l], xn) + hw.b_V[l][:, None, :]
+            q = _project(hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
+            k = _project(hw.W_K[l], xn) + hw.b_K[l][:, None, :]
+        v = _project(hw.W_V[l], xn) + hw.b_V[l][:, None, :]
         if c.rotary is not None:
             q, k = c.rotary.apply(q, positions), c.rotary.apply(k, positions)
         scores = q @ k.transpose(0, 2, 1) / c.attn_scale
@@ -196,10 +207,10 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
         z = pattern @ v
         if layer.ln1_post is not None:
             raw = _raw(model, l)
-            attn_out, sp = layer.ln1_post(np.einsum("hmd,hsd->sm", raw["W_O"], z) + raw["b_O"])
+            attn_out, sp = layer.ln1_post(_write(raw["W_O"], z) + raw["b_O"])
             post1s.append(sp)
         else:
-            attn_out = np.einsum("hmd,hsd->sm", hw.W_O[l], z) + hw.b_O[l]
+            attn_out = _write(hw.W_O[l], z) + hw.b_O[l]
         mlp_in = x  # parallel blocks: the MLP reads the residual stream the attention read
         x = x + attn_out
         patterns.append(pattern)

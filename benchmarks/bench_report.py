@@ -1,0 +1,122 @@
+"""Wall time and peak RSS of ``circuitalg report`` on random real-size checkpoints.
+
+Writes a random float32 Hugging Face checkpoint (``model.safetensors`` + ``config.json``, written
+with numpy, no torch) of one of these shapes to a temporary directory and runs the command in a
+child process, printing its stage timings, the wall time and the child's peak RSS:
+
+- ``gpt2-small``: GPT-2 small (12 layers x 12 heads, d_model 768, vocab 50,257, n_ctx 1024);
+- ``smollm2``: a Llama-architecture model of SmolLM2-135M's shapes (30 layers, 9 query / 3 KV
+  heads, d_model 576, d_head 64, d_mlp 1536, vocab 49,152);
+- ``pythia-70m``: a GPT-NeoX model of Pythia-70M's shapes (6 layers x 8 heads, d_model 512,
+  vocab 50,304, partial rotary, parallel blocks).
+
+Usage: ``python benchmarks/bench_report.py [--model gpt2-small] [--extra "--no-figures"]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _gpt2(d: int = 768, L: int = 12, H: int = 12, V: int = 50257, ctx: int = 1024) -> tuple[dict, dict]:
+    t = {"wte.weight": (V, d), "wpe.weight": (ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for l in range(L):
+        p = f"h.{l}."
+        t.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
+                  p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
+                  p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
+                  p + "mlp.c_fc.weight": (d, 4 * d), p + "mlp.c_fc.bias": (4 * d,),
+                  p + "mlp.c_proj.weight": (4 * d, d), p + "mlp.c_proj.bias": (d,)})
+    cfg = {"model_type": "gpt2", "n_layer": L, "n_head": H, "n_embd": d, "vocab_size": V, "n_positions": ctx,
+           "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}
+    return t, cfg
+
+
+def _smollm2() -> tuple[dict, dict]:
+    D, L, H, KV, dh, F, V = 576, 30, 9, 3, 64, 1536, 49152
+    t = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    for l in range(L):
+        p = f"model.layers.{l}."
+        t.update({p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (KV * dh, D),
+                  p + "self_attn.v_proj.weight": (KV * dh, D), p + "self_attn.o_proj.weight": (D, H * dh),
+                  p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
+                  p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,)})
+    cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": L, "num_attention_heads": H,
+           "num_key_value_heads": KV, "head_dim": dh, "intermediate_size": F, "vocab_size": V,
+           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "hidden_act": "silu",
+           "tie_word_embeddings": True}
+    return t, cfg
+
+
+def _pythia() -> tuple[dict, dict]:
+    D, L, H, V = 512, 6, 8, 50304
+    t = {"gpt_neox.embed_in.weight": (V, D), "embed_out.weight": (V, D), "gpt_neox.final_layer_norm.weight": (D,),
+         "gpt_neox.final_layer_norm.bias": (D,)}
+    for l in range(L):
+        p = f"gpt_neox.layers.{l}."
+        t.update({p + "attention.query_key_value.weight": (3 * D, D), p + "attention.query_key_value.bias": (3 * D,),
+                  p + "attention.dense.weight": (D, D), p + "attention.dense.bias": (D,),
+                  p + "mlp.dense_h_to_4h.weight": (4 * D, D), p + "mlp.dense_h_to_4h.bias": (4 * D,),
+                  p + "mlp.dense_4h_to_h.weight": (D, 4 * D), p + "mlp.dense_4h_to_h.bias": (D,)})
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t.update({p + n + ".weight": (D,), p + n + ".bias": (D,)})
+    cfg = {"model_type": "gpt_neox", "hidden_size": D, "num_hidden_layers": L, "num_attention_heads": H,
+           "intermediate_size": 4 * D, "vocab_size": V, "max_position_embeddings": 2048, "rotary_pct": 0.25,
+           "rotary_emb_base": 10000, "use_parallel_residual": True, "hidden_act": "gelu", "layer_norm_eps": 1e-5}
+    return t, cfg
+
+
+MODELS = {"gpt2-small": _gpt2, "smollm2": _smollm2, "pythia-70m": _pythia}
+
+
+def write_checkpoint(path: Path, model: str, seed: int = 0) -> None:
+    """A random float32 checkpoint of ``model``'s shapes (GPT-2-style initialisation: N(0, 0.02))."""
+    from safetensors.numpy import save_file
+
+    shapes, cfg = MODELS[model]()
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            one = name.endswith("weight") and ("ln" in name or "norm" in name)
+            tensors[name] = (np.ones(shape) if one else np.zeros(shape)).astype(np.float32)
+        else:
+            tensors[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    save_file(tensors, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gpt2-small", choices=sorted(MODELS))
+    ap.add_argument("--extra", default="", help="extra options for circuitalg report")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / args.model
+        ckpt.mkdir()
+        write_checkpoint(ckpt, args.model)
+        cmd = [sys.executable, "-m", "circuitalg", "report", str(ckpt), "--out", str(Path(tmp) / "out"),
+               *shlex.split(args.extra)]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        sys.stdout.write(proc.stderr)
+        if proc.returncode:
+            sys.stdout.write(proc.stdout)
+            raise SystemExit(f"circuitalg report exited {proc.returncode}")
+    print(f"{args.model}: circuitalg report {args.extra} -> wall {wall:.1f} s, peak RSS {peak:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

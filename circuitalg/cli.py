@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_json(names) if args.json else print("\n".join(names))
             return 0
         try:
+            t_load = time.perf_counter()
             model = resolve_model(args.model)
+            if args.command == "report":
+                progress(f"loaded {model.name} in {time.perf_counter() - t_load:.1f} s")
         except (ca.LoadError, ca.ConfigError) as e:
             print(f"circuitalg: error: {e}", file=sys.stderr)
             return EXIT_MODEL

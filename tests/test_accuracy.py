@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import circuitalg as ca
 from circuitalg.linalg.accuracy import eigen_noise_floor, magnitude, warn_rtol
-from circuitalg.linalg.factors import leaf_factor_method
+from circuitalg.linalg.factors import gram_factor, leaf_factor_method
 from circuitalg.linalg.plan import plan
 from circuitalg.testing import random_tree
 
@@ -184,6 +184,26 @@ def test_leaf_gram_factors_are_accumulated_in_float64() -> None:
     E = ca.Dense(bad.astype(np.float32), ca.Space("v", 300), r, "E")
     (E.T @ E).singular_values()
     assert leaf_factor_method(E, "rows") == "qr"
+
+
+def test_centred_leaves_are_factored_from_their_gram_matrix_with_the_ones_direction_deflated() -> None:
+    """fold_layer_norm centres every reader (rows sum to zero), so its Gram matrix is singular along
+    the all-ones vector; the factor deflates that direction instead of falling back to QR: same
+    singular values as QR of the same leaf, and the ones direction maps to zero."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((3000, 40))
+    A -= A.mean(axis=1, keepdims=True)  # a centred reader (W_in after folding a layer norm)
+    W = ca.Dense(A, ca.Space("resid", 40), ca.Space("mlp", 3000), "W_in")
+    R = gram_factor(W, "cols")
+    assert leaf_factor_method(W, "cols") == "gram-cholesky-centred"
+    np.testing.assert_allclose(R.T @ R, A.T @ A, atol=1e-11 * np.abs(A.T @ A).max())
+    np.testing.assert_allclose(np.linalg.svd(R, compute_uv=False)[:-1], np.linalg.svd(A, compute_uv=False)[:-1],
+                               rtol=1e-12)
+    assert np.abs(R @ np.ones(40)).max() < 1e-13 * np.abs(R).max()
+    B = ca.Dense(rng.standard_normal((3000, 40)) @ np.diag([1.0] * 39 + [0.0]), ca.Space("resid", 40),
+                 ca.Space("mlp", 3000), "B")  # singular along another direction: QR
+    gram_factor(B, "cols")
+    assert leaf_factor_method(B, "cols") == "qr"
 
 
 def test_accuracy_rejects_non_maps() -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -191,14 +192,32 @@ def _small_product_num2(w: HeadWeights, kind: str, pairs: np.ndarray) -> np.ndar
     return out
 
 
+#: composition_parts results per head-weights view and kind, kept while the view lives (the
+#: report's scores, baselines and graph all read the same parts: computed once).
+_PARTS: weakref.WeakKeyDictionary[HeadWeights, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def composition_parts(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(num2, writer_norm2, reader_norm2)``: squared numerators ``[L, H, L, H]`` (zero unless
-    the writer's layer is earlier), ``||W_OV||_F²`` per writer and ``||R||_F²`` per reader ``[L, H]``.
+    the writer's layer is earlier), ``||W_OV||_F²`` per writer and ``||R||_F²`` per reader ``[L, H]``
+    (read-only arrays, computed once per ``w`` and kind).
 
     Pairs whose Gram estimate lies within its error floor are recomputed from the small
     factored product, so structural zeros stay below ``1e-12`` of the normalisation in any
     residual basis."""
     kind = check_kind(kind)
+    cached = _PARTS.setdefault(w, {})
+    if kind not in cached:
+        parts = _composition_parts(w, kind)
+        for a in parts:
+            a.flags.writeable = False
+        cached[kind] = parts
+    return cached[kind]
+
+
+def _composition_parts(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     L, H, D = w.n_layers, w.n_heads, w.d_model
     num2 = np.zeros((L, H, L, H))
     w2 = _trace_product(w.gram("O"), w.gram("V"))

@@ -27,6 +27,7 @@ from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.forward import blocked, check_tokens
+from circuitalg.model.forward import run as forward_run
 from circuitalg.model.ids import HeadId
 from circuitalg.model.weights import Transformer
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
@@ -253,7 +254,7 @@ def _behaviour(model: Transformer, tokens: Any) -> tuple[np.ndarray, np.ndarray]
     ind = np.zeros((c.n_layers, c.n_heads))
     prev = np.zeros((c.n_layers, c.n_heads))
     for row in arr:
-        _, cache = model.run(check_tokens(row, model))
+        _, cache = forward_run(model, check_tokens(row, model), unembed=False)  # patterns only
         pat = cache.pattern  # (L, H, 2T, 2T)
         # diagonal entry i is pattern[i + T - 1, i]; queries T .. 2T-1 are entries 1 .. T
         ind += np.diagonal(pat, offset=1 - T, axis1=2, axis2=3)[..., 1:].mean(axis=-1)

@@ -29,6 +29,7 @@ import numpy as np
 
 from circuitalg.circuits.composition import (
     COMPOSITION_KINDS,
+    ZERO_FLOOR,
     CompositionBaseline,
     check_model,
     composition_baseline,
@@ -75,9 +76,10 @@ def _factor(model: Transformer, node: Node, m: LinearMap) -> np.ndarray:
     """``F`` (d_model x r) with ``F Fᵀ = W Wᵀ`` for writer map ``W``."""
     if node in (EMBED, POS):
         return np.asarray(gram_factor(model.source_map(node), "rows"), dtype=np.float64).T  # type: ignore[arg-type]
-    if isinstance(node, Source):  # an MLP's W_out, shortened to d_model columns when wider
-        W_out = np.asarray(m.array, dtype=np.float64)  # type: ignore[attr-defined]
-        return np.linalg.qr(W_out.T, mode="r").T if W_out.shape[1] > W_out.shape[0] else W_out
+    if isinstance(node, Source):  # an MLP's writer, shortened to d_model columns when wider (cached factor)
+        if m.shape[1] > m.shape[0]:
+            return np.asarray(gram_factor(m, "rows"), dtype=np.float64).T  # type: ignore[arg-type]
+        return np.asarray(m.array, dtype=np.float64)  # type: ignore[attr-defined]
     hw = model.head_weights.float64()
     W_V = hw.W_V[node.layer, node.head]
     w, U = np.linalg.eigh(W_V @ W_V.T)
@@ -258,15 +260,19 @@ def _reader_maps(model: Transformer) -> dict[tuple[str, str], LinearMap]:
     return {(_name(node), kind): m for node, kind, _, m, _ in _readers(model)}
 
 
+def _stream_reader(model: Transformer, node: Node, kind: str) -> np.ndarray:
+    """The triangular factor ``R`` (``RᵀR = WᵀW``) of a reader that is not a head: ``W_U``, or an
+    MLP's ``W_in`` / ``W_gate`` (cached per leaf), so ``||W F|| = ||R F||``."""
+    if node == UNEMBED:
+        return np.asarray(gram_factor(model.W_U, "cols"), dtype=np.float64)
+    mlp = model.mlp(node.layer)  # type: ignore[union-attr]
+    return np.asarray(gram_factor(mlp.W_gate if kind == "gate" else mlp.W_in, "cols"), dtype=np.float64)  # type: ignore[arg-type]
+
+
 def _reader_value(model: Transformer, node: Node, kind: str, F: np.ndarray | None) -> float:
     """``||R F||_F²`` for the reader map ``R`` of (node, kind); ``F=None`` gives ``||R||_F²``."""
-    if node == UNEMBED:
-        R = np.asarray(gram_factor(model.W_U, "cols"), dtype=np.float64)
-        return float(np.sum(R**2 if F is None else (R @ F) ** 2))
-    if isinstance(node, Source):  # an MLP's W_in or W_gate, as its d_model x d_model triangular factor
-        mlp = model.mlp(node.layer)  # type: ignore[arg-type]
-        R = gram_factor(mlp.W_gate if kind == "gate" else mlp.W_in, "cols")  # type: ignore[arg-type]
-        R = np.asarray(R, dtype=np.float64)  # RᵀR = WᵀW, so ||W F|| = ||R F||
+    if node == UNEMBED or isinstance(node, Source):
+        R = _stream_reader(model, node, kind)
         return float(np.sum(R**2 if F is None else (R @ F) ** 2))
     G, W = model.head_weights.float64().reader(kind)
     G, W = G[node.layer, node.head], W[node.layer, node.head]
@@ -310,9 +316,16 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     # head-to-head numerators in one batch per kind
     hw = model.head_weights.float64()
     head_num2 = {k: composition_parts(hw, k)[0] for k in COMPOSITION_KINDS}
+    # readers that are not heads (MLPs, the unembedding): their Gram matrices RᵀR, so a writer's
+    # value is <RᵀR, F Fᵀ> with F Fᵀ formed once per writer; values within the Gram route's error
+    # floor are recomputed as ||R F||² (structural zeros stay zero)
+    stream = {(n, k): _stream_reader(model, n, k) for n, k, _, _, _ in readers if not isinstance(n, HeadId)}
+    stream_gram = {key: R.T @ R for key, R in stream.items()}
+    eps = np.finfo(np.float64).eps
     nan = float("nan")
     for wnode, wpos, wmap, wlabel in writers:
         F = None
+        FF = None
         into_heads: dict[str, np.ndarray] = {}
         for rnode, kind, rpos, rmap, rlabel in readers:
             if wpos >= rpos:
@@ -328,7 +341,12 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
                         into_heads[kind] = _head_reads(hw, kind, F, rnode.layer)
                     num2 = float(into_heads[kind][rnode.layer, rnode.head])
                 else:
-                    num2 = _reader_value(model, rnode, kind, F)
+                    if FF is None:
+                        FF = F @ F.T
+                    num2 = float(np.vdot(stream_gram[(rnode, kind)], FF))
+                    floor = ZERO_FLOOR * eps * F.shape[0] * w_norm2[wnode] * r_norm2[(rnode, kind)]
+                    if num2 <= floor:
+                        num2 = float(np.sum((stream[(rnode, kind)] @ F) ** 2))
             den = math.sqrt(w_norm2[wnode] * r_norm2[(rnode, kind)])
             norm = math.sqrt(max(num2, 0.0))
             base = baselines.get(kind) if head_edge else None

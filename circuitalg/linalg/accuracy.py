@@ -114,8 +114,12 @@ def _leaf_norm2(m: Dense) -> float:
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
         sv = sla.svdvals(np.asarray(gram_factor(m, side), dtype=np.float64), check_finite=False)
-        if leaf_factor_method(m, side) == "gram-cholesky":
+        method = leaf_factor_method(m, side)
+        if method == "gram-cholesky":
             leaf_factors(m).gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
+        elif method == "gram-cholesky-centred":  # exact null direction (the ones vector): its complement
+            nz = sv[:-1]
+            leaf_factors(m).gram_cond = float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf
     elif n == k and n <= 1024:
         sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
     else:

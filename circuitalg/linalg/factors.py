@@ -23,6 +23,7 @@ recorded (:func:`leaf_factor_method`).
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,13 +97,15 @@ def leaf_factors(leaf: Dense) -> LeafFactors:
 
 
 def gram_factor(leaf: Dense, side: str) -> np.ndarray:
-    """Upper-triangular ``R`` with ``RᵀR = MᵀM`` for ``M = leaf`` (side ``"cols"``) or
+    """A square ``R`` (upper-triangular unless centred) with ``RᵀR = MᵀM`` for ``M = leaf`` (side ``"cols"``) or
     ``M = leafᵀ`` (side ``"rows"``), for tall ``M``; computed once per leaf and cached.
 
     So ``‖M x‖ = ‖R x‖`` for every ``x``: ``R`` stands in for ``W_U`` (``"cols"``) or for
     ``W_Eᵀ``, ``W_posᵀ`` (``"rows"``) in every norm and singular value. From the Cholesky factor
     of the Gram matrix (accumulated in float64) when ``M`` is well conditioned (below
-    :data:`GRAM_COND_LIMIT`), else Householder QR (:func:`leaf_factor_method` says which).
+    :data:`GRAM_COND_LIMIT`), from the same Gram matrix with the all-ones direction deflated
+    when ``M``'s rows are centred (:func:`_centred_cholesky`), else Householder QR
+    (:func:`leaf_factor_method` says which).
     """
     if side not in ("cols", "rows"):
         raise InvalidArgumentError(f"gram_factor: side={side!r}; use 'cols' (M = leaf) or 'rows' (M = leaf.T).")
@@ -112,16 +115,14 @@ def gram_factor(leaf: Dense, side: str) -> np.ndarray:
         return hit
     M = _oriented(leaf, side)
     R, method = None, "qr"
-    try:
-        G = _gram64(M)
-        R = sla.cholesky(G, lower=False, check_finite=False)
-        diag = np.abs(np.diag(R))
-        if diag.min() <= 0 or diag.max() / diag.min() > GRAM_COND_LIMIT:
-            R = None
-        else:
-            method = "gram-cholesky"
-    except np.linalg.LinAlgError:
-        R = None
+    G = _gram64(M)
+    R = _well_conditioned_cholesky(G)
+    if R is not None:
+        method = "gram-cholesky"
+    else:
+        R = _centred_cholesky(G, M)
+        if R is not None:
+            method = "gram-cholesky-centred"
     if R is None:
         R = np.linalg.qr(M, mode="r")
     R = R.astype(M.dtype) if R.dtype != M.dtype else R  # a float32 leaf keeps float32 factors
@@ -129,6 +130,48 @@ def gram_factor(leaf: Dense, side: str) -> np.ndarray:
     cache.r[side] = R
     cache.method[side] = method
     return R
+
+
+def _well_conditioned_cholesky(G: np.ndarray) -> np.ndarray | None:
+    """The upper Cholesky factor of ``G``, or None if it fails or its estimated condition number
+    (diagonal ratio) exceeds :data:`GRAM_COND_LIMIT`."""
+    try:
+        R = sla.cholesky(G, lower=False, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    diag = np.abs(np.diag(R))
+    return None if diag.min() <= 0 or diag.max() / diag.min() > GRAM_COND_LIMIT else R
+
+
+def _centred_cholesky(G: np.ndarray, M: np.ndarray) -> np.ndarray | None:
+    """``R`` with ``RᵀR = G`` when the all-ones direction is a null vector of ``G`` (a leaf whose
+    rows were centred, as :func:`~circuitalg.model.transforms.fold_layer_norm` centres every
+    reader) and ``G`` is well conditioned on its complement; else None.
+
+    With the Householder reflection ``H`` (symmetric, orthogonal) taking ``1/√n`` to ``e₁``,
+    ``H G H`` has a (numerically) zero first row and column; the Cholesky factor ``R'`` of its
+    trailing block gives ``R = (0 ⊕ R') H``, square but not triangular, with ``R 1 = 0``
+    exactly. The dropped part is ``‖M 1‖²/n``, rounding of the centring: computed from ``M``
+    itself and required below ``(64 u)² n tr(G)`` (``u`` the unit roundoff of ``M``'s dtype)."""
+    n = G.shape[0]
+    if n < 2:
+        return None
+    v = np.full(n, 1.0 / math.sqrt(n))
+    v[0] -= 1.0  # H = I - 2 v vᵀ / vᵀv maps 1/√n to e₁
+    vv = float(v @ v)
+    Gv = G @ v
+    # H G H = G - 2 v (Gv)ᵀ/vv - 2 (Gv) vᵀ/vv + 4 (vᵀGv) v vᵀ / vv²
+    HGH = G - (2.0 / vv) * (np.outer(v, Gv) + np.outer(Gv, v)) + (4.0 * float(v @ Gv) / vv**2) * np.outer(v, v)
+    u = np.finfo(M.dtype).eps / 2
+    ones = np.asarray(M @ np.ones(n, dtype=M.dtype), dtype=np.float64)
+    if float(ones @ ones) > (64 * u) ** 2 * n * max(float(np.trace(G)), 0.0):
+        return None
+    R1 = _well_conditioned_cholesky((HGH[1:, 1:] + HGH[1:, 1:].T) / 2)
+    if R1 is None:
+        return None
+    R = np.zeros((n, n))
+    R[1:, 1:] = R1
+    return R - (2.0 / vv) * np.outer(R @ v, v)  # R H
 
 
 def _gram64(M: np.ndarray, rows: int = 8192) -> np.ndarray:
@@ -147,7 +190,8 @@ def _gram64(M: np.ndarray, rows: int = 8192) -> np.ndarray:
 
 
 def leaf_factor_method(leaf: Dense, side: str = "cols") -> str | None:
-    """How :func:`gram_factor` factored this leaf (``"gram-cholesky"`` or ``"qr"``), or None."""
+    """How :func:`gram_factor` factored this leaf (``"gram-cholesky"``, ``"gram-cholesky-centred"``
+    or ``"qr"``), or None."""
     hit = _LEAF_FACTORS.get(leaf)
     return None if hit is None else hit.method.get(side)
 

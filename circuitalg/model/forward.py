@@ -154,12 +154,15 @@ def _raw(model: Any, layer: int) -> dict[str, np.ndarray]:
     return {k: model.params[a + k] for k in ("W_Q", "b_Q", "W_K", "b_K", "W_O", "b_O")}
 
 
-def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
+def run(model: Any, tokens: Any, *, unembed: bool = True) -> tuple[np.ndarray | None, Cache]:
     """Run ``model`` on one sequence of token ids.
+
+    ``unembed=False`` stops at the final residual stream (no logits: ``None``, and no final
+    layer-norm scale), for analyses that read only attention patterns and activations.
 
     Returns
     -------
-    logits : (seq, d_vocab) array
+    logits : (seq, d_vocab) array, or None with ``unembed=False``
     cache : Cache
     """
     tok = check_tokens(tokens, model)
@@ -232,13 +235,13 @@ def run(model: Any, tokens: Any) -> tuple[np.ndarray, Cache]:
             x = x + mlp_out
             mlp_outs.append(mlp_out)
         resid.append(x)
-    if model.ln_final is not None:
+    if model.ln_final is not None and unembed:
         xf, sf = model.ln_final(x)
     else:
         xf, sf = x, None
-    logits = xf @ model.W_U.array.T + model.b_U
+    logits = xf @ model.W_U.array.T + model.b_U if unembed else None
     precap = None
-    if c.final_softcap is not None:
+    if c.final_softcap is not None and logits is not None:
         precap = logits
         logits = c.final_softcap * np.tanh(precap / c.final_softcap)
 

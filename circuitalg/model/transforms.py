@@ -32,9 +32,11 @@ __all__ = [
 ]
 
 
-def _centre_rows(W: np.ndarray) -> np.ndarray:
-    """Subtract the mean over the last axis (the ``d_model`` input axis of a reading weight)."""
-    return W - W.mean(axis=-1, keepdims=True)
+def _centre_in_place(W: np.ndarray) -> np.ndarray:
+    """Subtract the mean over the last axis (the ``d_model`` input axis of a reading weight) from
+    ``W`` itself, a fresh array; returns it."""
+    W -= W.mean(axis=-1, keepdims=True)
+    return W
 
 
 def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transformer:
@@ -62,7 +64,11 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transfo
                 p[bk] = p[bk] + W @ b
             if w is not None:
                 W = W * w
-            p[wk] = _centre_rows(W) if center_reads and centred else W
+            if center_reads and centred:
+                W = W - W.mean(axis=-1, keepdims=True) if W is p[wk] else _centre_in_place(W)
+            if W is not p[wk]:
+                W.flags.writeable = False  # a new array nobody else holds: the model may keep it uncopied
+            p[wk] = W
 
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."

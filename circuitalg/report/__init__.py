@@ -7,11 +7,12 @@ and the HTML read only that record. matplotlib is a core dependency.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import html
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,24 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+class Stages:
+    """Numbered stages that log their start and their wall time (``[i/n] name: 1.2 s``)."""
+
+    def __init__(self, log: Callable[[str], None] | None, n: int) -> None:
+        self.log, self.n, self.i, self.total = log or (lambda _m: None), n, 0, 0.0
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.i += 1
+        label = f"[{self.i}/{self.n}] {name}"
+        self.log(label)
+        t = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t
+        self.total += dt
+        self.log(f"{label}: {dt:.1f} s")
+
+
 def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     """Everything the report shows (:class:`Analysis`; ``text`` is the printed summary).
 
@@ -86,21 +105,20 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     import circuitalg as ca
     from circuitalg.circuits import findings
 
-    log = log or (lambda _m: None)
-    steps = 6
-    t0 = time.time()
-    m = ca.fold_layer_norm(model)  # unchanged without layer norm
+    stage = Stages(log, 8)
+    with stage("fold layer norms"):
+        m = ca.fold_layer_norm(model)  # unchanged without layer norm
     c = m.config
-    log(f"[1/{steps}] head diagnostics on repeated random tokens")
-    seq_len = max(2, min(20, c.n_ctx // 2))
-    table = ca.head_table(m, ca.repeated_random_tokens(m, seq_len, 16, seed=0))
-    log(f"[2/{steps}] composition scores and baselines")
-    comp = {k: ca.composition_scores(m, k) for k in "qkv"}
-    base = {k: ca.composition_baseline(m, k) for k in "qkv"}
-    log(f"[3/{steps}] exact top circuits")
-    search = ca.top_circuits(m, 10, min(2, c.n_layers + 1), ("unembed", "q", "k"))
-    log(f"[4/{steps}] circuit graph")
-    graph = ca.CircuitGraph(m, base)
+    with stage("head diagnostics on repeated random tokens"):
+        seq_len = max(2, min(20, c.n_ctx // 2))
+        table = ca.head_table(m, ca.repeated_random_tokens(m, seq_len, 16, seed=0))
+    with stage("composition scores and baselines"):
+        comp = {k: ca.composition_scores(m, k) for k in "qkv"}
+        base = {k: ca.composition_baseline(m, k) for k in "qkv"}
+    with stage("exact top circuits"):
+        search = ca.top_circuits(m, 10, min(2, c.n_layers + 1), ("unembed", "q", "k"))
+    with stage("circuit graph"):
+        graph = ca.CircuitGraph(m, base)
 
     prev = findings.previous_token_head(table)
     ind = findings.induction_head(table)
@@ -108,24 +126,25 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     k_comp = findings.composition_finding(comp["k"], base["k"], pair=pair)
     copying = [(ca.HeadId(int(l), int(h)).name, float(table.copying[l, h]))
                for l, h in zip(*np.nonzero(table.copying > 0.5))]
-    log(f"[5/{steps}] symbolic identity of the path expansion")
-    # (1 + heads)^layers paths: prove the identity at a bounded size (it holds for all dimensions)
-    shown_layers, shown_heads = min(c.n_layers, 3), min(c.n_heads, 2)
-    expansion = ca.symbolic_expansion(shown_layers, shown_heads)
-    verification = expansion.verify()
-    # the OV circuit shown: the induction head's, else the strongest copier's
-    if ind.head is not None:
-        ov_head, ov_why = ind.head, "the induction head"
-    else:
-        scores = np.nan_to_num(table.copying, nan=-np.inf)
-        l, h = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        ov_head = ca.HeadId(int(l), int(h))
-        ov_why = ("the head with the largest copying score" if np.isfinite(scores).any()
-                  else "copying is not defined with a separate output vocabulary")
-    ov_circuit = m.W_U @ m.head(ov_head.layer, ov_head.head).ov @ m.W_E
-    top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
-    qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
-    top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
+    with stage("symbolic identity of the path expansion"):
+        # (1 + heads)^layers paths: prove the identity at a bounded size (it holds for all dimensions)
+        shown_layers, shown_heads = min(c.n_layers, 3), min(c.n_heads, 2)
+        expansion = ca.symbolic_expansion(shown_layers, shown_heads)
+        verification = expansion.verify()
+    with stage("top token mappings (exact, factored)"):
+        # the OV circuit shown: the induction head's, else the strongest copier's
+        if ind.head is not None:
+            ov_head, ov_why = ind.head, "the induction head"
+        else:
+            scores = np.nan_to_num(table.copying, nan=-np.inf)
+            l, h = np.unravel_index(int(np.argmax(scores)), scores.shape)
+            ov_head = ca.HeadId(int(l), int(h))
+            ov_why = ("the head with the largest copying score" if np.isfinite(scores).any()
+                      else "copying is not defined with a separate output vocabulary")
+        ov_circuit = m.W_U @ m.head(ov_head.layer, ov_head.head).ov @ m.W_E
+        top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
+        qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
+        top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
     prev_line = str(prev)
     if prev.head is not None:
         source = "W_pos" if m.W_pos is not None else "rotary offsets"
@@ -149,7 +168,7 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
         f"path expansion identity verified: {verification.holds} ({verification.method}; general form at "
         f"{shown_layers} layers x {shown_heads} heads, symbolic dimensions)",
     ]
-    log(f"analysis done in {time.time() - t0:.1f} s")
+    stage.log(f"analysis done in {stage.total:.1f} s")
     return Analysis(
         model=m, original=model, table=table, comp=comp, base=base, search=search, graph=graph, prev=prev,
         induction=ind, k_comp=k_comp, copying=copying, expansion=expansion, verification=verification,
@@ -284,7 +303,8 @@ def write_report(model: Any, out: Path, log: Callable[[str], None] | None = None
     """Analyse ``model``, write ``out/report.html`` and return a JSON-ready summary."""
     log = log or (lambda _m: None)
     a = analyse(model, log)
-    log("[6/6] figures and HTML")
+    t0 = time.perf_counter()
+    log("[8/8] figures and HTML")
     figs = _figures(a)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,6 +357,7 @@ transformer with {a.shown[1]} heads per layer, over symbolic dimensions (method 
 </body></html>
 """
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(doc))
+    log(f"[8/8] figures and HTML: {time.perf_counter() - t0:.1f} s")
     log(f"wrote {out / 'report.html'}")
     prev, ind, kc = a.prev, a.induction, a.k_comp
     summary = {

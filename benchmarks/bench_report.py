@@ -10,7 +10,7 @@ child process, printing its stage timings, the wall time and the child's peak RS
 - ``pythia-70m``: a GPT-NeoX model of Pythia-70M's shapes (6 layers x 8 heads, d_model 512,
   vocab 50,304, partial rotary, parallel blocks).
 
-Usage: ``python benchmarks/bench_report.py [--model gpt2-small] [--extra "--no-figures"]``
+Usage: ``python benchmarks/bench_report.py [--model gpt2-small] [--extra "--no-figures"] [--keep DIR]``
 """
 
 from __future__ import annotations
@@ -100,12 +100,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gpt2-small", choices=sorted(MODELS))
     ap.add_argument("--extra", default="", help="extra options for circuitalg report")
+    ap.add_argument("--keep", help="write the report into this folder (kept) instead of a temporary one")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / args.model
         ckpt.mkdir()
         write_checkpoint(ckpt, args.model)
-        cmd = [sys.executable, "-m", "circuitalg", "report", str(ckpt), "--out", str(Path(tmp) / "out"),
+        cmd = [sys.executable, "-m", "circuitalg", "report", str(ckpt), "--out", args.keep or str(Path(tmp) / "out"),
                *shlex.split(args.extra)]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,19 @@ def _positive(option: str, lowest: int = 1) -> Any:
     return parse
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    """An argparse type for ``--layers``: comma-separated layers and ranges (``0-3,7``)."""
+    out: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        low, high = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (1, 0)
+        if low > high:
+            raise argparse.ArgumentTypeError(
+                f"--layers must list layers or ranges such as 0-3,7 (non-negative, low-high), got {text!r}")
+        out.extend(range(low, high + 1))
+    return tuple(sorted(set(out)))
+
+
 def _unwritable(out: Path) -> str | None:
     """Why the report cannot be written into folder ``out`` (None when it can), checked before any analysis."""
     if out.exists() and not out.is_dir():
@@ -137,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="analyse a model, print a summary and write DIR/report.html", formatter_class=fmt)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="zoo name or checkpoint path")
     p.add_argument("--out", default="circuitalg-report", help="output folder (created if missing)")
+    p.add_argument("--layers", type=_layer_list, default=None,
+                   help="layers whose heads the figures and tables show, e.g. 0-3,7 (default: all)")
+    p.add_argument("--top", type=_positive("--top"), default=10, help="entries per top list (circuits, pairs, edges)")
+    p.add_argument("--seq-len", type=_positive("--seq-len"), default=None,
+                   help="length of the repeated random sequence for induction / previous-token scores "
+                        "(default: min(20, n_ctx / 2))")
+    p.add_argument("--no-figures", action="store_true", help="tables and files only (faster)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p = sub.add_parser("circuits", help="the exact top-k circuits", formatter_class=fmt)
     p.add_argument("model", help="zoo name or checkpoint path")
@@ -215,9 +236,15 @@ def main(argv: list[str] | None = None) -> int:
                 for c in out["circuits"]:
                     print(f"  {c['score']:10.4g}  {c['name']}\n              {c['symbol']}")
         else:
-            from circuitalg.report import write_report
+            from circuitalg.report import ReportOptions, write_report
 
-            summary = write_report(model, Path(args.out), log=progress)
+            options = ReportOptions(layers=args.layers, top=args.top, seq_len=args.seq_len, figures=not args.no_figures)
+            try:
+                options.check(model)
+            except ca.InvalidArgumentError as e:  # an option out of range for this model: a usage error
+                print(f"circuitalg report: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            summary = write_report(model, Path(args.out), log=progress, options=options)
             if args.json:
                 _print_json(summary)
             else:

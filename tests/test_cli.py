@@ -202,3 +202,56 @@ def test_cli_version_out_checks_and_file_modes(tmp_path, capsys) -> None:
         os.umask(old)
     for f in (tmp_path / "r" / "report.html", path):
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f  # the user's umask, not mkstemp's 0600
+
+
+def test_report_files_tables_and_options_state_what_the_analysis_found(tmp_path, capsys) -> None:
+    """The CSV/JSON files beside the page hold the analysis' own numbers; the page's composition
+    table is their top by z; significance flags match the stated thresholds; --layers, --top and
+    --no-figures do what they say; the identity is well-formed MathML."""
+    import csv
+    import xml.dom.minidom
+
+    from circuitalg.circuits.composition import valid_pairs
+    from circuitalg.report import ReportOptions, analyse
+
+    out = tmp_path / "r"
+    assert main(["report", "attn2l", "--out", str(out), "--top", "3"]) == 0
+    capsys.readouterr()
+    m = ca.fold_layer_norm(ca.zoo.load("attn2l"))
+    a = analyse(ca.zoo.load("attn2l"), options=ReportOptions(top=3))
+    rows = list(csv.DictReader((out / "composition.csv").open()))
+    assert len(rows) == 3 * valid_pairs(2, 4)
+    for r in rows:
+        l1, h1 = (int(x) for x in r["writer"][1:].split("H"))
+        l2, h2 = (int(x) for x in r["reader"][1:].split("H"))
+        score = float(r["score"])
+        assert l1 < l2 and score == pytest.approx(ca.composition_scores(m, r["kind"])[l1, h1, l2, h2], rel=1e-12)
+        base = a.base[r["kind"]]
+        assert float(r["z"]) == pytest.approx((score - base.mean) / base.std, rel=1e-9)
+        assert (r["significant"] == "True") == (score >= base.threshold(valid_pairs(2, 4)))
+    assert {r["writer"] + r["reader"] for r in rows if r["significant"] == "True"} >= {"L0H2L1H1"}
+    heads = list(csv.DictReader((out / "heads.csv").open()))
+    assert len(heads) == 8 and float(heads[6]["induction"]) == pytest.approx(a.table.induction[1, 2], rel=1e-12)
+    assert len(list(csv.DictReader((out / "circuits.csv").open()))) == 3  # --top 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["induction_head"] == a.induction.head.name and summary["significant_pairs"]["k"] >= 1
+    graph = json.loads((out / "graph.json").read_text())
+    assert len(graph["nodes"]) == 1 + 1 + 8 + 1
+    page = (out / "report.html").read_text()
+    top = sorted(rows, key=lambda r: -float(r["z"]))[:10]
+    at = 0
+    for r in top:  # the page's table lists the highest z first, in order
+        at = page.index(f"<td>{r['writer']}</td><td>{r['reader']}</td>", at)
+    math = page[page.index("<math"):page.index("</math>") + 7]
+    xml.dom.minidom.parseString(math.replace("&InvisibleTimes;", "&#x2062;"))
+    assert "&#x2297;" in math and 'class="sortable"' in page and "<script>" in page
+    # --layers 1 --no-figures: the head table shows layer 1 only, no figures
+    out2 = tmp_path / "r2"
+    assert main(["report", "attn2l", "--out", str(out2), "--layers", "1", "--no-figures"]) == 0
+    capsys.readouterr()
+    page2 = (out2 / "report.html").read_text()
+    assert "<img" not in page2 and "figure not drawn: --no-figures" in page2
+    assert "<td>L1H0</td>" in page2 and "<td>L0H0</td><td>-" not in page2 and "Showing layers 1" in page2
+    for bad in (["--layers", "7"], ["--layers", "2-1"], ["--seq-len", "17"], ["--top", "0"]):
+        assert main(["report", "attn2l", "--out", str(tmp_path / "x"), *bad]) == 2
+        assert bad[0] in capsys.readouterr().err

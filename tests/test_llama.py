@@ -111,7 +111,7 @@ def test_llama_report_runs(tmp_path) -> None:
 
     _hf(tmp_path / "ckpt", "llama")
     assert main(["report", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]) == 0
-    assert "rotary position embeddings and no W_pos" in (tmp_path / "out" / "report.html").read_text()
+    assert "Rotary model: no W<sub>pos</sub>" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_llama_config_refusals(tmp_path) -> None:

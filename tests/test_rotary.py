@@ -119,7 +119,7 @@ def test_rotary_model_analyses_say_what_is_not_defined(tmp_path) -> None:
 
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "This model has rotary position embeddings and no W_pos" in page
+    assert "Rotary model: no W<sub>pos</sub>" in page
 
 
 def test_transformer_lens_rotary_parallel() -> None:

@@ -6,11 +6,9 @@ and the HTML read only that record. matplotlib is a core dependency.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import html
-import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +16,61 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import CircuitAlgError
 from circuitalg.files import atomic_write
+from circuitalg.report import figures, page
 
-__all__ = ["Analysis", "analyse", "write_report"]
+__all__ = ["Analysis", "ReportOptions", "analyse", "write_report", "architecture_notes"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+    """What the report covers.
+
+    Attributes
+    ----------
+    layers : tuple of int, optional
+        The layers whose heads the figures and tables show (default: all); the analysis itself
+        (findings, significance over all pairs) always covers the whole model.
+    top : int
+        Entries in each top list: circuits, composition pairs, graph edges.
+    seq_len : int, optional
+        Length of the random sequence that is repeated for the induction / previous-token
+        measurements (at most ``n_ctx // 2``; default ``min(20, n_ctx // 2)``).
+    figures : bool
+        Draw the figures (``False``: tables and files only, faster).
+    """
+
+    layers: tuple[int, ...] | None = None
+    top: int = 10
+    seq_len: int | None = None
+    figures: bool = True
+
+    def check(self, model: Any) -> ReportOptions:
+        """These options validated against ``model`` (an error names the option and its range), with
+        ``seq_len`` filled in."""
+        from circuitalg.errors import InvalidArgumentError
+
+        c = model.config
+        if self.layers is not None:
+            bad = [l for l in self.layers if not (isinstance(l, int) and 0 <= l < c.n_layers)]
+            if bad or not self.layers:
+                raise InvalidArgumentError(
+                    f"--layers {list(self.layers)}: {model.name} has layers 0..{c.n_layers - 1}; give some of them.")
+        if not (isinstance(self.top, int) and self.top >= 1):
+            raise InvalidArgumentError(f"--top {self.top!r}: pass a positive integer.")
+        if self.seq_len is None:
+            if c.n_ctx < 2:
+                raise InvalidArgumentError(f"{model.name}: n_ctx={c.n_ctx} leaves no room for a repeated sequence.")
+            return dataclasses.replace(self, seq_len=min(20, c.n_ctx // 2))
+        if not (isinstance(self.seq_len, int) and 1 <= self.seq_len and 2 * self.seq_len <= c.n_ctx):
+            raise InvalidArgumentError(
+                f"--seq-len {self.seq_len!r}: the repeated sequence is 2 x seq-len tokens, at most n_ctx={c.n_ctx}; "
+                f"pass 1..{c.n_ctx // 2}.")
+        return self
+
+    def shown_layers(self, n_layers: int) -> list[int]:
+        """The layers shown, sorted."""
+        return sorted(set(self.layers)) if self.layers is not None else list(range(n_layers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,24 +105,7 @@ class Analysis:
     top_qk: list[Any]
     qk_circuit: Any
     text: str
-
-
-def _plt() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise CircuitAlgError("the report needs matplotlib: pip install matplotlib") from e
-    return plt
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    options: ReportOptions = ReportOptions()
 
 
 class Stages:
@@ -94,7 +126,7 @@ class Stages:
         self.log(f"{label}: {dt:.1f} s")
 
 
-def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
+def analyse(model: Any, log: Callable[[str], None] | None = None, options: ReportOptions | None = None) -> Analysis:
     """Everything the report shows (:class:`Analysis`; ``text`` is the printed summary).
 
     Every claim in ``text`` carries its evidence: heads are named only above the thresholds
@@ -105,18 +137,18 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
     import circuitalg as ca
     from circuitalg.circuits import findings
 
+    options = (options or ReportOptions()).check(model)
     stage = Stages(log, 8)
     with stage("fold layer norms"):
         m = ca.fold_layer_norm(model)  # unchanged without layer norm
     c = m.config
     with stage("head diagnostics on repeated random tokens"):
-        seq_len = max(2, min(20, c.n_ctx // 2))
-        table = ca.head_table(m, ca.repeated_random_tokens(m, seq_len, 16, seed=0))
+        table = ca.head_table(m, ca.repeated_random_tokens(m, options.seq_len, 16, seed=0))
     with stage("composition scores and baselines"):
         comp = {k: ca.composition_scores(m, k) for k in "qkv"}
         base = {k: ca.composition_baseline(m, k) for k in "qkv"}
     with stage("exact top circuits"):
-        search = ca.top_circuits(m, 10, min(2, c.n_layers + 1), ("unembed", "q", "k"))
+        search = ca.top_circuits(m, options.top, min(2, c.n_layers + 1), ("unembed", "q", "k"))
     with stage("circuit graph"):
         graph = ca.CircuitGraph(m, base)
 
@@ -173,7 +205,7 @@ def analyse(model: Any, log: Callable[[str], None] | None = None) -> Analysis:
         model=m, original=model, table=table, comp=comp, base=base, search=search, graph=graph, prev=prev,
         induction=ind, k_comp=k_comp, copying=copying, expansion=expansion, verification=verification,
         shown=(shown_layers, shown_heads), top_ov=top_ov, ov_head=ov_head, ov_why=ov_why, top_qk=top_qk,
-        qk_circuit=qk_circuit, text="\n".join(lines),
+        qk_circuit=qk_circuit, text="\n".join(lines), options=options,
     )
 
 
@@ -209,156 +241,143 @@ def architecture_notes(c: Any) -> list[str]:
     return notes
 
 
-def _figures(a: Analysis) -> dict[str, str]:
-    plt = _plt()
-    m, table = a.model, a.table
-    c = m.config
-    L, H = c.n_layers, c.n_heads
-    labels = [hd.name for hd in m.head_weights.ids()]
-    figs = {}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, k in zip(axes, "qkv"):
-        s = a.comp[k].reshape(L * H, L * H)
-        im = ax.imshow(s, cmap="viridis", vmin=0)
-        b = a.base[k]
-        ax.set_title(f"{k.upper()}-composition (baseline {b.mean:.3f} ± {b.std:.3f})")
-        ax.set_xticks(range(L * H), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(L * H), labels, fontsize=7)
-        ax.set_xlabel("reader")
-        ax.set_ylabel("writer")
-        cb = fig.colorbar(im, ax=ax, shrink=0.8)
-        cb.ax.axhline(b.mean, color="red", lw=2)
-    figs["composition"] = _png(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    x = np.arange(L * H)
-    axes[0].bar(x - 0.2, table.copying.ravel(), 0.4, label="full OV circuit W_U W_OV W_E")
-    axes[0].bar(x + 0.2, table.copying_ov.ravel(), 0.4, label="W_OV")
-    axes[0].set_xticks(x, labels, rotation=90, fontsize=7)
-    axes[0].set_title("copying score Σλ / Σ|λ|")
-    axes[0].axhline(0, color="k", lw=0.5)
-    axes[0].legend(fontsize=8)
+
+def _composition_rows(a: Analysis, layers: list[int]) -> tuple[list[dict[str, Any]], dict[str, float], int]:
+    """Every valid pair among ``layers`` for each kind (score, z, significant), sorted by z; the
+    significance thresholds per kind; the number of valid pairs in the whole model."""
+    from circuitalg.circuits.composition import valid_pairs
+
+    c = a.model.config
+    n_pairs = valid_pairs(c.n_layers, c.n_heads)
+    thresholds: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    if n_pairs == 0:
+        return rows, {k: float("inf") for k in "qkv"}, 0
+    sel = np.zeros(c.n_layers, dtype=bool)
+    sel[layers] = True
+    for k in "qkv":
+        base = a.base[k]
+        thresholds[k] = base.threshold(n_pairs)
+        z = figures.z_scores(a.comp[k], base)
+        for l1, h1, l2, h2 in zip(*np.nonzero(np.isfinite(z))):
+            if sel[l1] and sel[l2]:
+                score = float(a.comp[k][l1, h1, l2, h2])
+                rows.append({"kind": k, "writer": f"L{l1}H{h1}", "reader": f"L{l2}H{h2}", "score": score,
+                             "z": float(z[l1, h1, l2, h2]), "significant": score >= thresholds[k],
+                             "writer_id": (int(l1), int(h1)), "reader_id": (int(l2), int(h2))})
+    rows.sort(key=lambda r: (-r["z"], r["kind"], r["writer"], r["reader"]))
+    return rows, thresholds, n_pairs
+
+
+def write_report(
+    model: Any, out: Path, log: Callable[[str], None] | None = None, options: ReportOptions | None = None
+) -> dict[str, Any]:
+    """Analyse ``model``; write ``out/report.html`` and beside it ``heads.csv``, ``composition.csv``,
+    ``circuits.csv``, ``graph.json`` and ``summary.json``; return the JSON-ready summary."""
     import circuitalg as ca
 
-    square = m.W_U.codomain == m.W_E.domain  # no eigenvalues with a separate output vocabulary
-    for head in m.heads() if square else ():
-        lam = ca.eigenvalues(m.W_U @ head.ov @ m.W_E)
-        axes[1].scatter(lam.real, lam.imag, s=8, label=head.name)
-    axes[1].set_title("eigenvalues of each head's full OV circuit" if square else
-                      "no eigenvalues: the output vocabulary differs from the input one")
-    axes[1].axvline(0, color="k", lw=0.5)
-    axes[1].legend(fontsize=6, ncol=2)
-    figs["copying"] = _png(fig)
-
-    from circuitalg.circuits.diagnostics import positional_pattern, rotary_offset_pattern
-
-    pattern = positional_pattern if m.W_pos is not None else rotary_offset_pattern
-    fig, axes = plt.subplots(L, H, figsize=(2.2 * H, 2.2 * L), squeeze=False)
-    for head in m.heads():
-        ax = axes[head.layer, head.index]
-        ax.imshow(pattern(m, head, 32), cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"{head.name} ({table.positional_prev_token[head.key]:.2f})", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("positional QK patterns (softmax over " + ("W_pos scores" if m.W_pos is not None else
-                 "μᵀ W_QK(Δ) μ, μ the mean token embedding") + "; query rows, key columns)")
-    figs["positional"] = _png(fig)
-
-    import networkx as nx
-
-    g = a.graph.nx
-    edges = sorted(
-        ((u, v, d) for u, v, d in g.edges(data=True) if g.nodes[u]["kind"] == "head" == g.nodes[v]["kind"]),
-        key=lambda e: -e[2]["score"] / e[2]["baseline"],
-    )[: max(6, L * H)]
-    fig, ax = plt.subplots(figsize=(9, 5))
-    pos = {}
-    for node, d in g.nodes(data=True):
-        layer = d["layer"]
-        idx = d["index"] if d["kind"] == "head" else (0 if d["kind"] == "embed" else 1)
-        pos[node] = (idx, layer)
-    sub = nx.MultiDiGraph()
-    sub.add_nodes_from(g.nodes)
-    colors = {"q": "tab:blue", "k": "tab:red", "v": "tab:green"}
-    for u, v, d in edges:
-        sub.add_edge(u, v)
-        ratio = d["score"] / d["baseline"]
-        nx.draw_networkx_edges(g, pos, edgelist=[(u, v)], ax=ax, edge_color=colors[d["kind"]],
-                               width=1 + 2 * max(0.0, ratio - 1), arrows=True, connectionstyle="arc3,rad=0.1")
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_color="lightgrey", node_size=500)
-    nx.draw_networkx_labels(g, pos, ax=ax, font_size=7)
-    ax.set_title("strongest head-to-head edges (width ~ score / baseline; blue Q, red K, green V)")
-    ax.set_ylabel("layer")
-    figs["graph"] = _png(fig)
-    return figs
-
-
-def _table(rows: list[list[Any]], head: list[str]) -> str:
-    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def write_report(model: Any, out: Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Analyse ``model``, write ``out/report.html`` and return a JSON-ready summary."""
+    a = analyse(model, log, options)
+    o = a.options
     log = log or (lambda _m: None)
-    a = analyse(model, log)
     t0 = time.perf_counter()
-    log("[8/8] figures and HTML")
-    figs = _figures(a)
+    log("[8/8] figures, tables and files")
+    m, table = a.model, a.table
+    c = m.config
+    layers = o.shown_layers(c.n_layers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    search = a.search
-    circuits = _table(
-        [[f"{cc.score:.4g}", cc.name, str(cc.symbol)] for cc in search],
-        ["‖W‖_F", "circuit", "virtual weight"],
-    )
+    comp_rows, thresholds, n_pairs = _composition_rows(a, layers)
+    sig = {k: sum(1 for r in comp_rows if r["kind"] == k and r["significant"]) for k in "qkv"}
+    top_pairs = comp_rows[: max(o.top, 10)]
+    shown = "all layers" if o.layers is None else "layers " + ", ".join(map(str, layers))
+
+    figs: dict[str, str] = {}
+    if o.figures and c.n_layers >= 2:
+        figs["composition"] = figures.composition_figure(a.comp, a.base, layers, thresholds)
+        figs["graph"] = figures.graph_figure(comp_rows[: o.top], c.n_layers, c.n_heads)
+    if o.figures:
+        square = m.W_U.codomain == m.W_E.domain
+        eigs = {(l, h): ca.eigenvalues(m.W_U @ m.head(l, h).ov @ m.W_E) for l in layers for h in range(c.n_heads)} \
+            if square else None
+        figs["copying"] = figures.copying_figure(table.copying, eigs, layers)
+        from circuitalg.circuits.diagnostics import positional_pattern, rotary_offset_pattern
+
+        pattern = positional_pattern if m.W_pos is not None else rotary_offset_pattern
+        score = table.positional_prev_token
+        order = sorted(((l, h) for l in layers for h in range(c.n_heads)), key=lambda lh: -score[lh])[:6]
+        pats = {lh: pattern(m, m.head(*lh), min(24, c.n_ctx)) for lh in order}
+        figs["positional"] = figures.positional_figure(score, pats, layers, m.W_pos is None)
+
+    def img(key: str, alt: str) -> str:
+        if key in figs:
+            return f'<img alt="{alt}" src="{figs[key]}">'
+        why = "--no-figures" if not o.figures else "one layer: no earlier -> later pairs"
+        return f"<p>(figure not drawn: {why})</p>"
+
+    def explain(key: str) -> str:
+        return f'<p class="explain">{page.EXPLAIN[key]}</p>'
+
+    comp_head = ["kind", "writer", "reader", "score", "z (std above random)", "significant"]
+    comp_table = page.table_html([[r["kind"].upper(), r["writer"], r["reader"], f"{r['score']:.4f}", f"{r['z']:+.2f}",
+                                   "yes" if r["significant"] else "no"] for r in top_pairs], comp_head)
+    if n_pairs:
+        comp_intro = (f"<p>{n_pairs:,} earlier -> later pairs per kind; significant at family-wise "
+                      f"{ca.FAMILY_ALPHA:g} from score " + ", ".join(f"{k.upper()} {thresholds[k]:.4f}" for k in "qkv")
+                      + f" ({', '.join(f'{sig[k]} {k.upper()}' for k in 'qkv')} significant pairs in {shown}). "
+                      f"The {len(top_pairs)} highest by z below; all pairs in composition.csv.</p>")
+    else:
+        comp_intro = "<p>Not applicable: a one-layer model has no earlier -> later pairs.</p>"
+    circuits_rows = [[f"{cc.score:.4g}", cc.name, str(cc.symbol)] for cc in a.search]
+    circuits_head = ["‖W‖_F", "circuit", "virtual weight"]
+
     def entries(rows: list[Any]) -> str:
         if not rows:
             return "<p>(no QK circuit among the top circuits)</p>"
-        return _table([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
-                      [rows[0].row_role, rows[0].col_role, "weight"])
+        return page.table_html([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
+                               [rows[0].row_role, rows[0].col_role, "weight"])
 
-    positional = f'<img alt="positional patterns" src="{figs["positional"]}">'
-    if a.model.W_pos is None:
-        positional = (
-            "<p>This model has rotary position embeddings and no W_pos. Each panel is the head's attention by "
-            "offset alone: the causal softmax of μ<sup>T</sup> W_QK(Δ) μ with Δ = key − query and μ the mean token "
-            "embedding (what the head would do if every token embedded as μ). Its QK circuits and Q/K-compositions "
-            "are taken at offset 0, W_QK(0) = W_Q<sup>T</sup> W_K; head.qk_at(Δ) gives the form at other "
-            "offsets.</p>" + positional
-        )
-    tokens = entries(a.top_ov)
-    qk = entries(a.top_qk)
-    heads = _table(
-        [[r["head"], *(f"{r[f]:.3f}" for f in a.table.fields)] for r in a.table.records()],
-        ["head", *a.table.fields],
-    )
+    head_rows = [[r["head"], *(f"{r[f]:.3f}" for f in table.fields)] for r in table.records() if r["layer"] in layers]
+    head_head = ["head", *table.fields]
     v = a.verification
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>circuitalg report: {html.escape(model.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}} img{{max-width:100%}} pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style>
-</head><body>
-<h1>circuitalg report: {html.escape(model.name)}</h1>
-<section id="summary"><h2>Summary</h2><pre>{html.escape(a.text)}</pre></section>
-<section id="composition"><h2>Composition scores</h2><img alt="composition heatmaps" src="{figs["composition"]}"></section>
-<section id="copying"><h2>Copying and eigenvalues</h2><img alt="copying scores and eigenvalues" src="{figs["copying"]}"></section>
-<section id="positional"><h2>Positional QK patterns</h2>{positional}</section>
-<section id="graph"><h2>Circuit graph</h2><img alt="circuit graph" src="{figs["graph"]}"></section>
-<section id="circuits"><h2>Top circuits</h2><p>{html.escape(search.summary())}</p>{circuits}</section>
-<section id="tokens"><h2>Top token mappings</h2><h3>OV circuit W_U W_OV W_E of {a.ov_head.name} ({a.ov_why})</h3>{tokens}
-<h3>Strongest QK circuit{": " + html.escape(a.qk_circuit.name) if a.qk_circuit is not None else ""}</h3>
-<p>Rows are queries and columns keys; position pairs are restricted to key &lt;= query (causal attention).</p>{qk}</section>
-<section id="heads"><h2>Head table</h2>{heads}</section>
-<section id="identity"><h2>Verified identity</h2><p>Path expansion of a {a.shown[0]}-layer attention-only
-transformer with {a.shown[1]} heads per layer, over symbolic dimensions (method {html.escape(v.method)}): holds =
-{v.holds}.</p><pre>{html.escape(str(a.expansion))}</pre></section>
-</body></html>
-"""
+    identity = (f'<p>Path expansion of a {a.shown[0]}-layer attention-only transformer with {a.shown[1]} heads per '
+                f"layer, over symbolic dimensions: <b>the general form</b> at that size (the identity holds for every "
+                f"size; this model has {c.n_layers} layers x {c.n_heads} heads, and MLPs, norms and biases enter as "
+                f"frozen terms, see the path expansion in the API). Verified by {html.escape(v.method)}: "
+                f"<b>{'holds' if v.holds else 'FAILS'}</b>.</p>"
+                f'<div class="identity">{page.identity_mathml(a.expansion.product, a.expansion.expanded)}</div>')
+    positional_note = ""
+    if m.W_pos is None:
+        positional_note = ("<p>Rotary model: no W<sub>pos</sub>; attention by offset alone through W<sub>QK</sub>(Δ) = "
+                           "W<sub>Q</sub><sup>T</sup> R(Δ) W<sub>K</sub>. QK circuits and Q/K-composition are taken at "
+                           "offset 0.</p>")
+    sections = [
+        ("summary", "Summary", f"<pre>{html.escape(a.text)}</pre><p>Showing {shown}. Files beside this page: "
+         "heads.csv, composition.csv, circuits.csv, graph.json, summary.json.</p>"),
+        ("composition", "Composition scores", explain("composition") + comp_intro
+         + img("composition", "composition heatmaps") + comp_table),
+        ("graph", "Circuit graph", explain("graph") + img("graph", "circuit graph")),
+        ("copying", "Copying and eigenvalues", explain("copying") + img("copying", "copying scores and eigenvalues")),
+        ("positional", "Positional QK patterns", explain("positional") + positional_note
+         + img("positional", "positional patterns")),
+        ("circuits", "Top circuits", explain("circuits") + f"<p>{html.escape(a.search.summary())}</p>"
+         + page.table_html(circuits_rows, circuits_head)),
+        ("tokens", "Top token mappings", explain("tokens")
+         + f"<h3>OV circuit W_U W_OV W_E of {a.ov_head.name} ({html.escape(a.ov_why)})</h3>" + entries(a.top_ov)
+         + "<h3>Strongest QK circuit" + (": " + html.escape(a.qk_circuit.name) if a.qk_circuit is not None else "")
+         + "</h3><p>Rows are queries and columns keys; position pairs are restricted to key &lt;= query.</p>"
+         + entries(a.top_qk)),
+        ("heads", "Head table", explain("heads") + page.table_html(head_rows, head_head)),
+        ("identity", "Verified identity", identity),
+    ]
+    doc = page.page(f"circuitalg report: {model.name}", sections)
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(doc))
-    log(f"[8/8] figures and HTML: {time.perf_counter() - t0:.1f} s")
-    log(f"wrote {out / 'report.html'}")
+    page.write_csv(out / "heads.csv", [[r["head"], *(r[f] for f in table.fields)] for r in table.records()], head_head)
+    page.write_csv(out / "composition.csv", [[r["kind"], r["writer"], r["reader"], r["score"], r["z"], r["significant"]]
+                                             for r in comp_rows], ["kind", "writer", "reader", "score", "z", "significant"])
+    page.write_csv(out / "circuits.csv", [[cc.score, cc.name, str(cc.symbol)] for cc in a.search],
+                   ["score", "circuit", "virtual_weight"])
+    a.graph.to_json(out / "graph.json")
     prev, ind, kc = a.prev, a.induction, a.k_comp
     summary = {
         "model": model.name,
@@ -370,10 +389,14 @@ transformer with {a.shown[1]} heads per layer, over symbolic dimensions (method 
             "writer": kc.writer.name, "reader": kc.reader.name, "score": kc.score, "z": kc.z,
             "family_p": kc.family_p, "n_pairs": kc.n_pairs, "significant": kc.significant, "chosen": kc.chosen,
         },
+        "significant_pairs": sig if n_pairs else None,
         "baseline_k": {"mean": a.base["k"].mean, "std": a.base["k"].std},
         "copying_heads": dict(a.copying),
         "induction_copying": None if ind.head is None else float(a.table.copying[ind.head.layer, ind.head.head]),
-        "top_circuits": [cc.to_dict() for cc in search], "certificate": search.bound,
+        "top_circuits": [cc.to_dict() for cc in a.search], "certificate": a.search.bound,
         "identity_verified": bool(v.holds), "report": str(out / "report.html"), "text": a.text,
     }
+    page.write_json(out / "summary.json", summary)
+    log(f"[8/8] figures, tables and files: {time.perf_counter() - t0:.1f} s")
+    log(f"wrote {out / 'report.html'} (+ heads.csv, composition.csv, circuits.csv, graph.json, summary.json)")
     return summary

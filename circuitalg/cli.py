@@ -31,8 +31,9 @@ def progress(msg: str) -> None:
     print(f"[circuitalg] {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_model(spec: str) -> Any:
-    """A zoo name or a checkpoint path -> Transformer (LoadError / InvalidArgumentError otherwise)."""
+def resolve_model(spec: str, dtype: Any = np.float64) -> Any:
+    """A zoo name or a checkpoint path -> Transformer (LoadError / InvalidArgumentError otherwise);
+    ``dtype`` applies to checkpoints (zoo models load as shipped)."""
     import circuitalg as ca
 
     if spec in ca.zoo.list():
@@ -40,7 +41,7 @@ def resolve_model(spec: str) -> Any:
     path = Path(spec)
     if not path.exists():
         raise ca.LoadError(f"{spec!r} is neither a zoo model ({', '.join(ca.zoo.list())}) nor an existing file.")
-    return ca.load(path)
+    return ca.load(path, dtype=dtype)
 
 
 def info(model: Any) -> dict[str, Any]:
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="length of the repeated random sequence for induction / previous-token scores "
                         "(default: min(20, n_ctx / 2))")
     p.add_argument("--no-figures", action="store_true", help="tables and files only (faster)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64"],
+                   help="dtype of the loaded weights; auto: float32 for checkpoints stored in 32 bits or fewer "
+                        "(exact), float64 otherwise. The factored numerics accumulate in float64 either way")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p = sub.add_parser("circuits", help="the exact top-k circuits", formatter_class=fmt)
     p.add_argument("model", help="zoo name or checkpoint path")
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             t_load = time.perf_counter()
-            model = resolve_model(args.model)
+            model = resolve_model(args.model, **({"dtype": args.dtype} if args.command == "report" else {}))
             if args.command == "report":
                 progress(f"loaded {model.name} in {time.perf_counter() - t_load:.1f} s")
         except (ca.LoadError, ca.ConfigError) as e:

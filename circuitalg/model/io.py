@@ -75,8 +75,10 @@ def load(
         The key layout; detected from the keys by default.
     config : TransformerConfig or dict, optional
         Overrides or completes the config found beside the weights.
-    dtype : numpy dtype
-        float64 (default) or float32 for the loaded parameters.
+    dtype : numpy dtype or "auto"
+        float64 (default) or float32 for the loaded parameters; ``"auto"``: float32 when every
+        tensor is stored in 32 bits or fewer (float32, float16, bfloat16, GGUF: all convert to
+        float32 exactly), else float64.
     max_bytes : int, optional
         The most tensor bytes to read (default :data:`DEFAULT_LOAD_BYTES`).
 
@@ -127,6 +129,8 @@ def load(
         cfg, params = convert_state_dict(tensors, layout=found_layout, config=cfg_arg, source=source)
         if vocab is not None and len(vocab) != cfg.d_vocab:
             vocab = None  # a tokenizer with added tokens: keep the model, drop the strings
+        if isinstance(dtype, str) and dtype == "auto":
+            dtype = _stored_dtype(tensors)
         return Transformer(cfg, params, name=p.name or source, vocab=vocab, dtype=dtype)
     except LoadError:
         raise
@@ -373,6 +377,16 @@ def _read_vocab(path: Path) -> list[str] | None:
     except (ValueError, TypeError, AttributeError):
         return None  # a vocabulary is a convenience; never fail a load over it
     return [decode_byte_level(ids[i]) for i in range(n)]
+
+
+def _stored_dtype(tensors: Mapping[str, Any]) -> Any:
+    """float32 when no stored floating tensor is wider than 32 bits (GGUF tensors dequantise to
+    float32), else float64."""
+    if not isinstance(tensors, dict):
+        return np.float32  # a GGUF file's lazily dequantised tensors
+    wide = any(getattr(v, "dtype", None) is not None and np.dtype(v.dtype).kind == "f" and np.dtype(v.dtype).itemsize > 4
+               for v in tensors.values())
+    return np.float64 if wide else np.float32
 
 
 def _sidecar_config(p: Path) -> Any:

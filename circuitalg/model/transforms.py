@@ -21,6 +21,8 @@ The mathematics is TransformerLens's weight processing, in column layout:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from circuitalg.errors import ConfigError, InvalidArgumentError
@@ -39,36 +41,43 @@ def _centre_in_place(W: np.ndarray) -> np.ndarray:
     return W
 
 
-def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transformer:
+def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any = None) -> Transformer:
     """Fold each layer norm's weight and bias into the weights that read it (model becomes
     ``LNPre``; an RMSNorm model becomes ``RMSPre``: its weights fold the same way, without a bias
     and without centring, since RMSNorm does not centre).
 
-    A model without normalisation is returned unchanged; an ``LNPre`` model only has its
-    reading weights centred (when ``center_reads``).
+    A model without normalisation is returned unchanged (converted to ``dtype`` if given); an
+    ``LNPre`` model only has its reading weights centred (when ``center_reads``). ``dtype``
+    (default: the model's) is the folded model's dtype; folding a float32 model into float64
+    does the arithmetic in float64.
     """
     require_model(model, "fold_layer_norm")
     if not isinstance(center_reads, (bool, np.bool_)):
         raise InvalidArgumentError(f"fold_layer_norm: center_reads={center_reads!r}; pass True or False.")
     c = model.config
+    dtype = model.dtype if dtype is None else np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise InvalidArgumentError(f"fold_layer_norm: dtype={dtype}; use numpy.float32 or numpy.float64.")
     if c.normalization is None:
-        return model
+        return model if dtype == model.dtype else model.with_params(model.params, dtype=dtype)
     p = dict(model.params)
+    done: set[str] = set()
     centred = c.centred_norm  # only a layer norm's output is centred, so only then may reads be centred
 
     def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
         w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
         for wk, bk in weight_keys:
-            W = p[wk]
+            W = np.array(p[wk], dtype=dtype)  # one new array per folded weight, in the target dtype
             if b is not None:
-                p[bk] = p[bk] + W @ b
+                p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
+                done.add(bk)
             if w is not None:
-                W = W * w
+                W *= np.asarray(w, dtype=dtype)
             if center_reads and centred:
-                W = W - W.mean(axis=-1, keepdims=True) if W is p[wk] else _centre_in_place(W)
-            if W is not p[wk]:
-                W.flags.writeable = False  # a new array nobody else holds: the model may keep it uncopied
+                _centre_in_place(W)
+            W.flags.writeable = False  # nobody else holds it: the new model keeps it uncopied
             p[wk] = W
+            done.add(wk)
 
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
@@ -78,7 +87,12 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True) -> Transfo
             reads = [(m + "W_in", m + "b_in")] + ([(m + "W_gate", m + "b_gate")] if c.gated_mlp else [])
             fold(f"blocks.{layer}.ln2", reads)
     fold("ln_final", [("W_U", "b_U")])
-    return model.with_params(p, normalization="LNPre" if centred else "RMSPre")
+    for k in p.keys() - done:  # the rest converted (read-only: no second copy in the new model)
+        v = np.asarray(p[k], dtype=dtype)
+        if v is not p[k] and v.base is None:
+            v.flags.writeable = False
+        p[k] = v
+    return model.with_params(p, normalization="LNPre" if centred else "RMSPre", dtype=dtype)
 
 
 def center_writing_weights(model: Transformer) -> Transformer:

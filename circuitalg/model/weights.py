@@ -444,10 +444,11 @@ class Transformer:
 
         return run(self, tokens)
 
-    def with_params(self, params: Mapping[str, Any], **changes: Any) -> Transformer:
-        """A new model with ``params`` (and config fields in ``changes``); the rest is kept."""
+    def with_params(self, params: Mapping[str, Any], *, dtype: Any = None, **changes: Any) -> Transformer:
+        """A new model with ``params`` (and config fields in ``changes``; ``dtype``, default this
+        model's); the rest is kept."""
         config = dataclasses.replace(self.config, **changes) if changes else self.config
-        return Transformer(config, params, vocab=self.vocab, name=self.name, dtype=self.dtype)
+        return Transformer(config, params, vocab=self.vocab, name=self.name, dtype=self.dtype if dtype is None else dtype)
 
     def __repr__(self) -> str:
         c = self.config

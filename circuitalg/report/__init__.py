@@ -108,6 +108,15 @@ class Analysis:
     options: ReportOptions = ReportOptions()
 
 
+def _peak_rss_gib() -> float:
+    """This process's peak resident set size in GiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
 class Stages:
     """Numbered stages that log their start and their wall time (``[i/n] name: 1.2 s``)."""
 
@@ -123,7 +132,7 @@ class Stages:
         yield
         dt = time.perf_counter() - t
         self.total += dt
-        self.log(f"{label}: {dt:.1f} s")
+        self.log(f"{label}: {dt:.1f} s (peak RSS so far {_peak_rss_gib():.2f} GiB)")
 
 
 def analyse(model: Any, log: Callable[[str], None] | None = None, options: ReportOptions | None = None) -> Analysis:
@@ -140,7 +149,8 @@ def analyse(model: Any, log: Callable[[str], None] | None = None, options: Repor
     options = (options or ReportOptions()).check(model)
     stage = Stages(log, 8)
     with stage("fold layer norms"):
-        m = ca.fold_layer_norm(model)  # unchanged without layer norm
+        # float64 numerics whatever the checkpoint's dtype (a float32 model converts exactly)
+        m = ca.fold_layer_norm(model, dtype=np.float64)
     c = m.config
     with stage("head diagnostics on repeated random tokens"):
         table = ca.head_table(m, ca.repeated_random_tokens(m, options.seq_len, 16, seed=0))

@@ -47,9 +47,9 @@ def png(fig: Any, dpi: int = 100) -> str:
 
 
 def _layer_ticks(ax: Any, layers: Sequence[int], H: int, axis: str) -> None:
-    """One tick per layer block (thinned to at most ~16 labels), grid lines between blocks."""
+    """One tick per layer block (thinned to at most 10 labels), grid lines between blocks."""
     n = len(layers)
-    step = max(1, int(np.ceil(n / 16)))
+    step = max(1, int(np.ceil(n / 10)))
     centres = [i * H + (H - 1) / 2 for i in range(0, n, step)]
     labels = [f"L{layers[i]}" for i in range(0, n, step)]
     bounds = [i * H - 0.5 for i in range(1, n)]
@@ -113,7 +113,7 @@ def copying_figure(copying: np.ndarray, eigs: dict[tuple[int, int], np.ndarray] 
     sel = np.asarray(layers)
     H = copying.shape[1]
     cp = copying[sel]
-    fig, axes = pyplot.subplots(1, 2, figsize=(10, max(3.4, 0.3 * len(sel) + 1.8)), constrained_layout=True,
+    fig, axes = pyplot.subplots(1, 2, figsize=(10, min(5.5, max(3.4, 0.3 * len(sel) + 1.8))), constrained_layout=True,
                                 gridspec_kw={"width_ratios": [1.1, 1], "wspace": 0.12})
     cmap = pyplot.get_cmap("RdBu_r").copy()
     cmap.set_bad("0.93")
@@ -160,7 +160,7 @@ def positional_figure(score: np.ndarray, patterns: dict[tuple[int, int], np.ndar
     sel = np.asarray(layers)
     H = score.shape[1]
     k = len(patterns)
-    fig = pyplot.figure(figsize=(10, max(4.2, 0.3 * len(sel) + 2.0)), constrained_layout=True)
+    fig = pyplot.figure(figsize=(10, min(5.5, max(4.2, 0.3 * len(sel) + 2.0))), constrained_layout=True)
     grid = fig.add_gridspec(2, 1 + max(1, (k + 1) // 2), width_ratios=[2.2] + [1] * max(1, (k + 1) // 2),
                             wspace=0.15)
     ax = fig.add_subplot(grid[:, 0])

@@ -31,14 +31,18 @@ from circuitalg.testing import match_spectra
 D_VOCAB, D_MODEL, D_HEAD = 50257, 768, 64
 
 
-def make_weights(n_heads: int, seed: int = 0) -> dict:
+def make_weights(n_heads: int, seed: int = 0, dtype: str = "float32") -> dict:
     rng = np.random.default_rng(seed)
     s = 1 / np.sqrt(D_MODEL)
+
+    def draw(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * s).astype(dtype)
+
     return {
-        "W_E": rng.standard_normal((D_MODEL, D_VOCAB)) * s,
-        "W_U": rng.standard_normal((D_VOCAB, D_MODEL)) * s,
-        "W_V": [rng.standard_normal((D_HEAD, D_MODEL)) * s for _ in range(n_heads)],
-        "W_O": [rng.standard_normal((D_MODEL, D_HEAD)) * s for _ in range(n_heads)],
+        "W_E": draw(D_MODEL, D_VOCAB),
+        "W_U": draw(D_VOCAB, D_MODEL),
+        "W_V": [draw(D_HEAD, D_MODEL) for _ in range(n_heads)],
+        "W_O": [draw(D_MODEL, D_HEAD) for _ in range(n_heads)],
     }
 
 
@@ -90,11 +94,13 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--baseline-heads", type=int, default=12)
     ap.add_argument("--baseline", choices=["auto", "numpy", "transformer_lens"], default="auto")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="dtype of the weights, on both sides (checkpoints are float32)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.layers * args.heads
     nb = min(args.baseline_heads, n)
-    w = make_weights(n)
+    w = make_weights(n, dtype=args.dtype)
     kind = args.baseline
     if kind == "auto":
         try:
@@ -105,7 +111,7 @@ def main() -> None:
             kind = "numpy"
     base_fn = baseline_transformer_lens if kind == "transformer_lens" else baseline_numpy
 
-    report = {"heads": n, "baseline": kind, "baseline_heads_timed": nb}
+    report = {"heads": n, "baseline": kind, "baseline_heads_timed": nb, "dtype": args.dtype}
     for what in ("svd", "eig"):
         maps = circuitalg_maps(w)  # cold caches for each measurement
         t0 = time.perf_counter()
@@ -128,7 +134,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"GPT-2-small shapes, {n} heads; baseline: {kind} ({nb} heads timed, scaled x{n / nb:.1f})")
+    print(f"GPT-2-small shapes, {n} heads, {args.dtype} weights; baseline: {kind} ({nb} heads timed, scaled x{n / nb:.1f})")
     for what, label in (("svd", "full-OV singular values"), ("eig", "full-OV eigenvalues")):
         r = report[what]
         print(

@@ -172,3 +172,25 @@ def test_report_states_how_each_architecture_feature_enters(tmp_path) -> None:
         assert claim in notes
     assert "q/k RMSNorms" not in notes and "YaRN" not in notes
     assert architecture_notes(ca.zoo.load("attn2l").config) == []  # negative control: a GPT-2-style model
+
+
+@pytest.mark.parametrize("family", ["gemma2", "qwen3"])
+def test_batched_forward_equals_one_sequence_at_a_time(tmp_path, family: str) -> None:
+    """run_batch (used by the head diagnostics) is the same computation as run on each row:
+    logits, patterns, residual stream and every frozen scale, to 1e-12."""
+    from circuitalg.model.forward import run_batch
+
+    _hf(tmp_path, family)
+    model = ca.load(tmp_path)
+    rows = np.random.default_rng(4).integers(0, 61, size=(3, 12))
+    logits, cache = run_batch(model, rows)
+    for b, row in enumerate(rows):
+        ref_logits, ref = model.run(row)
+        np.testing.assert_allclose(logits[b], ref_logits, rtol=0, atol=1e-12)
+        for name in ("pattern", "resid", "ln1_scale", "ln1_post_scale", "ln2_post_scale", "q_scale", "logits_precap"):
+            got, want = getattr(cache, name), getattr(ref, name)
+            assert (got is None) == (want is None)
+            if want is not None:
+                np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-12)
+    with pytest.raises(ca.ShapeError, match="batch, seq"):
+        run_batch(model, rows[0])

@@ -26,8 +26,8 @@ from circuitalg.linalg.accuracy import eigen_noise_floor
 from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
-from circuitalg.model.forward import blocked, check_tokens
-from circuitalg.model.forward import run as forward_run
+from circuitalg.model.forward import blocked
+from circuitalg.model.forward import run_batch
 from circuitalg.model.ids import HeadId
 from circuitalg.model.weights import Transformer
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
@@ -78,8 +78,13 @@ def _map_copying_score(m: LinearMap) -> float:
     """:func:`copying_score` of ``m``'s eigenvalues above the noise floor: those below
     :func:`~circuitalg.linalg.accuracy.eigen_noise_floor` are rounding artefacts of a zero
     spectrum (an exactly zero circuit would otherwise get a random score in a rotated basis)."""
+    return copying_score(_significant_eigenvalues(m))
+
+
+def _significant_eigenvalues(m: LinearMap) -> np.ndarray:
+    """``m``'s eigenvalues above the noise floor (see :func:`_map_copying_score`)."""
     lam = eigenvalues(m)
-    return copying_score(lam[np.abs(lam) > eigen_noise_floor(m)])
+    return lam[np.abs(lam) > eigen_noise_floor(m)]
 
 
 def effective_rank(s: np.ndarray) -> float:
@@ -132,6 +137,9 @@ class HeadTable:
         The length of the repeated half of those sequences (``None`` without tokens).
     causal : bool
         Whether the model's attention is causal (the chance level of the scores depends on it).
+    ov_eigenvalues : dict of (layer, head) -> complex array, or None
+        The eigenvalues of each full OV circuit above the noise floor (those the copying score
+        sums); None with a separate output vocabulary.
     """
 
     copying: np.ndarray
@@ -145,6 +153,7 @@ class HeadTable:
     prev_token: np.ndarray | None = None
     seq_len: int | None = None
     causal: bool = True
+    ov_eigenvalues: dict[tuple[int, int], np.ndarray] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -253,12 +262,12 @@ def _behaviour(model: Transformer, tokens: Any) -> tuple[np.ndarray, np.ndarray]
     c = model.config
     ind = np.zeros((c.n_layers, c.n_heads))
     prev = np.zeros((c.n_layers, c.n_heads))
-    for row in arr:
-        _, cache = forward_run(model, check_tokens(row, model), unembed=False)  # patterns only
-        pat = cache.pattern  # (L, H, 2T, 2T)
+    for start in range(0, len(arr), 16):  # one batched forward pass per 16 sequences, patterns only
+        _, cache = run_batch(model, arr[start:start + 16], unembed=False)
+        pat = cache.pattern  # (batch, L, H, 2T, 2T)
         # diagonal entry i is pattern[i + T - 1, i]; queries T .. 2T-1 are entries 1 .. T
-        ind += np.diagonal(pat, offset=1 - T, axis1=2, axis2=3)[..., 1:].mean(axis=-1)
-        prev += np.diagonal(pat, offset=-1, axis1=2, axis2=3).mean(axis=-1)
+        ind += np.diagonal(pat, offset=1 - T, axis1=3, axis2=4)[..., 1:].mean(axis=-1).sum(axis=0)
+        prev += np.diagonal(pat, offset=-1, axis1=3, axis2=4).mean(axis=-1).sum(axis=0)
     return ind / len(arr), prev / len(arr)
 
 
@@ -286,10 +295,15 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
     qk_rank = np.zeros((L, H))
     ov_sv = np.zeros((L, H, k))
     qk_sv = np.zeros((L, H, k))
+    eigs: dict[tuple[int, int], np.ndarray] = {}
     for head in model.heads():
         i = (head.layer, head.index)
         full_ov = model.W_U @ head.ov @ model.W_E
-        copying[i] = _map_copying_score(full_ov) if full_ov.is_square else np.nan  # a separate output vocabulary
+        if full_ov.is_square:
+            eigs[i] = _significant_eigenvalues(full_ov)
+            copying[i] = copying_score(eigs[i])
+        else:
+            copying[i] = np.nan  # a separate output vocabulary
         copying_ov[i] = _map_copying_score(head.ov)
         s_ov = singular_values(head.ov)
         s_qk = singular_values(head.qk)
@@ -301,7 +315,7 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
         seq_len = int(np.shape(tokens)[-1]) // 2
     return HeadTable(
         copying, copying_ov, _positional_prev_token(model, n_positions), ov_rank, qk_rank, ov_sv, qk_sv,
-        induction, prev, seq_len, c.causal,
+        induction, prev, seq_len, c.causal, eigs or None,
     )
 
 

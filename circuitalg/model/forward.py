@@ -20,7 +20,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.linalg.budget import check_budget
 
-__all__ = ["Cache", "run", "check_tokens", "activation", "blocked"]
+__all__ = ["Cache", "run", "run_batch", "check_tokens", "activation", "blocked"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,7 +80,12 @@ class Cache:
     @property
     def seq(self) -> int:
         """The number of positions."""
-        return int(self.tokens.shape[0])
+        return int(self.tokens.shape[-1])
+
+    def first(self) -> Cache:
+        """The cache of the first sequence of a batch (:func:`run_batch`), without the batch axis."""
+        return Cache(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[0]
+                        for f in dataclasses.fields(self)})
 
 
 def check_tokens(tokens: Any, model: Any) -> np.ndarray:
@@ -138,14 +143,15 @@ def blocked(n_queries: int, n_keys: int, window: int | None = None, causal: bool
 
 
 def _project(W: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``(heads, seq, d_head)``: every head's ``W x`` for the rows of ``x`` (BLAS, not einsum)."""
-    return np.matmul(x, W.transpose(0, 2, 1))
+    """``(batch, heads, seq, d_head)``: every head's ``W x`` for the rows of ``x`` (``(batch, seq,
+    d_model)``; BLAS, not einsum)."""
+    return np.matmul(x[:, None], W.transpose(0, 2, 1))
 
 
 def _write(W_O: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """``(seq, d_model)``: ``Σ_h W_O^h z_h`` for ``z`` of shape ``(heads, seq, d_head)``."""
-    H, seq, dh = z.shape
-    return z.transpose(1, 0, 2).reshape(seq, H * dh) @ W_O.transpose(0, 2, 1).reshape(H * dh, -1)
+    """``(batch, seq, d_model)``: ``Σ_h W_O^h z_h`` for ``z`` of shape ``(batch, heads, seq, d_head)``."""
+    B, H, seq, dh = z.shape
+    return z.transpose(0, 2, 1, 3).reshape(B, seq, H * dh) @ W_O.transpose(0, 2, 1).reshape(H * dh, -1)
 
 
 def _raw(model: Any, layer: int) -> dict[str, np.ndarray]:
@@ -166,12 +172,29 @@ def run(model: Any, tokens: Any, *, unembed: bool = True) -> tuple[np.ndarray | 
     cache : Cache
     """
     tok = check_tokens(tokens, model)
+    logits, cache = _forward(model, tok[None], unembed)
+    return (None if logits is None else logits[0]), cache.first()
+
+
+def run_batch(model: Any, tokens: Any, *, unembed: bool = True) -> tuple[np.ndarray | None, Cache]:
+    """Run ``model`` on a batch of sequences of equal length (``(batch, seq)`` token ids) in one
+    pass: every array of the returned :class:`Cache` (and the logits) has a leading batch axis.
+    The same computation as :func:`run` on each row."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 2 or arr.shape[0] < 1:
+        raise ShapeError(f"run_batch: tokens must be (batch, seq) token ids, got shape {arr.shape}.")
+    tok = np.stack([check_tokens(row, model) for row in arr])
+    return _forward(model, tok, unembed)
+
+
+def _forward(model: Any, tok: np.ndarray, unembed: bool) -> tuple[np.ndarray | None, Cache]:
+    """The forward pass on checked ``(batch, seq)`` token ids (arrays with a leading batch axis)."""
     c = model.config
-    seq = tok.shape[0]
+    B, seq = tok.shape
     hw = model.head_weights
     dt = model.dtype
-    check_budget((c.n_layers * c.n_heads * seq, seq), dt, "the attention patterns of this forward pass", None)
-    x = model.W_E.array[:, tok].T
+    check_budget((B * c.n_layers * c.n_heads * seq, seq), dt, "the attention patterns of this forward pass", None)
+    x = model.W_E.array.T[tok]  # (batch, seq, d_model)
     if model.W_pos is not None:
         x = x + model.W_pos.array[:, :seq].T
     positions = np.arange(seq)
@@ -193,14 +216,14 @@ def run(model: Any, tokens: Any, *, unembed: bool = True) -> tuple[np.ndarray | 
             k, sk = layer.k_norm(_project(raw["W_K"], xn) + raw["b_K"][:, None, :])
             q_scales.append(sq)
             k_scales.append(sk)
-            k = k[kv]
+            k = np.take(k, kv, axis=1)
         else:
             q = _project(hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
             k = _project(hw.W_K[l], xn) + hw.b_K[l][:, None, :]
         v = _project(hw.W_V[l], xn) + hw.b_V[l][:, None, :]
         if c.rotary is not None:
             q, k = c.rotary.apply(q, positions), c.rotary.apply(k, positions)
-        scores = q @ k.transpose(0, 2, 1) / c.attn_scale
+        scores = q @ np.swapaxes(k, -1, -2) / c.attn_scale
         if c.attn_softcap is not None:
             scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)
         scores = np.where(blocked(seq, seq, c.window(l), c.causal), -np.inf, scores)
@@ -246,15 +269,15 @@ def run(model: Any, tokens: Any, *, unembed: bool = True) -> tuple[np.ndarray | 
         logits = c.final_softcap * np.tanh(precap / c.final_softcap)
 
     def stacked(xs: list[np.ndarray]) -> np.ndarray | None:
-        return np.stack(xs) if xs else None
+        return np.stack(xs, axis=1) if xs else None  # (batch, n_layers, ...)
 
     cache = Cache(
         tokens=tok,
-        resid=np.stack(resid),
-        resid_mid=np.stack(resid_mid),
-        pattern=np.stack(patterns),
-        z=np.stack(zs),
-        attn_out=np.stack(attn_outs),
+        resid=np.stack(resid, axis=1),
+        resid_mid=np.stack(resid_mid, axis=1),
+        pattern=np.stack(patterns, axis=1),
+        z=np.stack(zs, axis=1),
+        attn_out=np.stack(attn_outs, axis=1),
         mlp_out=stacked(mlp_outs),
         ln1_scale=stacked(ln1s),
         ln2_scale=stacked(ln2s),

@@ -307,9 +307,8 @@ def write_report(
         figs["composition"] = figures.composition_figure(a.comp, a.base, layers, thresholds)
         figs["graph"] = figures.graph_figure(comp_rows[: o.top], c.n_layers, c.n_heads)
     if o.figures:
-        square = m.W_U.codomain == m.W_E.domain
-        eigs = {(l, h): ca.eigenvalues(m.W_U @ m.head(l, h).ov @ m.W_E) for l in layers for h in range(c.n_heads)} \
-            if square else None
+        ev = table.ov_eigenvalues  # computed once, for the copying scores
+        eigs = {lh: lam for lh, lam in ev.items() if lh[0] in layers} if ev is not None else None
         figs["copying"] = figures.copying_figure(table.copying, eigs, layers)
         from circuitalg.circuits.diagnostics import positional_pattern, rotary_offset_pattern
 

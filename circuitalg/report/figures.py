@@ -142,7 +142,7 @@ def copying_figure(copying: np.ndarray, eigs: dict[tuple[int, int], np.ndarray] 
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("Re λ")
         ax.set_ylabel("Im λ")
-        ax.set_title("eigenvalues of each head's W_U W_OV W_E")
+        ax.set_title("eigenvalues of each W_U W_OV W_E (above rounding)")
         if sc is not None:
             fig.colorbar(sc, ax=ax, shrink=0.9).set_label("layer")
     else:

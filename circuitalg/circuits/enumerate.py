@@ -166,10 +166,10 @@ class _Engine:
             if later.size:
                 first = int(later[0])  # later heads are a suffix of the layer-ordered list
                 Ms = (W_V_all[first:].reshape(-1, W_V_all.shape[2]) @ self.W_O[g]).reshape(-1, dh, dh)
-                norms = np.linalg.norm(Ms, ord=2, axis=(1, 2))
-                for g2, Mg, nm in zip(later, Ms, norms):
+                norms2 = _spectral_norm2_bound(Ms)
+                for g2, Mg, nm2 in zip(later, Ms, norms2):
                     self.M[(g, int(g2))] = Mg
-                    self.M_norm2[g, g2] = nm**2
+                    self.M_norm2[g, g2] = nm2
         # readers: (sink side, sink head index or -1, bare source)
         self.readers: list[tuple[str, int, Source | None]] = []
         self.reader_layer: list[int] = []
@@ -323,6 +323,22 @@ class _Child:
 
 
 _Entry = _Stops | _Stop | _Expand | _Child
+
+
+def _spectral_norm2_bound(Ms: np.ndarray, squarings: int = 3) -> np.ndarray:
+    """Upper bounds on ``‖M‖₂²`` for a stack of square matrices, from ``λmax(A) <= ‖A^(2^s)‖_F^(1/2^s)``
+    for the PSD ``A = MᵀM`` (``s`` squarings; scaled by ``‖A‖_F`` first so nothing overflows): at
+    most ``n^(1/2^s)`` (``s = 3``: 1.7x at n = 64, typically a few percent) above the true value,
+    never below it, and a few batched matrix products instead of one SVD per matrix. Rounding
+    is covered by the search's safety factor."""
+    A = np.matmul(Ms.swapaxes(-1, -2), Ms)
+    scale = np.sqrt((A * A).sum(axis=(-1, -2)))  # ‖A‖_F >= λmax
+    ok = scale > 0
+    A[ok] /= scale[ok, None, None]
+    for _ in range(squarings):
+        A = np.matmul(A, A)
+    root = np.sqrt((A * A).sum(axis=(-1, -2))) ** (1.0 / 2**squarings)
+    return np.where(ok, scale * np.minimum(root, 1.0), 0.0)
 
 
 class _Search:

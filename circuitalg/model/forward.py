@@ -117,8 +117,17 @@ def check_tokens(tokens: Any, model: Any) -> np.ndarray:
 
 def activation(name: str, x: np.ndarray) -> np.ndarray:
     """The MLP activation ``name`` applied to ``x``."""
-    if name == "gelu_new":
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "gelu_new":  # 0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³))), without a pow and in place
+        t = x * x
+        t *= 0.044715
+        t += 1.0
+        t *= x
+        t *= math.sqrt(2.0 / math.pi)
+        np.tanh(t, out=t)
+        t += 1.0
+        t *= x
+        t *= 0.5
+        return t
     if name == "gelu":
         from scipy.special import erf
 

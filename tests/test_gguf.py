@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_helpers import save_random_hf
+from model_helpers import assert_matches_hf, save_random_hf
 
 import circuitalg as ca
 
@@ -140,12 +140,7 @@ def test_gguf_matches_transformers_gguf_loading(tmp_path, family: str) -> None:
     import transformers
 
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="model.gguf").eval()
-    logits, cache = model.run(TOKENS)
-    with torch.no_grad():
-        out = ref(torch.tensor(TOKENS)[None], output_attentions=True)
-    np.testing.assert_allclose(logits, out.logits[0].double().numpy(), atol=1e-4)
-    for layer, att in enumerate(out.attentions):
-        np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
+    logits, _ = assert_matches_hf(model, ref, torch, TOKENS)
     # the quantised tensors really were quantised: the model differs from the unquantised one
     with torch.no_grad():
         original = hf(torch.tensor(TOKENS)[None]).logits[0].double().numpy()

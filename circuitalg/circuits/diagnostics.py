@@ -262,8 +262,8 @@ def _behaviour(model: Transformer, tokens: Any) -> tuple[np.ndarray, np.ndarray]
     c = model.config
     ind = np.zeros((c.n_layers, c.n_heads))
     prev = np.zeros((c.n_layers, c.n_heads))
-    for start in range(0, len(arr), 16):  # one batched forward pass per 16 sequences, patterns only
-        _, cache = run_batch(model, arr[start:start + 16], unembed=False)
+    for start in range(0, len(arr), 4):  # one batched forward pass per 4 sequences, patterns only
+        _, cache = run_batch(model, arr[start:start + 4], unembed=False)
         pat = cache.pattern  # (batch, L, H, 2T, 2T)
         # diagonal entry i is pattern[i + T - 1, i]; queries T .. 2T-1 are entries 1 .. T
         ind += np.diagonal(pat, offset=1 - T, axis1=3, axis2=4)[..., 1:].mean(axis=-1).sum(axis=0)

@@ -31,11 +31,15 @@ def make_checkpoint(directory: Path) -> Path:
         cfg = ca.TransformerConfig(n_layers=2, n_heads=4, d_model=64, d_head=16, d_vocab=101, n_ctx=32, d_mlp=256, act_fn="gelu_new")
         rng = np.random.default_rng(0)
         params = {k: (1.0 if k.endswith(".w") else 0.0) + 0.1 * rng.normal(size=s) for k, s in ca.param_shapes(cfg).items()}
-        return ca.save(ca.Transformer(cfg, params, name="random"), directory / "random.safetensors")
+        return ca.save(ca.Transformer(cfg, params, name="random-tiny-gpt2"), directory / "random-tiny-gpt2.safetensors")
+    transformers.utils.logging.set_verbosity_error()  # no progress bars or config notices in the output
+    transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=101, n_positions=32)
-    transformers.GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
-    return directory
+    config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=101, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    path = directory / "random-tiny-gpt2"  # the folder's name is the model's name
+    transformers.GPT2LMHeadModel(config).save_pretrained(path, safe_serialization=True)
+    return path
 
 
 def main() -> None:

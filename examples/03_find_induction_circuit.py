@@ -53,12 +53,13 @@ def main() -> None:
 
     # 5. the virtual-weight graph, thresholded and exported
     graph = ca.CircuitGraph(model).threshold(above_baseline=1.5, kinds=("k", "q", "v"))
-    out = Path(args.out or tempfile.mkdtemp())
-    out.mkdir(parents=True, exist_ok=True)
-    graph.to_graphml(out / "circuit_graph.graphml")
-    back = ca.CircuitGraph.read(out / "circuit_graph.graphml", model=model)
-    print(f"graph with edges above 1.5x baseline: {graph}; written to {out / 'circuit_graph.graphml'} "
-          f"and read back: {back}")
+    with tempfile.TemporaryDirectory() as tmp:  # without --out nothing is left behind
+        out = Path(args.out or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        graph.to_graphml(out / "circuit_graph.graphml")
+        back = ca.CircuitGraph.read(out / "circuit_graph.graphml", model=model)
+        where = out / "circuit_graph.graphml" if args.out else "a temporary folder (removed; keep it with --out DIR)"
+        print(f"graph with edges above 1.5x baseline: {graph}; written to {where} and read back: {back}")
     for e in graph.edges(top=3):
         print(f"   {e['writer']} -> {e['reader']} ({e['kind']}): score {e['score']:.3f}, baseline {e['baseline']:.3f}")
 

@@ -26,6 +26,8 @@ def test_gpt2_paths_example_runs() -> None:
     rel = float(out.stdout.split("forward-pass logits: max relative difference")[1].split()[0])
     assert rel < 1e-8
     assert "embed -> unembed" in out.stdout
+    assert "<Transformer 'random-tiny-gpt2'" in out.stdout  # a sensible name, not a temporary folder's
+    assert "[transformers]" not in out.stderr and "Writing model shards" not in out.stderr
 
 
 def test_find_induction_circuit_example_runs(tmp_path) -> None:
@@ -41,10 +43,16 @@ def test_find_induction_circuit_example_runs(tmp_path) -> None:
 
 
 def test_find_induction_circuit_in_attn2l_runs(tmp_path) -> None:
+    """Without --out the example leaves nothing behind (its temporary folder is removed)."""
+    import os
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "03_find_induction_circuit.py"), "--out", str(tmp_path)],
-        capture_output=True, text=True, check=True,
+        [sys.executable, str(ROOT / "examples" / "03_find_induction_circuit.py")],
+        capture_output=True, text=True, check=True, env={**os.environ, "TMPDIR": str(scratch)},
     ).stdout
+    assert list(scratch.iterdir()) == []
     assert "<Transformer 'attn2l'" in out
     assert "K-composition L0H" in out and "top QK circuit of the copier: embed -> L0H" in out
 

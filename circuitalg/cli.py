@@ -31,6 +31,17 @@ def progress(msg: str) -> None:
     print(f"[circuitalg] {msg}", file=sys.stderr, flush=True)
 
 
+def _bar_safe(log: Any) -> Any:
+    """``log`` for use while a tqdm bar is on the terminal: lines go above the bar."""
+
+    def write(msg: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"[circuitalg] {msg}", file=sys.stderr)
+
+    return write
+
+
 def resolve_model(spec: str, dtype: Any = np.float64) -> Any:
     """A zoo name or a checkpoint path -> Transformer (LoadError / InvalidArgumentError otherwise);
     ``dtype`` applies to checkpoints (zoo models load as shipped)."""
@@ -242,13 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from circuitalg.report import ReportOptions, write_report
 
-            options = ReportOptions(layers=args.layers, top=args.top, seq_len=args.seq_len, figures=not args.no_figures)
+            tty = sys.stderr.isatty()
+            options = ReportOptions(layers=args.layers, top=args.top, seq_len=args.seq_len, figures=not args.no_figures,
+                                    progress_bar=tty)
             try:
                 options.check(model)
             except ca.InvalidArgumentError as e:  # an option out of range for this model: a usage error
                 print(f"circuitalg report: error: {e}", file=sys.stderr)
                 return EXIT_USAGE
-            summary = write_report(model, Path(args.out), log=progress, options=options)
+            summary = write_report(model, Path(args.out), log=_bar_safe(progress) if tty else progress, options=options)
             if args.json:
                 _print_json(summary)
             else:

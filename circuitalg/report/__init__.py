@@ -38,12 +38,16 @@ class ReportOptions:
         measurements (at most ``n_ctx // 2``; default ``min(20, n_ctx // 2)``).
     figures : bool
         Draw the figures (``False``: tables and files only, faster).
+    progress_bar : bool
+        Show a tqdm progress bar over the stages (for a terminal; the stage lines are logged
+        either way).
     """
 
     layers: tuple[int, ...] | None = None
     top: int = 10
     seq_len: int | None = None
     figures: bool = True
+    progress_bar: bool = False
 
     def check(self, model: Any) -> ReportOptions:
         """These options validated against ``model`` (an error names the option and its range), with
@@ -120,22 +124,37 @@ def _peak_rss_gib() -> float:
 class Stages:
     """Numbered stages that log their start and their wall time (``[i/n] name: 1.2 s``)."""
 
-    def __init__(self, log: Callable[[str], None] | None, n: int) -> None:
+    def __init__(self, log: Callable[[str], None] | None, n: int, bar: bool = False) -> None:
         self.log, self.n, self.i, self.total = log or (lambda _m: None), n, 0, 0.0
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n, unit="stage", leave=False, dynamic_ncols=True)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.i += 1
         label = f"[{self.i}/{self.n}] {name}"
-        self.log(label)
+        if self.bar is not None:
+            self.bar.set_description(name)
+        else:
+            self.log(label)
         t = time.perf_counter()
         yield
         dt = time.perf_counter() - t
         self.total += dt
         self.log(f"{label}: {dt:.1f} s (peak RSS so far {_peak_rss_gib():.2f} GiB)")
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.i == self.n:
+                self.bar.close()
 
 
-def analyse(model: Any, log: Callable[[str], None] | None = None, options: ReportOptions | None = None) -> Analysis:
+def analyse(
+    model: Any, log: Callable[[str], None] | None = None, options: ReportOptions | None = None, *,
+    stages: Stages | None = None,
+) -> Analysis:
     """Everything the report shows (:class:`Analysis`; ``text`` is the printed summary).
 
     Every claim in ``text`` carries its evidence: heads are named only above the thresholds
@@ -147,7 +166,7 @@ def analyse(model: Any, log: Callable[[str], None] | None = None, options: Repor
     from circuitalg.circuits import findings
 
     options = (options or ReportOptions()).check(model)
-    stage = Stages(log, 8)
+    stage = stages or Stages(log, 7, bar=options.progress_bar)
     with stage("fold layer norms"):
         # float64 numerics whatever the checkpoint's dtype (a float32 model converts exactly)
         m = ca.fold_layer_norm(model, dtype=np.float64)
@@ -285,13 +304,21 @@ def write_report(
 ) -> dict[str, Any]:
     """Analyse ``model``; write ``out/report.html`` and beside it ``heads.csv``, ``composition.csv``,
     ``circuits.csv``, ``graph.json`` and ``summary.json``; return the JSON-ready summary."""
+    log = log or (lambda _m: None)
+    options = (options or ReportOptions()).check(model)
+    stage = Stages(log, 8, bar=options.progress_bar)
+    a = analyse(model, log, options, stages=stage)
+    with stage("figures, tables and files"):
+        summary = _write_outputs(a, model.name, Path(out))
+    log(f"wrote {Path(out) / 'report.html'} (+ heads.csv, composition.csv, circuits.csv, graph.json, summary.json)")
+    return summary
+
+
+def _write_outputs(a: Analysis, name: str, out: Path) -> dict[str, Any]:
+    """The page, the CSV/JSON files and the summary of an analysis."""
     import circuitalg as ca
 
-    a = analyse(model, log, options)
     o = a.options
-    log = log or (lambda _m: None)
-    t0 = time.perf_counter()
-    log("[8/8] figures, tables and files")
     m, table = a.model, a.table
     c = m.config
     layers = o.shown_layers(c.n_layers)
@@ -379,7 +406,7 @@ def write_report(
         ("heads", "Head table", explain("heads") + page.table_html(head_rows, head_head)),
         ("identity", "Verified identity", identity),
     ]
-    doc = page.page(f"circuitalg report: {model.name}", sections)
+    doc = page.page(f"circuitalg report: {name}", sections)
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(doc))
     page.write_csv(out / "heads.csv", [[r["head"], *(r[f] for f in table.fields)] for r in table.records()], head_head)
     page.write_csv(out / "composition.csv", [[r["kind"], r["writer"], r["reader"], r["score"], r["z"], r["significant"]]
@@ -389,7 +416,7 @@ def write_report(
     a.graph.to_json(out / "graph.json")
     prev, ind, kc = a.prev, a.induction, a.k_comp
     summary = {
-        "model": model.name,
+        "model": name,
         "previous_token_head": prev.head.name if prev.head else None,
         "prev_token_score": prev.score, "induction_head": ind.head.name if ind.head else None,
         "induction_score": None if ind.best is None else ind.score,
@@ -406,6 +433,4 @@ def write_report(
         "identity_verified": bool(v.holds), "report": str(out / "report.html"), "text": a.text,
     }
     page.write_json(out / "summary.json", summary)
-    log(f"[8/8] figures, tables and files: {time.perf_counter() - t0:.1f} s")
-    log(f"wrote {out / 'report.html'} (+ heads.csv, composition.csv, circuits.csv, graph.json, summary.json)")
     return summary

@@ -187,17 +187,22 @@ class _Engine:
                         self.readers.append((side, g, s))
                         self.reader_layer.append(int(self.layer[g]))
         self.reader_layer_arr = np.array(self.reader_layer, dtype=np.int64)
+        # squared spectral norms from the d_head x d_head Gram matrices (batched; rounding is
+        # covered by _SAFETY): ‖W_O‖₂² = λmax(W_OᵀW_O), ‖W_Q‖₂² = λmax(W_Q W_Qᵀ), ...
+        def norm2(which: str) -> np.ndarray:
+            return np.linalg.eigvalsh(hw.gram(which).reshape(-1, dh, dh))[:, -1] if n else np.zeros(0)
+
+        self.W_O_norm2 = norm2("O")
+        self.read_norm2 = {"k": norm2("K"), "q": norm2("Q")}  # the side a QK sink reads the chain through
         # sigma[g, rho] >= λmax(Z_{g, rho}); exact for unembed, a product bound for QK sinks
-        self.W_O_norm2 = np.array([np.linalg.norm(W, 2) ** 2 for W in self.W_O])
         self.sigma = np.zeros((n, len(self.readers)))
         for r, (kind, h, s) in enumerate(self.readers):
             if kind == "unembed":
                 for g in range(n):
                     self.sigma[g, r] = np.linalg.eigvalsh(self.Zmat(g, r))[-1]
             else:
-                W_read = self.sides(kind, h)[0]
                 lam = np.linalg.eigvalsh(self.other_gram(kind, h, s))[-1]
-                self.sigma[:, r] = np.linalg.norm(W_read, 2) ** 2 * lam * self.W_O_norm2
+                self.sigma[:, r] = self.read_norm2[kind][h] * lam * self.W_O_norm2
         # valid[g, rho]: a chain ending at head g may stop at reader rho (a later layer)
         self.valid = self.layer[:, None] < self.reader_layer_arr[None, :]
         self.sigma = np.where(self.valid, np.maximum(self.sigma, 0.0) * _SAFETY, 0.0)

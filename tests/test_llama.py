@@ -194,3 +194,32 @@ def test_batched_forward_equals_one_sequence_at_a_time(tmp_path, family: str) ->
                 np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-12)
     with pytest.raises(ca.ShapeError, match="batch, seq"):
         run_batch(model, rows[0])
+
+
+def test_transforms_respect_post_norms_and_soft_caps(tmp_path) -> None:
+    """fold_value_biases moves value biases into the stored b_O (inside Gemma 2's output norm, so the
+    logits are unchanged); center_unembed is refused with a final soft-cap (tanh is not
+    shift-invariant); rotate_residual is refused with post norms."""
+    _hf(tmp_path, "gemma2")
+    model = ca.load(tmp_path)
+    rng = np.random.default_rng(7)
+    p = dict(model.params)
+    for l in range(model.config.n_layers):  # give the value heads biases to fold
+        p[f"blocks.{l}.attn.b_V"] = 0.3 * rng.standard_normal(p[f"blocks.{l}.attn.b_V"].shape)
+    biased = model.with_params(p)
+    folded = ca.fold_value_biases(biased)
+    np.testing.assert_allclose(folded.run(TOKENS)[0], biased.run(TOKENS)[0], atol=1e-12)
+    assert np.abs(folded.run(TOKENS)[0] - model.run(TOKENS)[0]).max() > 1e-6  # the biases mattered
+    with pytest.raises(ca.ConfigError, match="final soft-cap"):
+        ca.center_unembed(model)
+    with pytest.raises(ca.ConfigError, match="post_norms"):
+        ca.rotate_residual(ca.fold_layer_norm(model), np.eye(model.config.d_model))
+
+
+def test_logit_lens_ends_at_the_soft_capped_logits(tmp_path) -> None:
+    _hf(tmp_path, "gemma2")
+    model = ca.load(tmp_path)
+    logits, cache = model.run(TOKENS)
+    lens = ca.logit_lens(model, cache)
+    np.testing.assert_allclose(lens[-1], logits, atol=1e-12)
+    assert np.abs(lens).max() <= model.config.final_softcap

@@ -188,7 +188,8 @@ class HeadTable:
 
 def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
     """The causal (and, in a local layer, windowed) softmax of a head's positional scores
-    ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` over the first ``n_positions`` positions (query
+    ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` (soft-capped where the model caps scores) over the
+    first ``n_positions`` positions (query
     rows, key columns; tokens, biases and layer norms ignored). Defined for learned positions
     only: a rotary model has no ``W_pos`` (its positional structure is in ``head.qk_at(Δ)``)."""
     if model.W_pos is None:
@@ -201,6 +202,8 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ P
     k = np.asarray(head.W_K.array, dtype=np.float64) @ P
     s = (q.T @ k) / model.config.attn_scale
+    if model.config.attn_softcap is not None:  # as the model caps its scores
+        s = model.config.attn_softcap * np.tanh(s / model.config.attn_softcap)
     s[blocked(n, n, model.config.window(head.layer), model.config.causal)] = -np.inf
     s -= s.max(axis=1, keepdims=True)
     p = np.exp(s)

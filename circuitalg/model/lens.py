@@ -16,8 +16,8 @@ def logit_lens(model: Transformer, cache: Cache, *, max_bytes: int | None = None
     """Logits read off the residual stream entering each layer and at the end.
 
     Each residual stream ``cache.resid[l]`` goes through the final layer norm (with its own
-    scale, as in the usual logit lens) and the unembedding. ``result[n_layers]`` equals the
-    model's logits.
+    scale, as in the usual logit lens) and the unembedding, then the final soft-cap where the
+    model has one. ``result[n_layers]`` equals the model's logits.
 
     Returns
     -------
@@ -36,4 +36,7 @@ def logit_lens(model: Transformer, cache: Cache, *, max_bytes: int | None = None
     x = cache.resid
     if model.ln_final is not None:
         x, _ = model.ln_final(x)
-    return x @ model.W_U.array.T + model.b_U
+    out = x @ model.W_U.array.T + model.b_U
+    if c.final_softcap is not None:
+        out = c.final_softcap * np.tanh(out / c.final_softcap)
+    return out

@@ -120,8 +120,14 @@ def center_writing_weights(model: Transformer) -> Transformer:
 
 
 def center_unembed(model: Transformer) -> Transformer:
-    """Centre ``W_U`` and ``b_U`` over the vocabulary; logits shift by a per-position constant."""
+    """Centre ``W_U`` and ``b_U`` over the vocabulary; logits shift by a per-position constant
+    (which the softmax ignores; refused with final-logit soft-capping, which it does not commute with)."""
     require_model(model, "center_unembed")
+    if model.config.final_softcap is not None:
+        raise ConfigError(
+            f"{model.name}: center_unembed shifts every logit of a position by one constant, which the softmax "
+            f"ignores but the final soft-cap c·tanh(logit/c) (final_softcap={model.config.final_softcap:g}) does not."
+        )
     p = dict(model.params)
     p["W_U"] = p["W_U"] - p["W_U"].mean(axis=0, keepdims=True)
     p["b_U"] = p["b_U"] - p["b_U"].mean()
@@ -132,10 +138,13 @@ def fold_value_biases(model: Transformer) -> Transformer:
     """Move each head's value bias into the layer's output bias: ``b_O += Σ_h W_O^h b_V^h``, ``b_V = 0``."""
     require_model(model, "fold_value_biases")
     p = dict(model.params)
-    bias = model.head_weights.attention_bias
-    for layer in range(model.config.n_layers):
+    c = model.config
+    kv = np.array([c.kv_head(h) for h in range(c.n_heads)])
+    for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
-        p[a + "b_O"] = bias[layer]
+        # from the stored (raw) weights: with post_norms the view's W_O carries the norm weight,
+        # which the stored b_O must not (the norm applies it)
+        p[a + "b_O"] = p[a + "b_O"] + np.einsum("hmd,hd->m", p[a + "W_O"], p[a + "b_V"][kv])
         p[a + "b_V"] = np.zeros_like(p[a + "b_V"])
     return model.with_params(p)
 

@@ -223,3 +223,14 @@ def test_logit_lens_ends_at_the_soft_capped_logits(tmp_path) -> None:
     lens = ca.logit_lens(model, cache)
     np.testing.assert_allclose(lens[-1], logits, atol=1e-12)
     assert np.abs(lens).max() <= model.config.final_softcap
+
+
+@pytest.mark.parametrize("family", ["gemma2", "qwen3", "llama-yarn-partial"])
+def test_new_features_round_trip_through_circuitalg_files(tmp_path, family: str) -> None:
+    """ca.save writes every new config field (post/q-k norms, soft-caps, YaRN) and ca.load reads it back."""
+    _hf(tmp_path / "hf", family)
+    model = ca.load(tmp_path / "hf")
+    for suffix in (".safetensors", ".npz"):
+        back = ca.load(ca.save(model, tmp_path / f"m{suffix}"))
+        assert back.config == model.config
+        np.testing.assert_allclose(back.run(TOKENS)[0], model.run(TOKENS)[0], rtol=0, atol=1e-13)  # layout: rounding

@@ -104,6 +104,10 @@ def test_llama_family_path_expansion_and_analyses(tmp_path, family: str) -> None
     assert len(search) == 5 and search.total == ca.count_circuits(folded, 2)
     graph = ca.CircuitGraph(folded)
     assert graph.edges("gate", top=1)[0]["reader"].startswith("mlp")
+    # edges into grouped-query heads (key and value reads shared per key/value head) against dense maps
+    for writer, reader, kind in (("embed", "L1H3", "k"), ("mlp0", "L2H1", "v"), ("embed", "L2H2", "q")):
+        edge = graph.edge(writer, reader, kind)
+        assert edge["norm"] == pytest.approx(np.linalg.norm(ca.to_dense(edge["weight"])), rel=1e-9)
 
 
 def test_llama_report_runs(tmp_path) -> None:

@@ -283,13 +283,21 @@ def _reader_value(model: Transformer, node: Node, kind: str, F: np.ndarray | Non
 def _head_reads(hw: Any, kind: str, F: np.ndarray, first_layer: int) -> np.ndarray:
     """``||R F||_F²`` for the reader map ``R`` of ``kind`` of every head from ``first_layer`` on
     (``(n_layers, n_heads)``, zero before), with ``RᵀR = Wᵀ G W``: one matrix product ``W F`` for
-    all those heads, then ``<G, (W F)(W F)ᵀ>`` per head."""
+    all those heads (for key and value reads of grouped-query heads, once per key/value head),
+    then ``<G, (W F)(W F)ᵀ>`` per head."""
     G, W = hw.reader(kind)
     L, H, dh, D = W.shape
     out = np.zeros((L, H))
     n = L - first_layer
     if n > 0:
-        A = (W[first_layer:].reshape(n * H * dh, D) @ F).reshape(n, H, dh, F.shape[1])
+        kv = np.asarray(hw.kv_head[0])
+        if kind in ("k", "v") and len(np.unique(kv)) < H:  # grouped-query: W_K, W_V once per key/value head
+            _, first_of_group = np.unique(kv, return_index=True)
+            Wg = W[first_layer:, first_of_group]
+            A = (Wg.reshape(-1, D) @ F).reshape(n, len(first_of_group), dh, F.shape[1])[:, np.searchsorted(
+                np.unique(kv), kv)]
+        else:
+            A = (W[first_layer:].reshape(n * H * dh, D) @ F).reshape(n, H, dh, F.shape[1])
         out[first_layer:] = (np.matmul(G[first_layer:], A) * A).sum(axis=(-1, -2))
     return out
 

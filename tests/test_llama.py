@@ -21,7 +21,7 @@ FAMILIES = {
                                                                   tie_word_embeddings=True, head_dim=12)),
     "mistral-window": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=5)),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(num_key_value_heads=1)),
-    "llama-yarn-partial": ("LlamaForCausalLM", "LlamaConfig", dict(
+    "llama-yarn": ("LlamaForCausalLM", "LlamaConfig", dict(
         rope_parameters={"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0,
                          "original_max_position_embeddings": 8})),
     "mistral-dynamic": ("MistralForCausalLM", "MistralConfig", dict(
@@ -54,7 +54,7 @@ def test_llama_family_matches_transformers(tmp_path, family: str) -> None:
     if family == "qwen3":
         assert c.qk_norm and c.attn_windows == (None, 4, None) and np.all(cache.pattern[1][:, back >= 4] == 0.0)
         assert cache.q_scale.shape == (3, 4, 16) and cache.k_scale.shape == (3, 2, 16)
-    if family == "llama-yarn-partial":
+    if family == "llama-yarn":
         assert c.rotary.scaling == "yarn" and c.rotary.attention_factor == pytest.approx(1 + 0.1 * np.log(4.0))
     if family == "mistral-dynamic":  # within n_ctx dynamic NTK is the unscaled embedding
         assert c.rotary.scaling == "none" and c.rotary.base == 1000.0
@@ -69,7 +69,7 @@ def test_llama_family_matches_transformers(tmp_path, family: str) -> None:
             assert np.abs(model.with_params(model.params, **caps).run(TOKENS)[0] - ref).max() > 1e-2
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2", "mistral-window", "llama-yarn-partial"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2", "mistral-window", "llama-yarn"])
 def test_llama_family_path_expansion_and_analyses(tmp_path, family: str) -> None:
     _hf(tmp_path, family)
     model = ca.load(tmp_path)
@@ -229,7 +229,7 @@ def test_logit_lens_ends_at_the_soft_capped_logits(tmp_path) -> None:
     assert np.abs(lens).max() <= model.config.final_softcap
 
 
-@pytest.mark.parametrize("family", ["gemma2", "qwen3", "llama-yarn-partial"])
+@pytest.mark.parametrize("family", ["gemma2", "qwen3", "llama-yarn"])
 def test_new_features_round_trip_through_circuitalg_files(tmp_path, family: str) -> None:
     """ca.save writes every new config field (post/q-k norms, soft-caps, YaRN) and ca.load reads it back."""
     _hf(tmp_path / "hf", family)

@@ -25,8 +25,9 @@ def _neox(tmp_path, **overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"use_parallel_residual": False}, {"rotary_pct": 1.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}],
-    ids=["parallel-partial", "sequential", "full-linear-scaling"],
+    [{}, {"use_parallel_residual": False}, {"rotary_pct": 1.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+     {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}}],
+    ids=["parallel-partial", "sequential", "full-linear-scaling", "partial-yarn"],
 )
 def test_hf_gpt_neox_matches_transformers(tmp_path, overrides) -> None:
     hf, torch = _neox(tmp_path, **overrides)
@@ -35,6 +36,7 @@ def test_hf_gpt_neox_matches_transformers(tmp_path, overrides) -> None:
     assert c.rotary is not None and model.W_pos is None
     assert c.rotary.dim == (8 if overrides.get("rotary_pct", 0.5) == 1.0 else 4)
     assert c.parallel_attn_mlp == overrides.get("use_parallel_residual", True)
+    assert c.rotary.scaling == (overrides.get("rope_scaling") or {}).get("rope_type", "none")
     logits, cache = assert_matches_hf(model, hf, torch, TOKENS)
     # the path expansion stays exact: rotary acts on queries and keys, whose patterns are frozen
     run = ca.expand(model).on(TOKENS, cache)

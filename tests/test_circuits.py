@@ -482,3 +482,23 @@ def test_stated_chance_level_is_what_uniform_attention_scores(causal: bool) -> N
     np.testing.assert_allclose(table.induction[1:], ind.chance, rtol=1e-12)
     assert prev.head is None and ind.head is None  # chance is far below the naming threshold
     assert f"uniform attention gives {prev.chance:.3f}" in str(prev)
+
+
+def test_graph_edge_weights_are_composed_on_first_read_and_survive_copies() -> None:
+    """Edge weight maps are built lazily (a 30-layer graph has 100,000+ edges) but behave like a
+    stored attribute: present, equal to reader @ writer, kept by threshold, subgraph and networkx copies."""
+    import networkx as nx
+
+    m = ca.zoo.load("attn2l")
+    g = ca.CircuitGraph(m)
+    d = g.nx.edges["L0H2", "L1H1", "k"]
+    assert not dict.__contains__(d, "weight") and "weight" in d and len(d) == len(dict(d))
+    dense = ca.to_dense(d["weight"])
+    np.testing.assert_allclose(dense, ca.to_dense(m.head(1, 1).qk) @ ca.to_dense(m.head(0, 2).ov), atol=1e-12)
+    assert np.linalg.norm(dense) == pytest.approx(d["norm"], rel=1e-9)
+    for copy in (g.threshold(min_score=0.0).nx, g.subgraph(["L0H2", "L1H1"]).nx, nx.MultiDiGraph(g.nx)):
+        e = copy.edges["L0H2", "L1H1", "k"]
+        np.testing.assert_allclose(ca.to_dense(e["weight"]), dense, atol=1e-12)
+        assert e.get("weight") is e["weight"] and e["norm"] == d["norm"]
+    rec = g.edges("k", top=1)[0]
+    assert "weight" not in rec and rec["score"] == g.nx.edges[rec["writer"], rec["reader"], "k"]["score"]

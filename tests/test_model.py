@@ -435,3 +435,24 @@ def test_separate_output_vocabulary_and_bidirectional_attention() -> None:
                                                       "n_ctx": 6, "d_model": 8, "d_head": 4, "n_heads": 2,
                                                       "d_mlp": None, "attn_only": True})
     assert back.config == cfg
+
+
+def test_load_dtype_auto_keeps_the_stored_precision(tmp_path) -> None:
+    """dtype="auto": float32 when every stored tensor has 32 bits or fewer (exact), else float64."""
+    model = random_model(normalization="LN", d_mlp=24)
+    f64 = ca.save(model, tmp_path / "m64.safetensors")
+    f32 = ca.save(ca.Transformer(model.config, {k: np.asarray(v, np.float32) for k, v in model.params.items()},
+                                 dtype=np.float32), tmp_path / "m32.safetensors")
+    assert ca.load(f64, dtype="auto").dtype == np.float64
+    assert ca.load(f32, dtype="auto").dtype == np.float32
+    assert ca.load(f32).dtype == np.float64  # the default stays float64
+    np.testing.assert_array_equal(ca.load(f32, dtype="auto").params["W_E"], ca.load(f32).params["W_E"])
+
+
+def test_bad_dtype_is_refused_before_reading(tmp_path) -> None:
+    path = ca.save(random_model(), tmp_path / "m.safetensors")
+    for bad in ("foo", "float16", np.int32):
+        with pytest.raises(ca.InvalidArgumentError, match="dtype"):
+            ca.load(path, dtype=bad)
+        with pytest.raises(ca.InvalidArgumentError, match="dtype must be numpy.float32 or numpy.float64"):
+            ca.Transformer(random_model().config, random_model().params, dtype=bad)

@@ -97,6 +97,13 @@ def load(
         )
     if layout not in ("auto",) + LAYOUTS:
         raise InvalidArgumentError(f"load: layout={layout!r}; use one of {('auto',) + LAYOUTS}.")
+    if not (isinstance(dtype, str) and dtype == "auto"):
+        try:
+            ok = np.dtype(dtype) in (np.float32, np.float64)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise InvalidArgumentError(f"load: dtype={dtype!r}; use numpy.float64 (default), numpy.float32 or 'auto'.")
     p = Path(path)
     budget = DEFAULT_LOAD_BYTES if max_bytes is None else check_int("max_bytes", max_bytes, 1)
     if not p.exists():

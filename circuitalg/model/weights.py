@@ -269,6 +269,12 @@ class Transformer:
             )
         if biases not in ("required", "zero-fill"):
             raise InvalidArgumentError(f"biases={biases!r}; use 'required' or 'zero-fill'.")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in (np.float32, np.float64):
+            raise InvalidArgumentError("dtype must be numpy.float32 or numpy.float64 (ca.load also takes 'auto').")
         self.config = config
         self.name = str(name)
         params = _validate_params(config, params, biases=biases, source=self.name, dtype=dtype)

@@ -103,6 +103,7 @@ from circuitalg.model import (
 )
 from circuitalg.model.ids import HeadId, Source
 from circuitalg.model.rotary import Rotary
+from circuitalg.streaming import FullOVPlan, FullOVResult, plan_full_ov, stream_full_ov
 from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.symbolic import (
     SymbolicExpansion,
@@ -120,6 +121,11 @@ __all__ = [
     # ids
     "HeadId",
     "Rotary",
+    # checkpoints too large to load: streamed full-OV spectra (optionally on dask)
+    "FullOVPlan",
+    "FullOVResult",
+    "plan_full_ov",
+    "stream_full_ov",
     # findings (named heads and significant compositions, with their evidence)
     "FAMILY_ALPHA",
     "PATTERN_THRESHOLD",

@@ -24,6 +24,18 @@ m = MODEL
 # (public name, bad call, exception class, the exact message)
 CASES = [
     (
+        "plan_full_ov",
+        lambda: ca.plan_full_ov("/nonexistent/dir"),
+        ca.LoadError,
+        "/nonexistent/dir: no such checkpoint directory (a Hugging Face folder of safetensors files).",
+    ),
+    (
+        "stream_full_ov",
+        lambda: ca.stream_full_ov("/nonexistent/dir", budget_bytes=0),
+        ca.InvalidArgumentError,
+        "budget_bytes=0; pass an integer >= 1.",
+    ),
+    (
         'Space',
         lambda: ca.Space("resid", 0),
         ca.InvalidArgumentError,
@@ -457,7 +469,7 @@ CASES = [
 RESULT_RECORDS = {
     "LinearMap", "Plan", "Cache", "Head", "MLP", "Layer", "PathScore", "CompositionBaseline",
     "HeadTable", "TokenEntry", "Circuit", "CircuitSearch", "Verification", "SymbolicExpansion",
-    "HeadFinding", "CompositionFinding",
+    "HeadFinding", "CompositionFinding", "FullOVPlan", "FullOVResult",
     "CircuitAlgWarning", "PrecisionWarning",
 }
 

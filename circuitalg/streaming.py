@@ -1,0 +1,211 @@
+"""Full-OV spectra of every head of a checkpoint too large to load whole, streamed from disk.
+
+:func:`stream_full_ov` reads a Hugging Face Llama-family checkpoint (``llama``, ``mistral``,
+``qwen2``, ``qwen3``: safetensors, sharded or not, float32/float16/bfloat16) one tensor at a time
+through memory maps, never holding more than a stated budget, and computes for every head the
+singular values and eigenvalues of the full OV circuit ``W_U W_O W_V W_E`` of the folded model
+(RMSNorm weights folded into ``W_V`` and ``W_U``, as :func:`~circuitalg.fold_layer_norm` folds
+them), and the copying score. MLP weights are never read.
+
+Everything is computed in float64 from three ``d_model x d_model`` matrices accumulated over
+vocabulary row tiles (``W_E``'s and ``W_U``'s Gram matrices, and ``W_E W_U``) and, per layer,
+that layer's value and output projections: a head's singular values are those of
+``R_U W_O W_V R_Eᵀ`` (``R`` the Cholesky factors of the Gram matrices) and its eigenvalues
+those of ``W_V (W_E W_U) W_O`` (``d_head x d_head``). :func:`plan_full_ov` states the FLOP
+count and peak memory before anything runs. Layers are independent tasks: pass a
+``dask.distributed`` client to run them on its workers (the ``dask`` extra); the results are the
+same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.linalg as sla
+
+from circuitalg.errors import ConfigError, LoadError, TooLargeError, check_int
+from circuitalg.model.config import TransformerConfig
+from circuitalg.model.hf import hf_config
+
+__all__ = ["FullOVPlan", "FullOVResult", "plan_full_ov", "stream_full_ov", "TensorFiles"]
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+_LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+class TensorFiles:
+    """The tensors of a safetensors checkpoint directory, memory-mapped and read by row ranges
+    (bfloat16 widened exactly to float32, then float64)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        if not self.dir.is_dir():
+            raise LoadError(f"{self.dir}: no such checkpoint directory (a Hugging Face folder of safetensors files).")
+        files = sorted(self.dir.glob("*.safetensors"))
+        if not files:
+            raise LoadError(f"{self.dir}: no .safetensors files (stream_full_ov reads safetensors checkpoints).")
+        self.index: dict[str, tuple[Path, int, str, tuple[int, ...]]] = {}
+        for f in files:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                if info["dtype"] not in _DTYPES:
+                    raise LoadError(f"{f}: tensor {name!r} has dtype {info['dtype']}; expected F32, F16 or BF16.")
+                self.index[name] = (f, 8 + n + info["data_offsets"][0], info["dtype"], tuple(info["shape"]))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of tensor ``name``."""
+        if name not in self.index:
+            raise LoadError(f"{self.dir}: missing tensor {name!r}.")
+        return self.index[name][3]
+
+    def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of tensor ``name`` (its first axis) as float64."""
+        path, offset, dt, shape = self.index[name] if name in self.index else (None, 0, "", ())
+        if path is None:
+            raise LoadError(f"{self.dir}: missing tensor {name!r}.")
+        stop = shape[0] if stop is None else stop
+        mm = np.memmap(path, dtype=_DTYPES[dt], mode="r", offset=offset, shape=shape)
+        block = np.asarray(mm[start:stop])
+        if dt == "BF16":
+            block = (block.astype(np.uint32) << 16).view(np.float32)
+        return block.astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullOVPlan:
+    """What :func:`stream_full_ov` will do: sizes, FLOPs and the peak memory of its arrays."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    tile_rows: int
+    flops: float
+    peak_bytes: int
+    budget_bytes: int
+
+    def __str__(self) -> str:
+        return (f"full-OV spectra of {self.n_layers * self.n_heads:,} heads ({self.n_layers} layers x {self.n_heads}, "
+                f"d_model {self.d_model}, d_head {self.d_head}, vocab {self.d_vocab:,}): about {self.flops:.2e} FLOP "
+                f"in float64, peak {self.peak_bytes / 2**30:.2f} GiB of arrays (budget "
+                f"{self.budget_bytes / 2**30:.2f} GiB; vocabulary tiles of {self.tile_rows:,} rows)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FullOVResult:
+    """Per head (``[n_layers, n_heads, d_head]``): singular values (descending) and eigenvalues
+    (descending magnitude) of the full OV circuit, and the copying score ``Σ Re λ / Σ |λ|``."""
+
+    singular_values: np.ndarray
+    eigenvalues: np.ndarray
+    copying: np.ndarray
+    plan: FullOVPlan
+
+
+def _config(files: TensorFiles) -> TransformerConfig:
+    path = files.dir / "config.json"
+    if not path.is_file():
+        raise LoadError(f"{files.dir}: no config.json.")
+    d = json.loads(path.read_text())
+    if d.get("model_type") not in _LLAMA_TYPES:
+        raise ConfigError(f"{path}: model_type={d.get('model_type')!r}; stream_full_ov reads {_LLAMA_TYPES} checkpoints.")
+    return TransformerConfig.from_dict(hf_config(d, str(path)), source=str(path))
+
+
+def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPlan:
+    """The sizes, FLOP count and peak array memory of :func:`stream_full_ov` on ``directory``;
+    :class:`TooLargeError` when even the smallest tiles do not fit ``budget_bytes``."""
+    budget = check_int("budget_bytes", budget_bytes, 1)
+    files = TensorFiles(directory)
+    c = _config(files)
+    D, dh, V, H, L = c.d_model, c.d_head, c.d_vocab, c.n_heads, c.n_layers
+    fixed = 3 * D * D * 8 + 2 * D * D * 8  # G_E / R_E, G_U / R_U, W_E W_U; a D x D temporary pair
+    layer = (c.kv_heads * dh * D + D * H * dh) * 8 * 3  # one layer's V and O projections (+ folded copies)
+    per_row = 2 * D * 8 * 2  # a tile of W_E and of W_U rows, read and widened
+    room = budget - fixed - layer
+    if room < per_row:
+        raise TooLargeError(
+            f"stream_full_ov: d_model={D} needs at least {(fixed + layer + per_row) / 2**30:.2f} GiB; "
+            f"budget_bytes={budget} is smaller."
+        )
+    tile = int(min(V, room // per_row))
+    flops = 3 * 2.0 * V * D * D + L * H * (3 * 2.0 * D * D * dh + 30.0 * dh**3)
+    return FullOVPlan(L, H, c.kv_heads, D, dh, V, tile, flops, fixed + layer + tile * per_row, budget)
+
+
+def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray, M: np.ndarray) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Singular values and eigenvalues ``[n_heads, d_head]`` of one layer's heads (a dask task)."""
+    files = TensorFiles(directory)
+    c = _config(files)
+    D, dh, H, kv = c.d_model, c.d_head, c.n_heads, c.kv_heads
+    p = f"model.layers.{layer}."
+    w1 = files.rows(p + "input_layernorm.weight")
+    W_V = files.rows(p + "self_attn.v_proj.weight").reshape(kv, dh, D) * w1  # folded read: W_V diag(w)
+    W_O = files.rows(p + "self_attn.o_proj.weight").reshape(D, H, dh).transpose(1, 0, 2)
+    sv = np.zeros((H, dh))
+    ev = np.zeros((H, dh), dtype=np.complex128)
+    for h in range(H):
+        V_h = W_V[c.kv_head(h)]
+        A = R_U @ W_O[h]  # (D, dh): ||W_U W_O x|| = ||A x||
+        B = V_h @ R_E.T  # (dh, D): W_V W_E's factor
+        ra = np.linalg.qr(A, mode="r")
+        rb = np.linalg.qr(B.T, mode="r")
+        sv[h] = sla.svdvals(ra @ rb.T)
+        lam = np.linalg.eigvals(V_h @ M @ W_O[h])
+        ev[h] = lam[np.argsort(-np.abs(lam), kind="stable")]
+    return sv, ev
+
+
+def stream_full_ov(
+    directory: str | Path, *, budget_bytes: int = 8 << 30, client: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> FullOVResult:
+    """Full-OV singular values, eigenvalues and copying scores of every head of a Llama-family
+    checkpoint in ``directory``, streamed tensor by tensor within ``budget_bytes`` of arrays (see
+    the module docstring). ``client``: a ``dask.distributed.Client``, to run the layers on its
+    workers (each reads its layer's tensors itself); ``log`` gets the plan and progress lines."""
+    plan = plan_full_ov(directory, budget_bytes)
+    log = log or (lambda _m: None)
+    log(str(plan))
+    files = TensorFiles(directory)
+    c = _config(files)
+    D, V = c.d_model, c.d_vocab
+    tied = "lm_head.weight" not in files.index
+    wf = files.rows("model.norm.weight")
+    G_E = np.zeros((D, D))
+    G_U = np.zeros((D, D))
+    M = np.zeros((D, D))
+    for start in range(0, V, plan.tile_rows):
+        E = files.rows("model.embed_tokens.weight", start, start + plan.tile_rows)  # (rows, D): W_E's columns
+        U = E if tied else files.rows("lm_head.weight", start, start + plan.tile_rows)
+        U = U * wf  # folded read of the final norm: W_U diag(w)
+        G_E += E.T @ E
+        G_U += U.T @ U
+        M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
+    R_E = sla.cholesky(G_E, lower=False)
+    R_U = sla.cholesky(G_U, lower=False)
+    log("vocabulary Gram matrices and W_E W_U done")
+    if client is not None:
+        shared = client.scatter([R_E, R_U, M], broadcast=True)
+        futures = [client.submit(_layer_spectra, str(files.dir), l, *shared, pure=False) for l in range(c.n_layers)]
+        parts = client.gather(futures)
+    else:
+        parts = [_layer_spectra(str(files.dir), l, R_E, R_U, M) for l in range(c.n_layers)]
+    sv = np.stack([p[0] for p in parts])
+    ev = np.stack([p[1] for p in parts])
+    mag = np.abs(ev).sum(axis=-1)
+    copying = np.divide(ev.real.sum(axis=-1), mag, out=np.zeros_like(mag), where=mag > 0)
+    return FullOVResult(sv, ev, copying, plan)

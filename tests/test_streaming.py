@@ -1,0 +1,70 @@
+"""Streamed full-OV spectra (circuitalg.streaming) against dense numpy on the loaded, folded model; tiles
+smaller than the vocabulary; bfloat16 files; the memory budget; the same results on a 2-worker dask
+cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_helpers import save_random_hf
+
+import circuitalg as ca
+from circuitalg.streaming import plan_full_ov, stream_full_ov
+
+COMMON = dict(vocab_size=61, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=48, max_position_embeddings=24, bos_token_id=0, eos_token_id=0, head_dim=8)
+
+
+def _dense_reference(path) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values and eigenvalues of every head's dense W_U W_OV W_E (61 x 61) of the folded model."""
+    m = ca.fold_layer_norm(ca.load(path))
+    E, U = m.W_E.array, m.W_U.array
+    L, H = m.config.n_layers, m.config.n_heads
+    sv, ev = np.zeros((L, H, 8)), np.zeros((L, H, 8), dtype=complex)
+    for l in range(L):
+        for h in range(H):
+            head = m.head(l, h)
+            full = U @ head.W_O.array @ head.W_V.array @ E
+            sv[l, h] = np.linalg.svd(full, compute_uv=False)[:8]
+            lam = np.linalg.eigvals(full)
+            ev[l, h] = lam[np.argsort(-np.abs(lam))][:8]
+    return sv, ev
+
+
+@pytest.mark.parametrize("case", ["llama-gqa-untied", "qwen2-tied-bf16"])
+def test_streamed_full_ov_equals_dense_numpy(tmp_path, case: str) -> None:
+    if case == "llama-gqa-untied":
+        hf, torch = save_random_hf(tmp_path, "LlamaForCausalLM", "LlamaConfig", **COMMON)
+    else:
+        hf, torch = save_random_hf(tmp_path, "Qwen2ForCausalLM", "Qwen2Config", **{**COMMON, "num_key_value_heads": 1},
+                                   tie_word_embeddings=True)
+        hf.to(torch.bfloat16).save_pretrained(tmp_path)  # bf16 on disk: widened exactly when read
+    plan = plan_full_ov(tmp_path, budget_bytes=100_000)
+    assert plan.tile_rows < 61 and plan.peak_bytes <= 100_000  # several vocabulary tiles, within budget
+    lines: list[str] = []
+    res = stream_full_ov(tmp_path, budget_bytes=100_000, log=lines.append)
+    assert "FLOP" in lines[0] and "GiB" in lines[0]
+    sv, ev = _dense_reference(tmp_path)
+    np.testing.assert_allclose(res.singular_values, sv, rtol=0, atol=1e-10 * sv.max())
+    for got, want in zip(res.eigenvalues.reshape(-1, 8), ev.reshape(-1, 8)):
+        np.testing.assert_allclose(np.sort_complex(got), np.sort_complex(want), atol=1e-10 * np.abs(ev).max())
+    copying = ca.head_table(ca.fold_layer_norm(ca.load(tmp_path))).copying
+    np.testing.assert_allclose(res.copying, copying, atol=1e-10)
+
+
+def test_budget_too_small_is_refused(tmp_path) -> None:
+    save_random_hf(tmp_path, "LlamaForCausalLM", "LlamaConfig", **COMMON)
+    with pytest.raises(ca.TooLargeError, match="budget_bytes=1000 is smaller"):
+        plan_full_ov(tmp_path, budget_bytes=1000)
+
+
+def test_dask_cluster_of_two_workers_gives_the_same_results(tmp_path) -> None:
+    distributed = pytest.importorskip("distributed")
+    save_random_hf(tmp_path, "LlamaForCausalLM", "LlamaConfig", **COMMON)
+    serial = stream_full_ov(tmp_path, budget_bytes=100_000)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        parallel = stream_full_ov(tmp_path, budget_bytes=100_000, client=client)
+    np.testing.assert_allclose(parallel.singular_values, serial.singular_values, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(parallel.eigenvalues, serial.eigenvalues, rtol=1e-12, atol=0)

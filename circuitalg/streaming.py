@@ -141,7 +141,8 @@ def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPl
             f"budget_bytes={budget} is smaller."
         )
     tile = int(min(V, room // per_row))
-    flops = 3 * 2.0 * V * D * D + L * H * (3 * 2.0 * D * D * dh + 30.0 * dh**3)
+    kv = c.kv_heads
+    flops = 3 * 2.0 * V * D * D + L * (kv * 2 * 2.0 * D * D * dh + H * (2.0 * D * D * dh + 2.0 * D * dh * dh + 30.0 * dh**3))
     return FullOVPlan(L, H, c.kv_heads, D, dh, V, tile, flops, fixed + layer + tile * per_row, budget)
 
 
@@ -157,14 +158,14 @@ def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray,
     W_O = files.rows(p + "self_attn.o_proj.weight").reshape(D, H, dh).transpose(1, 0, 2)
     sv = np.zeros((H, dh))
     ev = np.zeros((H, dh), dtype=np.complex128)
+    # the value side is shared by the query heads of a key/value group: once per group
+    rb = [np.linalg.qr((W_V[g] @ R_E.T).T, mode="r") for g in range(kv)]  # W_V W_E's triangular factor
+    VM = [W_V[g] @ M for g in range(kv)]  # W_V (W_E W_U)
     for h in range(H):
-        V_h = W_V[c.kv_head(h)]
-        A = R_U @ W_O[h]  # (D, dh): ||W_U W_O x|| = ||A x||
-        B = V_h @ R_E.T  # (dh, D): W_V W_E's factor
-        ra = np.linalg.qr(A, mode="r")
-        rb = np.linalg.qr(B.T, mode="r")
-        sv[h] = sla.svdvals(ra @ rb.T)
-        lam = np.linalg.eigvals(V_h @ M @ W_O[h])
+        g = c.kv_head(h)
+        ra = np.linalg.qr(R_U @ W_O[h], mode="r")  # ||W_U W_O x|| = ||R_U W_O x||
+        sv[h] = sla.svdvals(ra @ rb[g].T)
+        lam = np.linalg.eigvals(VM[g] @ W_O[h])
         ev[h] = lam[np.argsort(-np.abs(lam), kind="stable")]
     return sv, ev
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
@@ -24,52 +23,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+from llama_checkpoint import llama_shapes, write_bf16_checkpoint
 
 SHAPES = dict(layers=32, heads=32, kv_heads=32, d_model=4096, d_head=128, d_mlp=11008, vocab=32000)
 
 
-def tensors(s: dict) -> dict[str, tuple[int, ...]]:
-    D, dh, F = s["d_model"], s["d_head"], s["d_mlp"]
-    out = {"model.embed_tokens.weight": (s["vocab"], D), "lm_head.weight": (s["vocab"], D), "model.norm.weight": (D,)}
-    for l in range(s["layers"]):
-        p = f"model.layers.{l}."
-        out.update({
-            p + "self_attn.q_proj.weight": (s["heads"] * dh, D), p + "self_attn.k_proj.weight": (s["kv_heads"] * dh, D),
-            p + "self_attn.v_proj.weight": (s["kv_heads"] * dh, D), p + "self_attn.o_proj.weight": (D, s["heads"] * dh),
-            p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
-            p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-        })
-    return out
-
-
 def write(path: Path, s: dict) -> int:
-    """The checkpoint, one tensor (and one row block) at a time; returns its size in bytes."""
-    shapes = tensors(s)
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        n = 2 * int(np.prod(shape))
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(0)
-    with open(path / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in shapes.items():
-            rows = shape[0]
-            step = max(1, (32 << 20) // (4 * int(np.prod(shape[1:])) or 1))
-            for start in range(0, rows, step):
-                block = (rng.standard_normal((min(step, rows - start), *shape[1:]), dtype=np.float32)
-                         * (0.02 if len(shape) == 2 else 0.1))
-                if len(shape) == 1:
-                    block = block + 1.0
-                f.write((block.view(np.uint32) >> 16).astype("<u2").tobytes())
+    """The checkpoint (untied, as Llama 2), one row block at a time; returns its size in bytes."""
+    shapes = llama_shapes(s["layers"], s["heads"], s["kv_heads"], s["d_model"], s["d_head"], s["d_mlp"], s["vocab"],
+                          tied=False)
     config = {"model_type": "llama", "hidden_size": s["d_model"], "num_hidden_layers": s["layers"],
               "num_attention_heads": s["heads"], "num_key_value_heads": s["kv_heads"], "intermediate_size": s["d_mlp"],
               "vocab_size": s["vocab"], "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "hidden_act": "silu",
               "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
-    (path / "config.json").write_text(json.dumps(config))
-    return (path / "model.safetensors").stat().st_size
+    return write_bf16_checkpoint(path, shapes, config)
 
 
 def child(path: str, budget: int, workers: int) -> None:

@@ -13,53 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from llama_checkpoint import llama_shapes, write_bf16_checkpoint
 
 SHAPES = dict(layers=30, heads=9, kv_heads=3, d_model=576, d_head=64, d_mlp=1536, vocab=49152, ctx=2048)
 
 
-def tensor_shapes(s: dict) -> dict[str, tuple[int, ...]]:
-    D, dh = s["d_model"], s["d_head"]
-    out = {"model.embed_tokens.weight": (s["vocab"], D), "model.norm.weight": (D,)}
-    for l in range(s["layers"]):
-        p = f"model.layers.{l}."
-        out.update({
-            p + "self_attn.q_proj.weight": (s["heads"] * dh, D), p + "self_attn.k_proj.weight": (s["kv_heads"] * dh, D),
-            p + "self_attn.v_proj.weight": (s["kv_heads"] * dh, D), p + "self_attn.o_proj.weight": (D, s["heads"] * dh),
-            p + "mlp.gate_proj.weight": (s["d_mlp"], D), p + "mlp.up_proj.weight": (s["d_mlp"], D),
-            p + "mlp.down_proj.weight": (D, s["d_mlp"]),
-            p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-        })
-    return out
-
-
 def write_checkpoint(path: Path, s: dict) -> int:
-    """A random bf16 checkpoint, written one tensor at a time; returns the file size."""
-    shapes = tensor_shapes(s)
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        n = 2 * math.prod(shape)
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(0)
-    with open(path / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in shapes.items():
-            w = (rng.standard_normal(shape, dtype=np.float32) * (0.02 if len(shape) == 2 else 1.0)).astype(np.float32)
-            if len(shape) == 1:
-                w = 1.0 + 0.1 * w
-            f.write((w.view(np.uint32) >> 16).astype("<u2").tobytes())  # bf16: the top 16 bits
+    """A random bf16 checkpoint of shapes ``s`` (tied embeddings, as SmolLM2); returns the file size."""
+    shapes = llama_shapes(s["layers"], s["heads"], s["kv_heads"], s["d_model"], s["d_head"], s["d_mlp"], s["vocab"],
+                          tied=True)
     config = {
         "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": s["d_model"],
         "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"], "num_key_value_heads": s["kv_heads"],
@@ -67,8 +36,7 @@ def write_checkpoint(path: Path, s: dict) -> int:
         "max_position_embeddings": s["ctx"], "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "hidden_act": "silu",
         "tie_word_embeddings": True, "torch_dtype": "bfloat16",
     }
-    (path / "config.json").write_text(json.dumps(config))
-    return (path / "model.safetensors").stat().st_size
+    return write_bf16_checkpoint(path, shapes, config)
 
 
 def child(path: str, dtype: str) -> None:

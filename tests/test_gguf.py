@@ -184,6 +184,19 @@ def test_gguf_refusals(tmp_path) -> None:
     w.close()
     with pytest.raises(ca.ConfigError, match="general.architecture='falcon'"):
         ca.load(path)
+    yarn = tmp_path / "yarn.gguf"
+    w = gguf.GGUFWriter(str(yarn), "llama")
+    for add, value in (("add_block_count", 1), ("add_head_count", 1), ("add_context_length", 8),
+                       ("add_embedding_length", 4), ("add_feed_forward_length", 8)):
+        getattr(w, add)(value)
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_tensor("token_embd.weight", np.zeros((5, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ca.ConfigError, match="rope.scaling.type='yarn' is not supported in GGUF files"):
+        ca.load(yarn)
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\x00" * 20)
     with pytest.raises(ca.LoadError, match="junk.gguf"):
         ca.load(tmp_path / "junk.gguf")

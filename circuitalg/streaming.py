@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -52,15 +53,30 @@ class TensorFiles:
             raise LoadError(f"{self.dir}: no .safetensors files (stream_full_ov reads safetensors checkpoints).")
         self.index: dict[str, tuple[Path, int, str, tuple[int, ...]]] = {}
         for f in files:
+            size = f.stat().st_size
             with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(n))
+                head = fh.read(8)
+                n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+                if not 0 < n <= min(size - 8, 100 << 20):
+                    raise LoadError(f"{f}: not a safetensors file (header length {n}, file size {size}).")
+                try:
+                    header = json.loads(fh.read(n))
+                except ValueError:
+                    raise LoadError(f"{f}: corrupt safetensors header.") from None
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
-                if info["dtype"] not in _DTYPES:
-                    raise LoadError(f"{f}: tensor {name!r} has dtype {info['dtype']}; expected F32, F16 or BF16.")
-                self.index[name] = (f, 8 + n + info["data_offsets"][0], info["dtype"], tuple(info["shape"]))
+                try:
+                    dt, shape, (begin, end) = info["dtype"], tuple(int(x) for x in info["shape"]), info["data_offsets"]
+                except (KeyError, TypeError, ValueError):
+                    raise LoadError(f"{f}: tensor {name!r}: corrupt header entry.") from None
+                if dt not in _DTYPES:
+                    raise LoadError(f"{f}: tensor {name!r} has dtype {dt}; expected F32, F16, BF16 or F64.")
+                nbytes = math.prod(shape) * np.dtype(_DTYPES[dt]).itemsize
+                if not (0 <= begin <= end <= size - 8 - n and end - begin == nbytes):
+                    raise LoadError(f"{f}: tensor {name!r}: shape {shape} does not match its data offsets; "
+                                    "the file is truncated or corrupt.")
+                self.index[name] = (f, 8 + n + begin, dt, shape)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The stored shape of tensor ``name``."""

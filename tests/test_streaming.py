@@ -68,3 +68,14 @@ def test_dask_cluster_of_two_workers_gives_the_same_results(tmp_path) -> None:
         parallel = stream_full_ov(tmp_path, budget_bytes=100_000, client=client)
     np.testing.assert_allclose(parallel.singular_values, serial.singular_values, rtol=1e-12, atol=0)
     np.testing.assert_allclose(parallel.eigenvalues, serial.eigenvalues, rtol=1e-12, atol=0)
+
+
+def test_corrupt_or_truncated_files_are_refused(tmp_path) -> None:
+    save_random_hf(tmp_path, "LlamaForCausalLM", "LlamaConfig", **COMMON)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ca.LoadError, match="truncated or corrupt|not a safetensors file"):
+        plan_full_ov(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(ca.LoadError, match="not a safetensors file"):
+        plan_full_ov(tmp_path)

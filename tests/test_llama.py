@@ -4,6 +4,8 @@ TransformerLens state dicts where transformer-lens is installed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from model_helpers import assert_matches_hf, save_random_hf
@@ -238,3 +240,21 @@ def test_new_features_round_trip_through_circuitalg_files(tmp_path, family: str)
         back = ca.load(ca.save(model, tmp_path / f"m{suffix}"))
         assert back.config == model.config
         np.testing.assert_allclose(back.run(TOKENS)[0], model.run(TOKENS)[0], rtol=0, atol=1e-13)  # layout: rounding
+
+
+@pytest.mark.parametrize("family", ["gemma2", "qwen3"])
+def test_transformers_4x_config_forms_read_the_same(tmp_path, family: str) -> None:
+    """transformers 4.x wrote rope_theta at the top level and (for Gemma 2, before layer_types) left the
+    alternating sliding layers implicit: such a config.json loads to the same circuitalg config."""
+    import json
+
+    _hf(tmp_path, family)
+    new = ca.load(tmp_path).config
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    old = {k: v for k, v in cfg.items() if k not in ("rope_parameters", "layer_types")}
+    old["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
+    if family == "qwen3":  # 4.x Qwen3 chose sliding layers by use_sliding_window / max_window_layers
+        old.update(use_sliding_window=True, max_window_layers=1)
+        new = dataclasses.replace(new, attn_windows=(None, 4, 4))
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert ca.load(tmp_path).config == new

@@ -173,30 +173,26 @@ def test_gguf_llama3_rope_freqs_match_the_llama3_scaling(tmp_path) -> None:
     assert np.abs(ca.load(tmp_path / "plain.gguf").run(TOKENS)[0] - ref).max() > 1e-3
 
 
+def _minimal_gguf(path, arch: str, **metadata) -> None:
+    """A GGUF file with ``token_embd.weight`` only and the writer calls ``add_<key>(value)`` given."""
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, value in metadata.items():
+        getattr(w, "add_" + key)(value)
+    w.add_tensor("token_embd.weight", np.zeros((5, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def test_gguf_refusals(tmp_path) -> None:
-    path = tmp_path / "bad.gguf"
-    w = gguf.GGUFWriter(str(path), "falcon")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((5, 4), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _minimal_gguf(tmp_path / "bad.gguf", "falcon", block_count=1)
     with pytest.raises(ca.ConfigError, match="general.architecture='falcon'"):
-        ca.load(path)
-    yarn = tmp_path / "yarn.gguf"
-    w = gguf.GGUFWriter(str(yarn), "llama")
-    for add, value in (("add_block_count", 1), ("add_head_count", 1), ("add_context_length", 8),
-                       ("add_embedding_length", 4), ("add_feed_forward_length", 8)):
-        getattr(w, add)(value)
-    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-    w.add_tensor("token_embd.weight", np.zeros((5, 4), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        ca.load(tmp_path / "bad.gguf")
+    _minimal_gguf(tmp_path / "yarn.gguf", "llama", block_count=1, head_count=1, context_length=8, embedding_length=4,
+                  feed_forward_length=8, rope_scaling_type=gguf.RopeScalingType.YARN)
     with pytest.raises(ca.ConfigError, match="rope.scaling.type='yarn' is not supported in GGUF files"):
-        ca.load(yarn)
+        ca.load(tmp_path / "yarn.gguf")
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\x00" * 20)
     with pytest.raises(ca.LoadError, match="junk.gguf"):
         ca.load(tmp_path / "junk.gguf")

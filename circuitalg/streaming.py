@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import scipy.linalg as sla
 from circuitalg.errors import ConfigError, LoadError, TooLargeError, check_int
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.hf import hf_config
+from circuitalg.model.io import SafetensorsEntry, safetensors_index, widen_bf16
 
 __all__ = ["FullOVPlan", "FullOVResult", "plan_full_ov", "stream_full_ov", "TensorFiles"]
 
@@ -51,49 +50,30 @@ class TensorFiles:
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
             raise LoadError(f"{self.dir}: no .safetensors files (stream_full_ov reads safetensors checkpoints).")
-        self.index: dict[str, tuple[Path, int, str, tuple[int, ...]]] = {}
+        self.index: dict[str, tuple[Path, SafetensorsEntry]] = {}
         for f in files:
-            size = f.stat().st_size
-            with open(f, "rb") as fh:
-                head = fh.read(8)
-                n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-                if not 0 < n <= min(size - 8, 100 << 20):
-                    raise LoadError(f"{f}: not a safetensors file (header length {n}, file size {size}).")
-                try:
-                    header = json.loads(fh.read(n))
-                except ValueError:
-                    raise LoadError(f"{f}: corrupt safetensors header.") from None
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                try:
-                    dt, shape, (begin, end) = info["dtype"], tuple(int(x) for x in info["shape"]), info["data_offsets"]
-                except (KeyError, TypeError, ValueError):
-                    raise LoadError(f"{f}: tensor {name!r}: corrupt header entry.") from None
-                if dt not in _DTYPES:
-                    raise LoadError(f"{f}: tensor {name!r} has dtype {dt}; expected F32, F16, BF16 or F64.")
-                nbytes = math.prod(shape) * np.dtype(_DTYPES[dt]).itemsize
-                if not (0 <= begin <= end <= size - 8 - n and end - begin == nbytes):
-                    raise LoadError(f"{f}: tensor {name!r}: shape {shape} does not match its data offsets; "
-                                    "the file is truncated or corrupt.")
-                self.index[name] = (f, 8 + n + begin, dt, shape)
+            entries, _ = safetensors_index(f)  # validated against the file before anything is mapped
+            for name, e in entries.items():
+                if e.dtype not in _DTYPES:
+                    raise LoadError(f"{f}: tensor {name!r} has dtype {e.dtype}; expected F32, F16, BF16 or F64.")
+                self.index[name] = (f, e)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The stored shape of tensor ``name``."""
+        return self._entry(name)[1].shape
+
+    def _entry(self, name: str) -> tuple[Path, SafetensorsEntry]:
         if name not in self.index:
             raise LoadError(f"{self.dir}: missing tensor {name!r}.")
-        return self.index[name][3]
+        return self.index[name]
 
     def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of tensor ``name`` (its first axis) as float64."""
-        path, offset, dt, shape = self.index[name] if name in self.index else (None, 0, "", ())
-        if path is None:
-            raise LoadError(f"{self.dir}: missing tensor {name!r}.")
-        stop = shape[0] if stop is None else stop
-        mm = np.memmap(path, dtype=_DTYPES[dt], mode="r", offset=offset, shape=shape)
-        block = np.asarray(mm[start:stop])
-        if dt == "BF16":
-            block = (block.astype(np.uint32) << 16).view(np.float32)
+        path, e = self._entry(name)
+        mm = np.memmap(path, dtype=_DTYPES[e.dtype], mode="r", offset=e.start, shape=e.shape)
+        block = np.asarray(mm[start:e.shape[0] if stop is None else stop])
+        if e.dtype == "BF16":
+            block = widen_bf16(block)
         return block.astype(np.float64)
 
 

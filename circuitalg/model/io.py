@@ -21,6 +21,7 @@ Formats:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -193,7 +194,19 @@ def read_tensors(path: str | Path, *, max_bytes: int = DEFAULT_LOAD_BYTES) -> tu
     )
 
 
-def _read_safetensors(p: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+@dataclasses.dataclass(frozen=True)
+class SafetensorsEntry:
+    """One tensor of a safetensors file: its dtype code, shape and absolute byte range in the file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+
+def safetensors_index(p: Path) -> tuple[dict[str, SafetensorsEntry], dict[str, str]]:
+    """The tensors (validated against the file before any data is read) and the metadata of
+    safetensors file ``p``; :class:`LoadError` naming the file and tensor on anything corrupt."""
     size = p.stat().st_size
     with open(p, "rb") as f:
         head = f.read(8)
@@ -213,8 +226,7 @@ def _read_safetensors(p: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], d
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise LoadError(f"{p}: corrupt safetensors metadata (must map strings to strings).")
     data_size = size - 8 - n
-    total = 0
-    bf16 = []
+    entries: dict[str, SafetensorsEntry] = {}
     for name, info in header.items():
         if not isinstance(info, dict):
             raise LoadError(f"{p}: tensor {name!r}: corrupt header entry.")
@@ -236,9 +248,19 @@ def _read_safetensors(p: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], d
                 f"{p}: tensor {name!r}: shape {shape} ({dt}, {nbytes} bytes) does not match its data offsets "
                 f"{offsets} in a data section of {data_size} bytes; the file is truncated or corrupt."
             )
-        total += nbytes
-        if dt == "BF16":
-            bf16.append(name)
+        entries[name] = SafetensorsEntry(dt, tuple(shape), 8 + n + begin, nbytes)
+    return entries, meta
+
+
+def widen_bf16(words: np.ndarray) -> np.ndarray:
+    """bfloat16 values stored as 16-bit words, widened exactly to float32 (numpy has no bfloat16)."""
+    return (np.asarray(words).astype(np.uint32) << 16).view(np.float32)
+
+
+def _read_safetensors(p: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    entries, meta = safetensors_index(p)
+    total = sum(e.nbytes for e in entries.values())
+    bf16 = [name for name, e in entries.items() if e.dtype == "BF16"]
     _check_total(p, total, max_bytes)
     from safetensors import safe_open
 
@@ -247,10 +269,9 @@ def _read_safetensors(p: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], d
         if bf16:  # numpy has no bfloat16: read the raw 16-bit words and widen them exactly
             with open(p, "rb") as f:
                 for name in bf16:
-                    begin, end = header[name]["data_offsets"]
-                    f.seek(8 + n + begin)
-                    words = np.frombuffer(f.read(end - begin), dtype="<u2").astype(np.uint32) << 16
-                    tensors[name] = words.view(np.float32).reshape(header[name]["shape"])
+                    e = entries[name]
+                    f.seek(e.start)
+                    tensors[name] = widen_bf16(np.frombuffer(f.read(e.nbytes), dtype="<u2")).reshape(e.shape)
         with safe_open(str(p), framework="np") as st:
             for name in st.keys():
                 if name not in tensors:

@@ -178,6 +178,55 @@ def test_top_tokens_rank_beyond_float32_resolution(by: str) -> None:
     assert [(e.row, e.col, e.value) for e in got] == [(0, j, 0.0) for j in range(5)]
 
 
+def _localised_svd(n: int, r: int, i0: int, j0: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``U S`` and ``Vᵀ`` of a rank-``r`` map with singular values ``0.9^k`` whose weakest singular
+    vectors are ``e_i0`` and ``e_j0``: its largest entry, ``(i0, j0)``, lies wholly in the weakest
+    direction."""
+    rng = np.random.default_rng(seed)
+
+    def basis(zero: int) -> np.ndarray:
+        a = rng.standard_normal((n, r - 1))
+        a[zero] = 0.0
+        q = np.linalg.qr(a)[0]
+        e = np.zeros((n, 1))
+        e[zero] = 1.0
+        return np.hstack([q, e])
+
+    s = 0.9 ** np.arange(r)
+    return basis(i0) * s, basis(j0).T
+
+
+@pytest.mark.parametrize("by", ["value", "abs"])
+@pytest.mark.parametrize("seed", range(3))
+def test_top_tokens_prefix_screen_is_exact(by: str, seed: int, monkeypatch) -> None:
+    """The screened scan (a prefix of the singular directions plus a Cauchy-Schwarz bound on the
+    rest) returns exactly the dense ranking, also causally masked and windowed. The largest entry
+    lies wholly in the weakest singular direction and the prefix chosen is shorter than the rank,
+    so only the tail bound keeps it in (a screen without it misses the entry)."""
+    from circuitalg.circuits import diagnostics
+
+    chosen = []
+    real = diagnostics._screen_prefix
+    monkeypatch.setattr(diagnostics, "_screen_prefix", lambda *a: chosen.append(real(*a)) or chosen[-1])
+    r, n, i0, j0 = 32, 700, 400 + seed, 380
+    pos = ca.Space("pos", n)
+    us, vt = _localised_svd(n, r, i0, j0, seed)
+    circuit = ca.Dense(us, ca.Space("k", r), pos) @ ca.Dense(vt, pos, ca.Space("k", r))
+    dense = ca.to_dense(circuit)
+    for causal, window in ((False, None), (True, None), (True, 50)):
+        key = np.abs(dense) if by == "abs" else dense.copy()
+        if causal:
+            back = np.arange(n)[:, None] - np.arange(n)[None, :]
+            key[(back < 0) | ((back >= window) if window else False)] = -np.inf
+        order = np.argsort(-key, axis=None, kind="stable")[:15]
+        assert order[0] == i0 * n + j0
+        got = ca.top_tokens(circuit, 15, by=by, roles=("query", "key"), causal=causal, window=window,
+                            max_bytes=40_000)
+        assert [(e.row, e.col) for e in got] == [tuple(np.unravel_index(o, dense.shape)) for o in order]
+        np.testing.assert_allclose([e.value for e in got], dense.flat[order], rtol=1e-12, atol=1e-15)
+    assert len(chosen) == 3 and all(p < r for p in chosen)
+
+
 def test_top_tokens_vocab_strings() -> None:
     m = ca.zoo.planted_induction()
     got = ca.top_tokens(m.W_U @ m.head(1, 2).ov @ m.W_E, 3, vocab=m)

@@ -367,78 +367,158 @@ def _axis_label(space: Any, i: int, vocab: Sequence[str] | None) -> tuple[str | 
     return None, f"#{i}"
 
 
+#: Rows of a screened block are chosen so that the block's float32 screen takes about this
+#: many bytes (it stays in cache; at most ``max_bytes``).
+SCREEN_BLOCK_BYTES = 16 << 20
+#: Cost of evaluating one screened-in entry exactly (a gathered float64 dot product), in
+#: multiply-adds of the float32 screen; chooses the prefix length of :func:`_scan_top`.
+SURVIVOR_COST = 2000.0
+
+
+def _merge_top(k: int, best: tuple[np.ndarray, ...], vals: np.ndarray, ri: np.ndarray, cj: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` best of ``best`` and the new entries (value descending, then row, column)."""
+    v = np.concatenate([best[0], vals])
+    i = np.concatenate([best[1], ri])
+    j = np.concatenate([best[2], cj])
+    keep = np.lexsort((j, i, -v))[:k]
+    return v[keep], i[keep], j[keep]
+
+
 def _scan_top(
     L: np.ndarray, V: np.ndarray, k: int, by_abs: bool, causal: bool, window: int | None, budget: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the ``k`` largest entries of ``L @ V`` (by value or magnitude;
     ``causal``: only ``col <= row``, within ``window``), in order, ties by (row, col).
 
-    Rows are scanned in blocks, strongest first; a block is skipped (and the scan stops) when
-    ``‖L_i‖ max_j ‖V_j‖`` shows no entry in it can enter the top ``k``. Each block is screened
-    with a float32 product, whose error is at most ``δ = (γ_r + 2u) max‖L_i‖ max‖V_j‖`` (``u`` the
-    float32 unit roundoff, ``γ_r = r u / (1 - r u)``, inputs rounded to float32 included), and
-    only entries the screen cannot rule out (approximate value within ``δ`` of the running
-    ``k``-th exact value, or of twice ``δ`` below the block's own ``k``-th approximate value) are
-    recomputed in float64: the result is the float64 ranking, exactly. Blocks where too many
-    entries tie within ``δ`` (e.g. a zero map) are evaluated in float64 whole.
+    Rows are taken strongest first (largest ``‖L_i‖``); the scan stops when ``‖L_i‖ max_j ‖V_j‖``
+    shows that no remaining row can enter the top ``k``. The first rows are evaluated in float64
+    until ``k`` entries are known. Every later entry is screened against the running ``k``-th
+    value ``t`` with the bound ``e_ij <= P_ij + ‖L_i,tail‖ ‖V_tail,j‖``, ``P = L[:, :p] V[:p]``
+    (``|P_ij|`` for magnitudes): for ``L = U S`` of a factored SVD, the leading ``p`` singular
+    directions carry most of every entry, so a prefix ``p < r`` (chosen on a sample of rows to
+    minimise the work) rules out nearly all entries at a fraction of the full product's cost.
+    The screen is a float32 product (the bound's rank-one term appended as one more column),
+    whose error is at most ``δ = (γ_{p+1} + 2u) max‖L_i‖ max‖V_j‖`` (``u`` the float32 unit
+    roundoff, ``γ_n = n u / (1 - n u)``, inputs rounded to float32 included; by Cauchy-Schwarz
+    ``‖L_i,head‖‖V_head,j‖ + ‖L_i,tail‖‖V_tail,j‖ <= ‖L_i‖‖V_j‖``), so every entry with screen
+    value below ``t - δ`` is provably outside the top ``k``; the others are computed in float64:
+    the result is the float64 ranking, exactly. A block where too many entries pass the screen
+    (ties, e.g. a zero map) is evaluated in float64 whole.
     """
     n_rows, r = L.shape
     n_cols = V.shape[1]
+    empty = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+    if n_rows == 0 or n_cols == 0:
+        return empty[1], empty[2]
     row_norm = np.linalg.norm(L, axis=1)
-    col_norm = np.linalg.norm(V, axis=0) if V.size else np.zeros(n_cols)
-    col_max = float(col_norm.max()) if n_cols else 0.0
-    u = float(np.finfo(np.float32).eps) / 2
-    gamma = r * u / (1 - r * u)
-    delta = (gamma + 2.01 * u) * float(row_norm.max(initial=0.0)) * col_max
-    L32, V32 = L.astype(np.float32), V.astype(np.float32)
-    block = max(1, min(n_rows, budget // max(1, 4 * n_cols)))
+    col_norm = np.linalg.norm(V, axis=0)
+    col_max = float(col_norm.max())
     order = np.argsort(-row_norm, kind="stable")
-    best_v, best_i, best_j = np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     cols = np.arange(n_cols)
-    for start in range(0, n_rows, block):
-        rows = order[start:start + block]
-        if best_v.size == k and row_norm[rows[0]] * col_max * (1 + 1e-12) < best_v.min():
-            break  # no remaining row can beat the k-th entry
-        approx = L32[rows] @ V32
-        key = np.abs(approx, out=approx) if by_abs else approx
+
+    def allowed(ri: np.ndarray, cj: np.ndarray) -> np.ndarray:
+        back = ri - cj
+        return (back >= 0) if window is None else (back >= 0) & (back < window)
+
+    def exact_block(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top ``k`` of some rows in float64 (ties at the k-th kept, then cut in order)."""
+        ex = L[rows] @ V
+        key = np.abs(ex) if by_abs else ex
         if causal:
-            back = rows[:, None] - cols[None, :]
-            ok = (back >= 0) if window is None else (back >= 0) & (back < window)
-            key = np.where(ok, key, -np.inf)
+            key = np.where(allowed(rows[:, None], cols[None, :]), key, -np.inf)
         flat = key.ravel()
-        if best_v.size == k:
-            floor = float(best_v.min()) - delta
-        else:
-            kk = min(k, flat.size)
-            floor = float(flat[np.argpartition(-flat, kk - 1)[kk - 1]]) - 2 * delta
-        cand = np.flatnonzero(flat >= floor)
-        if cand.size > max(4 * k, 1 << 16):  # ties within the screen's error: evaluate the block exactly
-            exact = L[rows] @ V
-            ekey = np.abs(exact) if by_abs else exact
-            if causal:
-                ekey = np.where(ok, ekey, -np.inf)
-            ef = ekey.ravel()
-            kk = min(k, ef.size)
-            cand = np.flatnonzero(ef >= ef[np.argpartition(-ef, kk - 1)[kk - 1]])  # ties at the k-th kept
-            if cand.size > k:
-                ri, cj = np.unravel_index(cand, key.shape)
-                cand = cand[np.lexsort((cj, rows[ri], -ef[cand]))[:k]]
-            vals = ef[cand]
-            fin = np.isfinite(vals)  # masked (causal) entries are -inf
-            ri, cj = np.unravel_index(cand, key.shape)
-            ri = rows[ri]
-        else:
-            fin = np.isfinite(flat[cand])
-            ri, cj = np.unravel_index(cand, key.shape)
-            ri = rows[ri]
-            vals = np.einsum("ij,ji->i", L[ri], V[:, cj])  # float64, the ranking's values
+        kk = min(k, flat.size)
+        cand = np.flatnonzero(flat >= flat[np.argpartition(-flat, kk - 1)[kk - 1]])
+        ri, cj = np.unravel_index(cand, key.shape)
+        fin = np.isfinite(flat[cand])  # masked (causal) entries are -inf
+        return flat[cand][fin], rows[ri][fin], cj[fin]
+
+    # phase 1: the strongest rows in float64 until k entries are known
+    best = empty
+    start = 0
+    first = max(1, min(n_rows, -(-max(k, 1 << 22) // n_cols), budget // (8 * n_cols)))
+    while best[0].size < k and start < n_rows:
+        rows = order[start:start + first]
+        best = _merge_top(k, best, *exact_block(rows))
+        start += len(rows)
+    if start >= n_rows or best[0].size < k:
+        return best[1], best[2]
+
+    # phase 2: screened blocks; the prefix length p from a sample of the remaining rows
+    u = float(np.finfo(np.float32).eps) / 2
+    rest = order[start:]
+    sample = rest[:: max(1, len(rest) // 64)][:64]
+    kth = float(best[0].min())
+    mask = allowed(sample[:, None], cols[None, :]) if causal else None
+    p = _screen_prefix(L, V, sample, kth, by_abs, col_max * float(row_norm.max()), u, mask)
+    gamma = (p + 1) * u / (1 - (p + 1) * u)
+    delta = (gamma + 2.01 * u) * float(row_norm.max()) * col_max
+    tail_l = np.linalg.norm(L[:, p:], axis=1)
+    tail_v = np.linalg.norm(V[p:], axis=0)
+    if p < r and not by_abs:  # P + b in one product: the rank-one bound as one more column
+        L32 = np.concatenate([L[:, :p], tail_l[:, None]], axis=1).astype(np.float32)
+        V32 = np.concatenate([V[:p], tail_v[None, :]], axis=0).astype(np.float32)
+    else:  # |P| + b: the bound is added after the absolute value
+        L32, V32 = L[:, :p].astype(np.float32), V[:p].astype(np.float32)
+    tail_l32, tail_v32 = tail_l.astype(np.float32), tail_v.astype(np.float32)
+    Vt = np.ascontiguousarray(V.T)  # rows of V.T gathered for the float64 dot products
+    block = max(1, min(len(rest), min(budget, SCREEN_BLOCK_BYTES) // (4 * n_cols)))
+    buf = np.empty((block, n_cols), dtype=np.float32)
+    for s in range(0, len(rest), block):
+        rows = rest[s:s + block]
+        kth = float(best[0].min())
+        if row_norm[rows[0]] * col_max * (1 + 1e-12) < kth:
+            break  # no remaining row can reach the k-th entry
+        scr = np.matmul(L32[rows], V32, out=buf[: len(rows)])
+        if by_abs:
+            np.abs(scr, out=scr)
+            if p < r:
+                scr += tail_l32[rows, None] * tail_v32[None, :]
+        cand = np.flatnonzero(scr >= kth - delta)
+        if cand.size > max(4 * k, 1 << 16):  # ties within the screen's error: this block in float64
+            best = _merge_top(k, best, *exact_block(rows))
+            continue
+        ri, cj = np.unravel_index(cand, scr.shape)
+        ri = rows[ri]
+        if causal:
+            ok = allowed(ri, cj)
+            ri, cj = ri[ok], cj[ok]
+        if ri.size:
+            vals = np.einsum("ij,ij->i", L[ri], Vt[cj])  # float64, the ranking's values
             vals = np.abs(vals) if by_abs else vals
-        cand_v = np.concatenate([best_v, vals[fin]])
-        cand_i = np.concatenate([best_i, ri[fin]])
-        cand_j = np.concatenate([best_j, cj[fin]])
-        keep = np.lexsort((cand_j, cand_i, -cand_v))[:k]
-        best_v, best_i, best_j = cand_v[keep], cand_i[keep], cand_j[keep]
-    return best_i, best_j
+            keep = vals >= kth  # the rest cannot enter (ties at the k-th are ordered by the merge)
+            if keep.any():
+                best = _merge_top(k, best, vals[keep], ri[keep], cj[keep])
+    return best[1], best[2]
+
+
+def _screen_prefix(L: np.ndarray, V: np.ndarray, sample: np.ndarray, kth: float, by_abs: bool,
+                   scale: float, u: float, mask: np.ndarray | None = None) -> int:
+    """The prefix length ``p`` of :func:`_scan_top`'s screen that minimises its estimated work,
+    ``(p + 1) + SURVIVOR_COST * (fraction of the sample's entries that pass)`` per entry (entries
+    outside ``mask``, the causal pairs, are dropped before any float64 work and count as passing
+    nothing)."""
+    r = L.shape[1]
+    if r <= 8 or sample.size == 0:
+        return r
+    Ls = L[sample]
+    best_p, best_cost = r, float(r + 1)
+    acc = np.zeros((len(sample), V.shape[1]))
+    done = 0
+    cands = [q - 1 for q in range(8, r + 1, 8) if q - 1 >= r // 4] + [r]  # p + 1 a multiple of 8: fast GEMMs
+    for p in cands:
+        acc += Ls[:, done:p] @ V[done:p]
+        done = p
+        gamma = (p + 1) * u / (1 - (p + 1) * u)
+        floor = kth - (gamma + 2.01 * u) * scale
+        tail = np.linalg.norm(Ls[:, p:], axis=1)[:, None] * np.linalg.norm(V[p:], axis=0)[None, :]
+        passes = ((np.abs(acc) if by_abs else acc) + tail) >= floor
+        frac = float(np.mean(passes if mask is None else passes & mask))
+        cost = (p + 1) + SURVIVOR_COST * frac
+        if cost < best_cost:
+            best_p, best_cost = p, cost
+    return best_p
 
 
 def top_tokens(

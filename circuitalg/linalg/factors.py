@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
 
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
@@ -136,7 +135,7 @@ def _well_conditioned_cholesky(G: np.ndarray) -> np.ndarray | None:
     """The upper Cholesky factor of ``G``, or None if it fails or its estimated condition number
     (diagonal ratio) exceeds :data:`GRAM_COND_LIMIT`."""
     try:
-        R = sla.cholesky(G, lower=False, check_finite=False)
+        R = np.linalg.cholesky(G).T  # numpy's LAPACK call: about twice as fast as scipy's here
     except np.linalg.LinAlgError:
         return None
     diag = np.abs(np.diag(R))

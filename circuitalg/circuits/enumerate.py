@@ -154,12 +154,16 @@ class _Engine:
         self.R_src = {s: _f(gram_factor(model.source_map(s), "rows")) for s in self.sources}
         self.layer = np.array([l for l, _ in self.heads])
         n = len(self.heads)
+        # W S Sᵀ Wᵀ for every head's W_V, W_Q, W_K and every source S: one product R_s Wᵀ of all
+        # heads at a time per source and weight (a transient d_model x n d_head array)
+        self.source_gram = {(s, X): _all_grams(R, [hw.W_Q, hw.W_K, hw.W_V]["QKV".index(X)], sinks, X)
+                            for s, R in self.R_src.items() for X in "QKV"}
         # first step: K_1(s, g) = W_V^g S Sᵀ W_V^gᵀ
-        self.K1 = {s: [_gram_of(R @ self.W_V[g].T) for g in range(n)] for s, R in self.R_src.items()}
+        self.K1 = {s: list(self.source_gram[(s, "V")]) for s in self.R_src}
         # transitions and their spectral norms, for writer g and later reader g'
         self.M: dict[tuple[int, int], np.ndarray] = {}
         self.M_norm2 = np.zeros((n, n))
-        W_V_all = np.stack(self.W_V) if n else np.zeros((0, 0, 0))
+        W_V_all = np.ascontiguousarray(np.stack(self.W_V)) if n else np.zeros((0, 0, 0))  # rows reshape as views
         dh = W_V_all.shape[1] if n else 0
         for g in range(n):
             later = np.flatnonzero(self.layer > self.layer[g])
@@ -174,7 +178,6 @@ class _Engine:
         self.readers: list[tuple[str, int, Source | None]] = []
         self.reader_layer: list[int] = []
         self.Z: dict[tuple[int, int], np.ndarray] = {}
-        self.side_gram: dict[tuple[str, int, Source], np.ndarray] = {}
         if "unembed" in sinks:
             self.readers.append(("unembed", -1, None))
             self.reader_layer.append(self.L)
@@ -214,11 +217,7 @@ class _Engine:
 
     def other_gram(self, kind: str, h: int, s: str) -> np.ndarray:
         """``W S Sᵀ Wᵀ`` for the bare side of a QK sink (``W_Q`` for key sinks, ``W_K`` for query sinks)."""
-        key = (kind, h, s)
-        G = self.side_gram.get(key)
-        if G is None:
-            G = self.side_gram[key] = _gram_of(self.R_src[s] @ self.sides(kind, h)[1].T)
-        return G
+        return self.source_gram[(s, "Q" if kind == "k" else "K")][h]
 
     def Zmat(self, g: int, r: int) -> np.ndarray:
         """``Z_{g, rho} = W_O^gᵀ G_rho W_O^g`` (cached)."""
@@ -241,9 +240,18 @@ class _Engine:
         R = self.R_src[s]
         if kind == "unembed":
             return float(np.linalg.norm(self.G_U_factor @ R.T) ** 2)
-        W_read = self.sides(kind, h)[0]
-        G = _gram_of(R @ W_read.T)
+        G = self.source_gram[(s, "K" if kind == "k" else "Q")][h]  # W_read S Sᵀ W_readᵀ
         return float(np.sum(G * self.other_gram(kind, h, other)))
+
+
+def _all_grams(R: np.ndarray, W: np.ndarray, sinks: tuple[str, ...], which: str) -> np.ndarray:
+    """``(R Wᵀ)ᵀ (R Wᵀ) = W (RᵀR) Wᵀ`` for every head's ``W`` (stack ``(L, H, d_head, d_model)``):
+    ``(L H, d_head, d_head)``; empty when no sink reads through ``which`` (Q/K without QK sinks)."""
+    L, H, dh, D = W.shape
+    if which != "V" and not ({"q", "k"} & set(sinks)):
+        return np.zeros((0, dh, dh))
+    Y = (R @ W.reshape(L * H * dh, D).T).reshape(R.shape[0], L * H, dh)
+    return np.einsum("dni,dnj->nij", Y, Y, optimize=True)
 
 
 def _f(a: np.ndarray) -> np.ndarray:

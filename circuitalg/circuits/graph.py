@@ -191,7 +191,7 @@ class CircuitGraph:
     def to_json(self, path: str | FilePath) -> None:
         """Write node-link JSON (networkx's ``node_link_data``)."""
         data = nx.node_link_data(self._exportable(), edges="edges")
-        text = json.dumps(data, allow_nan=True, indent=1)
+        text = json.dumps(data, allow_nan=True, separators=(",", ":"))  # no indent: the C encoder
         atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod

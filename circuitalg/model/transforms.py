@@ -67,7 +67,7 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any
     def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
         w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
         for wk, bk in weight_keys:
-            W = np.array(p[wk], dtype=dtype)  # one new array per folded weight, in the target dtype
+            W = np.array(p[wk], dtype=dtype, order="C")  # one new array per folded weight (C order: rows reshape as views)
             if b is not None:
                 p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
                 done.add(bk)

@@ -42,9 +42,10 @@ def _bar_safe(log: Any) -> Any:
     return write
 
 
-def resolve_model(spec: str, dtype: Any = np.float64) -> Any:
+def resolve_model(spec: str, dtype: Any = np.float64, fold: bool = False) -> Any:
     """A zoo name or a checkpoint path -> Transformer (LoadError / InvalidArgumentError otherwise);
-    ``dtype`` applies to checkpoints (zoo models load as shipped)."""
+    ``dtype`` and ``fold`` (fold the layer norms while loading) apply to checkpoints (zoo models
+    load as shipped)."""
     import circuitalg as ca
 
     if spec in ca.zoo.list():
@@ -52,7 +53,7 @@ def resolve_model(spec: str, dtype: Any = np.float64) -> Any:
     path = Path(spec)
     if not path.exists():
         raise ca.LoadError(f"{spec!r} is neither a zoo model ({', '.join(ca.zoo.list())}) nor an existing file.")
-    return ca.load(path, dtype=dtype)
+    return ca.load(path, dtype=dtype, fold=fold)
 
 
 def info(model: Any) -> dict[str, Any]:
@@ -171,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: min(20, n_ctx / 2))")
     p.add_argument("--no-figures", action="store_true", help="tables and files only (faster)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64"],
-                   help="dtype of the loaded weights; auto: float32 for checkpoints stored in 32 bits or fewer "
-                        "(exact), float64 otherwise. The factored numerics accumulate in float64 either way")
+                   help="dtype the layer norms are folded into while the checkpoint loads (the unfolded model "
+                        "never exists in memory); auto: float64, the analysis precision (float32 loads smaller, "
+                        "but the analysis converts to float64)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p = sub.add_parser("circuits", help="the exact top-k circuits", formatter_class=fmt)
     p.add_argument("model", help="zoo name or checkpoint path")
@@ -209,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             t_load = time.perf_counter()
-            model = resolve_model(args.model, **({"dtype": args.dtype} if args.command == "report" else {}))
+            # the report folds while loading, into float64 (its analysis precision) unless --dtype says otherwise
+            extra = ({"dtype": np.float64 if args.dtype == "auto" else args.dtype, "fold": True}
+                     if args.command == "report" else {})
+            model = resolve_model(args.model, **extra)
             if args.command == "report":
                 progress(f"loaded {model.name} in {time.perf_counter() - t_load:.1f} s")
         except (ca.LoadError, ca.ConfigError) as e:

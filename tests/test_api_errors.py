@@ -312,6 +312,12 @@ CASES = [
         'n_samples=1; pass an integer >= 2.',
     ),
     (
+        'composition_baselines',
+        lambda: ca.composition_baselines(m, "qk"),
+        ca.InvalidArgumentError,
+        "kinds='qk'; pass a non-empty sequence of 'q', 'k', 'v'.",
+    ),
+    (
         'head_table',
         lambda: ca.head_table(m, k=0),
         ca.InvalidArgumentError,

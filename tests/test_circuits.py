@@ -236,6 +236,17 @@ def test_top_tokens_vocab_strings() -> None:
         ca.top_tokens(m.W_E, 0)
 
 
+def test_composition_baselines_share_one_draw_and_equal_the_single_kind_baselines() -> None:
+    m = random_model(n_layers=2, n_heads=2, d_model=16, d_head=4, seed=7)
+    both = ca.composition_baselines(m, ("v", "k", "K"), n_samples=300, seed=3)
+    assert list(both) == ["v", "k"]
+    for kind, b in both.items():
+        assert b == ca.composition_baseline(m, kind, n_samples=300, seed=3)
+    assert both["v"] != both["k"]
+    with pytest.raises(ca.InvalidArgumentError, match="composition kind"):
+        ca.composition_baselines(m, ["x"])
+
+
 # --- the graph -----------------------------------------------------------------------
 def test_graph_edges_match_dense_and_composition_scores(tmp_path) -> None:
     m = random_model(n_layers=2, n_heads=2, d_model=8, d_head=3, d_vocab=7, n_ctx=5, d_mlp=6,

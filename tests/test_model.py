@@ -456,3 +456,66 @@ def test_bad_dtype_is_refused_before_reading(tmp_path) -> None:
             ca.load(path, dtype=bad)
         with pytest.raises(ca.InvalidArgumentError, match="dtype must be numpy.float32 or numpy.float64"):
             ca.Transformer(random_model().config, random_model().params, dtype=bad)
+
+
+def _f32_file(model: ca.Transformer, path) -> str:
+    return ca.save(ca.Transformer(model.config, {k: np.asarray(v, np.float32) for k, v in model.params.items()},
+                                  dtype=np.float32), path)
+
+
+@pytest.mark.parametrize("normalization", ["LN", "RMS", None])
+def test_load_with_fold_equals_fold_after_load(tmp_path, normalization) -> None:
+    """ca.load(path, fold=True) is exactly fold_layer_norm of the loaded model (same config, same
+    arrays bit for bit), also from a Hugging Face GPT-2 directory; folding it again changes nothing
+    and returns the same object."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    model = random_model(normalization=normalization, d_mlp=24, n_heads=4, seed=11)
+    paths = [_f32_file(model, tmp_path / "m.safetensors")]
+    if normalization == "LN":
+        params = dict(model.params)
+        params["W_U"], params["b_U"] = params["W_E"].T, np.zeros(13)
+        sd, cfg = hf_state_dict(ca.Transformer(model.config, params))
+        hf = tmp_path / "hf"
+        hf.mkdir()
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, str(hf / "model.safetensors"))
+        (hf / "config.json").write_text(json.dumps(cfg))
+        paths.append(hf)
+    for path in paths:
+        ref = ca.fold_layer_norm(ca.load(path, dtype="auto"), dtype=np.float64)
+        got = ca.load(path, dtype=np.float64, fold=True)
+        assert got.config == ref.config and got.dtype == np.float64
+        assert got.params.keys() == ref.params.keys()
+        for k in ref.params:
+            np.testing.assert_array_equal(got.params[k], ref.params[k], err_msg=k)
+        assert ca.fold_layer_norm(got) is got
+    with pytest.raises(ca.InvalidArgumentError, match="fold="):
+        ca.load(paths[0], fold="yes")
+
+
+def test_load_with_fold_never_holds_both_models(tmp_path) -> None:
+    """Folding while loading peaks at the folded model plus one raw tensor, below loading and then
+    folding (which holds the float32 model and its float64 fold at once): measured with
+    tracemalloc on a model whose arrays dominate."""
+    import tracemalloc
+
+    model = random_model(n_layers=2, n_heads=4, d_model=64, d_head=16, d_vocab=6000, d_mlp=256, n_ctx=64,
+                         normalization="LN", seed=2)
+    path = _f32_file(model, tmp_path / "m.safetensors")
+
+    def peak(fn) -> int:
+        tracemalloc.start()
+        try:
+            kept = fn()
+            return tracemalloc.get_traced_memory()[1], kept
+        finally:
+            tracemalloc.stop()
+
+    both, _ = peak(lambda: ca.fold_layer_norm(ca.load(path, dtype="auto"), dtype=np.float64))
+    fold, m = peak(lambda: ca.load(path, dtype=np.float64, fold=True))
+    size = sum(v.nbytes for v in m.params.values())
+    largest_raw = max(v.nbytes for v in m.params.values()) // 2  # the largest float32 tensor
+    assert fold <= size + largest_raw + (256 << 10), (fold, size, largest_raw)  # the folded model + one raw tensor
+    assert fold < 0.85 * both, (fold, both)

@@ -5,6 +5,7 @@ from circuitalg.circuits.composition import (
     COMPOSITION_KINDS,
     CompositionBaseline,
     composition_baseline,
+    composition_baselines,
     composition_scores,
 )
 from circuitalg.circuits.diagnostics import (
@@ -24,6 +25,7 @@ __all__ = [
     "COMPOSITION_KINDS",
     "CompositionBaseline",
     "composition_baseline",
+    "composition_baselines",
     "composition_scores",
     "HeadTable",
     "TokenEntry",

@@ -32,7 +32,7 @@ from circuitalg.circuits.composition import (
     ZERO_FLOOR,
     CompositionBaseline,
     check_model,
-    composition_baseline,
+    composition_baselines,
     composition_parts,
 )
 from circuitalg.errors import InvalidArgumentError, LoadError
@@ -114,7 +114,7 @@ class CircuitGraph:
                 f"CircuitGraph: baselines must map 'q'/'k'/'v' to ca.CompositionBaseline, got {baselines!r:.80}; "
                 "make them with ca.composition_baseline(model, kind) or leave baselines out."
             )
-        self.baselines = dict(baselines) if baselines else {k: composition_baseline(model, k) for k in COMPOSITION_KINDS}
+        self.baselines = dict(baselines) if baselines else composition_baselines(model)
         self.nx = _build(model, self.baselines)
 
     # -- queries ------------------------------------------------------------------------

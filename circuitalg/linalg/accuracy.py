@@ -46,6 +46,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from circuitalg.errors import InvalidArgumentError, PrecisionWarning
+from circuitalg.linalg.common import small_lapack
 from circuitalg.linalg.factors import gram_factor, leaf_factor_method, leaf_factors
 from circuitalg.maps.nodes import (
     Dense,
@@ -113,7 +114,9 @@ def _leaf_norm2(m: Dense) -> float:
     n, k = a.shape
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
-        sv = sla.svdvals(np.asarray(gram_factor(m, side), dtype=np.float64), check_finite=False)
+        R = np.asarray(gram_factor(m, side), dtype=np.float64)
+        with small_lapack(*R.shape):
+            sv = sla.svdvals(R, check_finite=False)
         method = leaf_factor_method(m, side)
         if method == "gram-cholesky":
             leaf_factors(m).gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
@@ -121,7 +124,8 @@ def _leaf_norm2(m: Dense) -> float:
             nz = sv[:-1]
             leaf_factors(m).gram_cond = float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf
     elif n == k and n <= 1024:
-        sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
+        with small_lapack(n, k):
+            sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
     else:
         return math.sqrt(float(np.einsum("ij,ij->", a, a, dtype=np.float64)))
     return float(sv[0]) * (1.0 + 16 * max(n, k) * unit_roundoff(a.dtype))
@@ -167,7 +171,8 @@ def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     eigenvalue): to first order a perturbation ``E`` moves ``λᵢ`` by at most ``κᵢ ‖E‖₂``."""
     if a.shape[0] == 0:
         return np.zeros(0, dtype=complex), np.zeros(0)
-    w, vl, vr = sla.eig(a, left=True, right=True, check_finite=False)
+    with small_lapack(*a.shape):
+        w, vl, vr = sla.eig(a, left=True, right=True, check_finite=False)
     s = np.abs(np.einsum("ij,ij->j", vl.conj(), vr))
     with np.errstate(divide="ignore"):
         kappa = np.where(s > 0, 1.0 / np.maximum(s, 1e-300), np.inf)

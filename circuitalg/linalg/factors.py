@@ -33,6 +33,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
+from circuitalg.linalg.common import small_lapack
 from circuitalg.maps.chain import Chain
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, Transpose
 
@@ -135,7 +136,8 @@ def _well_conditioned_cholesky(G: np.ndarray) -> np.ndarray | None:
     """The upper Cholesky factor of ``G``, or None if it fails or its estimated condition number
     (diagonal ratio) exceeds :data:`GRAM_COND_LIMIT`."""
     try:
-        R = np.linalg.cholesky(G).T  # numpy's LAPACK call: about twice as fast as scipy's here
+        with small_lapack(*G.shape):
+            R = np.linalg.cholesky(G).T  # numpy's LAPACK call: about twice as fast as scipy's here
     except np.linalg.LinAlgError:
         return None
     diag = np.abs(np.diag(R))
@@ -223,7 +225,8 @@ def _qr_r(S: np.ndarray) -> np.ndarray:
     """Shorten a tall ``S`` to its triangular factor (same Gram matrix)."""
     if S.shape[0] <= S.shape[1]:
         return S
-    return np.linalg.qr(S, mode="r")
+    with small_lapack(*S.shape):
+        return np.linalg.qr(S, mode="r")
 
 
 def _first_factor(f: LinearMap, max_bytes: int | None) -> np.ndarray:

@@ -10,7 +10,7 @@ from circuitalg.errors import TooLargeError
 from circuitalg.linalg.accuracy import accuracy, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
-from circuitalg.linalg.common import check_k
+from circuitalg.linalg.common import check_k, small_lapack
 from circuitalg.linalg.factors import core, gram_factor
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.maps.chain import Chain
@@ -20,7 +20,8 @@ __all__ = ["singular_values", "svd"]
 
 
 def _svdvals(a: np.ndarray) -> np.ndarray:
-    return sla.svdvals(a, check_finite=False)
+    with small_lapack(*a.shape):
+        return sla.svdvals(a, check_finite=False)
 
 
 def _leaf_values(m: Dense) -> np.ndarray:

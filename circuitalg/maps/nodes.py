@@ -103,8 +103,11 @@ def as_float_array(
         )
     if arr.size == 0:
         raise InvalidArrayError(f"{what_str()}: array of shape {arr.shape} is empty.")
-    finite = np.isfinite(arr)
-    if not finite.all():
+    # one summing pass, no boolean temporary: NaN and Inf propagate into the sum (Inf - Inf is NaN);
+    # a finite array whose sum overflows (entries near 1e308) falls through to the exact test
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.sum(arr, dtype=np.float64))
+    if not math.isfinite(total) and not (finite := np.isfinite(arr)).all():
         bad = np.argwhere(~finite)
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(bad.shape[0] - n_nan)

@@ -40,7 +40,8 @@ from circuitalg.model.gguf import read_gguf
 from circuitalg.model.hf import HF_MODEL_TYPES
 from circuitalg.model.layouts import LAYOUTS, convert_state_dict, detect_layout
 from circuitalg.model.vocab import decode_byte_level
-from circuitalg.model.weights import Transformer, require_model
+from circuitalg.model.transforms import fold_params
+from circuitalg.model.weights import Transformer, _validate_params, require_model
 
 __all__ = ["load", "save", "read_tensors", "DEFAULT_LOAD_BYTES"]
 
@@ -65,6 +66,7 @@ def load(
     config: Any = None,
     dtype: Any = np.float64,
     max_bytes: int | None = None,
+    fold: bool = False,
 ) -> Transformer:
     """Load a model from a checkpoint file or directory (see the module docstring for formats).
 
@@ -82,6 +84,11 @@ def load(
         float32 exactly), else float64.
     max_bytes : int, optional
         The most tensor bytes to read (default :data:`DEFAULT_LOAD_BYTES`).
+    fold : bool
+        Fold the layer norms while loading: the same model as ``ca.fold_layer_norm(ca.load(path,
+        dtype=dtype))``, but each tensor is replaced by its folded, converted array as soon as
+        that is made, so the unfolded model never exists in memory (a float32 checkpoint folded
+        into float64 peaks near the float64 model's size, not the sum of both).
 
     Raises
     ------
@@ -105,6 +112,8 @@ def load(
             ok = False
         if not ok:
             raise InvalidArgumentError(f"load: dtype={dtype!r}; use numpy.float64 (default), numpy.float32 or 'auto'.")
+    if not isinstance(fold, (bool, np.bool_)):
+        raise InvalidArgumentError(f"load: fold={fold!r}; pass True (fold the layer norms while loading) or False.")
     p = Path(path)
     budget = DEFAULT_LOAD_BYTES if max_bytes is None else check_int("max_bytes", max_bytes, 1)
     if not p.exists():
@@ -135,10 +144,18 @@ def load(
         elif config is None and _CONFIG_META in meta:  # e.g. a TL state dict saved with its config
             cfg_arg = _parse_json(meta[_CONFIG_META], f"{source} (metadata {_CONFIG_META})")
         cfg, params = convert_state_dict(tensors, layout=found_layout, config=cfg_arg, source=source)
+        for v in params.values():  # read from the file by us: nobody else can change them, so no defensive copy
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
         if vocab is not None and len(vocab) != cfg.d_vocab:
             vocab = None  # a tokenizer with added tokens: keep the model, drop the strings
         if isinstance(dtype, str) and dtype == "auto":
             dtype = _stored_dtype(tensors)
+        if fold and cfg.normalization is not None:
+            stored = _stored_dtype(tensors)
+            del tensors  # from here on each raw tensor is freed when its folded array replaces it
+            params = _validate_params(cfg, params, biases="required", source=source, dtype=stored)
+            cfg = dataclasses.replace(cfg, normalization=fold_params(cfg, params, dtype=dtype))
         return Transformer(cfg, params, name=p.name or source, vocab=vocab, dtype=dtype)
     except LoadError:
         raise

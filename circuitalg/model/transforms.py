@@ -47,27 +47,55 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any
     and without centring, since RMSNorm does not centre).
 
     A model without normalisation is returned unchanged (converted to ``dtype`` if given); an
-    ``LNPre`` model only has its reading weights centred (when ``center_reads``). ``dtype``
+    ``LNPre`` model only has its reading weights centred (when ``center_reads``; weights already
+    centred to rounding are kept as they are, so folding twice copies nothing). ``dtype``
     (default: the model's) is the folded model's dtype; folding a float32 model into float64
-    does the arithmetic in float64.
+    does the arithmetic in float64. ``ca.load(path, fold=True)`` folds while loading, so the
+    unfolded model never exists in memory.
     """
     require_model(model, "fold_layer_norm")
     if not isinstance(center_reads, (bool, np.bool_)):
         raise InvalidArgumentError(f"fold_layer_norm: center_reads={center_reads!r}; pass True or False.")
-    c = model.config
-    dtype = model.dtype if dtype is None else np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise InvalidArgumentError(f"fold_layer_norm: dtype={dtype}; use numpy.float32 or numpy.float64.")
-    if c.normalization is None:
+    dtype = model.dtype if dtype is None else _fold_dtype(dtype)
+    if model.config.normalization is None:
         return model if dtype == model.dtype else model.with_params(model.params, dtype=dtype)
     p = dict(model.params)
+    normalization = fold_params(model.config, p, center_reads=center_reads, dtype=dtype)
+    if (normalization == model.config.normalization and dtype == model.dtype and p.keys() == model.params.keys()
+            and all(v is model.params[k] for k, v in p.items())):
+        return model  # already folded (and centred): nothing changed
+    return model.with_params(p, normalization=normalization, dtype=dtype)
+
+
+def _fold_dtype(dtype: Any) -> np.dtype:
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out not in (np.float32, np.float64):
+        raise InvalidArgumentError(f"fold_layer_norm: dtype={dtype!r}; use numpy.float32 or numpy.float64.")
+    return out
+
+
+def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = True, dtype: Any = np.float64) -> str:
+    """:func:`fold_layer_norm` on a parameter dict, in place: each entry is replaced by its folded
+    (or converted) array as soon as that is made, so a caller that holds no other reference
+    never has the unfolded and the folded weights in memory at once. Returns the new
+    ``normalization`` (``"LNPre"`` or ``"RMSPre"``). ``config`` must have a normalization."""
+    c = config
+    dtype = _fold_dtype(dtype)
     done: set[str] = set()
     centred = c.centred_norm  # only a layer norm's output is centred, so only then may reads be centred
 
     def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
         w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
         for wk, bk in weight_keys:
-            W = np.array(p[wk], dtype=dtype, order="C")  # one new array per folded weight (C order: rows reshape as views)
+            raw = p[wk]
+            done.add(wk)
+            if w is None and b is None and raw.dtype == dtype and (not (center_reads and centred) or _is_centred(raw)):
+                continue  # nothing to fold and already centred: kept as it is
+            W = np.array(raw, dtype=dtype, order="C")  # one new array per folded weight (C order: rows reshape as views)
+            del raw
             if b is not None:
                 p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
                 done.add(bk)
@@ -77,7 +105,6 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any
                 _centre_in_place(W)
             W.flags.writeable = False  # nobody else holds it: the new model keeps it uncopied
             p[wk] = W
-            done.add(wk)
 
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
@@ -92,7 +119,17 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any
         if v is not p[k] and v.base is None:
             v.flags.writeable = False
         p[k] = v
-    return model.with_params(p, normalization="LNPre" if centred else "RMSPre", dtype=dtype)
+    return "LNPre" if centred else "RMSPre"
+
+
+def _is_centred(W: np.ndarray) -> bool:
+    """Whether every row of the reading weight ``W`` (last axis ``d_model``) sums to zero up to
+    the rounding of a centring (``d_model`` ulps of its largest entry)."""
+    if W.size == 0:
+        return True
+    d = W.shape[-1]
+    tol = 4 * d * np.finfo(W.dtype).eps * max(float(W.max()), -float(W.min()))  # no |W| temporary
+    return bool(np.max(np.abs(W.mean(axis=-1))) <= tol / d)
 
 
 def center_writing_weights(model: Transformer) -> Transformer:

@@ -175,7 +175,7 @@ def analyse(
         table = ca.head_table(m, ca.repeated_random_tokens(m, options.seq_len, 16, seed=0))
     with stage("composition scores and baselines"):
         comp = {k: ca.composition_scores(m, k) for k in "qkv"}
-        base = {k: ca.composition_baseline(m, k) for k in "qkv"}
+        base = ca.composition_baselines(m)
     with stage("exact top circuits"):
         search = ca.top_circuits(m, options.top, min(2, c.n_layers + 1), ("unembed", "q", "k"))
     with stage("circuit graph"):

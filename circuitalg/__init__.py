@@ -104,7 +104,16 @@ from circuitalg.model import (
 )
 from circuitalg.model.ids import HeadId, Source
 from circuitalg.model.rotary import Rotary
-from circuitalg.streaming import FullOVPlan, FullOVResult, plan_full_ov, stream_full_ov
+from circuitalg.streaming import (
+    CompositionPlan,
+    CompositionResult,
+    FullOVPlan,
+    FullOVResult,
+    plan_composition,
+    plan_full_ov,
+    stream_composition,
+    stream_full_ov,
+)
 from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.symbolic import (
     SymbolicExpansion,
@@ -127,6 +136,10 @@ __all__ = [
     "FullOVResult",
     "plan_full_ov",
     "stream_full_ov",
+    "CompositionPlan",
+    "CompositionResult",
+    "plan_composition",
+    "stream_composition",
     # findings (named heads and significant compositions, with their evidence)
     "FAMILY_ALPHA",
     "PATTERN_THRESHOLD",

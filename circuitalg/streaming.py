@@ -1,4 +1,5 @@
-"""Full-OV spectra of every head of a checkpoint too large to load whole, streamed from disk.
+"""Full-OV spectra and all-pairs composition scores of every head of a checkpoint too large to
+load whole, streamed from disk.
 
 :func:`stream_full_ov` reads a Hugging Face Llama-family checkpoint (``llama``, ``mistral``,
 ``qwen2``, ``qwen3``: safetensors, sharded or not, float32/float16/bfloat16) one tensor at a time
@@ -15,6 +16,12 @@ those of ``W_V (W_E W_U) W_O`` (``d_head x d_head``). :func:`plan_full_ov` state
 count and peak memory before anything runs. Layers are independent tasks: pass a
 ``dask.distributed`` client to run them on its workers (the ``dask`` extra); the results are the
 same.
+
+:func:`stream_composition` computes the Q-, K- and V-composition scores of every pair of heads:
+the layers are split into chunks sized so that two chunks fit the budget, and each tile (a
+writer chunk and an equal or later reader chunk) reads only those layers' attention weights and
+scores its pairs with the in-memory engine (:func:`plan_composition` states the tiling, FLOPs and
+peak memory first); tiles are dask tasks when a client is given.
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from circuitalg.model.config import TransformerConfig
 from circuitalg.model.hf import hf_config
 from circuitalg.model.io import SafetensorsEntry, safetensors_index, widen_bf16
 
-__all__ = ["FullOVPlan", "FullOVResult", "plan_full_ov", "stream_full_ov", "TensorFiles"]
+__all__ = [
+    "CompositionPlan", "CompositionResult", "FullOVPlan", "FullOVResult", "TensorFiles", "plan_composition",
+    "plan_full_ov", "stream_composition", "stream_full_ov",
+]
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 _LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -49,7 +59,7 @@ class TensorFiles:
             raise LoadError(f"{self.dir}: no such checkpoint directory (a Hugging Face folder of safetensors files).")
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
-            raise LoadError(f"{self.dir}: no .safetensors files (stream_full_ov reads safetensors checkpoints).")
+            raise LoadError(f"{self.dir}: no .safetensors files (circuitalg.streaming reads safetensors checkpoints).")
         self.index: dict[str, tuple[Path, SafetensorsEntry]] = {}
         for f in files:
             entries, _ = safetensors_index(f)  # validated against the file before anything is mapped
@@ -116,7 +126,7 @@ def _config(files: TensorFiles) -> TransformerConfig:
         raise LoadError(f"{files.dir}: no config.json.")
     d = json.loads(path.read_text())
     if d.get("model_type") not in _LLAMA_TYPES:
-        raise ConfigError(f"{path}: model_type={d.get('model_type')!r}; stream_full_ov reads {_LLAMA_TYPES} checkpoints.")
+        raise ConfigError(f"{path}: model_type={d.get('model_type')!r}; circuitalg.streaming reads {_LLAMA_TYPES} checkpoints.")
     return TransformerConfig.from_dict(hf_config(d, str(path)), source=str(path))
 
 
@@ -206,3 +216,187 @@ def stream_full_ov(
     mag = np.abs(ev).sum(axis=-1)
     copying = np.divide(ev.real.sum(axis=-1), mag, out=np.zeros_like(mag), where=mag > 0)
     return FullOVResult(sv, ev, copying, plan)
+
+
+# -- all-pairs composition scores, tiled over layer chunks --------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositionPlan:
+    """What :func:`stream_composition` will do: layer chunks, tiles, FLOPs and peak array memory."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    kinds: tuple[str, ...]
+    chunk_layers: int
+    n_tiles: int
+    flops: float
+    peak_bytes: int
+    budget_bytes: int
+
+    def __str__(self) -> str:
+        n = self.n_layers * self.n_heads
+        return (f"{'/'.join(k.upper() for k in self.kinds)}-composition scores of all {n * n:,} head pairs "
+                f"({self.n_layers} layers x {self.n_heads} heads, d_model {self.d_model}, d_head {self.d_head}): "
+                f"{self.n_tiles} tiles of {self.chunk_layers}-layer chunks, about {self.flops:.2e} FLOP in float64, "
+                f"peak {self.peak_bytes / 2**30:.2f} GiB of arrays (budget {self.budget_bytes / 2**30:.2f} GiB)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositionResult:
+    """``scores[kind]``: ``[n_layers, n_heads, n_layers, n_heads]`` composition scores (writer
+    first; zero unless the writer's layer is earlier), as :func:`~circuitalg.composition_scores`
+    computes them on the loaded, folded model."""
+
+    scores: dict[str, np.ndarray]
+    plan: CompositionPlan
+
+
+def _tile_bytes(c: TransformerConfig, layers: int) -> int:
+    """Peak array bytes of one tile with ``layers`` layers in all (writers and readers): per layer
+    the four stacked projections, one reader and one writer factor, their contiguous copies and
+    64-row block buffers (see :func:`~circuitalg.circuits.composition._gram_inner`)."""
+    return layers * c.n_heads * c.d_model * 8 * (6 * c.d_head + 2 * 64)
+
+
+def _tiles(n_layers: int, chunk: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(writer layers, reader layers) ranges of every tile with valid pairs (writer chunk <= reader chunk)."""
+    chunks = [(a, min(n_layers, a + chunk)) for a in range(0, n_layers, chunk)]
+    return [(chunks[i], chunks[j]) for i in range(len(chunks)) for j in range(i, len(chunks))
+            if chunks[i][0] < chunks[j][1] - 1]
+
+
+def plan_composition(
+    directory: str | Path, kinds: tuple[str, ...] = ("q", "k", "v"), budget_bytes: int = 8 << 30
+) -> CompositionPlan:
+    """The tiling, FLOP count and peak array memory of :func:`stream_composition` on ``directory``;
+    :class:`TooLargeError` when a tile of two single layers does not fit ``budget_bytes``."""
+    from circuitalg.circuits.composition import check_kind
+
+    budget = check_int("budget_bytes", budget_bytes, 1)
+    kinds = tuple(dict.fromkeys(check_kind(k) for k in kinds))
+    c = _config(TensorFiles(directory))
+    if _tile_bytes(c, 2) > budget:
+        raise TooLargeError(
+            f"stream_composition: a tile of two layers at d_model={c.d_model} needs {_tile_bytes(c, 2) / 2**30:.2f} GiB; "
+            f"budget_bytes={budget} is smaller."
+        )
+    chunk = max(1, min(c.n_layers, budget // _tile_bytes(c, 2)))
+    tiles = _tiles(c.n_layers, chunk)
+    H, D, dh = c.n_heads, c.d_model, c.d_head
+    flops = 0.0
+    for (a0, a1), (b0, b1) in tiles:
+        nA, nB = (a1 - a0) * H, (b1 - b0) * H
+        flops += len(kinds) * ((nA + nB) * D * D * dh + nA * nB * D * D + 2.0 * (nA + nB) * dh * dh * D)
+    return CompositionPlan(c.n_layers, H, D, dh, kinds, chunk, len(tiles), flops, _tile_bytes(c, 2 * chunk), budget)
+
+
+def _layer_heads(files: TensorFiles, c: TransformerConfig, layers: range) -> Any:
+    """The folded attention weights of ``layers`` as a float64 :class:`HeadWeights` (each layer's
+    input RMSNorm weight folded into ``W_Q, W_K, W_V``, Qwen3's q/k norm weights into the rows of
+    ``W_Q, W_K``; key/value heads repeated for their query heads)."""
+    from circuitalg.model.view import HeadWeights
+
+    D, dh, H, kv = c.d_model, c.d_head, c.n_heads, c.kv_heads
+    group = np.array([c.kv_head(h) for h in range(H)])
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("W_Q", "W_K", "W_V", "W_O")}
+    for layer in layers:
+        p = f"model.layers.{layer}."
+        w1 = files.rows(p + "input_layernorm.weight")
+        q = files.rows(p + "self_attn.q_proj.weight").reshape(H, dh, D) * w1
+        k = files.rows(p + "self_attn.k_proj.weight").reshape(kv, dh, D) * w1
+        if c.qk_norm:
+            q *= files.rows(p + "self_attn.q_norm.weight")[None, :, None]
+            k *= files.rows(p + "self_attn.k_norm.weight")[None, :, None]
+        out["W_Q"].append(q)
+        out["W_K"].append(k[group])
+        out["W_V"].append((files.rows(p + "self_attn.v_proj.weight").reshape(kv, dh, D) * w1)[group])
+        out["W_O"].append(np.ascontiguousarray(files.rows(p + "self_attn.o_proj.weight").reshape(D, H, dh).transpose(1, 0, 2)))
+    return HeadWeights.from_arrays(*(np.stack(out[k]) for k in ("W_Q", "W_K", "W_V", "W_O")))
+
+
+def _composition_tile(directory: str, kinds: tuple[str, ...], writers: tuple[int, int], readers: tuple[int, int]
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per kind, ``(num2, w2, r2)`` of one tile: squared numerators ``[nA, H, nB, H]`` of writers
+    in layers ``writers`` and readers in layers ``readers`` (zero where the writer is not
+    earlier), and the writers' and readers' squared norms (a dask task)."""
+    from circuitalg.circuits.composition import (
+        ZERO_FLOOR,
+        _gram_inner,
+        _reader_factors,
+        _small_product_num2,
+        _trace_product,
+    )
+    from circuitalg.model.view import HeadWeights
+
+    files = TensorFiles(directory)
+    c = _config(files)
+    H, D, dh = c.n_heads, c.d_model, c.d_head
+    same = writers == readers
+    A = _layer_heads(files, c, range(*writers))
+    B = A if same else _layer_heads(files, c, range(*readers))
+    nA, nB = writers[1] - writers[0], readers[1] - readers[0]
+    la = np.arange(*writers)[:, None, None, None]
+    lb = np.arange(*readers)[None, None, :, None]
+    mask = np.broadcast_to(la < lb, (nA, H, nB, H))
+    U, V = (x.reshape(-1, dh, D) for x in A.writer())
+    w2 = _trace_product(A.gram("O"), A.gram("V"))
+    # a reader at tile layer i needs the writers of earlier layers: all of them across chunks
+    needed = np.repeat(np.arange(nB) * H, H) if same else np.full(nB * H, nA * H)
+    out = {}
+    for kind in kinds:
+        r2 = _trace_product(B.gram("O"), B.gram("V")) if kind == "v" else _trace_product(B.gram("Q"), B.gram("K"))
+        X, Y = (x.reshape(-1, dh, D) for x in _reader_factors(B, kind))
+        inner = _gram_inner((X, Y), (U, V), needed) if needed.max() > 0 else np.zeros((nB * H, nA * H))
+        num2 = np.where(mask, np.maximum(inner.reshape(nB, H, nA, H).transpose(2, 3, 0, 1), 0.0), 0.0)
+        floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
+        near = np.argwhere(mask & (num2 <= floor))
+        if len(near):  # structural zeros: recomputed from the small products on the tile's layers
+            both = A if same else HeadWeights(*(np.concatenate([getattr(A, f.name), getattr(B, f.name)])
+                                                for f in dataclasses.fields(A)))
+            pairs = near.copy()
+            if not same:
+                pairs[:, 2] += nA
+            num2[tuple(near.T)] = np.maximum(_small_product_num2(both, kind, pairs), 0.0)
+        out[kind] = (num2, w2, r2)
+    return out
+
+
+def stream_composition(
+    directory: str | Path, kinds: tuple[str, ...] = ("q", "k", "v"), *, budget_bytes: int = 8 << 30,
+    client: Any = None, log: Callable[[str], None] | None = None,
+) -> CompositionResult:
+    """All-pairs composition scores of a Llama-family checkpoint in ``directory`` too large to load
+    whole: the layers are split into chunks that fit ``budget_bytes`` in pairs, and each tile
+    (an earlier or equal writer chunk, a reader chunk) reads its layers' attention weights
+    through memory maps, folds the input norms and scores its pairs with the engine of
+    :func:`~circuitalg.composition_scores` (so scores equal the in-memory ones). MLP and vocabulary
+    weights are never read. ``client``: a ``dask.distributed.Client`` to run the tiles on its
+    workers; ``log`` gets the plan and one line per tile."""
+    plan = plan_composition(directory, kinds, budget_bytes)
+    log = log or (lambda _m: None)
+    log(str(plan))
+    L, H = plan.n_layers, plan.n_heads
+    tiles = _tiles(L, plan.chunk_layers)
+    num2 = {k: np.zeros((L, H, L, H)) for k in plan.kinds}
+    w2 = np.zeros((L, H))
+    r2 = {k: np.zeros((L, H)) for k in plan.kinds}
+    if client is not None:
+        futures = [client.submit(_composition_tile, str(directory), plan.kinds, a, b, pure=False) for a, b in tiles]
+        parts = client.gather(futures)
+    else:
+        parts = []
+        for i, (a, b) in enumerate(tiles):
+            parts.append(_composition_tile(str(directory), plan.kinds, a, b))
+            log(f"tile {i + 1}/{len(tiles)}: writers L{a[0]}-{a[1] - 1}, readers L{b[0]}-{b[1] - 1}")
+    for ((a0, a1), (b0, b1)), part in zip(tiles, parts):
+        for k, (n2, ww, rr) in part.items():
+            num2[k][a0:a1, :, b0:b1, :] = n2
+            w2[a0:a1] = ww
+            r2[k][b0:b1] = rr
+    from circuitalg.circuits.composition import _ratio
+
+    scores = {k: _ratio(num2[k], w2[:, :, None, None], r2[k][None, None, :, :]) for k in plan.kinds}
+    return CompositionResult(scores, plan)

@@ -36,6 +36,18 @@ CASES = [
         "budget_bytes=0; pass an integer >= 1.",
     ),
     (
+        "plan_composition",
+        lambda: ca.plan_composition("/nonexistent/dir"),
+        ca.LoadError,
+        "/nonexistent/dir: no such checkpoint directory (a Hugging Face folder of safetensors files).",
+    ),
+    (
+        "stream_composition",
+        lambda: ca.stream_composition("/nonexistent/dir", ("k", "o")),
+        ca.InvalidArgumentError,
+        "kind='o' is not a composition kind; use 'q', 'k' or 'v'.",
+    ),
+    (
         'Space',
         lambda: ca.Space("resid", 0),
         ca.InvalidArgumentError,
@@ -475,7 +487,7 @@ CASES = [
 RESULT_RECORDS = {
     "LinearMap", "Plan", "Cache", "Head", "MLP", "Layer", "PathScore", "CompositionBaseline",
     "HeadTable", "TokenEntry", "Circuit", "CircuitSearch", "Verification", "SymbolicExpansion",
-    "HeadFinding", "CompositionFinding", "FullOVPlan", "FullOVResult",
+    "HeadFinding", "CompositionFinding", "FullOVPlan", "FullOVResult", "CompositionPlan", "CompositionResult",
     "CircuitAlgWarning", "PrecisionWarning",
 }
 

@@ -79,3 +79,46 @@ def test_corrupt_or_truncated_files_are_refused(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(ca.LoadError, match="corrupt or truncated safetensors file: the header claims"):
         plan_full_ov(tmp_path)
+
+
+@pytest.mark.parametrize("budget", [400_000, 800_000])
+def test_streamed_composition_equals_in_memory_scores(tmp_path, budget: int) -> None:
+    """Tiles of one-layer chunks (three tiles) and of two-layer chunks (a chunk with itself, then
+    with the last layer) give the in-memory composition scores of the loaded, folded model; a head
+    with a zero W_O keeps exact zeros through the tiles' zero floor."""
+    from circuitalg.streaming import plan_composition, stream_composition
+
+    hf, torch = save_random_hf(tmp_path, "LlamaForCausalLM", "LlamaConfig", **COMMON)
+    with torch.no_grad():
+        hf.model.layers[0].self_attn.o_proj.weight[:, 8:16] = 0.0  # head L0H1 writes nothing
+    hf.save_pretrained(tmp_path)
+    plan = plan_composition(tmp_path, budget_bytes=budget)
+    assert plan.chunk_layers == budget // 400_000 and plan.peak_bytes <= budget
+    assert plan.n_tiles == (3 if budget == 400_000 else 2)
+    lines: list[str] = []
+    res = stream_composition(tmp_path, budget_bytes=budget, log=lines.append)
+    assert "FLOP" in lines[0] and len(lines) == 1 + plan.n_tiles
+    m = ca.fold_layer_norm(ca.load(tmp_path))
+    for kind in "qkv":
+        want = ca.composition_scores(m, kind)
+        np.testing.assert_allclose(res.scores[kind], want, rtol=1e-10, atol=1e-13)
+        assert np.all(res.scores[kind][0, 1] == 0.0)  # the silent writer
+    with pytest.raises(ca.TooLargeError, match="budget_bytes=1000 is smaller"):
+        plan_composition(tmp_path, budget_bytes=1000)
+
+
+def test_streamed_composition_on_a_dask_cluster_of_two_workers(tmp_path) -> None:
+    pytest.importorskip("dask.distributed")
+    from dask.distributed import Client, LocalCluster
+
+    from circuitalg.streaming import stream_composition
+
+    save_random_hf(tmp_path, "Qwen3ForCausalLM", "Qwen3Config", **COMMON)
+    local = stream_composition(tmp_path, ("k", "v"), budget_bytes=400_000)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        remote = stream_composition(tmp_path, ("k", "v"), budget_bytes=400_000, client=client)
+    m = ca.fold_layer_norm(ca.load(tmp_path))
+    for kind in "kv":
+        np.testing.assert_allclose(remote.scores[kind], local.scores[kind], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(local.scores[kind], ca.composition_scores(m, kind), rtol=1e-10, atol=1e-13)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.maps.nodes import LinearMap
 
-__all__ = ["check_k", "require_square", "small_lapack"]
+__all__ = ["blas_threads", "check_k", "require_square", "small_lapack"]
 
 
 def check_k(m: LinearMap, k: int | None, limit: int) -> int:
@@ -39,21 +40,33 @@ def require_square(m: LinearMap, what: str) -> None:
 #: OpenBLAS's threads cost more to start than such a call's work (a 768 x 64 QR: 1.8 ms on two
 #: threads, 0.5-1 ms on one, on a 2-core machine).
 SMALL_LAPACK_WORK = 64 * 1024 * 1024
-_CONTROLLER: object | None = None
+_CONTROLLER: Any = None
+
+
+def _controller() -> Any:
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """BLAS/LAPACK on at most ``n`` threads in the enclosed block (process-wide: for work that runs
+    its own threads side by side)."""
+    with _controller().limit(limits=n, user_api="blas"):
+        yield
 
 
 @contextlib.contextmanager
 def small_lapack(*shape: int) -> Iterator[None]:
     """Run the enclosed BLAS/LAPACK calls on one thread when a matrix of ``shape`` is small (see
     :data:`SMALL_LAPACK_WORK`; per-head loops make thousands of such calls); otherwise a no-op."""
-    global _CONTROLLER
     m, n = (shape + (1,))[:2] if len(shape) < 2 else shape[:2]
     if m * n * min(m, n) > SMALL_LAPACK_WORK:
         yield
         return
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    with _CONTROLLER.limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
+    with _controller().limit(limits=1, user_api="blas"):
         yield

@@ -127,6 +127,15 @@ def _positive(option: str, lowest: int = 1) -> Any:
     return parse
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with each option's default, except where the default is None (the help says what it means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _layer_list(text: str) -> tuple[int, ...]:
     """An argparse type for ``--layers``: comma-separated layers and ranges (``0-3,7``)."""
     out: list[int] = []
@@ -157,7 +166,7 @@ def _print_json(obj: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     import circuitalg
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     ap = argparse.ArgumentParser(prog="circuitalg", description="Weight-based circuit analysis of transformers.")
     ap.add_argument("--version", action="version", version=f"circuitalg {circuitalg.__version__}")
     sub = ap.add_subparsers(dest="command", required=True)

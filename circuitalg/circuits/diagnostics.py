@@ -399,8 +399,9 @@ def _scan_top(
     directions carry most of every entry, so a prefix ``p < r`` (chosen on a sample of rows to
     minimise the work) rules out nearly all entries at a fraction of the full product's cost.
     The screen is a float32 product (the bound's rank-one term appended as one more column),
-    whose error is at most ``δ = (γ_{p+1} + 2u) max‖L_i‖ max‖V_j‖`` (``u`` the float32 unit
-    roundoff, ``γ_n = n u / (1 - n u)``, inputs rounded to float32 included; by Cauchy-Schwarz
+    whose error is at most ``δ = (γ_{p+1} + 5u) max‖L_i‖ max‖V_j‖`` (``u`` the float32 unit
+    roundoff, ``γ_n = n u / (1 - n u)``, inputs rounded to float32 and the magnitude screen's
+    float32 addition of the bound included; by Cauchy-Schwarz
     ``‖L_i,head‖‖V_head,j‖ + ‖L_i,tail‖‖V_tail,j‖ <= ‖L_i‖‖V_j‖``), so every entry with screen
     value below ``t - δ`` is provably outside the top ``k``; the others are computed in float64:
     the result is the float64 ranking, exactly. A block where too many entries pass the screen
@@ -453,7 +454,8 @@ def _scan_top(
     mask = allowed(sample[:, None], cols[None, :]) if causal else None
     p = _screen_prefix(L, V, sample, kth, by_abs, col_max * float(row_norm.max()), u, mask)
     gamma = (p + 1) * u / (1 - (p + 1) * u)
-    delta = (gamma + 2.01 * u) * float(row_norm.max()) * col_max
+    # + 3u: the magnitude screen adds the rank-one bound in float32 after the product (two more roundings)
+    delta = (gamma + 5.01 * u) * float(row_norm.max()) * col_max
     tail_l = np.linalg.norm(L[:, p:], axis=1)
     tail_v = np.linalg.norm(V[p:], axis=0)
     if p < r and not by_abs:  # P + b in one product: the rank-one bound as one more column
@@ -511,7 +513,7 @@ def _screen_prefix(L: np.ndarray, V: np.ndarray, sample: np.ndarray, kth: float,
         acc += Ls[:, done:p] @ V[done:p]
         done = p
         gamma = (p + 1) * u / (1 - (p + 1) * u)
-        floor = kth - (gamma + 2.01 * u) * scale
+        floor = kth - (gamma + 5.01 * u) * scale
         tail = np.linalg.norm(Ls[:, p:], axis=1)[:, None] * np.linalg.norm(V[p:], axis=0)[None, :]
         passes = ((np.abs(acc) if by_abs else acc) + tail) >= floor
         frac = float(np.mean(passes if mask is None else passes & mask))

@@ -256,21 +256,3 @@ def test_report_files_tables_and_options_state_what_the_analysis_found(tmp_path,
         assert main(["report", "attn2l", "--out", str(tmp_path / "x"), *bad]) == 2
         assert bad[0] in capsys.readouterr().err
 
-
-def test_report_token_tables_side_by_side_equal_one_after_the_other() -> None:
-    """The report's two token tables run in two threads on one BLAS thread each: the same entries as
-    computed one after the other, and the BLAS thread counts are restored afterwards."""
-    from threadpoolctl import threadpool_info
-
-    from circuitalg.report import _side_by_side
-
-    def blas() -> list[int]:
-        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-
-    before = blas()
-    m = ca.zoo.load("attn2l")
-    ov = m.W_U @ m.head(1, 0).ov @ m.W_E
-    qk = m.W_E.T @ m.head(1, 1).qk @ m.W_E
-    both = _side_by_side([lambda: ca.top_tokens(ov, 6), lambda: ca.top_tokens(qk, 6, by="abs")])
-    assert both == [ca.top_tokens(ov, 6), ca.top_tokens(qk, 6, by="abs")]
-    assert blas() == before

@@ -11,7 +11,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.maps.nodes import LinearMap
 
-__all__ = ["blas_threads", "check_k", "require_square", "small_lapack"]
+__all__ = ["check_k", "require_square", "small_lapack"]
 
 
 def check_k(m: LinearMap, k: int | None, limit: int) -> int:
@@ -50,14 +50,6 @@ def _controller() -> Any:
 
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER
-
-
-@contextlib.contextmanager
-def blas_threads(n: int) -> Iterator[None]:
-    """BLAS/LAPACK on at most ``n`` threads in the enclosed block (process-wide: for work that runs
-    its own threads side by side)."""
-    with _controller().limit(limits=n, user_api="blas"):
-        yield
 
 
 @contextlib.contextmanager

@@ -86,6 +86,19 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
     dtype = _fold_dtype(dtype)
     done: set[str] = set()
     centred = c.centred_norm  # only a layer norm's output is centred, so only then may reads be centred
+    stacks: dict[str, np.ndarray] = {}
+
+    def new_array(key: str, like: np.ndarray) -> np.ndarray:
+        """A fresh C-ordered array for ``key``; a head weight (``blocks.{l}.attn.W_Q`` ...) gets
+        layer ``l``'s slot of one stack over layers, which the model's head view then uses as it is
+        (no second copy)."""
+        parts = key.split(".")
+        if len(parts) == 4 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in _HEAD_STACKED:
+            st = stacks.get(parts[3])
+            if st is None or st.shape[1:] != like.shape:
+                st = stacks[parts[3]] = np.empty((c.n_layers, *like.shape), dtype=dtype)
+            return st[int(parts[1])]
+        return np.empty(like.shape, dtype=dtype)
 
     def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
         w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
@@ -94,7 +107,8 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
             done.add(wk)
             if w is None and b is None and raw.dtype == dtype and (not (center_reads and centred) or _is_centred(raw)):
                 continue  # nothing to fold and already centred: kept as it is
-            W = np.array(raw, dtype=dtype, order="C")  # one new array per folded weight (C order: rows reshape as views)
+            W = new_array(wk, raw)  # one new array per folded weight (C order: rows reshape as views)
+            W[...] = raw
             del raw
             if b is not None:
                 p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
@@ -114,12 +128,18 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
             reads = [(m + "W_in", m + "b_in")] + ([(m + "W_gate", m + "b_gate")] if c.gated_mlp else [])
             fold(f"blocks.{layer}.ln2", reads)
     fold("ln_final", [("W_U", "b_U")])
-    for k in p.keys() - done:  # the rest converted (read-only: no second copy in the new model)
-        v = np.asarray(p[k], dtype=dtype)
-        if v is not p[k] and v.base is None:
+    for k in sorted(p.keys() - done):  # the rest converted (read-only: no second copy in the new model)
+        v = p[k]
+        if v.dtype != dtype:
+            v = new_array(k, v)
+            v[...] = p[k]
             v.flags.writeable = False
         p[k] = v
     return "LNPre" if centred else "RMSPre"
+
+
+#: The per-layer head weights that the model view stacks over layers (see ``weights._stack_heads``).
+_HEAD_STACKED = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 
 
 def _is_centred(W: np.ndarray) -> bool:

@@ -541,7 +541,10 @@ def _stack_heads(config: TransformerConfig, params: dict[str, np.ndarray]) -> tu
     out = dict(params)
     group = np.array([config.kv_head(h) for h in range(config.n_heads)])
     for name in names:
-        a = np.stack([params[f"blocks.{l}.attn.{name}"] for l in range(config.n_layers)])
+        layers = [params[f"blocks.{l}.attn.{name}"] for l in range(config.n_layers)]
+        a = _stacked_base(layers)
+        if a is None:
+            a = np.stack(layers)
         a.flags.writeable = False
         for l in range(config.n_layers):
             out[f"blocks.{l}.attn.{name}"] = a[l]
@@ -551,6 +554,20 @@ def _stack_heads(config: TransformerConfig, params: dict[str, np.ndarray]) -> tu
         stacks[name] = a
     kv = np.broadcast_to(group, (config.n_layers, config.n_heads))
     return HeadWeights(**stacks, kv_head=kv), out
+
+
+def _stacked_base(layers: list[np.ndarray]) -> np.ndarray | None:
+    """The array over layers that ``layers`` are consecutive slices of (as ``fold_params`` makes
+    them), or None: a stack that exists already is used, not copied."""
+    base = layers[0].base
+    if not (isinstance(base, np.ndarray) and base.shape == (len(layers), *layers[0].shape)
+            and base.dtype == layers[0].dtype and base.flags.c_contiguous):
+        return None
+    for l, x in enumerate(layers):
+        if x.base is not base or x.__array_interface__["data"][0] != base[l].__array_interface__["data"][0] \
+                or x.strides != base[l].strides:
+            return None
+    return base
 
 
 def _validate_params(

@@ -6,7 +6,6 @@ and the HTML read only that record. matplotlib is a core dependency.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import html
@@ -87,8 +86,7 @@ class Analysis:
     ``induction`` and ``k_comp`` are the findings with their evidence
     (:mod:`circuitalg.circuits.findings`); ``top_ov`` and ``top_qk`` the token tables of the OV
     circuit of ``ov_head`` and of ``qk_circuit``; ``expansion`` and ``verification`` the
-    symbolic identity shown at ``shown`` = (layers, heads); ``text`` the printed summary;
-    ``figures`` the future of the figures when :func:`analyse` drew them in the background.
+    symbolic identity shown at ``shown`` = (layers, heads); ``text`` the printed summary.
     """
 
     model: Any
@@ -112,7 +110,6 @@ class Analysis:
     qk_circuit: Any
     text: str
     options: ReportOptions = ReportOptions()
-    figures: Any = None
 
 
 def _peak_rss_gib() -> float:
@@ -156,15 +153,14 @@ class Stages:
 
 def analyse(
     model: Any, log: Callable[[str], None] | None = None, options: ReportOptions | None = None, *,
-    stages: Stages | None = None, background_figures: bool = False,
+    stages: Stages | None = None,
 ) -> Analysis:
     """Everything the report shows (:class:`Analysis`; ``text`` is the printed summary).
 
     Every claim in ``text`` carries its evidence: heads are named only above the thresholds
     of :mod:`circuitalg.circuits.findings`, compositions only between an earlier and a later
     layer with a family-wise p-value over all such pairs, and otherwise the line says "none
-    found" or "not applicable". With ``background_figures`` the figures are drawn by a
-    background thread while the token tables are computed (``figures`` is then its future).
+    found" or "not applicable".
     """
     import circuitalg as ca
     from circuitalg.circuits import findings
@@ -191,14 +187,6 @@ def analyse(
     k_comp = findings.composition_finding(comp["k"], base["k"], pair=pair)
     copying = [(ca.HeadId(int(l), int(h)).name, float(table.copying[l, h]))
                for l, h in zip(*np.nonzero(table.copying > 0.5))]
-    drawing = None
-    if background_figures and options.figures:
-        # the figures need only the head table and the composition scores: drawn by a background
-        # thread (matplotlib is pure Python) while the token tables run in BLAS
-        pats = _positional_patterns(m, table, options.shown_layers(c.n_layers))
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="circuitalg-figures")
-        drawing = pool.submit(_draw_figures, m, table, comp, base, options, pats)
-        pool.shutdown(wait=False)
     with stage("symbolic identity of the path expansion"):
         # (1 + heads)^layers paths: prove the identity at a bounded size (it holds for all dimensions)
         shown_layers, shown_heads = min(c.n_layers, 3), min(c.n_heads, 2)
@@ -215,12 +203,9 @@ def analyse(
             ov_why = ("the head with the largest copying score" if np.isfinite(scores).any()
                       else "copying is not defined with a separate output vocabulary")
         ov_circuit = m.W_U @ m.head(ov_head.layer, ov_head.head).ov @ m.W_E
+        top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
         qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
-        jobs = [lambda: ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))]
-        if qk_circuit is not None:
-            jobs.append(lambda: qk_circuit.top_tokens(8))
-        top_ov, *rest = _side_by_side(jobs)
-        top_qk = rest[0] if rest else []
+        top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
     prev_line = str(prev)
     if prev.head is not None:
         source = "W_pos" if m.W_pos is not None else "rotary offsets"
@@ -249,21 +234,8 @@ def analyse(
         model=m, original=model, table=table, comp=comp, base=base, search=search, graph=graph, prev=prev,
         induction=ind, k_comp=k_comp, copying=copying, expansion=expansion, verification=verification,
         shown=(shown_layers, shown_heads), top_ov=top_ov, ov_head=ov_head, ov_why=ov_why, top_qk=top_qk,
-        qk_circuit=qk_circuit, text="\n".join(lines), options=options, figures=drawing,
+        qk_circuit=qk_circuit, text="\n".join(lines), options=options,
     )
-
-
-def _side_by_side(jobs: list[Callable[[], Any]]) -> list[Any]:
-    """The results of ``jobs``, run in one thread each with one BLAS thread each: two
-    independent scans of vocab x vocab products then share the cores, and the one's numpy passes
-    overlap the other's matrix products (one job runs as it is)."""
-    if len(jobs) < 2:
-        return [job() for job in jobs]
-    from circuitalg.linalg.common import blas_threads
-
-    with blas_threads(1), concurrent.futures.ThreadPoolExecutor(len(jobs), thread_name_prefix="circuitalg") as pool:
-        futures = [pool.submit(job) for job in jobs]
-        return [f.result() for f in futures]
 
 
 def architecture_notes(c: Any) -> list[str]:
@@ -300,13 +272,12 @@ def architecture_notes(c: Any) -> list[str]:
 
 
 
-def _composition_rows(
-    c: Any, comp: dict[str, np.ndarray], base: dict[str, Any], layers: list[int]
-) -> tuple[list[dict[str, Any]], dict[str, float], int]:
+def _composition_rows(a: Analysis, layers: list[int]) -> tuple[list[dict[str, Any]], dict[str, float], int]:
     """Every valid pair among ``layers`` for each kind (score, z, significant), sorted by z; the
     significance thresholds per kind; the number of valid pairs in the whole model."""
     from circuitalg.circuits.composition import valid_pairs
 
+    c = a.model.config
     n_pairs = valid_pairs(c.n_layers, c.n_heads)
     thresholds: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
@@ -315,11 +286,12 @@ def _composition_rows(
     sel = np.zeros(c.n_layers, dtype=bool)
     sel[layers] = True
     for k in "qkv":
-        thresholds[k] = base[k].threshold(n_pairs)
-        z = figures.z_scores(comp[k], base[k])
+        base = a.base[k]
+        thresholds[k] = base.threshold(n_pairs)
+        z = figures.z_scores(a.comp[k], base)
         for l1, h1, l2, h2 in zip(*np.nonzero(np.isfinite(z))):
             if sel[l1] and sel[l2]:
-                score = float(comp[k][l1, h1, l2, h2])
+                score = float(a.comp[k][l1, h1, l2, h2])
                 rows.append({"kind": k, "writer": f"L{l1}H{h1}", "reader": f"L{l2}H{h2}", "score": score,
                              "z": float(z[l1, h1, l2, h2]), "significant": score >= thresholds[k],
                              "writer_id": (int(l1), int(h1)), "reader_id": (int(l2), int(h2))})
@@ -335,42 +307,11 @@ def write_report(
     log = log or (lambda _m: None)
     options = (options or ReportOptions()).check(model)
     stage = Stages(log, 8, bar=options.progress_bar)
-    a = analyse(model, log, options, stages=stage, background_figures=True)
+    a = analyse(model, log, options, stages=stage)
     with stage("figures, tables and files"):
         summary = _write_outputs(a, model.name, Path(out))
     log(f"wrote {Path(out) / 'report.html'} (+ heads.csv, composition.csv, circuits.csv, graph.json, summary.json)")
     return summary
-
-
-def _positional_patterns(m: Any, table: Any, layers: list[int]) -> dict[tuple[int, int], np.ndarray]:
-    """The positional patterns of the six heads with the largest previous-token positional score."""
-    from circuitalg.circuits.diagnostics import positional_pattern, rotary_offset_pattern
-
-    c = m.config
-    pattern = positional_pattern if m.W_pos is not None else rotary_offset_pattern
-    score = table.positional_prev_token
-    order = sorted(((l, h) for l in layers for h in range(c.n_heads)), key=lambda lh: -score[lh])[:6]
-    return {lh: pattern(m, m.head(*lh), min(24, c.n_ctx)) for lh in order}
-
-
-def _draw_figures(m: Any, table: Any, comp: dict[str, np.ndarray], base: dict[str, Any], o: ReportOptions,
-                  pats: dict[tuple[int, int], np.ndarray] | None = None) -> dict[str, str]:
-    """Every figure of the page (PNG data URIs by section), from the head table and the
-    composition scores alone, so it can run in a background thread while the rest of the
-    analysis goes on (matplotlib is then used by that thread only)."""
-    c = m.config
-    layers = o.shown_layers(c.n_layers)
-    figs: dict[str, str] = {}
-    if c.n_layers >= 2:
-        comp_rows, thresholds, _ = _composition_rows(c, comp, base, layers)
-        figs["composition"] = figures.composition_figure(comp, base, layers, thresholds)
-        figs["graph"] = figures.graph_figure(comp_rows[: o.top], c.n_layers, c.n_heads)
-    ev = table.ov_eigenvalues  # computed once, for the copying scores
-    eigs = {lh: lam for lh, lam in ev.items() if lh[0] in layers} if ev is not None else None
-    figs["copying"] = figures.copying_figure(table.copying, eigs, layers)
-    pats = _positional_patterns(m, table, layers) if pats is None else pats
-    figs["positional"] = figures.positional_figure(table.positional_prev_token, pats, layers, m.W_pos is None)
-    return figs
 
 
 def _write_outputs(a: Analysis, name: str, out: Path) -> dict[str, Any]:
@@ -383,15 +324,26 @@ def _write_outputs(a: Analysis, name: str, out: Path) -> dict[str, Any]:
     layers = o.shown_layers(c.n_layers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    comp_rows, thresholds, n_pairs = _composition_rows(c, a.comp, a.base, layers)
+    comp_rows, thresholds, n_pairs = _composition_rows(a, layers)
     sig = {k: sum(1 for r in comp_rows if r["kind"] == k and r["significant"]) for k in "qkv"}
     top_pairs = comp_rows[: max(o.top, 10)]
     shown = "all layers" if o.layers is None else "layers " + ", ".join(map(str, layers))
 
-    if isinstance(a.figures, concurrent.futures.Future):
-        figs = a.figures.result()  # drawn in the background while the analysis went on
-    else:
-        figs = _draw_figures(m, a.table, a.comp, a.base, o) if o.figures else {}
+    figs: dict[str, str] = {}
+    if o.figures and c.n_layers >= 2:
+        figs["composition"] = figures.composition_figure(a.comp, a.base, layers, thresholds)
+        figs["graph"] = figures.graph_figure(comp_rows[: o.top], c.n_layers, c.n_heads)
+    if o.figures:
+        ev = table.ov_eigenvalues  # computed once, for the copying scores
+        eigs = {lh: lam for lh, lam in ev.items() if lh[0] in layers} if ev is not None else None
+        figs["copying"] = figures.copying_figure(table.copying, eigs, layers)
+        from circuitalg.circuits.diagnostics import positional_pattern, rotary_offset_pattern
+
+        pattern = positional_pattern if m.W_pos is not None else rotary_offset_pattern
+        score = table.positional_prev_token
+        order = sorted(((l, h) for l in layers for h in range(c.n_heads)), key=lambda lh: -score[lh])[:6]
+        pats = {lh: pattern(m, m.head(*lh), min(24, c.n_ctx)) for lh in order}
+        figs["positional"] = figures.positional_figure(score, pats, layers, m.W_pos is None)
 
     def img(key: str, alt: str) -> str:
         if key in figs:

@@ -118,7 +118,7 @@ def copying_figure(copying: np.ndarray, eigs: dict[tuple[int, int], np.ndarray] 
     cmap = pyplot.get_cmap("RdBu_r").copy()
     cmap.set_bad("0.93")
     im = axes[0].imshow(cp, cmap=cmap, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
-    if len(sel) * H <= 200:
+    if H <= 8 and len(sel) <= 25:  # numbers only where a cell is wide enough for "-0.00" (about 0.5 in)
         for (i, h), v in np.ndenumerate(cp):
             if np.isfinite(v):
                 axes[0].text(h, i, f"{v:.2f}", ha="center", va="center", fontsize=9,

@@ -348,9 +348,10 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     stream_gram = {key: R.T @ R for key, R in stream.items()}
     # writers that are not heads (embeddings, MLPs) into every head: through the writers' Gram
     # matrices F Fᵀ and the heads' reader Gram matrices, all pairs of a kind in one pass
-    grams = {n: F @ F.T for n, F in factors.items()}
+    stacked = np.stack([factors[n] @ factors[n].T for n, _ in others])
     index = {n: i for i, (n, _) in enumerate(others)}
-    into_heads = {k: _head_read_grams(hw, k, np.stack([grams[n] for n, _ in others])) for k in COMPOSITION_KINDS}
+    grams = {n: stacked[i] for n, i in index.items()}
+    into_heads = {k: _head_read_grams(hw, k, stacked) for k in COMPOSITION_KINDS}
     eps = np.finfo(np.float64).eps
     nan = float("nan")
     for wnode, wpos, wmap, wlabel in writers:

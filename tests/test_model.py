@@ -491,6 +491,10 @@ def test_load_with_fold_equals_fold_after_load(tmp_path, normalization) -> None:
         for k in ref.params:
             np.testing.assert_array_equal(got.params[k], ref.params[k], err_msg=k)
         assert ca.fold_layer_norm(got) is got
+        hw = got.head_weights  # the folded stacks are the model's head view: shared, read-only, no copy
+        for name in ("W_Q", "W_V", "W_O"):
+            assert np.shares_memory(getattr(hw, name), got.params[f"blocks.1.attn.{name}"])
+            assert not getattr(hw, name).flags.writeable
     with pytest.raises(ca.InvalidArgumentError, match="fold="):
         ca.load(paths[0], fold="yes")
 

@@ -231,3 +231,23 @@ def test_exact_structural_zeros_do_not_warn() -> None:
             assert np.all(ca.svd(zero)[1] == 0.0)
             assert np.all(zero.eigenvalues() == 0.0)
     assert ca.accuracy(zero) > 0  # the absolute bound still stands
+
+
+@pytest.mark.parametrize("case", ["well", "ill", "rank-deficient"])
+def test_tall_qr_is_orthogonal_and_reconstructs(case: str) -> None:
+    """The thin QR of tall factors (CholeskyQR2 when well conditioned, Householder otherwise):
+    orthonormal columns and A = Q R to float64 rounding, whatever the conditioning."""
+    from circuitalg.linalg.svd import _tall_qr
+
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((3000, 24))
+    if case == "ill":
+        A = A @ np.diag(np.logspace(0, -9, 24))
+    elif case == "rank-deficient":
+        A[:, 5] = A[:, 3] * 2.0
+    Q, R = _tall_qr(A)
+    assert Q.shape == (3000, 24) and R.shape == (24, 24)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(24), atol=1e-13)
+    np.testing.assert_allclose(Q @ R, A, atol=1e-13 * np.abs(A).max())
+    np.testing.assert_allclose(np.abs(np.diag(R)), np.abs(np.diag(np.linalg.qr(A)[1])), rtol=1e-8,
+                               atol=1e-12 * np.abs(A).max())

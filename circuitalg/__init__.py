@@ -104,6 +104,7 @@ from circuitalg.model import (
 )
 from circuitalg.model.ids import HeadId, Source
 from circuitalg.model.rotary import Rotary
+from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.streaming import (
     CompositionPlan,
     CompositionResult,
@@ -114,7 +115,6 @@ from circuitalg.streaming import (
     stream_composition,
     stream_full_ov,
 )
-from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.symbolic import (
     SymbolicExpansion,
     Verification,

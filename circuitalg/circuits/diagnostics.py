@@ -26,8 +26,7 @@ from circuitalg.linalg.accuracy import eigen_noise_floor
 from circuitalg.linalg.eig import eigenvalues
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
-from circuitalg.model.forward import blocked
-from circuitalg.model.forward import run_batch
+from circuitalg.model.forward import blocked, run_batch
 from circuitalg.model.ids import HeadId
 from circuitalg.model.weights import Transformer
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE

@@ -39,8 +39,8 @@ from circuitalg.model.config import TransformerConfig
 from circuitalg.model.gguf import read_gguf
 from circuitalg.model.hf import HF_MODEL_TYPES
 from circuitalg.model.layouts import LAYOUTS, convert_state_dict, detect_layout
-from circuitalg.model.vocab import decode_byte_level
 from circuitalg.model.transforms import fold_params
+from circuitalg.model.vocab import decode_byte_level
 from circuitalg.model.weights import Transformer, _validate_params, require_model
 
 __all__ = ["load", "save", "read_tensors", "DEFAULT_LOAD_BYTES"]

@@ -157,11 +157,9 @@ def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray,
     """Singular values and eigenvalues ``[n_heads, d_head]`` of one layer's heads (a dask task)."""
     files = TensorFiles(directory)
     c = _config(files)
-    D, dh, H, kv = c.d_model, c.d_head, c.n_heads, c.kv_heads
-    p = f"model.layers.{layer}."
-    w1 = files.rows(p + "input_layernorm.weight")
-    W_V = files.rows(p + "self_attn.v_proj.weight").reshape(kv, dh, D) * w1  # folded read: W_V diag(w)
-    W_O = files.rows(p + "self_attn.o_proj.weight").reshape(D, H, dh).transpose(1, 0, 2)
+    dh, H, kv = c.d_head, c.n_heads, c.kv_heads
+    proj = _attention(files, c, layer, ("W_V", "W_O"))
+    W_V, W_O = proj["W_V"], proj["W_O"]
     sv = np.zeros((H, dh))
     ev = np.zeros((H, dh), dtype=np.complex128)
     # the value side is shared by the query heads of a key/value group: once per group
@@ -293,28 +291,41 @@ def plan_composition(
     return CompositionPlan(c.n_layers, H, D, dh, kinds, chunk, len(tiles), flops, _tile_bytes(c, 2 * chunk), budget)
 
 
+def _attention(files: TensorFiles, c: TransformerConfig, layer: int, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Layer ``layer``'s attention projections ``names`` as :func:`~circuitalg.fold_layer_norm` folds
+    them: the input RMSNorm weight in ``W_Q, W_K, W_V``, Qwen3's q/k norm weights in the rows of
+    ``W_Q, W_K``. ``W_Q`` is ``(n_heads, d_head, d_model)``, ``W_K`` and ``W_V`` one per key/value
+    head ``(n_kv_heads, d_head, d_model)``, ``W_O`` ``(n_heads, d_model, d_head)``."""
+    D, dh, H, kv = c.d_model, c.d_head, c.n_heads, c.kv_heads
+    p = f"model.layers.{layer}."
+    w1 = files.rows(p + "input_layernorm.weight") if set(names) - {"W_O"} else None
+    out = {}
+    for name in names:
+        if name == "W_O":
+            W = files.rows(p + "self_attn.o_proj.weight").reshape(D, H, dh).transpose(1, 0, 2)
+            out[name] = np.ascontiguousarray(W)
+            continue
+        s = name[-1].lower()
+        W = files.rows(p + f"self_attn.{s}_proj.weight").reshape(H if s == "q" else kv, dh, D) * w1
+        if c.qk_norm and s in "qk":
+            W *= files.rows(p + f"self_attn.{s}_norm.weight")[None, :, None]
+        out[name] = W
+    return out
+
+
 def _layer_heads(files: TensorFiles, c: TransformerConfig, layers: range) -> Any:
-    """The folded attention weights of ``layers`` as a float64 :class:`HeadWeights` (each layer's
-    input RMSNorm weight folded into ``W_Q, W_K, W_V``, Qwen3's q/k norm weights into the rows of
-    ``W_Q, W_K``; key/value heads repeated for their query heads)."""
+    """The folded attention weights of ``layers`` (:func:`_attention`) as a float64
+    :class:`HeadWeights`, key/value heads repeated for their query heads."""
     from circuitalg.model.view import HeadWeights
 
-    D, dh, H, kv = c.d_model, c.d_head, c.n_heads, c.kv_heads
-    group = np.array([c.kv_head(h) for h in range(H)])
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("W_Q", "W_K", "W_V", "W_O")}
+    names = ("W_Q", "W_K", "W_V", "W_O")
+    group = np.array([c.kv_head(h) for h in range(c.n_heads)])
+    out: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for layer in layers:
-        p = f"model.layers.{layer}."
-        w1 = files.rows(p + "input_layernorm.weight")
-        q = files.rows(p + "self_attn.q_proj.weight").reshape(H, dh, D) * w1
-        k = files.rows(p + "self_attn.k_proj.weight").reshape(kv, dh, D) * w1
-        if c.qk_norm:
-            q *= files.rows(p + "self_attn.q_norm.weight")[None, :, None]
-            k *= files.rows(p + "self_attn.k_norm.weight")[None, :, None]
-        out["W_Q"].append(q)
-        out["W_K"].append(k[group])
-        out["W_V"].append((files.rows(p + "self_attn.v_proj.weight").reshape(kv, dh, D) * w1)[group])
-        out["W_O"].append(np.ascontiguousarray(files.rows(p + "self_attn.o_proj.weight").reshape(D, H, dh).transpose(1, 0, 2)))
-    return HeadWeights.from_arrays(*(np.stack(out[k]) for k in ("W_Q", "W_K", "W_V", "W_O")))
+        proj = _attention(files, c, layer, names)
+        for k in names:
+            out[k].append(proj[k][group] if k in ("W_K", "W_V") else proj[k])
+    return HeadWeights.from_arrays(*(np.stack(out[k]) for k in names))
 
 
 def _composition_tile(directory: str, kinds: tuple[str, ...], writers: tuple[int, int], readers: tuple[int, int]

@@ -149,10 +149,10 @@ def load(
                 v.flags.writeable = False
         if vocab is not None and len(vocab) != cfg.d_vocab:
             vocab = None  # a tokenizer with added tokens: keep the model, drop the strings
+        stored = _stored_dtype(tensors)
         if isinstance(dtype, str) and dtype == "auto":
-            dtype = _stored_dtype(tensors)
+            dtype = stored
         if fold and cfg.normalization is not None:
-            stored = _stored_dtype(tensors)
             del tensors  # from here on each raw tensor is freed when its folded array replaces it
             params = _validate_params(cfg, params, biases="required", source=source, dtype=stored)
             cfg = dataclasses.replace(cfg, normalization=fold_params(cfg, params, dtype=dtype))

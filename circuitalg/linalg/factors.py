@@ -132,16 +132,16 @@ def gram_factor(leaf: Dense, side: str) -> np.ndarray:
     return R
 
 
-def _well_conditioned_cholesky(G: np.ndarray) -> np.ndarray | None:
+def _well_conditioned_cholesky(G: np.ndarray, limit: float = GRAM_COND_LIMIT) -> np.ndarray | None:
     """The upper Cholesky factor of ``G``, or None if it fails or its estimated condition number
-    (diagonal ratio) exceeds :data:`GRAM_COND_LIMIT`."""
+    (diagonal ratio) exceeds ``limit`` (default :data:`GRAM_COND_LIMIT`)."""
     try:
         with small_lapack(*G.shape):
             R = np.linalg.cholesky(G).T  # numpy's LAPACK call: about twice as fast as scipy's here
     except np.linalg.LinAlgError:
         return None
     diag = np.abs(np.diag(R))
-    return None if diag.min() <= 0 or diag.max() / diag.min() > GRAM_COND_LIMIT else R
+    return None if diag.min() <= 0 or diag.max() / diag.min() > limit else R
 
 
 def _centred_cholesky(G: np.ndarray, M: np.ndarray) -> np.ndarray | None:

@@ -11,7 +11,7 @@ from circuitalg.linalg.accuracy import accuracy, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.linalg.common import check_k, small_lapack
-from circuitalg.linalg.factors import core, gram_factor
+from circuitalg.linalg.factors import _well_conditioned_cholesky, core, gram_factor
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.maps.chain import Chain
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, require_map
@@ -120,13 +120,8 @@ def _tall_qr(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.linalg.qr(A)
     Q, R = A, np.eye(r, dtype=A.dtype)
     for _ in range(2):
-        try:
-            with small_lapack(r, r):
-                C = np.linalg.cholesky(Q.T @ Q).T  # upper
-        except np.linalg.LinAlgError:
-            return np.linalg.qr(A)
-        d = np.abs(np.diag(C))
-        if not (d.min() > 0 and d.max() / d.min() <= CHOLQR_COND_LIMIT):
+        C = _well_conditioned_cholesky(Q.T @ Q, CHOLQR_COND_LIMIT)  # upper
+        if C is None:
             return np.linalg.qr(A)
         Q = sla.solve_triangular(C, Q.T, trans="T", lower=False, check_finite=False).T  # Q C⁻¹
         R = C @ R

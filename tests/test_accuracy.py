@@ -186,6 +186,57 @@ def test_leaf_gram_factors_are_accumulated_in_float64() -> None:
     assert leaf_factor_method(E, "rows") == "qr"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gram_norm_bound_is_an_upper_bound_within_a_few_percent(dtype) -> None:
+    """The leaf norm used by the error bounds when no factor is cached (the Gram matrix formed in
+    the leaf's dtype, rounding bounded a priori) is never below the float64 SVD's largest singular
+    value, and at most 10% above it: Gaussian, rank-one-dominated (a large common offset, as in
+    real embeddings) and widely scaled columns, tall and wide leaves, blocks smaller than the leaf."""
+    from circuitalg.linalg.accuracy import gram_norm2_bound
+
+    rng = np.random.default_rng(11)
+    cases = {
+        "gaussian": rng.standard_normal((9000, 96)) / np.sqrt(96),
+        "offset": 3.0 + 0.01 * rng.standard_normal((9000, 96)),
+        "scaled": rng.standard_normal((9000, 96)) * np.logspace(-6, 3, 96),
+    }
+    for name, a in cases.items():
+        a = a.astype(dtype)
+        exact = np.linalg.svd(a.astype(np.float64), compute_uv=False)[0]
+        for rows in (1000, 4096, 20000):
+            got = gram_norm2_bound(a, rows=rows)
+            assert exact <= got <= 1.1 * exact, (name, rows, got / exact)
+        leaf = ca.Dense(a.T.copy(), ca.Space("v", 9000), ca.Space("r", 96), "E")  # wide: its rows side
+        assert exact <= magnitude(leaf) <= 1.1 * exact, name
+        # a float32 leaf's norm alone factors nothing; a float64 leaf's Gram is the factor's anyway
+        assert (leaf_factor_method(leaf, "rows") is None) == (dtype == np.float32)
+
+
+def test_accuracy_counts_a_gram_factor_made_after_the_norm_was_cached() -> None:
+    """A leaf's norm may be cached by an eigenvalue call (no factor needed) before a singular-value
+    call factors it through its Gram matrix: the factor's condition number still enters the bound,
+    so accuracy() is the same in either order (within the two norm routes' few percent)."""
+    rng = np.random.default_rng(12)
+    q, _ = np.linalg.qr(rng.standard_normal((3000, 8)))
+    data = (q * np.logspace(0, -2.5, 8)) @ np.linalg.qr(rng.standard_normal((8, 8)))[0]  # cond ~316
+
+    def fresh():
+        v, r = ca.Space("v", 3000), ca.Space("r", 8)
+        U = ca.Dense(data, r, v, "U")
+        return U @ ca.Dense(rng.standard_normal((8, 8)), r, r, "M") @ U.T
+
+    first_eig = fresh()
+    _quiet(first_eig.eigenvalues)
+    _quiet(first_eig.singular_values)
+    first_sv = fresh()
+    _quiet(first_sv.singular_values)
+    assert leaf_factor_method(first_sv.factors[0], "cols") == "gram-cholesky"
+    ratio = ca.accuracy(first_eig) / ca.accuracy(first_sv)
+    assert 0.8 < ratio < 1.25, ratio
+    plain = ca.Dense(data, ca.Space("r", 8), ca.Space("v", 3000), "U")  # the penalty is ~cond: large
+    assert ca.accuracy(first_sv) > 100 * ca.accuracy(plain.T @ plain) / 1.25
+
+
 def test_centred_leaves_are_factored_from_their_gram_matrix_with_the_ones_direction_deflated() -> None:
     """fold_layer_norm centres every reader (rows sum to zero), so its Gram matrix is singular along
     the all-ones vector; the factor deflates that direction instead of falling back to QR: same

@@ -106,23 +106,19 @@ def magnitude(m: LinearMap) -> float:
 
 
 def _leaf_norm2(m: Dense) -> float:
-    """``‖A‖₂`` of a leaf (slightly inflated against rounding), from the cached triangular
-    factor of a tall or wide leaf or the SVD of a square one up to 1024; otherwise the
-    Frobenius norm, which bounds it. Records the condition number of leaves factored
-    through their Gram matrix (their factor carries ``eps * cond`` relative error)."""
+    """``‖A‖₂`` of a leaf (slightly inflated against rounding). A tall or wide leaf: from its
+    triangular factor (:func:`~circuitalg.linalg.factors.gram_factor`, cached for the singular
+    values that usually follow; records its conditioning, see :func:`_gram_penalty`), except a
+    float32 leaf not yet factored, whose norm alone comes from a float32 Gram matrix at half
+    the cost (:func:`gram_norm2_bound`: eigenvalues need no factor). A square leaf up to 1024:
+    its SVD. Otherwise the Frobenius norm, which bounds it."""
     a = m.array
     n, k = a.shape
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
-        R = np.asarray(gram_factor(m, side), dtype=np.float64)
-        with small_lapack(*R.shape):
-            sv = sla.svdvals(R, check_finite=False)
-        method = leaf_factor_method(m, side)
-        if method == "gram-cholesky":
-            leaf_factors(m).gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
-        elif method == "gram-cholesky-centred":  # exact null direction (the ones vector): its complement
-            nz = sv[:-1]
-            leaf_factors(m).gram_cond = float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf
+        if a.dtype == np.float32 and leaf_factor_method(m, side) is None:
+            return gram_norm2_bound(a if side == "cols" else a.T)
+        sv = _factor_singular_values(m, side)
     elif n == k and n <= 1024:
         with small_lapack(n, k):
             sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
@@ -131,11 +127,61 @@ def _leaf_norm2(m: Dense) -> float:
     return float(sv[0]) * (1.0 + 16 * max(n, k) * unit_roundoff(a.dtype))
 
 
+def _factor_singular_values(m: Dense, side: str) -> np.ndarray:
+    """Singular values of the leaf's cached :func:`gram_factor` (those of the leaf), recording the
+    factor's condition number when it came from the Gram matrix (it carries ``eps * cond``
+    relative error)."""
+    R = np.asarray(gram_factor(m, side), dtype=np.float64)
+    with small_lapack(*R.shape):
+        sv = sla.svdvals(R, check_finite=False)
+    method = leaf_factor_method(m, side)
+    if method == "gram-cholesky":
+        leaf_factors(m).gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
+    elif method == "gram-cholesky-centred":  # exact null direction (the ones vector): its complement
+        nz = sv[:-1]
+        leaf_factors(m).gram_cond = float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf
+    return sv
+
+
+def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
+    """An upper bound on ``‖M‖₂`` for a tall ``M`` (``n x d``), from its Gram matrix.
+
+    The Gram matrix is formed in ``M``'s dtype a block of ``b = rows`` rows at a time (one
+    BLAS-3 pass, no float64 copy of ``M``) and the blocks are summed in float64. Each block is
+    exact to ``γ_b |M_b|ᵀ|M_b|`` entrywise (``γ_b = b u / (1 - b u)``, ``u`` the unit roundoff of
+    the dtype, any summation order), so the computed ``Ĝ`` satisfies
+    ``‖Ĝ - MᵀM‖₂ <= (γ_b + γ'_B) ‖M‖_F²`` (``γ'_B`` float64's, over the ``B`` blocks), and
+    ``‖M‖_F² <= tr(Ĝ) / (1 - γ_b - γ'_B)``. The bound is ``sqrt(λmax(Ĝ)(1 + 8 d u₆₄) + err)``:
+    a few percent above ``‖M‖₂`` for float32 weights at vocabulary size (a Gaussian
+    ``50257 x 768``: 7%), never below it.
+    """
+    n, d = M.shape
+    u = unit_roundoff(M.dtype) / 2
+    u64 = unit_roundoff(np.float64) / 2
+    G = np.zeros((d, d))
+    blocks = 0
+    with small_lapack(n, d):  # a head's 768 x 64 leaf: one thread
+        for s in range(0, n, rows):
+            B = M[s:s + rows]
+            G += B.T @ B
+            blocks += 1
+    b = min(rows, n)
+    gamma = b * u / (1 - b * u) + (blocks + 1) * u64 / (1 - (blocks + 1) * u64)
+    fro2 = max(float(np.trace(G)), 0.0) / (1 - gamma)
+    with small_lapack(d, d):
+        lam = float(np.linalg.eigvalsh(G)[-1]) if d else 0.0
+    return math.sqrt(max(lam, 0.0) * (1 + 8 * d * u64) + gamma * fro2)
+
+
 def _gram_penalty(m: LinearMap) -> float:
     """The largest condition number of a leaf factored through its Gram matrix (at least 1)."""
     if isinstance(m, Dense):
-        cond = leaf_factors(m).gram_cond
-        return max(1.0, 1.0 if cond is None else cond)
+        cache = leaf_factors(m)
+        if cache.gram_cond is None:
+            for side in ("cols", "rows"):
+                if (leaf_factor_method(m, side) or "").startswith("gram-cholesky"):
+                    _factor_singular_values(m, side)  # a factor made after the leaf's norm was cached
+        return max(1.0, 1.0 if cache.gram_cond is None else cache.gram_cond)
     return max((_gram_penalty(c) for c in m.children), default=1.0)
 
 
@@ -161,8 +207,7 @@ def accuracy(m: LinearMap) -> float:
     """
     require_map(m, "accuracy")
     n_leaves, d_max = _tree_size(m)
-    mag = magnitude(m)  # first: it factors the leaves and records their conditioning
-    return 4.0 * (n_leaves + 1) * math.sqrt(d_max) * _gram_penalty(m) * unit_roundoff(m.dtype) * mag
+    return 4.0 * (n_leaves + 1) * math.sqrt(d_max) * _gram_penalty(m) * unit_roundoff(m.dtype) * magnitude(m)
 
 
 def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

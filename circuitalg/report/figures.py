@@ -85,8 +85,7 @@ def composition_figure(comp: dict[str, np.ndarray], base: dict[str, Any], layers
     n = len(sel) * H
     side = 3.2
     fig, axes = pyplot.subplots(1, 3, figsize=(3 * side + 1.6, side + 0.9), constrained_layout=True)
-    cmap = pyplot.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.93")
+    cmap = pyplot.get_cmap("RdBu_r").with_extremes(bad="0.93")
     im = None
     for ax, k in zip(axes, "qkv"):
         z = zs[k].reshape(n, n)
@@ -115,8 +114,7 @@ def copying_figure(copying: np.ndarray, eigs: dict[tuple[int, int], np.ndarray] 
     cp = copying[sel]
     fig, axes = pyplot.subplots(1, 2, figsize=(10, min(5.5, max(3.4, 0.3 * len(sel) + 1.8))), constrained_layout=True,
                                 gridspec_kw={"width_ratios": [1.1, 1], "wspace": 0.12})
-    cmap = pyplot.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.93")
+    cmap = pyplot.get_cmap("RdBu_r").with_extremes(bad="0.93")
     im = axes[0].imshow(cp, cmap=cmap, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
     if H <= 8 and len(sel) <= 25:  # numbers only where a cell is wide enough for "-0.00" (about 0.5 in)
         for (i, h), v in np.ndenumerate(cp):

@@ -118,29 +118,39 @@ def _leaf_norm2(m: Dense) -> float:
         side = "cols" if n > k else "rows"
         if a.dtype == np.float32 and leaf_factor_method(m, side) is None:
             return gram_norm2_bound(a if side == "cols" else a.T)
-        sv = _factor_singular_values(m, side)
-    elif n == k and n <= 1024:
+        return _record_factor(m, side)
+    if n == k and n <= 1024:
         with small_lapack(n, k):
             sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
-    else:
-        return math.sqrt(float(np.einsum("ij,ij->", a, a, dtype=np.float64)))
-    return float(sv[0]) * (1.0 + 16 * max(n, k) * unit_roundoff(a.dtype))
+        return _inflated(float(sv[0]), a)
+    return math.sqrt(float(np.einsum("ij,ij->", a, a, dtype=np.float64)))
 
 
-def _factor_singular_values(m: Dense, side: str) -> np.ndarray:
-    """Singular values of the leaf's cached :func:`gram_factor` (those of the leaf), recording the
-    factor's condition number when it came from the Gram matrix (it carries ``eps * cond``
-    relative error)."""
+def _inflated(norm: float, a: np.ndarray) -> float:
+    return norm * (1.0 + 16 * max(a.shape) * unit_roundoff(a.dtype))
+
+
+def _record_factor(m: Dense, side: str) -> float:
+    """The leaf's norm from the singular values of its :func:`gram_factor` (those of the leaf);
+    records it if none is cached, and the factor's condition number when it came from the Gram
+    matrix (it carries ``eps * cond`` relative error)."""
     R = np.asarray(gram_factor(m, side), dtype=np.float64)
     with small_lapack(*R.shape):
-        sv = sla.svdvals(R, check_finite=False)
+        lam = np.linalg.eigvalsh(R.T @ R)[::-1]  # 4x cheaper than the SVD of R at 768
+        if lam[-1] > 1e-8 * lam[0]:  # the smallest is exact to ~eps * lam[0]: to 1e-8 relative at worst
+            sv = np.sqrt(lam)
+        else:  # (nearly) singular, or centred: the SVD of R has relative accuracy
+            sv = sla.svdvals(R, check_finite=False)
+    cache = leaf_factors(m)
     method = leaf_factor_method(m, side)
     if method == "gram-cholesky":
-        leaf_factors(m).gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
+        cache.gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
     elif method == "gram-cholesky-centred":  # exact null direction (the ones vector): its complement
         nz = sv[:-1]
-        leaf_factors(m).gram_cond = float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf
-    return sv
+        cache.gram_cond = float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf
+    if cache.norm2_bound is None:
+        cache.norm2_bound = _inflated(float(sv[0]), m.array)
+    return cache.norm2_bound
 
 
 def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
@@ -180,7 +190,7 @@ def _gram_penalty(m: LinearMap) -> float:
         if cache.gram_cond is None:
             for side in ("cols", "rows"):
                 if (leaf_factor_method(m, side) or "").startswith("gram-cholesky"):
-                    _factor_singular_values(m, side)  # a factor made after the leaf's norm was cached
+                    _record_factor(m, side)  # a factor made after the leaf's norm was cached
         return max(1.0, 1.0 if cache.gram_cond is None else cache.gram_cond)
     return max((_gram_penalty(c) for c in m.children), default=1.0)
 

@@ -210,6 +210,9 @@ def test_gram_norm_bound_is_an_upper_bound_within_a_few_percent(dtype) -> None:
         assert exact <= magnitude(leaf) <= 1.1 * exact, name
         # a float32 leaf's norm alone factors nothing; a float64 leaf's Gram is the factor's anyway
         assert (leaf_factor_method(leaf, "rows") is None) == (dtype == np.float32)
+    huge = (rng.standard_normal((9000, 8)) * 1e21).astype(dtype)  # a float32 Gram matrix overflows
+    leaf = ca.Dense(huge, ca.Space("r", 8), ca.Space("v", 9000), "H")
+    np.testing.assert_allclose(magnitude(leaf), np.linalg.svd(huge.astype(np.float64), compute_uv=False)[0], rtol=0.05)
 
 
 def test_accuracy_counts_a_gram_factor_made_after_the_norm_was_cached() -> None:

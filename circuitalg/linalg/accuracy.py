@@ -117,7 +117,9 @@ def _leaf_norm2(m: Dense) -> float:
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
         if a.dtype == np.float32 and leaf_factor_method(m, side) is None:
-            return gram_norm2_bound(a if side == "cols" else a.T)
+            bound = gram_norm2_bound(a if side == "cols" else a.T)
+            if math.isfinite(bound):  # else the float32 Gram matrix overflowed (entries above ~1e19)
+                return bound
         return _record_factor(m, side)
     if n == k and n <= 1024:
         with small_lapack(n, k):
@@ -163,14 +165,14 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
     ``‖Ĝ - MᵀM‖₂ <= (γ_b + γ'_B) ‖M‖_F²`` (``γ'_B`` float64's, over the ``B`` blocks), and
     ``‖M‖_F² <= tr(Ĝ) / (1 - γ_b - γ'_B)``. The bound is ``sqrt(λmax(Ĝ)(1 + 8 d u₆₄) + err)``:
     a few percent above ``‖M‖₂`` for float32 weights at vocabulary size (a Gaussian
-    ``50257 x 768``: 7%), never below it.
+    ``50257 x 768``: 7%), never below it; ``inf`` if the Gram matrix overflows the dtype.
     """
     n, d = M.shape
     u = unit_roundoff(M.dtype) / 2
     u64 = unit_roundoff(np.float64) / 2
     G = np.zeros((d, d))
     blocks = 0
-    with small_lapack(n, d):  # a head's 768 x 64 leaf: one thread
+    with small_lapack(n, d), np.errstate(over="ignore", invalid="ignore"):  # overflow: an infinite bound
         for s in range(0, n, rows):
             B = M[s:s + rows]
             G += B.T @ B
@@ -178,6 +180,8 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
     b = min(rows, n)
     gamma = b * u / (1 - b * u) + (blocks + 1) * u64 / (1 - (blocks + 1) * u64)
     fro2 = max(float(np.trace(G)), 0.0) / (1 - gamma)
+    if not math.isfinite(fro2):
+        return math.inf
     with small_lapack(d, d):
         lam = float(np.linalg.eigvalsh(G)[-1]) if d else 0.0
     return math.sqrt(max(lam, 0.0) * (1 + 8 * d * u64) + gamma * fro2)

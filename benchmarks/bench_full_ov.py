@@ -171,7 +171,8 @@ def main() -> None:
         print(
             f"  {label:26s} circuitalg {r['circuitalg_s']:7.2f} s   baseline {r['baseline_s_all_heads']:8.1f} s"
             + ("" if batched is None else f" (batched {batched:.1f} s)")
-            + f"   speedup {r['speedup']:6.1f}x (against the faster)   max rel diff {r['max_rel_diff']:.1e}"
+            + f"   speedup {r['speedup']:6.1f}x (against the faster)"
+            + f"   max rel diff {r['max_rel_diff']:.1e}"
         )
     print(f"  peak RSS {report['peak_rss_gb']} GB (both runs' weights included)")
 

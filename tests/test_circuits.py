@@ -178,6 +178,23 @@ def test_top_tokens_rank_beyond_float32_resolution(by: str) -> None:
     assert [(e.row, e.col, e.value) for e in got] == [(0, j, 0.0) for j in range(5)]
 
 
+def test_top_tokens_block_fallback_keeps_only_entries_that_can_enter() -> None:
+    """A map of near-equal entries (1 + 1e-9 noise): every entry of a screened block lies within the
+    float32 screen's error of the k-th value, so whole blocks are evaluated in float64 and only their
+    entries at or above the running k-th value are kept; the result is still the dense ranking."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    L = ca.Dense(np.stack([np.ones(n), 1e-9 * rng.standard_normal(n)], axis=1), ca.Space("k", 2), ca.Space("out", n))
+    V = ca.Dense(np.stack([np.ones(n), rng.standard_normal(n)]), ca.Space("in", n), ca.Space("k", 2))
+    circuit = L @ V
+    dense = ca.to_dense(circuit)
+    top = np.argpartition(-dense, 40, axis=None)[:40]
+    order = top[np.lexsort((top, -dense.flat[top]))][:12]
+    got = ca.top_tokens(circuit, 12)
+    assert [(e.row, e.col) for e in got] == [tuple(np.unravel_index(o, dense.shape)) for o in order]
+    np.testing.assert_allclose([e.value for e in got], dense.flat[order], rtol=1e-15)
+
+
 def _localised_svd(n: int, r: int, i0: int, j0: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``U S`` and ``Vᵀ`` of a rank-``r`` map with singular values ``0.9^k`` whose weakest singular
     vectors are ``e_i0`` and ``e_j0``: its largest entry, ``(i0, j0)``, lies wholly in the weakest

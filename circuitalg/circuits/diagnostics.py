@@ -421,15 +421,18 @@ def _scan_top(
         back = ri - cj
         return (back >= 0) if window is None else (back >= 0) & (back < window)
 
-    def exact_block(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The top ``k`` of some rows in float64 (ties at the k-th kept, then cut in order)."""
+    def exact_block(rows: np.ndarray, floor: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top ``k`` of some rows in float64 (ties at the k-th kept, then cut in order); with
+        ``floor`` (the running k-th value), only entries ``>= floor``, the only ones that can enter."""
         ex = L[rows] @ V
         key = np.abs(ex) if by_abs else ex
         if causal:
             key = np.where(allowed(rows[:, None], cols[None, :]), key, -np.inf)
         flat = key.ravel()
-        kk = min(k, flat.size)
-        cand = np.flatnonzero(flat >= flat[np.argpartition(-flat, kk - 1)[kk - 1]])
+        cand = np.flatnonzero(flat >= floor) if floor > -np.inf else None
+        if cand is None or cand.size > max(4 * k, 1 << 16):  # a partial sort (ties: the whole block)
+            kk = min(k, flat.size)
+            cand = np.flatnonzero(flat >= flat[np.argpartition(-flat, kk - 1)[kk - 1]])
         ri, cj = np.unravel_index(cand, key.shape)
         fin = np.isfinite(flat[cand])  # masked (causal) entries are -inf
         return flat[cand][fin], rows[ri][fin], cj[fin]
@@ -477,8 +480,8 @@ def _scan_top(
             if p < r:
                 scr += tail_l32[rows, None] * tail_v32[None, :]
         cand = np.flatnonzero(scr >= kth - delta)
-        if cand.size > max(4 * k, 1 << 16):  # ties within the screen's error: this block in float64
-            best = _merge_top(k, best, *exact_block(rows))
+        if cand.size > max(4 * k, 1 << 16):  # too many within the screen's error: this block in float64
+            best = _merge_top(k, best, *exact_block(rows, kth))
             continue
         ri, cj = np.unravel_index(cand, scr.shape)
         ri = rows[ri]

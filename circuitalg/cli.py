@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-figures", action="store_true", help="tables and files only (faster)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64"],
                    help="dtype the layer norms are folded into while the checkpoint loads (the unfolded model "
-                        "never exists in memory); auto: float64, the analysis precision (float32 loads smaller, "
-                        "but the analysis converts to float64)")
+                        "never exists in memory); auto: float64, the analysis precision, and the smallest peak "
+                        "memory (float32 loads half the size, but the analysis then adds a float64 copy)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p = sub.add_parser("circuits", help="the exact top-k circuits", formatter_class=fmt)
     p.add_argument("model", help="zoo name or checkpoint path")

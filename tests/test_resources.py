@@ -147,3 +147,45 @@ def test_seeded_functions_are_deterministic_and_seeds_matter() -> None:
     assert h1.records() == h2.records()
     v = ca.verify(m.W_U @ m.W_E, m.W_U @ m.W_E, seed=7)
     assert v.holds
+
+
+
+def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp_path, monkeypatch) -> None:
+    from circuitalg.linalg import budget
+    from circuitalg.model import io, transforms
+    from model_helpers import random_model
+
+    setting = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    setting = setting._set_madvise_hugepage
+
+    def state() -> bool:
+        now = setting(False)
+        setting(now)
+        return now
+
+    seen: list[tuple[str, bool]] = []
+    for module in (io, transforms):  # the state while the folded arrays are made
+        real = module.fold_params
+        monkeypatch.setattr(module, "fold_params", lambda *a, _real=real, _m=module.__name__, **k: (
+            seen.append((_m, state())), _real(*a, **k))[1])
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    model = random_model(d_mlp=8, normalization="LN")
+    path = ca.save(model, tmp_path / "m.safetensors")
+    before = setting(True)
+    try:
+        folded = ca.load(path, fold=True)
+        ca.fold_layer_norm(model)
+        assert seen == [("circuitalg.model.io", False), ("circuitalg.model.transforms", False)]
+        assert state() is True  # restored afterwards
+        np.testing.assert_array_equal(folded.params["W_E"], ca.fold_layer_norm(model).params["W_E"])
+        setting(False)
+        with budget.without_hugepage_advice():  # nested in an already-off state: still off after
+            pass
+        assert state() is False
+        setting(True)
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's explicit choice stands
+        seen.clear()
+        ca.load(path, fold=True)
+        assert seen == [("circuitalg.model.io", True)]
+    finally:
+        setting(before)

@@ -35,6 +35,7 @@ import numpy as np
 
 from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArgumentError, LoadError, check_int
 from circuitalg.files import atomic_write
+from circuitalg.linalg.budget import without_hugepage_advice
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.gguf import read_gguf
 from circuitalg.model.hf import HF_MODEL_TYPES
@@ -59,6 +60,7 @@ _VOCAB_META = "circuitalg_vocab"
 _NPZ_META = "__circuitalg__"
 
 
+@without_hugepage_advice()  # a model's worth of new arrays, written once
 def load(
     path: str | Path,
     *,

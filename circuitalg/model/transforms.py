@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import ConfigError, InvalidArgumentError
+from circuitalg.linalg.budget import without_hugepage_advice
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
@@ -41,6 +42,7 @@ def _centre_in_place(W: np.ndarray) -> np.ndarray:
     return W
 
 
+@without_hugepage_advice()  # a model's worth of new arrays, written once
 def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any = None) -> Transformer:
     """Fold each layer norm's weight and bias into the weights that read it (model becomes
     ``LNPre``; an RMSNorm model becomes ``RMSPre``: its weights fold the same way, without a bias

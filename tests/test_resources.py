@@ -151,9 +151,10 @@ def test_seeded_functions_are_deterministic_and_seeds_matter() -> None:
 
 
 def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp_path, monkeypatch) -> None:
+    from model_helpers import random_model
+
     from circuitalg.linalg import budget
     from circuitalg.model import io, transforms
-    from model_helpers import random_model
 
     setting = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
     setting = setting._set_madvise_hugepage
@@ -187,5 +188,18 @@ def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp
         seen.clear()
         ca.load(path, fold=True)
         assert seen == [("circuitalg.model.io", True)]
+        monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+        import circuitalg.report as report
+
+        class Seen(Exception):
+            pass
+
+        def spy_analyse(*a, **k):
+            raise Seen(state())
+
+        monkeypatch.setattr(report, "analyse", spy_analyse)
+        with pytest.raises(Seen) as got:  # the report runs without the advice too
+            report.write_report(ca.zoo.load("attn1l"), tmp_path / "out")
+        assert got.value.args == (False,) and state() is True
     finally:
         setting(before)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from circuitalg.files import atomic_write
+from circuitalg.linalg.budget import without_hugepage_advice
 from circuitalg.report import figures, page
 
 __all__ = ["Analysis", "ReportOptions", "analyse", "write_report", "architecture_notes"]
@@ -299,11 +300,16 @@ def _composition_rows(a: Analysis, layers: list[int]) -> tuple[list[dict[str, An
     return rows, thresholds, n_pairs
 
 
+@without_hugepage_advice()  # many short-lived large arrays: 8% faster without it (GPT-2 small)
 def write_report(
     model: Any, out: Path, log: Callable[[str], None] | None = None, options: ReportOptions | None = None
 ) -> dict[str, Any]:
     """Analyse ``model``; write ``out/report.html`` and beside it ``heads.csv``, ``composition.csv``,
-    ``circuits.csv``, ``graph.json`` and ``summary.json``; return the JSON-ready summary."""
+    ``circuits.csv``, ``graph.json`` and ``summary.json``; return the JSON-ready summary.
+
+    Runs without NumPy's transparent-huge-page advice
+    (:func:`~circuitalg.linalg.budget.without_hugepage_advice`).
+    """
     log = log or (lambda _m: None)
     options = (options or ReportOptions()).check(model)
     stage = Stages(log, 8, bar=options.progress_bar)

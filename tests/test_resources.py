@@ -203,3 +203,37 @@ def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp
         assert got.value.args == (False,) and state() is True
     finally:
         setting(before)
+
+
+def test_hugepage_advice_is_restored_when_threads_leave_their_blocks_in_any_order(monkeypatch) -> None:
+    import threading
+
+    from circuitalg.linalg import budget
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    setting = (getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray)._set_madvise_hugepage
+    before = setting(True)
+    both_in, first_out = threading.Barrier(2), threading.Event()
+    inside = []
+
+    def run(leave_first: bool) -> None:
+        with budget.without_hugepage_advice():
+            both_in.wait()
+            if not leave_first:
+                first_out.wait()  # leave after the other thread has left
+            now = setting(False)
+            setting(now)
+            inside.append(now)
+        if leave_first:
+            first_out.set()
+
+    try:
+        threads = [threading.Thread(target=run, args=(flag,)) for flag in (True, False)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        now = setting(True)
+        assert inside == [False, False] and now is True  # off inside both, back on after the last
+    finally:
+        setting(before)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -67,12 +68,22 @@ def without_hugepage_advice() -> Iterator[None]:
     multiarray = getattr(getattr(np, "_core", None), "multiarray", None)  # NumPy 2
     if multiarray is None:  # NumPy 1.x
         multiarray = getattr(getattr(np, "core", None), "multiarray", None)
-    _set_madvise_hugepage = getattr(multiarray, "_set_madvise_hugepage", None)  # None: keep NumPy's behaviour
-    if _set_madvise_hugepage is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+    set_advice = getattr(multiarray, "_set_madvise_hugepage", None)  # None: keep NumPy's behaviour
+    if set_advice is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         yield
         return
-    previous = _set_madvise_hugepage(False)
+    with _ADVICE_LOCK:  # threads in such blocks at once: the first turns the advice off, the last restores it
+        if _ADVICE_STATE["depth"] == 0:
+            _ADVICE_STATE["previous"] = set_advice(False)
+        _ADVICE_STATE["depth"] += 1
     try:
         yield
     finally:
-        _set_madvise_hugepage(previous)
+        with _ADVICE_LOCK:
+            _ADVICE_STATE["depth"] -= 1
+            if _ADVICE_STATE["depth"] == 0:
+                set_advice(bool(_ADVICE_STATE["previous"]))
+
+
+_ADVICE_LOCK = threading.Lock()
+_ADVICE_STATE: dict[str, int | bool] = {"depth": 0, "previous": True}

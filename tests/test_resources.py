@@ -149,58 +149,71 @@ def test_seeded_functions_are_deterministic_and_seeds_matter() -> None:
     assert v.holds
 
 
+def _advice_setter():
+    """NumPy's switch for its huge-page advice (returns the previous setting)."""
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    return multiarray._set_madvise_hugepage
+
+
+def _advice_now() -> bool:
+    setting = _advice_setter()
+    now = setting(False)
+    setting(now)
+    return now
+
 
 def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp_path, monkeypatch) -> None:
     from model_helpers import random_model
 
+    import circuitalg.report as report
     from circuitalg.linalg import budget
     from circuitalg.model import io, transforms
 
-    setting = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
-    setting = setting._set_madvise_hugepage
-
-    def state() -> bool:
-        now = setting(False)
-        setting(now)
-        return now
-
     seen: list[tuple[str, bool]] = []
-    for module in (io, transforms):  # the state while the folded arrays are made
+
+    def spy(module):  # records the advice while the folded arrays are made
         real = module.fold_params
-        monkeypatch.setattr(module, "fold_params", lambda *a, _real=real, _m=module.__name__, **k: (
-            seen.append((_m, state())), _real(*a, **k))[1])
+
+        def fold_params(*args, **kwargs):
+            seen.append((module.__name__, _advice_now()))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "fold_params", fold_params)
+
+    spy(io)
+    spy(transforms)
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
     model = random_model(d_mlp=8, normalization="LN")
     path = ca.save(model, tmp_path / "m.safetensors")
+    setting = _advice_setter()
     before = setting(True)
     try:
         folded = ca.load(path, fold=True)
         ca.fold_layer_norm(model)
         assert seen == [("circuitalg.model.io", False), ("circuitalg.model.transforms", False)]
-        assert state() is True  # restored afterwards
+        assert _advice_now() is True  # restored afterwards
         np.testing.assert_array_equal(folded.params["W_E"], ca.fold_layer_norm(model).params["W_E"])
         setting(False)
-        with budget.without_hugepage_advice():  # nested in an already-off state: still off after
+        with budget.without_hugepage_advice():  # entered with the advice already off: still off after
             pass
-        assert state() is False
+        assert _advice_now() is False
         setting(True)
         monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's explicit choice stands
         seen.clear()
         ca.load(path, fold=True)
         assert seen == [("circuitalg.model.io", True)]
         monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
-        import circuitalg.report as report
 
         class Seen(Exception):
             pass
 
-        def spy_analyse(*a, **k):
-            raise Seen(state())
+        def analyse(*args, **kwargs):
+            raise Seen(_advice_now())
 
-        monkeypatch.setattr(report, "analyse", spy_analyse)
+        monkeypatch.setattr(report, "analyse", analyse)
         with pytest.raises(Seen) as got:  # the report runs without the advice too
             report.write_report(ca.zoo.load("attn1l"), tmp_path / "out")
-        assert got.value.args == (False,) and state() is True
+        assert got.value.args == (False,) and _advice_now() is True
     finally:
         setting(before)
 
@@ -211,7 +224,7 @@ def test_hugepage_advice_is_restored_when_threads_leave_their_blocks_in_any_orde
     from circuitalg.linalg import budget
 
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
-    setting = (getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray)._set_madvise_hugepage
+    setting = _advice_setter()
     before = setting(True)
     both_in, first_out = threading.Barrier(2), threading.Event()
     inside = []
@@ -221,9 +234,7 @@ def test_hugepage_advice_is_restored_when_threads_leave_their_blocks_in_any_orde
             both_in.wait()
             if not leave_first:
                 first_out.wait()  # leave after the other thread has left
-            now = setting(False)
-            setting(now)
-            inside.append(now)
+            inside.append(_advice_now())
         if leave_first:
             first_out.set()
 
@@ -233,7 +244,7 @@ def test_hugepage_advice_is_restored_when_threads_leave_their_blocks_in_any_orde
             t.start()
         for t in threads:
             t.join()
-        now = setting(True)
-        assert inside == [False, False] and now is True  # off inside both, back on after the last
+        assert inside == [False, False]  # off inside both blocks
+        assert _advice_now() is True  # back on after the last one left
     finally:
         setting(before)

@@ -3,6 +3,7 @@
 ``DEFAULT_MAX_BYTES`` (1 GiB) bounds :func:`circuitalg.linalg.to_dense` and the outputs
 of :func:`~circuitalg.linalg.svd`; ``SMALL_DENSE_BYTES`` (64 MiB) is the size below which
 a map with no structural rule is evaluated densely rather than iteratively.
+:func:`without_hugepage_advice` makes large new arrays without NumPy's huge-page advice.
 """
 
 from __future__ import annotations

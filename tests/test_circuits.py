@@ -195,6 +195,52 @@ def test_top_tokens_block_fallback_keeps_only_entries_that_can_enter() -> None:
     np.testing.assert_allclose([e.value for e in got], dense.flat[order], rtol=1e-15)
 
 
+@pytest.mark.parametrize("by", ["value", "abs"])
+def test_top_tokens_full_rank_float32_check_keeps_entries_within_its_error(by: str) -> None:
+    """Entries that pass the screen are first evaluated at full rank in float32; entries within
+    that evaluation's error of the k-th value must still reach float64. Planted entries 3 + 1e-10 x
+    (all equal in float32) sit in rows scanned after the top k is already near 3, a few rows per
+    block: dropping those whose float32 value is below the running k-th value loses most of them."""
+    rng = np.random.default_rng(7)
+    n_rows, n_cols, r = 200, 2000, 8
+    planted_rows, planted_cols = np.arange(150, 170), np.arange(1000, 1020)
+    A = np.zeros((n_rows, r))
+    B = np.zeros((r, n_cols))
+    A[:, 1:] = 0.15 * rng.standard_normal((n_rows, r - 1))  # entries of std 0.4: rows of norm ~18, above 13.4
+    B[1:] = rng.standard_normal((r - 1, n_cols))
+    A[planted_rows, 0] = B[0, planted_cols] = np.sqrt(3.0)
+    A[planted_rows, 1:] = 1e-5 * rng.standard_normal((20, r - 1))
+    B[1:, planted_cols] = 1e-5 * rng.standard_normal((r - 1, 20))
+    if by == "abs":
+        B[:, planted_cols] *= -1
+    k_space = ca.Space("k", r)
+    circuit = ca.Dense(A, k_space, ca.Space("out", n_rows)) @ ca.Dense(B, ca.Space("in", n_cols), k_space)
+    dense = ca.to_dense(circuit)
+    key = np.abs(dense) if by == "abs" else dense
+    assert np.sort(key[np.ix_(planted_rows, planted_cols)].ravel())[-1] < 3 + 1e-8  # beyond float32's resolution
+    assert key.max() == key[np.ix_(planted_rows, planted_cols)].max()
+    cols, rows = np.tile(np.arange(n_cols), n_rows), np.repeat(np.arange(n_rows), n_cols)
+    order = np.lexsort((cols, rows, -key.ravel()))[:30]
+    got = ca.top_tokens(circuit, 30, by=by, max_bytes=24_000)  # one row first, then 3-row screened blocks
+    assert [(e.row, e.col) for e in got] == [tuple(np.unravel_index(o, dense.shape)) for o in order]
+
+
+def test_float32_thresholds_of_the_screen_round_down() -> None:
+    """The screen compares float32 values with a float64 threshold: rounded to nearest it could
+    rise above the threshold and drop entries just over it; the float32 used is the largest at
+    most the threshold."""
+    from circuitalg.circuits.diagnostics import _float32_below
+
+    rng = np.random.default_rng(3)
+    xs = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-30, 30, 2000), [0.0, 3.0, -1.5]])
+    rounded_up = 0
+    for x in xs:
+        y = _float32_below(float(x))
+        assert y.dtype == np.float32 and float(y) <= x < float(np.nextafter(y, np.float32(np.inf)))
+        rounded_up += float(np.float32(x)) > x
+    assert rounded_up > 500  # rounding to nearest goes up about half the time: the case is exercised
+
+
 def _localised_svd(n: int, r: int, i0: int, j0: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``U S`` and ``Vᵀ`` of a rank-``r`` map with singular values ``0.9^k`` whose weakest singular
     vectors are ``e_i0`` and ``e_j0``: its largest entry, ``(i0, j0)``, lies wholly in the weakest

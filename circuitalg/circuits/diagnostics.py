@@ -369,8 +369,9 @@ def _axis_label(space: Any, i: int, vocab: Sequence[str] | None) -> tuple[str | 
 #: Rows of a screened block are chosen so that the block's float32 screen takes about this
 #: many bytes (it stays in cache; at most ``max_bytes``).
 SCREEN_BLOCK_BYTES = 16 << 20
-#: Cost of evaluating one screened-in entry exactly (a gathered float64 dot product), in
-#: multiply-adds of the float32 screen; chooses the prefix length of :func:`_scan_top`.
+#: Cost of evaluating one screened-in entry (a gathered full-rank float32 dot product, then
+#: float64 for the few it cannot rule out), in multiply-adds of the float32 screen; chooses the
+#: prefix length of :func:`_scan_top` (the optimum is flat: p from 31 to 39 of 64 times alike).
 SURVIVOR_COST = 2000.0
 
 
@@ -402,8 +403,11 @@ def _scan_top(
     roundoff, ``γ_n = n u / (1 - n u)``, inputs rounded to float32 and the magnitude screen's
     float32 addition of the bound included; by Cauchy-Schwarz
     ``‖L_i,head‖‖V_head,j‖ + ‖L_i,tail‖‖V_tail,j‖ <= ‖L_i‖‖V_j‖``), so every entry with screen
-    value below ``t - δ`` is provably outside the top ``k``; the others are computed in float64:
-    the result is the float64 ranking, exactly. A block where too many entries pass the screen
+    value below ``t - δ`` is provably outside the top ``k`` (``t - δ`` rounded down to float32 for
+    the comparison). The others are evaluated at full rank in float32, within
+    ``δ' = (γ_r (1 + u)² + 2.01u) max‖L_i‖ max‖V_j‖`` of the float64 value (half the bytes of a
+    float64 gather), and those at or above ``t - δ'`` in float64: the result is the float64
+    ranking, exactly. A block where too many entries pass the screen
     (ties, e.g. a zero map) is evaluated in float64 whole.
     """
     n_rows, r = L.shape
@@ -467,6 +471,12 @@ def _scan_top(
         L32, V32 = L[:, :p].astype(np.float32), V[:p].astype(np.float32)
     tail_l32, tail_v32 = tail_l.astype(np.float32), tail_v.astype(np.float32)
     Vt = np.ascontiguousarray(V.T)  # rows of V.T gathered for the float64 dot products
+    # entries that pass the screen are first evaluated at full rank in float32 (half the bytes
+    # to gather), within delta_full of the float64 value; only those that can still reach the
+    # k-th value get the float64 dot product
+    Lf32, Vt32 = L.astype(np.float32), Vt.astype(np.float32)
+    gamma_r = r * u / (1 - r * u)
+    delta_full = (gamma_r * (1 + u) ** 2 + 2.01 * u) * float(row_norm.max()) * col_max
     block = max(1, min(len(rest), min(budget, SCREEN_BLOCK_BYTES) // (4 * n_cols)))
     buf = np.empty((block, n_cols), dtype=np.float32)
     for s in range(0, len(rest), block):
@@ -479,7 +489,7 @@ def _scan_top(
             np.abs(scr, out=scr)
             if p < r:
                 scr += tail_l32[rows, None] * tail_v32[None, :]
-        cand = np.flatnonzero(scr >= kth - delta)
+        cand = np.flatnonzero(scr >= _float32_below(kth - delta))  # a float32 threshold: rounded down
         if cand.size > max(4 * k, 1 << 16):  # too many within the screen's error: this block in float64
             best = _merge_top(k, best, *exact_block(rows, kth))
             continue
@@ -489,12 +499,24 @@ def _scan_top(
             ok = allowed(ri, cj)
             ri, cj = ri[ok], cj[ok]
         if ri.size:
+            approx = np.einsum("ij,ij->i", Lf32[ri], Vt32[cj]).astype(np.float64)  # compared in float64
+            close = ~((np.abs(approx) if by_abs else approx) < kth - delta_full)  # NaN (overflow): kept
+            ri, cj = ri[close], cj[close]
+        if ri.size:
             vals = np.einsum("ij,ij->i", L[ri], Vt[cj])  # float64, the ranking's values
             vals = np.abs(vals) if by_abs else vals
             keep = vals >= kth  # the rest cannot enter (ties at the k-th are ordered by the merge)
             if keep.any():
                 best = _merge_top(k, best, vals[keep], ri[keep], cj[keep])
     return best[1], best[2]
+
+
+def _float32_below(x: float) -> np.float32:
+    """The largest float32 at most ``x`` (a float64 threshold compared with float32 values would
+    be rounded to nearest, possibly up, and drop entries just above it)."""
+    with np.errstate(over="ignore"):  # beyond float32's range: ±inf, then the largest finite below
+        y = np.float32(x)
+    return np.nextafter(y, np.float32(-np.inf)) if float(y) > x else y
 
 
 def _screen_prefix(L: np.ndarray, V: np.ndarray, sample: np.ndarray, kth: float, by_abs: bool,

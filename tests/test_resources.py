@@ -165,7 +165,7 @@ def _advice_now() -> bool:
 def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp_path, monkeypatch) -> None:
     from model_helpers import random_model
 
-    import circuitalg.report as report
+    from circuitalg import report
     from circuitalg.linalg import budget
     from circuitalg.model import io, transforms
 

@@ -151,8 +151,9 @@ def test_seeded_functions_are_deterministic_and_seeds_matter() -> None:
 
 def _advice_setter():
     """NumPy's switch for its huge-page advice (returns the previous setting)."""
-    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
-    return multiarray._set_madvise_hugepage
+    from circuitalg.linalg.budget import _hugepage_switch
+
+    return _hugepage_switch()
 
 
 def _advice_now() -> bool:

@@ -66,10 +66,7 @@ def without_hugepage_advice() -> Iterator[None]:
     setting is restored on exit; if ``NUMPY_MADVISE_HUGEPAGE`` is set in the environment
     the user's choice stands and nothing changes.
     """
-    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)  # NumPy 2
-    if multiarray is None:  # NumPy 1.x
-        multiarray = getattr(getattr(np, "core", None), "multiarray", None)
-    set_advice = getattr(multiarray, "_set_madvise_hugepage", None)  # None: keep NumPy's behaviour
+    set_advice = _hugepage_switch()
     if set_advice is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         yield
         return
@@ -84,6 +81,15 @@ def without_hugepage_advice() -> Iterator[None]:
             _ADVICE_STATE["depth"] -= 1
             if _ADVICE_STATE["depth"] == 0:
                 set_advice(bool(_ADVICE_STATE["previous"]))
+
+
+def _hugepage_switch() -> Callable[[bool], bool] | None:
+    """NumPy's setter of its huge-page advice (returns the previous setting), or None where this
+    NumPy has none (then its behaviour is kept)."""
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)  # NumPy 2
+    if multiarray is None:  # NumPy 1.x
+        multiarray = getattr(getattr(np, "core", None), "multiarray", None)
+    return getattr(multiarray, "_set_madvise_hugepage", None)
 
 
 _ADVICE_LOCK = threading.Lock()

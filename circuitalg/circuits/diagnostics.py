@@ -478,7 +478,10 @@ def _scan_top(
     gamma_r = r * u / (1 - r * u)
     delta_full = (gamma_r * (1 + u) ** 2 + 2.01 * u) * float(row_norm.max()) * col_max
     block = max(1, min(len(rest), min(budget, SCREEN_BLOCK_BYTES) // (4 * n_cols)))
+    # the block's buffers are made once: a fresh array per block costs page faults on every block
     buf = np.empty((block, n_cols), dtype=np.float32)
+    passed = np.empty((block, n_cols), dtype=bool)
+    bound = np.empty((block, n_cols), dtype=np.float32) if by_abs and p < r else None
     for s in range(0, len(rest), block):
         rows = rest[s:s + block]
         kth = float(best[0].min())
@@ -487,9 +490,11 @@ def _scan_top(
         scr = np.matmul(L32[rows], V32, out=buf[: len(rows)])
         if by_abs:
             np.abs(scr, out=scr)
-            if p < r:
-                scr += tail_l32[rows, None] * tail_v32[None, :]
-        cand = np.flatnonzero(scr >= _float32_below(kth - delta))  # a float32 threshold: rounded down
+            if bound is not None:
+                np.multiply(tail_l32[rows, None], tail_v32[None, :], out=bound[: len(rows)])
+                np.add(scr, bound[: len(rows)], out=scr)
+        # a float32 threshold, rounded down
+        cand = np.flatnonzero(np.greater_equal(scr, _float32_below(kth - delta), out=passed[: len(rows)]))
         if cand.size > max(4 * k, 1 << 16):  # too many within the screen's error: this block in float64
             best = _merge_top(k, best, *exact_block(rows, kth))
             continue

@@ -18,7 +18,9 @@ twice as long as later ones, and timing them would overstate the speedup.
 
 A last line times both spectra of every head in one pass (singular values, then eigenvalues,
 from cold caches: the eigenvalues then reuse the leaf norms that the singular values' factors
-give), against the sum of the baseline's faster times for each.
+give), against the sum of the baseline's faster times for each. The eigenvalues' arithmetic of
+both sides is printed after it (:func:`eigen_flops`): its ratio bounds the speedup at equal
+arithmetic speed.
 
 Usage: ``python benchmarks/bench_full_ov.py [--layers 12 --heads 12 --baseline-heads 12]``
 """
@@ -112,6 +114,22 @@ def baseline_transformer_lens_batched(w: dict, heads: range, what: str) -> list[
         return list((full.S if what == "svd" else full.eigenvalues).numpy())
 
 
+def eigen_flops(n_heads: int) -> dict[str, float]:
+    """Floating-point operations (a multiply-add counts 2) of the full-OV eigenvalues of every head.
+
+    circuitalg: the product ``W_E W_U`` (``2 d² V``), the two float32 Gram matrices of its precision
+    check (``d² V`` each: symmetric, half a product) and per head ``W_V (W_E W_U) W_O``. The baseline
+    (TransformerLens's batched ``FactoredMatrix``): ``W_E W_V`` and ``W_O W_U`` for every head
+    (``2 V d d_head`` each) and ``B A`` (``2 d_head² V``). The eigenproblems themselves are negligible.
+    At equal arithmetic speed, the ratio is the largest speedup any implementation of either side
+    can show."""
+    V, d, dh = D_VOCAB, D_MODEL, D_HEAD
+    product, grams = 2.0 * d * d * V, 2.0 * d * d * V
+    heads = n_heads * 2.0 * (dh * d * d + dh * dh * d)
+    baseline = n_heads * (2 * 2.0 * V * d * dh + 2.0 * dh * dh * V)
+    return {"circuitalg": product + grams + heads, "circuitalg_without_check": product + heads, "baseline": baseline}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=12)
@@ -179,6 +197,7 @@ def main() -> None:
     base_both = faster["svd"] + faster["eig"]
     report["both"] = {"circuitalg_s": round(t_both, 3), "baseline_s_all_heads": round(base_both, 2),
                       "speedup": round(base_both / t_both, 1)}
+    report["eig_flops"] = eigen_flops(n)
     report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)
     if args.json:
         print(json.dumps(report))
@@ -197,6 +216,14 @@ def main() -> None:
     print(f"  {'both spectra':26s} circuitalg {b['circuitalg_s']:7.2f} s   "
           f"baseline {b['baseline_s_all_heads']:8.1f} s (the faster form of each)   "
           f"speedup {b['speedup']:6.1f}x")
+    f = report["eig_flops"]
+    print(f"  eigenvalues' arithmetic: circuitalg {f['circuitalg'] / 1e9:.0f} GFLOP (of which the precision check's two "
+          f"Gram matrices {(f['circuitalg'] - f['circuitalg_without_check']) / 1e9:.0f}), baseline {f['baseline'] / 1e9:.0f} "
+          f"GFLOP: at equal GFLOP/s at most {f['baseline'] / f['circuitalg']:.1f}x "
+          f"({f['baseline'] / f['circuitalg_without_check']:.1f}x without the check); achieved "
+          f"{f['circuitalg'] / report['eig']['circuitalg_s'] / 1e9:.0f} GFLOP/s against the batched baseline's "
+          + (f"{f['baseline'] / report['eig']['baseline_batched_s_all_heads'] / 1e9:.0f} GFLOP/s"
+             if report["eig"]["baseline_batched_s_all_heads"] else "(no batched baseline)"))
     print(f"  peak RSS {report['peak_rss_gb']} GB (both runs' weights included)")
 
 

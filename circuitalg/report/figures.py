@@ -19,7 +19,7 @@ import numpy as np
 
 from circuitalg.errors import CircuitAlgError
 
-__all__ = ["plt", "composition_figure", "copying_figure", "positional_figure", "graph_figure", "z_scores"]
+__all__ = ["plt", "composition_figure", "copying_figure", "positional_figure", "graph_figure", "graph_layout", "edge_curvatures", "z_scores"]
 
 
 def plt() -> Any:
@@ -183,27 +183,84 @@ def positional_figure(score: np.ndarray, patterns: dict[tuple[int, int], np.ndar
     return png(fig)
 
 
+#: Curvatures tried for a graph edge (matplotlib's ``arc3`` ``rad``), in order of preference.
+EDGE_RADS = (0.15, -0.15, 0.3, -0.3, 0.5, -0.5, 0.75, -0.75)
+#: An edge whose curve stays this far (inches) from every other drawn head is not mistaken for
+#: one through that head.
+EDGE_CLEARANCE = 0.2
+
+
+def _arc_points(a: np.ndarray, b: np.ndarray, rad: float, n: int = 33) -> np.ndarray:
+    """Points of matplotlib's ``arc3`` curve from ``a`` to ``b`` (display-like coordinates): the
+    quadratic Bezier curve whose control point is ``rad`` times ``|b - a|`` off the midpoint."""
+    d = b - a
+    c = (a + b) / 2 + rad * np.array([d[1], -d[0]])
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return (1 - t) ** 2 * a + 2 * (1 - t) * t * c + t**2 * b
+
+
+def edge_curvatures(pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]], n_layers: int, n_heads: int,
+                    scale: tuple[float, float]) -> list[float]:
+    """An ``arc3`` curvature for each ``(writer, reader)`` edge of the graph figure (``(layer, head)``
+    ids; ``scale``: inches per layer and per head), so that no edge passes near a head it does not
+    join: the first of :data:`EDGE_RADS` whose curve stays inside the plot (layers ``-0.7 ..
+    n_layers - 0.3``, heads ``-0.7 .. n_heads - 0.3``) and keeps :data:`EDGE_CLEARANCE` from every
+    other head of ``pairs``, else the curve inside the plot that keeps the most. Edges between the
+    same two heads (several kinds of composition) get different curvatures."""
+    sx, sy = scale
+    pos = {n: np.array([n[0] * sx, -n[1] * sy]) for pair in pairs for n in pair}  # head 0 on top
+    lo, hi = np.array([-0.7 * sx, -(n_heads - 0.3) * sy]), np.array([(n_layers - 0.3) * sx, 0.7 * sy])
+    out: list[float] = []
+    taken: dict[tuple[tuple[int, int], tuple[int, int]], set[float]] = {}
+    for w, r in pairs:
+        others = np.array([p for n, p in pos.items() if n not in (w, r)]).reshape(-1, 2)
+        free = [rad for rad in EDGE_RADS if rad not in taken.get((w, r), set())] or list(EDGE_RADS)
+        best, best_gap = free[0], -np.inf
+        for rad in free:
+            pts = _arc_points(pos[w], pos[r], rad)
+            if np.any(pts < lo) or np.any(pts > hi):
+                continue  # the curve would leave the plot
+            gap = (float(np.sqrt(((pts[:, None, :] - others[None]) ** 2).sum(-1)).min()) if len(others) else np.inf)
+            if gap >= EDGE_CLEARANCE:
+                best = rad
+                break
+            if gap > best_gap:
+                best, best_gap = rad, gap
+        out.append(best)
+        taken.setdefault((w, r), set()).add(best)
+    return out
+
+
+def graph_layout(n_layers: int, n_heads: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The graph figure's size in inches and its scale, inches per layer and per head (the plot
+    takes about 80% of the figure)."""
+    size = (max(6.0, min(10.0, 0.45 * n_layers + 3)), max(4.0, min(8.0, 0.35 * n_heads + 2.5)))
+    return size, (0.8 * size[0] / max(n_layers, 1), 0.8 * size[1] / max(n_heads, 1))
+
+
 def graph_figure(edges: list[dict[str, Any]], n_layers: int, n_heads: int) -> str:
     """The given head-to-head edges, heads laid out by layer (x) and index (y), labelled; colour
-    by composition kind, width by z."""
+    by composition kind, width by z. Each edge is curved away from the heads it does not join
+    (:func:`edge_curvatures`)."""
     pyplot = plt()
     from matplotlib.lines import Line2D
 
-    fig, ax = pyplot.subplots(figsize=(max(6.0, min(10.0, 0.45 * n_layers + 3)), max(4.0, min(8.0, 0.35 * n_heads + 2.5))),
-                              constrained_layout=True)
+    size, scale = graph_layout(n_layers, n_heads)
+    fig, ax = pyplot.subplots(figsize=size, constrained_layout=True)
     xs, ys = np.meshgrid(np.arange(n_layers), np.arange(n_heads))
     ax.scatter(xs.ravel(), ys.ravel(), s=6, color="0.8", zorder=1)
     colors = {"q": "tab:blue", "k": "tab:red", "v": "tab:green"}
     used: set[tuple[int, int]] = set()
     zmax = max([e["z"] for e in edges], default=1.0)
-    for e in edges:
-        (l1, h1), (l2, h2) = e["writer_id"], e["reader_id"]
+    pairs = [(tuple(e["writer_id"]), tuple(e["reader_id"])) for e in edges]
+    rads = edge_curvatures(pairs, n_layers, n_heads, scale)
+    for e, ((l1, h1), (l2, h2)), rad in zip(edges, pairs, rads):
         used |= {(l1, h1), (l2, h2)}
         ax.annotate("", xy=(l2, h2), xytext=(l1, h1), zorder=2,
                     arrowprops=dict(arrowstyle="-|>", color=colors[e["kind"]], alpha=0.85,
                                     linestyle="-" if e["significant"] else (0, (4, 3)),
                                     lw=0.8 + 2.5 * max(0.0, e["z"]) / max(zmax, 1e-9),
-                                    connectionstyle="arc3,rad=0.15", shrinkA=5, shrinkB=5))
+                                    connectionstyle=f"arc3,rad={rad}", shrinkA=5, shrinkB=5))
     for l, h in used:
         ax.scatter([l], [h], s=45, color="k", zorder=3)
         ax.text(l + 0.1, h - 0.22, f"L{l}H{h}", ha="left", va="bottom", fontsize=9, zorder=4,

@@ -249,3 +249,72 @@ def test_hugepage_advice_is_restored_when_threads_leave_their_blocks_in_any_orde
         assert _advice_now() is True  # back on after the last one left
     finally:
         setting(before)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_split_small_products_matches_the_serial_loop_and_restores_blas_threads() -> None:
+    from circuitalg.linalg.common import _cores, split_small_products
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((51, 64, 64))
+    want = np.stack([a @ a for a in A])
+    out = np.empty_like(A)
+    inside: list[list[int]] = []
+    before = _blas_threads()
+
+    def square(lo: int, hi: int) -> tuple[int, int]:
+        inside.append(_blas_threads())
+        for i in range(lo, hi):
+            np.matmul(A[i], A[i], out=out[i])
+        return lo, hi
+
+    parts = split_small_products(square, len(A))
+    np.testing.assert_array_equal(out, want)  # the same 2-D products, whichever thread made them
+    assert parts[0][0] == 0 and parts[-1][1] == len(A)
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))  # contiguous chunks, in order
+    assert _blas_threads() == before
+    if _cores() >= 2 and max(before, default=1) > 1:
+        assert len(parts) == min(_cores(), len(A))
+        assert all(t == [1] * len(t) for t in inside)  # one BLAS thread per chunk while split
+
+
+def test_split_small_products_nested_or_failing_runs_stay_correct() -> None:
+    from circuitalg.linalg.common import split_small_products
+
+    inner: list[list[tuple[int, int]]] = []
+
+    def outer(lo: int, hi: int) -> int:
+        inner.append(split_small_products(lambda a, b: (a, b), 10))  # another split while one runs
+        return hi - lo
+
+    assert sum(split_small_products(outer, 8)) == 8
+    assert all(r == [(0, 10)] for r in inner)  # the nested calls ran whole, in their caller's thread
+
+    def boom(lo: int, hi: int) -> None:
+        raise ValueError(f"chunk {lo}:{hi}")
+
+    with pytest.raises(ValueError, match="chunk"):
+        split_small_products(boom, 4)
+    assert split_small_products(lambda a, b: (a, b), 4)[-1][1] == 4  # the lock was released
+
+
+def test_transition_norm_bounds_bound_the_spectral_norms() -> None:
+    """``_spectral_norm2_bound`` (the search's pruning bound) is at least ``‖M‖₂²`` and at most
+    ``64^(1/8)`` times it, zero for a zero matrix, for a stack that is not a multiple of its batch."""
+    from circuitalg.circuits.enumerate import _spectral_norm2_bound
+
+    rng = np.random.default_rng(3)
+    Ms = rng.standard_normal((70, 64, 64)) * np.logspace(-3, 3, 70)[:, None, None]
+    Ms[10] = 0.0
+    Ms[20] = np.outer(rng.standard_normal(64), rng.standard_normal(64))  # rank one: the bound is exact
+    got = _spectral_norm2_bound(Ms)
+    exact = np.linalg.norm(Ms, 2, axis=(1, 2)) ** 2
+    assert got[10] == 0.0
+    assert np.all(got >= exact * (1 - 1e-12))
+    assert np.all(got <= exact * 64 ** (1 / 8) * (1 + 1e-12))
+    assert got[20] == pytest.approx(exact[20], rel=1e-12)

@@ -41,6 +41,7 @@ from circuitalg.circuits.circuit import SINK_SIDES, UNEMBED, Circuit, Sink, coun
 from circuitalg.circuits.composition import check_model
 from circuitalg.errors import InvalidArgumentError, check_int
 from circuitalg.linalg import gram_factor
+from circuitalg.linalg.common import split_small_products
 from circuitalg.model.ids import HeadId, Source
 from circuitalg.model.weights import Transformer
 
@@ -165,15 +166,23 @@ class _Engine:
         self.M_norm2 = np.zeros((n, n))
         W_V_all = np.ascontiguousarray(np.stack(self.W_V)) if n else np.zeros((0, 0, 0))  # rows reshape as views
         dh = W_V_all.shape[1] if n else 0
+        # W_V^g2 W_O^g for writer g and every later head g2 (a suffix of the layer-ordered list):
+        # one product per writer, then their norm bounds, many small products, on all cores
+        blocks = []
         for g in range(n):
             later = np.flatnonzero(self.layer > self.layer[g])
             if later.size:
-                first = int(later[0])  # later heads are a suffix of the layer-ordered list
-                Ms = (W_V_all[first:].reshape(-1, W_V_all.shape[2]) @ self.W_O[g]).reshape(-1, dh, dh)
-                norms2 = _spectral_norm2_bound(Ms)
-                for g2, Mg, nm2 in zip(later, Ms, norms2):
-                    self.M[(g, int(g2))] = Mg
-                    self.M_norm2[g, g2] = nm2
+                first = int(later[0])
+                blocks.append((g, first, (W_V_all[first:].reshape(-1, W_V_all.shape[2]) @ self.W_O[g]).reshape(-1, dh, dh)))
+        # alternate writers between the halves split_small_products runs: both get early and late ones
+        order = list(range(0, len(blocks), 2)) + list(range(1, len(blocks), 2))
+        norms = split_small_products(lambda lo, hi: [_spectral_norm2_bound(blocks[i][2]) for i in order[lo:hi]],
+                                     len(order))
+        for i, norms2 in zip(order, (x for part in norms for x in part)):
+            g, first, Ms = blocks[i]
+            for g2, Mg, nm2 in zip(range(first, n), Ms, norms2):
+                self.M[(g, g2)] = Mg
+                self.M_norm2[g, g2] = nm2
         # readers: (sink side, sink head index or -1, bare source)
         self.readers: list[tuple[str, int, Source | None]] = []
         self.reader_layer: list[int] = []
@@ -344,14 +353,19 @@ def _spectral_norm2_bound(Ms: np.ndarray, squarings: int = 3) -> np.ndarray:
     most ``n^(1/2^s)`` (``s = 3``: 1.7x at n = 64, typically a few percent) above the true value,
     never below it, and a few batched matrix products instead of one SVD per matrix. Rounding
     is covered by the search's safety factor."""
-    A = np.matmul(Ms.swapaxes(-1, -2), Ms)
-    scale = np.sqrt((A * A).sum(axis=(-1, -2)))  # ‖A‖_F >= λmax
-    ok = scale > 0
-    A[ok] /= scale[ok, None, None]
-    for _ in range(squarings):
-        A = np.matmul(A, A)
-    root = np.sqrt((A * A).sum(axis=(-1, -2))) ** (1.0 / 2**squarings)
-    return np.where(ok, scale * np.minimum(root, 1.0), 0.0)
+    out = np.empty(len(Ms))
+    for s in range(0, len(Ms), 32):  # 32 at a time: temporaries of about 1 MB at d_head 64
+        A = np.matmul(Ms[s:s + 32].swapaxes(-1, -2), Ms[s:s + 32])
+        scale = np.sqrt(np.einsum("nij,nij->n", A, A))  # ‖A‖_F >= λmax
+        ok = scale > 0
+        A /= np.where(ok, scale, 1.0)[:, None, None]
+        B = np.empty_like(A)
+        for _ in range(squarings):
+            np.matmul(A, A, out=B)
+            A, B = B, A
+        root = np.sqrt(np.einsum("nij,nij->n", A, A)) ** (1.0 / 2**squarings)
+        out[s:s + 32] = np.where(ok, scale * np.minimum(root, 1.0), 0.0)
+    return out
 
 
 class _Search:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.maps.nodes import LinearMap
 
-__all__ = ["check_k", "require_square", "small_lapack"]
+__all__ = ["check_k", "require_square", "small_lapack", "split_small_products"]
 
 
 def check_k(m: LinearMap, k: int | None, limit: int) -> int:
@@ -62,3 +66,36 @@ def small_lapack(*shape: int) -> Iterator[None]:
         return
     with _controller().limit(limits=1, user_api="blas"):
         yield
+
+
+T = TypeVar("T")
+_SPLIT_LOCK = threading.Lock()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def split_small_products(fn: Callable[[int, int], T], n: int) -> list[T]:
+    """``[fn(lo, hi) ...]`` over contiguous chunks covering ``range(n)``, one chunk per core, each in
+    its own thread with BLAS on one thread: for loops of many small independent products (per-head
+    ``d_head``-sized matrices), which OpenBLAS's own threads slow down (a stack of 9,504 products of
+    64 x 64 matrices: 0.5 s this way, 0.8-2 s on OpenBLAS's two threads, on a 2-core machine).
+
+    ``fn`` must only write to its own chunk's outputs (numpy releases the GIL in the products).
+    One split runs at a time: a call made while another thread is in one (or with one core, or
+    ``n < 2``) runs ``fn(0, n)`` in the caller's thread, with the BLAS threads as they are.
+    """
+    workers = min(_cores(), n)
+    if workers < 2 or not _SPLIT_LOCK.acquire(blocking=False):
+        return [fn(0, n)]
+    try:
+        edges = [round(i * n / workers) for i in range(workers + 1)]
+        with _controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(fn, lo, hi) for lo, hi in itertools.pairwise(edges)]
+            return [f.result() for f in futures]
+    finally:
+        _SPLIT_LOCK.release()

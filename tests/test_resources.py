@@ -318,3 +318,23 @@ def test_transition_norm_bounds_bound_the_spectral_norms() -> None:
     assert np.all(got >= exact * (1 - 1e-12))
     assert np.all(got <= exact * 64 ** (1 / 8) * (1 + 1e-12))
     assert got[20] == pytest.approx(exact[20], rel=1e-12)
+
+
+def test_split_small_products_keeps_to_the_blas_thread_limit() -> None:
+    """With BLAS limited to one thread (as ``OPENBLAS_NUM_THREADS=1`` does), the split uses one
+    thread: the caller's."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from circuitalg.linalg.common import split_small_products
+
+    seen: set[int] = set()
+
+    def where(lo: int, hi: int) -> tuple[int, int]:
+        seen.add(threading.get_ident())
+        return lo, hi
+
+    with threadpool_limits(1, user_api="blas"):
+        assert split_small_products(where, 8) == [(0, 8)]
+    assert seen == {threading.get_ident()}

@@ -87,10 +87,13 @@ def split_small_products(fn: Callable[[int, int], T], n: int) -> list[T]:
     two threads, on a 2-core machine).
 
     ``fn`` must only write to its own chunk's outputs (numpy releases the GIL in the products).
-    One split runs at a time: a call made while another thread is in one (or with one core, or
-    ``n < 2``) runs ``fn(0, n)`` in the caller's thread, with the BLAS threads as they are.
+    It uses no more threads than BLAS may (``OPENBLAS_NUM_THREADS=1`` and the like keep it on one
+    core). One split runs at a time: a call made while another thread is in one (or with one core
+    or BLAS thread, or ``n < 2``) runs ``fn(0, n)`` in the caller's thread, with the BLAS threads
+    as they are.
     """
-    workers = min(_cores(), n)
+    blas = [p["num_threads"] for p in _controller().info() if p["user_api"] == "blas"]
+    workers = min(_cores(), max(blas, default=1), n)
     if workers < 2 or not _SPLIT_LOCK.acquire(blocking=False):
         return [fn(0, n)]
     try:

@@ -40,26 +40,40 @@ from circuitalg.testing import match_spectra
 D_VOCAB, D_MODEL, D_HEAD = 50257, 768, 64
 
 
-def make_weights(n_heads: int, seed: int = 0, dtype: str = "float32") -> dict:
+def make_weights(n_heads: int, seed: int = 0, dtype: str = "float32", embeddings: str = "untied") -> dict:
+    """Random weights at GPT-2-small shapes. ``embeddings="tied"``: ``W_U`` is GPT-2's tied
+    unembedding as a loader folds it, ``W_Eᵀ diag(g)`` with its rows centred (``g`` the final
+    LayerNorm's weight, drawn around 1), stored as its own array in ``dtype``; the other weights
+    are the same draws as untied."""
     rng = np.random.default_rng(seed)
     s = 1 / np.sqrt(D_MODEL)
 
     def draw(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * s).astype(dtype)
 
-    return {
+    w = {
         "W_E": draw(D_MODEL, D_VOCAB),
         "W_U": draw(D_VOCAB, D_MODEL),
         "W_V": [draw(D_HEAD, D_MODEL) for _ in range(n_heads)],
         "W_O": [draw(D_MODEL, D_HEAD) for _ in range(n_heads)],
+        "tied": embeddings == "tied",
     }
+    if w["tied"]:
+        g = (1 + 0.1 * rng.standard_normal(D_MODEL)).astype(dtype)
+        U = w["W_E"].T * g
+        U -= U.mean(axis=1, keepdims=True)
+        w["W_U"] = U
+    return w
 
 
 def circuitalg_maps(w: dict) -> list[ca.LinearMap]:
-    """Fresh leaves (cold caches) and every head's full OV circuit W_U W_O W_V W_E."""
+    """Fresh leaves (cold caches) and every head's full OV circuit W_U W_O W_V W_E. Tied weights
+    are declared tied (as the model loader does); circuitalg verifies the tie on first use."""
     vocab, resid = ca.Space("vocab", D_VOCAB), ca.Space("resid", D_MODEL)
     W_E = ca.Dense(w["W_E"], vocab, resid, "W_E")
     W_U = ca.Dense(w["W_U"], resid, vocab, "W_U")
+    if w["tied"]:
+        ca.declare_tied(W_U, W_E)
     out = []
     for h, (wv, wo) in enumerate(zip(w["W_V"], w["W_O"])):
         space = ca.Space(f"H{h}", D_HEAD)
@@ -113,52 +127,36 @@ def baseline_transformer_lens_batched(w: dict, heads: range, what: str) -> list[
         return list((full.S if what == "svd" else full.eigenvalues).numpy())
 
 
-def eigen_flops(n_heads: int) -> dict[str, float]:
+def eigen_flops(n_heads: int, tied: bool = False) -> dict[str, float]:
     """Floating-point operations (a multiply-add counts 2) of the full-OV eigenvalues of every head.
 
     circuitalg: the product ``W_E W_U`` (``2 d² V``), the two float32 Gram matrices of its precision
-    check (``d² V`` each: symmetric, half a product) and per head ``W_V (W_E W_U) W_O``. The baseline
+    check (``d² V`` each: symmetric, half a product) and per head ``W_V (W_E W_U) W_O``; with tied
+    embeddings only ``W_E``'s Gram matrix (``W_E W_U`` and ``W_U``'s Gram matrix follow from it in
+    ``O(d³)``; the tie's verification is ``O(V d)``). The baseline
     (TransformerLens's batched ``FactoredMatrix``): ``W_E W_V`` and ``W_O W_U`` for every head
     (``2 V d d_head`` each) and ``B A`` (``2 d_head² V``). The eigenproblems themselves are negligible.
     At equal arithmetic speed, the ratio is the largest speedup any implementation of either side
     can show."""
     V, d, dh = D_VOCAB, D_MODEL, D_HEAD
-    product, grams = 2.0 * d * d * V, 2.0 * d * d * V
+    # tied: W_E's Gram matrix is the product and the check's norms at once
+    product, grams = (1.0 * d * d * V, 0.0) if tied else (2.0 * d * d * V, 2.0 * d * d * V)
     heads = n_heads * 2.0 * (dh * d * d + dh * dh * d)
     baseline = n_heads * (2 * 2.0 * V * d * dh + 2.0 * dh * dh * V)
     return {"circuitalg": product + grams + heads, "circuitalg_without_check": product + heads, "baseline": baseline}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--heads", type=int, default=12)
-    ap.add_argument("--baseline-heads", type=int, default=12)
-    ap.add_argument("--baseline", choices=["auto", "numpy", "transformer_lens"], default="auto")
-    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                    help="dtype of the weights, on both sides (checkpoints are float32)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    n = args.layers * args.heads
-    nb = min(args.baseline_heads, n)
-    w = make_weights(n, dtype=args.dtype)
-    kind = args.baseline
-    if kind == "auto":
-        try:
-            import transformer_lens  # noqa: F401
-
-            kind = "transformer_lens"
-        except ImportError:
-            kind = "numpy"
+def run_task(w: dict, n: int, nb: int, kind: str) -> dict:
+    """Singular values, eigenvalues and both spectra of every head on the weights ``w``: circuitalg
+    against the baseline (``kind``), in one process."""
     base_fn = baseline_transformer_lens if kind == "transformer_lens" else baseline_numpy
-
-    report = {"heads": n, "baseline": kind, "baseline_heads_timed": nb, "dtype": args.dtype}
+    report: dict = {}
     for what in ("svd", "eig"):
         # Warm both sides up untimed first: the baseline's first calls in a process are about twice
         # as slow as its later ones (allocator and thread-pool start-up), which would flatter us.
         base_fn(w, range(min(2, n)), what)
         [m.singular_values() if what == "svd" else m.eigenvalues() for m in circuitalg_maps(w)[:2]]
-        maps = circuitalg_maps(w)  # fresh leaves: cold caches, so the two large decompositions are timed
+        maps = circuitalg_maps(w)  # fresh leaves: cold caches, so the large decompositions are timed
         t0 = time.perf_counter()
         ours = [m.singular_values() if what == "svd" else m.eigenvalues() for m in maps]
         t_ours = time.perf_counter() - t0
@@ -196,17 +194,17 @@ def main() -> None:
     base_both = report["svd"]["baseline_faster_s"] + report["eig"]["baseline_faster_s"]
     report["both"] = {"circuitalg_s": round(t_both, 3), "baseline_s_all_heads": round(base_both, 2),
                       "speedup": round(base_both / t_both, 1)}
-    report["eig_flops"] = eigen_flops(n)
-    report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)
-    if args.json:
-        print(json.dumps(report))
-        return
-    print(f"GPT-2-small shapes, {n} heads, {args.dtype} weights; baseline: {kind} ({nb} heads timed, scaled x{n / nb:.1f})")
-    for what, label in (("svd", "full-OV singular values"), ("eig", "full-OV eigenvalues")):
+    report["eig_flops"] = eigen_flops(n, w["tied"])
+    return report
+
+
+def print_task(label: str, report: dict) -> None:
+    print(f" {label}:")
+    for what, name in (("svd", "full-OV singular values"), ("eig", "full-OV eigenvalues")):
         r = report[what]
         batched = r["baseline_batched_s_all_heads"]
         print(
-            f"  {label:26s} circuitalg {r['circuitalg_s']:7.2f} s   baseline {r['baseline_s_all_heads']:8.1f} s"
+            f"  {name:26s} circuitalg {r['circuitalg_s']:7.2f} s   baseline {r['baseline_s_all_heads']:8.1f} s"
             + ("" if batched is None else f" (batched {batched:.1f} s)")
             + f"   speedup {r['speedup']:6.1f}x (against the faster)"
             + f"   max rel diff {r['max_rel_diff']:.1e}"
@@ -216,14 +214,51 @@ def main() -> None:
           f"baseline {b['baseline_s_all_heads']:8.1f} s (the faster form of each)   "
           f"speedup {b['speedup']:6.1f}x")
     f = report["eig_flops"]
-    print(f"  eigenvalues' arithmetic: circuitalg {f['circuitalg'] / 1e9:.0f} GFLOP (of which the precision check's two "
-          f"Gram matrices {(f['circuitalg'] - f['circuitalg_without_check']) / 1e9:.0f}), baseline {f['baseline'] / 1e9:.0f} "
-          f"GFLOP: at equal GFLOP/s at most {f['baseline'] / f['circuitalg']:.1f}x "
+    batched = report["eig"]["baseline_batched_s_all_heads"]
+    print(f"  eigenvalues' arithmetic: circuitalg {f['circuitalg'] / 1e9:.0f} GFLOP (of which the precision check's "
+          f"separate Gram matrices {(f['circuitalg'] - f['circuitalg_without_check']) / 1e9:.0f}), baseline "
+          f"{f['baseline'] / 1e9:.0f} GFLOP: at equal GFLOP/s at most {f['baseline'] / f['circuitalg']:.1f}x "
           f"({f['baseline'] / f['circuitalg_without_check']:.1f}x without the check); achieved "
           f"{f['circuitalg'] / report['eig']['circuitalg_s'] / 1e9:.0f} GFLOP/s against the batched baseline's "
-          + (f"{f['baseline'] / report['eig']['baseline_batched_s_all_heads'] / 1e9:.0f} GFLOP/s"
-             if report["eig"]["baseline_batched_s_all_heads"] else "(no batched baseline)"))
-    print(f"  peak RSS {report['peak_rss_gb']} GB (both runs' weights included)")
+          + (f"{f['baseline'] / batched / 1e9:.0f} GFLOP/s" if batched else "(no batched baseline)"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--baseline-heads", type=int, default=12)
+    ap.add_argument("--baseline", choices=["auto", "numpy", "transformer_lens"], default="auto")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="dtype of the weights, on both sides (checkpoints are float32)")
+    ap.add_argument("--embeddings", choices=["both", "tied", "untied"], default="both",
+                    help="tied: W_U is GPT-2's folded tied unembedding (GPT-2-small ties its embeddings); "
+                         "untied: an independent W_U (as Pythia's); both: one after the other")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    n = args.layers * args.heads
+    nb = min(args.baseline_heads, n)
+    kind = args.baseline
+    if kind == "auto":
+        try:
+            import transformer_lens  # noqa: F401
+
+            kind = "transformer_lens"
+        except ImportError:
+            kind = "numpy"
+    modes = ("tied", "untied") if args.embeddings == "both" else (args.embeddings,)
+    report: dict = {"heads": n, "baseline": kind, "baseline_heads_timed": nb, "dtype": args.dtype}
+    for mode in modes:
+        report[mode] = run_task(make_weights(n, dtype=args.dtype, embeddings=mode), n, nb, kind)
+    report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"GPT-2-small shapes, {n} heads, {args.dtype} weights; baseline: {kind} ({nb} heads timed, scaled x{n / nb:.1f})")
+    for mode in modes:
+        print_task({"tied": "tied embeddings (GPT-2-small's W_U: W_E^T with the final LayerNorm folded in)",
+                    "untied": "untied embeddings (an independent W_U)"}[mode], report[mode])
+    print(f"  peak RSS {report['peak_rss_gb']} GB (all runs' weights included)")
 
 
 if __name__ == "__main__":

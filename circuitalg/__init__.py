@@ -55,6 +55,7 @@ from circuitalg.linalg import (
     Plan,
     accuracy,
     as_operator,
+    declare_tied,
     eigenvalues,
     matvec,
     norm,
@@ -182,6 +183,7 @@ __all__ = [
     "plan",
     "Plan",
     "accuracy",
+    "declare_tied",
     # models
     "TransformerConfig",
     "Transformer",

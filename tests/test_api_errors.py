@@ -24,6 +24,13 @@ m = MODEL
 # (public name, bad call, exception class, the exact message)
 CASES = [
     (
+        "declare_tied",
+        lambda: ca.declare_tied(A, A),
+        ca.InvalidArgumentError,
+        "declare_tied: A (3, 2) cannot be the transpose of A (3, 2) times a d x d map; pass the "
+        "unembedding (vocab x d_model) first and the embedding (d_model x vocab) second.",
+    ),
+    (
         "plan_full_ov",
         lambda: ca.plan_full_ov("/nonexistent/dir"),
         ca.LoadError,

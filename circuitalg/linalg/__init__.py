@@ -3,7 +3,8 @@
 - :mod:`~circuitalg.linalg.apply`: ``matmat``/``rmatmat`` per node, ``matvec``,
   ``to_dense`` (size-checked), ``as_operator`` (scipy ``LinearOperator``);
 - :mod:`~circuitalg.linalg.plan`: the one place a routine picks its method;
-- :mod:`~circuitalg.linalg.factors`: chains, cached leaf factors, small-core sweeps;
+- :mod:`~circuitalg.linalg.factors`: chains, cached leaf factors, small-core sweeps, tied leaves
+  (:mod:`~circuitalg.linalg.ties`);
 - :mod:`~circuitalg.linalg.svd`, :mod:`~circuitalg.linalg.eig`,
   :mod:`~circuitalg.linalg.norm`: the spectral routines.
 """
@@ -12,7 +13,7 @@ from circuitalg.linalg.accuracy import accuracy, magnitude
 from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
 from circuitalg.linalg.eig import eigenvalues
-from circuitalg.linalg.factors import GRAM_COND_LIMIT, gram_factor, leaf_factor_method
+from circuitalg.linalg.factors import GRAM_COND_LIMIT, declare_tied, gram_factor, leaf_factor_method, tied_form
 from circuitalg.linalg.norm import norm, trace
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.linalg.svd import singular_values, svd
@@ -43,6 +44,8 @@ __all__ = [
     "as_chain",
     "leaf_factor_method",
     "gram_factor",
+    "declare_tied",
+    "tied_form",
     "DEFAULT_MAX_BYTES",
     "SMALL_DENSE_BYTES",
     "GRAM_COND_LIMIT",

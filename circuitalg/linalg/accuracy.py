@@ -47,7 +47,7 @@ import scipy.linalg as sla
 
 from circuitalg.errors import InvalidArgumentError, PrecisionWarning
 from circuitalg.linalg.common import small_lapack
-from circuitalg.linalg.factors import gram_factor, leaf_factor_method, leaf_factors
+from circuitalg.linalg.factors import Gram, gram_blocks, gram_factor, leaf_factor_method, leaf_factors, leaf_gram
 from circuitalg.maps.nodes import (
     Dense,
     Diagonal,
@@ -58,6 +58,7 @@ from circuitalg.maps.nodes import (
     Scaled,
     Sum,
     Transpose,
+    label,
     require_map,
 )
 
@@ -117,7 +118,7 @@ def _leaf_norm2(m: Dense) -> float:
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
         if a.dtype == np.float32 and leaf_factor_method(m, side) is None:
-            bound = gram_norm2_bound(a if side == "cols" else a.T)
+            bound = _norm2_from_gram(leaf_gram(m, side))
             if math.isfinite(bound):  # else the float32 Gram matrix overflowed (entries above ~1e19)
                 return bound
         return _record_factor(m, side)
@@ -159,7 +160,8 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
     """An upper bound on ``‖M‖₂`` for a tall ``M`` (``n x d``), from its Gram matrix.
 
     The Gram matrix is formed in ``M``'s dtype a block of ``b = rows`` rows at a time (one
-    BLAS-3 pass, no float64 copy of ``M``) and the blocks are summed in float64. Each block is
+    BLAS-3 pass, no float64 copy of ``M``) and the blocks are summed in float64
+    (:func:`~circuitalg.linalg.factors.gram_blocks`). Each block is
     exact to ``γ_b |M_b|ᵀ|M_b|`` entrywise (``γ_b = b u / (1 - b u)``, ``u`` the unit roundoff of
     the dtype, any summation order), so the computed ``Ĝ`` satisfies
     ``‖Ĝ - MᵀM‖₂ <= (γ_b + γ'_B) ‖M‖_F²`` (``γ'_B`` float64's, over the ``B`` blocks), and
@@ -167,24 +169,18 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
     a few percent above ``‖M‖₂`` for float32 weights at vocabulary size (a Gaussian
     ``50257 x 768``: 7%), never below it; ``inf`` if the Gram matrix overflows the dtype.
     """
-    n, d = M.shape
-    u = unit_roundoff(M.dtype) / 2
+    return _norm2_from_gram(gram_blocks(M, rows))
+
+
+def _norm2_from_gram(g: Gram) -> float:
+    """The bound of :func:`gram_norm2_bound` from a computed Gram matrix and its rounding."""
+    d = g.G.shape[0]
     u64 = unit_roundoff(np.float64) / 2
-    G = np.zeros((d, d))
-    blocks = 0
-    with small_lapack(n, d), np.errstate(over="ignore", invalid="ignore"):  # overflow: an infinite bound
-        for s in range(0, n, rows):
-            B = M[s:s + rows]
-            G += B.T @ B
-            blocks += 1
-    b = min(rows, n)
-    gamma = b * u / (1 - b * u) + (blocks + 1) * u64 / (1 - (blocks + 1) * u64)
-    fro2 = max(float(np.trace(G)), 0.0) / (1 - gamma)
-    if not math.isfinite(fro2):
+    if not math.isfinite(g.err2):
         return math.inf
     with small_lapack(d, d):
-        lam = float(np.linalg.eigvalsh(G)[-1]) if d else 0.0
-    return math.sqrt(max(lam, 0.0) * (1 + 8 * d * u64) + gamma * fro2)
+        lam = float(np.linalg.eigvalsh(g.G)[-1]) if d else 0.0
+    return math.sqrt(max(lam, 0.0) * (1 + 8 * d * u64) + g.err2)
 
 
 def _gram_penalty(m: LinearMap) -> float:
@@ -269,7 +265,7 @@ def warn_if_imprecise(
     rel = bound / abs(scale) if scale else math.inf
     warnings.warn(
         PrecisionWarning(
-            f"{what} of {m.symbol} {m.shape} may be inaccurate: the error bound {bound:.3g} is "
+            f"{what} of {label(m)} {m.shape} may be inaccurate: the error bound {bound:.3g} is "
             f"{'larger than' if rel >= 1 else f'{rel:.2g} of'} the result's scale {abs(scale):.3g} "
             f"({np.dtype(m.dtype).name}, epsilon {u:.2g}). The factors cancel or the eigenvectors "
             "are nearly parallel; evaluate in float64, rescale the factors, or treat values below "

@@ -11,8 +11,10 @@ is where ``dj`` is smallest. Everything numeric then happens on small matrices:
   other end, and ``P = L R`` has the singular values and Frobenius norm of the small
   core ``S_L S_Rᵀ``: cost O((n + m) r^2) once per outer leaf, then O(d r^2) per chain.
 - Outer leaves (``W_E``, ``W_U``, ``W_pos``) are decomposed once per leaf object and the
-  results cached per leaf (:func:`gram_factor`, :func:`pair_product`, held in one
-  ``WeakKeyDictionary`` owned by this module, so leaves stay immutable), so all heads reuse them.
+  results cached per leaf (:func:`gram_factor`, :func:`pair_product`, :func:`leaf_gram`, held in
+  one ``WeakKeyDictionary`` owned by this module, so leaves stay immutable), so all heads reuse them.
+- A leaf met by its own transpose (tied embeddings, ``W_U = W_Eᵀ``) has one Gram matrix: the
+  pair product ``W_E W_Eᵀ``, the norm bound and the triangular factor all come from it.
 
 The triangular factor of a tall leaf ``A`` comes from the Cholesky factor of its Gram
 matrix ``AᵀA``, accumulated in float64 also for float32 leaves (one BLAS-3 pass, ~8x faster
@@ -34,6 +36,7 @@ from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.linalg.common import small_lapack
+from circuitalg.linalg.ties import TiedForm, fit_tied_form, screen_tied_form
 from circuitalg.maps.chain import Chain
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, Transpose
 
@@ -48,11 +51,22 @@ __all__ = [
     "evaluate_chain",
     "cyclic_core",
     "GRAM_COND_LIMIT",
+    "KEEP_GRAM_ROWS",
+    "leaf_gram",
+    "Gram",
+    "gram_blocks",
+    "declare_tied",
+    "tied_form",
 ]
 
 #: Leaves whose estimated 2-norm condition number is above this use Householder QR;
 #: below it the Gram-Cholesky factor loses at most ~eps * GRAM_COND_LIMIT**2 relative.
 GRAM_COND_LIMIT: float = 1e3
+
+#: A leaf's Gram matrix (float64, ``d x d``) is kept in its cache when the contracted side has at
+#: least this many rows (vocabulary-sized leaves, whose Gram matrix costs a pass over the whole
+#: leaf); smaller leaves' Gram matrices are cheap to recompute and would add up over many heads.
+KEEP_GRAM_ROWS: int = 8192
 
 
 # --- leaf caches ------------------------------------------------------------------------------
@@ -69,6 +83,17 @@ def _oriented(leaf: Dense, side: str) -> np.ndarray:
     return leaf.array if side == "cols" else leaf.array.T
 
 
+@dataclass(frozen=True, eq=False)
+class Gram:
+    """A computed Gram matrix ``G ≈ MᵀM`` (float64) of a tall ``M`` (``n x d``) with
+    ``‖G - MᵀM‖₂ <= err2``; ``accurate`` when that error is float64 rounding of ``M``'s entries
+    (blocks converted to float64, or derived from such a Gram matrix through a tie)."""
+
+    G: np.ndarray
+    err2: float
+    accurate: bool
+
+
 @dataclass(eq=False)
 class LeafFactors:
     """What circuitalg has computed about one Dense leaf, kept while the leaf lives.
@@ -83,6 +108,10 @@ class LeafFactors:
     pairs: dict[tuple[str, int, str], tuple[Any, np.ndarray]] = field(default_factory=dict)
     norm2_bound: float | None = None  # a bound on the spectral norm
     gram_cond: float | None = None  # condition number of a Gram-Cholesky factor
+    grams: dict[str, Gram] = field(default_factory=dict)  # side -> kept Gram matrix (KEEP_GRAM_ROWS)
+    tie_source: Any = None  # weakref to the Dense leaf this one may be tied to (declare_tied)
+    tie: TiedForm | None = None  # the verified tied form (columns side), once resolved
+    tie_resolved: bool = False
 
 
 _LEAF_FACTORS: weakref.WeakKeyDictionary[Dense, LeafFactors] = weakref.WeakKeyDictionary()
@@ -115,7 +144,7 @@ def gram_factor(leaf: Dense, side: str) -> np.ndarray:
         return hit
     M = _oriented(leaf, side)
     R, method = None, "qr"
-    G = _gram64(M)
+    G = leaf_gram(leaf, side, accurate=True).G
     R = _well_conditioned_cholesky(G)
     if R is not None:
         method = "gram-cholesky"
@@ -175,19 +204,116 @@ def _centred_cholesky(G: np.ndarray, M: np.ndarray) -> np.ndarray | None:
     return R - (2.0 / vv) * np.outer(R @ v, v)  # R H
 
 
-def _gram64(M: np.ndarray, rows: int = 8192) -> np.ndarray:
-    """``MᵀM`` accumulated in float64 (float32 leaves converted a block of rows at a time, so no
-    float64 copy of ``M`` is made): its rounding error, ``eps64 ‖M‖²``, is far below float32
-    data's own resolution, so the Cholesky factor of a well-conditioned float32 leaf is as
-    exact as Householder QR in float64 and several times faster."""
+def _gamma(n: int, u: float) -> float:
+    """``γ_n = n u / (1 - n u)``: the relative error bound of a sum of ``n`` terms (Higham)."""
+    return n * u / (1 - n * u) if n * u < 1 else math.inf
+
+
+def gram_blocks(M: np.ndarray, rows: int = 4096, *, accurate: bool = False) -> Gram:
+    """``MᵀM`` for a tall ``M``, a block of ``rows`` rows at a time, the blocks summed in float64.
+
+    ``accurate=False``: each block is formed in ``M``'s dtype (one BLAS-3 pass, no float64 copy of
+    ``M``): entrywise within ``γ |M|ᵀ|M|``, ``γ = γ_b(u) + γ_{B+1}(u₆₄)`` for blocks of ``b`` rows,
+    ``B`` blocks, ``u`` the unit roundoff of the dtype, so ``err2 = γ ‖M‖_F²`` with
+    ``‖M‖_F² <= tr(G) / (1 - γ)``. ``accurate=True``: float32 blocks are converted to float64 first,
+    so ``γ = γ_n(u₆₄)``, far below float32 data's own resolution (the Cholesky factor of a
+    well-conditioned float32 leaf is then as exact as Householder QR in float64); twice the
+    arithmetic cost. A float64 ``M`` is the same either way. Overflow of the dtype gives
+    infinite entries and ``err2`` (no warning)."""
+    n, d = M.shape
+    u64 = float(np.finfo(np.float64).eps) / 2
     if M.dtype == np.float64:
-        return M.T @ M
-    n = M.shape[1]
-    G = np.zeros((n, n))
-    for s in range(0, M.shape[0], rows):
-        B = np.asarray(M[s:s + rows], dtype=np.float64)
-        G += B.T @ B
-    return G
+        G, gamma = M.T @ M, _gamma(n, u64)
+    else:
+        G = np.zeros((d, d))
+        blocks = 0
+        with small_lapack(n, d), np.errstate(over="ignore", invalid="ignore"):
+            for s in range(0, n, rows):
+                B = np.asarray(M[s:s + rows], dtype=np.float64) if accurate else M[s:s + rows]
+                G += B.T @ B  # one operand transposed: numpy calls syrk (half a product)
+                blocks += 1
+        u = float(np.finfo(M.dtype).eps) / 2 if M.dtype.kind == "f" else u64
+        gamma = _gamma(n, u64) if accurate else _gamma(min(rows, n), u) + _gamma(blocks + 1, u64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        fro2 = max(float(np.trace(G)), 0.0) / (1 - gamma) if gamma < 1 else math.inf
+    return Gram(G, gamma * fro2 if math.isfinite(fro2) else math.inf, accurate or M.dtype == np.float64)
+
+
+def leaf_gram(leaf: Dense, side: str, *, accurate: bool = False) -> Gram:
+    """The Gram matrix of ``M = leaf`` (``side="cols"``) or ``M = leafᵀ`` (``"rows"``): ``MᵀM``
+    (:func:`gram_blocks`), or for a tied leaf's columns ``Mᵀ G_E M`` from its source's
+    (:func:`declare_tied`). Kept in the leaf's cache when ``M`` has at least
+    :data:`KEEP_GRAM_ROWS` rows; a kept accurate one also serves ``accurate=False`` requests."""
+    cache = leaf_factors(leaf)
+    hit = cache.grams.get(side)
+    if hit is not None and (hit.accurate or not accurate):
+        return hit
+    M = _oriented(leaf, side)
+    tied = tied_form(leaf) if side == "cols" else None
+    if tied is not None:
+        out = _tied_gram(tied[0], tied[1], accurate)
+    else:
+        out = gram_blocks(M, 8192 if accurate else 4096, accurate=accurate)
+    if M.shape[0] >= KEEP_GRAM_ROWS:
+        out.G.flags.writeable = False
+        cache.grams[side] = out
+    return out
+
+
+# --- tied leaves ----------------------------------------------------------------------------------
+def declare_tied(leaf: Dense, source: Dense) -> None:
+    """Declare that ``leaf`` (``n x d``, e.g. ``W_U``) may be ``sourceᵀ diag(g) P`` for the leaf
+    ``source`` (``d x n``, e.g. ``W_E``): a tied unembedding with a folded final norm
+    (:mod:`circuitalg.linalg.ties`). Nothing is trusted: on first use the form is fitted and its
+    deviation measured over every entry; if it does not hold, the leaf is used as it is. When it
+    holds, ``W_E W_U``, ``W_Uᵀ W_U`` and ``W_U``'s norm and triangular factor come from
+    ``W_E``'s Gram matrix (error bounds include the deviation)."""
+    if not isinstance(leaf, Dense) or not isinstance(source, Dense):
+        raise InvalidArgumentError(
+            f"declare_tied: expected two Dense leaves, got {type(leaf).__name__} and {type(source).__name__}."
+        )
+    if leaf.shape != source.shape[::-1]:
+        raise InvalidArgumentError(
+            f"declare_tied: {leaf.symbol} {leaf.shape} cannot be the transpose of {source.symbol} {source.shape} "
+            "times a d x d map; pass the unembedding (vocab x d_model) first and the embedding (d_model x vocab) second."
+        )
+    cache = leaf_factors(leaf)
+    cache.tie_source, cache.tie, cache.tie_resolved = weakref.ref(source), None, False
+
+
+def tied_form(leaf: Dense) -> tuple[Dense, TiedForm, np.ndarray] | None:
+    """``(source, form, Gram of the source's rows side)`` when ``leaf`` was declared tied
+    (:func:`declare_tied`) and the form holds; None otherwise. Resolved once per leaf: a
+    sample screen, then one pass over both leaves (and the source's Gram matrix, which the
+    derived quantities need anyway)."""
+    cache = _LEAF_FACTORS.get(leaf)
+    if cache is None or cache.tie_source is None:
+        return None
+    source = cache.tie_source()
+    if source is None:
+        return None
+    if not cache.tie_resolved:
+        cache.tie_resolved = True
+        start = screen_tied_form(leaf.array, source.array)
+        if start is not None:
+            g = leaf_gram(source, "rows")
+            cache.tie = fit_tied_form(leaf.array, source.array, g.G, g.err2, start)
+    return None if cache.tie is None else (source, cache.tie, leaf_gram(source, "rows").G)
+
+
+def _tied_gram(source: Dense, form: TiedForm, accurate: bool) -> Gram:
+    """``Mᵀ G_E M`` for ``U = Eᵀ M + Δ`` (``‖Δ‖_F <= δ``): ``‖Mᵀ Ĝ_E M - UᵀU‖₂ <=
+    ‖M‖₂² err_E + (2 ‖U‖_F + δ) δ`` plus the float64 rounding of the two ``d x d`` products."""
+    g = leaf_gram(source, "rows", accurate=accurate)
+    M = form.right()
+    G = M.T @ g.G @ M
+    G = (G + G.T) / 2
+    m2 = float(np.max(np.abs(form.gains))) ** 2  # ‖diag(g) P‖₂² <= max g² (P a projection)
+    d = G.shape[0]
+    u64 = float(np.finfo(np.float64).eps) / 2
+    dev = form.deviation
+    err2 = m2 * g.err2 + (2 * form.norm_fro + dev) * dev + 4 * d * u64 * m2 * float(np.trace(g.G))
+    return Gram(G, err2, g.accurate)
 
 
 def leaf_factor_method(leaf: Dense, side: str = "cols") -> str | None:
@@ -199,7 +325,12 @@ def leaf_factor_method(leaf: Dense, side: str = "cols") -> str | None:
 
 def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
     """``a @ b`` as a dense array, cached with ``a``, when both are (transposed) Dense leaves
-    and the contracted dimension is larger than both outer dimensions; else None."""
+    and the contracted dimension is larger than both outer dimensions; else None.
+
+    A leaf times its own transpose (tied embeddings: ``W_E W_Eᵀ``) is its Gram matrix
+    (:func:`leaf_gram`, shared with the leaf's norm bound and triangular factor), formed once
+    with float64 block sums: half a product's arithmetic, and more accurate. A declared and
+    verified tie ``W_U = W_Eᵀ M`` (:func:`declare_tied`) gives ``W_E W_U = G_E M`` the same way."""
     la, lb = _leaf_and_side(a), _leaf_and_side(b)
     if la is None or lb is None:
         return None
@@ -212,9 +343,19 @@ def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
     hit = pairs.get(key)
     if hit is not None and hit[0]() is leaf_b:
         return hit[1]
-    A = leaf_a.array if side_a == "cols" else leaf_a.array.T
-    B = leaf_b.array if side_b == "cols" else leaf_b.array.T
-    out = A @ B
+    dtype = np.result_type(leaf_a.array.dtype, leaf_b.array.dtype)
+    tie_b = tied_form(leaf_b) if side_b == "cols" and side_a == "cols" else None
+    tie_a = tied_form(leaf_a) if side_a == "rows" and side_b == "rows" else None
+    if leaf_a is leaf_b and side_a != side_b:  # M^T M with M = b's orientation of the leaf
+        out = np.array(leaf_gram(leaf_b, side_b).G, dtype=dtype)
+    elif tie_b is not None and tie_b[0] is leaf_a:  # W_E W_U = G_E M
+        out = np.array(tie_b[2] @ tie_b[1].right(), dtype=dtype)
+    elif tie_a is not None and tie_a[0] is leaf_b:  # W_Uᵀ W_Eᵀ = Mᵀ G_E
+        out = np.array(tie_a[1].right().T @ tie_a[2], dtype=dtype)
+    else:
+        A = leaf_a.array if side_a == "cols" else leaf_a.array.T
+        B = leaf_b.array if side_b == "cols" else leaf_b.array.T
+        out = A @ B
     out.flags.writeable = False
     pairs[key] = (weakref.ref(leaf_b), out)
     return out

@@ -439,6 +439,21 @@ def _short(m: LinearMap) -> str:
         return type(m).__name__
 
 
+def label(m: LinearMap) -> str:
+    """The map as text, as ``str(m.symbol)`` prints it, without building the sympy twin for the
+    common shapes (leaves, their transposes and products of those): messages about per-head
+    results name thousands of maps."""
+    def leaf(f: LinearMap) -> str | None:
+        if isinstance(f, (Dense, Diagonal)):
+            return f.name
+        if isinstance(f, Transpose) and isinstance(f.inner, (Dense, Diagonal)):
+            return f.inner.name + ".T"
+        return None
+
+    names = [leaf(f) for f in m.factors] if isinstance(m, Product) else [leaf(m)]
+    return str(m.symbol) if None in names else "*".join(names)  # type: ignore[arg-type]
+
+
 def check_composable(left: LinearMap, right: LinearMap) -> None:
     """Raise :class:`SpaceMismatchError` unless ``left.domain == right.codomain``."""
     if left.domain != right.codomain:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
+from circuitalg.linalg.factors import declare_tied
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.maps.rules import identity
 from circuitalg.model.config import TransformerConfig
@@ -301,6 +302,8 @@ class Transformer:
         )
         self.vocab_out_space = self.vocab_space if c.d_vocab_out is None else Space("vocab_out", c.vocab_out)
         self.W_U = Dense(p["W_U"], self.resid_space, self.vocab_out_space, "W_U")
+        if self.vocab_out_space == self.vocab_space:  # tied embeddings (verified on first use)
+            declare_tied(self.W_U, self.W_E)
         self.b_U = p["b_U"]
         ln = c.normalization is not None
 

@@ -1,0 +1,184 @@
+"""Tied unembeddings: recognising ``W_U = W_Eᵀ · diag(g) · P`` in the stored arrays.
+
+Most small language models tie their embeddings (GPT-2, SmolLM2, Gemma): the checkpoint's
+unembedding is the embedding's transpose. Folding the final norm into it scales its
+``d_model`` columns by the norm's weight ``g`` and, for LayerNorm, centres its rows
+(``P = I - 11ᵀ/d``). The stored ``W_U`` (``n x d``) is then, up to rounding, ``Eᵀ M`` with
+``E = W_E`` (``d x n``) and ``M = diag(g) P`` (or ``diag(g)``): so ``W_E W_U = G M`` and
+``W_Uᵀ W_U = Mᵀ G M`` follow from ``W_E``'s Gram matrix ``G = E Eᵀ`` in ``O(d³)``, instead of
+two more passes over the vocabulary (:mod:`circuitalg.linalg.factors` uses them).
+
+:func:`screen_tied_form` fits ``g`` on a sample of rows and rejects untied weights there, at
+negligible cost. :func:`fit_tied_form` then takes one exact least-squares step from it with ``G``
+and one pass over the arrays, which also bounds the *deviation* ``‖W_U - Eᵀ M‖_F`` over every
+entry in float64. The form is accepted only when the deviation is at most
+:data:`TIE_RTOL` ``· u · ‖W_U‖_F`` (``u`` the unit roundoff of ``W_U``'s dtype): folding in that
+dtype leaves about ``0.5 u ‖W_U‖_F``. Results derived through the form carry the deviation in
+their error bounds (:class:`~circuitalg.linalg.factors.Gram`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TIE_RTOL", "TiedForm", "fit_tied_form", "screen_tied_form"]
+
+#: Largest accepted deviation ``‖W_U - Eᵀ M‖_F``, in units of ``u · ‖W_U‖_F``.
+TIE_RTOL: float = 16.0
+
+_SAMPLE_ROWS = 256
+_BLOCK_ROWS = 256
+
+
+@dataclass(frozen=True, eq=False)
+class TiedForm:
+    """``U ≈ Eᵀ diag(gains) P`` (``P = I - 11ᵀ/d`` when ``centred``, else ``I``), to within
+    ``deviation`` in the Frobenius norm (an upper bound, measured over every entry);
+    ``norm_fro`` is ``‖U‖_F`` (an upper bound, within rounding of its sums)."""
+
+    gains: np.ndarray  # (d,) float64
+    centred: bool
+    deviation: float = 0.0
+    norm_fro: float = 0.0
+
+    def right(self) -> np.ndarray:
+        """``M = diag(gains) P`` as a dense ``d x d`` float64 array."""
+        M = np.diag(self.gains)
+        if self.centred:
+            M -= self.gains[:, None] / len(self.gains)
+        return M
+
+    def apply(self, Et: np.ndarray) -> np.ndarray:
+        """``Eᵀ M`` for a block of rows ``Et`` of ``Eᵀ`` (a new float64 array)."""
+        X = np.asarray(Et, dtype=np.float64) * self.gains
+        if self.centred:
+            X -= X.mean(axis=1, keepdims=True)
+        return X
+
+
+def _adjoint(R: np.ndarray, Et: np.ndarray, centred: bool) -> np.ndarray:
+    """``f*(R)`` for ``f(g) = Eᵀ diag(g) P``: ``⟨E_j, (R P)_j⟩`` for each column ``j`` (a block)."""
+    if centred:
+        R = R - R.mean(axis=1, keepdims=True)
+    return np.einsum("vj,vj->j", R, Et)
+
+
+def _normal_matrix(G: np.ndarray, centred: bool) -> np.ndarray:
+    """``f*f`` as a ``d x d`` matrix: ``diag(G) - G/d`` (centred) or ``diag(G)``."""
+    J = np.diag(np.diag(G).copy())
+    return J - G / G.shape[0] if centred else J
+
+
+def _solve(J: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
+    try:
+        x = np.linalg.solve(J, rhs)
+    except np.linalg.LinAlgError:
+        return None
+    return x if np.all(np.isfinite(x)) else None
+
+
+def _unit_roundoff(a: np.ndarray) -> float:
+    return float(np.finfo(a.dtype).eps) / 2
+
+
+def screen_tied_form(U: np.ndarray, E: np.ndarray) -> TiedForm | None:
+    """A candidate tied form of ``U`` (``n x d``) on ``E`` (``d x n``) fitted on a sample of rows,
+    or None when the sample rules a tie out (a deviation above ``sqrt(u)``): a cheap screen;
+    :func:`fit_tied_form` decides on every entry."""
+    n, d = U.shape
+    if E.shape != (d, n) or d < 2 or U.dtype.kind != "f" or E.dtype.kind != "f":
+        return None
+    rows = np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_ROWS)).astype(int))
+    Us, Es = np.asarray(U[rows], dtype=np.float64), np.asarray(E.T[rows], dtype=np.float64)
+    u = _unit_roundoff(U)
+    centred = bool(np.all(np.abs(Us.sum(axis=1)) <= 4 * d * u * np.abs(Us).sum(axis=1)))
+    g = _solve(_normal_matrix(Es.T @ Es, centred), _adjoint(Us, Es, centred))
+    if g is None:
+        return None
+    form = TiedForm(g, centred)
+    D = form.apply(Es) - Us
+    return form if float(np.einsum("ij,ij->", D, D)) <= u * float(np.einsum("ij,ij->", Us, Us)) else None
+
+
+def _low_precision_deviation(U: np.ndarray, Et: np.ndarray, start: TiedForm, x_fro: float) -> tuple[float, float, float]:
+    """``(bound on ‖U - f(g)‖_F, lower and upper bounds on ‖U‖_F)`` for a ``U`` stored below
+    float64, in one pass in its
+    own dtype (half the memory traffic of float64). Each entry of the computed residual
+    ``R̂ = U - fl(fl(Eᵀ diag(g)) - m̂)`` (row means ``m̂`` in float64) is off by at most
+    ``u (2|X| + mean|X| + |X - m| + |R̂|)`` with ``X = Eᵀ diag(g)``: so
+    ``‖R - R̂‖_F <= u (5 ‖X‖_F + ‖R̂‖_F)`` to first order (``‖X‖_F`` from ``G``). The sums of
+    squares are formed in ``U``'s dtype per block of ``b d`` entries and bounded with
+    ``γ = b d u`` (``‖R̂‖²`` divided by ``1 - γ``, ``‖U‖²`` multiplied by it)."""
+    n, d = U.shape
+    g = start.gains.astype(U.dtype)
+    buf = np.empty((_BLOCK_ROWS, d), dtype=U.dtype)
+    r2 = norm2 = 0.0
+    for s in range(0, n, _BLOCK_ROWS):
+        B = U[s:s + _BLOCK_ROWS]
+        X = buf[:len(B)]
+        np.multiply(Et[s:s + _BLOCK_ROWS], g, out=X, casting="same_kind")
+        if start.centred:
+            np.subtract(X, X.mean(axis=1, dtype=np.float64)[:, None], out=X, casting="unsafe")
+        np.subtract(B, X, out=X)
+        r2 += float(np.dot(X.ravel(), X.ravel()))  # sums of squares in U's dtype (BLAS): see gamma
+        norm2 += float(np.dot(B.ravel(), B.ravel())) if B.flags.c_contiguous else float(np.einsum("ij,ij->", B, B))
+    u = _unit_roundoff(U)
+    gamma = _BLOCK_ROWS * d * u  # worst-case relative rounding of one block's sum of squares
+    if not gamma < 0.5:  # pragma: no cover - blocks are far smaller than 1/u entries
+        return math.inf, 0.0
+    r = math.sqrt(r2 / (1 - gamma))
+    return r * (1 + u) + 5.05 * u * x_fro, math.sqrt(norm2 * (1 - gamma)), math.sqrt(norm2 / (1 - gamma))
+
+
+def fit_tied_form(U: np.ndarray, E: np.ndarray, G: np.ndarray, G_err2: float, start: TiedForm) -> TiedForm | None:
+    """The tied form of ``U`` (``n x d``) on ``E`` (``d x n``), or None when its deviation exceeds
+    :data:`TIE_RTOL` ``· u · ‖U‖_F``; ``G`` approximates ``E Eᵀ`` to ``‖G - E Eᵀ‖₂ <= G_err2``,
+    ``start`` is :func:`screen_tied_form`'s candidate.
+
+    ``U`` below float64 (float32 checkpoints): the sample's gains are already far more accurate
+    than ``U`` (they average its rounding over the sample), so one pass in ``U``'s dtype bounds the
+    deviation of ``start`` itself (:func:`_low_precision_deviation`). Float64 ``U``: the gains are
+    linear least squares, so one Newton step from ``start`` reaches them: ``g = g₀ + J⁻¹ f*(R)``
+    with the residual ``R = U - f(g₀)``, ``f(g) = Eᵀ diag(g) P`` and ``J = f*f`` (``diag(G) - G/d``,
+    or ``diag(G)``). One pass over the arrays (float64, in cache-sized blocks) gives ``f*(R)`` and
+    ``‖R‖_F²``; the deviation of the refined gains is then ``‖R - f(δ)‖_F² = ‖R‖_F² - 2 δ·f*(R) +
+    δᵀ f*f δ`` (exact in exact arithmetic), bounded above by adding ``G``'s error times ``‖δ‖²``
+    and the worst-case rounding of the ``n d``-term sums."""
+    n, d = U.shape
+    Et = E.T
+    if U.dtype != np.float64:
+        x_fro = math.sqrt(max(float(start.gains**2 @ np.diag(G)), 0.0) + G_err2 * float(start.gains @ start.gains))
+        dev, norm_low, norm_high = _low_precision_deviation(U, Et, start, x_fro)
+        if not dev <= TIE_RTOL * _unit_roundoff(U) * norm_low:
+            return None
+        return TiedForm(start.gains, start.centred, dev, norm_high)
+    g0, centred = start.gains, start.centred
+    r2 = norm2 = 0.0
+    adj = np.zeros(d)
+    A = np.empty((_BLOCK_ROWS, d))
+    for s in range(0, n, _BLOCK_ROWS):
+        B = U[s:s + _BLOCK_ROWS]
+        a = A[:len(B)]
+        a[...] = Et[s:s + _BLOCK_ROWS]  # a C-ordered float64 copy: the rows of Eᵀ are strided
+        R = a * g0
+        if centred:
+            R -= (a @ g0)[:, None] / d
+        np.subtract(B, R, out=R)
+        r2 += float(np.einsum("ij,ij->", R, R))
+        norm2 += float(np.einsum("ij,ij->", B, B))
+        adj += np.einsum("vj,vj->j", R, a)
+        if centred:  # f*(R) = <E_j, (R P)_j>: the residual's rows are centred to rounding only
+            adj -= (R.sum(axis=1) @ a) / d
+    J = _normal_matrix(G, centred)
+    delta = _solve(J, adj)
+    if delta is None:
+        return None
+    dev2 = r2 - 2.0 * float(delta @ adj) + float(delta @ J @ delta)
+    u64 = float(np.finfo(np.float64).eps) / 2
+    dev2 = max(dev2, 0.0) + G_err2 * float(delta @ delta) + 2 * n * d * u64 * r2
+    if not dev2 <= (TIE_RTOL * u64) ** 2 * norm2:
+        return None
+    return TiedForm(g0 + delta, centred, math.sqrt(dev2), math.sqrt(norm2))

@@ -13,7 +13,7 @@ from circuitalg.linalg.factors import leaf_factors
 
 SCRIPT = textwrap.dedent(
     """
-    import json, resource, numpy as np, circuitalg as ca
+    import json, numpy as np, circuitalg as ca
     rng = np.random.default_rng(0)
     vocab, resid, head = ca.Space("vocab", 50257), ca.Space("resid", 768), ca.Space("L0H0", 64)
     W_E = ca.Dense(rng.standard_normal((768, 50257)) / 30, vocab, resid, "W_E")
@@ -26,7 +26,9 @@ SCRIPT = textwrap.dedent(
     _, r_left = np.linalg.qr(W_U.array @ W_O.array)
     _, r_right = np.linalg.qr(W_E.array.T @ W_V.array.T)
     ref = np.linalg.svd(r_left @ r_right.T, compute_uv=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # this process's own high-water mark: ru_maxrss would also count the parent's peak, which
+    # Linux carries across fork and exec (so a test run that used more memory would fail this)
+    peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) * 1024
     print(json.dumps({"rel": float(np.max(np.abs(s - ref) / ref)), "n": len(s), "peak": peak}))
     """
 )

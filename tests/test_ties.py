@@ -149,7 +149,7 @@ def test_declare_tied_refuses_what_cannot_be_a_tie() -> None:
 
 @pytest.mark.parametrize("normalization", ["LN", "RMS"])
 def test_a_loaded_tied_model_is_recognised_and_an_untied_one_is_not(normalization) -> None:
-    m = random_model(normalization=normalization, d_vocab=13, d_model=16, seed=4)
+    m = random_model(normalization=normalization, d_vocab=40, d_model=16, seed=4)
     p = dict(m.params)
     p["W_U"] = np.ascontiguousarray(p["W_E"].T)
     tied = ca.fold_layer_norm(m.with_params(p))

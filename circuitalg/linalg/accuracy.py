@@ -5,13 +5,15 @@ matrix ``m + E``. :func:`accuracy` bounds ``‖E‖₂`` from the structure of `
 (never from the result), so it also bounds the error of each singular value
 (Weyl): ``|σ̂ᵢ - σᵢ| <= accuracy(m)``. The bound is
 
-``accuracy(m) = 4 (n_leaves + 1) sqrt(d_max) · g · u · magnitude(m)``
+``accuracy(m) = (4 (n_leaves + 1) sqrt(d_max) · g · u + t) · magnitude(m)``
 
 with ``u`` the machine epsilon of ``m.dtype`` (2.2e-16 for float64, 1.2e-7 for
 float32), ``d_max`` the largest dimension in the tree, ``g >= 1`` the largest condition
 number of a leaf whose triangular factor came from its Gram matrix (at most about
 :data:`~circuitalg.linalg.factors.GRAM_COND_LIMIT`; that factor has ``u · cond``
-relative error) and :func:`magnitude` the
+relative error), ``t`` the summed relative deviation ``‖Δ‖₂/‖W_U‖₂`` of the tied leaves
+whose products come from their embedding's Gram matrix (:func:`~circuitalg.linalg.declare_tied`;
+of the order of ``u``, 0 without ties) and :func:`magnitude` the
 cancellation-free bound on ``‖m‖₂`` (spectral norms of leaves, multiplied through
 products and Kronecker products, added through sums). Derived bounds:
 
@@ -47,7 +49,15 @@ import scipy.linalg as sla
 
 from circuitalg.errors import InvalidArgumentError, PrecisionWarning
 from circuitalg.linalg.common import small_lapack
-from circuitalg.linalg.factors import Gram, gram_blocks, gram_factor, leaf_factor_method, leaf_factors, leaf_gram
+from circuitalg.linalg.factors import (
+    Gram,
+    gram_blocks,
+    gram_factor,
+    leaf_factor_method,
+    leaf_factors,
+    leaf_gram,
+    tie_deviation,
+)
 from circuitalg.maps.nodes import (
     Dense,
     Diagonal,
@@ -195,16 +205,16 @@ def _gram_penalty(m: LinearMap) -> float:
     return max((_gram_penalty(c) for c in m.children), default=1.0)
 
 
-def _tree_size(m: LinearMap) -> tuple[int, int]:
-    """(number of leaves, largest dimension) of the expression tree."""
+def _tree_size(m: LinearMap) -> tuple[int, int, float]:
+    """(number of leaves, largest dimension, summed relative deviation of tied leaves) of the tree."""
     kids = m.children
     if not kids:
-        return 1, max(m.shape)
-    n, d = 0, max(m.shape)
+        return 1, max(m.shape), tie_deviation(m) if isinstance(m, Dense) else 0.0
+    n, d, t = 0, max(m.shape), 0.0
     for c in kids:
-        cn, cd = _tree_size(c)
-        n, d = n + cn, max(d, cd)
-    return n, d
+        cn, cd, ct = _tree_size(c)
+        n, d, t = n + cn, max(d, cd), t + ct
+    return n, d, t
 
 
 def accuracy(m: LinearMap) -> float:
@@ -216,8 +226,9 @@ def accuracy(m: LinearMap) -> float:
     for norms, traces and eigenvalues. Cheap: one pass over the tree, leaf norms cached.
     """
     require_map(m, "accuracy")
-    n_leaves, d_max = _tree_size(m)
-    return 4.0 * (n_leaves + 1) * math.sqrt(d_max) * _gram_penalty(m) * unit_roundoff(m.dtype) * magnitude(m)
+    n_leaves, d_max, tied = _tree_size(m)
+    rounding = 4.0 * (n_leaves + 1) * math.sqrt(d_max) * _gram_penalty(m) * unit_roundoff(m.dtype)
+    return (rounding + tied) * magnitude(m)
 
 
 def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,6 +57,7 @@ __all__ = [
     "gram_blocks",
     "declare_tied",
     "tied_form",
+    "tie_deviation",
 ]
 
 #: Leaves whose estimated 2-norm condition number is above this use Householder QR;
@@ -249,7 +250,7 @@ def leaf_gram(leaf: Dense, side: str, *, accurate: bool = False) -> Gram:
     if hit is not None and (hit.accurate or not accurate):
         return hit
     M = _oriented(leaf, side)
-    tied = tied_form(leaf) if side == "cols" else None
+    tied = tied_form(leaf, accurate=accurate) if side == "cols" else None
     if tied is not None:
         out = _tied_gram(tied[0], tied[1], accurate)
     else:
@@ -281,29 +282,43 @@ def declare_tied(leaf: Dense, source: Dense) -> None:
     cache.tie_source, cache.tie, cache.tie_resolved = weakref.ref(source), None, False
 
 
-def tied_form(leaf: Dense) -> tuple[Dense, TiedForm, np.ndarray] | None:
+def _declared_source(leaf: Dense) -> Dense | None:
+    """The leaf ``leaf`` was declared tied to (alive), without resolving the tie."""
+    cache = _LEAF_FACTORS.get(leaf)
+    return None if cache is None or cache.tie_source is None else cache.tie_source()
+
+
+def tied_form(leaf: Dense, *, accurate: bool = False) -> tuple[Dense, TiedForm, np.ndarray] | None:
     """``(source, form, Gram of the source's rows side)`` when ``leaf`` was declared tied
     (:func:`declare_tied`) and the form holds; None otherwise. Resolved once per leaf: a
     sample screen, then one pass over both leaves (and the source's Gram matrix, which the
-    derived quantities need anyway)."""
-    cache = _LEAF_FACTORS.get(leaf)
-    if cache is None or cache.tie_source is None:
-        return None
-    source = cache.tie_source()
+    derived quantities need anyway: ``accurate`` asks for the float64-accurate one, so that a
+    caller who needs it does not pay for both)."""
+    source = _declared_source(leaf)
     if source is None:
         return None
+    cache = leaf_factors(leaf)
     if not cache.tie_resolved:
         cache.tie_resolved = True
         start = screen_tied_form(leaf.array, source.array)
         if start is not None:
-            g = leaf_gram(source, "rows")
+            g = leaf_gram(source, "rows", accurate=accurate)
             cache.tie = fit_tied_form(leaf.array, source.array, g.G, g.err2, start)
-    return None if cache.tie is None else (source, cache.tie, leaf_gram(source, "rows").G)
+    return None if cache.tie is None else (source, cache.tie, leaf_gram(source, "rows", accurate=accurate).G)
+
+
+def tie_deviation(leaf: Dense) -> float:
+    """``‖Δ‖₂ / ‖leaf‖₂`` bounded for a leaf whose quantities come through a verified tie
+    (:func:`tied_form`), 0 otherwise: the relative perturbation the tie adds (for
+    :func:`circuitalg.linalg.accuracy.accuracy`)."""
+    cache = _LEAF_FACTORS.get(leaf)
+    return 0.0 if cache is None or cache.tie is None else cache.tie.relative_deviation_2
 
 
 def _tied_gram(source: Dense, form: TiedForm, accurate: bool) -> Gram:
     """``Mᵀ G_E M`` for ``U = Eᵀ M + Δ`` (``‖Δ‖_F <= δ``): ``‖Mᵀ Ĝ_E M - UᵀU‖₂ <=
-    ‖M‖₂² err_E + (2 ‖U‖_F + δ) δ`` plus the float64 rounding of the two ``d x d`` products."""
+    ‖M‖₂² err_E + (2 ‖U‖_F + δ) δ`` plus the float64 rounding of the two ``d x d`` products
+    (``UᵀU - MᵀG_E M = MᵀEΔ + ΔᵀEᵀM + ΔᵀΔ`` and ``‖EᵀM‖ <= ‖U‖ + δ``)."""
     g = leaf_gram(source, "rows", accurate=accurate)
     M = form.right()
     G = M.T @ g.G @ M
@@ -312,7 +327,8 @@ def _tied_gram(source: Dense, form: TiedForm, accurate: bool) -> Gram:
     d = G.shape[0]
     u64 = float(np.finfo(np.float64).eps) / 2
     dev = form.deviation
-    err2 = m2 * g.err2 + (2 * form.norm_fro + dev) * dev + 4 * d * u64 * m2 * float(np.trace(g.G))
+    # the products' rounding: |fl(AB) - AB| <= γ_d |A||B|, with ‖|M|‖₂ <= 2 max|g| and ‖|G|‖₂ <= tr(G)
+    err2 = m2 * g.err2 + (2 * form.norm_fro + dev) * dev + 8 * d * u64 * m2 * float(np.trace(g.G))
     return Gram(G, err2, g.accurate)
 
 
@@ -344,13 +360,13 @@ def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
     if hit is not None and hit[0]() is leaf_b:
         return hit[1]
     dtype = np.result_type(leaf_a.array.dtype, leaf_b.array.dtype)
-    tie_b = tied_form(leaf_b) if side_b == "cols" and side_a == "cols" else None
-    tie_a = tied_form(leaf_a) if side_a == "rows" and side_b == "rows" else None
+    tie_b = tied_form(leaf_b) if side_a == side_b == "cols" and _declared_source(leaf_b) is leaf_a else None
+    tie_a = tied_form(leaf_a) if side_a == side_b == "rows" and _declared_source(leaf_a) is leaf_b else None
     if leaf_a is leaf_b and side_a != side_b:  # M^T M with M = b's orientation of the leaf
         out = np.array(leaf_gram(leaf_b, side_b).G, dtype=dtype)
-    elif tie_b is not None and tie_b[0] is leaf_a:  # W_E W_U = G_E M
+    elif tie_b is not None:  # W_E W_U = G_E M
         out = np.array(tie_b[2] @ tie_b[1].right(), dtype=dtype)
-    elif tie_a is not None and tie_a[0] is leaf_b:  # W_Uᵀ W_Eᵀ = Mᵀ G_E
+    elif tie_a is not None:  # W_Uᵀ W_Eᵀ = Mᵀ G_E
         out = np.array(tie_a[1].right().T @ tie_a[2], dtype=dtype)
     else:
         A = leaf_a.array if side_a == "cols" else leaf_a.array.T

@@ -43,6 +43,17 @@ class TiedForm:
     centred: bool
     deviation: float = 0.0
     norm_fro: float = 0.0
+    norm_fro_low: float = 0.0  # a lower bound on ‖U‖_F
+
+    @property
+    def relative_deviation_2(self) -> float:
+        """A bound on ``‖U - Eᵀ M‖₂ / ‖U‖₂``: ``deviation / ‖U‖_F · sqrt(min(n, d))`` (since
+        ``‖U‖_F <= sqrt(rank) ‖U‖₂``); ``inf`` for a zero ``U`` with a nonzero deviation."""
+        if self.deviation == 0.0:
+            return 0.0
+        if not self.norm_fro_low > 0:
+            return math.inf
+        return self.deviation / self.norm_fro_low * math.sqrt(len(self.gains))
 
     def right(self) -> np.ndarray:
         """``M = diag(gains) P`` as a dense ``d x d`` float64 array."""
@@ -73,10 +84,15 @@ def _normal_matrix(G: np.ndarray, centred: bool) -> np.ndarray:
 
 
 def _solve(J: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
-    try:
-        x = np.linalg.solve(J, rhs)
-    except np.linalg.LinAlgError:
-        return None
+    """``J⁻¹ rhs`` (a diagonal ``J`` divides), or None when ``J`` is singular."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if not np.any(J - np.diag(np.diag(J))):
+            x = rhs / np.diag(J)
+        else:
+            try:
+                x = np.linalg.solve(J, rhs)
+            except np.linalg.LinAlgError:
+                return None
     return x if np.all(np.isfinite(x)) else None
 
 
@@ -89,13 +105,15 @@ def screen_tied_form(U: np.ndarray, E: np.ndarray) -> TiedForm | None:
     or None when the sample rules a tie out (a deviation above ``sqrt(u)``): a cheap screen;
     :func:`fit_tied_form` decides on every entry."""
     n, d = U.shape
-    if E.shape != (d, n) or d < 2 or U.dtype.kind != "f" or E.dtype.kind != "f":
+    # a tie pays off only through W_E's d x d Gram matrix, so only for a vocabulary larger than d
+    if E.shape != (d, n) or not 2 <= d < n or U.dtype.kind != "f" or E.dtype.kind != "f":
         return None
     rows = np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_ROWS)).astype(int))
     Us, Es = np.asarray(U[rows], dtype=np.float64), np.asarray(E.T[rows], dtype=np.float64)
     u = _unit_roundoff(U)
     centred = bool(np.all(np.abs(Us.sum(axis=1)) <= 4 * d * u * np.abs(Us).sum(axis=1)))
-    g = _solve(_normal_matrix(Es.T @ Es, centred), _adjoint(Us, Es, centred))
+    G = Es.T @ Es if centred else np.diag(np.einsum("vj,vj->j", Es, Es))  # uncentred: J is diagonal
+    g = _solve(_normal_matrix(G, centred), _adjoint(Us, Es, centred))
     if g is None:
         return None
     form = TiedForm(g, centred)
@@ -154,7 +172,7 @@ def fit_tied_form(U: np.ndarray, E: np.ndarray, G: np.ndarray, G_err2: float, st
         dev, norm_low, norm_high = _low_precision_deviation(U, Et, start, x_fro)
         if not dev <= TIE_RTOL * _unit_roundoff(U) * norm_low:
             return None
-        return TiedForm(start.gains, start.centred, dev, norm_high)
+        return TiedForm(start.gains, start.centred, dev, norm_high, norm_low)
     g0, centred = start.gains, start.centred
     r2 = norm2 = 0.0
     adj = np.zeros(d)
@@ -181,4 +199,5 @@ def fit_tied_form(U: np.ndarray, E: np.ndarray, G: np.ndarray, G_err2: float, st
     dev2 = max(dev2, 0.0) + G_err2 * float(delta @ delta) + 2 * n * d * u64 * r2
     if not dev2 <= (TIE_RTOL * u64) ** 2 * norm2:
         return None
-    return TiedForm(g0 + delta, centred, math.sqrt(dev2), math.sqrt(norm2))
+    norm_low = math.sqrt(norm2 * max(0.0, 1 - 2 * n * d * u64))  # the sum's worst-case rounding
+    return TiedForm(g0 + delta, centred, math.sqrt(dev2), math.sqrt(norm2 / (1 - 2 * n * d * u64)), norm_low)

@@ -177,3 +177,25 @@ def test_label_prints_what_the_symbol_prints() -> None:
         warnings.simplefilter("error")
         for m in (A, A.T, B @ A, A.T @ B @ B @ A, (B + B) @ A, 2 * A, A.T @ (D_ @ A), ca.Kron([B, B])):
             assert label(m) == str(m.symbol)
+
+
+def test_accuracy_carries_the_ties_deviation() -> None:
+    """The error bound of a map whose products come through a tie grows by the tie's relative
+    deviation times the map's magnitude (0 for the untied route), and that deviation is of the
+    order of float32 rounding."""
+    E, U, _ = _tied_arrays(np.float32, True)
+    rng = np.random.default_rng(3)
+    hs, resid = ca.Space("h", 8), ca.Space("resid", D)
+    W_V = ca.Dense(rng.standard_normal((8, D)).astype(np.float32), resid, hs, "W_V")
+    W_O = ca.Dense(rng.standard_normal((D, 8)).astype(np.float32), hs, resid, "W_O")
+    (tE, tU), (pE, pU) = _leaves(E, U), _leaves(E, U, tie=False)
+    tied_ov, plain_ov = tU @ W_O @ W_V @ tE, pU @ W_O @ W_V @ pE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.PrecisionWarning)
+        tied_ov.eigenvalues(), plain_ov.eigenvalues()
+    rel = tied_form(tU)[1].relative_deviation_2
+    assert 0 < rel < 16 * np.finfo(np.float32).eps * np.sqrt(D)
+    # same rounding term (same tree), plus the tie's; the magnitudes are bounds of the same norms
+    per_tied, per_plain = ca.accuracy(tied_ov) / magnitude(tied_ov), ca.accuracy(plain_ov) / magnitude(plain_ov)
+    assert per_tied - per_plain == pytest.approx(rel, rel=1e-6)
+    assert magnitude(tied_ov) == pytest.approx(magnitude(plain_ov), rel=0.05)

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 import resource
 import time
+import warnings
 
 import numpy as np
 

@@ -148,7 +148,8 @@ def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPl
         )
     tile = int(min(V, room // per_row))
     kv = c.kv_heads
-    flops = 3 * 2.0 * V * D * D + L * (kv * 2 * 2.0 * D * D * dh + H * (2.0 * D * D * dh + 2.0 * D * dh * dh + 30.0 * dh**3))
+    vocab_products = 1 if "lm_head.weight" not in files.index else 3  # tied: W_E's Gram matrix only
+    flops = vocab_products * 2.0 * V * D * D + L * (kv * 2 * 2.0 * D * D * dh + H * (2.0 * D * D * dh + 2.0 * D * dh * dh + 30.0 * dh**3))
     return FullOVPlan(L, H, c.kv_heads, D, dh, V, tile, flops, fixed + layer + tile * per_row, budget)
 
 
@@ -195,11 +196,14 @@ def stream_full_ov(
     M = np.zeros((D, D))
     for start in range(0, V, plan.tile_rows):
         E = files.rows("model.embed_tokens.weight", start, start + plan.tile_rows)  # (rows, D): W_E's columns
-        U = E if tied else files.rows("lm_head.weight", start, start + plan.tile_rows)
-        U = U * wf  # folded read of the final norm: W_U diag(w)
         G_E += E.T @ E
-        G_U += U.T @ U
-        M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
+        if not tied:
+            U = files.rows("lm_head.weight", start, start + plan.tile_rows) * wf  # folded: W_U diag(w)
+            G_U += U.T @ U
+            M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
+    if tied:  # W_U = W_Eᵀ diag(w): both follow from W_E's Gram matrix (a third of the vocabulary work)
+        G_U = wf[:, None] * G_E * wf[None, :]
+        M = G_E * wf[None, :]
     R_E = sla.cholesky(G_E, lower=False)
     R_U = sla.cholesky(G_U, lower=False)
     log("vocabulary Gram matrices and W_E W_U done")

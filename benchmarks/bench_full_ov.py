@@ -47,7 +47,8 @@ D_VOCAB, D_MODEL, D_HEAD = 50257, 768, 64
 
 
 def make_weights(n_heads: int, seed: int = 0, dtype: str = "float32", embeddings: str = "untied") -> dict:
-    """Random weights at GPT-2-small shapes. ``embeddings="tied"``: ``W_U`` is GPT-2's tied
+    """Random weights at GPT-2-small shapes, ``W_E`` in a checkpoint's memory layout (the transpose
+    of a row-major ``vocab x d_model`` array, as ``ca.load`` keeps it). ``embeddings="tied"``: ``W_U`` is GPT-2's tied
     unembedding as a loader folds it, ``W_Eᵀ diag(g)`` with its rows centred (``g`` the final
     LayerNorm's weight, drawn around 1), stored as its own array in ``dtype``; the other weights
     are the same draws as untied."""
@@ -58,7 +59,7 @@ def make_weights(n_heads: int, seed: int = 0, dtype: str = "float32", embeddings
         return (rng.standard_normal(shape) * s).astype(dtype)
 
     w = {
-        "W_E": draw(D_MODEL, D_VOCAB),
+        "W_E": draw(D_VOCAB, D_MODEL).T,  # a checkpoint's layout: wte is vocab x d_model, row-major
         "W_U": draw(D_VOCAB, D_MODEL),
         "W_V": [draw(D_HEAD, D_MODEL) for _ in range(n_heads)],
         "W_O": [draw(D_MODEL, D_HEAD) for _ in range(n_heads)],

@@ -91,16 +91,17 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
     stacks: dict[str, np.ndarray] = {}
 
     def new_array(key: str, like: np.ndarray) -> np.ndarray:
-        """A fresh C-ordered array for ``key``; a head weight (``blocks.{l}.attn.W_Q`` ...) gets
-        layer ``l``'s slot of one stack over layers, which the model's head view then uses as it is
-        (no second copy)."""
+        """A fresh array for ``key`` in ``like``'s memory layout (``W_E`` stays the transposed view
+        of the checkpoint's ``vocab x d_model`` rows, so its tokens stay contiguous); a head weight
+        (``blocks.{l}.attn.W_Q`` ...) gets layer ``l``'s slot of one C-ordered stack over layers,
+        which the model's head view then uses as it is (no second copy)."""
         parts = key.split(".")
         if len(parts) == 4 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in _HEAD_STACKED:
             st = stacks.get(parts[3])
             if st is None or st.shape[1:] != like.shape:
                 st = stacks[parts[3]] = np.empty((c.n_layers, *like.shape), dtype=dtype)
             return st[int(parts[1])]
-        return np.empty(like.shape, dtype=dtype)
+        return np.empty_like(like, dtype=dtype)
 
     def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
         w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)

@@ -21,6 +21,10 @@ own structure (its checkpoint ties ``lm_head`` to ``wte``; ``W_U`` is stored as 
 ``W_Eᵀ diag(g)`` with centred rows, and declared tied as ``ca.load`` declares it, so circuitalg's time
 includes verifying the tie), and **untied**, an independent ``W_U``.
 
+The eigenvalues are also timed through ``ca.eigenvalues_many`` (all heads at once: the cores from one
+product with every ``W_O`` side by side, stacked leaf norms and eigensolves), circuitalg's counterpart
+of TransformerLens's batched form.
+
 A last line times both spectra of every head in one pass (singular values, then eigenvalues,
 from cold caches: the eigenvalues then reuse the leaf norms that the singular values' factors
 give), against the sum of the baseline's faster times for each. The eigenvalues' arithmetic of
@@ -195,6 +199,18 @@ def run_task(w: dict, n: int, nb: int, kind: str) -> dict:
             "max_rel_diff": err,
             "precision_warnings": precision_warnings,
         }
+        if what == "eig":  # circuitalg's batched form too (as TransformerLens's batched form): all heads at once
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ca.PrecisionWarning)  # the same as the loop's, counted above
+                ca.eigenvalues_many(circuitalg_maps(w)[:2])
+                maps = circuitalg_maps(w)
+                t0 = time.perf_counter()
+                many = ca.eigenvalues_many(maps)
+                t_many = time.perf_counter() - t0
+            err_many = max(float(np.max(np.abs(np.subtract(*match_spectra(o, np.asarray(r, complex))[:2]))) / np.max(np.abs(r)))
+                           for o, r in zip(many, ref))
+            report[what].update({"circuitalg_batched_s": round(t_many, 3), "speedup_batched": round(faster / t_many, 1),
+                                 "max_rel_diff_batched": err_many})
     # both spectra of every head, as an analysis computes them (the report: copying eigenvalues and
     # singular values): from cold caches, the eigenvalues reuse the norms the singular values' factors give
     maps = circuitalg_maps(w)
@@ -226,6 +242,10 @@ def print_task(label: str, report: dict) -> None:
             + (f"   ({r['precision_warnings']} PrecisionWarnings: a-priori bound above u^(1/3) of the scale)"
                if r["precision_warnings"] else "")
         )
+        if "circuitalg_batched_s" in r:
+            print(f"  {'  batched (eigenvalues_many)':26s} circuitalg {r['circuitalg_batched_s']:7.2f} s   "
+                  f"speedup {r['speedup_batched']:6.1f}x (against the faster baseline)   "
+                  f"max rel diff {r['max_rel_diff_batched']:.1e}")
     b = report["both"]
     print(f"  {'both spectra':26s} circuitalg {b['circuitalg_s']:7.2f} s   "
           f"baseline {b['baseline_s_all_heads']:8.1f} s (the faster form of each)   "

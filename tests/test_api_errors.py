@@ -24,6 +24,13 @@ m = MODEL
 # (public name, bad call, exception class, the exact message)
 CASES = [
     (
+        "eigenvalues_many",
+        lambda: ca.eigenvalues_many([A, A]),
+        ca.ShapeError,
+        "eigenvalues_many (maps[0]) needs a square map, but A maps x[2] -> y[3] (shape (3, 2)); use "
+        "singular_values for non-square maps.",
+    ),
+    (
         "declare_tied",
         lambda: ca.declare_tied(A, A),
         ca.InvalidArgumentError,

@@ -12,7 +12,7 @@
 from circuitalg.linalg.accuracy import accuracy, magnitude
 from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
-from circuitalg.linalg.eig import eigenvalues
+from circuitalg.linalg.eig import eigenvalues, eigenvalues_many
 from circuitalg.linalg.factors import GRAM_COND_LIMIT, declare_tied, gram_factor, leaf_factor_method, tied_form
 from circuitalg.linalg.norm import norm, trace
 from circuitalg.linalg.plan import Plan, plan
@@ -37,6 +37,7 @@ __all__ = [
     "singular_values",
     "svd",
     "eigenvalues",
+    "eigenvalues_many",
     "norm",
     "trace",
     "plan",

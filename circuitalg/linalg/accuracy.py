@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg as sla
@@ -80,6 +81,8 @@ __all__ = [
     "eigen_noise_floor",
     "warn_rtol",
     "warn_if_imprecise",
+    "prime_leaf_norms",
+    "eigen_conditions_many",
 ]
 
 
@@ -116,6 +119,56 @@ def magnitude(m: LinearMap) -> float:
     raise InvalidArgumentError(f"magnitude: unknown map node {type(m).__name__}; register its rules first.")
 
 
+def _float32_gram_side(m: Dense) -> str | None:
+    """The side whose float32 Gram matrix bounds ``‖m‖₂`` in :func:`_leaf_norm2` (a float32 leaf,
+    tall or wide with its short side up to 2048, not yet factored), or None for the other routes."""
+    n, k = m.shape
+    if m.array.dtype != np.float32 or n == k or min(n, k) > 2048:
+        return None
+    side = "cols" if n > k else "rows"
+    return side if leaf_factor_method(m, side) is None else None
+
+
+def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
+    """Compute and cache :func:`magnitude` of many leaves at once: those that take the float32
+    Gram route (:func:`_float32_gram_side`) with at most ``max_rows`` rows on that side (one
+    Gram block, as :func:`gram_norm2_bound` forms it) are stacked by shape, their Gram matrices
+    formed by one batched product and their largest eigenvalues by one batched ``eigvalsh``;
+    the bound is :func:`_norm2_from_gram`'s, entry for entry. The rest go one by one."""
+    todo: dict[tuple[tuple[int, int], str], list[Dense]] = {}
+    seen: set[int] = set()
+    for leaf in leaves:
+        if id(leaf) in seen or leaf_factors(leaf).norm2_bound is not None:
+            continue
+        seen.add(id(leaf))
+        side = _float32_gram_side(leaf)
+        rows = max(leaf.shape) if side is not None else 0
+        if side is None or rows > max_rows:
+            magnitude(leaf)
+            continue
+        todo.setdefault((leaf.shape, side), []).append(leaf)
+    u32, u64 = unit_roundoff(np.float32) / 2, unit_roundoff(np.float64) / 2
+    for (_shape, side), group in todo.items():
+        M = np.stack([leaf.array if side == "cols" else leaf.array.T for leaf in group])  # (g, rows, d)
+        rows, d = M.shape[1:]
+        with small_lapack(d, d), np.errstate(over="ignore", invalid="ignore"):
+            G = np.matmul(M.transpose(0, 2, 1), M).astype(np.float64)
+        finite = np.isfinite(G).all(axis=(1, 2))
+        lam = np.full(len(group), np.inf)
+        if finite.any():
+            with small_lapack(d, d):
+                lam[finite] = np.linalg.eigvalsh(G[finite])[:, -1]
+        gamma = rows * u32 / (1 - rows * u32) + 2 * u64 / (1 - 2 * u64)  # gram_blocks' for one block
+        with np.errstate(invalid="ignore"):
+            fro2 = np.maximum(np.trace(G, axis1=1, axis2=2), 0.0) / (1 - gamma)
+        for leaf, l, f in zip(group, lam, fro2):
+            bound = math.sqrt(max(float(l), 0.0) * (1 + 8 * d * u64) + gamma * float(f))
+            if math.isfinite(bound):
+                leaf_factors(leaf).norm2_bound = bound
+            else:  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
+                magnitude(leaf)
+
+
 def _leaf_norm2(m: Dense) -> float:
     """``‖A‖₂`` of a leaf (slightly inflated against rounding). A tall or wide leaf: from its
     triangular factor (:func:`~circuitalg.linalg.factors.gram_factor`, cached for the singular
@@ -127,7 +180,7 @@ def _leaf_norm2(m: Dense) -> float:
     n, k = a.shape
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
-        if a.dtype == np.float32 and leaf_factor_method(m, side) is None:
+        if _float32_gram_side(m) is not None:
             bound = _norm2_from_gram(leaf_gram(m, side))
             if math.isfinite(bound):  # else the float32 Gram matrix overflowed (entries above ~1e19)
                 return bound
@@ -189,7 +242,11 @@ def _norm2_from_gram(g: Gram) -> float:
     if not math.isfinite(g.err2):
         return math.inf
     with small_lapack(d, d):
-        lam = float(np.linalg.eigvalsh(g.G)[-1]) if d else 0.0
+        if d >= 256:  # the largest eigenvalue alone (bisection on the tridiagonal form): a third faster
+            lam = float(sla.eigh(g.G, eigvals_only=True, subset_by_index=[d - 1, d - 1], driver="evx",
+                                 check_finite=False)[0])
+        else:
+            lam = float(np.linalg.eigvalsh(g.G)[-1]) if d else 0.0
     return math.sqrt(max(lam, 0.0) * (1 + 8 * d * u64) + g.err2)
 
 
@@ -243,6 +300,26 @@ def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore"):
         kappa = np.where(s > 0, 1.0 / np.maximum(s, 1e-300), np.inf)
     return w, kappa
+
+
+def eigen_conditions_many(stack: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`eigen_conditions` of each matrix of a ``(g, r, r)`` stack, through numpy's batched
+    LAPACK calls (which release the GIL, so chunks can run in threads): the right eigenvectors
+    ``X`` (unit columns) and ``Y = X⁻¹``, whose rows are the left eigenvectors scaled to
+    ``yᵢᴴ xᵢ = 1``, so ``κᵢ = ‖xᵢ‖ ‖yᵢ‖ / |yᵢᴴ xᵢ| = ‖yᵢ‖``. A stack with a singular ``X`` (a
+    defective eigenvalue) is done matrix by matrix with :func:`eigen_conditions`."""
+    if stack.shape[0] == 0:
+        return []
+    try:
+        with small_lapack(*stack.shape[1:]):
+            w, X = np.linalg.eig(stack)
+            Y = np.linalg.inv(X)
+    except np.linalg.LinAlgError:
+        return [eigen_conditions(a) for a in stack]
+    kappa = np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=2)
+    if not np.all(np.isfinite(kappa)):
+        return [eigen_conditions(a) for a in stack]
+    return list(zip(w, kappa))
 
 
 def eigen_noise_floor(m: LinearMap, acc: float | None = None) -> float:

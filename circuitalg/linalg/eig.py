@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import scipy.sparse.linalg as spla
 
-from circuitalg.errors import TooLargeError
-from circuitalg.linalg.accuracy import accuracy, eigen_conditions, eigen_noise_floor, warn_if_imprecise
+from circuitalg.errors import InvalidArgumentError, TooLargeError
+from circuitalg.linalg.accuracy import (
+    accuracy,
+    eigen_conditions,
+    eigen_conditions_many,
+    eigen_noise_floor,
+    prime_leaf_norms,
+    warn_if_imprecise,
+)
 from circuitalg.linalg.apply import as_operator, evaluate
-from circuitalg.linalg.common import check_k, require_square
-from circuitalg.linalg.factors import cyclic_core
+from circuitalg.linalg.common import check_k, require_square, split_small_products
+from circuitalg.linalg.factors import cyclic_core, cyclic_cores
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.maps.chain import Chain
-from circuitalg.maps.nodes import LinearMap, require_map
+from circuitalg.maps.nodes import Dense, LinearMap, Transpose, require_map
 
-__all__ = ["eigenvalues"]
+__all__ = ["eigenvalues", "eigenvalues_many"]
 
 
 def _order(vals: np.ndarray) -> np.ndarray:
@@ -67,14 +76,24 @@ def _target_eigenvalues(p: Plan, k: int | None) -> Spectrum:
     return w, np.full(len(w), np.nan)
 
 
-def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray) -> None:
+def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray, stacklevel: int = 4) -> None:
     """Warn if an eigenvalue above the noise floor has a bound over warn_rtol * |λ_1|."""
     acc = accuracy(m)
     above = np.abs(vals) > eigen_noise_floor(m, acc)
     if not above.any():
         return
     worst = float(np.max(np.where(np.isnan(cond[above]), 0.0, cond[above])))
-    warn_if_imprecise(m, "eigenvalues", worst * acc, float(np.abs(vals[0])), stacklevel=4)
+    warn_if_imprecise(m, "eigenvalues", worst * acc, float(np.abs(vals[0])), stacklevel=stacklevel)
+
+
+def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, stacklevel: int) -> np.ndarray:
+    """The ``n`` eigenvalues kept, sorted, checked (:func:`_warn_if_ill_conditioned`) and cast."""
+    keep = _order(w)[:n]
+    vals = np.asarray(w, dtype=np.result_type(w.dtype, np.complex64))[keep]
+    if len(vals):
+        _warn_if_ill_conditioned(m, vals, cond[keep], stacklevel + 1)
+    out_dtype = np.complex64 if m.dtype == np.float32 else np.complex128
+    return vals.astype(out_dtype)
 
 
 def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
@@ -95,9 +114,53 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
     require_square(m, "eigenvalues")
     n = check_k(m, k, m.rank_bound)
     w, cond = _all_eigenvalues(m, k)
-    keep = _order(w)[:n]
-    vals = np.asarray(w, dtype=np.result_type(w.dtype, np.complex64))[keep]
-    if len(vals):
-        _warn_if_ill_conditioned(m, vals, cond[keep])
-    out_dtype = np.complex64 if m.dtype == np.float32 else np.complex128
-    return vals.astype(out_dtype)
+    return _finish(m, w, cond, n, stacklevel=4)
+
+
+def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np.ndarray]:
+    """``[eigenvalues(m, k) for m in maps]``, with the work the maps share done at once.
+
+    The full OV circuits ``W_U W_O^h W_V^h W_E`` of a model's heads share ``W_E W_U``: their
+    ``d_head x d_head`` cores come from one product of ``W_E W_U`` with every ``W_O^h`` side by
+    side (:func:`~circuitalg.linalg.factors.cyclic_cores`) and one stacked product with the ``W_V^h``;
+    their leaf norms (for the precision check) from stacked Gram matrices
+    (:func:`~circuitalg.linalg.accuracy.prime_leaf_norms`); and the small eigenproblems of equal-shaped
+    cores are solved in stacks (:func:`~circuitalg.linalg.accuracy.eigen_conditions_many`), a chunk per
+    thread with one BLAS thread each. Results equal the loop's
+    to rounding (the batched products sum in another order), with the same precision warnings,
+    in the same order. Maps of other shapes are computed as :func:`eigenvalues` computes them.
+    """
+    if isinstance(maps, LinearMap) or not isinstance(maps, Iterable):
+        raise InvalidArgumentError(
+            f"eigenvalues_many takes a sequence of maps, got {type(maps).__name__}; for one map call eigenvalues(m)."
+        )
+    maps = list(maps)
+    counts = []
+    for i, m in enumerate(maps):
+        require_map(m, f"eigenvalues_many (maps[{i}])")
+        require_square(m, f"eigenvalues_many (maps[{i}])")
+        counts.append(check_k(m, k, m.rank_bound))
+    plans = [plan(m, "eigenvalues", k) for m in maps]
+    chained = [i for i, p in enumerate(plans) if p.method == "chain"]
+    cores = cyclic_cores([plans[i].chain for i in chained])  # type: ignore[misc]
+    leaves = (f.inner if isinstance(f, Transpose) else f for i in chained for f in plans[i].chain.factors)  # type: ignore[union-attr]
+    prime_leaf_norms([f for f in leaves if isinstance(f, Dense)])
+    done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    by_shape: dict[tuple, list[int]] = {}
+    for pos, c in enumerate(cores):
+        by_shape.setdefault((c.shape, c.dtype), []).append(pos)
+    for positions in by_shape.values():  # equal shapes: one batched eigensolve per thread's chunk
+        stack = np.stack([cores[pos] for pos in positions])
+        parts = split_small_products(lambda lo, hi, stack=stack: eigen_conditions_many(stack[lo:hi]), len(positions))
+        for pos, wc in zip(positions, (wc for part in parts for wc in part)):
+            done[chained[pos]] = wc
+    out = []
+    for i, (m, p, n) in enumerate(zip(maps, plans, counts)):
+        if i in done:
+            w, cond = done[i]
+            w = p.scalar * (p.chain.scalar * w)  # type: ignore[union-attr]
+        else:
+            w, cond = _target_eigenvalues(p, k)
+            w = p.scalar * w
+        out.append(_finish(m, w, cond, n, stacklevel=3))
+    return out

@@ -50,6 +50,8 @@ __all__ = [
     "collapse_pairs",
     "evaluate_chain",
     "cyclic_core",
+    "cyclic_cores",
+    "BATCH_BYTES",
     "GRAM_COND_LIMIT",
     "KEEP_GRAM_ROWS",
     "leaf_gram",
@@ -316,19 +318,19 @@ def tie_deviation(leaf: Dense) -> float:
 
 
 def _tied_gram(source: Dense, form: TiedForm, accurate: bool) -> Gram:
-    """``Mᵀ G_E M`` for ``U = Eᵀ M + Δ`` (``‖Δ‖_F <= δ``): ``‖Mᵀ Ĝ_E M - UᵀU‖₂ <=
-    ‖M‖₂² err_E + (2 ‖U‖_F + δ) δ`` plus the float64 rounding of the two ``d x d`` products
-    (``UᵀU - MᵀG_E M = MᵀEΔ + ΔᵀEᵀM + ΔᵀΔ`` and ``‖EᵀM‖ <= ‖U‖ + δ``)."""
+    """``Mᵀ G_E M`` (:meth:`~circuitalg.linalg.ties.TiedForm.sandwich`, ``O(d²)``) for ``U = Eᵀ M + Δ``
+    (``‖Δ‖_F <= δ``): ``‖Mᵀ Ĝ_E M - UᵀU‖₂ <= ‖M‖₂² err_E + (2 ‖U‖_F + δ) δ`` plus the float64
+    rounding of the scalings and centrings (``UᵀU - MᵀG_E M = MᵀEΔ + ΔᵀEᵀM + ΔᵀΔ`` and
+    ``‖EᵀM‖ <= ‖U‖ + δ``)."""
     g = leaf_gram(source, "rows", accurate=accurate)
-    M = form.right()
-    G = M.T @ g.G @ M
-    G = (G + G.T) / 2
+    G = form.sandwich(g.G)
     m2 = float(np.max(np.abs(form.gains))) ** 2  # ‖diag(g) P‖₂² <= max g² (P a projection)
     d = G.shape[0]
     u64 = float(np.finfo(np.float64).eps) / 2
     dev = form.deviation
-    # the products' rounding: |fl(AB) - AB| <= γ_d |A||B|, with ‖|M|‖₂ <= 2 max|g| and ‖|G|‖₂ <= tr(G)
-    err2 = m2 * g.err2 + (2 * form.norm_fro + dev) * dev + 8 * d * u64 * m2 * float(np.trace(g.G))
+    # the scalings' and centrings' rounding: each entry of G M and of Mᵀ (G M) is within (d + 2) u64
+    # of its row's magnitude; in norm at most 4 (d + 2) u64 max g² ‖|G|‖₂, and ‖|G|‖₂ <= tr(G)
+    err2 = m2 * g.err2 + (2 * form.norm_fro + dev) * dev + 4 * (d + 2) * u64 * m2 * float(np.trace(g.G))
     return Gram(G, err2, g.accurate)
 
 
@@ -365,9 +367,9 @@ def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
     if leaf_a is leaf_b and side_a != side_b:  # M^T M with M = b's orientation of the leaf
         out = np.array(leaf_gram(leaf_b, side_b).G, dtype=dtype)
     elif tie_b is not None:  # W_E W_U = G_E M
-        out = np.array(tie_b[2] @ tie_b[1].right(), dtype=dtype)
-    elif tie_a is not None:  # W_Uᵀ W_Eᵀ = Mᵀ G_E
-        out = np.array(tie_a[1].right().T @ tie_a[2], dtype=dtype)
+        out = np.array(tie_b[1].times_right(tie_b[2]), dtype=dtype)
+    elif tie_a is not None:  # W_Uᵀ W_Eᵀ = Mᵀ G_E = (G_E M)ᵀ
+        out = np.array(tie_a[1].times_right(tie_a[2]).T, dtype=dtype)
     else:
         A = leaf_a.array if side_a == "cols" else leaf_a.array.T
         B = leaf_b.array if side_b == "cols" else leaf_b.array.T
@@ -468,7 +470,45 @@ def cyclic_core(chain: Chain) -> np.ndarray:
     which has the nonzero eigenvalues and the trace of the chain (without its scalar).
 
     The wrap-around pair ``F_k F_1`` (e.g. ``W_E W_U``) is cached on its leaves."""
-    j = chain.bottleneck
-    fs = chain.factors
-    rotated = fs[j:] + fs[:j] if 0 < j < len(fs) else fs
-    return evaluate_chain(rotated)
+    return evaluate_chain(_rotated(chain))
+
+
+def _rotated(chain: Chain) -> tuple[LinearMap, ...]:
+    """The chain's factors rotated to start after its bottleneck ``j``: ``F_{j+1} ... F_k F_1 ... F_j``."""
+    j, fs = chain.bottleneck, chain.factors
+    return fs[j:] + fs[:j] if 0 < j < len(fs) else fs
+
+
+#: Bytes of the shared product ``(W_E W_U) [W_O^1 ... W_O^g]`` that :func:`cyclic_cores` forms at once.
+BATCH_BYTES = 256 << 20
+
+
+def cyclic_cores(chains: list[Chain]) -> list[np.ndarray]:
+    """:func:`cyclic_core` of every chain. Chains whose rotated core is
+    ``C P B`` with the same cached pair product ``P`` (``W_E W_U``) and leaves ``B``, ``C`` of equal
+    shapes are done together: ``P [B_1 ... B_g]`` as one product (in pieces of at most
+    :data:`BATCH_BYTES`), then ``C_i (P B_i)`` as one stacked product."""
+    cores: list[np.ndarray | None] = [None] * len(chains)
+    groups: dict[tuple, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for i, chain in enumerate(chains):
+        rotated = _rotated(chain)
+        items = collapse_pairs(rotated)
+        ends = [_leaf_and_side(f) if not isinstance(f, np.ndarray) else None for f in (items[0], items[-1])]
+        if len(items) == 3 and isinstance(items[1], np.ndarray) and None not in ends:
+            C, B = (_oriented(*e) for e in ends)  # type: ignore[misc]
+            P = items[1]
+            groups.setdefault((id(P), C.shape, B.shape, C.dtype, B.dtype), []).append((i, C, P, B))
+        else:
+            cores[i] = evaluate_chain(rotated)
+    for members in groups.values():
+        P = members[0][2]
+        B0 = members[0][3]
+        width = max(1, BATCH_BYTES // max(1, P.shape[0] * B0.shape[1] * np.result_type(P, B0).itemsize))
+        for s in range(0, len(members), width):
+            part = members[s:s + width]
+            Y = P @ np.concatenate([b for _, _, _, b in part], axis=1)  # (W_E W_U) [W_O^1 ... W_O^g]
+            Ys = Y.reshape(Y.shape[0], len(part), B0.shape[1]).transpose(1, 0, 2)
+            Z = np.matmul(np.stack([c for _, c, _, _ in part]), Ys)  # W_V^i ((W_E W_U) W_O^i)
+            for (i, *_), z in zip(part, Z):
+                cores[i] = z
+    return cores  # type: ignore[return-value]

@@ -62,6 +62,19 @@ class TiedForm:
             M -= self.gains[:, None] / len(self.gains)
         return M
 
+    def times_right(self, A: np.ndarray) -> np.ndarray:
+        """``A M`` in ``O(size)``: the columns scaled by the gains, then each row centred."""
+        X = np.asarray(A, dtype=np.float64) * self.gains
+        if self.centred:
+            X -= X.mean(axis=1, keepdims=True)
+        return X
+
+    def sandwich(self, G: np.ndarray) -> np.ndarray:
+        """``Mᵀ G M`` in ``O(d²)`` (symmetrised): ``P (D G D) P`` with ``D = diag(gains)``."""
+        X = self.times_right(G)  # G M
+        X = self.times_right(X.T)  # (G M)ᵀ M = Mᵀ G M for a symmetric G
+        return (X + X.T) / 2
+
     def apply(self, Et: np.ndarray) -> np.ndarray:
         """``Eᵀ M`` for a block of rows ``Et`` of ``Eᵀ`` (a new float64 array)."""
         X = np.asarray(Et, dtype=np.float64) * self.gains

@@ -23,7 +23,7 @@ from circuitalg.errors import (
     check_int,
 )
 from circuitalg.linalg.accuracy import eigen_noise_floor
-from circuitalg.linalg.eig import eigenvalues
+from circuitalg.linalg.eig import eigenvalues, eigenvalues_many
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.forward import blocked, run_batch
@@ -80,9 +80,10 @@ def _map_copying_score(m: LinearMap) -> float:
     return copying_score(_significant_eigenvalues(m))
 
 
-def _significant_eigenvalues(m: LinearMap) -> np.ndarray:
-    """``m``'s eigenvalues above the noise floor (see :func:`_map_copying_score`)."""
-    lam = eigenvalues(m)
+def _significant_eigenvalues(m: LinearMap, lam: np.ndarray | None = None) -> np.ndarray:
+    """``m``'s eigenvalues (``lam``, when already computed) above the noise floor (see
+    :func:`_map_copying_score`)."""
+    lam = eigenvalues(m) if lam is None else lam
     return lam[np.abs(lam) > eigen_noise_floor(m)]
 
 
@@ -298,15 +299,20 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
     ov_sv = np.zeros((L, H, k))
     qk_sv = np.zeros((L, H, k))
     eigs: dict[tuple[int, int], np.ndarray] = {}
-    for head in model.heads():
+    heads = list(model.heads())
+    full = [model.W_U @ head.ov @ model.W_E for head in heads]
+    square = model.vocab_out_space == model.vocab_space
+    # every head's spectra at once: the full OV cores share W_E W_U (one product with all W_O)
+    full_lams = eigenvalues_many(full) if square else [None] * len(heads)
+    ov_lams = eigenvalues_many([head.ov for head in heads])
+    for head, full_ov, lam, ov_lam in zip(heads, full, full_lams, ov_lams):
         i = (head.layer, head.index)
-        full_ov = model.W_U @ head.ov @ model.W_E
-        if full_ov.is_square:
-            eigs[i] = _significant_eigenvalues(full_ov)
+        if square:
+            eigs[i] = _significant_eigenvalues(full_ov, lam)
             copying[i] = copying_score(eigs[i])
         else:
             copying[i] = np.nan  # a separate output vocabulary
-        copying_ov[i] = _map_copying_score(head.ov)
+        copying_ov[i] = copying_score(_significant_eigenvalues(head.ov, ov_lam))
         s_ov = singular_values(head.ov)
         s_qk = singular_values(head.qk)
         ov_rank[i], qk_rank[i] = effective_rank(s_ov), effective_rank(s_qk)

@@ -48,14 +48,14 @@ def test_fit_recovers_the_gains_and_bounds_the_deviation(dtype, centred) -> None
     u = np.finfo(dtype).eps / 2
     np.testing.assert_allclose(form.gains, g.astype(np.float64), rtol=1e-13 if dtype == np.float64 else 1e-6)
     # the bound is an upper bound on the deviation computed independently (float64, dense) ...
-    exact = np.linalg.norm(U.astype(np.float64) - form.apply(E.T))
+    exact = np.linalg.norm(U.astype(np.float64) - form.times_right(E.T))
     assert exact <= form.deviation
     # ... and the accepted deviation is rounding of U's dtype
     assert form.deviation <= TIE_RTOL * u * np.linalg.norm(U.astype(np.float64))
     true_norm = np.linalg.norm(U.astype(np.float64))
     assert true_norm * (1 - 1e-12) <= form.norm_fro <= true_norm * (1 + 1e-3)
     M = form.right()
-    np.testing.assert_allclose(E.astype(np.float64).T @ M, form.apply(E.T), atol=1e-12)
+    np.testing.assert_allclose(E.astype(np.float64).T @ M, form.times_right(E.T), atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -13,7 +13,13 @@ from circuitalg.linalg.accuracy import accuracy, magnitude
 from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
 from circuitalg.linalg.eig import eigenvalues, eigenvalues_many
-from circuitalg.linalg.factors import GRAM_COND_LIMIT, declare_tied, gram_factor, leaf_factor_method, tied_form
+from circuitalg.linalg.factors import (
+    GRAM_COND_LIMIT,
+    declare_tied,
+    gram_factor,
+    leaf_factor_method,
+    tied_form,
+)
 from circuitalg.linalg.norm import norm, trace
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.linalg.svd import singular_values, svd

@@ -54,6 +54,7 @@ from circuitalg.linalg.factors import (
     Gram,
     gram_blocks,
     gram_factor,
+    gram_gamma,
     leaf_factor_method,
     leaf_factors,
     leaf_gram,
@@ -147,7 +148,6 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
             magnitude(leaf)
             continue
         todo.setdefault((leaf.shape, side), []).append(leaf)
-    u32, u64 = unit_roundoff(np.float32) / 2, unit_roundoff(np.float64) / 2
     for (_shape, side), group in todo.items():
         M = np.stack([leaf.array if side == "cols" else leaf.array.T for leaf in group])  # (g, rows, d)
         rows, d = M.shape[1:]
@@ -158,11 +158,11 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
         if finite.any():
             with small_lapack(d, d):
                 lam[finite] = np.linalg.eigvalsh(G[finite])[:, -1]
-        gamma = rows * u32 / (1 - rows * u32) + 2 * u64 / (1 - 2 * u64)  # gram_blocks' for one block
+        gamma = gram_gamma(rows, 4096, np.float32, False)  # gram_blocks' (one block)
         with np.errstate(invalid="ignore"):
             fro2 = np.maximum(np.trace(G, axis1=1, axis2=2), 0.0) / (1 - gamma)
         for leaf, l, f in zip(group, lam, fro2):
-            bound = math.sqrt(max(float(l), 0.0) * (1 + 8 * d * u64) + gamma * float(f))
+            bound = _bound_from_top_eigenvalue(float(l), d, gamma * float(f))
             if math.isfinite(bound):
                 leaf_factors(leaf).norm2_bound = bound
             else:  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
@@ -238,7 +238,6 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
 def _norm2_from_gram(g: Gram) -> float:
     """The bound of :func:`gram_norm2_bound` from a computed Gram matrix and its rounding."""
     d = g.G.shape[0]
-    u64 = unit_roundoff(np.float64) / 2
     if not math.isfinite(g.err2):
         return math.inf
     with small_lapack(d, d):
@@ -247,7 +246,13 @@ def _norm2_from_gram(g: Gram) -> float:
                                  check_finite=False)[0])
         else:
             lam = float(np.linalg.eigvalsh(g.G)[-1]) if d else 0.0
-    return math.sqrt(max(lam, 0.0) * (1 + 8 * d * u64) + g.err2)
+    return _bound_from_top_eigenvalue(lam, d, g.err2)
+
+
+def _bound_from_top_eigenvalue(lam: float, d: int, err2: float) -> float:
+    """``sqrt(λmax(Ĝ) (1 + 8 d u₆₄) + err2)`` >= ‖M‖₂ for ``‖Ĝ - MᵀM‖₂ <= err2`` (``λmax`` of a
+    ``d x d`` Gram matrix computed in float64, its own rounding covered by the factor)."""
+    return math.sqrt(max(lam, 0.0) * (1 + 8 * d * unit_roundoff(np.float64) / 2) + err2)
 
 
 def _gram_penalty(m: LinearMap) -> float:

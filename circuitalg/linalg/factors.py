@@ -57,6 +57,7 @@ __all__ = [
     "leaf_gram",
     "Gram",
     "gram_blocks",
+    "gram_gamma",
     "declare_tied",
     "tied_form",
     "tie_deviation",
@@ -212,6 +213,17 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1 - n * u) if n * u < 1 else math.inf
 
 
+def gram_gamma(n: int, rows: int, dtype: np.dtype, accurate: bool) -> float:
+    """The entrywise rounding factor ``γ`` of :func:`gram_blocks` for ``n`` rows of ``dtype`` in
+    blocks of ``rows``: ``γ_b(u) + γ_{B+1}(u₆₄)`` (``b = min(rows, n)``, ``B`` blocks), or
+    ``γ_n(u₆₄)`` when ``accurate`` or float64."""
+    u64 = float(np.finfo(np.float64).eps) / 2
+    if accurate or np.dtype(dtype) == np.float64:
+        return _gamma(n, u64)
+    u = float(np.finfo(dtype).eps) / 2
+    return _gamma(min(rows, n), u) + _gamma(-(-n // rows) + 1, u64)
+
+
 def gram_blocks(M: np.ndarray, rows: int = 4096, *, accurate: bool = False) -> Gram:
     """``MᵀM`` for a tall ``M``, a block of ``rows`` rows at a time, the blocks summed in float64.
 
@@ -224,19 +236,15 @@ def gram_blocks(M: np.ndarray, rows: int = 4096, *, accurate: bool = False) -> G
     arithmetic cost. A float64 ``M`` is the same either way. Overflow of the dtype gives
     infinite entries and ``err2`` (no warning)."""
     n, d = M.shape
-    u64 = float(np.finfo(np.float64).eps) / 2
     if M.dtype == np.float64:
-        G, gamma = M.T @ M, _gamma(n, u64)
+        G = M.T @ M
     else:
         G = np.zeros((d, d))
-        blocks = 0
         with small_lapack(n, d), np.errstate(over="ignore", invalid="ignore"):
             for s in range(0, n, rows):
                 B = np.asarray(M[s:s + rows], dtype=np.float64) if accurate else M[s:s + rows]
                 G += B.T @ B  # one operand transposed: numpy calls syrk (half a product)
-                blocks += 1
-        u = float(np.finfo(M.dtype).eps) / 2 if M.dtype.kind == "f" else u64
-        gamma = _gamma(n, u64) if accurate else _gamma(min(rows, n), u) + _gamma(blocks + 1, u64)
+    gamma = gram_gamma(n, rows, M.dtype, accurate)
     with np.errstate(over="ignore", invalid="ignore"):
         fro2 = max(float(np.trace(G)), 0.0) / (1 - gamma) if gamma < 1 else math.inf
     return Gram(G, gamma * fro2 if math.isfinite(fro2) else math.inf, accurate or M.dtype == np.float64)
@@ -300,13 +308,16 @@ def tied_form(leaf: Dense, *, accurate: bool = False) -> tuple[Dense, TiedForm, 
     if source is None:
         return None
     cache = leaf_factors(leaf)
+    gram = None
     if not cache.tie_resolved:
         cache.tie_resolved = True
         start = screen_tied_form(leaf.array, source.array)
         if start is not None:
-            g = leaf_gram(source, "rows", accurate=accurate)
-            cache.tie = fit_tied_form(leaf.array, source.array, g.G, g.err2, start)
-    return None if cache.tie is None else (source, cache.tie, leaf_gram(source, "rows", accurate=accurate).G)
+            gram = leaf_gram(source, "rows", accurate=accurate)
+            cache.tie = fit_tied_form(leaf.array, source.array, gram.G, gram.err2, start)
+    if cache.tie is None:
+        return None
+    return source, cache.tie, (gram or leaf_gram(source, "rows", accurate=accurate)).G
 
 
 def tie_deviation(leaf: Dense) -> float:

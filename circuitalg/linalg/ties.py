@@ -63,7 +63,8 @@ class TiedForm:
         return M
 
     def times_right(self, A: np.ndarray) -> np.ndarray:
-        """``A M`` in ``O(size)``: the columns scaled by the gains, then each row centred."""
+        """``A M`` in ``O(size)`` (a new float64 array): the columns scaled by the gains, then each
+        row centred; for rows ``A`` of ``Eᵀ`` the rows of ``Eᵀ M``."""
         X = np.asarray(A, dtype=np.float64) * self.gains
         if self.centred:
             X -= X.mean(axis=1, keepdims=True)
@@ -74,13 +75,6 @@ class TiedForm:
         X = self.times_right(G)  # G M
         X = self.times_right(X.T)  # (G M)ᵀ M = Mᵀ G M for a symmetric G
         return (X + X.T) / 2
-
-    def apply(self, Et: np.ndarray) -> np.ndarray:
-        """``Eᵀ M`` for a block of rows ``Et`` of ``Eᵀ`` (a new float64 array)."""
-        X = np.asarray(Et, dtype=np.float64) * self.gains
-        if self.centred:
-            X -= X.mean(axis=1, keepdims=True)
-        return X
 
 
 def _adjoint(R: np.ndarray, Et: np.ndarray, centred: bool) -> np.ndarray:
@@ -130,7 +124,7 @@ def screen_tied_form(U: np.ndarray, E: np.ndarray) -> TiedForm | None:
     if g is None:
         return None
     form = TiedForm(g, centred)
-    D = form.apply(Es) - Us
+    D = form.times_right(Es) - Us
     return form if float(np.einsum("ij,ij->", D, D)) <= u * float(np.einsum("ij,ij->", Us, Us)) else None
 
 
@@ -193,10 +187,8 @@ def fit_tied_form(U: np.ndarray, E: np.ndarray, G: np.ndarray, G_err2: float, st
     for s in range(0, n, _BLOCK_ROWS):
         B = U[s:s + _BLOCK_ROWS]
         a = A[:len(B)]
-        a[...] = Et[s:s + _BLOCK_ROWS]  # a C-ordered float64 copy: the rows of Eᵀ are strided
-        R = a * g0
-        if centred:
-            R -= (a @ g0)[:, None] / d
+        a[...] = Et[s:s + _BLOCK_ROWS]  # a float64 copy in cache-sized blocks
+        R = start.times_right(a)
         np.subtract(B, R, out=R)
         r2 += float(np.einsum("ij,ij->", R, R))
         norm2 += float(np.einsum("ij,ij->", B, B))

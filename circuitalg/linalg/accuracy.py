@@ -315,6 +315,8 @@ def eigen_conditions_many(stack: np.ndarray) -> list[tuple[np.ndarray, np.ndarra
     defective eigenvalue) is done matrix by matrix with :func:`eigen_conditions`."""
     if stack.shape[0] == 0:
         return []
+    if stack.shape[1] == 0:
+        return [eigen_conditions(a) for a in stack]
     try:
         with small_lapack(*stack.shape[1:]):
             w, X = np.linalg.eig(stack)

@@ -162,5 +162,5 @@ def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np
         else:
             w, cond = _target_eigenvalues(p, k)
             w = p.scalar * w
-        out.append(_finish(m, w, cond, n, stacklevel=3))
+        out.append(_finish(m, w, cond, n, stacklevel=4))
     return out

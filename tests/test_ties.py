@@ -199,3 +199,40 @@ def test_accuracy_carries_the_ties_deviation() -> None:
     per_tied, per_plain = ca.accuracy(tied_ov) / magnitude(tied_ov), ca.accuracy(plain_ov) / magnitude(plain_ov)
     assert per_tied - per_plain == pytest.approx(rel, rel=1e-6)
     assert magnitude(tied_ov) == pytest.approx(magnitude(plain_ov), rel=0.05)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_checkpoints_with_tied_embeddings_load_tied(tmp_path, family, dtype) -> None:
+    """Hugging Face checkpoints that tie lm_head to wte (GPT-2: LayerNorm, so the folded W_U is
+    centred; Qwen2 with tie_word_embeddings: RMSNorm, only scaled) are recognised after loading and
+    folding, in float64 and float32, with W_E kept in the checkpoint's layout; an untied Qwen2 is not.
+    The full OV circuit's eigenvalues through the tie match dense numpy on the stored arrays."""
+    from model_helpers import save_random_hf
+
+    if family == "gpt2":
+        save_random_hf(tmp_path, "GPT2LMHeadModel", "GPT2Config", n_layer=2, n_head=2, n_embd=16, vocab_size=97,
+                       n_positions=12)
+    else:
+        save_random_hf(tmp_path, "Qwen2ForCausalLM", "Qwen2Config", hidden_size=16, intermediate_size=24,
+                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, vocab_size=97,
+                       tie_word_embeddings=True)
+    m = ca.load(tmp_path, dtype=dtype, fold=True)
+    assert m.W_E.array.flags.f_contiguous  # the transpose of wte's rows, as the checkpoint stores them
+    tie = tied_form(m.W_U)
+    assert tie is not None and tie[1].centred == (family == "gpt2")
+    h = m.head(1, 0)
+    lam = (m.W_U @ h.ov @ m.W_E).eigenvalues()
+    A = {k: x.array.astype(np.float64) for k, x in (("E", m.W_E), ("U", m.W_U), ("V", h.W_V), ("O", h.W_O))}
+    ref = np.linalg.eigvals(A["V"] @ A["E"] @ A["U"] @ A["O"])
+    _same = np.sort_complex(lam[: len(ref)].astype(complex)), np.sort_complex(ref)
+    np.testing.assert_allclose(*_same, rtol=1e-10 if dtype == np.float64 else 1e-4, atol=1e-12)
+
+
+def test_an_untied_checkpoint_is_not_tied(tmp_path) -> None:
+    from model_helpers import save_random_hf
+
+    save_random_hf(tmp_path, "Qwen2ForCausalLM", "Qwen2Config", hidden_size=16, intermediate_size=24,
+                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, vocab_size=97,
+                   tie_word_embeddings=False)
+    assert tied_form(ca.load(tmp_path, fold=True).W_U) is None

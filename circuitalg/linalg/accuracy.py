@@ -49,7 +49,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from circuitalg.errors import InvalidArgumentError, PrecisionWarning
-from circuitalg.linalg.common import small_lapack
+from circuitalg.linalg.common import small_lapack, split_small_products
 from circuitalg.linalg.factors import (
     Gram,
     gram_blocks,
@@ -131,36 +131,53 @@ def _float32_gram_side(m: Dense) -> str | None:
 
 
 def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
-    """Compute and cache :func:`magnitude` of many leaves at once: those that take the float32
-    Gram route (:func:`_float32_gram_side`) with at most ``max_rows`` rows on that side (one
-    Gram block, as :func:`gram_norm2_bound` forms it) are stacked by shape, their Gram matrices
-    formed by one batched product and their largest eigenvalues by one batched ``eigvalsh``;
-    the bound is :func:`_norm2_from_gram`'s, entry for entry. The rest go one by one."""
+    """Compute and cache :func:`magnitude` of many leaves at once. Leaves that take the float32
+    Gram route (:func:`_float32_gram_side`) with at most ``max_rows`` rows on that side (one Gram
+    block, as :func:`gram_norm2_bound` forms it) are stacked by shape: their Gram matrices come
+    from batched products and their largest eigenvalues from batched ``eigvalsh``, a chunk per
+    thread (numpy releases the GIL); longer ones (vocabulary-sized) have their Gram matrices
+    formed one by one (:func:`~circuitalg.linalg.factors.leaf_gram`, kept) and their largest
+    eigenvalues found side by side in threads. The bound is :func:`_norm2_from_gram`'s, entry
+    for entry. The other leaves go one by one."""
     todo: dict[tuple[tuple[int, int], str], list[Dense]] = {}
+    long: list[tuple[Dense, Gram]] = []
     seen: set[int] = set()
     for leaf in leaves:
         if id(leaf) in seen or leaf_factors(leaf).norm2_bound is not None:
             continue
         seen.add(id(leaf))
         side = _float32_gram_side(leaf)
-        rows = max(leaf.shape) if side is not None else 0
-        if side is None or rows > max_rows:
+        if side is None:
             magnitude(leaf)
-            continue
-        todo.setdefault((leaf.shape, side), []).append(leaf)
+        elif max(leaf.shape) > max_rows:
+            long.append((leaf, leaf_gram(leaf, side)))
+        else:
+            todo.setdefault((leaf.shape, side), []).append(leaf)
+    for leaf, gram in long:
+        if not math.isfinite(gram.err2):
+            magnitude(leaf)  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
+    long = [(leaf, gram) for leaf, gram in long if math.isfinite(gram.err2)]
+    tops = split_small_products(lambda lo, hi: [float(np.linalg.eigvalsh(g.G)[-1]) for _, g in long[lo:hi]], len(long))
+    for (leaf, gram), lam in zip(long, (t for part in tops for t in part)):
+        leaf_factors(leaf).norm2_bound = _bound_from_top_eigenvalue(lam, gram.G.shape[0], gram.err2)
     for (_shape, side), group in todo.items():
         M = np.stack([leaf.array if side == "cols" else leaf.array.T for leaf in group])  # (g, rows, d)
         rows, d = M.shape[1:]
-        with small_lapack(d, d), np.errstate(over="ignore", invalid="ignore"):
-            G = np.matmul(M.transpose(0, 2, 1), M).astype(np.float64)
-        finite = np.isfinite(G).all(axis=(1, 2))
-        lam = np.full(len(group), np.inf)
-        if finite.any():
-            with small_lapack(d, d):
+
+        def grams(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+            with np.errstate(over="ignore", invalid="ignore"):
+                G = np.matmul(M[lo:hi].transpose(0, 2, 1), M[lo:hi]).astype(np.float64)
+            finite = np.isfinite(G).all(axis=(1, 2))
+            lam = np.full(hi - lo, np.inf)
+            if finite.any():
                 lam[finite] = np.linalg.eigvalsh(G[finite])[:, -1]
+            return lam, np.trace(G, axis1=1, axis2=2)
+
+        parts = split_small_products(grams, len(group))
+        lam = np.concatenate([p[0] for p in parts])
         gamma = gram_gamma(rows, 4096, np.float32, False)  # gram_blocks' (one block)
         with np.errstate(invalid="ignore"):
-            fro2 = np.maximum(np.trace(G, axis1=1, axis2=2), 0.0) / (1 - gamma)
+            fro2 = np.maximum(np.concatenate([p[1] for p in parts]), 0.0) / (1 - gamma)
         for leaf, l, f in zip(group, lam, fro2):
             bound = _bound_from_top_eigenvalue(float(l), d, gamma * float(f))
             if math.isfinite(bound):

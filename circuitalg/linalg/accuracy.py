@@ -164,7 +164,7 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
         M = np.stack([leaf.array if side == "cols" else leaf.array.T for leaf in group])  # (g, rows, d)
         rows, d = M.shape[1:]
 
-        def grams(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        def grams(lo: int, hi: int, M: np.ndarray = M) -> tuple[np.ndarray, np.ndarray]:
             with np.errstate(over="ignore", invalid="ignore"):
                 G = np.matmul(M[lo:hi].transpose(0, 2, 1), M[lo:hi]).astype(np.float64)
             finite = np.isfinite(G).all(axis=(1, 2))

@@ -153,7 +153,7 @@ def _low_precision_deviation(U: np.ndarray, Et: np.ndarray, start: TiedForm, x_f
     u = _unit_roundoff(U)
     gamma = _BLOCK_ROWS * d * u  # worst-case relative rounding of one block's sum of squares
     if not gamma < 0.5:  # pragma: no cover - blocks are far smaller than 1/u entries
-        return math.inf, 0.0
+        return math.inf, 0.0, math.inf
     r = math.sqrt(r2 / (1 - gamma))
     return r * (1 + u) + 5.05 * u * x_fro, math.sqrt(norm2 * (1 - gamma)), math.sqrt(norm2 / (1 - gamma))
 

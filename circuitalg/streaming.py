@@ -36,6 +36,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from circuitalg.errors import ConfigError, LoadError, TooLargeError, check_int
+from circuitalg.linalg.ties import TiedForm
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.hf import hf_config
 from circuitalg.model.io import SafetensorsEntry, safetensors_index, widen_bf16
@@ -202,8 +203,8 @@ def stream_full_ov(
             G_U += U.T @ U
             M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
     if tied:  # W_U = W_Eᵀ diag(w): both follow from W_E's Gram matrix (a third of the vocabulary work)
-        G_U = wf[:, None] * G_E * wf[None, :]
-        M = G_E * wf[None, :]
+        form = TiedForm(wf, centred=False)
+        G_U, M = form.sandwich(G_E), form.times_right(G_E)
     R_E = sla.cholesky(G_E, lower=False)
     R_U = sla.cholesky(G_U, lower=False)
     log("vocabulary Gram matrices and W_E W_U done")

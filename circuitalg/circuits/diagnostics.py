@@ -23,7 +23,7 @@ from circuitalg.errors import (
     check_int,
 )
 from circuitalg.linalg.accuracy import eigen_noise_floor
-from circuitalg.linalg.eig import eigenvalues, eigenvalues_many
+from circuitalg.linalg.eig import eigenvalues_many
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.forward import blocked, run_batch
@@ -73,17 +73,10 @@ def copying_score(eigs: np.ndarray) -> float:
     return float(np.real(eigs).sum() / den) if den > 0 else 0.0
 
 
-def _map_copying_score(m: LinearMap) -> float:
-    """:func:`copying_score` of ``m``'s eigenvalues above the noise floor: those below
+def _significant_eigenvalues(m: LinearMap, lam: np.ndarray) -> np.ndarray:
+    """``m``'s eigenvalues ``lam`` above the noise floor: those below
     :func:`~circuitalg.linalg.accuracy.eigen_noise_floor` are rounding artefacts of a zero
-    spectrum (an exactly zero circuit would otherwise get a random score in a rotated basis)."""
-    return copying_score(_significant_eigenvalues(m))
-
-
-def _significant_eigenvalues(m: LinearMap, lam: np.ndarray | None = None) -> np.ndarray:
-    """``m``'s eigenvalues (``lam``, when already computed) above the noise floor (see
-    :func:`_map_copying_score`)."""
-    lam = eigenvalues(m) if lam is None else lam
+    spectrum (an exactly zero circuit would otherwise get a random copying score in a rotated basis)."""
     return lam[np.abs(lam) > eigen_noise_floor(m)]
 
 

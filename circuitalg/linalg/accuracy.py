@@ -150,13 +150,13 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
         if side is None:
             magnitude(leaf)
         elif max(leaf.shape) > max_rows:
-            long.append((leaf, leaf_gram(leaf, side)))
+            gram = leaf_gram(leaf, side)
+            if math.isfinite(gram.err2):
+                long.append((leaf, gram))
+            else:  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
+                magnitude(leaf)
         else:
             todo.setdefault((leaf.shape, side), []).append(leaf)
-    for leaf, gram in long:
-        if not math.isfinite(gram.err2):
-            magnitude(leaf)  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
-    long = [(leaf, gram) for leaf, gram in long if math.isfinite(gram.err2)]
     tops = split_small_products(lambda lo, hi: [float(np.linalg.eigvalsh(g.G)[-1]) for _, g in long[lo:hi]], len(long))
     for (leaf, gram), lam in zip(long, (t for part in tops for t in part)):
         leaf_factors(leaf).norm2_bound = _bound_from_top_eigenvalue(lam, gram.G.shape[0], gram.err2)

@@ -262,7 +262,7 @@ def leaf_gram(leaf: Dense, side: str, *, accurate: bool = False) -> Gram:
     M = _oriented(leaf, side)
     tied = tied_form(leaf, accurate=accurate) if side == "cols" else None
     if tied is not None:
-        out = _tied_gram(tied[0], tied[1], accurate)
+        out = _tied_gram(tied[1], tied[2])
     else:
         out = gram_blocks(M, 8192 if accurate else 4096, accurate=accurate)
     if M.shape[0] >= KEEP_GRAM_ROWS:
@@ -298,8 +298,8 @@ def _declared_source(leaf: Dense) -> Dense | None:
     return None if cache is None or cache.tie_source is None else cache.tie_source()
 
 
-def tied_form(leaf: Dense, *, accurate: bool = False) -> tuple[Dense, TiedForm, np.ndarray] | None:
-    """``(source, form, Gram of the source's rows side)`` when ``leaf`` was declared tied
+def tied_form(leaf: Dense, *, accurate: bool = False) -> tuple[Dense, TiedForm, Gram] | None:
+    """``(source, form, the source's rows-side Gram matrix)`` when ``leaf`` was declared tied
     (:func:`declare_tied`) and the form holds; None otherwise. Resolved once per leaf: a
     sample screen, then one pass over both leaves (and the source's Gram matrix, which the
     derived quantities need anyway: ``accurate`` asks for the float64-accurate one, so that a
@@ -317,7 +317,7 @@ def tied_form(leaf: Dense, *, accurate: bool = False) -> tuple[Dense, TiedForm, 
             cache.tie = fit_tied_form(leaf.array, source.array, gram.G, gram.err2, start)
     if cache.tie is None:
         return None
-    return source, cache.tie, (gram or leaf_gram(source, "rows", accurate=accurate)).G
+    return source, cache.tie, gram or leaf_gram(source, "rows", accurate=accurate)
 
 
 def tie_deviation(leaf: Dense) -> float:
@@ -328,12 +328,11 @@ def tie_deviation(leaf: Dense) -> float:
     return 0.0 if cache is None or cache.tie is None else cache.tie.relative_deviation_2
 
 
-def _tied_gram(source: Dense, form: TiedForm, accurate: bool) -> Gram:
+def _tied_gram(form: TiedForm, g: Gram) -> Gram:
     """``Mᵀ G_E M`` (:meth:`~circuitalg.linalg.ties.TiedForm.sandwich`, ``O(d²)``) for ``U = Eᵀ M + Δ``
     (``‖Δ‖_F <= δ``): ``‖Mᵀ Ĝ_E M - UᵀU‖₂ <= ‖M‖₂² err_E + (2 ‖U‖_F + δ) δ`` plus the float64
     rounding of the scalings and centrings (``UᵀU - MᵀG_E M = MᵀEΔ + ΔᵀEᵀM + ΔᵀΔ`` and
-    ``‖EᵀM‖ <= ‖U‖ + δ``)."""
-    g = leaf_gram(source, "rows", accurate=accurate)
+    ``‖EᵀM‖ <= ‖U‖ + δ``); ``g`` is the source's Gram matrix ``G_E``."""
     G = form.sandwich(g.G)
     m2 = float(np.max(np.abs(form.gains))) ** 2  # ‖diag(g) P‖₂² <= max g² (P a projection)
     d = G.shape[0]
@@ -378,9 +377,9 @@ def pair_product(a: LinearMap, b: LinearMap) -> np.ndarray | None:
     if leaf_a is leaf_b and side_a != side_b:  # M^T M with M = b's orientation of the leaf
         out = np.array(leaf_gram(leaf_b, side_b).G, dtype=dtype)
     elif tie_b is not None:  # W_E W_U = G_E M
-        out = np.array(tie_b[1].times_right(tie_b[2]), dtype=dtype)
+        out = np.array(tie_b[1].times_right(tie_b[2].G), dtype=dtype)
     elif tie_a is not None:  # W_Uᵀ W_Eᵀ = Mᵀ G_E = (G_E M)ᵀ
-        out = np.array(tie_a[1].times_right(tie_a[2]).T, dtype=dtype)
+        out = np.array(tie_a[1].times_right(tie_a[2].G).T, dtype=dtype)
     else:
         A = leaf_a.array if side_a == "cols" else leaf_a.array.T
         B = leaf_b.array if side_b == "cols" else leaf_b.array.T

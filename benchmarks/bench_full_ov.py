@@ -157,6 +157,15 @@ def eigen_flops(n_heads: int, tied: bool = False) -> dict[str, float]:
     return {"circuitalg": product + grams + heads, "circuitalg_without_check": product + heads, "baseline": baseline}
 
 
+def max_rel_diff(what: str, ours: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """The largest difference between circuitalg's and the baseline's spectra of a head, relative
+    to the baseline's largest value (eigenvalues matched pairwise first)."""
+    if what == "svd":
+        return max(float(np.max(np.abs(o - np.sort(r)[::-1][: len(o)])) / np.max(r)) for o, r in zip(ours, ref))
+    return max(float(np.max(np.abs(np.subtract(*match_spectra(o, np.asarray(r, complex))[:2]))) / np.max(np.abs(r)))
+               for o, r in zip(ours, ref))
+
+
 def run_task(w: dict, n: int, nb: int, kind: str) -> dict:
     """Singular values, eigenvalues and both spectra of every head on the weights ``w``: circuitalg
     against the baseline (``kind``), in one process."""
@@ -185,10 +194,7 @@ def run_task(w: dict, n: int, nb: int, kind: str) -> dict:
             t0 = time.perf_counter()
             baseline_transformer_lens_batched(w, range(nb), what)
             t_batched = (time.perf_counter() - t0) * n / nb
-        if what == "svd":
-            err = max(float(np.max(np.abs(o - np.sort(r)[::-1][: len(o)])) / np.max(r)) for o, r in zip(ours, ref))
-        else:
-            err = max(float(np.max(np.abs(np.subtract(*match_spectra(o, np.asarray(r, complex))[:2]))) / np.max(np.abs(r))) for o, r in zip(ours, ref))
+        err = max_rel_diff(what, ours, ref)
         faster = min(t_base, t_batched or t_base)  # the baseline every speedup is against
         report[what] = {
             "circuitalg_s": round(t_ours, 3),
@@ -207,8 +213,7 @@ def run_task(w: dict, n: int, nb: int, kind: str) -> dict:
                 t0 = time.perf_counter()
                 many = ca.eigenvalues_many(maps)
                 t_many = time.perf_counter() - t0
-            err_many = max(float(np.max(np.abs(np.subtract(*match_spectra(o, np.asarray(r, complex))[:2]))) / np.max(np.abs(r)))
-                           for o, r in zip(many, ref))
+            err_many = max_rel_diff(what, many, ref)
             report[what].update({"circuitalg_batched_s": round(t_many, 3), "speedup_batched": round(faster / t_many, 1),
                                  "max_rel_diff_batched": err_many})
     # both spectra of every head, as an analysis computes them (the report: copying eigenvalues and

@@ -215,6 +215,71 @@ def test_gram_norm_bound_is_an_upper_bound_within_a_few_percent(dtype) -> None:
     np.testing.assert_allclose(magnitude(leaf), np.linalg.svd(huge.astype(np.float64), compute_uv=False)[0], rtol=0.05)
 
 
+def _spectra(d: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Symmetric PSD test matrices: a Wishart (clustered top), one dominant direction (real
+    embeddings' common offset), an exact null vector (a centred leaf), a repeated top, rank one, zero."""
+    X = rng.standard_normal((4 * d, d))
+    C = X - X.mean(axis=1, keepdims=True)
+    Y = X + 3 * rng.standard_normal(d)
+    v = rng.standard_normal(d)
+    return {
+        "wishart": X.T @ X,
+        "offset": Y.T @ Y,
+        "centred": C.T @ C,
+        "repeated": np.diag(np.r_[np.full(5, 7.0), rng.uniform(0, 6, d - 5)]),
+        "rank-one": np.outer(v, v),
+        "zero": np.zeros((d, d)),
+    }
+
+
+@pytest.mark.parametrize("d", [64, 300])
+def test_top_eigenvalue_bound_is_certified_and_tight(d: int) -> None:
+    """The bound on the largest eigenvalue that leaf norms use is never below LAPACK's float64
+    value (beyond its own rounding) and at most 2 LANCZOS_RTOL above it; at d >= 256 it comes from
+    the Cholesky certificate (not the fallback) on every nonzero case."""
+    from circuitalg.linalg.accuracy import LANCZOS_RTOL, _certified_top_eigenvalue, top_eigenvalue_bound
+
+    for name, G in _spectra(d, np.random.default_rng(21)).items():
+        lam = np.linalg.eigvalsh(G)[-1]
+        got = top_eigenvalue_bound(G)
+        assert lam - 8 * d * EPS64 * abs(lam) <= got <= lam * (1 + 2 * LANCZOS_RTOL) + 1e-300, name
+        if d >= 256 and name != "zero":
+            assert _certified_top_eigenvalue(G) == got, name
+
+
+def test_top_eigenvalue_certificate_rejects_an_estimate_below_the_top(monkeypatch) -> None:
+    """Negative control: a Lanczos estimate 1% low (raised by only 0.2%) must fail the Cholesky
+    certificate; the bound then falls back to LAPACK's largest eigenvalue, still an upper bound."""
+    import scipy.sparse.linalg as spla
+
+    from circuitalg.linalg.accuracy import _certified_top_eigenvalue, top_eigenvalue_bound
+
+    G = _spectra(300, np.random.default_rng(22))["wishart"]
+    lam = np.linalg.eigvalsh(G)[-1]
+    monkeypatch.setattr(spla, "eigsh", lambda *a, **k: np.array([0.99 * lam]))
+    assert _certified_top_eigenvalue(G) is None
+    np.testing.assert_allclose(top_eigenvalue_bound(G), lam, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gram_blocks_split_between_threads_is_within_its_bound(dtype) -> None:
+    """A Gram matrix large enough to be split between threads (n d² above SMALL_LAPACK_WORK) is
+    within its stated err2 of the float64 product, and equals the serial loop to float64 rounding."""
+    from circuitalg.linalg.common import SMALL_LAPACK_WORK
+    from circuitalg.linalg.factors import gram_blocks
+
+    rng = np.random.default_rng(23)
+    M = (rng.standard_normal((20000, 64)) + 0.5).astype(dtype)
+    assert M.shape[0] * 64 * 64 > SMALL_LAPACK_WORK
+    exact = M.astype(np.float64).T @ M.astype(np.float64)
+    for rows in (1000, 4096):
+        g = gram_blocks(M, rows)
+        assert np.linalg.norm(g.G - exact, 2) <= g.err2
+        assert np.array_equal(g.G, g.G.T)
+        serial = sum((M[s:s + rows].T @ M[s:s + rows]).astype(np.float64) for s in range(0, len(M), rows))
+        np.testing.assert_allclose(g.G, serial, rtol=1e-12 if dtype == np.float32 else 1e-10)
+
+
 def test_accuracy_counts_a_gram_factor_made_after_the_norm_was_cached() -> None:
     """A leaf's norm may be cached by an eigenvalue call (no factor needed) before a singular-value
     call factors it through its Gram matrix: the factor's condition number still enters the bound,

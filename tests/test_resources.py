@@ -258,7 +258,7 @@ def _blas_threads() -> list[int]:
 
 
 def test_split_small_products_matches_the_serial_loop_and_restores_blas_threads() -> None:
-    from circuitalg.linalg.common import _cores, split_small_products
+    from circuitalg.linalg.common import core_count, split_small_products
 
     rng = np.random.default_rng(0)
     A = rng.standard_normal((51, 64, 64))
@@ -278,8 +278,8 @@ def test_split_small_products_matches_the_serial_loop_and_restores_blas_threads(
     assert parts[0][0] == 0 and parts[-1][1] == len(A)
     assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))  # contiguous chunks, in order
     assert _blas_threads() == before
-    if _cores() >= 2 and max(before, default=1) > 1:
-        assert len(parts) == min(_cores(), len(A))
+    if core_count() >= 2 and max(before, default=1) > 1:
+        assert len(parts) == min(core_count(), len(A))
         assert all(t == [1] * len(t) for t in inside)  # one BLAS thread per chunk while split
 
 

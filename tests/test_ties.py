@@ -236,3 +236,19 @@ def test_an_untied_checkpoint_is_not_tied(tmp_path) -> None:
                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, vocab_size=97,
                    tie_word_embeddings=False)
     assert tied_form(ca.load(tmp_path, fold=True).W_U) is None
+
+
+@pytest.mark.parametrize("centred", [True, False])
+def test_sample_gains_solve_the_sample_normal_equations(centred) -> None:
+    """The screen's gains (Woodbury through the sample's s x s matrix) are the solution of the
+    dense d x d normal equations J g = f*(U) (J = diag(AᵀA) - AᵀA/d centred, diag(AᵀA) otherwise)."""
+    from circuitalg.linalg.ties import _adjoint, _sample_gains
+
+    E, U, _ = _tied_arrays(np.float64, centred)
+    rows = np.linspace(0, V - 1, 40).astype(int)  # fewer rows than d: J's low-rank part is exact
+    A, Us = E.T[rows], U[rows]
+    rhs = _adjoint(Us, A, centred)
+    G = A.T @ A
+    J = np.diag(np.diag(G)) - (G / D if centred else 0)
+    np.testing.assert_allclose(_sample_gains(A, rhs, centred), np.linalg.solve(J, rhs), rtol=1e-9)
+    assert _sample_gains(np.zeros_like(A), rhs, centred) is None  # a singular J: no candidate

@@ -84,6 +84,7 @@ __all__ = [
     "warn_if_imprecise",
     "prime_leaf_norms",
     "eigen_conditions_many",
+    "top_eigenvalue_bound",
 ]
 
 
@@ -136,8 +137,8 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
     block, as :func:`gram_norm2_bound` forms it) are stacked by shape: their Gram matrices come
     from batched products and their largest eigenvalues from batched ``eigvalsh``, a chunk per
     thread (numpy releases the GIL); longer ones (vocabulary-sized) have their Gram matrices
-    formed one by one (:func:`~circuitalg.linalg.factors.leaf_gram`, kept) and their largest
-    eigenvalues found side by side in threads. The bound is :func:`_norm2_from_gram`'s, entry
+    formed one by one (:func:`~circuitalg.linalg.factors.leaf_gram`, kept) and bounds on their largest
+    eigenvalues (:func:`top_eigenvalue_bound`) found side by side in threads. The bound is :func:`_norm2_from_gram`'s, entry
     for entry. The other leaves go one by one."""
     todo: dict[tuple[tuple[int, int], str], list[Dense]] = {}
     long: list[tuple[Dense, Gram]] = []
@@ -157,7 +158,7 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
                 magnitude(leaf)
         else:
             todo.setdefault((leaf.shape, side), []).append(leaf)
-    tops = split_small_products(lambda lo, hi: [float(np.linalg.eigvalsh(g.G)[-1]) for _, g in long[lo:hi]], len(long))
+    tops = split_small_products(lambda lo, hi: [top_eigenvalue_bound(g.G) for _, g in long[lo:hi]], len(long))
     for (leaf, gram), lam in zip(long, (t for part in tops for t in part)):
         leaf_factors(leaf).norm2_bound = _bound_from_top_eigenvalue(lam, gram.G.shape[0], gram.err2)
     for (_shape, side), group in todo.items():
@@ -254,16 +255,65 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
 
 def _norm2_from_gram(g: Gram) -> float:
     """The bound of :func:`gram_norm2_bound` from a computed Gram matrix and its rounding."""
-    d = g.G.shape[0]
     if not math.isfinite(g.err2):
         return math.inf
-    with small_lapack(d, d):
-        if d >= 256:  # the largest eigenvalue alone (bisection on the tridiagonal form): a third faster
-            lam = float(sla.eigh(g.G, eigvals_only=True, subset_by_index=[d - 1, d - 1], driver="evx",
+    return _bound_from_top_eigenvalue(top_eigenvalue_bound(g.G), g.G.shape[0], g.err2)
+
+
+#: Relative tolerance of the Lanczos estimate in :func:`top_eigenvalue_bound`; the certified bound
+#: is the estimate raised by twice this.
+LANCZOS_RTOL = 1e-3
+
+
+def top_eigenvalue_bound(G: np.ndarray) -> float:
+    """An upper bound on the largest eigenvalue of a symmetric ``d x d`` float64 ``G`` (its lower
+    triangle), on one BLAS thread (safe in :func:`~circuitalg.linalg.common.split_small_products`).
+
+    For ``d >= 256``: a Lanczos estimate ``θ <= λmax`` (ARPACK, relative tolerance
+    :data:`LANCZOS_RTOL`, a fixed start vector), raised to ``μ = θ (1 + 2 LANCZOS_RTOL)`` and
+    *certified*: the Cholesky factorisation of ``fl((μ - c) I - G)`` succeeds only if
+    ``λmax <= μ``, with ``c = γ'(d μ + |tr G|) + u (2μ + max |G_ii|)`` covering the factorisation's
+    backward error (``R̂ᵀR̂ = A + ΔA``, ``‖ΔA‖₂ <= γ_{d+1} ‖R̂‖_F² <= γ' tr(A)``, ``γ' =
+    γ_{d+1} / (1 - γ_{d+1})``) and the rounding of the diagonal. About 3x faster than the largest
+    eigenvalue by bisection at ``d = 768``, and at most 0.2% above ``λmax``. If the estimate or the
+    certificate fails: the largest eigenvalue from LAPACK, within ``8 d u`` relative. Smaller
+    ``d``: ``eigvalsh``'s largest value."""
+    d = G.shape[0]
+    if d == 0:
+        return 0.0
+    with small_lapack(1, 1):  # one BLAS thread: no OpenBLAS threads left spinning, safe in threads
+        if d >= 256:
+            mu = _certified_top_eigenvalue(G)
+            if mu is not None:
+                return mu
+            lam = float(sla.eigh(G, eigvals_only=True, subset_by_index=[d - 1, d - 1], driver="evx",
                                  check_finite=False)[0])
         else:
-            lam = float(np.linalg.eigvalsh(g.G)[-1]) if d else 0.0
-    return _bound_from_top_eigenvalue(lam, d, g.err2)
+            lam = float(np.linalg.eigvalsh(G)[-1])
+    return lam
+
+
+def _certified_top_eigenvalue(G: np.ndarray) -> float | None:
+    """:func:`top_eigenvalue_bound`'s certified ``μ``, or None when the estimate or the certificate fails."""
+    from scipy.sparse.linalg import ArpackError, eigsh
+
+    d = G.shape[0]
+    v0 = np.random.default_rng(0).standard_normal(d)  # a fixed start: reproducible
+    try:
+        theta = float(eigsh(G, k=1, which="LA", tol=LANCZOS_RTOL, v0=v0, return_eigenvectors=False)[0])
+    except (ArpackError, ValueError):
+        return None
+    if not (math.isfinite(theta) and theta > 0):
+        return None
+    mu = theta * (1 + 2 * LANCZOS_RTOL)
+    u = unit_roundoff(np.float64) / 2
+    gamma = (d + 1) * u / (1 - (d + 1) * u)
+    diag = np.diag(G)
+    c = 1.01 * (gamma / (1 - gamma) * (d * mu + abs(float(diag.sum()))) + u * (2 * mu + float(np.abs(diag).max())))
+    A = -np.tril(G)
+    A[np.diag_indices(d)] += mu - c
+    _, info = sla.lapack.dpotrf(A.T, lower=0)  # Aᵀ's upper triangle is A's lower (Fortran order: no copy)
+    return mu if info == 0 else None
 
 
 def _bound_from_top_eigenvalue(lam: float, d: int, err2: float) -> float:

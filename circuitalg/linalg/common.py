@@ -15,7 +15,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.maps.nodes import LinearMap
 
-__all__ = ["check_k", "require_square", "small_lapack", "split_small_products"]
+__all__ = ["check_k", "core_count", "require_square", "small_lapack", "split_small_products"]
 
 
 def check_k(m: LinearMap, k: int | None, limit: int) -> int:
@@ -72,7 +72,8 @@ T = TypeVar("T")
 _SPLIT_LOCK = threading.Lock()
 
 
-def _cores() -> int:
+def core_count() -> int:
+    """The cores this process may run on (its affinity set)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
@@ -93,7 +94,7 @@ def split_small_products(fn: Callable[[int, int], T], n: int) -> list[T]:
     as they are.
     """
     blas = [p["num_threads"] for p in _controller().info() if p["user_api"] == "blas"]
-    workers = min(_cores(), max(blas, default=1), n)
+    workers = min(core_count(), max(blas, default=1), n)
     if workers < 2 or not _SPLIT_LOCK.acquire(blocking=False):
         return [fn(0, n)]
     try:

@@ -35,7 +35,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
-from circuitalg.linalg.common import small_lapack
+from circuitalg.linalg.common import SMALL_LAPACK_WORK, core_count, small_lapack, split_small_products
 from circuitalg.linalg.ties import TiedForm, fit_tied_form, screen_tied_form
 from circuitalg.maps.chain import Chain
 from circuitalg.maps.nodes import Dense, Identity, LinearMap, Transpose
@@ -234,16 +234,28 @@ def gram_blocks(M: np.ndarray, rows: int = 4096, *, accurate: bool = False) -> G
     so ``γ = γ_n(u₆₄)``, far below float32 data's own resolution (the Cholesky factor of a
     well-conditioned float32 leaf is then as exact as Householder QR in float64); twice the
     arithmetic cost. A float64 ``M`` is the same either way. Overflow of the dtype gives
-    infinite entries and ``err2`` (no warning)."""
+    infinite entries and ``err2`` (no warning). Above :data:`~circuitalg.linalg.common.SMALL_LAPACK_WORK`
+    the blocks are split between threads (:func:`~circuitalg.linalg.common.split_small_products`),
+    each product on one BLAS thread."""
     n, d = M.shape
-    if M.dtype == np.float64:
-        G = M.T @ M
-    else:
+    wide = M.dtype == np.float64  # one product (its own rounding is float64's), else blocks of `rows`
+    step = max(1, n) if wide else rows
+
+    def part(lo: int, hi: int) -> np.ndarray:  # the blocks lo..hi, summed in float64
         G = np.zeros((d, d))
-        with small_lapack(n, d), np.errstate(over="ignore", invalid="ignore"):
-            for s in range(0, n, rows):
-                B = np.asarray(M[s:s + rows], dtype=np.float64) if accurate else M[s:s + rows]
+        with np.errstate(over="ignore", invalid="ignore"):
+            for s in range(lo * step, min(n, hi * step), step):
+                B = np.asarray(M[s:s + step], dtype=np.float64) if accurate else M[s:s + step]
                 G += B.T @ B  # one operand transposed: numpy calls syrk (half a product)
+        return G
+
+    if n * d * d <= SMALL_LAPACK_WORK:
+        with small_lapack(n, d):
+            G = part(0, 1) if wide else part(0, -(-n // rows))
+    elif wide:  # each thread one product over its rows
+        G = sum(split_small_products(lambda lo, hi: M[lo:hi].T @ M[lo:hi], n), np.zeros((d, d)))
+    else:  # each thread its own blocks: no OpenBLAS threads left spinning for the next threaded step
+        G = sum(split_small_products(part, -(-n // rows)), np.zeros((d, d)))
     gamma = gram_gamma(n, rows, M.dtype, accurate)
     with np.errstate(over="ignore", invalid="ignore"):
         fro2 = max(float(np.trace(G)), 0.0) / (1 - gamma) if gamma < 1 else math.inf
@@ -497,7 +509,8 @@ def cyclic_cores(chains: list[Chain]) -> list[np.ndarray]:
     """:func:`cyclic_core` of every chain. Chains whose rotated core is
     ``C P B`` with the same cached pair product ``P`` (``W_E W_U``) and leaves ``B``, ``C`` of equal
     shapes are done together: ``P [B_1 ... B_g]`` as one product (in pieces of at most
-    :data:`BATCH_BYTES`), then ``C_i (P B_i)`` as one stacked product."""
+    :data:`BATCH_BYTES` over all threads), then ``C_i (P B_i)`` as one stacked product; the
+    members are split between threads (:func:`~circuitalg.linalg.common.split_small_products`)."""
     cores: list[np.ndarray | None] = [None] * len(chains)
     groups: dict[tuple, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {}
     for i, chain in enumerate(chains):
@@ -513,12 +526,19 @@ def cyclic_cores(chains: list[Chain]) -> list[np.ndarray]:
     for members in groups.values():
         P = members[0][2]
         B0 = members[0][3]
-        width = max(1, BATCH_BYTES // max(1, P.shape[0] * B0.shape[1] * np.result_type(P, B0).itemsize))
-        for s in range(0, len(members), width):
-            part = members[s:s + width]
-            Y = P @ np.concatenate([b for _, _, _, b in part], axis=1)  # (W_E W_U) [W_O^1 ... W_O^g]
-            Ys = Y.reshape(Y.shape[0], len(part), B0.shape[1]).transpose(1, 0, 2)
-            Z = np.matmul(np.stack([c for _, c, _, _ in part]), Ys)  # W_V^i ((W_E W_U) W_O^i)
-            for (i, *_), z in zip(part, Z):
-                cores[i] = z
+        per_member = max(1, P.shape[0] * B0.shape[1] * np.result_type(P, B0).itemsize)
+        width = max(1, BATCH_BYTES // core_count() // per_member)  # each thread's piece
+
+        def group_cores(lo: int, hi: int, members: list = members, P: np.ndarray = P, b: int = B0.shape[1]) -> list:
+            out = []
+            for s in range(lo, hi, width):
+                part = members[s:min(s + width, hi)]
+                Y = P @ np.concatenate([m[3] for m in part], axis=1)  # (W_E W_U) [W_O^1 ... W_O^g]
+                Ys = Y.reshape(Y.shape[0], len(part), b).transpose(1, 0, 2)
+                out.extend(np.matmul(np.stack([m[1] for m in part]), Ys))  # W_V^i ((W_E W_U) W_O^i)
+            return out
+
+        # the members split between threads, each product on one BLAS thread
+        for (i, *_), z in zip(members, (z for piece in split_small_products(group_cores, len(members)) for z in piece)):
+            cores[i] = z
     return cores  # type: ignore[return-value]

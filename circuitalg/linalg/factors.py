@@ -529,7 +529,8 @@ def cyclic_cores(chains: list[Chain]) -> list[np.ndarray]:
         per_member = max(1, P.shape[0] * B0.shape[1] * np.result_type(P, B0).itemsize)
         width = max(1, BATCH_BYTES // core_count() // per_member)  # each thread's piece
 
-        def group_cores(lo: int, hi: int, members: list = members, P: np.ndarray = P, b: int = B0.shape[1]) -> list:
+        def group_cores(lo: int, hi: int, members: list = members, P: np.ndarray = P, b: int = B0.shape[1],
+                        width: int = width) -> list:
             out = []
             for s in range(lo, hi, width):
                 part = members[s:min(s + width, hi)]

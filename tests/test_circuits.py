@@ -625,3 +625,25 @@ def test_graph_edge_weights_are_composed_on_first_read_and_survive_copies() -> N
         assert e.get("weight") is e["weight"] and e["norm"] == d["norm"]
     rec = g.edges("k", top=1)[0]
     assert "weight" not in rec and rec["score"] == g.nx.edges[rec["writer"], rec["reader"], "k"]["score"]
+
+
+def test_transition_norm_bounds_hold_for_the_transitions_the_search_multiplies_by() -> None:
+    """The search bounds every writer -> later-head transition from one batched product per writer
+    and forms the transitions it follows in separate products: each bound is at least the squared
+    spectral norm of the matrix ``transition`` returns (float64 SVD), at most a few times above it,
+    exactly zero for a zeroed writer (no rounding slack where no term is nonzero), and zero for
+    pairs that are not writer -> later head."""
+    from circuitalg.circuits.enumerate import _Engine
+
+    m = _zeroed(random_model(n_layers=3, n_heads=3, d_model=24, d_head=4, d_vocab=6, n_ctx=5, seed=8), [(0, 1)])
+    eng = _Engine(m, ("unembed",))
+    zeroed = eng.heads.index(ca.HeadId(0, 1))
+    for g, g2 in itertools.product(range(len(eng.heads)), repeat=2):
+        if eng.layer[g2] <= eng.layer[g]:
+            assert eng.M_norm2[g, g2] == 0.0
+            continue
+        s2 = np.linalg.svd(eng.transition(g, g2), compute_uv=False)[0] ** 2
+        if g == zeroed:
+            assert s2 == 0.0 and eng.M_norm2[g, g2] == 0.0
+        else:
+            assert s2 <= eng.M_norm2[g, g2] <= 4 * s2, (g, g2)

@@ -161,28 +161,38 @@ class _Engine:
                             for s, R in self.R_src.items() for X in "QKV"}
         # first step: K_1(s, g) = W_V^g S Sᵀ W_V^gᵀ
         self.K1 = {s: list(self.source_gram[(s, "V")]) for s in self.R_src}
-        # transitions and their spectral norms, for writer g and later reader g'
-        self.M: dict[tuple[int, int], np.ndarray] = {}
+        # transitions M = W_V^g2 W_O^g for writer g and later reader g2: their spectral-norm bounds
+        # for every pair, from one product per writer (W_V of all later heads times W_O^g) made and
+        # dropped inside the split (the 9,504 matrices of GPT-2 small would hold 297 MiB); the
+        # search forms the transitions it follows on demand (transition())
         self.M_norm2 = np.zeros((n, n))
+        self._M: dict[tuple[int, int], np.ndarray] = {}
         W_V_all = np.ascontiguousarray(np.stack(self.W_V)) if n else np.zeros((0, 0, 0))  # rows reshape as views
-        dh = W_V_all.shape[1] if n else 0
-        # W_V^g2 W_O^g for writer g and every later head g2 (a suffix of the layer-ordered list):
-        # one product per writer, then their norm bounds, many small products, on all cores
-        blocks = []
-        for g in range(n):
-            later = np.flatnonzero(self.layer > self.layer[g])
-            if later.size:
-                first = int(later[0])
-                blocks.append((g, first, (W_V_all[first:].reshape(-1, W_V_all.shape[2]) @ self.W_O[g]).reshape(-1, dh, dh)))
+        dh, D = (W_V_all.shape[1], W_V_all.shape[2]) if n else (0, 0)
+        writers = [(g, int(np.argmax(self.layer > self.layer[g]))) for g in range(n) if self.layer[g] < self.layer.max()]
         # alternate writers between the halves split_small_products runs: both get early and late ones
-        order = list(range(0, len(blocks), 2)) + list(range(1, len(blocks), 2))
-        norms = split_small_products(lambda lo, hi: [_spectral_norm2_bound(blocks[i][2]) for i in order[lo:hi]],
-                                     len(order))
-        for i, norms2 in zip(order, (x for part in norms for x in part)):
-            g, first, Ms = blocks[i]
-            for g2, Mg, nm2 in zip(range(first, n), Ms, norms2):
-                self.M[(g, g2)] = Mg
-                self.M_norm2[g, g2] = nm2
+        order = list(range(0, len(writers), 2)) + list(range(1, len(writers), 2))
+
+        # transition() forms M in its own product, whose rounding differs from the block's by at most
+        # 2 γ_D |W_V^g2| |W_O^g| entrywise (Higham 3.5); in norm at most 2 γ_D Σ_j ‖W_V^g2[:, j]‖ ‖W_O^g[j, :]‖
+        # (one small product for all pairs), which is added to each bound: so the bound holds for
+        # the matrix the search multiplies by, and stays exactly zero where no term is nonzero
+        u = np.finfo(np.float64).eps / 2
+        col_V = np.sqrt(np.einsum("gij,gij->gj", W_V_all, W_V_all)) if n else np.zeros((0, 0))
+        row_O = np.sqrt(np.stack([np.einsum("ji,ji->j", w, w) for w in self.W_O])) if n else np.zeros((0, 0))
+        slack = 2.01 * (D * u / (1 - D * u)) * (row_O @ col_V.T) if n else np.zeros((0, 0))
+
+        def bounds(lo: int, hi: int) -> list[np.ndarray]:
+            out = []
+            for i in order[lo:hi]:
+                g, first = writers[i]
+                Ms = (W_V_all[first:].reshape(-1, D) @ self.W_O[g]).reshape(-1, dh, dh)
+                out.append((np.sqrt(_spectral_norm2_bound(Ms)) + slack[g, first:]) ** 2)
+            return out
+
+        for i, norms2 in zip(order, (x for part in split_small_products(bounds, len(order)) for x in part)):
+            g, first = writers[i]
+            self.M_norm2[g, first:] = norms2
         # readers: (sink side, sink head index or -1, bare source)
         self.readers: list[tuple[str, int, Source | None]] = []
         self.reader_layer: list[int] = []
@@ -227,6 +237,14 @@ class _Engine:
     def other_gram(self, kind: str, h: int, s: str) -> np.ndarray:
         """``W S Sᵀ Wᵀ`` for the bare side of a QK sink (``W_Q`` for key sinks, ``W_K`` for query sinks)."""
         return self.source_gram[(s, "Q" if kind == "k" else "K")][h]
+
+    def transition(self, g: int, g2: int) -> np.ndarray:
+        """``M = W_V^g2 W_O^g`` (cached): the transition from writer ``g`` to a later head ``g2``,
+        whose norm ``M_norm2[g, g2]`` bounds."""
+        M = self._M.get((g, g2))
+        if M is None:
+            M = self._M[(g, g2)] = self.W_V[g2] @ self.W_O[g]
+        return M
 
     def Zmat(self, g: int, r: int) -> np.ndarray:
         """``Z_{g, rho} = W_O^gᵀ G_rho W_O^g`` (cached)."""
@@ -456,7 +474,7 @@ class _Search:
                 bound2 = node.trace * eng.M_norm2[g, g2] * self.B[remaining - 1][g2] * _SAFETY
                 self.push(bound2, _Child(node, int(g2)))
         else:
-            M = eng.M[(g, entry.head)]
+            M = eng.transition(g, entry.head)
             self.add_node(node.source, node.chain + (entry.head,), M @ node.K @ M.T)
 
     def run(self) -> CircuitSearch:

@@ -179,8 +179,6 @@ def analyse(
         base = ca.composition_baselines(m)
     with stage("exact top circuits"):
         search = ca.top_circuits(m, options.top, min(2, c.n_layers + 1), ("unembed", "q", "k"))
-    with stage("circuit graph"):
-        graph = ca.CircuitGraph(m, base)
 
     prev = findings.previous_token_head(table)
     ind = findings.induction_head(table)
@@ -207,6 +205,8 @@ def analyse(
         top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
         qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
         top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
+    with stage("circuit graph"):  # last: its cached MLP reader factors then add to no later stage's peak
+        graph = ca.CircuitGraph(m, base)
     prev_line = str(prev)
     if prev.head is not None:
         source = "W_pos" if m.W_pos is not None else "rotary offsets"

@@ -390,13 +390,31 @@ def composition_baselines(
     samples: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     total = 0
     while total < n_samples:
-        qkv = rng.standard_normal((3, 2, H, dh, D))
-        W_O = rng.standard_normal((2, H, D, dh))
-        heads = HeadWeights.from_arrays(qkv[0], qkv[1], qkv[2], W_O)
+        heads = HeadWeights.from_arrays(*_random_heads(rng, H, dh, D))
         for k in kinds:
             samples[k].append(scores_from_weights(heads, k)[0, :, 1, :].ravel())
         total += samples[kinds[0]][-1].size
     return {k: _baseline_from_samples(k, np.concatenate(samples[k]), seed) for k in kinds}
+
+
+def _random_heads(rng: np.random.Generator, H: int, dh: int, D: int) -> list[np.ndarray]:
+    """``W_Q, W_K, W_V, W_O`` of two layers of ``H`` random heads, drawn in the order of one
+    ``(3, 2, H, dh, D)`` draw and one ``(2, H, D, dh)`` draw (so the baselines do not change), one
+    stack at a time; the parts a layer-0 -> layer-1 score never reads (layer 0's ``W_Q`` and
+    ``W_K``; V-composition reads layer 1's ``W_OV``) are left as zeros (pages never touched)."""
+    out = []
+    for name, shape in (("Q", (2, H, dh, D)), ("K", (2, H, dh, D)), ("V", (2, H, dh, D)), ("O", (2, H, D, dh))):
+        unread = {"Q": 0, "K": 0}.get(name)
+        if unread is None:
+            out.append(rng.standard_normal(shape))
+            continue
+        W = np.zeros(shape)
+        for layer in range(2):
+            part = rng.standard_normal(shape[1:])  # the same numbers as the layer's slice of the full draw
+            if layer != unread:
+                W[layer] = part
+        out.append(W)
+    return out
 
 
 def _baseline_from_samples(kind: str, x: np.ndarray, seed: int) -> CompositionBaseline:

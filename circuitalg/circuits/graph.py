@@ -348,7 +348,9 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     stream_gram = {key: R.T @ R for key, R in stream.items()}
     # writers that are not heads (embeddings, MLPs) into every head: through the writers' Gram
     # matrices F Fᵀ and the heads' reader Gram matrices, all pairs of a kind in one pass
-    stacked = np.stack([factors[n] @ factors[n].T for n, _ in others])
+    stacked = np.empty((len(others), c.d_model, c.d_model))  # filled in place: no list and stacked copy
+    for i, (n, _) in enumerate(others):
+        np.matmul(factors[n], factors[n].T, out=stacked[i])
     index = {n: i for i, (n, _) in enumerate(others)}
     grams = {n: stacked[i] for n, i in index.items()}
     into_heads = {k: _head_read_grams(hw, k, stacked) for k in COMPOSITION_KINDS}

@@ -303,6 +303,43 @@ def test_split_small_products_nested_or_failing_runs_stay_correct() -> None:
     assert split_small_products(lambda a, b: (a, b), 4)[-1][1] == 4  # the lock was released
 
 
+def _split_in_child(conn) -> None:  # module level: picklable for any start method
+    from circuitalg.linalg.common import split_small_products
+
+    conn.send(split_small_products(lambda lo, hi: (lo, hi), 6))
+    conn.close()
+
+
+def test_split_small_products_reuses_its_threads_and_works_after_fork() -> None:
+    """The worker threads are kept between splits (no new thread, malloc arena or OpenBLAS buffer
+    per call), chunks after the first run on them, and a forked child (which has none of its
+    parent's threads) makes its own pool instead of waiting on the parent's forever."""
+    import multiprocessing
+    import threading
+
+    from circuitalg.linalg.common import core_count, split_small_products
+
+    if core_count() < 2 or max(_blas_threads(), default=1) < 2:
+        pytest.skip("one core or one BLAS thread: splits run in the caller's thread")
+    names = lambda: split_small_products(lambda lo, hi: threading.current_thread().name, 4)  # noqa: E731
+    first, second = names(), names()
+    assert first[0] == second[0] == threading.current_thread().name  # the caller takes the first chunk
+    assert all(n.startswith("circuitalg-split") for n in first[1:])
+    assert set(first[1:]) == set(second[1:])  # the same worker threads
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_split_in_child, args=(child,))
+    p.start()
+    try:
+        assert parent.poll(60), "the forked child's split did not finish"
+        got = parent.recv()
+        p.join(10)
+    finally:
+        if p.is_alive():
+            p.kill()
+    assert got[0][0] == 0 and got[-1][1] == 6 and p.exitcode == 0
+
+
 def test_transition_norm_bounds_bound_the_spectral_norms() -> None:
     """``_spectral_norm2_bound`` (the search's pruning bound) is at least ``‖M‖₂²`` and at most
     ``64^(1/8)`` times it, zero for a zero matrix, for a stack that is not a multiple of its batch."""

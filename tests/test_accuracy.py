@@ -101,6 +101,30 @@ def test_cancelling_factors_warn_and_stay_within_the_bound() -> None:
         m.norm()
 
 
+def test_precision_warnings_point_at_the_callers_line() -> None:
+    """Whichever way a result is asked for (a method, the free function, eigenvalues_many, the
+    norm), its PrecisionWarning names this file and the calling line, not circuitalg's internals."""
+    m, _ = _exact_cancelling_product(1e10)
+    x = ca.Space("x", 2)
+    sq = ca.Dense(np.array([[1.0, 1.0], [0.0, 1.0]]), x, x, "J")  # defective: its eigenvalues warn
+    calls = {
+        "method": lambda: m.singular_values(),
+        "function": lambda: ca.singular_values(m),
+        "norm": lambda: m.norm(),
+        "eig method": lambda: sq.eigenvalues(),
+        "eig function": lambda: ca.eigenvalues(sq),
+        "eig many": lambda: ca.eigenvalues_many([sq, sq]),
+    }
+    for name, call in calls.items():
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always", ca.PrecisionWarning)
+            line = call.__code__.co_firstlineno
+            call()
+        got = [(w.filename, w.lineno) for w in rec if issubclass(w.category, ca.PrecisionWarning)]
+        assert got, name
+        assert all(f == __file__ and n == line for f, n in got), (name, got)
+
+
 def test_mild_factors_do_not_warn() -> None:
     m, exact = _exact_cancelling_product(1.0)
     with warnings.catch_warnings():

@@ -42,6 +42,8 @@ weights are orders of magnitude away from it.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -408,10 +410,20 @@ def warn_rtol(dtype: np.dtype) -> float:
     return unit_roundoff(dtype) ** (1.0 / 3.0)
 
 
-def warn_if_imprecise(
-    m: LinearMap, what: str, bound: float, scale: float, stacklevel: int = 3, *, zero_is_exact: bool = True
-) -> None:
-    """Emit :class:`PrecisionWarning` if ``bound > warn_rtol(m.dtype) * |scale|``.
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` made by this function's caller that names the first
+    frame outside the circuitalg package: warnings point at the user's line, however many of
+    circuitalg's own calls (a method, ``eigenvalues_many``, the report) lie between."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(2), 2  # stacklevel 2: the warning caller's caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_imprecise(m: LinearMap, what: str, bound: float, scale: float, *, zero_is_exact: bool = True) -> None:
+    """Emit :class:`PrecisionWarning` if ``bound > warn_rtol(m.dtype) * |scale|``, attributed to
+    the first calling line outside circuitalg.
 
     A result of exactly ``0.0`` does not warn when ``zero_is_exact`` (the default): the
     product routes compute it from an exactly zero small core, which is how structural zeros
@@ -433,5 +445,5 @@ def warn_if_imprecise(
             "are nearly parallel; evaluate in float64, rescale the factors, or treat values below "
             "the bound as zero (see circuitalg.linalg.accuracy)."
         ),
-        stacklevel=stacklevel,
+        stacklevel=_outside_stacklevel(),
     )

@@ -76,22 +76,22 @@ def _target_eigenvalues(p: Plan, k: int | None) -> Spectrum:
     return w, np.full(len(w), np.nan)
 
 
-def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray, stacklevel: int = 4) -> None:
+def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray) -> None:
     """Warn if an eigenvalue above the noise floor has a bound over warn_rtol * |λ_1|."""
     acc = accuracy(m)
     above = np.abs(vals) > eigen_noise_floor(m, acc)
     if not above.any():
         return
     worst = float(np.max(np.where(np.isnan(cond[above]), 0.0, cond[above])))
-    warn_if_imprecise(m, "eigenvalues", worst * acc, float(np.abs(vals[0])), stacklevel=stacklevel)
+    warn_if_imprecise(m, "eigenvalues", worst * acc, float(np.abs(vals[0])))
 
 
-def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, stacklevel: int) -> np.ndarray:
+def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int) -> np.ndarray:
     """The ``n`` eigenvalues kept, sorted, checked (:func:`_warn_if_ill_conditioned`) and cast."""
     keep = _order(w)[:n]
     vals = np.asarray(w, dtype=np.result_type(w.dtype, np.complex64))[keep]
     if len(vals):
-        _warn_if_ill_conditioned(m, vals, cond[keep], stacklevel + 1)
+        _warn_if_ill_conditioned(m, vals, cond[keep])
     out_dtype = np.complex64 if m.dtype == np.float32 else np.complex128
     return vals.astype(out_dtype)
 
@@ -114,7 +114,7 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
     require_square(m, "eigenvalues")
     n = check_k(m, k, m.rank_bound)
     w, cond = _all_eigenvalues(m, k)
-    return _finish(m, w, cond, n, stacklevel=4)
+    return _finish(m, w, cond, n)
 
 
 def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np.ndarray]:
@@ -162,5 +162,5 @@ def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np
         else:
             w, cond = _target_eigenvalues(p, k)
             w = p.scalar * w
-        out.append(_finish(m, w, cond, n, stacklevel=4))
+        out.append(_finish(m, w, cond, n))
     return out

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,17 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
-from circuitalg.errors import ConfigError, LoadError, TooLargeError, check_int
+from circuitalg.errors import ConfigError, LoadError, PrecisionWarning, TooLargeError, check_int
+from circuitalg.linalg.accuracy import (
+    eigen_conditions_many,
+    eigenvalue_error,
+    error_bound,
+    norm2_from_gram,
+    stacked_norm2_bounds,
+    unit_roundoff,
+    warn_rtol,
+)
+from circuitalg.linalg.factors import Gram, gram_gamma
 from circuitalg.linalg.ties import TiedForm
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.hf import hf_config
@@ -113,12 +125,20 @@ class FullOVPlan:
 @dataclasses.dataclass(frozen=True)
 class FullOVResult:
     """Per head (``[n_layers, n_heads, d_head]``): singular values (descending) and eigenvalues
-    (descending magnitude) of the full OV circuit, and the copying score ``Σ Re λ / Σ |λ|``."""
+    (descending magnitude) of the full OV circuit, and the copying score ``Σ Re λ / Σ |λ|``.
+
+    ``singular_value_error`` and ``eigenvalue_error`` (``[n_layers, n_heads]``) are the a-priori
+    bounds of :mod:`circuitalg.linalg.accuracy` for each head, as the in-memory routines state
+    them: every singular value is within ``singular_value_error`` of the exact one, and every
+    eigenvalue above the noise floor ``sqrt(bound · ‖W_U‖‖W_O‖‖W_V‖‖W_E‖)`` within
+    ``eigenvalue_error`` (0 when the whole spectrum is below the floor)."""
 
     singular_values: np.ndarray
     eigenvalues: np.ndarray
     copying: np.ndarray
     plan: FullOVPlan
+    singular_value_error: np.ndarray
+    eigenvalue_error: np.ndarray
 
 
 def _config(files: TensorFiles) -> TransformerConfig:
@@ -150,13 +170,17 @@ def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPl
     tile = int(min(V, room // per_row))
     kv = c.kv_heads
     vocab_products = 1 if "lm_head.weight" not in files.index else 3  # tied: W_E's Gram matrix only
-    flops = vocab_products * 2.0 * V * D * D + L * (kv * 2 * 2.0 * D * D * dh + H * (2.0 * D * D * dh + 2.0 * D * dh * dh + 30.0 * dh**3))
+    flops = (vocab_products * 2.0 * V * D * D + 2 * 4.0 * D**3  # the Gram matrices' spectra (error bounds)
+             + L * (kv * 2 * 2.0 * D * D * dh + (kv + H) * 2.0 * D * dh * dh  # per layer: the value side, norms
+                    + H * (2.0 * D * D * dh + 2.0 * D * dh * dh + 40.0 * dh**3)))  # per head: QR, SVD, eig with vectors
     return FullOVPlan(L, H, c.kv_heads, D, dh, V, tile, flops, fixed + layer + tile * per_row, budget)
 
 
-def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray, M: np.ndarray) -> tuple[
-        np.ndarray, np.ndarray]:
-    """Singular values and eigenvalues ``[n_heads, d_head]`` of one layer's heads (a dask task)."""
+def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray, M: np.ndarray,
+                   vocab_norms: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
+    """Singular values and eigenvalues ``[n_heads, d_head]`` of one layer's heads, and their error
+    bounds ``[n_heads]`` (a dask task). ``vocab_norms``: bounds on ``‖W_E‖₂`` and ``‖W_U‖₂``, and
+    the Gram-factor penalty of ``R_E`` and ``R_U`` (their larger condition number)."""
     files = TensorFiles(directory)
     c = _config(files)
     dh, H, kv = c.d_head, c.n_heads, c.kv_heads
@@ -167,13 +191,24 @@ def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray,
     # the value side is shared by the query heads of a key/value group: once per group
     rb = [np.linalg.qr((W_V[g] @ R_E.T).T, mode="r") for g in range(kv)]  # W_V W_E's triangular factor
     VM = [W_V[g] @ M for g in range(kv)]  # W_V (W_E W_U)
+    cores = np.stack([VM[c.kv_head(h)] @ W_O[h] for h in range(H)])
     for h in range(H):
-        g = c.kv_head(h)
         ra = np.linalg.qr(R_U @ W_O[h], mode="r")  # ||W_U W_O x|| = ||R_U W_O x||
-        sv[h] = sla.svdvals(ra @ rb[g].T)
-        lam = np.linalg.eigvals(VM[g] @ W_O[h])
-        ev[h] = lam[np.argsort(-np.abs(lam), kind="stable")]
-    return sv, ev
+        sv[h] = sla.svdvals(ra @ rb[c.kv_head(h)].T)
+    # a-priori bounds, as accuracy() states them for the chain W_U W_O W_V W_E (4 leaves, float64)
+    n_E, n_U, penalty = vocab_norms
+    n_V = stacked_norm2_bounds(np.stack(W_V))
+    n_O = stacked_norm2_bounds(np.stack(W_O))
+    d_max = max(c.d_vocab, c.d_model)
+    sv_err, ev_err = np.zeros(H), np.zeros(H)
+    for h, (lam, cond) in enumerate(eigen_conditions_many(cores)):
+        order = np.argsort(-np.abs(lam), kind="stable")
+        ev[h] = lam[order]
+        mag = n_U * n_O[h] * n_V[c.kv_head(h)] * n_E
+        sv_err[h] = error_bound(4, d_max, mag, np.float64, penalty)
+        acc = error_bound(4, d_max, mag, np.float64)  # the eigenvalue route factors nothing
+        ev_err[h] = eigenvalue_error(lam[order], cond[order], acc, mag)
+    return sv, ev, sv_err, ev_err
 
 
 def stream_full_ov(
@@ -208,17 +243,55 @@ def stream_full_ov(
     R_E = sla.cholesky(G_E, lower=False)
     R_U = sla.cholesky(G_U, lower=False)
     log("vocabulary Gram matrices and W_E W_U done")
+    norms = _vocab_norms(G_E, G_U, wf if tied else None, V)
     if client is not None:
         shared = client.scatter([R_E, R_U, M], broadcast=True)
-        futures = [client.submit(_layer_spectra, str(files.dir), l, *shared, pure=False) for l in range(c.n_layers)]
+        futures = [client.submit(_layer_spectra, str(files.dir), l, *shared, norms, pure=False)
+                   for l in range(c.n_layers)]
         parts = client.gather(futures)
     else:
-        parts = [_layer_spectra(str(files.dir), l, R_E, R_U, M) for l in range(c.n_layers)]
-    sv = np.stack([p[0] for p in parts])
-    ev = np.stack([p[1] for p in parts])
+        parts = [_layer_spectra(str(files.dir), l, R_E, R_U, M, norms) for l in range(c.n_layers)]
+    sv, ev, sv_err, ev_err = (np.stack([p[i] for p in parts]) for i in range(4))
     mag = np.abs(ev).sum(axis=-1)
     copying = np.divide(ev.real.sum(axis=-1), mag, out=np.zeros_like(mag), where=mag > 0)
-    return FullOVResult(sv, ev, copying, plan)
+    _warn_imprecise(sv[..., 0], sv_err, np.abs(ev[..., 0]), ev_err)
+    return FullOVResult(sv, ev, copying, plan, sv_err, ev_err)
+
+
+def _vocab_norms(G_E: np.ndarray, G_U: np.ndarray, tied_gains: np.ndarray | None, V: int) -> tuple[float, float, float]:
+    """Bounds on ``‖W_E‖₂`` and ``‖W_U‖₂`` from their Gram matrices (sums of ``V`` rows in float64:
+    ``γ_V`` of the trace; a tied ``W_U``'s, ``diag(w) G_E diag(w)``, also carries ``G_E``'s error
+    scaled by ``max w²`` and its own rounding), and the Gram-factor penalty of the Cholesky factors
+    ``R_E``, ``R_U`` (the larger ``sqrt(λmax / λmin)``; ``inf`` for a singular Gram matrix)."""
+    D = G_E.shape[0]
+    gamma = gram_gamma(V, V, np.float64, True)
+    err_E = gamma * max(float(np.trace(G_E)), 0.0) / (1 - gamma)
+    if tied_gains is None:
+        err_U = gamma * max(float(np.trace(G_U)), 0.0) / (1 - gamma)
+    else:
+        w2 = float(np.max(np.abs(tied_gains))) ** 2
+        err_U = w2 * err_E + 4 * (D + 2) * unit_roundoff(np.float64) * w2 * max(float(np.trace(G_E)), 0.0)
+    n_E = norm2_from_gram(Gram(G_E, err_E, True))
+    n_U = norm2_from_gram(Gram(G_U, err_U, True))
+    penalty = 1.0
+    for G in (G_E, G_U):
+        lam = np.linalg.eigvalsh(G)
+        penalty = max(penalty, math.sqrt(lam[-1] / lam[0]) if lam[0] > 0 else math.inf)
+    return n_E, n_U, penalty
+
+
+def _warn_imprecise(s1: np.ndarray, sv_err: np.ndarray, l1: np.ndarray, ev_err: np.ndarray) -> None:
+    """One :class:`PrecisionWarning` naming the heads whose bounds exceed ``warn_rtol`` of their
+    largest singular value or eigenvalue magnitude (as the in-memory routines warn per map)."""
+    rtol = warn_rtol(np.float64)
+    for what, bound, scale in (("singular values", sv_err, s1), ("eigenvalues", ev_err, l1)):
+        bad = np.argwhere((bound > rtol * scale) & (bound > 0))
+        if len(bad):
+            names = ", ".join(f"L{l}H{h}" for l, h in bad[:8]) + (" ..." if len(bad) > 8 else "")
+            warnings.warn(PrecisionWarning(
+                f"stream_full_ov: the full-OV {what} of {len(bad)} of {bound.size} heads ({names}) may be inaccurate: "
+                f"their a-priori error bounds exceed {rtol:.2g} of the head's largest value (see "
+                f"FullOVResult.{'singular_value_error' if what[0] == 's' else 'eigenvalue_error'})."), stacklevel=3)
 
 
 # -- all-pairs composition scores, tiled over layer chunks --------------------------------------

@@ -50,6 +50,51 @@ def test_streamed_full_ov_equals_dense_numpy(tmp_path, case: str) -> None:
         np.testing.assert_allclose(np.sort_complex(got), np.sort_complex(want), atol=1e-10 * np.abs(ev).max())
     copying = ca.head_table(ca.fold_layer_norm(ca.load(tmp_path))).copying
     np.testing.assert_allclose(res.copying, copying, atol=1e-10)
+    _check_error_bounds(tmp_path, res, sv, ev)
+
+
+def _check_error_bounds(path, res, sv: np.ndarray, ev: np.ndarray) -> None:
+    """The stated bounds hold against the dense reference (beyond the reference's own rounding),
+    are far from vacuous here, and agree with the in-memory accuracy() of the same maps."""
+    floor = 1e-13 * sv.max()  # the dense reference's own rounding (61 x 61 in float64)
+    assert np.all(res.singular_value_error > 0) and np.all(res.eigenvalue_error >= 0)
+    assert np.all(np.abs(res.singular_values - sv) <= res.singular_value_error[..., None] + floor)
+    for got, want, bound in zip(res.eigenvalues.reshape(-1, 8), ev.reshape(-1, 8), res.eigenvalue_error.ravel()):
+        err = np.abs(np.sort_complex(got) - np.sort_complex(want))
+        assert np.all(err <= bound + floor) or bound == 0.0
+    assert np.all(res.singular_value_error < 1e-9 * res.singular_values[..., 0])
+    m = ca.fold_layer_norm(ca.load(path))
+    full = [m.W_U @ head.ov @ m.W_E for head in m.heads()]
+    for f in full:
+        f.singular_values()  # factors the vocabulary leaves, as the streamed route does
+    ours = res.singular_value_error.ravel()
+    ratio = ours / np.array([ca.accuracy(f) for f in full])
+    assert np.all((0.5 < ratio) & (ratio < 2.0)), ratio
+
+
+def test_streamed_bounds_flag_an_ill_conditioned_head(tmp_path) -> None:
+    """Negative control for the eigenvalue bounds: one head whose full-OV core is a perturbed
+    Jordan block (eigenvectors nearly parallel) gets a large eigenvalue_error and the one
+    PrecisionWarning names it; the other heads' bounds stay small."""
+    hf, torch = save_random_hf(tmp_path, "LlamaForCausalLM", "LlamaConfig", **COMMON)
+    m = ca.fold_layer_norm(ca.load(tmp_path))
+    M = m.W_E.array @ m.W_U.array  # W_E W_U of the folded model
+    head, dh = m.head(1, 2), 8
+    A = head.W_V.array @ M  # (8 x 32): the core is A W_O
+    J = np.eye(dh) + np.diag(np.full(dh - 1, 100.0), 1)  # one Jordan block, strongly coupled
+    with torch.no_grad():
+        o = hf.model.layers[1].self_attn.o_proj.weight
+        o[:, 2 * dh:3 * dh] = torch.tensor(np.linalg.pinv(A) @ J, dtype=o.dtype)  # core = J (to float32 rounding)
+    hf.save_pretrained(tmp_path)
+    with pytest.warns(ca.PrecisionWarning, match=r"eigenvalues of 1 of 12 heads \(L1H2\)"):
+        res = stream_full_ov(tmp_path, budget_bytes=100_000)
+    bad = res.eigenvalue_error[1, 2]
+    assert bad > 1e-3 * np.abs(res.eigenvalues[1, 2, 0])
+    others = np.delete(res.eigenvalue_error.ravel(), 1 * 4 + 2)
+    assert np.all(others < 1e-9 * np.abs(res.eigenvalues[..., 0]).max())
+    m2 = ca.fold_layer_norm(ca.load(tmp_path))  # the in-memory route says the same of that head
+    with pytest.warns(ca.PrecisionWarning, match="eigenvalues of W_U"):
+        (m2.W_U @ m2.head(1, 2).ov @ m2.W_E).eigenvalues()
 
 
 def test_budget_too_small_is_refused(tmp_path) -> None:

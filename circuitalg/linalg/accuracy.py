@@ -87,6 +87,10 @@ __all__ = [
     "prime_leaf_norms",
     "eigen_conditions_many",
     "top_eigenvalue_bound",
+    "error_bound",
+    "eigenvalue_error",
+    "norm2_from_gram",
+    "stacked_norm2_bounds",
 ]
 
 
@@ -140,7 +144,7 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
     from batched products and their largest eigenvalues from batched ``eigvalsh``, a chunk per
     thread (numpy releases the GIL); longer ones (vocabulary-sized) have their Gram matrices
     formed one by one (:func:`~circuitalg.linalg.factors.leaf_gram`, kept) and bounds on their largest
-    eigenvalues (:func:`top_eigenvalue_bound`) found side by side in threads. The bound is :func:`_norm2_from_gram`'s, entry
+    eigenvalues (:func:`top_eigenvalue_bound`) found side by side in threads. The bound is :func:`norm2_from_gram`'s, entry
     for entry. The other leaves go one by one."""
     todo: dict[tuple[tuple[int, int], str], list[Dense]] = {}
     long: list[tuple[Dense, Gram]] = []
@@ -201,7 +205,7 @@ def _leaf_norm2(m: Dense) -> float:
     if n != k and min(n, k) <= 2048:
         side = "cols" if n > k else "rows"
         if _float32_gram_side(m) is not None:
-            bound = _norm2_from_gram(leaf_gram(m, side))
+            bound = norm2_from_gram(leaf_gram(m, side))
             if math.isfinite(bound):  # else the float32 Gram matrix overflowed (entries above ~1e19)
                 return bound
         return _record_factor(m, side)
@@ -252,14 +256,33 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
     a few percent above ``‖M‖₂`` for float32 weights at vocabulary size (a Gaussian
     ``50257 x 768``: 7%), never below it; ``inf`` if the Gram matrix overflows the dtype.
     """
-    return _norm2_from_gram(gram_blocks(M, rows))
+    return norm2_from_gram(gram_blocks(M, rows))
 
 
-def _norm2_from_gram(g: Gram) -> float:
+def norm2_from_gram(g: Gram) -> float:
     """The bound of :func:`gram_norm2_bound` from a computed Gram matrix and its rounding."""
     if not math.isfinite(g.err2):
         return math.inf
     return _bound_from_top_eigenvalue(top_eigenvalue_bound(g.G), g.G.shape[0], g.err2)
+
+
+def stacked_norm2_bounds(A: np.ndarray) -> np.ndarray:
+    """Upper bounds on ``‖A_i‖₂`` for a ``(g, n, d)`` stack, in float64: the largest eigenvalue of
+    each Gram matrix of the short side (batched), inflated as :func:`gram_norm2_bound` inflates it
+    (``γ`` of the long side's sums)."""
+    A = np.asarray(A, dtype=np.float64)
+    g, n, d = A.shape
+    if g == 0:
+        return np.zeros(0)
+    short, long_ = min(n, d), max(n, d)
+    if short == 0:
+        return np.zeros(g)
+    with small_lapack(short, short):
+        G = np.matmul(A.swapaxes(1, 2), A) if n >= d else np.matmul(A, A.swapaxes(1, 2))
+        lam = np.linalg.eigvalsh(G)[:, -1]
+    gamma = gram_gamma(long_, long_, np.float64, True)
+    fro2 = np.maximum(np.trace(G, axis1=1, axis2=2), 0.0) / (1 - gamma)
+    return np.array([_bound_from_top_eigenvalue(float(l), short, gamma * float(f)) for l, f in zip(lam, fro2)])
 
 
 #: Relative tolerance of the Lanczos estimate in :func:`top_eigenvalue_bound`; the certified bound
@@ -358,8 +381,28 @@ def accuracy(m: LinearMap) -> float:
     """
     require_map(m, "accuracy")
     n_leaves, d_max, tied = _tree_size(m)
-    rounding = 4.0 * (n_leaves + 1) * math.sqrt(d_max) * _gram_penalty(m) * unit_roundoff(m.dtype)
-    return (rounding + tied) * magnitude(m)
+    penalty = _gram_penalty(m)  # before magnitude(m), whose leaf norms may factor a leaf (as before)
+    return error_bound(n_leaves, d_max, magnitude(m), m.dtype, penalty, tied)
+
+
+def error_bound(n_leaves: int, d_max: int, magnitude: float, dtype: np.dtype, gram_penalty: float = 1.0,
+                tied: float = 0.0) -> float:
+    """The formula of :func:`accuracy` for a tree of ``n_leaves`` leaves whose largest dimension is
+    ``d_max``: ``(4 (n_leaves + 1) sqrt(d_max) · g · u + t) · magnitude`` (``u`` of ``dtype``, ``g``
+    the Gram-factor penalty, ``t`` the tied leaves' relative deviation). Also used where the tree
+    is not a map (:func:`circuitalg.streaming.stream_full_ov`)."""
+    rounding = 4.0 * (n_leaves + 1) * math.sqrt(d_max) * gram_penalty * unit_roundoff(dtype)
+    return (rounding + tied) * magnitude
+
+
+def eigenvalue_error(vals: np.ndarray, cond: np.ndarray, acc: float, magnitude: float) -> float:
+    """The a-priori bound ``max κᵢ · acc`` over the eigenvalues above the noise floor
+    ``sqrt(acc · magnitude)`` (see the module docstring; ``nan`` conditions, of the iterative route,
+    count as 0), or 0 when none is above it."""
+    above = np.abs(vals) > math.sqrt(acc * magnitude)
+    if not above.any():
+        return 0.0
+    return float(np.max(np.where(np.isnan(cond[above]), 0.0, cond[above]))) * acc
 
 
 def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ from circuitalg.linalg.accuracy import (
     accuracy,
     eigen_conditions,
     eigen_conditions_many,
-    eigen_noise_floor,
+    eigenvalue_error,
+    magnitude,
     prime_leaf_norms,
     warn_if_imprecise,
 )
@@ -79,11 +80,9 @@ def _target_eigenvalues(p: Plan, k: int | None) -> Spectrum:
 def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray) -> None:
     """Warn if an eigenvalue above the noise floor has a bound over warn_rtol * |λ_1|."""
     acc = accuracy(m)
-    above = np.abs(vals) > eigen_noise_floor(m, acc)
-    if not above.any():
-        return
-    worst = float(np.max(np.where(np.isnan(cond[above]), 0.0, cond[above])))
-    warn_if_imprecise(m, "eigenvalues", worst * acc, float(np.abs(vals[0])))
+    bound = eigenvalue_error(vals, cond, acc, magnitude(m))
+    if bound > 0.0:
+        warn_if_imprecise(m, "eigenvalues", bound, float(np.abs(vals[0])))
 
 
 def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int) -> np.ndarray:

@@ -321,7 +321,7 @@ def test_split_small_products_reuses_its_threads_and_works_after_fork() -> None:
 
     if core_count() < 2 or max(_blas_threads(), default=1) < 2:
         pytest.skip("one core or one BLAS thread: splits run in the caller's thread")
-    names = lambda: split_small_products(lambda lo, hi: threading.current_thread().name, 4)  # noqa: E731
+    names = lambda: split_small_products(lambda lo, hi: threading.current_thread().name, 4)
     first, second = names(), names()
     assert first[0] == second[0] == threading.current_thread().name  # the caller takes the first chunk
     assert all(n.startswith("circuitalg-split") for n in first[1:])

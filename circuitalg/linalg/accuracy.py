@@ -306,7 +306,7 @@ def top_eigenvalue_bound(G: np.ndarray) -> float:
     d = G.shape[0]
     if d == 0:
         return 0.0
-    with small_lapack(1, 1):  # one BLAS thread: no OpenBLAS threads left spinning, safe in threads
+    with small_lapack(1, 1):  # one BLAS thread: safe in split threads (OpenBLAS's threads stalled mid-sized LAPACK here)
         if d >= 256:
             mu = _certified_top_eigenvalue(G)
             if mu is not None:

@@ -110,7 +110,7 @@ def split_small_products(fn: Callable[[int, int], T], n: int) -> list[T]:
         _SPLIT_LOCK.release()
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # (the pool, its number of threads)
 
 
 def _pool(size: int) -> ThreadPoolExecutor:
@@ -118,11 +118,11 @@ def _pool(size: int) -> ThreadPoolExecutor:
     new threads per call would each take their own malloc arena and OpenBLAS buffers (about 100 MiB
     more peak memory over a GPT-2-small report) and cost their start-up."""
     global _POOL
-    if _POOL is None or _POOL._max_workers < size:
+    if _POOL is None or _POOL[1] < size:
         if _POOL is not None:
-            _POOL.shutdown(wait=False)
-        _POOL = ThreadPoolExecutor(size, thread_name_prefix="circuitalg-split")
-    return _POOL
+            _POOL[0].shutdown(wait=False)
+        _POOL = (ThreadPoolExecutor(size, thread_name_prefix="circuitalg-split"), size)
+    return _POOL[0]
 
 
 def _forget_pool() -> None:  # a forked child has none of its parent's threads

@@ -254,7 +254,7 @@ def gram_blocks(M: np.ndarray, rows: int = 4096, *, accurate: bool = False) -> G
             G = part(0, 1) if wide else part(0, -(-n // rows))
     elif wide:  # each thread one product over its rows
         G = sum(split_small_products(lambda lo, hi: M[lo:hi].T @ M[lo:hi], n), np.zeros((d, d)))
-    else:  # each thread its own blocks: no OpenBLAS threads left spinning for the next threaded step
+    else:  # each thread its own blocks on one BLAS thread (faster here than OpenBLAS's threads per block)
         G = sum(split_small_products(part, -(-n // rows)), np.zeros((d, d)))
     gamma = gram_gamma(n, rows, M.dtype, accurate)
     with np.errstate(over="ignore", invalid="ignore"):

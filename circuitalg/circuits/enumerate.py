@@ -161,38 +161,13 @@ class _Engine:
                             for s, R in self.R_src.items() for X in "QKV"}
         # first step: K_1(s, g) = W_V^g S Sᵀ W_V^gᵀ
         self.K1 = {s: list(self.source_gram[(s, "V")]) for s in self.R_src}
-        # transitions M = W_V^g2 W_O^g for writer g and later reader g2: their spectral-norm bounds
-        # for every pair, from one product per writer (W_V of all later heads times W_O^g) made and
-        # dropped inside the split (the 9,504 matrices of GPT-2 small would hold 297 MiB); the
-        # search forms the transitions it follows on demand (transition())
+        # transitions M = W_V^g2 W_O^g for writer g and later reader g2: bounds on their norms for
+        # every pair (_bound_transitions); the search forms the ones it follows on demand
+        # (transition()): holding all 9,504 of GPT-2 small took 297 MiB
         self.M_norm2 = np.zeros((n, n))
         self._M: dict[tuple[int, int], np.ndarray] = {}
-        W_V_all = np.ascontiguousarray(np.stack(self.W_V)) if n else np.zeros((0, 0, 0))  # rows reshape as views
-        dh, D = (W_V_all.shape[1], W_V_all.shape[2]) if n else (0, 0)
-        writers = [(g, int(np.argmax(self.layer > self.layer[g]))) for g in range(n) if self.layer[g] < self.layer.max()]
-        # alternate writers between the halves split_small_products runs: both get early and late ones
-        order = list(range(0, len(writers), 2)) + list(range(1, len(writers), 2))
-
-        # transition() forms M in its own product, whose rounding differs from the block's by at most
-        # 2 γ_D |W_V^g2| |W_O^g| entrywise (Higham 3.5); in norm at most 2 γ_D Σ_j ‖W_V^g2[:, j]‖ ‖W_O^g[j, :]‖
-        # (one small product for all pairs), which is added to each bound: so the bound holds for
-        # the matrix the search multiplies by, and stays exactly zero where no term is nonzero
-        u = np.finfo(np.float64).eps / 2
-        col_V = np.sqrt(np.einsum("gij,gij->gj", W_V_all, W_V_all)) if n else np.zeros((0, 0))
-        row_O = np.sqrt(np.stack([np.einsum("ji,ji->j", w, w) for w in self.W_O])) if n else np.zeros((0, 0))
-        slack = 2.01 * (D * u / (1 - D * u)) * (row_O @ col_V.T) if n else np.zeros((0, 0))
-
-        def bounds(lo: int, hi: int) -> list[np.ndarray]:
-            out = []
-            for i in order[lo:hi]:
-                g, first = writers[i]
-                Ms = (W_V_all[first:].reshape(-1, D) @ self.W_O[g]).reshape(-1, dh, dh)
-                out.append((np.sqrt(_spectral_norm2_bound(Ms)) + slack[g, first:]) ** 2)
-            return out
-
-        for i, norms2 in zip(order, (x for part in split_small_products(bounds, len(order)) for x in part)):
-            g, first = writers[i]
-            self.M_norm2[g, first:] = norms2
+        if n:
+            self._bound_transitions()
         # readers: (sink side, sink head index or -1, bare source)
         self.readers: list[tuple[str, int, Source | None]] = []
         self.reader_layer: list[int] = []
@@ -212,7 +187,7 @@ class _Engine:
         # squared spectral norms from the d_head x d_head Gram matrices (batched; rounding is
         # covered by _SAFETY): ‖W_O‖₂² = λmax(W_OᵀW_O), ‖W_Q‖₂² = λmax(W_Q W_Qᵀ), ...
         def norm2(which: str) -> np.ndarray:
-            return np.linalg.eigvalsh(hw.gram(which).reshape(-1, dh, dh))[:, -1] if n else np.zeros(0)
+            return np.linalg.eigvalsh(hw.gram(which).reshape(-1, c.d_head, c.d_head))[:, -1] if n else np.zeros(0)
 
         self.W_O_norm2 = norm2("O")
         self.read_norm2 = {"k": norm2("K"), "q": norm2("Q")}  # the side a QK sink reads the chain through
@@ -237,6 +212,39 @@ class _Engine:
     def other_gram(self, kind: str, h: int, s: str) -> np.ndarray:
         """``W S Sᵀ Wᵀ`` for the bare side of a QK sink (``W_Q`` for key sinks, ``W_K`` for query sinks)."""
         return self.source_gram[(s, "Q" if kind == "k" else "K")][h]
+
+    def _bound_transitions(self) -> None:
+        """``M_norm2[g, g2]``: a bound on ``‖W_V^g2 W_O^g‖₂²`` for every writer ``g`` and later head
+        ``g2``, from one product per writer (``W_V`` of all later heads, a suffix of the
+        layer-ordered list, times ``W_O^g``) made and dropped inside the threads of the split.
+
+        :meth:`transition` forms ``M`` in its own product, whose rounding differs from the block's by
+        at most ``2 γ_D |W_V^g2| |W_O^g|`` entrywise (Higham, ch. 3); in norm at most
+        ``2 γ_D Σ_j ‖W_V^g2[:, j]‖ ‖W_O^g[j, :]‖`` (one small product for all pairs), which is added
+        to each bound: so the bound holds for the matrix the search multiplies by, and stays exactly
+        zero where no term is nonzero."""
+        W_V_all = np.ascontiguousarray(np.stack(self.W_V))  # rows reshape as views
+        _, dh, D = W_V_all.shape
+        writers = [(g, int(np.argmax(self.layer > self.layer[g])))
+                   for g in range(len(self.heads)) if self.layer[g] < self.layer.max()]
+        # alternate writers between the halves split_small_products runs: both get early and late ones
+        order = list(range(0, len(writers), 2)) + list(range(1, len(writers), 2))
+        u = np.finfo(np.float64).eps / 2
+        col_V = np.sqrt(np.einsum("gij,gij->gj", W_V_all, W_V_all))
+        row_O = np.sqrt(np.stack([np.einsum("ji,ji->j", w, w) for w in self.W_O]))
+        slack = 2.01 * (D * u / (1 - D * u)) * (row_O @ col_V.T)
+
+        def bounds(lo: int, hi: int) -> list[np.ndarray]:
+            out = []
+            for i in order[lo:hi]:
+                g, first = writers[i]
+                Ms = (W_V_all[first:].reshape(-1, D) @ self.W_O[g]).reshape(-1, dh, dh)
+                out.append((np.sqrt(_spectral_norm2_bound(Ms)) + slack[g, first:]) ** 2)
+            return out
+
+        for i, norms2 in zip(order, (x for part in split_small_products(bounds, len(order)) for x in part)):
+            g, first = writers[i]
+            self.M_norm2[g, first:] = norms2
 
     def transition(self, g: int, g2: int) -> np.ndarray:
         """``M = W_V^g2 W_O^g`` (cached): the transition from writer ``g`` to a later head ``g2``,

@@ -42,12 +42,11 @@ from circuitalg.linalg.accuracy import (
     eigen_conditions_many,
     eigenvalue_error,
     error_bound,
-    norm2_from_gram,
+    norm2_bound,
     stacked_norm2_bounds,
-    unit_roundoff,
     warn_rtol,
 )
-from circuitalg.linalg.factors import Gram, gram_gamma
+from circuitalg.linalg.factors import Gram, gram_gamma, tied_gram
 from circuitalg.linalg.ties import TiedForm
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.hf import hf_config
@@ -237,13 +236,17 @@ def stream_full_ov(
             U = files.rows("lm_head.weight", start, start + plan.tile_rows) * wf  # folded: W_U diag(w)
             G_U += U.T @ U
             M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
+    gamma = gram_gamma(V, V, np.float64, True)  # sums of V rows in float64: γ_V of the trace
+    gram_E = Gram(G_E, gamma * max(float(np.trace(G_E)), 0.0) / (1 - gamma), True)
     if tied:  # W_U = W_Eᵀ diag(w): both follow from W_E's Gram matrix (a third of the vocabulary work)
         form = TiedForm(wf, centred=False)
-        G_U, M = form.sandwich(G_E), form.times_right(G_E)
-    R_E = sla.cholesky(G_E, lower=False)
-    R_U = sla.cholesky(G_U, lower=False)
+        gram_U, M = tied_gram(form, gram_E), form.times_right(G_E)
+    else:
+        gram_U = Gram(G_U, gamma * max(float(np.trace(G_U)), 0.0) / (1 - gamma), True)
+    R_E = sla.cholesky(gram_E.G, lower=False)
+    R_U = sla.cholesky(gram_U.G, lower=False)
     log("vocabulary Gram matrices and W_E W_U done")
-    norms = _vocab_norms(G_E, G_U, wf if tied else None, V)
+    norms = _vocab_norms(gram_E, gram_U)
     if client is not None:
         shared = client.scatter([R_E, R_U, M], broadcast=True)
         futures = [client.submit(_layer_spectra, str(files.dir), l, *shared, norms, pure=False)
@@ -258,26 +261,16 @@ def stream_full_ov(
     return FullOVResult(sv, ev, copying, plan, sv_err, ev_err)
 
 
-def _vocab_norms(G_E: np.ndarray, G_U: np.ndarray, tied_gains: np.ndarray | None, V: int) -> tuple[float, float, float]:
-    """Bounds on ``‖W_E‖₂`` and ``‖W_U‖₂`` from their Gram matrices (sums of ``V`` rows in float64:
-    ``γ_V`` of the trace; a tied ``W_U``'s, ``diag(w) G_E diag(w)``, also carries ``G_E``'s error
-    scaled by ``max w²`` and its own rounding), and the Gram-factor penalty of the Cholesky factors
-    ``R_E``, ``R_U`` (the larger ``sqrt(λmax / λmin)``; ``inf`` for a singular Gram matrix)."""
-    D = G_E.shape[0]
-    gamma = gram_gamma(V, V, np.float64, True)
-    err_E = gamma * max(float(np.trace(G_E)), 0.0) / (1 - gamma)
-    if tied_gains is None:
-        err_U = gamma * max(float(np.trace(G_U)), 0.0) / (1 - gamma)
-    else:
-        w2 = float(np.max(np.abs(tied_gains))) ** 2
-        err_U = w2 * err_E + 4 * (D + 2) * unit_roundoff(np.float64) * w2 * max(float(np.trace(G_E)), 0.0)
-    n_E = norm2_from_gram(Gram(G_E, err_E, True))
-    n_U = norm2_from_gram(Gram(G_U, err_U, True))
-    penalty = 1.0
-    for G in (G_E, G_U):
-        lam = np.linalg.eigvalsh(G)
+def _vocab_norms(gram_E: Gram, gram_U: Gram) -> tuple[float, float, float]:
+    """Bounds on ``‖W_E‖₂`` and ``‖W_U‖₂`` from their Gram matrices (with their rounding ``err2``),
+    and the Gram-factor penalty of the Cholesky factors ``R_E``, ``R_U`` (the larger
+    ``sqrt(λmax / λmin)``; ``inf`` for a singular Gram matrix), from one ``eigvalsh`` each."""
+    norms, penalty = [], 1.0
+    for g in (gram_E, gram_U):
+        lam = np.linalg.eigvalsh(g.G)
+        norms.append(norm2_bound(float(lam[-1]), g.G.shape[0], g.err2))
         penalty = max(penalty, math.sqrt(lam[-1] / lam[0]) if lam[0] > 0 else math.inf)
-    return n_E, n_U, penalty
+    return norms[0], norms[1], penalty
 
 
 def _warn_imprecise(s1: np.ndarray, sv_err: np.ndarray, l1: np.ndarray, ev_err: np.ndarray) -> None:

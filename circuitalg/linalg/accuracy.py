@@ -91,6 +91,7 @@ __all__ = [
     "eigenvalue_error",
     "norm2_from_gram",
     "stacked_norm2_bounds",
+    "norm2_bound",
 ]
 
 
@@ -166,7 +167,7 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
             todo.setdefault((leaf.shape, side), []).append(leaf)
     tops = split_small_products(lambda lo, hi: [top_eigenvalue_bound(g.G) for _, g in long[lo:hi]], len(long))
     for (leaf, gram), lam in zip(long, (t for part in tops for t in part)):
-        leaf_factors(leaf).norm2_bound = _bound_from_top_eigenvalue(lam, gram.G.shape[0], gram.err2)
+        leaf_factors(leaf).norm2_bound = norm2_bound(lam, gram.G.shape[0], gram.err2)
     for (_shape, side), group in todo.items():
         M = np.stack([leaf.array if side == "cols" else leaf.array.T for leaf in group])  # (g, rows, d)
         rows, d = M.shape[1:]
@@ -186,7 +187,7 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
         with np.errstate(invalid="ignore"):
             fro2 = np.maximum(np.concatenate([p[1] for p in parts]), 0.0) / (1 - gamma)
         for leaf, l, f in zip(group, lam, fro2):
-            bound = _bound_from_top_eigenvalue(float(l), d, gamma * float(f))
+            bound = norm2_bound(float(l), d, gamma * float(f))
             if math.isfinite(bound):
                 leaf_factors(leaf).norm2_bound = bound
             else:  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
@@ -263,7 +264,7 @@ def norm2_from_gram(g: Gram) -> float:
     """The bound of :func:`gram_norm2_bound` from a computed Gram matrix and its rounding."""
     if not math.isfinite(g.err2):
         return math.inf
-    return _bound_from_top_eigenvalue(top_eigenvalue_bound(g.G), g.G.shape[0], g.err2)
+    return norm2_bound(top_eigenvalue_bound(g.G), g.G.shape[0], g.err2)
 
 
 def stacked_norm2_bounds(A: np.ndarray) -> np.ndarray:
@@ -282,7 +283,7 @@ def stacked_norm2_bounds(A: np.ndarray) -> np.ndarray:
         lam = np.linalg.eigvalsh(G)[:, -1]
     gamma = gram_gamma(long_, long_, np.float64, True)
     fro2 = np.maximum(np.trace(G, axis1=1, axis2=2), 0.0) / (1 - gamma)
-    return np.array([_bound_from_top_eigenvalue(float(l), short, gamma * float(f)) for l, f in zip(lam, fro2)])
+    return np.array([norm2_bound(float(l), short, gamma * float(f)) for l, f in zip(lam, fro2)])
 
 
 #: Relative tolerance of the Lanczos estimate in :func:`top_eigenvalue_bound`; the certified bound
@@ -341,7 +342,7 @@ def _certified_top_eigenvalue(G: np.ndarray) -> float | None:
     return mu if info == 0 else None
 
 
-def _bound_from_top_eigenvalue(lam: float, d: int, err2: float) -> float:
+def norm2_bound(lam: float, d: int, err2: float) -> float:
     """``sqrt(λmax(Ĝ) (1 + 8 d u₆₄) + err2)`` >= ‖M‖₂ for ``‖Ĝ - MᵀM‖₂ <= err2`` (``λmax`` of a
     ``d x d`` Gram matrix computed in float64, its own rounding covered by the factor)."""
     return math.sqrt(max(lam, 0.0) * (1 + 8 * d * unit_roundoff(np.float64) / 2) + err2)

@@ -61,6 +61,7 @@ __all__ = [
     "declare_tied",
     "tied_form",
     "tie_deviation",
+    "tied_gram",
 ]
 
 #: Leaves whose estimated 2-norm condition number is above this use Householder QR;
@@ -274,7 +275,7 @@ def leaf_gram(leaf: Dense, side: str, *, accurate: bool = False) -> Gram:
     M = _oriented(leaf, side)
     tied = tied_form(leaf, accurate=accurate) if side == "cols" else None
     if tied is not None:
-        out = _tied_gram(tied[1], tied[2])
+        out = tied_gram(tied[1], tied[2])
     else:
         out = gram_blocks(M, 8192 if accurate else 4096, accurate=accurate)
     if M.shape[0] >= KEEP_GRAM_ROWS:
@@ -340,7 +341,7 @@ def tie_deviation(leaf: Dense) -> float:
     return 0.0 if cache is None or cache.tie is None else cache.tie.relative_deviation_2
 
 
-def _tied_gram(form: TiedForm, g: Gram) -> Gram:
+def tied_gram(form: TiedForm, g: Gram) -> Gram:
     """``Mᵀ G_E M`` (:meth:`~circuitalg.linalg.ties.TiedForm.sandwich`, ``O(d²)``) for ``U = Eᵀ M + Δ``
     (``‖Δ‖_F <= δ``): ``‖Mᵀ Ĝ_E M - UᵀU‖₂ <= ‖M‖₂² err_E + (2 ‖U‖_F + δ) δ`` plus the float64
     rounding of the scalings and centrings (``UᵀU - MᵀG_E M = MᵀEΔ + ΔᵀEᵀM + ΔᵀΔ`` and

@@ -15,7 +15,10 @@ relative error), ``t`` the summed relative deviation ``‖Δ‖₂/‖W_U‖₂`
 whose products come from their embedding's Gram matrix (:func:`~circuitalg.linalg.declare_tied`;
 of the order of ``u``, 0 without ties) and :func:`magnitude` the
 cancellation-free bound on ``‖m‖₂`` (spectral norms of leaves, multiplied through
-products and Kronecker products, added through sums). Derived bounds:
+products and Kronecker products, added through sums; a vocabulary-sized leaf's norm from its
+Gram matrix, whose largest eigenvalue is certified by :func:`top_eigenvalue_bound`). The same
+formula serves trees that are not maps (:func:`error_bound`: the streamed full-OV circuits of
+:mod:`circuitalg.streaming`). Derived bounds:
 
 - singular values, :func:`~circuitalg.linalg.svd` values: ``accuracy(m)`` each;
 - Frobenius norm: ``sqrt(rank_bound) · accuracy(m)``;

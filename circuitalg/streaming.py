@@ -46,7 +46,7 @@ from circuitalg.linalg.accuracy import (
     stacked_norm2_bounds,
     warn_rtol,
 )
-from circuitalg.linalg.factors import Gram, gram_gamma, tied_gram
+from circuitalg.linalg.factors import Gram, gram_err2, gram_gamma, tied_gram
 from circuitalg.linalg.ties import TiedForm
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.hf import hf_config
@@ -236,13 +236,13 @@ def stream_full_ov(
             U = files.rows("lm_head.weight", start, start + plan.tile_rows) * wf  # folded: W_U diag(w)
             G_U += U.T @ U
             M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
-    gamma = gram_gamma(V, V, np.float64, True)  # sums of V rows in float64: γ_V of the trace
-    gram_E = Gram(G_E, gamma * max(float(np.trace(G_E)), 0.0) / (1 - gamma), True)
+    gamma = gram_gamma(V, V, np.float64, True)  # sums of V rows in float64
+    gram_E = Gram(G_E, gram_err2(float(np.trace(G_E)), gamma), True)
     if tied:  # W_U = W_Eᵀ diag(w): both follow from W_E's Gram matrix (a third of the vocabulary work)
         form = TiedForm(wf, centred=False)
         gram_U, M = tied_gram(form, gram_E), form.times_right(G_E)
     else:
-        gram_U = Gram(G_U, gamma * max(float(np.trace(G_U)), 0.0) / (1 - gamma), True)
+        gram_U = Gram(G_U, gram_err2(float(np.trace(G_U)), gamma), True)
     R_E = sla.cholesky(gram_E.G, lower=False)
     R_U = sla.cholesky(gram_U.G, lower=False)
     log("vocabulary Gram matrices and W_E W_U done")

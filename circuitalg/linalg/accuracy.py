@@ -58,6 +58,7 @@ from circuitalg.linalg.common import small_lapack, split_small_products
 from circuitalg.linalg.factors import (
     Gram,
     gram_blocks,
+    gram_err2,
     gram_factor,
     gram_gamma,
     leaf_factor_method,
@@ -187,10 +188,9 @@ def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
         parts = split_small_products(grams, len(group))
         lam = np.concatenate([p[0] for p in parts])
         gamma = gram_gamma(rows, 4096, np.float32, False)  # gram_blocks' (one block)
-        with np.errstate(invalid="ignore"):
-            fro2 = np.maximum(np.concatenate([p[1] for p in parts]), 0.0) / (1 - gamma)
-        for leaf, l, f in zip(group, lam, fro2):
-            bound = norm2_bound(float(l), d, gamma * float(f))
+        traces = np.concatenate([p[1] for p in parts])
+        for leaf, l, tr in zip(group, lam, traces):
+            bound = norm2_bound(float(l), d, gram_err2(float(tr), gamma))
             if math.isfinite(bound):
                 leaf_factors(leaf).norm2_bound = bound
             else:  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
@@ -285,8 +285,8 @@ def stacked_norm2_bounds(A: np.ndarray) -> np.ndarray:
         G = np.matmul(A.swapaxes(1, 2), A) if n >= d else np.matmul(A, A.swapaxes(1, 2))
         lam = np.linalg.eigvalsh(G)[:, -1]
     gamma = gram_gamma(long_, long_, np.float64, True)
-    fro2 = np.maximum(np.trace(G, axis1=1, axis2=2), 0.0) / (1 - gamma)
-    return np.array([norm2_bound(float(l), short, gamma * float(f)) for l, f in zip(lam, fro2)])
+    return np.array([norm2_bound(float(l), short, gram_err2(float(tr), gamma))
+                     for l, tr in zip(lam, np.trace(G, axis1=1, axis2=2))])
 
 
 #: Relative tolerance of the Lanczos estimate in :func:`top_eigenvalue_bound`; the certified bound

@@ -58,6 +58,7 @@ __all__ = [
     "Gram",
     "gram_blocks",
     "gram_gamma",
+    "gram_err2",
     "declare_tied",
     "tied_form",
     "tie_deviation",
@@ -225,6 +226,15 @@ def gram_gamma(n: int, rows: int, dtype: np.dtype, accurate: bool) -> float:
     return _gamma(min(rows, n), u) + _gamma(-(-n // rows) + 1, u64)
 
 
+def gram_err2(trace: float, gamma: float) -> float:
+    """``err2 = γ ‖M‖_F²`` for a Gram matrix ``Ĝ`` of ``M`` formed within ``γ |M|ᵀ|M|`` entrywise,
+    with ``‖M‖_F² <= tr(Ĝ) / (1 - γ)``; ``inf`` when ``γ >= 1`` or the trace is not finite (an
+    overflowed Gram matrix)."""
+    if not (gamma < 1 and math.isfinite(trace)):
+        return math.inf
+    return gamma * max(trace, 0.0) / (1 - gamma)
+
+
 def gram_blocks(M: np.ndarray, rows: int = 4096, *, accurate: bool = False) -> Gram:
     """``MᵀM`` for a tall ``M``, a block of ``rows`` rows at a time, the blocks summed in float64.
 
@@ -257,10 +267,9 @@ def gram_blocks(M: np.ndarray, rows: int = 4096, *, accurate: bool = False) -> G
         G = sum(split_small_products(lambda lo, hi: M[lo:hi].T @ M[lo:hi], n), np.zeros((d, d)))
     else:  # each thread its own blocks on one BLAS thread (faster here than OpenBLAS's threads per block)
         G = sum(split_small_products(part, -(-n // rows)), np.zeros((d, d)))
-    gamma = gram_gamma(n, rows, M.dtype, accurate)
     with np.errstate(over="ignore", invalid="ignore"):
-        fro2 = max(float(np.trace(G)), 0.0) / (1 - gamma) if gamma < 1 else math.inf
-    return Gram(G, gamma * fro2 if math.isfinite(fro2) else math.inf, accurate or M.dtype == np.float64)
+        trace = float(np.trace(G))
+    return Gram(G, gram_err2(trace, gram_gamma(n, rows, M.dtype, accurate)), accurate or M.dtype == np.float64)
 
 
 def leaf_gram(leaf: Dense, side: str, *, accurate: bool = False) -> Gram:

@@ -51,6 +51,10 @@ class TransformerConfig:
         Rotary position embeddings (:class:`~circuitalg.model.rotary.Rotary`); ``None`` means
         learned positions ``W_pos`` (GPT-2). Rotary models have no ``W_pos``; ``n_ctx`` is then
         the context length.
+    rotary_local : Rotary or dict, optional
+        The rotary embedding of the sliding-window layers (those with an ``attn_windows`` entry),
+        when it differs from ``rotary`` (Gemma 3: local base 10k, global base 1M with the global
+        scaling); ``None``: every layer uses ``rotary``. See :meth:`layer_rotary`.
     parallel_attn_mlp : bool
         Attention and MLP read the same residual stream and add to it together (GPT-NeoX, GPT-J):
         ``x + attn(ln1(x)) + mlp(ln2(x))``.
@@ -67,10 +71,19 @@ class TransformerConfig:
         Causal attention (every query sees only earlier keys); ``False`` for bidirectional
         attention (every query sees every key).
     qk_norm : bool
-        Per-head RMSNorm of queries and keys over ``d_head`` (Qwen3), with weights
-        ``attn.q_norm.w`` / ``attn.k_norm.w`` shared by the heads of a layer, applied before the
-        rotary embedding. The typed maps fold the weights (``diag(w_q) W_Q``); the per-token
-        scales are frozen like layer-norm scales (``Cache.q_scale``, ``Cache.k_scale``).
+        RMSNorm of queries and keys, applied (after the biases) before the rotary embedding, with
+        weights ``attn.q_norm.w`` / ``attn.k_norm.w``. The typed maps fold the weights
+        (``diag(w_q) W_Q``); the per-token scales are frozen like layer-norm scales
+        (``Cache.q_scale``, ``Cache.k_scale``).
+    qk_norm_scope : {"head", "all"}
+        What a q/k norm normalises: ``"head"``, each head's ``d_head`` vector, with one weight of
+        shape ``(d_head,)`` shared by the heads of a layer (Qwen3, Gemma 3); ``"all"``, the whole
+        projection of all heads together (OLMo 2), with weights of shape ``(n_heads, d_head)`` and
+        ``(n_kv_heads, d_head)``; its one per-token scale is cached for every head.
+    pre_norms : bool
+        Norms before each attention and MLP (``ln1``, ``ln2``); ``False`` for models whose
+        sublayers read the raw residual stream and normalise only their outputs (OLMo 2:
+        ``post_norms`` without pre-norms). The final norm is present whenever ``normalization`` is.
     post_norms : bool
         RMSNorms of each sublayer's output before it is added to the stream (Gemma 2's
         ``post_attention_layernorm`` and ``post_feedforward_layernorm``), weights ``ln1_post.w``
@@ -95,12 +108,15 @@ class TransformerConfig:
     ln_eps: float = 1e-5
     attn_windows: tuple[int | None, ...] | None = None
     rotary: Rotary | None = None
+    rotary_local: Rotary | None = None
     parallel_attn_mlp: bool = False
     n_kv_heads: int | None = None
     gated_mlp: bool = False
     d_vocab_out: int | None = None
     causal: bool = True
     qk_norm: bool = False
+    qk_norm_scope: str = "head"
+    pre_norms: bool = True
     post_norms: bool = False
     attn_softcap: float | None = None
     final_softcap: float | None = None
@@ -156,7 +172,17 @@ class TransformerConfig:
             if rotary.dim > self.d_head:
                 raise ConfigError(f"config rotary dim={rotary.dim} exceeds d_head={self.d_head}.")
             object.__setattr__(self, "rotary", rotary)
-        for flag in ("parallel_attn_mlp", "gated_mlp", "causal", "qk_norm", "post_norms"):
+        if self.rotary_local is not None:
+            local = Rotary.from_dict(self.rotary_local)
+            if self.rotary is None or self.attn_windows is None:
+                raise ConfigError(
+                    "config rotary_local is the rotary embedding of the sliding-window layers: it needs rotary (the "
+                    "other layers') and attn_windows (which layers slide)."
+                )
+            if local.dim > self.d_head:
+                raise ConfigError(f"config rotary_local dim={local.dim} exceeds d_head={self.d_head}.")
+            object.__setattr__(self, "rotary_local", None if local == self.rotary else local)
+        for flag in ("parallel_attn_mlp", "gated_mlp", "causal", "qk_norm", "post_norms", "pre_norms"):
             object.__setattr__(self, flag, _check_flag(flag, getattr(self, flag)))
         for flag in ("parallel_attn_mlp", "gated_mlp"):
             if getattr(self, flag) and self.d_mlp is None:
@@ -169,12 +195,22 @@ class TransformerConfig:
         if self.d_vocab_out is not None:
             out = _check_size("d_vocab_out", self.d_vocab_out)
             object.__setattr__(self, "d_vocab_out", None if out == self.d_vocab else out)
+        if self.qk_norm_scope not in ("head", "all"):
+            raise ConfigError(
+                f"config qk_norm_scope={self.qk_norm_scope!r}; use 'head' (each head's d_head vector) or 'all' (the "
+                "whole projection of all heads)."
+            )
         for flag in ("qk_norm", "post_norms"):
             if getattr(self, flag) and self.normalization not in ("RMS", "RMSPre"):
                 raise ConfigError(
                     f"config {flag}=true is implemented for RMSNorm models (normalization 'RMS' or 'RMSPre'), "
                     f"not normalization={self.normalization!r}."
                 )
+        if not self.pre_norms and self.normalization not in ("RMS", "RMSPre"):
+            raise ConfigError(
+                f"config pre_norms=false (sublayers without input norms) is implemented for RMSNorm models "
+                f"(normalization 'RMS' or 'RMSPre'), not normalization={self.normalization!r}."
+            )
         for cap in ("attn_softcap", "final_softcap"):
             v = getattr(self, cap)
             if v is not None:
@@ -211,6 +247,18 @@ class TransformerConfig:
     def window(self, layer: int) -> int | None:
         """The attention window of ``layer`` (``None``: global causal attention)."""
         return None if self.attn_windows is None else self.attn_windows[layer]
+
+    def layer_rotary(self, layer: int) -> Rotary | None:
+        """The rotary embedding of ``layer``: ``rotary_local`` on sliding-window layers when set,
+        else ``rotary`` (``None``: learned positions)."""
+        if self.rotary_local is not None and self.window(layer) is not None:
+            return self.rotary_local
+        return self.rotary
+
+    @property
+    def has_pre_norms(self) -> bool:
+        """True when norms (with weights or folded) sit before each attention and MLP."""
+        return self.normalization is not None and self.pre_norms
 
     @property
     def attn_only(self) -> bool:

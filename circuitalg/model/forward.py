@@ -1,10 +1,12 @@
 """The numpy reference forward pass of a transformer.
 
 Architecture: token embeddings plus learned positional embeddings, or rotary embeddings of
-queries and keys; per block, pre-norm attention (causal, optionally local: :func:`blocked`;
-scores ``q·k / attn_scale``, optionally soft-capped; optional per-head q/k RMSNorms and a norm of
-the attention output) then, unless attention-only, a pre-norm MLP (reading the same
-residual stream as the attention in parallel blocks); a final
+queries and keys (one per layer where local and global layers differ, Gemma 3); per block,
+pre-norm attention (no input norm in post-norm-only models, OLMo 2; causal, optionally local:
+:func:`blocked`; scores ``q·k / attn_scale``, optionally soft-capped; optional q/k RMSNorms, per
+head or over the whole projection, and a norm of the attention output) then, unless
+attention-only, a pre-norm MLP (reading the same residual stream as the attention in parallel
+blocks; optionally followed by its own output norm); a final
 layer norm (when the model has normalisation) and the unembedding. Computed in the model's
 dtype (float64 by default), row layout internally (one row per position).
 """
@@ -48,7 +50,8 @@ class Cache:
     ln_final_scale : (seq,) or None
         The scale of the final layer norm.
     q_scale, k_scale : (n_layers, n_heads, seq), (n_layers, n_kv_heads, seq) or None
-        The per-head RMS scales of queries and keys (``qk_norm`` models).
+        The RMS scales of queries and keys (``qk_norm`` models; with ``qk_norm_scope="all"`` the one
+        scale of the whole projection, repeated for every head).
     ln1_post_scale, ln2_post_scale : (n_layers, seq) or None
         The scales of the norms of the attention and MLP outputs (``post_norms`` models).
     logits_precap : (seq, d_vocab_out) or None
@@ -167,10 +170,22 @@ def _write(W_O: np.ndarray, z: np.ndarray) -> np.ndarray:
     return z.transpose(0, 2, 1, 3).reshape(B, seq, H * dh) @ W_O.transpose(0, 2, 1).reshape(H * dh, -1)
 
 
+def _qk_norm(norm: Any, x: np.ndarray, whole: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``norm`` applied to projections ``x`` (``(batch, heads, seq, d_head)``): per head, or with
+    ``whole`` over all heads' coordinates at once (OLMo 2), whose one scale per position is
+    returned for every head. Returns ``(normed x, scales (batch, heads, seq))``."""
+    if not whole:
+        return norm(x)
+    B, H, seq, dh = x.shape
+    y, scale = norm(x.transpose(0, 2, 1, 3).reshape(B, seq, H * dh))
+    return y.reshape(B, seq, H, dh).transpose(0, 2, 1, 3), np.broadcast_to(scale[:, None, :], (B, H, seq))
+
+
 def _raw(model: Any, layer: int) -> dict[str, np.ndarray]:
-    """Layer ``layer``'s attention weights as stored (no norm weight folded in)."""
+    """Layer ``layer``'s attention weights as the q/k norms and the output norm see them: the
+    input norm folded in (as in the view), their own weights not (the forward pass applies them)."""
     a = f"blocks.{layer}.attn."
-    return {k: model.params[a + k] for k in ("W_Q", "b_Q", "W_K", "b_K", "W_O", "b_O")}
+    return {k: model.norm_inputs.get(a + k, model.params[a + k]) for k in ("W_Q", "b_Q", "W_K", "b_K", "W_O", "b_O")}
 
 
 def run(model: Any, tokens: Any, *, unembed: bool = True) -> tuple[np.ndarray | None, Cache]:
@@ -223,10 +238,11 @@ def _forward(model: Any, tok: np.ndarray, unembed: bool) -> tuple[np.ndarray | N
         else:
             xn = x
         if layer.q_norm is not None and layer.k_norm is not None:
-            # per-head RMSNorm of the raw projections (the view's W_Q, W_K have the weights folded)
+            # RMSNorm of the raw projections (the view's W_Q, W_K have the weights folded)
             raw = _raw(model, l)
-            q, sq = layer.q_norm(_project(raw["W_Q"], xn) + raw["b_Q"][:, None, :])
-            k, sk = layer.k_norm(_project(raw["W_K"], xn) + raw["b_K"][:, None, :])
+            whole = c.qk_norm_scope == "all"
+            q, sq = _qk_norm(layer.q_norm, _project(raw["W_Q"], xn) + raw["b_Q"][:, None, :], whole)
+            k, sk = _qk_norm(layer.k_norm, _project(raw["W_K"], xn) + raw["b_K"][:, None, :], whole)
             q_scales.append(sq)
             k_scales.append(sk)
             k = np.take(k, kv, axis=1)
@@ -234,8 +250,9 @@ def _forward(model: Any, tok: np.ndarray, unembed: bool) -> tuple[np.ndarray | N
             q = _project(hw.W_Q[l], xn) + hw.b_Q[l][:, None, :]
             k = _project(hw.W_K[l], xn) + hw.b_K[l][:, None, :]
         v = _project(hw.W_V[l], xn) + hw.b_V[l][:, None, :]
-        if c.rotary is not None:
-            q, k = c.rotary.apply(q, positions), c.rotary.apply(k, positions)
+        rotary = c.layer_rotary(l)
+        if rotary is not None:
+            q, k = rotary.apply(q, positions, seq), rotary.apply(k, positions, seq)
         scores = q @ np.swapaxes(k, -1, -2) / c.attn_scale
         if c.attn_softcap is not None:
             scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)

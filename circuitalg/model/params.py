@@ -30,11 +30,12 @@ def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
         for b in ("b_K", "b_V"):
             shapes[p + "attn." + b] = (c.kv_heads, c.d_head)
         shapes[p + "attn.b_O"] = (c.d_model,)
-        if c.qk_norm:
-            shapes[p + "attn.q_norm.w"] = (c.d_head,)
-            shapes[p + "attn.k_norm.w"] = (c.d_head,)
+        if c.qk_norm:  # one weight shared by the heads, or one row per head over the whole projection
+            whole = c.qk_norm_scope == "all"
+            shapes[p + "attn.q_norm.w"] = (c.n_heads, c.d_head) if whole else (c.d_head,)
+            shapes[p + "attn.k_norm.w"] = (c.kv_heads, c.d_head) if whole else (c.d_head,)
         for ln in ("ln1", "ln2") if c.d_mlp is not None else ("ln1",):
-            if c.normalization in ("LN", "RMS"):
+            if c.normalization in ("LN", "RMS") and c.pre_norms:
                 shapes[p + ln + ".w"] = (c.d_model,)
             if c.normalization == "LN":
                 shapes[p + ln + ".b"] = (c.d_model,)

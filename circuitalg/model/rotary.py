@@ -14,10 +14,17 @@ scalings transformers implements: ``"linear"`` (divide by ``factor``), ``"llama3
 3.1's banded rescaling) and ``"yarn"`` (YaRN: frequencies blended between interpolation and
 extrapolation by a linear ramp between the correction dimensions of ``beta_fast`` and
 ``beta_slow``, and an ``attention_factor`` that multiplies the rotated coordinates of every
-query and key, so ``R(Δ)`` carries ``attention_factor²`` on the rotated planes). Dynamic NTK
-scaling changes the frequencies only for sequences longer than the context length, which
-circuitalg refuses, so within ``n_ctx`` it is the unscaled embedding (the loaders read it as
-``"none"``); LongRoPE is refused by the loaders.
+query and key, so ``R(Δ)`` carries ``attention_factor²`` on the rotated planes) and
+``"longrope"`` (LongRoPE, Phi-3: per-plane divisors of the frequencies, ``freq_factors`` (the
+short factors) for sequences of at most ``original_max_position_embeddings`` tokens and
+``long_factors`` for longer ones, as transformers chooses them from the sequence length, and an
+``attention_factor`` as YaRN's). Dynamic NTK scaling changes the frequencies only for sequences
+longer than the context length, which circuitalg refuses, so within ``n_ctx`` it is the
+unscaled embedding (the loaders read it as ``"none"``).
+
+Frequencies that depend on the sequence length (LongRoPE) take ``seq_len``; without it (the
+weight-based analyses, which see no sequence) they are those of sequences up to
+``original_max_position_embeddings`` tokens.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from circuitalg.errors import ConfigError
 __all__ = ["Rotary", "ROTARY_STYLES", "ROTARY_SCALINGS"]
 
 ROTARY_STYLES = ("half", "interleaved")
-ROTARY_SCALINGS = ("none", "linear", "llama3", "yarn")
+ROTARY_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,20 +54,23 @@ class Rotary:
     base : float
         ``rope_theta``.
     style : {"half", "interleaved"}
-    scaling : {"none", "linear", "llama3", "yarn"}
+    scaling : {"none", "linear", "llama3", "yarn", "longrope"}
     factor, low_freq_factor, high_freq_factor : float
         Scaling parameters (``factor`` for linear, llama3 and yarn, the band edges for llama3).
     original_max_position_embeddings : int
-        The context length llama3 and yarn scaling were designed around.
+        The context length llama3, yarn and longrope scaling were designed around (longrope: the
+        longest sequence that uses the short factors).
     beta_fast, beta_slow : float
         YaRN's ramp boundaries (in rotations over the original context).
     attention_factor : float
-        YaRN's multiplier of the rotated coordinates of queries and keys (1 otherwise).
+        YaRN's and LongRoPE's multiplier of the rotated coordinates of queries and keys (1 otherwise).
     truncate : bool
         Whether YaRN's correction range is rounded to whole dimensions (transformers' default).
     freq_factors : tuple of float, optional
         Per-plane divisors of the frequencies (llama.cpp's ``rope_freqs`` tensor: how GGUF files
-        store Llama 3.1's scaling), applied after ``scaling``.
+        store Llama 3.1's scaling), applied after ``scaling``; with ``longrope``, its short factors.
+    long_factors : tuple of float, optional
+        LongRoPE's per-plane divisors for sequences longer than ``original_max_position_embeddings``.
     """
 
     dim: int
@@ -76,6 +86,7 @@ class Rotary:
     attention_factor: float = 1.0
     truncate: bool = True
     freq_factors: tuple[float, ...] | None = None
+    long_factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim < 2 or self.dim % 2:
@@ -96,18 +107,30 @@ class Rotary:
             raise ConfigError(f"config rotary original_max_position_embeddings={omp!r} must be a positive integer.")
         if not isinstance(self.truncate, (bool, np.bool_)):
             raise ConfigError(f"config rotary truncate={self.truncate!r} must be true or false.")
-        if self.scaling != "yarn" and self.attention_factor != 1.0:
-            raise ConfigError("config rotary attention_factor is YaRN's; other scalings do not rescale queries and keys.")
-        if self.freq_factors is not None:
+        if self.scaling not in ("yarn", "longrope") and self.attention_factor != 1.0:
+            raise ConfigError(
+                "config rotary attention_factor is YaRN's and LongRoPE's; other scalings do not rescale queries and keys."
+            )
+        for name in ("freq_factors", "long_factors"):
+            factors = getattr(self, name)
+            if factors is None:
+                continue
             try:
-                ff = tuple(float(f) for f in self.freq_factors)
+                ff = tuple(float(f) for f in factors)
             except (TypeError, ValueError):
                 ff = ()
             if len(ff) != self.dim // 2 or not all(math.isfinite(f) and f > 0 for f in ff):
                 raise ConfigError(
-                    f"config rotary freq_factors must be {self.dim // 2} positive numbers (one per rotated plane)."
+                    f"config rotary {name} must be {self.dim // 2} positive numbers (one per rotated plane)."
                 )
-            object.__setattr__(self, "freq_factors", ff)
+            object.__setattr__(self, name, ff)
+        if (self.scaling == "longrope") != (self.long_factors is not None) or (
+            self.scaling == "longrope" and self.freq_factors is None
+        ):
+            raise ConfigError(
+                "config rotary scaling='longrope' needs freq_factors (its short factors) and long_factors, and "
+                "long_factors belong to longrope only."
+            )
         if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor:
             raise ConfigError("config rotary llama3 scaling needs high_freq_factor > low_freq_factor.")
 
@@ -127,10 +150,14 @@ class Rotary:
         return cls(**d)
 
     # -- frequencies and angles -------------------------------------------------------------
-    def inv_freq(self) -> np.ndarray:
-        """The ``dim / 2`` angular frequencies, scaling (and ``freq_factors``) applied."""
+    def inv_freq(self, seq_len: int | None = None) -> np.ndarray:
+        """The ``dim / 2`` angular frequencies, scaling (and ``freq_factors``) applied; with
+        ``longrope``, ``long_factors`` instead for ``seq_len > original_max_position_embeddings``."""
         inv = self._scaled_inv_freq()
-        return inv if self.freq_factors is None else inv / np.asarray(self.freq_factors)
+        factors = self.freq_factors
+        if self.long_factors is not None and seq_len is not None and seq_len > self.original_max_position_embeddings:
+            factors = self.long_factors
+        return inv if factors is None else inv / np.asarray(factors)
 
     def _scaled_inv_freq(self) -> np.ndarray:
         inv = 1.0 / self.base ** (np.arange(0, self.dim, 2, dtype=np.float64) / self.dim)
@@ -169,10 +196,10 @@ class Rotary:
             return k, k + self.dim // 2
         return 2 * k, 2 * k + 1
 
-    def apply(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def apply(self, x: np.ndarray, positions: np.ndarray, seq_len: int | None = None) -> np.ndarray:
         """Rotate ``x`` (``[..., n_positions, d_head]``) by ``R(position)`` row by row (the rotated
-        coordinates times ``attention_factor``)."""
-        angle = np.asarray(positions, dtype=np.float64)[:, None] * self.inv_freq()[None, :]
+        coordinates times ``attention_factor``), with the frequencies of a ``seq_len``-token sequence."""
+        angle = np.asarray(positions, dtype=np.float64)[:, None] * self.inv_freq(seq_len)[None, :]
         f = self.attention_factor
         cos, sin = (f * np.cos(angle)).astype(x.dtype), (f * np.sin(angle)).astype(x.dtype)
         a, b = self._pairs()
@@ -182,11 +209,11 @@ class Rotary:
         out[..., b] = xb * cos + xa * sin
         return out
 
-    def matrix(self, delta: int, d_head: int) -> np.ndarray:
+    def matrix(self, delta: int, d_head: int, seq_len: int | None = None) -> np.ndarray:
         """``R(Δ)`` as a ``d_head x d_head`` array: ``R(i)ᵀ R(j) = R(j - i)`` for the maps :meth:`apply`
-        uses (with YaRN, ``attention_factor²`` times a rotation on the rotated planes)."""
+        uses (with YaRN and LongRoPE, ``attention_factor²`` times a rotation on the rotated planes)."""
         R = np.eye(d_head)
-        phi = float(delta) * self.inv_freq()
+        phi = float(delta) * self.inv_freq(seq_len)
         f2 = self.attention_factor**2
         a, b = self._pairs()
         R[a, a], R[b, b] = f2 * np.cos(phi), f2 * np.cos(phi)

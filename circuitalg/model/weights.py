@@ -24,6 +24,7 @@ from circuitalg.linalg.factors import declare_tied
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.maps.rules import identity
 from circuitalg.model.config import TransformerConfig
+from circuitalg.model.folding import fold_params
 from circuitalg.model.forward import activation
 from circuitalg.model.ids import EMBED, POS, HeadId, Source
 from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
@@ -142,7 +143,9 @@ class Head:
 
     def rotation(self, delta: int) -> LinearMap:
         """``R(Δ)``, the rotary rotation of this head's space between a query and a key ``Δ``
-        positions apart (``Δ = key - query``); the identity without rotary embeddings."""
+        positions apart (``Δ = key - query``), with this layer's rotary embedding (LongRoPE: the
+        frequencies of sequences up to ``original_max_position_embeddings``); the identity without
+        rotary embeddings."""
         if isinstance(delta, bool) or not isinstance(delta, (int, np.integer)):
             raise InvalidArgumentError(f"delta={delta!r}; pass an integer offset key - query (e.g. -1).")
         if self.rotary is None:
@@ -207,9 +210,11 @@ class Layer:
     """One transformer block: heads, the attention output bias, layer norms and the MLP.
 
     ``ln1_post`` is the RMSNorm of the attention output (``post_norms``; its weight is folded
-    into the heads' ``W_O`` and ``b_O``), ``q_norm``/``k_norm`` the per-head RMSNorms of queries
-    and keys (``qk_norm``; weights folded into ``W_Q``/``W_K``). The forward pass applies them
-    to the raw projections (``model.params``).
+    into the heads' ``W_O`` and ``b_O``), ``q_norm``/``k_norm`` the RMSNorms of queries and keys
+    (``qk_norm``; weights folded into ``W_Q``/``W_K``; over the whole projection, with a flattened
+    ``(heads * d_head,)`` weight, when ``qk_norm_scope`` is ``"all"``). ``ln1``/``ln2`` are
+    ``None`` without pre-norms (``pre_norms=False``). The forward pass applies the norms to the
+    raw projections (``model.params``).
     """
 
     index: int
@@ -279,11 +284,15 @@ class Transformer:
         self.config = config
         self.name = str(name)
         params = _validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
-        folded = _fold_head_norms(config, params)
-        self.head_weights, view = _stack_heads(config, {**params, **folded})
-        #: canonical parameters (what ``ca.save`` writes): raw weights, with the attention
-        #: entries that no norm weight was folded into shared with ``head_weights``
-        self.params = {k: params[k] if k in folded else v for k, v in view.items()}
+        read = _fold_input_norms(config, params)
+        folded = _fold_head_norms(config, read)
+        self.head_weights, view = _stack_heads(config, {**read, **folded})
+        #: canonical parameters (what ``ca.save`` writes): the weights as given, with the entries
+        #: that no norm weight was folded into shared with the view (``head_weights``)
+        self.params = {k: view[k] if k in view and read[k] is v and k not in folded else v for k, v in params.items()}
+        #: the attention projections the q/k norms and output norms act on in the forward pass:
+        #: the input norm folded in, their own weights not (``_fold_head_norms`` folds those)
+        self.norm_inputs: Mapping[str, np.ndarray] = {k: read[k] for k in folded}
         if vocab is not None:
             vocab = tuple(str(t) for t in vocab)
             if len(vocab) != config.d_vocab:
@@ -295,7 +304,7 @@ class Transformer:
         self.vocab_space = Space(VOCAB_SPACE, c.d_vocab)
         self.pos_space = Space(POS_SPACE, c.n_ctx)
         self.resid_space = Space("resid", c.d_model)
-        p = view  # the analysis view: q/k-norm and post-norm weights folded into W_Q, W_K, W_O
+        p = view  # the analysis view: every norm weight folded into the maps it multiplies
         self.W_E = Dense(p["W_E"], self.vocab_space, self.resid_space, "W_E")
         self.W_pos: Dense | None = (
             Dense(p["W_pos"], self.pos_space, self.resid_space, "W_pos") if c.learned_positions else None
@@ -312,8 +321,12 @@ class Transformer:
                 return None
             return LayerNorm(c.ln_eps, p.get(prefix + ".w"), p.get(prefix + ".b"), center=c.centred_norm)
 
+        def pre_norm(prefix: str) -> LayerNorm | None:  # ln1, ln2: absent in models with post-norms only
+            return layer_norm(prefix) if c.pre_norms else None
+
         def rms_norm(key: str, on: bool) -> LayerNorm | None:  # q/k norms and post norms: RMS with a weight
-            return LayerNorm(c.ln_eps, p[key], center=False) if on else None
+            # (a q/k norm over the whole projection holds its (heads, d_head) weight flattened, as it normalises)
+            return LayerNorm(c.ln_eps, np.reshape(p[key], -1), center=False) if on else None
 
         layers = []
         for l_ in range(c.n_layers):
@@ -339,7 +352,7 @@ class Transformer:
                         b_Q=p[a + "b_Q"][h],
                         b_K=p[a + "b_K"][g],
                         b_V=p[a + "b_V"][g],
-                        rotary=c.rotary,
+                        rotary=c.layer_rotary(l_),
                         kv_group=g,
                     )
                 )
@@ -363,8 +376,8 @@ class Transformer:
                     l_,
                     tuple(heads),
                     b_O=p[a + "b_O"],
-                    ln1=layer_norm(f"blocks.{l_}.ln1"),
-                    ln2=layer_norm(f"blocks.{l_}.ln2") if mlp is not None else None,
+                    ln1=pre_norm(f"blocks.{l_}.ln1"),
+                    ln2=pre_norm(f"blocks.{l_}.ln2") if mlp is not None else None,
                     mlp=mlp,
                     ln1_post=rms_norm(f"blocks.{l_}.ln1_post.w", c.post_norms),
                     q_norm=rms_norm(a + "q_norm.w", c.qk_norm),
@@ -514,6 +527,19 @@ def _group_name(config: TransformerConfig, layer: int, group: int) -> str:
     return HeadId(layer, group).name if config.n_kv_heads is None else f"L{layer}KV{group}"
 
 
+def _fold_input_norms(config: TransformerConfig, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parameters of the analysis view with every input norm folded into the weights that
+    read it (:func:`~circuitalg.model.folding.fold_params`, reads centred behind a layer norm):
+    ``W diag(w) P`` and ``b_W + W b``, so that every map the model hands out carries its norm
+    weights whether or not the stored parameters were folded. Arrays with nothing to fold are
+    ``params``' own; the norm entries (``ln1.w`` ...) are left out (the view's norms only scale)."""
+    if config.normalization is None:
+        return dict(params)
+    read = dict(params)
+    fold_params(config, read, center_reads=True, dtype=params["W_E"].dtype)
+    return read
+
+
 def _fold_head_norms(config: TransformerConfig, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The attention weights of the analysis view where a norm weight multiplies a projection:
     ``diag(w_q) W_Q``, ``diag(w_k) W_K`` (``qk_norm``) and ``diag(w) W_O``, ``w ⊙ b_O`` (``post_norms``),
@@ -522,10 +548,10 @@ def _fold_head_norms(config: TransformerConfig, params: Mapping[str, np.ndarray]
     for l in range(config.n_layers):
         a = f"blocks.{l}.attn."
         if config.qk_norm:
-            for s in ("Q", "K"):
-                w = params[a + f"{s.lower()}_norm.w"]
-                out[a + "W_" + s] = w[None, :, None] * params[a + "W_" + s]
-                out[a + "b_" + s] = w[None, :] * params[a + "b_" + s]
+            for s in ("Q", "K"):  # one (d_head,) weight for every head, or a (heads, d_head) one
+                w = params[a + f"{s.lower()}_norm.w"].reshape(-1, config.d_head)
+                out[a + "W_" + s] = w[:, :, None] * params[a + "W_" + s]
+                out[a + "b_" + s] = w * params[a + "b_" + s]
         if config.post_norms:
             w = params[f"blocks.{l}.ln1_post.w"]
             out[a + "W_O"] = w[None, :, None] * params[a + "W_O"]

@@ -27,19 +27,13 @@ import numpy as np
 
 from circuitalg.errors import ConfigError, InvalidArgumentError
 from circuitalg.linalg.budget import without_hugepage_advice
+from circuitalg.model.folding import fold_dtype, fold_params
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
     "fold_layer_norm", "center_writing_weights", "center_unembed", "fold_value_biases",
     "rotate_residual",
 ]
-
-
-def _centre_in_place(W: np.ndarray) -> np.ndarray:
-    """Subtract the mean over the last axis (the ``d_model`` input axis of a reading weight) from
-    ``W`` itself, a fresh array; returns it."""
-    W -= W.mean(axis=-1, keepdims=True)
-    return W
 
 
 @without_hugepage_advice()  # a model's worth of new arrays, written once
@@ -58,7 +52,7 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any
     require_model(model, "fold_layer_norm")
     if not isinstance(center_reads, (bool, np.bool_)):
         raise InvalidArgumentError(f"fold_layer_norm: center_reads={center_reads!r}; pass True or False.")
-    dtype = model.dtype if dtype is None else _fold_dtype(dtype)
+    dtype = model.dtype if dtype is None else fold_dtype(dtype)
     if model.config.normalization is None:
         return model if dtype == model.dtype else model.with_params(model.params, dtype=dtype)
     p = dict(model.params)
@@ -67,92 +61,6 @@ def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any
             and all(v is model.params[k] for k, v in p.items())):
         return model  # already folded (and centred): nothing changed
     return model.with_params(p, normalization=normalization, dtype=dtype)
-
-
-def _fold_dtype(dtype: Any) -> np.dtype:
-    try:
-        out = np.dtype(dtype)
-    except TypeError:
-        out = None
-    if out not in (np.float32, np.float64):
-        raise InvalidArgumentError(f"fold_layer_norm: dtype={dtype!r}; use numpy.float32 or numpy.float64.")
-    return out
-
-
-def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = True, dtype: Any = np.float64) -> str:
-    """:func:`fold_layer_norm` on a parameter dict, in place: each entry is replaced by its folded
-    (or converted) array as soon as that is made, so a caller that holds no other reference
-    never has the unfolded and the folded weights in memory at once. Returns the new
-    ``normalization`` (``"LNPre"`` or ``"RMSPre"``). ``config`` must have a normalization."""
-    c = config
-    dtype = _fold_dtype(dtype)
-    done: set[str] = set()
-    centred = c.centred_norm  # only a layer norm's output is centred, so only then may reads be centred
-    stacks: dict[str, np.ndarray] = {}
-
-    def new_array(key: str, like: np.ndarray) -> np.ndarray:
-        """A fresh array for ``key`` in ``like``'s memory layout (``W_E`` stays the transposed view
-        of the checkpoint's ``vocab x d_model`` rows, so its tokens stay contiguous); a head weight
-        (``blocks.{l}.attn.W_Q`` ...) gets layer ``l``'s slot of one C-ordered stack over layers,
-        which the model's head view then uses as it is (no second copy)."""
-        parts = key.split(".")
-        if len(parts) == 4 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in _HEAD_STACKED:
-            st = stacks.get(parts[3])
-            if st is None or st.shape[1:] != like.shape:
-                st = stacks[parts[3]] = np.empty((c.n_layers, *like.shape), dtype=dtype)
-            return st[int(parts[1])]
-        return np.empty_like(like, dtype=dtype)
-
-    def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
-        w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
-        for wk, bk in weight_keys:
-            raw = p[wk]
-            done.add(wk)
-            if w is None and b is None and raw.dtype == dtype and (not (center_reads and centred) or _is_centred(raw)):
-                continue  # nothing to fold and already centred: kept as it is
-            W = new_array(wk, raw)  # one new array per folded weight (C order: rows reshape as views)
-            W[...] = raw
-            del raw
-            if b is not None:
-                p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
-                done.add(bk)
-            if w is not None:
-                W *= np.asarray(w, dtype=dtype)
-            if center_reads and centred:
-                _centre_in_place(W)
-            W.flags.writeable = False  # nobody else holds it: the new model keeps it uncopied
-            p[wk] = W
-
-    for layer in range(c.n_layers):
-        a = f"blocks.{layer}.attn."
-        fold(f"blocks.{layer}.ln1", [(a + "W_Q", a + "b_Q"), (a + "W_K", a + "b_K"), (a + "W_V", a + "b_V")])
-        if c.d_mlp is not None:
-            m = f"blocks.{layer}.mlp."
-            reads = [(m + "W_in", m + "b_in")] + ([(m + "W_gate", m + "b_gate")] if c.gated_mlp else [])
-            fold(f"blocks.{layer}.ln2", reads)
-    fold("ln_final", [("W_U", "b_U")])
-    for k in sorted(p.keys() - done):  # the rest converted (read-only: no second copy in the new model)
-        v = p[k]
-        if v.dtype != dtype:
-            v = new_array(k, v)
-            v[...] = p[k]
-            v.flags.writeable = False
-        p[k] = v
-    return "LNPre" if centred else "RMSPre"
-
-
-#: The per-layer head weights that the model view stacks over layers (see ``weights._stack_heads``).
-_HEAD_STACKED = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
-
-
-def _is_centred(W: np.ndarray) -> bool:
-    """Whether every row of the reading weight ``W`` (last axis ``d_model``) sums to zero up to
-    the rounding of a centring (``d_model`` ulps of its largest entry)."""
-    if W.size == 0:
-        return True
-    d = W.shape[-1]
-    tol = 4 * d * np.finfo(W.dtype).eps * max(float(W.max()), -float(W.min()))  # no |W| temporary
-    return bool(np.max(np.abs(W.mean(axis=-1))) <= tol / d)
 
 
 def center_writing_weights(model: Transformer) -> Transformer:

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import ConfigError, LoadError
+from circuitalg.model.gguf_file import open_gguf
+from circuitalg.model.gguf_quants import dequantize
 from circuitalg.model.vocab import decode_byte_level
 
 __all__ = ["read_gguf", "GGUF_ARCHITECTURES"]
@@ -72,12 +74,10 @@ class _Tensors(Mapping):
 
     def __getitem__(self, key: str) -> np.ndarray:
         tensor, gguf_name = self._names[key]
-        gguf = _gguf()
         try:
-            data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        except NotImplementedError as exc:
-            raise LoadError(f"{self._source}: tensor {gguf_name!r}: {exc} in the gguf package.") from None
-        data = np.asarray(data, dtype=np.float32)
+            data = dequantize(tensor.data, tensor.tensor_type, dtype=np.float32, name=gguf_name)
+        except LoadError as exc:
+            raise LoadError(f"{self._source}: {exc}") from None
         return self._fix(gguf_name, data)
 
     def __iter__(self) -> Iterator[str]:
@@ -89,10 +89,10 @@ class _Tensors(Mapping):
 
 def read_gguf(path: Path, max_bytes: int) -> tuple[Mapping[str, Any], dict[str, Any], list[str] | None]:
     """``(tensors by Hugging Face name, config.json fields, token strings or None)`` of a GGUF file."""
-    gguf = _gguf()
+    _gguf()  # tensor types come from the gguf package: a clear message if it is missing
     source = str(path)
     try:
-        reader = gguf.GGUFReader(str(path), "r")
+        reader = open_gguf(path)
     except (ValueError, OSError, KeyError, IndexError, struct.error) as exc:
         raise LoadError(f"{source}: not a readable GGUF file ({type(exc).__name__}: {exc}).") from None
     total = sum(int(t.n_bytes) for t in reader.tensors)
@@ -211,7 +211,7 @@ def _rope(field: Any, arch: str, tensors: dict[str, Any], head_dim: int, source:
         raise ConfigError(f"{source}: {arch}.rope.scaling.type={kind!r} is not supported in GGUF files (linear is).")
     if "rope_freqs.weight" in tensors:
         t = tensors["rope_freqs.weight"]
-        factors = np.asarray(_gguf().quants.dequantize(t.data, t.tensor_type), dtype=np.float64).ravel()
+        factors = dequantize(t.data, t.tensor_type, dtype=np.float64, name="rope_freqs.weight").ravel()
         if factors.shape != (int(dim) // 2,):
             raise LoadError(f"{source}: tensor 'rope_freqs.weight' has {factors.size} entries, expected {int(dim) // 2}.")
         params["freq_factors"] = [float(f) for f in factors]

@@ -127,7 +127,10 @@ def test_llama_config_refusals(tmp_path) -> None:
     cfg = json.loads((tmp_path / "config.json").read_text())
     longrope = {**cfg, "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0}}
     (tmp_path / "config.json").write_text(json.dumps(longrope))
-    with pytest.raises(ca.ConfigError, match="rope_type='longrope' is not supported"):
+    with pytest.raises(ca.ConfigError, match="longrope' needs short_factor, long_factor"):
+        ca.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "rope_parameters": {"rope_type": "proportional"}}))
+    with pytest.raises(ca.ConfigError, match="rope_type='proportional' is not supported"):
         ca.load(tmp_path)
     gemma = {**cfg, "model_type": "gemma2", "use_bidirectional_attention": True}
     (tmp_path / "config.json").write_text(json.dumps(gemma))

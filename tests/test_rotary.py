@@ -59,7 +59,7 @@ def test_gpt_neox_config_forms(tmp_path) -> None:
     assert yarn.scaling == "yarn" and yarn.original_max_position_embeddings == cfg["max_position_embeddings"]
     assert yarn.attention_factor == pytest.approx(0.1 * np.log(4.0) + 1.0)
     (tmp_path / "config.json").write_text(json.dumps({**old, "rope_scaling": {"type": "longrope", "factor": 4.0}}))
-    with pytest.raises(ca.ConfigError, match="rope_type='longrope' is not supported"):
+    with pytest.raises(ca.ConfigError, match="rope_type='longrope' needs short_factor, long_factor"):
         ca.load(tmp_path)
 
 

@@ -1,9 +1,17 @@
 """Hugging Face checkpoints: ``config.json`` and state-dict layouts per family.
 
 Each family reads its ``config.json`` into circuitalg config fields (:func:`hf_config`; keys the
-file leaves out take transformers' documented defaults, ``model_type`` is required) and maps its
-tensors (``nn.Linear`` weights are ``(out, in)``, already the column layout; GPT-2's ``Conv1D``
-is ``(in, out)``) to circuitalg's canonical parameters.
+file leaves out take transformers' documented defaults; the family comes from ``model_type``, or
+from ``architectures`` when that is absent) and maps its tensors (``nn.Linear`` weights are
+``(out, in)``, already the column layout; GPT-2's ``Conv1D`` is ``(in, out)``) to circuitalg's
+canonical parameters.
+
+Tied embeddings may be stored under either name of the pair (``model.embed_tokens.weight`` or
+``lm_head.weight``; GPT-2's ``transformer.wte.weight`` or ``lm_head.weight``; GPT-NeoX's
+``gpt_neox.embed_in.weight`` or ``embed_out.weight``): ``safetensors.torch.save_model`` keeps
+one of them, transformers loads either. Multimodal Gemma 3 checkpoints (``model_type``
+``gemma3``) are read as their text tower (``text_config``; tensors under ``language_model.`` or
+``model.language_model.``); the vision tower and projector are not read.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ __all__ = ["HF_MODEL_TYPES", "HF_LAYOUTS", "hf_config", "convert_hf"]
 _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _HF_NEO_BUFFERS = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
 _HF_GPTJ_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias|embed_positions)$|^embed_positions$")
-_HF_LLAMA_BUFFERS = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")
+_HF_LLAMA_BUFFERS = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.\w*inv_freq$")
+#: The parts of a multimodal Gemma 3 checkpoint that are not its text tower (never read).
+_HF_VISION = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
 _HF_NEOX_BUFFERS = re.compile(r"^gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$|^gpt_neox\.rotary_emb\.inv_freq$")
 _HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -34,7 +44,19 @@ _HF_ACT = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gel
 HF_MODEL_TYPES = {
     "gpt2": "hf_gpt2", "gpt_neo": "hf_gpt_neo", "gpt_neox": "hf_gpt_neox", "gptj": "hf_gptj",
     "llama": "hf_llama", "mistral": "hf_llama", "qwen2": "hf_llama", "qwen3": "hf_llama", "gemma2": "hf_llama",
+    "gemma3_text": "hf_llama", "gemma3": "hf_llama", "olmo2": "hf_llama", "phi3": "hf_llama",
 }
+#: transformers' model classes (``config.json`` ``architectures``) by family, for configs without
+#: ``model_type``.
+_HF_ARCHITECTURES = {
+    "GPT2LMHeadModel": "gpt2", "GPTNeoForCausalLM": "gpt_neo", "GPTNeoXForCausalLM": "gpt_neox",
+    "GPTJForCausalLM": "gptj", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text", "Gemma3ForConditionalGeneration": "gemma3", "Olmo2ForCausalLM": "olmo2",
+    "Phi3ForCausalLM": "phi3",
+}
+#: Families whose RMSNorm multiplies by ``1 + w`` and whose embeddings are scaled by sqrt(d_model).
+_GEMMA = ("gemma2", "gemma3_text")
 #: Llama-layout families: which projections carry biases (q/k/v, o, MLP), from the config or fixed.
 _LLAMA_BIASES = {
     "llama": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)),
@@ -43,7 +65,50 @@ _LLAMA_BIASES = {
     "qwen2": lambda d: (True, False, False),
     "qwen3": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)), False),
     "gemma2": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)), False),
+    "gemma3_text": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)), False),
+    "olmo2": lambda d: (bool(d.get("attention_bias", False)), bool(d.get("attention_bias", False)), False),
+    "phi3": lambda d: (False, False, False),
 }
+#: Defaults of transformers' config classes that differ from Llama's, by family.
+_LLAMA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": {"tie_word_embeddings": True, "rms_norm_eps": 1e-6, "sliding_window": 4096},
+    "gemma3_text": {"tie_word_embeddings": True, "rms_norm_eps": 1e-6, "sliding_window": 4096, "head_dim": 256,
+                    "num_key_value_heads": 4},
+    "olmo2": {"tie_word_embeddings": False, "rms_norm_eps": 1e-5},
+    "phi3": {"tie_word_embeddings": False, "rms_norm_eps": 1e-5},
+}
+
+
+def hf_model_type(d: Any) -> str | None:
+    """The family a ``config.json`` dict describes: its ``model_type``, else the family of its first
+    ``architectures`` entry that circuitalg knows; ``None`` when it names neither."""
+    if not isinstance(d, Mapping):
+        return None
+    if isinstance(d.get("model_type"), str):
+        return d["model_type"]
+    archs = d.get("architectures")
+    if isinstance(archs, list):
+        for a in archs:
+            if a in _HF_ARCHITECTURES:
+                return _HF_ARCHITECTURES[a]
+    return None
+
+
+def text_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The config of the language model a ``config.json`` dict describes, with its ``model_type``
+    resolved (:func:`hf_model_type`): for a multimodal Gemma 3 checkpoint its ``text_config`` (as
+    ``gemma3_text``, tying its embeddings as the outer config says), else ``d`` itself."""
+    model_type = hf_model_type(d)
+    out = dict(d)
+    if model_type == "gemma3":
+        inner = d.get("text_config") or {}
+        if not isinstance(inner, Mapping):
+            raise ConfigError(f"{source}: text_config={inner!r} must be a JSON object (the language model's config).")
+        out = {**inner, "model_type": "gemma3_text"}
+        out["tie_word_embeddings"] = d.get("tie_word_embeddings", inner.get("tie_word_embeddings", True))
+    elif model_type is not None:
+        out["model_type"] = model_type
+    return out
 
 
 def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -55,11 +120,12 @@ def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     """
     if not isinstance(d, Mapping):
         raise ConfigError(f"{source}: config.json must hold a JSON object, got {type(d).__name__}.")
-    if "model_type" not in d:
+    if hf_model_type(d) is None:
         raise ConfigError(
-            f"{source}: config.json has no model_type, so circuitalg cannot tell which architecture it describes; "
-            "add \"model_type\": \"gpt2\" if it is a GPT-2 checkpoint."
+            f"{source}: config.json has no model_type (and no architectures entry circuitalg knows), so circuitalg "
+            "cannot tell which architecture it describes; add \"model_type\": \"gpt2\" if it is a GPT-2 checkpoint."
         )
+    d = text_config(d, source)
     model_type = d["model_type"]
     if model_type not in HF_MODEL_TYPES:
         raise ConfigError(
@@ -67,9 +133,9 @@ def hf_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
             f"{sorted(HF_MODEL_TYPES)}."
         )
     act_key = {"gpt2": "activation_function", "gpt_neo": "activation_function", "gptj": "activation_function",
-               "gemma2": "hidden_activation"}.get(model_type, "hidden_act")
+               "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(model_type, "hidden_act")
     act = d.get(act_key, {"gpt_neox": "gelu", "gpt2": "gelu_new", "gpt_neo": "gelu_new", "gptj": "gelu_new",
-                          "gemma2": "gelu_pytorch_tanh"}.get(model_type, "silu"))
+                          "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh"}.get(model_type, "silu"))
     if act not in _HF_ACT:
         raise ConfigError(f"{source}: {act_key}={act!r} is not supported; use one of {sorted(_HF_ACT)}.")
     if model_type in _LLAMA_BIASES:
@@ -139,7 +205,8 @@ def _hf_gpt_neo_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
 def _hf_parts(
     sd: Mapping[str, Any], config: Any, source: str, model_type: str
 ) -> tuple[TransformerConfig, dict[str, Any], Any]:
-    """``(config, tensors without the "transformer." prefix, lm_head or None)``."""
+    """``(config, tensors without the "transformer." prefix, lm_head or None)``; a multimodal
+    checkpoint's text tower with its keys as a text-only model's (``model.``, ``lm_head.``)."""
     if config is None:
         raise ConfigError(
             f"{source}: a Hugging Face state dict needs its config.json (the number of heads cannot be "
@@ -148,17 +215,27 @@ def _hf_parts(
     if isinstance(config, TransformerConfig):
         cfg = config
     else:
-        if isinstance(config, Mapping) and "model_type" in config and config["model_type"] != model_type:
+        found = hf_model_type(config)
+        if found is not None and found != model_type and not (found, model_type) == ("gemma3", "gemma3_text"):
             raise ConfigError(
                 f"{source}: the tensors are a {model_type} checkpoint but config.json says "
-                f"model_type={config.get('model_type')!r}; pass the config these weights were saved with."
+                f"model_type={found!r}; pass the config these weights were saved with."
             )
         cfg = TransformerConfig.from_dict(hf_config(config, source), source=source)
     if cfg.d_mlp is None:
         raise ConfigError(f"{source}: {model_type} has MLPs; the config given has d_mlp=None.")
     flat: dict[str, Any] = {}
     lm_head = None
+    multimodal = any(k.startswith(("model.language_model.", "language_model.")) for k in sd)
     for k, v in sd.items():
+        if multimodal:  # a vision-language checkpoint: its text tower only
+            if _HF_VISION.match(k):
+                continue
+            for old, new in (("model.language_model.", "model."), ("language_model.model.", "model."),
+                             ("language_model.lm_head.", "lm_head.")):
+                if k.startswith(old):
+                    k = new + k[len(old):]
+                    break
         if k == "lm_head.weight":
             lm_head = v
         elif k.startswith("transformer."):
@@ -173,11 +250,32 @@ def _hf_embeddings(
 ) -> dict[str, Any]:
     """``W_E``, ``W_pos``, ``W_U`` (``lm_head``, or tied to ``wte``) and a zero ``b_U`` (no bias)."""
     V, D = cfg.d_vocab, cfg.d_model
-    W_E = get("wte.weight", (V, D))
-    p: dict[str, Any] = {"W_E": W_E.T, "W_pos": get("wpe.weight", (cfg.n_ctx, D)).T}
-    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=True)
+    W_E, W_U = _hf_tied_pair(get, "wte.weight", lm_head, (V, D), config, source, tied_by_default=True)
+    p: dict[str, Any] = {"W_E": W_E.T, "W_pos": get("wpe.weight", (cfg.n_ctx, D)).T, "W_U": W_U}
     p["b_U"] = np.zeros(V, dtype=W_E.dtype)  # these models' unembeddings have no bias
     return p
+
+
+def _tied(config: Any, tied_by_default: bool) -> bool:
+    """``tie_word_embeddings`` of a config.json dict (its family's default when absent)."""
+    return bool(config.get("tie_word_embeddings", tied_by_default)) if isinstance(config, Mapping) else tied_by_default
+
+
+def _hf_tied_pair(
+    get: Any, embed_key: str, lm_head: Any, shape: tuple[int, int], config: Any, source: str, *, tied_by_default: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(embedding rows, W_U)`` (both vocab x d_model): the checkpoint's ``embed_key`` and
+    ``lm_head``; with tied embeddings either one may be stored for both (``save_model`` keeps one
+    name of a tied pair)."""
+    if embed_key in get.sd:
+        W_E = get(embed_key, shape)
+        return W_E, _hf_unembed(W_E, lm_head, config, source, tied_by_default=tied_by_default)
+    if lm_head is not None and _tied(config, tied_by_default):
+        W_U = as_array(lm_head)
+        if W_U.shape != shape:
+            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {shape}.")
+        return W_U, W_U
+    return get(embed_key, shape), lm_head  # raises: the embedding is missing and not tied to lm_head
 
 
 def _hf_unembed(W_E: np.ndarray, lm_head: Any, config: Any, source: str, *, tied_by_default: bool) -> np.ndarray:
@@ -188,8 +286,7 @@ def _hf_unembed(W_E: np.ndarray, lm_head: Any, config: Any, source: str, *, tied
         if W_U.shape != W_E.shape:
             raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {W_E.shape}.")
         return W_U
-    tied = config.get("tie_word_embeddings", tied_by_default) if isinstance(config, Mapping) else tied_by_default
-    if not tied:
+    if not _tied(config, tied_by_default):
         raise LoadError(f"{source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
     return W_E
 
@@ -213,19 +310,58 @@ def _hf_norms_and_mlp(get: Any, cfg: TransformerConfig, h: str, b: str, p: dict[
 def _hf_rotary(d: Mapping[str, Any], d_head: int, source: str) -> dict[str, Any]:
     """Rotary settings from a config.json in either form: transformers 5.x ``rope_parameters``
     (``rope_theta``, ``partial_rotary_factor``, ``rope_type``...) or 4.x top-level keys
-    (``rope_theta``/``rotary_emb_base``, ``partial_rotary_factor``/``rotary_pct``, ``rope_scaling``)."""
+    (``rope_theta``/``rotary_emb_base``, ``partial_rotary_factor``/``rotary_pct``, ``rope_scaling``).
+    Per-layer-type parameters (5.x ``{"full_attention": ..., "sliding_attention": ...}``) give the
+    full-attention layers' embedding; :func:`_hf_rotary_local` gives the sliding layers'."""
     params = d.get("rope_parameters")
+    if isinstance(params, Mapping) and "full_attention" in params:
+        params = params["full_attention"]
     if params is None:
         params = {
-            "rope_theta": d.get("rope_theta", d.get("rotary_emb_base", 10000.0)),
+            "rope_theta": d.get("rope_theta", d.get("rotary_emb_base", _default_theta(d))),
             "partial_rotary_factor": d.get("partial_rotary_factor", d.get("rotary_pct", 1.0)),
             **(d.get("rope_scaling") or {}),
         }
+    return _rotary_fields(d, params, d_head, source)
+
+
+def _default_theta(d: Mapping[str, Any]) -> float:
+    """transformers' default ``rope_theta`` (Gemma 3: 1M on its global layers)."""
+    return 1_000_000.0 if d.get("model_type") == "gemma3_text" else 10000.0
+
+
+def _hf_rotary_local(d: Mapping[str, Any], d_head: int, source: str) -> dict[str, Any] | None:
+    """The rotary settings of the sliding-window layers where they differ by layer type (Gemma 3:
+    5.x ``rope_parameters["sliding_attention"]``, 4.x ``rope_local_base_freq``, unscaled), else None."""
+    params = d.get("rope_parameters")
+    if isinstance(params, Mapping) and "sliding_attention" in params:
+        local = params["sliding_attention"]
+        if local is None:
+            return None
+        if not isinstance(local, Mapping):
+            raise ConfigError(f"{source}: rope_parameters['sliding_attention']={local!r} must be a JSON object.")
+        return _rotary_fields(d, local, d_head, source)
+    if d.get("model_type") == "gemma3_text":  # 4.x: the global theta and scaling at the top, the local base apart
+        fraction = d.get("partial_rotary_factor", 1.0)
+        return _rotary_fields(d, {"rope_theta": d.get("rope_local_base_freq", 10000.0),
+                                  "partial_rotary_factor": fraction}, d_head, source)
+    return None
+
+
+def _rotary_fields(d: Mapping[str, Any], params: Any, d_head: int, source: str) -> dict[str, Any]:
+    """circuitalg :class:`Rotary` fields from one dict of rope parameters (``params``) of config ``d``."""
     if not isinstance(params, Mapping):
         raise ConfigError(f"{source}: rope_parameters={params!r} must be a JSON object.")
     kind = params.get("rope_type", params.get("type", "default"))
-    fraction = params.get("partial_rotary_factor", 1.0)
-    out: dict[str, Any] = {"dim": int(d_head * fraction), "base": params.get("rope_theta", 10000.0), "style": "half"}
+    if d.get("model_type") == "phi3":  # transformers' Phi3Config reads su and yarn as longrope
+        kind = "longrope" if kind in ("su", "yarn") else kind
+        if kind not in ("default", "longrope"):
+            raise ConfigError(
+                f"{source}: rope_type={kind!r}; transformers' Phi-3 implements default and longrope (su, yarn) only."
+            )
+    fraction = params.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+    out: dict[str, Any] = {"dim": int(d_head * fraction), "base": params.get("rope_theta", _default_theta(d)),
+                           "style": "half"}
     if kind == "linear":
         out.update(scaling="linear", factor=params.get("factor"))
     elif kind == "llama3":
@@ -250,14 +386,34 @@ def _hf_rotary(d: Mapping[str, Any], d_head: int, source: str) -> dict[str, Any]
             beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
             attention_factor=float(attention), truncate=bool(params.get("truncate", True)),
         )
+    elif kind == "longrope":  # transformers' _compute_longrope_parameters and longrope_frequency_update
+        short, long = params.get("short_factor"), params.get("long_factor")
+        # Phi-3 keeps the pretraining length at the top level, and transformers prefers it there
+        original = d.get("original_max_position_embeddings", params.get("original_max_position_embeddings"))
+        if original is None:
+            original = d.get("max_position_embeddings")
+        if short is None or long is None or original is None:
+            raise ConfigError(
+                f"{source}: rope_type='longrope' needs short_factor, long_factor and original_max_position_embeddings."
+            )
+        factor = params.get("factor")
+        if factor is None:
+            factor = d.get("max_position_embeddings", original) / original
+        attention = params.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+        out.update(scaling="longrope", freq_factors=tuple(short), long_factors=tuple(long),
+                   original_max_position_embeddings=original, attention_factor=float(attention))
     elif kind == "dynamic":
         pass  # dynamic NTK changes the frequencies only beyond max_position_embeddings (= n_ctx): unscaled within
     elif kind != "default":
         raise ConfigError(
-            f"{source}: rope_type={kind!r} is not supported: circuitalg implements default, linear, llama3, yarn and "
-            "dynamic rotary embeddings."
+            f"{source}: rope_type={kind!r} is not supported: circuitalg implements default, linear, llama3, yarn, "
+            "longrope and dynamic rotary embeddings."
         )
     if params.get("freq_factors") is not None:  # per-plane divisors (what GGUF's rope_freqs tensor holds)
+        if kind == "longrope":
+            raise ConfigError(f"{source}: freq_factors with rope_type='longrope' (which has its own) is ambiguous.")
         out["freq_factors"] = tuple(params["freq_factors"])
     return out
 
@@ -282,11 +438,15 @@ def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[
     biased = not (isinstance(config, Mapping) and config.get("attention_bias") is False)
     get = TensorReader(flat, source)
 
-    W_E = get("gpt_neox.embed_in.weight", (V, D))
+    tied = _tied(config, False)
+    if tied and "gpt_neox.embed_in.weight" not in flat and "embed_out.weight" in flat:
+        W_E = get("embed_out.weight", (V, D))  # a tied pair saved under its second name
+    else:
+        W_E = get("gpt_neox.embed_in.weight", (V, D))
     p: dict[str, Any] = {"W_E": W_E.T}
     if "embed_out.weight" in flat:
         p["W_U"] = get("embed_out.weight", (V, D))
-    elif isinstance(config, Mapping) and config.get("tie_word_embeddings"):
+    elif tied:
         p["W_U"] = W_E
     else:
         raise LoadError(f"{source}: missing tensor 'embed_out.weight' (GPT-NeoX's unembedding is not tied).")
@@ -315,37 +475,55 @@ def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[
 
 
 def _hf_llama_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Llama, Mistral, Qwen2, Qwen3, Gemma 2: RMSNorm, rotary (half-split), grouped-query
-    attention, a gated MLP (SwiGLU; GeGLU in Gemma 2), no learned positions; sliding windows
-    (Mistral, Qwen2/3's ``layer_types`` or ``use_sliding_window``, Gemma 2's alternating layers);
-    Qwen3's per-head q/k norms; Gemma 2's sandwich norms, soft-capping and
-    ``query_pre_attn_scalar``."""
+    """Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, OLMo 2, Phi-3: RMSNorm, rotary (half-split),
+    grouped-query attention, a gated MLP (SwiGLU; GeGLU in Gemma), no learned positions; sliding
+    windows (Mistral and Phi-3 on every layer, Qwen2/3's ``layer_types`` or ``use_sliding_window``,
+    Gemma's alternating layers or ``sliding_window_pattern``); Qwen3's and Gemma 3's per-head q/k
+    norms, OLMo 2's over the whole projection; Gemma's sandwich norms, OLMo 2's post-norms
+    without pre-norms; Gemma 2's soft-capping; ``query_pre_attn_scalar``; Gemma 3's local and
+    global rotary embeddings; Phi-3's LongRoPE."""
     model_type = d["model_type"]
+    d = {**_LLAMA_DEFAULTS.get(model_type, {}), **d}
     out = _sizes(d, {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "d_model": "hidden_size",
                      "d_vocab": "vocab_size", "n_ctx": "max_position_embeddings", "d_mlp": "intermediate_size"}, source)
     head_dim = d.get("head_dim")
     out["d_head"] = (head_dim if head_dim is not None
                      else _head_size(out["d_model"], out["n_heads"], ("hidden_size", "num_attention_heads"), source))
-    out["n_kv_heads"] = d.get("num_key_value_heads", out["n_heads"])
-    gemma = model_type == "gemma2"
+    kv = d.get("num_key_value_heads")
+    out["n_kv_heads"] = out["n_heads"] if kv is None else kv
+    gemma = model_type in _GEMMA
     out["act_fn"] = _HF_ACT[d.get("hidden_activation", "gelu_pytorch_tanh") if gemma else d.get("hidden_act", "silu")]
     out["gated_mlp"] = True
-    out["qk_norm"] = model_type == "qwen3"
+    out["qk_norm"] = model_type in ("qwen3", "gemma3_text", "olmo2")
+    if model_type == "olmo2":  # OLMo 2 normalises each sublayer's output only, and q/k over all heads at once
+        out.update(qk_norm_scope="all", pre_norms=False, post_norms=True)
     if gemma:
         if d.get("use_bidirectional_attention"):
             raise ConfigError(f"{source}: use_bidirectional_attention=true (with sliding windows) is not implemented.")
         out["post_norms"] = True
         out["attn_scale"] = math.sqrt(d.get("query_pre_attn_scalar", 256))
-        out["attn_softcap"] = d.get("attn_logit_softcapping", 50.0)
-        out["final_softcap"] = d.get("final_logit_softcapping", 30.0)
+        if model_type == "gemma2":
+            out["attn_softcap"] = d.get("attn_logit_softcapping", 50.0)
+            out["final_softcap"] = d.get("final_logit_softcapping", 30.0)
+        else:
+            if d.get("attn_logit_softcapping") is not None:
+                raise ConfigError(
+                    f"{source}: attn_logit_softcapping={d['attn_logit_softcapping']!r} in a Gemma 3 config: "
+                    "transformers' Gemma 3 ignores it (Gemma 3 dropped attention soft-capping), so circuitalg cannot "
+                    "tell whether the weights were trained with it; set it to null to run the model as transformers does."
+                )
+            out["final_softcap"] = d.get("final_logit_softcapping")
     out["ln_eps"] = d.get("rms_norm_eps", 1e-6)
     out["normalization"] = "RMS"
     out["rotary"] = _hf_rotary(d, out["d_head"], source)
-    window = d.get("sliding_window", 4096 if gemma else None)
+    window = d.get("sliding_window", None)
     types = d.get("layer_types")
-    if gemma and types is None:  # Gemma 2 before layer_types: sliding on even layers
-        types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(out["n_layers"])]
-    if model_type == "mistral":
+    if gemma and types is None:  # before layer_types: every pattern-th layer global (Gemma 2: every second)
+        pattern = d.get("sliding_window_pattern", 2 if model_type == "gemma2" else 6)
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            raise ConfigError(f"{source}: sliding_window_pattern={pattern!r} must be a positive integer.")
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(out["n_layers"])]
+    if model_type in ("mistral", "phi3"):
         layers = [window] * out["n_layers"] if window is not None else None
     elif types is not None:
         if not isinstance(types, list) or len(types) != out["n_layers"] or any(
@@ -362,50 +540,76 @@ def _hf_llama_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
         if window is None:
             raise ConfigError(f"{source}: sliding-window layers are listed but sliding_window is null.")
         out["attn_windows"] = tuple(layers)
+        local = _hf_rotary_local(d, out["d_head"], source)
+        if local is not None:
+            out["rotary_local"] = local
     return out
 
 
 def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
-    model_type = config.get("model_type") if isinstance(config, Mapping) else "llama"
-    c, flat, lm_head = _hf_parts(sd, config, source, model_type if model_type in _LLAMA_BIASES else "llama")
+    d = text_config(config, source) if isinstance(config, Mapping) else {}
+    model_type = d.get("model_type", "llama")
+    family = model_type if model_type in _LLAMA_BIASES else "llama"
+    c, flat, lm_head = _hf_parts(sd, d if isinstance(config, Mapping) else config, source, family)
     D, H, H_kv, dh, V = c.d_model, c.n_heads, c.kv_heads, c.d_head, c.d_vocab
-    qkv_bias, o_bias, mlp_bias = _LLAMA_BIASES.get(model_type, _LLAMA_BIASES["llama"])(config if isinstance(config, Mapping) else {})
+    qkv_bias, o_bias, mlp_bias = _LLAMA_BIASES[family](d)
     get = TensorReader(flat, source)
 
-    gemma = model_type == "gemma2"
-    W_E = get("model.embed_tokens.weight", (V, D))
+    gemma = family in _GEMMA
+    W_E, W_U = _hf_tied_pair(get, "model.embed_tokens.weight", lm_head, (V, D), d or config, source,
+                             tied_by_default=_LLAMA_DEFAULTS.get(family, {}).get("tie_word_embeddings", False))
     # Gemma scales the embeddings by sqrt(d_model) (folded into W_E; the tied W_U is unscaled)
-    p: dict[str, Any] = {"W_E": W_E.T * np.asarray(math.sqrt(D), dtype=W_E.dtype) if gemma else W_E.T}
-    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=gemma)
+    p: dict[str, Any] = {"W_E": W_E.T * np.asarray(math.sqrt(D), dtype=W_E.dtype) if gemma else W_E.T, "W_U": W_U}
     p["b_U"] = np.zeros(V, dtype=W_E.dtype)
     zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (projections without bias)
 
-    def norm(key: str) -> np.ndarray:  # Gemma's RMSNorm multiplies by (1 + w)
-        w = get(key, (D,))
+    def norm(key: str, shape: tuple[int, ...] = (D,)) -> np.ndarray:  # Gemma's RMSNorm multiplies by (1 + w)
+        w = get(key, shape)
         return 1.0 + w if gemma else w
 
-    norms = (("input_layernorm", "ln1"), ("pre_feedforward_layernorm", "ln2"), ("post_attention_layernorm", "ln1_post"),
-             ("post_feedforward_layernorm", "ln2_post")) if gemma else (("input_layernorm", "ln1"),
-                                                                       ("post_attention_layernorm", "ln2"))
+    if gemma:
+        norms = (("input_layernorm", "ln1"), ("pre_feedforward_layernorm", "ln2"),
+                 ("post_attention_layernorm", "ln1_post"), ("post_feedforward_layernorm", "ln2_post"))
+    elif not c.pre_norms:  # OLMo 2: norms of the sublayers' outputs only
+        norms = (("post_attention_layernorm", "ln1_post"), ("post_feedforward_layernorm", "ln2_post"))
+    else:
+        norms = (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2"))
+    sizes = {"Q": H * dh, "K": H_kv * dh, "V": H_kv * dh}
     for l_ in range(c.n_layers):
         h, b = f"model.layers.{l_}.", f"blocks.{l_}."
         a = h + "self_attn."
+        if a + "qkv_proj.weight" in flat:  # Phi-3: one fused projection, rows [q | k | v]
+            fused = get(a + "qkv_proj.weight", (sum(sizes.values()), D))
+            starts = {"Q": 0, "K": sizes["Q"], "V": sizes["Q"] + sizes["K"]}
+            proj = {s: fused[starts[s]:starts[s] + n] for s, n in sizes.items()}
+        else:
+            proj = {s: get(a + f"{s.lower()}_proj.weight", (n, D)) for s, n in sizes.items()}
         for name, n in (("Q", H), ("K", H_kv), ("V", H_kv)):  # nn.Linear (out, in): rows grouped by head
-            p[b + "attn.W_" + name] = get(a + f"{name.lower()}_proj.weight", (n * dh, D)).reshape(n, dh, D)
+            p[b + "attn.W_" + name] = proj[name].reshape(n, dh, D)
             p[b + "attn.b_" + name] = (get(a + f"{name.lower()}_proj.bias", (n * dh,)).reshape(n, dh) if qkv_bias
                                        else zeros(n, dh))
         p[b + "attn.W_O"] = get(a + "o_proj.weight", (D, H * dh)).reshape(D, H, dh).transpose(1, 0, 2)
         p[b + "attn.b_O"] = get(a + "o_proj.bias", (D,)) if o_bias else zeros(D)
-        if c.qk_norm:  # Qwen3: one RMSNorm weight over d_head for all query heads, one for all key heads
-            p[b + "attn.q_norm.w"] = get(a + "q_norm.weight", (dh,))
-            p[b + "attn.k_norm.w"] = get(a + "k_norm.weight", (dh,))
+        if c.qk_norm and c.qk_norm_scope == "all":  # OLMo 2: one weight entry per head and dimension
+            p[b + "attn.q_norm.w"] = get(a + "q_norm.weight", (H * dh,)).reshape(H, dh)
+            p[b + "attn.k_norm.w"] = get(a + "k_norm.weight", (H_kv * dh,)).reshape(H_kv, dh)
+        elif c.qk_norm:  # Qwen3, Gemma 3: one RMSNorm weight over d_head for all query heads, one for all key heads
+            p[b + "attn.q_norm.w"] = norm(a + "q_norm.weight", (dh,))
+            p[b + "attn.k_norm.w"] = norm(a + "k_norm.weight", (dh,))
         for theirs, ours in norms:
             p[b + ours + ".w"] = norm(h + theirs + ".weight")
         m = h + "mlp."
-        for ours, theirs, shape in (("W_gate", "gate_proj", (c.d_mlp, D)), ("W_in", "up_proj", (c.d_mlp, D)),
-                                    ("W_out", "down_proj", (D, c.d_mlp))):
-            p[b + "mlp." + ours] = get(m + theirs + ".weight", shape)  # type: ignore[arg-type]
-            bias_shape = (shape[0],)
+        d_mlp = c.d_mlp
+        if m + "gate_up_proj.weight" in flat:  # Phi-3: one fused projection, rows [gate | up]
+            fused = get(m + "gate_up_proj.weight", (2 * d_mlp, D))  # type: ignore[operator]
+            mats = {"W_gate": fused[:d_mlp], "W_in": fused[d_mlp:]}
+        else:
+            mats = {ours: get(m + theirs + ".weight", (d_mlp, D)) for ours, theirs in  # type: ignore[arg-type]
+                    (("W_gate", "gate_proj"), ("W_in", "up_proj"))}
+        mats["W_out"] = get(m + "down_proj.weight", (D, d_mlp))  # type: ignore[arg-type]
+        for ours, theirs in (("W_gate", "gate_proj"), ("W_in", "up_proj"), ("W_out", "down_proj")):
+            p[b + "mlp." + ours] = mats[ours]
+            bias_shape = (mats[ours].shape[0],)
             p[b + "mlp." + ours.replace("W_", "b_")] = (get(m + theirs + ".bias", bias_shape) if mlp_bias
                                                         else zeros(*bias_shape))
     p["ln_final.w"] = norm("model.norm.weight")
@@ -437,9 +641,8 @@ def _from_hf_gptj(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tran
     D, H, dh, V = c.d_model, c.n_heads, c.d_head, c.d_vocab
     get = TensorReader(flat, source)
 
-    W_E = get("wte.weight", (V, D))
-    p: dict[str, Any] = {"W_E": W_E.T}
-    p["W_U"] = _hf_unembed(W_E, lm_head, config, source, tied_by_default=False)
+    W_E, W_U = _hf_tied_pair(get, "wte.weight", lm_head, (V, D), config, source, tied_by_default=False)
+    p: dict[str, Any] = {"W_E": W_E.T, "W_U": W_U}
     p["b_U"] = get("lm_head.bias", (V,))  # GPT-J's unembedding has a bias
     zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (no q/k/v/out biases)
     for l_ in range(c.n_layers):

@@ -12,11 +12,12 @@ Formats:
 - **torch** (``.pt .pth .bin .ckpt``): only with torch installed, through
   ``torch.load(weights_only=True)``; otherwise :class:`LoadError` suggests safetensors.
 - **GGUF** (``.gguf``): llama.cpp's files, through the ``gguf`` package (:mod:`circuitalg.model.gguf`):
-  Llama, Mistral, Qwen2, Qwen3, Gemma 2 and GPT-2 architectures, quantised tensors dequantised
-  one at a time.
+  Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3 and GPT-2 architectures, quantised
+  tensors dequantised one at a time.
 - **Directories**: a Hugging Face checkpoint (``config.json`` and ``model.safetensors``,
   sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``), optionally with
-  ``vocab.json`` for token strings.
+  ``vocab.json`` for token strings. The family comes from ``config.json`` (``model_type``, or
+  ``architectures``), else from the tensor names.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def load(
     ----------
     path : str or Path
         A ``.safetensors``, ``.npz``, ``.gguf`` or torch file, or a Hugging Face checkpoint directory.
-    layout : {"auto", "circuitalg", "transformer_lens", "hf_gpt2"}
-        The key layout; detected from the keys by default.
+    layout : {"auto", "circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox", "hf_gptj", "hf_llama"}
+        The key layout; by default detected from ``config.json`` (``model_type``, ``architectures``)
+        when the checkpoint has one, else from the keys.
     config : TransformerConfig or dict, optional
         Overrides or completes the config found beside the weights.
     dtype : numpy dtype or "auto"
@@ -135,7 +137,8 @@ def load(
         sidecar = _sidecar_config(p)
     source = str(p)
     try:
-        found_layout = detect_layout(tensors.keys(), source) if layout == "auto" else layout
+        found_layout = (detect_layout(tensors.keys(), source, config if config is not None else sidecar)
+                        if layout == "auto" else layout)
         cfg_arg: Any = config
         if found_layout == "circuitalg":
             cfg_arg = _own_config(meta, config, sidecar, source)

@@ -18,7 +18,7 @@ import numpy as np
 
 from circuitalg.errors import ConfigError, LoadError
 from circuitalg.model.config import TransformerConfig, require_config
-from circuitalg.model.hf import HF_LAYOUTS, convert_hf
+from circuitalg.model.hf import HF_LAYOUTS, HF_MODEL_TYPES, convert_hf, hf_model_type
 from circuitalg.model.params import param_shapes
 from circuitalg.model.statedict import TensorReader, as_array, count_layers, tensor_shape
 
@@ -31,30 +31,55 @@ _TL_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE)$")
 _TL_ROTARY_BUFFERS = re.compile(r"^blocks\.\d+\.attn\.(mask|IGNORE|rotary_cos|rotary_sin)$")
 
 
-def detect_layout(keys: Any, source: str = "state dict") -> str:
-    """The layout of a state dict, from its keys."""
+def detect_layout(keys: Any, source: str = "state dict", config: Any = None) -> str:
+    """The layout of a state dict: TransformerLens's and circuitalg's from their keys; a Hugging
+    Face family from ``config`` (a ``config.json`` dict: ``model_type``, or ``architectures``)
+    when it names one (refused when the keys are plainly another family's), else from the keys."""
     keys = set(keys)
-    if "embed.W_E" in keys:
-        return "transformer_lens"
-    if "h.0.attn.attention.q_proj.weight" in keys or "transformer.h.0.attn.attention.q_proj.weight" in keys:
-        return "hf_gpt_neo"
-    if "gpt_neox.embed_in.weight" in keys:
-        return "hf_gpt_neox"
-    if "transformer.h.0.mlp.fc_in.weight" in keys or "h.0.mlp.fc_in.weight" in keys:
-        return "hf_gptj"
-    if "model.embed_tokens.weight" in keys and "model.layers.0.self_attn.q_proj.weight" in keys:
-        return "hf_llama"
-    if "wte.weight" in keys or "transformer.wte.weight" in keys:
-        return "hf_gpt2"
-    if "W_E" in keys:
-        return "circuitalg"
+    by_keys = _layout_from_keys(keys)
+    if by_keys in ("transformer_lens", "circuitalg"):
+        return by_keys
+    model_type = hf_model_type(config)
+    if model_type is not None:
+        if model_type not in HF_MODEL_TYPES:
+            raise ConfigError(
+                f"{source}: config.json says model_type={model_type!r}; circuitalg reads Hugging Face checkpoints "
+                f"of model_type {sorted(HF_MODEL_TYPES)}."
+            )
+        if by_keys is not None and by_keys != HF_MODEL_TYPES[model_type]:
+            raise ConfigError(
+                f"{source}: the tensors are a {by_keys[3:]} checkpoint but config.json says model_type={model_type!r}; "
+                "pass the config these weights were saved with."
+            )
+        return HF_MODEL_TYPES[model_type]
+    if by_keys is not None:
+        return by_keys
     sample = sorted(keys)[:6]
     raise LoadError(
         f"{source}: unknown checkpoint layout (first keys: {sample}); circuitalg reads TransformerLens "
-        "('embed.W_E', 'blocks.0.attn.W_Q', ...), Hugging Face GPT-2 ('transformer.wte.weight', "
-        "'transformer.h.0.attn.c_attn.weight', ...), GPT-Neo ('transformer.h.0.attn.attention.q_proj.weight', "
-        "...) and its own format ('W_E', 'blocks.0.attn.W_Q', ...)."
+        "('embed.W_E', 'blocks.0.attn.W_Q', ...), Hugging Face checkpoints (told by the model_type of their "
+        "config.json, or by keys such as 'transformer.h.0.attn.c_attn.weight' or 'model.layers.0.self_attn.q_proj.weight') "
+        "and its own format ('W_E', 'blocks.0.attn.W_Q', ...)."
     )
+
+
+def _layout_from_keys(keys: set[str]) -> str | None:
+    """The layout that a state dict's keys alone show, or None."""
+    if "embed.W_E" in keys:
+        return "transformer_lens"
+    if "W_E" in keys:
+        return "circuitalg"
+    if "h.0.attn.attention.q_proj.weight" in keys or "transformer.h.0.attn.attention.q_proj.weight" in keys:
+        return "hf_gpt_neo"
+    if "gpt_neox.embed_in.weight" in keys or "gpt_neox.layers.0.attention.query_key_value.weight" in keys:
+        return "hf_gpt_neox"
+    if "transformer.h.0.mlp.fc_in.weight" in keys or "h.0.mlp.fc_in.weight" in keys:
+        return "hf_gptj"
+    if "model.layers.0.self_attn.q_proj.weight" in keys or "model.layers.0.self_attn.qkv_proj.weight" in keys:
+        return "hf_llama"  # embeddings stored as model.embed_tokens.weight, lm_head.weight (tied) or both
+    if "wte.weight" in keys or "transformer.wte.weight" in keys or "transformer.h.0.attn.c_attn.weight" in keys:
+        return "hf_gpt2"
+    return None
 
 
 def convert_state_dict(
@@ -67,7 +92,7 @@ def convert_state_dict(
     if bad:
         raise LoadError(f"{source}: tensor names must be strings, got {bad[:3]}.")
     if layout == "auto":
-        layout = detect_layout(state_dict.keys(), source)
+        layout = detect_layout(state_dict.keys(), source, config)
     if layout == "circuitalg":
         if config is None:
             raise ConfigError(
@@ -142,6 +167,7 @@ _TL_READ = frozenset({
     "attn_windows", "positional_embedding_type", "rotary_dim", "rotary_base", "rotary_adjacent_pairs",
     "use_NTK_by_parts_rope", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
     "NTK_original_ctx_len", "parallel_attn_mlp", "rotary", "qk_norm", "post_norms", "attn_softcap", "final_softcap",
+    "rotary_local", "qk_norm_scope", "pre_norms",
     "use_qk_norm", "use_normalization_before_and_after", "attn_scores_soft_cap", "output_logits_soft_cap",
 })
 
@@ -245,7 +271,8 @@ def _tl_config_fields(config: Any, source: str) -> dict[str, Any]:
     for ours, theirs in (("attn_softcap", "attn_scores_soft_cap"), ("final_softcap", "output_logits_soft_cap")):
         if theirs in d and not _softcap_off(d[theirs]):  # TransformerLens writes -1 for "no cap"
             out[ours] = d[theirs]
-    for key in ("parallel_attn_mlp", "qk_norm", "post_norms", "attn_softcap", "final_softcap"):  # circuitalg's names
+    for key in ("parallel_attn_mlp", "qk_norm", "post_norms", "attn_softcap", "final_softcap", "rotary_local",
+                "qk_norm_scope", "pre_norms"):  # circuitalg's names
         if key in d:
             out[key] = d[key]
     if d.get("use_attn_scale") is False:
@@ -330,7 +357,7 @@ def _from_transformer_lens(
         **{k: v for k, v in fields.items()
            if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp",
                     "n_kv_heads", "gated_mlp", "d_vocab_out", "causal", "qk_norm", "post_norms", "attn_softcap",
-                    "final_softcap")},
+                    "final_softcap", "rotary_local", "qk_norm_scope", "pre_norms")},
     )
     get = TensorReader(sd, source)
 
@@ -354,12 +381,13 @@ def _from_transformer_lens(
         p[b + "attn.W_O"] = get(b + "attn.W_O", (H, dh, D)).transpose(0, 2, 1)
         p[b + "attn.b_O"] = bias(b + "attn.b_O", (D,))
         if cfg.qk_norm:
-            p[b + "attn.q_norm.w"] = get(b + "attn.q_norm.w", (dh,))
-            p[b + "attn.k_norm.w"] = get(b + "attn.k_norm.w", (dh,))
+            shapes = param_shapes(cfg)
+            for s in ("q", "k"):
+                p[b + f"attn.{s}_norm.w"] = get(b + f"attn.{s}_norm.w", shapes[b + f"attn.{s}_norm.w"])
         for ln in ("ln1",) + (("ln2",) if has_mlp else ()):
             if cfg.post_norms:
                 p[b + ln + "_post.w"] = get(b + ln + "_post.w", (D,))
-            if cfg.normalization in ("LN", "RMS"):
+            if cfg.normalization in ("LN", "RMS") and cfg.pre_norms:
                 p[b + ln + ".w"] = get(b + ln + ".w", (D,))
             if cfg.normalization == "LN":
                 p[b + ln + ".b"] = get(b + ln + ".b", (D,))

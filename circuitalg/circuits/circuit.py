@@ -75,7 +75,7 @@ class Circuit:
         The chain, first head first.
     sink : Sink
     model : Transformer
-        The model whose weights :attr:`weight` uses (for path terms: the folded model).
+        The model whose weights :attr:`weight` uses (its view: norm weights included).
     score : float
         The Frobenius norm of :attr:`weight` where a search computed it; NaN otherwise.
     """

@@ -30,8 +30,9 @@ and V), whose error is relative to the factors: exact zeros come out below ``1e-
 basis, and only near-zero pairs pay for it. Heads with an all-zero ``W_OV`` or ``W_QK`` get
 score 0 (not NaN).
 
-The scores use the model's weights as given; fold layer norms first
-(:func:`~circuitalg.model.transforms.fold_layer_norm`) to score the weights the model uses.
+The scores read the model's view, in which every norm weight multiplies the maps it belongs to
+(input norms folded into ``W_Q, W_K, W_V``, LayerNorm reads centred), whether or not the stored
+weights were folded: :func:`~circuitalg.model.transforms.fold_layer_norm` changes no score.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ class HeadTable:
     copying_ov : the same for the ``d_model``-sized ``W_OV``.
     positional_prev_token : mean attention to the previous position of a softmax over the
         positional scores ``(W_Q W_pos)ᵀ (W_K W_pos) / attn_scale`` (causal; tokens, biases and
-        layer norms ignored), over the first ``n_positions`` positions. For rotary models (no
+        the norms' per-token scales ignored, their weights included), over the first ``n_positions`` positions. For rotary models (no
         ``W_pos``) the same statistic of :func:`rotary_offset_pattern`: attention by offset
         alone, through ``W_QK(Δ)`` with the mean token embedding on both sides.
     ov_effective_rank, qk_effective_rank : entropy effective rank of ``W_OV`` and ``W_QK``.

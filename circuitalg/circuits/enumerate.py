@@ -306,7 +306,7 @@ def top_circuits(
     Parameters
     ----------
     model : Transformer
-        Weights are used as given (fold layer norms first to analyse what the model computes).
+        Its view's weights, norm weights included whether or not the model was folded.
     k : int
         How many circuits to return; ``min(k, count_circuits(...))`` are returned, circuits
         that score exactly zero included.

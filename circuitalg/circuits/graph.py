@@ -13,7 +13,8 @@ Each edge carries ``weight`` (the lazy typed map, never materialised), ``norm`` 
 Frobenius norm), ``score`` (the norm divided by the product of the two factors' norms: the
 composition score for head-to-head edges) and, for head-to-head edges, the random-matrix
 ``baseline`` (mean) and ``baseline_std`` of :func:`~circuitalg.circuits.composition.composition_baseline`
-(NaN elsewhere). Weights are used as given (fold layer norms first for what the model computes).
+(NaN elsewhere). Weights are the model's view: norm weights are in them whether or not the
+model was folded.
 """
 
 from __future__ import annotations

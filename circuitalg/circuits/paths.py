@@ -23,9 +23,9 @@ attention bias by its inverse scale per query position, its weight folded into `
 MLP's output norm is inside the frozen MLP output; soft-capped attention scores are inside the
 patterns. With final-logit soft-capping the terms add up to the pre-cap logits
 (``cache.logits_precap``), and the model's logits are ``c · tanh(sum / c)``.
-Layer norms are handled by folding them (:func:`~circuitalg.model.transforms.fold_layer_norm`
-with centring): a path's ``weight`` uses the folded weights, and the expansion holds exactly
-for the folded model, which computes the same logits.
+Norm weights are in the model's view (input norms folded into the weights that read them, reads
+centred behind a layer norm), so a path's ``weight`` is the same whether or not the model was
+folded (:func:`~circuitalg.model.transforms.fold_layer_norm`), and the expansion is exact for both.
 
 Enumeration (:class:`PathSum`: which terms exist, their lazy weights) is separate from the
 frozen-activation numerics (:meth:`PathSum.on` gives a :class:`FrozenPaths` for one run:
@@ -47,7 +47,6 @@ from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
 from circuitalg.linalg import gram_factor
 from circuitalg.model.forward import Cache, check_tokens
 from circuitalg.model.ids import SOURCE_KINDS, HeadId, Source
-from circuitalg.model.transforms import fold_layer_norm
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = ["PathSum", "PathScore", "FrozenPaths", "expand", "SOURCE_KINDS"]
@@ -68,8 +67,8 @@ class PathSum:
 
     Iterating yields :class:`~circuitalg.circuits.circuit.Circuit` objects (sink: the
     unembedding), source by source, then by number of heads, then in lexicographic order of
-    the chain. Nothing is computed until asked: the folded model is built on first use, and
-    :attr:`Circuit.weight` is a lazy product over it.
+    the chain. Nothing is computed until asked: :attr:`Circuit.weight` is a lazy product over
+    the model's view.
     """
 
     def __init__(self, model: Transformer, max_heads: int | None, sources: Sequence[str]) -> None:
@@ -94,10 +93,10 @@ class PathSum:
                 found += [Source(kind, l) for l in range(c.n_layers)]
         self.sources: tuple[Source, ...] = tuple(found)
 
-    @cached_property
+    @property
     def model(self) -> Transformer:
-        """The model the path weights refer to: ``fold_layer_norm(original)`` (itself when there is no LN)."""
-        return fold_layer_norm(self.original)
+        """The model the path weights refer to (the one given: its view carries the norm weights)."""
+        return self.original
 
     def source(self, source: Source | str) -> Source:
         """``source`` as one of this expansion's sources (names are parsed by :meth:`Source.parse`)."""

@@ -56,8 +56,10 @@ class LayerNorm:
     """A pre-norm layer norm: ``y = w * (x - mean(x)) / scale + b``, ``scale = sqrt(var(x) + eps)``;
     with ``center=False`` an RMSNorm: ``y = w * x / sqrt(mean(x²) + eps)``.
 
-    ``w`` and ``b`` are ``None`` for folded (``LNPre``, ``RMSPre``) norms. The per-position
-    ``scale`` is what :meth:`Transformer.run` caches and path expansion freezes.
+    In a model's view (``model.layers[l].ln1``, ``model.ln_final``) ``w`` and ``b`` are always
+    ``None``: they are folded into the maps that read the norm, and the stored ones stay in
+    ``model.params``. The per-position ``scale`` is what :meth:`Transformer.run` caches and path
+    expansion freezes.
     """
 
     eps: float
@@ -250,7 +252,19 @@ class Transformer:
     ----------
     head_weights : HeadWeights
         Every head's weights stacked: the view every analysis reads (``.float64()`` for the
-        factored numerics). ``params``' attention entries are views into it.
+        factored numerics). ``params``' attention entries are views into it where no norm
+        weight was folded.
+
+    Notes
+    -----
+    The view (``W_E``, ``W_U``, ``head(l, h)``, ``mlp(l)``, ``head_weights``) carries every norm
+    weight in the maps it multiplies, whether or not ``params`` were folded: an input norm
+    ``w * centre(x) / s + b`` is folded into the weights that read it (``W diag(w)``, bias
+    ``b_W + W b``, reads centred ``W P`` behind a layer norm, ``P = I - 11ᵀ/d``), q/k norms into
+    ``W_Q``/``W_K``, output norms into ``W_O`` and the MLP's writer; only the per-token scales are
+    left to the forward pass (frozen by path expansion). So every weight-based result is the
+    same for a model and its :func:`~circuitalg.model.transforms.fold_layer_norm` (to rounding);
+    ``params`` keep the representation given (what :func:`~circuitalg.model.io.save` writes).
 
     Raises
     ------

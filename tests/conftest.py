@@ -3,15 +3,129 @@
 Hypothesis runs derandomised by default (profile ``ci``: a fixed seed, no example database),
 so every run of the suite, in CI or here, draws the same trees. The large randomised run
 stays available by hand: ``HYPOTHESIS_PROFILE=random python -m pytest tests/test_properties.py``
-draws new trees on each run (and ``--hypothesis-seed=N`` replays one).
+draws new trees on each run (and ``--hypothesis-seed=N`` replays one). Neither profile has a
+per-example deadline: no test outcome may depend on how fast a shared machine runs.
+
+Reference libraries. The tests compare against independent implementations: torch,
+Hugging Face ``transformers`` (with ``gguf`` and ``accelerate`` for its GGUF loader) and
+TransformerLens 3.9.0's ``HookedTransformer``, all installed by ``pip install -e ".[test,reference]"``
+(the README's test command). Without them those comparisons are skipped, each with a reason
+that names the library and the install command. With ``CIRCUITALG_REQUIRE_REFERENCE=1`` (set by
+``.ci/run``) a missing or wrong reference library is an error that stops the run before any
+test, and a skip for one is a failure: CI never passes with a reference comparison skipped.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import re
 
+import pytest
 from hypothesis import settings
 
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("random", derandomize=False, print_blob=True)
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("random", derandomize=False, print_blob=True, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+REQUIRE_ENV = "CIRCUITALG_REQUIRE_REFERENCE"
+INSTALL = "pip install -e \".[test,reference]\""
+# import name -> distribution (as the reference extra in pyproject.toml names it)
+REFERENCE = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "gguf": "gguf",
+    "accelerate": "accelerate",
+    "transformer_lens": "transformer-lens",
+}
+_TL4 = "removed in TransformerLens 4.0"  # TransformerLens 4.x's ImportError for HookedTransformer
+_TL_WANTED = ("the TransformerLens comparisons need transformer-lens 3.9.0 (4.x has no HookedTransformer): "
+              f"{INSTALL} installs it")
+
+
+def _required() -> bool:
+    value = os.environ.get(REQUIRE_ENV, "")
+    if value not in ("", "0", "1"):
+        raise pytest.UsageError(f"{REQUIRE_ENV}={value!r}: use 1 (reference libraries required) or 0 / unset.")
+    return value == "1"
+
+
+def _reference_problems() -> list[str]:
+    """What is missing or wrong among the reference libraries (empty when all are usable)."""
+    problems = []
+    for module, dist in REFERENCE.items():
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure to import is reported as such
+            problems.append(f"{dist} ({module}): {type(e).__name__}: {e}")
+    if "transformer_lens" not in " ".join(problems) and importlib.util.find_spec(
+            "transformer_lens.HookedTransformer") is None:
+        from importlib.metadata import version
+
+        problems.append(f"transformer-lens {version('transformer-lens')} is installed; {_TL_WANTED}")
+    return problems
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _required():
+        problems = _reference_problems()
+        if problems:
+            raise pytest.UsageError(
+                f"{REQUIRE_ENV}=1 but these reference libraries are not usable:\n  " + "\n  ".join(problems)
+                + f"\nInstall them with {INSTALL} (or unset {REQUIRE_ENV} to skip those comparisons).")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    mode = "required (missing ones are errors)" if _required() else f"optional (missing ones skip; {REQUIRE_ENV}=1 requires them)"
+    return f"circuitalg reference libraries: {mode}"
+
+
+_IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'|module '([\w.]+)' has __version__")
+
+
+def _reference_reason(reason: str) -> str | None:
+    """The skip reason rewritten when it is a missing reference library, else None."""
+    m = _IMPORT_SKIP.search(reason)
+    if m is None:
+        return None
+    module = (m.group(1) or m.group(2)).split(".")[0]
+    if module not in REFERENCE:
+        return None
+    reason = reason.strip().removeprefix("Skipped: ")
+    return f"reference library {REFERENCE[module]} is not usable here ({reason}); {INSTALL} installs it"
+
+
+def _mend(report) -> None:
+    """Reference skips: a clear reason locally, a failure when the references are required."""
+    if not (report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3):
+        return
+    path, lineno, reason = report.longrepr
+    better = _reference_reason(str(reason))
+    if better is None:
+        return
+    if _required():
+        report.outcome = "failed"
+        report.longrepr = f"{REQUIRE_ENV}=1 and a reference comparison was skipped: {better}"
+    else:
+        report.longrepr = (path, lineno, f"Skipped: {better} ({REQUIRE_ENV}=1 makes this an error, as in CI)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if (report.failed and call.excinfo is not None and call.excinfo.errisinstance(ImportError)
+            and _TL4 in str(call.excinfo.value) and not _required()):
+        # transformer-lens 4.x installed by hand: its HookedTransformer is gone, so skip with the reason
+        lineno = item.location[1]
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), (lineno or 0) + 1, f"Skipped: {_TL_WANTED}")
+        return
+    _mend(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    _mend(outcome.get_result())

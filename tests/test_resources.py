@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +66,40 @@ def test_save_is_atomic(tmp_path, monkeypatch) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
 
 
-LONG_SEARCH = textwrap.dedent(
+# The child runs a real search (or a real report) and blocks at a point inside it, on its main
+# thread, once the computation has demonstrably started: it prints "started" there and polls for
+# the signal, so the workload cannot finish before the parent's SIGINT arrives however fast or slow
+# the machine is. The KeyboardInterrupt leaves from that point, as a Ctrl-C landing there would
+# (the poll only bounds how soon the handler runs; no outcome depends on timing).
+BLOCK_AT = textwrap.dedent(
+    """
+    import threading, time
+
+    def block_at(owner, name, call):
+        \"\"\"Make ``owner.name`` block, after its ``call``-th return on the main thread, until a signal.\"\"\"
+        real = getattr(owner, name)
+        calls = [0]
+
+        def blocking(*args, **kwargs):
+            out = real(*args, **kwargs)
+            if threading.current_thread() is threading.main_thread():
+                calls[0] += 1
+                if calls[0] == call:
+                    print("started", flush=True)
+                    while True:  # until SIGINT: its KeyboardInterrupt leaves from here
+                        time.sleep(0.05)
+            return out
+
+        setattr(owner, name, blocking)
+    """
+)
+
+LONG_SEARCH = BLOCK_AT + textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {tests!r})
     import circuitalg as ca
+    import circuitalg.circuits.enumerate as search
     from model_helpers import random_model
 
     def model():
@@ -79,7 +107,7 @@ LONG_SEARCH = textwrap.dedent(
 
     m = model()
     small = lambda mod: [(c.name, c.score) for c in ca.top_circuits(mod, k=5, max_heads=2).circuits]
-    print("started", flush=True)
+    block_at(getattr(search, {owner!r}) if {owner!r} else search, {name!r}, {call!r})
     try:
         ca.top_circuits(m, k=60000, max_heads=3)
         print("finished", flush=True)
@@ -94,28 +122,49 @@ def _start(args: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_long_search_stops_promptly_on_ctrl_c_and_leaves_the_model_usable() -> None:
-    proc = _start([sys.executable, "-c", LONG_SEARCH.format(tests=str(TESTS))])
-    assert proc.stdout.readline().strip() == "started"
-    time.sleep(1.0)
-    sent = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
+def _wait_for_start(proc: subprocess.Popen, stream: str) -> None:
+    """Read ``stream`` of ``proc`` up to the child's "started" line (its workload is blocked there)."""
+    seen = []
+    for line in getattr(proc, stream):
+        if line.strip() == "started":
+            return
+        seen.append(line)
     out, err = proc.communicate(timeout=60)
-    waited = time.perf_counter() - sent
+    pytest.fail(f"the child ended before its workload started (exit {proc.returncode}):\n"
+                f"{''.join(seen)}{out}{err}")
+
+
+# where the search is interrupted: while the engine fills the model's caches (the float64 head
+# weights and source factors are cached, the source Gram matrices half made), and in the
+# best-first search itself (after 200 expansions, of the many more that k=60000 needs)
+@pytest.mark.parametrize("owner,name,call", [("", "_all_grams", 2), ("_Search", "expand", 200)],
+                         ids=["precomputation", "search"])
+def test_long_search_stops_promptly_on_ctrl_c_and_leaves_the_model_usable(owner, name, call) -> None:
+    proc = _start([sys.executable, "-c", LONG_SEARCH.format(tests=str(TESTS), owner=owner, name=name, call=call)])
+    _wait_for_start(proc, "stdout")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)  # a guard against a hang only
     assert proc.returncode == 0, err
     assert out.strip() == "interrupted True", (out, err)
-    assert waited < 30, f"took {waited:.1f} s to stop and re-check"
+
+
+CLI_REPORT = BLOCK_AT + textwrap.dedent(
+    """
+    import sys
+    import circuitalg.cli as cli
+    block_at(cli, "progress", 1)  # the report's first progress line: the analysis is under way
+    sys.exit(cli.main(["report", "attn2l", "--out", {out!r}]))
+    """
+)
 
 
 def test_cli_ctrl_c_exits_130_without_partial_files(tmp_path) -> None:
     out_dir = tmp_path / "out"
-    proc = _start([sys.executable, "-m", "circuitalg", "report", "attn2l", "--out", str(out_dir)])
-    first = proc.stderr.readline()  # the first progress line: the analysis is under way
-    assert first, "no progress line"
+    proc = _start([sys.executable, "-c", CLI_REPORT.format(out=str(out_dir))])
+    _wait_for_start(proc, "stdout")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the report finished before the signal arrived")
+    _, err = proc.communicate(timeout=120)  # a guard against a hang only
+    assert "[circuitalg] " in err, err  # the progress line was written before the signal
     assert proc.returncode == 130, err
     assert "circuitalg: interrupted; no partial files are left." in err
     assert "Traceback" not in err

@@ -8,9 +8,19 @@ child process, printing its stage timings, the wall time and the child's peak RS
 - ``smollm2``: a Llama-architecture model of SmolLM2-135M's shapes (30 layers, 9 query / 3 KV
   heads, d_model 576, d_head 64, d_mlp 1536, vocab 49,152);
 - ``pythia-70m``: a GPT-NeoX model of Pythia-70M's shapes (6 layers x 8 heads, d_model 512,
-  vocab 50,304, partial rotary, parallel blocks).
+  vocab 50,304, partial rotary, parallel blocks);
+- ``qwen2-0.5b``: a Qwen2 model of Qwen2-0.5B's shapes (24 layers, 14 query / 2 KV heads, d_head 64,
+  d_model 896, d_mlp 4864, vocab 151,936, q/k/v biases, tied embeddings stored once as
+  ``model.embed_tokens.weight``; the config is Qwen2-0.5B's ``config.json``);
+- ``gemma3-270m``: Gemma-3-270M's shapes (18 layers, 4 query / 1 KV heads, d_head 256, d_model 640,
+  d_mlp 2048, vocab 262,144, sliding window 512 on five of every six layers, q/k norms, sandwich
+  norms, tied embeddings), written as a ``gemma3_text`` checkpoint when circuitalg reads that model
+  type and otherwise as a ``gemma2`` one of the same shapes (no q/k norms, one rotary base; the
+  benchmark says which it wrote).
 
-Usage: ``python benchmarks/bench_report.py [--model gpt2-small] [--extra "--no-figures"] [--keep DIR]``
+The checkpoints are float32 (the real models are stored in bfloat16: the same shapes, half the file).
+
+Usage: ``python benchmarks/bench_report.py [--model gpt2-small] [--extra "--no-figures"] [--keep DIR] [--ckpt DIR]``
 """
 
 from __future__ import annotations
@@ -76,7 +86,60 @@ def _pythia() -> tuple[dict, dict]:
     return t, cfg
 
 
-MODELS = {"gpt2-small": _gpt2, "smollm2": _smollm2, "pythia-70m": _pythia}
+def _qwen2_05b() -> tuple[dict, dict]:
+    D, L, H, KV, dh, F, V = 896, 24, 14, 2, 64, 4864, 151936
+    t = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    for l in range(L):
+        p = f"model.layers.{l}."
+        t.update({p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.q_proj.bias": (H * dh,),
+                  p + "self_attn.k_proj.weight": (KV * dh, D), p + "self_attn.k_proj.bias": (KV * dh,),
+                  p + "self_attn.v_proj.weight": (KV * dh, D), p + "self_attn.v_proj.bias": (KV * dh,),
+                  p + "self_attn.o_proj.weight": (D, H * dh),
+                  p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
+                  p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,)})
+    cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": D, "num_hidden_layers": L,
+           "num_attention_heads": H, "num_key_value_heads": KV, "intermediate_size": F, "vocab_size": V,
+           "max_position_embeddings": 32768, "max_window_layers": 24, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+           "hidden_act": "silu", "sliding_window": 32768, "use_sliding_window": False, "tie_word_embeddings": True,
+           "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16"}
+    return t, cfg
+
+
+def _gemma3_reads_text() -> bool:
+    """Whether this circuitalg reads ``gemma3_text`` checkpoints."""
+    from circuitalg.model.hf import HF_MODEL_TYPES
+
+    return "gemma3_text" in HF_MODEL_TYPES
+
+
+def _gemma3_270m() -> tuple[dict, dict]:
+    D, L, H, KV, dh, F, V, W = 640, 18, 4, 1, 256, 2048, 262144, 512
+    gemma3 = _gemma3_reads_text()
+    types = ["full_attention" if (l + 1) % 6 == 0 else "sliding_attention" for l in range(L)]
+    t = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    for l in range(L):
+        p = f"model.layers.{l}."
+        t.update({p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (KV * dh, D),
+                  p + "self_attn.v_proj.weight": (KV * dh, D), p + "self_attn.o_proj.weight": (D, H * dh),
+                  p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
+                  p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
+                  p + "pre_feedforward_layernorm.weight": (D,), p + "post_feedforward_layernorm.weight": (D,)})
+        if gemma3:
+            t.update({p + "self_attn.q_norm.weight": (dh,), p + "self_attn.k_norm.weight": (dh,)})
+    cfg = {"model_type": "gemma3_text" if gemma3 else "gemma2", "hidden_size": D, "num_hidden_layers": L,
+           "num_attention_heads": H, "num_key_value_heads": KV, "head_dim": dh, "intermediate_size": F,
+           "vocab_size": V, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+           "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256, "sliding_window": W,
+           "layer_types": types, "attn_logit_softcapping": None, "final_logit_softcapping": None,
+           "tie_word_embeddings": True}
+    if gemma3:
+        cfg.update({"architectures": ["Gemma3ForCausalLM"], "rope_local_base_freq": 10000.0,
+                    "sliding_window_pattern": 6})
+    return t, cfg
+
+
+MODELS = {"gpt2-small": _gpt2, "smollm2": _smollm2, "pythia-70m": _pythia, "qwen2-0.5b": _qwen2_05b,
+          "gemma3-270m": _gemma3_270m}
 
 
 def write_checkpoint(path: Path, model: str, seed: int = 0) -> None:
@@ -88,7 +151,8 @@ def write_checkpoint(path: Path, model: str, seed: int = 0) -> None:
     tensors = {}
     for name, shape in shapes.items():
         if len(shape) == 1:
-            one = name.endswith("weight") and ("ln" in name or "norm" in name)
+            # norm weights 1 (Gemma's RMSNorm multiplies by 1 + w: stored 0), biases 0
+            one = name.endswith("weight") and ("ln" in name or "norm" in name) and not cfg["model_type"].startswith("gemma")
             tensors[name] = (np.ones(shape) if one else np.zeros(shape)).astype(np.float32)
         else:
             tensors[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
@@ -101,11 +165,19 @@ def main() -> None:
     ap.add_argument("--model", default="gpt2-small", choices=sorted(MODELS))
     ap.add_argument("--extra", default="", help="extra options for circuitalg report")
     ap.add_argument("--keep", help="write the report into this folder (kept) instead of a temporary one")
+    ap.add_argument("--ckpt", help="keep the checkpoint in this folder: written there if it holds none, else reused "
+                                   "(for repeated or paired runs)")
+    ap.add_argument("--write-only", action="store_true", help="write the checkpoint (--ckpt) and stop")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / args.model
-        ckpt.mkdir()
-        write_checkpoint(ckpt, args.model)
+        ckpt = Path(args.ckpt) if args.ckpt else Path(tmp) / args.model
+        if not (ckpt / "config.json").exists():
+            ckpt.mkdir(parents=True, exist_ok=True)
+            write_checkpoint(ckpt, args.model)
+        if args.write_only:
+            print(f"wrote {ckpt}")
+            return
+        model_type = json.loads((ckpt / "config.json").read_text())["model_type"]
         cmd = [sys.executable, "-m", "circuitalg", "report", str(ckpt), "--out", args.keep or str(Path(tmp) / "out"),
                *shlex.split(args.extra)]
         t = time.perf_counter()
@@ -116,7 +188,8 @@ def main() -> None:
         if proc.returncode:
             sys.stdout.write(proc.stdout)
             raise SystemExit(f"circuitalg report exited {proc.returncode}")
-    print(f"{args.model}: circuitalg report {args.extra} -> wall {wall:.1f} s, peak RSS {peak:.2f} GiB")
+    print(f"{args.model} (model_type {model_type}): circuitalg report {args.extra} -> wall {wall:.1f} s, "
+          f"peak RSS {peak:.2f} GiB ({peak * 2**30 / 1e9:.2f} GB)")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,12 @@ def text_config(d: Mapping[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: text_config={inner!r} must be a JSON object (the language model's config).")
         out = {**inner, "model_type": "gemma3_text"}
         out["tie_word_embeddings"] = d.get("tie_word_embeddings", inner.get("tie_word_embeddings", True))
+        if out.get("final_logit_softcapping") is not None:
+            raise ConfigError(
+                f"{source}: text_config.final_logit_softcapping={out['final_logit_softcapping']!r} in a multimodal "
+                "Gemma 3 config: transformers' Gemma3ForConditionalGeneration does not apply it (its Gemma3ForCausalLM "
+                "does), so the checkpoint computes two different things; set it to null, as Google's Gemma 3 has it."
+            )
     elif model_type is not None:
         out["model_type"] = model_type
     return out

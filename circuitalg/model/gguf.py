@@ -69,15 +69,16 @@ def _gguf() -> Any:
 class _Tensors(Mapping):
     """Hugging Face tensor names -> arrays, dequantised (and un-permuted) when read."""
 
-    def __init__(self, reader: Any, names: dict[str, tuple[Any, str]], fix: Any, source: str) -> None:
-        self._reader, self._names, self._fix, self._source = reader, names, fix, source
+    def __init__(self, reader: Any, names: dict[str, tuple[Any, str]], fix: Any, source: str, dtype: Any) -> None:
+        self._reader, self._names, self._fix, self._source, self._dtype = reader, names, fix, source, dtype
 
     def __getitem__(self, key: str) -> np.ndarray:
         tensor, gguf_name = self._names[key]
         try:
-            data = dequantize(tensor.data, tensor.tensor_type, dtype=np.float32, name=gguf_name)
+            data = dequantize(tensor.data, tensor.tensor_type, dtype=self._dtype, name=gguf_name)
         except LoadError as exc:
             raise LoadError(f"{self._source}: {exc}") from None
+        data.flags.writeable = False  # a new array nobody else holds: the loader need not copy it
         return self._fix(gguf_name, data)
 
     def __iter__(self) -> Iterator[str]:
@@ -87,8 +88,11 @@ class _Tensors(Mapping):
         return len(self._names)
 
 
-def read_gguf(path: Path, max_bytes: int) -> tuple[Mapping[str, Any], dict[str, Any], list[str] | None]:
-    """``(tensors by Hugging Face name, config.json fields, token strings or None)`` of a GGUF file."""
+def read_gguf(
+    path: Path, max_bytes: int, dtype: Any = np.float32
+) -> tuple[Mapping[str, Any], dict[str, Any], list[str] | None]:
+    """``(tensors by Hugging Face name, config.json fields, token strings or None)`` of a GGUF file;
+    the tensors are decoded when read, into ``dtype`` (float32 or float64: the same float32 values)."""
     _gguf()  # tensor types come from the gguf package: a clear message if it is missing
     source = str(path)
     try:
@@ -174,7 +178,7 @@ def read_gguf(path: Path, max_bytes: int) -> tuple[Mapping[str, Any], dict[str, 
             return np.ascontiguousarray(w.T)  # (out, in) -> Conv1D's (in, out)
         return w
 
-    return _Tensors(reader, names, fix, source), config, _vocab(field)
+    return _Tensors(reader, names, fix, source, dtype), config, _vocab(field)
 
 
 def _block_names(

@@ -126,7 +126,9 @@ def load(
     if p.is_dir():
         tensors, meta, sidecar, vocab = _read_directory(p, budget)
     elif p.suffix.lower() == ".gguf":
-        tensors, gguf_config, vocab = read_gguf(p, budget)
+        # decoded straight into a float64 model's dtype (the same float32 values); a fold converts itself
+        wide = not fold and not isinstance(dtype, str) and np.dtype(dtype) == np.float64
+        tensors, gguf_config, vocab = read_gguf(p, budget, dtype=np.float64 if wide else np.float32)
         meta, sidecar = {}, None
         if layout == "auto":
             layout = HF_MODEL_TYPES[gguf_config["model_type"]]

@@ -26,6 +26,7 @@ _LLAMA = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"
           "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 _GEMMA = {**_LLAMA, "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
           "post_feedforward_layernorm": "post_ffw_norm"}
+_PHI3 = {**_LLAMA, "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
 _GPT2 = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
          "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
 
@@ -51,13 +52,14 @@ def _to_gguf_name(hf: str, family: str) -> str:
     prefix = "transformer.h." if family == "gpt2" else "model.layers."
     layer, rest = hf[len(prefix):].split(".", 1)
     stem, suffix = rest.rsplit(".", 1)
-    table = {"gpt2": _GPT2, "gemma2": _GEMMA}.get(family, _LLAMA)
+    table = {"gpt2": _GPT2, "gemma2": _GEMMA, "gemma3": _GEMMA, "phi3": _PHI3}.get(family, _LLAMA)
     return f"blk.{layer}.{table[stem]}.{suffix}"
 
 
 def _write_gguf(path, hf, family: str, arch: str, quants=QUANTS, rope_freqs=None) -> None:
     """What llama.cpp's convert_hf_to_gguf.py writes for this transformers model (``quants``: the
-    storage type of chosen tensors; ``rope_freqs``: Llama 3.1's per-plane frequency divisors)."""
+    storage type of chosen tensors; ``rope_freqs``: Llama 3.1's per-plane frequency divisors;
+    Phi-3's LongRoPE factors are written as its converter writes them)."""
     rng = np.random.default_rng(0)
     c = hf.config
     w = gguf.GGUFWriter(str(path), arch)
@@ -74,16 +76,33 @@ def _write_gguf(path, hf, family: str, arch: str, quants=QUANTS, rope_freqs=None
     else:
         w.add_head_count_kv(c.num_key_value_heads)
         w.add_layer_norm_rms_eps(c.rms_norm_eps)
-        w.add_rope_freq_base(c.rope_parameters["rope_theta"])
-        w.add_key_length(c.head_dim)
-        w.add_value_length(c.head_dim)
-        w.add_rope_dimension_count(c.head_dim)
+        rope = c.rope_parameters.get("full_attention", c.rope_parameters)  # Gemma 3: the global layers'
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        w.add_rope_freq_base(rope["rope_theta"])
+        if family != "phi3":  # llama.cpp's Phi-3 converter writes no key length
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
+        w.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", 1.0)))
         w.add_tokenizer_model("llama")
         w.add_token_list([f"\u2581t{i}" for i in range(c.vocab_size)])
     if family == "gemma2":
         w.add_sliding_window(c.sliding_window)
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
         w.add_final_logit_softcapping(c.final_logit_softcapping)
+    if family == "gemma3":
+        w.add_sliding_window(c.sliding_window)
+        if rope["rope_type"] == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(rope["factor"])
+    if family == "phi3":  # transformers' Phi-3 default pad id (32000) lies outside this vocabulary
+        w.add_pad_token_id(c.pad_token_id)
+    if family == "phi3" and rope["rope_type"] == "longrope":  # convert_hf_to_gguf's Phi3MiniModel
+        original = c.original_max_position_embeddings
+        scale = c.max_position_embeddings / original
+        w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(original))))
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.asarray(rope["short_factor"], dtype=np.float32))
     for name, t in hf.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue
@@ -92,7 +111,7 @@ def _write_gguf(path, hf, family: str, arch: str, quants=QUANTS, rope_freqs=None
         if family == "llama" and (".attn_q." in g or ".attn_k." in g):  # llama.cpp's permute(n_head)
             n = c.num_attention_heads if ".attn_q." in g else c.num_key_value_heads
             a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
-        if family == "gemma2" and g.endswith("norm.weight"):
+        if family in ("gemma2", "gemma3") and g.endswith("norm.weight"):
             a = a + 1.0
         if family == "gpt2" and g.endswith(".weight") and any(k in g for k in ("attn_qkv", "attn_output", "ffn_")):
             a = a.T  # Conv1D (in, out) -> (out, in)
@@ -121,6 +140,14 @@ FAMILIES = {
     # transformers takes query_pre_attn_scalar = 256 (its default); llama.cpp takes the head size
     "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", "gemma2", dict(head_dim=256, query_pre_attn_scalar=256,
                                                                     sliding_window=5, pad_token_id=0)),
+    # transformers' Gemma 3 GGUF loading takes its defaults for what GGUF does not carry: query_pre_attn_scalar 256,
+    # every sixth layer global, local base 10000 (llama.cpp's rules give the same here)
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", "gemma3", dict(
+        num_hidden_layers=6, head_dim=256, query_pre_attn_scalar=256, sliding_window=5, pad_token_id=0,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    # transformers' Phi-3 GGUF loading reads no rotary dimension count: full rotary here
+    "phi3": ("Phi3ForCausalLM", "Phi3Config", "phi3", dict(pad_token_id=0)),
     # transformers' GPT-2 GGUF loading reads neither n_positions nor n_inner: its defaults (1024, 4 n_embd) here
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", "gpt2", dict(n_embd=32, n_layer=2, n_head=4, n_inner=128,
                                                           n_positions=1024, vocab_size=61, bos_token_id=0,
@@ -150,6 +177,26 @@ def test_gguf_matches_transformers_gguf_loading(tmp_path, family: str) -> None:
         assert c.post_norms and (c.attn_softcap, c.final_softcap) == (50.0, 30.0) and c.attn_windows == (5, None)
     if family == "qwen3":
         assert model.config.qk_norm
+    if family == "gemma3":
+        c = model.config
+        assert c.post_norms and c.qk_norm and c.attn_windows == (5, 5, 5, 5, 5, None) and c.attn_softcap is None
+        assert (c.rotary.base, c.rotary_local.base, c.attn_scale) == (1000.0, 10000.0, 16.0)
+
+
+def test_gguf_phi3_longrope_matches_the_transformers_model(tmp_path) -> None:
+    """A Phi-3 GGUF file carries LongRoPE as rope_factors_short/long tensors and the original context
+    length: read back, it reproduces transformers' own LongRoPE model (not its GGUF loader, which
+    ignores them) on prompts longer and shorter than that length; unquantised weights."""
+    rope = {"rope_type": "longrope", "rope_theta": 100.0, "partial_rotary_factor": 0.5,
+            "short_factor": [1.0, 2.0], "long_factor": [3.0, 8.0]}
+    hf, torch = save_random_hf(tmp_path / "hf", "Phi3ForCausalLM", "Phi3Config", **COMMON, pad_token_id=0,
+                               rope_parameters=rope, original_max_position_embeddings=8)
+    _write_gguf(tmp_path / "phi3.gguf", hf, "phi3", "phi3", quants={})
+    model = ca.load(tmp_path / "phi3.gguf")
+    r = model.config.rotary
+    assert (r.scaling, r.dim, r.freq_factors, r.long_factors) == ("longrope", 4, (1.0, 2.0), (3.0, 8.0))
+    for tokens in (TOKENS, TOKENS[:6]):  # 14 tokens: the long factors; 6: the short ones
+        assert_matches_hf(model, hf, torch, tokens)
 
 
 def test_gguf_llama3_rope_freqs_match_the_llama3_scaling(tmp_path) -> None:

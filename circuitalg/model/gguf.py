@@ -11,13 +11,21 @@ What the conversion undoes, as llama.cpp's ``convert_hf_to_gguf.py`` did it:
 
 - ``llama`` (also Mistral): the rows of ``attn_q``/``attn_k`` were permuted for llama.cpp's
   interleaved rotary pairing; they are permuted back to the half-split pairing.
-- ``gemma2``: RMSNorm weights were stored as ``1 + w``; the embedding scale ``sqrt(d_model)``
-  is applied by the model, as in transformers.
+- ``gemma2``, ``gemma3``: RMSNorm weights (q/k norms included) were stored as ``1 + w``; the
+  embedding scale ``sqrt(d_model)`` is applied by the model, as in transformers.
+- ``phi3``: ``attn_qkv`` and ``ffn_up`` are the fused ``qkv_proj`` and ``gate_up_proj``; LongRoPE's
+  factors are the tensors ``rope_factors_short``/``rope_factors_long``.
 - ``gpt2``: projections are stored ``(out, in)``; GPT-2's Conv1D layout is ``(in, out)``.
 
 Metadata GGUF does not carry is taken as llama.cpp takes it (stated here, not guessed):
 Gemma 2's ``query_pre_attn_scalar`` is ``d_model / n_heads`` for the 46-layer (27B) model and
-the head size otherwise; its soft-caps default to transformers' 50 / 30 when absent. Rotary
+the head size otherwise; its soft-caps default to transformers' 50 / 30 when absent. Gemma 3's
+is likewise ``d_model / n_heads`` for the 62-layer (27B) model and the head size otherwise; its
+every sixth layer is global (``attention.sliding_window_pattern`` when the file has it), its local
+layers' rotary base is 10000 (``rope.freq_base_swa`` when present) and unscaled, the file's
+``rope.freq_base`` and scaling being the global layers'. Phi-3's ``attention.sliding_window`` is
+not applied: llama.cpp disables Phi-3's sliding window and transformers' GGUF loader does not
+read it. Rotary
 scaling: ``rope.scaling.type`` ``linear`` is read; a ``rope_freqs`` tensor (Llama 3.1's
 per-frequency factors) divides the frequencies; other scalings are refused.
 """
@@ -40,6 +48,7 @@ __all__ = ["read_gguf", "GGUF_ARCHITECTURES"]
 
 #: GGUF ``general.architecture`` values circuitalg reads, with the Hugging Face family they map to.
 GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                      "gemma3": "gemma3_text", "phi3": "phi3",
                       "gemma2": "gemma2", "gpt2": "gpt2"}
 
 _LLAMA_NAMES = {
@@ -50,6 +59,7 @@ _LLAMA_NAMES = {
 }
 _GEMMA2_NAMES = {**_LLAMA_NAMES, "ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
                  "post_ffw_norm": "post_feedforward_layernorm"}
+_PHI3_NAMES = {**_LLAMA_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
 _GPT2_NAMES = {
     "attn_norm": "ln_1", "ffn_norm": "ln_2", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
     "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj",
@@ -153,6 +163,21 @@ def read_gguf(
             config["attention_bias"] = "blk.0.attn_q.bias" in tensors
         if arch == "llama":
             config["mlp_bias"] = "blk.0.ffn_up.bias" in tensors
+        if arch == "gemma3":
+            window, pattern = field(f"{arch}.attention.sliding_window"), field(f"{arch}.attention.sliding_window_pattern", 6)
+            if isinstance(pattern, list):  # one flag per layer: sliding or not
+                types = ["sliding_attention" if bool(f) else "full_attention" for f in pattern]
+            else:
+                types = ["sliding_attention" if (i + 1) % int(pattern) else "full_attention" for i in range(n_layers)]
+            local = {"rope_type": "default", "rope_theta": float(field(f"{arch}.rope.freq_base_swa", 10000.0)),
+                     "partial_rotary_factor": config["rope_parameters"]["partial_rotary_factor"]}
+            softcaps = {k: float(v) for k in ("attn_logit_softcapping", "final_logit_softcapping")
+                        if (v := field(f"{arch}.{k}")) is not None}
+            config.update(
+                query_pre_attn_scalar=d_model // n_heads if n_layers == 62 else head_dim, layer_types=types,
+                sliding_window=None if window is None else int(window), hidden_activation="gelu_pytorch_tanh",
+                rope_parameters={"full_attention": config["rope_parameters"], "sliding_attention": local}, **softcaps,
+            )
         if arch == "gemma2":
             window = field(f"{arch}.attention.sliding_window")
             config.update(
@@ -162,17 +187,17 @@ def read_gguf(
                 sliding_window=None if window is None else int(window),
                 hidden_activation="gelu_pytorch_tanh",
             )
-        table = _GEMMA2_NAMES if arch == "gemma2" else _LLAMA_NAMES
+        table = {"gemma2": _GEMMA2_NAMES, "gemma3": _GEMMA2_NAMES, "phi3": _PHI3_NAMES}.get(arch, _LLAMA_NAMES)
         names = _block_names(tensors, n_layers, table, "model.layers.{l}.", {
             "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}, source,
-            skip=("rope_freqs.weight",))
+            skip=("rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight"))
 
     def fix(name: str, w: np.ndarray) -> np.ndarray:
         if arch in ("llama", "mistral") and (".attn_q." in name or ".attn_k." in name):
             n = n_heads if ".attn_q." in name else int(config["num_key_value_heads"])
             half = w.shape[0] // n // 2  # llama.cpp's permute(n_head): rows (head, 2, half) -> (head, half, 2)
             return w.reshape(n, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-        if arch == "gemma2" and name.endswith("norm.weight"):
+        if arch in ("gemma2", "gemma3") and name.endswith("norm.weight"):
             return w - 1.0  # stored as 1 + w; the Gemma converter adds the 1 back
         if arch == "gpt2" and name.endswith(".weight") and any(f".{k}." in name for k in ("attn_qkv", "attn_output", "ffn_up", "ffn_down")):
             return np.ascontiguousarray(w.T)  # (out, in) -> Conv1D's (in, out)
@@ -209,6 +234,23 @@ def _rope(field: Any, arch: str, tensors: dict[str, Any], head_dim: int, source:
     params: dict[str, Any] = {"rope_theta": float(field(f"{arch}.rope.freq_base", 10000.0)), "rope_type": "default",
                               "partial_rotary_factor": int(dim) / head_dim}
     kind = field(f"{arch}.rope.scaling.type", "none")
+    if "rope_factors_short.weight" in tensors or "rope_factors_long.weight" in tensors:  # Phi-3's LongRoPE
+        factors = {}
+        for which in ("short", "long"):
+            t = tensors.get(f"rope_factors_{which}.weight")
+            if t is None:
+                raise LoadError(f"{source}: tensor 'rope_factors_{which}.weight' is missing (LongRoPE needs both).")
+            f = dequantize(t.data, t.tensor_type, dtype=np.float64, name=f"rope_factors_{which}.weight").ravel()
+            factors[which] = [float(x) for x in f]
+        original = field(f"{arch}.rope.scaling.original_context_length")
+        if original is None:
+            raise ConfigError(f"{source}: LongRoPE factors without {arch}.rope.scaling.original_context_length.")
+        params.update(rope_type="longrope", short_factor=factors["short"], long_factor=factors["long"],
+                      original_max_position_embeddings=int(original))
+        attn = field(f"{arch}.rope.scaling.attn_factor")
+        if attn is not None:
+            params["attention_factor"] = float(attn)
+        return params
     if kind == "linear":
         params.update(rope_type="linear", factor=float(field(f"{arch}.rope.scaling.factor")))
     elif kind not in ("none", None):

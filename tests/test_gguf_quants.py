@@ -33,9 +33,10 @@ def _blocks(rng, kind: str, rows: int, cols: int, scales=None) -> np.ndarray:
     block, size = gguf.GGML_QUANT_SIZES[Q[kind]]
     raw = rng.integers(0, 256, size=(rows * cols // block, size), dtype=np.uint8)
     if scales is None:
-        scales = np.array([0.0, -0.0, 1e-7, -3e-5, 0.01, -0.5, 1.0, 2.0, -300.0, 65504.0, -65504.0], dtype=np.float16)
+        scales = [0.0, -0.0, 1e-7, -3e-5, 0.01, -0.5, 1.0, 2.0, -300.0, 65504.0, -65504.0]
+    scales = np.asarray(scales, dtype=np.float16)
     for at in SCALES[kind]:
-        raw[:, at:at + 2] = rng.choice(np.asarray(scales, dtype=np.float16), size=(raw.shape[0], 1)).view(np.uint8)
+        raw[:, at:at + 2] = rng.choice(scales, size=(raw.shape[0], 1)).view(np.uint8)
     return raw.reshape(rows, cols // block * size)
 
 
@@ -122,7 +123,8 @@ def _blocks_for(rng, qtype, rows: int) -> np.ndarray:
 def test_truncated_rows_are_a_load_error_naming_the_tensor(kind: str) -> None:
     size = gguf.GGML_QUANT_SIZES[Q[kind]][1]
     raw = np.zeros((3, 2 * size - 5), dtype=np.uint8)
-    with pytest.raises(ca.LoadError, match=r"tensor 'blk\.0\.ffn_down\.weight'.*(corrupt or truncated|not a multiple)"):
+    match = r"tensor 'blk\.0\.ffn_down\.weight'.*(corrupt or truncated|not a multiple)"
+    with pytest.raises(ca.LoadError, match=match):
         dequantize(raw, Q[kind], dtype=np.float32, name="blk.0.ffn_down.weight")
 
 
@@ -172,16 +174,16 @@ def _tensors(rng) -> dict[str, tuple[np.ndarray, object]]:
 def test_reader_matches_gguf_reader(tmp_path) -> None:
     rng = np.random.default_rng(4)
     path = tmp_path / "m.gguf"
-    _write(path, _tensors(rng), block_count=2, token_list=["a", "b c", "\u0120d", "ü"], tokenizer_model="gpt2",
-           token_merges=["a b", "b c"])
+    _write(path, _tensors(rng), block_count=2, token_list=["a", "b c", "\u0120d", "ü"],
+           tokenizer_model="gpt2", token_merges=["a b", "b c"])
     ours, ref = open_gguf(path), gguf.GGUFReader(str(path), "r")
     assert list(ours.fields) == [k for k in ref.fields if not k.startswith("GGUF.")]
     for key, field in ours.fields.items():
         assert field.contents() == ref.fields[key].contents(), key
     assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
     for a, b in zip(ours.tensors, ref.tensors):
-        assert (a.tensor_type, a.n_elements, a.n_bytes, a.data_offset) == (b.tensor_type, b.n_elements, b.n_bytes,
-                                                                           b.data_offset)
+        for attr in ("tensor_type", "n_elements", "n_bytes", "data_offset"):
+            assert getattr(a, attr) == getattr(b, attr), (a.name, attr)
         np.testing.assert_array_equal(a.shape, b.shape)
         assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape and not a.data.flags.writeable
         np.testing.assert_array_equal(a.data.view(np.uint8), np.asarray(b.data).view(np.uint8))
@@ -261,4 +263,4 @@ def test_real_smollm2_gguf_matches_gguf_and_transformers() -> None:
     tokens = np.random.default_rng(0).integers(0, model.config.d_vocab, size=12)
     with torch.no_grad():
         ref = hf(torch.tensor(tokens)[None]).logits[0].double().numpy()
-    np.testing.assert_allclose(model.run(tokens)[0], ref, atol=1e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(model.run(tokens)[0], ref, atol=1e-5 * np.abs(ref).max())  # float32 reference

@@ -82,7 +82,8 @@ class _Cursor:
     def need(self, n: int, what: str) -> int:
         at = self.pos
         if n < 0 or at + n > self.size:
-            raise LoadError(f"the header ends inside {what} (byte {at} + {n} of {self.size}): a truncated or corrupt file.")
+            raise LoadError(f"the header ends inside {what} (byte {at} + {n} of {self.size}): "
+                            "a truncated or corrupt file.")
         self.pos = at + n
         return at
 
@@ -137,7 +138,8 @@ def open_gguf(path: str | Path) -> Any:
     for i in range(n_tensors):
         name = cur.string(f"tensor name {i}")
         n_dims = cur.scalar("<I", f"the rank of tensor {name!r}")
-        dims = np.frombuffer(buf, dtype="<u8", count=n_dims, offset=cur.need(8 * n_dims, f"the shape of {name!r}"))
+        at = cur.need(8 * n_dims, f"the shape of {name!r}")
+        dims = np.frombuffer(buf, dtype="<u8", count=n_dims, offset=at)
         code = cur.scalar("<I", f"the type of tensor {name!r}")
         offset = cur.scalar("<Q", f"the data offset of tensor {name!r}")
         infos.append((name, dims.copy(), code, offset))
@@ -178,24 +180,28 @@ def _read_value(cur: _Cursor, key: str, code: int) -> GGUFField:
     return GGUFField(key, [_read_value(cur, key, item).contents() for _ in range(count)])
 
 
-def _tensor(buf: Any, size: int, start: int, name: str, dims: np.ndarray, code: int, offset: int) -> GGUFTensor:
+def _tensor(
+    buf: Any, size: int, start: int, name: str, dims: np.ndarray, code: int, offset: int
+) -> GGUFTensor:
     import gguf
 
     try:
         qtype = gguf.GGMLQuantizationType(code)
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     except (ValueError, KeyError):
-        raise LoadError(f"tensor {name!r} has type code {code}, unknown to the gguf package; update gguf.") from None
+        raise LoadError(f"tensor {name!r} has type code {code}, unknown to the gguf package; "
+                        "update gguf.") from None
     shape = tuple(int(d) for d in dims[::-1])  # NumPy order: the fastest GGUF axis last
     n_elements = int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
-    if any(d <= 0 for d in shape) or shape[-1] % block:
-        raise LoadError(f"tensor {name!r} has shape {shape}; {qtype.name} rows must be whole blocks of {block}.")
+    if not shape or any(d <= 0 for d in shape) or shape[-1] % block:
+        raise LoadError(f"tensor {name!r} has shape {shape}; {qtype.name} rows must be whole blocks "
+                        f"of {block}.")
     n_bytes = n_elements // block * type_size
     at = start + offset
     if at + n_bytes > size:
         raise LoadError(
-            f"tensor {name!r} ({qtype.name}, shape {shape}) needs bytes {at}..{at + n_bytes} but the file has "
-            f"{size}: a truncated file; re-download or re-convert it."
+            f"tensor {name!r} ({qtype.name}, shape {shape}) needs bytes {at}..{at + n_bytes} but the "
+            f"file has {size}: a truncated file; re-download or re-convert it."
         )
     if qtype.name in _ELEMENTS:
         data = np.frombuffer(buf, dtype=_ELEMENTS[qtype.name], count=n_elements, offset=at).reshape(shape)

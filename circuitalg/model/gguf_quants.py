@@ -34,6 +34,7 @@ CHUNK_VALUES = 1 << 16
 THREADS = 2 if (os.cpu_count() or 1) >= 2 else 1
 
 _F16, _F32 = np.dtype("<f2"), np.float32
+_SHIFT2 = np.array([0, 2, 4, 6], dtype=np.uint8)  # the four 2-bit fields of a byte
 
 
 def _f16(b: np.ndarray, at: int) -> np.ndarray:
@@ -73,9 +74,9 @@ def _q4_1(b: np.ndarray, o: np.ndarray) -> None:
 
 #: byte of ``qh`` -> its 8 bits as 8 bytes of 16 (bit set) or 0, or, for Q5_0 (values offset by
 #: -16), of 0 or -16 (mod 256): added to the low nibbles, one table lookup per 8 values
-_QH_BITS = np.array([sum((((v >> j) & 1) * 16) << (8 * j) for j in range(8)) for v in range(256)], dtype="<u8")
-_QH_BITS_MINUS_16 = np.array([sum((((v >> j) & 1) * 16 + 240) % 256 << (8 * j) for j in range(8)) for v in range(256)],
-                             dtype="<u8")
+_QH_BITS = np.array([sum((((v >> j) & 1) * 16) << (8 * j) for j in range(8)) for v in range(256)], "<u8")
+_QH_BITS_MINUS_16 = np.array([sum((((v >> j) & 1) * 16 + 240) % 256 << (8 * j) for j in range(8))
+                              for v in range(256)], "<u8")
 
 
 def _five_bit(b: np.ndarray, qh_at: int, table: np.ndarray) -> np.ndarray:
@@ -130,7 +131,7 @@ def _q2_k(b: np.ndarray, o: np.ndarray) -> None:
     dl = _f16(b, 80) * (scales & 15)
     ml = _f16(b, 82) * (scales >> 4)
     qs = b[:, 16:80].reshape(n, 2, 1, 32)
-    q = (qs >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
+    q = (qs >> _SHIFT2.reshape(1, 1, 4, 1)) & 3
     _k_finish(o, q, dl, 16, ml)
 
 
@@ -140,11 +141,11 @@ def _q3_k(b: np.ndarray, o: np.ndarray) -> None:
     s = b[:, 96:108]
     low = np.empty((n, 2, 8), dtype=np.uint8)
     _nibbles(s[:, 0:8], low[:, 0], low[:, 1])
-    high = (s[:, 8:12].reshape(n, 1, 4) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)) & 3
+    high = (s[:, 8:12].reshape(n, 1, 4) >> _SHIFT2.reshape(1, 4, 1)) & 3
     sc = (low.reshape(n, 16) | (high.reshape(n, 16) << 4)).view(np.int8)
     sc -= 32
     dl = _f16(b, 108) * sc
-    q = (b[:, 32:96].reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
+    q = (b[:, 32:96].reshape(n, 2, 1, 32) >> _SHIFT2.reshape(1, 1, 4, 1)) & 3
     q = q.reshape(n, 8, 32)
     hbit = (b[:, 0:32].reshape(n, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1
     hbit ^= 1  # the 4 is subtracted where the mask bit is clear
@@ -182,7 +183,7 @@ def _q6_k(b: np.ndarray, o: np.ndarray) -> None:
     q = np.empty((n, 2, 2, 64), dtype=np.uint8)
     _nibbles(b[:, 0:128].reshape(n, 2, 64), q[:, :, 0], q[:, :, 1])
     q = q.reshape(n, 2, 4, 32)
-    high = (b[:, 128:192].reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
+    high = (b[:, 128:192].reshape(n, 2, 1, 32) >> _SHIFT2.reshape(1, 1, 4, 1)) & 3
     high <<= 4
     q |= high
     q = q.view(np.int8)
@@ -190,7 +191,8 @@ def _q6_k(b: np.ndarray, o: np.ndarray) -> None:
     _k_finish(o, q, _f16(b, 208) * b[:, 192:208].view(np.int8), 16, None)
 
 
-#: type name -> (values per block, bytes per block, decoder of ``(n, bytes)`` uint8 blocks into ``(n, values)`` float32)
+#: type name -> (values per block, bytes per block, decoder of ``(n, bytes)`` uint8 blocks into
+#: ``(n, values)`` float32)
 DEQUANTIZERS: dict[str, tuple[int, int, Callable[[np.ndarray, np.ndarray], None]]] = {
     "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q4_1), "Q5_0": (32, 22, _q5_0), "Q5_1": (32, 24, _q5_1),
     "Q8_0": (32, 34, _q8_0), "Q2_K": (256, 84, _q2_k), "Q3_K": (256, 110, _q3_k), "Q4_K": (256, 144, _q4_k),
@@ -253,8 +255,8 @@ def dequantize(data: np.ndarray, qtype: Any, *, dtype: Any, name: str, threads: 
     row_bytes = raw.shape[-1] if raw.ndim else 0
     if raw.ndim == 0 or row_bytes % size:
         raise LoadError(
-            f"tensor {name!r}: {kind} rows must be whole blocks of {size} bytes, but a row has {row_bytes} bytes "
-            "(a corrupt or truncated tensor); re-download or re-convert the file."
+            f"tensor {name!r}: {kind} rows must be whole blocks of {size} bytes, but a row has {row_bytes} "
+            "bytes (a corrupt or truncated tensor); re-download or re-convert the file."
         )
     blocks = raw.reshape(-1, size)
     n = blocks.shape[0]
@@ -265,7 +267,8 @@ def dequantize(data: np.ndarray, qtype: Any, *, dtype: Any, name: str, threads: 
         half = (n // 2 + step - 1) // step * step
         with ThreadPoolExecutor(1) as pool:
             # in the caller's context: NumPy's error state (np.errstate) is a context variable
-            other = pool.submit(contextvars.copy_context().run, _decode_range, decode, blocks, flat, half, n, step)
+            run = contextvars.copy_context().run
+            other = pool.submit(run, _decode_range, decode, blocks, flat, half, n, step)
             _decode_range(decode, blocks, flat, 0, half, step)
             other.result()
     else:
@@ -276,7 +279,8 @@ def dequantize(data: np.ndarray, qtype: Any, *, dtype: Any, name: str, threads: 
 def _decode_range(decode: Callable[[np.ndarray, np.ndarray], None], blocks: np.ndarray, flat: np.ndarray,
                   start: int, stop: int, step: int) -> None:
     """Decode blocks ``start:stop`` into ``flat``, ``step`` blocks at a time."""
-    scratch = np.empty((min(step, stop - start), flat.shape[1]), dtype=np.float32) if flat.dtype != np.float32 else None
+    wide = flat.dtype != np.float32
+    scratch = np.empty((min(step, stop - start), flat.shape[1]), dtype=np.float32) if wide else None
     for i in range(start, stop, step):
         j = min(i + step, stop)
         if scratch is None:

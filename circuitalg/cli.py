@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,17 @@ def _bar_safe(log: Any) -> Any:
         tqdm.write(f"[circuitalg] {msg}", file=sys.stderr)
 
     return write
+
+
+def _warning_line(log: Any) -> Any:
+    """A ``warnings.showwarning`` that writes ``Category: message`` through ``log`` (a progress line,
+    without the Python file and line a library warning names, which on the command line is the
+    interpreter's own)."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        log(f"{category.__name__}: {message}")
+
+    return show
 
 
 def resolve_model(spec: str, dtype: Any = np.float64, fold: bool = False) -> Any:
@@ -275,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             except ca.InvalidArgumentError as e:  # an option out of range for this model: a usage error
                 print(f"circuitalg report: error: {e}", file=sys.stderr)
                 return EXIT_USAGE
-            summary = write_report(model, Path(args.out), log=_bar_safe(progress) if tty else progress, options=options)
+            log = _bar_safe(progress) if tty else progress
+            with warnings.catch_warnings():  # the report's warnings (one per stage at most) as progress lines
+                warnings.showwarning = _warning_line(log)
+                summary = write_report(model, Path(args.out), log=log, options=options)
             if args.json:
                 _print_json(summary)
             else:

@@ -23,7 +23,7 @@ from circuitalg.errors import (
     check_int,
 )
 from circuitalg.linalg.accuracy import eigen_noise_floor
-from circuitalg.linalg.eig import eigenvalues_many
+from circuitalg.linalg.eig import eigenvalues_with_bounds
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.forward import blocked, run_batch
@@ -133,6 +133,11 @@ class HeadTable:
     ov_eigenvalues : dict of (layer, head) -> complex array, or None
         The eigenvalues of each full OV circuit above the noise floor (those the copying score
         sums); None with a separate output vocabulary.
+    copying_bound, copying_ov_bound : the a-priori error bound of the eigenvalues ``copying``
+        and ``copying_ov`` are computed from, relative to the largest magnitude
+        (:func:`~circuitalg.linalg.eig.eigenvalues_with_bounds`; NaN where ``copying`` is). Heads
+        whose bound exceeds ``warn_rtol`` (6.1e-6 in float64) are counted in one
+        :class:`~circuitalg.errors.PrecisionWarning` per column.
     """
 
     copying: np.ndarray
@@ -147,12 +152,15 @@ class HeadTable:
     seq_len: int | None = None
     causal: bool = True
     ov_eigenvalues: dict[tuple[int, int], np.ndarray] | None = None
+    copying_bound: np.ndarray | None = None
+    copying_ov_bound: np.ndarray | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
         """The names of the scalar columns present."""
         names = ["copying", "copying_ov", "positional_prev_token", "ov_effective_rank", "qk_effective_rank"]
-        names += [n for n in ("induction", "prev_token") if getattr(self, n) is not None]
+        names += [n for n in ("induction", "prev_token", "copying_bound", "copying_ov_bound")
+                  if getattr(self, n) is not None]
         return tuple(names)
 
     def records(self) -> list[dict[str, Any]]:
@@ -267,6 +275,10 @@ def _behaviour(model: Transformer, tokens: Any) -> tuple[np.ndarray, np.ndarray]
     return ind / len(arr), prev / len(arr)
 
 
+#: How head_table's summary PrecisionWarnings name the maps whose eigenvalues they count.
+FULL_OV_FAMILY, OV_FAMILY = "heads' full OV circuits W_U W_OV W_E", "heads' W_OV"
+
+
 def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_positions: int = 256) -> HeadTable:
     """Diagnostics of every head of ``model`` (see :class:`HeadTable`).
 
@@ -296,8 +308,10 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
     full = [model.W_U @ head.ov @ model.W_E for head in heads]
     square = model.vocab_out_space == model.vocab_space
     # every head's spectra at once: the full OV cores share W_E W_U (one product with all W_O)
-    full_lams = eigenvalues_many(full) if square else [None] * len(heads)
-    ov_lams = eigenvalues_many([head.ov for head in heads])
+    # one PrecisionWarning per family, counting the heads over the threshold; each head's bound in the table
+    full_lams, full_rel = (eigenvalues_with_bounds(full, what=FULL_OV_FAMILY) if square
+                           else ([None] * len(heads), np.full(len(heads), np.nan)))
+    ov_lams, ov_rel = eigenvalues_with_bounds([head.ov for head in heads], what=OV_FAMILY)
     for head, full_ov, lam, ov_lam in zip(heads, full, full_lams, ov_lams):
         i = (head.layer, head.index)
         if square:
@@ -317,6 +331,7 @@ def head_table(model: Transformer, tokens: Any = None, *, k: int = 4, n_position
     return HeadTable(
         copying, copying_ov, _positional_prev_token(model, n_positions), ov_rank, qk_rank, ov_sv, qk_sv,
         induction, prev, seq_len, c.causal, eigs or None,
+        np.asarray(full_rel, dtype=np.float64).reshape(L, H), ov_rel.reshape(L, H),
     )
 
 

@@ -12,7 +12,7 @@
 from circuitalg.linalg.accuracy import accuracy, magnitude
 from circuitalg.linalg.apply import as_operator, matmat, matvec, rmatmat, rmatvec, to_dense
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
-from circuitalg.linalg.eig import eigenvalues, eigenvalues_many
+from circuitalg.linalg.eig import eigenvalues, eigenvalues_many, eigenvalues_with_bounds
 from circuitalg.linalg.factors import (
     GRAM_COND_LIMIT,
     declare_tied,
@@ -44,6 +44,7 @@ __all__ = [
     "svd",
     "eigenvalues",
     "eigenvalues_many",
+    "eigenvalues_with_bounds",
     "norm",
     "trace",
     "plan",

@@ -44,11 +44,12 @@ weights are orders of magnitude away from it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.linalg as sla
@@ -88,6 +89,8 @@ __all__ = [
     "eigen_noise_floor",
     "warn_rtol",
     "warn_if_imprecise",
+    "warn_summary",
+    "collect_precision_warnings",
     "prime_leaf_norms",
     "eigen_conditions_many",
     "top_eigenvalue_bound",
@@ -460,12 +463,66 @@ def warn_rtol(dtype: np.dtype) -> float:
 def _outside_stacklevel() -> int:
     """The ``stacklevel`` for a ``warnings.warn`` made by this function's caller that names the first
     frame outside the circuitalg package: warnings point at the user's line, however many of
-    circuitalg's own calls (a method, ``eigenvalues_many``, the report) lie between."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    circuitalg's own calls (a method, ``eigenvalues_many``, the report) lie between. Frames of
+    :mod:`contextlib` (the wrappers of circuitalg's context-manager decorators) are skipped too."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    skip = os.path.abspath(contextlib.__file__)
     frame, level = sys._getframe(2), 2  # stacklevel 2: the warning caller's caller
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        if not (name.startswith(root) or name == skip):
+            break
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _tagged(w: PrecisionWarning, **facts: object) -> PrecisionWarning:
+    """``w`` with attributes stating what it is about (read by :func:`collect_precision_warnings`'
+    callers to summarise many warnings): ``what`` (``"eigenvalues"``, ``"singular_values"``, ...),
+    ``subject`` (the map's label, or the family of maps), ``count`` and ``total`` (results over the
+    threshold, results checked), ``relative`` (the largest bound relative to its scale)."""
+    for key, value in facts.items():
+        setattr(w, key, value)
+    return w
+
+
+def warn_summary(what: str, subject: str, relative: np.ndarray, dtype: np.dtype) -> None:
+    """One :class:`PrecisionWarning` for a family of results (``subject``, e.g. ``"heads' full OV
+    circuits"``) whose bounds relative to their scales are ``relative`` (one per result): how many
+    exceed :func:`warn_rtol` and the largest; nothing when none does. Points at the first calling
+    line outside circuitalg."""
+    rel = np.asarray(relative, dtype=np.float64)
+    tol = warn_rtol(dtype)
+    over = rel > tol
+    n = int(over.sum())
+    if n == 0:
+        return
+    top = float(rel[over].max())
+    warnings.warn(
+        _tagged(PrecisionWarning(
+            f"{what} of {n} of {len(rel)} {subject} carry a-priori relative error bounds above {tol:.2g} "
+            f"({np.dtype(dtype).name}: fewer than two thirds of the digits guaranteed), up to {top:.2g}; the bounds "
+            "are worst cases, usually pessimistic by orders of magnitude (see circuitalg.linalg.accuracy)."
+        ), what=what, subject=subject, count=n, total=len(rel), relative=top),
+        stacklevel=_outside_stacklevel(),
+    )
+
+
+@contextlib.contextmanager
+def collect_precision_warnings() -> Iterator[list[PrecisionWarning]]:
+    """Collect the :class:`PrecisionWarning` s raised inside the block into the list it yields
+    (each carries ``what``, ``subject``, ``count``, ``total`` and ``relative``, see
+    :func:`warn_summary`) instead of showing them; other warnings are shown as usual when the
+    block ends. For callers that summarise many warnings in one (the report, per stage)."""
+    caught: list[PrecisionWarning] = []
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always", PrecisionWarning)
+        yield caught
+    for r in rec:
+        if isinstance(r.message, PrecisionWarning):
+            caught.append(r.message)
+        else:
+            warnings.warn_explicit(r.message, r.category, r.filename, r.lineno, source=r.source)
 
 
 def warn_if_imprecise(m: LinearMap, what: str, bound: float, scale: float, *, zero_is_exact: bool = True) -> None:
@@ -485,12 +542,12 @@ def warn_if_imprecise(m: LinearMap, what: str, bound: float, scale: float, *, ze
         return
     rel = bound / abs(scale) if scale else math.inf
     warnings.warn(
-        PrecisionWarning(
+        _tagged(PrecisionWarning(
             f"{what} of {label(m)} {m.shape} may be inaccurate: the error bound {bound:.3g} is "
             f"{'larger than' if rel >= 1 else f'{rel:.2g} of'} the result's scale {abs(scale):.3g} "
             f"({np.dtype(m.dtype).name}, epsilon {u:.2g}). The factors cancel or the eigenvectors "
             "are nearly parallel; evaluate in float64, rescale the factors, or treat values below "
             "the bound as zero (see circuitalg.linalg.accuracy)."
-        ),
+        ), what=what, subject=label(m), count=1, total=1, relative=rel),
         stacklevel=_outside_stacklevel(),
     )

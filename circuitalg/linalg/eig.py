@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from circuitalg.linalg.accuracy import (
     magnitude,
     prime_leaf_norms,
     warn_if_imprecise,
+    warn_summary,
 )
 from circuitalg.linalg.apply import as_operator, evaluate
 from circuitalg.linalg.common import check_k, require_square, split_small_products
@@ -24,7 +26,7 @@ from circuitalg.linalg.plan import Plan, plan
 from circuitalg.maps.chain import Chain
 from circuitalg.maps.nodes import Dense, LinearMap, Transpose, require_map
 
-__all__ = ["eigenvalues", "eigenvalues_many"]
+__all__ = ["eigenvalues", "eigenvalues_many", "eigenvalues_with_bounds"]
 
 
 def _order(vals: np.ndarray) -> np.ndarray:
@@ -77,22 +79,22 @@ def _target_eigenvalues(p: Plan, k: int | None) -> Spectrum:
     return w, np.full(len(w), np.nan)
 
 
-def _warn_if_ill_conditioned(m: LinearMap, vals: np.ndarray, cond: np.ndarray) -> None:
-    """Warn if an eigenvalue above the noise floor has a bound over warn_rtol * |λ_1|."""
-    acc = accuracy(m)
-    bound = eigenvalue_error(vals, cond, acc, magnitude(m))
-    if bound > 0.0:
-        warn_if_imprecise(m, "eigenvalues", bound, float(np.abs(vals[0])))
-
-
-def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` eigenvalues kept, sorted, checked (:func:`_warn_if_ill_conditioned`) and cast."""
+def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, warn: bool = True) -> tuple[np.ndarray, float]:
+    """The ``n`` eigenvalues kept, sorted and cast, and their a-priori error bound relative to the
+    largest magnitude (:func:`relative_eigenvalue_bound`); a :class:`PrecisionWarning` when an
+    eigenvalue above the noise floor has a bound over ``warn_rtol · |λ_1|`` (unless not ``warn``)."""
     keep = _order(w)[:n]
     vals = np.asarray(w, dtype=np.result_type(w.dtype, np.complex64))[keep]
+    rel = 0.0
     if len(vals):
-        _warn_if_ill_conditioned(m, vals, cond[keep])
+        bound = eigenvalue_error(vals, cond[keep], accuracy(m), magnitude(m))
+        scale = float(np.abs(vals[0]))
+        if bound > 0.0:
+            rel = bound / scale if scale > 0.0 else math.inf
+            if warn:
+                warn_if_imprecise(m, "eigenvalues", bound, scale)
     out_dtype = np.complex64 if m.dtype == np.float32 else np.complex128
-    return vals.astype(out_dtype)
+    return vals.astype(out_dtype), rel
 
 
 def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
@@ -113,22 +115,12 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
     require_square(m, "eigenvalues")
     n = check_k(m, k, m.rank_bound)
     w, cond = _all_eigenvalues(m, k)
-    return _finish(m, w, cond, n)
+    return _finish(m, w, cond, n)[0]
 
 
-def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np.ndarray]:
-    """``[eigenvalues(m, k) for m in maps]``, with the work the maps share done at once.
-
-    The full OV circuits ``W_U W_O^h W_V^h W_E`` of a model's heads share ``W_E W_U``: their
-    ``d_head x d_head`` cores come from one product of ``W_E W_U`` with every ``W_O^h`` side by
-    side (:func:`~circuitalg.linalg.factors.cyclic_cores`) and one stacked product with the ``W_V^h``;
-    their leaf norms (for the precision check) from stacked Gram matrices
-    (:func:`~circuitalg.linalg.accuracy.prime_leaf_norms`); and the small eigenproblems of equal-shaped
-    cores are solved in stacks (:func:`~circuitalg.linalg.accuracy.eigen_conditions_many`), a chunk per
-    thread with one BLAS thread each. Results equal the loop's
-    to rounding (the batched products sum in another order), with the same precision warnings,
-    in the same order. Maps of other shapes are computed as :func:`eigenvalues` computes them.
-    """
+def _eigenvalues_many(maps: Sequence[LinearMap], k: int | None, summary: str | None) -> list[tuple[np.ndarray, float]]:
+    """Each map's eigenvalues and relative bound (:func:`_finish`); one summary warning naming
+    ``summary`` instead of one warning per map when ``summary`` is given."""
     if isinstance(maps, LinearMap) or not isinstance(maps, Iterable):
         raise InvalidArgumentError(
             f"eigenvalues_many takes a sequence of maps, got {type(maps).__name__}; for one map call eigenvalues(m)."
@@ -161,5 +153,41 @@ def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np
         else:
             w, cond = _target_eigenvalues(p, k)
             w = p.scalar * w
-        out.append(_finish(m, w, cond, n))
+        out.append(_finish(m, w, cond, n, warn=summary is None))
+    if summary is not None:
+        rels = np.array([rel for _, rel in out])
+        warn_summary("eigenvalues", summary, rels, maps[0].dtype if maps else np.float64)
     return out
+
+
+def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np.ndarray]:
+    """``[eigenvalues(m, k) for m in maps]``, with the work the maps share done at once.
+
+    The full OV circuits ``W_U W_O^h W_V^h W_E`` of a model's heads share ``W_E W_U``: their
+    ``d_head x d_head`` cores come from one product of ``W_E W_U`` with every ``W_O^h`` side by
+    side (:func:`~circuitalg.linalg.factors.cyclic_cores`) and one stacked product with the ``W_V^h``;
+    their leaf norms (for the precision check) from stacked Gram matrices
+    (:func:`~circuitalg.linalg.accuracy.prime_leaf_norms`); and the small eigenproblems of equal-shaped
+    cores are solved in stacks (:func:`~circuitalg.linalg.accuracy.eigen_conditions_many`), a chunk per
+    thread with one BLAS thread each. Results equal the loop's
+    to rounding (the batched products sum in another order), with the same precision warnings,
+    in the same order. Maps of other shapes are computed as :func:`eigenvalues` computes them.
+    :func:`eigenvalues_with_bounds` gives each map's error bound as well, with one warning for all.
+    """
+    return [vals for vals, _ in _eigenvalues_many(maps, k, None)]
+
+
+def eigenvalues_with_bounds(
+    maps: Sequence[LinearMap], k: int | None = None, *, what: str = "maps"
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`eigenvalues_many`'s eigenvalues and each map's a-priori error bound relative to its
+    largest eigenvalue magnitude (``max κᵢ · accuracy(m) / |λ_1|`` over the eigenvalues above the
+    noise floor, :mod:`circuitalg.linalg.accuracy`; 0 when none is above it, ``inf`` when the
+    largest magnitude is 0 but the bound is not).
+
+    Instead of one :class:`~circuitalg.errors.PrecisionWarning` per map, one for all: how many
+    of the maps (``what`` names them, e.g. ``"heads' full OV circuits"``) have a bound over
+    :func:`~circuitalg.linalg.accuracy.warn_rtol`, and the largest; none when no map has.
+    """
+    out = _eigenvalues_many(maps, k, what)
+    return [vals for vals, _ in out], np.array([rel for _, rel in out], dtype=np.float64)

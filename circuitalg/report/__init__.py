@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import html
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,38 @@ def _peak_rss_gib() -> float:
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
+def precision_summary(stage: str, caught: list[Any], bounds_in: dict[str, str] | None = None) -> str | None:
+    """One sentence for the :class:`~circuitalg.errors.PrecisionWarning` s ``caught`` in report stage
+    ``stage`` (None when there were none): per kind of result and family of maps, how many carry a
+    relative error bound over the threshold and the largest, and where ``bounds_in`` (family ->
+    place) says each family's bounds are listed."""
+    if not caught:
+        return None
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for w in caught:  # a family's summary warning (total > 1) or one map's warning (total 1)
+        family = getattr(w, "subject", "results") if getattr(w, "total", 1) > 1 else "maps"
+        groups.setdefault((getattr(w, "what", "results"), family), []).append(w)
+    parts, top = [], 0.0
+    for (what, family), ws in groups.items():
+        count = sum(getattr(w, "count", 1) for w in ws)
+        rel = max(float(getattr(w, "relative", float("nan"))) for w in ws)
+        top = max(top, rel)
+        if family == "maps":
+            parts.append(f"{what.replace('_', ' ')} of {count} map{'s' if count != 1 else ''} (up to {rel:.2g})")
+        else:
+            total = sum(getattr(w, "total", 0) for w in ws)
+            where = (bounds_in or {}).get(family)
+            parts.append(f"{what.replace('_', ' ')} of {count} of {total} {family} (up to {rel:.2g}"
+                         + (f"; every head's bound in {where})" if where else ")"))
+    return (f"report stage '{stage}': {'; '.join(parts)} carry a-priori relative error bounds above the "
+            f"PrecisionWarning threshold (largest {top:.2g}). The bounds are worst cases, usually pessimistic "
+            "by orders of magnitude (see circuitalg.linalg.accuracy).")
+
+
 class Stages:
-    """Numbered stages that log their start and their wall time (``[i/n] name: 1.2 s``)."""
+    """Numbered stages that log their start and their wall time (``[i/n] name: 1.2 s``), and
+    summarise the :class:`~circuitalg.errors.PrecisionWarning` s of each stage in one
+    (:func:`precision_summary`), pointing at the caller's line outside circuitalg."""
 
     def __init__(self, log: Callable[[str], None] | None, n: int, bar: bool = False) -> None:
         self.log, self.n, self.i, self.total = log or (lambda _m: None), n, 0, 0.0
@@ -134,7 +165,10 @@ class Stages:
             self.bar = tqdm(total=n, unit="stage", leave=False, dynamic_ncols=True)
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, bounds_in: dict[str, str] | None = None) -> Iterator[None]:
+        from circuitalg.errors import PrecisionWarning
+        from circuitalg.linalg.accuracy import _outside_stacklevel, _tagged, collect_precision_warnings
+
         self.i += 1
         label = f"[{self.i}/{self.n}] {name}"
         if self.bar is not None:
@@ -142,7 +176,14 @@ class Stages:
         else:
             self.log(label)
         t = time.perf_counter()
-        yield
+        with collect_precision_warnings() as caught:
+            yield
+        text = precision_summary(name, caught, bounds_in)
+        if text is not None:
+            warnings.warn(_tagged(PrecisionWarning(text), what="report stage", subject=name,
+                                  count=sum(getattr(w, "count", 1) for w in caught),
+                                  relative=max(float(getattr(w, "relative", float("nan"))) for w in caught)),
+                          stacklevel=_outside_stacklevel())
         dt = time.perf_counter() - t
         self.total += dt
         self.log(f"{label}: {dt:.1f} s (peak RSS so far {_peak_rss_gib():.2f} GiB)")
@@ -165,6 +206,7 @@ def analyse(
     """
     import circuitalg as ca
     from circuitalg.circuits import findings
+    from circuitalg.circuits.diagnostics import FULL_OV_FAMILY, OV_FAMILY
 
     options = (options or ReportOptions()).check(model)
     stage = stages or Stages(log, 7, bar=options.progress_bar)
@@ -172,7 +214,8 @@ def analyse(
         # float64 numerics whatever the checkpoint's dtype (a float32 model converts exactly)
         m = ca.fold_layer_norm(model, dtype=np.float64)
     c = m.config
-    with stage("head diagnostics on repeated random tokens"):
+    with stage("head diagnostics on repeated random tokens", bounds_in={
+            FULL_OV_FAMILY: "heads.csv, column copying_bound", OV_FAMILY: "heads.csv, column copying_ov_bound"}):
         table = ca.head_table(m, ca.repeated_random_tokens(m, options.seq_len, 16, seed=0))
     with stage("composition scores and baselines"):
         comp = {k: ca.composition_scores(m, k) for k in "qkv"}
@@ -222,7 +265,7 @@ def analyse(
         ind_line,
         (str(k_comp) + ("; rotary model: through W_QK(0)" if c.rotary is not None else ""))
         if k_comp is not None else findings.describe_missing_composition(c.n_layers),
-        ("copying heads (score > 0.5): " + (", ".join(f"{n} {s:.2f}" for n, s in copying) or "none")
+        (copying_line(copying)
          if np.isfinite(table.copying).any() else
          "copying heads: not applicable (a separate output vocabulary: W_U W_OV W_E is not square)"),
         search.summary(),
@@ -239,6 +282,35 @@ def analyse(
     )
 
 
+#: Entries a list in the printed summary names before it is cut to the strongest few.
+SUMMARY_LIST_MAX = 8
+#: How many of the strongest a cut list names.
+SUMMARY_LIST_TOP = 5
+
+
+def copying_line(copying: list[tuple[str, float]]) -> str:
+    """The summary's copying-heads line: every head when there are at most :data:`SUMMARY_LIST_MAX`
+    (in layer order), else the count and the :data:`SUMMARY_LIST_TOP` strongest, with where the
+    full list is."""
+    if len(copying) <= SUMMARY_LIST_MAX:
+        return "copying heads (score > 0.5): " + (", ".join(f"{n} {s:.2f}" for n, s in copying) or "none")
+    strongest = sorted(copying, key=lambda ns: -ns[1])[:SUMMARY_LIST_TOP]
+    return (f"{len(copying)} copying heads (score > 0.5); strongest: "
+            + ", ".join(f"{n} {s:.2f}" for n, s in strongest) + "; all in heads.csv (column copying)")
+
+
+def _layer_ranges(layers: list[int]) -> str:
+    """``L0-L4, L6-L10, L12`` for sorted layer indices."""
+    out, i = [], 0
+    while i < len(layers):
+        j = i
+        while j + 1 < len(layers) and layers[j + 1] == layers[j] + 1:
+            j += 1
+        out.append(f"L{layers[i]}" if i == j else f"L{layers[i]}-L{layers[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
 def architecture_notes(c: Any) -> list[str]:
     """One line per architecture feature that changes what a weight-based number means (empty for
     a GPT-2-style model): what is frozen, folded or taken at a fixed offset."""
@@ -253,9 +325,11 @@ def architecture_notes(c: Any) -> list[str]:
         )
     if c.n_kv_heads is not None:
         notes.append(f"grouped-query attention: {c.n_heads} query heads per layer read {c.n_kv_heads} key/value heads")
-    if c.attn_windows is not None:
-        local = [f"L{l}: {w}" for l, w in enumerate(c.attn_windows) if w is not None]
-        notes.append("sliding-window layers (window): " + ", ".join(local))
+    if c.attn_windows is not None:  # grouped by window size, layers as ranges
+        sizes = sorted({w for w in c.attn_windows if w is not None})
+        groups = [f"window {w}: {_layer_ranges([l for l, x in enumerate(c.attn_windows) if x == w])}" for w in sizes]
+        n_local = sum(w is not None for w in c.attn_windows)
+        notes.append(f"sliding-window layers ({n_local} of {c.n_layers}): " + "; ".join(groups))
     if c.qk_norm:
         notes.append("per-head q/k RMSNorms: weights folded into W_Q, W_K; their per-token scales are left out of "
                      "weight-based scores (frozen in path expansion)")
@@ -379,7 +453,8 @@ def _write_outputs(a: Analysis, name: str, out: Path) -> dict[str, Any]:
         return page.table_html([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
                                [rows[0].row_role, rows[0].col_role, "weight"])
 
-    head_rows = [[r["head"], *(f"{r[f]:.3f}" for f in table.fields)] for r in table.records() if r["layer"] in layers]
+    head_rows = [[r["head"], *(f"{r[f]:.2g}" if f.endswith("_bound") else f"{r[f]:.3f}" for f in table.fields)]
+                 for r in table.records() if r["layer"] in layers]
     head_head = ["head", *table.fields]
     v = a.verification
     identity = (f'<p>Path expansion of a {a.shown[0]}-layer attention-only transformer with {a.shown[1]} heads per '

@@ -12,7 +12,8 @@ TransformerLens 3.9.0's ``HookedTransformer``, all installed by ``pip install -e
 (the README's test command). Without them those comparisons are skipped, each with a reason
 that names the library and the install command. With ``CIRCUITALG_REQUIRE_REFERENCE=1`` (set by
 ``.ci/run``) a missing or wrong reference library is an error that stops the run before any
-test, and a skip for one is a failure: CI never passes with a reference comparison skipped.
+test, and a skip for one is a failure: CI never passes with a reference comparison skipped. The
+test extra's optional ``dask[distributed]`` is treated the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ REFERENCE = {
     "accelerate": "accelerate",
     "transformer_lens": "transformer-lens",
 }
+# the test extra's optional libraries, required and reported the same way (the 2-worker cluster test)
+TEST_EXTRA = {"distributed": "dask[distributed]", "dask": "dask[distributed]"}
 _TL4 = "removed in TransformerLens 4.0"  # TransformerLens 4.x's ImportError for HookedTransformer
 _TL_WANTED = ("the TransformerLens comparisons need transformer-lens 3.9.0 (4.x has no HookedTransformer): "
               f"{INSTALL} installs it")
@@ -54,7 +57,7 @@ def _required() -> bool:
 def _reference_problems() -> list[str]:
     """What is missing or wrong among the reference libraries (empty when all are usable)."""
     problems = []
-    for module, dist in REFERENCE.items():
+    for module, dist in {**REFERENCE, "distributed": TEST_EXTRA["distributed"]}.items():
         try:
             importlib.import_module(module)
         except Exception as e:  # noqa: BLE001 - any failure to import is reported as such
@@ -90,10 +93,11 @@ def _reference_reason(reason: str) -> str | None:
     if m is None:
         return None
     module = (m.group(1) or m.group(2)).split(".")[0]
-    if module not in REFERENCE:
+    if module not in REFERENCE and module not in TEST_EXTRA:
         return None
+    kind, dist = ("reference library", REFERENCE[module]) if module in REFERENCE else ("test library", TEST_EXTRA[module])
     reason = reason.strip().removeprefix("Skipped: ")
-    return f"reference library {REFERENCE[module]} is not usable here ({reason}); {INSTALL} installs it"
+    return f"{kind} {dist} is not usable here ({reason}); {INSTALL} installs it"
 
 
 def _mend(report) -> None:

@@ -49,7 +49,7 @@ from circuitalg.linalg.accuracy import (
 from circuitalg.linalg.factors import Gram, gram_err2, gram_gamma, tied_gram
 from circuitalg.linalg.ties import TiedForm
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.hf import hf_config
+from circuitalg.model.hf import hf_config, tied_embeddings
 from circuitalg.model.io import SafetensorsEntry, safetensors_index, widen_bf16
 
 __all__ = [
@@ -150,6 +150,23 @@ def _config(files: TensorFiles) -> TransformerConfig:
     return TransformerConfig.from_dict(hf_config(d, str(path)), source=str(path))
 
 
+def _vocabulary_tensors(files: TensorFiles) -> tuple[str, str | None]:
+    """The names of the embedding and the unembedding tensors (``None``: tied to the embedding).
+    A tied pair may be stored under either name (``save_model`` keeps one); a checkpoint with both
+    is read as untied."""
+    d = json.loads((files.dir / "config.json").read_text())
+    embed, head = "model.embed_tokens.weight", "lm_head.weight"
+    if embed in files.index:
+        if head in files.index:
+            return embed, head
+        if not tied_embeddings(d):
+            raise LoadError(f"{files.dir}: missing tensor {head!r} (config.json does not tie the embeddings).")
+        return embed, None
+    if head in files.index and tied_embeddings(d):
+        return head, None
+    raise LoadError(f"{files.dir}: missing tensor {embed!r}" + ("" if head in files.index else f" and {head!r}") + ".")
+
+
 def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPlan:
     """The sizes, FLOP count and peak array memory of :func:`stream_full_ov` on ``directory``;
     :class:`TooLargeError` when even the smallest tiles do not fit ``budget_bytes``."""
@@ -168,7 +185,7 @@ def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPl
         )
     tile = int(min(V, room // per_row))
     kv = c.kv_heads
-    vocab_products = 1 if "lm_head.weight" not in files.index else 3  # tied: W_E's Gram matrix only
+    vocab_products = 1 if _vocabulary_tensors(files)[1] is None else 3  # tied: W_E's Gram matrix only
     flops = (vocab_products * 2.0 * V * D * D + 2 * 4.0 * D**3  # the Gram matrices' spectra (error bounds)
              + L * (kv * 2 * 2.0 * D * D * dh + (kv + H) * 2.0 * D * dh * dh  # per layer: the value side, norms
                     + H * (2.0 * D * D * dh + 2.0 * D * dh * dh + 40.0 * dh**3)))  # per head: QR, SVD, eig with vectors
@@ -224,16 +241,17 @@ def stream_full_ov(
     files = TensorFiles(directory)
     c = _config(files)
     D, V = c.d_model, c.d_vocab
-    tied = "lm_head.weight" not in files.index
+    embed, unembed = _vocabulary_tensors(files)
+    tied = unembed is None
     wf = files.rows("model.norm.weight")
     G_E = np.zeros((D, D))
     G_U = np.zeros((D, D))
     M = np.zeros((D, D))
     for start in range(0, V, plan.tile_rows):
-        E = files.rows("model.embed_tokens.weight", start, start + plan.tile_rows)  # (rows, D): W_E's columns
+        E = files.rows(embed, start, start + plan.tile_rows)  # (rows, D): W_E's columns
         G_E += E.T @ E
         if not tied:
-            U = files.rows("lm_head.weight", start, start + plan.tile_rows) * wf  # folded: W_U diag(w)
+            U = files.rows(unembed, start, start + plan.tile_rows) * wf  # folded: W_U diag(w)
             G_U += U.T @ U
             M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
     gamma = gram_gamma(V, V, np.float64, True)  # sums of V rows in float64

@@ -3,8 +3,9 @@
 Every public analysis runs on a model as loaded (norm weights stored in ``ln*.w``/``ln*.b``), on
 ``fold_layer_norm`` of it (reads centred and not), and on ``load(fold=True)``; every number must
 agree to 1e-12 (relative to its array's scale). Cases: LayerNorm with biases and an MLP (the
-paper's GPT-2 form), RMSNorm with grouped-query attention and rotary embeddings (Llama), and the
-``(1 + w)`` RMSNorm of Gemma 2 (with sandwich norms and q/k-free soft-capped attention). A
+paper's GPT-2 form), RMSNorm with grouped-query attention and rotary embeddings (Llama), the
+``(1 + w)`` RMSNorms of Gemma 2 and Gemma 3 (sandwich norms, soft-caps, Gemma 3's q/k norms and
+per-layer rotary bases), and OLMo 2's output norms (no input norms). A
 negative control shows the numbers do move when the norm weights are left out, and the copying
 scores are checked against a dense computation of ``W_U diag(g_f) P W_O W_V diag(g_1) P W_E``
 from the stored parameters (the issue's "truth").
@@ -44,7 +45,18 @@ def _norm_weights_away_from_one(path) -> None:
     save_file(sd, f, metadata={"format": "pt"})
 
 
-@pytest.fixture(scope="module", params=["layernorm", "rmsnorm", "gemma-1+w"])
+GEMMA3 = dict(LLAMA, head_dim=6, query_pre_attn_scalar=10, sliding_window=4, pad_token_id=0,
+              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+              rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 100.0},
+                               "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}})
+OLMO2 = dict(LLAMA, attention_bias=True, rope_parameters={"rope_theta": 50.0})
+HF_CASES = {"rmsnorm": ("LlamaForCausalLM", "LlamaConfig", LLAMA),
+            "gemma2-1+w": ("Gemma2ForCausalLM", "Gemma2Config", GEMMA2),
+            "gemma3-1+w-qk-norms": ("Gemma3ForCausalLM", "Gemma3TextConfig", GEMMA3),
+            "olmo2-post-norms": ("Olmo2ForCausalLM", "Olmo2Config", OLMO2)}
+
+
+@pytest.fixture(scope="module", params=["layernorm", *HF_CASES])
 def variants(request, tmp_path_factory):
     """``(case, [(label, model), ...])``: the model as given and its folded representations."""
     case = request.param
@@ -53,10 +65,8 @@ def variants(request, tmp_path_factory):
         out = [("as given", m)]
     else:
         path = tmp_path_factory.mktemp(case)
-        if case == "rmsnorm":
-            save_random_hf(path, "LlamaForCausalLM", "LlamaConfig", **LLAMA)
-        else:
-            save_random_hf(path, "Gemma2ForCausalLM", "Gemma2Config", **GEMMA2)
+        model_class, config_class, config = HF_CASES[case]
+        save_random_hf(path, model_class, config_class, **config)
         _norm_weights_away_from_one(path)
         m = ca.load(path)
         out = [("as given", m), ("load(fold=True)", ca.load(path, fold=True))]
@@ -146,7 +156,7 @@ def test_negative_control_norm_weights_change_the_numbers(variants) -> None:
     case, models = variants
     m = models[0][1]
     p, c = m.params, m.config
-    stripped = {k: (np.ones_like(v) if k.endswith(".w") and ("ln1." in k or "ln2." in k or k == "ln_final.w") else v)
+    stripped = {k: (np.ones_like(v) if k.endswith(".w") and (".ln1." in k or ".ln2." in k or k == "ln_final.w") else v)
                 for k, v in p.items()}
     bare = m.with_params(stripped)
     diff = np.abs(ca.head_table(bare).copying - ca.head_table(m).copying)
@@ -166,7 +176,7 @@ def test_copying_scores_equal_the_dense_norm_weighted_full_ov(variants) -> None:
     kv = [c.kv_head(h) for h in range(c.n_heads)]
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
-        g1 = p[f"blocks.{layer}.ln1.w"]
+        g1 = p[f"blocks.{layer}.ln1.w"] if c.pre_norms else np.ones(D)
         post = p[f"blocks.{layer}.ln1_post.w"] if c.post_norms else np.ones(D)
         for h in range(c.n_heads):
             full = (p["W_U"] @ np.diag(p["ln_final.w"]) @ P @ np.diag(post) @ p[a + "W_O"][h]

@@ -83,8 +83,6 @@ def test_path_expansion_is_exact(tmp_path, family: str) -> None:
     _check_path_expansion(ca.load(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="circuits/paths.py requires ln1 scales of every normalised model; a "
-                   "post-norm-only model (pre_norms=False) has none: the lead's fix there turns this into a pass")
 def test_path_expansion_is_exact_without_pre_norms(tmp_path) -> None:
     _hf(tmp_path, "olmo2")
     _check_path_expansion(ca.load(tmp_path))

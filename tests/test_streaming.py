@@ -167,3 +167,26 @@ def test_streamed_composition_on_a_dask_cluster_of_two_workers(tmp_path) -> None
     for kind in "kv":
         np.testing.assert_allclose(remote.scores[kind], local.scores[kind], rtol=0, atol=1e-12)
         np.testing.assert_allclose(local.scores[kind], ca.composition_scores(m, kind), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kept", ["lm_head.weight", "model.embed_tokens.weight"])
+def test_streamed_full_ov_reads_a_tied_pair_under_either_name(tmp_path, kept: str) -> None:
+    """A tied checkpoint that stores the shared matrix under one name only (``save_model`` keeps
+    one name of a tied pair) streams to the same spectra as the in-memory model; an untied config
+    missing ``lm_head`` is refused by name."""
+    from safetensors.numpy import load_file, save_file
+
+    save_random_hf(tmp_path, "Qwen2ForCausalLM", "Qwen2Config", **{**COMMON, "num_key_value_heads": 1},
+                   tie_word_embeddings=True)
+    sd = load_file(tmp_path / "model.safetensors")
+    shared = sd.pop("model.embed_tokens.weight", None)
+    sd.pop("lm_head.weight", None)
+    sd[kept] = shared
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    res = stream_full_ov(tmp_path)
+    sv, ev = _dense_reference(tmp_path)
+    np.testing.assert_allclose(res.singular_values, sv, rtol=0, atol=1e-10 * sv.max())
+    cfg = (tmp_path / "config.json").read_text().replace('"tie_word_embeddings": true', '"tie_word_embeddings": false')
+    (tmp_path / "config.json").write_text(cfg)
+    with pytest.raises(ca.LoadError, match="missing tensor"):
+        stream_full_ov(tmp_path)

@@ -8,6 +8,7 @@ with ``W_E W_U`` formed once), and :func:`top_tokens` scans a thin factorisation
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -211,6 +212,19 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
     return p / p.sum(axis=1, keepdims=True)
 
 
+#: The mean token embedding per W_E leaf (a vocabulary-sized pass; every head's offset pattern reads it).
+_MEAN_EMBEDDING: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def _mean_embedding(model: Transformer) -> np.ndarray:
+    """``μ``, the mean of ``W_E``'s columns in float64, computed once per ``W_E`` leaf."""
+    leaf = model.W_E
+    mu = _MEAN_EMBEDDING.get(leaf)
+    if mu is None:
+        mu = _MEAN_EMBEDDING[leaf] = np.asarray(leaf.array, dtype=np.float64).mean(axis=1)
+    return mu
+
+
 def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
     """A rotary head's attention as a function of offset alone: the causal (windowed) softmax of
     ``μᵀ W_QK(j - i) μ / attn_scale`` (soft-capped where the model caps scores) over the first ``n_positions`` positions (query rows, key
@@ -218,15 +232,16 @@ def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int) -> np
     biases and norm scales ignored). It is exactly the pattern a model whose every token embeds
     as ``μ`` would compute; the counterpart of :func:`positional_pattern` for rotary models."""
     c = model.config
-    if c.rotary is None:
+    rotary = head.rotary  # the layer's own (Gemma 3's local layers rotate with their own base)
+    if rotary is None:
         raise InvalidArgumentError(f"{model.name} has learned positions; use positional_pattern(model, head, n).")
     n = min(n_positions, c.n_ctx)
-    mu = np.asarray(model.W_E.array, dtype=np.float64).mean(axis=1)
+    mu = _mean_embedding(model)
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ mu
     k = np.asarray(head.W_K.array, dtype=np.float64) @ mu
     # qᵀ R(Δ) k for Δ = 0, -1, ..., -(n-1): k rotated to every offset in one vectorised pass
-    q0 = c.rotary.apply(q[None, :], np.zeros(1))[0]  # the query at its own position (YaRN's factor)
-    by_offset = c.rotary.apply(np.tile(k, (n, 1)), -np.arange(n)) @ q0 / c.attn_scale
+    q0 = rotary.apply(q[None, :], np.zeros(1))[0]  # the query at its own position (YaRN's factor)
+    by_offset = rotary.apply(np.tile(k, (n, 1)), -np.arange(n)) @ q0 / c.attn_scale
     if c.attn_softcap is not None:
         by_offset = c.attn_softcap * np.tanh(by_offset / c.attn_softcap)
     back = np.arange(n)[:, None] - np.arange(n)[None, :]

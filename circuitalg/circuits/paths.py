@@ -175,7 +175,7 @@ class FrozenPaths:
                 f"{paths.original.name} has {c.n_layers} layers, {c.n_heads} heads, d_model {c.d_model}. "
                 "Pass the cache from this model's run."
             )
-        if c.normalization is not None and (cache.ln1_scale is None or cache.ln_final_scale is None):
+        if c.normalization is not None and ((c.pre_norms and cache.ln1_scale is None) or cache.ln_final_scale is None):
             raise ShapeError("cache has no layer-norm scales, but the model has layer norms; use its own run.")
         tok = check_tokens(tokens, paths.original)
         if tok.shape[0] != cache.seq:

@@ -262,6 +262,13 @@ def _hf_embeddings(
     return p
 
 
+def tied_embeddings(d: Mapping[str, Any]) -> bool:
+    """Whether a Llama-layout ``config.json`` dict ties ``lm_head`` to the embedding
+    (``tie_word_embeddings``, or its family's transformers default when absent)."""
+    family = d.get("model_type", "llama")
+    return _tied(d, _LLAMA_DEFAULTS.get(family, {}).get("tie_word_embeddings", False))
+
+
 def _tied(config: Any, tied_by_default: bool) -> bool:
     """``tie_word_embeddings`` of a config.json dict (its family's default when absent)."""
     return bool(config.get("tie_word_embeddings", tied_by_default)) if isinstance(config, Mapping) else tied_by_default

@@ -310,6 +310,35 @@ def _head_read_grams(hw: Any, kind: str, FF: np.ndarray, max_bytes: int = 64 << 
     return out.reshape(L, H, len(FF))
 
 
+def _stream_read_grams(
+    model: Transformer, writers: list[Any], factors: dict[Any, np.ndarray], grams: dict[Any, np.ndarray],
+    stream_grams: np.ndarray, max_bytes: int = 64 << 20,
+) -> np.ndarray:
+    """``<RᵀR, F Fᵀ> = ||R F||_F²`` for every writer (rows, in ``writers``' order; ``F`` from
+    ``factors`` or :func:`_factor`, ``F Fᵀ`` from ``grams`` where given) and every reader that is
+    not a head (columns: the rows of ``stream_grams``, each a flattened ``RᵀR``).
+
+    The writers' ``F Fᵀ`` are formed a chunk at a time (``max_bytes``) and multiplied with every
+    reader's Gram matrix in one product: a product per pair would read every reader's
+    ``d_model²`` Gram matrix once per writer. Values within the Gram route's error floor are
+    recomputed by the caller from ``R F``."""
+    D, n = model.config.d_model, len(writers)
+    out = np.empty((n, len(stream_grams)))
+    step = max(1, max_bytes // (8 * D * D))
+    buf = np.empty((min(step, n), D, D))
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        for i in range(m):
+            wnode, _, wmap, _ = writers[s + i]
+            if wnode in grams:
+                buf[i] = grams[wnode]
+            else:
+                F = factors[wnode] if wnode in factors else _factor(model, wnode, wmap)
+                np.matmul(F, F.T, out=buf[i])
+        out[s:s + m] = buf[:m].reshape(m, D * D) @ stream_grams.T
+    return out
+
+
 def _head_read_direct(hw: Any, kind: str, head: HeadId, F: np.ndarray) -> float:
     """``||R F||_F²`` for one head's reader of ``kind`` from ``W_h F`` (relative accuracy: used
     for values under the Gram route's error floor, so structural zeros stay zero)."""
@@ -346,7 +375,10 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     # value is <RᵀR, F Fᵀ> with F Fᵀ formed once per writer; values within the Gram route's error
     # floor are recomputed as ||R F||² (structural zeros stay zero)
     stream = {(n, k): _stream_reader(model, n, k) for n, k, _, _, _ in readers if not isinstance(n, HeadId)}
-    stream_gram = {key: R.T @ R for key, R in stream.items()}
+    sindex = {key: i for i, key in enumerate(stream)}
+    stream_grams = np.empty((len(stream), c.d_model * c.d_model))  # RᵀR of each, flattened, filled in place
+    for key, R in stream.items():
+        np.matmul(R.T, R, out=stream_grams[sindex[key]].reshape(c.d_model, c.d_model))
     # writers that are not heads (embeddings, MLPs) into every head: through the writers' Gram
     # matrices F Fᵀ and the heads' reader Gram matrices, all pairs of a kind in one pass
     stacked = np.empty((len(others), c.d_model, c.d_model))  # filled in place: no list and stacked copy
@@ -355,11 +387,11 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     index = {n: i for i, (n, _) in enumerate(others)}
     grams = {n: stacked[i] for n, i in index.items()}
     into_heads = {k: _head_read_grams(hw, k, stacked) for k in COMPOSITION_KINDS}
+    into_stream = _stream_read_grams(model, writers, factors, grams, stream_grams)
     eps = np.finfo(np.float64).eps
     nan = float("nan")
-    for wnode, wpos, wmap, wlabel in writers:
+    for wi, (wnode, wpos, wmap, wlabel) in enumerate(writers):
         F = factors.get(wnode)
-        FF = grams.get(wnode)
         for rnode, kind, rpos, rmap, rlabel in readers:
             if wpos >= rpos:
                 continue
@@ -367,15 +399,14 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
             if head_edge:
                 num2 = float(head_num2[kind][wnode.layer, wnode.head, rnode.layer, rnode.head])  # type: ignore[union-attr]
             else:
-                if F is None:
-                    F = _factor(model, wnode, wmap)
-                    FF = F @ F.T
                 if isinstance(rnode, HeadId):
                     num2 = float(into_heads[kind][rnode.layer, rnode.head, index[wnode]])
                 else:
-                    num2 = float(np.vdot(stream_gram[(rnode, kind)], FF))
-                floor = ZERO_FLOOR * eps * F.shape[0] * w_norm2[wnode] * r_norm2[(rnode, kind)]
+                    num2 = float(into_stream[wi, sindex[(rnode, kind)]])
+                floor = ZERO_FLOOR * eps * c.d_model * w_norm2[wnode] * r_norm2[(rnode, kind)]
                 if num2 <= floor:  # within the Gram route's error: recompute (structural zeros stay zero)
+                    if F is None:
+                        F = _factor(model, wnode, wmap)
                     num2 = (_head_read_direct(hw, kind, rnode, F) if isinstance(rnode, HeadId)
                             else float(np.sum((stream[(rnode, kind)] @ F) ** 2)))
             den = math.sqrt(w_norm2[wnode] * r_norm2[(rnode, kind)])

@@ -126,3 +126,23 @@ def test_summarised_eigenvalue_warnings_match_the_loop() -> None:
     assert summary[0].message.relative == rel.max()
     assert "eigenvalues of 2 of 4 test maps" in str(summary[0].message)
     assert summary[0].filename == __file__
+
+
+def test_the_command_prints_the_stage_summary_as_one_progress_line(tmp_path, capsys) -> None:
+    from circuitalg.cli import main
+
+    base = random_model(n_layers=3, n_heads=4, d_model=16, d_head=4, d_vocab=13, seed=3)
+    model = _set_cores(base, {(1, 2): _non_normal([1.0, 0.9, 0.8, 0.7], 5.0)})
+    path = ca.save(model, tmp_path / "m.safetensors")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        assert main(["report", str(path), "--out", str(tmp_path / "r"), "--no-figures"]) == 0
+    assert [r for r in rec if issubclass(r.category, ca.PrecisionWarning)] == []  # shown, not left to Python
+    err = capsys.readouterr().err
+    lines = [t for t in err.splitlines() if "PrecisionWarning" in t]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("[circuitalg] PrecisionWarning: report stage 'head diagnostics on repeated random tokens': "
+                               "eigenvalues of 1 of 12 heads' full OV circuits")
+    rows = list(csv.DictReader((tmp_path / "r" / "heads.csv").open()))
+    flagged = [r["head"] for r in rows if float(r["copying_bound"]) > warn_rtol(np.float64)]
+    assert flagged == ["L1H2"]

@@ -209,6 +209,33 @@ def test_truncated_file_is_a_load_error_naming_the_tensor(tmp_path) -> None:
         ca.load(tmp_path / "cut.gguf")
 
 
+def test_corrupt_headers_are_load_errors(tmp_path) -> None:
+    """Bytes of the header overwritten at random (a fixed seed): reading the header, every field
+    and every tensor either works or raises LoadError, never another exception."""
+    rng = np.random.default_rng(6)
+    path = tmp_path / "m.gguf"
+    _write(path, _tensors(rng), token_list=["a", "b c"], tokenizer_model="gpt2")
+    data = path.read_bytes()
+    header = open_gguf(path).tensors[0].data_offset
+    outcomes = set()
+    for i in range(300):
+        bad = bytearray(data)
+        for at in rng.integers(4, header, size=1 + i % 3):
+            bad[at] = rng.integers(0, 256)
+        (tmp_path / "bad.gguf").write_bytes(bytes(bad))
+        try:
+            f = open_gguf(tmp_path / "bad.gguf")
+            for field in f.fields.values():
+                field.contents()
+            for t in f.tensors:
+                with np.errstate(all="ignore"):
+                    dequantize(t.data, t.tensor_type, dtype=np.float32, name=t.name)
+            outcomes.add("read")
+        except ca.LoadError:
+            outcomes.add("LoadError")
+    assert outcomes == {"read", "LoadError"}
+
+
 def test_non_finite_scale_is_a_load_error_naming_the_tensor(tmp_path) -> None:
     """A corrupt f16 scale (NaN) in one block of a real model's tensor: the load names it."""
     pytest.importorskip("transformers")

@@ -14,6 +14,7 @@ big-endian file is read by ``gguf.GGUFReader`` itself.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -48,7 +49,10 @@ class GGUFField:
         """The value: a Python scalar, a str, or a list of them."""
         if self.strings is not None:
             buf, starts, lengths = self.strings
-            return [str(buf[s:s + n], "utf-8") for s, n in zip(starts.tolist(), lengths.tolist())]
+            try:
+                return [str(buf[s:s + n], "utf-8") for s, n in zip(starts.tolist(), lengths.tolist())]
+            except UnicodeDecodeError as exc:
+                raise LoadError(f"metadata {self.name!r} holds a string that is not UTF-8 ({exc}).") from None
         return self.value
 
 
@@ -164,6 +168,8 @@ def _read_value(cur: _Cursor, key: str, code: int) -> GGUFField:
         at = cur.need(count * dtype.itemsize, repr(key))
         return GGUFField(key, np.frombuffer(cur.buf, dtype=dtype, count=count, offset=at).tolist())
     if item == _STRING:  # offsets only: a vocabulary or merges list is decoded when asked for
+        if count > (cur.size - cur.pos) // 8:  # each string takes at least its 8-byte length
+            raise LoadError(f"{key!r} claims {count} strings, more than the file can hold: a corrupt header.")
         starts = np.empty(count, dtype=np.int64)
         lengths = np.empty(count, dtype=np.int64)
         buf, pos, size, unpack = cur.buf, cur.pos, cur.size, struct.Struct("<Q").unpack_from
@@ -171,10 +177,10 @@ def _read_value(cur: _Cursor, key: str, code: int) -> GGUFField:
             if pos + 8 > size:
                 raise LoadError(f"the header ends inside {key!r} (string {i} of {count}): a truncated file.")
             n = unpack(buf, pos)[0]
+            if pos + 8 + n > size:
+                raise LoadError(f"the header ends inside {key!r} (string {i} of {count}): a truncated file.")
             starts[i], lengths[i] = pos + 8, n
             pos += 8 + n
-        if pos > size:
-            raise LoadError(f"the header ends inside {key!r}: a truncated file.")
         cur.pos = pos
         return GGUFField(key, strings=(buf, starts, lengths))
     return GGUFField(key, [_read_value(cur, key, item).contents() for _ in range(count)])
@@ -192,7 +198,7 @@ def _tensor(
         raise LoadError(f"tensor {name!r} has type code {code}, unknown to the gguf package; "
                         "update gguf.") from None
     shape = tuple(int(d) for d in dims[::-1])  # NumPy order: the fastest GGUF axis last
-    n_elements = int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
+    n_elements = math.prod(shape)  # Python integers: a corrupt shape cannot wrap around
     if not shape or any(d <= 0 for d in shape) or shape[-1] % block:
         raise LoadError(f"tensor {name!r} has shape {shape}; {qtype.name} rows must be whole blocks "
                         f"of {block}.")

@@ -146,3 +146,20 @@ def test_the_command_prints_the_stage_summary_as_one_progress_line(tmp_path, cap
     rows = list(csv.DictReader((tmp_path / "r" / "heads.csv").open()))
     flagged = [r["head"] for r in rows if float(r["copying_bound"]) > warn_rtol(np.float64)]
     assert flagged == ["L1H2"]
+
+
+def test_long_sliding_window_lists_are_printed_as_ranges_and_local_rotary_bases_are_named() -> None:
+    import dataclasses
+
+    from circuitalg.report import architecture_notes
+
+    cfg = ca.zoo.load("attn2l").config
+    rotary = {"dim": 16, "base": 1e6}
+    windows = tuple(None if (l + 1) % 6 == 0 else (512 if l < 12 else 256) for l in range(18))
+    c = dataclasses.replace(cfg, n_layers=18, attn_windows=windows, rotary=rotary, rotary_local={"dim": 16, "base": 1e4})
+    notes = architecture_notes(c)
+    assert "sliding-window layers (15 of 18): window 256: L12-L16; window 512: L0-L4, L6-L10" in notes
+    assert [n for n in notes if n.startswith("rotary")][0].endswith("; sliding-window layers rotate with base 10000")
+    short = dataclasses.replace(cfg, n_layers=4, attn_windows=(5, None, 5, None))
+    assert "sliding-window layers (window): L0: 5, L2: 5" in architecture_notes(short)
+    assert not any("rotate with base" in n for n in architecture_notes(dataclasses.replace(c, rotary_local=None)))

@@ -312,7 +312,7 @@ def _head_read_grams(hw: Any, kind: str, FF: np.ndarray, max_bytes: int = 64 << 
 
 def _stream_read_grams(
     model: Transformer, writers: list[Any], factors: dict[Any, np.ndarray], grams: dict[Any, np.ndarray],
-    stream_grams: np.ndarray, max_bytes: int = 64 << 20,
+    stream_grams: np.ndarray, max_bytes: int = 32 << 20,
 ) -> np.ndarray:
     """``<RᵀR, F Fᵀ> = ||R F||_F²`` for every writer (rows, in ``writers``' order; ``F`` from
     ``factors`` or :func:`_factor`, ``F Fᵀ`` from ``grams`` where given) and every reader that is

@@ -322,14 +322,19 @@ def architecture_notes(c: Any) -> list[str]:
             f"rotary positions ({r.style} pairs, {r.dim} of {c.d_head} dims, base {r.base:g}{scaling}): QK circuits and "
             "Q/K-composition are taken at offset 0, W_QK(0) = W_Q^T W_K"
             + (f" (YaRN's factor {r.attention_factor:.3g}^2 on the rotated planes left out)" if r.attention_factor != 1 else "")
+            + (f"; sliding-window layers rotate with base {c.rotary_local.base:g}"
+               if getattr(c, "rotary_local", None) is not None and c.rotary_local != r else "")
         )
     if c.n_kv_heads is not None:
         notes.append(f"grouped-query attention: {c.n_heads} query heads per layer read {c.n_kv_heads} key/value heads")
-    if c.attn_windows is not None:  # grouped by window size, layers as ranges
-        sizes = sorted({w for w in c.attn_windows if w is not None})
-        groups = [f"window {w}: {_layer_ranges([l for l, x in enumerate(c.attn_windows) if x == w])}" for w in sizes]
-        n_local = sum(w is not None for w in c.attn_windows)
-        notes.append(f"sliding-window layers ({n_local} of {c.n_layers}): " + "; ".join(groups))
+    if c.attn_windows is not None:
+        local = [(l, w) for l, w in enumerate(c.attn_windows) if w is not None]
+        if len(local) <= SUMMARY_LIST_MAX:
+            notes.append("sliding-window layers (window): " + ", ".join(f"L{l}: {w}" for l, w in local))
+        else:  # a long list: grouped by window size, layers as ranges
+            groups = [f"window {w}: {_layer_ranges([l for l, x in local if x == w])}"
+                      for w in sorted({w for _, w in local})]
+            notes.append(f"sliding-window layers ({len(local)} of {c.n_layers}): " + "; ".join(groups))
     if c.qk_norm:
         notes.append("per-head q/k RMSNorms: weights folded into W_Q, W_K; their per-token scales are left out of "
                      "weight-based scores (frozen in path expansion)")

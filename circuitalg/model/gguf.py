@@ -3,9 +3,11 @@
 The architecture comes from the file's ``general.architecture`` metadata; its hyperparameters
 are translated to the Hugging Face ``config.json`` fields of that family, and its tensors to the
 family's Hugging Face names, so one converter per family serves both formats
-(:mod:`circuitalg.model.hf`). Tensors are memory-mapped and dequantised one at a time, when
-the converter reads them, with ``gguf``'s own routines (F32, F16, BF16, Q8_0, Q4_0/Q4_1/
-Q5_0/Q5_1, the K-quants Q2_K-Q6_K, and whatever else ``gguf.quants.dequantize`` implements).
+(:mod:`circuitalg.model.hf`). The header is parsed and the tensors memory-mapped by
+:mod:`circuitalg.model.gguf_file`; each tensor is dequantised when the converter reads it, straight
+into the load's dtype, by :mod:`circuitalg.model.gguf_quants` (F32, F16, BF16, Q8_0, Q4_0/Q4_1/
+Q5_0/Q5_1, the K-quants Q2_K-Q6_K: the float32 values ``gguf`` decodes, bit for bit), other types
+by ``gguf.quants.dequantize``.
 
 What the conversion undoes, as llama.cpp's ``convert_hf_to_gguf.py`` did it:
 

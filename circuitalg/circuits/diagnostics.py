@@ -24,6 +24,7 @@ from circuitalg.errors import (
     check_int,
 )
 from circuitalg.linalg.accuracy import eigen_noise_floor
+from circuitalg.linalg.common import split_small_products
 from circuitalg.linalg.eig import eigenvalues_with_bounds
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.nodes import LinearMap
@@ -516,18 +517,25 @@ def _scan_top(
         kth = float(best[0].min())
         if row_norm[rows[0]] * col_max * (1 + 1e-12) < kth:
             break  # no remaining row can reach the k-th entry
-        scr = np.matmul(L32[rows], V32, out=buf[: len(rows)])
-        if by_abs:
-            np.abs(scr, out=scr)
-            if bound is not None:
-                np.multiply(tail_l32[rows, None], tail_v32[None, :], out=bound[: len(rows)])
-                np.add(scr, bound[: len(rows)], out=scr)
-        # a float32 threshold, rounded down
-        cand = np.flatnonzero(np.greater_equal(scr, _float32_below(kth - delta), out=passed[: len(rows)]))
+        threshold = _float32_below(kth - delta)  # a float32 threshold, rounded down
+
+        def screen(lo: int, hi: int, rows: np.ndarray = rows, threshold: np.float32 = threshold) -> np.ndarray:
+            """The flat indices (in the block) of rows ``lo:hi``'s entries that pass the screen."""
+            scr = np.matmul(L32[rows[lo:hi]], V32, out=buf[lo:hi])
+            if by_abs:
+                np.abs(scr, out=scr)
+                if bound is not None:
+                    np.multiply(tail_l32[rows[lo:hi], None], tail_v32[None, :], out=bound[lo:hi])
+                    np.add(scr, bound[lo:hi], out=scr)
+            return np.flatnonzero(np.greater_equal(scr, threshold, out=passed[lo:hi])) + lo * n_cols
+
+        # the block's rows split between our own threads (one BLAS thread each): the float32 product
+        # has only p + 1 inner terms, and OpenBLAS's own threads stall on it
+        cand = np.concatenate(split_small_products(screen, len(rows)))
         if cand.size > max(4 * k, 1 << 16):  # too many within the screen's error: this block in float64
             best = _merge_top(k, best, *exact_block(rows, kth))
             continue
-        ri, cj = np.unravel_index(cand, scr.shape)
+        ri, cj = np.unravel_index(cand, (len(rows), n_cols))
         ri = rows[ri]
         if causal:
             ok = allowed(ri, cj)

@@ -163,3 +163,29 @@ def test_long_sliding_window_lists_are_printed_as_ranges_and_local_rotary_bases_
     short = dataclasses.replace(cfg, n_layers=4, attn_windows=(5, None, 5, None))
     assert "sliding-window layers (window): L0: 5, L2: 5" in architecture_notes(short)
     assert not any("rotate with base" in n for n in architecture_notes(dataclasses.replace(c, rotary_local=None)))
+
+
+def test_a_stage_summarises_its_maps_warnings_in_one_and_lets_other_warnings_through() -> None:
+    from circuitalg.report import Stages
+
+    x = ca.Space("x", 4)
+    maps = [ca.Dense(_non_normal([1.0, 0.9, 0.8, 0.7], c), x, x, f"M{i}") for i, c in enumerate([80.0, 1.0, 200.0])]
+    with warnings.catch_warnings(record=True) as alone:
+        warnings.simplefilter("always")
+        for m in maps:
+            m.eigenvalues()
+    expected = [r.message.relative for r in alone]
+    assert len(expected) == 2
+    stage = Stages(None, 1)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with stage("some stage"):
+            for m in maps:
+                m.eigenvalues()
+            warnings.warn("unrelated", UserWarning)
+    precision = [r for r in rec if issubclass(r.category, ca.PrecisionWarning)]
+    assert [str(r.message) for r in rec if r.category is UserWarning] == ["unrelated"]
+    assert len(precision) == 1 and precision[0].filename == __file__
+    w = precision[0].message
+    assert (w.subject, w.count, w.relative) == ("some stage", 2, max(expected))
+    assert str(w).startswith(f"report stage 'some stage': eigenvalues of 2 maps (up to {max(expected):.2g}) carry")

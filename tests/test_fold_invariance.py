@@ -14,6 +14,7 @@ from the stored parameters (the issue's "truth").
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -222,3 +223,31 @@ def test_streaming_reads_the_norm_weights_whether_or_not_the_checkpoint_was_fold
     np.testing.assert_allclose(fb.singular_values, fa.singular_values, rtol=0, atol=TOL * fa.singular_values.max())
     np.testing.assert_allclose(fb.copying, fa.copying, rtol=0, atol=1e-10)
     np.testing.assert_allclose(fa.copying, ca.head_table(ca.load(raw)).copying, rtol=0, atol=1e-10)
+
+
+def test_real_smollm2_gives_the_same_numbers_folded_or_not() -> None:
+    """The issue's case on the real SmolLM2-135M-Instruct GGUF (RMSNorm, 30 layers x 9 heads, float32):
+    composition scores and full-OV copying scores (the first 45 heads) of ``load(file)`` and
+    ``load(file, fold=True)`` agree, and leaving the norm weights out moves them (the old bug)."""
+    from model_helpers import smollm2_gguf
+
+    path = smollm2_gguf()
+    m, mf = ca.load(path, dtype=np.float64), ca.load(path, dtype=np.float64, fold=True)
+    assert m.config.normalization == "RMS" and mf.config.normalization == "RMSPre"
+    p = m.params
+    bare = m.with_params({k: (np.ones_like(v) if k.endswith(".w") and (".ln1." in k or ".ln2." in k or k == "ln_final.w")
+                              else v) for k, v in p.items()})
+    k_scores = [ca.composition_scores(x, "k") for x in (m, mf, bare)]
+    np.testing.assert_allclose(k_scores[1], k_scores[0], rtol=0, atol=TOL)
+    assert np.abs(k_scores[2] - k_scores[0]).max() > 0.01  # norm weights left out: K-composition moves
+
+    def copying(model: ca.Transformer) -> np.ndarray:
+        heads = list(model.heads())[:45]
+        lams = ca.eigenvalues_many([model.W_U @ h.ov @ model.W_E for h in heads])
+        return np.array([ca.copying_score(lam) for lam in lams])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.PrecisionWarning)  # some heads' bounds; they are not compared here
+        got = [copying(x) for x in (m, mf, bare)]
+    np.testing.assert_allclose(got[1], got[0], rtol=0, atol=1e-12)
+    assert np.abs(got[2] - got[0]).max() > 0.1  # the issue's size of error

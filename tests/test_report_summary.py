@@ -193,3 +193,18 @@ def test_a_stage_summarises_its_maps_warnings_in_one_and_lets_other_warnings_thr
     w = precision[0].message
     assert (w.subject, w.count, w.relative) == ("some stage", 2, max(expected))
     assert str(w).startswith(f"report stage 'some stage': eigenvalues of 2 maps (up to {max(expected):.2g}) carry")
+
+
+def test_the_summary_counts_each_map_against_its_own_dtypes_threshold() -> None:
+    """A float32 map whose bound lies between float64's and float32's thresholds is not counted; a float64
+    map over float64's is."""
+    x = ca.Space("x", 4)
+    maps = [ca.Dense(_non_normal([1.0, 0.9, 0.8, 0.7], 60.0), x, x, "A64"),
+            ca.Dense(_non_normal([1.0, 0.9, 0.8, 0.7], 0.5).astype(np.float32), x, x, "A32")]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        _, rel = ca.linalg.eigenvalues_with_bounds(maps, what="mixed maps")
+    assert rel[0] > warn_rtol(np.float64) and warn_rtol(np.float64) < rel[1] < warn_rtol(np.float32)
+    summary = [r.message for r in rec if issubclass(r.category, ca.PrecisionWarning)]
+    assert len(summary) == 1 and summary[0].count == 1 and summary[0].relative == rel[0]
+    assert "eigenvalues of 1 of 2 mixed maps" in str(summary[0]) and "their dtypes' u^(1/3)" in str(summary[0])

@@ -486,23 +486,26 @@ def _tagged(w: PrecisionWarning, **facts: object) -> PrecisionWarning:
     return w
 
 
-def warn_summary(what: str, subject: str, relative: np.ndarray, dtype: np.dtype) -> None:
+def warn_summary(what: str, subject: str, relative: np.ndarray, dtypes: Sequence[np.dtype]) -> None:
     """One :class:`PrecisionWarning` for a family of results (``subject``, e.g. ``"heads' full OV
-    circuits"``) whose bounds relative to their scales are ``relative`` (one per result): how many
-    exceed :func:`warn_rtol` and the largest; nothing when none does. Points at the first calling
-    line outside circuitalg."""
+    circuits"``) whose bounds relative to their scales are ``relative``, computed in ``dtypes`` (one
+    of each per result): how many exceed their dtype's :func:`warn_rtol` and the largest; nothing
+    when none does. Points at the first calling line outside circuitalg."""
     rel = np.asarray(relative, dtype=np.float64)
-    tol = warn_rtol(dtype)
+    names = sorted({np.dtype(d).name for d in dtypes})
+    tol = np.array([warn_rtol(d) for d in dtypes])
     over = rel > tol
     n = int(over.sum())
     if n == 0:
         return
     top = float(rel[over].max())
+    limit = (f"{float(tol[0]):.2g} ({names[0]}: fewer than two thirds of the digits guaranteed)" if len(names) == 1
+             else "their dtypes' u^(1/3) (fewer than two thirds of the digits guaranteed)")
     warnings.warn(
         _tagged(PrecisionWarning(
-            f"{what} of {n} of {len(rel)} {subject} carry a-priori relative error bounds above {tol:.2g} "
-            f"({np.dtype(dtype).name}: fewer than two thirds of the digits guaranteed), up to {top:.2g}; the bounds "
-            "are worst cases, usually pessimistic by orders of magnitude (see circuitalg.linalg.accuracy)."
+            f"{what} of {n} of {len(rel)} {subject} carry a-priori relative error bounds above {limit}, up to "
+            f"{top:.2g}; the bounds are worst cases, usually pessimistic by orders of magnitude (see "
+            "circuitalg.linalg.accuracy)."
         ), what=what, subject=subject, count=n, total=len(rel), relative=top),
         stacklevel=_outside_stacklevel(),
     )

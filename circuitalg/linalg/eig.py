@@ -81,7 +81,7 @@ def _target_eigenvalues(p: Plan, k: int | None) -> Spectrum:
 
 def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, warn: bool = True) -> tuple[np.ndarray, float]:
     """The ``n`` eigenvalues kept, sorted and cast, and their a-priori error bound relative to the
-    largest magnitude (:func:`relative_eigenvalue_bound`); a :class:`PrecisionWarning` when an
+    largest magnitude (see :func:`eigenvalues_with_bounds`); a :class:`PrecisionWarning` when an
     eigenvalue above the noise floor has a bound over ``warn_rtol · |λ_1|`` (unless not ``warn``)."""
     keep = _order(w)[:n]
     vals = np.asarray(w, dtype=np.result_type(w.dtype, np.complex64))[keep]
@@ -156,7 +156,7 @@ def _eigenvalues_many(maps: Sequence[LinearMap], k: int | None, summary: str | N
         out.append(_finish(m, w, cond, n, warn=summary is None))
     if summary is not None:
         rels = np.array([rel for _, rel in out])
-        warn_summary("eigenvalues", summary, rels, maps[0].dtype if maps else np.float64)
+        warn_summary("eigenvalues", summary, rels, [m.dtype for m in maps])
     return out
 
 

@@ -311,31 +311,35 @@ def _head_read_grams(hw: Any, kind: str, FF: np.ndarray, max_bytes: int = 64 << 
 
 
 def _stream_read_grams(
-    model: Transformer, writers: list[Any], factors: dict[Any, np.ndarray], grams: dict[Any, np.ndarray],
-    stream_grams: np.ndarray, max_bytes: int = 32 << 20,
+    model: Transformer, writers: list[Any], index: dict[Any, int], stacked: np.ndarray, stream_grams: np.ndarray
 ) -> np.ndarray:
-    """``<RᵀR, F Fᵀ> = ||R F||_F²`` for every writer (rows, in ``writers``' order; ``F`` from
-    ``factors`` or :func:`_factor`, ``F Fᵀ`` from ``grams`` where given) and every reader that is
-    not a head (columns: the rows of ``stream_grams``, each a flattened ``RᵀR``).
+    """``<RᵀR, F Fᵀ> = ||R F||_F²`` for every writer (rows, in ``writers``' order) and every reader
+    that is not a head (columns: the rows of ``stream_grams``, each a flattened ``RᵀR``).
 
-    The writers' ``F Fᵀ`` are formed a chunk at a time (``max_bytes``) and multiplied with every
-    reader's Gram matrix in one product: a product per pair would read every reader's
-    ``d_model²`` Gram matrix once per writer. Values within the Gram route's error floor are
-    recomputed by the caller from ``R F``."""
-    D, n = model.config.d_model, len(writers)
-    out = np.empty((n, len(stream_grams)))
-    step = max(1, max_bytes // (8 * D * D))
-    buf = np.empty((min(step, n), D, D))
-    for s in range(0, n, step):
-        m = min(step, n - s)
-        for i in range(m):
-            wnode, _, wmap, _ = writers[s + i]
-            if wnode in grams:
-                buf[i] = grams[wnode]
-            else:
-                F = factors[wnode] if wnode in factors else _factor(model, wnode, wmap)
-                np.matmul(F, F.T, out=buf[i])
-        out[s:s + m] = buf[:m].reshape(m, D * D) @ stream_grams.T
+    The writers that are not heads have their ``F Fᵀ`` in ``stacked`` (row ``index[writer]``); they
+    are multiplied with every reader's Gram matrix in one product. Then ``stacked`` is overwritten:
+    it holds the heads' ``F Fᵀ`` (:func:`_factor`) a chunk at a time for the same product, so no
+    memory is added. A product per pair would read every reader's ``d_model²`` Gram matrix once per
+    writer. Values within the Gram route's error floor are recomputed by the caller from ``R F``."""
+    D = model.config.d_model
+    out = np.empty((len(writers), len(stream_grams)))
+    if not len(stacked):  # no writer besides the heads (every model has W_E; kept for safety)
+        stacked = np.empty((1, D, D))
+    X = stacked.reshape(len(stacked), D * D)
+    others = X @ stream_grams.T
+    heads = []
+    for i, (wnode, _, wmap, _) in enumerate(writers):
+        if wnode in index:
+            out[i] = others[index[wnode]]
+        else:
+            heads.append((i, wnode, wmap))
+    step = len(stacked)
+    for s in range(0, len(heads), step):
+        chunk = heads[s:s + step]
+        for j, (_, wnode, wmap) in enumerate(chunk):
+            F = _factor(model, wnode, wmap)
+            np.matmul(F, F.T, out=stacked[j])
+        out[[i for i, _, _ in chunk]] = X[: len(chunk)] @ stream_grams.T
     return out
 
 
@@ -385,9 +389,9 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     for i, (n, _) in enumerate(others):
         np.matmul(factors[n], factors[n].T, out=stacked[i])
     index = {n: i for i, (n, _) in enumerate(others)}
-    grams = {n: stacked[i] for n, i in index.items()}
     into_heads = {k: _head_read_grams(hw, k, stacked) for k in COMPOSITION_KINDS}
-    into_stream = _stream_read_grams(model, writers, factors, grams, stream_grams)
+    into_stream = _stream_read_grams(model, writers, index, stacked, stream_grams)  # overwrites stacked
+    del stacked
     eps = np.finfo(np.float64).eps
     nan = float("nan")
     for wi, (wnode, wpos, wmap, wlabel) in enumerate(writers):

@@ -11,6 +11,7 @@ from circuitalg.circuits.composition import (
 from circuitalg.circuits.diagnostics import (
     HeadTable,
     TokenEntry,
+    TopTokens,
     copying_score,
     effective_rank,
     head_table,
@@ -29,6 +30,7 @@ __all__ = [
     "composition_scores",
     "HeadTable",
     "TokenEntry",
+    "TopTokens",
     "copying_score",
     "effective_rank",
     "head_table",

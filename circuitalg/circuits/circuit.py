@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from circuitalg.circuits.diagnostics import TokenEntry, top_tokens
+from circuitalg.circuits.diagnostics import TopTokens, top_tokens
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.ids import HeadId, Source
@@ -126,7 +126,7 @@ class Circuit:
         circuits, ``("output", "input")`` for OV circuits into the unembedding."""
         return ("output", "input") if self.sink.head is None else ("query", "key")
 
-    def top_tokens(self, k: int = 10, *, by: str = "value") -> list[TokenEntry]:
+    def top_tokens(self, k: int = 10, *, by: str = "value", max_rows: int | None = None) -> TopTokens:
         """The ``k`` largest entries of :attr:`weight`, labelled by role (query/key or
         output/input) with the model's tokens, token ids or positions; position pairs of a QK
         circuit are restricted to key <= query, and inside the window of a local layer
@@ -137,7 +137,7 @@ class Circuit:
         bare = both_pos and not self.heads and causal
         window = self.model.config.window(self.sink.head.layer) if bare else None  # type: ignore[union-attr]
         return top_tokens(self.weight, k, vocab=self.model.vocab, by=by, roles=self.roles, causal=causal,
-                          window=window)
+                          window=window, max_rows=max_rows)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record."""

@@ -36,6 +36,7 @@ from circuitalg.spaces import POS_SPACE, VOCAB_SPACE
 __all__ = [
     "HeadTable",
     "TokenEntry",
+    "TopTokens",
     "copying_score",
     "effective_rank",
     "head_table",
@@ -405,6 +406,30 @@ SCREEN_BLOCK_BYTES = 16 << 20
 SURVIVOR_COST = 2000.0
 
 
+class TopTokens(list):
+    """The entries :func:`top_tokens` found (a list of :class:`TokenEntry`, largest first) and how
+    they were found: ``rows_scanned`` of ``n_rows`` rows (strongest first), and ``bound``, a bound
+    on every entry of the rows not scanned. ``exact`` (``bound == 0``): the scan proved that no
+    other entry enters the top ``k``; otherwise (a ``max_rows`` budget cut the scan) the entries
+    are the top ``k`` of the rows scanned and every other entry is at most ``bound``."""
+
+    def __init__(self, entries: Sequence[TokenEntry], rows_scanned: int, n_rows: int, bound: float) -> None:
+        super().__init__(entries)
+        self.rows_scanned, self.n_rows, self.bound = int(rows_scanned), int(n_rows), float(bound)
+
+    @property
+    def exact(self) -> bool:
+        """Whether these are the top entries of the whole map (not only of the rows scanned)."""
+        return self.bound == 0.0
+
+    def certificate(self) -> str:
+        """One line: exact, or how much was scanned and the bound on the rest."""
+        if self.exact:
+            return f"exact (scanned {self.rows_scanned:,} of {self.n_rows:,} rows; the rest provably smaller)"
+        return (f"top entries of the {self.rows_scanned:,} strongest of {self.n_rows:,} rows; every entry of the other "
+                f"rows is <= {self.bound:.4g} (Cauchy-Schwarz bound), so an unscanned entry could still rank")
+
+
 def _merge_top(k: int, best: tuple[np.ndarray, ...], vals: np.ndarray, ri: np.ndarray, cj: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` best of ``best`` and the new entries (value descending, then row, column)."""
@@ -416,10 +441,14 @@ def _merge_top(k: int, best: tuple[np.ndarray, ...], vals: np.ndarray, ri: np.nd
 
 
 def _scan_top(
-    L: np.ndarray, V: np.ndarray, k: int, by_abs: bool, causal: bool, window: int | None, budget: int
-) -> tuple[np.ndarray, np.ndarray]:
+    L: np.ndarray, V: np.ndarray, k: int, by_abs: bool, causal: bool, window: int | None, budget: int,
+    max_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, int, float]:
     """Row and column indices of the ``k`` largest entries of ``L @ V`` (by value or magnitude;
-    ``causal``: only ``col <= row``, within ``window``), in order, ties by (row, col).
+    ``causal``: only ``col <= row``, within ``window``), in order, ties by (row, col); then the
+    number of rows scanned and a bound on every entry of the rows left unscanned (0.0 when the
+    scan proved that none of them can enter: the result is then exact). Only ``max_rows`` rows
+    (the strongest) are scanned when it is given.
 
     Rows are taken strongest first (largest ``‖L_i‖``); the scan stops when ``‖L_i‖ max_j ‖V_j‖``
     shows that no remaining row can enter the top ``k``. The first rows are evaluated in float64
@@ -444,7 +473,8 @@ def _scan_top(
     n_cols = V.shape[1]
     empty = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
     if n_rows == 0 or n_cols == 0:
-        return empty[1], empty[2]
+        return empty[1], empty[2], n_rows, 0.0
+    stop = n_rows if max_rows is None else max(1, min(n_rows, max_rows))  # rows that may be scanned
     row_norm = np.linalg.norm(L, axis=1)
     col_norm = np.linalg.norm(V, axis=0)
     col_max = float(col_norm.max())
@@ -475,16 +505,25 @@ def _scan_top(
     best = empty
     start = 0
     first = max(1, min(n_rows, -(-max(k, 1 << 22) // n_cols), budget // (8 * n_cols)))
-    while best[0].size < k and start < n_rows:
+    first = min(first, stop)  # the budget binds here too (beyond it only while fewer than k are known)
+    while best[0].size < k and start < n_rows:  # (k entries are needed whatever max_rows says)
         rows = order[start:start + first]
         best = _merge_top(k, best, *exact_block(rows))
         start += len(rows)
     if start >= n_rows or best[0].size < k:
-        return best[1], best[2]
+        return best[1], best[2], start, 0.0
+
+    def unscanned(at: int) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """The result when the rows from ``order[at]`` on are left: exact if they cannot enter."""
+        cut = float(row_norm[order[at]]) * col_max * (1 + 1e-12)  # Cauchy-Schwarz, with rounding room
+        return best[1], best[2], at, (0.0 if cut < float(best[0].min()) else cut)
+
+    if start >= stop:
+        return unscanned(start)
 
     # phase 2: screened blocks; the prefix length p from a sample of the remaining rows
     u = float(np.finfo(np.float32).eps) / 2
-    rest = order[start:]
+    rest = order[start:stop]
     sample = rest[:: max(1, len(rest) // 64)][:64]
     kth = float(best[0].min())
     mask = allowed(sample[:, None], cols[None, :]) if causal else None
@@ -516,7 +555,7 @@ def _scan_top(
         rows = rest[s:s + block]
         kth = float(best[0].min())
         if row_norm[rows[0]] * col_max * (1 + 1e-12) < kth:
-            break  # no remaining row can reach the k-th entry
+            return best[1], best[2], start + s, 0.0  # no remaining row can reach the k-th entry
         threshold = _float32_below(kth - delta)  # a float32 threshold, rounded down
 
         def screen(lo: int, hi: int, rows: np.ndarray = rows, threshold: np.float32 = threshold) -> np.ndarray:
@@ -550,7 +589,7 @@ def _scan_top(
             keep = vals >= kth  # the rest cannot enter (ties at the k-th are ordered by the merge)
             if keep.any():
                 best = _merge_top(k, best, vals[keep], ri[keep], cj[keep])
-    return best[1], best[2]
+    return unscanned(stop) if stop < n_rows else (best[1], best[2], n_rows, 0.0)
 
 
 def _float32_below(x: float) -> np.float32:
@@ -592,8 +631,8 @@ def _screen_prefix(L: np.ndarray, V: np.ndarray, sample: np.ndarray, kth: float,
 def top_tokens(
     m: LinearMap, k: int = 10, *, vocab: Sequence[str] | Transformer | None = None, by: str = "value",
     roles: tuple[str, str] | None = None, causal: bool | None = None, window: int | None = None,
-    max_bytes: int | None = None,
-) -> list[TokenEntry]:
+    max_bytes: int | None = None, max_rows: int | None = None,
+) -> TopTokens:
     """The ``k`` largest entries of a map between token or position spaces, without building it.
 
     ``m`` is factored once as ``U S Vᵀ`` (the factored SVD); rows are then scanned in blocks
@@ -626,6 +665,15 @@ def top_tokens(
     window : int, optional
         With ``causal``: keep only keys less than ``window`` positions back (a local attention
         layer's pairs, ``query - window < key <= query``).
+    max_rows : int, optional
+        Scan at most this many rows (the strongest): a budget for very large vocabularies, where
+        the exact scan costs ``n_rows * n_cols * p`` (``p`` the screen's rank prefix). The result
+        says whether it is still exact (:class:`TopTokens`: ``exact``, ``bound``).
+
+    Returns
+    -------
+    TopTokens
+        A list of :class:`TokenEntry`, largest first, with the scan's certificate.
     """
     if not isinstance(m, LinearMap):
         raise InvalidArgumentError(f"top_tokens takes a ca.LinearMap, got {type(m).__name__}.")
@@ -662,11 +710,14 @@ def top_tokens(
     U, S, Vh = svd(m)
     Lf = np.asarray(U * S, dtype=np.float64)  # (n_rows, r)
     Vh = np.asarray(Vh, dtype=np.float64)
-    best_i, best_j = _scan_top(Lf, Vh, k, by == "abs", causal, window, SCAN_BYTES if max_bytes is None else max_bytes)
+    if max_rows is not None:
+        max_rows = check_int("max_rows", max_rows, 1)
+    best_i, best_j, scanned, bound = _scan_top(Lf, Vh, k, by == "abs", causal, window,
+                                               SCAN_BYTES if max_bytes is None else max_bytes, max_rows)
     out = []
     for i, j in zip(best_i, best_j):
         v = float(Lf[i] @ Vh[:, j])  # the same products the scan ranked by
         rt, rl = _axis_label(m.codomain, int(i), vocab)
         ct, cl = _axis_label(m.domain, int(j), vocab)
         out.append(TokenEntry(int(i), int(j), v, rt, ct, rl, cl, roles[0], roles[1]))
-    return out
+    return TopTokens(out, scanned, n_rows, bound)

@@ -234,7 +234,7 @@ def analyse(
         shown_layers, shown_heads = min(c.n_layers, 3), min(c.n_heads, 2)
         expansion = ca.symbolic_expansion(shown_layers, shown_heads)
         verification = expansion.verify()
-    with stage("top token mappings (exact, factored)"):
+    with stage("top token mappings (factored, certified)"):
         # the OV circuit shown: the induction head's, else the strongest copier's
         if ind.head is not None:
             ov_head, ov_why = ind.head, "the induction head"
@@ -245,9 +245,10 @@ def analyse(
             ov_why = ("the head with the largest copying score" if np.isfinite(scores).any()
                       else "copying is not defined with a separate output vocabulary")
         ov_circuit = m.W_U @ m.head(ov_head.layer, ov_head.head).ov @ m.W_E
-        top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"))
+        top_ov = ca.top_tokens(ov_circuit, 8, vocab=m, roles=("output", "input"), max_rows=token_scan_rows(ov_circuit, c.d_head))
         qk_circuit = next((cc for cc in search if cc.sink.head is not None), None)
-        top_qk = qk_circuit.top_tokens(8) if qk_circuit is not None else []
+        top_qk = (qk_circuit.top_tokens(8, max_rows=token_scan_rows(qk_circuit.weight, c.d_head)) if qk_circuit is not None
+                  else [])
     with stage("circuit graph"):  # last: its cached MLP reader factors then add to no later stage's peak
         graph = ca.CircuitGraph(m, base)
     prev_line = str(prev)
@@ -309,6 +310,19 @@ def _layer_ranges(layers: list[int]) -> str:
         out.append(f"L{layers[i]}" if i == j else f"L{layers[i]}-L{layers[j]}")
         i = j + 1
     return ", ".join(out)
+
+
+#: Multiply-adds the report spends on one token table's scan: the exact scan of a map with ``n``
+#: rows, ``n`` columns and rank ``r`` costs up to ``n² r`` (a 262,144-token vocabulary at rank 256
+#: is ~1.8e13, GPT-2-small's ~1.6e11), so the strongest rows are scanned within this budget and the table states
+#: whether the result is still exact (``TopTokens.certificate``).
+TOKEN_SCAN_MACS: int = 1 << 38
+
+
+def token_scan_rows(m: Any, rank: int) -> int:
+    """How many rows of ``m`` (of rank at most ``rank``) the report's token scan may cover within
+    :data:`TOKEN_SCAN_MACS`."""
+    return max(1, TOKEN_SCAN_MACS // max(1, m.shape[1] * rank))
 
 
 def architecture_notes(c: Any) -> list[str]:
@@ -455,8 +469,9 @@ def _write_outputs(a: Analysis, name: str, out: Path) -> dict[str, Any]:
     def entries(rows: list[Any]) -> str:
         if not rows:
             return "<p>(no QK circuit among the top circuits)</p>"
-        return page.table_html([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
-                               [rows[0].row_role, rows[0].col_role, "weight"])
+        return (f"<p>{html.escape(rows.certificate())}</p>"
+                + page.table_html([[e.row_label, e.col_label, f"{e.value:+.4g}"] for e in rows],
+                                  [rows[0].row_role, rows[0].col_role, "weight"]))
 
     head_rows = [[r["head"], *(f"{r[f]:.2g}" if f.endswith("_bound") else f"{r[f]:.3f}" for f in table.fields)]
                  for r in table.records() if r["layer"] in layers]

@@ -75,8 +75,10 @@ EXPLAIN = {
         "evaluate."
     ),
     "tokens": (
-        "The largest entries of a vocab x vocab circuit, found exactly from its factored SVD without building it "
-        "(screened in blocks with norm bounds, ranked in float64)."
+        "The largest entries of a vocab x vocab circuit, found from its factored SVD without building it "
+        "(rows scanned strongest first, screened in blocks with norm bounds, ranked in float64). Each table says "
+        "whether it is exact; for very large vocabularies the scan covers the strongest rows within a fixed budget "
+        "and states a bound on every entry of the rows it left."
     ),
     "heads": (
         "Per-head diagnostics. induction / prev_token: attention measured on repeated random tokens (the token after "

@@ -198,3 +198,19 @@ def test_round_trip_through_circuitalg_files(tmp_path, family: str) -> None:
     back = ca.load(ca.save(model, tmp_path / "m.safetensors"))
     assert back.config == model.config
     np.testing.assert_allclose(back.run(TOKENS)[0], model.run(TOKENS)[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "olmo2", "phi3"])
+def test_report_notes_say_how_the_new_features_enter(tmp_path, family: str) -> None:
+    from circuitalg.report import architecture_notes
+
+    _hf(tmp_path, family)
+    notes = " | ".join(architecture_notes(ca.load(tmp_path).config))
+    if family == "gemma3":
+        assert "per-head q/k RMSNorms" in notes and "sliding-window layers rotate with base 10" in notes
+    if family == "olmo2":
+        assert "whole-projection (all heads together) q/k RMSNorms" in notes and "no input norms" in notes
+        assert "per-head" not in notes
+    if family == "phi3":
+        assert "LongRoPE's attention factor" in notes and "short factors" in notes and "beyond 8 tokens" in notes
+        assert "YaRN" not in notes

@@ -335,8 +335,12 @@ def architecture_notes(c: Any) -> list[str]:
         notes.append(
             f"rotary positions ({r.style} pairs, {r.dim} of {c.d_head} dims, base {r.base:g}{scaling}): QK circuits and "
             "Q/K-composition are taken at offset 0, W_QK(0) = W_Q^T W_K"
-            + (f" (YaRN's factor {r.attention_factor:.3g}^2 on the rotated planes left out)" if r.attention_factor != 1 else "")
+            + (f" ({'LongRoPE' if r.scaling == 'longrope' else 'YaRN'}'s attention factor {r.attention_factor:.3g}^2 on "
+               "the rotated planes left out)" if r.attention_factor != 1 else "")
+            + ("; LongRoPE: weight-based numbers use the short factors (the forward pass switches to the long ones "
+               f"beyond {r.original_max_position_embeddings} tokens)" if r.scaling == "longrope" else "")
             + (f"; sliding-window layers rotate with base {c.rotary_local.base:g}"
+               + ("" if c.rotary_local.scaling == "none" else f", {c.rotary_local.scaling} scaling")
                if getattr(c, "rotary_local", None) is not None and c.rotary_local != r else "")
         )
     if c.n_kv_heads is not None:
@@ -349,8 +353,12 @@ def architecture_notes(c: Any) -> list[str]:
             groups = [f"window {w}: {_layer_ranges([l for l, x in local if x == w])}"
                       for w in sorted({w for _, w in local})]
             notes.append(f"sliding-window layers ({len(local)} of {c.n_layers}): " + "; ".join(groups))
+    if not c.pre_norms:
+        notes.append("no input norms: attention and MLPs read the residual stream itself (only the final norm's "
+                     "weight is folded into W_U)")
     if c.qk_norm:
-        notes.append("per-head q/k RMSNorms: weights folded into W_Q, W_K; their per-token scales are left out of "
+        scope = "per-head" if c.qk_norm_scope == "head" else "whole-projection (all heads together)"
+        notes.append(f"{scope} q/k RMSNorms: weights folded into W_Q, W_K; their per-token scales are left out of "
                      "weight-based scores (frozen in path expansion)")
     if c.post_norms:
         notes.append("norms of each sublayer's output: weights folded into W_O and the MLP writers; their per-token "

@@ -69,13 +69,16 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
             if w is None and b is None and raw.dtype == dtype and (not (center_reads and centred) or is_centred(raw)):
                 continue  # nothing to fold and already centred: kept as it is
             W = new_array(wk, raw)  # one new array per folded weight (C order: rows reshape as views)
-            W[...] = raw
+            if w is not None and b is None:  # one pass: converted to dtype, then scaled, as below
+                np.multiply(raw, np.asarray(w, dtype=dtype), out=W, dtype=dtype, casting="unsafe")
+            else:
+                W[...] = raw
+                if b is not None:
+                    p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
+                    done.add(bk)
+                if w is not None:
+                    W *= np.asarray(w, dtype=dtype)
             del raw
-            if b is not None:
-                p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
-                done.add(bk)
-            if w is not None:
-                W *= np.asarray(w, dtype=dtype)
             if center_reads and centred:
                 _centre_in_place(W)
             W.flags.writeable = False  # nobody else holds it: the new model keeps it uncopied

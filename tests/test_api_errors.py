@@ -500,7 +500,7 @@ CASES = [
 #: Records circuitalg returns (plans, caches, heads, results); users read them, circuitalg builds them.
 RESULT_RECORDS = {
     "LinearMap", "Plan", "Cache", "Head", "MLP", "Layer", "PathScore", "CompositionBaseline",
-    "HeadTable", "TokenEntry", "Circuit", "CircuitSearch", "Verification", "SymbolicExpansion",
+    "HeadTable", "TokenEntry", "TopTokens", "Circuit", "CircuitSearch", "Verification", "SymbolicExpansion",
     "HeadFinding", "CompositionFinding", "FullOVPlan", "FullOVResult", "CompositionPlan", "CompositionResult",
     "CircuitAlgWarning", "PrecisionWarning",
 }

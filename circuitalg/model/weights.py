@@ -217,8 +217,8 @@ class Layer:
     into the heads' ``W_O`` and ``b_O``), ``q_norm``/``k_norm`` the RMSNorms of queries and keys
     (``qk_norm``; weights folded into ``W_Q``/``W_K``; over the whole projection, with a flattened
     ``(heads * d_head,)`` weight, when ``qk_norm_scope`` is ``"all"``). ``ln1``/``ln2`` are
-    ``None`` without pre-norms (``pre_norms=False``). The forward pass applies the norms to the
-    raw projections (``model.params``).
+    ``None`` without pre-norms (``pre_norms=False``). The forward pass applies the q/k and output
+    norms to the projections with only the input norm folded in (``model.norm_inputs``).
     """
 
     index: int

@@ -614,12 +614,17 @@ def _screen_prefix(L: np.ndarray, V: np.ndarray, sample: np.ndarray, kth: float,
     acc = np.zeros((len(sample), V.shape[1]))
     done = 0
     cands = [q - 1 for q in range(8, r + 1, 8) if q - 1 >= r // 4] + [r]  # p + 1 a multiple of 8: fast GEMMs
+    # the tails' squared norms, updated as the prefix grows (an estimate for choosing p: the screen
+    # itself uses exact tail norms), instead of a pass over V's remaining rows per candidate
+    tl2, tv2 = np.einsum("ij,ij->i", Ls, Ls), np.einsum("ij,ij->j", V, V)
     for p in cands:
         acc += Ls[:, done:p] @ V[done:p]
+        tl2 -= np.einsum("ij,ij->i", Ls[:, done:p], Ls[:, done:p])
+        tv2 -= np.einsum("ij,ij->j", V[done:p], V[done:p])
         done = p
         gamma = (p + 1) * u / (1 - (p + 1) * u)
         floor = kth - (gamma + 5.01 * u) * scale
-        tail = np.linalg.norm(Ls[:, p:], axis=1)[:, None] * np.linalg.norm(V[p:], axis=0)[None, :]
+        tail = np.sqrt(np.maximum(tl2, 0.0))[:, None] * np.sqrt(np.maximum(tv2, 0.0))[None, :]
         passes = ((np.abs(acc) if by_abs else acc) + tail) >= floor
         frac = float(np.mean(passes if mask is None else passes & mask))
         cost = (p + 1) + SURVIVOR_COST * frac

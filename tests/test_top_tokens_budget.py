@@ -24,7 +24,8 @@ def test_unbudgeted_scan_is_exact_and_says_so() -> None:
     assert isinstance(top, ca.TopTokens) and top.exact and top.bound == 0.0 and top.n_rows == 300
     want = np.sort(dense.ravel())[::-1][:5]
     np.testing.assert_allclose([e.value for e in top], want, rtol=1e-12)
-    assert top.certificate().startswith("exact")
+    want = "exact (all 300 rows scanned)" if top.rows_scanned == 300 else f"exact (the {top.rows_scanned} strongest"
+    assert top.certificate().startswith(want)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -48,6 +49,7 @@ def test_a_cut_scan_is_exact_when_the_unscanned_rows_cannot_rank() -> None:
     m, dense = _map(5, row_scale=scale)
     top = ca.top_tokens(m, 5, max_rows=20)
     assert top.exact and top.rows_scanned <= 20
+    assert top.certificate().startswith(f"exact (the {top.rows_scanned} strongest of 300 rows scanned")
     np.testing.assert_allclose([e.value for e in top], np.sort(dense.ravel())[::-1][:5], rtol=1e-12)
     with pytest.raises(ca.InvalidArgumentError, match="max_rows"):
         ca.top_tokens(m, 5, max_rows=0)

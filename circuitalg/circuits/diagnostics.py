@@ -424,8 +424,11 @@ class TopTokens(list):
 
     def certificate(self) -> str:
         """One line: exact, or how much was scanned and the bound on the rest."""
+        if self.exact and self.rows_scanned >= self.n_rows:
+            return f"exact (all {self.n_rows:,} rows scanned)"
         if self.exact:
-            return f"exact (scanned {self.rows_scanned:,} of {self.n_rows:,} rows; the rest provably smaller)"
+            return (f"exact (the {self.rows_scanned:,} strongest of {self.n_rows:,} rows scanned; the norm bound "
+                    "proves no other row reaches the table)")
         return (f"top entries of the {self.rows_scanned:,} strongest of {self.n_rows:,} rows; every entry of the other "
                 f"rows is <= {self.bound:.4g} (Cauchy-Schwarz bound), so an unscanned entry could still rank")
 

@@ -8,7 +8,7 @@ with ``W_E W_U`` formed once), and :func:`top_tokens` scans a thin factorisation
 from __future__ import annotations
 
 import dataclasses
-import weakref
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -214,31 +214,25 @@ def positional_pattern(model: Transformer, head: Any, n_positions: int) -> np.nd
     return p / p.sum(axis=1, keepdims=True)
 
 
-#: The mean token embedding per W_E leaf (a vocabulary-sized pass; every head's offset pattern reads it).
-_MEAN_EMBEDDING: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+def mean_embedding(model: Transformer) -> np.ndarray:
+    """``μ``, the mean of ``W_E``'s columns in float64 (a pass over the vocabulary)."""
+    return np.asarray(model.W_E.array, dtype=np.float64).mean(axis=1)
 
 
-def _mean_embedding(model: Transformer) -> np.ndarray:
-    """``μ``, the mean of ``W_E``'s columns in float64, computed once per ``W_E`` leaf."""
-    leaf = model.W_E
-    mu = _MEAN_EMBEDDING.get(leaf)
-    if mu is None:
-        mu = _MEAN_EMBEDDING[leaf] = np.asarray(leaf.array, dtype=np.float64).mean(axis=1)
-    return mu
-
-
-def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int) -> np.ndarray:
+def rotary_offset_pattern(model: Transformer, head: Any, n_positions: int, *,
+                          mu: np.ndarray | None = None) -> np.ndarray:
     """A rotary head's attention as a function of offset alone: the causal (windowed) softmax of
     ``μᵀ W_QK(j - i) μ / attn_scale`` (soft-capped where the model caps scores) over the first ``n_positions`` positions (query rows, key
     columns), ``μ`` the mean token embedding (the content every position shares on average;
     biases and norm scales ignored). It is exactly the pattern a model whose every token embeds
-    as ``μ`` would compute; the counterpart of :func:`positional_pattern` for rotary models."""
+    as ``μ`` would compute; the counterpart of :func:`positional_pattern` for rotary models.
+    ``mu``: :func:`mean_embedding` of ``model``, when the caller has it (one vocabulary pass for many heads)."""
     c = model.config
     rotary = head.rotary  # the layer's own (Gemma 3's local layers rotate with their own base)
     if rotary is None:
         raise InvalidArgumentError(f"{model.name} has learned positions; use positional_pattern(model, head, n).")
     n = min(n_positions, c.n_ctx)
-    mu = _mean_embedding(model)
+    mu = mean_embedding(model) if mu is None else mu
     q = np.asarray(head.W_Q.array, dtype=np.float64) @ mu
     k = np.asarray(head.W_K.array, dtype=np.float64) @ mu
     # qᵀ R(Δ) k for Δ = 0, -1, ..., -(n-1): k rotated to every offset in one vectorised pass
@@ -259,7 +253,10 @@ def _positional_prev_token(model: Transformer, n_positions: int) -> np.ndarray:
     out = np.zeros((c.n_layers, c.n_heads))
     if min(n_positions, c.n_ctx) < 2:
         return out
-    pattern = positional_pattern if model.W_pos is not None else rotary_offset_pattern
+    if model.W_pos is not None:
+        pattern = positional_pattern
+    else:  # the mean embedding once for every head
+        pattern = functools.partial(rotary_offset_pattern, mu=mean_embedding(model))
     for head in model.heads():
         out[head.layer, head.index] = float(np.diagonal(pattern(model, head, n_positions), offset=-1).mean())
     return out

@@ -14,9 +14,7 @@ child process, printing its stage timings, the wall time and the child's peak RS
   ``model.embed_tokens.weight``; the config is Qwen2-0.5B's ``config.json``);
 - ``gemma3-270m``: Gemma-3-270M's shapes (18 layers, 4 query / 1 KV heads, d_head 256, d_model 640,
   d_mlp 2048, vocab 262,144, sliding window 512 on five of every six layers, q/k norms, sandwich
-  norms, tied embeddings), written as a ``gemma3_text`` checkpoint when circuitalg reads that model
-  type and otherwise as a ``gemma2`` one of the same shapes (no q/k norms, one rotary base; the
-  benchmark says which it wrote).
+  norms, tied embeddings), a ``gemma3_text`` checkpoint.
 
 The checkpoints are float32 (the real models are stored in bfloat16: the same shapes, half the file).
 
@@ -36,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from llama_checkpoint import llama_shapes
 
 
 def _gpt2(d: int = 768, L: int = 12, H: int = 12, V: int = 50257, ctx: int = 1024) -> tuple[dict, dict]:
@@ -54,13 +53,7 @@ def _gpt2(d: int = 768, L: int = 12, H: int = 12, V: int = 50257, ctx: int = 102
 
 def _smollm2() -> tuple[dict, dict]:
     D, L, H, KV, dh, F, V = 576, 30, 9, 3, 64, 1536, 49152
-    t = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    for l in range(L):
-        p = f"model.layers.{l}."
-        t.update({p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (KV * dh, D),
-                  p + "self_attn.v_proj.weight": (KV * dh, D), p + "self_attn.o_proj.weight": (D, H * dh),
-                  p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
-                  p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,)})
+    t = llama_shapes(L, H, KV, D, dh, F, V, tied=True)
     cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": L, "num_attention_heads": H,
            "num_key_value_heads": KV, "head_dim": dh, "intermediate_size": F, "vocab_size": V,
            "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "hidden_act": "silu",
@@ -88,15 +81,10 @@ def _pythia() -> tuple[dict, dict]:
 
 def _qwen2_05b() -> tuple[dict, dict]:
     D, L, H, KV, dh, F, V = 896, 24, 14, 2, 64, 4864, 151936
-    t = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    for l in range(L):
-        p = f"model.layers.{l}."
-        t.update({p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.q_proj.bias": (H * dh,),
-                  p + "self_attn.k_proj.weight": (KV * dh, D), p + "self_attn.k_proj.bias": (KV * dh,),
-                  p + "self_attn.v_proj.weight": (KV * dh, D), p + "self_attn.v_proj.bias": (KV * dh,),
-                  p + "self_attn.o_proj.weight": (D, H * dh),
-                  p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
-                  p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,)})
+    t = llama_shapes(L, H, KV, D, dh, F, V, tied=True)
+    for l in range(L):  # Qwen2's q/k/v biases
+        p = f"model.layers.{l}.self_attn."
+        t.update({p + "q_proj.bias": (H * dh,), p + "k_proj.bias": (KV * dh,), p + "v_proj.bias": (KV * dh,)})
     cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": D, "num_hidden_layers": L,
            "num_attention_heads": H, "num_key_value_heads": KV, "intermediate_size": F, "vocab_size": V,
            "max_position_embeddings": 32768, "max_window_layers": 24, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
@@ -105,36 +93,21 @@ def _qwen2_05b() -> tuple[dict, dict]:
     return t, cfg
 
 
-def _gemma3_reads_text() -> bool:
-    """Whether this circuitalg reads ``gemma3_text`` checkpoints."""
-    from circuitalg.model.hf import HF_MODEL_TYPES
-
-    return "gemma3_text" in HF_MODEL_TYPES
-
-
 def _gemma3_270m() -> tuple[dict, dict]:
     D, L, H, KV, dh, F, V, W = 640, 18, 4, 1, 256, 2048, 262144, 512
-    gemma3 = _gemma3_reads_text()
     types = ["full_attention" if (l + 1) % 6 == 0 else "sliding_attention" for l in range(L)]
-    t = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    for l in range(L):
+    t = llama_shapes(L, H, KV, D, dh, F, V, tied=True)
+    for l in range(L):  # sandwich norms and per-head q/k norms
         p = f"model.layers.{l}."
-        t.update({p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (KV * dh, D),
-                  p + "self_attn.v_proj.weight": (KV * dh, D), p + "self_attn.o_proj.weight": (D, H * dh),
-                  p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
-                  p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-                  p + "pre_feedforward_layernorm.weight": (D,), p + "post_feedforward_layernorm.weight": (D,)})
-        if gemma3:
-            t.update({p + "self_attn.q_norm.weight": (dh,), p + "self_attn.k_norm.weight": (dh,)})
-    cfg = {"model_type": "gemma3_text" if gemma3 else "gemma2", "hidden_size": D, "num_hidden_layers": L,
+        t.update({p + "pre_feedforward_layernorm.weight": (D,), p + "post_feedforward_layernorm.weight": (D,),
+                  p + "self_attn.q_norm.weight": (dh,), p + "self_attn.k_norm.weight": (dh,)})
+    cfg = {"model_type": "gemma3_text", "hidden_size": D, "num_hidden_layers": L,
            "num_attention_heads": H, "num_key_value_heads": KV, "head_dim": dh, "intermediate_size": F,
            "vocab_size": V, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
            "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256, "sliding_window": W,
            "layer_types": types, "attn_logit_softcapping": None, "final_logit_softcapping": None,
-           "tie_word_embeddings": True}
-    if gemma3:
-        cfg.update({"architectures": ["Gemma3ForCausalLM"], "rope_local_base_freq": 10000.0,
-                    "sliding_window_pattern": 6})
+           "tie_word_embeddings": True, "architectures": ["Gemma3ForCausalLM"], "rope_local_base_freq": 10000.0,
+           "sliding_window_pattern": 6}
     return t, cfg
 
 

@@ -1,8 +1,9 @@
 """The ``circuitalg`` command: ``report``, ``circuits``, ``scores`` and ``info``.
 
 MODEL is a zoo name (``circuitalg info --list`` shows them) or a path that
-:func:`circuitalg.load` reads. Models with layer norm are analysed after folding it
-(:func:`circuitalg.fold_layer_norm`), i.e. as the weights the model effectively uses.
+:func:`circuitalg.load` reads. Every analysis reads the norm-weighted maps (the model's view), so
+folding changes no number; ``report``, ``scores`` and ``circuits`` load checkpoints folded
+(``fold=True``) only so that the reading weights are held once.
 
 Exit codes: 0 success, 2 bad options, 3 unknown model or unreadable file, 4 another
 circuitalg error (the message says what and how to fix it), 130 interrupted (Ctrl-C; files are
@@ -232,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             t_load = time.perf_counter()
-            # the report folds while loading, into float64 (its analysis precision) unless --dtype says otherwise
-            extra = ({"dtype": np.float64 if args.dtype == "auto" else args.dtype, "fold": True}
-                     if args.command == "report" else {})
+            # folded while loading (the reading weights held once, not stored and norm-weighted); the
+            # report into float64 (its analysis precision) unless --dtype says otherwise
+            extra: dict[str, Any] = {} if args.command == "info" else {"fold": True}
+            if args.command == "report":
+                extra["dtype"] = np.float64 if args.dtype == "auto" else args.dtype
             model = resolve_model(args.model, **extra)
             if args.command == "report":
                 progress(f"loaded {model.name} in {time.perf_counter() - t_load:.1f} s")
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in out.get("card", {}).items():
                     print(f"{k}: {json.dumps(v)}")
         elif args.command == "scores":
-            out = scores(ca.fold_layer_norm(model), args.kind, args.top)
+            out = scores(model, args.kind, args.top)
             if args.json:
                 _print_json(out)
             else:
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {r['writer']} -> {r['reader']}: {r['score']:.4f}  ({r['z']:+.1f} std, "
                           f"family-wise p {r['family_p']:.2g}, {mark})")
         elif args.command == "circuits":
-            out = circuits(ca.fold_layer_norm(model), args.top, args.max_heads, args.sinks)
+            out = circuits(model, args.top, args.max_heads, args.sinks)
             if args.json:
                 _print_json(out)
             else:

@@ -133,6 +133,13 @@ def _numbers(m: ca.Transformer) -> dict[str, np.ndarray]:
     return out
 
 
+def _without_norm_weights(m: ca.Transformer) -> ca.Transformer:
+    """``m`` with every input and final norm weight set to one (what analyses read before the view
+    carried them): the negative control."""
+    return m.with_params({k: np.ones_like(v) if k.endswith(".w") and (".ln1." in k or ".ln2." in k or k == "ln_final.w")
+                          else v for k, v in m.params.items()})
+
+
 def _assert_same(case: str, label: str, want: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
     assert want.keys() == got.keys(), f"{case}/{label}: different result sets"
     for name, a in want.items():
@@ -156,10 +163,7 @@ def test_negative_control_norm_weights_change_the_numbers(variants) -> None:
     """Left out, the norm weights change the copying scores (so the invariance above is not vacuous)."""
     case, models = variants
     m = models[0][1]
-    p, c = m.params, m.config
-    stripped = {k: (np.ones_like(v) if k.endswith(".w") and (".ln1." in k or ".ln2." in k or k == "ln_final.w") else v)
-                for k, v in p.items()}
-    bare = m.with_params(stripped)
+    bare = _without_norm_weights(m)
     diff = np.abs(ca.head_table(bare).copying - ca.head_table(m).copying)
     assert np.nanmax(diff) > 0.01, f"{case}: the norm weights do not matter here; the invariance test would be vacuous"
 
@@ -234,9 +238,7 @@ def test_real_smollm2_gives_the_same_numbers_folded_or_not() -> None:
     path = smollm2_gguf()
     m, mf = ca.load(path, dtype=np.float64), ca.load(path, dtype=np.float64, fold=True)
     assert m.config.normalization == "RMS" and mf.config.normalization == "RMSPre"
-    p = m.params
-    bare = m.with_params({k: (np.ones_like(v) if k.endswith(".w") and (".ln1." in k or ".ln2." in k or k == "ln_final.w")
-                              else v) for k, v in p.items()})
+    bare = _without_norm_weights(m)
     k_scores = [ca.composition_scores(x, "k") for x in (m, mf, bare)]
     np.testing.assert_allclose(k_scores[1], k_scores[0], rtol=0, atol=TOL)
     assert np.abs(k_scores[2] - k_scores[0]).max() > 0.01  # norm weights left out: K-composition moves

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from circuitalg.errors import InvalidArgumentError
 
-__all__ = ["HeadId", "Source", "SOURCE_KINDS", "EMBED", "POS"]
+__all__ = ["HeadId", "GroupId", "layer_name", "layer_tag", "Source", "SOURCE_KINDS", "EMBED", "POS"]
 
 _HEAD_NAME = re.compile(r"^L(\d+)H(\d+)$")
 
@@ -26,6 +26,11 @@ class HeadId(NamedTuple):
     def name(self) -> str:
         return f"L{self.layer}H{self.head}"
 
+    @property
+    def tag(self) -> str:
+        """The LaTeX superscript of this head's maps: ``{1.2}`` (``W_Q^{1.2}``)."""
+        return f"{{{self.layer}.{self.head}}}"
+
     def __str__(self) -> str:
         return self.name
 
@@ -36,6 +41,36 @@ class HeadId(NamedTuple):
         if m is None:
             raise InvalidArgumentError(f"{name!r} is not a head name; heads are named like 'L1H2' (layer 1, head 2).")
         return cls(int(m.group(1)), int(m.group(2)))
+
+
+class GroupId(NamedTuple):
+    """Key/value group ``group`` of layer ``layer`` under grouped-query attention (the heads of a
+    group share ``W_K`` and ``W_V``); printed ``L{layer}KV{group}``, tagged ``{layer.kv group}``
+    so that ``W_K^{0.kv1}`` (group 1) never reads as head 1's ``W_Q^{0.1}``."""
+
+    layer: int
+    group: int
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}KV{self.group}"
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.layer}.kv{self.group}}}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def layer_name(layer: int) -> str:
+    """``L{layer}``: a layer in tables and figures."""
+    return f"L{layer}"
+
+
+def layer_tag(layer: int) -> str:
+    """The LaTeX superscript of a layer's maps: ``{3}`` (``W_in^{3}``)."""
+    return f"{{{layer}}}"
 
 
 #: The kinds of source a path starts from (a :class:`Source`'s ``kind``).

@@ -26,7 +26,7 @@ def test_plan_names_gram_traces_and_norm_uses_them(monkeypatch) -> None:
     assert p.method == "gram-traces" and "tr(T_iᵀ T_j)" in p.detail
     calls = []
     original = norm_module._trace
-    monkeypatch.setattr(norm_module, "_trace", lambda x: calls.append(x) or original(x))
+    monkeypatch.setattr(norm_module, "_trace", lambda x, rt: calls.append(x) or original(x, rt))
     assert m.norm() == pytest.approx(np.linalg.norm(dense), rel=1e-10)
     assert len(calls) == 3  # tr(A1ᵀA1), tr(A2ᵀA2), tr(A1ᵀA2): the traces the plan announced
     assert ca.plan(m, "trace").method == "sum"

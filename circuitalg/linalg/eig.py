@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from functools import singledispatch
 
 import numpy as np
 import scipy.sparse.linalg as spla
 
+from circuitalg import runtime
 from circuitalg.errors import InvalidArgumentError, TooLargeError
 from circuitalg.linalg.accuracy import (
     accuracy,
@@ -20,13 +22,24 @@ from circuitalg.linalg.accuracy import (
     warn_summary,
 )
 from circuitalg.linalg.apply import as_operator, evaluate
-from circuitalg.linalg.common import check_k, require_square, split_small_products
+from circuitalg.linalg.common import check_k, require_square
 from circuitalg.linalg.factors import cyclic_core, cyclic_cores
-from circuitalg.linalg.plan import Plan, plan
-from circuitalg.maps.chain import Chain
+from circuitalg.linalg.plan import (
+    ChainPlan,
+    DensePlan,
+    DiagonalPlan,
+    IdentityPlan,
+    IterativePlan,
+    KronPlan,
+    LeafPlan,
+    Plan,
+    no_rule,
+    plan,
+)
 from circuitalg.maps.nodes import Dense, LinearMap, Transpose, require_map
+from circuitalg.runtime import Runtime
 
-__all__ = ["eigenvalues", "eigenvalues_many", "eigenvalues_with_bounds"]
+__all__ = ["eigenvalues", "eigenvalues_many", "eigenvalues_with_bounds", "planned_eigenvalues"]
 
 
 def _order(vals: np.ndarray) -> np.ndarray:
@@ -38,36 +51,65 @@ def _order(vals: np.ndarray) -> np.ndarray:
 Spectrum = tuple[np.ndarray, np.ndarray]  # (eigenvalues, their condition numbers)
 
 
-def _all_eigenvalues(m: LinearMap, k: int | None) -> Spectrum:
+def _all_eigenvalues(m: LinearMap, k: int | None, rt: Runtime) -> Spectrum:
     """Eigenvalues and their condition numbers (``nan`` where unknown: the iterative route)."""
-    p = plan(m, "eigenvalues", k)
-    w, c = _target_eigenvalues(p, k)
+    return _scaled_eigenvalues(plan(m, "eigenvalues", k), rt)
+
+
+def _scaled_eigenvalues(p: Plan, rt: Runtime) -> Spectrum:
+    w, c = planned_eigenvalues(p, rt)
     return p.scalar * w, c  # a transpose has the same eigenvalues
 
 
-def _target_eigenvalues(p: Plan, k: int | None) -> Spectrum:
-    m: LinearMap = p.target  # type: ignore[assignment]
-    if p.method == "leaf":
-        return eigen_conditions(m.array)  # type: ignore[attr-defined]
-    if p.method == "identity":
-        return np.ones(m.shape[0]), np.ones(m.shape[0])
-    if p.method == "diagonal":
-        vals = np.asarray(m.values)  # type: ignore[attr-defined]
-        return vals, np.ones(len(vals))
-    if p.method == "kron":
-        out, cond = np.ones(1, dtype=complex), np.ones(1)
-        for f in m.factors:  # type: ignore[attr-defined]
-            w, c = _all_eigenvalues(f, None)
-            keep = _order(w)[: f.rank_bound]
-            out = np.multiply.outer(out, w[keep]).ravel()
-            cond = np.multiply.outer(cond, c[keep]).ravel()  # kron eigenvectors: conditions multiply
-        return out, cond
-    if p.method == "chain":
-        chain: Chain = p.chain  # type: ignore[assignment]
-        w, c = eigen_conditions(cyclic_core(chain))
-        return chain.scalar * w, c
-    if p.method == "dense":
-        return eigen_conditions(evaluate(m))
+@singledispatch
+def planned_eigenvalues(p: Plan, rt: Runtime) -> Spectrum:
+    """Eigenvalues of ``p.target`` (without ``p.scalar``) and their condition numbers, unsorted,
+    before truncation: one rule per plan type (``planned_eigenvalues.register``)."""
+    raise no_rule("eigenvalues", p)
+
+
+@planned_eigenvalues.register
+def _(p: LeafPlan, rt: Runtime) -> Spectrum:
+    return eigen_conditions(p.target.array)
+
+
+@planned_eigenvalues.register
+def _(p: IdentityPlan, rt: Runtime) -> Spectrum:
+    n = p.target.shape[0]
+    return np.ones(n), np.ones(n)
+
+
+@planned_eigenvalues.register
+def _(p: DiagonalPlan, rt: Runtime) -> Spectrum:
+    vals = np.asarray(p.target.values)
+    return vals, np.ones(len(vals))
+
+
+@planned_eigenvalues.register
+def _(p: KronPlan, rt: Runtime) -> Spectrum:
+    out, cond = np.ones(1, dtype=complex), np.ones(1)
+    for f, part in zip(p.target.factors, p.parts):
+        w, c = _scaled_eigenvalues(part, rt)
+        keep = _order(w)[: f.rank_bound]
+        out = np.multiply.outer(out, w[keep]).ravel()
+        cond = np.multiply.outer(cond, c[keep]).ravel()  # kron eigenvectors: conditions multiply
+    return out, cond
+
+
+@planned_eigenvalues.register
+def _(p: ChainPlan, rt: Runtime) -> Spectrum:
+    w, c = eigen_conditions(cyclic_core(p.chain))
+    return p.chain.scalar * w, c
+
+
+@planned_eigenvalues.register
+def _(p: DensePlan, rt: Runtime) -> Spectrum:
+    return eigen_conditions(evaluate(p.target))
+
+
+@planned_eigenvalues.register
+def _(p: IterativePlan, rt: Runtime) -> Spectrum:
+    m, k = p.target, p.k
     n = m.shape[0]
     if k is None or k >= n - 1:
         raise TooLargeError(
@@ -114,13 +156,16 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
     require_map(m, "eigenvalues")
     require_square(m, "eigenvalues")
     n = check_k(m, k, m.rank_bound)
-    w, cond = _all_eigenvalues(m, k)
+    w, cond = _all_eigenvalues(m, k, runtime.current())
     return _finish(m, w, cond, n)[0]
 
 
-def _eigenvalues_many(maps: Sequence[LinearMap], k: int | None, summary: str | None) -> list[tuple[np.ndarray, float]]:
+def _eigenvalues_many(
+    maps: Sequence[LinearMap], k: int | None, summary: str | None, rt: Runtime
+) -> list[tuple[np.ndarray, float]]:
     """Each map's eigenvalues and relative bound (:func:`_finish`); one summary warning naming
-    ``summary`` instead of one warning per map when ``summary`` is given."""
+    ``summary`` instead of one warning per map when ``summary`` is given. Chains' small
+    eigenproblems of equal shapes are solved in stacks, split by ``rt``."""
     if isinstance(maps, LinearMap) or not isinstance(maps, Iterable):
         raise InvalidArgumentError(
             f"eigenvalues_many takes a sequence of maps, got {type(maps).__name__}; for one map call eigenvalues(m)."
@@ -132,9 +177,9 @@ def _eigenvalues_many(maps: Sequence[LinearMap], k: int | None, summary: str | N
         require_square(m, f"eigenvalues_many (maps[{i}])")
         counts.append(check_k(m, k, m.rank_bound))
     plans = [plan(m, "eigenvalues", k) for m in maps]
-    chained = [i for i, p in enumerate(plans) if p.method == "chain"]
-    cores = cyclic_cores([plans[i].chain for i in chained])  # type: ignore[misc]
-    leaves = (f.inner if isinstance(f, Transpose) else f for i in chained for f in plans[i].chain.factors)  # type: ignore[union-attr]
+    chained = [(i, p) for i, p in enumerate(plans) if isinstance(p, ChainPlan)]
+    cores = cyclic_cores([p.chain for _, p in chained])
+    leaves = (f.inner if isinstance(f, Transpose) else f for _, p in chained for f in p.chain.factors)
     prime_leaf_norms([f for f in leaves if isinstance(f, Dense)])
     done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     by_shape: dict[tuple, list[int]] = {}
@@ -142,17 +187,14 @@ def _eigenvalues_many(maps: Sequence[LinearMap], k: int | None, summary: str | N
         by_shape.setdefault((c.shape, c.dtype), []).append(pos)
     for positions in by_shape.values():  # equal shapes: one batched eigensolve per thread's chunk
         stack = np.stack([cores[pos] for pos in positions])
-        parts = split_small_products(lambda lo, hi, stack=stack: eigen_conditions_many(stack[lo:hi]), len(positions))
+        parts = rt.map(lambda lo, hi, stack=stack: eigen_conditions_many(stack[lo:hi]), len(positions))
         for pos, wc in zip(positions, (wc for part in parts for wc in part)):
-            done[chained[pos]] = wc
+            i, cp = chained[pos]
+            w, cond = wc
+            done[i] = cp.scalar * (cp.chain.scalar * w), cond
     out = []
     for i, (m, p, n) in enumerate(zip(maps, plans, counts)):
-        if i in done:
-            w, cond = done[i]
-            w = p.scalar * (p.chain.scalar * w)  # type: ignore[union-attr]
-        else:
-            w, cond = _target_eigenvalues(p, k)
-            w = p.scalar * w
+        w, cond = done[i] if i in done else _scaled_eigenvalues(p, rt)
         out.append(_finish(m, w, cond, n, warn=summary is None))
     if summary is not None:
         rels = np.array([rel for _, rel in out])
@@ -174,7 +216,7 @@ def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np
     in the same order. Maps of other shapes are computed as :func:`eigenvalues` computes them.
     :func:`eigenvalues_with_bounds` gives each map's error bound as well, with one warning for all.
     """
-    return [vals for vals, _ in _eigenvalues_many(maps, k, None)]
+    return [vals for vals, _ in _eigenvalues_many(maps, k, None, runtime.current())]
 
 
 def eigenvalues_with_bounds(
@@ -189,5 +231,5 @@ def eigenvalues_with_bounds(
     of the maps (``what`` names them, e.g. ``"heads' full OV circuits"``) have a bound over
     :func:`~circuitalg.linalg.accuracy.warn_rtol`, and the largest; none when no map has.
     """
-    out = _eigenvalues_many(maps, k, what)
+    out = _eigenvalues_many(maps, k, what, runtime.current())
     return [vals for vals, _ in out], np.array([rel for _, rel in out], dtype=np.float64)

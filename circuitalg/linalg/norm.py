@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import math
+from functools import singledispatch
 
 import numpy as np
 
+from circuitalg import runtime
 from circuitalg.errors import TooLargeError
 from circuitalg.linalg.accuracy import accuracy, magnitude, unit_roundoff, warn_if_imprecise
 from circuitalg.linalg.apply import evaluate
 from circuitalg.linalg.common import require_square
 from circuitalg.linalg.factors import core, cyclic_core
-from circuitalg.linalg.plan import Plan, plan
-from circuitalg.maps.chain import Chain
+from circuitalg.linalg.plan import (
+    ChainPlan,
+    DensePlan,
+    DiagonalPlan,
+    GramTracesPlan,
+    IdentityPlan,
+    IterativePlan,
+    KronPlan,
+    LeafPlan,
+    Plan,
+    SumPlan,
+    no_rule,
+    plan,
+)
 from circuitalg.maps.nodes import LinearMap, require_map
 from circuitalg.maps.rules import compose, transpose
+from circuitalg.runtime import Runtime
 
-__all__ = ["norm", "trace"]
+__all__ = ["norm", "trace", "planned_norm", "planned_trace"]
 
 
 def trace(m: LinearMap) -> float:
@@ -29,31 +44,62 @@ def trace(m: LinearMap) -> float:
     """
     require_map(m, "trace")
     require_square(m, "trace")
-    return float(_trace(m))
+    return float(_trace(m, runtime.current()))
 
 
-def _trace(m: LinearMap) -> float:
-    p = plan(m, "trace")
-    return p.scalar * _target_trace(p)
+def _trace(m: LinearMap, rt: Runtime) -> float:
+    return _scaled_trace(plan(m, "trace"), rt)
 
 
-def _target_trace(p: Plan) -> float:
-    m: LinearMap = p.target  # type: ignore[assignment]
-    if p.method == "leaf":
-        return float(np.trace(m.array))  # type: ignore[attr-defined]
-    if p.method == "identity":
-        return float(m.shape[0])
-    if p.method == "diagonal":
-        return float(np.sum(m.values))  # type: ignore[attr-defined]
-    if p.method == "kron":
-        return math.prod(_trace(f) for f in m.factors)  # type: ignore[attr-defined]
-    if p.method == "chain":
-        chain: Chain = p.chain  # type: ignore[assignment]
-        return chain.scalar * float(np.trace(cyclic_core(chain)))
-    if p.method == "sum":
-        return sum(_trace(t) for t in m.terms)  # type: ignore[attr-defined]
-    if p.method == "dense":
-        return float(np.trace(evaluate(m)))
+def _scaled_trace(p: Plan, rt: Runtime) -> float:
+    return p.scalar * planned_trace(p, rt)
+
+
+@singledispatch
+def planned_trace(p: Plan, rt: Runtime) -> float:
+    """The trace of ``p.target`` (without ``p.scalar``): one rule per plan type
+    (``planned_trace.register``)."""
+    raise no_rule("trace", p)
+
+
+@planned_trace.register
+def _(p: LeafPlan, rt: Runtime) -> float:
+    return float(np.trace(p.target.array))
+
+
+@planned_trace.register
+def _(p: IdentityPlan, rt: Runtime) -> float:
+    return float(p.target.shape[0])
+
+
+@planned_trace.register
+def _(p: DiagonalPlan, rt: Runtime) -> float:
+    return float(np.sum(p.target.values))
+
+
+@planned_trace.register
+def _(p: KronPlan, rt: Runtime) -> float:
+    return math.prod(_scaled_trace(part, rt) for part in p.parts)
+
+
+@planned_trace.register
+def _(p: ChainPlan, rt: Runtime) -> float:
+    return p.chain.scalar * float(np.trace(cyclic_core(p.chain)))
+
+
+@planned_trace.register
+def _(p: SumPlan, rt: Runtime) -> float:
+    return sum(_scaled_trace(part, rt) for part in p.parts)
+
+
+@planned_trace.register
+def _(p: DensePlan, rt: Runtime) -> float:
+    return float(np.trace(evaluate(p.target)))
+
+
+@planned_trace.register
+def _(p: IterativePlan, rt: Runtime) -> float:
+    m = p.target
     raise TooLargeError(
         f"trace of {m.symbol} {m.shape}: no structural rule applies and the map is too large to "
         "evaluate densely; express it as a product, sum or Kronecker product of smaller maps."
@@ -77,7 +123,7 @@ def norm(m: LinearMap) -> float:
     """
     require_map(m, "norm")
     gram_err: list[float] = []
-    out = float(_norm(m, gram_err))
+    out = float(_norm(m, gram_err, runtime.current()))
     bound = math.sqrt(max(m.rank_bound, 1)) * accuracy(m)
     if gram_err:  # the Gram-trace route: its error enters squared
         g = sum(gram_err)
@@ -86,47 +132,79 @@ def norm(m: LinearMap) -> float:
     return out
 
 
-def _norm(m: LinearMap, gram_err: list[float]) -> float:
+def _norm(m: LinearMap, gram_err: list[float], rt: Runtime) -> float:
     """The norm; appends to ``gram_err`` the error of each squared norm summed from traces."""
-    p = plan(m, "norm")
+    return _scaled_norm(plan(m, "norm"), gram_err, rt)
+
+
+def _scaled_norm(p: Plan, gram_err: list[float], rt: Runtime) -> float:
     c = abs(p.scalar)
     inner: list[float] = []
-    out = c * _target_norm(p, inner)
+    out = c * planned_norm(p, inner, rt)
     gram_err.extend(c * c * e for e in inner)
     return out
 
 
-def _target_norm(p: Plan, gram_err: list[float]) -> float:
-    m: LinearMap = p.target  # type: ignore[assignment]
-    if p.method == "leaf":
-        return float(np.linalg.norm(m.array))  # type: ignore[attr-defined]
-    if p.method == "identity":
-        return math.sqrt(m.shape[0])
-    if p.method == "diagonal":
-        return float(np.linalg.norm(m.values))  # type: ignore[attr-defined]
-    if p.method == "kron":
-        errs: list[list[float]] = [[] for _ in m.factors]  # type: ignore[attr-defined]
-        vals = [_norm(f, e) for f, e in zip(m.factors, errs)]  # type: ignore[attr-defined]
-        out = math.prod(vals)
-        for i, e in enumerate(errs):  # a factor's squared-norm error, times the others' squares
-            rest = math.prod(v * v for j, v in enumerate(vals) if j != i)
-            gram_err.extend(x * rest for x in e)
-        return out
-    if p.method == "chain":
-        chain: Chain = p.chain  # type: ignore[assignment]
-        return abs(chain.scalar) * float(np.linalg.norm(core(chain)))
-    if p.method == "dense":
-        return float(np.linalg.norm(evaluate(m)))
-    if p.method == "gram-traces":
-        terms = m.terms  # type: ignore[attr-defined]
-        total = 0.0
-        for i, a in enumerate(terms):
-            total += _trace(compose(transpose(a), a))
-            for b in terms[i + 1 :]:
-                total += 2.0 * _trace(compose(transpose(a), b))
-        mags = sum(magnitude(t) for t in terms)
-        gram_err.append(4.0 * len(terms) * m.rank_bound * unit_roundoff(m.dtype) * mags * mags)
-        return math.sqrt(max(total, 0.0))
+@singledispatch
+def planned_norm(p: Plan, gram_err: list[float], rt: Runtime) -> float:
+    """The Frobenius norm of ``p.target`` (without ``p.scalar``); appends to ``gram_err`` the error
+    of each squared norm summed from traces: one rule per plan type (``planned_norm.register``)."""
+    raise no_rule("norm", p)
+
+
+@planned_norm.register
+def _(p: LeafPlan, gram_err: list[float], rt: Runtime) -> float:
+    return float(np.linalg.norm(p.target.array))
+
+
+@planned_norm.register
+def _(p: IdentityPlan, gram_err: list[float], rt: Runtime) -> float:
+    return math.sqrt(p.target.shape[0])
+
+
+@planned_norm.register
+def _(p: DiagonalPlan, gram_err: list[float], rt: Runtime) -> float:
+    return float(np.linalg.norm(p.target.values))
+
+
+@planned_norm.register
+def _(p: KronPlan, gram_err: list[float], rt: Runtime) -> float:
+    errs: list[list[float]] = [[] for _ in p.parts]
+    vals = [_scaled_norm(part, e, rt) for part, e in zip(p.parts, errs)]
+    out = math.prod(vals)
+    for i, e in enumerate(errs):  # a factor's squared-norm error, times the others' squares
+        rest = math.prod(v * v for j, v in enumerate(vals) if j != i)
+        gram_err.extend(x * rest for x in e)
+    return out
+
+
+@planned_norm.register
+def _(p: ChainPlan, gram_err: list[float], rt: Runtime) -> float:
+    return abs(p.chain.scalar) * float(np.linalg.norm(core(p.chain)))
+
+
+@planned_norm.register
+def _(p: DensePlan, gram_err: list[float], rt: Runtime) -> float:
+    return float(np.linalg.norm(evaluate(p.target)))
+
+
+@planned_norm.register
+def _(p: GramTracesPlan, gram_err: list[float], rt: Runtime) -> float:
+    m = p.target
+    terms = m.terms
+    total = 0.0
+    for i, a in enumerate(terms):
+        total += _trace(compose(transpose(a), a), rt)
+        for b in terms[i + 1 :]:
+            total += 2.0 * _trace(compose(transpose(a), b), rt)
+    mags = sum(magnitude(t) for t in terms)
+    gram_err.append(4.0 * len(terms) * m.rank_bound * unit_roundoff(m.dtype) * mags * mags)
+    return math.sqrt(max(total, 0.0))
+
+
+@planned_norm.register
+def _(p: IterativePlan, gram_err: list[float], rt: Runtime) -> float:
+    m = p.target
     raise TooLargeError(
         f"norm of {m.symbol} {m.shape}: no structural rule applies and the map is too large to "
         "evaluate densely."

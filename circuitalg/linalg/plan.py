@@ -1,13 +1,21 @@
 """The one place where a numeric routine chooses its method for a map.
 
-:func:`plan` inspects structure only (no numerics) and returns a :class:`Plan`; the
-routines in :mod:`circuitalg.linalg` follow it, and users can call it to see how a number
-will be computed before paying for it.
+:func:`plan` inspects structure only (no numerics) and returns a :class:`Plan`: one type per
+method, holding the sub-choices of that method that structure decides (which triangular factor
+of a dense leaf, the chain and its bottleneck, the QR of each half of a chain's SVD, the plans of a
+Kronecker product's factors or of a sum's terms). Each problem of :data:`PROBLEMS` is a
+``functools.singledispatch`` function over the plan types (``planned_singular_values`` and
+``planned_svd`` in :mod:`~circuitalg.linalg.svd`, ``planned_eigenvalues`` in
+:mod:`~circuitalg.linalg.eig`, ``planned_norm`` and ``planned_trace`` in
+:mod:`~circuitalg.linalg.norm`), so what a plan names is what runs. A new map kind needs one
+plan rule (:func:`structural_plan`) and one rule per problem.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import singledispatch
+from typing import ClassVar
 
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES, nbytes
@@ -24,43 +32,189 @@ from circuitalg.maps.nodes import (
     require_map,
 )
 
-__all__ = ["Plan", "plan", "PROBLEMS"]
+__all__ = [
+    "Plan",
+    "LeafPlan",
+    "IdentityPlan",
+    "DiagonalPlan",
+    "KronPlan",
+    "ChainPlan",
+    "DensePlan",
+    "SumPlan",
+    "GramTracesPlan",
+    "IterativePlan",
+    "plan",
+    "structural_plan",
+    "no_rule",
+    "tall_qr_method",
+    "PROBLEMS",
+    "CHOLQR_MIN_ASPECT",
+]
 
 PROBLEMS = ("singular_values", "svd", "eigenvalues", "norm", "trace")
 
+#: A tall ``n x r`` half of a chain's SVD takes CholeskyQR2 when ``n >= CHOLQR_MIN_ASPECT * r``
+#: (and ``r > 0``), Householder QR otherwise (:func:`tall_qr_method`).
+CHOLQR_MIN_ASPECT = 8
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class Plan:
-    """How a numeric routine will treat a map.
+    """How a numeric routine will treat a map; the base of one type per method.
 
     Attributes
     ----------
     method : str
-        ``"leaf"`` (a dense leaf's own array, tall leaves via their cached triangular
-        factor), ``"identity"``, ``"diagonal"``, ``"kron"`` (factor-wise), ``"chain"`` (the
-        factored small-core algorithm), ``"dense"`` (a map under
-        :data:`~circuitalg.linalg.budget.SMALL_DENSE_BYTES` with no structural rule),
-        ``"sum"`` (a trace: the sum of the terms' traces), ``"gram-traces"`` (a norm: the
-        squared norm ``Σ_ij tr(T_iᵀ T_j)`` over the terms) or ``"iterative"``
-        (``scipy.sparse.linalg`` on the operator; needs ``k``).
+        The method's short name (a class attribute of each plan type): ``"leaf"``,
+        ``"identity"``, ``"diagonal"``, ``"kron"``, ``"chain"``, ``"dense"``, ``"sum"``,
+        ``"gram-traces"`` or ``"iterative"``.
+    problem : str
+        The problem planned for, one of :data:`PROBLEMS`.
+    target : LinearMap
+        The map the method applies to: ``m`` without its outer scalars and transposes.
     detail : str
         A human-readable explanation (bottleneck, core size, ...).
-    chain : Chain or None
-        The chain, for ``method == "chain"``.
     scalar : float
         Outer scalars stripped before choosing (the result scales by it).
     transposed : bool
         Whether an odd number of outer transposes was stripped.
-    target : LinearMap or None
-        The map the method applies to: ``m`` without its outer scalars and transposes.
     """
 
-    method: str
+    method: ClassVar[str] = "plan"
+    problem: str
+    target: LinearMap
     detail: str
-    chain: Chain | None = None
     scalar: float = 1.0
     transposed: bool = False
-    target: LinearMap | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeafPlan(Plan):
+    """A dense leaf's own array, or for the singular values of a tall (wide) leaf its cached
+    triangular factor ``gram_factor(target, factor_side)``.
+
+    Attributes
+    ----------
+    factor_side : str or None
+        ``"cols"`` (a tall leaf), ``"rows"`` (a wide leaf), or None (the array itself).
+    """
+
+    method: ClassVar[str] = "leaf"
+    target: Dense
+    factor_side: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentityPlan(Plan):
+    """An identity map: closed forms."""
+
+    method: ClassVar[str] = "identity"
+    target: Identity
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiagonalPlan(Plan):
+    """A diagonal map: from its diagonal values."""
+
+    method: ClassVar[str] = "diagonal"
+    target: Diagonal
+
+
+@dataclass(frozen=True, kw_only=True)
+class KronPlan(Plan):
+    """A Kronecker product, factor-wise.
+
+    Attributes
+    ----------
+    parts : tuple of Plan
+        The plan of each factor for the same problem (without ``k``).
+    """
+
+    method: ClassVar[str] = "kron"
+    target: Kron
+    parts: tuple[Plan, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainPlan(Plan):
+    """The factored small-core algorithm on ``chain`` (the target seen as a product).
+
+    Singular values and norms use the core ``S_L S_Rᵀ`` of the two halves split at the
+    bottleneck; eigenvalues and traces the cyclic product from the bottleneck on; the SVD the
+    thin QR of the two halves.
+
+    Attributes
+    ----------
+    chain : Chain
+        The chain (its own scalar included).
+    qr : tuple of str or None
+        For ``svd``: the QR of the left and right half, each ``"cholesky-qr2"`` (CholeskyQR2,
+        Householder if its first factor is ill-conditioned) or ``"householder"``
+        (:func:`tall_qr_method`); None for the other problems.
+    """
+
+    method: ClassVar[str] = "chain"
+    chain: Chain
+    qr: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DensePlan(Plan):
+    """A map under :data:`~circuitalg.linalg.budget.SMALL_DENSE_BYTES` with no structural rule,
+    evaluated densely."""
+
+    method: ClassVar[str] = "dense"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SumPlan(Plan):
+    """A trace of a sum: the sum of the terms' traces.
+
+    Attributes
+    ----------
+    parts : tuple of Plan
+        The trace plan of each term.
+    """
+
+    method: ClassVar[str] = "sum"
+    target: Sum
+    parts: tuple[Plan, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GramTracesPlan(Plan):
+    """A norm of a sum: the squared norm ``Σ_ij tr(T_iᵀ T_j)`` over its terms."""
+
+    method: ClassVar[str] = "gram-traces"
+    target: Sum
+
+
+@dataclass(frozen=True, kw_only=True)
+class IterativePlan(Plan):
+    """``scipy.sparse.linalg`` on the operator (singular values, SVD, eigenvalues; needs ``k``).
+
+    Attributes
+    ----------
+    k : int or None
+        How many values were asked for.
+    """
+
+    method: ClassVar[str] = "iterative"
+    k: int | None = None
+
+
+def no_rule(problem: str, p: Plan) -> InvalidArgumentError:
+    """The error of a problem's dispatch when no rule is registered for the type of ``p``."""
+    return InvalidArgumentError(
+        f"{problem}: no rule for plan type {type(p).__name__} (method {p.method!r}); "
+        f"register one with planned_{problem}.register."
+    )
+
+
+def tall_qr_method(rows: int, cols: int) -> str:
+    """``"cholesky-qr2"`` for a thin QR of a tall ``rows x cols`` matrix with
+    ``rows >= CHOLQR_MIN_ASPECT * cols > 0``, else ``"householder"``."""
+    return "householder" if rows < CHOLQR_MIN_ASPECT * cols or cols == 0 else "cholesky-qr2"
 
 
 def _sweep_bytes(chain: Chain, itemsize: int) -> int:
@@ -80,18 +234,42 @@ def _sweep_bytes(chain: Chain, itemsize: int) -> int:
     return worst * itemsize
 
 
-def _structural(m: LinearMap, problem: str) -> Plan | None:
-    if isinstance(m, Dense):
-        return Plan("leaf", f"dense leaf {m.name} {m.shape[0]}x{m.shape[1]}")
-    if isinstance(m, Identity):
-        return Plan("identity", f"identity on {m.space}")
-    if isinstance(m, Diagonal):
-        return Plan("diagonal", f"diagonal {m.name} on {m.space}")
-    if isinstance(m, Kron):
-        if problem in ("eigenvalues", "trace") and not all(f.is_square for f in m.factors):
-            return None
-        return Plan("kron", "Kronecker product: factor-wise, " + " ⊗ ".join(f"{f.shape}" for f in m.factors))
+@singledispatch
+def structural_plan(m: LinearMap, problem: str) -> Plan | None:
+    """The plan of a map kind with a rule of its own for ``problem``, or None (then chains, sums,
+    dense evaluation and the iterative route are considered, in that order). One rule per map
+    kind, registered with ``structural_plan.register``."""
     return None
+
+
+@structural_plan.register
+def _(m: Dense, problem: str) -> Plan:
+    rows, cols = m.shape
+    side = None
+    if problem == "singular_values" and rows != cols:
+        side = "cols" if rows > cols else "rows"
+    return LeafPlan(problem=problem, target=m, detail=f"dense leaf {m.name} {rows}x{cols}", factor_side=side)
+
+
+@structural_plan.register
+def _(m: Identity, problem: str) -> Plan:
+    return IdentityPlan(problem=problem, target=m, detail=f"identity on {m.space}")
+
+
+@structural_plan.register
+def _(m: Diagonal, problem: str) -> Plan:
+    return DiagonalPlan(problem=problem, target=m, detail=f"diagonal {m.name} on {m.space}")
+
+
+@structural_plan.register
+def _(m: Kron, problem: str) -> Plan | None:
+    if problem in ("eigenvalues", "trace") and not all(f.is_square for f in m.factors):
+        return None
+    return KronPlan(
+        problem=problem, target=m,
+        detail="Kronecker product: factor-wise, " + " ⊗ ".join(f"{f.shape}" for f in m.factors),
+        parts=tuple(plan(f, problem) for f in m.factors),
+    )
 
 
 def _strip(m: LinearMap) -> tuple[LinearMap, float, bool]:
@@ -121,14 +299,11 @@ def plan(m: LinearMap, problem: str = "singular_values", k: int | None = None) -
     prefix = "".join(
         (f"scalar {scalar:g} times " if scalar != 1.0 else "", "transpose of " if transposed else "")
     )
-    return replace(
-        p, detail=prefix + p.detail, scalar=scalar * p.scalar, transposed=transposed != p.transposed,
-        target=target if p.target is None else p.target,
-    )
+    return replace(p, detail=prefix + p.detail, scalar=scalar * p.scalar, transposed=transposed != p.transposed)
 
 
 def _plan_target(m: LinearMap, problem: str, k: int | None) -> Plan:
-    hit = _structural(m, problem)
+    hit = structural_plan(m, problem)
     if hit is not None:
         return hit
     chain = as_chain(m)
@@ -136,25 +311,37 @@ def _plan_target(m: LinearMap, problem: str, k: int | None) -> Plan:
         work = _sweep_bytes(chain, m.dtype.itemsize)
         r = chain.dims[chain.bottleneck]
         if work <= DEFAULT_MAX_BYTES:
-            return Plan(
-                "chain",
-                f"factored chain of {len(chain.factors)} factors, dims {chain.dims}, "
+            qr = None
+            if problem == "svd":
+                qr = (tall_qr_method(m.shape[0], r), tall_qr_method(m.shape[1], r))
+            return ChainPlan(
+                problem=problem, target=m,
+                detail=f"factored chain of {len(chain.factors)} factors, dims {chain.dims}, "
                 f"bottleneck {r} at position {chain.bottleneck}: core at most {r}x{r}",
-                chain,
+                chain=chain, qr=qr,
             )
     if len(chain.factors) == 1 and chain.factors[0] is not m:  # a scalar pulled out of a product
         inner = plan(chain.factors[0], problem, k)
         return replace(inner, scalar=inner.scalar * chain.scalar)
     if isinstance(m, Sum) and problem == "trace":
-        return Plan("sum", f"sum of the traces of {len(m.terms)} terms")
+        return SumPlan(
+            problem=problem, target=m, detail=f"sum of the traces of {len(m.terms)} terms",
+            parts=tuple(plan(t, problem) for t in m.terms),
+        )
     small = nbytes(m.shape, m.dtype) <= SMALL_DENSE_BYTES
     if small:
-        return Plan("dense", f"no structural rule; {m.shape[0]}x{m.shape[1]} is small, evaluated densely")
+        return DensePlan(
+            problem=problem, target=m,
+            detail=f"no structural rule; {m.shape[0]}x{m.shape[1]} is small, evaluated densely",
+        )
     if isinstance(m, Sum) and problem == "norm":
         n = len(m.terms)
-        return Plan("gram-traces", f"squared norm as Σ_ij tr(T_iᵀ T_j) over {n} terms ({n * (n + 1) // 2} traces)")
-    return Plan(
-        "iterative",
-        f"no structural rule; scipy.sparse.linalg on the {m.shape[0]}x{m.shape[1]} operator"
+        return GramTracesPlan(
+            problem=problem, target=m,
+            detail=f"squared norm as Σ_ij tr(T_iᵀ T_j) over {n} terms ({n * (n + 1) // 2} traces)",
+        )
+    return IterativePlan(
+        problem=problem, target=m, k=k,
+        detail=f"no structural rule; scipy.sparse.linalg on the {m.shape[0]}x{m.shape[1]} operator"
         + ("" if k is not None else " (pass k)"),
     )

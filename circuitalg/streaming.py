@@ -418,50 +418,16 @@ def _layer_heads(files: TensorFiles, c: TransformerConfig, layers: range) -> Any
 
 
 def _composition_tile(directory: str, kinds: tuple[str, ...], writers: tuple[int, int], readers: tuple[int, int]
-                      ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per kind, ``(num2, w2, r2)`` of one tile: squared numerators ``[nA, H, nB, H]`` of writers
-    in layers ``writers`` and readers in layers ``readers`` (zero where the writer is not
-    earlier), and the writers' and readers' squared norms (a dask task)."""
-    from circuitalg.circuits.composition import (
-        ZERO_FLOOR,
-        _gram_inner,
-        _reader_factors,
-        _small_product_num2,
-        _trace_product,
-    )
-    from circuitalg.model.view import HeadWeights
+                      ) -> dict[str, Any]:
+    """Per kind, the :class:`~circuitalg.circuits.composition.CompositionParts` of one tile:
+    writers in layers ``writers`` against readers in layers ``readers`` (a dask task)."""
+    from circuitalg.circuits.composition import composition_tile
 
     files = TensorFiles(directory)
     c = _config(files)
-    H, D, dh = c.n_heads, c.d_model, c.d_head
-    same = writers == readers
     A = _layer_heads(files, c, range(*writers))
-    B = A if same else _layer_heads(files, c, range(*readers))
-    nA, nB = writers[1] - writers[0], readers[1] - readers[0]
-    la = np.arange(*writers)[:, None, None, None]
-    lb = np.arange(*readers)[None, None, :, None]
-    mask = np.broadcast_to(la < lb, (nA, H, nB, H))
-    U, V = (x.reshape(-1, dh, D) for x in A.writer())
-    w2 = _trace_product(A.gram("O"), A.gram("V"))
-    # a reader at tile layer i needs the writers of earlier layers: all of them across chunks
-    needed = np.repeat(np.arange(nB) * H, H) if same else np.full(nB * H, nA * H)
-    out = {}
-    for kind in kinds:
-        r2 = _trace_product(B.gram("O"), B.gram("V")) if kind == "v" else _trace_product(B.gram("Q"), B.gram("K"))
-        X, Y = (x.reshape(-1, dh, D) for x in _reader_factors(B, kind))
-        inner = _gram_inner((X, Y), (U, V), needed) if needed.max() > 0 else np.zeros((nB * H, nA * H))
-        num2 = np.where(mask, np.maximum(inner.reshape(nB, H, nA, H).transpose(2, 3, 0, 1), 0.0), 0.0)
-        floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
-        near = np.argwhere(mask & (num2 <= floor))
-        if len(near):  # structural zeros: recomputed from the small products on the tile's layers
-            both = A if same else HeadWeights(*(np.concatenate([getattr(A, f.name), getattr(B, f.name)])
-                                                for f in dataclasses.fields(A)))
-            pairs = near.copy()
-            if not same:
-                pairs[:, 2] += nA
-            num2[tuple(near.T)] = np.maximum(_small_product_num2(both, kind, pairs), 0.0)
-        out[kind] = (num2, w2, r2)
-    return out
+    B = A if writers == readers else _layer_heads(files, c, range(*readers))
+    return {k: composition_tile(A, B, k, writer_layers=range(*writers), reader_layers=range(*readers)) for k in kinds}
 
 
 def stream_composition(
@@ -480,9 +446,9 @@ def stream_composition(
     log(str(plan))
     L, H = plan.n_layers, plan.n_heads
     tiles = _tiles(L, plan.chunk_layers)
-    num2 = {k: np.zeros((L, H, L, H)) for k in plan.kinds}
-    w2 = np.zeros((L, H))
-    r2 = {k: np.zeros((L, H)) for k in plan.kinds}
+    numerator_sq = {k: np.zeros((L, H, L, H)) for k in plan.kinds}
+    writer_norm_sq = np.zeros((L, H))
+    reader_norm_sq = {k: np.zeros((L, H)) for k in plan.kinds}
     if client is not None:
         futures = [client.submit(_composition_tile, str(directory), plan.kinds, a, b, pure=False) for a, b in tiles]
         parts = client.gather(futures)
@@ -492,11 +458,11 @@ def stream_composition(
             parts.append(_composition_tile(str(directory), plan.kinds, a, b))
             log(f"tile {i + 1}/{len(tiles)}: writers L{a[0]}-{a[1] - 1}, readers L{b[0]}-{b[1] - 1}")
     for ((a0, a1), (b0, b1)), part in zip(tiles, parts):
-        for k, (n2, ww, rr) in part.items():
-            num2[k][a0:a1, :, b0:b1, :] = n2
-            w2[a0:a1] = ww
-            r2[k][b0:b1] = rr
-    from circuitalg.circuits.composition import _ratio
+        for k, tile in part.items():
+            numerator_sq[k][a0:a1, :, b0:b1, :] = tile.numerator_sq
+            writer_norm_sq[a0:a1] = tile.writer_norm_sq
+            reader_norm_sq[k][b0:b1] = tile.reader_norm_sq
+    from circuitalg.circuits.composition import CompositionParts
 
-    scores = {k: _ratio(num2[k], w2[:, :, None, None], r2[k][None, None, :, :]) for k in plan.kinds}
+    scores = {k: CompositionParts(numerator_sq[k], writer_norm_sq, reader_norm_sq[k]).scores() for k in plan.kinds}
     return CompositionResult(scores, plan)

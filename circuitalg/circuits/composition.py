@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,6 +51,10 @@ from circuitalg.model.weights import Transformer, require_model
 __all__ = [
     "COMPOSITION_KINDS",
     "CompositionBaseline",
+    "CompositionParts",
+    "composition_parts",
+    "composition_ratio",
+    "composition_tile",
     "composition_scores",
     "composition_baseline",
     "composition_baselines",
@@ -147,22 +150,18 @@ def _block_row(Xt: np.ndarray, Y: np.ndarray, a: int, b: int, buf: np.ndarray) -
     return out
 
 
-def _reader_factors(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, Y)`` per head with ``XᵀY = RᵀR = Wᵀ G W`` for the reader map ``R`` of ``kind``."""
-    G, W = w.reader(kind)
-    return W, np.matmul(G, W)
-
-
 def _trace_product(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """``tr(X Y)`` for stacks of symmetric matrices."""
     return (X * Y).sum(axis=(-1, -2))
 
 
-def _ratio(num2: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
-    den = np.sqrt(np.maximum(a2, 0.0) * np.maximum(b2, 0.0))
-    out = np.zeros(np.broadcast(num2, den).shape)
+def composition_ratio(numerator_sq: np.ndarray, writer_norm_sq: np.ndarray, reader_norm_sq: np.ndarray) -> np.ndarray:
+    """Scores ``sqrt(numerator_sq / (writer_norm_sq * reader_norm_sq))`` (broadcast), 0 where a
+    norm is 0; negative rounding residues of the squares count as 0."""
+    den = np.sqrt(np.maximum(writer_norm_sq, 0.0) * np.maximum(reader_norm_sq, 0.0))
+    out = np.zeros(np.broadcast(numerator_sq, den).shape)
     ok = den > 0
-    np.divide(np.sqrt(np.maximum(num2, 0.0)), den, out=out, where=ok)
+    np.divide(np.sqrt(np.maximum(numerator_sq, 0.0)), den, out=out, where=ok)
     return out
 
 
@@ -171,86 +170,139 @@ def _ratio(num2: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
 ZERO_FLOOR: float = 64.0
 
 
-def _small_product_num2(w: HeadWeights, kind: str, pairs: np.ndarray) -> np.ndarray:
-    """Squared numerators of the ``(l1, h1, l2, h2)`` rows of ``pairs`` from the ``d_head x d_head``
-    core ``C = W_read^h2 W_O^h1``: ``||R W_OV||_F² = <G_read, C (W_V W_Vᵀ)^h1 Cᵀ>``.
+class CompositionParts(NamedTuple):
+    """The squared terms of the composition scores of writer layers against reader layers.
+
+    Attributes
+    ----------
+    numerator_sq : (n_writer_layers, n_heads, n_reader_layers, n_heads)
+        Squared numerators ``||R W_OV||_F²``; zero unless the writer's layer is earlier.
+    writer_norm_sq : (n_writer_layers, n_heads)
+        ``||W_OV||_F²`` of each writer.
+    reader_norm_sq : (n_reader_layers, n_heads)
+        ``||R||_F²`` of each reader (``R`` the reading map of the kind).
+    """
+
+    numerator_sq: np.ndarray
+    writer_norm_sq: np.ndarray
+    reader_norm_sq: np.ndarray
+
+    def scores(self) -> np.ndarray:
+        """The composition scores ``(n_writer_layers, n_heads, n_reader_layers, n_heads)``."""
+        return composition_ratio(self.numerator_sq, self.writer_norm_sq[:, :, None, None],
+                                 self.reader_norm_sq[None, None, :, :])
+
+
+def composition_tile(
+    writers: HeadWeights, readers: HeadWeights, kind: str, *,
+    writer_layers: range | None = None, reader_layers: range | None = None,
+) -> CompositionParts:
+    """The composition parts of one tile: every head of ``writers`` against every head of ``readers``.
+
+    Parameters
+    ----------
+    writers, readers : HeadWeights
+        float64 views of consecutive layers (the same object for a tile of a chunk with itself).
+    kind : {"q", "k", "v"}
+    writer_layers, reader_layers : range, optional
+        The model's indices of the layers ``writers`` and ``readers`` hold (default
+        ``range(n_layers)``): a pair counts when its writer's layer is earlier.
+
+    Returns
+    -------
+    CompositionParts
+        Pairs whose Gram estimate lies within its error floor are recomputed from the small
+        factored product, so structural zeros stay below ``1e-12`` of the normalisation in any
+        residual basis (see the module docstring).
+    """
+    kind = check_kind(kind)
+    wl = range(writers.n_layers) if writer_layers is None else writer_layers
+    rl = range(readers.n_layers) if reader_layers is None else reader_layers
+    if len(wl) != writers.n_layers or len(rl) != readers.n_layers:
+        raise InvalidArgumentError(
+            f"composition_tile: writer_layers={wl} and reader_layers={rl} must have one entry per layer of "
+            f"writers ({writers.n_layers}) and readers ({readers.n_layers})."
+        )
+    H, D = writers.n_heads, writers.d_model
+    numerator_sq = np.zeros((len(wl), H, len(rl), H))
+    w2 = _trace_product(writers.gram("O"), writers.gram("V"))
+    if kind == "v":
+        r2 = w2 if readers is writers else _trace_product(readers.gram("O"), readers.gram("V"))
+    else:
+        r2 = _trace_product(readers.gram("Q"), readers.gram("K"))
+    if not len(wl) or not len(rl):
+        return CompositionParts(numerator_sq, w2, r2)
+    # readers from the first layer after the writers' first; writers up to the readers' last
+    r0 = sum(1 for l in rl if l <= wl[0])
+    w1 = sum(1 for l in wl if l < rl[-1])
+    if r0 < len(rl) and w1 > 0:
+        dh = writers.d_head
+        needed = np.repeat(np.clip(np.asarray(rl[r0:]) - wl[0], 0, w1) * H, H)  # writers before each reader
+        G, W = readers.reader(kind)
+        U, V = writers.writer()
+        inner = _gram_inner(
+            (W[r0:].reshape(-1, dh, D), np.matmul(G[r0:], W[r0:]).reshape(-1, dh, D)),
+            (U[:w1].reshape(-1, dh, D), V[:w1].reshape(-1, dh, D)), needed,
+        )
+        numerator_sq[:w1, :, r0:, :] = inner.reshape(len(rl) - r0, H, w1, H).transpose(2, 3, 0, 1)
+    mask = np.asarray(wl)[:, None, None, None] < np.asarray(rl)[None, None, :, None]
+    numerator_sq = np.where(mask, np.maximum(numerator_sq, 0.0), 0.0)
+    floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
+    near_zero = np.argwhere(mask & (numerator_sq <= floor))
+    if len(near_zero):
+        numerator_sq[tuple(near_zero.T)] = np.maximum(_small_product_numerator_sq(writers, readers, kind, near_zero), 0.0)
+    return CompositionParts(numerator_sq, w2, r2)
+
+
+def _small_product_numerator_sq(writers: HeadWeights, readers: HeadWeights, kind: str, pairs: np.ndarray) -> np.ndarray:
+    """Squared numerators of the ``(writer layer, writer head, reader layer, reader head)`` rows of
+    ``pairs`` (indices into ``writers`` and ``readers``) from the ``d_head x d_head`` core
+    ``C = W_read^h2 W_O^h1``: ``||R W_OV||_F² = <G_read, C (W_V W_Vᵀ)^h1 Cᵀ>``.
 
     One reader at a time: its cores with all its flagged writers come from one matrix product
     ``W_read (W_O^a | W_O^b | ...)`` (writers in chunks of 256, at most about
     ``256 * d_model * d_head * 8`` bytes gathered at once)."""
-    G, W = w.reader(kind)
-    GV = w.gram("V")
-    H, dh = w.n_heads, w.d_head
+    G, W = readers.reader(kind)
+    GV = writers.gram("V")
+    H, dh = readers.n_heads, readers.d_head
     out = np.empty(len(pairs))
-    readers = pairs[:, 2] * H + pairs[:, 3]
-    for r in np.unique(readers):
-        rows = np.flatnonzero(readers == r)
+    reader_index = pairs[:, 2] * H + pairs[:, 3]
+    for r in np.unique(reader_index):
+        rows = np.flatnonzero(reader_index == r)
         l2, h2 = divmod(int(r), H)
         for start in range(0, len(rows), 256):
             idx = rows[start:start + 256]
             l1, h1 = pairs[idx, 0], pairs[idx, 1]
-            W_O = np.concatenate(list(w.W_O[l1, h1]), axis=1)  # (d_model, n * d_head)
+            W_O = np.concatenate(list(writers.W_O[l1, h1]), axis=1)  # (d_model, n * d_head)
             C = (W[l2, h2] @ W_O).reshape(dh, len(idx), dh).swapaxes(0, 1)  # (n, d_head, d_head)
             out[idx] = _trace_product(G[l2, h2], C @ GV[l1, h1] @ C.swapaxes(-1, -2))
     return out
 
 
-#: composition_parts results per head-weights view and kind, kept while the view lives (the
-#: report's scores, baselines and graph all read the same parts: computed once).
-_PARTS: weakref.WeakKeyDictionary[HeadWeights, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclasses.dataclass(frozen=True)
+class _PartsOf:
+    """The key of a view's composition parts of one kind (:meth:`HeadWeights.memo`)."""
+
+    kind: str
 
 
-def composition_parts(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(num2, writer_norm2, reader_norm2)``: squared numerators ``[L, H, L, H]`` (zero unless
-    the writer's layer is earlier), ``||W_OV||_F²`` per writer and ``||R||_F²`` per reader ``[L, H]``
-    (read-only arrays, computed once per ``w`` and kind).
+def _read_only(parts: CompositionParts) -> CompositionParts:
+    for a in parts:
+        a.flags.writeable = False
+    return parts
 
-    Pairs whose Gram estimate lies within its error floor are recomputed from the small
-    factored product, so structural zeros stay below ``1e-12`` of the normalisation in any
-    residual basis."""
+
+def composition_parts(w: HeadWeights, kind: str) -> CompositionParts:
+    """The :class:`CompositionParts` of every pair of ``w``'s heads (one tile of all layers, see
+    :func:`composition_tile`): read-only arrays, computed once per view ``w`` and kind and kept
+    with it (the report's scores, baselines and graph all read the same parts)."""
     kind = check_kind(kind)
-    cached = _PARTS.setdefault(w, {})
-    if kind not in cached:
-        parts = _composition_parts(w, kind)
-        for a in parts:
-            a.flags.writeable = False
-        cached[kind] = parts
-    return cached[kind]
-
-
-def _composition_parts(w: HeadWeights, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    L, H, D = w.n_layers, w.n_heads, w.d_model
-    num2 = np.zeros((L, H, L, H))
-    w2 = _trace_product(w.gram("O"), w.gram("V"))
-    r2 = w2 if kind == "v" else _trace_product(w.gram("Q"), w.gram("K"))
-    if L < 2:
-        return num2, w2, r2
-    dh = w.W_Q.shape[2]
-
-    def flat(pair: tuple[np.ndarray, np.ndarray], layers: slice) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(x[layers].reshape(-1, dh, D) for x in pair)  # type: ignore[return-value]
-
-    # readers from layers 1.., writers from layers ..L-2; reader layer l needs writer layers < l
-    needed = np.repeat(np.arange(1, L) * H, H)
-    inner = _gram_inner(
-        flat(_reader_factors(w, kind), slice(1, L)), flat(w.writer(), slice(0, L - 1)), needed
-    )
-    num2[: L - 1, :, 1:, :] = inner.reshape(L - 1, H, L - 1, H).transpose(2, 3, 0, 1)
-    mask = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
-    num2 = np.where(mask, np.maximum(num2, 0.0), 0.0)
-    floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
-    near_zero = np.argwhere(mask & (num2 <= floor))
-    if len(near_zero):
-        num2[tuple(near_zero.T)] = np.maximum(_small_product_num2(w, kind, near_zero), 0.0)
-    return num2, w2, r2
+    return w.memo(_PartsOf(kind), lambda view: _read_only(composition_tile(view, view, kind)))
 
 
 def scores_from_weights(w: HeadWeights, kind: str) -> np.ndarray:
     """Composition scores ``[L, H, L, H]`` of stacked head weights (see the module docstring)."""
-    num2, w2, r2 = composition_parts(w, kind)
-    return _ratio(num2, w2[:, :, None, None], r2[None, None, :, :])
+    return composition_parts(w, kind).scores()
 
 
 def composition_scores(model: Transformer, kind: str) -> np.ndarray:

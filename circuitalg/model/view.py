@@ -13,8 +13,9 @@ through :meth:`HeadWeights.reader`, the one place a new QK form would change.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from functools import cached_property
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from circuitalg.errors import InvalidArgumentError
 from circuitalg.model.ids import HeadId
 
 __all__ = ["HeadWeights", "READ_SIDES"]
+
+T = TypeVar("T")
 
 #: The ways a head reads the residual stream: through its query, key or value weights.
 READ_SIDES = ("q", "k", "v")
@@ -94,6 +97,19 @@ class HeadWeights:
                 yield HeadId(l, h)
 
     # -- derived arrays (cached) ----------------------------------------------------------
+    def memo(self, key: Hashable, make: Callable[[HeadWeights], T]) -> T:
+        """``make(self)``, computed on the first call with ``key`` and kept with this view (the
+        results of analyses that read the view several times, e.g. composition parts per kind).
+        ``make`` must return read-only results: they are shared by every later caller."""
+        cache: dict[Any, Any] = self._memo
+        if key not in cache:
+            cache.setdefault(key, make(self))
+        return cache[key]
+
+    @cached_property
+    def _memo(self) -> dict[Any, Any]:
+        return {}
+
     def float64(self) -> HeadWeights:
         """This view in float64 (itself when it already is)."""
         if self.dtype == np.float64:

@@ -185,36 +185,67 @@ def rmatvec(m: LinearMap, y: Any) -> np.ndarray:
 # --- dense evaluation -------------------------------------------------------------------------
 def evaluate(m: LinearMap, max_bytes: int | None = None) -> np.ndarray:
     """The dense matrix of ``m`` (internal: may return a read-only view of a leaf)."""
-    n, d = m.shape
-    check_budget((n, d), m.dtype, lambda: f"to_dense of {m.symbol}", max_bytes)
-    if isinstance(m, Dense):
-        return m.array
-    if isinstance(m, Transpose) and isinstance(m.inner, Dense):
+    check_budget(m.shape, m.dtype, lambda: f"to_dense of {m.symbol}", max_bytes)
+    return _evaluate(m, max_bytes)
+
+
+@singledispatch
+def _evaluate(m: LinearMap, max_bytes: int | None) -> np.ndarray:
+    """The dense matrix of ``m``, its size already checked: one rule per node kind; any other
+    node is applied to the identity."""
+    return matmat(m, np.eye(m.shape[1], dtype=m.dtype))
+
+
+@_evaluate.register
+def _(m: Dense, max_bytes: int | None) -> np.ndarray:
+    return m.array
+
+
+@_evaluate.register
+def _(m: Transpose, max_bytes: int | None) -> np.ndarray:
+    if isinstance(m.inner, Dense):
         return m.inner.array.T
-    if isinstance(m, Identity):
-        return np.eye(n, dtype=m.dtype)
-    if isinstance(m, Diagonal):
-        return np.diag(m.values)
-    if isinstance(m, Kron):
-        out = evaluate(m.factors[0], max_bytes)
-        for f in m.factors[1:]:
-            out = np.kron(out, evaluate(f, max_bytes))
-        return out
-    if isinstance(m, Scaled):
-        return m.scalar * evaluate(m.inner, max_bytes)
-    if isinstance(m, Sum):
-        return sum((evaluate(t, max_bytes) for t in m.terms[1:]), evaluate(m.terms[0], max_bytes))
-    if isinstance(m, Product):
-        # start from the narrower end so intermediates stay small
-        if d <= n:
-            X = evaluate(m.factors[-1], max_bytes)
-            for f in reversed(m.factors[:-1]):
-                check_budget((f.codomain.dim, d), m.dtype, lambda: f"to_dense of {m.symbol}", max_bytes)
-                X = matmat(f, X)
-            return X
+    return matmat(m, np.eye(m.shape[1], dtype=m.dtype))
+
+
+@_evaluate.register
+def _(m: Identity, max_bytes: int | None) -> np.ndarray:
+    return np.eye(m.shape[0], dtype=m.dtype)
+
+
+@_evaluate.register
+def _(m: Diagonal, max_bytes: int | None) -> np.ndarray:
+    return np.diag(m.values)
+
+
+@_evaluate.register
+def _(m: Kron, max_bytes: int | None) -> np.ndarray:
+    out = evaluate(m.factors[0], max_bytes)
+    for f in m.factors[1:]:
+        out = np.kron(out, evaluate(f, max_bytes))
+    return out
+
+
+@_evaluate.register
+def _(m: Scaled, max_bytes: int | None) -> np.ndarray:
+    return m.scalar * evaluate(m.inner, max_bytes)
+
+
+@_evaluate.register
+def _(m: Sum, max_bytes: int | None) -> np.ndarray:
+    return sum((evaluate(t, max_bytes) for t in m.terms[1:]), evaluate(m.terms[0], max_bytes))
+
+
+@_evaluate.register
+def _(m: Product, max_bytes: int | None) -> np.ndarray:
+    n, d = m.shape
+    if d > n:  # start from the narrower end so intermediates stay small
         return evaluate(transpose(m), max_bytes).T
-    # any other node: apply to the identity
-    return matmat(m, np.eye(d, dtype=m.dtype))
+    X = evaluate(m.factors[-1], max_bytes)
+    for f in reversed(m.factors[:-1]):
+        check_budget((f.codomain.dim, d), m.dtype, lambda: f"to_dense of {m.symbol}", max_bytes)
+        X = matmat(f, X)
+    return X
 
 
 def to_dense(m: LinearMap, max_bytes: int | None = None) -> np.ndarray:

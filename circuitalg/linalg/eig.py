@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from functools import singledispatch
+from functools import partial, singledispatch
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -121,6 +121,10 @@ def _(p: IterativePlan, rt: Runtime) -> Spectrum:
     return w, np.full(len(w), np.nan)
 
 
+def _stacked_conditions(stack: np.ndarray, lo: int, hi: int) -> list[Spectrum]:
+    return eigen_conditions_many(stack[lo:hi])
+
+
 def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, warn: bool = True) -> tuple[np.ndarray, float]:
     """The ``n`` eigenvalues kept, sorted and cast, and their a-priori error bound relative to the
     largest magnitude (see :func:`eigenvalues_with_bounds`); a :class:`PrecisionWarning` when an
@@ -187,7 +191,7 @@ def _eigenvalues_many(
         by_shape.setdefault((c.shape, c.dtype), []).append(pos)
     for positions in by_shape.values():  # equal shapes: one batched eigensolve per thread's chunk
         stack = np.stack([cores[pos] for pos in positions])
-        parts = rt.map(lambda lo, hi, stack=stack: eigen_conditions_many(stack[lo:hi]), len(positions))
+        parts = rt.map(partial(_stacked_conditions, stack), len(positions))
         for pos, wc in zip(positions, (wc for part in parts for wc in part)):
             i, cp = chained[pos]
             w, cond = wc

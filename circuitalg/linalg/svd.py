@@ -125,14 +125,14 @@ def singular_values(m: LinearMap, k: int | None = None) -> np.ndarray:
 CHOLQR_COND_LIMIT = 1e4
 
 
-def _tall_qr(A: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+def _tall_qr(A: np.ndarray, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Thin QR of a tall ``A`` (``n x r``, e.g. a vocabulary-sized left factor) by ``method``
-    (:func:`~circuitalg.linalg.plan.tall_qr_method`): ``"cholesky-qr2"`` is two rounds of
-    ``R = chol(AᵀA)``, ``Q = A R⁻¹`` (Yamamoto et al. 2015), several times faster than Householder
-    on such shapes and as orthogonal when ``A`` is well conditioned (checked on each round's
-    factor, :data:`CHOLQR_COND_LIMIT`; Householder QR when it is not); ``"householder"`` is
+    (by default :func:`~circuitalg.linalg.plan.tall_qr_method` of its shape): ``"cholesky-qr2"`` is
+    two rounds of ``R = chol(AᵀA)``, ``Q = A R⁻¹`` (Yamamoto et al. 2015), several times faster than
+    Householder on such shapes and as orthogonal when ``A`` is well conditioned (checked on each
+    round's factor, :data:`CHOLQR_COND_LIMIT`; Householder QR when it is not); ``"householder"`` is
     Householder QR."""
-    if method == "householder":
+    if (tall_qr_method(*A.shape) if method is None else method) == "householder":
         return np.linalg.qr(A)
     Q, R = A, np.eye(A.shape[1], dtype=A.dtype)
     for _ in range(2):
@@ -209,7 +209,7 @@ def _(p: ChainPlan, rt: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Rt = eye
     for f in fs[j:]:
         Rt = rmatmat(f, Rt)
-    left, right = p.qr if p.qr is not None else (tall_qr_method(*L.shape), tall_qr_method(*Rt.shape))
+    left, right = p.qr if p.qr is not None else (None, None)
     QL, RL = _tall_qr(L, left)
     QR, RR = _tall_qr(Rt, right)
     Uc, S, Vhc = np.linalg.svd(RL @ RR.T, full_matrices=False)

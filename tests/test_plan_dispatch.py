@@ -55,7 +55,9 @@ def _maps() -> dict[str, ca.LinearMap]:
     V = ca.Dense(rng.standard_normal((4, 20)), d, h, "V")
     P, Q = (ca.Dense(rng.standard_normal((5, 5)), s5, s5, n) for n in "PQ")
     a1, b1, a2, b2 = (rng.standard_normal(s) for s in ((3000, 3), (3, 3000), (3000, 3), (3, 3000)))
-    big_sum = ca.Dense(a1, r, big, "A1") @ ca.Dense(b1, big, r, "B1") + ca.Dense(a2, r, big, "A2") @ ca.Dense(b2, big, r, "B2")
+    A1, B1, A2, B2 = (ca.Dense(a1, r, big, "A1"), ca.Dense(b1, big, r, "B1"), ca.Dense(a2, r, big, "A2"),
+                      ca.Dense(b2, big, r, "B2"))
+    big_sum = A1 @ B1 + A2 @ B2
     return {
         "tall": ca.Dense(rng.standard_normal((5, 3)), s3, s5, "T"),
         "wide": ca.Dense(rng.standard_normal((3, 5)), s5, s3, "W"),
@@ -141,7 +143,8 @@ class Impostor(Plan):
 def test_an_unknown_plan_type_is_an_error_naming_it(problem) -> None:
     leaf = _maps()["square"]
     p = Impostor(problem=problem, target=leaf, detail="no rule")
-    with pytest.raises(ca.InvalidArgumentError, match=rf"^{problem}: no rule for plan type Impostor \(method 'leaf'\)"):
+    message = rf"^{problem}: no rule for plan type Impostor \(method 'leaf'\)"
+    with pytest.raises(ca.InvalidArgumentError, match=message):
         RULES[problem](p)
 
 
@@ -168,7 +171,8 @@ def _(p: SignsPlan, gram_err: list[float], rt) -> float:
 def test_a_new_map_kind_needs_one_plan_rule_and_one_rule_per_problem() -> None:
     s = Signs(np.array([1.0, -1.0, -1.0, 1.0]), ca.Space("s4", 4), "S")
     p = ca.plan(-2.0 * s, "norm")
-    assert (type(p), p.method, p.scalar, p.detail) == (SignsPlan, "signs", -2.0, f"scalar -2 times signs on {s.space}")
+    assert (type(p), p.method, p.scalar) == (SignsPlan, "signs", -2.0)
+    assert p.detail == f"scalar -2 times signs on {s.space}"
     assert ca.norm(-2.0 * s) == 4.0
     with pytest.raises(ca.InvalidArgumentError, match="singular_values: no rule for plan type SignsPlan"):
         ca.singular_values(s)

@@ -17,7 +17,7 @@ from circuitalg.linalg.accuracy import (
     eigen_conditions_many,
     eigenvalue_error,
     magnitude,
-    prime_leaf_norms,
+    leaf_magnitudes,
     warn_if_imprecise,
     warn_summary,
 )
@@ -70,7 +70,7 @@ def planned_eigenvalues(p: Plan, rt: Runtime) -> Spectrum:
 
 @planned_eigenvalues.register
 def _(p: LeafPlan, rt: Runtime) -> Spectrum:
-    return eigen_conditions(p.target.array)
+    return eigen_conditions(p.target.array, rt)
 
 
 @planned_eigenvalues.register
@@ -98,13 +98,13 @@ def _(p: KronPlan, rt: Runtime) -> Spectrum:
 
 @planned_eigenvalues.register
 def _(p: ChainPlan, rt: Runtime) -> Spectrum:
-    w, c = eigen_conditions(cyclic_core(p.chain))
+    w, c = eigen_conditions(cyclic_core(p.chain, rt), rt)
     return p.chain.scalar * w, c
 
 
 @planned_eigenvalues.register
 def _(p: DensePlan, rt: Runtime) -> Spectrum:
-    return eigen_conditions(evaluate(p.target))
+    return eigen_conditions(evaluate(p.target), rt)
 
 
 @planned_eigenvalues.register
@@ -121,8 +121,8 @@ def _(p: IterativePlan, rt: Runtime) -> Spectrum:
     return w, np.full(len(w), np.nan)
 
 
-def _stacked_conditions(stack: np.ndarray, lo: int, hi: int) -> list[Spectrum]:
-    return eigen_conditions_many(stack[lo:hi])
+def _stacked_conditions(stack: np.ndarray, rt: Runtime, lo: int, hi: int) -> list[Spectrum]:
+    return eigen_conditions_many(stack[lo:hi], rt)
 
 
 def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, warn: bool = True) -> tuple[np.ndarray, float]:
@@ -182,16 +182,16 @@ def _eigenvalues_many(
         counts.append(check_k(m, k, m.rank_bound))
     plans = [plan(m, "eigenvalues", k) for m in maps]
     chained = [(i, p) for i, p in enumerate(plans) if isinstance(p, ChainPlan)]
-    cores = cyclic_cores([p.chain for _, p in chained])
+    cores = cyclic_cores([p.chain for _, p in chained], rt)
     leaves = (f.inner if isinstance(f, Transpose) else f for _, p in chained for f in p.chain.factors)
-    prime_leaf_norms([f for f in leaves if isinstance(f, Dense)])
+    leaf_magnitudes([f for f in leaves if isinstance(f, Dense)], rt)
     done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     by_shape: dict[tuple, list[int]] = {}
     for pos, c in enumerate(cores):
         by_shape.setdefault((c.shape, c.dtype), []).append(pos)
     for positions in by_shape.values():  # equal shapes: one batched eigensolve per thread's chunk
         stack = np.stack([cores[pos] for pos in positions])
-        parts = rt.map(partial(_stacked_conditions, stack), len(positions))
+        parts = rt.map(partial(_stacked_conditions, stack, rt), len(positions))
         for pos, wc in zip(positions, (wc for part in parts for wc in part)):
             i, cp = chained[pos]
             w, cond = wc
@@ -213,7 +213,7 @@ def eigenvalues_many(maps: Sequence[LinearMap], k: int | None = None) -> list[np
     ``d_head x d_head`` cores come from one product of ``W_E W_U`` with every ``W_O^h`` side by
     side (:func:`~circuitalg.linalg.factors.cyclic_cores`) and one stacked product with the ``W_V^h``;
     their leaf norms (for the precision check) from stacked Gram matrices
-    (:func:`~circuitalg.linalg.accuracy.prime_leaf_norms`); and the small eigenproblems of equal-shaped
+    (:func:`~circuitalg.linalg.accuracy.leaf_magnitudes`); and the small eigenproblems of equal-shaped
     cores are solved in stacks (:func:`~circuitalg.linalg.accuracy.eigen_conditions_many`), a chunk per
     thread with one BLAS thread each. Results equal the loop's
     to rounding (the batched products sum in another order), with the same precision warnings,

@@ -84,7 +84,7 @@ def _(p: KronPlan, rt: Runtime) -> float:
 
 @planned_trace.register
 def _(p: ChainPlan, rt: Runtime) -> float:
-    return p.chain.scalar * float(np.trace(cyclic_core(p.chain)))
+    return p.chain.scalar * float(np.trace(cyclic_core(p.chain, rt)))
 
 
 @planned_trace.register
@@ -180,7 +180,7 @@ def _(p: KronPlan, gram_err: list[float], rt: Runtime) -> float:
 
 @planned_norm.register
 def _(p: ChainPlan, gram_err: list[float], rt: Runtime) -> float:
-    return abs(p.chain.scalar) * float(np.linalg.norm(core(p.chain)))
+    return abs(p.chain.scalar) * float(np.linalg.norm(core(p.chain, rt=rt)))
 
 
 @planned_norm.register

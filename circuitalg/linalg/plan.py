@@ -299,7 +299,9 @@ def plan(m: LinearMap, problem: str = "singular_values", k: int | None = None) -
     prefix = "".join(
         (f"scalar {scalar:g} times " if scalar != 1.0 else "", "transpose of " if transposed else "")
     )
-    return replace(p, detail=prefix + p.detail, scalar=scalar * p.scalar, transposed=transposed != p.transposed)
+    return replace(
+        p, detail=prefix + p.detail, scalar=scalar * p.scalar, transposed=transposed != p.transposed
+    )
 
 
 def _plan_target(m: LinearMap, problem: str, k: int | None) -> Plan:

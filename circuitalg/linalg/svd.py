@@ -14,7 +14,7 @@ from circuitalg.linalg.accuracy import accuracy, warn_if_imprecise
 from circuitalg.linalg.apply import as_operator, evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.linalg.common import check_k
-from circuitalg.linalg.factors import _well_conditioned_cholesky, core, gram_factor
+from circuitalg.linalg.factors import core, gram_factor, well_conditioned_cholesky
 from circuitalg.linalg.plan import (
     ChainPlan,
     DensePlan,
@@ -59,7 +59,7 @@ def planned_singular_values(p: Plan, rt: Runtime) -> np.ndarray:
 def _(p: LeafPlan, rt: Runtime) -> np.ndarray:
     if p.factor_side is None:
         return _svdvals(p.target.array, rt)
-    return _svdvals(gram_factor(p.target, p.factor_side), rt)
+    return _svdvals(gram_factor(p.target, p.factor_side, rt), rt)
 
 
 @planned_singular_values.register
@@ -82,7 +82,7 @@ def _(p: KronPlan, rt: Runtime) -> np.ndarray:
 
 @planned_singular_values.register
 def _(p: ChainPlan, rt: Runtime) -> np.ndarray:
-    return abs(p.chain.scalar) * _svdvals(core(p.chain), rt)
+    return abs(p.chain.scalar) * _svdvals(core(p.chain, rt=rt), rt)
 
 
 @planned_singular_values.register
@@ -125,7 +125,9 @@ def singular_values(m: LinearMap, k: int | None = None) -> np.ndarray:
 CHOLQR_COND_LIMIT = 1e4
 
 
-def _tall_qr(A: np.ndarray, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _tall_qr(
+    A: np.ndarray, method: str | None = None, rt: Runtime = runtime.SERIAL
+) -> tuple[np.ndarray, np.ndarray]:
     """Thin QR of a tall ``A`` (``n x r``, e.g. a vocabulary-sized left factor) by ``method``
     (by default :func:`~circuitalg.linalg.plan.tall_qr_method` of its shape): ``"cholesky-qr2"`` is
     two rounds of ``R = chol(AᵀA)``, ``Q = A R⁻¹`` (Yamamoto et al. 2015), several times faster than
@@ -136,7 +138,7 @@ def _tall_qr(A: np.ndarray, method: str | None = None) -> tuple[np.ndarray, np.n
         return np.linalg.qr(A)
     Q, R = A, np.eye(A.shape[1], dtype=A.dtype)
     for _ in range(2):
-        C = _well_conditioned_cholesky(Q.T @ Q, CHOLQR_COND_LIMIT)  # upper
+        C = well_conditioned_cholesky(Q.T @ Q, CHOLQR_COND_LIMIT, rt)  # upper
         if C is None:
             return np.linalg.qr(A)
         Q = sla.solve_triangular(C, Q.T, trans="T", lower=False, check_finite=False).T  # Q C⁻¹
@@ -210,8 +212,8 @@ def _(p: ChainPlan, rt: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for f in fs[j:]:
         Rt = rmatmat(f, Rt)
     left, right = p.qr if p.qr is not None else (None, None)
-    QL, RL = _tall_qr(L, left)
-    QR, RR = _tall_qr(Rt, right)
+    QL, RL = _tall_qr(L, left, rt)
+    QR, RR = _tall_qr(Rt, right, rt)
     Uc, S, Vhc = np.linalg.svd(RL @ RR.T, full_matrices=False)
     sign = -1.0 if chain.scalar < 0 else 1.0
     return sign * (QL @ Uc), abs(chain.scalar) * S, Vhc @ QR.T

@@ -24,6 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from circuitalg import __version__, zoo
+from circuitalg.circuits.composition import composition_baseline, composition_scores, valid_pairs
+from circuitalg.circuits.enumerate import top_circuits
+from circuitalg.circuits.findings import FAMILY_ALPHA, composition_pairs
+from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArgumentError, LoadError
+from circuitalg.model.io import load
+from circuitalg.model.weights import Transformer
+from circuitalg.report import ReportOptions, write_report
+from circuitalg.runtime import Runtime
+
 EXIT_USAGE, EXIT_MODEL, EXIT_ERROR, EXIT_INTERRUPTED = 2, 3, 4, 130
 DEFAULT_MODEL = "attn2l"
 
@@ -55,23 +65,19 @@ def _warning_line(log: Any) -> Any:
     return show
 
 
-def resolve_model(spec: str, dtype: Any = np.float64, fold: bool = False) -> Any:
+def resolve_model(spec: str, dtype: Any = np.float64, fold: bool = False) -> Transformer:
     """A zoo name or a checkpoint path -> Transformer (LoadError / InvalidArgumentError otherwise);
     ``dtype`` and ``fold`` (fold the layer norms while loading) apply to checkpoints (zoo models
     load as shipped)."""
-    import circuitalg as ca
-
-    if spec in ca.zoo.list():
-        return ca.zoo.load(spec)
+    if spec in zoo.list():
+        return zoo.load(spec)
     path = Path(spec)
     if not path.exists():
-        raise ca.LoadError(f"{spec!r} is neither a zoo model ({', '.join(ca.zoo.list())}) nor an existing file.")
-    return ca.load(path, dtype=dtype, fold=fold)
+        raise LoadError(f"{spec!r} is neither a zoo model ({', '.join(zoo.list())}) nor an existing file.")
+    return load(path, dtype=dtype, fold=fold)
 
 
-def info(model: Any) -> dict[str, Any]:
-    import circuitalg as ca
-
+def info(model: Transformer) -> dict[str, Any]:
     c = model.config
     out = {
         "name": model.name,
@@ -79,18 +85,15 @@ def info(model: Any) -> dict[str, Any]:
         "n_parameters": int(sum(np.size(v) for v in model.params.values())),
         "has_vocab": model.vocab is not None,
     }
-    if model.name in ca.zoo.list():
-        out["card"] = ca.zoo.card(model.name)
+    if model.name in zoo.list():
+        out["card"] = zoo.card(model.name)
     return out
 
 
-def scores(model: Any, kind: str, top: int) -> dict[str, Any]:
-    import circuitalg as ca
-    from circuitalg.circuits.composition import valid_pairs
-
+def scores(model: Transformer, kind: str, top: int) -> dict[str, Any]:
     c = model.config
     n_pairs = valid_pairs(c.n_layers, c.n_heads)
-    base = ca.composition_baseline(model, kind)
+    base = composition_baseline(model, kind)
     out: dict[str, Any] = {
         "kind": kind, "n_pairs": n_pairs,
         "qk_offset": 0 if c.rotary is not None and kind in "qk" else None,
@@ -102,25 +105,16 @@ def scores(model: Any, kind: str, top: int) -> dict[str, Any]:
         out.update(top=[], scores=[], threshold=None,
                    note=f"{c.n_layers} layer: no head reads a head of an earlier layer, so there is no composition.")
         return out
-    s = ca.composition_scores(model, kind)
-    valid = np.arange(c.n_layers)[:, None, None, None] < np.arange(c.n_layers)[None, None, :, None]
-    ranked = np.where(np.broadcast_to(valid, s.shape), s, -np.inf)
-    order = np.argsort(-ranked, axis=None, kind="stable")[: min(top, n_pairs)]
-    pairs = []
-    for i in order:
-        l1, h1, l2, h2 = (int(x) for x in np.unravel_index(i, s.shape))
-        v = float(s[l1, h1, l2, h2])
-        p = base.family_p(v, n_pairs)
-        pairs.append({"writer": ca.HeadId(l1, h1).name, "reader": ca.HeadId(l2, h2).name, "score": v, "z": base.z(v),
-                      "family_p": p, "significant": p < ca.FAMILY_ALPHA})
-    out.update(top=pairs, scores=s.tolist(), threshold=base.threshold(n_pairs, ca.FAMILY_ALPHA))
+    s = composition_scores(model, kind)
+    pairs = composition_pairs(s, base, alpha=FAMILY_ALPHA)
+    ranked = [{"writer": p.writer.name, "reader": p.reader.name, "score": p.score, "z": p.z,
+               "family_p": pairs.family_p(p), "significant": p.significant} for p in pairs.pairs[:top]]
+    out.update(top=ranked, scores=s.tolist(), threshold=pairs.threshold)
     return out
 
 
-def circuits(model: Any, top: int, max_heads: int, sinks: list[str]) -> dict[str, Any]:
-    import circuitalg as ca
-
-    res = ca.top_circuits(model, top, max_heads, sinks)
+def circuits(model: Transformer, top: int, max_heads: int, sinks: list[str]) -> dict[str, Any]:
+    res = top_circuits(model, top, max_heads, sinks)
     return {"summary": res.summary(), "visited": res.visited, "evaluated": res.evaluated, "total": res.total,
             "bound": res.bound, "circuits": [dict(c.to_dict(), symbol=str(c.symbol)) for c in res]}
 
@@ -176,12 +170,11 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=float))
 
 
-def main(argv: list[str] | None = None) -> int:
-    import circuitalg
-
+def _parser() -> argparse.ArgumentParser:
+    """The command's argument parser: ``report``, ``circuits``, ``scores`` and ``info``."""
     fmt = _DefaultsFormatter
     ap = argparse.ArgumentParser(prog="circuitalg", description="Weight-based circuit analysis of transformers.")
-    ap.add_argument("--version", action="version", version=f"circuitalg {circuitalg.__version__}")
+    ap.add_argument("--version", action="version", version=f"circuitalg {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("report", help="analyse a model, print a summary and write DIR/report.html", formatter_class=fmt)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="zoo name or checkpoint path")
@@ -214,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", nargs="?", help="zoo name or checkpoint path")
     p.add_argument("--list", action="store_true", help="list the zoo models")
     p.add_argument("--json", action="store_true", help="print JSON")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        args = ap.parse_args(argv)
+        args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad options, 0 on --help
         return int(e.code or 0)
     if args.command == "report":
@@ -223,87 +220,102 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"circuitalg report: error: --out {args.out}: {problem}", file=sys.stderr)
             return EXIT_USAGE
-
-    import circuitalg as ca
-
     try:
-        if args.command == "info" and (args.list or args.model is None):
-            names = ca.zoo.list()
-            _print_json(names) if args.json else print("\n".join(names))
-            return 0
-        try:
-            t_load = time.perf_counter()
-            # folded while loading (the reading weights held once, not stored and norm-weighted); the
-            # report into float64 (its analysis precision) unless --dtype says otherwise
-            extra: dict[str, Any] = {} if args.command == "info" else {"fold": True}
-            if args.command == "report":
-                extra["dtype"] = np.float64 if args.dtype == "auto" else args.dtype
-            model = resolve_model(args.model, **extra)
-            if args.command == "report":
-                progress(f"loaded {model.name} in {time.perf_counter() - t_load:.1f} s")
-        except (ca.LoadError, ca.ConfigError) as e:
-            print(f"circuitalg: error: {e}", file=sys.stderr)
-            return EXIT_MODEL
-        if args.command == "info":
-            out = info(model)
-            if args.json:
-                _print_json(out)
-            else:
-                print(model)
-                print(f"parameters: {out['n_parameters']:,}")
-                for k, v in out.get("card", {}).items():
-                    print(f"{k}: {json.dumps(v)}")
-        elif args.command == "scores":
-            out = scores(model, args.kind, args.top)
-            if args.json:
-                _print_json(out)
-            else:
-                b = out["baseline"]
-                print(f"{args.kind.upper()}-composition, {model.name}; random baseline {b['mean']:.4f} ± {b['std']:.4f}")
-                if out["qk_offset"] is not None:
-                    print("  rotary model: scored through W_QK(0) = W_Q^T W_K (query and key at the same position)")
-                if "note" in out:
-                    print(f"  none: {out['note']}")
-                else:
-                    print(f"  {out['n_pairs']:,} earlier->later pairs; significant at {ca.FAMILY_ALPHA:g} family-wise "
-                          f"from {out['threshold']:.4f} ({out['significance']})")
-                for r in out["top"]:
-                    mark = "significant" if r["significant"] else "not significant"
-                    print(f"  {r['writer']} -> {r['reader']}: {r['score']:.4f}  ({r['z']:+.1f} std, "
-                          f"family-wise p {r['family_p']:.2g}, {mark})")
-        elif args.command == "circuits":
-            out = circuits(model, args.top, args.max_heads, args.sinks)
-            if args.json:
-                _print_json(out)
-            else:
-                print(out["summary"])
-                for c in out["circuits"]:
-                    print(f"  {c['score']:10.4g}  {c['name']}\n              {c['symbol']}")
-        else:
-            from circuitalg.report import ReportOptions, write_report
-
-            tty = sys.stderr.isatty()
-            options = ReportOptions(layers=args.layers, top=args.top, seq_len=args.seq_len, figures=not args.no_figures,
-                                    progress_bar=tty)
-            try:
-                options.check(model)
-            except ca.InvalidArgumentError as e:  # an option out of range for this model: a usage error
-                print(f"circuitalg report: error: {e}", file=sys.stderr)
-                return EXIT_USAGE
-            log = _bar_safe(progress) if tty else progress
-            with warnings.catch_warnings():  # the report's warnings (one per stage at most) as progress lines
-                warnings.showwarning = _warning_line(log)
-                summary = write_report(model, Path(args.out), log=log, options=options)
-            if args.json:
-                _print_json(summary)
-            else:
-                print(summary["text"])
-    except ca.CircuitAlgError as e:
+        with Runtime(hugepage_advice=False):  # loading and analysing make many large new arrays
+            return _run(args)
+    except CircuitAlgError as e:
         print(f"circuitalg: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:  # files are written atomically, so nothing partial is left
         print("circuitalg: interrupted; no partial files are left.", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command: load the model, then the command; the exit code."""
+    if args.command == "info" and (args.list or args.model is None):
+        names = zoo.list()
+        _print_json(names) if args.json else print("\n".join(names))
+        return 0
+    try:
+        t_load = time.perf_counter()
+        # folded while loading (the reading weights held once, not stored and norm-weighted); the
+        # report into float64 (its analysis precision) unless --dtype says otherwise
+        extra: dict[str, Any] = {} if args.command == "info" else {"fold": True}
+        if args.command == "report":
+            extra["dtype"] = np.float64 if args.dtype == "auto" else args.dtype
+        model = resolve_model(args.model, **extra)
+        if args.command == "report":
+            progress(f"loaded {model.name} in {time.perf_counter() - t_load:.1f} s")
+    except (LoadError, ConfigError) as e:
+        print(f"circuitalg: error: {e}", file=sys.stderr)
+        return EXIT_MODEL
+    command = {"info": _info_command, "scores": _scores_command, "circuits": _circuits_command,
+               "report": _report_command}[args.command]
+    return command(args, model)
+
+
+def _info_command(args: argparse.Namespace, model: Transformer) -> int:
+    out = info(model)
+    if args.json:
+        _print_json(out)
+    else:
+        print(model)
+        print(f"parameters: {out['n_parameters']:,}")
+        for k, v in out.get("card", {}).items():
+            print(f"{k}: {json.dumps(v)}")
+    return 0
+
+
+def _scores_command(args: argparse.Namespace, model: Transformer) -> int:
+    out = scores(model, args.kind, args.top)
+    if args.json:
+        _print_json(out)
+        return 0
+    b = out["baseline"]
+    print(f"{args.kind.upper()}-composition, {model.name}; random baseline {b['mean']:.4f} ± {b['std']:.4f}")
+    if out["qk_offset"] is not None:
+        print("  rotary model: scored through W_QK(0) = W_Q^T W_K (query and key at the same position)")
+    if "note" in out:
+        print(f"  none: {out['note']}")
+    else:
+        print(f"  {out['n_pairs']:,} earlier->later pairs; significant at {FAMILY_ALPHA:g} family-wise "
+              f"from {out['threshold']:.4f} ({out['significance']})")
+    for r in out["top"]:
+        mark = "significant" if r["significant"] else "not significant"
+        print(f"  {r['writer']} -> {r['reader']}: {r['score']:.4f}  ({r['z']:+.1f} std, "
+              f"family-wise p {r['family_p']:.2g}, {mark})")
+    return 0
+
+
+def _circuits_command(args: argparse.Namespace, model: Transformer) -> int:
+    out = circuits(model, args.top, args.max_heads, args.sinks)
+    if args.json:
+        _print_json(out)
+        return 0
+    print(out["summary"])
+    for c in out["circuits"]:
+        print(f"  {c['score']:10.4g}  {c['name']}\n              {c['symbol']}")
+    return 0
+
+
+def _report_command(args: argparse.Namespace, model: Transformer) -> int:
+    tty = sys.stderr.isatty()
+    options = ReportOptions(layers=args.layers, top=args.top, seq_len=args.seq_len, figures=not args.no_figures,
+                            progress_bar=tty)
+    try:
+        options.check(model)
+    except InvalidArgumentError as e:  # an option out of range for this model: a usage error
+        print(f"circuitalg report: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    log = _bar_safe(progress) if tty else progress
+    with warnings.catch_warnings():  # the report's warnings (one per stage at most) as progress lines
+        warnings.showwarning = _warning_line(log)
+        summary = write_report(model, Path(args.out), log=log, options=options)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(summary["text"])
     return 0
 
 

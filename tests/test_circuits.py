@@ -229,7 +229,7 @@ def test_float32_thresholds_of_the_screen_round_down() -> None:
     """The screen compares float32 values with a float64 threshold: rounded to nearest it could
     rise above the threshold and drop entries just over it; the float32 used is the largest at
     most the threshold."""
-    from circuitalg.circuits.diagnostics import _float32_below
+    from circuitalg.linalg.topk import _float32_below
 
     rng = np.random.default_rng(3)
     xs = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-30, 30, 2000), [0.0, 3.0, -1.5]])
@@ -266,11 +266,11 @@ def test_top_tokens_prefix_screen_is_exact(by: str, seed: int, monkeypatch) -> N
     rest) returns exactly the dense ranking, also causally masked and windowed. The largest entry
     lies wholly in the weakest singular direction and the prefix chosen is shorter than the rank,
     so only the tail bound keeps it in (a screen without it misses the entry)."""
-    from circuitalg.circuits import diagnostics
+    from circuitalg.linalg import topk
 
     chosen = []
-    real = diagnostics._screen_prefix
-    monkeypatch.setattr(diagnostics, "_screen_prefix", lambda *a: chosen.append(real(*a)) or chosen[-1])
+    real = topk._screen_prefix
+    monkeypatch.setattr(topk, "_screen_prefix", lambda *a: chosen.append(real(*a)) or chosen[-1])
     r, n, i0, j0 = 32, 700, 400 + seed, 380
     pos = ca.Space("pos", n)
     us, vt = _localised_svd(n, r, i0, j0, seed)
@@ -451,7 +451,8 @@ def test_top_circuits_and_certificate_equal_brute_force(
 ) -> None:
     """The top k are exact, and the printed certificate is true: every circuit the search did
     not score is at most ``bound`` (checked against every circuit, scored densely)."""
-    from circuitalg.circuits.enumerate import _Engine, _Search
+    from circuitalg.circuits.enumerate import _Search, _VirtualWeights
+    from circuitalg.runtime import SERIAL
 
     m = model
     bf = brute_force(m, max_heads, sinks)
@@ -461,7 +462,7 @@ def test_top_circuits_and_certificate_equal_brute_force(
         assert key(c) not in scored, f"{c.name} scored twice"
         scored[key(c)] = c.score**2
 
-    res = _Search(_Engine(m, sinks), k, max_heads, on_score=record).run()
+    res = _Search(_VirtualWeights(m, sinks, SERIAL), k, max_heads, on_score=record).run()
     assert res.total == len(bf) == ca.count_circuits(m, max_heads, sinks)
     assert res.evaluated == len(scored)
     kk = min(k, len(bf))
@@ -633,17 +634,18 @@ def test_transition_norm_bounds_hold_for_the_transitions_the_search_multiplies_b
     spectral norm of the matrix ``transition`` returns (float64 SVD), at most a few times above it,
     exactly zero for a zeroed writer (no rounding slack where no term is nonzero), and zero for
     pairs that are not writer -> later head."""
-    from circuitalg.circuits.enumerate import _Engine
+    from circuitalg.circuits.enumerate import _VirtualWeights
+    from circuitalg.runtime import SERIAL
 
     m = _zeroed(random_model(n_layers=3, n_heads=3, d_model=24, d_head=4, d_vocab=6, n_ctx=5, seed=8), [(0, 1)])
-    eng = _Engine(m, ("unembed",))
-    zeroed = eng.heads.index(ca.HeadId(0, 1))
-    for g, g2 in itertools.product(range(len(eng.heads)), repeat=2):
-        if eng.layer[g2] <= eng.layer[g]:
-            assert eng.M_norm2[g, g2] == 0.0
+    weights = _VirtualWeights(m, ("unembed",), SERIAL)
+    zeroed = weights.heads.index(ca.HeadId(0, 1))
+    for g, g2 in itertools.product(range(len(weights.heads)), repeat=2):
+        if weights.layer[g2] <= weights.layer[g]:
+            assert weights.M_norm2[g, g2] == 0.0
             continue
-        s2 = np.linalg.svd(eng.transition(g, g2), compute_uv=False)[0] ** 2
+        s2 = np.linalg.svd(weights.transition(g, g2), compute_uv=False)[0] ** 2
         if g == zeroed:
-            assert s2 == 0.0 and eng.M_norm2[g, g2] == 0.0
+            assert s2 == 0.0 and weights.M_norm2[g, g2] == 0.0
         else:
-            assert s2 <= eng.M_norm2[g, g2] <= 4 * s2, (g, g2)
+            assert s2 <= weights.M_norm2[g, g2] <= 4 * s2, (g, g2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from circuitalg.circuits.findings import CompositionPair
+from circuitalg.model.ids import HeadId
 from circuitalg.report import figures
 from circuitalg.report.figures import EDGE_CLEARANCE, _arc_points, edge_curvatures
 
@@ -76,8 +78,9 @@ def test_graph_figure_draws_the_chosen_curvatures(n_layers: int, n_heads: int, m
     for _ in range(10):
         l1 = int(rng.integers(0, n_layers - 1))
         l2 = int(rng.integers(l1 + 1, n_layers))
-        edges.append({"writer_id": (l1, int(rng.integers(n_heads))), "reader_id": (l2, int(rng.integers(n_heads))),
-                      "kind": "qkv"[int(rng.integers(3))], "z": float(rng.normal()), "significant": bool(rng.integers(2))})
+        writer, reader = HeadId(l1, int(rng.integers(n_heads))), HeadId(l2, int(rng.integers(n_heads)))
+        edges.append(CompositionPair("qkv"[int(rng.integers(3))], writer, reader, float(rng.random()),
+                                     float(rng.normal()), bool(rng.integers(2))))
     seen: list[str] = []
     from matplotlib.axes import Axes
 
@@ -90,6 +93,6 @@ def test_graph_figure_draws_the_chosen_curvatures(n_layers: int, n_heads: int, m
     monkeypatch.setattr(Axes, "annotate", spy)
     uri = figures.graph_figure(edges, n_layers, n_heads)
     assert uri.startswith("data:image/png;base64,")
-    pairs = [(e["writer_id"], e["reader_id"]) for e in edges]
+    pairs = [(e.writer, e.reader) for e in edges]
     rads = edge_curvatures(pairs, n_layers, n_heads, figures.graph_layout(n_layers, n_heads)[1])
     assert seen == [f"arc3,rad={r}" for r in rads]

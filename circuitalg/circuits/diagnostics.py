@@ -2,7 +2,8 @@
 
 Everything static is computed from factored maps: the full OV circuit ``W_U W_OV W_E`` is
 never built (its eigenvalues come from the ``d_head x d_head`` matrix ``W_V (W_E W_U) W_O``,
-with ``W_E W_U`` formed once), and :func:`top_tokens` scans a thin factorisation.
+with ``W_E W_U`` formed once), and :func:`top_tokens` labels the largest entries of a thin
+factorisation (found by :func:`~circuitalg.linalg.topk.top_entries`) with tokens and positions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from circuitalg import runtime
 from circuitalg.circuits.composition import check_model
 from circuitalg.errors import (
     DTypeError,
@@ -24,9 +26,9 @@ from circuitalg.errors import (
     check_int,
 )
 from circuitalg.linalg.accuracy import eigen_noise_floor
-from circuitalg.linalg.common import split_small_products
 from circuitalg.linalg.eig import eigenvalues_with_bounds
 from circuitalg.linalg.svd import singular_values, svd
+from circuitalg.linalg.topk import count_entries, top_entries
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.forward import blocked, run_batch
 from circuitalg.model.ids import HeadId
@@ -45,10 +47,6 @@ __all__ = [
     "repeated_random_tokens",
     "top_tokens",
 ]
-
-
-#: Default size of one block of rows scanned by :func:`top_tokens` (64 MiB).
-SCAN_BYTES = 64 << 20
 
 
 def _vector(x: Any, name: str, what: str, complex_ok: bool) -> np.ndarray:
@@ -394,15 +392,6 @@ def _axis_label(space: Any, i: int, vocab: Sequence[str] | None) -> tuple[str | 
     return None, f"#{i}"
 
 
-#: Rows of a screened block are chosen so that the block's float32 screen takes about this
-#: many bytes (it stays in cache; at most ``max_bytes``).
-SCREEN_BLOCK_BYTES = 16 << 20
-#: Cost of evaluating one screened-in entry (a gathered full-rank float32 dot product, then
-#: float64 for the few it cannot rule out), in multiply-adds of the float32 screen; chooses the
-#: prefix length of :func:`_scan_top` (the optimum is flat: p from 31 to 39 of 64 times alike).
-SURVIVOR_COST = 2000.0
-
-
 class TopTokens(list):
     """The entries :func:`top_tokens` found (a list of :class:`TokenEntry`, largest first) and how
     they were found: ``rows_scanned`` of ``n_rows`` rows (strongest first), and ``bound``, a bound
@@ -430,209 +419,6 @@ class TopTokens(list):
                 f"rows is <= {self.bound:.4g} (Cauchy-Schwarz bound), so an unscanned entry could still rank")
 
 
-def _merge_top(k: int, best: tuple[np.ndarray, ...], vals: np.ndarray, ri: np.ndarray, cj: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``k`` best of ``best`` and the new entries (value descending, then row, column)."""
-    v = np.concatenate([best[0], vals])
-    i = np.concatenate([best[1], ri])
-    j = np.concatenate([best[2], cj])
-    keep = np.lexsort((j, i, -v))[:k]
-    return v[keep], i[keep], j[keep]
-
-
-def _scan_top(
-    L: np.ndarray, V: np.ndarray, k: int, by_abs: bool, causal: bool, window: int | None, budget: int,
-    max_rows: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Row and column indices of the ``k`` largest entries of ``L @ V`` (by value or magnitude;
-    ``causal``: only ``col <= row``, within ``window``), in order, ties by (row, col); then the
-    number of rows scanned and a bound on every entry of the rows left unscanned (0.0 when the
-    scan proved that none of them can enter: the result is then exact). Only ``max_rows`` rows
-    (the strongest) are scanned when it is given.
-
-    Rows are taken strongest first (largest ``‖L_i‖``); the scan stops when ``‖L_i‖ max_j ‖V_j‖``
-    shows that no remaining row can enter the top ``k``. The first rows are evaluated in float64
-    until ``k`` entries are known. Every later entry is screened against the running ``k``-th
-    value ``t`` with the bound ``e_ij <= P_ij + ‖L_i,tail‖ ‖V_tail,j‖``, ``P = L[:, :p] V[:p]``
-    (``|P_ij|`` for magnitudes): for ``L = U S`` of a factored SVD, the leading ``p`` singular
-    directions carry most of every entry, so a prefix ``p < r`` (chosen on a sample of rows to
-    minimise the work) rules out nearly all entries at a fraction of the full product's cost.
-    The screen is a float32 product (the bound's rank-one term appended as one more column),
-    whose error is at most ``δ = (γ_{p+1} + 5u) max‖L_i‖ max‖V_j‖`` (``u`` the float32 unit
-    roundoff, ``γ_n = n u / (1 - n u)``, inputs rounded to float32 and the magnitude screen's
-    float32 addition of the bound included; by Cauchy-Schwarz
-    ``‖L_i,head‖‖V_head,j‖ + ‖L_i,tail‖‖V_tail,j‖ <= ‖L_i‖‖V_j‖``), so every entry with screen
-    value below ``t - δ`` is provably outside the top ``k`` (``t - δ`` rounded down to float32 for
-    the comparison). The others are evaluated at full rank in float32, within
-    ``δ' = (γ_r (1 + u)² + 2.01u) max‖L_i‖ max‖V_j‖`` of the float64 value (half the bytes of a
-    float64 gather), and those at or above ``t - δ'`` in float64: the result is the float64
-    ranking, exactly. A block where too many entries pass the screen
-    (ties, e.g. a zero map) is evaluated in float64 whole.
-    """
-    n_rows, r = L.shape
-    n_cols = V.shape[1]
-    empty = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
-    if n_rows == 0 or n_cols == 0:
-        return empty[1], empty[2], n_rows, 0.0
-    stop = n_rows if max_rows is None else max(1, min(n_rows, max_rows))  # rows that may be scanned
-    row_norm = np.linalg.norm(L, axis=1)
-    col_norm = np.linalg.norm(V, axis=0)
-    col_max = float(col_norm.max())
-    order = np.argsort(-row_norm, kind="stable")
-    cols = np.arange(n_cols)
-
-    def allowed(ri: np.ndarray, cj: np.ndarray) -> np.ndarray:
-        back = ri - cj
-        return (back >= 0) if window is None else (back >= 0) & (back < window)
-
-    def exact_block(rows: np.ndarray, floor: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The top ``k`` of some rows in float64 (ties at the k-th kept, then cut in order); with
-        ``floor`` (the running k-th value), only entries ``>= floor``, the only ones that can enter."""
-        ex = L[rows] @ V
-        key = np.abs(ex) if by_abs else ex
-        if causal:
-            key = np.where(allowed(rows[:, None], cols[None, :]), key, -np.inf)
-        flat = key.ravel()
-        cand = np.flatnonzero(flat >= floor) if floor > -np.inf else None
-        if cand is None or cand.size > max(4 * k, 1 << 16):  # a partial sort (ties: the whole block)
-            kk = min(k, flat.size)
-            cand = np.flatnonzero(flat >= flat[np.argpartition(-flat, kk - 1)[kk - 1]])
-        ri, cj = np.unravel_index(cand, key.shape)
-        fin = np.isfinite(flat[cand])  # masked (causal) entries are -inf
-        return flat[cand][fin], rows[ri][fin], cj[fin]
-
-    # phase 1: the strongest rows in float64 until k entries are known
-    best = empty
-    start = 0
-    first = max(1, min(n_rows, -(-max(k, 1 << 22) // n_cols), budget // (8 * n_cols)))
-    first = min(first, stop)  # the budget binds here too (beyond it only while fewer than k are known)
-    while best[0].size < k and start < n_rows:  # (k entries are needed whatever max_rows says)
-        rows = order[start:start + first]
-        best = _merge_top(k, best, *exact_block(rows))
-        start += len(rows)
-    if start >= n_rows or best[0].size < k:
-        return best[1], best[2], start, 0.0
-
-    def unscanned(at: int) -> tuple[np.ndarray, np.ndarray, int, float]:
-        """The result when the rows from ``order[at]`` on are left: exact if they cannot enter."""
-        cut = float(row_norm[order[at]]) * col_max * (1 + 1e-12)  # Cauchy-Schwarz, with rounding room
-        return best[1], best[2], at, (0.0 if cut < float(best[0].min()) else cut)
-
-    if start >= stop:
-        return unscanned(start)
-
-    # phase 2: screened blocks; the prefix length p from a sample of the remaining rows
-    u = float(np.finfo(np.float32).eps) / 2
-    rest = order[start:stop]
-    sample = rest[:: max(1, len(rest) // 64)][:64]
-    kth = float(best[0].min())
-    mask = allowed(sample[:, None], cols[None, :]) if causal else None
-    p = _screen_prefix(L, V, sample, kth, by_abs, col_max * float(row_norm.max()), u, mask)
-    gamma = (p + 1) * u / (1 - (p + 1) * u)
-    # + 3u: the magnitude screen adds the rank-one bound in float32 after the product (two more roundings)
-    delta = (gamma + 5.01 * u) * float(row_norm.max()) * col_max
-    tail_l = np.linalg.norm(L[:, p:], axis=1)
-    tail_v = np.linalg.norm(V[p:], axis=0)
-    if p < r and not by_abs:  # P + b in one product: the rank-one bound as one more column
-        L32 = np.concatenate([L[:, :p], tail_l[:, None]], axis=1).astype(np.float32)
-        V32 = np.concatenate([V[:p], tail_v[None, :]], axis=0).astype(np.float32)
-    else:  # |P| + b: the bound is added after the absolute value
-        L32, V32 = L[:, :p].astype(np.float32), V[:p].astype(np.float32)
-    tail_l32, tail_v32 = tail_l.astype(np.float32), tail_v.astype(np.float32)
-    Vt = np.ascontiguousarray(V.T)  # rows of V.T gathered for the float64 dot products
-    # entries that pass the screen are first evaluated at full rank in float32 (half the bytes
-    # to gather), within delta_full of the float64 value; only those that can still reach the
-    # k-th value get the float64 dot product
-    Lf32, Vt32 = L.astype(np.float32), Vt.astype(np.float32)
-    gamma_r = r * u / (1 - r * u)
-    delta_full = (gamma_r * (1 + u) ** 2 + 2.01 * u) * float(row_norm.max()) * col_max
-    block = max(1, min(len(rest), min(budget, SCREEN_BLOCK_BYTES) // (4 * n_cols)))
-    # the block's buffers are made once: a fresh array per block costs page faults on every block
-    buf = np.empty((block, n_cols), dtype=np.float32)
-    passed = np.empty((block, n_cols), dtype=bool)
-    bound = np.empty((block, n_cols), dtype=np.float32) if by_abs and p < r else None
-    for s in range(0, len(rest), block):
-        rows = rest[s:s + block]
-        kth = float(best[0].min())
-        if row_norm[rows[0]] * col_max * (1 + 1e-12) < kth:
-            return best[1], best[2], start + s, 0.0  # no remaining row can reach the k-th entry
-        threshold = _float32_below(kth - delta)  # a float32 threshold, rounded down
-
-        def screen(lo: int, hi: int, rows: np.ndarray = rows, threshold: np.float32 = threshold) -> np.ndarray:
-            """The flat indices (in the block) of rows ``lo:hi``'s entries that pass the screen."""
-            scr = np.matmul(L32[rows[lo:hi]], V32, out=buf[lo:hi])
-            if by_abs:
-                np.abs(scr, out=scr)
-                if bound is not None:
-                    np.multiply(tail_l32[rows[lo:hi], None], tail_v32[None, :], out=bound[lo:hi])
-                    np.add(scr, bound[lo:hi], out=scr)
-            return np.flatnonzero(np.greater_equal(scr, threshold, out=passed[lo:hi])) + lo * n_cols
-
-        # the block's rows split between our own threads (one BLAS thread each): the float32 product
-        # has only p + 1 inner terms, and OpenBLAS's own threads stall on it
-        cand = np.concatenate(split_small_products(screen, len(rows)))
-        if cand.size > max(4 * k, 1 << 16):  # too many within the screen's error: this block in float64
-            best = _merge_top(k, best, *exact_block(rows, kth))
-            continue
-        ri, cj = np.unravel_index(cand, (len(rows), n_cols))
-        ri = rows[ri]
-        if causal:
-            ok = allowed(ri, cj)
-            ri, cj = ri[ok], cj[ok]
-        if ri.size:
-            approx = np.einsum("ij,ij->i", Lf32[ri], Vt32[cj]).astype(np.float64)  # compared in float64
-            close = ~((np.abs(approx) if by_abs else approx) < kth - delta_full)  # NaN (overflow): kept
-            ri, cj = ri[close], cj[close]
-        if ri.size:
-            vals = np.einsum("ij,ij->i", L[ri], Vt[cj])  # float64, the ranking's values
-            vals = np.abs(vals) if by_abs else vals
-            keep = vals >= kth  # the rest cannot enter (ties at the k-th are ordered by the merge)
-            if keep.any():
-                best = _merge_top(k, best, vals[keep], ri[keep], cj[keep])
-    return unscanned(stop) if stop < n_rows else (best[1], best[2], n_rows, 0.0)
-
-
-def _float32_below(x: float) -> np.float32:
-    """The largest float32 at most ``x`` (a float64 threshold compared with float32 values would
-    be rounded to nearest, possibly up, and drop entries just above it)."""
-    with np.errstate(over="ignore"):  # beyond float32's range: ±inf, then the largest finite below
-        y = np.float32(x)
-    return np.nextafter(y, np.float32(-np.inf)) if float(y) > x else y
-
-
-def _screen_prefix(L: np.ndarray, V: np.ndarray, sample: np.ndarray, kth: float, by_abs: bool,
-                   scale: float, u: float, mask: np.ndarray | None = None) -> int:
-    """The prefix length ``p`` of :func:`_scan_top`'s screen that minimises its estimated work,
-    ``(p + 1) + SURVIVOR_COST * (fraction of the sample's entries that pass)`` per entry (entries
-    outside ``mask``, the causal pairs, are dropped before any float64 work and count as passing
-    nothing)."""
-    r = L.shape[1]
-    if r <= 8 or sample.size == 0:
-        return r
-    Ls = L[sample]
-    best_p, best_cost = r, float(r + 1)
-    acc = np.zeros((len(sample), V.shape[1]))
-    done = 0
-    cands = [q - 1 for q in range(8, r + 1, 8) if q - 1 >= r // 4] + [r]  # p + 1 a multiple of 8: fast GEMMs
-    # the tails' squared norms, updated as the prefix grows (an estimate for choosing p: the screen
-    # itself uses exact tail norms), instead of a pass over V's remaining rows per candidate
-    tl2, tv2 = np.einsum("ij,ij->i", Ls, Ls), np.einsum("ij,ij->j", V, V)
-    for p in cands:
-        acc += Ls[:, done:p] @ V[done:p]
-        tl2 -= np.einsum("ij,ij->i", Ls[:, done:p], Ls[:, done:p])
-        tv2 -= np.einsum("ij,ij->j", V[done:p], V[done:p])
-        done = p
-        gamma = (p + 1) * u / (1 - (p + 1) * u)
-        floor = kth - (gamma + 5.01 * u) * scale
-        tail = np.sqrt(np.maximum(tl2, 0.0))[:, None] * np.sqrt(np.maximum(tv2, 0.0))[None, :]
-        passes = ((np.abs(acc) if by_abs else acc) + tail) >= floor
-        frac = float(np.mean(passes if mask is None else passes & mask))
-        cost = (p + 1) + SURVIVOR_COST * frac
-        if cost < best_cost:
-            best_p, best_cost = p, cost
-    return best_p
-
-
 def top_tokens(
     m: LinearMap, k: int = 10, *, vocab: Sequence[str] | Transformer | None = None, by: str = "value",
     roles: tuple[str, str] | None = None, causal: bool | None = None, window: int | None = None,
@@ -640,13 +426,12 @@ def top_tokens(
 ) -> TopTokens:
     """The ``k`` largest entries of a map between token or position spaces, without building it.
 
-    ``m`` is factored once as ``U S Vᵀ`` (the factored SVD); rows are then scanned in blocks
-    of at most ``max_bytes`` (default 64 MiB), strongest rows first, stopping
-    as soon as the Cauchy-Schwarz bound ``|m[i, j]| <= ||(US)_i|| max_j ||V_j||`` shows that
-    no remaining row can enter the top ``k``. Each block is screened in float32 with a rigorous
-    error bound and only the entries it cannot rule out are computed in float64
-    (:func:`_scan_top`), so the result is the float64 ranking exactly. Entries agree with the
-    dense matrix to about ``1e-15 * σ_max``.
+    ``m`` is factored once as ``U S Vᵀ`` (the factored SVD) and the entries of ``(U S) Vᵀ``
+    are ranked by :func:`~circuitalg.linalg.topk.top_entries`: rows in blocks of at most
+    ``max_bytes`` (default 64 MiB), strongest first, stopping as soon as the Cauchy-Schwarz
+    bound ``|m[i, j]| <= ||(US)_i|| max_j ||V_j||`` shows that no remaining row can enter the
+    top ``k``; each block screened in float32 with a rigorous error bound, so the result is the
+    float64 ranking exactly. Entries agree with the dense matrix to about ``1e-15 * σ_max``.
 
     Parameters
     ----------
@@ -699,11 +484,7 @@ def top_tokens(
         window = check_int("window", window, 1)
         if not causal:
             raise InvalidArgumentError("window restricts the pairs of a causal position table; pass causal=True with it.")
-    if causal:
-        w = n_rows if window is None else min(window, n_rows)
-        n_entries = sum(min(i + 1, w) for i in range(n_rows))
-    else:
-        n_entries = n_rows * n_cols
+    n_entries = count_entries(n_rows, n_cols, causal=causal, window=window)
     k = check_int("k", k, 1, n_entries, " (the number of entries" + (" causal attention can use)" if causal else ")"))
     if by not in ("value", "abs"):
         raise InvalidArgumentError(f"by={by!r}; use 'value' or 'abs'.")
@@ -713,16 +494,11 @@ def top_tokens(
     if vocab is not None and len(vocab) < n_tok:
         raise InvalidArgumentError(f"vocab has {len(vocab)} strings but the map's token axis has {n_tok}.")
     U, S, Vh = svd(m)
-    Lf = np.asarray(U * S, dtype=np.float64)  # (n_rows, r)
-    Vh = np.asarray(Vh, dtype=np.float64)
-    if max_rows is not None:
-        max_rows = check_int("max_rows", max_rows, 1)
-    best_i, best_j, scanned, bound = _scan_top(Lf, Vh, k, by == "abs", causal, window,
-                                               SCAN_BYTES if max_bytes is None else max_bytes, max_rows)
+    top = top_entries(np.asarray(U * S, dtype=np.float64), np.asarray(Vh, dtype=np.float64), k, runtime.current(),
+                      by_abs=by == "abs", causal=causal, window=window, max_rows=max_rows, max_bytes=max_bytes)
     out = []
-    for i, j in zip(best_i, best_j):
-        v = float(Lf[i] @ Vh[:, j])  # the same products the scan ranked by
-        rt, rl = _axis_label(m.codomain, int(i), vocab)
-        ct, cl = _axis_label(m.domain, int(j), vocab)
-        out.append(TokenEntry(int(i), int(j), v, rt, ct, rl, cl, roles[0], roles[1]))
-    return TopTokens(out, scanned, n_rows, bound)
+    for i, j, v in zip(top.rows, top.cols, top.values):
+        row_token, row_label = _axis_label(m.codomain, int(i), vocab)
+        col_token, col_label = _axis_label(m.domain, int(j), vocab)
+        out.append(TokenEntry(int(i), int(j), float(v), row_token, col_token, row_label, col_label, *roles))
+    return TopTokens(out, top.rows_scanned, n_rows, top.bound)

@@ -37,13 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from circuitalg import runtime
 from circuitalg.circuits.circuit import SINK_SIDES, UNEMBED, Circuit, Sink, count_head_chains
 from circuitalg.circuits.composition import check_model
 from circuitalg.errors import InvalidArgumentError, check_int
 from circuitalg.linalg import gram_factor
-from circuitalg.linalg.common import split_small_products
 from circuitalg.model.ids import HeadId, Source
 from circuitalg.model.weights import Transformer
+from circuitalg.runtime import Runtime
 
 __all__ = ["CircuitSearch", "top_circuits", "count_circuits"]
 
@@ -137,10 +138,12 @@ def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] 
     return total
 
 
-class _Engine:
-    """Per-model precomputation shared by the search (float64)."""
+class _VirtualWeights:
+    """The virtual weights the search multiplies, with their Gram matrices and norm bounds (float64,
+    per model): sources into heads (``W S Sᵀ Wᵀ``), writer to later head (the transition
+    ``W_V^g2 W_O^g``) and heads into sinks (``W_O^gᵀ G W_O^g``)."""
 
-    def __init__(self, model: Transformer, sinks: tuple[str, ...]) -> None:
+    def __init__(self, model: Transformer, sinks: tuple[str, ...], rt: Runtime) -> None:
         c = model.config
         self.model, self.sinks = model, sinks
         self.L, self.H = c.n_layers, c.n_heads
@@ -167,11 +170,11 @@ class _Engine:
         self.M_norm2 = np.zeros((n, n))
         self._M: dict[tuple[int, int], np.ndarray] = {}
         if n:
-            self._bound_transitions()
+            self._bound_transitions(rt)
         # readers: (sink side, sink head index or -1, bare source)
         self.readers: list[tuple[str, int, Source | None]] = []
         self.reader_layer: list[int] = []
-        self.Z: dict[tuple[int, int], np.ndarray] = {}
+        self._sink_grams: dict[tuple[int, int], np.ndarray] = {}
         if "unembed" in sinks:
             self.readers.append(("unembed", -1, None))
             self.reader_layer.append(self.L)
@@ -196,7 +199,7 @@ class _Engine:
         for r, (kind, h, s) in enumerate(self.readers):
             if kind == "unembed":
                 for g in range(n):
-                    self.sigma[g, r] = np.linalg.eigvalsh(self.Zmat(g, r))[-1]
+                    self.sigma[g, r] = np.linalg.eigvalsh(self.sink_gram(g, r))[-1]
             else:
                 lam = np.linalg.eigvalsh(self.other_gram(kind, h, s))[-1]
                 self.sigma[:, r] = self.read_norm2[kind][h] * lam * self.W_O_norm2
@@ -213,7 +216,7 @@ class _Engine:
         """``W S Sᵀ Wᵀ`` for the bare side of a QK sink (``W_Q`` for key sinks, ``W_K`` for query sinks)."""
         return self.source_gram[(s, "Q" if kind == "k" else "K")][h]
 
-    def _bound_transitions(self) -> None:
+    def _bound_transitions(self, rt: Runtime) -> None:
         """``M_norm2[g, g2]``: a bound on ``‖W_V^g2 W_O^g‖₂²`` for every writer ``g`` and later head
         ``g2``, from one product per writer (``W_V`` of all later heads, a suffix of the
         layer-ordered list, times ``W_O^g``) made and dropped inside the threads of the split.
@@ -227,7 +230,7 @@ class _Engine:
         _, dh, D = W_V_all.shape
         writers = [(g, int(np.argmax(self.layer > self.layer[g])))
                    for g in range(len(self.heads)) if self.layer[g] < self.layer.max()]
-        # alternate writers between the halves split_small_products runs: both get early and late ones
+        # alternate writers between the halves of the split: both get early and late ones
         order = list(range(0, len(writers), 2)) + list(range(1, len(writers), 2))
         u = np.finfo(np.float64).eps / 2
         col_V = np.sqrt(np.einsum("gij,gij->gj", W_V_all, W_V_all))
@@ -242,7 +245,7 @@ class _Engine:
                 out.append((np.sqrt(_spectral_norm2_bound(Ms)) + slack[g, first:]) ** 2)
             return out
 
-        for i, norms2 in zip(order, (x for part in split_small_products(bounds, len(order)) for x in part)):
+        for i, norms2 in zip(order, (x for part in rt.map(bounds, len(order)) for x in part)):
             g, first = writers[i]
             self.M_norm2[g, first:] = norms2
 
@@ -254,10 +257,11 @@ class _Engine:
             M = self._M[(g, g2)] = self.W_V[g2] @ self.W_O[g]
         return M
 
-    def Zmat(self, g: int, r: int) -> np.ndarray:
-        """``Z_{g, rho} = W_O^gᵀ G_rho W_O^g`` (cached)."""
+    def sink_gram(self, g: int, r: int) -> np.ndarray:
+        """``Z = W_O^gᵀ G_ρ W_O^g`` (cached): the Gram matrix ``G_ρ`` of reader ``r``'s sink seen
+        through writer ``g``'s ``W_O``; a chain ending at ``g`` with Gram ``K`` scores ``tr(K Z)``."""
         key = (g, r)
-        Z = self.Z.get(key)
+        Z = self._sink_grams.get(key)
         if Z is None:
             kind, h, s = self.readers[r]
             if kind == "unembed":
@@ -266,7 +270,7 @@ class _Engine:
                 W_read = self.sides(kind, h)[0]
                 A = W_read @ self.W_O[g]
                 Z = A.T @ self.other_gram(kind, h, s) @ A
-            self.Z[key] = Z
+            self._sink_grams[key] = Z
         return Z
 
     def bare_value(self, s: str, r: int) -> float:
@@ -322,7 +326,7 @@ def top_circuits(
         not evaluated.
     """
     sinks = _check_args(model, k, max_heads, sinks)
-    return _Search(_Engine(model, sinks), k, max_heads).run()
+    return _Search(_VirtualWeights(model, sinks, runtime.current()), k, max_heads).run()
 
 
 #: ``on_score(circuit)``: called with every circuit the search evaluates, its ``score`` set
@@ -332,7 +336,7 @@ ScoreHook = Callable[[Circuit], None]
 
 @dataclasses.dataclass(frozen=True)
 class _Node:
-    """A chain prefix: its source, heads (indices into the engine's head list) and Gram ``K``."""
+    """A chain prefix: its source, heads (indices into the virtual weights' head list) and Gram ``K``."""
 
     source: Source
     chain: tuple[int, ...]
@@ -397,21 +401,21 @@ def _spectral_norm2_bound(Ms: np.ndarray, squarings: int = 3) -> np.ndarray:
 class _Search:
     """Best-first branch and bound over chain prefixes (see the module docstring)."""
 
-    def __init__(self, eng: _Engine, k: int, max_heads: int, on_score: ScoreHook | None = None) -> None:
-        self.eng, self.k, self.max_heads, self.on_score = eng, k, max_heads, on_score
-        n, R = len(eng.heads), len(eng.readers)
-        unembed_readers = [r for r in range(R) if eng.readers[r][0] == "unembed"]
+    def __init__(self, weights: _VirtualWeights, k: int, max_heads: int, on_score: ScoreHook | None = None) -> None:
+        self.weights, self.k, self.max_heads, self.on_score = weights, k, max_heads, on_score
+        n, R = len(weights.heads), len(weights.readers)
+        unembed_readers = [r for r in range(R) if weights.readers[r][0] == "unembed"]
         # B[r][g]: bound on λmax of the sink Gram seen from head g's W_O with r more heads allowed
-        stop_u = eng.sigma[:, unembed_readers].max(axis=1) if unembed_readers else np.zeros(n)
-        stop_all = eng.sigma.max(axis=1) if R else np.zeros(n)
+        stop_u = weights.sigma[:, unembed_readers].max(axis=1) if unembed_readers else np.zeros(n)
+        stop_all = weights.sigma.max(axis=1) if R else np.zeros(n)
         self.B = [stop_u.copy()]
         for r in range(1, max_heads + 1):
-            ext = (eng.M_norm2 * self.B[r - 1][None, :]).max(axis=1) * _SAFETY if n else np.zeros(0)
+            ext = (weights.M_norm2 * self.B[r - 1][None, :]).max(axis=1) * _SAFETY if n else np.zeros(0)
             self.B.append(np.maximum(stop_all, ext))
         # can_stop[n][g]: a chain of n heads ending at head g has a reader it may stop at
-        is_unembed = np.array([side == "unembed" for side, _, _ in eng.readers], dtype=bool)
-        any_u = (eng.valid & is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
-        any_qk = (eng.valid & ~is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
+        is_unembed = np.array([side == "unembed" for side, _, _ in weights.readers], dtype=bool)
+        any_u = (weights.valid & is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
+        any_qk = (weights.valid & ~is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
         self.can_stop = [(any_u & (j <= max_heads)) | (any_qk & (j + 1 <= max_heads)) for j in range(max_heads + 1)]
         self.best: list[tuple[float, int, Circuit]] = []  # min-heap of (value², tiebreak, circuit)
         self.heap: list[tuple[float, int, _Entry]] = []  # (-bound², tiebreak, entry)
@@ -429,10 +433,10 @@ class _Search:
         kept = len(self.best) < self.k or v2 > self.best[0][0]
         if not kept and self.on_score is None:
             return  # the common case once the top k fills: no Circuit is built
-        eng = self.eng
-        side, h, other = eng.readers[r]
-        sink = UNEMBED if side == "unembed" else Sink(side, eng.heads[h], other)
-        circ = Circuit(source, tuple(eng.heads[g] for g in chain), sink, eng.model, math.sqrt(max(v2, 0.0)))
+        weights = self.weights
+        side, h, other = weights.readers[r]
+        sink = UNEMBED if side == "unembed" else Sink(side, weights.heads[h], other)
+        circ = Circuit(source, tuple(weights.heads[g] for g in chain), sink, weights.model, math.sqrt(max(v2, 0.0)))
         if self.on_score is not None:
             self.on_score(circ)
         if not kept:
@@ -451,53 +455,53 @@ class _Search:
 
     def allowed(self, r: int, n_chain: int) -> bool:
         """May a chain of ``n_chain`` heads stop at reader ``r``?"""
-        side = self.eng.readers[r][0]
+        side = self.weights.readers[r][0]
         return n_chain <= self.max_heads if side == "unembed" else n_chain + 1 <= self.max_heads
 
     # -- the search ----------------------------------------------------------------------------
     def add_node(self, source: Source, chain: tuple[int, ...], K: np.ndarray) -> None:
-        eng, g = self.eng, chain[-1]
+        weights, g = self.weights, chain[-1]
         self.visited += 1
         node = _Node(source, chain, K, max(float(np.trace(K)), 0.0))
         remaining = self.max_heads - len(chain)
         if self.can_stop[len(chain)][g]:
-            self.push(node.trace * eng.sigma[g].max(initial=0.0), _Stops(node))
-        if remaining >= 1 and np.any(eng.layer > eng.layer[g]):
-            ext = (eng.M_norm2[g] * self.B[remaining - 1]).max(initial=0.0) * _SAFETY
+            self.push(node.trace * weights.sigma[g].max(initial=0.0), _Stops(node))
+        if remaining >= 1 and np.any(weights.layer > weights.layer[g]):
+            ext = (weights.M_norm2[g] * self.B[remaining - 1]).max(initial=0.0) * _SAFETY
             self.push(node.trace * ext, _Expand(node))
 
     def expand(self, entry: _Entry) -> None:
-        eng = self.eng
+        weights = self.weights
         node = entry.node
         g = node.chain[-1]
         if isinstance(entry, _Stops):
-            for r in np.flatnonzero(eng.valid[g]):
+            for r in np.flatnonzero(weights.valid[g]):
                 if self.allowed(int(r), len(node.chain)):
-                    self.push(node.trace * eng.sigma[g, r], _Stop(node, int(r)))
+                    self.push(node.trace * weights.sigma[g, r], _Stop(node, int(r)))
         elif isinstance(entry, _Stop):
-            self.offer(float(np.sum(node.K * eng.Zmat(g, entry.reader))), node.source, node.chain, entry.reader)
+            self.offer(float(np.sum(node.K * weights.sink_gram(g, entry.reader))), node.source, node.chain, entry.reader)
         elif isinstance(entry, _Expand):
             remaining = self.max_heads - len(node.chain)
-            for g2 in np.flatnonzero(eng.layer > eng.layer[g]):
-                bound2 = node.trace * eng.M_norm2[g, g2] * self.B[remaining - 1][g2] * _SAFETY
+            for g2 in np.flatnonzero(weights.layer > weights.layer[g]):
+                bound2 = node.trace * weights.M_norm2[g, g2] * self.B[remaining - 1][g2] * _SAFETY
                 self.push(bound2, _Child(node, int(g2)))
         else:
-            M = eng.transition(g, entry.head)
+            M = weights.transition(g, entry.head)
             self.add_node(node.source, node.chain + (entry.head,), M @ node.K @ M.T)
 
     def run(self) -> CircuitSearch:
-        eng = self.eng
-        for s in eng.sources:  # bare-source circuits, scored directly
-            for r, (side, _, _) in enumerate(eng.readers):
+        weights = self.weights
+        for s in weights.sources:  # bare-source circuits, scored directly
+            for r, (side, _, _) in enumerate(weights.readers):
                 if not self.allowed(r, 0):
                     continue
-                if side == "q" and "k" in eng.sinks:
+                if side == "q" and "k" in weights.sinks:
                     continue  # the bare-bare QK term is listed once, as a key-side term
-                self.offer(eng.bare_value(s, r), s, (), r)
+                self.offer(weights.bare_value(s, r), s, (), r)
         if self.max_heads >= 1:
-            for s in eng.sources:
-                for g in range(len(eng.heads)):
-                    self.add_node(s, (g,), eng.K1[s][g])
+            for s in weights.sources:
+                for g in range(len(weights.heads)):
+                    self.add_node(s, (g,), weights.K1[s][g])
         while self.heap:
             neg, _, entry = heapq.heappop(self.heap)
             if -neg <= self.threshold():
@@ -505,6 +509,6 @@ class _Search:
                 break
             self.expand(entry)
         circuits = [c for _, _, c in sorted(self.best, key=lambda t: (-t[0], t[1]))]
-        total = count_circuits(eng.model, self.max_heads, eng.sinks)
+        total = count_circuits(weights.model, self.max_heads, weights.sinks)
         bound = 0.0 if self.evaluated == total else math.sqrt(max(self.cert, 0.0))
         return CircuitSearch(circuits, self.visited, self.evaluated, total, bound)

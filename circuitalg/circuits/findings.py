@@ -26,6 +26,9 @@ Definitions
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,9 +42,13 @@ __all__ = [
     "FAMILY_ALPHA",
     "HeadFinding",
     "CompositionFinding",
+    "CompositionPair",
+    "CompositionPairs",
     "previous_token_head",
     "induction_head",
     "composition_finding",
+    "composition_pairs",
+    "earlier_to_later",
     "uniform_attention",
     "describe_missing_composition",
 ]
@@ -211,8 +218,7 @@ def composition_finding(
     if n == 0:
         return None
     if pair is None:
-        valid = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
-        a = np.where(np.broadcast_to(valid, scores.shape), scores, -np.inf)
+        a = np.where(earlier_to_later(scores.shape), scores, -np.inf)
         l1, h1, l2, h2 = (int(x) for x in np.unravel_index(int(np.argmax(a)), a.shape))
         writer, reader, chosen = HeadId(l1, h1), HeadId(l2, h2), "strongest valid pair"
     else:
@@ -227,6 +233,101 @@ def composition_finding(
         baseline.kind, writer, reader, s, baseline.z(s), baseline.family_p(s, n), n,
         baseline.threshold(n, alpha), alpha, chosen,
     )
+
+
+def earlier_to_later(shape: tuple[int, ...]) -> np.ndarray:
+    """The valid pairs of a ``(n_layers, n_heads, n_layers, n_heads)`` score array (writer in an
+    earlier layer than the reader), as a read-only boolean array of that shape."""
+    L = shape[0]
+    return np.broadcast_to(np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None], shape)
+
+
+class CompositionPair(NamedTuple):
+    """One writer -> later-reader composition score (a row of :class:`CompositionPairs`).
+
+    Attributes
+    ----------
+    kind : {"q", "k", "v"}
+    writer, reader : HeadId
+    score : float
+    z : float
+        Standard deviations above the random-head mean (:meth:`CompositionBaseline.z`).
+    significant : bool
+        Whether ``score`` reaches the family-wise threshold (:attr:`CompositionPairs.threshold`).
+    """
+
+    kind: str
+    writer: HeadId
+    reader: HeadId
+    score: float
+    z: float
+    significant: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositionPairs:
+    """Every writer -> later-reader pair of one composition kind, strongest first, each judged
+    against the maximum over all the model's valid pairs.
+
+    Attributes
+    ----------
+    kind : {"q", "k", "v"}
+    baseline : CompositionBaseline
+    n_pairs : int
+        Valid pairs in the whole model (writer layer < reader layer): the family.
+    threshold : float
+        The score at which the largest of ``n_pairs`` random pairs has family-wise p-value
+        ``alpha`` (:meth:`CompositionBaseline.threshold`); inf without valid pairs.
+    alpha : float
+    pairs : tuple of CompositionPair
+        Score descending, ties in (writer, reader) order.
+    """
+
+    kind: str
+    baseline: CompositionBaseline
+    n_pairs: int
+    threshold: float
+    alpha: float
+    pairs: tuple[CompositionPair, ...]
+
+    def family_p(self, pair: CompositionPair) -> float:
+        """The chance that the largest of ``n_pairs`` random pairs reaches ``pair``'s score."""
+        return self.baseline.family_p(pair.score, self.n_pairs)
+
+    @property
+    def n_significant(self) -> int:
+        """How many of :attr:`pairs` are significant."""
+        return sum(p.significant for p in self.pairs)
+
+
+def composition_pairs(
+    scores: np.ndarray, baseline: CompositionBaseline, *, layers: Sequence[int] | None = None,
+    alpha: float = FAMILY_ALPHA,
+) -> CompositionPairs:
+    """Every writer -> later-reader pair of ``scores`` (``ca.composition_scores(model, kind)``)
+    with its z-score and whether it is significant at family-wise level ``alpha`` over all the
+    model's valid pairs; with ``layers``, only pairs whose writer and reader both lie in them (the
+    family stays the whole model's)."""
+    scores = np.asarray(scores)
+    L, H = scores.shape[0], scores.shape[1]
+    n_pairs = valid_pairs(L, H)
+    threshold = baseline.threshold(n_pairs, alpha) if n_pairs else math.inf
+    keep = earlier_to_later(scores.shape)
+    if layers is not None:
+        shown = np.zeros(L, dtype=bool)
+        shown[list(layers)] = True
+        keep = keep & shown[:, None, None, None] & shown[None, None, :, None]
+    flat = np.flatnonzero(keep)
+    values = scores.ravel()[flat]
+    order = np.argsort(-values, kind="stable")
+    flat, values = flat[order], values[order]
+    z = (values - baseline.mean) / baseline.std if baseline.std > 0 else np.zeros(len(values))
+    pairs = tuple(
+        CompositionPair(baseline.kind, HeadId(l1, h1), HeadId(l2, h2), v, zz, v >= threshold)
+        for (l1, h1, l2, h2), v, zz in zip(zip(*(i.tolist() for i in np.unravel_index(flat, scores.shape))),
+                                           values.tolist(), z.tolist())
+    )
+    return CompositionPairs(baseline.kind, baseline, n_pairs, threshold, alpha, pairs)
 
 
 def describe_missing_composition(n_layers: int, kind: str = "k") -> str:

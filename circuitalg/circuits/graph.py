@@ -40,7 +40,7 @@ from circuitalg.errors import InvalidArgumentError, LoadError
 from circuitalg.files import atomic_write
 from circuitalg.linalg import gram_factor
 from circuitalg.maps.nodes import LinearMap
-from circuitalg.model.ids import EMBED, POS, HeadId, Source
+from circuitalg.model.ids import EMBED, POS, HeadId, Source, layer_tag
 from circuitalg.model.weights import Transformer
 
 __all__ = ["CircuitGraph", "EDGE_KINDS"]
@@ -63,9 +63,10 @@ def _writers(model: Transformer) -> list[tuple[Node, int, LinearMap, str]]:
     ]
     for layer in model.layers:
         for head in layer.heads:
-            out.append((head.id, 2 * layer.index, head.ov, f"W_OV^{{{layer.index}.{head.index}}}"))
+            out.append((head.id, 2 * layer.index, head.ov, f"W_OV^{head.id.tag}"))
         if layer.mlp is not None:
-            out.append((Source("mlp", layer.index), 2 * layer.index + 1, layer.mlp.writer, f"W_out^{{{layer.index}}}"))
+            mlp = Source("mlp", layer.index)
+            out.append((mlp, 2 * layer.index + 1, layer.mlp.writer, f"W_out^{layer_tag(layer.index)}"))
     return out
 
 
@@ -245,7 +246,7 @@ def _readers(model: Transformer) -> list[tuple[Node, str, int, LinearMap, str]]:
     out: list[tuple[Node, str, int, LinearMap, str]] = []
     for layer in model.layers:
         for head in layer.heads:
-            t = f"{{{layer.index}.{head.index}}}"
+            t = head.id.tag
             out += [
                 (head.id, "q", 2 * layer.index, head.qk.T, f"W_QK^{t}ᵀ"),
                 (head.id, "k", 2 * layer.index, head.qk, f"W_QK^{t}"),
@@ -253,9 +254,9 @@ def _readers(model: Transformer) -> list[tuple[Node, str, int, LinearMap, str]]:
             ]
         if layer.mlp is not None:
             mlp = Source("mlp", layer.index)
-            out.append((mlp, "in", 2 * layer.index + 1, layer.mlp.W_in, f"W_in^{{{layer.index}}}"))
+            out.append((mlp, "in", 2 * layer.index + 1, layer.mlp.W_in, f"W_in^{layer_tag(layer.index)}"))
             if layer.mlp.W_gate is not None:
-                out.append((mlp, "gate", 2 * layer.index + 1, layer.mlp.W_gate, f"W_gate^{{{layer.index}}}"))
+                out.append((mlp, "gate", 2 * layer.index + 1, layer.mlp.W_gate, f"W_gate^{layer_tag(layer.index)}"))
     out.append((UNEMBED, "out", 2 * model.config.n_layers, model.W_U, "W_U"))
     return out
 

@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from circuitalg.circuits.composition import CompositionBaseline
+from circuitalg.circuits.findings import CompositionPair, earlier_to_later
 from circuitalg.errors import CircuitAlgError
+from circuitalg.model.ids import HeadId, layer_name
 
 __all__ = ["plt", "composition_figure", "copying_figure", "positional_figure", "graph_figure", "graph_layout", "edge_curvatures", "z_scores"]
 
@@ -51,7 +54,7 @@ def _layer_ticks(ax: Any, layers: Sequence[int], H: int, axis: str) -> None:
     n = len(layers)
     step = max(1, int(np.ceil(n / 10)))
     centres = [i * H + (H - 1) / 2 for i in range(0, n, step)]
-    labels = [f"L{layers[i]}" for i in range(0, n, step)]
+    labels = [layer_name(layers[i]) for i in range(0, n, step)]
     bounds = [i * H - 0.5 for i in range(1, n)]
     if axis == "x":
         ax.set_xticks(centres, labels, rotation=90 if n > 8 else 0)
@@ -63,16 +66,13 @@ def _layer_ticks(ax: Any, layers: Sequence[int], H: int, axis: str) -> None:
             ax.axhline(b, color="0.85", lw=0.4)
 
 
-def z_scores(comp: np.ndarray, base: Any) -> np.ndarray:
+def z_scores(comp: np.ndarray, base: CompositionBaseline) -> np.ndarray:
     """``(score - mean) / std`` of the random-head baseline for valid pairs, NaN elsewhere."""
-    L = comp.shape[0]
-    valid = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
-    valid = np.broadcast_to(valid, comp.shape)
     std = base.std if base.std > 0 else 1.0
-    return np.where(valid, (comp - base.mean) / std, np.nan)
+    return np.where(earlier_to_later(comp.shape), (comp - base.mean) / std, np.nan)
 
 
-def composition_figure(comp: dict[str, np.ndarray], base: dict[str, Any], layers: Sequence[int],
+def composition_figure(comp: dict[str, np.ndarray], base: dict[str, CompositionBaseline], layers: Sequence[int],
                        thresholds: dict[str, float]) -> str:
     """Q-, K- and V-composition of valid pairs among ``layers``, one colour scale (z), significant
     pairs (score >= ``thresholds[kind]``) ringed."""
@@ -122,7 +122,7 @@ def copying_figure(copying: np.ndarray, eigs: dict[tuple[int, int], np.ndarray] 
                 axes[0].text(h, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
                              color="white" if abs(v) > 0.6 else "black")
     step = max(1, int(np.ceil(len(sel) / 24)))
-    axes[0].set_yticks(range(0, len(sel), step), [f"L{sel[i]}" for i in range(0, len(sel), step)])
+    axes[0].set_yticks(range(0, len(sel), step), [layer_name(sel[i]) for i in range(0, len(sel), step)])
     hstep = max(1, int(np.ceil(H / 16)))
     axes[0].set_xticks(range(0, H, hstep), [str(h) for h in range(0, H, hstep)])
     axes[0].set_xlabel("head")
@@ -164,7 +164,7 @@ def positional_figure(score: np.ndarray, patterns: dict[tuple[int, int], np.ndar
     ax = fig.add_subplot(grid[:, 0])
     im = ax.imshow(score[sel], cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     step = max(1, int(np.ceil(len(sel) / 24)))
-    ax.set_yticks(range(0, len(sel), step), [f"L{sel[i]}" for i in range(0, len(sel), step)])
+    ax.set_yticks(range(0, len(sel), step), [layer_name(sel[i]) for i in range(0, len(sel), step)])
     hstep = max(1, int(np.ceil(H / 16)))
     ax.set_xticks(range(0, H, hstep), [str(h) for h in range(0, H, hstep)])
     ax.set_xlabel("head")
@@ -174,7 +174,7 @@ def positional_figure(score: np.ndarray, patterns: dict[tuple[int, int], np.ndar
     for i, ((l, h), p) in enumerate(patterns.items()):
         a = fig.add_subplot(grid[i % 2, 1 + i // 2])
         a.imshow(p, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-        a.set_title(f"L{l}H{h} ({score[l, h]:.2f})")
+        a.set_title(f"{HeadId(l, h).name} ({score[l, h]:.2f})")
         a.set_xlabel("key position")
         a.set_ylabel("query position")
         a.tick_params(labelsize=8)
@@ -238,10 +238,10 @@ def graph_layout(n_layers: int, n_heads: int) -> tuple[tuple[float, float], tupl
     return size, (0.8 * size[0] / max(n_layers, 1), 0.8 * size[1] / max(n_heads, 1))
 
 
-def graph_figure(edges: list[dict[str, Any]], n_layers: int, n_heads: int) -> str:
-    """The given head-to-head edges, heads laid out by layer (x) and index (y), labelled; colour
-    by composition kind, width by z. Each edge is curved away from the heads it does not join
-    (:func:`edge_curvatures`)."""
+def graph_figure(edges: Sequence[CompositionPair], n_layers: int, n_heads: int) -> str:
+    """The given head-to-head edges (writer -> reader compositions), heads laid out by layer (x)
+    and index (y), labelled; colour by composition kind, width by z, dashed when not
+    significant. Each edge is curved away from the heads it does not join (:func:`edge_curvatures`)."""
     pyplot = plt()
     from matplotlib.lines import Line2D
 
@@ -251,19 +251,19 @@ def graph_figure(edges: list[dict[str, Any]], n_layers: int, n_heads: int) -> st
     ax.scatter(xs.ravel(), ys.ravel(), s=6, color="0.8", zorder=1)
     colors = {"q": "tab:blue", "k": "tab:red", "v": "tab:green"}
     used: set[tuple[int, int]] = set()
-    zmax = max([e["z"] for e in edges], default=1.0)
-    pairs = [(tuple(e["writer_id"]), tuple(e["reader_id"])) for e in edges]
+    zmax = max([e.z for e in edges], default=1.0)
+    pairs = [(e.writer, e.reader) for e in edges]
     rads = edge_curvatures(pairs, n_layers, n_heads, scale)
     for e, ((l1, h1), (l2, h2)), rad in zip(edges, pairs, rads):
         used |= {(l1, h1), (l2, h2)}
         ax.annotate("", xy=(l2, h2), xytext=(l1, h1), zorder=2,
-                    arrowprops=dict(arrowstyle="-|>", color=colors[e["kind"]], alpha=0.85,
-                                    linestyle="-" if e["significant"] else (0, (4, 3)),
-                                    lw=0.8 + 2.5 * max(0.0, e["z"]) / max(zmax, 1e-9),
+                    arrowprops=dict(arrowstyle="-|>", color=colors[e.kind], alpha=0.85,
+                                    linestyle="-" if e.significant else (0, (4, 3)),
+                                    lw=0.8 + 2.5 * max(0.0, e.z) / max(zmax, 1e-9),
                                     connectionstyle=f"arc3,rad={rad}", shrinkA=5, shrinkB=5))
     for l, h in used:
         ax.scatter([l], [h], s=45, color="k", zorder=3)
-        ax.text(l + 0.1, h - 0.22, f"L{l}H{h}", ha="left", va="bottom", fontsize=9, zorder=4,
+        ax.text(l + 0.1, h - 0.22, HeadId(l, h).name, ha="left", va="bottom", fontsize=9, zorder=4,
                 bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
     ax.set_xlim(-0.7, n_layers - 0.3)
     ax.set_ylim(n_heads - 0.3, -0.7)
@@ -277,6 +277,6 @@ def graph_figure(edges: list[dict[str, Any]], n_layers: int, n_heads: int) -> st
     handles += [Line2D([0], [0], color="k", lw=1.5, label="significant"),
                 Line2D([0], [0], color="k", lw=1.5, linestyle=(0, (4, 3)), label="not significant")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    n_sig = sum(1 for e in edges if e["significant"])
+    n_sig = sum(1 for e in edges if e.significant)
     ax.set_title(f"the {len(edges)} strongest head-to-head edges by z ({n_sig} significant; width ~ z)")
     return png(fig)

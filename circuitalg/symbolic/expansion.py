@@ -18,6 +18,7 @@ from typing import Any
 import sympy
 
 from circuitalg.errors import InvalidArgumentError
+from circuitalg.model.ids import HeadId
 from circuitalg.symbolic.verification import Verification, verify
 
 __all__ = ["SymbolicExpansion", "symbolic_expansion"]
@@ -25,10 +26,21 @@ __all__ = ["SymbolicExpansion", "symbolic_expansion"]
 
 @dataclasses.dataclass(frozen=True)
 class SymbolicExpansion:
-    """The nested product form, its path terms and their sum, for a given architecture."""
+    """The nested product form, its path terms and their sum, for a given architecture.
+
+    Attributes
+    ----------
+    product : sympy expression
+        ``(I_pos ⊗ W_U) R_{L-1} ... R_0 (I_pos ⊗ W_E)``.
+    paths : tuple of (chain, term)
+        One term per chain of heads (a tuple of :class:`~circuitalg.model.ids.HeadId` in
+        strictly increasing layers; empty for the direct path).
+    expanded : sympy expression
+        The sum of the terms.
+    """
 
     product: Any
-    paths: tuple[tuple[tuple[tuple[int, int], ...], Any], ...]
+    paths: tuple[tuple[tuple[HeadId, ...], Any], ...]
     expanded: Any
 
     def verify(self, **kwargs: Any) -> Verification:
@@ -45,11 +57,9 @@ def symbolic_expansion(n_layers: int, heads_per_layer: int | Sequence[int]) -> S
         raise InvalidArgumentError(f"heads_per_layer={heads_per_layer!r}; one positive integer, or one per layer.")
     n, d, dh, v = sympy.symbols("n_ctx d_model d_head d_vocab", positive=True, integer=True)
     W_E, W_U = sympy.MatrixSymbol("W_E", d, v), sympy.MatrixSymbol("W_U", v, d)
-    A = {(l, h): sympy.MatrixSymbol(f"A^{{{l}.{h}}}", n, n) for l in range(n_layers) for h in range(heads[l])}
-    OV = {
-        key: sympy.MatrixSymbol(f"W_O^{{{key[0]}.{key[1]}}}", d, dh) * sympy.MatrixSymbol(f"W_V^{{{key[0]}.{key[1]}}}", dh, d)
-        for key in A
-    }
+    ids = [HeadId(l, h) for l in range(n_layers) for h in range(heads[l])]
+    A = {i: sympy.MatrixSymbol(f"A^{i.tag}", n, n) for i in ids}
+    OV = {i: sympy.MatrixSymbol(f"W_O^{i.tag}", d, dh) * sympy.MatrixSymbol(f"W_V^{i.tag}", dh, d) for i in ids}
     K, I_n = sympy.KroneckerProduct, sympy.Identity(n)
     product: Any = K(I_n, W_E)
     for l in range(n_layers):
@@ -60,7 +70,7 @@ def symbolic_expansion(n_layers: int, heads_per_layer: int | Sequence[int]) -> S
     for k in range(n_layers + 1):
         for layers in itertools.combinations(range(n_layers), k):
             for hs in itertools.product(*(range(heads[l]) for l in layers)):
-                chain = tuple(zip(layers, hs))
+                chain = tuple(HeadId(l, h) for l, h in zip(layers, hs))
                 pos = sympy.MatMul(*(A[c] for c in reversed(chain))) if chain else I_n
                 content = sympy.MatMul(W_U, *(OV[c] for c in reversed(chain)), W_E)
                 paths.append((chain, K(pos, content)))

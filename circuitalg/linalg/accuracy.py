@@ -9,7 +9,8 @@ matrix ``m + E``. :func:`accuracy` bounds ``‖E‖₂`` from the structure of `
 
 with ``u`` the machine epsilon of ``m.dtype`` (2.2e-16 for float64, 1.2e-7 for
 float32), ``d_max`` the largest dimension in the tree, ``g >= 1`` the largest condition
-number of a leaf whose triangular factor came from its Gram matrix (at most about
+number of a leaf whose triangular factor comes from its Gram matrix (:func:`gram_penalty`: every
+leaf with a tall side, as the singular-value routes factor it; at most about
 :data:`~circuitalg.linalg.factors.GRAM_COND_LIMIT`; that factor has ``u · cond``
 relative error), ``t`` the summed relative deviation ``‖Δ‖₂/‖W_U‖₂`` of the tied leaves
 whose products come from their embedding's Gram matrix (:func:`~circuitalg.linalg.declare_tied`;
@@ -18,7 +19,8 @@ cancellation-free bound on ``‖m‖₂`` (spectral norms of leaves, multiplied 
 products and Kronecker products, added through sums; a vocabulary-sized leaf's norm from its
 Gram matrix, whose largest eigenvalue is certified by :func:`top_eigenvalue_bound`). The same
 formula serves trees that are not maps (:func:`error_bound`: the streamed full-OV circuits of
-:mod:`circuitalg.streaming`). Derived bounds:
+:mod:`circuitalg.streaming`). Every part is a pure function of ``m``'s leaves (computed once and
+held by them), so ``accuracy(m)`` does not depend on what was computed before. Derived bounds:
 
 - singular values, :func:`~circuitalg.linalg.svd` values: ``accuracy(m)`` each;
 - Frobenius norm: ``sqrt(rank_bound) · accuracy(m)``;
@@ -49,22 +51,24 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial, singledispatch
 
 import numpy as np
 import scipy.linalg as sla
 
+from circuitalg import runtime
 from circuitalg.errors import InvalidArgumentError, PrecisionWarning
-from circuitalg.linalg.common import small_lapack, split_small_products
 from circuitalg.linalg.factors import (
+    GRAM_BLOCK_ROWS,
     Gram,
+    Side,
     gram_blocks,
-    gram_err2,
-    gram_factor,
+    gram_error_bound,
     gram_gamma,
-    leaf_factor_method,
-    leaf_factors,
+    leaf_factor,
     leaf_gram,
+    once,
     tie_deviation,
 )
 from circuitalg.maps.nodes import (
@@ -80,22 +84,28 @@ from circuitalg.maps.nodes import (
     label,
     require_map,
 )
+from circuitalg.runtime import Runtime
 
 __all__ = [
     "accuracy",
     "magnitude",
+    "gram_penalty",
     "unit_roundoff",
     "eigen_conditions",
+    "eigen_conditions_many",
     "eigen_noise_floor",
     "warn_rtol",
     "warn_if_imprecise",
     "warn_summary",
     "collect_precision_warnings",
-    "prime_leaf_norms",
-    "eigen_conditions_many",
+    "outside_stacklevel",
+    "tag_warning",
+    "leaf_magnitudes",
+    "factor_singular_values",
     "top_eigenvalue_bound",
     "error_bound",
     "eigenvalue_error",
+    "gram_norm2_bound",
     "norm2_from_gram",
     "stacked_norm2_bounds",
     "norm2_bound",
@@ -108,116 +118,166 @@ def unit_roundoff(dtype: np.dtype) -> float:
     return float(np.finfo(dt if dt.kind == "f" else np.float64).eps)
 
 
+@singledispatch
 def magnitude(m: LinearMap) -> float:
     """A bound on ``‖m‖₂`` that ignores cancellation (so ``magnitude(m) >= ‖m‖₂``).
 
-    Leaves contribute their spectral norm (cached; the Frobenius norm for square leaves
+    Leaves contribute their spectral norm (held by the leaf; the Frobenius norm for square leaves
     above 1024 or tall/wide ones with both sides above 2048), identities 1, diagonals
     their largest absolute entry; products and Kronecker products multiply, sums add.
     """
-    if isinstance(m, Dense):
-        cache = leaf_factors(m)
-        if cache.norm2_bound is None:
-            cache.norm2_bound = _leaf_norm2(m)
-        return cache.norm2_bound
-    if isinstance(m, Identity):
-        return 1.0
-    if isinstance(m, Diagonal):
-        return float(np.max(np.abs(m.values))) if m.values.size else 0.0
-    if isinstance(m, Scaled):
-        return abs(float(m.scalar)) * magnitude(m.inner)
-    if isinstance(m, Transpose):
-        return magnitude(m.inner)
-    if isinstance(m, (Product, Kron)):
-        return math.prod(magnitude(f) for f in m.factors)
-    if isinstance(m, Sum):
-        return sum(magnitude(t) for t in m.terms)
     raise InvalidArgumentError(f"magnitude: unknown map node {type(m).__name__}; register its rules first.")
 
 
-def _float32_gram_side(m: Dense) -> str | None:
+@magnitude.register
+def _(m: Dense) -> float:
+    cache = m.cache
+    if cache.norm2 is None:
+        cache.norm2 = _leaf_norm2(m, runtime.current())
+    return cache.norm2
+
+
+@magnitude.register
+def _(m: Identity) -> float:
+    return 1.0
+
+
+@magnitude.register
+def _(m: Diagonal) -> float:
+    return float(np.max(np.abs(m.values))) if m.values.size else 0.0
+
+
+@magnitude.register
+def _(m: Scaled) -> float:
+    return abs(float(m.scalar)) * magnitude(m.inner)
+
+
+@magnitude.register
+def _(m: Transpose) -> float:
+    return magnitude(m.inner)
+
+
+@magnitude.register(Product)
+@magnitude.register(Kron)
+def _(m: Product | Kron) -> float:
+    return math.prod(magnitude(f) for f in m.factors)
+
+
+@magnitude.register
+def _(m: Sum) -> float:
+    return sum(magnitude(t) for t in m.terms)
+
+
+def _float32_gram_side(m: Dense) -> Side | None:
     """The side whose float32 Gram matrix bounds ``‖m‖₂`` in :func:`_leaf_norm2` (a float32 leaf,
-    tall or wide with its short side up to 2048, not yet factored), or None for the other routes."""
-    n, k = m.shape
-    if m.array.dtype != np.float32 or n == k or min(n, k) > 2048:
+    tall or wide with its short side up to 2048), or None for the other routes."""
+    side = Side.tall(m)
+    if m.array.dtype != np.float32 or side is None or min(m.shape) > 2048:
         return None
-    side = "cols" if n > k else "rows"
-    return side if leaf_factor_method(m, side) is None else None
+    return side
 
 
-def prime_leaf_norms(leaves: Sequence[Dense], max_rows: int = 4096) -> None:
-    """Compute and cache :func:`magnitude` of many leaves at once. Leaves that take the float32
-    Gram route (:func:`_float32_gram_side`) with at most ``max_rows`` rows on that side (one Gram
-    block, as :func:`gram_norm2_bound` forms it) are stacked by shape: their Gram matrices come
-    from batched products and their largest eigenvalues from batched ``eigvalsh``, a chunk per
-    thread (numpy releases the GIL); longer ones (vocabulary-sized) have their Gram matrices
-    formed one by one (:func:`~circuitalg.linalg.factors.leaf_gram`, kept) and bounds on their largest
-    eigenvalues (:func:`top_eigenvalue_bound`) found side by side in threads. The bound is :func:`norm2_from_gram`'s, entry
-    for entry. The other leaves go one by one."""
-    todo: dict[tuple[tuple[int, int], str], list[Dense]] = {}
+def leaf_magnitudes(leaves: Iterable[Dense], rt: Runtime | None = None) -> list[float]:
+    """:func:`magnitude` of each leaf (held by the leaf), many at once, the same values as one by one.
+
+    Leaves that take the float32 Gram route (:func:`_float32_gram_side`) with at most
+    :data:`~circuitalg.linalg.factors.GRAM_BLOCK_ROWS` rows on that side (one Gram block) are stacked
+    by shape: their Gram matrices come from batched products and their largest eigenvalues from
+    batched ``eigvalsh``, a chunk per thread of ``rt`` (numpy releases the GIL), each leaf computed
+    as one leaf alone is (:func:`_one_block_norm2s`). Longer ones (vocabulary-sized) have their
+    Gram matrices formed one by one (:func:`~circuitalg.linalg.factors.leaf_gram`, held by the leaf)
+    and the bounds on their largest eigenvalues (:func:`top_eigenvalue_bound`) found side by side
+    in threads. The other leaves go one by one."""
+    rt = rt or runtime.current()
+    leaves = list(leaves)
+    groups: dict[tuple[tuple[int, int], Side], list[Dense]] = {}
     long: list[tuple[Dense, Gram]] = []
     seen: set[int] = set()
     for leaf in leaves:
-        if id(leaf) in seen or leaf_factors(leaf).norm2_bound is not None:
+        if id(leaf) in seen or leaf.cache.norm2 is not None:
             continue
         seen.add(id(leaf))
         side = _float32_gram_side(leaf)
         if side is None:
             magnitude(leaf)
-        elif max(leaf.shape) > max_rows:
-            gram = leaf_gram(leaf, side)
-            if math.isfinite(gram.err2):
-                long.append((leaf, gram))
-            else:  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
-                magnitude(leaf)
+        elif max(leaf.shape) > GRAM_BLOCK_ROWS:
+            long.append((leaf, leaf_gram(leaf, side, rt=rt)))
         else:
-            todo.setdefault((leaf.shape, side), []).append(leaf)
-    tops = split_small_products(lambda lo, hi: [top_eigenvalue_bound(g.G) for _, g in long[lo:hi]], len(long))
-    for (leaf, gram), lam in zip(long, (t for part in tops for t in part)):
-        leaf_factors(leaf).norm2_bound = norm2_bound(lam, gram.G.shape[0], gram.err2)
-    for (_shape, side), group in todo.items():
-        M = np.stack([leaf.array if side == "cols" else leaf.array.T for leaf in group])  # (g, rows, d)
-        rows, d = M.shape[1:]
+            groups.setdefault((leaf.shape, side), []).append(leaf)
+    bounds = rt.map(partial(_gram_norm2s, [g for _, g in long], rt), len(long))
+    for (leaf, _), bound in zip(long, (b for part in bounds for b in part)):
+        _keep_norm2(leaf, bound)
+    for (_shape, side), group in groups.items():
+        M = np.stack([side.of(leaf) for leaf in group])  # (g, rows, d)
+        parts = rt.map(partial(_one_block_chunk, M, rt), len(group))
+        for leaf, bound in zip(group, (b for part in parts for b in part)):
+            _keep_norm2(leaf, bound)
+    return [magnitude(leaf) for leaf in leaves]
 
-        def grams(lo: int, hi: int, M: np.ndarray = M) -> tuple[np.ndarray, np.ndarray]:
-            with np.errstate(over="ignore", invalid="ignore"):
-                G = np.matmul(M[lo:hi].transpose(0, 2, 1), M[lo:hi]).astype(np.float64)
-            finite = np.isfinite(G).all(axis=(1, 2))
-            lam = np.full(hi - lo, np.inf)
-            if finite.any():
+
+prime_leaf_norms = leaf_magnitudes  # TODO(rename): eig.py imports the old name
+
+
+def _keep_norm2(leaf: Dense, bound: float) -> None:
+    """Hold ``bound`` as the leaf's norm, or (an overflowed float32 Gram matrix) take the factor route."""
+    if math.isfinite(bound):
+        leaf.cache.norm2 = bound
+    else:
+        magnitude(leaf)
+
+
+def _gram_norm2s(grams: list[Gram], rt: Runtime, lo: int, hi: int) -> list[float]:
+    return [norm2_from_gram(g, rt) for g in grams[lo:hi]]
+
+
+def _one_block_chunk(M: np.ndarray, rt: Runtime, lo: int, hi: int) -> list[float]:
+    return list(_one_block_norm2s(M[lo:hi], rt))
+
+
+def _one_block_norm2s(M: np.ndarray, rt: Runtime) -> np.ndarray:
+    """:func:`norm2_from_gram`'s bound for each float32 ``M_i`` of a ``(g, rows, d)`` stack with
+    ``rows <= GRAM_BLOCK_ROWS`` (the one block of :func:`~circuitalg.linalg.factors.gram_blocks`, the
+    same rounding bound), from batched products and eigensolves on one BLAS thread; ``inf`` where the
+    float32 Gram matrix overflows. A stack of one is a leaf alone: each item is computed by the same
+    code whatever else is in the stack."""
+    g, rows, d = M.shape
+    with rt.lapack(1, 1), np.errstate(over="ignore", invalid="ignore"):
+        G = np.matmul(M.transpose(0, 2, 1), M).astype(np.float64)
+    finite = np.isfinite(G).all(axis=(1, 2))
+    lam = np.full(g, np.inf)
+    if finite.any():
+        if d < 256:
+            with rt.lapack(1, 1):
                 lam[finite] = np.linalg.eigvalsh(G[finite])[:, -1]
-            return lam, np.trace(G, axis1=1, axis2=2)
-
-        parts = split_small_products(grams, len(group))
-        lam = np.concatenate([p[0] for p in parts])
-        gamma = gram_gamma(rows, 4096, np.float32, False)  # gram_blocks' (one block)
-        traces = np.concatenate([p[1] for p in parts])
-        for leaf, l, tr in zip(group, lam, traces):
-            bound = norm2_bound(float(l), d, gram_err2(float(tr), gamma))
-            if math.isfinite(bound):
-                leaf_factors(leaf).norm2_bound = bound
-            else:  # an overflowed float32 Gram matrix: the one-by-one route takes the factor
-                magnitude(leaf)
+        else:
+            lam[finite] = [top_eigenvalue_bound(x, rt) for x in G[finite]]
+    gamma = gram_gamma(rows, GRAM_BLOCK_ROWS, np.float32, False)  # gram_blocks' (one block)
+    with np.errstate(over="ignore", invalid="ignore"):
+        traces = np.trace(G, axis1=1, axis2=2)
+    return np.array([norm2_bound(float(l), d, gram_error_bound(float(tr), gamma)) for l, tr in zip(lam, traces)])
 
 
-def _leaf_norm2(m: Dense) -> float:
-    """``‖A‖₂`` of a leaf (slightly inflated against rounding). A tall or wide leaf: from its
-    triangular factor (:func:`~circuitalg.linalg.factors.gram_factor`, cached for the singular
-    values that usually follow; records its conditioning, see :func:`_gram_penalty`), except a
-    float32 leaf not yet factored, whose norm alone comes from a float32 Gram matrix at half
-    the cost (:func:`gram_norm2_bound`: eigenvalues need no factor). A square leaf up to 1024:
-    its SVD. Otherwise the Frobenius norm, which bounds it."""
+def _leaf_norm2(m: Dense, rt: Runtime) -> float:
+    """``‖A‖₂`` of a leaf (slightly inflated against rounding), a pure function of the array. A tall
+    or wide leaf: from its triangular factor (:func:`_factor_norm2`), except a float32 leaf, whose
+    norm comes from a float32 Gram matrix at half the cost (:func:`norm2_from_gram`: eigenvalues
+    need no factor; one block stacked as :func:`leaf_magnitudes` stacks it, or the leaf's kept Gram
+    matrix), unless that overflows. A square leaf up to 1024: its SVD. Otherwise the Frobenius
+    norm, which bounds it."""
     a = m.array
     n, k = a.shape
-    if n != k and min(n, k) <= 2048:
-        side = "cols" if n > k else "rows"
+    side = Side.tall(m)
+    if side is not None and min(n, k) <= 2048:
         if _float32_gram_side(m) is not None:
-            bound = norm2_from_gram(leaf_gram(m, side))
+            if max(n, k) > GRAM_BLOCK_ROWS:
+                bound = norm2_from_gram(leaf_gram(m, side, rt=rt), rt)
+            else:
+                bound = float(_one_block_norm2s(np.stack([side.of(m)]), rt)[0])
             if math.isfinite(bound):  # else the float32 Gram matrix overflowed (entries above ~1e19)
                 return bound
-        return _record_factor(m, side)
+        return _inflated(float(factor_singular_values(m, side, rt)[0]), a)
     if n == k and n <= 1024:
-        with small_lapack(n, k):
+        with rt.lapack(n, k):
             sv = sla.svdvals(np.asarray(a, dtype=np.float64), check_finite=False)
         return _inflated(float(sv[0]), a)
     return math.sqrt(float(np.einsum("ij,ij->", a, a, dtype=np.float64)))
@@ -227,30 +287,24 @@ def _inflated(norm: float, a: np.ndarray) -> float:
     return norm * (1.0 + 16 * max(a.shape) * unit_roundoff(a.dtype))
 
 
-def _record_factor(m: Dense, side: str) -> float:
-    """The leaf's norm from the singular values of its :func:`gram_factor` (those of the leaf);
-    records it if none is cached, and the factor's condition number when it came from the Gram
-    matrix (it carries ``eps * cond`` relative error)."""
-    R = np.asarray(gram_factor(m, side), dtype=np.float64)
-    with small_lapack(*R.shape):
-        lam = np.linalg.eigvalsh(R.T @ R)[::-1]  # 4x cheaper than the SVD of R at 768
-        if lam[-1] > 1e-8 * lam[0]:  # the smallest is exact to ~eps * lam[0]: to 1e-8 relative at worst
-            sv = np.sqrt(lam)
-        else:  # (nearly) singular, or centred: the SVD of R has relative accuracy
-            sv = sla.svdvals(R, check_finite=False)
-    cache = leaf_factors(m)
-    method = leaf_factor_method(m, side)
-    if method == "gram-cholesky":
-        cache.gram_cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
-    elif method == "gram-cholesky-centred":  # exact null direction (the ones vector): its complement
-        nz = sv[:-1]
-        cache.gram_cond = float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf
-    if cache.norm2_bound is None:
-        cache.norm2_bound = _inflated(float(sv[0]), m.array)
-    return cache.norm2_bound
+def factor_singular_values(m: Dense, side: Side, rt: Runtime | None = None) -> np.ndarray:
+    """The singular values of the leaf's triangular factor on ``side``
+    (:func:`~circuitalg.linalg.factors.gram_factor`; those of the leaf), descending, in float64;
+    held by the leaf."""
+    rt = rt or runtime.current()
+
+    def compute() -> np.ndarray:
+        R = np.asarray(leaf_factor(m, side, rt).R, dtype=np.float64)
+        with rt.lapack(*R.shape):
+            lam = np.linalg.eigvalsh(R.T @ R)[::-1]  # cheaper than the SVD of R
+            if lam[-1] > 1e-8 * lam[0]:  # the smallest is exact to ~eps * lam[0]: to 1e-8 relative at worst
+                return np.sqrt(lam)
+            return sla.svdvals(R, check_finite=False)  # (nearly) singular, or centred: relative accuracy
+
+    return once(m.cache.factor_values, side, compute)
 
 
-def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
+def gram_norm2_bound(M: np.ndarray, rows: int = GRAM_BLOCK_ROWS) -> float:
     """An upper bound on ``‖M‖₂`` for a tall ``M`` (``n x d``), from its Gram matrix.
 
     The Gram matrix is formed in ``M``'s dtype a block of ``b = rows`` rows at a time (one
@@ -266,14 +320,14 @@ def gram_norm2_bound(M: np.ndarray, rows: int = 4096) -> float:
     return norm2_from_gram(gram_blocks(M, rows))
 
 
-def norm2_from_gram(g: Gram) -> float:
+def norm2_from_gram(g: Gram, rt: Runtime | None = None) -> float:
     """The bound of :func:`gram_norm2_bound` from a computed Gram matrix and its rounding."""
     if not math.isfinite(g.err2):
         return math.inf
-    return norm2_bound(top_eigenvalue_bound(g.G), g.G.shape[0], g.err2)
+    return norm2_bound(top_eigenvalue_bound(g.G, rt), g.G.shape[0], g.err2)
 
 
-def stacked_norm2_bounds(A: np.ndarray) -> np.ndarray:
+def stacked_norm2_bounds(A: np.ndarray, rt: Runtime | None = None) -> np.ndarray:
     """Upper bounds on ``‖A_i‖₂`` for a ``(g, n, d)`` stack, in float64: the largest eigenvalue of
     each Gram matrix of the short side (batched), inflated as :func:`gram_norm2_bound` inflates it
     (``γ`` of the long side's sums)."""
@@ -284,11 +338,11 @@ def stacked_norm2_bounds(A: np.ndarray) -> np.ndarray:
     short, long_ = min(n, d), max(n, d)
     if short == 0:
         return np.zeros(g)
-    with small_lapack(short, short):
+    with (rt or runtime.current()).lapack(short, short):
         G = np.matmul(A.swapaxes(1, 2), A) if n >= d else np.matmul(A, A.swapaxes(1, 2))
         lam = np.linalg.eigvalsh(G)[:, -1]
     gamma = gram_gamma(long_, long_, np.float64, True)
-    return np.array([norm2_bound(float(l), short, gram_err2(float(tr), gamma))
+    return np.array([norm2_bound(float(l), short, gram_error_bound(float(tr), gamma))
                      for l, tr in zip(lam, np.trace(G, axis1=1, axis2=2))])
 
 
@@ -297,9 +351,9 @@ def stacked_norm2_bounds(A: np.ndarray) -> np.ndarray:
 LANCZOS_RTOL = 1e-3
 
 
-def top_eigenvalue_bound(G: np.ndarray) -> float:
+def top_eigenvalue_bound(G: np.ndarray, rt: Runtime | None = None) -> float:
     """An upper bound on the largest eigenvalue of a symmetric ``d x d`` float64 ``G`` (its lower
-    triangle), on one BLAS thread (safe in :func:`~circuitalg.linalg.common.split_small_products`).
+    triangle), on one BLAS thread (safe in :meth:`Runtime.map <circuitalg.runtime.Runtime.map>`).
 
     For ``d >= 256``: a Lanczos estimate ``θ <= λmax`` (ARPACK, relative tolerance
     :data:`LANCZOS_RTOL`, a fixed start vector), raised to ``μ = θ (1 + 2 LANCZOS_RTOL)`` and
@@ -313,7 +367,7 @@ def top_eigenvalue_bound(G: np.ndarray) -> float:
     d = G.shape[0]
     if d == 0:
         return 0.0
-    with small_lapack(1, 1):  # one BLAS thread: safe in split threads (OpenBLAS's threads stalled mid-sized LAPACK here)
+    with (rt or runtime.current()).lapack(1, 1):  # one BLAS thread: safe in split threads (OpenBLAS's own stalled here)
         if d >= 256:
             mu = _certified_top_eigenvalue(G)
             if mu is not None:
@@ -354,16 +408,27 @@ def norm2_bound(lam: float, d: int, err2: float) -> float:
     return math.sqrt(max(lam, 0.0) * (1 + 8 * d * unit_roundoff(np.float64) / 2) + err2)
 
 
-def _gram_penalty(m: LinearMap) -> float:
-    """The largest condition number of a leaf factored through its Gram matrix (at least 1)."""
+def gram_penalty(m: LinearMap) -> float:
+    """The largest condition number of a leaf of ``m`` whose triangular factor comes from its Gram
+    matrix (at least 1): every Dense leaf with a tall side counts, factored now if it was not (the
+    singular-value routes factor it), so the penalty does not depend on what was computed before."""
     if isinstance(m, Dense):
-        cache = leaf_factors(m)
-        if cache.gram_cond is None:
-            for side in ("cols", "rows"):
-                if (leaf_factor_method(m, side) or "").startswith("gram-cholesky"):
-                    _record_factor(m, side)  # a factor made after the leaf's norm was cached
-        return max(1.0, 1.0 if cache.gram_cond is None else cache.gram_cond)
-    return max((_gram_penalty(c) for c in m.children), default=1.0)
+        return _leaf_penalty(m, runtime.current())
+    return max((gram_penalty(c) for c in m.children), default=1.0)
+
+
+def _leaf_penalty(m: Dense, rt: Runtime) -> float:
+    """The condition number of the leaf's Gram-Cholesky factor (with an exactly null ones direction
+    left out when centred), or 1 for a square leaf or one factored by QR."""
+    side = Side.tall(m)
+    if side is None:
+        return 1.0
+    method = leaf_factor(m, side, rt).method
+    if not method.startswith("gram-cholesky"):
+        return 1.0
+    sv = factor_singular_values(m, side, rt)
+    nz = sv if method == "gram-cholesky" else sv[:-1]  # centred: the ones direction is exactly null
+    return max(1.0, float(sv[0] / nz[-1]) if len(nz) and nz[-1] > 0 else math.inf)
 
 
 def _tree_size(m: LinearMap) -> tuple[int, int, float]:
@@ -384,12 +449,12 @@ def accuracy(m: LinearMap) -> float:
     Every singular value returned by :func:`~circuitalg.linalg.singular_values` or
     :func:`~circuitalg.linalg.svd` is within ``accuracy(m)`` of the exact one (for the
     stored arrays). See the module docstring for the formula and the derived bounds
-    for norms, traces and eigenvalues. Cheap: one pass over the tree, leaf norms cached.
+    for norms, traces and eigenvalues. A pure function of ``m``: one pass over the tree, the leaves'
+    norms, factors and ties computed once and held by the leaves.
     """
     require_map(m, "accuracy")
     n_leaves, d_max, tied = _tree_size(m)
-    penalty = _gram_penalty(m)  # before magnitude(m), whose leaf norms may factor a leaf (as before)
-    return error_bound(n_leaves, d_max, magnitude(m), m.dtype, penalty, tied)
+    return error_bound(n_leaves, d_max, magnitude(m), m.dtype, gram_penalty(m), tied)
 
 
 def error_bound(n_leaves: int, d_max: int, magnitude: float, dtype: np.dtype, gram_penalty: float = 1.0,
@@ -412,13 +477,13 @@ def eigenvalue_error(vals: np.ndarray, cond: np.ndarray, acc: float, magnitude: 
     return float(np.max(np.where(np.isnan(cond[above]), 0.0, cond[above]))) * acc
 
 
-def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def eigen_conditions(a: np.ndarray, rt: Runtime | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues of the square array ``a`` and their condition numbers
     ``κᵢ = 1 / |yᵢᴴ xᵢ|`` (unit left and right eigenvectors; ``inf`` for a defective
     eigenvalue): to first order a perturbation ``E`` moves ``λᵢ`` by at most ``κᵢ ‖E‖₂``."""
     if a.shape[0] == 0:
         return np.zeros(0, dtype=complex), np.zeros(0)
-    with small_lapack(*a.shape):
+    with (rt or runtime.current()).lapack(*a.shape):
         w, vl, vr = sla.eig(a, left=True, right=True, check_finite=False)
     s = np.abs(np.einsum("ij,ij->j", vl.conj(), vr))
     with np.errstate(divide="ignore"):
@@ -426,25 +491,26 @@ def eigen_conditions(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w, kappa
 
 
-def eigen_conditions_many(stack: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def eigen_conditions_many(stack: np.ndarray, rt: Runtime | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`eigen_conditions` of each matrix of a ``(g, r, r)`` stack, through numpy's batched
     LAPACK calls (which release the GIL, so chunks can run in threads): the right eigenvectors
     ``X`` (unit columns) and ``Y = X⁻¹``, whose rows are the left eigenvectors scaled to
     ``yᵢᴴ xᵢ = 1``, so ``κᵢ = ‖xᵢ‖ ‖yᵢ‖ / |yᵢᴴ xᵢ| = ‖yᵢ‖``. A stack with a singular ``X`` (a
     defective eigenvalue) is done matrix by matrix with :func:`eigen_conditions`."""
+    rt = rt or runtime.current()
     if stack.shape[0] == 0:
         return []
     if stack.shape[1] == 0:
-        return [eigen_conditions(a) for a in stack]
+        return [eigen_conditions(a, rt) for a in stack]
     try:
-        with small_lapack(*stack.shape[1:]):
+        with rt.lapack(*stack.shape[1:]):
             w, X = np.linalg.eig(stack)
             Y = np.linalg.inv(X)
     except np.linalg.LinAlgError:
-        return [eigen_conditions(a) for a in stack]
+        return [eigen_conditions(a, rt) for a in stack]
     kappa = np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=2)
     if not np.all(np.isfinite(kappa)):
-        return [eigen_conditions(a) for a in stack]
+        return [eigen_conditions(a, rt) for a in stack]
     return list(zip(w, kappa))
 
 
@@ -460,7 +526,7 @@ def warn_rtol(dtype: np.dtype) -> float:
     return unit_roundoff(dtype) ** (1.0 / 3.0)
 
 
-def _outside_stacklevel() -> int:
+def outside_stacklevel() -> int:
     """The ``stacklevel`` for a ``warnings.warn`` made by this function's caller that names the first
     frame outside the circuitalg package: warnings point at the user's line, however many of
     circuitalg's own calls (a method, ``eigenvalues_many``, the report) lie between. Frames of
@@ -476,7 +542,7 @@ def _outside_stacklevel() -> int:
     return level
 
 
-def _tagged(w: PrecisionWarning, **facts: object) -> PrecisionWarning:
+def tag_warning(w: PrecisionWarning, **facts: object) -> PrecisionWarning:
     """``w`` with attributes stating what it is about (read by :func:`collect_precision_warnings`'
     callers to summarise many warnings): ``what`` (``"eigenvalues"``, ``"singular_values"``, ...),
     ``subject`` (the map's label, or the family of maps), ``count`` and ``total`` (results over the
@@ -484,6 +550,9 @@ def _tagged(w: PrecisionWarning, **facts: object) -> PrecisionWarning:
     for key, value in facts.items():
         setattr(w, key, value)
     return w
+
+
+_outside_stacklevel, _tagged = outside_stacklevel, tag_warning  # TODO(rename): report/__init__.py imports the old names
 
 
 def warn_summary(what: str, subject: str, relative: np.ndarray, dtypes: Sequence[np.dtype]) -> None:
@@ -502,12 +571,12 @@ def warn_summary(what: str, subject: str, relative: np.ndarray, dtypes: Sequence
     limit = (f"{float(tol[0]):.2g} ({names[0]}: fewer than two thirds of the digits guaranteed)" if len(names) == 1
              else "their dtypes' u^(1/3) (fewer than two thirds of the digits guaranteed)")
     warnings.warn(
-        _tagged(PrecisionWarning(
+        tag_warning(PrecisionWarning(
             f"{what} of {n} of {len(rel)} {subject} carry a-priori relative error bounds above {limit}, up to "
             f"{top:.2g}; the bounds are worst cases, usually pessimistic by orders of magnitude (see "
             "circuitalg.linalg.accuracy)."
         ), what=what, subject=subject, count=n, total=len(rel), relative=top),
-        stacklevel=_outside_stacklevel(),
+        stacklevel=outside_stacklevel(),
     )
 
 
@@ -545,12 +614,12 @@ def warn_if_imprecise(m: LinearMap, what: str, bound: float, scale: float, *, ze
         return
     rel = bound / abs(scale) if scale else math.inf
     warnings.warn(
-        _tagged(PrecisionWarning(
+        tag_warning(PrecisionWarning(
             f"{what} of {label(m)} {m.shape} may be inaccurate: the error bound {bound:.3g} is "
             f"{'larger than' if rel >= 1 else f'{rel:.2g} of'} the result's scale {abs(scale):.3g} "
             f"({np.dtype(m.dtype).name}, epsilon {u:.2g}). The factors cancel or the eigenvectors "
             "are nearly parallel; evaluate in float64, rescale the factors, or treat values below "
             "the bound as zero (see circuitalg.linalg.accuracy)."
         ), what=what, subject=label(m), count=1, total=1, relative=rel),
-        stacklevel=_outside_stacklevel(),
+        stacklevel=outside_stacklevel(),
     )

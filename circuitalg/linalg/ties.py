@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
-from circuitalg.linalg.common import small_lapack, split_small_products
+from circuitalg import runtime
+from circuitalg.runtime import Runtime
 
 __all__ = ["TIE_RTOL", "TiedForm", "fit_tied_form", "screen_tied_form"]
 
@@ -106,15 +107,15 @@ def _solve(J: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
     return x if np.all(np.isfinite(x)) else None
 
 
-def _sample_gains(A: np.ndarray, rhs: np.ndarray, centred: bool) -> np.ndarray | None:
+def _sample_gains(A: np.ndarray, rhs: np.ndarray, centred: bool, rt: Runtime) -> np.ndarray | None:
     """``J⁻¹ rhs`` for the sample's normal matrix ``J = D - AᵀA/d`` (centred; ``D`` the diagonal of
     ``AᵀA``, ``A`` the ``s x d`` sample of ``Eᵀ``) or ``J = D``, or None when ``J`` is singular.
     Centred, by Woodbury through the ``s x s`` matrix ``K = d I - A D⁻¹ Aᵀ`` (positive definite
     exactly when ``J`` is): ``J⁻¹ = D⁻¹ + D⁻¹ Aᵀ K⁻¹ A D⁻¹``, a fifth of the work of solving with
     ``J`` for ``s = 256``, ``d = 768``. A screen: the gains are verified over every entry after."""
     D = np.einsum("vj,vj->j", A, A)
-    # one BLAS thread: OpenBLAS's threads on these small products occasionally stall for ~0.1 s
-    with small_lapack(*A.shape), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    # one BLAS thread: OpenBLAS's threads on these small products occasionally stall
+    with rt.lapack(*A.shape), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         x = rhs / D
         if centred and np.all(np.isfinite(x)):
             AD = A / D
@@ -130,10 +131,11 @@ def _unit_roundoff(a: np.ndarray) -> float:
     return float(np.finfo(a.dtype).eps) / 2
 
 
-def screen_tied_form(U: np.ndarray, E: np.ndarray) -> TiedForm | None:
+def screen_tied_form(U: np.ndarray, E: np.ndarray, rt: Runtime | None = None) -> TiedForm | None:
     """A candidate tied form of ``U`` (``n x d``) on ``E`` (``d x n``) fitted on a sample of rows,
     or None when the sample rules a tie out (a deviation above ``sqrt(u)``): a cheap screen;
-    :func:`fit_tied_form` decides on every entry."""
+    :func:`fit_tied_form` decides on every entry. ``rt``: the runtime (default
+    :func:`circuitalg.runtime.current`)."""
     n, d = U.shape
     # a tie pays off only through W_E's d x d Gram matrix, so only for a vocabulary larger than d
     if E.shape != (d, n) or not 2 <= d < n or U.dtype.kind != "f" or E.dtype.kind != "f":
@@ -142,7 +144,7 @@ def screen_tied_form(U: np.ndarray, E: np.ndarray) -> TiedForm | None:
     Us, Es = np.asarray(U[rows], dtype=np.float64), np.asarray(E.T[rows], dtype=np.float64)
     u = _unit_roundoff(U)
     centred = bool(np.all(np.abs(Us.sum(axis=1)) <= 4 * d * u * np.abs(Us).sum(axis=1)))
-    g = _sample_gains(Es, _adjoint(Us, Es, centred), centred)
+    g = _sample_gains(Es, _adjoint(Us, Es, centred), centred, rt or runtime.current())
     if g is None:
         return None
     form = TiedForm(g, centred)
@@ -150,10 +152,13 @@ def screen_tied_form(U: np.ndarray, E: np.ndarray) -> TiedForm | None:
     return form if float(np.einsum("ij,ij->", D, D)) <= u * float(np.einsum("ij,ij->", Us, Us)) else None
 
 
-def _low_precision_deviation(U: np.ndarray, Et: np.ndarray, start: TiedForm, x_fro: float) -> tuple[float, float, float]:
+def _low_precision_deviation(
+    U: np.ndarray, Et: np.ndarray, start: TiedForm, x_fro: float, rt: Runtime
+) -> tuple[float, float, float]:
     """``(bound on ‖U - f(g)‖_F, lower and upper bounds on ‖U‖_F)`` for a ``U`` stored below
-    float64, in one pass in its own dtype (half the memory traffic of float64), the rows split
-    between threads (:func:`~circuitalg.linalg.common.split_small_products`).
+    float64, in one pass in its own dtype (half the memory traffic of float64), the blocks of rows
+    split between threads (:meth:`Runtime.map <circuitalg.runtime.Runtime.map>`; the blocks' sums
+    are added in block order, so the bound does not depend on the split).
 
     The computed residual is ``R̂ = U - fl(X̂ - m̃)`` with ``X̂ = fl(Eᵀ diag(fl(g)))`` and the row
     means ``m̃`` of ``Eᵀ diag(g)`` formed in float64 (a float64 copy of each cache-sized block times
@@ -167,10 +172,10 @@ def _low_precision_deviation(U: np.ndarray, Et: np.ndarray, start: TiedForm, x_f
     g = start.gains.astype(U.dtype)
     g_mean = start.gains / d
 
-    def sums(lo: int, hi: int) -> tuple[float, float]:
+    def sums(lo: int, hi: int) -> list[tuple[float, float]]:  # (‖R̂_b‖², ‖U_b‖²) of each block
         buf = np.empty((_BLOCK_ROWS, d), dtype=U.dtype)
         wide = np.empty((_BLOCK_ROWS, d)) if start.centred else None
-        r2 = norm2 = 0.0
+        out = []
         for s in range(lo * _BLOCK_ROWS, min(n, hi * _BLOCK_ROWS), _BLOCK_ROWS):
             B, Eb = U[s:s + _BLOCK_ROWS], Et[s:s + _BLOCK_ROWS]
             X = buf[:len(B)]
@@ -180,12 +185,16 @@ def _low_precision_deviation(U: np.ndarray, Et: np.ndarray, start: TiedForm, x_f
                 w[...] = Eb
                 X -= (w @ g_mean).astype(U.dtype)[:, None]
             np.subtract(B, X, out=X)
-            r2 += float(np.dot(X.ravel(), X.ravel()))  # sums of squares in U's dtype (BLAS): see gamma
-            norm2 += float(np.dot(B.ravel(), B.ravel())) if B.flags.c_contiguous else float(np.einsum("ij,ij->", B, B))
-        return r2, norm2
+            r2_b = float(np.dot(X.ravel(), X.ravel()))  # sums of squares in U's dtype (BLAS): see gamma
+            norm2_b = float(np.dot(B.ravel(), B.ravel())) if B.flags.c_contiguous else float(np.einsum("ij,ij->", B, B))
+            out.append((r2_b, norm2_b))
+        return out
 
-    parts = split_small_products(sums, -(-n // _BLOCK_ROWS))
-    r2, norm2 = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    r2 = norm2 = 0.0
+    for part in rt.map(sums, -(-n // _BLOCK_ROWS)):
+        for r2_b, norm2_b in part:
+            r2 += r2_b
+            norm2 += norm2_b
     u = _unit_roundoff(U)
     gamma = _BLOCK_ROWS * d * u  # worst-case relative rounding of one block's sum of squares
     if not gamma < 0.5:  # pragma: no cover - blocks are far smaller than 1/u entries
@@ -194,10 +203,13 @@ def _low_precision_deviation(U: np.ndarray, Et: np.ndarray, start: TiedForm, x_f
     return r * (1 + u) + 5.05 * u * x_fro, math.sqrt(norm2 * (1 - gamma)), math.sqrt(norm2 / (1 - gamma))
 
 
-def fit_tied_form(U: np.ndarray, E: np.ndarray, G: np.ndarray, G_err2: float, start: TiedForm) -> TiedForm | None:
+def fit_tied_form(
+    U: np.ndarray, E: np.ndarray, G: np.ndarray, G_err2: float, start: TiedForm, rt: Runtime | None = None
+) -> TiedForm | None:
     """The tied form of ``U`` (``n x d``) on ``E`` (``d x n``), or None when its deviation exceeds
     :data:`TIE_RTOL` ``· u · ‖U‖_F``; ``G`` approximates ``E Eᵀ`` to ``‖G - E Eᵀ‖₂ <= G_err2``,
-    ``start`` is :func:`screen_tied_form`'s candidate.
+    ``start`` is :func:`screen_tied_form`'s candidate, ``rt`` the runtime that splits the pass
+    (default :func:`circuitalg.runtime.current`).
 
     ``U`` below float64 (float32 checkpoints): the sample's gains are already far more accurate
     than ``U`` (they average its rounding over the sample), so one pass in ``U``'s dtype bounds the
@@ -212,7 +224,7 @@ def fit_tied_form(U: np.ndarray, E: np.ndarray, G: np.ndarray, G_err2: float, st
     Et = E.T
     if U.dtype != np.float64:
         x_fro = math.sqrt(max(float(start.gains**2 @ np.diag(G)), 0.0) + G_err2 * float(start.gains @ start.gains))
-        dev, norm_low, norm_high = _low_precision_deviation(U, Et, start, x_fro)
+        dev, norm_low, norm_high = _low_precision_deviation(U, Et, start, x_fro, rt or runtime.current())
         if not dev <= TIE_RTOL * _unit_roundoff(U) * norm_low:
             return None
         return TiedForm(start.gains, start.centred, dev, norm_high, norm_low)

@@ -5,7 +5,8 @@ hold children (:class:`Product`, :class:`Sum`, :class:`Scaled`, :class:`Transpos
 :class:`Kron`). Nodes check their spaces when built, but do not simplify: use the smart
 constructors in :mod:`circuitalg.maps.rules` (or the operators ``@ + - * .T``), which
 flatten and simplify. Algorithms live in :mod:`circuitalg.linalg` as registered
-functions; the methods here are thin shortcuts to them.
+functions; the methods here are thin shortcuts to them (imported when called, so this module
+needs nothing from :mod:`circuitalg.linalg` to load).
 
 Conventions: column vectors. A map from X to Y holds a matrix of shape ``(Y.dim, X.dim)``
 and ``g @ f`` is g after f.
@@ -34,6 +35,8 @@ from circuitalg.spaces import Space, product_space
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse.linalg
     import sympy
+
+    from circuitalg.linalg.factors import LeafCache
 
 __all__ = [
     "LinearMap",
@@ -129,25 +132,6 @@ def _check_scalar(c: Any) -> float | int:
     if not math.isfinite(float(c)):
         raise NonFiniteError(f"cannot scale a map by {c!r}; the scalar must be finite.")
     return int(c) if isinstance(c, (int, np.integer)) else float(c)
-
-
-#: The numeric routines behind the shortcut methods (``m.norm()``...), registered by
-#: :mod:`circuitalg.linalg` when it is imported (so this module never imports it).
-_NUMERICS: dict[str, Callable[..., Any]] = {}
-
-
-def register_numerics(**routines: Callable[..., Any]) -> None:
-    """Install the routines the shortcut methods call (done by :mod:`circuitalg.linalg`)."""
-    _NUMERICS.update(routines)
-
-
-def _numeric(name: str) -> Callable[..., Any]:
-    try:
-        return _NUMERICS[name]
-    except KeyError:
-        raise InvalidArgumentError(
-            f"map.{name}() needs circuitalg's numeric routines; import circuitalg (or circuitalg.linalg) first."
-        ) from None
 
 
 class LinearMap:
@@ -258,42 +242,60 @@ class LinearMap:
 
         return transpose(self)
 
-    # ----- numerics (thin shortcuts to circuitalg.linalg, which registers them) ----------
+    # ----- numerics (thin shortcuts to circuitalg.linalg) ----------------------------------
     def matvec(self, x: Any) -> np.ndarray:
         """Apply the map to ``x`` of shape ``(domain.dim,)`` or ``(domain.dim, k)``."""
-        return _numeric("matvec")(self, x)
+        from circuitalg.linalg.apply import matvec
+
+        return matvec(self, x)
 
     def rmatvec(self, y: Any) -> np.ndarray:
         """Apply the transpose to ``y`` of shape ``(codomain.dim,)`` or ``(codomain.dim, k)``."""
-        return _numeric("rmatvec")(self, y)
+        from circuitalg.linalg.apply import rmatvec
+
+        return rmatvec(self, y)
 
     def to_dense(self, max_bytes: int | None = None) -> np.ndarray:
         """The dense matrix, refused with :class:`TooLargeError` above ``max_bytes``."""
-        return _numeric("to_dense")(self, max_bytes=max_bytes)
+        from circuitalg.linalg.apply import to_dense
+
+        return to_dense(self, max_bytes=max_bytes)
 
     def as_operator(self) -> scipy.sparse.linalg.LinearOperator:
         """A :class:`scipy.sparse.linalg.LinearOperator` applying this map."""
-        return _numeric("as_operator")(self)
+        from circuitalg.linalg.apply import as_operator
+
+        return as_operator(self)
 
     def singular_values(self, k: int | None = None) -> np.ndarray:
         """Singular values, descending: ``rank_bound`` of them, or the top ``k``."""
-        return _numeric("singular_values")(self, k=k)
+        from circuitalg.linalg.svd import singular_values
+
+        return singular_values(self, k=k)
 
     def svd(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(U, S, Vh)`` with ``self ≈ U @ diag(S) @ Vh``, truncated to ``rank_bound`` or ``k``."""
-        return _numeric("svd")(self, k=k)
+        from circuitalg.linalg.svd import svd
+
+        return svd(self, k=k)
 
     def eigenvalues(self, k: int | None = None) -> np.ndarray:
         """Eigenvalues of a square map: the nonzero spectrum, zero-padded to ``rank_bound``."""
-        return _numeric("eigenvalues")(self, k=k)
+        from circuitalg.linalg.eig import eigenvalues
+
+        return eigenvalues(self, k=k)
 
     def norm(self) -> float:
         """The Frobenius norm, from small Gram factors (no SVD)."""
-        return _numeric("norm")(self)
+        from circuitalg.linalg.norm import norm
+
+        return norm(self)
 
     def trace(self) -> float:
         """The trace of a square map, from the cyclic small product."""
-        return _numeric("trace")(self)
+        from circuitalg.linalg.norm import trace
+
+        return trace(self)
 
     # ----- symbolic twin --------------------------------------------------------------
     @cached_property
@@ -318,7 +320,7 @@ class Dense(LinearMap):
 
     The array is validated (2-D, real, finite) and stored as a read-only view, not
     copied: do not modify the original afterwards, since decompositions of this leaf are
-    cached and reused.
+    cached (:attr:`cache`) and reused.
 
     Parameters
     ----------
@@ -330,6 +332,12 @@ class Dense(LinearMap):
         The symbol's name (``"W_E"``); a unique ``M<n>`` if omitted.
     dtype : numpy dtype, optional
         Force float32 or float64; by default float32 is kept and other reals become float64.
+    tied_to : Dense, optional
+        The embedding this leaf (an unembedding, ``n x d``) may be tied to: ``array`` is
+        possibly ``tied_to.arrayᵀ diag(g) P`` (``d x n``; a folded final norm's weight ``g``,
+        ``P`` the LayerNorm centring or the identity). Nothing is trusted: the numeric routines
+        verify the form over every entry on first use and use it only if it holds
+        (:mod:`circuitalg.linalg.ties`).
     """
 
     def __init__(
@@ -340,6 +348,7 @@ class Dense(LinearMap):
         name: str | None = None,
         *,
         dtype: Any = None,
+        tied_to: Dense | None = None,
     ) -> None:
         if name is None:
             name = f"M{next(_name_counter)}"
@@ -363,11 +372,32 @@ class Dense(LinearMap):
                 f"Dense {name!r}: array shape {arr.shape} does not match (codomain.dim, domain.dim) "
                 f"= {expected} for {domain} -> {codomain}.{hint}"
             )
-        self._init(array=arr, domain=domain, codomain=codomain, name=name)
+        if tied_to is not None:
+            if not isinstance(tied_to, Dense):
+                raise InvalidArgumentError(
+                    f"Dense {name!r}: tied_to must be a ca.Dense leaf (the embedding), got {type(tied_to).__name__}."
+                )
+            if tied_to.shape != arr.shape[::-1]:
+                raise ShapeError(
+                    f"Dense {name!r}: a {arr.shape} leaf cannot be the transpose of {tied_to.name!r} "
+                    f"{tied_to.shape} times a d x d map; tie the unembedding (vocab x d_model) to the "
+                    "embedding (d_model x vocab)."
+                )
+        self._init(array=arr, domain=domain, codomain=codomain, name=name, tied_to=tied_to)
 
     @property
     def dtype(self) -> np.dtype:  # type: ignore[override]
         return self.array.dtype
+
+    @cached_property
+    def cache(self) -> LeafCache:
+        """What the numeric routines have computed about this leaf (Gram matrices, triangular
+        factors, the verified tie, its norm bound): each entry a pure function of the array and of
+        :attr:`tied_to`, filled once on first use, so it never changes a result
+        (:class:`circuitalg.linalg.factors.LeafCache`)."""
+        from circuitalg.linalg.factors import LeafCache
+
+        return LeafCache()
 
 
 class Identity(LinearMap):

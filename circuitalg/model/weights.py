@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
-from circuitalg.linalg.factors import declare_tied
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.maps.rules import identity
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.folding import fold_params
 from circuitalg.model.forward import activation
-from circuitalg.model.ids import EMBED, POS, HeadId, Source
+from circuitalg.model.ids import EMBED, POS, GroupId, HeadId, Source, layer_tag
 from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
 from circuitalg.model.rotary import Rotary
 from circuitalg.model.view import HeadWeights
@@ -153,7 +152,7 @@ class Head:
         if self.rotary is None:
             return identity(self.space, dtype=self.W_Q.dtype)
         R = self.rotary.matrix(int(delta), self.space.dim).astype(self.W_Q.dtype)
-        return Dense(R, self.space, self.space, f"R_{{{self.layer}}}({int(delta)})")
+        return Dense(R, self.space, self.space, f"R_{layer_tag(self.layer)}({int(delta)})")
 
     def qk_at(self, delta: int) -> LinearMap:
         """``W_QK(Δ) = W_Qᵀ R(Δ) W_K``: the bilinear form between a query at position ``i`` and a key
@@ -326,9 +325,9 @@ class Transformer:
             Dense(p["W_pos"], self.pos_space, self.resid_space, "W_pos") if c.learned_positions else None
         )
         self.vocab_out_space = self.vocab_space if c.d_vocab_out is None else Space("vocab_out", c.vocab_out)
-        self.W_U = Dense(p["W_U"], self.resid_space, self.vocab_out_space, "W_U")
-        if self.vocab_out_space == self.vocab_space:  # tied embeddings (verified on first use)
-            declare_tied(self.W_U, self.W_E)
+        # an unembedding over the embedding's vocabulary may be tied to it (verified on first use)
+        tie = self.W_E if self.vocab_out_space == self.vocab_space else None
+        self.W_U = Dense(p["W_U"], self.resid_space, self.vocab_out_space, "W_U", tied_to=tie)
         self.b_U = p["b_U"]
         ln = c.normalization is not None
 
@@ -349,14 +348,14 @@ class Transformer:
             a = f"blocks.{l_}.attn."
             heads = []
             # grouped-query attention: the heads of a group share one space and one W_K, W_V map
-            group_space = [Space(_group_name(c, l_, g), c.d_head) for g in range(c.kv_heads)]
-            tags = [f"^{{{l_}.{g}}}" for g in range(c.kv_heads)]
-            W_K = [Dense(p[a + "W_K"][g], self.resid_space, group_space[g], "W_K" + tags[g]) for g in range(c.kv_heads)]
-            W_V = [Dense(p[a + "W_V"][g], self.resid_space, group_space[g], "W_V" + tags[g]) for g in range(c.kv_heads)]
+            kv_ids = [_kv_id(c, l_, g) for g in range(c.kv_heads)]
+            group_space = [Space(i.name, c.d_head) for i in kv_ids]
+            W_K = [Dense(p[a + "W_K"][g], self.resid_space, group_space[g], "W_K^" + i.tag) for g, i in enumerate(kv_ids)]
+            W_V = [Dense(p[a + "W_V"][g], self.resid_space, group_space[g], "W_V^" + i.tag) for g, i in enumerate(kv_ids)]
             for h in range(c.n_heads):
                 g = c.kv_head(h)
                 hs = group_space[g]
-                tag = f"^{{{l_}.{h}}}"
+                tag = "^" + HeadId(l_, h).tag
                 heads.append(
                     Head(
                         l_,
@@ -378,12 +377,12 @@ class Transformer:
                 ms = Space(f"mlp{l_}", c.d_mlp)
                 mlp = MLP(
                     l_,
-                    W_in=Dense(p[m + "W_in"], self.resid_space, ms, f"W_in^{{{l_}}}"),
+                    W_in=Dense(p[m + "W_in"], self.resid_space, ms, "W_in^" + layer_tag(l_)),
                     b_in=p[m + "b_in"],
-                    W_out=Dense(p[m + "W_out"], ms, self.resid_space, f"W_out^{{{l_}}}"),
+                    W_out=Dense(p[m + "W_out"], ms, self.resid_space, "W_out^" + layer_tag(l_)),
                     b_out=p[m + "b_out"],
                     act_fn=str(c.act_fn),
-                    W_gate=Dense(p[m + "W_gate"], self.resid_space, ms, f"W_gate^{{{l_}}}") if c.gated_mlp else None,
+                    W_gate=Dense(p[m + "W_gate"], self.resid_space, ms, "W_gate^" + layer_tag(l_)) if c.gated_mlp else None,
                     b_gate=p[m + "b_gate"] if c.gated_mlp else None,
                     post=rms_norm(f"blocks.{l_}.ln2_post.w", c.post_norms),
                 )
@@ -468,7 +467,7 @@ class Transformer:
     @cached_property
     def _attention_bias_maps(self) -> tuple[Dense, ...]:
         bias = self.head_weights.attention_bias
-        return tuple(Dense(b[:, None], CONST_SPACE, self.resid_space, f"b_attn^{{{l}}}") for l, b in enumerate(bias))
+        return tuple(Dense(b[:, None], CONST_SPACE, self.resid_space, "b_attn^" + layer_tag(l)) for l, b in enumerate(bias))
 
     @cached_property
     def unembed_bias_map(self) -> Dense:
@@ -538,9 +537,11 @@ class Transformer:
         return cls.from_state_dict(hooked.state_dict(), layout="transformer_lens", config=cfg, name=name)
 
 
-def _group_name(config: TransformerConfig, layer: int, group: int) -> str:
-    """The name of a head's space: ``L{l}H{h}``, or ``L{l}KV{g}`` shared by a key/value group."""
-    return HeadId(layer, group).name if config.n_kv_heads is None else f"L{layer}KV{group}"
+def _kv_id(config: TransformerConfig, layer: int, group: int) -> HeadId | GroupId:
+    """The id of the space that ``W_K`` and ``W_V`` map into: the head itself (``L{l}H{h}``,
+    tagged ``{l.h}``), or under grouped-query attention its key/value group (``L{l}KV{g}``,
+    tagged ``{l.kvg}``), which the group's heads share."""
+    return HeadId(layer, group) if config.n_kv_heads is None else GroupId(layer, group)
 
 
 def _fold_input_norms(config: TransformerConfig, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

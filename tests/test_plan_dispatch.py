@@ -11,6 +11,7 @@ import pytest
 
 import circuitalg as ca
 from circuitalg.linalg.eig import planned_eigenvalues
+from circuitalg.linalg.factors import Side
 from circuitalg.linalg.norm import planned_norm, planned_trace
 from circuitalg.linalg.plan import (
     ChainPlan,
@@ -110,8 +111,8 @@ def test_each_plan_type_dispatches_to_its_own_rule(name, problem) -> None:
 
 def test_plans_record_their_structural_sub_choices() -> None:
     maps = _maps()
-    assert ca.plan(maps["tall"], "singular_values").factor_side == "cols"  # its triangular factor
-    assert ca.plan(maps["wide"], "singular_values").factor_side == "rows"
+    assert ca.plan(maps["tall"], "singular_values").factor_side == Side.COLS  # its triangular factor
+    assert ca.plan(maps["wide"], "singular_values").factor_side == Side.ROWS
     assert ca.plan(maps["square"], "singular_values").factor_side is None  # its own array
     assert ca.plan(maps["tall"], "norm").factor_side is None  # the norm reads the array
     ov_svd = ca.plan(maps["ov"], "svd")

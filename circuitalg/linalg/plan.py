@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, SMALL_DENSE_BYTES, nbytes
+from circuitalg.linalg.factors import Side
 from circuitalg.maps.chain import Chain, as_chain
 from circuitalg.maps.nodes import (
     Dense,
@@ -95,13 +96,13 @@ class LeafPlan(Plan):
 
     Attributes
     ----------
-    factor_side : str or None
-        ``"cols"`` (a tall leaf), ``"rows"`` (a wide leaf), or None (the array itself).
+    factor_side : Side or None
+        ``Side.COLS`` (a tall leaf), ``Side.ROWS`` (a wide leaf), or None (the array itself).
     """
 
     method: ClassVar[str] = "leaf"
     target: Dense
-    factor_side: str | None = None
+    factor_side: Side | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,11 +245,9 @@ def structural_plan(m: LinearMap, problem: str) -> Plan | None:
 
 @structural_plan.register
 def _(m: Dense, problem: str) -> Plan:
-    rows, cols = m.shape
-    side = None
-    if problem == "singular_values" and rows != cols:
-        side = "cols" if rows > cols else "rows"
-    return LeafPlan(problem=problem, target=m, detail=f"dense leaf {m.name} {rows}x{cols}", factor_side=side)
+    side = Side.tall(m) if problem == "singular_values" else None
+    detail = f"dense leaf {m.name} {m.shape[0]}x{m.shape[1]}"
+    return LeafPlan(problem=problem, target=m, detail=detail, factor_side=side)
 
 
 @structural_plan.register

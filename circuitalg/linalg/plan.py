@@ -150,7 +150,7 @@ class ChainPlan(Plan):
         The chain (its own scalar included).
     qr : tuple of str or None
         For ``svd``: the QR of the left and right half, each ``"cholesky-qr2"`` (CholeskyQR2,
-        Householder if its first factor is ill-conditioned) or ``"householder"``
+        Householder QR if a round's Cholesky factor is ill-conditioned) or ``"householder"``
         (:func:`tall_qr_method`); None for the other problems.
     """
 

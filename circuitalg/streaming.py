@@ -1,12 +1,18 @@
 """Full-OV spectra and all-pairs composition scores of every head of a checkpoint too large to
 load whole, streamed from disk.
 
-:func:`stream_full_ov` reads a Hugging Face Llama-family checkpoint (``llama``, ``mistral``,
-``qwen2``, ``qwen3``: safetensors, sharded or not, float32/float16/bfloat16) one tensor at a time
-through memory maps, never holding more than a stated budget, and computes for every head the
-singular values and eigenvalues of the full OV circuit ``W_U W_O W_V W_E`` of the folded model
-(RMSNorm weights folded into ``W_V`` and ``W_U``, as :func:`~circuitalg.fold_layer_norm` folds
-them), and the copying score. MLP weights are never read.
+This module plans, tiles and schedules; reading and arithmetic are the in-memory library's. A
+checkpoint (safetensors, sharded or not, float32/float16/bfloat16) is opened as
+:func:`~circuitalg.load` opens it (:func:`~circuitalg.model.checkpoint.open_checkpoint`: the
+loader's own key tables and config rules), and a task reads only its layers' attention tensors,
+folded by the model view's own code (:meth:`~circuitalg.model.checkpoint.Checkpoint.head_weights`).
+
+:func:`stream_full_ov` reads a Hugging Face Llama-layout checkpoint (``llama``, ``mistral``,
+``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``, ``olmo2``, ``phi3``) one tensor at a time, the
+vocabulary by row tiles through memory maps, never holding more than a stated budget, and
+computes for every head the singular values and eigenvalues of the full OV circuit
+``W_U W_O W_V W_E`` of the model's view (every norm weight folded into the maps it multiplies, as
+:func:`~circuitalg.fold_layer_norm` folds them), and the copying score. MLP weights are never read.
 
 Everything is computed in float64 from three ``d_model x d_model`` matrices accumulated over
 vocabulary row tiles (``W_E``'s and ``W_U``'s Gram matrices, and ``W_E W_U``) and, per layer,
@@ -20,14 +26,18 @@ same.
 :func:`stream_composition` computes the Q-, K- and V-composition scores of every pair of heads:
 the layers are split into chunks sized so that two chunks fit the budget, and each tile (a
 writer chunk and an equal or later reader chunk) reads only those layers' attention weights and
-scores its pairs with the in-memory engine (:func:`plan_composition` states the tiling, FLOPs and
-peak memory first); tiles are dask tasks when a client is given.
+scores its pairs with the in-memory kernel
+(:func:`~circuitalg.circuits.composition.composition_tile`; :func:`plan_composition` states the
+tiling, FLOPs and peak memory first); tiles are dask tasks when a client is given. It reads any
+layout :func:`~circuitalg.load` reads from safetensors files.
+
+Both enter the caller's :class:`~circuitalg.runtime.Runtime` without NumPy's huge-page advice
+(their arrays are large and written once).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -37,6 +47,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
+from circuitalg import runtime
+from circuitalg.circuits.composition import CompositionParts, check_kind, composition_tile
 from circuitalg.errors import ConfigError, LoadError, PrecisionWarning, TooLargeError, check_int
 from circuitalg.linalg.accuracy import (
     eigen_conditions_many,
@@ -48,55 +60,38 @@ from circuitalg.linalg.accuracy import (
 )
 from circuitalg.linalg.factors import Gram, gram_err2, gram_gamma, tied_gram
 from circuitalg.linalg.ties import TiedForm
+from circuitalg.model.checkpoint import Checkpoint, open_checkpoint
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.hf import hf_config, tied_embeddings
-from circuitalg.model.io import SafetensorsEntry, safetensors_index, widen_bf16
+from circuitalg.model.tensorfiles import SafetensorsSource
 
 __all__ = [
-    "CompositionPlan", "CompositionResult", "FullOVPlan", "FullOVResult", "TensorFiles", "plan_composition",
-    "plan_full_ov", "stream_composition", "stream_full_ov",
+    "CompositionPlan", "CompositionResult", "FullOVPlan", "FullOVResult", "plan_composition", "plan_full_ov",
+    "stream_composition", "stream_full_ov",
 ]
 
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
-_LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+def _open(directory: str | Path) -> Checkpoint:
+    """The checkpoint in ``directory`` as :func:`~circuitalg.load` opens it (its tensors are read by
+    layers and vocabulary rows, within the caller's budget, so no file-size limit applies)."""
+    ckpt = open_checkpoint(directory, max_bytes=1 << 62)
+    if not isinstance(ckpt.tensors, SafetensorsSource):
+        raise LoadError(
+            f"{directory}: circuitalg.streaming reads safetensors checkpoints (a Hugging Face directory or a "
+            ".safetensors file), whose tensors it maps by rows; load other formats with ca.load."
+        )
+    return ckpt
 
 
-class TensorFiles:
-    """The tensors of a safetensors checkpoint directory, memory-mapped and read by row ranges
-    (bfloat16 widened exactly to float32, then float64)."""
-
-    def __init__(self, directory: str | Path) -> None:
-        self.dir = Path(directory)
-        if not self.dir.is_dir():
-            raise LoadError(f"{self.dir}: no such checkpoint directory (a Hugging Face folder of safetensors files).")
-        files = sorted(self.dir.glob("*.safetensors"))
-        if not files:
-            raise LoadError(f"{self.dir}: no .safetensors files (circuitalg.streaming reads safetensors checkpoints).")
-        self.index: dict[str, tuple[Path, SafetensorsEntry]] = {}
-        for f in files:
-            entries, _ = safetensors_index(f)  # validated against the file before anything is mapped
-            for name, e in entries.items():
-                if e.dtype not in _DTYPES:
-                    raise LoadError(f"{f}: tensor {name!r} has dtype {e.dtype}; expected F32, F16, BF16 or F64.")
-                self.index[name] = (f, e)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        """The stored shape of tensor ``name``."""
-        return self._entry(name)[1].shape
-
-    def _entry(self, name: str) -> tuple[Path, SafetensorsEntry]:
-        if name not in self.index:
-            raise LoadError(f"{self.dir}: missing tensor {name!r}.")
-        return self.index[name]
-
-    def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``start:stop`` of tensor ``name`` (its first axis) as float64."""
-        path, e = self._entry(name)
-        mm = np.memmap(path, dtype=_DTYPES[e.dtype], mode="r", offset=e.start, shape=e.shape)
-        block = np.asarray(mm[start:e.shape[0] if stop is None else stop])
-        if e.dtype == "BF16":
-            block = widen_bf16(block)
-        return block.astype(np.float64)
+def _vocabulary_tied(ckpt: Checkpoint) -> bool:
+    """Whether ``W_U = W_Eᵀ`` (the vocabulary's rows read once); :class:`ConfigError` for layouts
+    whose vocabulary cannot be read by rows."""
+    try:
+        return ckpt.reader.vocabulary_tied()
+    except ConfigError:
+        raise ConfigError(
+            f"{ckpt.source}: stream_full_ov reads the vocabulary of Hugging Face Llama-layout checkpoints by rows "
+            "(llama, mistral, qwen2, qwen3, gemma2, gemma3, olmo2, phi3); this checkpoint's layout is another."
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,39 +135,13 @@ class FullOVResult:
     eigenvalue_error: np.ndarray
 
 
-def _config(files: TensorFiles) -> TransformerConfig:
-    path = files.dir / "config.json"
-    if not path.is_file():
-        raise LoadError(f"{files.dir}: no config.json.")
-    d = json.loads(path.read_text())
-    if d.get("model_type") not in _LLAMA_TYPES:
-        raise ConfigError(f"{path}: model_type={d.get('model_type')!r}; circuitalg.streaming reads {_LLAMA_TYPES} checkpoints.")
-    return TransformerConfig.from_dict(hf_config(d, str(path)), source=str(path))
-
-
-def _vocabulary_tensors(files: TensorFiles) -> tuple[str, str | None]:
-    """The names of the embedding and the unembedding tensors (``None``: tied to the embedding).
-    A tied pair may be stored under either name (``save_model`` keeps one); a checkpoint with both
-    is read as untied."""
-    d = json.loads((files.dir / "config.json").read_text())
-    embed, head = "model.embed_tokens.weight", "lm_head.weight"
-    if embed in files.index:
-        if head in files.index:
-            return embed, head
-        if not tied_embeddings(d):
-            raise LoadError(f"{files.dir}: missing tensor {head!r} (config.json does not tie the embeddings).")
-        return embed, None
-    if head in files.index and tied_embeddings(d):
-        return head, None
-    raise LoadError(f"{files.dir}: missing tensor {embed!r}" + ("" if head in files.index else f" and {head!r}") + ".")
-
-
 def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPlan:
     """The sizes, FLOP count and peak array memory of :func:`stream_full_ov` on ``directory``;
     :class:`TooLargeError` when even the smallest tiles do not fit ``budget_bytes``."""
     budget = check_int("budget_bytes", budget_bytes, 1)
-    files = TensorFiles(directory)
-    c = _config(files)
+    ckpt = _open(directory)
+    c = ckpt.config
+    tied = _vocabulary_tied(ckpt)
     D, dh, V, H, L = c.d_model, c.d_head, c.d_vocab, c.n_heads, c.n_layers
     fixed = 3 * D * D * 8 + 2 * D * D * 8  # G_E / R_E, G_U / R_U, W_E W_U; a D x D temporary pair
     layer = (c.kv_heads * dh * D + D * H * dh) * 8 * 3  # one layer's V and O projections (+ folded copies)
@@ -185,7 +154,7 @@ def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPl
         )
     tile = int(min(V, room // per_row))
     kv = c.kv_heads
-    vocab_products = 1 if _vocabulary_tensors(files)[1] is None else 3  # tied: W_E's Gram matrix only
+    vocab_products = 1 if tied else 3  # tied: W_E's Gram matrix only
     flops = (vocab_products * 2.0 * V * D * D + 2 * 4.0 * D**3  # the Gram matrices' spectra (error bounds)
              + L * (kv * 2 * 2.0 * D * D * dh + (kv + H) * 2.0 * D * dh * dh  # per layer: the value side, norms
                     + H * (2.0 * D * D * dh + 2.0 * D * dh * dh + 40.0 * dh**3)))  # per head: QR, SVD, eig with vectors
@@ -197,11 +166,12 @@ def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray,
     """Singular values and eigenvalues ``[n_heads, d_head]`` of one layer's heads, and their error
     bounds ``[n_heads]`` (a dask task). ``vocab_norms``: bounds on ``‖W_E‖₂`` and ``‖W_U‖₂``, and
     the Gram-factor penalty of ``R_E`` and ``R_U`` (their larger condition number)."""
-    files = TensorFiles(directory)
-    c = _config(files)
+    ckpt = _open(directory)
+    c = ckpt.config
     dh, H, kv = c.d_head, c.n_heads, c.kv_heads
-    proj = _attention(files, c, layer, ("W_V", "W_O"))
-    W_V, W_O = proj["W_V"], proj["W_O"]
+    proj = ckpt.attention(range(layer, layer + 1), ("V", "O"))  # folded as the model view holds them
+    W_V = proj[f"blocks.{layer}.attn.W_V"]  # (n_kv_heads, d_head, d_model)
+    W_O = np.ascontiguousarray(proj[f"blocks.{layer}.attn.W_O"])  # (n_heads, d_model, d_head)
     sv = np.zeros((H, dh))
     ev = np.zeros((H, dh), dtype=np.complex128)
     # the value side is shared by the query heads of a key/value group: once per group
@@ -235,23 +205,30 @@ def stream_full_ov(
     checkpoint in ``directory``, streamed tensor by tensor within ``budget_bytes`` of arrays (see
     the module docstring). ``client``: a ``dask.distributed.Client``, to run the layers on its
     workers (each reads its layer's tensors itself); ``log`` gets the plan and progress lines."""
+    with dataclasses.replace(runtime.current(), hugepage_advice=False):
+        return _stream_full_ov(directory, budget_bytes, client, log or (lambda _m: None))
+
+
+def _stream_full_ov(directory: str | Path, budget_bytes: int, client: Any, log: Callable[[str], None]) -> FullOVResult:
     plan = plan_full_ov(directory, budget_bytes)
-    log = log or (lambda _m: None)
     log(str(plan))
-    files = TensorFiles(directory)
-    c = _config(files)
+    ckpt = _open(directory)
+    c, reader = ckpt.config, ckpt.reader
     D, V = c.d_model, c.d_vocab
-    embed, unembed = _vocabulary_tensors(files)
-    tied = unembed is None
-    wf = files.rows("model.norm.weight")
+    tied = reader.vocabulary_tied()
+    final = reader.final_norm()
+    if set(final) != {"ln_final.w"}:
+        raise ConfigError(f"{ckpt.source}: stream_full_ov folds an RMSNorm's weight into W_U; this model has {sorted(final)}.")
+    wf = np.asarray(final["ln_final.w"], dtype=np.float64)
     G_E = np.zeros((D, D))
     G_U = np.zeros((D, D))
     M = np.zeros((D, D))
     for start in range(0, V, plan.tile_rows):
-        E = files.rows(embed, start, start + plan.tile_rows)  # (rows, D): W_E's columns
+        rows_E, rows_U = reader.vocabulary_rows(start, min(V, start + plan.tile_rows))
+        E = rows_E.astype(np.float64)  # (rows, D): W_E's columns
         G_E += E.T @ E
         if not tied:
-            U = files.rows(unembed, start, start + plan.tile_rows) * wf  # folded: W_U diag(w)
+            U = rows_U.astype(np.float64) * wf  # folded: W_U diag(w)
             G_U += U.T @ U
             M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
     gamma = gram_gamma(V, V, np.float64, True)  # sums of V rows in float64
@@ -267,11 +244,11 @@ def stream_full_ov(
     norms = _vocab_norms(gram_E, gram_U)
     if client is not None:
         shared = client.scatter([R_E, R_U, M], broadcast=True)
-        futures = [client.submit(_layer_spectra, str(files.dir), l, *shared, norms, pure=False)
+        futures = [client.submit(_layer_spectra, str(directory), l, *shared, norms, pure=False)
                    for l in range(c.n_layers)]
         parts = client.gather(futures)
     else:
-        parts = [_layer_spectra(str(files.dir), l, R_E, R_U, M, norms) for l in range(c.n_layers)]
+        parts = [_layer_spectra(str(directory), l, R_E, R_U, M, norms) for l in range(c.n_layers)]
     sv, ev, sv_err, ev_err = (np.stack([p[i] for p in parts]) for i in range(4))
     mag = np.abs(ev).sum(axis=-1)
     copying = np.divide(ev.real.sum(axis=-1), mag, out=np.zeros_like(mag), where=mag > 0)
@@ -344,7 +321,7 @@ class CompositionResult:
 def _tile_bytes(c: TransformerConfig, layers: int) -> int:
     """Peak array bytes of one tile with ``layers`` layers in all (writers and readers): per layer
     the four stacked projections, one reader and one writer factor, their contiguous copies and
-    64-row block buffers (see :func:`~circuitalg.circuits.composition._gram_inner`)."""
+    64-row block buffers (see :func:`~circuitalg.circuits.composition.composition_tile`)."""
     return layers * c.n_heads * c.d_model * 8 * (6 * c.d_head + 2 * 64)
 
 
@@ -360,11 +337,9 @@ def plan_composition(
 ) -> CompositionPlan:
     """The tiling, FLOP count and peak array memory of :func:`stream_composition` on ``directory``;
     :class:`TooLargeError` when a tile of two single layers does not fit ``budget_bytes``."""
-    from circuitalg.circuits.composition import check_kind
-
     budget = check_int("budget_bytes", budget_bytes, 1)
     kinds = tuple(dict.fromkeys(check_kind(k) for k in kinds))
-    c = _config(TensorFiles(directory))
+    c = _open(directory).config
     if _tile_bytes(c, 2) > budget:
         raise TooLargeError(
             f"stream_composition: a tile of two layers at d_model={c.d_model} needs {_tile_bytes(c, 2) / 2**30:.2f} GiB; "
@@ -380,53 +355,13 @@ def plan_composition(
     return CompositionPlan(c.n_layers, H, D, dh, kinds, chunk, len(tiles), flops, _tile_bytes(c, 2 * chunk), budget)
 
 
-def _attention(files: TensorFiles, c: TransformerConfig, layer: int, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Layer ``layer``'s attention projections ``names`` as :func:`~circuitalg.fold_layer_norm` folds
-    them: the input RMSNorm weight in ``W_Q, W_K, W_V``, Qwen3's q/k norm weights in the rows of
-    ``W_Q, W_K``. ``W_Q`` is ``(n_heads, d_head, d_model)``, ``W_K`` and ``W_V`` one per key/value
-    head ``(n_kv_heads, d_head, d_model)``, ``W_O`` ``(n_heads, d_model, d_head)``."""
-    D, dh, H, kv = c.d_model, c.d_head, c.n_heads, c.kv_heads
-    p = f"model.layers.{layer}."
-    w1 = files.rows(p + "input_layernorm.weight") if set(names) - {"W_O"} else None
-    out = {}
-    for name in names:
-        if name == "W_O":
-            W = files.rows(p + "self_attn.o_proj.weight").reshape(D, H, dh).transpose(1, 0, 2)
-            out[name] = np.ascontiguousarray(W)
-            continue
-        s = name[-1].lower()
-        W = files.rows(p + f"self_attn.{s}_proj.weight").reshape(H if s == "q" else kv, dh, D) * w1
-        if c.qk_norm and s in "qk":
-            W *= files.rows(p + f"self_attn.{s}_norm.weight")[None, :, None]
-        out[name] = W
-    return out
-
-
-def _layer_heads(files: TensorFiles, c: TransformerConfig, layers: range) -> Any:
-    """The folded attention weights of ``layers`` (:func:`_attention`) as a float64
-    :class:`HeadWeights`, key/value heads repeated for their query heads."""
-    from circuitalg.model.view import HeadWeights
-
-    names = ("W_Q", "W_K", "W_V", "W_O")
-    group = np.array([c.kv_head(h) for h in range(c.n_heads)])
-    out: dict[str, list[np.ndarray]] = {k: [] for k in names}
-    for layer in layers:
-        proj = _attention(files, c, layer, names)
-        for k in names:
-            out[k].append(proj[k][group] if k in ("W_K", "W_V") else proj[k])
-    return HeadWeights.from_arrays(*(np.stack(out[k]) for k in names))
-
-
 def _composition_tile(directory: str, kinds: tuple[str, ...], writers: tuple[int, int], readers: tuple[int, int]
-                      ) -> dict[str, Any]:
-    """Per kind, the :class:`~circuitalg.circuits.composition.CompositionParts` of one tile:
-    writers in layers ``writers`` against readers in layers ``readers`` (a dask task)."""
-    from circuitalg.circuits.composition import composition_tile
-
-    files = TensorFiles(directory)
-    c = _config(files)
-    A = _layer_heads(files, c, range(*writers))
-    B = A if writers == readers else _layer_heads(files, c, range(*readers))
+                      ) -> dict[str, CompositionParts]:
+    """Per kind, the composition parts of one tile: the heads of layers ``writers`` against those
+    of layers ``readers``, read and folded as the loaded model's view holds them (a dask task)."""
+    ckpt = _open(directory)
+    A = ckpt.head_weights(range(*writers))
+    B = A if writers == readers else ckpt.head_weights(range(*readers))
     return {k: composition_tile(A, B, k, writer_layers=range(*writers), reader_layers=range(*readers)) for k in kinds}
 
 
@@ -441,8 +376,13 @@ def stream_composition(
     :func:`~circuitalg.composition_scores` (so scores equal the in-memory ones). MLP and vocabulary
     weights are never read. ``client``: a ``dask.distributed.Client`` to run the tiles on its
     workers; ``log`` gets the plan and one line per tile."""
+    with dataclasses.replace(runtime.current(), hugepage_advice=False):
+        return _stream_composition(directory, kinds, budget_bytes, client, log or (lambda _m: None))
+
+
+def _stream_composition(directory: str | Path, kinds: tuple[str, ...], budget_bytes: int, client: Any,
+                        log: Callable[[str], None]) -> CompositionResult:
     plan = plan_composition(directory, kinds, budget_bytes)
-    log = log or (lambda _m: None)
     log(str(plan))
     L, H = plan.n_layers, plan.n_heads
     tiles = _tiles(L, plan.chunk_layers)
@@ -462,7 +402,5 @@ def stream_composition(
             numerator_sq[k][a0:a1, :, b0:b1, :] = tile.numerator_sq
             writer_norm_sq[a0:a1] = tile.writer_norm_sq
             reader_norm_sq[k][b0:b1] = tile.reader_norm_sq
-    from circuitalg.circuits.composition import CompositionParts
-
     scores = {k: CompositionParts(numerator_sq[k], writer_norm_sq, reader_norm_sq[k]).scores() for k in plan.kinds}
     return CompositionResult(scores, plan)

@@ -11,13 +11,15 @@ applies it to the stored parameters (a change of representation only).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError
+from circuitalg.model.view import HEAD_STACKED
 
-__all__ = ["fold_params", "fold_dtype", "is_centred"]
+__all__ = ["fold_params", "fold_attention_reads", "fold_head_norms", "fold_dtype", "is_centred"]
 
 
 def _centre_in_place(W: np.ndarray) -> np.ndarray:
@@ -54,7 +56,7 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
         (``blocks.{l}.attn.W_Q`` ...) gets layer ``l``'s slot of one C-ordered stack over layers,
         which the model's head view then uses as it is (no second copy)."""
         parts = key.split(".")
-        if len(parts) == 4 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in _HEAD_STACKED:
+        if len(parts) == 4 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in HEAD_STACKED:
             st = stacks.get(parts[3])
             if st is None or st.shape[1:] != like.shape:
                 st = stacks[parts[3]] = np.empty((c.n_layers, *like.shape), dtype=dtype)
@@ -62,27 +64,8 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
         return np.empty_like(like, dtype=dtype)
 
     def fold(ln: str, weight_keys: list[tuple[str, str]]) -> None:
-        w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
-        for wk, bk in weight_keys:
-            raw = p[wk]
-            done.add(wk)
-            if w is None and b is None and raw.dtype == dtype and (not (center_reads and centred) or is_centred(raw)):
-                continue  # nothing to fold and already centred: kept as it is
-            W = new_array(wk, raw)  # one new array per folded weight (C order: rows reshape as views)
-            if w is not None and b is None:  # one pass: converted to dtype, then scaled, as below
-                np.multiply(raw, np.asarray(w, dtype=dtype), out=W, dtype=dtype, casting="unsafe")
-            else:
-                W[...] = raw
-                if b is not None:
-                    p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
-                    done.add(bk)
-                if w is not None:
-                    W *= np.asarray(w, dtype=dtype)
-            del raw
-            if center_reads and centred:
-                _centre_in_place(W)
-            W.flags.writeable = False  # nobody else holds it: the new model keeps it uncopied
-            p[wk] = W
+        done.update(_fold_norm(p, ln, weight_keys, centred=centred, center_reads=center_reads, dtype=dtype,
+                               new_array=new_array))
 
     for layer in range(c.n_layers):
         a = f"blocks.{layer}.attn."
@@ -102,8 +85,71 @@ def fold_params(config: Any, p: dict[str, np.ndarray], *, center_reads: bool = T
     return "LNPre" if centred else "RMSPre"
 
 
-#: The per-layer head weights that the model view stacks over layers (see ``weights._stack_heads``).
-_HEAD_STACKED = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+def _fold_norm(
+    p: dict[str, np.ndarray], ln: str, weight_keys: list[tuple[str, str]], *, centred: bool, center_reads: bool,
+    dtype: np.dtype, new_array: Callable[[str, np.ndarray], np.ndarray],
+) -> list[str]:
+    """Fold the norm ``ln`` (``p[ln + ".w"]``, ``p[ln + ".b"]``, popped) into the reading weights
+    ``weight_keys`` (``(W key, b key)``) of ``p``, in place: ``W diag(w)``, ``b_W + W b``, rows
+    centred behind a layer norm with ``center_reads``. Returns the keys it replaced or kept."""
+    w, b = p.pop(ln + ".w", None), p.pop(ln + ".b", None)
+    done = []
+    for wk, bk in weight_keys:
+        raw = p[wk]
+        done.append(wk)
+        if w is None and b is None and raw.dtype == dtype and (not (center_reads and centred) or is_centred(raw)):
+            continue  # nothing to fold and already centred: kept as it is
+        W = new_array(wk, raw)  # one new array per folded weight (C order: rows reshape as views)
+        if w is not None and b is None:  # one pass: converted to dtype, then scaled, as below
+            np.multiply(raw, np.asarray(w, dtype=dtype), out=W, dtype=dtype, casting="unsafe")
+        else:
+            W[...] = raw
+            if b is not None:
+                p[bk] = np.asarray(p[bk], dtype=dtype) + W @ np.asarray(b, dtype=dtype)
+                done.append(bk)
+            if w is not None:
+                W *= np.asarray(w, dtype=dtype)
+        del raw
+        if center_reads and centred:
+            _centre_in_place(W)
+        W.flags.writeable = False  # nobody else holds it: the new model keeps it uncopied
+        p[wk] = W
+    return done
+
+
+def fold_attention_reads(config: Any, p: dict[str, np.ndarray], layer: int, *, dtype: Any = np.float64) -> None:
+    """:func:`fold_params` on layer ``layer``'s attention inputs only, in place: its input norm
+    (``ln1``, popped) folded into whichever of ``W_Q, W_K, W_V`` ``p`` holds, reads centred behind a
+    layer norm, each weight converted to ``dtype`` (the same arithmetic, so the same arrays)."""
+    a = f"blocks.{layer}.attn."
+    reads = [(a + "W_" + s, a + "b_" + s) for s in "QKV" if a + "W_" + s in p]
+    _fold_norm(p, f"blocks.{layer}.ln1", reads, centred=config.centred_norm, center_reads=True,
+               dtype=fold_dtype(dtype), new_array=lambda _key, like: np.empty_like(like, dtype=dtype))
+
+
+def fold_head_norms(config: Any, params: Mapping[str, np.ndarray], layers: Iterable[int] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """The attention weights of the model view where a norm weight multiplies a projection:
+    ``diag(w_q) W_Q``, ``diag(w_k) W_K`` (``qk_norm``) and ``diag(w) W_O``, ``w ⊙ b_O``
+    (``post_norms``), for ``layers`` (default all) and the projections ``params`` holds; exact up
+    to the norms' per-token scales, which are frozen. New read-only arrays; ``params`` is unchanged."""
+    out: dict[str, np.ndarray] = {}
+    for l in range(config.n_layers) if layers is None else layers:
+        a = f"blocks.{l}.attn."
+        if config.qk_norm:
+            for s in ("Q", "K"):  # one (d_head,) weight for every head, or a (heads, d_head) one
+                if a + "W_" + s not in params:
+                    continue
+                w = params[a + f"{s.lower()}_norm.w"].reshape(-1, config.d_head)
+                out[a + "W_" + s] = w[:, :, None] * params[a + "W_" + s]
+                out[a + "b_" + s] = w * params[a + "b_" + s]
+        if config.post_norms and a + "W_O" in params:
+            w = params[f"blocks.{l}.ln1_post.w"]
+            out[a + "W_O"] = w[None, :, None] * params[a + "W_O"]
+            out[a + "b_O"] = w * params[a + "b_O"]
+    for v in out.values():
+        v.flags.writeable = False
+    return out
 
 
 def is_centred(W: np.ndarray) -> bool:

@@ -35,7 +35,7 @@ per-frequency factors) divides the frequencies; other scalings are refused.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import numpy as np
 from circuitalg.errors import ConfigError, LoadError
 from circuitalg.model.gguf_file import open_gguf
 from circuitalg.model.gguf_quants import dequantize
+from circuitalg.model.statedict import TensorSource
 from circuitalg.model.vocab import decode_byte_level
 
 __all__ = ["read_gguf", "GGUF_ARCHITECTURES"]
@@ -78,13 +79,14 @@ def _gguf() -> Any:
     return gguf
 
 
-class _Tensors(Mapping):
+class _Tensors(TensorSource):
     """Hugging Face tensor names -> arrays, dequantised (and un-permuted) when read."""
 
     def __init__(self, reader: Any, names: dict[str, tuple[Any, str]], fix: Any, source: str, dtype: Any) -> None:
+        super().__init__(names)
         self._reader, self._names, self._fix, self._source, self._dtype = reader, names, fix, source, dtype
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def read(self, key: str) -> np.ndarray:
         tensor, gguf_name = self._names[key]
         try:
             data = dequantize(tensor.data, tensor.tensor_type, dtype=self._dtype, name=gguf_name)
@@ -93,11 +95,8 @@ class _Tensors(Mapping):
         data.flags.writeable = False  # a new array nobody else holds: the loader need not copy it
         return self._fix(gguf_name, data)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+    def dtype(self, key: str) -> np.dtype:
+        return np.dtype(self._dtype)
 
 
 def read_gguf(

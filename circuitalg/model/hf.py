@@ -16,18 +16,29 @@ one of them, transformers loads either. Multimodal Gemma 3 checkpoints (``model_
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
 
 from circuitalg.errors import ConfigError, LoadError
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.statedict import TensorReader, as_array
+from circuitalg.model.statedict import (
+    ATTENTION_WEIGHTS,
+    LayoutReader,
+    RenamedSource,
+    TensorReader,
+    as_array,
+    read_rows,
+    tensor_dtype,
+    tensor_shape,
+)
 
-__all__ = ["HF_MODEL_TYPES", "HF_LAYOUTS", "hf_config", "convert_hf"]
+__all__ = ["HF_MODEL_TYPES", "HF_LAYOUTS", "hf_config", "hf_reader", "convert_hf"]
 
 _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _HF_NEO_BUFFERS = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
@@ -210,9 +221,10 @@ def _hf_gpt_neo_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def _hf_parts(
     sd: Mapping[str, Any], config: Any, source: str, model_type: str
-) -> tuple[TransformerConfig, dict[str, Any], Any]:
+) -> tuple[TransformerConfig, RenamedSource, _Stored | None]:
     """``(config, tensors without the "transformer." prefix, lm_head or None)``; a multimodal
-    checkpoint's text tower with its keys as a text-only model's (``model.``, ``lm_head.``)."""
+    checkpoint's text tower with its keys as a text-only model's (``model.``, ``lm_head.``). Only
+    names are looked at: every tensor is read when a part asks for it."""
     if config is None:
         raise ConfigError(
             f"{source}: a Hugging Face state dict needs its config.json (the number of heads cannot be "
@@ -230,10 +242,11 @@ def _hf_parts(
         cfg = TransformerConfig.from_dict(hf_config(config, source), source=source)
     if cfg.d_mlp is None:
         raise ConfigError(f"{source}: {model_type} has MLPs; the config given has d_mlp=None.")
-    flat: dict[str, Any] = {}
+    names: dict[str, str] = {}
     lm_head = None
     multimodal = any(k.startswith(("model.language_model.", "language_model.")) for k in sd)
-    for k, v in sd.items():
+    for key in sd:
+        k = key
         if multimodal:  # a vision-language checkpoint: its text tower only
             if _HF_VISION.match(k):
                 continue
@@ -243,23 +256,32 @@ def _hf_parts(
                     k = new + k[len(old):]
                     break
         if k == "lm_head.weight":
-            lm_head = v
+            lm_head = _Stored(sd, key)
         elif k.startswith("transformer."):
-            flat[k[len("transformer."):]] = v
+            names[k[len("transformer."):]] = key
         else:
-            flat[k] = v
-    return cfg, flat, lm_head
+            names[k] = key
+    return cfg, RenamedSource(sd, names), lm_head
 
 
-def _hf_embeddings(
-    get: Any, cfg: TransformerConfig, config: Any, lm_head: Any, source: str
-) -> dict[str, Any]:
-    """``W_E``, ``W_pos``, ``W_U`` (``lm_head``, or tied to ``wte``) and a zero ``b_U`` (no bias)."""
-    V, D = cfg.d_vocab, cfg.d_model
-    W_E, W_U = _hf_tied_pair(get, "wte.weight", lm_head, (V, D), config, source, tied_by_default=True)
-    p: dict[str, Any] = {"W_E": W_E.T, "W_pos": get("wpe.weight", (cfg.n_ctx, D)).T, "W_U": W_U}
-    p["b_U"] = np.zeros(V, dtype=W_E.dtype)  # these models' unembeddings have no bias
-    return p
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """One tensor of a state dict (``sd[key]``), read when asked for."""
+
+    sd: Mapping[str, Any]
+    key: str
+
+    def read(self) -> np.ndarray:
+        return as_array(self.sd[self.key])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return read_rows(self.sd, self.key, start, stop)
+
+    def shape(self) -> tuple[int, ...]:
+        return tensor_shape(self.sd, self.key)
+
+    def dtype(self) -> np.dtype:
+        return tensor_dtype(self.sd, self.key)
 
 
 def tied_embeddings(d: Mapping[str, Any]) -> bool:
@@ -274,50 +296,109 @@ def _tied(config: Any, tied_by_default: bool) -> bool:
     return bool(config.get("tie_word_embeddings", tied_by_default)) if isinstance(config, Mapping) else tied_by_default
 
 
-def _hf_tied_pair(
-    get: Any, embed_key: str, lm_head: Any, shape: tuple[int, int], config: Any, source: str, *, tied_by_default: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(embedding rows, W_U)`` (both vocab x d_model): the checkpoint's ``embed_key`` and
-    ``lm_head``; with tied embeddings either one may be stored for both (``save_model`` keeps one
-    name of a tied pair)."""
-    if embed_key in get.sd:
-        W_E = get(embed_key, shape)
-        return W_E, _hf_unembed(W_E, lm_head, config, source, tied_by_default=tied_by_default)
-    if lm_head is not None and _tied(config, tied_by_default):
-        W_U = as_array(lm_head)
-        if W_U.shape != shape:
-            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {shape}.")
-        return W_U, W_U
-    return get(embed_key, shape), lm_head  # raises: the embedding is missing and not tied to lm_head
+class _HFReader(LayoutReader):
+    """What the Hugging Face families share: the state dict with ``transformer.`` stripped,
+    ``lm_head`` apart, and the embedding pair (tied embeddings may be stored under either name:
+    ``save_model`` keeps one name of a tied pair)."""
+
+    #: the embedding's name, and whether the family ties ``lm_head`` to it when config.json is silent
+    embed_key = "wte.weight"
+    tied_by_default = True
+
+    def __init__(self, config: TransformerConfig, flat: RenamedSource, lm_head: _Stored | None, tie_config: Any,
+                 source: str) -> None:
+        super().__init__(config, TensorReader(flat, source))
+        self.lm_head, self.tie_config, self.source = lm_head, tie_config, source
+
+    def vocabulary_tensors(self) -> tuple[_Stored, _Stored | None]:
+        """The stored tensors of ``W_E``'s rows and of ``W_U`` (None: ``W_U`` is ``W_E``'s rows, tied)."""
+        sd = self.get.sd
+        if self.embed_key in sd:
+            if self.lm_head is not None:
+                return _Stored(sd, self.embed_key), self.lm_head
+            if not _tied(self.tie_config, self.tied_by_default):
+                raise LoadError(f"{self.source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
+            return _Stored(sd, self.embed_key), None
+        if self.lm_head is not None and _tied(self.tie_config, self.tied_by_default):
+            return self.lm_head, None
+        raise LoadError(f"{self.source}: missing tensor {self.embed_key!r}; the checkpoint is incomplete or not this layout.")
+
+    def tied_pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(embedding rows, W_U)`` (both vocab x d_model), read and shape-checked."""
+        shape = (self.config.d_vocab, self.config.d_model)
+        embed, unembed = self.vocabulary_tensors()
+        W_E = self.get(self.embed_key, shape) if embed.sd is self.get.sd else _checked(embed.read(), shape, self.source)
+        return W_E, W_E if unembed is None else _checked(unembed.read(), W_E.shape, self.source)
+
+    @functools.cached_property
+    def dtype(self) -> np.dtype:
+        """The embedding's dtype: the dtype of the zeros that stand for biases the checkpoint lacks."""
+        return self.vocabulary_tensors()[0].dtype()
+
+    def zeros(self, *shape: int) -> np.ndarray:
+        return np.zeros(shape, dtype=self.dtype)
 
 
-def _hf_unembed(W_E: np.ndarray, lm_head: Any, config: Any, source: str, *, tied_by_default: bool) -> np.ndarray:
-    """``W_U`` (vocab x d_model): ``lm_head.weight``, or ``W_E``'s rows when the embeddings are tied
-    (``tie_word_embeddings``, whose default differs by family) and the checkpoint leaves it out."""
-    if lm_head is not None:
-        W_U = as_array(lm_head)
-        if W_U.shape != W_E.shape:
-            raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W_U.shape}, expected {W_E.shape}.")
-        return W_U
-    if not _tied(config, tied_by_default):
-        raise LoadError(f"{source}: missing tensor 'lm_head.weight' (the config does not tie the embeddings).")
-    return W_E
+def _checked(W: np.ndarray, shape: tuple[int, ...], source: str) -> np.ndarray:
+    """``lm_head.weight`` (``W``), or :class:`LoadError` when it is not of ``shape``."""
+    if W.shape != shape:
+        raise LoadError(f"{source}: tensor 'lm_head.weight' has shape {W.shape}, expected {shape}.")
+    return W
 
 
-def _hf_norms_and_mlp(get: Any, cfg: TransformerConfig, h: str, b: str, p: dict[str, Any], linear: bool) -> None:
-    """Layer norms and the GELU MLP of block ``h`` (Conv1D weights, or nn.Linear when ``linear``)."""
-    D, d_mlp = cfg.d_model, cfg.d_mlp
-    for src, dst in (("ln_1", "ln1"), ("ln_2", "ln2")):
-        p[b + dst + ".w"] = get(h + src + ".weight", (D,))
-        p[b + dst + ".b"] = get(h + src + ".bias", (D,))
-    if linear:  # nn.Linear stores (out, in): already the column layout
-        p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (d_mlp, D))
-        p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (D, d_mlp))
-    else:  # Conv1D stores (in, out)
-        p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (D, d_mlp)).T
-        p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (d_mlp, D)).T
-    p[b + "mlp.b_in"] = get(h + "mlp.c_fc.bias", (d_mlp,))
-    p[b + "mlp.b_out"] = get(h + "mlp.c_proj.bias", (D,))
+class _GPT2Reader(_HFReader):
+    """GPT-2: fused ``c_attn`` (Conv1D, ``x @ W = [q | k | v]``), learned positions, LayerNorm."""
+
+    buffers = _HF_BUFFERS
+    linear = False  # Conv1D stores (in, out); nn.Linear (out, in)
+
+    def embeddings(self) -> dict[str, Any]:
+        """``W_E``, ``W_pos``, ``W_U`` (``lm_head``, or tied to ``wte``) and a zero ``b_U`` (no bias)."""
+        c = self.config
+        W_E, W_U = self.tied_pair()
+        p: dict[str, Any] = {"W_E": W_E.T, "W_pos": self.get("wpe.weight", (c.n_ctx, c.d_model)).T, "W_U": W_U}
+        p["b_U"] = np.zeros(c.d_vocab, dtype=W_E.dtype)  # these models' unembeddings have no bias
+        return p
+
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, H, dh = c.d_model, c.n_heads, c.d_head
+        h, b = f"h.{layer}.", f"blocks.{layer}."
+        W = get(h + "attn.c_attn.weight", (D, 3 * D))  # x @ W = [q | k | v]
+        bias = get(h + "attn.c_attn.bias", (3 * D,))
+        p: dict[str, Any] = {}
+        for i, name in enumerate(("Q", "K", "V")):
+            w = W[:, i * D:(i + 1) * D]  # (D, H*dh), columns grouped by head
+            p[b + "attn.W_" + name] = w.reshape(D, H, dh).transpose(1, 2, 0)
+            p[b + "attn.b_" + name] = bias[i * D:(i + 1) * D].reshape(H, dh)
+        W_proj = get(h + "attn.c_proj.weight", (D, D))  # z_concat @ W_proj, rows grouped by head
+        p[b + "attn.W_O"] = W_proj.reshape(H, dh, D).transpose(0, 2, 1)
+        p[b + "attn.b_O"] = get(h + "attn.c_proj.bias", (D,))
+        p.update(self.layer_norm(h + "ln_1", b + "ln1"))
+        return p
+
+    def layer_norm(self, theirs: str, ours: str) -> dict[str, Any]:
+        D = self.config.d_model
+        return {ours + ".w": self.get(theirs + ".weight", (D,)), ours + ".b": self.get(theirs + ".bias", (D,))}
+
+    def mlp(self, layer: int) -> dict[str, Any]:
+        """Layer norm 2 and the GELU MLP (Conv1D weights, or nn.Linear with :attr:`linear`)."""
+        c, get = self.config, self.get
+        D, d_mlp = c.d_model, c.d_mlp
+        h, b = f"h.{layer}.", f"blocks.{layer}."
+        p = self.layer_norm(h + "ln_2", b + "ln2")
+        if self.linear:  # nn.Linear stores (out, in): already the column layout
+            p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (d_mlp, D))
+            p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (D, d_mlp))
+        else:  # Conv1D stores (in, out)
+            p[b + "mlp.W_in"] = get(h + "mlp.c_fc.weight", (D, d_mlp)).T
+            p[b + "mlp.W_out"] = get(h + "mlp.c_proj.weight", (d_mlp, D)).T
+        p[b + "mlp.b_in"] = get(h + "mlp.c_fc.bias", (d_mlp,))
+        p[b + "mlp.b_out"] = get(h + "mlp.c_proj.bias", (D,))
+        return p
+
+    def final_norm(self) -> dict[str, Any]:
+        return self.layer_norm("ln_f", "ln_final")
 
 
 def _hf_rotary(d: Mapping[str, Any], d_head: int, source: str) -> dict[str, Any]:
@@ -445,48 +526,6 @@ def _hf_gpt_neox_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def _from_hf_gpt_neox(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
-    c, flat, _ = _hf_parts(sd, config, source, "gpt_neox")
-    D, H, dh, V = c.d_model, c.n_heads, c.d_head, c.d_vocab
-    biased = not (isinstance(config, Mapping) and config.get("attention_bias") is False)
-    get = TensorReader(flat, source)
-
-    tied = _tied(config, False)
-    if tied and "gpt_neox.embed_in.weight" not in flat and "embed_out.weight" in flat:
-        W_E = get("embed_out.weight", (V, D))  # a tied pair saved under its second name
-    else:
-        W_E = get("gpt_neox.embed_in.weight", (V, D))
-    p: dict[str, Any] = {"W_E": W_E.T}
-    if "embed_out.weight" in flat:
-        p["W_U"] = get("embed_out.weight", (V, D))
-    elif tied:
-        p["W_U"] = W_E
-    else:
-        raise LoadError(f"{source}: missing tensor 'embed_out.weight' (GPT-NeoX's unembedding is not tied).")
-    p["b_U"] = np.zeros(V, dtype=W_E.dtype)  # embed_out has no bias
-    for l_ in range(c.n_layers):
-        h, b = f"gpt_neox.layers.{l_}.", f"blocks.{l_}."
-        qkv = get(h + "attention.query_key_value.weight", (3 * D, D)).reshape(H, 3, dh, D)  # per head: q, k, v rows
-        qkv_b = (get(h + "attention.query_key_value.bias", (3 * D,)) if biased
-                 else np.zeros(3 * D, dtype=qkv.dtype)).reshape(H, 3, dh)
-        for i, name in enumerate(("Q", "K", "V")):
-            p[b + "attn.W_" + name] = qkv[:, i]
-            p[b + "attn.b_" + name] = qkv_b[:, i]
-        p[b + "attn.W_O"] = get(h + "attention.dense.weight", (D, D)).reshape(D, H, dh).transpose(1, 0, 2)
-        p[b + "attn.b_O"] = get(h + "attention.dense.bias", (D,)) if biased else np.zeros(D, dtype=qkv.dtype)
-        for src, dst in (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2")):
-            p[b + dst + ".w"] = get(h + src + ".weight", (D,))
-            p[b + dst + ".b"] = get(h + src + ".bias", (D,))
-        p[b + "mlp.W_in"] = get(h + "mlp.dense_h_to_4h.weight", (c.d_mlp, D))  # type: ignore[arg-type]
-        p[b + "mlp.b_in"] = get(h + "mlp.dense_h_to_4h.bias", (c.d_mlp,))  # type: ignore[arg-type]
-        p[b + "mlp.W_out"] = get(h + "mlp.dense_4h_to_h.weight", (D, c.d_mlp))  # type: ignore[arg-type]
-        p[b + "mlp.b_out"] = get(h + "mlp.dense_4h_to_h.bias", (D,))
-    p["ln_final.w"] = get("gpt_neox.final_layer_norm.weight", (D,))
-    p["ln_final.b"] = get("gpt_neox.final_layer_norm.bias", (D,))
-    get.check_all_read(_HF_NEOX_BUFFERS)
-    return c, p
-
-
 def _hf_llama_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, OLMo 2, Phi-3: RMSNorm, rotary (half-split),
     grouped-query attention, a gated MLP (SwiGLU; GeGLU in Gemma), no learned positions; sliding
@@ -559,61 +598,91 @@ def _hf_llama_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
-    d = text_config(config, source) if isinstance(config, Mapping) else {}
-    model_type = d.get("model_type", "llama")
-    family = model_type if model_type in _LLAMA_BIASES else "llama"
-    c, flat, lm_head = _hf_parts(sd, d if isinstance(config, Mapping) else config, source, family)
-    D, H, H_kv, dh, V = c.d_model, c.n_heads, c.kv_heads, c.d_head, c.d_vocab
-    qkv_bias, o_bias, mlp_bias = _LLAMA_BIASES[family](d)
-    get = TensorReader(flat, source)
+class _LlamaReader(_HFReader):
+    """Llama-layout families (:func:`_hf_llama_fields`): separate or fused (Phi-3) projections,
+    grouped-query attention, q/k norms, Gemma's ``1 + w`` norms and scaled embeddings."""
 
-    gemma = family in _GEMMA
-    W_E, W_U = _hf_tied_pair(get, "model.embed_tokens.weight", lm_head, (V, D), d or config, source,
-                             tied_by_default=_LLAMA_DEFAULTS.get(family, {}).get("tie_word_embeddings", False))
-    # Gemma scales the embeddings by sqrt(d_model) (folded into W_E; the tied W_U is unscaled)
-    p: dict[str, Any] = {"W_E": W_E.T * np.asarray(math.sqrt(D), dtype=W_E.dtype) if gemma else W_E.T, "W_U": W_U}
-    p["b_U"] = np.zeros(V, dtype=W_E.dtype)
-    zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (projections without bias)
+    buffers = _HF_LLAMA_BUFFERS
+    embed_key = "model.embed_tokens.weight"
 
-    def norm(key: str, shape: tuple[int, ...] = (D,)) -> np.ndarray:  # Gemma's RMSNorm multiplies by (1 + w)
-        w = get(key, shape)
-        return 1.0 + w if gemma else w
+    def __init__(self, sd: Mapping[str, Any], config: Any, source: str) -> None:
+        d = text_config(config, source) if isinstance(config, Mapping) else {}
+        model_type = d.get("model_type", "llama")
+        family = model_type if model_type in _LLAMA_BIASES else "llama"
+        c, flat, lm_head = _hf_parts(sd, d if isinstance(config, Mapping) else config, source, family)
+        super().__init__(c, flat, lm_head, d or config, source)
+        self.tied_by_default = _LLAMA_DEFAULTS.get(family, {}).get("tie_word_embeddings", False)
+        self.qkv_bias, self.o_bias, self.mlp_bias = _LLAMA_BIASES[family](d)
+        self.gemma = family in _GEMMA
+        if self.gemma:
+            norms = (("input_layernorm", "ln1"), ("pre_feedforward_layernorm", "ln2"),
+                     ("post_attention_layernorm", "ln1_post"), ("post_feedforward_layernorm", "ln2_post"))
+        elif not c.pre_norms:  # OLMo 2: norms of the sublayers' outputs only
+            norms = (("post_attention_layernorm", "ln1_post"), ("post_feedforward_layernorm", "ln2_post"))
+        else:
+            norms = (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2"))
+        self.norms = norms
 
-    if gemma:
-        norms = (("input_layernorm", "ln1"), ("pre_feedforward_layernorm", "ln2"),
-                 ("post_attention_layernorm", "ln1_post"), ("post_feedforward_layernorm", "ln2_post"))
-    elif not c.pre_norms:  # OLMo 2: norms of the sublayers' outputs only
-        norms = (("post_attention_layernorm", "ln1_post"), ("post_feedforward_layernorm", "ln2_post"))
-    else:
-        norms = (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2"))
-    sizes = {"Q": H * dh, "K": H_kv * dh, "V": H_kv * dh}
-    for l_ in range(c.n_layers):
-        h, b = f"model.layers.{l_}.", f"blocks.{l_}."
+    def norm(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """A norm weight (Gemma's RMSNorm multiplies by ``1 + w``)."""
+        w = self.get(key, (self.config.d_model,) if shape is None else shape)
+        return 1.0 + w if self.gemma else w
+
+    def embeddings(self) -> dict[str, Any]:
+        W_E, W_U = self.tied_pair()
+        # Gemma scales the embeddings by sqrt(d_model) (folded into W_E; the tied W_U is unscaled)
+        p: dict[str, Any] = {"W_E": self._scaled(W_E).T, "W_U": W_U}
+        p["b_U"] = np.zeros(self.config.d_vocab, dtype=W_E.dtype)
+        return p
+
+    def _scaled(self, E: np.ndarray) -> np.ndarray:
+        return E * np.asarray(math.sqrt(self.config.d_model), dtype=E.dtype) if self.gemma else E
+
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, H, H_kv, dh = c.d_model, c.n_heads, c.kv_heads, c.d_head
+        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
         a = h + "self_attn."
-        if a + "qkv_proj.weight" in flat:  # Phi-3: one fused projection, rows [q | k | v]
+        sizes = {"Q": H * dh, "K": H_kv * dh, "V": H_kv * dh}
+        if a + "qkv_proj.weight" in get.sd:  # Phi-3: one fused projection, rows [q | k | v]
             fused = get(a + "qkv_proj.weight", (sum(sizes.values()), D))
             starts = {"Q": 0, "K": sizes["Q"], "V": sizes["Q"] + sizes["K"]}
             proj = {s: fused[starts[s]:starts[s] + n] for s, n in sizes.items()}
         else:
-            proj = {s: get(a + f"{s.lower()}_proj.weight", (n, D)) for s, n in sizes.items()}
+            proj = {s: get(a + f"{s.lower()}_proj.weight", (n, D)) for s, n in sizes.items() if s in which}
+        p: dict[str, Any] = {}
         for name, n in (("Q", H), ("K", H_kv), ("V", H_kv)):  # nn.Linear (out, in): rows grouped by head
+            if name not in proj:
+                continue
             p[b + "attn.W_" + name] = proj[name].reshape(n, dh, D)
-            p[b + "attn.b_" + name] = (get(a + f"{name.lower()}_proj.bias", (n * dh,)).reshape(n, dh) if qkv_bias
-                                       else zeros(n, dh))
-        p[b + "attn.W_O"] = get(a + "o_proj.weight", (D, H * dh)).reshape(D, H, dh).transpose(1, 0, 2)
-        p[b + "attn.b_O"] = get(a + "o_proj.bias", (D,)) if o_bias else zeros(D)
-        if c.qk_norm and c.qk_norm_scope == "all":  # OLMo 2: one weight entry per head and dimension
-            p[b + "attn.q_norm.w"] = get(a + "q_norm.weight", (H * dh,)).reshape(H, dh)
-            p[b + "attn.k_norm.w"] = get(a + "k_norm.weight", (H_kv * dh,)).reshape(H_kv, dh)
-        elif c.qk_norm:  # Qwen3, Gemma 3: one RMSNorm weight over d_head for all query heads, one for all key heads
-            p[b + "attn.q_norm.w"] = norm(a + "q_norm.weight", (dh,))
-            p[b + "attn.k_norm.w"] = norm(a + "k_norm.weight", (dh,))
-        for theirs, ours in norms:
-            p[b + ours + ".w"] = norm(h + theirs + ".weight")
+            p[b + "attn.b_" + name] = (get(a + f"{name.lower()}_proj.bias", (n * dh,)).reshape(n, dh) if self.qkv_bias
+                                       else self.zeros(n, dh))
+        if "O" in which:
+            p[b + "attn.W_O"] = get(a + "o_proj.weight", (D, H * dh)).reshape(D, H, dh).transpose(1, 0, 2)
+            p[b + "attn.b_O"] = get(a + "o_proj.bias", (D,)) if self.o_bias else self.zeros(D)
+        for s, n in (("q", H), ("k", H_kv)):
+            if not c.qk_norm or s.upper() not in proj:
+                continue
+            if c.qk_norm_scope == "all":  # OLMo 2: one weight entry per head and dimension
+                p[b + f"attn.{s}_norm.w"] = get(a + f"{s}_norm.weight", (n * dh,)).reshape(n, dh)
+            else:  # Qwen3, Gemma 3: one RMSNorm weight over d_head for all query heads, one for all key heads
+                p[b + f"attn.{s}_norm.w"] = self.norm(a + f"{s}_norm.weight", (dh,))
+        reads = {"ln1"} if proj else set()
+        for theirs, ours in self.norms:
+            if ours in reads or (ours == "ln1_post" and "O" in which):
+                p[b + ours + ".w"] = self.norm(h + theirs + ".weight")
+        return p
+
+    def mlp(self, layer: int) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, d_mlp = c.d_model, c.d_mlp
+        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
+        p: dict[str, Any] = {}
+        for theirs, ours in self.norms:
+            if ours in ("ln2", "ln2_post"):
+                p[b + ours + ".w"] = self.norm(h + theirs + ".weight")
         m = h + "mlp."
-        d_mlp = c.d_mlp
-        if m + "gate_up_proj.weight" in flat:  # Phi-3: one fused projection, rows [gate | up]
+        if m + "gate_up_proj.weight" in get.sd:  # Phi-3: one fused projection, rows [gate | up]
             fused = get(m + "gate_up_proj.weight", (2 * d_mlp, D))  # type: ignore[operator]
             mats = {"W_gate": fused[:d_mlp], "W_in": fused[d_mlp:]}
         else:
@@ -623,11 +692,26 @@ def _from_hf_llama(sd: Mapping[str, Any], config: Any, source: str) -> tuple[Tra
         for ours, theirs in (("W_gate", "gate_proj"), ("W_in", "up_proj"), ("W_out", "down_proj")):
             p[b + "mlp." + ours] = mats[ours]
             bias_shape = (mats[ours].shape[0],)
-            p[b + "mlp." + ours.replace("W_", "b_")] = (get(m + theirs + ".bias", bias_shape) if mlp_bias
-                                                        else zeros(*bias_shape))
-    p["ln_final.w"] = norm("model.norm.weight")
-    get.check_all_read(_HF_LLAMA_BUFFERS)
-    return c, p
+            p[b + "mlp." + ours.replace("W_", "b_")] = (get(m + theirs + ".bias", bias_shape) if self.mlp_bias
+                                                        else self.zeros(*bias_shape))
+        return p
+
+    def final_norm(self) -> dict[str, Any]:
+        return {"ln_final.w": self.norm("model.norm.weight")}
+
+    def vocabulary_tied(self) -> bool:
+        return self.vocabulary_tensors()[1] is None and not self.gemma
+
+    def vocabulary_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        shape = (self.config.d_vocab, self.config.d_model)
+        embed, unembed = self.vocabulary_tensors()
+        for t in (embed, unembed):
+            if t is not None and t.shape() != shape:
+                raise LoadError(f"{self.source}: tensor {t.key!r} has shape {t.shape()}, expected {shape}.")
+        E = embed.rows(start, stop)
+        if unembed is not None:
+            return self._scaled(E), unembed.rows(start, stop)
+        return (self._scaled(E), E) if self.gemma else (E, None)
 
 
 def _hf_gptj_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -649,68 +733,18 @@ def _hf_gptj_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def _from_hf_gptj(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
-    c, flat, lm_head = _hf_parts(sd, config, source, "gptj")
-    D, H, dh, V = c.d_model, c.n_heads, c.d_head, c.d_vocab
-    get = TensorReader(flat, source)
+class _GPTNeoReader(_GPT2Reader):
+    """GPT-Neo: GPT-2's block with separate q/k/v projections (nn.Linear, no biases)."""
 
-    W_E, W_U = _hf_tied_pair(get, "wte.weight", lm_head, (V, D), config, source, tied_by_default=False)
-    p: dict[str, Any] = {"W_E": W_E.T, "W_U": W_U}
-    p["b_U"] = get("lm_head.bias", (V,))  # GPT-J's unembedding has a bias
-    zeros = lambda *shape: np.zeros(shape, dtype=W_E.dtype)  # noqa: E731  (no q/k/v/out biases)
-    for l_ in range(c.n_layers):
-        h, b = f"h.{l_}.", f"blocks.{l_}."
-        for name in ("Q", "K", "V"):
-            p[b + "attn.W_" + name] = get(h + f"attn.{name.lower()}_proj.weight", (D, D)).reshape(H, dh, D)
-            p[b + "attn.b_" + name] = zeros(H, dh)
-        p[b + "attn.W_O"] = get(h + "attn.out_proj.weight", (D, D)).reshape(D, H, dh).transpose(1, 0, 2)
-        p[b + "attn.b_O"] = zeros(D)
-        w, bias = get(h + "ln_1.weight", (D,)), get(h + "ln_1.bias", (D,))
-        for ln in ("ln1", "ln2"):  # one layer norm feeds both the attention and the MLP
-            p[b + ln + ".w"], p[b + ln + ".b"] = w, bias
-        p[b + "mlp.W_in"] = get(h + "mlp.fc_in.weight", (c.d_mlp, D))  # type: ignore[arg-type]
-        p[b + "mlp.b_in"] = get(h + "mlp.fc_in.bias", (c.d_mlp,))  # type: ignore[arg-type]
-        p[b + "mlp.W_out"] = get(h + "mlp.fc_out.weight", (D, c.d_mlp))  # type: ignore[arg-type]
-        p[b + "mlp.b_out"] = get(h + "mlp.fc_out.bias", (D,))
-    p["ln_final.w"] = get("ln_f.weight", (D,))
-    p["ln_final.b"] = get("ln_f.bias", (D,))
-    get.check_all_read(_HF_GPTJ_BUFFERS)
-    return c, p
+    buffers = _HF_NEO_BUFFERS
+    linear = True
 
-
-def _from_hf_gpt2(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
-    c, flat, lm_head = _hf_parts(sd, config, source, "gpt2")
-    D, H, dh = c.d_model, c.n_heads, c.d_head
-    get = TensorReader(flat, source)
-
-    p = _hf_embeddings(get, c, config, lm_head, source)
-    for l_ in range(c.n_layers):
-        h, b = f"h.{l_}.", f"blocks.{l_}."
-        W = get(h + "attn.c_attn.weight", (D, 3 * D))  # x @ W = [q | k | v]
-        bias = get(h + "attn.c_attn.bias", (3 * D,))
-        for i, name in enumerate(("Q", "K", "V")):
-            w = W[:, i * D:(i + 1) * D]  # (D, H*dh), columns grouped by head
-            p[b + "attn.W_" + name] = w.reshape(D, H, dh).transpose(1, 2, 0)
-            p[b + "attn.b_" + name] = bias[i * D:(i + 1) * D].reshape(H, dh)
-        W_proj = get(h + "attn.c_proj.weight", (D, D))  # z_concat @ W_proj, rows grouped by head
-        p[b + "attn.W_O"] = W_proj.reshape(H, dh, D).transpose(0, 2, 1)
-        p[b + "attn.b_O"] = get(h + "attn.c_proj.bias", (D,))
-        _hf_norms_and_mlp(get, c, h, b, p, linear=False)
-    p["ln_final.w"] = get("ln_f.weight", (D,))
-    p["ln_final.b"] = get("ln_f.bias", (D,))
-    get.check_all_read(_HF_BUFFERS)
-    return c, p
-
-
-def _from_hf_gpt_neo(sd: Mapping[str, Any], config: Any, source: str) -> tuple[TransformerConfig, dict[str, Any]]:
-    c, flat, lm_head = _hf_parts(sd, config, source, "gpt_neo")
-    D, H, dh = c.d_model, c.n_heads, c.d_head
-    get = TensorReader(flat, source)
-
-    p = _hf_embeddings(get, c, config, lm_head, source)
-    for l_ in range(c.n_layers):
-        h, b = f"h.{l_}.", f"blocks.{l_}."
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, H, dh = c.d_model, c.n_heads, c.d_head
+        h, b = f"h.{layer}.", f"blocks.{layer}."
         a = h + "attn.attention."
+        p: dict[str, Any] = {}
         for name in ("Q", "K", "V"):  # nn.Linear (out, in): rows grouped by head; GPT-Neo has no q/k/v bias
             W = get(a + f"{name.lower()}_proj.weight", (D, D))
             p[b + "attn.W_" + name] = W.reshape(H, dh, D)
@@ -718,22 +752,131 @@ def _from_hf_gpt_neo(sd: Mapping[str, Any], config: Any, source: str) -> tuple[T
         W_out = get(a + "out_proj.weight", (D, D))  # (out, in): columns grouped by head
         p[b + "attn.W_O"] = W_out.reshape(D, H, dh).transpose(1, 0, 2)
         p[b + "attn.b_O"] = get(a + "out_proj.bias", (D,))
-        _hf_norms_and_mlp(get, c, h, b, p, linear=True)
-    p["ln_final.w"] = get("ln_f.weight", (D,))
-    p["ln_final.b"] = get("ln_f.bias", (D,))
-    get.check_all_read(_HF_NEO_BUFFERS)
-    return c, p
+        p.update(self.layer_norm(h + "ln_1", b + "ln1"))
+        return p
 
 
-#: The state-dict layouts of the Hugging Face families.
-HF_LAYOUTS = {
-    "hf_gpt2": _from_hf_gpt2, "hf_gpt_neo": _from_hf_gpt_neo, "hf_gpt_neox": _from_hf_gpt_neox,
-    "hf_gptj": _from_hf_gptj, "hf_llama": _from_hf_llama,
+class _GPTNeoXReader(_GPT2Reader):
+    """GPT-NeoX (Pythia): fused per-head q/k/v, an untied ``embed_out`` (no ``lm_head``)."""
+
+    buffers = _HF_NEOX_BUFFERS
+    embed_key = "gpt_neox.embed_in.weight"
+
+    def __init__(self, config: TransformerConfig, flat: RenamedSource, lm_head: _Stored | None, tie_config: Any,
+                 source: str) -> None:
+        super().__init__(config, flat, None, tie_config, source)  # embed_out is the unembedding; lm_head is not read
+        self.biased = not (isinstance(tie_config, Mapping) and tie_config.get("attention_bias") is False)
+
+    def embeddings(self) -> dict[str, Any]:
+        c, get = self.config, self.get
+        V, D = c.d_vocab, c.d_model
+        tied = _tied(self.tie_config, False)
+        if tied and self.embed_key not in get.sd and "embed_out.weight" in get.sd:
+            W_E = get("embed_out.weight", (V, D))  # a tied pair saved under its second name
+        else:
+            W_E = get(self.embed_key, (V, D))
+        p: dict[str, Any] = {"W_E": W_E.T}
+        if "embed_out.weight" in get.sd:
+            p["W_U"] = get("embed_out.weight", (V, D))
+        elif tied:
+            p["W_U"] = W_E
+        else:
+            raise LoadError(f"{self.source}: missing tensor 'embed_out.weight' (GPT-NeoX's unembedding is not tied).")
+        p["b_U"] = np.zeros(V, dtype=W_E.dtype)  # embed_out has no bias
+        return p
+
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, H, dh = c.d_model, c.n_heads, c.d_head
+        h, b = f"gpt_neox.layers.{layer}.", f"blocks.{layer}."
+        qkv = get(h + "attention.query_key_value.weight", (3 * D, D)).reshape(H, 3, dh, D)  # per head: q, k, v rows
+        qkv_b = (get(h + "attention.query_key_value.bias", (3 * D,)) if self.biased
+                 else np.zeros(3 * D, dtype=qkv.dtype)).reshape(H, 3, dh)
+        p: dict[str, Any] = {}
+        for i, name in enumerate(("Q", "K", "V")):
+            p[b + "attn.W_" + name] = qkv[:, i]
+            p[b + "attn.b_" + name] = qkv_b[:, i]
+        p[b + "attn.W_O"] = get(h + "attention.dense.weight", (D, D)).reshape(D, H, dh).transpose(1, 0, 2)
+        p[b + "attn.b_O"] = get(h + "attention.dense.bias", (D,)) if self.biased else np.zeros(D, dtype=qkv.dtype)
+        p.update(self.layer_norm(h + "input_layernorm", b + "ln1"))
+        return p
+
+    def mlp(self, layer: int) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, d_mlp = c.d_model, c.d_mlp
+        h, b = f"gpt_neox.layers.{layer}.", f"blocks.{layer}."
+        p = self.layer_norm(h + "post_attention_layernorm", b + "ln2")
+        p[b + "mlp.W_in"] = get(h + "mlp.dense_h_to_4h.weight", (d_mlp, D))  # type: ignore[arg-type]
+        p[b + "mlp.b_in"] = get(h + "mlp.dense_h_to_4h.bias", (d_mlp,))  # type: ignore[arg-type]
+        p[b + "mlp.W_out"] = get(h + "mlp.dense_4h_to_h.weight", (D, d_mlp))  # type: ignore[arg-type]
+        p[b + "mlp.b_out"] = get(h + "mlp.dense_4h_to_h.bias", (D,))
+        return p
+
+    def final_norm(self) -> dict[str, Any]:
+        return self.layer_norm("gpt_neox.final_layer_norm", "ln_final")
+
+
+class _GPTJReader(_GPT2Reader):
+    """GPT-J: separate q/k/v projections without biases, one layer norm feeding attention and MLP,
+    a biased ``lm_head``."""
+
+    buffers = _HF_GPTJ_BUFFERS
+    tied_by_default = False
+
+    def embeddings(self) -> dict[str, Any]:
+        W_E, W_U = self.tied_pair()
+        return {"W_E": W_E.T, "W_U": W_U, "b_U": self.get("lm_head.bias", (self.config.d_vocab,))}  # a biased lm_head
+
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, H, dh = c.d_model, c.n_heads, c.d_head
+        h, b = f"h.{layer}.", f"blocks.{layer}."
+        p: dict[str, Any] = {}
+        for name in ("Q", "K", "V"):
+            p[b + "attn.W_" + name] = get(h + f"attn.{name.lower()}_proj.weight", (D, D)).reshape(H, dh, D)
+            p[b + "attn.b_" + name] = self.zeros(H, dh)
+        p[b + "attn.W_O"] = get(h + "attn.out_proj.weight", (D, D)).reshape(D, H, dh).transpose(1, 0, 2)
+        p[b + "attn.b_O"] = self.zeros(D)
+        p.update(self.layer_norm(h + "ln_1", b + "ln1"))  # one layer norm feeds both the attention and the MLP
+        return p
+
+    def mlp(self, layer: int) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, d_mlp = c.d_model, c.d_mlp
+        h, b = f"h.{layer}.", f"blocks.{layer}."
+        p = self.layer_norm(h + "ln_1", b + "ln2")
+        p[b + "mlp.W_in"] = get(h + "mlp.fc_in.weight", (d_mlp, D))  # type: ignore[arg-type]
+        p[b + "mlp.b_in"] = get(h + "mlp.fc_in.bias", (d_mlp,))  # type: ignore[arg-type]
+        p[b + "mlp.W_out"] = get(h + "mlp.fc_out.weight", (D, d_mlp))  # type: ignore[arg-type]
+        p[b + "mlp.b_out"] = get(h + "mlp.fc_out.bias", (D,))
+        return p
+
+
+def _hf_family(reader: type[_HFReader], model_type: str) -> Callable[[Mapping[str, Any], Any, str], LayoutReader]:
+    def make(sd: Mapping[str, Any], config: Any, source: str) -> LayoutReader:
+        c, flat, lm_head = _hf_parts(sd, config, source, model_type)
+        return reader(c, flat, lm_head, config, source)
+    return make
+
+
+#: The state-dict layouts of the Hugging Face families: layout -> the reader of
+#: ``(state dict, config, source)``.
+HF_LAYOUTS: dict[str, Callable[[Mapping[str, Any], Any, str], LayoutReader]] = {
+    "hf_gpt2": _hf_family(_GPT2Reader, "gpt2"), "hf_gpt_neo": _hf_family(_GPTNeoReader, "gpt_neo"),
+    "hf_gpt_neox": _hf_family(_GPTNeoXReader, "gpt_neox"), "hf_gptj": _hf_family(_GPTJReader, "gptj"),
+    "hf_llama": _LlamaReader,
 }
+
+
+def hf_reader(sd: Mapping[str, Any], layout: str, config: Any, source: str) -> LayoutReader:
+    """The :class:`~circuitalg.model.statedict.LayoutReader` of a Hugging Face state dict of
+    ``layout`` (one of :data:`HF_LAYOUTS`): its tensors are read part by part, when asked for."""
+    return HF_LAYOUTS[layout](sd, config, source)
 
 
 def convert_hf(
     sd: Mapping[str, Any], layout: str, config: Any, source: str
 ) -> tuple[TransformerConfig, dict[str, Any]]:
     """Convert a Hugging Face state dict of ``layout`` (one of :data:`HF_LAYOUTS`)."""
-    return HF_LAYOUTS[layout](sd, config, source)
+    reader = hf_reader(sd, layout, config, source)
+    return reader.config, reader.read_all()

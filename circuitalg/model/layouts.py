@@ -11,18 +11,25 @@ checked here, against the config, with messages that name the tensor.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
 
 from circuitalg.errors import ConfigError, LoadError
 from circuitalg.model.config import TransformerConfig, require_config
-from circuitalg.model.hf import HF_LAYOUTS, HF_MODEL_TYPES, convert_hf, hf_model_type
+from circuitalg.model.hf import HF_LAYOUTS, HF_MODEL_TYPES, hf_model_type, hf_reader
 from circuitalg.model.params import param_shapes
-from circuitalg.model.statedict import TensorReader, as_array, count_layers, tensor_shape
+from circuitalg.model.statedict import (
+    ATTENTION_WEIGHTS,
+    LayoutReader,
+    TensorReader,
+    count_layers,
+    tensor_dtype,
+    tensor_shape,
+)
 
-__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "to_transformer_lens"]
+__all__ = ["LAYOUTS", "detect_layout", "state_dict_reader", "convert_state_dict", "to_transformer_lens"]
 
 LAYOUTS = ("circuitalg", "transformer_lens", "hf_gpt2", "hf_gpt_neo", "hf_gpt_neox", "hf_gptj", "hf_llama")
 
@@ -82,10 +89,12 @@ def _layout_from_keys(keys: set[str]) -> str | None:
     return None
 
 
-def convert_state_dict(
+def state_dict_reader(
     state_dict: Mapping[str, Any], *, layout: str = "auto", config: Any = None, source: str = "state dict"
-) -> tuple[TransformerConfig, dict[str, Any]]:
-    """Convert ``state_dict`` to ``(config, canonical params)``; see the module docstring."""
+) -> LayoutReader:
+    """The :class:`~circuitalg.model.statedict.LayoutReader` of ``state_dict`` (a mapping or a
+    :class:`~circuitalg.model.statedict.TensorSource`): its config, and its canonical parameters
+    read part by part; see the module docstring."""
     if not isinstance(state_dict, Mapping):
         raise LoadError(f"{source}: expected a mapping of tensor names to arrays, got {type(state_dict).__name__}.")
     bad = [k for k in state_dict if not isinstance(k, str)]
@@ -99,12 +108,20 @@ def convert_state_dict(
                 f"{source}: the circuitalg layout needs its config (the JSON stored beside the arrays); "
                 "pass config=TransformerConfig(...) or a dict."
             )
-        return _as_config(config, source), dict(state_dict)
+        return _OwnReader(_as_config(config, source), TensorReader(state_dict, source))
     if layout == "transformer_lens":
-        return _from_transformer_lens(state_dict, config, source)
+        return _TLReader(state_dict, config, source)
     if layout in HF_LAYOUTS:
-        return convert_hf(state_dict, layout, config, source)
+        return hf_reader(state_dict, layout, config, source)
     raise LoadError(f"{source}: unknown layout {layout!r}; use 'auto' or one of {LAYOUTS}.")
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Any], *, layout: str = "auto", config: Any = None, source: str = "state dict"
+) -> tuple[TransformerConfig, dict[str, Any]]:
+    """Convert ``state_dict`` to ``(config, canonical params)``; see the module docstring."""
+    reader = state_dict_reader(state_dict, layout=layout, config=config, source=source)
+    return reader.config, reader.read_all()
 
 
 def _as_config(config: Any, source: str) -> TransformerConfig:
@@ -292,123 +309,176 @@ def _check_sizes(fields: dict[str, Any], found: dict[str, Any], source: str) -> 
             )
 
 
-def _from_transformer_lens(
-    sd: Mapping[str, Any], config: Any, source: str
-) -> tuple[TransformerConfig, dict[str, Any]]:
-    fields = _tl_config_fields(config, source)
-    V, D = tensor_shape(sd, "embed.W_E", 2, source)
-    V_out = tensor_shape(sd, "unembed.W_U", 2, source)[1]
-    _check_sizes(fields, {"d_vocab_out": V_out}, source)
-    fields["d_vocab_out"] = V_out
-    rotary = fields.get("rotary") is not None
-    if rotary:  # no W_pos: the context length comes from the config
-        if "n_ctx" not in fields:
-            raise ConfigError(f"{source}: a rotary model has no pos_embed.W_pos to read n_ctx from; pass it in the config.")
-        n_ctx = fields["n_ctx"]
-    else:
-        n_ctx, _ = tensor_shape(sd, "pos_embed.W_pos", 2, source)
-    try:
-        L = count_layers(sd.keys(), r"^blocks\.(\d+)\.")
-    except LoadError as exc:
-        raise LoadError(f"{source}: {exc}") from None
-    if L == 0:
-        raise LoadError(f"{source}: no 'blocks.{{l}}.attn.W_Q' tensors: not a transformer checkpoint.")
-    H, _, dh = tensor_shape(sd, "blocks.0.attn.W_Q", 3, source)
-    gqa = "blocks.0.attn._W_K" in sd  # TransformerLens stores shared key/value heads as _W_K, _W_V
-    H_kv = tensor_shape(sd, "blocks.0.attn._W_K", 3, source)[0] if gqa else H
-    _check_sizes(fields, {"n_kv_heads": H_kv}, source)
-    if gqa:
-        fields["n_kv_heads"] = H_kv
-    has_mlp = "blocks.0.mlp.W_in" in sd
-    d_mlp = tensor_shape(sd, "blocks.0.mlp.W_in", 2, source)[1] if has_mlp else None
-    has_ln = "blocks.0.ln1.w" in sd
-    if "normalization" not in fields:
-        if has_ln and "blocks.0.ln1.b" in sd:
-            fields["normalization"] = "LN"
-        elif has_ln:
-            raise ConfigError(
-                f"{source}: the checkpoint has norm weights without biases: RMSNorm or a LayerNorm without bias; "
-                "pass config={'normalization': 'RMS'} (or the model's HookedTransformerConfig)."
-            )
+class _TLReader(LayoutReader):
+    """TransformerLens's layout (row vectors ``x @ W``): sizes from the tensors' shapes, the rest
+    from the config given."""
+
+    def __init__(self, sd: Mapping[str, Any], config: Any, source: str) -> None:
+        fields = _tl_config_fields(config, source)
+        V, D = tensor_shape(sd, "embed.W_E", 2, source)
+        V_out = tensor_shape(sd, "unembed.W_U", 2, source)[1]
+        _check_sizes(fields, {"d_vocab_out": V_out}, source)
+        fields["d_vocab_out"] = V_out
+        rotary = fields.get("rotary") is not None
+        if rotary:  # no W_pos: the context length comes from the config
+            if "n_ctx" not in fields:
+                raise ConfigError(f"{source}: a rotary model has no pos_embed.W_pos to read n_ctx from; pass it in the config.")
+            n_ctx = fields["n_ctx"]
         else:
+            n_ctx, _ = tensor_shape(sd, "pos_embed.W_pos", 2, source)
+        try:
+            L = count_layers(sd.keys(), r"^blocks\.(\d+)\.")
+        except LoadError as exc:
+            raise LoadError(f"{source}: {exc}") from None
+        if L == 0:
+            raise LoadError(f"{source}: no 'blocks.{{l}}.attn.W_Q' tensors: not a transformer checkpoint.")
+        H, _, dh = tensor_shape(sd, "blocks.0.attn.W_Q", 3, source)
+        gqa = "blocks.0.attn._W_K" in sd  # TransformerLens stores shared key/value heads as _W_K, _W_V
+        H_kv = tensor_shape(sd, "blocks.0.attn._W_K", 3, source)[0] if gqa else H
+        _check_sizes(fields, {"n_kv_heads": H_kv}, source)
+        if gqa:
+            fields["n_kv_heads"] = H_kv
+        has_mlp = "blocks.0.mlp.W_in" in sd
+        d_mlp = tensor_shape(sd, "blocks.0.mlp.W_in", 2, source)[1] if has_mlp else None
+        has_ln = "blocks.0.ln1.w" in sd
+        if "normalization" not in fields:
+            if has_ln and "blocks.0.ln1.b" in sd:
+                fields["normalization"] = "LN"
+            elif has_ln:
+                raise ConfigError(
+                    f"{source}: the checkpoint has norm weights without biases: RMSNorm or a LayerNorm without bias; "
+                    "pass config={'normalization': 'RMS'} (or the model's HookedTransformerConfig)."
+                )
+            else:
+                raise ConfigError(
+                    f"{source}: the checkpoint has no layer-norm weights, so it is either un-normalised or "
+                    "had its layer norms folded (LNPre); pass config={'normalization': None} or "
+                    "{'normalization': 'LNPre'} (or the model's HookedTransformerConfig)."
+                )
+        _check_sizes(fields, {"n_layers": L, "n_heads": H, "d_model": D, "d_head": dh, "d_vocab": V, "n_ctx": n_ctx}, source)
+        if "attn_only" in fields and fields["attn_only"] == has_mlp:
             raise ConfigError(
-                f"{source}: the checkpoint has no layer-norm weights, so it is either un-normalised or "
-                "had its layer norms folded (LNPre); pass config={'normalization': None} or "
-                "{'normalization': 'LNPre'} (or the model's HookedTransformerConfig)."
+                f"{source}: the config says attn_only={fields['attn_only']} but the checkpoint "
+                f"{'has' if has_mlp else 'has no'} MLP weights (blocks.0.mlp.W_in); pass the matching config."
             )
-    _check_sizes(fields, {"n_layers": L, "n_heads": H, "d_model": D, "d_head": dh, "d_vocab": V, "n_ctx": n_ctx}, source)
-    if "attn_only" in fields and fields["attn_only"] == has_mlp:
-        raise ConfigError(
-            f"{source}: the config says attn_only={fields['attn_only']} but the checkpoint "
-            f"{'has' if has_mlp else 'has no'} MLP weights (blocks.0.mlp.W_in); pass the matching config."
+        if has_mlp:
+            _check_sizes(fields, {"d_mlp": d_mlp}, source)
+            if fields.get("act_fn") is None:
+                raise ConfigError(
+                    f"{source}: the checkpoint has MLPs but the config names no act_fn, and the activation cannot be "
+                    "read from the weights; pass config={'act_fn': 'gelu_new'} (or 'gelu', 'relu': the model's own) "
+                    "or the model's HookedTransformerConfig."
+                )
+        else:
+            fields["act_fn"] = None
+        cfg = TransformerConfig(
+            n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
+            **{k: v for k, v in fields.items()
+               if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp",
+                        "n_kv_heads", "gated_mlp", "d_vocab_out", "causal", "qk_norm", "post_norms", "attn_softcap",
+                        "final_softcap", "rotary_local", "qk_norm_scope", "pre_norms")},
         )
-    if has_mlp:
-        _check_sizes(fields, {"d_mlp": d_mlp}, source)
-        if fields.get("act_fn") is None:
-            raise ConfigError(
-                f"{source}: the checkpoint has MLPs but the config names no act_fn, and the activation cannot be "
-                "read from the weights; pass config={'act_fn': 'gelu_new'} (or 'gelu', 'relu': the model's own) "
-                "or the model's HookedTransformerConfig."
-            )
-    else:
-        fields["act_fn"] = None
-    cfg = TransformerConfig(
-        n_layers=L, n_heads=H, d_model=D, d_head=dh, d_vocab=V, n_ctx=n_ctx, d_mlp=d_mlp,
-        **{k: v for k, v in fields.items()
-           if k in ("normalization", "act_fn", "attn_scale", "ln_eps", "attn_windows", "rotary", "parallel_attn_mlp",
-                    "n_kv_heads", "gated_mlp", "d_vocab_out", "causal", "qk_norm", "post_norms", "attn_softcap",
-                    "final_softcap", "rotary_local", "qk_norm_scope", "pre_norms")},
-    )
-    get = TensorReader(sd, source)
+        super().__init__(cfg, TensorReader(sd, source))
+        self.rotary, self.has_mlp, self.n_ctx = rotary, has_mlp, n_ctx
+        self.kv = "_" if gqa else ""  # TransformerLens stores shared key/value heads as _W_K, _W_V
+        self.buffers = _TL_ROTARY_BUFFERS if rotary else _TL_BUFFERS
 
-    def bias(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    def bias(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
         """A bias, or zeros when the state dict has none (a model without that bias)."""
-        return get(key, shape) if key in sd else np.zeros(shape, dtype=as_array(sd["embed.W_E"]).dtype)
+        sd = self.get.sd
+        return self.get(key, shape) if key in sd else np.zeros(shape, dtype=tensor_dtype(sd, "embed.W_E"))
 
-    p: dict[str, Any] = {"W_E": get("embed.W_E", (V, D)).T}
-    if not rotary:
-        p["W_pos"] = get("pos_embed.W_pos", (n_ctx, D)).T
-    p["W_U"] = get("unembed.W_U", (D, V_out)).T
-    p["b_U"] = bias("unembed.b_U", (V_out,))
-    kv = "_" if gqa else ""
-    for l_ in range(L):
-        b = f"blocks.{l_}."
+    def embeddings(self) -> dict[str, Any]:
+        c, get = self.config, self.get
+        p: dict[str, Any] = {"W_E": get("embed.W_E", (c.d_vocab, c.d_model)).T}
+        if not self.rotary:
+            p["W_pos"] = get("pos_embed.W_pos", (self.n_ctx, c.d_model)).T
+        p["W_U"] = get("unembed.W_U", (c.d_model, c.vocab_out)).T
+        p["b_U"] = self.bias("unembed.b_U", (c.vocab_out,))
+        return p
+
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
+        c, get, kv = self.config, self.get, self.kv
+        H, H_kv, D, dh = c.n_heads, c.kv_heads, c.d_model, c.d_head
+        b = f"blocks.{layer}."
+        p: dict[str, Any] = {}
         p[b + "attn.W_Q"] = get(b + "attn.W_Q", (H, D, dh)).transpose(0, 2, 1)
-        p[b + "attn.b_Q"] = bias(b + "attn.b_Q", (H, dh))
+        p[b + "attn.b_Q"] = self.bias(b + "attn.b_Q", (H, dh))
         for w in ("K", "V"):
             p[b + "attn.W_" + w] = get(b + f"attn.{kv}W_" + w, (H_kv, D, dh)).transpose(0, 2, 1)
-            p[b + "attn.b_" + w] = bias(b + f"attn.{kv}b_" + w, (H_kv, dh))
+            p[b + "attn.b_" + w] = self.bias(b + f"attn.{kv}b_" + w, (H_kv, dh))
         p[b + "attn.W_O"] = get(b + "attn.W_O", (H, dh, D)).transpose(0, 2, 1)
-        p[b + "attn.b_O"] = bias(b + "attn.b_O", (D,))
-        if cfg.qk_norm:
-            shapes = param_shapes(cfg)
+        p[b + "attn.b_O"] = self.bias(b + "attn.b_O", (D,))
+        if c.qk_norm:
+            shapes = param_shapes(c)
             for s in ("q", "k"):
                 p[b + f"attn.{s}_norm.w"] = get(b + f"attn.{s}_norm.w", shapes[b + f"attn.{s}_norm.w"])
-        for ln in ("ln1",) + (("ln2",) if has_mlp else ()):
-            if cfg.post_norms:
-                p[b + ln + "_post.w"] = get(b + ln + "_post.w", (D,))
-            if cfg.normalization in ("LN", "RMS") and cfg.pre_norms:
-                p[b + ln + ".w"] = get(b + ln + ".w", (D,))
-            if cfg.normalization == "LN":
-                p[b + ln + ".b"] = get(b + ln + ".b", (D,))
-        if d_mlp is not None:
-            p[b + "mlp.W_in"] = get(b + "mlp.W_in", (D, d_mlp)).T
-            p[b + "mlp.b_in"] = bias(b + "mlp.b_in", (d_mlp,))
-            p[b + "mlp.W_out"] = get(b + "mlp.W_out", (d_mlp, D)).T
-            p[b + "mlp.b_out"] = bias(b + "mlp.b_out", (D,))
-            if cfg.gated_mlp:
-                # TransformerLens adds b_in after the gate product: W_out (act(g) * lin + b_in) + b_out,
-                # which is W_out (act(g) * lin) + (b_out + W_out b_in): fold it into b_out, exactly
-                p[b + "mlp.W_gate"] = get(b + "mlp.W_gate", (D, d_mlp)).T
-                p[b + "mlp.b_gate"] = np.zeros(d_mlp, dtype=p[b + "mlp.b_in"].dtype)
-                p[b + "mlp.b_out"] = p[b + "mlp.b_out"] + p[b + "mlp.W_out"] @ p[b + "mlp.b_in"]
-                p[b + "mlp.b_in"] = np.zeros_like(p[b + "mlp.b_in"])
-    if cfg.normalization in ("LN", "RMS"):
-        p["ln_final.w"] = get("ln_final.w", (D,))
-    if cfg.normalization == "LN":
-        p["ln_final.b"] = get("ln_final.b", (D,))
-    get.check_all_read(_TL_ROTARY_BUFFERS if rotary else _TL_BUFFERS)
-    return cfg, p
+        p.update(self.norms(b + "ln1"))
+        return p
+
+    def norms(self, ln: str) -> dict[str, Any]:
+        c, get, D = self.config, self.get, self.config.d_model
+        p: dict[str, Any] = {}
+        if c.post_norms:
+            p[ln + "_post.w"] = get(ln + "_post.w", (D,))
+        if c.normalization in ("LN", "RMS") and c.pre_norms:
+            p[ln + ".w"] = get(ln + ".w", (D,))
+        if c.normalization == "LN":
+            p[ln + ".b"] = get(ln + ".b", (D,))
+        return p
+
+    def mlp(self, layer: int) -> dict[str, Any]:
+        c, get = self.config, self.get
+        D, d_mlp = c.d_model, c.d_mlp
+        b = f"blocks.{layer}."
+        p = self.norms(b + "ln2")
+        p[b + "mlp.W_in"] = get(b + "mlp.W_in", (D, d_mlp)).T  # type: ignore[arg-type]
+        p[b + "mlp.b_in"] = self.bias(b + "mlp.b_in", (d_mlp,))  # type: ignore[arg-type]
+        p[b + "mlp.W_out"] = get(b + "mlp.W_out", (d_mlp, D)).T  # type: ignore[arg-type]
+        p[b + "mlp.b_out"] = self.bias(b + "mlp.b_out", (D,))
+        if c.gated_mlp:
+            # TransformerLens adds b_in after the gate product: W_out (act(g) * lin + b_in) + b_out,
+            # which is W_out (act(g) * lin) + (b_out + W_out b_in): fold it into b_out, exactly
+            p[b + "mlp.W_gate"] = get(b + "mlp.W_gate", (D, d_mlp)).T  # type: ignore[arg-type]
+            p[b + "mlp.b_gate"] = np.zeros(d_mlp, dtype=p[b + "mlp.b_in"].dtype)  # type: ignore[arg-type]
+            p[b + "mlp.b_out"] = p[b + "mlp.b_out"] + p[b + "mlp.W_out"] @ p[b + "mlp.b_in"]
+            p[b + "mlp.b_in"] = np.zeros_like(p[b + "mlp.b_in"])
+        return p
+
+    def final_norm(self) -> dict[str, Any]:
+        c, get, D = self.config, self.get, self.config.d_model
+        p: dict[str, Any] = {}
+        if c.normalization in ("LN", "RMS"):
+            p["ln_final.w"] = get("ln_final.w", (D,))
+        if c.normalization == "LN":
+            p["ln_final.b"] = get("ln_final.b", (D,))
+        return p
+
+
+class _OwnReader(LayoutReader):
+    """circuitalg's own layout: the canonical names, read as stored (the model checks them)."""
+
+    def part(self, prefixes: tuple[str, ...], names: Collection[str] = ()) -> dict[str, Any]:
+        sd = self.get.sd
+        return {k: sd[k] for k in sd if k.startswith(prefixes) or k in names}
+
+    def embeddings(self) -> dict[str, Any]:
+        return self.part((), ("W_E", "W_pos", "W_U", "b_U"))
+
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
+        b = f"blocks.{layer}."
+        return self.part((b + "attn.", b + "ln1.", b + "ln1_post."))
+
+    def mlp(self, layer: int) -> dict[str, Any]:
+        b = f"blocks.{layer}."
+        return self.part((b + "mlp.", b + "ln2.", b + "ln2_post."))
+
+    def final_norm(self) -> dict[str, Any]:
+        return self.part(("ln_final.",))
+
+    def read_all(self) -> dict[str, Any]:
+        """Every tensor as stored (unexpected names are refused by the model, with the config)."""
+        return dict(self.get.sd)
 
 
 def to_transformer_lens(params: Mapping[str, np.ndarray], config: TransformerConfig) -> dict[str, np.ndarray]:

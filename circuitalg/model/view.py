@@ -13,7 +13,7 @@ through :meth:`HeadWeights.reader`, the one place a new QK form would change.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.model.ids import HeadId
 
-__all__ = ["HeadWeights", "READ_SIDES"]
+__all__ = ["HeadWeights", "READ_SIDES", "HEAD_STACKED", "stack_heads"]
 
 T = TypeVar("T")
 
@@ -172,3 +172,48 @@ class HeadWeights:
         """``(U, V)`` per head with ``UᵀV = W_OV W_OVᵀ = W_O (W_V W_Vᵀ) W_Oᵀ``."""
         U = self.W_O.swapaxes(-1, -2)
         return U, np.matmul(self.gram("V"), U)
+
+
+#: The head weights the view stacks over layers, in the order of :class:`HeadWeights`'s fields.
+HEAD_STACKED = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+
+
+def stack_heads(config: Any, params: Mapping[str, np.ndarray], layers: range | None = None
+                ) -> tuple[HeadWeights, dict[str, np.ndarray]]:
+    """The view of every head of ``layers`` (default all; layer ``layers[i]`` at index ``i``): one
+    read-only stack per weight, in the parameters' dtype, and ``params`` with each of those layers'
+    ``blocks.{l}.attn.*`` entries replaced by a view into it, so the two share memory and cannot
+    disagree. Grouped-query attention: ``W_K``, ``W_V``, ``b_K``, ``b_V`` repeated for each query
+    head of a group in the view (a copy), stored once per key/value head in ``params``."""
+    layers = range(config.n_layers) if layers is None else layers
+    stacks = {}
+    out = dict(params)
+    group = np.array([config.kv_head(h) for h in range(config.n_heads)])
+    for name in HEAD_STACKED:
+        per_layer = [params[f"blocks.{l}.attn.{name}"] for l in layers]
+        a = _stacked_base(per_layer)
+        if a is None:
+            a = np.stack(per_layer)
+        a.flags.writeable = False
+        for i, l in enumerate(layers):
+            out[f"blocks.{l}.attn.{name}"] = a[i]
+        if name in ("W_K", "W_V", "b_K", "b_V") and config.n_kv_heads is not None:
+            a = a[:, group]  # one row per query head: the view analyses read (a copy of the shared maps)
+            a.flags.writeable = False
+        stacks[name] = a
+    kv = np.broadcast_to(group, (len(layers), config.n_heads))
+    return HeadWeights(**stacks, kv_head=kv), out
+
+
+def _stacked_base(layers: list[np.ndarray]) -> np.ndarray | None:
+    """The array over layers that ``layers`` are consecutive slices of (as ``fold_params`` makes
+    them), or None: a stack that exists already is used, not copied."""
+    base = layers[0].base
+    if not (isinstance(base, np.ndarray) and base.shape == (len(layers), *layers[0].shape)
+            and base.dtype == layers[0].dtype and base.flags.c_contiguous):
+        return None
+    for l, x in enumerate(layers):
+        if x.base is not base or x.__array_interface__["data"][0] != base[l].__array_interface__["data"][0] \
+                or x.strides != base[l].strides:
+            return None
+    return base

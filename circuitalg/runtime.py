@@ -90,8 +90,9 @@ class Runtime:
         """``[fn(lo, hi), ...]`` over contiguous chunks covering ``range(n)``, in order.
 
         One chunk per thread, each thread with BLAS on one thread (many small independent products
-        run faster side by side than on BLAS's own threads). ``fn`` must write only its own chunk's
-        outputs. Runs ``[fn(0, n)]`` in the caller's thread when this runtime has one worker, BLAS
+        run faster side by side than on BLAS's own threads) and in a copy of the caller's context
+        (:func:`current` and NumPy's error state as the caller has them). ``fn`` must write only its
+        own chunk's outputs. Runs ``[fn(0, n)]`` in the caller's thread when this runtime has one worker, BLAS
         may use one thread (``OPENBLAS_NUM_THREADS=1`` and the like), ``n < 2``, or another split
         is running (splits do not nest).
         """
@@ -101,7 +102,8 @@ class Runtime:
         try:
             chunks = list(itertools.pairwise(round(i * n / workers) for i in range(workers + 1)))
             with _controller().limit(limits=1, user_api="blas"):
-                futures = [_pool(workers - 1).submit(fn, lo, hi) for lo, hi in chunks[1:]]
+                pool = _pool(workers - 1)  # each chunk in its own copy of the caller's context
+                futures = [pool.submit(contextvars.copy_context().run, fn, lo, hi) for lo, hi in chunks[1:]]
                 try:
                     first = fn(*chunks[0])  # the caller's thread takes the first chunk
                 finally:

@@ -218,7 +218,9 @@ def _stream_full_ov(directory: str | Path, budget_bytes: int, client: Any, log: 
     tied = reader.vocabulary_tied()
     final = reader.final_norm()
     if set(final) != {"ln_final.w"}:
-        raise ConfigError(f"{ckpt.source}: stream_full_ov folds an RMSNorm's weight into W_U; this model has {sorted(final)}.")
+        raise ConfigError(
+            f"{ckpt.source}: stream_full_ov folds an RMSNorm's weight into W_U; this model has {sorted(final)}."
+        )
     wf = np.asarray(final["ln_final.w"], dtype=np.float64)
     G_E = np.zeros((D, D))
     G_U = np.zeros((D, D))

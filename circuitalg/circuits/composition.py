@@ -250,7 +250,8 @@ def composition_tile(
     floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
     near_zero = np.argwhere(mask & (numerator_sq <= floor))
     if len(near_zero):
-        numerator_sq[tuple(near_zero.T)] = np.maximum(_small_product_numerator_sq(writers, readers, kind, near_zero), 0.0)
+        recomputed = _small_product_numerator_sq(writers, readers, kind, near_zero)
+        numerator_sq[tuple(near_zero.T)] = np.maximum(recomputed, 0.0)
     return CompositionParts(numerator_sq, w2, r2)
 
 

@@ -14,14 +14,13 @@ The block layouts are those of ggml's ``ggml-common.h``; the ``gguf`` package's 
 
 from __future__ import annotations
 
-import contextvars
-import os
+import dataclasses
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from circuitalg import runtime
 from circuitalg.errors import LoadError
 
 __all__ = ["dequantize", "DEQUANTIZERS", "CHUNK_VALUES", "THREADS"]
@@ -30,8 +29,8 @@ __all__ = ["dequantize", "DEQUANTIZERS", "CHUNK_VALUES", "THREADS"]
 #: that a chunk's temporaries stay in the CPU cache
 CHUNK_VALUES = 1 << 16
 
-#: threads :func:`dequantize` uses by default: two where the machine has two cores or more
-THREADS = 2 if (os.cpu_count() or 1) >= 2 else 1
+#: threads :func:`dequantize` uses by default: two where this process may use two cores or more
+THREADS = 2 if runtime.core_count() >= 2 else 1
 
 _F16, _F32 = np.dtype("<f2"), np.float32
 _SHIFT2 = np.array([0, 2, 4, 6], dtype=np.uint8)  # the four 2-bit fields of a byte
@@ -222,7 +221,8 @@ def dequantize(data: np.ndarray, qtype: Any, *, dtype: Any, name: str, threads: 
     name : str
         The tensor's name, for messages.
     threads : {1, 2}
-        Decode a large tensor's two halves at once (the result is the same either way).
+        Decode a large tensor's two halves at once (the result is the same either way), through
+        the caller's :class:`~circuitalg.runtime.Runtime` (serial where it has one worker).
 
     Returns
     -------
@@ -264,13 +264,9 @@ def dequantize(data: np.ndarray, qtype: Any, *, dtype: Any, name: str, threads: 
     flat = out.reshape(n, block)
     step = max(1, CHUNK_VALUES // block)
     if threads == 2 and n >= 4 * step:  # two halves at once: NumPy's loops release the GIL
-        half = (n // 2 + step - 1) // step * step
-        with ThreadPoolExecutor(1) as pool:
-            # in the caller's context: NumPy's error state (np.errstate) is a context variable
-            run = contextvars.copy_context().run
-            other = pool.submit(run, _decode_range, decode, blocks, flat, half, n, step)
-            _decode_range(decode, blocks, flat, 0, half, step)
-            other.result()
+        rt = runtime.current()
+        rt = dataclasses.replace(rt, workers=min(2, rt.threads))
+        rt.map(lambda lo, hi: _decode_range(decode, blocks, flat, lo * step, min(hi * step, n), step), -(-n // step))
     else:
         _decode_range(decode, blocks, flat, 0, n, step)
     return out

@@ -35,7 +35,6 @@ import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, LoadError, check_int
 from circuitalg.files import atomic_write
-from circuitalg.linalg.budget import without_hugepage_advice
 from circuitalg.model.checkpoint import errors_named, open_checkpoint
 from circuitalg.model.layouts import LAYOUTS
 from circuitalg.model.tensorfiles import CONFIG_META, DEFAULT_LOAD_BYTES, NPZ_META, VOCAB_META, read_tensors
@@ -45,7 +44,6 @@ from circuitalg.model.weights import Transformer, _validate_params, require_mode
 __all__ = ["load", "save", "read_tensors", "DEFAULT_LOAD_BYTES"]
 
 
-@without_hugepage_advice()  # a model's worth of new arrays, written once
 def load(
     path: str | Path,
     *,
@@ -77,6 +75,12 @@ def load(
         dtype=dtype))``, but each tensor is replaced by its folded, converted array as soon as
         that is made, so the unfolded model never exists in memory (a float32 checkpoint folded
         into float64 peaks near the float64 model's size, not the sum of both).
+
+    Notes
+    -----
+    A load writes a model's worth of new arrays once: where free memory is fragmented, entering
+    ``circuitalg.runtime.Runtime(hugepage_advice=False)`` around it (as the command, the report
+    and :mod:`circuitalg.streaming` do) avoids the kernel's synchronous huge-page compaction.
 
     Raises
     ------

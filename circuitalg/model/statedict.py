@@ -103,7 +103,9 @@ def get_tensor(sd: Mapping[str, Any], key: str, shape: tuple[int, ...], source: 
     return arr
 
 
-def tensor_shape(sd: Mapping[str, Any], key: str, ndim: int | None = None, source: str = "state dict") -> tuple[int, ...]:
+def tensor_shape(
+    sd: Mapping[str, Any], key: str, ndim: int | None = None, source: str = "state dict"
+) -> tuple[int, ...]:
     """The shape of ``sd[key]`` (read from a :class:`TensorSource`'s index, not its data);
     :class:`LoadError` when it is missing or not ``ndim``-dimensional."""
     if key not in sd:

@@ -176,7 +176,9 @@ class SafetensorsSource(TensorSource):
                 if f.readinto(out.reshape(-1).view(np.uint8)) != e.nbytes:
                     raise OSError(f"{e.nbytes} bytes expected at offset {e.start}")
         except OSError as exc:
-            raise LoadError(f"{path}: cannot read tensor {name!r} of the safetensors file ({type(exc).__name__}: {exc}).") from None
+            raise LoadError(
+                f"{path}: cannot read tensor {name!r} of the safetensors file ({type(exc).__name__}: {exc})."
+            ) from None
         return out
 
     def shape(self, name: str) -> tuple[int, ...]:

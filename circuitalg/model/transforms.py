@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from circuitalg.errors import ConfigError, InvalidArgumentError
-from circuitalg.linalg.budget import without_hugepage_advice
 from circuitalg.model.folding import fold_dtype, fold_params
 from circuitalg.model.weights import Transformer, require_model
 
@@ -36,7 +35,6 @@ __all__ = [
 ]
 
 
-@without_hugepage_advice()  # a model's worth of new arrays, written once
 def fold_layer_norm(model: Transformer, *, center_reads: bool = True, dtype: Any = None) -> Transformer:
     """Fold each layer norm's weight and bias into the weights that read it (model becomes
     ``LNPre``; an RMSNorm model becomes ``RMSPre``: its weights fold the same way, without a bias

@@ -46,7 +46,9 @@ def _maps(m: ca.Transformer) -> list[ca.LinearMap]:
 
 
 def _accuracies(m: ca.Transformer) -> list[float]:
-    return [ca.accuracy(x) for x in _maps(m)]
+    """Each map's bound for the factored routes, then for the cyclic-product routes."""
+    maps = _maps(m)
+    return [ca.accuracy(x) for x in maps] + [ca.accuracy(x, gram_factors=False) for x in maps]
 
 
 def _prime(m: ca.Transformer) -> None:
@@ -80,7 +82,12 @@ CASES = [("float64", False), ("float64", True), ("float32", False), ("float32", 
 def test_accuracy_does_not_depend_on_what_was_computed_before(dtype: str, tied: bool) -> None:
     fresh = _model(dtype, tied)
     assert (tied_form(fresh.W_U) is not None) == tied  # the precondition: the tie holds, or there is none
+    product_routes = _model(dtype, tied)
+    before = [ca.accuracy(x, gram_factors=False) for x in _maps(product_routes)]
+    if dtype == "float32":  # the cyclic-product routes' bound factors nothing (float32 norms need no factor)
+        assert all(not leaf.cache.factors for x in _maps(product_routes) for leaf in x.leaves())
     first = _accuracies(_model(dtype, tied))  # nothing computed before
+    assert first[len(first) // 2:] == before
     primed = _model(dtype, tied)
     _prime(primed)
     assert _accuracies(primed) == first  # every value, to the last bit

@@ -24,10 +24,11 @@ held by them), so ``accuracy(m)`` does not depend on what was computed before. D
 
 - singular values, :func:`~circuitalg.linalg.svd` values: ``accuracy(m)`` each;
 - Frobenius norm: ``sqrt(rank_bound) · accuracy(m)``;
-- trace: ``rank_bound · accuracy(m)``;
-- eigenvalues: ``κᵢ · accuracy(m)`` to first order, ``κᵢ`` the condition number of
+- trace: ``rank_bound · accuracy(m, gram_factors=False)``;
+- eigenvalues: ``κᵢ · accuracy(m, gram_factors=False)`` to first order (the cyclic products use
+  no triangular factor, so ``g = 1``), ``κᵢ`` the condition number of
   eigenvalue ``i`` of the small problem actually solved (:func:`eigen_conditions`).
-  Eigenvalues below :func:`eigen_noise_floor` ``= sqrt(accuracy(m) · magnitude(m))``
+  Eigenvalues below :func:`eigen_noise_floor` ``= sqrt(accuracy(m, gram_factors=False) · magnitude(m))``
   may be rounding artefacts of a zero, possibly defective, part of the spectrum (the
   zero eigenvalues of a rank-deficient product) and are not covered.
 
@@ -443,7 +444,7 @@ def _tree_size(m: LinearMap) -> tuple[int, int, float]:
     return n, d, t
 
 
-def accuracy(m: LinearMap) -> float:
+def accuracy(m: LinearMap, *, gram_factors: bool = True) -> float:
     """A-priori bound on the 2-norm error of circuitalg's evaluation of ``m``.
 
     Every singular value returned by :func:`~circuitalg.linalg.singular_values` or
@@ -451,10 +452,21 @@ def accuracy(m: LinearMap) -> float:
     stored arrays). See the module docstring for the formula and the derived bounds
     for norms, traces and eigenvalues. A pure function of ``m``: one pass over the tree, the leaves'
     norms, factors and ties computed once and held by the leaves.
+
+    Parameters
+    ----------
+    m : LinearMap
+        The map.
+    gram_factors : bool
+        Include the leaves' Gram-factor penalty (:func:`gram_penalty`; every leaf with a tall side
+        is factored for it), which the singular-value, SVD and norm routes need. ``False``: the
+        bound of the routes that use no triangular factor (eigenvalues and traces, from cyclic
+        products of the leaves), without the penalty and without factoring anything.
     """
     require_map(m, "accuracy")
     n_leaves, d_max, tied = _tree_size(m)
-    return error_bound(n_leaves, d_max, magnitude(m), m.dtype, gram_penalty(m), tied)
+    penalty = gram_penalty(m) if gram_factors else 1.0
+    return error_bound(n_leaves, d_max, magnitude(m), m.dtype, penalty, tied)
 
 
 def error_bound(n_leaves: int, d_max: int, magnitude: float, dtype: np.dtype, gram_penalty: float = 1.0,
@@ -515,10 +527,10 @@ def eigen_conditions_many(stack: np.ndarray, rt: Runtime | None = None) -> list[
 
 
 def eigen_noise_floor(m: LinearMap, acc: float | None = None) -> float:
-    """``sqrt(accuracy(m) · magnitude(m))``: eigenvalues below it may be rounding
-    artefacts of a zero (possibly defective) part of the spectrum. Pass ``acc`` when
-    ``accuracy(m)`` is already known."""
-    return math.sqrt((accuracy(m) if acc is None else acc) * magnitude(m))
+    """``sqrt(accuracy(m, gram_factors=False) · magnitude(m))``: eigenvalues below it may be rounding
+    artefacts of a zero (possibly defective) part of the spectrum. Pass ``acc`` when that
+    bound is already known."""
+    return math.sqrt((accuracy(m, gram_factors=False) if acc is None else acc) * magnitude(m))
 
 
 def warn_rtol(dtype: np.dtype) -> float:

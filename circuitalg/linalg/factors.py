@@ -175,6 +175,11 @@ class LeafCache:
         self.factor_values: dict[Side, np.ndarray] = {}
 
 
+def leaf_factors(leaf: Dense) -> LeafCache:  # TODO(rename): tests import it; use leaf.cache
+    """``leaf.cache``."""
+    return leaf.cache
+
+
 def once(table: dict, key: object, compute: Callable[[], T]) -> T:
     """``table[key]``, computed by ``compute()`` and stored on first use (for threads that compute it
     at once, the first stored value: equal to theirs, as entries are pure)."""

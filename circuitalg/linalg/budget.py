@@ -51,8 +51,8 @@ def check_budget(
         )
 
 
-# TODO(rename): delegations to circuitalg.runtime while model/io.py, model/transforms.py, report/
-# and tests/test_resources.py switch to entering Runtime(hugepage_advice=False); then remove them.
+# TODO(rename): delegations to circuitalg.runtime while tests/test_resources.py switches to entering
+# Runtime(hugepage_advice=False); then remove them.
 @contextlib.contextmanager
 def without_hugepage_advice() -> Iterator[None]:
     """The current runtime with ``hugepage_advice=False`` entered for the block."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -39,15 +38,8 @@ def require_square(m: LinearMap, what: str) -> None:
         )
 
 
-# TODO(rename): the names below delegate to circuitalg.runtime while their importers switch
-# (circuits/diagnostics.py, circuits/enumerate.py, tests/test_resources.py); then remove them.
-SMALL_LAPACK_WORK = runtime.SMALL_LAPACK_WORK
+# TODO(rename): delegations to circuitalg.runtime while tests/test_resources.py switches; then remove them.
 core_count = runtime.core_count
-
-
-def small_lapack(*shape: int) -> contextlib.AbstractContextManager[None]:
-    """``runtime.current().lapack(*shape)``."""
-    return runtime.current().lapack(*shape)
 
 
 def split_small_products(fn: Callable[[int, int], T], n: int) -> list[T]:

@@ -238,14 +238,12 @@ def well_conditioned_cholesky(
     (diagonal ratio) exceeds ``limit`` (default :data:`GRAM_COND_LIMIT`)."""
     try:
         with (rt or runtime.current()).lapack(*G.shape):
-            R = np.linalg.cholesky(G).T  # numpy's LAPACK call: about twice as fast as scipy's here
+            R = np.linalg.cholesky(G).T  # numpy's LAPACK call: less overhead than scipy's here
     except np.linalg.LinAlgError:
         return None
     diag = np.abs(np.diag(R))
     return None if diag.min() <= 0 or diag.max() / diag.min() > limit else R
 
-
-_well_conditioned_cholesky = well_conditioned_cholesky  # TODO(rename): svd.py imports the old name
 
 
 def _centred_cholesky(G: np.ndarray, M: np.ndarray, rt: Runtime) -> np.ndarray | None:

@@ -125,7 +125,9 @@ def _stacked_conditions(stack: np.ndarray, rt: Runtime, lo: int, hi: int) -> lis
     return eigen_conditions_many(stack[lo:hi], rt)
 
 
-def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, warn: bool = True) -> tuple[np.ndarray, float]:
+def _finish(
+    m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, warn: bool = True
+) -> tuple[np.ndarray, float]:
     """The ``n`` eigenvalues kept, sorted and cast, and their a-priori error bound relative to the
     largest magnitude (see :func:`eigenvalues_with_bounds`); a :class:`PrecisionWarning` when an
     eigenvalue above the noise floor has a bound over ``warn_rtol · |λ_1|`` (unless not ``warn``)."""
@@ -133,7 +135,7 @@ def _finish(m: LinearMap, w: np.ndarray, cond: np.ndarray, n: int, warn: bool = 
     vals = np.asarray(w, dtype=np.result_type(w.dtype, np.complex64))[keep]
     rel = 0.0
     if len(vals):
-        bound = eigenvalue_error(vals, cond[keep], accuracy(m), magnitude(m))
+        bound = eigenvalue_error(vals, cond[keep], accuracy(m, gram_factors=False), magnitude(m))
         scale = float(np.abs(vals[0]))
         if bound > 0.0:
             rel = bound / scale if scale > 0.0 else math.inf
@@ -151,8 +153,8 @@ def eigenvalues(m: LinearMap, k: int | None = None) -> np.ndarray:
     spectrum: ``W_U W_OV W_E`` is evaluated as the ``d_head x d_head`` matrix
     ``W_V (W_E W_U) W_O``, with ``W_E W_U`` computed once and cached.
 
-    Accuracy: ``κᵢ · accuracy(m)`` to first order for eigenvalues above the noise floor
-    (:mod:`circuitalg.linalg.accuracy`); a :class:`~circuitalg.errors.PrecisionWarning`
+    Accuracy: ``κᵢ · accuracy(m, gram_factors=False)`` to first order for eigenvalues above the
+    noise floor (:mod:`circuitalg.linalg.accuracy`); a :class:`~circuitalg.errors.PrecisionWarning`
     says when that exceeds ``eps^(1/3)`` times the largest magnitude, as for (nearly)
     defective eigenvalues. Not checked on the iterative route (``k`` on a map without
     structure).
@@ -172,7 +174,8 @@ def _eigenvalues_many(
     eigenproblems of equal shapes are solved in stacks, split by ``rt``."""
     if isinstance(maps, LinearMap) or not isinstance(maps, Iterable):
         raise InvalidArgumentError(
-            f"eigenvalues_many takes a sequence of maps, got {type(maps).__name__}; for one map call eigenvalues(m)."
+            f"eigenvalues_many takes a sequence of maps, got {type(maps).__name__}; "
+            "for one map call eigenvalues(m)."
         )
     maps = list(maps)
     counts = []
@@ -227,9 +230,9 @@ def eigenvalues_with_bounds(
     maps: Sequence[LinearMap], k: int | None = None, *, what: str = "maps"
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """:func:`eigenvalues_many`'s eigenvalues and each map's a-priori error bound relative to its
-    largest eigenvalue magnitude (``max κᵢ · accuracy(m) / |λ_1|`` over the eigenvalues above the
-    noise floor, :mod:`circuitalg.linalg.accuracy`; 0 when none is above it, ``inf`` when the
-    largest magnitude is 0 but the bound is not).
+    largest eigenvalue magnitude (``max κᵢ · accuracy(m, gram_factors=False) / |λ_1|`` over the
+    eigenvalues above the noise floor, :mod:`circuitalg.linalg.accuracy`; 0 when none is above it,
+    ``inf`` when the largest magnitude is 0 but the bound is not).
 
     Instead of one :class:`~circuitalg.errors.PrecisionWarning` per map, one for all: how many
     of the maps (``what`` names them, e.g. ``"heads' full OV circuits"``) have a bound over

@@ -39,7 +39,7 @@ def trace(m: LinearMap) -> float:
 
     Chains use the cyclic small product (``tr(W_U W_OV W_E) = tr(W_V W_E W_U W_O)``),
     sums add their terms' traces, Kronecker products multiply their factors' traces.
-    The error is at most ``rank_bound * accuracy(m)`` (:mod:`circuitalg.linalg.accuracy`);
+    The error is at most ``rank_bound * accuracy(m, gram_factors=False)`` (:mod:`circuitalg.linalg.accuracy`);
     no warning is given because a small trace is not a sign of lost precision.
     """
     require_map(m, "trace")

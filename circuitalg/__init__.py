@@ -2,9 +2,23 @@
 
 Conventions: column vectors (a map X -> Y has a matrix of shape ``(Y.dim, X.dim)``,
 ``g @ f`` is g after f), spaces as types, float64 by default.
+
+The namespace, in the order data flows (each group is also a subpackage with more):
+
+- spaces and maps (:mod:`circuitalg.maps`): ``Space``, ``Dense``, ``compose``, ``kron``, ...
+- numerics (:mod:`circuitalg.linalg`): ``singular_values``, ``eigenvalues``, ``norm``, ``trace``,
+  ``plan``, ``accuracy``; for many maps at once ``eigenvalues_many`` and ``linalg.top_entries``;
+- models (:mod:`circuitalg.model`): ``load``, ``save``, ``Transformer`` and its view ``HeadWeights``,
+  the weight transforms, the forward pass (``Cache``), ids (``HeadId``, ``GroupId``, ``Source``);
+- circuits (:mod:`circuitalg.circuits`): path expansion, composition scores and baselines, the head
+  table, token tables, the virtual-weight graph, circuit search, and the findings named from them;
+- symbolic verification (:mod:`circuitalg.symbolic`);
+- checkpoints too large to load (:mod:`circuitalg.streaming`): ``stream_full_ov``, ``stream_composition``;
+- how the process is used (:mod:`circuitalg.runtime`): ``Runtime``;
+- errors and warnings.
 """
 
-from circuitalg import zoo
+from circuitalg import linalg, maps, model, runtime, streaming, symbolic, zoo
 from circuitalg.circuits import (
     Circuit,
     CircuitGraph,
@@ -105,8 +119,10 @@ from circuitalg.model import (
     save,
     to_transformer_lens,
 )
-from circuitalg.model.ids import HeadId, Source
+from circuitalg.model.ids import GroupId, HeadId, Source
+from circuitalg.model.view import HeadWeights
 from circuitalg.model.rotary import Rotary
+from circuitalg.runtime import Runtime
 from circuitalg.spaces import ProductSpace, Space, product_space
 from circuitalg.streaming import (
     CompositionPlan,
@@ -131,31 +147,10 @@ from circuitalg.symbolic import (
 __version__ = "0.1.0"
 
 __all__ = [
-    # ids
-    "HeadId",
-    "Rotary",
-    # checkpoints too large to load: streamed full-OV spectra (optionally on dask)
-    "FullOVPlan",
-    "FullOVResult",
-    "plan_full_ov",
-    "stream_full_ov",
-    "CompositionPlan",
-    "CompositionResult",
-    "plan_composition",
-    "stream_composition",
-    # findings (named heads and significant compositions, with their evidence)
-    "FAMILY_ALPHA",
-    "PATTERN_THRESHOLD",
-    "HeadFinding",
-    "CompositionFinding",
-    "previous_token_head",
-    "induction_head",
-    "composition_finding",
-    # spaces
+    # spaces and maps
     "Space",
     "ProductSpace",
     "product_space",
-    # maps
     "LinearMap",
     "Dense",
     "Identity",
@@ -180,38 +175,43 @@ __all__ = [
     "singular_values",
     "svd",
     "eigenvalues",
-    "eigenvalues_many",
     "norm",
     "trace",
     "plan",
     "Plan",
     "accuracy",
+    "eigenvalues_many",
     "declare_tied",
-    # models
+    # models: loading, the view, transforms, the forward pass, ids
+    "load",
+    "save",
+    "to_transformer_lens",
+    "param_shapes",
     "TransformerConfig",
     "Transformer",
     "Head",
     "MLP",
     "Layer",
     "LayerNorm",
-    "Cache",
-    "param_shapes",
-    "load",
-    "save",
-    "to_transformer_lens",
-    "logit_lens",
+    "HeadWeights",
+    "Rotary",
+    "HeadId",
+    "GroupId",
+    "Source",
     "fold_layer_norm",
     "center_writing_weights",
     "center_unembed",
     "fold_value_biases",
     "rotate_residual",
-    # circuits
+    "Cache",
+    "logit_lens",
+    # circuits: paths, composition, heads, tokens, the graph, search
     "expand",
     "FrozenPaths",
     "PathSum",
     "PathScore",
+    "Circuit",
     "Sink",
-    "Source",
     "composition_scores",
     "composition_baseline",
     "composition_baselines",
@@ -227,10 +227,17 @@ __all__ = [
     "CircuitGraph",
     "top_circuits",
     "count_circuits",
-    "Circuit",
     "CircuitSearch",
     "zoo",
-    # symbolic
+    # findings: named heads and significant compositions, with their evidence
+    "FAMILY_ALPHA",
+    "PATTERN_THRESHOLD",
+    "HeadFinding",
+    "CompositionFinding",
+    "previous_token_head",
+    "induction_head",
+    "composition_finding",
+    # symbolic verification
     "to_sympy",
     "latex",
     "verify",
@@ -238,6 +245,17 @@ __all__ = [
     "Verification",
     "symbolic_expansion",
     "SymbolicExpansion",
+    # checkpoints too large to load: streamed, optionally on dask
+    "FullOVPlan",
+    "FullOVResult",
+    "plan_full_ov",
+    "stream_full_ov",
+    "CompositionPlan",
+    "CompositionResult",
+    "plan_composition",
+    "stream_composition",
+    # how the process is used: worker threads, BLAS threads, memory advice
+    "Runtime",
     # errors
     "CircuitAlgError",
     "InvalidArgumentError",

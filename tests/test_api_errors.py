@@ -464,6 +464,12 @@ CASES = [
         'cache must be the Cache from model.run(tokens), got str.',
     ),
     (
+        'Runtime',
+        lambda: ca.Runtime(workers=0),
+        ca.InvalidArgumentError,
+        'Runtime(workers=0): pass a positive integer, or None for one per core.',
+    ),
+    (
         'HeadId',
         lambda: ca.HeadId.parse("L1X2"),
         ca.InvalidArgumentError,
@@ -502,7 +508,7 @@ RESULT_RECORDS = {
     "LinearMap", "Plan", "Cache", "Head", "MLP", "Layer", "PathScore", "CompositionBaseline",
     "HeadTable", "TokenEntry", "TopTokens", "Circuit", "CircuitSearch", "Verification", "SymbolicExpansion",
     "HeadFinding", "CompositionFinding", "FullOVPlan", "FullOVResult", "CompositionPlan", "CompositionResult",
-    "CircuitAlgWarning", "PrecisionWarning",
+    "CircuitAlgWarning", "PrecisionWarning", "HeadWeights", "GroupId",
 }
 
 

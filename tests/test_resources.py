@@ -200,7 +200,7 @@ def test_seeded_functions_are_deterministic_and_seeds_matter() -> None:
 
 def _advice_setter():
     """NumPy's switch for its huge-page advice (returns the previous setting)."""
-    from circuitalg.linalg.budget import _hugepage_switch
+    from circuitalg.runtime import _hugepage_switch
 
     return _hugepage_switch()
 
@@ -212,26 +212,23 @@ def _advice_now() -> bool:
     return now
 
 
-def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp_path, monkeypatch) -> None:
+def test_hugepage_advice_changes_only_inside_an_entered_runtime(tmp_path, monkeypatch) -> None:
+    """Loading and folding leave NumPy's advice alone; ``Runtime(hugepage_advice=False)`` (what the
+    command, the report and streaming enter) turns it off while its block runs and restores it;
+    the user's ``NUMPY_MADVISE_HUGEPAGE`` stands."""
     from model_helpers import random_model
 
     from circuitalg import report
-    from circuitalg.linalg import budget
-    from circuitalg.model import io, transforms
+    from circuitalg.model import io
 
-    seen: list[tuple[str, bool]] = []
+    seen: list[bool] = []
+    real = io.fold_params
 
-    def spy(module):  # records the advice while the folded arrays are made
-        real = module.fold_params
+    def fold_params(*args, **kwargs):  # records the advice while the folded arrays are made
+        seen.append(_advice_now())
+        return real(*args, **kwargs)
 
-        def fold_params(*args, **kwargs):
-            seen.append((module.__name__, _advice_now()))
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(module, "fold_params", fold_params)
-
-    spy(io)
-    spy(transforms)
+    monkeypatch.setattr(io, "fold_params", fold_params)
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
     model = random_model(d_mlp=8, normalization="LN")
     path = ca.save(model, tmp_path / "m.safetensors")
@@ -239,19 +236,21 @@ def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp
     before = setting(True)
     try:
         folded = ca.load(path, fold=True)
-        ca.fold_layer_norm(model)
-        assert seen == [("circuitalg.model.io", False), ("circuitalg.model.transforms", False)]
+        with ca.Runtime(hugepage_advice=False):
+            again = ca.load(path, fold=True)
+        assert seen == [True, False]
         assert _advice_now() is True  # restored afterwards
-        np.testing.assert_array_equal(folded.params["W_E"], ca.fold_layer_norm(model).params["W_E"])
+        np.testing.assert_array_equal(folded.params["W_E"], again.params["W_E"])
         setting(False)
-        with budget.without_hugepage_advice():  # entered with the advice already off: still off after
-            pass
-        assert _advice_now() is False
+        with ca.Runtime(hugepage_advice=True):
+            assert _advice_now() is True
+        assert _advice_now() is False  # the previous setting is restored, whichever it was
         setting(True)
         monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's explicit choice stands
         seen.clear()
-        ca.load(path, fold=True)
-        assert seen == [("circuitalg.model.io", True)]
+        with ca.Runtime(hugepage_advice=False):
+            ca.load(path, fold=True)
+        assert seen == [True]
         monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
 
         class Seen(Exception):
@@ -261,7 +260,7 @@ def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp
             raise Seen(_advice_now())
 
         monkeypatch.setattr(report, "analyse", analyse)
-        with pytest.raises(Seen) as got:  # the report runs without the advice too
+        with pytest.raises(Seen) as got:  # the report enters it itself
             report.write_report(ca.zoo.load("attn1l"), tmp_path / "out")
         assert got.value.args == (False,) and _advice_now() is True
     finally:
@@ -271,8 +270,6 @@ def test_loading_and_folding_drop_numpys_hugepage_advice_only_while_they_run(tmp
 def test_hugepage_advice_is_restored_when_threads_leave_their_blocks_in_any_order(monkeypatch) -> None:
     import threading
 
-    from circuitalg.linalg import budget
-
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
     setting = _advice_setter()
     before = setting(True)
@@ -280,7 +277,7 @@ def test_hugepage_advice_is_restored_when_threads_leave_their_blocks_in_any_orde
     inside = []
 
     def run(leave_first: bool) -> None:
-        with budget.without_hugepage_advice():
+        with ca.Runtime(hugepage_advice=False):
             both_in.wait()
             if not leave_first:
                 first_out.wait()  # leave after the other thread has left
@@ -306,8 +303,8 @@ def _blas_threads() -> list[int]:
     return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
 
-def test_split_small_products_matches_the_serial_loop_and_restores_blas_threads() -> None:
-    from circuitalg.linalg.common import core_count, split_small_products
+def test_runtime_map_matches_the_serial_loop_and_restores_blas_threads() -> None:
+    from circuitalg.runtime import AUTO, core_count
 
     rng = np.random.default_rng(0)
     A = rng.standard_normal((51, 64, 64))
@@ -322,7 +319,7 @@ def test_split_small_products_matches_the_serial_loop_and_restores_blas_threads(
             np.matmul(A[i], A[i], out=out[i])
         return lo, hi
 
-    parts = split_small_products(square, len(A))
+    parts = AUTO.map(square, len(A))
     np.testing.assert_array_equal(out, want)  # the same 2-D products, whichever thread made them
     assert parts[0][0] == 0 and parts[-1][1] == len(A)
     assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))  # contiguous chunks, in order
@@ -332,48 +329,48 @@ def test_split_small_products_matches_the_serial_loop_and_restores_blas_threads(
         assert all(t == [1] * len(t) for t in inside)  # one BLAS thread per chunk while split
 
 
-def test_split_small_products_nested_or_failing_runs_stay_correct() -> None:
-    from circuitalg.linalg.common import split_small_products
+def test_runtime_map_nested_or_failing_runs_stay_correct() -> None:
+    from circuitalg.runtime import AUTO
 
     inner: list[list[tuple[int, int]]] = []
 
     def outer(lo: int, hi: int) -> int:
-        inner.append(split_small_products(lambda a, b: (a, b), 10))  # another split while one runs
+        inner.append(AUTO.map(lambda a, b: (a, b), 10))  # another split while one runs
         return hi - lo
 
-    assert sum(split_small_products(outer, 8)) == 8
+    assert sum(AUTO.map(outer, 8)) == 8
     assert all(r == [(0, 10)] for r in inner)  # the nested calls ran whole, in their caller's thread
 
     def boom(lo: int, hi: int) -> None:
         raise ValueError(f"chunk {lo}:{hi}")
 
     with pytest.raises(ValueError, match="chunk"):
-        split_small_products(boom, 4)
-    assert split_small_products(lambda a, b: (a, b), 4)[-1][1] == 4  # the lock was released
+        AUTO.map(boom, 4)
+    assert AUTO.map(lambda a, b: (a, b), 4)[-1][1] == 4  # the lock was released
 
 
 def _split_in_child(conn) -> None:  # module level: picklable for any start method
-    from circuitalg.linalg.common import split_small_products
+    from circuitalg.runtime import AUTO
 
-    conn.send(split_small_products(lambda lo, hi: (lo, hi), 6))
+    conn.send(AUTO.map(lambda lo, hi: (lo, hi), 6))
     conn.close()
 
 
-def test_split_small_products_reuses_its_threads_and_works_after_fork() -> None:
+def test_runtime_map_reuses_its_threads_and_works_after_fork() -> None:
     """The worker threads are kept between splits (no new thread, malloc arena or OpenBLAS buffer
     per call), chunks after the first run on them, and a forked child (which has none of its
     parent's threads) makes its own pool instead of waiting on the parent's forever."""
     import multiprocessing
     import threading
 
-    from circuitalg.linalg.common import core_count, split_small_products
+    from circuitalg.runtime import AUTO, core_count
 
     if core_count() < 2 or max(_blas_threads(), default=1) < 2:
         pytest.skip("one core or one BLAS thread: splits run in the caller's thread")
-    names = lambda: split_small_products(lambda lo, hi: threading.current_thread().name, 4)
+    names = lambda: AUTO.map(lambda lo, hi: threading.current_thread().name, 4)
     first, second = names(), names()
     assert first[0] == second[0] == threading.current_thread().name  # the caller takes the first chunk
-    assert all(n.startswith("circuitalg-split") for n in first[1:])
+    assert all(n.startswith("circuitalg") for n in first[1:])
     assert set(first[1:]) == set(second[1:])  # the same worker threads
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
@@ -406,14 +403,14 @@ def test_transition_norm_bounds_bound_the_spectral_norms() -> None:
     assert got[20] == pytest.approx(exact[20], rel=1e-12)
 
 
-def test_split_small_products_keeps_to_the_blas_thread_limit() -> None:
+def test_runtime_map_keeps_to_the_blas_thread_limit() -> None:
     """With BLAS limited to one thread (as ``OPENBLAS_NUM_THREADS=1`` does), the split uses one
     thread: the caller's."""
     import threading
 
     from threadpoolctl import threadpool_limits
 
-    from circuitalg.linalg.common import split_small_products
+    from circuitalg.runtime import AUTO
 
     seen: set[int] = set()
 
@@ -422,5 +419,5 @@ def test_split_small_products_keeps_to_the_blas_thread_limit() -> None:
         return lo, hi
 
     with threadpool_limits(1, user_api="blas"):
-        assert split_small_products(where, 8) == [(0, 8)]
+        assert AUTO.map(where, 8) == [(0, 8)]
     assert seen == {threading.get_ident()}

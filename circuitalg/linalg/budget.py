@@ -7,15 +7,12 @@ a map with no structural rule is evaluated densely rather than iteratively.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from circuitalg import runtime
 from circuitalg.errors import TooLargeError, check_int
 
 __all__ = ["DEFAULT_MAX_BYTES", "SMALL_DENSE_BYTES", "nbytes", "check_budget"]
@@ -49,16 +46,3 @@ def check_budget(
             "(singular_values, norm, eigenvalues, trace, matvec), which never build it, or "
             "pass a larger max_bytes if you really want the dense matrix."
         )
-
-
-# TODO(rename): delegations to circuitalg.runtime while tests/test_resources.py switches to entering
-# Runtime(hugepage_advice=False); then remove them.
-@contextlib.contextmanager
-def without_hugepage_advice() -> Iterator[None]:
-    """The current runtime with ``hugepage_advice=False`` entered for the block."""
-    with dataclasses.replace(runtime.current(), hugepage_advice=False):
-        yield
-
-
-def _hugepage_switch() -> Callable[[bool], bool] | None:
-    return runtime._hugepage_switch()  # noqa: SLF001 - TODO(rename): tests/test_resources.py reads it here

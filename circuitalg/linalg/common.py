@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import numpy as np
 
-from circuitalg import runtime
 from circuitalg.errors import InvalidArgumentError, ShapeError
 from circuitalg.maps.nodes import LinearMap
 
 __all__ = ["check_k", "require_square"]
-
-T = TypeVar("T")
 
 
 def check_k(m: LinearMap, k: int | None, limit: int) -> int:
@@ -36,12 +30,3 @@ def require_square(m: LinearMap, what: str) -> None:
             f"{what} needs a square map, but {m.symbol} maps {m.domain} -> {m.codomain} "
             f"(shape {m.shape}); use singular_values for non-square maps."
         )
-
-
-# TODO(rename): delegations to circuitalg.runtime while tests/test_resources.py switches; then remove them.
-core_count = runtime.core_count
-
-
-def split_small_products(fn: Callable[[int, int], T], n: int) -> list[T]:
-    """``runtime.current().map(fn, n)``."""
-    return runtime.current().map(fn, n)

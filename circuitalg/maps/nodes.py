@@ -124,7 +124,9 @@ def as_float_array(
     return arr
 
 
-def _check_scalar(c: Any) -> float | int:
+def check_scalar(c: Any) -> float | int:
+    """``c`` as an int or float, else :class:`DTypeError` (complex, bool, non-numbers) or
+    :class:`NonFiniteError` (NaN, Inf): the scalars a map may be multiplied by."""
     if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, float, np.integer, np.floating)):
         if isinstance(c, (complex, np.complexfloating)):
             raise DTypeError(f"scalar {c!r} is complex; circuitalg maps are real.")
@@ -230,7 +232,7 @@ class LinearMap:
     def __truediv__(self, c: Any) -> LinearMap:
         from circuitalg.maps.rules import scale
 
-        c = _check_scalar(c)
+        c = check_scalar(c)
         if c == 0:
             raise InvalidArgumentError("cannot divide a map by zero.")
         return scale(1.0 / c, self)
@@ -561,7 +563,7 @@ class Scaled(LinearMap):
 
     def __init__(self, scalar: Any, inner: LinearMap) -> None:
         require_map(inner, "Scaled")
-        self._init(scalar=_check_scalar(scalar), inner=inner, domain=inner.domain, codomain=inner.codomain)
+        self._init(scalar=check_scalar(scalar), inner=inner, domain=inner.domain, codomain=inner.codomain)
 
     @property
     def children(self) -> tuple[LinearMap, ...]:

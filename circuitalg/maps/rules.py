@@ -31,8 +31,8 @@ from circuitalg.maps.nodes import (
     Scaled,
     Sum,
     Transpose,
-    _check_scalar,
     check_composable,
+    check_scalar,
     require_map,
 )
 from circuitalg.spaces import Space
@@ -134,7 +134,7 @@ def add(*maps: LinearMap) -> LinearMap:
 def scale(c: Any, m: LinearMap) -> LinearMap:
     """``c * m`` for a real finite scalar; nested scalars are folded, 1 is dropped."""
     _require_maps((m,), "scale")
-    c = _check_scalar(c)
+    c = check_scalar(c)
     if isinstance(m, Scaled):
         c, m = c * m.scalar, m.inner
     return m if c == 1 else Scaled(c, m)

@@ -266,6 +266,8 @@ class Transformer:
     left to the forward pass (frozen by path expansion). So every weight-based result is the
     same for a model and its :func:`~circuitalg.model.transforms.fold_layer_norm` (to rounding);
     ``params`` keep the representation given (what :func:`~circuitalg.model.io.save` writes).
+    ``W_U`` over the embedding's vocabulary is built tied to ``W_E`` (``W_U.tied_to``): where it is
+    ``W_Eᵀ diag(g) P`` (tied embeddings, verified on first use), its products come from ``W_E``'s.
 
     Raises
     ------

@@ -9,7 +9,7 @@ import numpy as np
 
 import circuitalg as ca
 from circuitalg.linalg import leaf_factor_method
-from circuitalg.linalg.factors import leaf_factors
+from circuitalg.linalg.factors import Side, gram_factor
 
 SCRIPT = textwrap.dedent(
     """
@@ -67,12 +67,11 @@ def test_outer_factors_are_decomposed_once_and_reused() -> None:
         lam = full_ov.eigenvalues()
         np.testing.assert_allclose(np.sum(lam), np.trace(W_V.array @ W_E.array @ W_U.array @ W_O.array), rtol=1e-10)
         if first_r is None:
-            first_r = leaf_factors(W_U).r["cols"]
-        assert leaf_factors(W_U).r["cols"] is first_r  # the same object: computed once
-    assert set(leaf_factors(W_U).r) == {"cols"}
-    assert set(leaf_factors(W_E).r) == {"rows"}
-    assert len(leaf_factors(W_E).pairs) == 1  # W_E W_U for the eigenvalues
-    assert not hasattr(W_U, "_cache")  # leaves stay immutable: the cache is owned by linalg.factors
+            first_r = gram_factor(W_U, Side.COLS)
+        assert gram_factor(W_U, Side.COLS) is first_r  # the same object: computed once
+    assert set(W_U.cache.factors) == {Side.COLS}
+    assert set(W_E.cache.factors) == {Side.ROWS}
+    assert len(W_E.cache.pairs) == 1  # W_E W_U for the eigenvalues
     assert leaf_factor_method(W_U, "cols") == "gram-cholesky"
 
 

@@ -82,6 +82,11 @@ def _open(directory: str | Path) -> Checkpoint:
     return ckpt
 
 
+def _checkpoint(where: Checkpoint | str) -> Checkpoint:
+    """``where`` itself, or the checkpoint in directory ``where`` (a dask task opens its own)."""
+    return where if isinstance(where, Checkpoint) else _open(where)
+
+
 def _vocabulary_tied(ckpt: Checkpoint) -> bool:
     """Whether ``W_U = W_Eᵀ`` (the vocabulary's rows read once); :class:`ConfigError` for layouts
     whose vocabulary cannot be read by rows."""
@@ -138,8 +143,11 @@ class FullOVResult:
 def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPlan:
     """The sizes, FLOP count and peak array memory of :func:`stream_full_ov` on ``directory``;
     :class:`TooLargeError` when even the smallest tiles do not fit ``budget_bytes``."""
+    return _plan_full_ov(_open(directory), budget_bytes)
+
+
+def _plan_full_ov(ckpt: Checkpoint, budget_bytes: int) -> FullOVPlan:
     budget = check_int("budget_bytes", budget_bytes, 1)
-    ckpt = _open(directory)
     c = ckpt.config
     tied = _vocabulary_tied(ckpt)
     D, dh, V, H, L = c.d_model, c.d_head, c.d_vocab, c.n_heads, c.n_layers
@@ -161,12 +169,12 @@ def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPl
     return FullOVPlan(L, H, c.kv_heads, D, dh, V, tile, flops, fixed + layer + tile * per_row, budget)
 
 
-def _layer_spectra(directory: str, layer: int, R_E: np.ndarray, R_U: np.ndarray, M: np.ndarray,
+def _layer_spectra(where: Checkpoint | str, layer: int, R_E: np.ndarray, R_U: np.ndarray, M: np.ndarray,
                    vocab_norms: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
     """Singular values and eigenvalues ``[n_heads, d_head]`` of one layer's heads, and their error
     bounds ``[n_heads]`` (a dask task). ``vocab_norms``: bounds on ``‖W_E‖₂`` and ``‖W_U‖₂``, and
     the Gram-factor penalty of ``R_E`` and ``R_U`` (their larger condition number)."""
-    ckpt = _open(directory)
+    ckpt = _checkpoint(where)
     c = ckpt.config
     dh, H, kv = c.d_head, c.n_heads, c.kv_heads
     proj = ckpt.attention(range(layer, layer + 1), ("V", "O"))  # folded as the model view holds them
@@ -210,9 +218,9 @@ def stream_full_ov(
 
 
 def _stream_full_ov(directory: str | Path, budget_bytes: int, client: Any, log: Callable[[str], None]) -> FullOVResult:
-    plan = plan_full_ov(directory, budget_bytes)
-    log(str(plan))
     ckpt = _open(directory)
+    plan = _plan_full_ov(ckpt, budget_bytes)
+    log(str(plan))
     c, reader = ckpt.config, ckpt.reader
     D, V = c.d_model, c.d_vocab
     tied = reader.vocabulary_tied()
@@ -226,11 +234,11 @@ def _stream_full_ov(directory: str | Path, budget_bytes: int, client: Any, log: 
     G_U = np.zeros((D, D))
     M = np.zeros((D, D))
     for start in range(0, V, plan.tile_rows):
-        rows_E, rows_U = reader.vocabulary_rows(start, min(V, start + plan.tile_rows))
-        E = rows_E.astype(np.float64)  # (rows, D): W_E's columns
+        stop = min(V, start + plan.tile_rows)
+        E = reader.embedding_rows(start, stop).astype(np.float64)  # (rows, D): W_E's columns
         G_E += E.T @ E
         if not tied:
-            U = rows_U.astype(np.float64) * wf  # folded: W_U diag(w)
+            U = reader.unembedding_rows(start, stop).astype(np.float64) * wf  # folded: W_U diag(w)
             G_U += U.T @ U
             M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
     gamma = gram_gamma(V, V, np.float64, True)  # sums of V rows in float64
@@ -250,7 +258,7 @@ def _stream_full_ov(directory: str | Path, budget_bytes: int, client: Any, log: 
                    for l in range(c.n_layers)]
         parts = client.gather(futures)
     else:
-        parts = [_layer_spectra(str(directory), l, R_E, R_U, M, norms) for l in range(c.n_layers)]
+        parts = [_layer_spectra(ckpt, l, R_E, R_U, M, norms) for l in range(c.n_layers)]
     sv, ev, sv_err, ev_err = (np.stack([p[i] for p in parts]) for i in range(4))
     mag = np.abs(ev).sum(axis=-1)
     copying = np.divide(ev.real.sum(axis=-1), mag, out=np.zeros_like(mag), where=mag > 0)
@@ -339,9 +347,13 @@ def plan_composition(
 ) -> CompositionPlan:
     """The tiling, FLOP count and peak array memory of :func:`stream_composition` on ``directory``;
     :class:`TooLargeError` when a tile of two single layers does not fit ``budget_bytes``."""
+    return _plan_composition(_open(directory), kinds, budget_bytes)
+
+
+def _plan_composition(ckpt: Checkpoint, kinds: tuple[str, ...], budget_bytes: int) -> CompositionPlan:
     budget = check_int("budget_bytes", budget_bytes, 1)
     kinds = tuple(dict.fromkeys(check_kind(k) for k in kinds))
-    c = _open(directory).config
+    c = ckpt.config
     if _tile_bytes(c, 2) > budget:
         raise TooLargeError(
             f"stream_composition: a tile of two layers at d_model={c.d_model} needs {_tile_bytes(c, 2) / 2**30:.2f} GiB; "
@@ -357,11 +369,11 @@ def plan_composition(
     return CompositionPlan(c.n_layers, H, D, dh, kinds, chunk, len(tiles), flops, _tile_bytes(c, 2 * chunk), budget)
 
 
-def _composition_tile(directory: str, kinds: tuple[str, ...], writers: tuple[int, int], readers: tuple[int, int]
-                      ) -> dict[str, CompositionParts]:
+def _composition_tile(where: Checkpoint | str, kinds: tuple[str, ...], writers: tuple[int, int],
+                      readers: tuple[int, int]) -> dict[str, CompositionParts]:
     """Per kind, the composition parts of one tile: the heads of layers ``writers`` against those
     of layers ``readers``, read and folded as the loaded model's view holds them (a dask task)."""
-    ckpt = _open(directory)
+    ckpt = _checkpoint(where)
     A = ckpt.head_weights(range(*writers))
     B = A if writers == readers else ckpt.head_weights(range(*readers))
     return {k: composition_tile(A, B, k, writer_layers=range(*writers), reader_layers=range(*readers)) for k in kinds}
@@ -384,7 +396,8 @@ def stream_composition(
 
 def _stream_composition(directory: str | Path, kinds: tuple[str, ...], budget_bytes: int, client: Any,
                         log: Callable[[str], None]) -> CompositionResult:
-    plan = plan_composition(directory, kinds, budget_bytes)
+    ckpt = _open(directory)
+    plan = _plan_composition(ckpt, kinds, budget_bytes)
     log(str(plan))
     L, H = plan.n_layers, plan.n_heads
     tiles = _tiles(L, plan.chunk_layers)
@@ -397,7 +410,7 @@ def _stream_composition(directory: str | Path, kinds: tuple[str, ...], budget_by
     else:
         parts = []
         for i, (a, b) in enumerate(tiles):
-            parts.append(_composition_tile(str(directory), plan.kinds, a, b))
+            parts.append(_composition_tile(ckpt, plan.kinds, a, b))
             log(f"tile {i + 1}/{len(tiles)}: writers L{a[0]}-{a[1] - 1}, readers L{b[0]}-{b[1] - 1}")
     for ((a0, a1), (b0, b1)), part in zip(tiles, parts):
         for k, tile in part.items():

@@ -190,3 +190,37 @@ def test_streamed_full_ov_reads_a_tied_pair_under_either_name(tmp_path, kept: st
     (tmp_path / "config.json").write_text(cfg)
     with pytest.raises(ca.LoadError, match="missing tensor"):
         stream_full_ov(tmp_path)
+
+
+def test_streamed_composition_reads_any_layout_load_reads(tmp_path) -> None:
+    """The same key tables and folding as ca.load: a GPT-2 checkpoint (LayerNorm: biases folded,
+    reads centred) streams to its in-memory composition scores; full-OV spectra need a layout
+    whose vocabulary can be read by rows, and other formats than safetensors are refused."""
+    from circuitalg.streaming import stream_composition
+
+    save_random_hf(tmp_path, "GPT2LMHeadModel", "GPT2Config", n_layer=3, n_head=4, n_embd=32, vocab_size=50,
+                   n_positions=16)
+    res = stream_composition(tmp_path, budget_bytes=400_000)
+    assert res.plan.n_tiles == 3
+    m = ca.load(tmp_path)
+    for kind in "qkv":
+        np.testing.assert_allclose(res.scores[kind], ca.composition_scores(m, kind), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ca.ConfigError, match="Llama-layout"):
+        plan_full_ov(tmp_path)
+    ca.save(m, tmp_path / "m.npz")
+    with pytest.raises(ca.LoadError, match="reads safetensors checkpoints"):
+        stream_composition(tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize("family", ["Gemma2", "Phi3"])
+def test_streamed_full_ov_of_gemma_and_phi3(tmp_path, family: str) -> None:
+    """Gemma 2 (embeddings scaled by sqrt(d_model), the tied W_U not; ``1 + w`` norms, sandwich
+    norms) and Phi-3 (fused q/k/v) stream to the dense full-OV spectra of the loaded model."""
+    config = {**COMMON, "pad_token_id": 0}
+    if family == "Phi3":
+        config.pop("head_dim")
+    save_random_hf(tmp_path, f"{family}ForCausalLM", f"{family}Config", **config)
+    res = stream_full_ov(tmp_path, budget_bytes=100_000)
+    sv, ev = _dense_reference(tmp_path)
+    np.testing.assert_allclose(res.singular_values, sv, rtol=0, atol=1e-10 * sv.max())
+    np.testing.assert_allclose(res.copying, ca.head_table(ca.load(tmp_path)).copying, atol=1e-10)

@@ -120,11 +120,12 @@ def _fold_norm(
 def fold_attention_reads(config: Any, p: dict[str, np.ndarray], layer: int, *, dtype: Any = np.float64) -> None:
     """:func:`fold_params` on layer ``layer``'s attention inputs only, in place: its input norm
     (``ln1``, popped) folded into whichever of ``W_Q, W_K, W_V`` ``p`` holds, reads centred behind a
-    layer norm, each weight converted to ``dtype`` (the same arithmetic, so the same arrays)."""
+    layer norm, each weight converted to ``dtype`` (the same arithmetic on C-ordered arrays, as
+    :func:`fold_params` makes the model view's head weights, so the same arrays bit for bit)."""
     a = f"blocks.{layer}.attn."
     reads = [(a + "W_" + s, a + "b_" + s) for s in "QKV" if a + "W_" + s in p]
     _fold_norm(p, f"blocks.{layer}.ln1", reads, centred=config.centred_norm, center_reads=True,
-               dtype=fold_dtype(dtype), new_array=lambda _key, like: np.empty_like(like, dtype=dtype))
+               dtype=fold_dtype(dtype), new_array=lambda _key, like: np.empty(like.shape, dtype=dtype))
 
 
 def fold_head_norms(config: Any, params: Mapping[str, np.ndarray], layers: Iterable[int] | None = None

@@ -702,16 +702,19 @@ class _LlamaReader(_HFReader):
     def vocabulary_tied(self) -> bool:
         return self.vocabulary_tensors()[1] is None and not self.gemma
 
-    def vocabulary_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _vocabulary_tensor(self, unembed: bool) -> _Stored:
         shape = (self.config.d_vocab, self.config.d_model)
-        embed, unembed = self.vocabulary_tensors()
-        for t in (embed, unembed):
-            if t is not None and t.shape() != shape:
-                raise LoadError(f"{self.source}: tensor {t.key!r} has shape {t.shape()}, expected {shape}.")
-        E = embed.rows(start, stop)
-        if unembed is not None:
-            return self._scaled(E), unembed.rows(start, stop)
-        return (self._scaled(E), E) if self.gemma else (E, None)
+        embed, lm_head = self.vocabulary_tensors()
+        t = lm_head if unembed and lm_head is not None else embed
+        if t.shape() != shape:
+            raise LoadError(f"{self.source}: tensor {t.key!r} has shape {t.shape()}, expected {shape}.")
+        return t
+
+    def embedding_rows(self, start: int, stop: int) -> np.ndarray:
+        return self._scaled(self._vocabulary_tensor(False).rows(start, stop))
+
+    def unembedding_rows(self, start: int, stop: int) -> np.ndarray:
+        return self._vocabulary_tensor(True).rows(start, stop)  # a tied W_U is the unscaled embedding
 
 
 def _hf_gptj_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -210,14 +210,17 @@ class LayoutReader:
         """``ln_final.w`` and ``ln_final.b`` where the model has them."""
         raise NotImplementedError
 
-    def vocabulary_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Rows ``start:stop`` of ``W_Eᵀ`` and of ``W_U`` (``None`` when ``W_U`` is ``W_E``'s
-        transpose: tied embeddings stored once), read without the other rows; layouts whose
-        vocabulary cannot be read by rows raise :class:`ConfigError`."""
+    def embedding_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``W_Eᵀ`` (tokens ``start:stop``), read without the other rows;
+        layouts whose vocabulary cannot be read by rows raise :class:`ConfigError`."""
+        raise ConfigError(f"{self.get.source}: reading the vocabulary by rows is not implemented for this layout.")
+
+    def unembedding_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``W_U``, read without the other rows (see :meth:`embedding_rows`)."""
         raise ConfigError(f"{self.get.source}: reading the vocabulary by rows is not implemented for this layout.")
 
     def vocabulary_tied(self) -> bool:
-        """Whether :meth:`vocabulary_rows` gives no ``W_U`` rows (``W_U = W_Eᵀ``)."""
+        """Whether ``W_U = W_Eᵀ`` (tied embeddings stored once: their rows need reading once)."""
         raise ConfigError(f"{self.get.source}: reading the vocabulary by rows is not implemented for this layout.")
 
     def read_all(self) -> dict[str, Any]:

@@ -189,11 +189,12 @@ class SafetensorsSource(TensorSource):
         return np.dtype(np.float32 if code == "BF16" else _SAFETENSORS_DTYPES[code])
 
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of tensor ``name`` (its first axis), read through a memory map."""
+        """Rows ``start:stop`` of tensor ``name`` (its first axis), read through a memory map: a
+        read-only view of the file's pages (bfloat16: widened into a new float32 array)."""
         path, e = self.index[name]
         mm = np.memmap(path, dtype=_SAFETENSORS_DTYPES[e.dtype], mode="r", offset=e.start, shape=e.shape)
         block = np.asarray(mm[start:stop])
-        return widen_bf16(block) if e.dtype == "BF16" else np.array(block)
+        return widen_bf16(block) if e.dtype == "BF16" else block
 
 
 def _read_npz(p: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -202,17 +202,7 @@ def composition_finding(
 ) -> CompositionFinding | None:
     """The composition of ``pair`` (writer, reader), or the strongest valid pair; None when the
     model has no valid pair (one layer). Raises when ``pair`` is not earlier -> later."""
-    if not isinstance(baseline, CompositionBaseline):
-        raise InvalidArgumentError(
-            f"composition_finding: baseline must be a ca.CompositionBaseline, got {type(baseline).__name__}; "
-            "make it with ca.composition_baseline(model, kind)."
-        )
-    scores = np.asarray(scores)
-    if scores.ndim != 4 or scores.shape[:2] != scores.shape[2:]:
-        raise InvalidArgumentError(
-            f"composition_finding: scores has shape {scores.shape}; pass ca.composition_scores(model, kind) "
-            "(n_layers, n_heads, n_layers, n_heads)."
-        )
+    scores = _checked_scores(scores, baseline, "composition_finding")
     L, H = scores.shape[0], scores.shape[1]
     n = valid_pairs(L, H)
     if n == 0:
@@ -233,6 +223,22 @@ def composition_finding(
         baseline.kind, writer, reader, s, baseline.z(s), baseline.family_p(s, n), n,
         baseline.threshold(n, alpha), alpha, chosen,
     )
+
+
+def _checked_scores(scores: np.ndarray, baseline: CompositionBaseline, what: str) -> np.ndarray:
+    """``scores`` as an array of composition scores, or an error naming ``what``."""
+    if not isinstance(baseline, CompositionBaseline):
+        raise InvalidArgumentError(
+            f"{what}: baseline must be a ca.CompositionBaseline, got {type(baseline).__name__}; "
+            "make it with ca.composition_baseline(model, kind)."
+        )
+    scores = np.asarray(scores)
+    if scores.ndim != 4 or scores.shape[:2] != scores.shape[2:]:
+        raise InvalidArgumentError(
+            f"{what}: scores has shape {scores.shape}; pass ca.composition_scores(model, kind) "
+            "(n_layers, n_heads, n_layers, n_heads)."
+        )
+    return scores
 
 
 def earlier_to_later(shape: tuple[int, ...]) -> np.ndarray:
@@ -308,7 +314,7 @@ def composition_pairs(
     with its z-score and whether it is significant at family-wise level ``alpha`` over all the
     model's valid pairs; with ``layers``, only pairs whose writer and reader both lie in them (the
     family stays the whole model's)."""
-    scores = np.asarray(scores)
+    scores = _checked_scores(scores, baseline, "composition_pairs")
     L, H = scores.shape[0], scores.shape[1]
     n_pairs = valid_pairs(L, H)
     threshold = baseline.threshold(n_pairs, alpha) if n_pairs else math.inf
@@ -318,15 +324,13 @@ def composition_pairs(
         shown[list(layers)] = True
         keep = keep & shown[:, None, None, None] & shown[None, None, :, None]
     flat = np.flatnonzero(keep)
-    values = scores.ravel()[flat]
+    values = scores.ravel()[flat].astype(np.float64)
     order = np.argsort(-values, kind="stable")
     flat, values = flat[order], values[order]
     z = (values - baseline.mean) / baseline.std if baseline.std > 0 else np.zeros(len(values))
-    pairs = tuple(
-        CompositionPair(baseline.kind, HeadId(l1, h1), HeadId(l2, h2), v, zz, v >= threshold)
-        for (l1, h1, l2, h2), v, zz in zip(zip(*(i.tolist() for i in np.unravel_index(flat, scores.shape))),
-                                           values.tolist(), z.tolist())
-    )
+    heads = zip(*(i.tolist() for i in np.unravel_index(flat, scores.shape)))  # (l1, h1, l2, h2) of each pair
+    pairs = tuple(CompositionPair(baseline.kind, HeadId(l1, h1), HeadId(l2, h2), v, zv, v >= threshold)
+                  for (l1, h1, l2, h2), v, zv in zip(heads, values.tolist(), z.tolist()))
     return CompositionPairs(baseline.kind, baseline, n_pairs, threshold, alpha, pairs)
 
 

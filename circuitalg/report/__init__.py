@@ -50,7 +50,7 @@ from circuitalg.circuits.findings import (
 from circuitalg.circuits.graph import CircuitGraph
 from circuitalg.errors import InvalidArgumentError, PrecisionWarning
 from circuitalg.files import atomic_write
-from circuitalg.linalg.accuracy import _outside_stacklevel, _tagged, collect_precision_warnings
+from circuitalg.linalg.accuracy import collect_precision_warnings, outside_stacklevel, tag_warning
 from circuitalg.maps.nodes import LinearMap
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.ids import HeadId, layer_name
@@ -244,10 +244,10 @@ class Stages:
             yield
         text = precision_summary(name, caught, bounds_in)
         if text is not None:
-            warnings.warn(_tagged(PrecisionWarning(text), what="report stage", subject=name,
-                                  count=sum(getattr(w, "count", 1) for w in caught),
-                                  relative=max(float(getattr(w, "relative", float("nan"))) for w in caught)),
-                          stacklevel=_outside_stacklevel())
+            warnings.warn(tag_warning(PrecisionWarning(text), what="report stage", subject=name,
+                                      count=sum(getattr(w, "count", 1) for w in caught),
+                                      relative=max(float(getattr(w, "relative", float("nan"))) for w in caught)),
+                          stacklevel=outside_stacklevel())
         dt = time.perf_counter() - t
         self.total += dt
         self.log(f"{label}: {dt:.1f} s (peak RSS so far {_peak_rss_gib():.2f} GiB)")
@@ -446,8 +446,6 @@ def architecture_notes(c: TransformerConfig) -> list[str]:
     return notes
 
 
-
-
 def _composition_pairs(a: Analysis, layers: list[int]) -> dict[str, CompositionPairs]:
     """Every valid pair among ``layers`` for each kind, judged over all the model's valid pairs."""
     return {k: composition_pairs(a.comp[k], a.base[k], layers=layers) for k in "qkv"}
@@ -455,7 +453,8 @@ def _composition_pairs(a: Analysis, layers: list[int]) -> dict[str, CompositionP
 
 def _by_z(pairs: dict[str, CompositionPairs]) -> list[CompositionPair]:
     """The pairs of every kind, highest z first (then kind, writer, reader)."""
-    return sorted((p for k in "qkv" for p in pairs[k].pairs), key=lambda p: (-p.z, p.kind, p.writer.name, p.reader.name))
+    return sorted((p for k in "qkv" for p in pairs[k].pairs),
+                  key=lambda p: (-p.z, p.kind, p.writer.name, p.reader.name))
 
 
 def write_report(
@@ -502,7 +501,8 @@ def _figures(a: Analysis, layers: list[int], pairs: dict[str, CompositionPairs],
     if not o.figures:
         return figs
     if c.n_layers >= 2:
-        figs["composition"] = figures.composition_figure(a.comp, a.base, layers, {k: pairs[k].threshold for k in "qkv"})
+        thresholds = {k: pairs[k].threshold for k in "qkv"}
+        figs["composition"] = figures.composition_figure(a.comp, a.base, layers, thresholds)
         figs["graph"] = figures.graph_figure(ranked[: o.top], c.n_layers, c.n_heads)
     ev = table.ov_eigenvalues  # computed once, for the copying scores
     eigs = {lh: lam for lh, lam in ev.items() if lh[0] in layers} if ev is not None else None

@@ -328,8 +328,9 @@ def composition_pairs(
     order = np.argsort(-values, kind="stable")
     flat, values = flat[order], values[order]
     z = (values - baseline.mean) / baseline.std if baseline.std > 0 else np.zeros(len(values))
+    ids = [[HeadId(l, h) for h in range(H)] for l in range(L)]  # each head's id made once
     heads = zip(*(i.tolist() for i in np.unravel_index(flat, scores.shape)))  # (l1, h1, l2, h2) of each pair
-    pairs = tuple(CompositionPair(baseline.kind, HeadId(l1, h1), HeadId(l2, h2), v, zv, v >= threshold)
+    pairs = tuple(CompositionPair(baseline.kind, ids[l1][h1], ids[l2][h2], v, zv, v >= threshold)
                   for (l1, h1, l2, h2), v, zv in zip(heads, values.tolist(), z.tolist()))
     return CompositionPairs(baseline.kind, baseline, n_pairs, threshold, alpha, pairs)
 

@@ -452,9 +452,10 @@ def _composition_pairs(a: Analysis, layers: list[int]) -> dict[str, CompositionP
 
 
 def _by_z(pairs: dict[str, CompositionPairs]) -> list[CompositionPair]:
-    """The pairs of every kind, highest z first (then kind, writer, reader)."""
-    return sorted((p for k in "qkv" for p in pairs[k].pairs),
-                  key=lambda p: (-p.z, p.kind, p.writer.name, p.reader.name))
+    """The pairs of every kind, highest z first (then kind, writer and reader names)."""
+    rows = [p for k in "qkv" for p in pairs[k].pairs]
+    names = {h: h.name for h in {p.writer for p in rows} | {p.reader for p in rows}}  # each formatted once
+    return sorted(rows, key=lambda p: (-p.z, p.kind, names[p.writer], names[p.reader]))
 
 
 def write_report(

@@ -459,6 +459,9 @@ def top_tokens(
         Scan at most this many rows (the strongest): a budget for very large vocabularies, where
         the exact scan costs ``n_rows * n_cols * p`` (``p`` the screen's rank prefix). The result
         says whether it is still exact (:class:`TopTokens`: ``exact``, ``bound``).
+    max_bytes : int, optional
+        Size of one block of rows scanned (default
+        :data:`~circuitalg.linalg.topk.SCAN_BYTES`, 64 MiB).
 
     Returns
     -------

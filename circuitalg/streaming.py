@@ -58,7 +58,7 @@ from circuitalg.linalg.accuracy import (
     stacked_norm2_bounds,
     warn_rtol,
 )
-from circuitalg.linalg.factors import Gram, gram_err2, gram_gamma, tied_gram
+from circuitalg.linalg.factors import Gram, gram_error_bound, gram_gamma, tied_gram
 from circuitalg.linalg.ties import TiedForm
 from circuitalg.model.checkpoint import Checkpoint, open_checkpoint
 from circuitalg.model.config import TransformerConfig
@@ -179,7 +179,7 @@ def _layer_spectra(where: Checkpoint | str, layer: int, R_E: np.ndarray, R_U: np
     dh, H, kv = c.d_head, c.n_heads, c.kv_heads
     proj = ckpt.attention(range(layer, layer + 1), ("V", "O"))  # folded as the model view holds them
     W_V = proj[f"blocks.{layer}.attn.W_V"]  # (n_kv_heads, d_head, d_model)
-    W_O = np.ascontiguousarray(proj[f"blocks.{layer}.attn.W_O"])  # (n_heads, d_model, d_head)
+    W_O = np.ascontiguousarray(proj.pop(f"blocks.{layer}.attn.W_O"))  # (n_heads, d_model, d_head)
     sv = np.zeros((H, dh))
     ev = np.zeros((H, dh), dtype=np.complex128)
     # the value side is shared by the query heads of a key/value group: once per group
@@ -242,12 +242,12 @@ def _stream_full_ov(directory: str | Path, budget_bytes: int, client: Any, log: 
             G_U += U.T @ U
             M += E.T @ U  # W_E W_U = Σ_tiles Eᵀ U
     gamma = gram_gamma(V, V, np.float64, True)  # sums of V rows in float64
-    gram_E = Gram(G_E, gram_err2(float(np.trace(G_E)), gamma), True)
+    gram_E = Gram(G_E, gram_error_bound(float(np.trace(G_E)), gamma), True)
     if tied:  # W_U = W_Eᵀ diag(w): both follow from W_E's Gram matrix (a third of the vocabulary work)
         form = TiedForm(wf, centred=False)
         gram_U, M = tied_gram(form, gram_E), form.times_right(G_E)
     else:
-        gram_U = Gram(G_U, gram_err2(float(np.trace(G_U)), gamma), True)
+        gram_U = Gram(G_U, gram_error_bound(float(np.trace(G_U)), gamma), True)
     R_E = sla.cholesky(gram_E.G, lower=False)
     R_U = sla.cholesky(gram_U.G, lower=False)
     log("vocabulary Gram matrices and W_E W_U done")
@@ -376,7 +376,7 @@ def _composition_tile(where: Checkpoint | str, kinds: tuple[str, ...], writers: 
     ckpt = _checkpoint(where)
     A = ckpt.head_weights(range(*writers))
     B = A if writers == readers else ckpt.head_weights(range(*readers))
-    return {k: composition_tile(A, B, k, writer_layers=range(*writers), reader_layers=range(*readers)) for k in kinds}
+    return composition_tile(A, B, kinds, writer_layers=range(*writers), reader_layers=range(*readers))
 
 
 def stream_composition(

@@ -136,7 +136,7 @@ def test_composition_tiles_assemble_the_in_memory_parts(kind: str) -> None:
     whole = composition_parts(w, kind)
     assert composition_parts(w, kind) is whole  # kept with the view
     assert not whole.numerator_sq.flags.writeable
-    np.testing.assert_array_equal(whole.numerator_sq, composition_tile(w, w, kind).numerator_sq)
+    np.testing.assert_array_equal(whole.numerator_sq, composition_tile(w, w, (kind,))[kind].numerator_sq)
 
     def part(layers: range) -> HeadWeights:
         return HeadWeights(*(getattr(w, f)[layers.start:layers.stop] for f in
@@ -144,7 +144,7 @@ def test_composition_tiles_assemble_the_in_memory_parts(kind: str) -> None:
 
     num = np.zeros_like(whole.numerator_sq)
     for a, b in [(range(0, 2), range(0, 2)), (range(0, 2), range(2, 5)), (range(2, 5), range(2, 5))]:
-        tile = composition_tile(part(a), part(b), kind, writer_layers=a, reader_layers=b)
+        tile = composition_tile(part(a), part(b), (kind,), writer_layers=a, reader_layers=b)[kind]
         assert isinstance(tile, CompositionParts) and tile.numerator_sq.shape == (len(a), 3, len(b), 3)
         num[a.start:a.stop, :, b.start:b.stop] = tile.numerator_sq
         np.testing.assert_array_equal(tile.writer_norm_sq, whole.writer_norm_sq[a.start:a.stop])
@@ -153,7 +153,7 @@ def test_composition_tiles_assemble_the_in_memory_parts(kind: str) -> None:
     np.testing.assert_array_equal(CompositionParts(num, whole.writer_norm_sq, whole.reader_norm_sq).scores() == 0,
                                   whole.scores() == 0)
     with pytest.raises(ca.InvalidArgumentError, match="one entry per layer"):
-        composition_tile(part(range(0, 2)), w, kind, writer_layers=range(0, 3))
+        composition_tile(part(range(0, 2)), w, (kind,), writer_layers=range(0, 3))
 
 
 def test_dequantize_follows_the_callers_runtime() -> None:

@@ -194,28 +194,31 @@ class CompositionParts(NamedTuple):
 
 
 def composition_tile(
-    writers: HeadWeights, readers: HeadWeights, kind: str, *,
+    writers: HeadWeights, readers: HeadWeights, kinds: Sequence[str] = COMPOSITION_KINDS, *,
     writer_layers: range | None = None, reader_layers: range | None = None,
-) -> CompositionParts:
+) -> dict[str, CompositionParts]:
     """The composition parts of one tile: every head of ``writers`` against every head of ``readers``.
 
     Parameters
     ----------
     writers, readers : HeadWeights
         float64 views of consecutive layers (the same object for a tile of a chunk with itself).
-    kind : {"q", "k", "v"}
+    kinds : sequence of {"q", "k", "v"}
+        The kinds to score (the writers' factors are formed once for all of them).
     writer_layers, reader_layers : range, optional
         The model's indices of the layers ``writers`` and ``readers`` hold (default
         ``range(n_layers)``): a pair counts when its writer's layer is earlier.
 
     Returns
     -------
-    CompositionParts
-        Pairs whose Gram estimate lies within its error floor are recomputed from the small
-        factored product, so structural zeros stay below ``1e-12`` of the normalisation in any
-        residual basis (see the module docstring).
+    dict of str to CompositionParts
+        One entry per kind. Pairs whose Gram estimate lies within its error floor are recomputed
+        from the small factored product, so structural zeros stay below ``1e-12`` of the
+        normalisation in any residual basis (see the module docstring).
     """
-    kind = check_kind(kind)
+    if isinstance(kinds, str) or not isinstance(kinds, Sequence):
+        raise InvalidArgumentError(f"kinds={kinds!r}; pass a sequence of 'q', 'k', 'v'.")
+    kinds = tuple(dict.fromkeys(check_kind(k) for k in kinds))
     wl = range(writers.n_layers) if writer_layers is None else writer_layers
     rl = range(readers.n_layers) if reader_layers is None else reader_layers
     if len(wl) != writers.n_layers or len(rl) != readers.n_layers:
@@ -223,36 +226,37 @@ def composition_tile(
             f"composition_tile: writer_layers={wl} and reader_layers={rl} must have one entry per layer of "
             f"writers ({writers.n_layers}) and readers ({readers.n_layers})."
         )
-    H, D = writers.n_heads, writers.d_model
-    numerator_sq = np.zeros((len(wl), H, len(rl), H))
+    H, D, dh = writers.n_heads, writers.d_model, writers.d_head
     w2 = _trace_product(writers.gram("O"), writers.gram("V"))
-    if kind == "v":
-        r2 = w2 if readers is writers else _trace_product(readers.gram("O"), readers.gram("V"))
-    else:
-        r2 = _trace_product(readers.gram("Q"), readers.gram("K"))
-    if not len(wl) or not len(rl):
-        return CompositionParts(numerator_sq, w2, r2)
-    # readers from the first layer after the writers' first; writers up to the readers' last
-    r0 = sum(1 for l in rl if l <= wl[0])
-    w1 = sum(1 for l in wl if l < rl[-1])
-    if r0 < len(rl) and w1 > 0:
-        dh = writers.d_head
-        needed = np.repeat(np.clip(np.asarray(rl[r0:]) - wl[0], 0, w1) * H, H)  # writers before each reader
-        G, W = readers.reader(kind)
-        U, V = writers.writer()
-        inner = _gram_inner(
-            (W[r0:].reshape(-1, dh, D), np.matmul(G[r0:], W[r0:]).reshape(-1, dh, D)),
-            (U[:w1].reshape(-1, dh, D), V[:w1].reshape(-1, dh, D)), needed,
-        )
-        numerator_sq[:w1, :, r0:, :] = inner.reshape(len(rl) - r0, H, w1, H).transpose(2, 3, 0, 1)
     mask = np.asarray(wl)[:, None, None, None] < np.asarray(rl)[None, None, :, None]
-    numerator_sq = np.where(mask, np.maximum(numerator_sq, 0.0), 0.0)
-    floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
-    near_zero = np.argwhere(mask & (numerator_sq <= floor))
-    if len(near_zero):
-        recomputed = _small_product_numerator_sq(writers, readers, kind, near_zero)
-        numerator_sq[tuple(near_zero.T)] = np.maximum(recomputed, 0.0)
-    return CompositionParts(numerator_sq, w2, r2)
+    # readers from the first layer after the writers' first; writers up to the readers' last
+    r0 = sum(1 for l in rl if len(wl) and l <= wl[0])
+    w1 = sum(1 for l in wl if len(rl) and l < rl[-1])
+    pairs = r0 < len(rl) and w1 > 0
+    if pairs:
+        needed = np.repeat(np.clip(np.asarray(rl[r0:]) - wl[0], 0, w1) * H, H)  # writers before each reader
+        U, V = (x[:w1].reshape(-1, dh, D) for x in writers.writer())
+    out = {}
+    for kind in kinds:
+        if kind == "v":
+            r2 = w2 if readers is writers else _trace_product(readers.gram("O"), readers.gram("V"))
+        else:
+            r2 = _trace_product(readers.gram("Q"), readers.gram("K"))
+        numerator_sq = np.zeros((len(wl), H, len(rl), H))
+        if pairs:
+            G, W = readers.reader(kind)
+            X, Y = W[r0:].reshape(-1, dh, D), np.matmul(G[r0:], W[r0:]).reshape(-1, dh, D)
+            inner = _gram_inner((X, Y), (U, V), needed)
+            del X, Y
+            numerator_sq[:w1, :, r0:, :] = inner.reshape(len(rl) - r0, H, w1, H).transpose(2, 3, 0, 1)
+        numerator_sq = np.where(mask, np.maximum(numerator_sq, 0.0), 0.0)
+        floor = ZERO_FLOOR * np.finfo(np.float64).eps * D * w2[:, :, None, None] * r2[None, None, :, :]
+        near_zero = np.argwhere(mask & (numerator_sq <= floor))
+        if len(near_zero):
+            recomputed = _small_product_numerator_sq(writers, readers, kind, near_zero)
+            numerator_sq[tuple(near_zero.T)] = np.maximum(recomputed, 0.0)
+        out[kind] = CompositionParts(numerator_sq, w2, r2)
+    return out
 
 
 def _small_product_numerator_sq(writers: HeadWeights, readers: HeadWeights, kind: str, pairs: np.ndarray) -> np.ndarray:
@@ -298,7 +302,7 @@ def composition_parts(w: HeadWeights, kind: str) -> CompositionParts:
     :func:`composition_tile`): read-only arrays, computed once per view ``w`` and kind and kept
     with it (the report's scores, baselines and graph all read the same parts)."""
     kind = check_kind(kind)
-    return w.memo(_PartsOf(kind), lambda view: _read_only(composition_tile(view, view, kind)))
+    return w.memo(_PartsOf(kind), lambda view: _read_only(composition_tile(view, view, (kind,))[kind]))
 
 
 def scores_from_weights(w: HeadWeights, kind: str) -> np.ndarray:

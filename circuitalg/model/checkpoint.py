@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArrayError, LoadError
-from circuitalg.maps.nodes import as_float_array
+from circuitalg.errors import CircuitAlgError, ConfigError, LoadError
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.folding import fold_attention_reads, fold_head_norms
 from circuitalg.model.gguf import read_gguf
 from circuitalg.model.hf import HF_MODEL_TYPES
 from circuitalg.model.layouts import LAYOUTS, detect_layout, state_dict_reader
-from circuitalg.model.params import param_shapes
+from circuitalg.model.params import param_shapes, validate_param
 from circuitalg.model.statedict import ATTENTION_WEIGHTS, LayoutReader
 from circuitalg.model.tensorfiles import (
     CONFIG_META,
@@ -124,8 +123,13 @@ class Checkpoint:
         p: dict[str, np.ndarray] = {}
         with errors_named(self.source):
             for layer in layers:
-                for key, value in self.reader.attention(layer, which).items():
-                    p[key] = _validated(value, key, shapes[key], self.source, dtype)
+                part = self.reader.attention(layer, which)
+                while part:  # each stored tensor freed once converted (the part holds it no longer)
+                    key, value = part.popitem()
+                    if isinstance(value, np.ndarray):  # read from the file by us: no defensive copy
+                        value.flags.writeable = False
+                    p[key] = validate_param(value, key, shapes[key], source=self.source, dtype=dtype)
+                    del value
             for layer in layers:
                 fold_attention_reads(c, p, layer, dtype=dtype)
             p.update(fold_head_norms(c, p, layers))
@@ -137,18 +141,6 @@ class Checkpoint:
         only those layers' attention tensors are read."""
         p = self.attention(layers, dtype=dtype)
         return stack_heads(self.config, p, layers)[0]
-
-
-def _validated(value: Any, key: str, shape: tuple[int, ...], source: str, dtype: Any) -> np.ndarray:
-    """``value`` as the model holds parameter ``key``: a read-only ``dtype`` array of ``shape``
-    (:class:`LoadError` naming the tensor otherwise)."""
-    try:
-        arr = as_float_array(value, f"{source}: tensor {key!r}", ndim=len(shape), dtype=dtype)
-    except InvalidArrayError as exc:
-        raise LoadError(str(exc)) from None
-    if arr.shape != shape:
-        raise LoadError(f"{source}: tensor {key!r} has shape {arr.shape}, expected {shape}.")
-    return arr
 
 
 def open_checkpoint(

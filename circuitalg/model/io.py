@@ -39,7 +39,8 @@ from circuitalg.model.checkpoint import errors_named, open_checkpoint
 from circuitalg.model.layouts import LAYOUTS
 from circuitalg.model.tensorfiles import CONFIG_META, DEFAULT_LOAD_BYTES, NPZ_META, VOCAB_META, read_tensors
 from circuitalg.model.transforms import fold_params
-from circuitalg.model.weights import Transformer, _validate_params, require_model
+from circuitalg.model.params import validate_params
+from circuitalg.model.weights import Transformer, require_model
 
 __all__ = ["load", "save", "read_tensors", "DEFAULT_LOAD_BYTES"]
 
@@ -121,7 +122,7 @@ def load(
         if isinstance(dtype, str) and dtype == "auto":
             dtype = stored
         if fold and cfg.normalization is not None:  # each raw tensor is freed when its folded array replaces it
-            params = _validate_params(cfg, params, biases="required", source=source, dtype=stored)
+            params = validate_params(cfg, params, biases="required", source=source, dtype=stored)
             cfg = dataclasses.replace(cfg, normalization=fold_params(cfg, params, dtype=dtype))
         return Transformer(cfg, params, name=name, vocab=vocab, dtype=dtype)
 

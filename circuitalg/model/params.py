@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from circuitalg.errors import InvalidArrayError, LoadError
+from circuitalg.maps.nodes import as_float_array
 from circuitalg.model.config import TransformerConfig, require_config
 
-__all__ = ["param_shapes", "BIAS_KEYS", "to_numpy"]
+__all__ = ["param_shapes", "BIAS_KEYS", "to_numpy", "validate_param", "validate_params"]
 
 #: Parameter-name suffixes that may be zero-filled with ``biases="zero-fill"``.
 BIAS_KEYS = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", "b_gate")
@@ -64,3 +69,59 @@ def to_numpy(value: Any) -> Any:
             t = t.float()
         return t.numpy()
     return value
+
+
+def validate_param(value: Any, key: str, shape: tuple[int, ...], *, source: str, dtype: Any,
+                   config: TransformerConfig | None = None) -> np.ndarray:
+    """Parameter ``key`` as a model holds it: a read-only ``dtype`` array of ``shape``, the caller's
+    data copied unless it is a read-only numpy array; :class:`LoadError` naming the tensor (and
+    ``config``) when it is not finite, not real or of another shape."""
+    value = to_numpy(value)
+    if not (isinstance(value, np.ndarray) and not value.flags.writeable):
+        # Own the data: a caller (or TransformerLens processing weights in place) could
+        # otherwise change the weights under cached decompositions.
+        value = np.array(value, copy=True)
+    try:
+        arr = as_float_array(value, f"{source}: tensor {key!r}", ndim=len(shape), dtype=dtype)
+    except InvalidArrayError as exc:
+        raise LoadError(str(exc)) from None
+    if arr.shape != shape:
+        raise LoadError(
+            f"{source}: tensor {key!r} has shape {arr.shape}, expected {shape}"
+            + (f" for config {config.to_json()}." if config is not None else ".")
+        )
+    return arr
+
+
+def validate_params(
+    config: TransformerConfig, params: Mapping[str, Any], *, biases: str, source: str, dtype: Any,
+) -> dict[str, np.ndarray]:
+    """Every canonical parameter of ``config`` (:func:`param_shapes`) validated by
+    :func:`validate_param`; missing biases are zeros with ``biases="zero-fill"``. :class:`LoadError`
+    for a missing or an unexpected parameter, naming them."""
+    if not isinstance(params, Mapping):
+        raise LoadError(f"{source}: parameters must be a mapping of names to arrays, got {type(params).__name__}.")
+    shapes = param_shapes(config)
+    extra = sorted(set(params) - set(shapes))
+    if extra:
+        raise LoadError(
+            f"{source}: unexpected parameters {extra[:8]}{' ...' if len(extra) > 8 else ''} for a model with "
+            f"config {config.to_json()}; check the layout and the config (normalization, d_mlp, n_layers)."
+        )
+    out: dict[str, np.ndarray] = {}
+    missing = []
+    for key, shape in shapes.items():
+        if key not in params:
+            if biases == "zero-fill" and key.rsplit(".", 1)[-1] in BIAS_KEYS:
+                out[key] = np.zeros(shape, dtype=dtype)
+                out[key].flags.writeable = False
+                continue
+            missing.append(key)
+            continue
+        out[key] = validate_param(params[key], key, shape, source=source, dtype=dtype, config=config)
+    if missing:
+        raise LoadError(
+            f"{source}: missing parameters {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            "the checkpoint is incomplete or its config does not match it."
+        )
+    return out

@@ -181,10 +181,11 @@ HEAD_STACKED = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 def stack_heads(config: Any, params: Mapping[str, np.ndarray], layers: range | None = None
                 ) -> tuple[HeadWeights, dict[str, np.ndarray]]:
     """The view of every head of ``layers`` (default all; layer ``layers[i]`` at index ``i``): one
-    read-only stack per weight, in the parameters' dtype, and ``params`` with each of those layers'
-    ``blocks.{l}.attn.*`` entries replaced by a view into it, so the two share memory and cannot
-    disagree. Grouped-query attention: ``W_K``, ``W_V``, ``b_K``, ``b_V`` repeated for each query
-    head of a group in the view (a copy), stored once per key/value head in ``params``."""
+    read-only C-ordered stack per weight (the batched kernels read heads as contiguous rows), in the
+    parameters' dtype, and ``params`` with each of those layers' ``blocks.{l}.attn.*`` entries
+    replaced by a view into it, so the two share memory and cannot disagree. Grouped-query
+    attention: ``W_K``, ``W_V``, ``b_K``, ``b_V`` repeated for each query head of a group in the view
+    (a copy), stored once per key/value head in ``params``."""
     layers = range(config.n_layers) if layers is None else layers
     stacks = {}
     out = dict(params)
@@ -193,12 +194,14 @@ def stack_heads(config: Any, params: Mapping[str, np.ndarray], layers: range | N
         per_layer = [params[f"blocks.{l}.attn.{name}"] for l in layers]
         a = _stacked_base(per_layer)
         if a is None:
-            a = np.stack(per_layer)
+            a = np.empty((len(per_layer), *per_layer[0].shape), dtype=per_layer[0].dtype)
+            for i, x in enumerate(per_layer):
+                a[i] = x
         a.flags.writeable = False
         for i, l in enumerate(layers):
             out[f"blocks.{l}.attn.{name}"] = a[i]
         if name in ("W_K", "W_V", "b_K", "b_V") and config.n_kv_heads is not None:
-            a = a[:, group]  # one row per query head: the view analyses read (a copy of the shared maps)
+            a = np.take(a, group, axis=1)  # one row per query head: the view analyses read (a C-ordered copy)
             a.flags.writeable = False
         stacks[name] = a
     kv = np.broadcast_to(group, (len(layers), config.n_heads))

@@ -31,8 +31,9 @@ scores its pairs with the in-memory kernel
 tiling, FLOPs and peak memory first); tiles are dask tasks when a client is given. It reads any
 layout :func:`~circuitalg.load` reads from safetensors files.
 
-Both enter the caller's :class:`~circuitalg.runtime.Runtime` without NumPy's huge-page advice
-(their arrays are large and written once).
+Both leave NumPy's huge-page advice as the caller's :class:`~circuitalg.runtime.Runtime` has it:
+their large arrays (vocabulary tiles, a tile's stacked heads) feed long BLAS products, which
+huge pages speed up; enter ``Runtime(hugepage_advice=False)`` where free memory is fragmented.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
-from circuitalg import runtime
 from circuitalg.circuits.composition import CompositionParts, check_kind, composition_tile
 from circuitalg.errors import ConfigError, LoadError, PrecisionWarning, TooLargeError, check_int
 from circuitalg.linalg.accuracy import (
@@ -213,8 +213,7 @@ def stream_full_ov(
     checkpoint in ``directory``, streamed tensor by tensor within ``budget_bytes`` of arrays (see
     the module docstring). ``client``: a ``dask.distributed.Client``, to run the layers on its
     workers (each reads its layer's tensors itself); ``log`` gets the plan and progress lines."""
-    with dataclasses.replace(runtime.current(), hugepage_advice=False):
-        return _stream_full_ov(directory, budget_bytes, client, log or (lambda _m: None))
+    return _stream_full_ov(directory, budget_bytes, client, log or (lambda _m: None))
 
 
 def _stream_full_ov(directory: str | Path, budget_bytes: int, client: Any, log: Callable[[str], None]) -> FullOVResult:
@@ -390,8 +389,7 @@ def stream_composition(
     :func:`~circuitalg.composition_scores` (so scores equal the in-memory ones). MLP and vocabulary
     weights are never read. ``client``: a ``dask.distributed.Client`` to run the tiles on its
     workers; ``log`` gets the plan and one line per tile."""
-    with dataclasses.replace(runtime.current(), hugepage_advice=False):
-        return _stream_composition(directory, kinds, budget_bytes, client, log or (lambda _m: None))
+    return _stream_composition(directory, kinds, budget_bytes, client, log or (lambda _m: None))
 
 
 def _stream_composition(directory: str | Path, kinds: tuple[str, ...], budget_bytes: int, client: Any,

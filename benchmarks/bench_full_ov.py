@@ -84,7 +84,7 @@ def circuitalg_maps(w: dict) -> list[ca.LinearMap]:
     W_E = ca.Dense(w["W_E"], vocab, resid, "W_E")
     W_U = ca.Dense(w["W_U"], resid, vocab, "W_U")
     if w["tied"]:
-        ca.declare_tied(W_U, W_E)
+        W_U = ca.declare_tied(W_U, W_E)
     out = []
     for h, (wv, wo) in enumerate(zip(w["W_V"], w["W_O"])):
         space = ca.Space(f"H{h}", D_HEAD)

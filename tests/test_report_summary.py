@@ -41,10 +41,11 @@ def _non_normal(eigs: list[float], coupling: float) -> np.ndarray:
 
 def test_imprecise_heads_give_one_summary_warning_per_stage_with_the_tables_count_and_maximum(tmp_path) -> None:
     base = random_model(n_layers=3, n_heads=4, d_model=16, d_head=4, d_vocab=13, seed=3)
-    # bounds between about 1e-4 and 1e-1 of the largest eigenvalue (much stronger coupling puts every
-    # eigenvalue under the noise floor: a circuit that is zero to rounding, which does not warn)
-    planted = {(0, 1): _non_normal([1.0, 0.9, 0.8, 0.7], 5.0), (1, 3): _non_normal([1.0, 0.8, 0.6, 0.4], 12.0),
-               (2, 0): _non_normal([2.0, 1.9, 1.8, 1.7], 8.0)}
+    # bounds of about 6e-5 to 2e-4 of the largest eigenvalue, above the warning threshold (much
+    # stronger coupling puts every eigenvalue under the noise floor: a circuit that is zero to
+    # rounding, which does not warn)
+    planted = {(0, 1): _non_normal([1.0, 0.9, 0.8, 0.7], 25.0), (1, 3): _non_normal([1.0, 0.8, 0.6, 0.4], 60.0),
+               (2, 0): _non_normal([2.0, 1.9, 1.8, 1.7], 40.0)}
     model = _set_cores(base, planted)
     caught, rows, _ = _report(model, tmp_path)
     tol = warn_rtol(np.float64)
@@ -136,7 +137,7 @@ def test_the_command_prints_the_stage_summary_as_one_progress_line(tmp_path, cap
     from circuitalg.cli import main
 
     base = random_model(n_layers=3, n_heads=4, d_model=16, d_head=4, d_vocab=13, seed=3)
-    model = _set_cores(base, {(1, 2): _non_normal([1.0, 0.9, 0.8, 0.7], 5.0)})
+    model = _set_cores(base, {(1, 2): _non_normal([1.0, 0.9, 0.8, 0.7], 25.0)})
     path = ca.save(model, tmp_path / "m.safetensors")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")

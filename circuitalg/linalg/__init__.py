@@ -6,7 +6,11 @@
 - :mod:`~circuitalg.linalg.factors`: chains, the decompositions each leaf holds, small-core
   sweeps, tied leaves (:mod:`~circuitalg.linalg.ties`);
 - :mod:`~circuitalg.linalg.svd`, :mod:`~circuitalg.linalg.eig`,
-  :mod:`~circuitalg.linalg.norm`: the spectral routines.
+  :mod:`~circuitalg.linalg.norm`: the spectral routines, one rule per plan type;
+- :mod:`~circuitalg.linalg.topk`: the largest entries of a map held as two thin factors;
+- :mod:`~circuitalg.linalg.accuracy`: a-priori error bounds and precision warnings.
+
+The routines use the caller's :class:`~circuitalg.runtime.Runtime` (``runtime.current()``).
 """
 
 from circuitalg.linalg.accuracy import accuracy, magnitude
@@ -24,6 +28,7 @@ from circuitalg.linalg.factors import (
 from circuitalg.linalg.norm import norm, trace
 from circuitalg.linalg.plan import Plan, plan
 from circuitalg.linalg.svd import singular_values, svd
+from circuitalg.linalg.topk import TopEntries, top_entries
 from circuitalg.maps.chain import as_chain
 
 __all__ = [
@@ -44,6 +49,8 @@ __all__ = [
     "trace",
     "plan",
     "Plan",
+    "top_entries",
+    "TopEntries",
     "as_chain",
     "leaf_factor_method",
     "gram_factor",

@@ -216,7 +216,6 @@ def leaf_magnitudes(leaves: Iterable[Dense], rt: Runtime | None = None) -> list[
     return [magnitude(leaf) for leaf in leaves]
 
 
-prime_leaf_norms = leaf_magnitudes  # TODO(rename): eig.py imports the old name
 
 
 def _keep_norm2(leaf: Dense, bound: float) -> None:
@@ -564,7 +563,6 @@ def tag_warning(w: PrecisionWarning, **facts: object) -> PrecisionWarning:
     return w
 
 
-_outside_stacklevel, _tagged = outside_stacklevel, tag_warning  # TODO(rename): report/__init__.py imports the old names
 
 
 def warn_summary(what: str, subject: str, relative: np.ndarray, dtypes: Sequence[np.dtype]) -> None:

@@ -175,11 +175,6 @@ class LeafCache:
         self.factor_values: dict[Side, np.ndarray] = {}
 
 
-def leaf_factors(leaf: Dense) -> LeafCache:  # TODO(rename): tests import it; use leaf.cache
-    """``leaf.cache``."""
-    return leaf.cache
-
-
 def once(table: dict, key: object, compute: Callable[[], T]) -> T:
     """``table[key]``, computed by ``compute()`` and stored on first use (for threads that compute it
     at once, the first stored value: equal to theirs, as entries are pure)."""
@@ -302,7 +297,6 @@ def gram_error_bound(trace: float, gamma: float) -> float:
     return gamma * max(trace, 0.0) / (1 - gamma)
 
 
-gram_err2 = gram_error_bound  # TODO(rename): streaming.py imports the old name
 
 
 def gram_blocks(M: np.ndarray, rows: int = GRAM_BLOCK_ROWS, *, accurate: bool = False,

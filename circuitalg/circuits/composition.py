@@ -30,6 +30,12 @@ and V), whose error is relative to the factors: exact zeros come out below ``1e-
 basis, and only near-zero pairs pay for it. Heads with an all-zero ``W_OV`` or ``W_QK`` get
 score 0 (not NaN).
 
+One kernel does all of this, :func:`composition_tile`: the writers of some layers against the
+readers of some layers (a *tile*), returning the squared terms (:class:`CompositionParts`). The
+in-memory scores are one tile of all layers, kept with the model's view
+(:func:`composition_parts`, through :meth:`~circuitalg.model.view.HeadWeights.memo`);
+:func:`circuitalg.streaming.stream_composition` assembles tiles of layer chunks read from disk.
+
 The scores read the model's view, in which every norm weight multiplies the maps it belongs to
 (input norms folded into ``W_Q, W_K, W_V``, LayerNorm reads centred), whether or not the stored
 weights were folded: :func:`~circuitalg.model.transforms.fold_layer_norm` changes no score.

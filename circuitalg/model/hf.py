@@ -2,9 +2,11 @@
 
 Each family reads its ``config.json`` into circuitalg config fields (:func:`hf_config`; keys the
 file leaves out take transformers' documented defaults; the family comes from ``model_type``, or
-from ``architectures`` when that is absent) and maps its tensors (``nn.Linear`` weights are
-``(out, in)``, already the column layout; GPT-2's ``Conv1D`` is ``(in, out)``) to circuitalg's
-canonical parameters.
+from ``architectures`` when that is absent), and its key table, a
+:class:`~circuitalg.model.statedict.LayoutReader` (:func:`hf_reader`), maps its tensors
+(``nn.Linear`` weights are ``(out, in)``, already the column layout; GPT-2's ``Conv1D`` is
+``(in, out)``) to circuitalg's canonical parameters part by part (embeddings, each layer's
+attention and MLP, the final norm), reading each tensor when a part asks for it.
 
 Tied embeddings may be stored under either name of the pair (``model.embed_tokens.weight`` or
 ``lm_head.weight``; GPT-2's ``transformer.wte.weight`` or ``lm_head.weight``; GPT-NeoX's
@@ -282,13 +284,6 @@ class _Stored:
 
     def dtype(self) -> np.dtype:
         return tensor_dtype(self.sd, self.key)
-
-
-def tied_embeddings(d: Mapping[str, Any]) -> bool:
-    """Whether a Llama-layout ``config.json`` dict ties ``lm_head`` to the embedding
-    (``tie_word_embeddings``, or its family's transformers default when absent)."""
-    family = d.get("model_type", "llama")
-    return _tied(d, _LLAMA_DEFAULTS.get(family, {}).get("tie_word_embeddings", False))
 
 
 def _tied(config: Any, tied_by_default: bool) -> bool:

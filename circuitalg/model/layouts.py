@@ -2,9 +2,12 @@
 
 Hugging Face families live in :mod:`circuitalg.model.hf`.
 
-Each converter maps a flat ``{name: array}`` dict in a foreign layout (row-vector
-``x @ W`` weights) to circuitalg's canonical parameters (column layout, names from
-:func:`circuitalg.model.params.param_shapes`) and a :class:`TransformerConfig`. Shapes are
+Each layout's key table is a :class:`~circuitalg.model.statedict.LayoutReader`
+(:func:`state_dict_reader`): it finds the :class:`TransformerConfig` and maps a flat
+``{name: array}`` mapping in a foreign layout (row-vector ``x @ W`` weights) to circuitalg's
+canonical parameters (column layout, names from :func:`circuitalg.model.params.param_shapes`),
+part by part, reading each tensor when a part asks for it (a
+:class:`~circuitalg.model.statedict.TensorSource` reads it from its file then). Shapes are
 checked here, against the config, with messages that name the tensor.
 """
 
@@ -379,7 +382,7 @@ class _TLReader(LayoutReader):
                         "final_softcap", "rotary_local", "qk_norm_scope", "pre_norms")},
         )
         super().__init__(cfg, TensorReader(sd, source))
-        self.rotary, self.has_mlp, self.n_ctx = rotary, has_mlp, n_ctx
+        self.rotary, self.n_ctx = rotary, n_ctx
         self.kv = "_" if gqa else ""  # TransformerLens stores shared key/value heads as _W_K, _W_V
         self.buffers = _TL_ROTARY_BUFFERS if rotary else _TL_BUFFERS
 

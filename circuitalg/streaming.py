@@ -73,6 +73,8 @@ __all__ = [
 def _open(directory: str | Path) -> Checkpoint:
     """The checkpoint in ``directory`` as :func:`~circuitalg.load` opens it (its tensors are read by
     layers and vocabulary rows, within the caller's budget, so no file-size limit applies)."""
+    if not Path(directory).exists():
+        raise LoadError(f"{directory}: no such checkpoint directory (a Hugging Face folder of safetensors files).")
     ckpt = open_checkpoint(directory, max_bytes=1 << 62)
     if not isinstance(ckpt.tensors, SafetensorsSource):
         raise LoadError(
@@ -213,6 +215,7 @@ def stream_full_ov(
     checkpoint in ``directory``, streamed tensor by tensor within ``budget_bytes`` of arrays (see
     the module docstring). ``client``: a ``dask.distributed.Client``, to run the layers on its
     workers (each reads its layer's tensors itself); ``log`` gets the plan and progress lines."""
+    check_int("budget_bytes", budget_bytes, 1)  # the arguments before the files
     return _stream_full_ov(directory, budget_bytes, client, log or (lambda _m: None))
 
 
@@ -389,6 +392,9 @@ def stream_composition(
     :func:`~circuitalg.composition_scores` (so scores equal the in-memory ones). MLP and vocabulary
     weights are never read. ``client``: a ``dask.distributed.Client`` to run the tiles on its
     workers; ``log`` gets the plan and one line per tile."""
+    check_int("budget_bytes", budget_bytes, 1)  # the arguments before the files
+    for k in kinds:
+        check_kind(k)
     return _stream_composition(directory, kinds, budget_bytes, client, log or (lambda _m: None))
 
 

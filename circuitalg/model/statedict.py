@@ -9,6 +9,8 @@ one part at a time: the embeddings, each layer's attention and MLP, the final no
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import re
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
@@ -43,9 +45,10 @@ class TensorSource(Mapping[str, Any]):
     def __init__(self, names: Collection[str]) -> None:
         self._names = names
 
-    def read(self, name: str) -> np.ndarray:  # pragma: no cover - every source defines it
+    @abstractmethod
+    def read(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a new numpy array."""
-        raise NotImplementedError
+        ...  # pragma: no cover
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The shape of tensor ``name``."""
@@ -170,7 +173,7 @@ class TensorReader:
         check_no_extra(self.sd, self.used, buffers, self.source)
 
 
-class LayoutReader:
+class LayoutReader(ABC):
     """A layout's key table: the canonical parameters of one state dict, read part by part.
 
     Subclasses (one per layout) read their tensors through :attr:`get` and give
@@ -191,24 +194,28 @@ class LayoutReader:
     def __init__(self, config: TransformerConfig, get: TensorReader) -> None:
         self.config, self.get = config, get
 
-    def embeddings(self) -> dict[str, Any]:  # pragma: no cover - every layout defines it
+    @abstractmethod
+    def embeddings(self) -> dict[str, Any]:
         """``W_E``, ``W_pos`` (learned positions), ``W_U`` and ``b_U``."""
-        raise NotImplementedError
+        ...  # pragma: no cover
 
-    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:  # pragma: no cover
+    @abstractmethod
+    def attention(self, layer: int, which: Collection[str] = ATTENTION_WEIGHTS) -> dict[str, Any]:
         """Layer ``layer``'s attention parameters (``blocks.{l}.attn.*``) and the norms that act on
         them (``ln1``, ``ln1_post``, the q/k norms): at least the projections named in ``which``
         (of :data:`ATTENTION_WEIGHTS`) with their biases, and the norms those need (a layout that
         stores the projections fused reads them all)."""
-        raise NotImplementedError
+        ...  # pragma: no cover
 
-    def mlp(self, layer: int) -> dict[str, Any]:  # pragma: no cover
+    @abstractmethod
+    def mlp(self, layer: int) -> dict[str, Any]:
         """Layer ``layer``'s MLP parameters (``blocks.{l}.mlp.*``) and its norms (``ln2``, ``ln2_post``)."""
-        raise NotImplementedError
+        ...  # pragma: no cover
 
-    def final_norm(self) -> dict[str, Any]:  # pragma: no cover
+    @abstractmethod
+    def final_norm(self) -> dict[str, Any]:
         """``ln_final.w`` and ``ln_final.b`` where the model has them."""
-        raise NotImplementedError
+        ...  # pragma: no cover
 
     def embedding_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of ``W_Eᵀ`` (tokens ``start:stop``), read without the other rows;

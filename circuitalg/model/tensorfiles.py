@@ -173,12 +173,16 @@ class SafetensorsSource(TensorSource):
                 if e.dtype == "BF16":
                     return widen_bf16(np.frombuffer(f.read(e.nbytes), dtype="<u2")).reshape(e.shape)
                 out = np.empty(e.shape, dtype=_SAFETENSORS_DTYPES[e.dtype])
-                if f.readinto(out.reshape(-1).view(np.uint8)) != e.nbytes:
-                    raise OSError(f"{e.nbytes} bytes expected at offset {e.start}")
+                got = f.readinto(out.reshape(-1).view(np.uint8))
         except OSError as exc:
             raise LoadError(
                 f"{path}: cannot read tensor {name!r} of the safetensors file ({type(exc).__name__}: {exc})."
             ) from None
+        if got != e.nbytes:
+            raise LoadError(
+                f"{path}: cannot read tensor {name!r} of the safetensors file ({e.nbytes} bytes expected at "
+                f"offset {e.start}, {got} read: the file is truncated)."
+            )
         return out
 
     def shape(self, name: str) -> tuple[int, ...]:

@@ -145,6 +145,7 @@ class FullOVResult:
 def plan_full_ov(directory: str | Path, budget_bytes: int = 8 << 30) -> FullOVPlan:
     """The sizes, FLOP count and peak array memory of :func:`stream_full_ov` on ``directory``;
     :class:`TooLargeError` when even the smallest tiles do not fit ``budget_bytes``."""
+    check_int("budget_bytes", budget_bytes, 1)  # the arguments before the files
     return _plan_full_ov(_open(directory), budget_bytes)
 
 
@@ -349,6 +350,8 @@ def plan_composition(
 ) -> CompositionPlan:
     """The tiling, FLOP count and peak array memory of :func:`stream_composition` on ``directory``;
     :class:`TooLargeError` when a tile of two single layers does not fit ``budget_bytes``."""
+    check_int("budget_bytes", budget_bytes, 1)  # the arguments before the files
+    kinds = tuple(dict.fromkeys(check_kind(k) for k in kinds))
     return _plan_composition(_open(directory), kinds, budget_bytes)
 
 

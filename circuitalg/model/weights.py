@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError, check_real
+from circuitalg.errors import InvalidArgumentError, LoadError, ShapeError, check_real
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.maps.rules import identity
 from circuitalg.model.config import TransformerConfig
 from circuitalg.model.folding import fold_params
 from circuitalg.model.forward import activation
 from circuitalg.model.ids import EMBED, POS, GroupId, HeadId, Source, layer_tag
-from circuitalg.model.params import BIAS_KEYS, param_shapes, to_numpy
+from circuitalg.model.params import BIAS_KEYS, param_shapes, validate_params
 from circuitalg.model.rotary import Rotary
 from circuitalg.model.view import HeadWeights
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
@@ -300,7 +300,7 @@ class Transformer:
             raise InvalidArgumentError("dtype must be numpy.float32 or numpy.float64 (ca.load also takes 'auto').")
         self.config = config
         self.name = str(name)
-        params = _validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
+        params = validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
         read = _fold_input_norms(config, params)
         folded = _fold_head_norms(config, read)
         self.head_weights, view = _stack_heads(config, {**read, **folded})
@@ -618,51 +618,3 @@ def _stacked_base(layers: list[np.ndarray]) -> np.ndarray | None:
     return base
 
 
-def _validate_params(
-    config: TransformerConfig,
-    params: Mapping[str, Any],
-    *,
-    biases: str,
-    source: str,
-    dtype: Any,
-) -> dict[str, np.ndarray]:
-    if not isinstance(params, Mapping):
-        raise LoadError(f"{source}: parameters must be a mapping of names to arrays, got {type(params).__name__}.")
-    shapes = param_shapes(config)
-    extra = sorted(set(params) - set(shapes))
-    if extra:
-        raise LoadError(
-            f"{source}: unexpected parameters {extra[:8]}{' ...' if len(extra) > 8 else ''} for a model with "
-            f"config {config.to_json()}; check the layout and the config (normalization, d_mlp, n_layers)."
-        )
-    out: dict[str, np.ndarray] = {}
-    missing = []
-    for key, shape in shapes.items():
-        if key not in params:
-            if biases == "zero-fill" and key.rsplit(".", 1)[-1] in BIAS_KEYS:
-                out[key] = np.zeros(shape, dtype=dtype)
-                out[key].flags.writeable = False
-                continue
-            missing.append(key)
-            continue
-        value = to_numpy(params[key])
-        if not (isinstance(value, np.ndarray) and not value.flags.writeable):
-            # Own the data: a caller (or TransformerLens processing weights in place) could
-            # otherwise change the weights under cached decompositions.
-            value = np.array(value, copy=True)
-        try:
-            arr = as_float_array(value, f"{source}: tensor {key!r}", ndim=len(shape), dtype=dtype)
-        except InvalidArrayError as exc:
-            raise LoadError(str(exc)) from None
-        if arr.shape != shape:
-            raise LoadError(
-                f"{source}: tensor {key!r} has shape {arr.shape}, expected {shape} for config "
-                f"{config.to_json()}."
-            )
-        out[key] = arr
-    if missing:
-        raise LoadError(
-            f"{source}: missing parameters {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
-            "the checkpoint is incomplete or its config does not match it."
-        )
-    return out

@@ -23,12 +23,12 @@ from circuitalg.errors import InvalidArgumentError, LoadError, ShapeError, check
 from circuitalg.maps.nodes import Dense, LinearMap, as_float_array
 from circuitalg.maps.rules import identity
 from circuitalg.model.config import TransformerConfig
-from circuitalg.model.folding import fold_params
+from circuitalg.model.folding import fold_head_norms, fold_params
 from circuitalg.model.forward import activation
 from circuitalg.model.ids import EMBED, POS, GroupId, HeadId, Source, layer_tag
 from circuitalg.model.params import BIAS_KEYS, param_shapes, validate_params
 from circuitalg.model.rotary import Rotary
-from circuitalg.model.view import HeadWeights
+from circuitalg.model.view import stack_heads
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
 
 #: The one-dimensional space of constant terms (biases written at every position).
@@ -302,13 +302,13 @@ class Transformer:
         self.name = str(name)
         params = validate_params(config, params, biases=biases, source=self.name, dtype=dtype)
         read = _fold_input_norms(config, params)
-        folded = _fold_head_norms(config, read)
-        self.head_weights, view = _stack_heads(config, {**read, **folded})
+        folded = fold_head_norms(config, read)
+        self.head_weights, view = stack_heads(config, {**read, **folded})
         #: canonical parameters (what ``ca.save`` writes): the weights as given, with the entries
         #: that no norm weight was folded into shared with the view (``head_weights``)
         self.params = {k: view[k] if k in view and read[k] is v and k not in folded else v for k, v in params.items()}
         #: the attention projections the q/k norms and output norms act on in the forward pass:
-        #: the input norm folded in, their own weights not (``_fold_head_norms`` folds those)
+        #: the input norm folded in, their own weights not (``fold_head_norms`` folds those)
         self.norm_inputs: Mapping[str, np.ndarray] = {k: read[k] for k in folded}
         if vocab is not None:
             vocab = tuple(str(t) for t in vocab)
@@ -557,64 +557,5 @@ def _fold_input_norms(config: TransformerConfig, params: Mapping[str, np.ndarray
     read = dict(params)
     fold_params(config, read, center_reads=True, dtype=params["W_E"].dtype)
     return read
-
-
-def _fold_head_norms(config: TransformerConfig, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The attention weights of the analysis view where a norm weight multiplies a projection:
-    ``diag(w_q) W_Q``, ``diag(w_k) W_K`` (``qk_norm``) and ``diag(w) W_O``, ``w ⊙ b_O`` (``post_norms``),
-    exact up to the norms' per-token scales, which are frozen."""
-    out: dict[str, np.ndarray] = {}
-    for l in range(config.n_layers):
-        a = f"blocks.{l}.attn."
-        if config.qk_norm:
-            for s in ("Q", "K"):  # one (d_head,) weight for every head, or a (heads, d_head) one
-                w = params[a + f"{s.lower()}_norm.w"].reshape(-1, config.d_head)
-                out[a + "W_" + s] = w[:, :, None] * params[a + "W_" + s]
-                out[a + "b_" + s] = w * params[a + "b_" + s]
-        if config.post_norms:
-            w = params[f"blocks.{l}.ln1_post.w"]
-            out[a + "W_O"] = w[None, :, None] * params[a + "W_O"]
-            out[a + "b_O"] = w * params[a + "b_O"]
-    for v in out.values():
-        v.flags.writeable = False
-    return out
-
-
-def _stack_heads(config: TransformerConfig, params: dict[str, np.ndarray]) -> tuple[HeadWeights, dict[str, np.ndarray]]:
-    """The model view of every head's weights (one read-only stack per weight, in the model's
-    dtype), and ``params`` with each ``blocks.{l}.attn.*`` entry replaced by a view into it, so the
-    two share memory and cannot disagree."""
-    names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
-    stacks = {}
-    out = dict(params)
-    group = np.array([config.kv_head(h) for h in range(config.n_heads)])
-    for name in names:
-        layers = [params[f"blocks.{l}.attn.{name}"] for l in range(config.n_layers)]
-        a = _stacked_base(layers)
-        if a is None:
-            a = np.stack(layers)
-        a.flags.writeable = False
-        for l in range(config.n_layers):
-            out[f"blocks.{l}.attn.{name}"] = a[l]
-        if name in ("W_K", "W_V", "b_K", "b_V") and config.n_kv_heads is not None:
-            a = a[:, group]  # one row per query head: the view analyses read (a copy of the shared maps)
-            a.flags.writeable = False
-        stacks[name] = a
-    kv = np.broadcast_to(group, (config.n_layers, config.n_heads))
-    return HeadWeights(**stacks, kv_head=kv), out
-
-
-def _stacked_base(layers: list[np.ndarray]) -> np.ndarray | None:
-    """The array over layers that ``layers`` are consecutive slices of (as ``fold_params`` makes
-    them), or None: a stack that exists already is used, not copied."""
-    base = layers[0].base
-    if not (isinstance(base, np.ndarray) and base.shape == (len(layers), *layers[0].shape)
-            and base.dtype == layers[0].dtype and base.flags.c_contiguous):
-        return None
-    for l, x in enumerate(layers):
-        if x.base is not base or x.__array_interface__["data"][0] != base[l].__array_interface__["data"][0] \
-                or x.strides != base[l].strides:
-            return None
-    return base
 
 

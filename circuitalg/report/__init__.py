@@ -523,7 +523,7 @@ def _shown(a: Analysis, layers: list[int]) -> str:
 def _sections(a: Analysis, layers: list[int], pairs: dict[str, CompositionPairs], ranked: list[CompositionPair],
               figs: dict[str, str]) -> list[tuple[str, str, str]]:
     """The page's sections, ``(id, heading, inner html)``."""
-    o, m, c = a.options, a.model, a.model.config
+    o, m = a.options, a.model
 
     def img(key: str, alt: str) -> str:
         if key in figs:

@@ -375,7 +375,7 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
     r_norm2 = {(node, kind): _reader_value(model, node, kind, None) for node, kind, _, _, _ in readers}
     # head-to-head numerators in one batch per kind
     hw = model.head_weights.float64()
-    head_num2 = {k: composition_parts(hw, k)[0] for k in COMPOSITION_KINDS}
+    head_numerator_sq = {k: composition_parts(hw, k).numerator_sq for k in COMPOSITION_KINDS}
     # readers that are not heads (MLPs, the unembedding): their Gram matrices RᵀR, so a writer's
     # value is <RᵀR, F Fᵀ> with F Fᵀ formed once per writer; values within the Gram route's error
     # floor are recomputed as ||R F||² (structural zeros stay zero)
@@ -402,7 +402,7 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
                 continue
             head_edge = isinstance(wnode, HeadId) and kind in COMPOSITION_KINDS
             if head_edge:
-                num2 = float(head_num2[kind][wnode.layer, wnode.head, rnode.layer, rnode.head])  # type: ignore[union-attr]
+                num2 = float(head_numerator_sq[kind][wnode.layer, wnode.head, rnode.layer, rnode.head])  # type: ignore[union-attr]
             else:
                 if isinstance(rnode, HeadId):
                     num2 = float(into_heads[kind][rnode.layer, rnode.head, index[wnode]])

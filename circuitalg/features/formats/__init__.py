@@ -1,0 +1,1 @@
+"""Dictionary file formats, one module each (see :mod:`circuitalg.features.io`)."""

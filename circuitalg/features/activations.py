@@ -115,6 +115,9 @@ class TopK(Activation):
         Apply a ReLU to the kept values (SAELens, sparsify, circuit-tracer do; some don't).
     rank_weights : (F,) array, optional
         Rank by ``pre * rank_weights`` (e.g. decoder norms) but keep the ``pre`` values.
+    absolute : bool
+        Rank by magnitude ``|pre|`` (or ``|pre * rank_weights|``) and keep the signed values
+        (SAELens ``abstopk``); needs ``relu=False``.
 
     Notes
     -----
@@ -125,10 +128,13 @@ class TopK(Activation):
     k: int
     relu: bool = True
     rank_weights: Any = field(default=None)
+    absolute: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise InvalidArgumentError(f"TopK k must be a positive integer, got {self.k!r}.")
+        if self.absolute and self.relu:
+            raise InvalidArgumentError("TopK(absolute=True) keeps the signed values of the largest |pre|; pass relu=False.")
         object.__setattr__(self, "k", int(self.k))
         if self.rank_weights is not None:
             w = np.asarray(self.rank_weights, dtype=np.float64)
@@ -147,6 +153,8 @@ class TopK(Activation):
     def mask(self, pre: Any) -> np.ndarray:
         a = _rows(pre)
         score = a if self.rank_weights is None else a * self.rank_weights.astype(a.dtype, copy=False)
+        if self.absolute:
+            score = np.abs(score)
         k = min(self.k, a.shape[1])
         # stable descending order: among equal scores the lower index wins
         order = np.argsort(-score, axis=1, kind="stable")[:, :k]

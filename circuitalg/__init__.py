@@ -12,13 +12,15 @@ The namespace, in the order data flows (each group is also a subpackage with mor
   the weight transforms, the forward pass (``Cache``), ids (``HeadId``, ``GroupId``, ``Source``);
 - circuits (:mod:`circuitalg.circuits`): path expansion, composition scores and baselines, the head
   table, token tables, the virtual-weight graph, circuit search, and the findings named from them;
+- feature bases (:mod:`circuitalg.features`): sparse dictionaries (SAEs, transcoders, crosscoders)
+  loaded from their libraries' files, bound to a model, and the virtual weights between features;
 - symbolic verification (:mod:`circuitalg.symbolic`);
 - checkpoints too large to load (:mod:`circuitalg.streaming`): ``stream_full_ov``, ``stream_composition``;
 - how the process is used (:mod:`circuitalg.runtime`): ``Runtime``;
 - errors and warnings.
 """
 
-from circuitalg import linalg, maps, model, runtime, streaming, symbolic, zoo
+from circuitalg import features, linalg, maps, model, runtime, streaming, symbolic, zoo
 from circuitalg.circuits import (
     Circuit,
     CircuitGraph,
@@ -229,6 +231,7 @@ __all__ = [
     "count_circuits",
     "CircuitSearch",
     "zoo",
+    "features",
     # findings: named heads and significant compositions, with their evidence
     "FAMILY_ALPHA",
     "PATTERN_THRESHOLD",

@@ -1,0 +1,478 @@
+"""SAELens dictionaries: a directory with ``cfg.json`` and ``sae_weights.safetensors``.
+
+Read: every SAELens architecture whose inference is a linear encoder, one elementwise (or
+per-token top-k) activation and a linear decoder, in the version-6 config layout (``metadata``
+holding ``hook_name``) and the older one (``hook_point``, ``activation_fn_str``,
+``activation_fn_kwargs``, ``finetuning_scaling_factor``, no ``architecture`` = ``standard``).
+SAELens stores ``W_enc (d_in, d_sae)`` and ``W_dec (d_sae, d_out)``; they are transposed to the
+column convention here. What each architecture becomes:
+
+=============================  ==========================================================
+``standard``                   :class:`ReLU`
+``jumprelu``                   ``JumpReLU(threshold, relu=True)``: SAELens computes
+                               ``relu(pre) * (pre > threshold)``; an old ``log_threshold``
+                               is ``exp``-ed as SAELens does
+``gated``                      ``JumpReLU(b_mag - b_gate * exp(r_mag), relu=True)`` on the
+                               magnitude path ``W_enc * exp(r_mag)``, ``b_mag``: the gate
+                               ``x W_enc + b_gate > 0`` is the same half-space (``exp(r_mag)
+                               > 0``), so the two are equal in exact arithmetic; in floating
+                               point a token whose gate pre-activation is within rounding of 0
+                               may fall on the other side
+``topk``                       ``TopK(k)`` (ReLU on the kept values, as SAELens)
+``abstopk``                    ``TopK(k, relu=False, absolute=True)``
+``batchtopk``,                 training checkpoints (``topk_threshold``): the JumpReLU SAELens
+``matryoshka_batchtopk``       saves them as for inference, ``BatchTopK(topk_threshold)``
+``transcoder``,                ``TRANSCODER`` (``metadata.hook_name`` -> ``hook_name_out``),
+``jumprelu_transcoder``        ReLU or JumpReLU
+``skip_transcoder``,           ``SKIP_TRANSCODER`` with ``W_skip (d_out, d_in)`` as stored
+``jumprelu_skip_transcoder``
+=============================  ==========================================================
+
+Exact folds applied at load (each is what SAELens computes, rearranged):
+
+- ``rescale_acts_by_decoder_norm`` (``topk``, ``abstopk``, ``batchtopk``): SAELens ranks
+  ``pre * |W_dec_i|`` and decodes ``f / |W_dec_i|``; the norms are folded into ``W_enc``,
+  ``b_enc`` and ``W_dec`` (SAELens's own ``fold_W_dec_norm``), so the feature activations are
+  SAELens's.
+- a pre-6 ``scaling_factor`` tensor with ``finetuning_scaling_factor`` (decode was ``(f * s)
+  W_dec``): folded into ``W_dec``; all ones is dropped, as SAELens does.
+- ``normalize_activations="expected_average_only_in"`` with the checkpoint's
+  ``activation_scaler.json``: its ``scaling_factor`` is folded as SAELens's
+  ``fold_activation_norm_scaling_factor`` does. Without that file the factor is not in the files
+  (SAELens keeps it in its pretrained-release table) and the load is refused.
+
+Refused with :class:`LoadError` naming the field: ``normalize_activations`` ``constant_norm_rescale``
+and ``layer_norm`` (a per-token rescaling of input and output, not a fold), ``covariance_whitening``,
+``hook_head_index`` (one head of a hook), hook names circuitalg has no :class:`Hook` for (e.g.
+``hook_embed``), the ``temporal`` and ``matching_pursuit`` architectures (no fixed encoder map), a
+pre-6 ``activation_fn`` other than ``relu``/``topk``.
+
+``metadata.model_from_pretrained_kwargs`` (SAELens loads the model with TransformerLens's
+``from_pretrained_no_processing(**kwargs)``) becomes :attr:`Dictionary.preprocessing`: the options
+among :data:`~circuitalg.features.dictionary.PREPROCESSING` set to true.
+
+Written (:func:`save`): SAEs, transcoders and skip transcoders with ReLU, JumpReLU (thresholds
+>= 0 or ``relu=True``), BatchTopK (as SAELens's inference JumpReLU), TopK (SAEs, plain ranking,
+with ReLU) and absolute TopK, in the version-6 layout ``sae_lens.SAE.load_from_disk`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitalg.errors import InvalidArgumentError, LoadError
+from circuitalg.features.activations import BatchTopK, JumpReLU, ReLU, TopK
+from circuitalg.features.dictionary import PREPROCESSING, Dictionary, DictionaryKind, DictionarySet
+from circuitalg.features.hooks import Hook, HookKind
+from circuitalg.files import atomic_write
+from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
+
+__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "detect", "load", "save", "parse_hook"]
+
+NAME = "saelens"
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+#: SAELens's training checkpoints keep the input scaling factor here
+SCALER_FILENAME = "activation_scaler.json"
+
+_DTYPES = {"float32", "float64", "float16", "bfloat16", "torch.float32", "torch.float64", "torch.float16", "torch.bfloat16"}
+_SAE_ARCHS = {"standard", "gated", "jumprelu", "topk", "abstopk", "batchtopk", "matryoshka_batchtopk"}
+_TRANSCODER_ARCHS = {"transcoder", "jumprelu_transcoder", "skip_transcoder", "jumprelu_skip_transcoder"}
+_REFUSED_ARCHS = {
+    "temporal": "its encoder attends over earlier tokens (no fixed linear encoder)",
+    "matching_pursuit": "it selects features by iterative matching pursuit (no fixed linear encoder)",
+}
+#: the version 6 config layout (what this module writes)
+_WRITE_VERSION = "6.0.0"
+
+
+def detect(path: Path) -> bool:
+    """A directory holding ``cfg.json`` and ``sae_weights.safetensors``."""
+    p = Path(path)
+    return p.is_dir() and (p / CFG_FILENAME).is_file() and (p / WEIGHTS_FILENAME).is_file()
+
+
+def parse_hook(name: Any, source: str, field: str) -> Hook:
+    """``Hook.parse(name)``, or a LoadError naming ``source`` and ``field``."""
+    if not isinstance(name, str):
+        raise LoadError(f"{source}: {field} must be a TransformerLens hook name string, got {name!r}.")
+    try:
+        return Hook.parse(name)
+    except InvalidArgumentError as e:
+        raise LoadError(f"{source}: {field} = {name!r}: {e}") from None
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+def _is_pre6(cfg: Mapping[str, Any]) -> bool:
+    version = cfg.get("sae_lens_version")
+    meta = cfg.get("metadata")
+    if not version and isinstance(meta, Mapping):
+        version = meta.get("sae_lens_version")
+    if not version:
+        return True
+    m = re.match(r"\s*(\d+)", str(version))
+    return m is None or int(m.group(1)) < 6
+
+
+def _positive_int(cfg: Mapping[str, Any], key: str, source: str, default: Any = None) -> int:
+    v = cfg.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1:
+        raise LoadError(f"{source}: {key} must be a positive integer, got {v!r}.")
+    return int(v)
+
+
+def _bool(cfg: Mapping[str, Any], key: str, source: str, default: bool) -> bool:
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise LoadError(f"{source}: {key} must be true or false, got {v!r}.")
+    return v
+
+
+def _normalized_config(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """One dict in the version-6 vocabulary (``architecture``, ``hook_name`` ... at the top
+    level), whatever version wrote ``raw``."""
+    cfg = dict(raw)
+    meta = cfg.pop("metadata", None)
+    if meta is not None and not isinstance(meta, Mapping):
+        raise LoadError(f"{source}: metadata must be a JSON object, got {type(meta).__name__}.")
+    for k, v in (meta or {}).items():
+        cfg.setdefault(k, v)
+    if _is_pre6(raw):
+        for old, new in (("hook_point", "hook_name"), ("hook_point_head_index", "hook_head_index"),
+                         ("activation_fn_str", "activation_fn")):
+            if old in cfg:
+                cfg.setdefault(new, cfg[old])
+        cfg.setdefault("architecture", "standard")
+        act = cfg.get("activation_fn", "relu")
+        kwargs = cfg.get("activation_fn_kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise LoadError(f"{source}: activation_fn_kwargs must be a JSON object, got {kwargs!r}.")
+        if act == "topk":
+            if kwargs.get("k") is None and cfg.get("k") is None:
+                raise LoadError(f"{source}: activation_fn 'topk' needs activation_fn_kwargs.k (the number of features kept).")
+            if cfg["architecture"] == "standard":
+                cfg["architecture"] = "topk"
+            cfg["k"] = kwargs.get("k", cfg.get("k"))
+        elif act not in ("relu", None) and cfg["architecture"] == "standard":
+            raise LoadError(
+                f"{source}: activation_fn {act!r} is not one circuitalg reads from SAELens (relu, topk); "
+                "SAELens 6 would silently apply a ReLU instead."
+            )
+        if isinstance(cfg.get("normalize_activations"), bool):
+            cfg["normalize_activations"] = "expected_average_only_in" if cfg["normalize_activations"] else "none"
+    else:
+        cfg.setdefault("finetuning_scaling_factor", False)
+    if "architecture" not in cfg:
+        raise LoadError(f"{source}: architecture is missing (a SAELens >= 6 config names it).")
+    if cfg.get("normalize_activations") is None:
+        cfg["normalize_activations"] = "none"
+    return cfg
+
+
+def _take(tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str,
+          dtype: np.dtype) -> np.ndarray:
+    if name not in tensors:
+        raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
+    a = tensors.pop(name)
+    if a.dtype.kind != "f":
+        raise LoadError(f"{file}: tensor {name!r} has dtype {a.dtype}, expected floating point.")
+    if tuple(a.shape) != shape:
+        raise LoadError(f"{file}: tensor {name!r} has shape {tuple(a.shape)}, expected {shape} ({why}).")
+    if not np.all(np.isfinite(a)):
+        raise LoadError(f"{file}: tensor {name!r} holds non-finite values (NaN or infinity).")
+    return a.astype(dtype, copy=False)
+
+
+def _scaler_factor(path: Path) -> float:
+    f = path / SCALER_FILENAME
+    if not f.is_file():
+        raise LoadError(
+            f"{path / CFG_FILENAME}: normalize_activations is 'expected_average_only_in' but {SCALER_FILENAME} is not "
+            "beside it, so the input scaling factor the weights expect is not in these files (SAELens keeps it in its "
+            "pretrained-release table and folds it on from_pretrained). Fold it into the weights (W_enc * s, W_dec / s, "
+            "b_dec / s) and set normalize_activations to 'none', or put the scaler file beside cfg.json."
+        )
+    data = read_json(read_bytes(f), str(f))
+    s = data.get("scaling_factor") if isinstance(data, Mapping) else None
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not np.isfinite(s) or s <= 0:
+        raise LoadError(f"{f}: scaling_factor must be a positive finite number, got {s!r}.")
+    return float(s)
+
+
+def _fold_decoder_norms(W_enc: np.ndarray, b_enc: np.ndarray, W_dec: np.ndarray, file: Path) -> tuple:
+    """SAELens's ``rescale_acts_by_decoder_norm`` folded (``W_dec`` rows to unit norm)."""
+    n = np.linalg.norm(W_dec, axis=1)
+    if np.any(n == 0):
+        raise LoadError(
+            f"{file}: rescale_acts_by_decoder_norm divides by the decoder row norms, but row(s) "
+            f"{np.flatnonzero(n == 0)[:8].tolist()} of W_dec are zero."
+        )
+    return W_enc * n, b_enc * n, W_dec / n[:, None]
+
+
+def _preprocessing(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
+    kwargs = cfg.get("model_from_pretrained_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise LoadError(f"{source}: model_from_pretrained_kwargs must be a JSON object, got {kwargs!r}.")
+    return frozenset(k for k in PREPROCESSING if kwargs.get(k) is True)
+
+
+def load(path: Path, dtype: Any = np.float64) -> Dictionary:
+    """Read a SAELens directory (see the module docstring for what each architecture becomes)."""
+    p = Path(path)
+    cfg_file, w_file = p / CFG_FILENAME, p / WEIGHTS_FILENAME
+    for f in (cfg_file, w_file):
+        if not f.is_file():
+            raise LoadError(f"{f}: missing (a SAELens dictionary is a directory with {CFG_FILENAME} and {WEIGHTS_FILENAME}).")
+    raw = read_json(read_bytes(cfg_file), str(cfg_file))
+    if not isinstance(raw, dict):
+        raise LoadError(f"{cfg_file}: expected a JSON object, got {type(raw).__name__}.")
+    src = str(cfg_file)
+    cfg = _normalized_config(raw, src)
+    arch = cfg["architecture"]
+    if arch in _REFUSED_ARCHS:
+        raise LoadError(f"{src}: architecture {arch!r} is not a dictionary circuitalg represents: {_REFUSED_ARCHS[arch]}.")
+    if arch not in _SAE_ARCHS | _TRANSCODER_ARCHS:
+        known = ", ".join(sorted(_SAE_ARCHS | _TRANSCODER_ARCHS))
+        raise LoadError(f"{src}: unknown SAELens architecture {arch!r}; circuitalg reads {known}.")
+    transcoder = arch in _TRANSCODER_ARCHS
+    dt = np.dtype(dtype)
+
+    d_in = _positive_int(cfg, "d_in", src)
+    d_sae = _positive_int(cfg, "d_sae", src)
+    d_out = _positive_int(cfg, "d_out", src) if transcoder else d_in
+    if cfg.get("dtype", "float32") not in _DTYPES:
+        raise LoadError(f"{src}: dtype {cfg.get('dtype')!r} is not one SAELens knows ({', '.join(sorted(_DTYPES))}).")
+    pre_shift = _bool(cfg, "apply_b_dec_to_input", src, True)
+    if transcoder and pre_shift:
+        raise LoadError(f"{src}: apply_b_dec_to_input is true for a transcoder (SAELens refuses it: b_dec lives in the output space).")
+    norm = cfg["normalize_activations"]
+    if norm not in ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "covariance_whitening"):
+        raise LoadError(f"{src}: unknown normalize_activations {norm!r}.")
+    if norm in ("constant_norm_rescale", "layer_norm", "covariance_whitening") or (transcoder and norm != "none"):
+        raise LoadError(
+            f"{src}: normalize_activations = {norm!r} is not supported: "
+            + ("SAELens rescales each token's input and output by its own norm statistics, which is not a fixed "
+               "map a dictionary can hold." if norm in ("constant_norm_rescale", "layer_norm") else
+               "fold the whitening into the weights (SAELens's fold_activation_whitening) and save again."
+               if norm == "covariance_whitening" else "a transcoder's input scaling has no fold into its output.")
+        )
+    reshape = cfg.get("reshape_activations", "none") or "none"
+    if reshape not in ("none", "hook_z"):
+        raise LoadError(f"{src}: reshape_activations must be 'none' or 'hook_z', got {reshape!r}.")
+    if cfg.get("hook_head_index") is not None:
+        raise LoadError(
+            f"{src}: hook_head_index = {cfg['hook_head_index']!r}: the dictionary reads one attention head; circuitalg "
+            "reads whole hooks (attn.hook_z with the heads concatenated)."
+        )
+    if cfg.get("hook_name") is None:
+        raise LoadError(f"{src}: metadata.hook_name is missing; circuitalg needs the hook the dictionary reads.")
+    reads = parse_hook(cfg["hook_name"], src, "metadata.hook_name")
+    if reshape == "hook_z" and reads.kind is not HookKind.ATTN_Z:
+        raise LoadError(f"{src}: reshape_activations 'hook_z' on hook {cfg['hook_name']!r} (expected blocks.L.attn.hook_z).")
+    if transcoder:
+        if cfg.get("hook_name_out") is None:
+            raise LoadError(f"{src}: metadata.hook_name_out is missing; circuitalg needs the hook the transcoder writes.")
+        writes = parse_hook(cfg["hook_name_out"], src, "metadata.hook_name_out")
+    else:
+        writes = reads
+    kwargs = cfg.get("model_from_pretrained_kwargs") or {}
+    if isinstance(kwargs, Mapping) and kwargs.get("refactor_factored_attn_matrices") is True and HookKind.ATTN_Z in (reads.kind, writes.kind):
+        raise LoadError(f"{src}: the model was loaded with refactor_factored_attn_matrices, which changes attn.hook_z.")
+    preprocessing = _preprocessing(cfg, src)
+
+    tensors, _ = read_tensors(w_file)
+    W_enc = _take(tensors, "W_enc", (d_in, d_sae), w_file, "(d_in, d_sae)", dt)
+    W_dec = _take(tensors, "W_dec", (d_sae, d_out), w_file, "(d_sae, d_out)" if transcoder else "(d_sae, d_in)", dt)
+    b_dec = _take(tensors, "b_dec", (d_out,), w_file, "(d_out,)" if transcoder else "(d_in,)", dt)
+    notes: list[str] = []
+    if "scaling_factor" in tensors:
+        s = _take(tensors, "scaling_factor", (d_sae,), w_file, "(d_sae,): the pre-6 finetuning scale", dt)
+        if not np.allclose(s, 1.0):
+            if not cfg.get("finetuning_scaling_factor"):
+                raise LoadError(f"{w_file}: tensor 'scaling_factor' is not all ones but {CFG_FILENAME} has finetuning_scaling_factor false.")
+            W_dec = W_dec * s[:, None]
+            notes.append("finetuning scaling_factor folded into W_dec")
+    if norm == "expected_average_only_in":
+        s = dt.type(_scaler_factor(p))
+        W_enc, W_dec, b_dec = W_enc * s, W_dec / s, b_dec / s
+        notes.append(f"activation_scaler scaling_factor {float(s)!r} folded (W_enc * s, W_dec / s, b_dec / s)")
+    else:
+        s = None
+
+    if arch == "gated":
+        b_gate = _take(tensors, "b_gate", (d_sae,), w_file, "(d_sae,)", dt)
+        b_mag = _take(tensors, "b_mag", (d_sae,), w_file, "(d_sae,)", dt)
+        r_mag = _take(tensors, "r_mag", (d_sae,), w_file, "(d_sae,)", dt)
+        scale = np.exp(r_mag)
+        W_enc = W_enc * scale
+        b_enc = b_mag
+        activation = JumpReLU(b_mag - b_gate * scale, relu=True)
+        notes.append("gated: magnitude path as the encoder, the gate as JumpReLU threshold b_mag - b_gate * exp(r_mag)")
+    else:
+        b_enc = _take(tensors, "b_enc", (d_sae,), w_file, "(d_sae,)", dt)
+        if arch in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
+            if "threshold" not in tensors and "log_threshold" in tensors:
+                threshold = np.exp(_take(tensors, "log_threshold", (d_sae,), w_file, "(d_sae,)", dt))
+            else:
+                threshold = _take(tensors, "threshold", (d_sae,), w_file, "(d_sae,): the JumpReLU thresholds", dt)
+            activation = JumpReLU(threshold, relu=True)
+        elif arch in ("topk", "abstopk", "batchtopk", "matryoshka_batchtopk"):
+            rescale = _bool(cfg, "rescale_acts_by_decoder_norm", src, arch in ("batchtopk", "matryoshka_batchtopk"))
+            if arch in ("batchtopk", "matryoshka_batchtopk"):
+                t = _take(tensors, "topk_threshold", (), w_file, "a scalar: the learned BatchTopK threshold", np.dtype(np.float64))
+                t = float(t) / (float(s) if s is not None and rescale else 1.0)
+                activation = BatchTopK(t)
+            else:
+                k = _positive_int(cfg, "k", src, 100)
+                if k > d_sae:
+                    raise LoadError(f"{src}: k = {k} exceeds d_sae = {d_sae}.")
+                activation = TopK(k) if arch == "topk" else TopK(k, relu=False, absolute=True)
+            if rescale:
+                W_enc, b_enc, W_dec = _fold_decoder_norms(W_enc, b_enc, W_dec, w_file)
+                notes.append("rescale_acts_by_decoder_norm folded (decoder rows at unit norm)")
+        else:
+            activation = ReLU()
+    W_skip = None
+    if arch in ("skip_transcoder", "jumprelu_skip_transcoder"):
+        W_skip = _take(tensors, "W_skip", (d_out, d_in), w_file, "(d_out, d_in)", dt)
+    if tensors:
+        raise LoadError(f"{w_file}: unexpected tensor(s) {sorted(tensors)} for SAELens architecture {arch!r}.")
+
+    kind = (DictionaryKind.SKIP_TRANSCODER if W_skip is not None else DictionaryKind.TRANSCODER) if transcoder else DictionaryKind.SAE
+    return Dictionary(
+        name=p.resolve().name or NAME,
+        kind=kind,
+        reads=(reads,),
+        writes=(writes,),
+        W_enc=(W_enc.T,),
+        b_enc=b_enc,
+        W_dec=(W_dec.T,),
+        b_dec=(b_dec,),
+        activation=activation,
+        pre_shift=pre_shift,
+        W_skip=W_skip,
+        preprocessing=preprocessing,
+        dtype=dt,
+        meta={"format": NAME, "architecture": arch, "config": raw, "notes": notes},
+    )
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+def _architecture(d: Dictionary) -> tuple[str, dict[str, Any], np.ndarray | None]:
+    """SAELens architecture, extra config and threshold vector for ``d`` (InvalidArgumentError if
+    SAELens has no architecture computing what ``d`` computes)."""
+    act = d.activation
+    what = f"save_dictionary(format='saelens'): dictionary {d.name!r}"
+    transcoder = d.kind in (DictionaryKind.TRANSCODER, DictionaryKind.SKIP_TRANSCODER)
+    skip = "skip_" if d.W_skip is not None else ""
+    F = d.n_features
+    if isinstance(act, ReLU):
+        return ("transcoder" if not skip else "skip_transcoder") if transcoder else "standard", {}, None
+    if isinstance(act, (JumpReLU, BatchTopK)):
+        if isinstance(act, JumpReLU):
+            if not act.relu and np.any(act.threshold < 0):
+                raise InvalidArgumentError(
+                    f"{what}: JumpReLU(relu=False) with negative thresholds keeps negative values; SAELens's JumpReLU "
+                    "applies a ReLU first, so it cannot be written."
+                )
+            t = np.broadcast_to(act.threshold, (F,))
+        else:
+            t = np.full(F, act.threshold)
+        return (f"jumprelu_{skip}transcoder" if transcoder else "jumprelu"), {}, t
+    if isinstance(act, TopK):
+        if transcoder:
+            raise InvalidArgumentError(f"{what}: SAELens has no TopK transcoder architecture.")
+        if act.rank_weights is not None:
+            raise InvalidArgumentError(f"{what}: TopK with rank_weights has no SAELens architecture (rescale_acts_by_decoder_norm ranks and scales by the decoder norms).")
+        if act.absolute:
+            return "abstopk", {"k": act.k, "rescale_acts_by_decoder_norm": False}, None
+        if not act.relu:
+            raise InvalidArgumentError(f"{what}: TopK(relu=False) has no SAELens architecture (its topk applies a ReLU).")
+        return "topk", {"k": act.k, "rescale_acts_by_decoder_norm": False}, None
+    raise InvalidArgumentError(f"{what}: SAELens has no architecture with activation {type(act).__name__}.")
+
+
+def save(d: Dictionary | DictionarySet, path: Path) -> None:
+    """Write ``d`` as ``cfg.json`` + ``sae_weights.safetensors`` in directory ``path`` (the
+    version-6 layout ``sae_lens.SAE.load_from_disk`` reads), in ``d``'s dtype.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``d`` is not something SAELens represents (a set, a cross-layer transcoder or crosscoder,
+        several hooks, a skip bias, an activation without a SAELens architecture).
+    """
+    from safetensors.numpy import save_file
+
+    what = f"save_dictionary(format='saelens'): {getattr(d, 'name', d)!r}"
+    if isinstance(d, DictionarySet):
+        raise InvalidArgumentError(f"{what}: SAELens stores one dictionary per directory; save each member of the set on its own.")
+    if d.kind not in (DictionaryKind.SAE, DictionaryKind.TRANSCODER, DictionaryKind.SKIP_TRANSCODER):
+        raise InvalidArgumentError(f"{what}: SAELens has no {d.kind.value} architecture (it writes SAEs, transcoders and skip transcoders).")
+    if len(d.reads) != 1 or len(d.writes) != 1:
+        raise InvalidArgumentError(f"{what}: SAELens dictionaries read and write one hook each.")
+    transcoder = d.kind is not DictionaryKind.SAE
+    if not transcoder and (d.reads != d.writes or d.W_skip is not None):
+        raise InvalidArgumentError(f"{what}: an SAE must read and write the same hook, without a skip map.")
+    if transcoder and d.pre_shift:
+        raise InvalidArgumentError(f"{what}: SAELens transcoders cannot subtract b_dec from their input (apply_b_dec_to_input).")
+    if d.kind is DictionaryKind.SKIP_TRANSCODER and d.W_skip is None:
+        raise InvalidArgumentError(f"{what}: a skip transcoder without W_skip.")
+    if d.b_skip is not None:
+        raise InvalidArgumentError(f"{what}: SAELens's skip transcoders have no skip bias (b_skip).")
+    arch, extra, threshold = _architecture(d)
+    dt = d.dtype
+    tensors = {
+        "W_enc": np.ascontiguousarray(d.W_enc[0].T, dtype=dt),
+        "b_enc": np.ascontiguousarray(d.b_enc, dtype=dt),
+        "W_dec": np.ascontiguousarray(d.W_dec[0].T, dtype=dt),
+        "b_dec": np.ascontiguousarray(d.b_dec[0], dtype=dt),
+    }
+    if threshold is not None:
+        tensors["threshold"] = np.ascontiguousarray(threshold, dtype=dt)
+    if d.W_skip is not None:
+        tensors["W_skip"] = np.ascontiguousarray(d.W_skip, dtype=dt)
+    hook = d.reads[0]
+    metadata: dict[str, Any] = {
+        "sae_lens_version": _WRITE_VERSION,
+        "sae_lens_training_version": _WRITE_VERSION,
+        "hook_name": hook.hook_name,
+        "hook_head_index": None,
+        "model_from_pretrained_kwargs": {k: True for k in sorted(d.preprocessing)},
+    }
+    model_name = d.meta.get("model_name") if isinstance(d.meta, Mapping) else None
+    if isinstance(model_name, str):
+        metadata["model_name"] = model_name
+    cfg: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": int(d.d_in[0]),
+        "d_sae": int(d.n_features),
+        "dtype": np.dtype(dt).name,
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(d.pre_shift),
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if hook.kind is HookKind.ATTN_Z and not transcoder else "none",
+        **extra,
+        "metadata": metadata,
+    }
+    if transcoder:
+        cfg["d_out"] = int(d.d_out[0])
+        metadata["hook_name_out"] = d.writes[0].hook_name
+        metadata["hook_head_index_out"] = None
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"{what}: {out} exists and is not a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(out / CFG_FILENAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))

@@ -1,0 +1,260 @@
+"""OpenMOSS lm-saes / Llama Scope sparse autoencoders and transcoders (``llamascopium``, pinned
+against 2.0.0b34; Llama Scope's released layout as SAELens 6.54 reads it).
+
+llamascopium (``SparseAutoEncoder.save_pretrained`` + ``SAEConfig.save_hyperparameters``)
+    ``config.json`` with ``sae_type: "sae"``, ``d_model``, ``expansion_factor``, ``act_fn``
+    (``relu``, ``jumprelu``, ``topk``), ``top_k``, ``norm_activation``,
+    ``sparsity_include_decoder_norm``, ``use_decoder_bias``, ``hook_point_in``,
+    ``hook_point_out``; weights in ``sae_weights.safetensors`` (or ``sae_weights.pt``,
+    ``checkpoints/final.safetensors``...): ``W_E (d, F)``, ``b_E (F,)``, ``W_D (F, d)``,
+    ``b_D (d,)``, ``activation_function.log_jumprelu_threshold (F,)``,
+    ``dataset_average_activation_norm.<hook> ()``. ``hook_point_in != hook_point_out`` is a
+    transcoder.
+
+    ``SparseAutoEncoder.encode``: ``h = x W_E + b_E``; with ``sparsity_include_decoder_norm``
+    the activation sees ``h * ||W_D[i]||`` and its result is divided back, so JumpReLU keeps
+    ``h > exp(log_threshold) / ||W_D[i]||`` and TopK ranks by ``h * ||W_D[i]||`` (``TopK`` with
+    ``rank_weights``); ``relu`` is unaffected. ``dataset-wise`` normalization multiplies the input
+    by ``s_in = sqrt(d_model) / norm[hook_point_in]`` before encoding and the reconstruction is
+    divided by ``s_out`` (``normalize_activations`` / ``denormalize_activations``): the loader
+    folds ``s_in`` into ``W_enc`` and ``1 / s_out`` into ``W_dec`` and ``b_dec``, so the
+    dictionary maps raw activations to raw activations and its features are the library's
+    (normalized-scale) feature activations. ``inference`` needs no scaling; ``token-wise`` and
+    ``batch-wise`` are not affine in the input and are refused, as are ``batchtopk`` (a batch
+    operation at inference), GLU encoders and other ``sae_type``s.
+
+Llama Scope on the Hugging Face Hub (``hyperparams.json`` + ``checkpoints/final.safetensors``)
+    torch ``Linear`` names: ``encoder.weight (F, d)``, ``encoder.bias``, ``decoder.weight (d, F)``,
+    ``decoder.bias``, and a scalar ``jump_relu_threshold``. Read as SAELens's ``llama_scope``
+    loader reads it: JumpReLU with threshold ``jump_relu_threshold * sqrt(d_model) /
+    dataset_average_activation_norm["in"]`` on ``x @ encoder.weightᵀ + encoder.bias`` of the raw
+    input, and no other scaling.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitalg.errors import InvalidArgumentError, LoadError
+from circuitalg.features.activations import JumpReLU, ReLU, TopK
+from circuitalg.features.dictionary import Dictionary, DictionaryKind
+from circuitalg.features.hooks import Hook
+from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
+
+__all__ = ["NAME", "detect", "load"]
+
+NAME = "lm_saes"
+CONFIG = "config.json"
+LLAMA_SCOPE_CONFIG = "hyperparams.json"
+#: where llamascopium's ``from_local`` looks for the weights, in its order
+WEIGHT_FILES = (
+    "sae_weights.safetensors", "sae_weights.pt", "checkpoints/pruned.safetensors", "checkpoints/pruned.pt",
+    "checkpoints/final.safetensors", "checkpoints/final.pt",
+)
+
+
+def _weights(p: Path) -> Path | None:
+    return next((p / w for w in WEIGHT_FILES if (p / w).is_file()), None)
+
+
+def detect(path: Path) -> bool:
+    """A directory with llamascopium's ``config.json`` (``sae_type``) and weights, or Llama
+    Scope's ``hyperparams.json`` and ``checkpoints/final.safetensors``."""
+    p = Path(path)
+    if not p.is_dir() or _weights(p) is None:
+        return False
+    for name, key in ((CONFIG, "sae_type"), (LLAMA_SCOPE_CONFIG, "d_model")):
+        f = p / name
+        if f.is_file():
+            try:
+                cfg = read_json(read_bytes(f), str(f))
+            except LoadError:
+                continue
+            if isinstance(cfg, dict) and key in cfg and "hook_point_in" in cfg:
+                return True
+    return False
+
+
+def _field(cfg: dict[str, Any], key: str, kinds: tuple[type, ...], source: str, default: Any = ...) -> Any:
+    if key not in cfg:
+        if default is ...:
+            raise LoadError(f"{source}: field {key!r} is missing.")
+        return default
+    v = cfg[key]
+    if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+        raise LoadError(f"{source}: field {key!r} = {v!r}, expected {' or '.join(k.__name__ for k in kinds)}.")
+    return v
+
+
+def _hook(name: Any, source: str, key: str) -> Hook:
+    try:
+        return Hook.parse(name)
+    except InvalidArgumentError as exc:
+        raise LoadError(f"{source}: field {key!r}: {exc}") from None
+
+
+def _numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach"):
+        import torch
+
+        t = v.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.to(torch.float32)
+        return t.numpy()
+    return np.asarray(v)
+
+
+def _tensors(file: Path) -> dict[str, np.ndarray]:
+    raw, _ = read_tensors(file)
+    if file.suffix == ".pt":  # llamascopium's torch checkpoint: {"sae": state_dict, "version": ...}
+        raw = raw.get("sae", raw) if isinstance(raw.get("sae"), dict) else raw
+    return {k: _numpy(v) for k, v in raw.items()}
+
+
+def _take(t: dict[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str) -> np.ndarray:
+    if name not in t:
+        raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
+    a = t[name]
+    if a.dtype.kind != "f":
+        raise LoadError(f"{file}: tensor {name!r} has dtype {a.dtype}, expected floating point.")
+    if tuple(a.shape) != shape:
+        raise LoadError(f"{file}: tensor {name!r} has shape {tuple(a.shape)}, expected {shape} ({why}).")
+    if not np.all(np.isfinite(a)):
+        raise LoadError(f"{file}: tensor {name!r} holds non-finite values (NaN or infinity).")
+    return a
+
+
+def _positive_norm(t: dict[str, np.ndarray], hook: str, file: Path) -> float:
+    key = f"dataset_average_activation_norm.{hook}"
+    v = _take(t, key, (), file, "the dataset-wise average activation norm at this hook (norm_activation: dataset-wise)")
+    v = float(v)
+    if not v > 0:
+        raise LoadError(f"{file}: tensor {key!r} = {v}, expected a positive norm.")
+    return v
+
+
+def _decoder_norms(W_D: np.ndarray, file: Path) -> np.ndarray:
+    n = np.linalg.norm(W_D.astype(np.float64), axis=1)
+    if not np.all(n > 0):
+        raise LoadError(f"{file}: tensor 'W_D' has zero rows (features {np.flatnonzero(n == 0)[:5].tolist()}); "
+                        "sparsity_include_decoder_norm divides by the decoder norms.")
+    return n
+
+
+def load(path: Path, dtype: Any = np.float64) -> Dictionary:
+    """Read an lm-saes / Llama Scope directory (see the module docstring)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise LoadError(f"{p}: expected lm-saes's directory (config.json and sae_weights.safetensors).")
+    if (p / CONFIG).is_file():
+        return _load_llamascopium(p, np.dtype(dtype))
+    if (p / LLAMA_SCOPE_CONFIG).is_file():
+        return _load_llama_scope(p, np.dtype(dtype))
+    raise LoadError(f"{p}: neither {CONFIG} (llamascopium) nor {LLAMA_SCOPE_CONFIG} (Llama Scope) is there.")
+
+
+def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary:
+    cfile = p / CONFIG
+    source = str(cfile)
+    cfg = read_json(read_bytes(cfile), source)
+    if not isinstance(cfg, dict):
+        raise LoadError(f"{source}: expected a JSON object (llamascopium's SAEConfig).")
+    sae_type = cfg.get("sae_type")
+    if sae_type != "sae":
+        raise LoadError(f"{source}: field 'sae_type' = {sae_type!r}; circuitalg reads llamascopium's 'sae' (SAEs and transcoders).")
+    d = _field(cfg, "d_model", (int,), source)
+    ef = _field(cfg, "expansion_factor", (int, float), source)
+    F = int(d * ef)
+    if d < 1 or F < 1:
+        raise LoadError(f"{source}: d_model={d}, expansion_factor={ef}: expected positive sizes.")
+    act = _field(cfg, "act_fn", (str,), source, "relu")
+    norm = _field(cfg, "norm_activation", (str,), source, "dataset-wise")
+    decnorm = _field(cfg, "sparsity_include_decoder_norm", (bool,), source, True)
+    use_bias = _field(cfg, "use_decoder_bias", (bool,), source, True)
+    if _field(cfg, "use_glu_encoder", (bool,), source, False):
+        raise LoadError(f"{source}: field 'use_glu_encoder' is true; a GLU encoder is not an affine map, so circuitalg cannot read it.")
+    hin_name = _field(cfg, "hook_point_in", (str,), source)
+    hout_name = _field(cfg, "hook_point_out", (str,), source)
+    hin, hout = _hook(hin_name, source, "hook_point_in"), _hook(hout_name, source, "hook_point_out")
+    wfile = _weights(p)
+    if wfile is None:
+        raise LoadError(f"{p}: no weights file ({', '.join(WEIGHT_FILES)}).")
+    t = _tensors(wfile)
+    W_E = _take(t, "W_E", (d, F), wfile, "encoder, (d_model, d_sae)")
+    b_E = _take(t, "b_E", (F,), wfile, "encoder bias")
+    W_D = _take(t, "W_D", (F, d), wfile, "decoder rows, (d_sae, d_model)")
+    b_D = _take(t, "b_D", (d,), wfile, "decoder bias") if use_bias else np.zeros(d, dtype=W_D.dtype)
+    if norm == "dataset-wise":
+        s_in = math.sqrt(d) / _positive_norm(t, hin_name, wfile)
+        s_out = math.sqrt(d) / _positive_norm(t, hout_name, wfile)
+    elif norm == "inference":
+        s_in = s_out = 1.0
+    else:
+        raise LoadError(f"{source}: field 'norm_activation' = {norm!r}; circuitalg reads 'dataset-wise' and 'inference' "
+                        "(token-wise and batch-wise scaling is not an affine map of the input).")
+    if act == "relu":
+        activation = ReLU()
+    elif act == "jumprelu":
+        log_thr = _take(t, "activation_function.log_jumprelu_threshold", (F,), wfile, "log of the JumpReLU threshold per feature")
+        thr = np.exp(log_thr)  # in the file's precision, as the library exponentiates it
+        if decnorm:
+            thr = thr.astype(np.float64) / _decoder_norms(W_D, wfile)
+        activation = JumpReLU(thr)
+    elif act == "topk":
+        k = _field(cfg, "top_k", (int,), source, 50)
+        if not 1 <= k <= F:
+            raise LoadError(f"{source}: field 'top_k' = {k}, expected 1..{F}.")
+        activation = TopK(k, relu=True, rank_weights=_decoder_norms(W_D, wfile) if decnorm else None)
+    else:
+        raise LoadError(f"{source}: field 'act_fn' = {act!r}; circuitalg reads 'relu', 'jumprelu' and 'topk' "
+                        "('batchtopk' selects across the batch even at inference).")
+    W_enc = W_E.T.astype(np.float64) * s_in
+    W_dec = W_D.T.astype(np.float64) / s_out
+    b_dec = b_D.astype(np.float64) / s_out
+    kind = DictionaryKind.SAE if hin == hout else DictionaryKind.TRANSCODER
+    return Dictionary(
+        name=p.name, kind=kind, reads=(hin,), writes=(hout,), W_enc=(W_enc,), b_enc=b_E, W_dec=(W_dec,),
+        b_dec=(b_dec,), activation=activation, dtype=dtype,
+        meta={"format": NAME, **cfg, "input_scale": s_in, "output_scale": s_out, "weights": wfile.name},
+    )
+
+
+def _load_llama_scope(p: Path, dtype: np.dtype) -> Dictionary:
+    cfile = p / LLAMA_SCOPE_CONFIG
+    source = str(cfile)
+    cfg = read_json(read_bytes(cfile), source)
+    if not isinstance(cfg, dict):
+        raise LoadError(f"{source}: expected a JSON object (Llama Scope's hyperparameters).")
+    d = _field(cfg, "d_model", (int,), source)
+    F = _field(cfg, "d_sae", (int,), source, None)
+    if F is None:
+        F = int(d * _field(cfg, "expansion_factor", (int, float), source))
+    act = _field(cfg, "act_fn", (str,), source, "jumprelu")
+    if act != "jumprelu":
+        raise LoadError(f"{source}: field 'act_fn' = {act!r}; Llama Scope's releases are 'jumprelu'.")
+    thr = _field(cfg, "jump_relu_threshold", (int, float), source)
+    norms = _field(cfg, "dataset_average_activation_norm", (dict,), source)
+    n_in = norms.get("in")
+    if isinstance(n_in, bool) or not isinstance(n_in, (int, float)) or not n_in > 0:
+        raise LoadError(f"{source}: field 'dataset_average_activation_norm.in' = {n_in!r}, expected a positive number.")
+    hin = _hook(_field(cfg, "hook_point_in", (str,), source), source, "hook_point_in")
+    hout = _hook(_field(cfg, "hook_point_out", (str,), source, cfg.get("hook_point_in")), source, "hook_point_out")
+    wfile = p / "checkpoints" / "final.safetensors"
+    if not wfile.is_file():
+        raise LoadError(f"{wfile}: missing (Llama Scope keeps its weights in checkpoints/final.safetensors).")
+    t = _tensors(wfile)
+    W_enc = _take(t, "encoder.weight", (F, d), wfile, "encoder, (d_sae, d_model)")
+    b_enc = _take(t, "encoder.bias", (F,), wfile, "encoder bias")
+    W_dec = _take(t, "decoder.weight", (d, F), wfile, "decoder, (d_model, d_sae)")
+    b_dec = _take(t, "decoder.bias", (d,), wfile, "decoder bias")
+    threshold = float(thr) * math.sqrt(d) / float(n_in)
+    kind = DictionaryKind.SAE if hin == hout else DictionaryKind.TRANSCODER
+    return Dictionary(
+        name=p.name, kind=kind, reads=(hin,), writes=(hout,), W_enc=(W_enc,), b_enc=b_enc, W_dec=(W_dec,),
+        b_dec=(b_dec,), activation=JumpReLU(np.float64(threshold)), dtype=dtype,
+        meta={"format": NAME, "layout": "llama_scope", **cfg},
+    )

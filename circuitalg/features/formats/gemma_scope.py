@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import LoadError
+from circuitalg.errors import InvalidArgumentError, LoadError, ShapeError
 from circuitalg.features.activations import JumpReLU
 from circuitalg.features.dictionary import Dictionary, DictionaryKind
 from circuitalg.features.hooks import Hook, HookKind
@@ -209,17 +209,26 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         raise LoadError(f"{w_file}: an SAE at {reads} with W_enc {W_enc.shape} and W_dec {W_dec.shape} (d_in != d_out).")
     kind = DictionaryKind.SAE if not transcoder else (DictionaryKind.SKIP_TRANSCODER if skip is not None else DictionaryKind.TRANSCODER)
     cast = (lambda a: a.astype(dt, copy=False))
+    try:
+        return _dictionary(p, kind, reads, writes if transcoder else reads, cast(W_enc), cast(b_enc), cast(W_dec),
+                           cast(b_dec), cast(threshold), None if skip is None else cast(skip), dt,
+                           {"format": NAME, "gemma_scope_version": version, "config": cfg})
+    except (InvalidArgumentError, ShapeError) as e:
+        raise LoadError(f"{p}: the files do not make a valid dictionary: {e}") from None
+
+
+def _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, threshold, skip, dt, meta) -> Dictionary:
     return Dictionary(
         name=p.resolve().name or NAME,
         kind=kind,
         reads=(reads,),
-        writes=(writes if transcoder else reads,),
-        W_enc=(cast(W_enc).T,),
-        b_enc=cast(b_enc),
-        W_dec=(cast(W_dec).T,),
-        b_dec=(cast(b_dec),),
-        activation=JumpReLU(cast(threshold), relu=True),
-        W_skip=None if skip is None else cast(skip).T,
+        writes=(writes,),
+        W_enc=(W_enc.T,),
+        b_enc=b_enc,
+        W_dec=(W_dec.T,),
+        b_dec=(b_dec,),
+        activation=JumpReLU(threshold, relu=True),
+        W_skip=None if skip is None else skip.T,
         dtype=dt,
-        meta={"format": NAME, "gemma_scope_version": version, "config": cfg},
+        meta=meta,
     )

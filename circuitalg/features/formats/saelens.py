@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, LoadError
+from circuitalg.errors import InvalidArgumentError, LoadError, ShapeError
 from circuitalg.features.activations import BatchTopK, JumpReLU, ReLU, TopK
 from circuitalg.features.dictionary import PREPROCESSING, Dictionary, DictionaryKind, DictionarySet
 from circuitalg.features.hooks import Hook, HookKind
@@ -123,7 +123,7 @@ def _is_pre6(cfg: Mapping[str, Any]) -> bool:
 
 def _positive_int(cfg: Mapping[str, Any], key: str, source: str, default: Any = None) -> int:
     v = cfg.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()) or v < 1:
         raise LoadError(f"{source}: {key} must be a positive integer, got {v!r}.")
     return int(v)
 
@@ -173,6 +173,8 @@ def _normalized_config(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
         cfg.setdefault("finetuning_scaling_factor", False)
     if "architecture" not in cfg:
         raise LoadError(f"{source}: architecture is missing (a SAELens >= 6 config names it).")
+    if not isinstance(cfg["architecture"], str):
+        raise LoadError(f"{source}: architecture must be a string, got {cfg['architecture']!r}.")
     if cfg.get("normalize_activations") is None:
         cfg["normalize_activations"] = "none"
     return cfg
@@ -203,9 +205,13 @@ def _scaler_factor(path: Path) -> float:
         )
     data = read_json(read_bytes(f), str(f))
     s = data.get("scaling_factor") if isinstance(data, Mapping) else None
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not np.isfinite(s) or s <= 0:
+    try:
+        value = float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else float("nan")
+    except OverflowError:
+        value = float("inf")
+    if not np.isfinite(value) or value <= 0:
         raise LoadError(f"{f}: scaling_factor must be a positive finite number, got {s!r}.")
-    return float(s)
+    return value
 
 
 def _fold_decoder_norms(W_enc: np.ndarray, b_enc: np.ndarray, W_dec: np.ndarray, file: Path) -> tuple:
@@ -250,7 +256,7 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     d_in = _positive_int(cfg, "d_in", src)
     d_sae = _positive_int(cfg, "d_sae", src)
     d_out = _positive_int(cfg, "d_out", src) if transcoder else d_in
-    if cfg.get("dtype", "float32") not in _DTYPES:
+    if not isinstance(cfg.get("dtype", "float32"), str) or cfg.get("dtype", "float32") not in _DTYPES:
         raise LoadError(f"{src}: dtype {cfg.get('dtype')!r} is not one SAELens knows ({', '.join(sorted(_DTYPES))}).")
     pre_shift = _bool(cfg, "apply_b_dec_to_input", src, True)
     if transcoder and pre_shift:
@@ -349,6 +355,14 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         raise LoadError(f"{w_file}: unexpected tensor(s) {sorted(tensors)} for SAELens architecture {arch!r}.")
 
     kind = (DictionaryKind.SKIP_TRANSCODER if W_skip is not None else DictionaryKind.TRANSCODER) if transcoder else DictionaryKind.SAE
+    try:
+        return _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip,
+                           preprocessing, dt, {"format": NAME, "architecture": arch, "config": raw, "notes": notes})
+    except (InvalidArgumentError, ShapeError) as e:
+        raise LoadError(f"{p}: the files do not make a valid dictionary: {e}") from None
+
+
+def _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip, preprocessing, dt, meta):
     return Dictionary(
         name=p.resolve().name or NAME,
         kind=kind,
@@ -363,7 +377,7 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         W_skip=W_skip,
         preprocessing=preprocessing,
         dtype=dt,
-        meta={"format": NAME, "architecture": arch, "config": raw, "notes": notes},
+        meta=meta,
     )
 
 

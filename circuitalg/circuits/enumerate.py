@@ -9,6 +9,15 @@ source on the other side.
 QK terms whose query *and* key paths both pass through heads are not enumerated. A circuit's
 head count includes its QK sink head. The score is the Frobenius norm of the virtual weight.
 
+Features of bound dictionaries (:class:`~circuitalg.model.ids.FeatureId`) may be sources (the
+chain starts at the decoder column ``d_s`` its first reader sees), sinks (the encoder row
+``e_t`` that reads the chain: ``e_t W_OV^hk ... W_OV^h1 S``, a scalar ``e_t W_OV ... d_s`` from
+a feature source, and ``e_t d_s`` for the direct path) and the bare side of QK sinks (the QK
+sinks' bare side ranges over the sources). Heads enter only where depth allows: a head of
+layer ``l`` reads what was written at depth ``<= l`` and its output is read at depth
+``> l + 0.25`` (:mod:`circuitalg.circuits.circuit` states the rule). A feature sink reads the
+chain with a rank-one Gram matrix, so its bounds ``λmax(Z) = ‖W_Oᵀ e_tᵀ‖²`` are exact.
+
 The search works with ``d_head x d_head`` Gram matrices ``K = X Xᵀ`` of the chain
 ``P = W_O^g X`` (``K' = M K Mᵀ`` with ``M = W_V^g' W_O^g`` when extending to ``g'``); a
 circuit's squared score is ``tr(K Z)`` with ``Z = W_O^gᵀ G W_O^g`` for the sink's Gram
@@ -38,11 +47,21 @@ from typing import Any
 import numpy as np
 
 from circuitalg import runtime
-from circuitalg.circuits.circuit import SINK_SIDES, UNEMBED, Circuit, Sink, count_head_chains
+from circuitalg.circuits.circuit import (
+    FEATURE_SIDE,
+    SINK_SIDES,
+    UNEMBED,
+    Circuit,
+    FeatureVectors,
+    Sink,
+    bound_dictionaries,
+    count_head_chains,
+    feature_vectors,
+)
 from circuitalg.circuits.composition import check_model
 from circuitalg.errors import InvalidArgumentError, check_int
 from circuitalg.linalg import gram_factor
-from circuitalg.model.ids import HeadId, Source
+from circuitalg.model.ids import FeatureId, HeadId, Source
 from circuitalg.model.weights import Transformer
 from circuitalg.runtime import Runtime
 
@@ -114,8 +133,123 @@ def _check_args(model: Any, k: Any, max_heads: Any, sinks: Any) -> tuple[str, ..
     return sinks
 
 
-def count_circuits(model: Transformer, max_heads: int = 3, sinks: Sequence[str] = SINK_SIDES) -> int:
-    """How many circuits :func:`top_circuits` searches (what brute force would score)."""
+@dataclasses.dataclass(frozen=True)
+class _Ends:
+    """What a search with features starts and ends at: the sources (embeddings and features),
+    the sink sides, the feature sinks, and the features' vectors by id."""
+
+    sources: tuple[Source | FeatureId, ...]
+    sides: tuple[str, ...]
+    feature_sinks: tuple[FeatureId, ...]
+    vectors: dict[FeatureId, FeatureVectors]
+    dictionaries: dict[str, Any]
+
+
+def _ends(model: Transformer, k: Any, max_heads: Any, sinks: Any, sources: Any, dictionaries: Any) -> _Ends | None:
+    """Check the arguments; None when the search has no feature (today's search)."""
+    if isinstance(sinks, (str, FeatureId)):
+        sinks = (sinks,)
+    try:
+        sinks = tuple(sinks)
+    except TypeError:
+        raise InvalidArgumentError(f"sinks={sinks!r}; choose from {SINK_SIDES} or give ca.FeatureId sinks.") from None
+    feature_sinks = tuple(x for x in sinks if isinstance(x, FeatureId))
+    if sources is None and not feature_sinks:
+        if dictionaries is not None:
+            bound_dictionaries(check_model(model), dictionaries, "top_circuits")
+        _check_args(model, k, max_heads, sinks)
+        return None
+    check_model(model)
+    check_int("k", k, 1)
+    check_int("max_heads", max_heads, 0)
+    sides = tuple(x for x in sinks if not isinstance(x, FeatureId))
+    bad = [x for x in sides if x not in SINK_SIDES]
+    if bad or not sinks:
+        raise InvalidArgumentError(f"sinks={sinks!r}; choose from {SINK_SIDES} or give ca.FeatureId sinks.")
+    if len(set(sinks)) != len(sinks):
+        raise InvalidArgumentError(f"sinks={sinks!r} lists a sink twice.")
+    if sources is None:
+        srcs: tuple[Any, ...] = tuple(model.embedding_sources)
+    else:
+        if isinstance(sources, (Source, FeatureId)):
+            sources = (sources,)
+        try:
+            srcs = tuple(sources)
+        except TypeError:
+            raise InvalidArgumentError(f"sources={sources!r}; pass a sequence of ca.Source and ca.FeatureId.") from None
+        if not srcs:
+            raise InvalidArgumentError("sources is empty; pass at least one ca.Source or ca.FeatureId.")
+        if len(set(srcs)) != len(srcs):
+            raise InvalidArgumentError(f"sources={[x.name for x in srcs]} lists a source twice.")
+        for x in srcs:
+            if isinstance(x, Source):
+                if x not in model.embedding_sources:
+                    raise InvalidArgumentError(
+                        f"source {x.name}: the search starts at {[e.name for e in model.embedding_sources]} "
+                        "or at features (ca.FeatureId)."
+                    )
+            elif not isinstance(x, FeatureId):
+                raise InvalidArgumentError(f"sources: {x!r} is neither a ca.Source nor a ca.FeatureId.")
+    bound = bound_dictionaries(model, dictionaries, "top_circuits")
+    vectors = {f: feature_vectors(bound, f, "top_circuits")
+               for f in (*srcs, *feature_sinks) if isinstance(f, FeatureId)}
+    return _Ends(srcs, sides, feature_sinks, vectors, bound)
+
+
+def _first_layer(ends: _Ends, s: Source | FeatureId) -> int:
+    """The first layer whose heads read source ``s`` (a decoder written at depth ``b`` is read by
+    layers ``l >= b``)."""
+    return math.ceil(ends.vectors[s].write_depth) if isinstance(s, FeatureId) else 0
+
+
+def _sink_limit(ends: _Ends, t: FeatureId, n_layers: int) -> int:
+    """Heads of layers ``< limit`` write before feature ``t`` reads (``l + 0.25 < a``)."""
+    return min(max(math.ceil(ends.vectors[t].read_depth - 0.25), 0), n_layers)
+
+
+def _bare_reads(ends: _Ends, s: Source | FeatureId, t: FeatureId) -> bool:
+    """Whether sink ``t`` reads source ``s`` through the stream alone."""
+    return not isinstance(s, FeatureId) or ends.vectors[t].direct(ends.vectors[s]) is not None
+
+
+def _count(model: Transformer, max_heads: int, ends: _Ends) -> int:
+    """How many circuits a search with features scores (see :func:`count_circuits`)."""
+    L, H = model.config.n_layers, model.config.n_heads
+
+    def chains(lo: int, hi: int, max_len: int) -> int:
+        """Chains of 1..max_len heads in layers lo..hi-1."""
+        return sum(count_head_chains(hi, H, j, lo) for j in range(1, max_len + 1)) if hi > lo else 0
+
+    first = {s: _first_layer(ends, s) for s in ends.sources}
+    total = 0
+    for s in ends.sources:
+        f = first[s]
+        if "unembed" in ends.sides:
+            total += 1 + chains(f, L, max_heads)
+        if max_heads >= 1:
+            for side in ("k", "q"):
+                if side not in ends.sides:
+                    continue
+                for l in range(L):
+                    others = sum(1 for o in ends.sources if first[o] <= l)
+                    n = chains(f, l, max_heads - 1) + (f <= l)
+                    if side == "q" and "k" in ends.sides and f <= l:
+                        n -= 1  # the bare-bare term is counted once, under "k"
+                    total += H * others * n
+        for t in ends.feature_sinks:
+            total += _bare_reads(ends, s, t) + chains(f, _sink_limit(ends, t, L), max_heads)
+    return total
+
+
+def count_circuits(
+    model: Transformer, max_heads: int = 3, sinks: Sequence[Any] = SINK_SIDES, *,
+    sources: Sequence[Source | FeatureId] | None = None, dictionaries: Any = None,
+) -> int:
+    """How many circuits :func:`top_circuits` searches (what brute force would score); the
+    arguments are :func:`top_circuits`'s."""
+    ends = _ends(model, 1, max_heads, sinks, sources, dictionaries)
+    if ends is not None:
+        return _count(model, max_heads, ends)
     sinks = _check_args(model, 1, max_heads, sinks)
     L, H = model.config.n_layers, model.config.n_heads
     S = len(model.embedding_sources)  # embed, and pos with learned positions
@@ -143,9 +277,9 @@ class _VirtualWeights:
     per model): sources into heads (``W S Sᵀ Wᵀ``), writer to later head (the transition
     ``W_V^g2 W_O^g``) and heads into sinks (``W_O^gᵀ G W_O^g``)."""
 
-    def __init__(self, model: Transformer, sinks: tuple[str, ...], rt: Runtime) -> None:
+    def __init__(self, model: Transformer, sinks: tuple[str, ...], rt: Runtime, ends: _Ends | None = None) -> None:
         c = model.config
-        self.model, self.sinks = model, sinks
+        self.model, self.sinks, self.ends = model, sinks, ends
         self.L, self.H = c.n_layers, c.n_heads
         hw = model.head_weights.float64()
         self.heads: list[HeadId] = list(hw.ids())
@@ -154,16 +288,21 @@ class _VirtualWeights:
         self.W_V = [hw.W_V[l, h] for l, h in self.heads]
         self.W_O = [hw.W_O[l, h] for l, h in self.heads]
         # R_s with R_sᵀ R_s = S Sᵀ for each source S (cached on the leaf)
-        self.sources = model.embedding_sources
-        self.R_src = {s: _f(gram_factor(model.source_map(s), "rows")) for s in self.sources}
+        self.sources: tuple[Any, ...] = model.embedding_sources if ends is None else ends.sources
+        self.R_src = {s: _f(gram_factor(model.source_map(s), "rows")) for s in self.sources if isinstance(s, Source)}
         self.layer = np.array([l for l, _ in self.heads])
         n = len(self.heads)
         # W S Sᵀ Wᵀ for every head's W_V, W_Q, W_K and every source S: one product R_s Wᵀ of all
         # heads at a time per source and weight (a transient d_model x n d_head array)
         self.source_gram = {(s, X): _all_grams(R, [hw.W_Q, hw.W_K, hw.W_V]["QKV".index(X)], sinks, X)
                             for s, R in self.R_src.items() for X in "QKV"}
+        # sees[s][g]: head g reads source s (a feature's decoder written at depth <= its layer)
+        self.sees = {s: np.ones(n, dtype=bool) for s in self.R_src}
+        for s in self.sources:
+            if isinstance(s, FeatureId):
+                self._feature_source(s, [hw.W_Q, hw.W_K, hw.W_V])
         # first step: K_1(s, g) = W_V^g S Sᵀ W_V^gᵀ
-        self.K1 = {s: list(self.source_gram[(s, "V")]) for s in self.R_src}
+        self.K1 = {s: list(self.source_gram[(s, "V")]) for s in self.sources}
         # transitions M = W_V^g2 W_O^g for writer g and later reader g2: bounds on their norms for
         # every pair (_bound_transitions); the search forms the ones it follows on demand
         # (transition()): holding all 9,504 of GPT-2 small took 297 MiB
@@ -184,8 +323,12 @@ class _VirtualWeights:
             if side in sinks:
                 for g in range(n):
                     for s in self.sources:
-                        self.readers.append((side, g, s))
-                        self.reader_layer.append(int(self.layer[g]))
+                        if self.sees[s][g]:  # the bare side is read by the sink head
+                            self.readers.append((side, g, s))
+                            self.reader_layer.append(int(self.layer[g]))
+        for t in ends.feature_sinks if ends is not None else ():
+            self.readers.append((FEATURE_SIDE, -1, t))
+            self.reader_layer.append(_sink_limit(ends, t, self.L))
         self.reader_layer_arr = np.array(self.reader_layer, dtype=np.int64)
         # squared spectral norms from the d_head x d_head Gram matrices (batched; rounding is
         # covered by _SAFETY): ‖W_O‖₂² = λmax(W_OᵀW_O), ‖W_Q‖₂² = λmax(W_Q W_Qᵀ), ...
@@ -200,12 +343,49 @@ class _VirtualWeights:
             if kind == "unembed":
                 for g in range(n):
                     self.sigma[g, r] = np.linalg.eigvalsh(self.sink_gram(g, r))[-1]
+            elif kind == FEATURE_SIDE:  # Z = u uᵀ: λmax(Z) = ‖u‖², exact
+                for g in np.flatnonzero(self.layer < self.reader_layer[r]):
+                    u = self._feature_sink_vector(int(g), s)
+                    self.sigma[g, r] = float(u @ u)
             else:
                 lam = np.linalg.eigvalsh(self.other_gram(kind, h, s))[-1]
                 self.sigma[:, r] = self.read_norm2[kind][h] * lam * self.W_O_norm2
         # valid[g, rho]: a chain ending at head g may stop at reader rho (a later layer)
         self.valid = self.layer[:, None] < self.reader_layer_arr[None, :]
         self.sigma = np.where(self.valid, np.maximum(self.sigma, 0.0) * _SAFETY, 0.0)
+
+    def _feature_source(self, s: FeatureId, stacks: list[np.ndarray]) -> None:
+        """``source_gram`` and ``sees`` of feature source ``s``: ``(W v)(W v)ᵀ`` for each head's
+        ``W`` and the decoder ``v`` its layer reads (zero where it reads none)."""
+        fv = self.ends.vectors[s]  # type: ignore[union-attr]
+        n, dh = len(self.heads), self.model.config.d_head
+        v_by_layer = [fv.written(float(l)) for l in range(self.L)]
+        self.sees[s] = np.array([v_by_layer[l] is not None for l in self.layer], dtype=bool)
+        for X, W in zip("QKV", stacks):
+            if X != "V" and not ({"q", "k"} & set(self.sinks)):
+                self.source_gram[(s, X)] = np.zeros((0, dh, dh))
+                continue
+            G = np.zeros((n, dh, dh))
+            for g, (l, h) in enumerate(self.heads):
+                v = v_by_layer[l]
+                if v is not None:
+                    y = W[l, h] @ v
+                    G[g] = np.outer(y, y)
+            self.source_gram[(s, X)] = G
+
+    def _feature_sink_vector(self, g: int, t: FeatureId) -> np.ndarray:
+        """``u = W_O^gᵀ e_tᵀ`` for the encoder row ``e_t`` that reads head ``g``'s output."""
+        e = self.ends.vectors[t].read(self.layer[g] + 0.25)  # type: ignore[union-attr]
+        return self.W_O[g].T @ e
+
+    def source_visible(self, s: Any, r: int) -> bool:
+        """Whether reader ``r`` reads source ``s`` bare (no head between)."""
+        kind, h, _ = self.readers[r]
+        if kind == "unembed":
+            return True
+        if kind == FEATURE_SIDE:
+            return _bare_reads(self.ends, s, self.readers[r][2])  # type: ignore[arg-type]
+        return bool(self.sees[s][h])
 
     def sides(self, kind: str, h: int) -> tuple[np.ndarray, np.ndarray]:
         """``(W_read, W_other)`` of QK sink ``h``: the chain enters through ``W_K`` for key sinks
@@ -266,6 +446,9 @@ class _VirtualWeights:
             kind, h, s = self.readers[r]
             if kind == "unembed":
                 Z = _gram_of(self.G_U_factor @ self.W_O[g])
+            elif kind == FEATURE_SIDE:
+                u = self._feature_sink_vector(g, s)
+                Z = np.outer(u, u)
             else:
                 W_read = self.sides(kind, h)[0]
                 A = W_read @ self.W_O[g]
@@ -276,7 +459,16 @@ class _VirtualWeights:
     def bare_value(self, s: str, r: int) -> float:
         """Squared score of the circuit from bare source ``s`` into reader ``r``."""
         kind, h, other = self.readers[r]
-        R = self.R_src[s]
+        if isinstance(s, FeatureId):
+            fv = self.ends.vectors[s]  # type: ignore[union-attr]
+            if kind == "unembed":
+                return float(np.sum((self.G_U_factor @ fv.written(float(self.L))) ** 2))
+            if kind == FEATURE_SIDE:
+                return self.ends.vectors[other].direct(fv) ** 2  # type: ignore[union-attr, operator]
+        elif kind == FEATURE_SIDE:
+            e = self.ends.vectors[other].read(-math.inf)  # type: ignore[union-attr]
+            return float(np.sum((self.R_src[s] @ e) ** 2))  # ‖e S‖² = ‖R_s eᵀ‖²
+        R = self.R_src.get(s)
         if kind == "unembed":
             return float(np.linalg.norm(self.G_U_factor @ R.T) ** 2)
         G = self.source_gram[(s, "K" if kind == "k" else "Q")][h]  # W_read S Sᵀ W_readᵀ
@@ -303,7 +495,8 @@ def _gram_of(Y: np.ndarray) -> np.ndarray:
 
 
 def top_circuits(
-    model: Transformer, k: int = 10, max_heads: int = 3, sinks: Sequence[str] = SINK_SIDES
+    model: Transformer, k: int = 10, max_heads: int = 3, sinks: Sequence[Any] = SINK_SIDES, *,
+    sources: Sequence[Source | FeatureId] | None = None, dictionaries: Any = None,
 ) -> CircuitSearch:
     """The ``k`` circuits with the largest Frobenius norm, exactly (best-first branch and bound).
 
@@ -316,7 +509,16 @@ def top_circuits(
         that score exactly zero included.
     max_heads : int
         At most this many heads per circuit (a QK sink head counts).
-    sinks : sequence of {"unembed", "q", "k"}
+    sinks : sequence of {"unembed", "q", "k"} or FeatureId
+        Where circuits end; a :class:`~circuitalg.model.ids.FeatureId` ends at that feature's
+        encoder row (its score: the absolute value of the scalar ``e_t ... d_s`` from a feature
+        source, the norm of the row ``e_t ... S`` from an embedding).
+    sources : sequence of Source or FeatureId, optional
+        Where circuits start (and what the bare side of a QK sink ranges over): the model's
+        embeddings (the default) and features, each starting at its decoder column.
+    dictionaries : sequence of BoundDictionary, optional
+        The dictionaries the features belong to (:func:`circuitalg.features.binding.bind` to
+        this model; a bound dictionary set's tuple is accepted).
 
     Returns
     -------
@@ -325,8 +527,11 @@ def top_circuits(
         evaluated, the size of the space, and the bound that certifies every circuit that was
         not evaluated.
     """
-    sinks = _check_args(model, k, max_heads, sinks)
-    return _Search(_VirtualWeights(model, sinks, runtime.current()), k, max_heads).run()
+    ends = _ends(model, k, max_heads, sinks, sources, dictionaries)
+    if ends is None:
+        sinks = _check_args(model, k, max_heads, sinks)
+        return _Search(_VirtualWeights(model, sinks, runtime.current()), k, max_heads).run()
+    return _Search(_VirtualWeights(model, ends.sides, runtime.current(), ends), k, max_heads).run()
 
 
 #: ``on_score(circuit)``: called with every circuit the search evaluates, its ``score`` set
@@ -404,7 +609,8 @@ class _Search:
     def __init__(self, weights: _VirtualWeights, k: int, max_heads: int, on_score: ScoreHook | None = None) -> None:
         self.weights, self.k, self.max_heads, self.on_score = weights, k, max_heads, on_score
         n, R = len(weights.heads), len(weights.readers)
-        unembed_readers = [r for r in range(R) if weights.readers[r][0] == "unembed"]
+        # readers that take no head of their own (the unembedding, features)
+        unembed_readers = [r for r in range(R) if weights.readers[r][0] in ("unembed", FEATURE_SIDE)]
         # B[r][g]: bound on λmax of the sink Gram seen from head g's W_O with r more heads allowed
         stop_u = weights.sigma[:, unembed_readers].max(axis=1) if unembed_readers else np.zeros(n)
         stop_all = weights.sigma.max(axis=1) if R else np.zeros(n)
@@ -413,7 +619,7 @@ class _Search:
             ext = (weights.M_norm2 * self.B[r - 1][None, :]).max(axis=1) * _SAFETY if n else np.zeros(0)
             self.B.append(np.maximum(stop_all, ext))
         # can_stop[n][g]: a chain of n heads ending at head g has a reader it may stop at
-        is_unembed = np.array([side == "unembed" for side, _, _ in weights.readers], dtype=bool)
+        is_unembed = np.array([side in ("unembed", FEATURE_SIDE) for side, _, _ in weights.readers], dtype=bool)
         any_u = (weights.valid & is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
         any_qk = (weights.valid & ~is_unembed).any(axis=1) if R else np.zeros(n, dtype=bool)
         self.can_stop = [(any_u & (j <= max_heads)) | (any_qk & (j + 1 <= max_heads)) for j in range(max_heads + 1)]
@@ -427,7 +633,7 @@ class _Search:
     def threshold(self) -> float:
         return self.best[0][0] if len(self.best) == self.k else -1.0
 
-    def offer(self, v2: float, source: Source, chain: tuple[int, ...], r: int) -> None:
+    def offer(self, v2: float, source: Source | FeatureId, chain: tuple[int, ...], r: int) -> None:
         """Record an evaluated circuit of squared score ``v2``."""
         self.evaluated += 1
         kept = len(self.best) < self.k or v2 > self.best[0][0]
@@ -435,8 +641,13 @@ class _Search:
             return  # the common case once the top k fills: no Circuit is built
         weights = self.weights
         side, h, other = weights.readers[r]
-        sink = UNEMBED if side == "unembed" else Sink(side, weights.heads[h], other)
+        if side == FEATURE_SIDE:
+            sink = Sink(FEATURE_SIDE, feature=other)
+        else:
+            sink = UNEMBED if side == "unembed" else Sink(side, weights.heads[h], other)
         circ = Circuit(source, tuple(weights.heads[g] for g in chain), sink, weights.model, math.sqrt(max(v2, 0.0)))
+        if weights.ends is not None:
+            circ = dataclasses.replace(circ, dictionaries=weights.ends.dictionaries)
         if self.on_score is not None:
             self.on_score(circ)
         if not kept:
@@ -456,10 +667,10 @@ class _Search:
     def allowed(self, r: int, n_chain: int) -> bool:
         """May a chain of ``n_chain`` heads stop at reader ``r``?"""
         side = self.weights.readers[r][0]
-        return n_chain <= self.max_heads if side == "unembed" else n_chain + 1 <= self.max_heads
+        return n_chain <= self.max_heads if side in ("unembed", FEATURE_SIDE) else n_chain + 1 <= self.max_heads
 
     # -- the search ----------------------------------------------------------------------------
-    def add_node(self, source: Source, chain: tuple[int, ...], K: np.ndarray) -> None:
+    def add_node(self, source: Source | FeatureId, chain: tuple[int, ...], K: np.ndarray) -> None:
         weights, g = self.weights, chain[-1]
         self.visited += 1
         node = _Node(source, chain, K, max(float(np.trace(K)), 0.0))
@@ -497,11 +708,14 @@ class _Search:
                     continue
                 if side == "q" and "k" in weights.sinks:
                     continue  # the bare-bare QK term is listed once, as a key-side term
+                if weights.ends is not None and not weights.source_visible(s, r):
+                    continue  # the reader does not read the source (it is written later)
                 self.offer(weights.bare_value(s, r), s, (), r)
         if self.max_heads >= 1:
             for s in weights.sources:
                 for g in range(len(weights.heads)):
-                    self.add_node(s, (g,), weights.K1[s][g])
+                    if weights.sees[s][g]:
+                        self.add_node(s, (g,), weights.K1[s][g])
         while self.heap:
             neg, _, entry = heapq.heappop(self.heap)
             if -neg <= self.threshold():
@@ -509,6 +723,9 @@ class _Search:
                 break
             self.expand(entry)
         circuits = [c for _, _, c in sorted(self.best, key=lambda t: (-t[0], t[1]))]
-        total = count_circuits(weights.model, self.max_heads, weights.sinks)
+        if weights.ends is None:
+            total = count_circuits(weights.model, self.max_heads, weights.sinks)
+        else:
+            total = _count(weights.model, self.max_heads, weights.ends)
         bound = 0.0 if self.evaluated == total else math.sqrt(max(self.cert, 0.0))
         return CircuitSearch(circuits, self.visited, self.evaluated, total, bound)

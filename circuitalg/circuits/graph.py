@@ -15,6 +15,31 @@ composition score for head-to-head edges) and, for head-to-head edges, the rando
 ``baseline`` (mean) and ``baseline_std`` of :func:`~circuitalg.circuits.composition.composition_baseline`
 (NaN elsewhere). Weights are the model's view: norm weights are in them whether or not the
 model was folded.
+
+**Features.** With ``dictionaries`` (bound to the model) and a selection of their features
+(``features`` or ``top_features``), each selected feature is a node ``{dictionary}#{index}``
+(:class:`~circuitalg.model.ids.FeatureId`; attributes ``kind="feature"``, ``dictionary``,
+``index``, ``layer``, ``hook`` and ``depth`` of what it reads, ``write_hook`` and
+``write_depth`` of what it writes) that writes its decoder column ``d`` and reads with its
+encoder row ``e`` (binding's norm map in it for MLP-input reads). Its edges are the existing
+kinds, with the feature's vector as the writer's or the reader's map, and one new kind:
+
+- feature -> head ``q``/``k``/``v``, -> MLP ``in``/``gate``, -> ``unembed`` ``out``: ``R d``
+  for the reader map ``R`` (``W_QKᵀ d``, ``W_QK d``, ``W_OV d``, ``W_in d``, ``W_U d``);
+- writer -> feature, kind ``enc``: ``e W`` for the writer's map ``W`` (``W_E``, ``W_pos``,
+  ``W_OV``, ``W_out``);
+- feature -> feature, kind ``enc``: the scalar ``e_t d_s`` through the stream alone, also
+  stored signed as ``value``.
+
+``norm`` is the Frobenius norm (``|e_t d_s|`` between features) and ``score`` the norm divided
+by the product of the two maps' norms (the cosine ``e_t d_s / (‖e_t‖ ‖d_s‖)`` in absolute value
+between features). Edges follow depth (:mod:`circuitalg.circuits.circuit`): a component
+reading at depth ``r`` (a head of layer ``l``: ``l``, an MLP ``l + 0.5``, the unembedding
+``n_layers``) reads a decoder written at depth ``<= r``; an encoder reading at depth ``a`` reads
+writers at depth ``< a`` (heads ``l + 0.25``, MLPs ``l + 0.75``, embeddings first). A dictionary
+with several hooks contributes the columns (rows) the other end sees, summed; between two
+features ``Σ_{i,j: b_j < a_i} e_i d_j``, whose ``score`` divides by ``Σ_i ‖e_i‖ ‖Σ_{b_j < a_i}
+d_j‖``. Only selected features become nodes: no feature-by-feature matrix is ever formed.
 """
 
 from __future__ import annotations
@@ -28,6 +53,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from circuitalg.circuits.circuit import FeatureVectors, bound_dictionaries
 from circuitalg.circuits.composition import (
     COMPOSITION_KINDS,
     ZERO_FLOOR,
@@ -40,15 +66,16 @@ from circuitalg.errors import InvalidArgumentError, LoadError
 from circuitalg.files import atomic_write
 from circuitalg.linalg import gram_factor
 from circuitalg.maps.nodes import LinearMap
-from circuitalg.model.ids import EMBED, POS, HeadId, Source, layer_tag
+from circuitalg.model.ids import EMBED, POS, FeatureId, HeadId, Source, layer_tag
 from circuitalg.model.weights import Transformer
 
-__all__ = ["CircuitGraph", "EDGE_KINDS"]
+__all__ = ["CircuitGraph", "EDGE_KINDS", "feature_logit_norms", "top_logit_features"]
 
 #: Edge kinds: reads by a head's query, key and value sides, by an MLP (``in``; and ``gate`` for a
-#: gated MLP's gate), and by the unembedding.
-EDGE_KINDS = ("q", "k", "v", "in", "gate", "out")
+#: gated MLP's gate), by the unembedding, and by a feature's encoder (``enc``).
+EDGE_KINDS = ("q", "k", "v", "in", "gate", "out", "enc")
 _EXPORT_EDGE = ("kind", "norm", "score", "baseline", "baseline_std", "label")
+_EXPORT_OPTIONAL = ("value",)  # feature -> feature edges only
 
 
 #: A graph node's typed id: a head, a source (embed, pos, mlp{l}) or the unembedding.
@@ -96,18 +123,30 @@ class CircuitGraph:
     model : Transformer
     baselines : dict of kind -> CompositionBaseline, optional
         Defaults to :func:`composition_baseline` for ``q``, ``k``, ``v`` (seed 0).
+    dictionaries : sequence of BoundDictionary, optional
+        Dictionaries bound to ``model`` (:func:`circuitalg.features.binding.bind`; a bound
+        dictionary set's tuple is accepted) whose selected features become nodes.
+    features : mapping of dictionary name to indices, or sequence of FeatureId, optional
+        The features to add (only these).
+    top_features : int, optional
+        Instead of ``features``: the ``top_features`` features of each dictionary with the
+        largest logit effect ``‖W_U d‖`` (:func:`top_logit_features`).
     """
 
     def __init__(
         self, model: Transformer | None, baselines: dict[str, CompositionBaseline] | None = None, *,
-        graph: nx.MultiDiGraph | None = None,
+        graph: nx.MultiDiGraph | None = None, dictionaries: Any = None, features: Any = None,
+        top_features: int | None = None,
     ) -> None:
         self.model = model
         if graph is not None:
             self.nx = graph
             self.baselines = dict(baselines or {})
+            self.dictionaries = bound_dictionaries(model, dictionaries, "CircuitGraph") if dictionaries else {}
             return
         model = check_model(model)
+        self.dictionaries = bound_dictionaries(model, dictionaries, "CircuitGraph")
+        selected = _select_features(model, self.dictionaries, features, top_features)
         if baselines is not None and not (
             isinstance(baselines, dict)
             and all(k in COMPOSITION_KINDS and isinstance(v, CompositionBaseline) for k, v in baselines.items())
@@ -118,6 +157,8 @@ class CircuitGraph:
             )
         self.baselines = dict(baselines) if baselines else composition_baselines(model)
         self.nx = _build(model, self.baselines)
+        if selected:
+            _add_features(self.nx, model, selected)
 
     # -- queries ------------------------------------------------------------------------
     def edges(self, kind: str | Iterable[str] | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
@@ -160,7 +201,12 @@ class CircuitGraph:
             if above_baseline is not None and not d["score"] >= above_baseline * d["baseline"]:
                 continue  # NaN baselines fail this test
             _copy_edge(g, u, v, key, d)
-        return CircuitGraph(self.model, self.baselines, graph=g)
+        return self._like(g)
+
+    def _like(self, g: nx.MultiDiGraph) -> CircuitGraph:
+        out = CircuitGraph(self.model, self.baselines, graph=g)
+        out.dictionaries = self.dictionaries
+        return out
 
     def subgraph(self, nodes: Iterable[str]) -> CircuitGraph:
         """The graph induced on ``nodes`` (a copy)."""
@@ -172,7 +218,7 @@ class CircuitGraph:
         g.add_nodes_from((n, self.nx.nodes[n]) for n in nodes)
         for u, v, key, d in self.nx.subgraph(nodes).edges(keys=True, data=True):
             _copy_edge(g, u, v, key, d)
-        return CircuitGraph(self.model, self.baselines, graph=g)
+        return self._like(g)
 
     def __repr__(self) -> str:
         return f"<CircuitGraph {self.nx.number_of_nodes()} nodes, {self.nx.number_of_edges()} edges>"
@@ -182,7 +228,8 @@ class CircuitGraph:
         g = nx.MultiDiGraph(**{k: v for k, v in self.nx.graph.items() if isinstance(v, (str, int, float))})
         g.add_nodes_from(self.nx.nodes(data=True))
         for u, v, key, d in self.nx.edges(keys=True, data=True):
-            g.add_edge(u, v, key=key, **{k: d[k] for k in _EXPORT_EDGE})
+            extra = {k: d[k] for k in _EXPORT_OPTIONAL if k in d}
+            g.add_edge(u, v, key=key, **{k: d[k] for k in _EXPORT_EDGE}, **extra)
         return g
 
     def to_graphml(self, path: str | FilePath) -> None:
@@ -197,10 +244,11 @@ class CircuitGraph:
         atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
-    def read(cls, path: str | FilePath, model: Transformer | None = None) -> CircuitGraph:
+    def read(cls, path: str | FilePath, model: Transformer | None = None, *, dictionaries: Any = None) -> CircuitGraph:
         """Read a graph written by :meth:`to_graphml` (``.graphml``) or :meth:`to_json` (``.json``).
 
-        With ``model`` (the same model), each edge's lazy ``weight`` is rebuilt.
+        With ``model`` (the same model), each edge's lazy ``weight`` is rebuilt; a graph with
+        feature nodes needs their ``dictionaries`` too (bound to ``model``).
         """
         path = FilePath(path)
         if not path.is_file():
@@ -221,16 +269,24 @@ class CircuitGraph:
             missing = [k for k in _EXPORT_EDGE if k not in d]
             if missing:
                 raise LoadError(f"{path}: edge {u} -> {v} ({key}) lacks {missing}; was it written by circuitalg?")
+        bound: dict[str, Any] = {}
         if model is not None:
             check_model(model)
+            bound = bound_dictionaries(model, dictionaries, "CircuitGraph.read")
             reads = _reader_maps(model)
             writes = {_name(n): m for n, _, m, _ in _writers(model)}
+            vectors = _node_features(path, g, bound)
             for u, v, key, d in g.edges(keys=True, data=True):
                 try:
-                    d["weight"] = reads[(v, key)] @ writes[u]
-                except KeyError:
+                    if u in vectors or v in vectors:
+                        d["weight"] = _feature_weight(model, u, v, key, vectors, reads, writes)
+                    else:
+                        d["weight"] = reads[(v, key)] @ writes[u]
+                except (KeyError, InvalidArgumentError):
                     raise LoadError(f"{path}: edge {u} -> {v} ({key}) does not exist in {model.name}.") from None
-        return cls(model, graph=g)
+        out = cls(model, graph=g)
+        out.dictionaries = bound
+        return out
 
 
 def _kinds(kind: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -425,6 +481,214 @@ def _build(model: Transformer, baselines: dict[str, CompositionBaseline]) -> nx.
             )
             g[u][v][kind].maps = (rmap, wmap)  # the weight map is composed when first read
     return g
+
+
+# -- features -------------------------------------------------------------------------------
+def feature_logit_norms(bound: Any, *, block: int = 4096) -> np.ndarray:
+    """``‖W_U d_f‖`` for every feature ``f`` of a bound dictionary (``d_f`` the sum of its decoder
+    columns: the unembedding reads every written hook): ``(n_features,)``, float64, through the
+    unembedding's triangular Gram factor ``R`` (``RᵀR = W_UᵀW_U``), ``block`` features at a time."""
+    model = bound.model
+    R = _stream_reader(model, UNEMBED, "out")
+    dec = [bound.decoder_to_resid(j).array for j in range(len(bound.dictionary.writes))]
+    F = bound.dictionary.n_features
+    out = np.empty(F)
+    for s in range(0, F, block):
+        D = np.asarray(dec[0][:, s:s + block], dtype=np.float64)
+        for W in dec[1:]:
+            D = D + np.asarray(W[:, s:s + block], dtype=np.float64)
+        out[s:s + block] = np.sqrt(np.sum((R @ D) ** 2, axis=0))
+    return out
+
+
+def top_logit_features(bound: Any, n: int) -> list[int]:
+    """The ``n`` features of a bound dictionary with the largest logit effect
+    :func:`feature_logit_norms` (the norm of their ``out`` edge), largest first, ties to the
+    lower index."""
+    v = feature_logit_norms(bound)
+    order = np.argsort(-v, kind="stable")
+    return [int(i) for i in order[:n]]
+
+
+def _select_features(
+    model: Transformer, bound: dict[str, Any], features: Any, top_features: Any
+) -> list[FeatureVectors]:
+    """The feature nodes to add, in order (dictionaries in the given order, indices as given)."""
+    if features is not None and top_features is not None:
+        raise InvalidArgumentError("CircuitGraph: pass features= or top_features=, not both.")
+    if not bound:
+        if features is not None or top_features is not None:
+            raise InvalidArgumentError("CircuitGraph: features need dictionaries=[ca.features.bind(d, model), ...].")
+        return []
+    picks: list[tuple[str, int]] = []
+    if top_features is not None:
+        if isinstance(top_features, bool) or not isinstance(top_features, (int, np.integer)) or top_features < 1:
+            raise InvalidArgumentError(f"CircuitGraph: top_features must be a positive integer, got {top_features!r}.")
+        for name, b in bound.items():
+            picks += [(name, i) for i in top_logit_features(b, int(top_features))]
+    elif features is None:
+        raise InvalidArgumentError(
+            "CircuitGraph: dictionaries given without a selection; pass features={name: [indices]} or "
+            "top_features=n (only selected features become nodes)."
+        )
+    elif isinstance(features, dict):
+        for name, idx in features.items():
+            if name not in bound:
+                raise InvalidArgumentError(
+                    f"CircuitGraph: features names dictionary {name!r}, not among the dictionaries given ({sorted(bound)})."
+                )
+            if isinstance(idx, (int, np.integer)):
+                idx = [idx]
+            picks += [(name, i) for i in idx]
+    else:
+        for f in features:
+            if not isinstance(f, FeatureId):
+                raise InvalidArgumentError(
+                    f"CircuitGraph: features must map dictionary names to indices or list ca.FeatureId, got {f!r}."
+                )
+            picks.append((f.dictionary, f.index))
+    out: list[FeatureVectors] = []
+    seen: set[tuple[str, int]] = set()
+    for name, i in picks:
+        if name not in bound:
+            raise InvalidArgumentError(f"CircuitGraph: feature {name}#{i} names a dictionary not given ({sorted(bound)}).")
+        fv = FeatureVectors(bound[name], i)
+        if (name, fv.id.index) in seen:
+            raise InvalidArgumentError(f"CircuitGraph: feature {fv.id.name} is selected twice.")
+        seen.add((name, fv.id.index))
+        out.append(fv)
+    return out
+
+
+def _read_depth(model: Transformer, node: Node) -> float:
+    """Where a component reads the stream: a head of layer ``l`` at ``l``, an MLP at ``l + 0.5``,
+    the unembedding at ``n_layers``."""
+    if node == UNEMBED:
+        return float(model.config.n_layers)
+    if isinstance(node, HeadId):
+        return float(node.layer)
+    return node.layer + 0.5  # type: ignore[union-attr]
+
+
+def _write_depth(node: Node) -> float:
+    """Where a component writes: embeddings first, a head of layer ``l`` at ``l + 0.25``, an MLP
+    at ``l + 0.75``."""
+    if node in (EMBED, POS):
+        return -math.inf
+    if isinstance(node, HeadId):
+        return node.layer + 0.25
+    return node.layer + 0.75  # type: ignore[union-attr]
+
+
+def _node_of(name: str) -> Node:
+    if name == UNEMBED:
+        return UNEMBED
+    try:
+        return HeadId.parse(name)
+    except InvalidArgumentError:
+        return Source.parse(name)
+
+
+def _feature_weight(
+    model: Transformer, u: str, v: str, kind: str, vectors: dict[str, FeatureVectors],
+    reads: dict[tuple[str, str], LinearMap], writes: dict[str, LinearMap],
+) -> LinearMap:
+    """The lazy weight of a feature edge ``u -> v`` (module docstring)."""
+    if u in vectors and v in vectors:
+        return vectors[v].direct_map(vectors[u])
+    if u in vectors:
+        return reads[(v, kind)] @ vectors[u].write_map(_read_depth(model, _node_of(v)))
+    return vectors[v].read_map(_write_depth(_node_of(u))) @ writes[u]
+
+
+def _node_features(path: Any, g: nx.MultiDiGraph, bound: dict[str, Any]) -> dict[str, FeatureVectors]:
+    """The feature nodes of a graph read from ``path``, by name, from ``bound``."""
+    out = {}
+    for n, d in g.nodes(data=True):
+        if d.get("kind") != "feature":
+            continue
+        name, index = d.get("dictionary"), d.get("index")
+        if name not in bound:
+            raise LoadError(
+                f"{path}: node {n} is a feature of dictionary {name!r}; pass dictionaries=[...] with it (bound to the "
+                "model) to rebuild its edges' weights."
+            )
+        try:
+            out[n] = FeatureVectors(bound[name], int(index))
+        except (InvalidArgumentError, TypeError, ValueError):
+            raise LoadError(f"{path}: node {n}: feature index {index!r} is not in dictionary {name!r}.") from None
+    return out
+
+
+def _add_features(g: nx.MultiDiGraph, model: Transformer, selected: list[FeatureVectors]) -> None:
+    """Add the selected features' nodes and edges to ``g`` (module docstring)."""
+    nan = float("nan")
+    hw = model.head_weights.float64()
+    for fv in selected:
+        reads, writes = fv.hooks
+        g.add_node(
+            fv.id.name, kind="feature", dictionary=fv.id.dictionary, index=fv.id.index,
+            layer=_hook_layer(reads[0]), hook=",".join(reads), depth=min(a for a, _ in fv.reads),
+            write_hook=",".join(writes), write_depth=fv.write_depth, label=fv.id.name,
+        )
+
+    def edge(u: str, v: str, kind: str, num2: float, den2: float, label: str, maps: Any = None, **extra: Any) -> None:
+        norm = math.sqrt(max(num2, 0.0))
+        den = math.sqrt(den2)
+        g.add_edge(u, v, key=kind, kind=kind, norm=norm, score=norm / den if den > 0 else 0.0,
+                   baseline=nan, baseline_std=nan, label=label, **extra)
+        if maps is not None:
+            g[u][v][kind].maps = maps
+
+    readers = _readers(model)
+    writers = _writers(model)
+    r_norm2 = {(rnode, kind): _reader_value(model, rnode, kind, None) for rnode, kind, _, _, _ in readers}
+    w_factor = {wnode: _factor(model, wnode, wmap) for wnode, _, wmap, _ in writers if not isinstance(wnode, HeadId)}
+    w_norm2 = {wnode: float(np.sum((w_factor[wnode] if wnode in w_factor else _factor(model, wnode, wmap)) ** 2))
+               for wnode, _, wmap, _ in writers}
+    for fv in selected:
+        name = fv.id.name
+        dec = f"dec^{{{name}}}"
+        # the feature's decoder read by heads, MLPs and the unembedding
+        for rnode, kind, _, rmap, rlabel in readers:
+            depth = _read_depth(model, rnode)
+            vec = fv.written(depth)
+            if vec is None:
+                continue
+            num2 = _reader_value(model, rnode, kind, vec[:, None])
+            den2 = float(vec @ vec) * r_norm2[(rnode, kind)]
+            edge(name, _name(rnode), kind, num2, den2, f"{rlabel} {dec}", (rmap, fv.write_map(depth)))
+        # writers read by the feature's encoder
+        for wnode, _, wmap, wlabel in writers:
+            depth = _write_depth(wnode)
+            row = fv.read(depth)
+            if row is None:
+                continue
+            if isinstance(wnode, HeadId):  # e W_O W_V, from the head's own factors
+                y = row @ hw.W_O[wnode.layer, wnode.head]
+                num2 = float(np.sum((y @ hw.W_V[wnode.layer, wnode.head]) ** 2))
+            else:  # ‖e W‖ = ‖e F‖ for the writer's factor F (F Fᵀ = W Wᵀ)
+                num2 = float(np.sum((row @ w_factor[wnode]) ** 2))
+            edge(_name(wnode), name, "enc", num2, float(row @ row) * w_norm2[wnode], f"enc^{{{name}}} {wlabel}",
+                 (fv.read_map(depth), wmap))
+    # feature -> feature through the stream alone
+    for t in selected:
+        for s in selected:
+            val = t.direct(s)
+            if val is None:
+                continue
+            den = math.fsum(
+                float(np.linalg.norm(r)) * float(np.linalg.norm(s.written(a, strict=True)))
+                for a, r in t.reads if s.written(a, strict=True) is not None
+            )
+            edge(s.id.name, t.id.name, "enc", val * val, den * den, f"enc^{{{t.id.name}}} dec^{{{s.id.name}}}",
+                 value=val)
+            g[s.id.name][t.id.name]["enc"]["weight"] = t.direct_map(s)
+
+
+def _hook_layer(hook_name: str) -> int:
+    """The layer of a TransformerLens hook name ``blocks.L....``."""
+    return int(hook_name.split(".")[1])
 
 
 def _copy_edge(g: nx.MultiDiGraph, u: str, v: str, key: str, d: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from circuitalg.errors import InvalidArgumentError
 
-__all__ = ["HeadId", "GroupId", "layer_name", "layer_tag", "Source", "SOURCE_KINDS", "EMBED", "POS"]
+__all__ = ["HeadId", "GroupId", "FeatureId", "layer_name", "layer_tag", "Source", "SOURCE_KINDS", "EMBED", "POS"]
 
 _HEAD_NAME = re.compile(r"^L(\d+)H(\d+)$")
 
@@ -61,6 +61,34 @@ class GroupId(NamedTuple):
 
     def __str__(self) -> str:
         return self.name
+
+
+class FeatureId(NamedTuple):
+    """Feature ``index`` of the dictionary named ``dictionary``; printed ``{dictionary}#{index}``
+    (e.g. ``res8#1234``), the label :func:`circuitalg.features.dictionary.feature_names` gives.
+
+    A named tuple, so it unpacks as ``name, i = feature_id``.
+    """
+
+    dictionary: str
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dictionary}#{self.index}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> FeatureId:
+        """``"res8#1234"`` -> ``FeatureId("res8", 1234)`` (the last ``#`` separates the index)."""
+        dictionary, sep, index = name.rpartition("#") if isinstance(name, str) else ("", "", "")
+        if not sep or not dictionary or not index.isdigit() or not index.isascii():
+            raise InvalidArgumentError(
+                f"{name!r} is not a feature name; features are named like 'res8#1234' (dictionary res8, feature 1234)."
+            )
+        return cls(dictionary, int(index))
 
 
 def layer_name(layer: int) -> str:

@@ -316,6 +316,28 @@ def test_expected_average_only_in_with_the_checkpoint_scaler(tmp_path, arch, dty
     _compare(f"{arch} expected_average_only_in", d, _reference(ref, x), x, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_name)
+def test_old_log_threshold_and_carried_metadata(tmp_path, dtype) -> None:
+    """Older JumpReLU training checkpoints store ``log_threshold`` (sae-lens's training class
+    exponentiates it on loading); the writer keeps the model and data metadata of a dictionary read
+    from SAELens."""
+    path = _saved_sae(tmp_path, "jumprelu", dtype, False)
+    t = load_file(str(path / "sae_weights.safetensors"))
+    t["log_threshold"] = np.log(np.abs(t.pop("threshold")) + 0.1)
+    save_file(t, str(path / "sae_weights.safetensors"))
+    _edit_cfg(path, lambda c: c["metadata"].update(model_name="gpt2-small", context_size=128))
+    d = load_dictionary(path, dtype=dtype)
+    sd = {k: torch.from_numpy(v) for k, v in t.items()}
+    JumpReLUTrainingSAE.process_state_dict_for_loading(None, sd)  # sae-lens's own conversion
+    ref = JumpReLUSAE(_cfg(JumpReLUSAEConfig, dtype, apply_b_dec_to_input=False))
+    ref.load_state_dict(sd)
+    x = _x(dtype)
+    _compare("jumprelu log_threshold", d, _reference(ref, x), x, dtype)
+    out = save_dictionary(d, tmp_path / "w", format="saelens")
+    meta = json.loads((out / "cfg.json").read_text())["metadata"]
+    assert meta["model_name"] == "gpt2-small" and meta["context_size"] == 128 and meta["hook_name"] == HOOK
+
+
 def test_hook_z_sae_equals_sae_lens_on_flattened_heads(tmp_path) -> None:
     sae = StandardSAE(_cfg(StandardSAEConfig, np.float64, d_in=8, hook_name="blocks.1.attn.hook_z",
                            reshape_activations="hook_z"))
@@ -517,6 +539,8 @@ def test_gemma_scope_2_equals_sae_lens_loader(local_hub, folder, hf_in, hf_out, 
         assert type(ref) is (JumpReLUSkipTranscoder if affine else JumpReLUTranscoder)
     x = _x(dtype)
     _compare(f"gemma scope 2 {folder.split('/')[0]}{'+affine' if affine else ''}", d, _reference(ref, x), x, dtype)
+    out = save_dictionary(d, local_hub / "written", format="saelens")
+    _compare("gemma scope 2 written->sae-lens", d, _reference(SAE.load_from_disk(out, dtype=_name(dtype)), x), x, dtype)
     if affine:  # orientation: the skip term alone is x @ affine_skip_connection
         _check("gemma scope 2 affine skip", d.forward(x) - d.decode(d.encode(x)),
                x.astype(np.float64) @ params["affine_skip_connection"].astype(np.float64), dtype)

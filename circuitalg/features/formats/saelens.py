@@ -308,12 +308,12 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
                 raise LoadError(f"{w_file}: tensor 'scaling_factor' is not all ones but {CFG_FILENAME} has finetuning_scaling_factor false.")
             W_dec = W_dec * s[:, None]
             notes.append("finetuning scaling_factor folded into W_dec")
+    input_scale = None
     if norm == "expected_average_only_in":
-        s = dt.type(_scaler_factor(p))
+        input_scale = _scaler_factor(p)
+        s = dt.type(input_scale)
         W_enc, W_dec, b_dec = W_enc * s, W_dec / s, b_dec / s
-        notes.append(f"activation_scaler scaling_factor {float(s)!r} folded (W_enc * s, W_dec / s, b_dec / s)")
-    else:
-        s = None
+        notes.append(f"activation_scaler scaling_factor {input_scale!r} folded (W_enc * s, W_dec / s, b_dec / s)")
 
     if arch == "gated":
         b_gate = _take(tensors, "b_gate", (d_sae,), w_file, "(d_sae,)", dt)
@@ -336,7 +336,8 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
             rescale = _bool(cfg, "rescale_acts_by_decoder_norm", src, arch in ("batchtopk", "matryoshka_batchtopk"))
             if arch in ("batchtopk", "matryoshka_batchtopk"):
                 t = _take(tensors, "topk_threshold", (), w_file, "a scalar: the learned BatchTopK threshold", np.dtype(np.float64))
-                t = float(t) / (float(s) if s is not None and rescale else 1.0)
+                # SAELens divides the threshold by the input scale when it folds the scale (#763 there)
+                t = float(t) / (input_scale if input_scale is not None and rescale else 1.0)
                 activation = BatchTopK(t)
             else:
                 k = _positive_int(cfg, "k", src, 100)
@@ -417,6 +418,24 @@ def _architecture(d: Dictionary) -> tuple[str, dict[str, Any], np.ndarray | None
     raise InvalidArgumentError(f"{what}: SAELens has no architecture with activation {type(act).__name__}.")
 
 
+#: SAELens metadata about the model and data, carried from a dictionary read from SAELens files
+_CARRIED = ("model_name", "model_class_name", "prepend_bos", "context_size", "dataset_path", "neuronpedia_id",
+            "exclude_special_tokens", "seqpos_slice")
+
+
+def _carried_metadata(d: Dictionary) -> dict[str, Any]:
+    meta = d.meta if isinstance(d.meta, Mapping) else {}
+    cfg = meta.get("config") if meta.get("format") == NAME else None
+    source: dict[str, Any] = {}
+    if isinstance(cfg, Mapping):
+        source.update(cfg)
+        if isinstance(cfg.get("metadata"), Mapping):
+            source.update(cfg["metadata"])
+    if isinstance(meta.get("model_name"), str):
+        source["model_name"] = meta["model_name"]
+    return {k: source[k] for k in _CARRIED if k in source}
+
+
 def save(d: Dictionary | DictionarySet, path: Path) -> None:
     """Write ``d`` as ``cfg.json`` + ``sae_weights.safetensors`` in directory ``path`` (the
     version-6 layout ``sae_lens.SAE.load_from_disk`` reads), in ``d``'s dtype.
@@ -465,9 +484,7 @@ def save(d: Dictionary | DictionarySet, path: Path) -> None:
         "hook_head_index": None,
         "model_from_pretrained_kwargs": {k: True for k in sorted(d.preprocessing)},
     }
-    model_name = d.meta.get("model_name") if isinstance(d.meta, Mapping) else None
-    if isinstance(model_name, str):
-        metadata["model_name"] = model_name
+    metadata.update(_carried_metadata(d))
     cfg: dict[str, Any] = {
         "architecture": arch,
         "d_in": int(d.d_in[0]),

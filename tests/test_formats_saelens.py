@@ -338,6 +338,26 @@ def test_old_log_threshold_and_carried_metadata(tmp_path, dtype) -> None:
     assert meta["model_name"] == "gpt2-small" and meta["context_size"] == 128 and meta["hook_name"] == HOOK
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_name)
+@pytest.mark.parametrize("pre_shift", (True, False), ids=("b_dec_to_input", "no_pre_shift"))
+@pytest.mark.parametrize("arch", ("standard", "gated", "jumprelu", "topk_rescaled"))
+def test_covariance_whitening_with_the_checkpoint_file(tmp_path, arch, pre_shift, dtype) -> None:
+    cls, cfg_cls, kw = SAES[arch]
+    sae = cls(_cfg(cfg_cls, dtype, normalize_activations="covariance_whitening", apply_b_dec_to_input=pre_shift, **kw))
+    _randomize(sae, 13)
+    sae.save_model(tmp_path / arch)
+    rng = np.random.default_rng(14)
+    q, _ = np.linalg.qr(rng.standard_normal((D_IN, D_IN)))
+    M = (q * rng.uniform(0.5, 2.0, D_IN)).astype(dtype)
+    white = {"mean": rng.standard_normal(D_IN).astype(dtype), "matrix": M, "inverse_matrix": np.linalg.inv(M).astype(dtype)}
+    save_file(white, str(tmp_path / arch / "activation_whitening.safetensors"))
+    d = load_dictionary(tmp_path / arch, dtype=dtype)
+    ref = SAE.load_from_disk(tmp_path / arch, dtype=_name(dtype))
+    ref.fold_activation_whitening(*(torch.from_numpy(white[k]) for k in ("mean", "matrix", "inverse_matrix")))
+    x = _x(dtype)
+    _compare(f"{arch}{'+pre_shift' if pre_shift else ''} covariance_whitening", d, _reference(ref, x), x, dtype)
+
+
 def test_hook_z_sae_equals_sae_lens_on_flattened_heads(tmp_path) -> None:
     sae = StandardSAE(_cfg(StandardSAEConfig, np.float64, d_in=8, hook_name="blocks.1.attn.hook_z",
                            reshape_activations="hook_z"))
@@ -362,7 +382,7 @@ def _edit_cfg(path: Path, change) -> None:
     [
         (lambda c: c.update(normalize_activations="constant_norm_rescale"), "constant_norm_rescale"),
         (lambda c: c.update(normalize_activations="layer_norm"), "layer_norm"),
-        (lambda c: c.update(normalize_activations="covariance_whitening"), "covariance_whitening"),
+        (lambda c: c.update(normalize_activations="covariance_whitening"), "activation_whitening.safetensors"),
         (lambda c: c.update(architecture="temporal"), "temporal"),
         (lambda c: c.update(architecture="matching_pursuit"), "matching_pursuit"),
         (lambda c: c.update(architecture="mystery"), "unknown SAELens architecture 'mystery'"),

@@ -40,9 +40,13 @@ Exact folds applied at load (each is what SAELens computes, rearranged):
   ``activation_scaler.json``: its ``scaling_factor`` is folded as SAELens's
   ``fold_activation_norm_scaling_factor`` does. Without that file the factor is not in the files
   (SAELens keeps it in its pretrained-release table) and the load is refused.
+- ``normalize_activations="covariance_whitening"`` with the checkpoint's
+  ``activation_whitening.safetensors`` (``mean``, ``matrix``, ``inverse_matrix``): folded as
+  SAELens's ``fold_activation_whitening`` does (decoder norms first where they rescale); refused
+  without it.
 
 Refused with :class:`LoadError` naming the field: ``normalize_activations`` ``constant_norm_rescale``
-and ``layer_norm`` (a per-token rescaling of input and output, not a fold), ``covariance_whitening``,
+and ``layer_norm`` (a per-token rescaling of input and output, not a fold), any normalization of a transcoder,
 ``hook_head_index`` (one head of a hook), hook names circuitalg has no :class:`Hook` for (e.g.
 ``hook_embed``), the ``temporal`` and ``matching_pursuit`` architectures (no fixed encoder map), a
 pre-6 ``activation_fn`` other than ``relu``/``topk``.
@@ -73,13 +77,15 @@ from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.files import atomic_write
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
 
-__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "detect", "load", "save", "parse_hook"]
+__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "WHITENING_FILENAME", "detect", "load", "save", "parse_hook"]
 
 NAME = "saelens"
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 #: SAELens's training checkpoints keep the input scaling factor here
 SCALER_FILENAME = "activation_scaler.json"
+#: ... and the whitening (``mean``, ``matrix``, ``inverse_matrix``) here
+WHITENING_FILENAME = "activation_whitening.safetensors"
 
 _DTYPES = {"float32", "float64", "float16", "bfloat16", "torch.float32", "torch.float64", "torch.float16", "torch.bfloat16"}
 _SAE_ARCHS = {"standard", "gated", "jumprelu", "topk", "abstopk", "batchtopk", "matryoshka_batchtopk"}
@@ -214,6 +220,26 @@ def _scaler_factor(path: Path) -> float:
     return value
 
 
+def _whitening(path: Path, d_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mean (d_in,)``, ``matrix`` and ``inverse_matrix (d_in, d_in)`` of a checkpoint's whitening."""
+    f = path / WHITENING_FILENAME
+    if not f.is_file():
+        raise LoadError(
+            f"{path / CFG_FILENAME}: normalize_activations is 'covariance_whitening' but {WHITENING_FILENAME} is not "
+            "beside it, so the whitening the weights expect is not in these files. Fold it (SAELens's "
+            "fold_activation_whitening) and set normalize_activations to 'none', or put the file beside cfg.json."
+        )
+    tensors, _ = read_tensors(f)
+    # kept in the file's precision: SAELens folds in the wider of it and the weights'
+    wide = np.dtype(np.float64) if any(a.dtype == np.float64 for a in tensors.values()) else np.dtype(np.float32)
+    out = tuple(_take(tensors, name, shape, f, why, wide)
+                for name, shape, why in (("mean", (d_in,), "(d_in,)"), ("matrix", (d_in, d_in), "(d_in, d_in)"),
+                                         ("inverse_matrix", (d_in, d_in), "(d_in, d_in)")))
+    if tensors:
+        raise LoadError(f"{f}: unexpected tensor(s) {sorted(tensors)} (expected mean, matrix, inverse_matrix).")
+    return out  # type: ignore[return-value]
+
+
 def _fold_decoder_norms(W_enc: np.ndarray, b_enc: np.ndarray, W_dec: np.ndarray, file: Path) -> tuple:
     """SAELens's ``rescale_acts_by_decoder_norm`` folded (``W_dec`` rows to unit norm)."""
     n = np.linalg.norm(W_dec, axis=1)
@@ -264,13 +290,11 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     norm = cfg["normalize_activations"]
     if norm not in ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "covariance_whitening"):
         raise LoadError(f"{src}: unknown normalize_activations {norm!r}.")
-    if norm in ("constant_norm_rescale", "layer_norm", "covariance_whitening") or (transcoder and norm != "none"):
+    if norm in ("constant_norm_rescale", "layer_norm") or (transcoder and norm != "none"):
         raise LoadError(
             f"{src}: normalize_activations = {norm!r} is not supported: "
             + ("SAELens rescales each token's input and output by its own norm statistics, which is not a fixed "
-               "map a dictionary can hold." if norm in ("constant_norm_rescale", "layer_norm") else
-               "fold the whitening into the weights (SAELens's fold_activation_whitening) and save again."
-               if norm == "covariance_whitening" else "a transcoder's input scaling has no fold into its output.")
+               "map a dictionary can hold." if not transcoder else "a transcoder's input scaling has no fold into its output.")
         )
     reshape = cfg.get("reshape_activations", "none") or "none"
     if reshape not in ("none", "hook_z"):
@@ -297,63 +321,92 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     preprocessing = _preprocessing(cfg, src)
 
     tensors, _ = read_tensors(w_file)
-    W_enc = _take(tensors, "W_enc", (d_in, d_sae), w_file, "(d_in, d_sae)", dt)
-    W_dec = _take(tensors, "W_dec", (d_sae, d_out), w_file, "(d_sae, d_out)" if transcoder else "(d_sae, d_in)", dt)
-    b_dec = _take(tensors, "b_dec", (d_out,), w_file, "(d_out,)" if transcoder else "(d_in,)", dt)
-    notes: list[str] = []
+
+    def take(name: str, shape: tuple[int, ...], why: str, as_dtype: np.dtype = dt) -> np.ndarray:
+        return _take(tensors, name, shape, w_file, why, as_dtype)
+
+    W_enc = take("W_enc", (d_in, d_sae), "(d_in, d_sae)")
+    W_dec = take("W_dec", (d_sae, d_out), "(d_sae, d_out)" if transcoder else "(d_sae, d_in)")
+    b_dec = take("b_dec", (d_out,), "(d_out,)" if transcoder else "(d_in,)")
+    gated = arch == "gated"
+    if gated:
+        b_gate, b_mag, r_mag = (take(n, (d_sae,), "(d_sae,)") for n in ("b_gate", "b_mag", "r_mag"))
+        b_enc = None
+    else:
+        b_enc = take("b_enc", (d_sae,), "(d_sae,)")
+    threshold = topk_threshold = W_skip = finetuning_scale = None
+    if arch in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
+        if "threshold" not in tensors and "log_threshold" in tensors:
+            threshold = np.exp(take("log_threshold", (d_sae,), "(d_sae,)"))
+        else:
+            threshold = take("threshold", (d_sae,), "(d_sae,): the JumpReLU thresholds")
+    if arch in ("batchtopk", "matryoshka_batchtopk"):
+        topk_threshold = float(take("topk_threshold", (), "a scalar: the learned BatchTopK threshold", np.dtype(np.float64)))
+    if arch in ("skip_transcoder", "jumprelu_skip_transcoder"):
+        W_skip = take("W_skip", (d_out, d_in), "(d_out, d_in)")
     if "scaling_factor" in tensors:
-        s = _take(tensors, "scaling_factor", (d_sae,), w_file, "(d_sae,): the pre-6 finetuning scale", dt)
-        if not np.allclose(s, 1.0):
-            if not cfg.get("finetuning_scaling_factor"):
-                raise LoadError(f"{w_file}: tensor 'scaling_factor' is not all ones but {CFG_FILENAME} has finetuning_scaling_factor false.")
-            W_dec = W_dec * s[:, None]
-            notes.append("finetuning scaling_factor folded into W_dec")
-    input_scale = None
+        finetuning_scale = take("scaling_factor", (d_sae,), "(d_sae,): the pre-6 finetuning scale")
+    if tensors:
+        raise LoadError(f"{w_file}: unexpected tensor(s) {sorted(tensors)} for SAELens architecture {arch!r}.")
+    topk_archs = ("topk", "abstopk", "batchtopk", "matryoshka_batchtopk")
+    rescale = _bool(cfg, "rescale_acts_by_decoder_norm", src, arch in topk_archs[2:]) if arch in topk_archs else False
+
+    # the folds, in the order SAELens applies them
+    notes: list[str] = []
+    if finetuning_scale is not None and not np.allclose(finetuning_scale, 1.0):
+        if not cfg.get("finetuning_scaling_factor"):
+            raise LoadError(f"{w_file}: tensor 'scaling_factor' is not all ones but {CFG_FILENAME} has finetuning_scaling_factor false.")
+        W_dec = W_dec * finetuning_scale[:, None]
+        notes.append("finetuning scaling_factor folded into W_dec")
     if norm == "expected_average_only_in":
         input_scale = _scaler_factor(p)
         s = dt.type(input_scale)
         W_enc, W_dec, b_dec = W_enc * s, W_dec / s, b_dec / s
+        if topk_threshold is not None and rescale:
+            topk_threshold /= input_scale  # SAELens's BatchTopK fold does the same (its #763)
         notes.append(f"activation_scaler scaling_factor {input_scale!r} folded (W_enc * s, W_dec / s, b_dec / s)")
+    elif norm == "covariance_whitening":
+        mean, M, M_inv = _whitening(p, d_in)
+        if rescale:  # SAELens folds the decoder norms first: unwhitening changes them
+            W_enc, b_enc, W_dec = _fold_decoder_norms(W_enc, b_enc, W_dec, w_file)
+            rescale = False
+        wt = np.promote_types(dt, M.dtype)
+        W_enc = M.astype(wt) @ W_enc.astype(wt)
+        if not pre_shift:
+            shift = mean.astype(wt) @ W_enc
+            if gated:
+                b_gate, b_mag = b_gate - shift, b_mag - shift * np.exp(r_mag.astype(wt))
+            else:
+                b_enc = b_enc - shift
+        W_dec = W_dec.astype(wt) @ M_inv.astype(wt)
+        b_dec = b_dec.astype(wt) @ M_inv.astype(wt) + mean.astype(wt)
+        W_enc, W_dec, b_dec = (a.astype(dt) for a in (W_enc, W_dec, b_dec))
+        if gated:
+            b_gate, b_mag = b_gate.astype(dt), b_mag.astype(dt)
+        else:
+            b_enc = b_enc.astype(dt)
+        notes.append(f"{WHITENING_FILENAME} folded (SAELens's fold_activation_whitening)")
+    if rescale:
+        W_enc, b_enc, W_dec = _fold_decoder_norms(W_enc, b_enc, W_dec, w_file)
+        notes.append("rescale_acts_by_decoder_norm folded (decoder rows at unit norm)")
 
-    if arch == "gated":
-        b_gate = _take(tensors, "b_gate", (d_sae,), w_file, "(d_sae,)", dt)
-        b_mag = _take(tensors, "b_mag", (d_sae,), w_file, "(d_sae,)", dt)
-        r_mag = _take(tensors, "r_mag", (d_sae,), w_file, "(d_sae,)", dt)
+    if gated:
         scale = np.exp(r_mag)
         W_enc = W_enc * scale
         b_enc = b_mag
         activation = JumpReLU(b_mag - b_gate * scale, relu=True)
         notes.append("gated: magnitude path as the encoder, the gate as JumpReLU threshold b_mag - b_gate * exp(r_mag)")
+    elif threshold is not None:
+        activation = JumpReLU(threshold, relu=True)
+    elif topk_threshold is not None:
+        activation = BatchTopK(topk_threshold)
+    elif arch in topk_archs:
+        k = _positive_int(cfg, "k", src, 100)
+        if k > d_sae:
+            raise LoadError(f"{src}: k = {k} exceeds d_sae = {d_sae}.")
+        activation = TopK(k) if arch == "topk" else TopK(k, relu=False, absolute=True)
     else:
-        b_enc = _take(tensors, "b_enc", (d_sae,), w_file, "(d_sae,)", dt)
-        if arch in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
-            if "threshold" not in tensors and "log_threshold" in tensors:
-                threshold = np.exp(_take(tensors, "log_threshold", (d_sae,), w_file, "(d_sae,)", dt))
-            else:
-                threshold = _take(tensors, "threshold", (d_sae,), w_file, "(d_sae,): the JumpReLU thresholds", dt)
-            activation = JumpReLU(threshold, relu=True)
-        elif arch in ("topk", "abstopk", "batchtopk", "matryoshka_batchtopk"):
-            rescale = _bool(cfg, "rescale_acts_by_decoder_norm", src, arch in ("batchtopk", "matryoshka_batchtopk"))
-            if arch in ("batchtopk", "matryoshka_batchtopk"):
-                t = _take(tensors, "topk_threshold", (), w_file, "a scalar: the learned BatchTopK threshold", np.dtype(np.float64))
-                # SAELens divides the threshold by the input scale when it folds the scale (#763 there)
-                t = float(t) / (input_scale if input_scale is not None and rescale else 1.0)
-                activation = BatchTopK(t)
-            else:
-                k = _positive_int(cfg, "k", src, 100)
-                if k > d_sae:
-                    raise LoadError(f"{src}: k = {k} exceeds d_sae = {d_sae}.")
-                activation = TopK(k) if arch == "topk" else TopK(k, relu=False, absolute=True)
-            if rescale:
-                W_enc, b_enc, W_dec = _fold_decoder_norms(W_enc, b_enc, W_dec, w_file)
-                notes.append("rescale_acts_by_decoder_norm folded (decoder rows at unit norm)")
-        else:
-            activation = ReLU()
-    W_skip = None
-    if arch in ("skip_transcoder", "jumprelu_skip_transcoder"):
-        W_skip = _take(tensors, "W_skip", (d_out, d_in), w_file, "(d_out, d_in)", dt)
-    if tensors:
-        raise LoadError(f"{w_file}: unexpected tensor(s) {sorted(tensors)} for SAELens architecture {arch!r}.")
+        activation = ReLU()
 
     kind = (DictionaryKind.SKIP_TRANSCODER if W_skip is not None else DictionaryKind.TRANSCODER) if transcoder else DictionaryKind.SAE
     try:

@@ -78,7 +78,7 @@ NO_DEPS_PINS = ["dictionary-learning==0.1.0"]
 DISTRIBUTIONS = ["torch", "circuit-tracer", "eai-sparsify", "dictionary-learning", "llamascopium",
                  "transformers", "nnsight", "transformer-lens", "sae-lens", "safetensors", "numpy"]
 
-N_ROWS = 16
+N_ROWS = 12
 SEED = 20261206
 
 
@@ -647,6 +647,65 @@ def gen_lm_saes(out: Path) -> None:
                     notes=("x: raw activations; pre/feats: encode(normalize_activations(x)) "
                            "(return_hidden_pre); decode/forward: denormalized by the output hook's factor, "
                            f"sqrt(d_model)/norm = {math.sqrt(d)}/norm"))
+
+    # cross-layer transcoders (sae_type "clt"): per-layer encoders, decoders into every later layer
+    from llamascopium.models.clt import CLTConfig, CrossLayerTranscoder
+
+    L, ef_clt = 3, 2
+    F_clt = d * ef_clt
+    for name, act, norm in (("clt_jumprelu", "jumprelu", "dataset-wise"), ("clt_topk", "topk", "inference")):
+        case = Case(out, "lm_saes", name)
+        hins = [f"blocks.{i}.ln2.hook_normalized" for i in range(L)]
+        houts = [f"blocks.{i}.hook_mlp_out" for i in range(L)]
+        cfg = CLTConfig(d_model=d, expansion_factor=ef_clt, hook_points_in=hins, hook_points_out=houts, act_fn=act,
+                        top_k=5, norm_activation=norm, sparsity_include_decoder_norm=True)
+        m = CrossLayerTranscoder(cfg)
+        with torch.no_grad():
+            m.W_E.copy_(_rand(gen, L, d, F_clt, scale=0.4))
+            m.b_E.copy_(_rand(gen, L, F_clt, scale=0.2))
+            for j in range(L):
+                m.W_D[j].copy_(_rand(gen, j + 1, F_clt, d, scale=0.3))
+                m.b_D[j].copy_(_rand(gen, d, scale=0.1))
+            if act == "jumprelu":
+                thr = torch.rand(L, F_clt, generator=gen, dtype=torch.float64).to(torch.float32) * 0.5 + 0.05
+                m.activation_function.log_jumprelu_threshold.copy_(thr.log())
+        if norm == "dataset-wise":
+            m.set_dataset_average_activation_norm({h: 4.0 + i for i, h in enumerate(hins)}
+                                                  | {h: 1.5 + i for i, h in enumerate(houts)})
+        m.save_pretrained(case.dict_dir)
+        cfg.save_hyperparameters(case.dict_dir)
+        for dn, tdt in _torch_dtypes().items():
+            lm = SparseDictionary.from_pretrained(str(case.dict_dir), dtype=tdt)
+            cand = _rand(gen, 256, L, d, scale=2.0).to(tdt)
+            with torch.no_grad():
+                def run(x):
+                    if norm == "dataset-wise":
+                        s_in = torch.stack([lm.compute_norm_factor(x[:, i], hins[i]) for i in range(L)])
+                        s_out = torch.stack([lm.compute_norm_factor(x[:, i], houts[i]) for i in range(L)])
+                    else:
+                        s_in = s_out = torch.ones(L, dtype=tdt)
+                    xn = x * s_in[None, :, None]
+                    feats = lm.encode(xn)
+                    # the pre-activations before decoder-norm gating (CLT.encode returns them gated)
+                    pre = torch.einsum("bld,lds->bls", xn, lm.W_E) + lm.b_E
+                    return xn, s_out, feats, pre
+
+                _, _, _, pre = run(cand)
+                dnorm = lm.decoder_norm_per_feature()
+                if act == "jumprelu":
+                    ok = _threshold_ok(pre * dnorm, lm.activation_function.log_jumprelu_threshold.exp(), 1e-3).all(dim=1)
+                else:
+                    ok = _topk_ok((pre * dnorm).relu(), cfg.top_k, 1e-3).all(dim=1)
+                x = _margin_rows(cand.transpose(0, 1), ok).transpose(0, 1)
+                xn, s_out, feats, pre = run(x)
+                dec = lm.decode(feats) / s_out[:, None, None]
+                fwd = lm.decode(lm.encode(xn)) / s_out[:, None, None]
+            case.put(dn, x=x.transpose(0, 1), pre=pre.transpose(0, 1), feats=feats.transpose(0, 1), decode=dec,
+                     forward=fwd)
+        case.finish(format="lm_saes", path="dict", structure="cross_layer_transcoder", act_fn=act, norm_activation=norm,
+                    sparsity_include_decoder_norm=True, n_layers=L,
+                    notes=("(n_layers, n, .) layout; pre: x_n W_E + b_E before the decoder-norm gating; decode and "
+                           "forward: CrossLayerTranscoder.decode, each output layer divided by its normalization"))
 
     # Llama Scope's Hugging Face layout (hyperparams.json + checkpoints/final.safetensors with torch
     # Linear names): no llamascopium loader reads it any more; SAELens's llama_scope loader does, so

@@ -60,6 +60,7 @@ def test_fixtures_are_present_and_small() -> None:
     assert names == set(manifest["cases"])
     libraries = {c.parent.name for c in CASES}
     assert libraries == {"circuit_tracer", "sparsify", "dictionary_learning", "lm_saes"}
+    assert {c.name for c in CASES if c.parent.name == "lm_saes"} >= {"clt_jumprelu", "clt_topk", "llama_scope_hf"}
     assert manifest["versions"]["circuit-tracer"] == "0.5.0"
     total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
     assert total < 2_000_000
@@ -316,6 +317,12 @@ CORRUPTIONS = [
     ("lm_saes/sae_topk/dict", ("json", "config.json", {"act_fn": "batchtopk"}), "act_fn"),
     ("lm_saes/sae_topk/dict", ("json", "config.json", {"norm_activation": "token-wise"}), "norm_activation"),
     ("lm_saes/sae_topk/dict", ("json", "config.json", {"hook_point_in": "blocks.1.hook_nowhere"}), "hook_point_in"),
+    ("lm_saes/clt_jumprelu/dict", ("tensors", "sae_weights.safetensors", "reshape", "W_D.1"), "W_D.1"),
+    ("lm_saes/clt_jumprelu/dict", ("tensors", "sae_weights.safetensors", "drop",
+                                   "dataset_average_activation_norm.blocks.1.ln2.hook_normalized"),
+     "dataset_average_activation_norm.blocks.1.ln2.hook_normalized"),
+    ("lm_saes/clt_topk/dict", ("json", "config.json", {"hook_points_out": ["blocks.0.hook_mlp_out"]}), "hook_points_out"),
+    ("lm_saes/clt_topk/dict", ("json", "config.json", {"act_fn": "layertopk"}), "act_fn"),
     ("lm_saes/llama_scope_hf/dict", ("json", "hyperparams.json", {"jump_relu_threshold": None}), "jump_relu_threshold"),
     ("lm_saes/llama_scope_hf/dict", ("tensors", "checkpoints/final.safetensors", "reshape", "decoder.weight"),
      "decoder.weight"),

@@ -23,6 +23,15 @@ llamascopium (``SparseAutoEncoder.save_pretrained`` + ``SAEConfig.save_hyperpara
     ``batch-wise`` are not affine in the input and are refused, as are ``batchtopk`` (a batch
     operation at inference), GLU encoders and other ``sae_type``s.
 
+llamascopium cross-layer transcoders (``sae_type: "clt"``)
+    ``hook_points_in`` / ``hook_points_out`` (one each per layer); ``W_E (L, d, F)``,
+    ``b_E (L, F)``, ``W_D.j (j + 1, F, d)`` (layers ``0..j``'s features into layer ``j``),
+    ``b_D.j (d,)``, ``activation_function.log_jumprelu_threshold (L, F)``. -> a
+    :class:`DictionarySet`, member ``l`` reading ``hook_points_in[l]`` and writing
+    ``hook_points_out[l..L-1]``; ``b_D.j`` is member ``j``'s first decoder bias, the other
+    members' are zero. ``sparsity_include_decoder_norm`` uses each feature's norm over all its
+    decoders (``decoder_norm_per_feature``); ``topk`` is per layer; normalization per hook as above.
+
 Llama Scope on the Hugging Face Hub (``hyperparams.json`` + ``checkpoints/final.safetensors``)
     torch ``Linear`` names: ``encoder.weight (F, d)``, ``encoder.bias``, ``decoder.weight (d, F)``,
     ``decoder.bias``, and a scalar ``jump_relu_threshold``. Read as SAELens's ``llama_scope``
@@ -41,7 +50,7 @@ import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, LoadError
 from circuitalg.features.activations import JumpReLU, ReLU, TopK
-from circuitalg.features.dictionary import Dictionary, DictionaryKind
+from circuitalg.features.dictionary import Dictionary, DictionaryKind, DictionarySet
 from circuitalg.features.hooks import Hook
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
 
@@ -74,7 +83,7 @@ def detect(path: Path) -> bool:
                 cfg = read_json(read_bytes(f), str(f))
             except LoadError:
                 continue
-            if isinstance(cfg, dict) and key in cfg and "hook_point_in" in cfg:
+            if isinstance(cfg, dict) and key in cfg and ("hook_point_in" in cfg or "hook_points_in" in cfg):
                 return True
     return False
 
@@ -145,7 +154,7 @@ def _decoder_norms(W_D: np.ndarray, file: Path) -> np.ndarray:
     return n
 
 
-def load(path: Path, dtype: Any = np.float64) -> Dictionary:
+def load(path: Path, dtype: Any = np.float64) -> Dictionary | DictionarySet:
     """Read an lm-saes / Llama Scope directory (see the module docstring)."""
     p = Path(path)
     if not p.is_dir():
@@ -157,15 +166,16 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     raise LoadError(f"{p}: neither {CONFIG} (llamascopium) nor {LLAMA_SCOPE_CONFIG} (Llama Scope) is there.")
 
 
-def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary:
+def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary | DictionarySet:
     cfile = p / CONFIG
     source = str(cfile)
     cfg = read_json(read_bytes(cfile), source)
     if not isinstance(cfg, dict):
         raise LoadError(f"{source}: expected a JSON object (llamascopium's SAEConfig).")
     sae_type = cfg.get("sae_type")
-    if sae_type != "sae":
-        raise LoadError(f"{source}: field 'sae_type' = {sae_type!r}; circuitalg reads llamascopium's 'sae' (SAEs and transcoders).")
+    if sae_type not in ("sae", "clt"):
+        raise LoadError(f"{source}: field 'sae_type' = {sae_type!r}; circuitalg reads llamascopium's 'sae' (SAEs and "
+                        "transcoders) and 'clt' (cross-layer transcoders).")
     d = _field(cfg, "d_model", (int,), source)
     ef = _field(cfg, "expansion_factor", (int, float), source)
     F = int(d * ef)
@@ -177,6 +187,14 @@ def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary:
     use_bias = _field(cfg, "use_decoder_bias", (bool,), source, True)
     if _field(cfg, "use_glu_encoder", (bool,), source, False):
         raise LoadError(f"{source}: field 'use_glu_encoder' is true; a GLU encoder is not an affine map, so circuitalg cannot read it.")
+    if norm not in ("dataset-wise", "inference"):
+        raise LoadError(f"{source}: field 'norm_activation' = {norm!r}; circuitalg reads 'dataset-wise' and 'inference' "
+                        "(token-wise and batch-wise scaling is not an affine map of the input).")
+    if act not in ("relu", "jumprelu", "topk"):
+        raise LoadError(f"{source}: field 'act_fn' = {act!r}; circuitalg reads 'relu', 'jumprelu' and 'topk' "
+                        "(the batch and layer variants select across tokens or layers even at inference).")
+    if sae_type == "clt":
+        return _load_clt(p, cfg, source, d, F, act, norm, decnorm, use_bias, dtype)
     hin_name = _field(cfg, "hook_point_in", (str,), source)
     hout_name = _field(cfg, "hook_point_out", (str,), source)
     hin, hout = _hook(hin_name, source, "hook_point_in"), _hook(hout_name, source, "hook_point_out")
@@ -221,6 +239,65 @@ def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary:
         b_dec=(b_dec,), activation=activation, dtype=dtype,
         meta={"format": NAME, **cfg, "input_scale": s_in, "output_scale": s_out, "weights": wfile.name},
     )
+
+
+def _load_clt(p: Path, cfg: dict[str, Any], source: str, d: int, F: int, act: str, norm: str, decnorm: bool,
+              use_bias: bool, dtype: np.dtype) -> DictionarySet:
+    hins = _field(cfg, "hook_points_in", (list,), source)
+    houts = _field(cfg, "hook_points_out", (list,), source)
+    L = len(hins)
+    if L == 0 or len(houts) != L:
+        raise LoadError(f"{source}: fields 'hook_points_in' and 'hook_points_out' must list one hook per layer "
+                        f"({len(hins)} and {len(houts)} given).")
+    reads = [_hook(h, source, f"hook_points_in[{i}]") for i, h in enumerate(hins)]
+    writes = [_hook(h, source, f"hook_points_out[{i}]") for i, h in enumerate(houts)]
+    wfile = _weights(p)
+    if wfile is None:
+        raise LoadError(f"{p}: no weights file ({', '.join(WEIGHT_FILES)}).")
+    t = _tensors(wfile)
+    W_E = _take(t, "W_E", (L, d, F), wfile, "encoders, (n_layers, d_model, d_sae)")
+    b_E = _take(t, "b_E", (L, F), wfile, "encoder biases, (n_layers, d_sae)")
+    # W_D.j holds the decoders of layers 0..j's features into layer j
+    W_D = [_take(t, f"W_D.{j}", (j + 1, F, d), wfile, f"decoders from layers 0..{j} into layer {j}") for j in range(L)]
+    b_D = [_take(t, f"b_D.{j}", (d,), wfile, f"decoder bias of layer {j}") if use_bias else np.zeros(d) for j in range(L)]
+    if norm == "dataset-wise":
+        s_in = [math.sqrt(d) / _positive_norm(t, h, wfile) for h in hins]
+        s_out = [math.sqrt(d) / _positive_norm(t, h, wfile) for h in houts]
+    else:
+        s_in = s_out = [1.0] * L
+    # decoder_norm_per_feature: the norm of a feature's decoders into every layer it writes
+    norms = np.zeros((L, F))
+    for j in range(L):
+        norms[: j + 1] += np.square(W_D[j].astype(np.float64)).sum(axis=-1)
+    norms = np.sqrt(norms)
+    if decnorm and not np.all(norms > 0):
+        raise LoadError(f"{wfile}: a feature has all-zero decoders; sparsity_include_decoder_norm divides by their norm.")
+    if act == "jumprelu":
+        log_thr = _take(t, "activation_function.log_jumprelu_threshold", (L, F), wfile,
+                        "log of the JumpReLU threshold per layer and feature")
+        thr_all = np.exp(log_thr)
+    k = _field(cfg, "top_k", (int,), source, 50)
+    if act == "topk" and not 1 <= k <= F:
+        raise LoadError(f"{source}: field 'top_k' = {k}, expected 1..{F}.")
+    members = []
+    for layer in range(L):
+        if act == "relu":
+            activation = ReLU()
+        elif act == "jumprelu":
+            thr = thr_all[layer]
+            activation = JumpReLU(thr.astype(np.float64) / norms[layer] if decnorm else thr)
+        else:
+            activation = TopK(k, relu=True, rank_weights=norms[layer] if decnorm else None)
+        outs = range(layer, L)
+        members.append(Dictionary(
+            name=f"{p.name}.{layer}", kind=DictionaryKind.CROSS_LAYER_TRANSCODER, reads=(reads[layer],),
+            writes=tuple(writes[j] for j in outs), W_enc=(W_E[layer].T.astype(np.float64) * s_in[layer],),
+            b_enc=b_E[layer], W_dec=tuple(W_D[j][layer].T.astype(np.float64) / s_out[j] for j in outs),
+            b_dec=(b_D[layer].astype(np.float64) / s_out[layer],) + (np.zeros(d),) * (L - layer - 1),
+            activation=activation, dtype=dtype, meta={"format": NAME, "layer": layer},
+        ))
+    return DictionarySet(p.name, tuple(members), meta={"format": NAME, **cfg, "weights": wfile.name,
+                                                        "input_scales": s_in, "output_scales": s_out})
 
 
 def _load_llama_scope(p: Path, dtype: np.dtype) -> Dictionary:

@@ -486,7 +486,7 @@ def _source_task(clt: Any, s: int, cols: tuple[int, int], k: int, by_abs: bool, 
 
 
 def stream_global_weights(
-    clt: DictionarySet | str | Path, k: int = 50, *, by_abs: bool = False, budget_bytes: int = 1 << 30,
+    clt: DictionarySet | str | Path, k: int = 50, *, by_abs: bool = True, budget_bytes: int = 1 << 30,
     client: Any = None, max_rows: int | None = None, read_maps: Mapping[int, np.ndarray] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> GlobalWeights:
@@ -501,7 +501,8 @@ def stream_global_weights(
         widened exactly to float64).
     k : int
     by_abs : bool
-        Rank by magnitude (inhibitory weights too) instead of value.
+        Rank by magnitude (default, inhibitory weights too, as
+        :func:`~circuitalg.features.circuits.top_feature_weights`) or by signed value.
     budget_bytes : int
         The arrays of one task (one per dask worker thread); see :func:`plan_global_weights`.
     client : dask.distributed.Client, optional

@@ -506,6 +506,7 @@ def gen_dictionary_learning(out: Path) -> None:
     import torch
     from dictionary_learning.dictionary import AutoEncoder, JumpReluAutoEncoder
     from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
     from dictionary_learning.trainers.top_k import AutoEncoderTopK
 
     gen = torch.Generator().manual_seed(SEED + 3)
@@ -515,6 +516,8 @@ def gen_dictionary_learning(out: Path) -> None:
         ("topk", AutoEncoderTopK, "AutoEncoderTopK", "TopKTrainer", {"k": 7}),
         ("batch_topk", BatchTopKSAE, "BatchTopKSAE", "BatchTopKTrainer", {"k": 7}),
         ("jumprelu", JumpReluAutoEncoder, "JumpReluAutoEncoder", "JumpReluTrainer", {}),
+        ("matryoshka_batch_topk", MatryoshkaBatchTopKSAE, "MatryoshkaBatchTopKSAE", "MatryoshkaBatchTopKTrainer",
+         {"k": 7, "group_sizes": [8, 24, 32]}),
     ]
     for name, cls, dict_class, trainer_class, extra in specs:
         case = Case(out, "dictionary_learning", name)
@@ -524,7 +527,7 @@ def gen_dictionary_learning(out: Path) -> None:
             sd = ae.state_dict()
             new = {}
             for key, v in sd.items():
-                if key == "k":
+                if key in ("k", "group_sizes"):
                     new[key] = v
                 elif key == "threshold" and v.ndim == 0:  # BatchTopK / TopK: one learned scalar
                     new[key] = torch.tensor(0.35)
@@ -552,13 +555,15 @@ def gen_dictionary_learning(out: Path) -> None:
                 def pre_of(x):
                     if isinstance(m, JumpReluAutoEncoder):
                         return m.encode(x, output_pre_jump=True)[1]
+                    if isinstance(m, MatryoshkaBatchTopKSAE):
+                        return (x - m.b_dec) @ m.W_enc + m.b_enc
                     shift = m.bias if isinstance(m, AutoEncoder) else m.b_dec
                     return m.encoder(x - shift)
 
                 pre = pre_of(cand)
                 if name == "topk":
                     ok = _topk_ok(pre.relu(), extra["k"], 1e-3)
-                elif name == "batch_topk":
+                elif name in ("batch_topk", "matryoshka_batch_topk"):
                     ok = _threshold_ok(pre, m.threshold, 1e-3)
                 elif name == "jumprelu":
                     ok = _threshold_ok(pre, m.threshold, 1e-3)

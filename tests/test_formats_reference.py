@@ -211,7 +211,7 @@ def test_writer_folds_pre_shift_and_refuses_what_the_format_cannot_hold(tmp_path
 
 # -- config.yaml ------------------------------------------------------------------------------------
 def test_config_yaml_reader_agrees_with_pyyaml() -> None:
-    yaml = pytest.importorskip("yaml") if False else __import__("yaml")
+    import yaml  # PyYAML comes with transformers (the reference extra); circuitalg itself does not need it
     text = (
         "# circuit-tracer config\n"
         'model_name: "meta-llama/Llama-3.2-1B"\n'
@@ -380,4 +380,55 @@ def test_a_pickle_is_never_unpickled(tmp_path: Path) -> None:
 
     (d / "ae.pt").write_bytes(pickle.dumps({"encoder.weight": Evil()}))
     with pytest.raises(LoadError, match="weights_only"):
+        load_dictionary(d)
+
+
+# -- names and variants -----------------------------------------------------------------------------
+def test_sparsify_hookpoints_and_dictionary_learning_submodules() -> None:
+    from circuitalg.features import Hook, HookKind
+    from circuitalg.features.formats.dictionary_learning import submodule_hook
+    from circuitalg.features.formats.sparsify import hookpoint_hooks
+
+    H = Hook
+    assert hookpoint_hooks("layers.6", False, "t") == (H(HookKind.RESID_POST, 6),) * 2
+    assert hookpoint_hooks("h.0", False, "t") == (H(HookKind.RESID_POST, 0),) * 2
+    assert hookpoint_hooks("gpt_neox.layers.2.mlp", False, "t") == (H(HookKind.MLP_OUT, 2),) * 2
+    assert hookpoint_hooks("layers.3.mlp", True, "t") == (H(HookKind.MLP_IN, 3), H(HookKind.MLP_OUT, 3))
+    assert hookpoint_hooks("layers.3", True, "t") == (H(HookKind.RESID_PRE, 3), H(HookKind.RESID_POST, 3))
+    assert hookpoint_hooks("layers.1.self_attn", False, "t") == (H(HookKind.ATTN_OUT, 1),) * 2
+    assert hookpoint_hooks("blocks.4.hook_resid_mid", False, "t") == (H(HookKind.RESID_MID, 4),) * 2
+    for bad, transcode in (("embed_tokens", False), ("layers.1.self_attn", True), ("layers.x", False)):
+        with pytest.raises(LoadError, match="hookpoint"):
+            hookpoint_hooks(bad, transcode, "t")
+    assert submodule_hook({"submodule_name": "resid_post_layer_3"}, "t") == H(HookKind.RESID_POST, 3)
+    assert submodule_hook({"submodule_name": "mlp_out_layer5"}, "t") == H(HookKind.MLP_OUT, 5)
+    assert submodule_hook({"submodule_name": "attn_out_layer_0"}, "t") == H(HookKind.ATTN_OUT, 0)
+    assert submodule_hook({"submodule_name": None, "layer": 4}, "t") == H(HookKind.RESID_POST, 4)
+    assert submodule_hook({"submodule_name": "blocks.2.hook_resid_pre"}, "t") == H(HookKind.RESID_PRE, 2)
+
+
+def test_circuit_tracer_reads_gemma_scope_2_names(tmp_path: Path) -> None:
+    # circuit-tracer's load_gemma_scope_2_transcoder: W_enc = w_enc.T, W_skip = affine_skip_connection.T
+    src = FIXTURES / "circuit_tracer" / "plt_jumprelu_skip" / "dict"
+    dst = tmp_path / "gs2"
+    dst.mkdir()
+    shutil.copy(src / "config.yaml", dst / "config.yaml")
+    for i in range(3):
+        t = load_file(str(src / f"layer_{i}.safetensors"))
+        save_file({"w_enc": np.ascontiguousarray(t["W_enc"].T), "w_dec": t["W_dec"], "b_enc": t["b_enc"],
+                   "b_dec": t["b_dec"], "threshold": t["activation_function.threshold"],
+                   "affine_skip_connection": np.ascontiguousarray(t["W_skip"].T)}, str(dst / f"layer_{i}.safetensors"))
+    for a, b in zip(load_dictionary(src), load_dictionary(dst)):
+        _same(a, b)
+
+
+def test_transcoder_set_members_must_agree(tmp_path: Path) -> None:
+    d = _copy("circuit_tracer/plt_jumprelu/dict", tmp_path)
+    t = load_file(str(d / "layer_1.safetensors"))
+    for key in ("W_enc", "W_dec"):
+        t[key] = np.ascontiguousarray(t[key][:-2])
+    for key in ("b_enc", "activation_function.threshold"):
+        t[key] = np.ascontiguousarray(t[key][:-2])
+    save_file(t, str(d / "layer_1.safetensors"))
+    with pytest.raises(LoadError, match="d_transcoder"):
         load_dictionary(d)

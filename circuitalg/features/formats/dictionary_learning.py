@@ -17,11 +17,14 @@ Classes, with their encode at inference exactly (tensor names in the state dict)
 ``BatchTopKSAE`` (trainers/batch_top_k.py)
     inference form (``encode``'s default ``use_threshold=True``): ``r = relu(encoder(x - b_dec))``,
     ``r * (r > threshold)`` with the learned scalar ``threshold``: :class:`BatchTopK`.
+``MatryoshkaBatchTopKSAE`` (trainers/matryoshka_batch_top_k.py)
+    the same inference form on ``relu((x - b_dec) @ W_enc + b_enc)`` (``W_enc (d, F)``,
+    ``W_dec (F, d)``); ``from_pretrained`` activates every group (``active_groups`` is not saved).
 ``JumpReluAutoEncoder``
     ``relu(pre * (pre > threshold))`` with ``pre = x @ W_enc + b_enc`` (``W_enc (d, F)``,
     ``W_dec (F, d)``); ``apply_b_dec_to_input`` is not saved and defaults to False.
 
-``GatedAutoEncoder`` (two pre-activations) and ``MatryoshkaBatchTopKSAE`` are refused.
+``GatedAutoEncoder`` (two pre-activations) is refused.
 The hook comes from ``submodule_name`` (``resid_post_layer_3``, ``mlp_out_layer3``,
 ``attn_out_layer_3``, ``resid_pre_layer_3``, or a TransformerLens name); without it,
 ``trainer.layer``'s residual output (what ``dictionary_learning.utils.get_submodule`` returns).
@@ -49,7 +52,10 @@ CONFIG = "config.json"
 _SUBMODULE = re.compile(r"^(resid_post|resid_out|resid_pre|resid_in|mlp_out|attn_out)_?layer_?(\d+)$")
 _KINDS = {"resid_post": HookKind.RESID_POST, "resid_out": HookKind.RESID_POST, "resid_pre": HookKind.RESID_PRE,
           "resid_in": HookKind.RESID_PRE, "mlp_out": HookKind.MLP_OUT, "attn_out": HookKind.ATTN_OUT}
-_CLASSES = ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder")
+_CLASSES = ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE",
+            "JumpReluAutoEncoder")
+#: classes holding nn.Parameter matrices W_enc (d, F) and W_dec (F, d) rather than Linear layers
+_PARAMETER_CLASSES = ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE")
 
 
 def _dir(path: Path) -> Path:
@@ -144,7 +150,7 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         raise LoadError(f"{source}: field 'trainer.dict_class' = {cls!r}; circuitalg reads {', '.join(_CLASSES)}.")
     t = {k: _numpy(v) for k, v in read_torch(wfile).items()}
     hook = submodule_hook(trainer, source)
-    if cls == "JumpReluAutoEncoder":
+    if cls in _PARAMETER_CLASSES:
         if "W_enc" not in t or t["W_enc"].ndim != 2:
             raise LoadError(f"{wfile}: tensor 'W_enc' is missing or not a matrix (expected (activation_dim, dict_size)).")
         d, F = t["W_enc"].shape
@@ -157,13 +163,21 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         if got is not None and got != want:
             raise LoadError(f"{source}: field 'trainer.{key}' = {got!r} but {wfile.name}'s tensors give {want}.")
     pre_shift = False
-    if cls == "JumpReluAutoEncoder":
+    if cls in _PARAMETER_CLASSES:
         W_enc = _take(t, "W_enc", (d, F), wfile, "encoder, (activation_dim, dict_size)").T
         b_enc = _take(t, "b_enc", (F,), wfile, "encoder bias")
         W_dec = _take(t, "W_dec", (F, d), wfile, "decoder rows, (dict_size, activation_dim)").T
         b_dec = _take(t, "b_dec", (d,), wfile, "decoder bias")
-        thr = _take(t, "threshold", (F,), wfile, "JumpReLU threshold per feature")
-        activation = JumpReLU(thr, relu=True)
+        if cls == "JumpReluAutoEncoder":
+            thr = _take(t, "threshold", (F,), wfile, "JumpReLU threshold per feature")
+            activation = JumpReLU(thr, relu=True)
+        else:
+            sizes = t.get("group_sizes")
+            if sizes is None or sizes.ndim != 1 or sizes.dtype.kind not in "iu" or int(sizes.sum()) != F:
+                raise LoadError(f"{wfile}: tensor 'group_sizes' is missing or does not sum to dict_size = {F}.")
+            thr = _take(t, "threshold", (), wfile, "the learned scalar threshold of BatchTopK at inference")
+            _k(t, trainer, wfile, source, F)
+            pre_shift, activation = True, BatchTopK(float(thr))
     else:
         W_enc = _take(t, "encoder.weight", (F, d), wfile, "encoder, (dict_size, activation_dim)")
         b_enc = _take(t, "encoder.bias", (F,), wfile, "encoder bias")

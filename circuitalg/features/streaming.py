@@ -10,10 +10,10 @@ keeps the candidates the float32 error bound cannot rule out, and those are rank
 :func:`stream_global_weights` finds the ``k`` largest residual-direct virtual weights
 ``W_enc^t (Σ_{l} W_dec^{s→l})`` between every source layer ``s`` and later target layer ``t`` of a
 cross-layer transcoder (the decoders of ``s`` that write before ``t`` reads, summed in write
-order). The work is split into tasks, one per source layer and block of its features: a task
-sums that block's visible decoders once per target, reads the target encoders by row blocks and
-ranks each tile with :func:`~circuitalg.linalg.top_entries` (the certified float64 top ``k`` of a
-factored product), keeping its own top ``k``. The tasks' lists merge into the exact top ``k``
+order). The work is split into tasks, one per layer pair and block of source features: a task
+sums that block's visible decoders, reads the target's encoder by row blocks and ranks each tile
+(a row block against the column block) with :func:`~circuitalg.linalg.top_entries` (the
+certified float64 top ``k`` of a factored product), keeping its own top ``k``. The tasks' lists merge into the exact top ``k``
 (every entry of the global top ``k`` is in its task's top ``k``), with the certificate of
 :class:`~circuitalg.linalg.TopEntries` carried over. A transcoder in memory (a
 :class:`~circuitalg.features.DictionarySet`) or a circuit-tracer directory (``W_enc_{l}`` and
@@ -321,6 +321,12 @@ def _open_clt(clt: Any) -> _MemoryCLT | _FileCLT:
     )
 
 
+def _pairs(src: _MemoryCLT | _FileCLT) -> list[tuple[int, int]]:
+    """(source, target) layer indices with a residual path (a decoder of the source written
+    before the target reads), by source then target."""
+    return [(s, t) for s in range(src.n_layers) for t in range(src.n_layers) if t != s and src.visible(s, t)]
+
+
 # -- the plan ----------------------------------------------------------------------------------------
 
 
@@ -329,6 +335,7 @@ class GlobalWeightsPlan:
     """What :func:`stream_global_weights` will do: tiles, FLOPs and the peak arrays of one task."""
 
     n_layers: int
+    n_pairs: int
     n_features: tuple[int, ...]
     d_model: int
     col_block: int
@@ -341,10 +348,9 @@ class GlobalWeightsPlan:
     budget_bytes: int
 
     def __str__(self) -> str:
-        pairs = self.n_layers * (self.n_layers - 1) // 2
-        return (f"global weights of {pairs} layer pairs ({self.n_layers} layers, {max(self.n_features):,} features, "
-                f"d_model {self.d_model}): {self.n_tasks} tasks of {self.col_block:,} source features, "
-                f"{self.n_tiles} tiles of {self.row_block:,} target features, at most {self.flops:.2e} FLOP, "
+        return (f"global weights of {self.n_pairs} layer pairs ({self.n_layers} layers, {max(self.n_features):,} features, "
+                f"d_model {self.d_model}): {self.n_tasks} tasks (a layer pair and {self.col_block:,} source features), "
+                f"{self.n_tiles} tiles (with {self.row_block:,} target features), at most {self.flops:.2e} FLOP, "
                 f"peak {self.peak_bytes / 2**30:.2f} GiB of arrays per task (budget {self.budget_bytes / 2**30:.2f} GiB)")
 
 
@@ -376,16 +382,12 @@ def _plan(src: _MemoryCLT | _FileCLT, budget: int) -> GlobalWeightsPlan:
     rows = max(1, min(F, (room - cols * per_col) // per_row))
     tasks = tiles = 0
     flops = 0.0
-    for s in range(n):
-        targets = [t for t in range(n) if t != s and src.visible(s, t)]
-        if not targets:
-            continue
+    for s, t in _pairs(src):
         nc = -(-feats[s] // cols)
         tasks += nc
-        for t in targets:
-            tiles += nc * -(-feats[t] // rows)
-            flops += 2.0 * feats[t] * feats[s] * d + feats[s] * d * len(src.visible(s, t))
-    return GlobalWeightsPlan(n, tuple(feats), d, cols, rows, scan, tasks, tiles, flops,
+        tiles += nc * -(-feats[t] // rows)
+        flops += 2.0 * feats[t] * feats[s] * d + feats[s] * d * len(src.visible(s, t))
+    return GlobalWeightsPlan(n, len(_pairs(src)), tuple(feats), d, cols, rows, scan, tasks, tiles, flops,
                              _task_bytes(d, rows, cols, scan), budget)
 
 
@@ -450,38 +452,34 @@ def _empty_found() -> _Found:
     return (np.empty(0), z, z, z, z, np.empty(0), 0.0)
 
 
-def _source_task(clt: Any, s: int, cols: tuple[int, int], k: int, by_abs: bool, row_block: int, scan: int,
-                 max_rows: int | None, read_maps: Mapping[int, np.ndarray] | None, rt: Runtime) -> _Found:
-    """The top ``k`` weights from source layer ``s``'s features ``cols`` to every later target (a
-    dask task: a directory is opened here, its tensors read by row blocks)."""
+def _pair_task(clt: Any, s: int, t: int, cols: tuple[int, int], k: int, by_abs: bool, row_block: int, scan: int,
+               max_rows: int | None, read_maps: Mapping[int, np.ndarray] | None, rt: Runtime) -> _Found:
+    """The top ``k`` weights from source layer ``s``'s features ``cols`` to target layer ``t`` (a
+    dask task: a directory is opened here and its tensors read by row blocks): the visible
+    decoders summed in write order, the target's encoder rows tile by tile."""
     src = _open_clt(clt)
     c0, c1 = cols
-    found = _empty_found()
-    done: tuple[int, ...] = ()
     D: np.ndarray | None = None
-    for t in range(src.n_layers):
-        js = src.visible(s, t) if t != s else ()
-        if not js:
-            continue
-        if D is None or js[:len(done)] != done:  # the sum in write order, extended as targets read later
-            D, done = None, ()
-        for j in js[len(done):]:
-            part = src.decoder_cols(s, j, c0, c1)
-            D = np.array(part, order="C") if D is None else np.add(D, part, out=D)
-        done = js
-        Dt = np.ascontiguousarray(D.T)  # the columns gathered for the values
-        N = None if read_maps is None else read_maps.get(src.layers[t])
-        for a in range(0, src.n_features[t], row_block):
-            b = min(src.n_features[t], a + row_block)
-            Lb = src.encoder_rows(t, a, b)
-            if N is not None:
-                Lb = Lb @ N
-            res = top_entries(Lb, D, k, rt, by_abs=by_abs, max_rows=max_rows, max_bytes=scan)
-            vals = np.array([float(np.dot(Lb[i], Dt[j])) for i, j in zip(res.rows, res.cols)])
-            n_ = len(vals)
-            part_found = (np.abs(vals) if by_abs else vals, np.full(n_, t), res.rows + a, np.full(n_, s),
-                          res.cols + c0, vals, res.bound)
-            found = _merge(k, [found, part_found])
+    for j in src.visible(s, t):
+        part = src.decoder_cols(s, j, c0, c1)
+        D = np.array(part, order="C") if D is None else np.add(D, part, out=D)
+    found = _empty_found()
+    if D is None:
+        return found
+    Dt = np.ascontiguousarray(D.T)  # the columns gathered for the values
+    N = None if read_maps is None else read_maps.get(src.layers[t])
+    for a in range(0, src.n_features[t], row_block):
+        b = min(src.n_features[t], a + row_block)
+        Lb = src.encoder_rows(t, a, b)
+        if N is not None:
+            Lb = Lb @ N
+        res = top_entries(Lb, D, k, rt, by_abs=by_abs, max_rows=max_rows, max_bytes=scan)
+        # each value one float64 dot product of contiguous vectors (the in-memory routes' values)
+        vals = np.array([float(np.dot(Lb[i], Dt[j])) for i, j in zip(res.rows, res.cols)])
+        n_ = len(vals)
+        tile = (np.abs(vals) if by_abs else vals, np.full(n_, t), res.rows + a, np.full(n_, s), res.cols + c0, vals,
+                res.bound)
+        found = _merge(k, [found, tile])
     return found
 
 
@@ -538,19 +536,19 @@ def stream_global_weights(
     say = log or (lambda _m: None)
     say(str(plan))
     rt = current()
-    tasks = [(s, (c, min(src.n_features[s], c + plan.col_block)))
-             for s in range(src.n_layers) if any(src.visible(s, t) for t in range(src.n_layers) if t != s)
-             for c in range(0, src.n_features[s], plan.col_block)]
+    tasks = [(s, t, (c, min(src.n_features[s], c + plan.col_block)))
+             for s, t in _pairs(src) for c in range(0, src.n_features[s], plan.col_block)]
     args = (k, bool(by_abs), plan.row_block, plan.scan_bytes, max_rows, read_maps, rt)
     if client is not None:
         where = str(clt) if isinstance(clt, (str, Path)) else client.scatter(src, broadcast=True, hash=False)
-        futures = [client.submit(_source_task, where, s, cols, *args, pure=False) for s, cols in tasks]
+        futures = [client.submit(_pair_task, where, s, t, cols, *args, pure=False) for s, t, cols in tasks]
         parts = client.gather(futures)
     else:
         parts = []
-        for i, (s, cols) in enumerate(tasks):
-            parts.append(_source_task(src, s, cols, *args))
-            say(f"task {i + 1}/{len(tasks)}: source layer {src.layers[s]}, features {cols[0]}-{cols[1] - 1}")
+        for i, (s, t, cols) in enumerate(tasks):
+            parts.append(_pair_task(src, s, t, cols, *args))
+            say(f"task {i + 1}/{len(tasks)}: source layer {src.layers[s]} features {cols[0]}-{cols[1] - 1} -> "
+                f"target layer {src.layers[t]}")
     key, tl, tf, sl, sf, val, bound = _merge(k, [_empty_found(), *parts])
     if bound > 0 and len(key) == k and bound < float(key[-1]):
         bound = 0.0  # nothing left unevaluated can reach the k-th weight

@@ -11,12 +11,10 @@ and so is circuitalg's column-convention ``W_skip``).
 Hooks. Gemma Scope 2's ``config.json`` names the Hugging Face module read
 (``hf_hook_point_in``) and, for transcoders, written (``hf_hook_point_out``):
 
-=================================================  ==================================
-``model.layers.L.output``                          ``blocks.L.hook_resid_post``
-``model.layers.L.self_attn.o_proj.input``          ``blocks.L.attn.hook_z``
-``model.layers.L.pre_feedforward_layernorm.output``  ``blocks.L.mlp.hook_in``
-``model.layers.L.post_feedforward_layernorm.output``  ``blocks.L.hook_mlp_out``
-=================================================  ==================================
+- ``model.layers.L.output``: ``blocks.L.hook_resid_post``;
+- ``model.layers.L.self_attn.o_proj.input``: ``blocks.L.attn.hook_z``;
+- ``model.layers.L.pre_feedforward_layernorm.output``: the MLP's input (``MLP_IN``);
+- ``model.layers.L.post_feedforward_layernorm.output``: ``blocks.L.hook_mlp_out``.
 
 Gemma Scope 1's files name no hook: it is read from the path as the release is laid out
 (``.../gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71``: ``res`` is

@@ -7,26 +7,20 @@ holding ``hook_name``) and the older one (``hook_point``, ``activation_fn_str``,
 SAELens stores ``W_enc (d_in, d_sae)`` and ``W_dec (d_sae, d_out)``; they are transposed to the
 column convention here. What each architecture becomes:
 
-=============================  ==========================================================
-``standard``                   :class:`ReLU`
-``jumprelu``                   ``JumpReLU(threshold, relu=True)``: SAELens computes
-                               ``relu(pre) * (pre > threshold)``; an old ``log_threshold``
-                               is ``exp``-ed as SAELens does
-``gated``                      ``JumpReLU(b_mag - b_gate * exp(r_mag), relu=True)`` on the
-                               magnitude path ``W_enc * exp(r_mag)``, ``b_mag``: the gate
-                               ``x W_enc + b_gate > 0`` is the same half-space (``exp(r_mag)
-                               > 0``), so the two are equal in exact arithmetic; in floating
-                               point a token whose gate pre-activation is within rounding of 0
-                               may fall on the other side
-``topk``                       ``TopK(k)`` (ReLU on the kept values, as SAELens)
-``abstopk``                    ``TopK(k, relu=False, absolute=True)``
-``batchtopk``,                 training checkpoints (``topk_threshold``): the JumpReLU SAELens
-``matryoshka_batchtopk``       saves them as for inference, ``BatchTopK(topk_threshold)``
-``transcoder``,                ``TRANSCODER`` (``metadata.hook_name`` -> ``hook_name_out``),
-``jumprelu_transcoder``        ReLU or JumpReLU
-``skip_transcoder``,           ``SKIP_TRANSCODER`` with ``W_skip (d_out, d_in)`` as stored
-``jumprelu_skip_transcoder``
-=============================  ==========================================================
+- ``standard``: :class:`ReLU`.
+- ``jumprelu``: ``JumpReLU(threshold, relu=True)`` (SAELens computes ``relu(pre) * (pre >
+  threshold)``); an old ``log_threshold`` is exponentiated, as SAELens does.
+- ``gated``: ``JumpReLU(b_mag - b_gate * exp(r_mag), relu=True)`` on the magnitude path (encoder
+  ``W_enc * exp(r_mag)``, bias ``b_mag``). The gate ``x W_enc + b_gate > 0`` is the same
+  half-space (``exp(r_mag) > 0``), so the two are equal in exact arithmetic; in floating point a
+  token whose gate pre-activation is within rounding of 0 may fall on the other side.
+- ``topk``: ``TopK(k)`` (a ReLU on the kept values, as SAELens); ``abstopk``: ``TopK(k,
+  relu=False, absolute=True)``.
+- ``batchtopk``, ``matryoshka_batchtopk`` (training checkpoints, with ``topk_threshold``): the
+  JumpReLU SAELens saves them as for inference, ``BatchTopK(topk_threshold)``.
+- ``transcoder``, ``jumprelu_transcoder``: ``TRANSCODER`` from ``metadata.hook_name`` to
+  ``metadata.hook_name_out``, ReLU or JumpReLU; ``skip_transcoder``,
+  ``jumprelu_skip_transcoder``: ``SKIP_TRANSCODER`` with ``W_skip (d_out, d_in)`` as stored.
 
 Exact folds applied at load (each is what SAELens computes, rearranged):
 

@@ -301,6 +301,8 @@ def test_top_feature_weights_equal_brute_force(by_abs: bool) -> None:
             assert [(e.row.index, e.col.index) for e in top] == brute_top(ref, k, by_abs), name
             close(top.values, ref[tuple(np.array(brute_top(ref, k, by_abs)).T)])
             assert top.exact and top.certificates[0].n_unevaluated == 0
+            rot = top_feature_weights(mp, k, by_abs=by_abs, rotate=True)  # ranked from the factored SVD
+            assert [(e.row, e.col) for e in rot] == [(e.row, e.col) for e in top] and np.array_equal(rot.values, top.values)
             assert all(isinstance(e.row, FeatureId) and e.row.dictionary == "t2" for e in top)
     assert "exact" in str(top) and "t2#" in str(top)
 

@@ -514,7 +514,8 @@ class WeightCertificate:
         The rows not evaluated.
     bound : float
         Every entry of the unscanned rows has magnitude at most ``bound`` (Cauchy-Schwarz,
-        ``‖L_i‖ max_j ‖V_j‖`` of the factors ranked); 0.0 when none is left.
+        ``‖L_i‖ max_j ‖V_j‖`` of the factors ranked, with room for rounding); 0.0 when none is
+        left.
     kth : float
         The smallest ranking key (value, or magnitude with ``by_abs``) of the entries returned.
     exact : bool
@@ -607,16 +608,17 @@ def _vocab_of(vocab: Any) -> Sequence[str] | None:
 
 
 def _top_one(m: LinearMap, k: int, by_abs: bool, rt: Runtime, max_rows: int | None, max_bytes: int | None,
-             vocab: Sequence[str] | None) -> tuple[list[FeatureWeight], WeightCertificate, list[float]]:
+             vocab: Sequence[str] | None, rotate: bool) -> tuple[list[FeatureWeight], WeightCertificate, list[float]]:
     n_rows, n_cols = m.shape
     kk = min(k, n_rows * n_cols)
     L_raw, V_raw = weight_factors(m, max_bytes=None)
-    # ranked from the factored SVD (U S)(Vᵀ), its leading directions first, which the float32
-    # screen of top_entries needs; values are then the dot products of the map's own factors
-    U, S, Vh = svd(compose(Dense(L_raw, Space("factor", L_raw.shape[1]), m.codomain, "L"),
-                           Dense(V_raw, m.domain, Space("factor", L_raw.shape[1]), "V")))
-    L = np.ascontiguousarray(U * S, dtype=np.float64)
-    V = np.ascontiguousarray(Vh, dtype=np.float64)
+    if rotate:  # ranked from the factored SVD (U S)(Vᵀ), its leading directions first
+        space = Space("factor", L_raw.shape[1])
+        U, S, Vh = svd(compose(Dense(L_raw, space, m.codomain, "L"), Dense(V_raw, m.domain, space, "V")))
+        L = np.ascontiguousarray(U * S, dtype=np.float64)
+        V = np.ascontiguousarray(Vh, dtype=np.float64)
+    else:
+        L, V = L_raw, V_raw
     top = top_entries(L, V, kk, rt, by_abs=by_abs, max_rows=max_rows, max_bytes=max_bytes)
     rows, cols = top.rows.astype(np.int64), top.cols.astype(np.int64)
     vals = np.einsum("ij,ji->i", L_raw[rows], V_raw[:, cols]) if rows.size else np.empty(0)
@@ -638,15 +640,17 @@ def _top_one(m: LinearMap, k: int, by_abs: bool, rt: Runtime, max_rows: int | No
 def top_feature_weights(
     m: LinearMap | Mapping[Any, LinearMap], k: int = 10, *, by_abs: bool = True, rt: Runtime | None = None,
     vocab: Sequence[str] | Transformer | None = None, max_rows: int | None = None, max_bytes: int | None = None,
+    rotate: bool = False,
 ) -> FeatureWeights:
     """The ``k`` largest entries of a feature map (``F_t x F_s``, ``vocab x F``, ...) without
     forming it, ranked in float64, with a certificate.
 
-    The map is split into its factors (:func:`weight_factors`), those are rotated to its factored
-    SVD, and :func:`~circuitalg.linalg.topk.top_entries` ranks the entries of the product: rows
-    strongest first, each block screened in float32 with a rigorous bound, the survivors in
-    float64, the scan stopped when the Cauchy-Schwarz bound excludes every remaining row. The
-    values returned are the dot products of the map's own factors in float64.
+    The map is split into its factors ``L @ V`` (:func:`weight_factors`: e.g. ``enc_t`` and
+    ``dec_s``), and :func:`~circuitalg.linalg.topk.top_entries` ranks the entries of the
+    product: rows strongest first, each block screened in float32 with a rigorous bound, the
+    survivors in float64, the scan stopped when the Cauchy-Schwarz bound excludes every remaining
+    row. The values returned are the float64 dot products of the map's own factors (exactly 0
+    where their supports are disjoint). The memory is that of the factors and one block of rows.
 
     Parameters
     ----------
@@ -666,6 +670,11 @@ def top_feature_weights(
         still exact).
     max_bytes : int, optional
         Size of one block of rows scanned (:data:`~circuitalg.linalg.topk.SCAN_BYTES` by default).
+    rotate : bool
+        Rank from the map's factored SVD ``(U S) Vᵀ`` instead of its own factors: its leading
+        directions let the float32 screen rule entries out from a prefix of the rank when the
+        singular values decay fast, at the cost of two thin QR factorisations (the values are
+        still those of the map's own factors).
 
     Returns
     -------
@@ -689,7 +698,7 @@ def top_feature_weights(
     pooled: list[tuple[float, int, FeatureWeight]] = []
     certs = []
     for n, x in enumerate(maps.values()):
-        entries, cert, keys = _top_one(x, k, bool(by_abs), rt, max_rows, max_bytes, words)
+        entries, cert, keys = _top_one(x, k, bool(by_abs), rt, max_rows, max_bytes, words, bool(rotate))
         certs.append(cert)
         pooled += [(key, n, e) for key, e in zip(keys, entries)]
     pooled.sort(key=lambda t: (-t[0], t[1], t[2].row.index, t[2].col.index))
@@ -778,13 +787,13 @@ def top_feature_logits(
     feats = np.arange(F) if features is None else np.asarray(features, dtype=np.int64).ravel()
     if feats.size and (feats.min() < 0 or feats.max() >= F):
         raise InvalidArgumentError(f"top_feature_logits: a feature index is out of range 0..{F - 1}.")
-    W = _as_f64(evaluate(b.model.W_U))  # (vocab_out, d), the final norm's weight inside
+    W = np.asarray(evaluate(b.model.W_U))  # (vocab_out, d), the final norm's weight inside
     dec = _as_f64(evaluate(_writer_sum(b, j, "top_feature_logits")))  # (d, F)
-    W32 = W.astype(np.float32)
+    W32 = W if W.dtype == np.float32 else W.astype(np.float32)  # float64 rows only where needed
     u = float(np.finfo(np.float32).eps) / 2
     d = W.shape[1]
     gamma = d * u / (1 - d * u)
-    wmax = float(np.linalg.norm(W, axis=1).max())
+    wmax = float(np.sqrt(np.einsum("ij,ij->i", W, W, dtype=np.float64).max()))
     budget = (64 << 20) if max_bytes is None else check_int("max_bytes", max_bytes, 1)
     block = max(1, budget // (4 * n_vocab))
     sign = -1.0 if by == "negative" else 1.0
@@ -793,12 +802,18 @@ def top_feature_logits(
     for s in range(0, feats.size, block):
         fb = feats[s:s + block]
         D = dec[:, fb]
-        S = W32 @ D.astype(np.float32)  # (vocab, b)
-        key = np.abs(S) if by == "abs" else sign * S
-        kth = -np.partition(-key, k - 1, axis=0)[k - 1]  # each column's float32 k-th key
+        key = W32 @ D.astype(np.float32)  # (vocab, b): the float32 logits, made the ranking key in place
+        if by == "abs":
+            np.abs(key, out=key)
+        elif by == "negative":
+            np.negative(key, out=key)
+        kth = np.partition(key, n_vocab - k, axis=0)[n_vocab - k]  # each column's float32 k-th key
         delta = (gamma * (1 + u) ** 2 + 2.01 * u) * wmax * np.linalg.norm(D, axis=0)
-        ri, ci = np.nonzero(key >= (kth.astype(np.float64) - 2 * delta)[None, :])
-        exact = np.einsum("ij,ji->i", W[ri], D[:, ci])
+        # a float32 threshold rounded down, so that the float32 comparison keeps every candidate
+        thr = (kth.astype(np.float64) - 2 * delta).astype(np.float32)
+        thr = np.where(thr.astype(np.float64) > kth.astype(np.float64) - 2 * delta, np.nextafter(thr, np.float32(-np.inf)), thr)
+        ri, ci = np.nonzero(key >= thr[None, :])
+        exact = np.einsum("ij,ji->i", W[ri].astype(np.float64), D[:, ci])
         ek = np.abs(exact) if by == "abs" else sign * exact
         order = np.lexsort((ri, -ek, ci))  # by column, then key descending, then token id
         ri, ci, exact = ri[order], ci[order], exact[order]

@@ -355,6 +355,7 @@ CASES = [
     ([ca.Source("pos"), F("clt0", 0), F("b", 1)], ("k", F("b", 2), F("clt0", 2))),
     (None, ("q", F("a", 0), F("c", 3))),
     ([F("a", 3), F("p", 2)], ("unembed", "q")),
+    ([F("a", 4), ca.Source("embed"), F("clt1", 1)], (F("b", 1), F("clt0", 0))),
 ]
 
 
@@ -526,3 +527,47 @@ def test_feature_ids_format_and_parse() -> None:
     with pytest.raises(ca.InvalidArgumentError, match="feature"):
         ca.Sink("feature")
     assert ca.Sink("feature", feature=f).name == "blocks.8.res#12"
+
+
+def test_parallel_blocks_and_dictionary_sets_and_foreign_feature_ids() -> None:
+    """In a parallel block the MLP (and a transcoder reading its input) reads the stream before
+    the layer's attention output; a bound dictionary set's tuple is accepted; any named tuple
+    (dictionary, index) is taken as a feature id."""
+    import dataclasses
+    from typing import NamedTuple
+
+    m0 = random_model(n_layers=2, n_heads=2, d_model=8, d_head=2, d_vocab=5, n_ctx=4, d_mlp=4, seed=9)
+    m = ca.Transformer(dataclasses.replace(m0.config, parallel_attn_mlp=True), dict(m0.params), name="parallel")
+    tc = bind(rdict("tc", ["blocks.1.ln2.hook_normalized"], ["blocks.1.hook_mlp_out"], 3, 8, 1,
+                    kind=DictionaryKind.TRANSCODER), m)
+    attn = bind(rdict("ao", ["blocks.0.hook_resid_pre"], ["blocks.0.hook_attn_out"], 3, 8, 2), m)
+    members = [rdict(f"clt{l}", [f"blocks.{l}.ln2.hook_normalized"], [f"blocks.{j}.hook_mlp_out" for j in range(l, 2)],
+                     2, 8, 3 + l, kind=DictionaryKind.CROSS_LAYER_TRANSCODER) for l in range(2)]
+    clt = bind(ca.features.DictionarySet("clt", members), m)
+
+    class OtherFeatureId(NamedTuple):
+        dictionary: str
+        index: int
+
+    g = ca.CircuitGraph(m, dictionaries=[tc, attn, clt],
+                        features=[OtherFeatureId("tc", 0), FeatureId("ao", 1), FeatureId("clt0", 1), FeatureId("clt1", 0)])
+    assert g.nx.has_edge("L0H1", "tc#0") and not g.nx.has_edge("L1H1", "tc#0")
+    assert g.nx.has_edge("ao#1", "mlp1") and not g.nx.has_edge("ao#1", "mlp0") and g.nx.has_edge("ao#1", "L1H0")
+    assert g.nx.has_edge("ao#1", "tc#0")  # layer 0's attention output is before layer 1's MLP input
+    assert g.nx.has_edge("clt0#1", "clt1#0") and not g.nx.has_edge("clt1#0", "clt0#1")
+    feats = [Feat(m, d, i) for d, i in ((tc.dictionary, 0), (attn.dictionary, 1), (members[0], 1), (members[1], 0))]
+    for f in feats:  # the parallel MLP input reads at l + 0.1 in the reference
+        f.reads = [(a - 0.4 if a % 1 == 0.5 else a, r) for a, r in f.reads]
+    want = expected_feature_edges(m, feats)
+    for (u, v, kind), (W, den, _) in want.items():
+        if v.startswith("mlp"):  # the reference's MLP reads at l + 0.5; parallel MLPs read at l
+            continue
+        assert g.nx.edges[u, v, kind]["norm"] == pytest.approx(np.linalg.norm(W), rel=1e-12, abs=1e-13 * den)
+    res = ca.top_circuits(m, 50, 2, (OtherFeatureId("tc", 0), "unembed"), sources=[OtherFeatureId("clt0", 1)],
+                          dictionaries=[tc, clt])
+    assert res.total == ca.count_circuits(m, 2, (FeatureId("tc", 0), "unembed"), sources=[FeatureId("clt0", 1)],
+                                          dictionaries=[tc, clt])
+    # clt0 writes from layer 0's MLP output on: layer 1's heads read it but write after tc reads
+    assert {c.name for c in res if c.sink.feature is not None} == {"clt0#1 -> tc#0"}
+    assert {c.name for c in res if not c.heads} == {"clt0#1 -> tc#0", "clt0#1 -> unembed"}
+    assert all(c.heads[0].layer == 1 for c in res if c.heads)

@@ -23,14 +23,17 @@ reading at depth ``a`` sees writers at depth ``< a`` (a head of layer ``l`` writ
 ``l + 0.25``, an MLP at ``l + 0.75``, the embeddings before everything), and a decoder at
 depth ``b < a``: two dictionaries at one hook have no virtual weight between them. A
 dictionary with several written (read) hooks contributes the sum of the columns (rows) the
-other end sees: ``Σ_{i,j: b_j < a_i} e_i d_j`` between two features.
+other end sees: ``Σ_{i,j: b_j < a_i} e_i d_j`` between two features. In a parallel block
+(``parallel_attn_mlp``) the MLP reads the stream its attention reads, so an MLP-input hook
+reads at depth ``l + 0.1``, before the attention's output (as in
+:mod:`circuitalg.features.circuits`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,7 @@ from circuitalg.spaces import Space
 
 __all__ = [
     "Circuit", "Sink", "SINK_SIDES", "UNEMBED", "FEATURE_SIDE", "FeatureVectors", "bound_dictionaries", "feature_vectors",
+    "as_feature_id",
     "head_chains", "count_head_chains",
 ]
 
@@ -125,11 +129,14 @@ class FeatureVectors:
             (bound.write_depth(j), np.asarray(bound.decoder_to_resid(j).array[:, index], dtype=np.float64))
             for j in range(len(d.writes))
         )
+        parallel = bound.model.config.parallel_attn_mlp
         self.reads = tuple(
-            (bound.read_depth(i), np.asarray(bound.encoder_from_resid(i).array[index], dtype=np.float64))
-            for i in range(len(d.reads))
+            (h.layer + 0.1 if parallel and h.kind.name in ("MLP_IN", "MLP_NORMALIZED") else bound.read_depth(i),
+             np.asarray(bound.encoder_from_resid(i).array[index], dtype=np.float64))
+            for i, h in enumerate(d.reads)
         )
         self.hooks = (tuple(h.hook_name for h in d.reads), tuple(h.hook_name for h in d.writes))
+        self._maps: dict[tuple[Any, ...], Dense] = {}  # one leaf per subset of hooks, shared by every edge
 
     @property
     def write_depth(self) -> float:
@@ -161,32 +168,40 @@ class FeatureVectors:
 
     def write_map(self, depth: float, *, strict: bool = False) -> Dense:
         """:meth:`written` as a typed map ``Space(name, 1) -> resid``."""
-        v = self.written(depth, strict=strict)
-        if v is None:
+        seen = tuple(j for j, (b, _) in enumerate(self.writes) if (b < depth if strict else b <= depth))
+        if not seen:
             raise InvalidArgumentError(f"feature {self.id.name} writes nothing a reader at depth {depth:g} sees.")
-        n = sum(1 for b, _ in self.writes if (b < depth if strict else b <= depth))
-        sub = "" if n == len(self.writes) else f"_{{{'<' if strict else '<='}{_depth_tag(depth)}}}"
-        return Dense(v[:, None], self.space, self.resid, f"dec^{{{self.id.name}}}{sub}")
+        key = ("dec", seen)
+        if key not in self._maps:
+            v = self.written(depth, strict=strict)
+            sub = "" if len(seen) == len(self.writes) else f"_{{{'<' if strict else '<='}{_depth_tag(depth)}}}"
+            self._maps[key] = Dense(v[:, None], self.space, self.resid, f"dec^{{{self.id.name}}}{sub}")  # type: ignore[index]
+        return self._maps[key]
 
     def read_map(self, depth: float) -> Dense:
         """:meth:`read` as a typed map ``resid -> Space(name, 1)``."""
-        r = self.read(depth)
-        if r is None:
+        seen = tuple(i for i, (a, _) in enumerate(self.reads) if a > depth)
+        if not seen:
             raise InvalidArgumentError(f"feature {self.id.name} reads nothing written at depth {depth:g}.")
-        n = sum(1 for a, _ in self.reads if a > depth)
-        sub = "" if n == len(self.reads) else f"_{{>{_depth_tag(depth)}}}"
-        return Dense(r[None, :], self.resid, self.space, f"enc^{{{self.id.name}}}{sub}")
+        key = ("enc", seen)
+        if key not in self._maps:
+            r = self.read(depth)
+            sub = "" if len(seen) == len(self.reads) else f"_{{>{_depth_tag(depth)}}}"
+            self._maps[key] = Dense(r[None, :], self.resid, self.space, f"enc^{{{self.id.name}}}{sub}")  # type: ignore[index]
+        return self._maps[key]
 
     def direct_map(self, source: FeatureVectors) -> LinearMap:
         """:meth:`direct` as a lazy map ``Space(source, 1) -> Space(self, 1)``: ``e_t d_s``, or the
         sum over read hooks of ``e_i`` times the decoders written before it."""
         terms = []
-        for a, r in self.reads:
+        for i, (a, r) in enumerate(self.reads):
             if source.written(a, strict=True) is None:
                 continue
-            sub = "" if len(self.reads) == 1 else f"_{{{_depth_tag(a)}}}"
-            row = Dense(r[None, :], self.resid, self.space, f"enc^{{{self.id.name}}}{sub}")
-            terms.append(row @ source.write_map(a, strict=True))
+            key = ("row", (i,))
+            if key not in self._maps:
+                sub = "" if len(self.reads) == 1 else f"_{{{_depth_tag(a)}}}"
+                self._maps[key] = Dense(r[None, :], self.resid, self.space, f"enc^{{{self.id.name}}}{sub}")
+            terms.append(self._maps[key] @ source.write_map(a, strict=True))
         if not terms:
             raise InvalidArgumentError(f"feature {self.id.name} reads nothing {source.id.name} writes before it.")
         out = terms[0]
@@ -195,10 +210,21 @@ class FeatureVectors:
         return out
 
 
+def as_feature_id(x: Any) -> FeatureId | None:
+    """``x`` as a :class:`FeatureId` if it is one (or a named tuple with the same fields,
+    ``dictionary`` and ``index``), else None."""
+    if isinstance(x, FeatureId):
+        return x
+    if isinstance(x, tuple) and getattr(x, "_fields", None) == FeatureId._fields:
+        return FeatureId(*x)
+    return None
+
+
 def feature_vectors(dictionaries: Mapping[str, Any], fid: Any, where: str) -> FeatureVectors:
     """The :class:`FeatureVectors` of ``fid`` (a FeatureId) among ``dictionaries``."""
-    if not isinstance(fid, FeatureId):
-        raise InvalidArgumentError(f"{where}: expected a ca.FeatureId, got {fid!r}.")
+    given, fid = fid, as_feature_id(fid)
+    if fid is None:
+        raise InvalidArgumentError(f"{where}: expected a ca.FeatureId, got {given!r}.")
     b = dictionaries.get(fid.dictionary)
     if b is None:
         raise InvalidArgumentError(

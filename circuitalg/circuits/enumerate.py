@@ -52,6 +52,7 @@ from circuitalg.circuits.circuit import (
     SINK_SIDES,
     UNEMBED,
     Circuit,
+    as_feature_id,
     FeatureVectors,
     Sink,
     bound_dictionaries,
@@ -147,10 +148,10 @@ class _Ends:
 
 def _ends(model: Transformer, k: Any, max_heads: Any, sinks: Any, sources: Any, dictionaries: Any) -> _Ends | None:
     """Check the arguments; None when the search has no feature (today's search)."""
-    if isinstance(sinks, (str, FeatureId)):
+    if isinstance(sinks, str) or as_feature_id(sinks) is not None:
         sinks = (sinks,)
     try:
-        sinks = tuple(sinks)
+        sinks = tuple(x if as_feature_id(x) is None else as_feature_id(x) for x in sinks)
     except TypeError:
         raise InvalidArgumentError(f"sinks={sinks!r}; choose from {SINK_SIDES} or give ca.FeatureId sinks.") from None
     feature_sinks = tuple(x for x in sinks if isinstance(x, FeatureId))
@@ -171,10 +172,10 @@ def _ends(model: Transformer, k: Any, max_heads: Any, sinks: Any, sources: Any, 
     if sources is None:
         srcs: tuple[Any, ...] = tuple(model.embedding_sources)
     else:
-        if isinstance(sources, (Source, FeatureId)):
+        if isinstance(sources, Source) or as_feature_id(sources) is not None:
             sources = (sources,)
         try:
-            srcs = tuple(sources)
+            srcs = tuple(x if as_feature_id(x) is None else as_feature_id(x) for x in sources)
         except TypeError:
             raise InvalidArgumentError(f"sources={sources!r}; pass a sequence of ca.Source and ca.FeatureId.") from None
         if not srcs:

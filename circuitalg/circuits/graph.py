@@ -34,8 +34,8 @@ kinds, with the feature's vector as the writer's or the reader's map, and one ne
 ``norm`` is the Frobenius norm (``|e_t d_s|`` between features) and ``score`` the norm divided
 by the product of the two maps' norms (the cosine ``e_t d_s / (‖e_t‖ ‖d_s‖)`` in absolute value
 between features). Edges follow depth (:mod:`circuitalg.circuits.circuit`): a component
-reading at depth ``r`` (a head of layer ``l``: ``l``, an MLP ``l + 0.5``, the unembedding
-``n_layers``) reads a decoder written at depth ``<= r``; an encoder reading at depth ``a`` reads
+reading at depth ``r`` (a head of layer ``l``: ``l``, an MLP ``l + 0.5``, or ``l`` in a
+parallel block, the unembedding ``n_layers``) reads a decoder written at depth ``<= r``; an encoder reading at depth ``a`` reads
 writers at depth ``< a`` (heads ``l + 0.25``, MLPs ``l + 0.75``, embeddings first). A dictionary
 with several hooks contributes the columns (rows) the other end sees, summed; between two
 features ``Σ_{i,j: b_j < a_i} e_i d_j``, whose ``score`` divides by ``Σ_i ‖e_i‖ ‖Σ_{b_j < a_i}
@@ -53,7 +53,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from circuitalg.circuits.circuit import FeatureVectors, bound_dictionaries
+from circuitalg.circuits.circuit import FeatureVectors, as_feature_id, bound_dictionaries
 from circuitalg.circuits.composition import (
     COMPOSITION_KINDS,
     ZERO_FLOOR,
@@ -66,7 +66,7 @@ from circuitalg.errors import InvalidArgumentError, LoadError
 from circuitalg.files import atomic_write
 from circuitalg.linalg import gram_factor
 from circuitalg.maps.nodes import LinearMap
-from circuitalg.model.ids import EMBED, POS, FeatureId, HeadId, Source, layer_tag
+from circuitalg.model.ids import EMBED, POS, HeadId, Source, layer_tag
 from circuitalg.model.weights import Transformer
 
 __all__ = ["CircuitGraph", "EDGE_KINDS", "feature_logit_norms", "top_logit_features"]
@@ -541,10 +541,11 @@ def _select_features(
                 idx = [idx]
             picks += [(name, i) for i in idx]
     else:
-        for f in features:
-            if not isinstance(f, FeatureId):
+        for x in features:
+            f = as_feature_id(x)
+            if f is None:
                 raise InvalidArgumentError(
-                    f"CircuitGraph: features must map dictionary names to indices or list ca.FeatureId, got {f!r}."
+                    f"CircuitGraph: features must map dictionary names to indices or list ca.FeatureId, got {x!r}."
                 )
             picks.append((f.dictionary, f.index))
     out: list[FeatureVectors] = []
@@ -567,6 +568,8 @@ def _read_depth(model: Transformer, node: Node) -> float:
         return float(model.config.n_layers)
     if isinstance(node, HeadId):
         return float(node.layer)
+    if model.config.parallel_attn_mlp:  # the MLP reads the stream its attention reads
+        return float(node.layer)  # type: ignore[union-attr]
     return node.layer + 0.5  # type: ignore[union-attr]
 
 
@@ -644,8 +647,9 @@ def _add_features(g: nx.MultiDiGraph, model: Transformer, selected: list[Feature
     writers = _writers(model)
     r_norm2 = {(rnode, kind): _reader_value(model, rnode, kind, None) for rnode, kind, _, _, _ in readers}
     w_factor = {wnode: _factor(model, wnode, wmap) for wnode, _, wmap, _ in writers if not isinstance(wnode, HeadId)}
-    w_norm2 = {wnode: float(np.sum((w_factor[wnode] if wnode in w_factor else _factor(model, wnode, wmap)) ** 2))
-               for wnode, _, wmap, _ in writers}
+    w_norm2 = {wnode: float(np.sum(F**2)) for wnode, F in w_factor.items()}
+    head_norm2 = np.einsum("lhij,lhij->lh", hw.gram("O"), hw.gram("V"))  # ‖W_O W_V‖_F² = <W_OᵀW_O, W_V W_Vᵀ>
+    w_norm2.update({wnode: float(head_norm2[wnode.layer, wnode.head]) for wnode, *_ in writers if isinstance(wnode, HeadId)})
     for fv in selected:
         name = fv.id.name
         dec = f"dec^{{{name}}}"

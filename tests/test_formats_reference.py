@@ -432,3 +432,70 @@ def test_transcoder_set_members_must_agree(tmp_path: Path) -> None:
     save_file(t, str(d / "layer_1.safetensors"))
     with pytest.raises(LoadError, match="d_transcoder"):
         load_dictionary(d)
+
+
+# -- fuzzing: a mutated directory loads or raises a circuitalg error, never anything else -----------
+_BAD_VALUES = [-1, 0, 10**9, 2.5, "x", None, [], {}, "NaN", True, float("nan"), 10**400, "blocks.1.hook_resid_post"]
+_JSON_CASES = [("sparsify/sae_topk/dict/layers.2", "cfg.json", None),
+               ("sparsify/transcoder_skip/dict/layers.3.mlp", "cfg.json", None),
+               ("dictionary_learning/topk/dict", "config.json", "trainer"),
+               ("dictionary_learning/matryoshka_batch_topk/dict", "config.json", "trainer"),
+               ("lm_saes/sae_jumprelu/dict", "config.json", None), ("lm_saes/clt_jumprelu/dict", "config.json", None),
+               ("lm_saes/llama_scope_hf/dict", "hyperparams.json", None)]
+_BYTE_CASES = [("circuit_tracer/plt_jumprelu_skip/dict", "layer_1.safetensors"),
+               ("circuit_tracer/clt_jumprelu/dict", "W_dec_1.safetensors"),
+               ("sparsify/transcoder_skip/dict/layers.3.mlp", "sae.safetensors"),
+               ("dictionary_learning/jumprelu/dict", "ae.pt"),
+               ("lm_saes/clt_topk/dict", "sae_weights.safetensors"),
+               ("lm_saes/llama_scope_hf/dict", "checkpoints/final.safetensors")]
+
+
+def _loads_or_refuses(d: Path) -> None:
+    from circuitalg.errors import CircuitAlgError
+
+    try:
+        load_dictionary(d)
+    except CircuitAlgError:
+        pass
+
+
+def test_fuzzed_configs_and_files_raise_only_circuitalg_errors(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(20261206)
+    for i in range(120):
+        rel, name, sub = _JSON_CASES[i % len(_JSON_CASES)]
+        d = tmp_path / f"j{i}"
+        shutil.copytree(FIXTURES / rel, d)
+        cfg = json.loads((d / name).read_text())
+        target = cfg[sub] if sub else cfg
+        key = rng.choice(sorted(target))
+        if rng.random() < 0.2:
+            del target[key]
+        else:
+            target[key] = rng.choice(_BAD_VALUES)
+        (d / name).write_text(json.dumps(cfg))
+        _loads_or_refuses(d)
+    for i in range(120):
+        rel, name = _BYTE_CASES[i % len(_BYTE_CASES)]
+        d = tmp_path / f"b{i}"
+        shutil.copytree(FIXTURES / rel, d)
+        data = bytearray((d / name).read_bytes())
+        kind = i // len(_BYTE_CASES) % 3
+        if kind == 0:
+            data = data[: rng.randrange(len(data))]
+        elif kind == 1:
+            for _ in range(4):
+                j = rng.randrange(min(len(data), 300))
+                data[j] ^= 1 << rng.randrange(8)
+        else:
+            data += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        (d / name).write_bytes(bytes(data))
+        _loads_or_refuses(d)
+    for i, line in enumerate(["model_kind:", "  model_kind: x", "- x", "model_kind: [1, 2]", "scan: 'open", "::", ""]):
+        d = tmp_path / f"y{i}"
+        shutil.copytree(FIXTURES / "circuit_tracer" / "plt_relu" / "dict", d)
+        lines = (d / "config.yaml").read_text().splitlines()
+        lines[i % len(lines)] = line
+        (d / "config.yaml").write_text("\n".join(lines))
+        _loads_or_refuses(d)

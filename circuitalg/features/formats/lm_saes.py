@@ -99,6 +99,16 @@ def _field(cfg: dict[str, Any], key: str, kinds: tuple[type, ...], source: str, 
     return v
 
 
+def _d_sae(d: int, ef: float, source: str) -> int:
+    """``int(d_model * expansion_factor)``, as SparseDictionaryConfig.d_sae computes it."""
+    if not 1 <= d < 2**40 or not 0 < ef < 2**40:  # NaN and infinity fail the comparison too
+        raise LoadError(f"{source}: d_model={d!r}, expansion_factor={ef!r}: expected a positive size and a positive finite factor.")
+    F = int(d * ef)
+    if F < 1:
+        raise LoadError(f"{source}: d_model={d} x expansion_factor={ef} gives {F} features.")
+    return F
+
+
 def _hook(name: Any, source: str, key: str) -> Hook:
     try:
         return Hook.parse(name)
@@ -177,10 +187,7 @@ def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary | DictionarySet:
         raise LoadError(f"{source}: field 'sae_type' = {sae_type!r}; circuitalg reads llamascopium's 'sae' (SAEs and "
                         "transcoders) and 'clt' (cross-layer transcoders).")
     d = _field(cfg, "d_model", (int,), source)
-    ef = _field(cfg, "expansion_factor", (int, float), source)
-    F = int(d * ef)
-    if d < 1 or F < 1:
-        raise LoadError(f"{source}: d_model={d}, expansion_factor={ef}: expected positive sizes.")
+    F = _d_sae(d, _field(cfg, "expansion_factor", (int, float), source), source)
     act = _field(cfg, "act_fn", (str,), source, "relu")
     norm = _field(cfg, "norm_activation", (str,), source, "dataset-wise")
     decnorm = _field(cfg, "sparsity_include_decoder_norm", (bool,), source, True)
@@ -309,7 +316,9 @@ def _load_llama_scope(p: Path, dtype: np.dtype) -> Dictionary:
     d = _field(cfg, "d_model", (int,), source)
     F = _field(cfg, "d_sae", (int,), source, None)
     if F is None:
-        F = int(d * _field(cfg, "expansion_factor", (int, float), source))
+        F = _d_sae(d, _field(cfg, "expansion_factor", (int, float), source), source)
+    elif not 1 <= F < 2**40 or not 1 <= d < 2**40:
+        raise LoadError(f"{source}: d_model={d}, d_sae={F}: expected positive sizes.")
     act = _field(cfg, "act_fn", (str,), source, "jumprelu")
     if act != "jumprelu":
         raise LoadError(f"{source}: field 'act_fn' = {act!r}; Llama Scope's releases are 'jumprelu'.")

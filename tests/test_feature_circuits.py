@@ -4,6 +4,8 @@ rotations from their formula), never from the maps under test."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -258,6 +260,14 @@ def test_learned_positions_and_readouts_on_zoo_models() -> None:
     close(feature_qk("pos", bs, (1, 0)).to_dense(), m.params["W_pos"].T @ R.W_Q(1, 0).T @ R.W_K(1, 0) @ s.W_dec[0])
     close(layer_virtual_weights(bs, bt, 1).to_dense(),
           sum(t.W_enc[0] @ R.W_O(1, h) @ R.W_V(1, h) @ s.W_dec[0] for h in range(4)))
+    one = ca.zoo.load("attn1l")
+    R1 = Ref(one)
+    a, c = sae("b0", HookKind.RESID_PRE, 0, d=64, F=16, seed=9), sae("b1", HookKind.RESID_POST, 0, d=64, F=18, seed=10)
+    ba, bc = bind(a, one), bind(c, one)
+    close(virtual_weights(ba, bc).to_dense(), c.W_enc[0] @ a.W_dec[0])
+    for h in range(4):
+        close(head_virtual_weights(ba, bc, (0, h)).to_dense(), c.W_enc[0] @ R1.W_O(0, h) @ R1.W_V(0, h) @ a.W_dec[0])
+    close(feature_logits(bc).to_dense(), R1.W_U() @ c.W_dec[0])
     # top logit tokens of every feature: exact, strings from the model's vocabulary
     ref = R.W_U() @ s.W_dec[0]
     for by, key in (("value", ref), ("abs", np.abs(ref)), ("negative", -ref)):
@@ -271,6 +281,11 @@ def test_learned_positions_and_readouts_on_zoo_models() -> None:
     # small blocks give the same table
     tl2 = top_feature_logits(bs, 5, features=[3, 7, 11], max_bytes=4 * 64 * 2)
     assert np.array_equal(tl2.tokens, top_feature_logits(bs, 5).tokens[[3, 7, 11]])
+    # a dead feature (zero decoder column): every logit ties at 0, ranked by token id
+    W_dec = s.W_dec[0].copy()
+    W_dec[:, 0] = 0.0
+    dead = top_feature_logits(bind(dataclasses.replace(s, W_dec=(W_dec,)), m), 5)
+    assert list(dead.tokens[0]) == [0, 1, 2, 3, 4] and np.all(dead.values[0] == 0.0)
     top = top_feature_weights(feature_logits(bs), 6, vocab=m)
     assert all(isinstance(e.row, TokenId) and e.row.token == m.vocab[e.row.index] for e in top)
     flat = np.argsort(-np.abs(ref), axis=None, kind="stable")[:6]

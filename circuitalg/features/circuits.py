@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from circuitalg import runtime
-from circuitalg.errors import ConfigError, InvalidArgumentError, ShapeError, TooLargeError, check_int
+from circuitalg.errors import ConfigError, InvalidArgumentError, ShapeError, check_int
 from circuitalg.features.binding import BoundDictionary
 from circuitalg.features.dictionary import Dictionary, DictionarySet
 from circuitalg.features.hooks import Hook, HookKind
@@ -50,7 +50,7 @@ from circuitalg.linalg.topk import top_entries
 from circuitalg.maps.chain import as_chain
 from circuitalg.maps.nodes import Dense, LinearMap, Sum
 from circuitalg.maps.rules import add, compose, transpose
-from circuitalg.model.ids import EMBED, POS, HeadId, Source
+from circuitalg.model.ids import EMBED, POS, Source
 from circuitalg.model.weights import Head, Transformer
 from circuitalg.runtime import Runtime
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
@@ -72,6 +72,7 @@ __all__ = [
     "position_features",
     "weight_factors",
     "weight_entries",
+    "pair_dots",
     "top_feature_weights",
     "top_feature_logits",
     "axis_id",
@@ -333,7 +334,7 @@ def _qk_side(x: Any, model: Transformer | None, layer: int, role: str) -> tuple[
         raise InvalidArgumentError(f"feature_qk: the {role} side must be a dictionary, 'embed' or 'pos', got {x}.")
     b = _bound(x, f"feature_qk {role}")
     if model is not None and b.model is not model:
-        raise ConfigError(f"feature_qk: the query and key dictionaries are bound to different models; bind both to one.")
+        raise ConfigError("feature_qk: the query and key dictionaries are bound to different models; bind both to one.")
     decs = _writers(b, lambda w: w <= layer)
     if not decs:
         raise InvalidArgumentError(
@@ -471,6 +472,22 @@ def weight_factors(m: LinearMap, *, max_bytes: int | None = None) -> tuple[np.nd
     return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=0)
 
 
+#: Bytes of gathered factor rows one chunk of :func:`pair_dots` holds.
+PAIR_CHUNK_BYTES = 32 << 20
+
+
+def pair_dots(L: np.ndarray, V: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``L[rows[i]] · V[:, cols[i]]`` in float64 for every pair, gathered in chunks of at most
+    :data:`PAIR_CHUNK_BYTES` (no ``n_pairs x r`` array)."""
+    r = max(1, L.shape[1])
+    step = max(1, PAIR_CHUNK_BYTES // (16 * r))
+    out = np.empty(rows.size, dtype=np.float64)
+    for s in range(0, rows.size, step):
+        a, b = rows[s:s + step], cols[s:s + step]
+        out[s:s + step] = np.einsum("ij,ji->i", np.asarray(L[a], dtype=np.float64), np.asarray(V[:, b], dtype=np.float64))
+    return out
+
+
 def weight_entries(m: LinearMap, rows: Any, cols: Any) -> np.ndarray:
     """Entries ``m[rows[i], cols[i]]`` in float64, each the dot product of a row of ``L`` and a
     column of ``V`` (:func:`weight_factors`): exact to float64 rounding, zero exactly where the
@@ -482,7 +499,7 @@ def weight_entries(m: LinearMap, rows: Any, cols: Any) -> np.ndarray:
         raise ShapeError(f"weight_entries: {r.size} rows and {c.size} columns; pass one of each per entry.")
     if r.size and (r.min() < 0 or r.max() >= L.shape[0] or c.min() < 0 or c.max() >= V.shape[1]):
         raise InvalidArgumentError(f"weight_entries: an index is out of range for the {m.shape[0]} x {m.shape[1]} map.")
-    return np.einsum("ij,ji->i", L[r], V[:, c])
+    return pair_dots(L, V, r, c)
 
 
 # --- top entries with a certificate ---------------------------------------------------------------
@@ -813,7 +830,7 @@ def top_feature_logits(
         thr = (kth.astype(np.float64) - 2 * delta).astype(np.float32)
         thr = np.where(thr.astype(np.float64) > kth.astype(np.float64) - 2 * delta, np.nextafter(thr, np.float32(-np.inf)), thr)
         ri, ci = np.nonzero(key >= thr[None, :])
-        exact = np.einsum("ij,ji->i", W[ri].astype(np.float64), D[:, ci])
+        exact = pair_dots(W, D, ri, ci)
         ek = np.abs(exact) if by == "abs" else sign * exact
         order = np.lexsort((ri, -ek, ci))  # by column, then key descending, then token id
         ri, ci, exact = ri[order], ci[order], exact[order]

@@ -31,7 +31,14 @@ import scipy.sparse as sp
 
 from circuitalg.errors import ConfigError, InvalidArgumentError, ShapeError, check_int
 from circuitalg.features.binding import BoundDictionary, bind
-from circuitalg.features.circuits import FeatureWeight, FeatureWeights, WeightCertificate, axis_id, weight_factors
+from circuitalg.features.circuits import (
+    FeatureWeight,
+    FeatureWeights,
+    WeightCertificate,
+    axis_id,
+    pair_dots,
+    weight_factors,
+)
 from circuitalg.features.dictionary import Dictionary, DictionarySet
 from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.maps.nodes import LinearMap
@@ -323,7 +330,7 @@ def twera(weights: LinearMap, stats: CoactivationStats | None = None, *, comomen
     keep = (C.data != 0) & (mean_t[C.row] != 0)
     r, c, w = C.row[keep], C.col[keep], C.data[keep] / mean_t[C.row[keep]]
     L, V = weight_factors(weights)
-    vals = np.einsum("ij,ji->i", L[r], V[:, c]) * w if r.size else np.empty(0)
+    vals = pair_dots(L, V, r, c) * w
     out = sp.csr_array((vals, (r, c)), shape=weights.shape)
     return out
 

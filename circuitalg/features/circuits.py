@@ -438,10 +438,13 @@ def _factor_parts(m: LinearMap, max_bytes: int | None) -> list[tuple[np.ndarray,
             L = _as_f64(evaluate(fs[j - 1], max_bytes))
             for f in reversed(fs[: j - 1]):
                 L = matmat(f, L)
-            Rt = _as_f64(evaluate(fs[j], max_bytes)).T
+            # V is handed out as the transpose of a C-ordered (domain, r) array: top_entries
+            # gathers columns of V from V.T, which is then no copy
+            Rt = np.array(evaluate(fs[j], max_bytes).T, dtype=np.float64, order="C")
             for f in fs[j + 1:]:
                 Rt = rmatmat(f, Rt)
-            return [(chain.scalar * _as_f64(L), np.ascontiguousarray(_as_f64(Rt).T))]
+            L = _as_f64(L)
+            return [(L if chain.scalar == 1 else chain.scalar * L, np.ascontiguousarray(Rt, dtype=np.float64).T)]
     if len(fs) == 1 and isinstance(fs[0], Sum):
         return [(chain.scalar * L, V) for t in fs[0].terms for L, V in _factor_parts(t, max_bytes)]
     check_budget((n, mm), np.float64, lambda: f"{m.symbol} (no factored form)", max_bytes)

@@ -404,6 +404,15 @@ def test_what_cannot_be_read_is_refused_naming_the_field(tmp_path, change, match
     assert "cfg.json" in str(e.value) or "sae_weights.safetensors" in str(e.value)
 
 
+def test_a_fold_that_overflows_is_a_load_error(tmp_path) -> None:
+    path = _saved_sae(tmp_path, "gated", np.float32, True)
+    t = load_file(str(path / "sae_weights.safetensors"))
+    t["r_mag"][3] = 1000.0  # exp overflows float32
+    save_file(t, str(path / "sae_weights.safetensors"))
+    with pytest.raises(LoadError, match="not make a valid dictionary"):
+        load_dictionary(path, dtype=np.float32)
+
+
 def test_preprocessing_from_model_kwargs(tmp_path) -> None:
     sae = StandardSAE(_cfg(StandardSAEConfig, np.float32, meta={
         "model_from_pretrained_kwargs": {"fold_ln": True, "center_writing_weights": True, "center_unembed": False}}))

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, LoadError, ShapeError
+from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError
 from circuitalg.features.activations import JumpReLU
 from circuitalg.features.dictionary import Dictionary, DictionaryKind
 from circuitalg.features.hooks import Hook, HookKind
@@ -211,7 +211,7 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         return _dictionary(p, kind, reads, writes if transcoder else reads, cast(W_enc), cast(b_enc), cast(W_dec),
                            cast(b_dec), cast(threshold), None if skip is None else cast(skip), dt,
                            {"format": NAME, "gemma_scope_version": version, "config": cfg})
-    except (InvalidArgumentError, ShapeError) as e:
+    except (InvalidArgumentError, ShapeError, InvalidArrayError) as e:
         raise LoadError(f"{p}: the files do not make a valid dictionary: {e}") from None
 
 

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitalg.errors import InvalidArgumentError, LoadError, ShapeError
+from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError
 from circuitalg.features.activations import BatchTopK, JumpReLU, ReLU, TopK
 from circuitalg.features.dictionary import PREPROCESSING, Dictionary, DictionaryKind, DictionarySet
 from circuitalg.features.hooks import Hook, HookKind
@@ -323,6 +323,7 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     W_dec = take("W_dec", (d_sae, d_out), "(d_sae, d_out)" if transcoder else "(d_sae, d_in)")
     b_dec = take("b_dec", (d_out,), "(d_out,)" if transcoder else "(d_in,)")
     gated = arch == "gated"
+    b_gate = b_mag = r_mag = None
     if gated:
         b_gate, b_mag, r_mag = (take(n, (d_sae,), "(d_sae,)") for n in ("b_gate", "b_mag", "r_mag"))
         b_enc = None
@@ -345,7 +346,22 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     topk_archs = ("topk", "abstopk", "batchtopk", "matryoshka_batchtopk")
     rescale = _bool(cfg, "rescale_acts_by_decoder_norm", src, arch in topk_archs[2:]) if arch in topk_archs else False
 
-    # the folds, in the order SAELens applies them
+    try:
+        # overflow in a fold (exp(r_mag), a tiny norm) leaves non-finite weights, refused below
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return _folded(p, cfg, raw, src, w_file, arch, transcoder, norm, pre_shift, reads, writes, preprocessing, dt,
+                           W_enc, b_enc, W_dec, b_dec, gated, b_gate, b_mag, r_mag, threshold, topk_threshold,
+                           finetuning_scale, W_skip, rescale)
+    except (InvalidArgumentError, ShapeError, InvalidArrayError) as e:
+        raise LoadError(f"{p}: the files do not make a valid dictionary: {e}") from None
+
+
+def _folded(p, cfg, raw, src, w_file, arch, transcoder, norm, pre_shift, reads, writes, preprocessing, dt,
+            W_enc, b_enc, W_dec, b_dec, gated, b_gate, b_mag, r_mag, threshold, topk_threshold,
+            finetuning_scale, W_skip, rescale) -> Dictionary:
+    """The folds of the module docstring, in the order SAELens applies them, and the dictionary."""
+    d_in, d_sae = W_enc.shape
+    topk_archs = ("topk", "abstopk", "batchtopk", "matryoshka_batchtopk")
     notes: list[str] = []
     if finetuning_scale is not None and not np.allclose(finetuning_scale, 1.0):
         if not cfg.get("finetuning_scaling_factor"):
@@ -403,14 +419,12 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         activation = ReLU()
 
     kind = (DictionaryKind.SKIP_TRANSCODER if W_skip is not None else DictionaryKind.TRANSCODER) if transcoder else DictionaryKind.SAE
-    try:
-        return _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip,
-                           preprocessing, dt, {"format": NAME, "architecture": arch, "config": raw, "notes": notes})
-    except (InvalidArgumentError, ShapeError) as e:
-        raise LoadError(f"{p}: the files do not make a valid dictionary: {e}") from None
+    return _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip,
+                       preprocessing, dt, {"format": NAME, "architecture": arch, "config": raw, "notes": notes})
 
 
-def _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip, preprocessing, dt, meta):
+def _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip, preprocessing, dt,
+                meta) -> Dictionary:
     return Dictionary(
         name=p.resolve().name or NAME,
         kind=kind,

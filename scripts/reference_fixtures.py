@@ -107,6 +107,10 @@ def run_in_venv(py: Path, *args: str) -> None:
     subprocess.run([str(py), str(Path(__file__).resolve()), *args], check=True, env=env, cwd=str(ROOT))
 
 
+def _shown(p: Path) -> str:
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def write_with_circuitalg(out: Path) -> None:
     """Load every circuit-tracer fixture with circuitalg and write it back with its writer."""
     import shutil
@@ -123,7 +127,7 @@ def write_with_circuitalg(out: Path) -> None:
         if target.exists():
             shutil.rmtree(target)
         save_dictionary(d, target, format="circuit_tracer")
-        print(f"circuitalg wrote {target.relative_to(ROOT)}")
+        print(f"circuitalg wrote {_shown(target)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     write_with_circuitalg(out)
     run_in_venv(py, "--check-written", "--out", str(out))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"fixtures: {out.relative_to(ROOT)} ({total / 1e6:.2f} MB)")
+    print(f"fixtures: {_shown(out)} ({total / 1e6:.2f} MB)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,7 +621,11 @@ def gen_lm_saes(out: Path) -> None:
         if norm == "dataset-wise":
             norms = {hin: 6.5, hout: 2.5} if hin != hout else {hin: 6.5}
             m.set_dataset_average_activation_norm(norms)
-        m.save_pretrained(case.dict_dir)
+        if name == "sae_topk":  # llamascopium's torch checkpoint, {"sae": state_dict, "version": ...}
+            case.dict_dir.mkdir()
+            m.save_checkpoint(case.dict_dir / "sae_weights.pt")
+        else:
+            m.save_pretrained(case.dict_dir)
         cfg.save_hyperparameters(case.dict_dir)
         for dn, tdt in _torch_dtypes().items():
             lm = SparseDictionary.from_pretrained(str(case.dict_dir), dtype=tdt)

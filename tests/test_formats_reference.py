@@ -310,7 +310,7 @@ CORRUPTIONS = [
     ("dictionary_learning/topk/dict", ("json", "config.json", {"trainer__k": 9}), "trainer.k"),
     ("lm_saes/sae_jumprelu/dict", ("tensors", "sae_weights.safetensors", "drop",
                                    "activation_function.log_jumprelu_threshold"), "log_jumprelu_threshold"),
-    ("lm_saes/sae_topk/dict", ("tensors", "sae_weights.safetensors", "reshape", "W_D"), "W_D"),
+    ("lm_saes/sae_relu_inference/dict", ("tensors", "sae_weights.safetensors", "reshape", "W_D"), "W_D"),
     ("lm_saes/transcoder_jumprelu/dict", ("tensors", "sae_weights.safetensors", "drop",
                                           "dataset_average_activation_norm.blocks.2.hook_mlp_out"),
      "dataset_average_activation_norm.blocks.2.hook_mlp_out"),

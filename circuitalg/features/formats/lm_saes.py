@@ -127,10 +127,27 @@ def _numpy(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
+def _torch_checkpoint(file: Path) -> dict[str, Any]:
+    """llamascopium's ``save_checkpoint(".pt")``: ``{"sae": state_dict, "version": str}``, read with
+    ``torch.load(weights_only=True)`` only."""
+    try:
+        import torch
+    except ImportError:
+        raise LoadError(f"{file}: reading a torch checkpoint safely needs torch (torch.load with weights_only=True), "
+                        "which is not installed: pip install torch.") from None
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LoadError(f"{file}: torch.load(weights_only=True) refused or failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                        "circuitalg never unpickles arbitrary objects.") from None
+    sd = obj.get("sae") if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
+        raise LoadError(f"{file}: expected llamascopium's checkpoint {{'sae': state dict of tensors, 'version': ...}}.")
+    return sd
+
+
 def _tensors(file: Path) -> dict[str, np.ndarray]:
-    raw, _ = read_tensors(file)
-    if file.suffix == ".pt":  # llamascopium's torch checkpoint: {"sae": state_dict, "version": ...}
-        raw = raw.get("sae", raw) if isinstance(raw.get("sae"), dict) else raw
+    raw = _torch_checkpoint(file) if file.suffix == ".pt" else read_tensors(file)[0]
     return {k: _numpy(v) for k, v in raw.items()}
 
 

@@ -413,6 +413,17 @@ def test_a_fold_that_overflows_is_a_load_error(tmp_path) -> None:
         load_dictionary(path, dtype=np.float32)
 
 
+def test_hf_hook_names_win_where_they_are_known(tmp_path) -> None:
+    """SAELens's Gemma 3 configs name the transcoder input ``blocks.L.hook_mlp_in`` and the Hugging
+    Face module ``pre_feedforward_layernorm.output``; the module is what circuitalg believes."""
+    path = _saved_sae(tmp_path, "standard", np.float32, True)
+    _edit_cfg(path, lambda c: c["metadata"].update(hook_name="blocks.3.hook_resid_post",
+                                                   hf_hook_name="model.layers.3.pre_feedforward_layernorm.output"))
+    assert load_dictionary(path).reads == (Hook(HookKind.MLP_IN, 3),)
+    _edit_cfg(path, lambda c: c["metadata"].update(hf_hook_name="model.layers.3"))  # not one circuitalg maps
+    assert load_dictionary(path).reads == (Hook(HookKind.RESID_POST, 3),)
+
+
 def test_preprocessing_from_model_kwargs(tmp_path) -> None:
     sae = StandardSAE(_cfg(StandardSAEConfig, np.float32, meta={
         "model_from_pretrained_kwargs": {"fold_ln": True, "center_writing_weights": True, "center_unembed": False}}))

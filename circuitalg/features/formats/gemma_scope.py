@@ -40,21 +40,15 @@ from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError
 from circuitalg.features.activations import JumpReLU
 from circuitalg.features.dictionary import Dictionary, DictionaryKind
 from circuitalg.features.hooks import Hook, HookKind
-from circuitalg.features.formats.saelens import parse_hook
+from circuitalg.features.formats.saelens import hf_hook, parse_hook
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
 
-__all__ = ["NAME", "OVERRIDE_FILENAME", "detect", "load", "hf_hook"]
+__all__ = ["NAME", "OVERRIDE_FILENAME", "detect", "load"]
 
 NAME = "gemma_scope"
 #: the optional file naming the hooks (``hook_name``, ``hook_name_out``)
 OVERRIDE_FILENAME = "circuitalg.json"
 
-_HF_HOOKS = (
-    (re.compile(r"^model\.layers\.(\d+)\.output$"), HookKind.RESID_POST),
-    (re.compile(r"^model\.layers\.(\d+)\.self_attn\.o_proj\.input$"), HookKind.ATTN_Z),
-    (re.compile(r"^model\.layers\.(\d+)\.pre_feedforward_layernorm\.output$"), HookKind.MLP_IN),
-    (re.compile(r"^model\.layers\.(\d+)\.post_feedforward_layernorm\.output$"), HookKind.MLP_OUT),
-)
 _SITES = {"res": HookKind.RESID_POST, "mlp": HookKind.MLP_OUT, "att": HookKind.ATTN_Z}
 
 
@@ -62,17 +56,6 @@ def detect(path: Path) -> bool:
     """A directory with ``params.npz``, or with ``params.safetensors`` and ``config.json``."""
     p = Path(path)
     return p.is_dir() and ((p / "params.npz").is_file() or ((p / "params.safetensors").is_file() and (p / "config.json").is_file()))
-
-
-def hf_hook(name: Any, source: str, field: str) -> Hook:
-    """The :class:`Hook` of a Gemma Scope 2 Hugging Face module name (table in the module docstring)."""
-    if isinstance(name, str):
-        for pattern, kind in _HF_HOOKS:
-            m = pattern.match(name)
-            if m:
-                return Hook(kind, int(m.group(1)))
-    known = ", ".join(p.pattern.strip("^$").replace("(\\d+)", "L").replace("\\.", ".") for p, _ in _HF_HOOKS)
-    raise LoadError(f"{source}: {field} = {name!r} is not a module circuitalg maps to a hook ({known}).")
 
 
 def _override(p: Path) -> tuple[Hook | None, Hook | None]:

@@ -71,7 +71,7 @@ from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.files import atomic_write
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
 
-__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "WHITENING_FILENAME", "detect", "load", "save", "parse_hook"]
+__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "WHITENING_FILENAME", "detect", "load", "save", "parse_hook", "hf_hook"]
 
 NAME = "saelens"
 CFG_FILENAME = "cfg.json"
@@ -88,6 +88,12 @@ _REFUSED_ARCHS = {
     "temporal": "its encoder attends over earlier tokens (no fixed linear encoder)",
     "matching_pursuit": "it selects features by iterative matching pursuit (no fixed linear encoder)",
 }
+_HF_HOOKS = (
+    (re.compile(r"^model\.layers\.(\d+)\.output$"), HookKind.RESID_POST),
+    (re.compile(r"^model\.layers\.(\d+)\.self_attn\.o_proj\.input$"), HookKind.ATTN_Z),
+    (re.compile(r"^model\.layers\.(\d+)\.pre_feedforward_layernorm\.output$"), HookKind.MLP_IN),
+    (re.compile(r"^model\.layers\.(\d+)\.post_feedforward_layernorm\.output$"), HookKind.MLP_OUT),
+)
 #: the version 6 config layout (what this module writes)
 _WRITE_VERSION = "6.0.0"
 
@@ -108,7 +114,28 @@ def parse_hook(name: Any, source: str, field: str) -> Hook:
         raise LoadError(f"{source}: {field} = {name!r}: {e}") from None
 
 
+def hf_hook(name: Any, source: str, field: str) -> Hook:
+    """The :class:`Hook` of a Hugging Face Gemma module name (``model.layers.L.output``: resid_post;
+    ``...self_attn.o_proj.input``: attn z; ``...pre_feedforward_layernorm.output``: the MLP's
+    input; ``...post_feedforward_layernorm.output``: the MLP's output), as Gemma Scope 2 and
+    SAELens's ``hf_hook_name`` name them."""
+    if isinstance(name, str):
+        for pattern, kind in _HF_HOOKS:
+            m = pattern.match(name)
+            if m:
+                return Hook(kind, int(m.group(1)))
+    known = ", ".join(p.pattern.strip("^$").replace("(\\d+)", "L").replace("\\.", ".") for p, _ in _HF_HOOKS)
+    raise LoadError(f"{source}: {field} = {name!r} is not a module circuitalg maps to a hook ({known}).")
+
+
 # -- reading ---------------------------------------------------------------------------------
+
+def _known_hf_hook(name: Any) -> Hook | None:
+    try:
+        return hf_hook(name, "", "") if name is not None else None
+    except LoadError:
+        return None
+
 
 def _is_pre6(cfg: Mapping[str, Any]) -> bool:
     version = cfg.get("sae_lens_version")
@@ -301,12 +328,16 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     if cfg.get("hook_name") is None:
         raise LoadError(f"{src}: metadata.hook_name is missing; circuitalg needs the hook the dictionary reads.")
     reads = parse_hook(cfg["hook_name"], src, "metadata.hook_name")
+    # a Hugging Face module circuitalg knows is unambiguous where a TransformerLens name may not be
+    # (SAELens names Gemma Scope 2 transcoders' post-norm input blocks.L.hook_mlp_in)
+    reads = _known_hf_hook(cfg.get("hf_hook_name")) or reads
     if reshape == "hook_z" and reads.kind is not HookKind.ATTN_Z:
         raise LoadError(f"{src}: reshape_activations 'hook_z' on hook {cfg['hook_name']!r} (expected blocks.L.attn.hook_z).")
     if transcoder:
         if cfg.get("hook_name_out") is None:
             raise LoadError(f"{src}: metadata.hook_name_out is missing; circuitalg needs the hook the transcoder writes.")
         writes = parse_hook(cfg["hook_name_out"], src, "metadata.hook_name_out")
+        writes = _known_hf_hook(cfg.get("hf_hook_name_out")) or writes
     else:
         writes = reads
     kwargs = cfg.get("model_from_pretrained_kwargs") or {}

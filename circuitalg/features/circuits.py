@@ -43,6 +43,7 @@ from circuitalg.errors import ConfigError, InvalidArgumentError, ShapeError, che
 from circuitalg.features.binding import BoundDictionary
 from circuitalg.features.dictionary import Dictionary, DictionarySet
 from circuitalg.features.hooks import Hook, HookKind
+from circuitalg.features.streaming import top_entries_per_row
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
 from circuitalg.linalg.budget import check_budget
 from circuitalg.linalg.svd import svd
@@ -781,11 +782,10 @@ def top_feature_logits(
 ) -> FeatureLogits:
     """Every feature's ``k`` top tokens of :func:`feature_logits`, exact in float64.
 
-    Features are taken in blocks (at most ``max_bytes`` of float32 logits, 64 MiB by default):
-    each block's logits ``W_U dec`` are computed in float32, where every entry is within
-    ``δ_f = (γ_d (1 + u)² + 2.01 u) max_i ‖W_U,i‖ ‖dec_f‖`` of its float64 value; the tokens whose
-    float32 logit is within ``2 δ_f`` of the feature's float32 ``k``-th value are evaluated in
-    float64 and ranked: the result is the float64 ranking exactly.
+    Ranked by :func:`~circuitalg.features.streaming.top_entries_per_row` on the factors
+    ``decᵀ`` and ``W_Uᵀ``: blocks of features (``max_bytes`` of float32 logits each) multiplied
+    in float32, the tokens the float32 error bound cannot rule out evaluated in float64, so the
+    result is each feature's float64 ranking exactly (ties by token id).
 
     Parameters
     ----------
@@ -797,6 +797,8 @@ def top_feature_logits(
         Largest logits, largest magnitudes, or most negative logits.
     features : sequence of int, optional
         The features to rank (default: all).
+    max_bytes : int, optional
+        The float32 block of logits (default 64 MiB).
     """
     b = _bound(source, "top_feature_logits")
     if by not in ("value", "abs", "negative"):
@@ -809,38 +811,9 @@ def top_feature_logits(
         raise InvalidArgumentError(f"top_feature_logits: a feature index is out of range 0..{F - 1}.")
     W = np.asarray(evaluate(b.model.W_U))  # (vocab_out, d), the final norm's weight inside
     dec = _as_f64(evaluate(_writer_sum(b, j, "top_feature_logits")))  # (d, F)
-    W32 = W if W.dtype == np.float32 else W.astype(np.float32)  # float64 rows only where needed
-    u = float(np.finfo(np.float32).eps) / 2
-    d = W.shape[1]
-    gamma = d * u / (1 - d * u)
-    wmax = float(np.sqrt(np.einsum("ij,ij->i", W, W, dtype=np.float64).max()))
-    budget = (64 << 20) if max_bytes is None else check_int("max_bytes", max_bytes, 1)
-    block = max(1, budget // (4 * n_vocab))
+    rows = dec[:, feats].T
     sign = -1.0 if by == "negative" else 1.0
-    tokens = np.empty((feats.size, k), dtype=np.int64)
-    values = np.empty((feats.size, k), dtype=np.float64)
-    for s in range(0, feats.size, block):
-        fb = feats[s:s + block]
-        D = dec[:, fb]
-        key = W32 @ D.astype(np.float32)  # (vocab, b): the float32 logits, made the ranking key in place
-        if by == "abs":
-            np.abs(key, out=key)
-        elif by == "negative":
-            np.negative(key, out=key)
-        kth = np.partition(key, n_vocab - k, axis=0)[n_vocab - k]  # each column's float32 k-th key
-        delta = (gamma * (1 + u) ** 2 + 2.01 * u) * wmax * np.linalg.norm(D, axis=0)
-        # a float32 threshold rounded down, so that the float32 comparison keeps every candidate
-        thr = (kth.astype(np.float64) - 2 * delta).astype(np.float32)
-        thr = np.where(thr.astype(np.float64) > kth.astype(np.float64) - 2 * delta, np.nextafter(thr, np.float32(-np.inf)), thr)
-        ri, ci = np.nonzero(key >= thr[None, :])
-        exact = pair_dots(W, D, ri, ci)
-        ek = np.abs(exact) if by == "abs" else sign * exact
-        order = np.lexsort((ri, -ek, ci))  # by column, then key descending, then token id
-        ri, ci, exact = ri[order], ci[order], exact[order]
-        starts = np.searchsorted(ci, np.arange(len(fb)))
-        rank = np.arange(ci.size) - starts[ci]
-        keep = rank < k
-        tokens[s + ci[keep], rank[keep]] = ri[keep]
-        values[s + ci[keep], rank[keep]] = exact[keep]
+    top = top_entries_per_row(sign * rows if sign < 0 else rows, W.T, k, by_abs=by == "abs", max_bytes=max_bytes)
+    tokens, values = top.cols, sign * top.values
     vocab = b.model.vocab if m.codomain.name == VOCAB_SPACE else None
     return FeatureLogits(b.name, feats, tokens, values, vocab, by)

@@ -363,7 +363,8 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     threshold = topk_threshold = W_skip = finetuning_scale = None
     if arch in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
         if "threshold" not in tensors and "log_threshold" in tensors:
-            threshold = np.exp(take("log_threshold", (d_sae,), "(d_sae,)"))
+            with np.errstate(over="ignore"):  # an overflow is refused with the other non-finite weights
+                threshold = np.exp(take("log_threshold", (d_sae,), "(d_sae,)"))
         else:
             threshold = take("threshold", (d_sae,), "(d_sae,): the JumpReLU thresholds")
     if arch in ("batchtopk", "matryoshka_batchtopk"):

@@ -161,7 +161,10 @@ def test_mlp_input_reader_carries_the_norm_weight(normalization):
     np.testing.assert_allclose(bind(folded_tc, m).encoder_from_resid().array, W @ P, rtol=1e-13)
     # a folded model has lost the weight: binding says so instead of guessing
     with pytest.raises(ConfigError, match="folded"):
-        bind(tc, ca.fold_layer_norm(m)).encoder_from_resid()
+        bind(tc, ca.fold_layer_norm(m))
+    # without any norm the MLP reads the stream itself
+    plain = random_model(d_model=16, d_mlp=24, normalization=None, seed=5)
+    np.testing.assert_array_equal(bind(tc, plain).encoder_from_resid().array, W)
 
 
 def test_resid_binding_is_the_dictionary_itself():

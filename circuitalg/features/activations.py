@@ -6,6 +6,7 @@ row per token) and returning the feature activations of the same shape and dtype
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,19 +24,20 @@ def _rows(pre: Any) -> np.ndarray:
     return a
 
 
-class Activation:
+class Activation(abc.ABC):
     """Base class of dictionary activations (``f = act(pre)``)."""
 
     #: whether ``act(pre)`` is zero wherever ``pre <= 0`` (what makes ``act(pre) = pre * mask``)
     nonnegative: bool = True
 
+    @abc.abstractmethod
     def __call__(self, pre: Any) -> np.ndarray:
-        raise NotImplementedError
+        """The feature activations, ``(n, F)``, in ``pre``'s dtype."""
 
+    @abc.abstractmethod
     def mask(self, pre: Any) -> np.ndarray:
         """The boolean active set ``act(pre) != 0`` as the library decides it (before any
         value is zero by accident)."""
-        raise NotImplementedError
 
     def check(self, n_features: int, what: str) -> None:
         """Raise ShapeError unless the activation's parameters fit ``n_features`` features."""

@@ -25,7 +25,7 @@ import numpy as np
 from circuitalg.errors import ConfigError, InvalidArgumentError, ShapeError
 from circuitalg.features.dictionary import Dictionary, DictionarySet
 from circuitalg.features.hooks import OUTPUT_KINDS, Hook, HookKind
-from circuitalg.maps.nodes import Dense, LinearMap
+from circuitalg.maps.nodes import Dense
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = ["BoundDictionary", "bind", "hook_dim"]
@@ -79,15 +79,11 @@ class BoundDictionary:
                 return np.eye(c.d_model) - 1.0 / c.d_model
             return None
         if kind in (HookKind.MLP_IN, HookKind.MLP_NORMALIZED):
+            if not c.has_pre_norms:
+                return np.eye(c.d_model)  # no input norm: the MLP reads the stream itself
             N = np.eye(c.d_model) - 1.0 / c.d_model if centred else np.eye(c.d_model)
             if kind is HookKind.MLP_IN:
-                w = m.params.get(f"blocks.{h.layer}.ln2.w")
-                if w is None:
-                    raise ConfigError(
-                        f"dictionary {d.name!r} reads {h} (the MLP input after ln2's weight), but {m.name} has its "
-                        f"norms folded (normalization={c.normalization!r}): the weight is inside W_in and cannot be "
-                        "separated again. Bind the dictionary to the unfolded model (ca.load(path) without fold=True)."
-                    )
+                w = m.params[f"blocks.{h.layer}.ln2.w"]  # present: checked by bind
                 N = np.asarray(w, dtype=np.float64)[:, None] * N
             return N / self.norm_scale
         raise ConfigError(
@@ -165,11 +161,19 @@ def _check(d: Dictionary, model: Transformer) -> tuple[str, ...]:
                 f"behind LayerNorm; {model.name} has normalization={c.normalization!r}. Is it for another model?"
             )
         notes.append("reads the centred residual stream P x (trained with center_writing_weights)")
-    if any(h.kind is HookKind.MLP_IN for h in d.reads):
+    for h in d.reads:
+        if h.kind is not HookKind.MLP_IN or not c.has_pre_norms:
+            continue
         if "fold_ln" in d.preprocessing:
-            notes.append("mlp.hook_in under fold_ln: reads the normalised MLP input before ln2's weight")
+            notes.append(f"{h} under fold_ln: reads the normalised MLP input before ln2's weight")
+        elif f"blocks.{h.layer}.ln2.w" not in model.params:
+            raise ConfigError(
+                f"dictionary {d.name!r} reads {h} (the MLP input after ln2's weight), but {model.name} has its "
+                f"norms folded (normalization={c.normalization!r}): the weight is inside W_in and cannot be "
+                "separated again. Bind the dictionary to the unfolded model (ca.load(path) without fold=True)."
+            )
         else:
-            notes.append("reads the MLP input after ln2's weight")
+            notes.append(f"{h}: reads the MLP input after ln2's weight")
     return tuple(notes)
 
 

@@ -51,7 +51,7 @@ from circuitalg.linalg.topk import top_entries
 from circuitalg.maps.chain import as_chain
 from circuitalg.maps.nodes import Dense, LinearMap, Sum
 from circuitalg.maps.rules import add, compose, transpose
-from circuitalg.model.ids import EMBED, POS, Source
+from circuitalg.model.ids import EMBED, POS, FeatureId, Source
 from circuitalg.model.weights import Head, Transformer
 from circuitalg.runtime import Runtime
 from circuitalg.spaces import POS_SPACE, VOCAB_SPACE, Space
@@ -80,17 +80,7 @@ __all__ = [
 ]
 
 
-# --- typed ids of the axes ------------------------------------------------------------------------
-class FeatureId(NamedTuple):
-    """Feature ``index`` of the dictionary (feature space) ``dictionary``; printed ``name#i``."""
-
-    dictionary: str
-    index: int
-
-    def __str__(self) -> str:
-        return f"{self.dictionary}#{self.index}"
-
-
+# --- typed ids of the axes (features: circuitalg.model.ids.FeatureId) ----------------------------
 class TokenId(NamedTuple):
     """Token ``index``, with its string where the model has a vocabulary; printed ``'the'`` or
     ``#123``."""

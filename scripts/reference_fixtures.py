@@ -27,14 +27,21 @@ environment) does three things:
    dictionaries WITH EACH LIBRARY'S OWN CLASSES, saves them with the library's own save function
    (circuit-tracer ``to_safetensors`` + the ``config.yaml`` its cache loader reads; sparsify
    ``save_to_disk``; dictionary_learning's ``torch.save(state_dict)`` as its trainer does, plus
-   its ``config.json``; llamascopium ``save_pretrained`` + ``save_hyperparameters``), reloads
+   its ``config.json``; llamascopium ``save_pretrained`` / ``save_checkpoint`` +
+   ``save_hyperparameters``), reloads
    them with the library's own loader, and runs the library's encode/decode/forward on fixed
    random inputs in float32 and float64. Each case directory under
    ``tests/fixtures/reference_dictionaries/<library>/<case>/`` holds ``dict/`` (the library's
    files), ``reference.safetensors`` (inputs and outputs; never a pickle) and ``case.json``.
    Inputs are drawn so that no pre-activation lies within a small margin of an activation's
    decision boundary (threshold, k-th value), so a 1e-6 relative difference in float32 cannot
-   flip a feature on or off.
+   flip a feature on or off. Sizes: d_model 16, 32 to 64 features (48 for circuit-tracer),
+   3 layers for the sets, 12 input rows; the whole tree stays well under 2 MB.
+
+   What the libraries' files cannot hold is pinned as such: circuit-tracer's TopK transcoders
+   (its files record ReLU or JumpReLU only; ``plt_topk`` keeps the in-memory TopK outputs and
+   what its loader makes of the saved files) and its cross-layer skip map (``to_safetensors``
+   drops it, ``load_clt`` never reads it: no fixture).
 
 3. loads each circuit-tracer fixture with circuitalg, writes it back with circuitalg's
    circuit-tracer writer (``dict_circuitalg/``), and runs circuit-tracer's own loader on what

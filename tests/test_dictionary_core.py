@@ -26,7 +26,7 @@ def test_hook_names_roundtrip():
     for kind in HookKind:
         h = Hook(kind, 7)
         assert Hook.parse(h.hook_name) == h
-    assert Hook.parse("blocks.3.hook_mlp_in") == Hook(HookKind.MLP_IN, 3)
+    assert Hook.parse("blocks.3.hook_mlp_in") == Hook(HookKind.RESID_MID, 3)  # before ln2
     assert Hook.parse("blocks.3.hook_z") == Hook(HookKind.ATTN_Z, 3)
     assert Hook(HookKind.RESID_PRE, 2).space(8) == ca.Space("resid", 8)
     assert Hook(HookKind.MLP_IN, 2).space(8).name == "mlp_in.2"

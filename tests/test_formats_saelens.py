@@ -202,7 +202,7 @@ def _assert_same(a: Dictionary, b: Dictionary, x: np.ndarray) -> None:
 @pytest.mark.parametrize("arch", sorted(TRANSCODERS))
 def test_every_transcoder_equals_sae_lens(tmp_path, arch, dtype) -> None:
     cls, cfg_cls = TRANSCODERS[arch]
-    cfg = _cfg(cfg_cls, dtype, d_out=D_OUT, apply_b_dec_to_input=False, hook_name="blocks.2.hook_mlp_in",
+    cfg = _cfg(cfg_cls, dtype, d_out=D_OUT, apply_b_dec_to_input=False, hook_name="blocks.2.mlp.hook_in",
                meta={"hook_name_out": "blocks.2.hook_mlp_out"})
     tc = cls(cfg)
     _randomize(tc, 3)
@@ -572,7 +572,10 @@ def test_gemma_scope_2_equals_sae_lens_loader(local_hub, folder, hf_in, hf_out, 
     cfg_dict, sd, _ = sl_loaders.gemma_3_sae_huggingface_loader(f"google/{repo}", folder,
                                                                   cfg_overrides={"dtype": _name(dtype)})
     ref = _sae_from(cfg_dict, sd, dtype)
-    assert d.reads == (Hook.parse(ref.cfg.metadata.hook_name),)
+    # sae-lens names a transcoder's input blocks.L.hook_mlp_in (TransformerLens: ln2's input), but its
+    # Hugging Face module is the pre-feedforward norm's output: the MLP input after the norm's weight
+    expected_read = Hook(HookKind.MLP_IN, 5) if transcoder else Hook.parse(ref.cfg.metadata.hook_name)
+    assert d.reads == (expected_read,)
     if transcoder:
         assert d.writes == (Hook.parse(ref.cfg.metadata.hook_name_out),)
         assert d.kind is (DictionaryKind.SKIP_TRANSCODER if affine else DictionaryKind.TRANSCODER)

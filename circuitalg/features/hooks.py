@@ -47,7 +47,9 @@ RESID_KINDS = frozenset({HookKind.RESID_PRE, HookKind.RESID_MID, HookKind.RESID_
 OUTPUT_KINDS = frozenset({HookKind.MLP_OUT, HookKind.ATTN_OUT})
 
 _ALIASES = {
-    "hook_mlp_in": HookKind.MLP_IN,  # TransformerLens's block-level alias of mlp.hook_in
+    # TransformerLens's block-level hook_mlp_in is the MLP block's input before ln2: the stream
+    # after the attention (resid_mid), not mlp.hook_in
+    "hook_mlp_in": HookKind.RESID_MID,
     "hook_z": HookKind.ATTN_Z,
 }
 _NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -127,8 +129,9 @@ class Hook:
 
     @classmethod
     def parse(cls, name: str) -> Hook:
-        """``"blocks.8.hook_resid_pre"`` -> ``Hook(HookKind.RESID_PRE, 8)`` (also
-        ``blocks.8.hook_mlp_in``, ``blocks.8.hook_z``, and ``blocks.8.ln2.hook_normalized``)."""
+        """``"blocks.8.hook_resid_pre"`` -> ``Hook(HookKind.RESID_PRE, 8)``; also the aliases
+        ``blocks.8.hook_z`` (``attn.hook_z``) and ``blocks.8.hook_mlp_in`` (the MLP block's input
+        before its norm: ``RESID_MID``)."""
         m = _NAME.match(name) if isinstance(name, str) else None
         kind = None
         if m is not None:

@@ -1,0 +1,1042 @@
+"""Attribution graphs on a prompt: the local replacement model with frozen nonlinearities, exact.
+
+The model is run on the prompt; every transcoder's features are read from the real activations at
+its read hook; attention patterns and norm scales are frozen at their real values; each MLP is
+replaced by its transcoder's features, the transcoder's biases, its linear skip map (a skip
+transcoder) and an error node (the MLP's real output minus the transcoder's reconstruction, per
+layer and position). The replacement is then linear in the residual stream, and reproduces the
+model's logits exactly. An edge is the direct linear effect of a source node on a later target
+node through the residual stream, every head's frozen-pattern OV map and the skip maps (the MLP
+itself is cut: every multi-step path through an MLP runs through a feature or error node):
+circuit-tracer's adjacency, computed here with the algebra (decoders, OV maps, encoders) in
+float64 instead of by backward passes.
+
+Nodes, in circuit-tracer's order (:attr:`AttributionGraph.nodes`): the active features by
+(layer, position, index), the error nodes layer-major (``layer * n_pos + position``), one token
+node per position (``W_E[token]``, without the positional embedding) and the target logits by
+probability. circuit-tracer has no bias nodes, so a feature's incoming edges do not sum to its
+pre-activation; here the constants are nodes too (:attr:`AttributionGraph.constants`, origins in
+:data:`CONSTANT_ORIGINS`), with their own edges (:attr:`AttributionGraph.constant_adjacency`), so
+that for every feature node the incoming edges (from nodes and constants) sum to its
+pre-activation, and for every logit node to its (demeaned) logit.
+
+Position 0 (``zero_positions`` positions from the start) is treated as circuit-tracer treats it:
+its features are not nodes and its error nodes are zero. What the MLP wrote there (its real output
+less the transcoder's decoder bias and skip map) is the constant node ``mlp_frozen`` of that layer
+and position, so completeness still holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from circuitalg.errors import ConfigError, InvalidArgumentError
+from circuitalg.features.binding import bind
+from circuitalg.features.coactivation import hook_activations
+from circuitalg.features.dictionary import Dictionary, DictionarySet
+from circuitalg.features.hooks import HookKind
+from circuitalg.model.forward import check_tokens, run_batch
+from circuitalg.model.ids import HeadId
+from circuitalg.model.weights import Transformer, require_model
+
+__all__ = [
+    "FeatureNode", "ErrorNode", "TokenNode", "LogitNode", "ConstantNode", "CONSTANT_ORIGINS", "LogitTarget",
+    "AttributionGraph", "PruneResult", "attribute", "normalize_matrix", "compute_influence",
+    "compute_node_influence", "compute_edge_influence", "find_threshold", "prune_graph", "influence_matrix",
+]
+
+#: what a constant node carries (:class:`ConstantNode` ``origin``):
+#:
+#: - ``pos``: the positional embedding ``W_pos[:, p]`` at position ``p`` (learned positions)
+#: - ``attn_bias``: layer ``l``'s ``b_O + Σ_h W_O^h b_V^h`` (``b_V`` as stored), at every position
+#:   (the frozen pattern rows sum to 1)
+#: - ``ln1_bias``: layer ``l``'s input-norm bias through the value and output maps, ``Σ_h W_O^h W_V^h b``
+#: - ``ln2_bias``: layer ``l``'s MLP-input norm bias, read by the transcoder's encoder
+#:   (``W_enc b``) and by its skip map (``W_skip b``)
+#: - ``enc_bias``: the transcoder's encoder bias (less ``W_enc b_dec`` under ``pre_shift``)
+#: - ``dec_bias``: the decoder biases of the transcoders writing layer ``l``'s MLP output
+#: - ``skip_bias``: a skip transcoder's ``b_skip``
+#: - ``mlp_frozen``: the MLP output at a zeroed position ``p`` (no feature or error nodes there, as in
+#:   circuit-tracer), less the decoder bias and the skip map
+#: - ``ln_final_bias``: the final norm's bias through the unembedding (``W_U b``)
+#: - ``unembed_bias``: ``b_U``
+CONSTANT_ORIGINS = ("pos", "attn_bias", "ln1_bias", "ln2_bias", "enc_bias", "dec_bias", "skip_bias", "mlp_frozen",
+                    "ln_final_bias", "unembed_bias")
+
+
+class FeatureNode(NamedTuple):
+    """An active feature: ``index`` of the transcoder reading layer ``layer``, at ``position``."""
+
+    layer: int
+    position: int
+    index: int
+
+    @property
+    def node_id(self) -> str:
+        """circuit-tracer's id ``{layer}_{index}_{position}``."""
+        return f"{self.layer}_{self.index}_{self.position}"
+
+
+class ErrorNode(NamedTuple):
+    """The transcoder error of layer ``layer``'s MLP at ``position``."""
+
+    layer: int
+    position: int
+
+    @property
+    def node_id(self) -> str:
+        """circuit-tracer's id ``0_{layer}_{position}``."""
+        return f"0_{self.layer}_{self.position}"
+
+
+class TokenNode(NamedTuple):
+    """The token embedding ``W_E[token]`` at ``position``."""
+
+    position: int
+    token: int
+
+    @property
+    def node_id(self) -> str:
+        """circuit-tracer's id ``E_{token}_{position}``."""
+        return f"E_{self.token}_{self.position}"
+
+
+class LogitNode(NamedTuple):
+    """Target ``rank`` (0: the most probable): ``vocab_index`` is the token id, or ``d_vocab + rank``
+    for a target given as coefficients (a logit difference), as circuit-tracer numbers them."""
+
+    rank: int
+    vocab_index: int
+    label: str
+    position: int
+    n_layers: int
+
+    @property
+    def node_id(self) -> str:
+        """circuit-tracer's id ``{n_layers + 1}_{vocab_index}_{position}``."""
+        return f"{self.n_layers + 1}_{self.vocab_index}_{self.position}"
+
+
+class ConstantNode(NamedTuple):
+    """A constant term (see :data:`CONSTANT_ORIGINS`) of ``layer`` and ``position`` where it has them."""
+
+    origin: str
+    layer: int | None = None
+    position: int | None = None
+
+    @property
+    def node_id(self) -> str:
+        """``C_{origin}[_{layer}][_p{position}]`` (circuit-tracer has no such nodes)."""
+        s = f"C_{self.origin}"
+        if self.layer is not None:
+            s += f"_{self.layer}"
+        if self.position is not None:
+            s += f"_p{self.position}"
+        return s
+
+
+@dataclass(frozen=True)
+class LogitTarget:
+    """A target given by coefficients over the vocabulary: the node's value is ``Σ_v c_v logit_v``
+    (e.g. ``{a: 1, b: -1}`` for the logit difference ``a - b``), weighted ``weight`` in pruning.
+
+    Parameters
+    ----------
+    label : str
+    coefficients : mapping of token id to float
+    weight : float
+    """
+
+    label: str
+    coefficients: Mapping[int, float]
+    weight: float = 1.0
+
+
+class PruneResult(NamedTuple):
+    """circuit-tracer's pruning: boolean node and edge masks and each node's cumulative influence."""
+
+    node_mask: np.ndarray
+    edge_mask: np.ndarray
+    cumulative_scores: np.ndarray
+
+
+# -- circuit-tracer's influence and pruning, in numpy -------------------------------------------
+
+def normalize_matrix(matrix: np.ndarray) -> np.ndarray:
+    """``|A|`` with each row divided by its sum (sums below 1e-10 clamped to 1e-10)."""
+    a = np.abs(matrix)
+    return a / np.maximum(a.sum(axis=1, keepdims=True), 1e-10)
+
+
+def compute_influence(A: np.ndarray, logit_weights: np.ndarray, max_iter: int = 1000) -> np.ndarray:
+    """``w (A + A² + ...)`` by the power series, until a term is exactly zero (``A`` is nilpotent
+    on a graph whose edges go from earlier to later nodes)."""
+    current = logit_weights @ A
+    influence = current.copy()
+    it = 0
+    while current.any():
+        if it >= max_iter:
+            raise InvalidArgumentError(f"influence did not converge after {it} iterations; is the graph acyclic?")
+        current = current @ A
+        influence += current
+        it += 1
+    return influence
+
+
+def compute_node_influence(adjacency: np.ndarray, logit_weights: np.ndarray) -> np.ndarray:
+    """Each node's indirect influence on the weighted logits: ``w ((I - Â)^-1 - I)``, ``Â`` the
+    normalised adjacency."""
+    return compute_influence(normalize_matrix(adjacency), logit_weights)
+
+
+def compute_edge_influence(pruned: np.ndarray, logit_weights: np.ndarray) -> np.ndarray:
+    """Each edge's influence: ``Â[t, s] (influence[t] + w[t])`` on the normalised pruned matrix."""
+    normalized = normalize_matrix(pruned)
+    influence = compute_influence(normalized, logit_weights) + logit_weights
+    return normalized * influence[:, None]
+
+
+def find_threshold(scores: np.ndarray, threshold: float) -> float:
+    """The score above which the largest scores hold ``threshold`` of the total (circuit-tracer's
+    rule: the first sorted score where the cumulative fraction reaches ``threshold``)."""
+    s = np.sort(np.asarray(scores).ravel())[::-1]
+    cum = np.cumsum(s) / np.sum(s)
+    i = int(np.searchsorted(cum, threshold, side="left"))
+    return s[min(i, len(cum) - 1)]
+
+
+def influence_matrix(adjacency: np.ndarray) -> np.ndarray:
+    """The indirect-influence matrix ``(I - Â)^-1 - I`` of the normalised adjacency ``Â`` (dense;
+    entry ``[t, s]``: the total normalised influence of ``s`` on ``t`` over paths of length >= 1)."""
+    A = normalize_matrix(np.asarray(adjacency, dtype=np.float64))
+    n = A.shape[0]
+    eye = np.eye(n)
+    return np.linalg.solve(eye - A, eye) - eye
+
+
+def prune_graph(adjacency: np.ndarray, logit_weights: np.ndarray, n_features: int, n_tokens: int, n_logits: int,
+                node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+    """circuit-tracer's ``prune_graph`` on an adjacency in its node order (features, errors, tokens,
+    logits): nodes by indirect influence, then edges by influence on the pruned matrix, then nodes
+    left without outgoing (features, errors) or incoming (features) edges, until nothing changes.
+    Tokens and logits are always kept."""
+    for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0.0 <= v <= 1.0:
+            raise InvalidArgumentError(f"{name} must be between 0.0 and 1.0, got {v!r}.")
+    node_influence = compute_node_influence(adjacency, logit_weights)
+    node_mask = node_influence >= find_threshold(node_influence, node_threshold)
+    keep = n_logits + n_tokens
+    node_mask[-keep:] = True
+    pruned = adjacency.copy()
+    pruned[~node_mask] = 0
+    pruned[:, ~node_mask] = 0
+    edge_scores = compute_edge_influence(pruned, logit_weights)
+    edge_mask = edge_scores >= find_threshold(edge_scores.ravel(), edge_threshold)
+    old = node_mask.copy()
+    node_mask[:-keep] &= edge_mask[:, :-keep].any(0)
+    node_mask[:n_features] &= edge_mask[:n_features].any(1)
+    while not np.array_equal(node_mask, old):
+        old[:] = node_mask
+        edge_mask[~node_mask] = False
+        edge_mask[:, ~node_mask] = False
+        node_mask[:-keep] &= edge_mask[:, :-keep].any(0)
+        node_mask[:n_features] &= edge_mask[:n_features].any(1)
+    order = np.argsort(-node_influence, kind="stable")
+    cum = np.cumsum(node_influence[order]) / np.sum(node_influence)
+    scores = np.zeros_like(node_influence)
+    scores[order] = cum
+    return PruneResult(node_mask, edge_mask, scores)
+
+
+# -- the frozen linear model --------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class _Transcoder:
+    """One member, as the attribution reads it."""
+
+    dictionary: Dictionary
+    layer: int  # the layer whose MLP input it reads
+    writes: tuple[int, ...]  # the MLP outputs it writes (layers)
+    R: np.ndarray  # (d, d): hook = R x / s + c on the stream the MLP reads
+    c: np.ndarray  # (d,)
+    scaled: bool  # whether the hook divides by ln2's scale
+
+
+class _Frozen:
+    """The replacement model on one prompt, linear in the residual stream: frozen patterns and norm
+    scales, the MLPs cut (except skip maps)."""
+
+    def __init__(self, model: Transformer, cache: Any, members: list[_Transcoder]) -> None:
+        c = model.config
+        self.model = model
+        self.L, self.seq, self.d = c.n_layers, cache.seq, c.d_model
+        self.parallel = bool(c.parallel_attn_mlp)
+        self.centred = c.centred_norm
+        f64 = np.float64
+        hw = model.head_weights
+        self.W_V = np.asarray(hw.W_V, dtype=f64)  # (L, H, dh, d)
+        self.W_O = np.asarray(hw.W_O, dtype=f64)  # (L, H, d, dh)
+        self.H, self.dh = self.W_V.shape[1], self.W_V.shape[2]
+        self.pattern = np.asarray(cache.pattern, dtype=f64)  # (L, H, q, k)
+        self.s1 = None if cache.ln1_scale is None else np.asarray(cache.ln1_scale, dtype=f64)
+        self.s2 = None if cache.ln2_scale is None else np.asarray(cache.ln2_scale, dtype=f64)
+        self.sf = None if cache.ln_final_scale is None else np.asarray(cache.ln_final_scale, dtype=f64)
+        self.skips: dict[int, tuple[np.ndarray, _Transcoder]] = {}
+        for m in members:
+            if m.dictionary.W_skip is not None:
+                self.skips[m.layer] = (np.asarray(m.dictionary.W_skip, dtype=f64) @ m.R, m)
+        # the stacked maps for the whole layer at once
+        self.W_O_cat = self.W_O.transpose(0, 2, 1, 3).reshape(self.L, self.d, self.H * self.dh)  # (L, d, H dh)
+        self.W_V_cat = self.W_V.reshape(self.L, self.H * self.dh, self.d)  # (L, H dh, d)
+
+    def centre(self, g: np.ndarray) -> np.ndarray:
+        return g - g.mean(axis=-1, keepdims=True) if self.centred else g
+
+    # backward (adjoint) maps on gradients G: (n, seq, d)
+    def attn_T(self, l: int, G: np.ndarray) -> np.ndarray:
+        n = G.shape[0]
+        U = (G.reshape(n * self.seq, self.d) @ self.W_O_cat[l]).reshape(n, self.seq, self.H, self.dh)
+        Y = np.einsum("hqk,nqhe->nkhe", self.pattern[l], U, optimize=True)
+        out = (Y.reshape(n * self.seq, self.H * self.dh) @ self.W_V_cat[l]).reshape(n, self.seq, self.d)
+        if self.s1 is not None:
+            out /= self.s1[l][None, :, None]
+            out = self.centre(out)
+        return out
+
+    def skip_T(self, l: int, G: np.ndarray) -> np.ndarray | None:
+        if l not in self.skips:
+            return None
+        M, _ = self.skips[l]
+        out = G @ M  # (n, seq, d): M is (d, d) on the stream
+        if self.s2 is not None:
+            out = out / self.s2[l][None, :, None]
+        return out
+
+    # forward maps on states X: (seq, d)
+    def attn_fwd(self, l: int, X: np.ndarray, head: int | None = None) -> np.ndarray:
+        xn = X
+        if self.s1 is not None:
+            xn = self.centre(X) / self.s1[l][:, None]
+        heads = range(self.H) if head is None else (head,)
+        out = np.zeros_like(X)
+        for h in heads:
+            v = xn @ self.W_V[l, h].T
+            out += (self.pattern[l, h] @ v) @ self.W_O[l, h].T
+        return out
+
+    def skip_fwd(self, l: int, X: np.ndarray) -> np.ndarray:
+        if l not in self.skips:
+            return np.zeros_like(X)
+        M, _ = self.skips[l]
+        out = X @ M.T
+        if self.s2 is not None:
+            out = out / self.s2[l][:, None]
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class AttributionGraph:
+    """An attribution graph on one prompt (build it with :func:`attribute`).
+
+    Attributes
+    ----------
+    model_name : str
+    tokens : (n_pos,) int array
+    nodes : tuple
+        :class:`FeatureNode` ..., :class:`ErrorNode` ... (layer-major), :class:`TokenNode` ...,
+        :class:`LogitNode` ...: circuit-tracer's order.
+    adjacency : (n_nodes, n_nodes) float64 array
+        ``adjacency[target, source]``: the direct effect of ``source`` on ``target`` (rows of
+        features and logits are filled; a feature source's column carries its activation).
+    constants : tuple of ConstantNode
+    constant_adjacency : (n_nodes, n_constants) float64 array
+        The constants' edges into the same targets.
+    values : (n_nodes,) float64 array
+        What each target's incoming edges sum to: a feature's pre-activation, a logit target's
+        (demeaned) logit; NaN for errors and tokens (no incoming edges).
+    activations : (n_features,) float64 array
+        The active features' activations (equal to their pre-activations).
+    active_features : (n_features, 3) int array
+        ``(layer, position, index)`` of each feature node.
+    dictionaries : tuple of str
+        The name of the transcoder read at each layer (``""`` where there is none).
+    logit_probabilities : (n_logits,) float64 array
+        The targets' probabilities (their weights in pruning).
+    demeaned : bool
+        Whether logit targets are demeaned over the vocabulary (circuit-tracer's convention).
+    zero_positions : int
+        The leading positions with no feature nodes and zero error nodes.
+    n_layers : int
+    """
+
+    model_name: str
+    tokens: np.ndarray
+    nodes: tuple
+    adjacency: np.ndarray
+    constants: tuple
+    constant_adjacency: np.ndarray
+    values: np.ndarray
+    activations: np.ndarray
+    active_features: np.ndarray
+    dictionaries: tuple
+    logit_probabilities: np.ndarray
+    demeaned: bool
+    zero_positions: int
+    n_layers: int
+    _frozen: Any = field(default=None, repr=False, compare=False)
+    _sources: Any = field(default=None, repr=False, compare=False)
+
+    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.active_features.shape[0])
+
+    @property
+    def n_errors(self) -> int:
+        return self.n_layers * self.n_pos
+
+    @property
+    def n_logits(self) -> int:
+        return int(self.logit_probabilities.shape[0])
+
+    @property
+    def logit_nodes(self) -> tuple:
+        return self.nodes[-self.n_logits:]
+
+    def index(self, node: Any) -> int:
+        """The row/column of ``node`` in :attr:`adjacency`."""
+        i = self._index_map.get(node)
+        if i is None:
+            raise InvalidArgumentError(f"{node!r} is not a node of this graph.")
+        return i
+
+    @property
+    def _index_map(self) -> dict:
+        m = self.__dict__.get("_imap")
+        if m is None:
+            m = {n: i for i, n in enumerate(self.nodes)}
+            object.__setattr__(self, "_imap", m)
+        return m
+
+    # -- checks ---------------------------------------------------------------------------------
+    def completeness_error(self) -> np.ndarray:
+        """``|Σ incoming edges - value| / max(1, |value|)`` per feature and logit node."""
+        rows = np.r_[np.arange(self.n_features), np.arange(len(self.nodes) - self.n_logits, len(self.nodes))]
+        total = self.adjacency[rows].sum(axis=1) + self.constant_adjacency[rows].sum(axis=1)
+        v = self.values[rows]
+        return np.abs(total - v) / np.maximum(1.0, np.abs(v))
+
+    def full_adjacency(self) -> np.ndarray:
+        """``(n_nodes + n_constants)²``: :attr:`adjacency` with the constants appended as sources
+        (after the logits)."""
+        n, k = len(self.nodes), len(self.constants)
+        A = np.zeros((n + k, n + k))
+        A[:n, :n] = self.adjacency
+        A[:n, n:] = self.constant_adjacency
+        return A
+
+    # -- pruning ----------------------------------------------------------------------------------
+    def logit_weights(self) -> np.ndarray:
+        """``(n_nodes,)``: the targets' probabilities on the logit rows, zeros elsewhere."""
+        w = np.zeros(len(self.nodes))
+        w[-self.n_logits:] = self.logit_probabilities
+        return w
+
+    def node_influence(self) -> np.ndarray:
+        """circuit-tracer's ``compute_node_influence`` (constants are not nodes there)."""
+        return compute_node_influence(self.adjacency, self.logit_weights())
+
+    def influence_matrix(self) -> np.ndarray:
+        """The indirect-influence matrix ``(I - Â)^-1 - I`` (dense; see :func:`influence_matrix`)."""
+        return influence_matrix(self.adjacency)
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+        """circuit-tracer's ``prune_graph`` on :attr:`adjacency` (constants are left out, as
+        circuit-tracer has none)."""
+        return prune_graph(self.adjacency, self.logit_weights(), self.n_features, self.n_pos, self.n_logits,
+                           node_threshold, edge_threshold)
+
+    # -- the per-head split --------------------------------------------------------------------------
+    def edge_by_head(self, target: Any, source: Any) -> dict:
+        """The edge ``source -> target`` split by the first attention head on each path:
+        ``{None: through the residual stream and skip maps only, HeadId(l, h): through head (l, h)
+        first, ...}`` (the values sum to the edge). ``target`` and ``source`` are nodes or indices."""
+        t = target if isinstance(target, (int, np.integer)) else self.index(target)
+        s = source if isinstance(source, (int, np.integer)) else self.index(source)
+        fz: _Frozen = self._frozen
+        srcs = self._sources
+        tnode = self.nodes[t]
+        if isinstance(tnode, (ErrorNode, TokenNode)):
+            raise InvalidArgumentError("error and token nodes have no incoming edges.")
+        snode = self.nodes[s]
+        if isinstance(snode, LogitNode):
+            raise InvalidArgumentError("logit nodes have no outgoing edges.")
+        writes = srcs.writes(snode)  # list of (station, layer, (seq, d) array)
+        read_station, read_layer, pos, vec = srcs.read(tnode)
+        parts: dict = {}
+        for station, layer, V in writes:
+            for key, val in _propagate_split(fz, station, layer, V, read_station, read_layer, pos, vec).items():
+                parts[key] = parts.get(key, 0.0) + val
+        return parts
+
+    # -- export -------------------------------------------------------------------------------------
+    def to_networkx(self, *, prune: PruneResult | None = None, constants: bool = False) -> Any:
+        """A ``networkx.DiGraph`` with nodes keyed by their circuit-tracer ids (attributes: ``node``,
+        ``kind``, ``layer``, ``position``, ``activation`` or ``value``) and an edge ``source ->
+        target`` with ``weight`` for every nonzero entry (or every kept edge of ``prune``);
+        ``constants`` adds the constant nodes and their edges."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        keep = np.ones(len(self.nodes), dtype=bool) if prune is None else prune.node_mask
+        for i, n in enumerate(self.nodes):
+            if not keep[i]:
+                continue
+            attrs: dict[str, Any] = {"node": n, "kind": type(n).__name__.replace("Node", "").lower()}
+            if isinstance(n, FeatureNode):
+                attrs.update(layer=n.layer, position=n.position, activation=float(self.activations[i]))
+            elif isinstance(n, ErrorNode):
+                attrs.update(layer=n.layer, position=n.position)
+            elif isinstance(n, TokenNode):
+                attrs.update(layer=None, position=n.position)
+            else:
+                attrs.update(layer=self.n_layers, position=n.position, value=float(self.values[i]),
+                             probability=float(self.logit_probabilities[n.rank]))
+            g.add_node(n.node_id, **attrs)
+        mask = self.adjacency != 0 if prune is None else prune.edge_mask & (self.adjacency != 0)
+        ts, ss = np.nonzero(mask)
+        for t, s in zip(ts.tolist(), ss.tolist()):
+            if keep[t] and keep[s]:
+                g.add_edge(self.nodes[s].node_id, self.nodes[t].node_id, weight=float(self.adjacency[t, s]))
+        if constants:
+            for j, c in enumerate(self.constants):
+                g.add_node(c.node_id, node=c, kind="constant", layer=c.layer, position=c.position)
+                for t in np.nonzero(self.constant_adjacency[:, j])[0].tolist():
+                    if keep[t]:
+                        g.add_edge(c.node_id, self.nodes[t].node_id, weight=float(self.constant_adjacency[t, j]))
+        return g
+
+    def __repr__(self) -> str:
+        return (f"AttributionGraph({self.model_name!r}: {self.n_pos} positions, {self.n_features} features, "
+                f"{self.n_errors} errors, {self.n_logits} logits, {len(self.constants)} constants)")
+
+
+# -- sources and targets -------------------------------------------------------------------------
+
+class _Sources:
+    """Where each node writes and how each target reads (for the per-head split)."""
+
+    def __init__(self, fz: _Frozen, members: dict[int, _Transcoder], feature_vectors: dict, error_vectors: np.ndarray,
+                 token_vectors: np.ndarray, read_vectors: dict) -> None:
+        self.fz = fz
+        self.members = members
+        self.feature_vectors = feature_vectors  # FeatureNode -> list of (layer written, (d,) vector)
+        self.error_vectors = error_vectors  # (L, seq, d)
+        self.token_vectors = token_vectors  # (seq, d)
+        self.read_vectors = read_vectors  # target node -> (d,) read vector
+
+    def writes(self, node: Any) -> list:
+        fz = self.fz
+        out = []
+        if isinstance(node, FeatureNode):
+            for layer, v in self.feature_vectors[node]:
+                V = np.zeros((fz.seq, fz.d))
+                V[node.position] = v
+                out.append(("post", layer, V))
+        elif isinstance(node, ErrorNode):
+            V = np.zeros((fz.seq, fz.d))
+            V[node.position] = self.error_vectors[node.layer, node.position]
+            out.append(("post", node.layer, V))
+        elif isinstance(node, TokenNode):
+            V = np.zeros((fz.seq, fz.d))
+            V[node.position] = self.token_vectors[node.position]
+            out.append(("pre", 0, V))
+        return out
+
+    def read(self, node: Any) -> tuple:
+        fz = self.fz
+        vec = self.read_vectors[node]
+        if isinstance(node, FeatureNode):
+            return ("pre" if fz.parallel else "mid"), node.layer, node.position, vec
+        return "post", fz.L - 1, node.position, vec
+
+
+def _place(fz: _Frozen, station: str, layer: int) -> tuple[int, int]:
+    """A station as ``(layer, stage)``: stage 0 the stream entering ``layer``, 1 after its attention
+    (sequential blocks); ``post_l`` is ``(l + 1, 0)``, and in parallel blocks so is ``mid_l``."""
+    if station == "pre":
+        return (layer, 0)
+    if station == "mid" and not fz.parallel:
+        return (layer, 1)
+    return (layer + 1, 0)
+
+
+def _propagate_split(fz: _Frozen, station: str, layer: int, V: np.ndarray, read_station: str, read_layer: int,
+                     pos: int, vec: np.ndarray) -> dict:
+    """Push ``V`` written at (``station``, ``layer``) forward through the frozen model, tracking the
+    first head of each path, and read ``vec · X[pos]`` at (``read_station``, ``read_layer``)."""
+    here = _place(fz, station, layer)
+    stop = _place(fz, read_station, read_layer)
+    if here > stop:
+        return {None: 0.0}
+    comps: dict = {None: V.copy()}
+    while here < stop:
+        l, stage = here
+        if stage == 0:
+            attn: dict = {}
+            for key, X in comps.items():
+                if key is None:
+                    for h in range(fz.H):
+                        attn[HeadId(l, h)] = fz.attn_fwd(l, X, h)
+                else:
+                    attn[key] = fz.attn_fwd(l, X)
+            if fz.parallel:
+                comps = {k: X + fz.skip_fwd(l, X) for k, X in comps.items()}
+                here = (l + 1, 0)
+            else:
+                here = (l, 1)
+            for k, Y in attn.items():
+                comps[k] = comps[k] + Y if k in comps else Y
+        else:
+            comps = {k: X + fz.skip_fwd(l, X) for k, X in comps.items()}
+            here = (l + 1, 0)
+    return {k: float(X[pos] @ vec) for k, X in comps.items()}
+
+
+# -- the entry point ------------------------------------------------------------------------------
+
+def _members(transcoders: Any, model: Transformer) -> list[Dictionary]:
+    if isinstance(transcoders, (Dictionary, DictionarySet)):
+        items = [transcoders]
+    elif isinstance(transcoders, (list, tuple)):
+        items = list(transcoders)
+    else:
+        raise InvalidArgumentError(
+            f"attribute takes transcoders as a Dictionary, a DictionarySet or a sequence of them, got "
+            f"{type(transcoders).__name__}."
+        )
+    out: list[Dictionary] = []
+    for d in items:
+        if isinstance(d, DictionarySet):
+            out += list(d.members)
+        elif isinstance(d, Dictionary):
+            out.append(d)
+        else:
+            raise InvalidArgumentError(f"attribute: {d!r} is not a Dictionary or DictionarySet.")
+    if not out:
+        raise InvalidArgumentError("attribute: no transcoders given.")
+    return out
+
+
+def _read_map(model: Transformer, d: Dictionary) -> _Transcoder:
+    c = model.config
+    what = f"attribute: dictionary {d.name!r}"
+    if len(d.reads) != 1:
+        raise ConfigError(f"{what} reads {len(d.reads)} hooks; a transcoder reads one MLP input.")
+    h = d.reads[0]
+    l = h.layer
+    if "center_writing_weights" in d.preprocessing:
+        raise ConfigError(f"{what} was trained with center_writing_weights; attribution reads the model as it is.")
+    writes = []
+    for w in d.writes:
+        if w.kind is not HookKind.MLP_OUT or w.layer < l:
+            raise ConfigError(
+                f"{what} writes {w}; a transcoder writes MLP outputs (blocks.L.hook_mlp_out) of its own layer or later ones."
+            )
+        writes.append(w.layer)
+    kind = h.kind
+    if kind is HookKind.MLP_IN and "fold_ln" in d.preprocessing:
+        kind = HookKind.MLP_NORMALIZED
+    stream = HookKind.RESID_PRE if c.parallel_attn_mlp else HookKind.RESID_MID
+    eye = np.eye(c.d_model)
+    zero = np.zeros(c.d_model)
+    if kind is stream:
+        return _Transcoder(d, l, tuple(writes), eye, zero, False)
+    if kind not in (HookKind.MLP_IN, HookKind.MLP_NORMALIZED):
+        raise ConfigError(
+            f"{what} reads {h}; a transcoder reads the MLP's input (mlp.hook_in, ln2.hook_normalized or "
+            f"{stream.value})."
+        )
+    if model.layers[l].ln2 is None:
+        return _Transcoder(d, l, tuple(writes), eye, zero, False)
+    P = eye - 1.0 / c.d_model if c.centred_norm else eye
+    if kind is HookKind.MLP_IN:
+        w = np.asarray(model.params[f"blocks.{l}.ln2.w"], dtype=np.float64)
+        b = model.params.get(f"blocks.{l}.ln2.b")
+        return _Transcoder(d, l, tuple(writes), w[:, None] * P, zero if b is None else np.asarray(b, dtype=np.float64),
+                           True)
+    return _Transcoder(d, l, tuple(writes), P, zero, True)
+
+
+def _select_logits(logits: np.ndarray, max_logits: int, probability: float) -> np.ndarray:
+    """circuit-tracer's salient logits: the top ``max_logits`` by probability, cut after the first
+    whose cumulative probability reaches ``probability``."""
+    x = logits - logits.max()
+    p = np.exp(x)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[:max_logits]
+    cum = np.cumsum(p[order])
+    cutoff = int(np.searchsorted(cum, probability, side="left")) + 1
+    return order[:cutoff]
+
+
+def attribute(
+    model: Any,
+    transcoders: Any,
+    tokens: Any,
+    *,
+    max_logits: int = 10,
+    logit_probability: float = 0.95,
+    targets: Sequence[Any] | None = None,
+    demean_logits: bool = True,
+    zero_positions: int = 1,
+    batch_size: int | None = None,
+) -> AttributionGraph:
+    """The attribution graph of ``model`` with ``transcoders`` replacing its MLPs on ``tokens``.
+
+    Parameters
+    ----------
+    model : Transformer
+        With its norms as stored (a transcoder reading ``mlp.hook_in`` needs ``ln2``'s weight).
+    transcoders : Dictionary, DictionarySet or sequence of them
+        Per-layer transcoders, skip transcoders, or a cross-layer transcoder's members (at most one
+        per layer; a layer without one has its whole MLP output in its error nodes).
+    tokens : sequence of int
+    max_logits, logit_probability : int, float
+        With ``targets=None``: the most probable next tokens at the last position, at most
+        ``max_logits``, up to the first whose cumulative probability reaches ``logit_probability``
+        (circuit-tracer's rule).
+    targets : sequence of int or LogitTarget, optional
+        The targets instead: token ids (weighted by their probability) or :class:`LogitTarget`.
+    demean_logits : bool
+        Targets are logits minus their mean over the vocabulary (circuit-tracer's convention);
+        ``False``: the logits themselves. Both are exact; the node values say which.
+    zero_positions : int
+        The leading positions whose features and errors are not nodes (circuit-tracer: 1); what the
+        MLPs wrote there is the constant ``mlp_frozen``.
+    batch_size : int, optional
+        Targets propagated together (memory ``batch_size * n_pos * d_model`` floats); default: as
+        many as fit in about 64 MiB.
+
+    Returns
+    -------
+    AttributionGraph
+    """
+    model = require_model(model, "attribute")
+    c = model.config
+    if c.post_norms:
+        raise ConfigError(f"attribute: {model.name} normalises its sublayer outputs (post_norms); not supported yet.")
+    if c.attn_only:
+        raise ConfigError(f"attribute: {model.name} is attention-only; attribution graphs replace MLPs by transcoders.")
+    tok = check_tokens(tokens, model)
+    if isinstance(zero_positions, bool) or not isinstance(zero_positions, (int, np.integer)) or zero_positions < 0:
+        raise InvalidArgumentError(f"attribute: zero_positions must be a non-negative integer, got {zero_positions!r}.")
+    n0 = int(zero_positions)
+    dicts = _members(transcoders, model)
+    for d in dicts:
+        bind(d, model)  # hooks, dimensions and preprocessing checked against the model
+    members = [_read_map(model, d) for d in dicts]
+    by_layer: dict[int, _Transcoder] = {}
+    for m in members:
+        if m.layer in by_layer:
+            raise ConfigError(
+                f"attribute: {by_layer[m.layer].dictionary.name!r} and {m.dictionary.name!r} both read layer {m.layer}; "
+                "give one transcoder per layer."
+            )
+        if m.dictionary.W_skip is not None and m.writes != (m.layer,):
+            raise ConfigError(f"attribute: {m.dictionary.name!r} has a skip map but writes {m.writes}; a skip map writes its own layer.")
+        by_layer[m.layer] = m
+    f64 = np.float64
+    logits_b, cache_b = run_batch(model, tok[None])
+    cache = cache_b.first()
+    logits = np.asarray(logits_b[0], dtype=f64)
+    precap = logits if cache.logits_precap is None else np.asarray(cache.logits_precap, dtype=f64)
+    L, seq, D = c.n_layers, tok.shape[0], c.d_model
+    fz = _Frozen(model, cache, members)
+    stream_in = np.asarray(cache.resid[:L] if c.parallel_attn_mlp else cache.resid_mid, dtype=f64)  # (L, seq, d)
+    mlp_out = np.asarray(cache.mlp_out, dtype=f64)
+
+    # -- features ------------------------------------------------------------------------------
+    feats = []  # (layer, pos, idx, activation)
+    recon = np.zeros((L, seq, D))
+    dec_bias = np.zeros((L, D))
+    skip_out = np.zeros((L, seq, D))  # the full skip output (linear part + W_skip c + b_skip)
+    for l in sorted(by_layer):
+        m = by_layer[l]
+        d = m.dictionary
+        x = np.asarray(hook_activations(model, cache_b, d.reads[0], fold_ln="fold_ln" in d.preprocessing)[0], dtype=f64)
+        pre = np.asarray(d.pre_activations(x), dtype=f64)
+        act = np.asarray(d.activation(pre), dtype=f64)
+        for j, wl in enumerate(m.writes):
+            Wd = np.asarray(d.W_dec[j], dtype=f64)
+            recon[wl] += act @ Wd.T  # every position's real features (zeroed positions included)
+            dec_bias[wl] += np.asarray(d.b_dec[j], dtype=f64)
+        if d.W_skip is not None:
+            so = x @ np.asarray(d.W_skip, dtype=f64).T
+            if d.b_skip is not None:
+                so = so + np.asarray(d.b_skip, dtype=f64)
+            skip_out[l] = so
+        act_nodes = act.copy()
+        act_nodes[:n0] = 0
+        ps, idx = np.nonzero(act_nodes)
+        if ps.size and not np.allclose(act[ps, idx], pre[ps, idx], rtol=0, atol=0):
+            raise ConfigError(
+                f"attribute: {d.name!r}'s activation changes the value of an active feature (not pre * mask); "
+                "attribution needs a feature's activation to equal its pre-activation."
+            )
+        feats += [(l, int(p), int(i), float(act[p, i])) for p, i in zip(ps, idx)]
+    feats.sort(key=lambda t: t[:3])
+    n_f = len(feats)
+    active = np.array([f[:3] for f in feats], dtype=np.int64).reshape(n_f, 3)
+    activations = np.array([f[3] for f in feats], dtype=f64)
+    # errors: the MLP's real output minus the reconstruction (features of every position)
+    errors = mlp_out - recon - dec_bias[:, None, :] - skip_out
+    # zeroed positions: features' and error's share of the MLP output is the mlp_frozen constant
+    frozen0 = np.zeros((L, n0, D))
+    if n0:
+        frozen0 = mlp_out[:, :n0] - dec_bias[:, None, :] - skip_out[:, :n0]
+        errors[:, :n0] = 0
+
+    # -- logit targets ------------------------------------------------------------------------------
+    V_out = c.vocab_out
+    W_U = np.asarray(model.W_U.array, dtype=f64)  # (V, d), the view (final norm weight folded)
+    b_U_view = np.asarray(model.b_U, dtype=f64)
+    b_U_raw = np.asarray(model.params["b_U"], dtype=f64)
+    p_last = logits[-1] - logits[-1].max()
+    probs = np.exp(p_last)
+    probs /= probs.sum()
+    coeffs, labels, vidx, weights = [], [], [], []
+    if targets is None:
+        for t in _select_logits(logits[-1], int(max_logits), float(logit_probability)):
+            cv = np.zeros(V_out)
+            cv[t] = 1.0
+            coeffs.append(cv)
+            labels.append(_token_label(model, int(t)))
+            vidx.append(int(t))
+            weights.append(float(probs[t]))
+    else:
+        for r, t in enumerate(targets):
+            cv = np.zeros(V_out)
+            if isinstance(t, LogitTarget):
+                for k, v in t.coefficients.items():
+                    if not 0 <= int(k) < V_out:
+                        raise InvalidArgumentError(f"attribute: target {t.label!r} names token {k}, outside 0..{V_out - 1}.")
+                    cv[int(k)] += float(v)
+                coeffs.append(cv)
+                labels.append(t.label)
+                vidx.append(V_out + r)
+                weights.append(float(t.weight))
+            elif isinstance(t, (int, np.integer)) and not isinstance(t, bool) and 0 <= t < V_out:
+                cv[int(t)] = 1.0
+                coeffs.append(cv)
+                labels.append(_token_label(model, int(t)))
+                vidx.append(int(t))
+                weights.append(float(probs[int(t)]))
+            else:
+                raise InvalidArgumentError(f"attribute: target {t!r} is not a token id in 0..{V_out - 1} or a LogitTarget.")
+        if not coeffs:
+            raise InvalidArgumentError("attribute: targets is empty.")
+    C = np.array(coeffs)  # (n_logits, V)
+    if demean_logits:
+        C = C - C.sum(axis=1, keepdims=True) / V_out
+    n_log = C.shape[0]
+    logit_values = C @ precap[-1]
+    logit_read = C @ W_U  # (n_logits, d) on the final norm's output
+    if fz.sf is not None:
+        logit_read = fz.centre(logit_read) / fz.sf[-1]
+
+    # -- nodes ----------------------------------------------------------------------------------
+    feature_nodes = [FeatureNode(*f[:3]) for f in feats]
+    error_nodes = [ErrorNode(l, p) for l in range(L) for p in range(seq)]
+    token_nodes = [TokenNode(p, int(tok[p])) for p in range(seq)]
+    logit_nodes = [LogitNode(r, vidx[r], labels[r], seq - 1, L) for r in range(n_log)]
+    nodes = tuple(feature_nodes + error_nodes + token_nodes + logit_nodes)
+    N = len(nodes)
+    err0, tok0, log0 = n_f, n_f + L * seq, n_f + (L + 1) * seq
+
+    constants: list[ConstantNode] = []
+    const_index: dict = {}
+
+    def const(origin: str, layer: int | None = None, position: int | None = None) -> int:
+        key = ConstantNode(origin, layer, position)
+        if key not in const_index:
+            const_index[key] = len(constants)
+            constants.append(key)
+        return const_index[key]
+
+    # constant writes into the stream: (station, layer) -> list of (const col, (seq, d) array)
+    const_writes: dict = {}
+
+    def write(station: str, layer: int, col: int, V: np.ndarray) -> None:
+        const_writes.setdefault((station, layer), []).append((col, V))
+
+    hw = model.head_weights
+    if model.W_pos is not None:
+        W_pos = np.asarray(model.W_pos.array, dtype=f64)
+        for p in range(seq):
+            V = np.zeros((seq, D))
+            V[p] = W_pos[:, p]
+            write("pre", 0, const("pos", None, p), V)
+    b_V_raw_all = {}
+    for l in range(L):
+        bV_view = np.asarray(hw.b_V[l], dtype=f64)  # (H, dh)
+        raw_key = f"blocks.{l}.attn.b_V"
+        bV_raw = np.asarray(model.params[raw_key], dtype=f64)
+        bV_raw = bV_raw[np.asarray(hw.kv_head[l])] if bV_raw.shape[0] != bV_view.shape[0] else bV_raw
+        b_V_raw_all[l] = bV_raw
+        WO = fz.W_O[l]
+        b_O = np.asarray(hw.b_O[l], dtype=f64)
+        ab = b_O + np.einsum("hmd,hd->m", WO, bV_raw)
+        ln1b = np.einsum("hmd,hd->m", WO, bV_view - bV_raw)
+        write("mid", l, const("attn_bias", l), np.broadcast_to(ab, (seq, D)))
+        if np.any(ln1b != 0):
+            write("mid", l, const("ln1_bias", l), np.broadcast_to(ln1b, (seq, D)))
+    for l in range(L):
+        m = by_layer.get(l)
+        written_by = [mm for mm in members if l in mm.writes]
+        if written_by:
+            write("post", l, const("dec_bias", l), np.broadcast_to(dec_bias[l], (seq, D)))
+        if m is not None and m.dictionary.W_skip is not None:
+            Ws = np.asarray(m.dictionary.W_skip, dtype=f64)
+            if np.any(m.c != 0):
+                write("post", l, const("ln2_bias", l), np.broadcast_to(Ws @ m.c, (seq, D)))
+            if m.dictionary.b_skip is not None:
+                write("post", l, const("skip_bias", l), np.broadcast_to(np.asarray(m.dictionary.b_skip, dtype=f64), (seq, D)))
+        for p in range(n0):
+            V = np.zeros((seq, D))
+            V[p] = frozen0[l, p]
+            write("post", l, const("mlp_frozen", l, p), V)
+    # direct constants of targets (not through the stream)
+    direct: list[tuple[int, int, float]] = []  # (row, const col, value)
+
+    # target read vectors and values
+    read_vectors: dict = {}
+    values = np.full(N, np.nan)
+    enc_rows: dict[int, list[int]] = {}  # layer -> feature rows
+    for r, f in enumerate(feats):
+        enc_rows.setdefault(f[0], []).append(r)
+    for l, rows in enc_rows.items():
+        m = by_layer[l]
+        d = m.dictionary
+        We = np.asarray(d.W_enc[0], dtype=f64)
+        b_enc = np.asarray(d.b_enc, dtype=f64)
+        shift = We @ np.asarray(d.b_dec[0], dtype=f64) if d.pre_shift else np.zeros(d.n_features)
+        for r in rows:
+            _, p, i, a = feats[r]
+            e = We[i] @ m.R
+            if m.scaled:
+                e = e / fz.s2[l, p]
+            read_vectors[feature_nodes[r]] = e
+            values[r] = a
+            if np.any(m.c != 0):
+                direct.append((r, const("ln2_bias", l), float(We[i] @ m.c)))
+            direct.append((r, const("enc_bias", l), float(b_enc[i] - shift[i])))
+    for r in range(n_log):
+        read_vectors[logit_nodes[r]] = logit_read[r]
+        values[log0 + r] = logit_values[r]
+        direct.append((log0 + r, const("unembed_bias"), float(C[r] @ b_U_raw)))
+        if np.any(b_U_view != b_U_raw):
+            direct.append((log0 + r, const("ln_final_bias"), float(C[r] @ (b_U_view - b_U_raw))))
+
+    # source vectors written by nodes
+    feature_vectors: dict = {}
+    # per (written layer, position): columns and (n, d) vectors of the features written there
+    fw: dict = {}
+    for r, f in enumerate(feats):
+        l, p, i, a = f
+        d = by_layer[l].dictionary
+        vs = []
+        for j, wl in enumerate(by_layer[l].writes):
+            v = a * np.asarray(d.W_dec[j][:, i], dtype=f64)
+            vs.append((wl, v))
+            fw.setdefault((wl, p), ([], []))
+            fw[(wl, p)][0].append(r)
+            fw[(wl, p)][1].append(v)
+        feature_vectors[feature_nodes[r]] = vs
+    fw = {k: (np.array(cols), np.array(vs)) for k, (cols, vs) in fw.items()}
+    token_vectors = np.asarray(model.W_E.array, dtype=f64)[:, tok].T  # (seq, d)
+
+    # -- edges: for each group of targets, propagate their read vectors back through the frozen model --
+    n_c = len(constants)
+    A = np.zeros((N, N))
+    Cadj = np.zeros((N, n_c))
+    if batch_size is None:
+        batch_size = max(1, int((64 << 20) // (8 * seq * D)))
+    groups: list[tuple[str, int, list[int]]] = []
+    for l in sorted(enc_rows):
+        groups.append(("pre" if fz.parallel else "mid", l, enc_rows[l]))
+    groups.append(("post", L - 1, list(range(log0, log0 + n_log))))
+
+    def collect(rows: np.ndarray, G: np.ndarray, station: str, l: int) -> None:
+        if station == "post":
+            for p in range(seq):
+                hit = fw.get((l, p))
+                if hit is not None:
+                    cols, vs = hit
+                    A[rows[:, None], cols[None, :]] += G[:, p, :] @ vs.T
+            A[rows, err0 + l * seq: err0 + (l + 1) * seq] += np.einsum("npd,pd->np", G, errors[l])
+        if station == "pre" and l == 0:
+            A[rows, tok0: tok0 + seq] += np.einsum("npd,pd->np", G, token_vectors)
+        for col, V in const_writes.get((station, l), ()):
+            Cadj[rows, col] += np.einsum("npd,pd->n", G, V)
+
+    for station, Lt, rows_all in groups:
+        for b0 in range(0, len(rows_all), batch_size):
+            rows = np.array(rows_all[b0: b0 + batch_size])
+            G = np.zeros((len(rows), seq, D))
+            for k, r in enumerate(rows):
+                node = nodes[r]
+                G[k, node.position] = read_vectors[node]
+            l = Lt
+            if station == "mid":
+                collect(rows, G, "mid", l)
+                G = G + fz.attn_T(l, G)
+                l -= 1
+            elif station == "pre":
+                l -= 1
+            # G is now the gradient at post_l (= pre_{l+1})
+            while l >= 0:
+                collect(rows, G, "post", l)
+                skip_in = fz.skip_T(l, G)
+                G_mid = G if (fz.parallel or skip_in is None) else G + skip_in
+                collect(rows, G_mid, "mid", l)
+                G = G_mid + fz.attn_T(l, G_mid)
+                if fz.parallel and skip_in is not None:
+                    G = G + skip_in
+                l -= 1
+            collect(rows, G, "pre", 0)
+    for r, col, v in direct:
+        Cadj[r, col] += v
+    sources = _Sources(fz, by_layer, feature_vectors, errors, token_vectors, read_vectors)
+    return AttributionGraph(
+        model_name=model.name,
+        tokens=tok,
+        nodes=nodes,
+        adjacency=A,
+        constants=tuple(constants),
+        constant_adjacency=Cadj,
+        values=values,
+        activations=activations,
+        active_features=active,
+        dictionaries=tuple(by_layer[l].dictionary.name if l in by_layer else "" for l in range(L)),
+        logit_probabilities=np.array(weights, dtype=f64),
+        demeaned=bool(demean_logits),
+        zero_positions=n0,
+        n_layers=L,
+        _frozen=fz,
+        _sources=sources,
+    )
+
+
+def _token_label(model: Transformer, t: int) -> str:
+    if model.vocab is not None and model.config.d_vocab_out is None and 0 <= t < len(model.vocab):
+        return model.vocab[t]
+    return str(t)

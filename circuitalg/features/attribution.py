@@ -371,6 +371,8 @@ class AttributionGraph:
     zero_positions : int
         The leading positions with no feature nodes and zero error nodes.
     n_layers : int
+    token_labels : tuple of str
+        The prompt's tokens as strings (the model's vocabulary, else the ids).
     """
 
     model_name: str
@@ -387,6 +389,7 @@ class AttributionGraph:
     demeaned: bool
     zero_positions: int
     n_layers: int
+    token_labels: tuple = ()
     _frozen: Any = field(default=None, repr=False, compare=False)
     _sources: Any = field(default=None, repr=False, compare=False)
 
@@ -1031,6 +1034,7 @@ def attribute(
         demeaned=bool(demean_logits),
         zero_positions=n0,
         n_layers=L,
+        token_labels=tuple(model.vocab[int(t)] if model.vocab is not None else str(int(t)) for t in tok),
         _frozen=fz,
         _sources=sources,
     )

@@ -515,7 +515,7 @@ def gen_sparsify(out: Path) -> None:
 # -- dictionary_learning -----------------------------------------------------------------------
 def gen_dictionary_learning(out: Path) -> None:
     import torch
-    from dictionary_learning.dictionary import AutoEncoder, JumpReluAutoEncoder
+    from dictionary_learning.dictionary import AutoEncoder, AutoEncoderNew, JumpReluAutoEncoder
     from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
     from dictionary_learning.trainers.top_k import AutoEncoderTopK
@@ -524,6 +524,7 @@ def gen_dictionary_learning(out: Path) -> None:
     d, F = 16, 64
     specs = [
         ("standard", AutoEncoder, "AutoEncoder", "StandardTrainer", {}),
+        ("standard_new", AutoEncoderNew, "AutoEncoderNew", "StandardTrainerAprilUpdate", {}),
         ("topk", AutoEncoderTopK, "AutoEncoderTopK", "TopKTrainer", {"k": 7}),
         ("batch_topk", BatchTopKSAE, "BatchTopKSAE", "BatchTopKTrainer", {"k": 7}),
         ("jumprelu", JumpReluAutoEncoder, "JumpReluAutoEncoder", "JumpReluTrainer", {}),
@@ -568,6 +569,8 @@ def gen_dictionary_learning(out: Path) -> None:
                         return m.encode(x, output_pre_jump=True)[1]
                     if isinstance(m, MatryoshkaBatchTopKSAE):
                         return (x - m.b_dec) @ m.W_enc + m.b_enc
+                    if isinstance(m, AutoEncoderNew):
+                        return m.encoder(x)
                     shift = m.bias if isinstance(m, AutoEncoder) else m.b_dec
                     return m.encoder(x - shift)
 
@@ -615,13 +618,15 @@ def gen_lm_saes(out: Path) -> None:
     for name, act, hin, hout, norm, decnorm in specs:
         case = Case(out, "lm_saes", name)
         cfg = SAEConfig(d_model=d, expansion_factor=ef, hook_point_in=hin, hook_point_out=hout, act_fn=act,
-                        top_k=6, norm_activation=norm, sparsity_include_decoder_norm=decnorm)
+                        top_k=6, norm_activation=norm, sparsity_include_decoder_norm=decnorm,
+                        use_decoder_bias=name != "sae_relu_inference")
         m = SparseAutoEncoder(cfg)
         with torch.no_grad():
             m.W_E.copy_(_rand(gen, d, F, scale=0.4))
             m.b_E.copy_(_rand(gen, F, scale=0.2))
             m.W_D.copy_(_rand(gen, F, d, scale=0.3))
-            m.b_D.copy_(_rand(gen, d, scale=0.1))
+            if cfg.use_decoder_bias:
+                m.b_D.copy_(_rand(gen, d, scale=0.1))
             if act == "jumprelu":
                 thr = torch.rand(F, generator=gen, dtype=torch.float64).to(torch.float32) * 0.5 + 0.05
                 m.activation_function.log_jumprelu_threshold.copy_(thr.log())

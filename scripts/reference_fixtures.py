@@ -249,7 +249,7 @@ def gen_circuit_tracer(out: Path) -> None:
     import torch
     import yaml
     from circuit_tracer.transcoder.activation_functions import JumpReLU, TopK
-    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder, load_clt
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
     from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet
     L, d, F = 3, 16, 48
     dev = torch.device("cpu")

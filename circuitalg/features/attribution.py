@@ -68,7 +68,8 @@ CONSTANT_ORIGINS = ("pos", "attn_bias", "ln1_bias", "ln2_bias", "enc_bias", "dec
                     "ln_final_bias", "unembed_bias")
 
 
-class FeatureNode(NamedTuple):
+@dataclass(frozen=True, order=True)
+class FeatureNode:
     """An active feature: ``index`` of the transcoder reading layer ``layer``, at ``position``."""
 
     layer: int
@@ -81,7 +82,8 @@ class FeatureNode(NamedTuple):
         return f"{self.layer}_{self.index}_{self.position}"
 
 
-class ErrorNode(NamedTuple):
+@dataclass(frozen=True, order=True)
+class ErrorNode:
     """The transcoder error of layer ``layer``'s MLP at ``position``."""
 
     layer: int
@@ -93,7 +95,8 @@ class ErrorNode(NamedTuple):
         return f"0_{self.layer}_{self.position}"
 
 
-class TokenNode(NamedTuple):
+@dataclass(frozen=True, order=True)
+class TokenNode:
     """The token embedding ``W_E[token]`` at ``position``."""
 
     position: int
@@ -105,7 +108,8 @@ class TokenNode(NamedTuple):
         return f"E_{self.token}_{self.position}"
 
 
-class LogitNode(NamedTuple):
+@dataclass(frozen=True, order=True)
+class LogitNode:
     """Target ``rank`` (0: the most probable): ``vocab_index`` is the token id, or ``d_vocab + rank``
     for a target given as coefficients (a logit difference), as circuit-tracer numbers them."""
 
@@ -121,8 +125,11 @@ class LogitNode(NamedTuple):
         return f"{self.n_layers + 1}_{self.vocab_index}_{self.position}"
 
 
-class ConstantNode(NamedTuple):
-    """A constant term (see :data:`CONSTANT_ORIGINS`) of ``layer`` and ``position`` where it has them."""
+@dataclass(frozen=True, order=True)
+class ConstantNode:
+    """A constant term (see :data:`CONSTANT_ORIGINS`) of ``layer`` and ``position`` where it has them.
+
+    Node records are frozen dataclasses: two nodes are equal only when of the same kind."""
 
     origin: str
     layer: int | None = None
@@ -492,10 +499,12 @@ class AttributionGraph:
 
     # -- export -------------------------------------------------------------------------------------
     def to_networkx(self, *, prune: PruneResult | None = None, constants: bool = False) -> Any:
-        """A ``networkx.DiGraph`` with nodes keyed by their circuit-tracer ids (attributes: ``node``,
-        ``kind``, ``layer``, ``position``, ``activation`` or ``value``) and an edge ``source ->
-        target`` with ``weight`` for every nonzero entry (or every kept edge of ``prune``);
-        ``constants`` adds the constant nodes and their edges."""
+        """A ``networkx.DiGraph`` keyed by the node records (attributes: ``node_id``, circuit-tracer's
+        id, ``kind``, ``layer``, ``position``, ``activation`` or ``value``) with an edge ``source ->
+        target`` and its ``weight`` for every nonzero entry (or every kept edge of ``prune``);
+        ``constants`` adds the constant nodes and their edges. (Keys are the records, not the ids:
+        circuit-tracer's ids repeat, a layer-0 feature ``0_{i}_{p}`` and the error node of layer
+        ``i`` at ``p`` both being ``0_{i}_{p}``.)"""
         import networkx as nx
 
         g = nx.DiGraph()
@@ -503,7 +512,7 @@ class AttributionGraph:
         for i, n in enumerate(self.nodes):
             if not keep[i]:
                 continue
-            attrs: dict[str, Any] = {"node": n, "kind": type(n).__name__.replace("Node", "").lower()}
+            attrs: dict[str, Any] = {"node_id": n.node_id, "kind": type(n).__name__.replace("Node", "").lower()}
             if isinstance(n, FeatureNode):
                 attrs.update(layer=n.layer, position=n.position, activation=float(self.activations[i]))
             elif isinstance(n, ErrorNode):
@@ -513,18 +522,18 @@ class AttributionGraph:
             else:
                 attrs.update(layer=self.n_layers, position=n.position, value=float(self.values[i]),
                              probability=float(self.logit_probabilities[n.rank]))
-            g.add_node(n.node_id, **attrs)
+            g.add_node(n, **attrs)
         mask = self.adjacency != 0 if prune is None else prune.edge_mask & (self.adjacency != 0)
         ts, ss = np.nonzero(mask)
         for t, s in zip(ts.tolist(), ss.tolist()):
             if keep[t] and keep[s]:
-                g.add_edge(self.nodes[s].node_id, self.nodes[t].node_id, weight=float(self.adjacency[t, s]))
+                g.add_edge(self.nodes[s], self.nodes[t], weight=float(self.adjacency[t, s]))
         if constants:
             for j, c in enumerate(self.constants):
-                g.add_node(c.node_id, node=c, kind="constant", layer=c.layer, position=c.position)
+                g.add_node(c, node_id=c.node_id, kind="constant", layer=c.layer, position=c.position)
                 for t in np.nonzero(self.constant_adjacency[:, j])[0].tolist():
                     if keep[t]:
-                        g.add_edge(c.node_id, self.nodes[t].node_id, weight=float(self.constant_adjacency[t, j]))
+                        g.add_edge(c, self.nodes[t], weight=float(self.constant_adjacency[t, j]))
         return g
 
     def __repr__(self) -> str:
@@ -857,7 +866,7 @@ def attribute(
         logit_read = fz.centre(logit_read) / fz.sf[-1]
 
     # -- nodes ----------------------------------------------------------------------------------
-    feature_nodes = [FeatureNode(*f[:3]) for f in feats]
+    feature_nodes = [FeatureNode(f[0], f[1], f[2]) for f in feats]
     error_nodes = [ErrorNode(l, p) for l in range(L) for p in range(seq)]
     token_nodes = [TokenNode(p, int(tok[p])) for p in range(seq)]
     logit_nodes = [LogitNode(r, vidx[r], labels[r], seq - 1, L) for r in range(n_log)]

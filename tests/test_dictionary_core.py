@@ -118,6 +118,10 @@ def test_bad_dictionaries_are_named():
                    r.normal(size=10), [r.normal(size=(6, 10))], [r.normal(size=6)], ReLU(), pre_shift=True)
     with pytest.raises(InvalidArgumentError, match="preprocessing"):
         _sae(6, 10, h, preprocessing={"fold_everything"})
+    for reserved in ("resid", "vocab", "pos", "L0H1", "mlp2", "mlp_in.3"):
+        with pytest.raises(InvalidArgumentError, match="model space"):
+            Dictionary(reserved, DictionaryKind.SAE, (h,), (h,), [r.normal(size=(10, 6))], r.normal(size=10),
+                       [r.normal(size=(6, 10))], [r.normal(size=6)], ReLU())
     with pytest.raises(InvalidArgumentError, match="member names"):
         DictionarySet("set", [_sae(6, 10, h), _sae(6, 10, h)])
 

@@ -20,6 +20,7 @@ The forward computation (:meth:`Dictionary.forward`)::
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,11 @@ class DictionaryKind(enum.Enum):
 #: model preprocessing a dictionary may have been trained under (TransformerLens
 #: ``from_pretrained`` options), recorded from its files and resolved when it is bound to a model
 PREPROCESSING = frozenset({"fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"})
+
+
+#: the names of a model's own spaces, which a feature space must not take
+_RESERVED = frozenset({"resid", "vocab", "vocab_out", "pos"})
+_MODEL_SPACE = re.compile(r"^(L\d+H\d+|L\d+KV\d+|mlp\d+|(mlp_in|ln2_normalized|mlp_out|attn_out|z)\.\d+)$")
 
 
 def _array_tuple(value: Any, what: str, ndim: int, dtype: Any) -> tuple[np.ndarray, ...]:
@@ -111,6 +117,11 @@ class Dictionary:
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"Dictionary name must be a non-empty string, got {name!r}.")
         what = f"dictionary {name!r}"
+        if name in _RESERVED or _MODEL_SPACE.match(name):
+            raise InvalidArgumentError(
+                f"{what}: the name is a model space's name ({name!r}); feature spaces are named after their "
+                "dictionary, so give it another name (e.g. 'res8' or 'tc3')."
+            )
         if not isinstance(self.kind, DictionaryKind):
             raise InvalidArgumentError(f"{what}: kind must be a DictionaryKind, got {self.kind!r}.")
         try:

@@ -13,7 +13,7 @@ Cases (full sizes; ``--quick`` shrinks every one to seconds, for the test suite)
   GPT-2-small-sized unembedding (50,257 x 768), with the public ``top_feature_logits`` and with
   ``top_entries_per_row`` (circuitalg.features.streaming), against the F x V x d float32 GEMM.
   Target: within 2x the GEMM.
-- ``large_virtual_weights``: the top 50 virtual weights between two 65,536-feature dictionaries at
+- ``large_virtual_weights``: the top 50 (by magnitude) virtual weights between two 65,536-feature dictionaries at
   d_model 2,304 (Gemma-2-2B size), stored as a two-layer circuit-tracer transcoder in float32 on
   disk and ranked by ``stream_global_weights`` within ``budget_bytes`` per task. Its GEMM
   (65536 x 2304 x 65536, a 16 GiB product) is timed on a 4,096-row slice and scaled by 16.
@@ -266,11 +266,11 @@ def _run_large(method: str, p: dict, quick: bool) -> dict:
         return {"seconds": seconds * F / p["slice"], "slice_seconds": seconds, "peak_rss": _peak_bytes(reset)}
     with tempfile.TemporaryDirectory() as tmp:
         enc_t, dec_s = _write_pair_as_clt(Path(tmp), F, d)
-        ref = _brute_top(enc_t, dec_s, k, False) if quick else None
+        ref = _brute_top(enc_t, dec_s, k, True) if quick else None
         del enc_t, dec_s
         reset = _reset_peak()
         t0 = time.perf_counter()
-        res = stream_global_weights(tmp, k, budget_bytes=budget)
+        res = stream_global_weights(tmp, k, by_abs=True, budget_bytes=budget)
         seconds = time.perf_counter() - t0
         peak = _peak_bytes(reset)
     return {"seconds": seconds, "peak_rss": peak, "exact": res.exact, "budget": budget,

@@ -354,10 +354,16 @@ class GlobalWeightsPlan:
                 f"peak {self.peak_bytes / 2**30:.2f} GiB of arrays per task (budget {self.budget_bytes / 2**30:.2f} GiB)")
 
 
+#: Bytes per ``d_model`` element of one task's column block (its summed decoders, and
+#: :func:`top_entries`'s transposed copy, the float64 prefix it widens and their float32 copies)
+#: and of a row block (the encoder rows, the float64 prefix and float32 copies).
+_COL_BYTES, _ROW_BYTES = 8 + 8 + 8 + 4 + 4, 8 + 8 + 4 + 4
+
+
 def _task_bytes(d: int, rows: int, cols: int, scan: int) -> int:
-    """Peak array bytes of one task: its summed decoders and one slice read (float64), a row block
-    of encoders, and :func:`top_entries`'s copies (float64 and float32, both sides) and blocks."""
-    return 8 * d * (3 * rows + 5 * cols) + 2048 * cols + 3 * scan
+    """Peak array bytes of one task (see :data:`_COL_BYTES`), with :func:`top_entries`'s sample
+    for the prefix choice (per column) and its scan blocks."""
+    return d * (_ROW_BYTES * rows + _COL_BYTES * cols) + 2048 * cols + 3 * scan
 
 
 def plan_global_weights(clt: Any, budget_bytes: int = 1 << 30) -> GlobalWeightsPlan:
@@ -371,7 +377,7 @@ def _plan(src: _MemoryCLT | _FileCLT, budget: int) -> GlobalWeightsPlan:
     d, feats, n = src.d_model, src.n_features, src.n_layers
     scan = max(1 << 16, min(SCAN_BYTES, budget // 8))
     room = budget - 3 * scan
-    per_col, per_row = 40 * d + 2048, 24 * d
+    per_col, per_row = _COL_BYTES * d + 2048, _ROW_BYTES * d
     if room < per_col + per_row:
         raise TooLargeError(
             f"stream_global_weights: d_model={d} needs at least {(3 * scan + per_col + per_row) / 2**20:.1f} MiB per "
@@ -463,10 +469,10 @@ def _pair_task(clt: Any, s: int, t: int, cols: tuple[int, int], k: int, by_abs: 
     for j in src.visible(s, t):
         part = src.decoder_cols(s, j, c0, c1)
         D = np.array(part, order="C") if D is None else np.add(D, part, out=D)
+        del part
     found = _empty_found()
     if D is None:
         return found
-    Dt = np.ascontiguousarray(D.T)  # the columns gathered for the values
     N = None if read_maps is None else read_maps.get(src.layers[t])
     for a in range(0, src.n_features[t], row_block):
         b = min(src.n_features[t], a + row_block)
@@ -475,10 +481,11 @@ def _pair_task(clt: Any, s: int, t: int, cols: tuple[int, int], k: int, by_abs: 
             Lb = Lb @ N
         res = top_entries(Lb, D, k, rt, by_abs=by_abs, max_rows=max_rows, max_bytes=scan)
         # each value one float64 dot product of contiguous vectors (the in-memory routes' values)
-        vals = np.array([float(np.dot(Lb[i], Dt[j])) for i, j in zip(res.rows, res.cols)])
+        vals = np.array([float(np.dot(Lb[i], np.ascontiguousarray(D[:, j]))) for i, j in zip(res.rows, res.cols)])
         n_ = len(vals)
         tile = (np.abs(vals) if by_abs else vals, np.full(n_, t), res.rows + a, np.full(n_, s), res.cols + c0, vals,
                 res.bound)
+        del Lb, res  # the next row block is read into the room of this one
         found = _merge(k, [found, tile])
     return found
 

@@ -305,22 +305,29 @@ class _Frozen:
 
     # backward (adjoint) maps on gradients G: (n, seq, d)
     def attn_T(self, l: int, G: np.ndarray) -> np.ndarray:
-        n = G.shape[0]
-        U = (G.reshape(n * self.seq, self.d) @ self.W_O_cat[l]).reshape(n, self.seq, self.H, self.dh)
-        Y = np.einsum("hqk,nqhe->nkhe", self.pattern[l], U, optimize=True)
-        out = (Y.reshape(n * self.seq, self.H * self.dh) @ self.W_V_cat[l]).reshape(n, self.seq, self.d)
+        """The adjoint of layer ``l``'s frozen attention on gradients ``G`` ``(n, P, d)`` over the
+        first ``P`` positions (causal attention: later positions neither read nor are read)."""
+        n, P, d = G.shape
+        H, dh = self.H, self.dh
+        U = G.reshape(n * P, d) @ self.W_O_cat[l]  # (n P, H dh): every head's W_Oᵀ g
+        U = np.ascontiguousarray(U.reshape(n, P, H, dh).transpose(2, 1, 0, 3)).reshape(H, P, n * dh)
+        Y = np.matmul(self.pattern[l, :, :P, :P].transpose(0, 2, 1), U)  # (H, P keys, n dh): Aᵀ per head
+        Y = np.ascontiguousarray(Y.reshape(H, P, n, dh).transpose(2, 1, 0, 3)).reshape(n * P, H * dh)
+        out = (Y @ self.W_V_cat[l]).reshape(n, P, d)
         if self.s1 is not None:
-            out /= self.s1[l][None, :, None]
-            out = self.centre(out)
+            out /= self.s1[l, :P][None, :, None]
+            if self.centred:
+                out -= out.mean(axis=-1, keepdims=True)
         return out
 
     def skip_T(self, l: int, G: np.ndarray) -> np.ndarray | None:
         if l not in self.skips:
             return None
         M, _ = self.skips[l]
-        out = G @ M  # (n, seq, d): M is (d, d) on the stream
+        P = G.shape[1]
+        out = G @ M  # (n, P, d): M is (d, d) on the stream
         if self.s2 is not None:
-            out = out / self.s2[l][None, :, None]
+            out /= self.s2[l, :P][None, :, None]
         return out
 
     # forward maps on states X: (seq, d)
@@ -479,8 +486,8 @@ class AttributionGraph:
         """The edge ``source -> target`` split by the first attention head on each path:
         ``{None: through the residual stream and skip maps only, HeadId(l, h): through head (l, h)
         first, ...}`` (the values sum to the edge). ``target`` and ``source`` are nodes or indices."""
-        t = target if isinstance(target, (int, np.integer)) else self.index(target)
-        s = source if isinstance(source, (int, np.integer)) else self.index(source)
+        t = int(target) if isinstance(target, (int, np.integer)) else self.index(target)
+        s = int(source) if isinstance(source, (int, np.integer)) else self.index(source)
         fz: _Frozen = self._frozen
         srcs = self._sources
         tnode = self.nodes[t]
@@ -489,8 +496,8 @@ class AttributionGraph:
         snode = self.nodes[s]
         if isinstance(snode, LogitNode):
             raise InvalidArgumentError("logit nodes have no outgoing edges.")
-        writes = srcs.writes(snode)  # list of (station, layer, (seq, d) array)
-        read_station, read_layer, pos, vec = srcs.read(tnode)
+        writes = srcs.writes(snode, s)  # list of (station, layer, (seq, d) array)
+        read_station, read_layer, pos, vec = srcs.read(tnode, t)
         parts: dict = {}
         for station, layer, V in writes:
             for key, val in _propagate_split(fz, station, layer, V, read_station, read_layer, pos, vec).items():
@@ -546,39 +553,40 @@ class AttributionGraph:
 class _Sources:
     """Where each node writes and how each target reads (for the per-head split)."""
 
-    def __init__(self, fz: _Frozen, members: dict[int, _Transcoder], feature_vectors: dict, error_vectors: np.ndarray,
-                 token_vectors: np.ndarray, read_vectors: dict) -> None:
+    def __init__(self, fz: _Frozen, members: dict[int, _Transcoder], activations: np.ndarray, errors: np.ndarray,
+                 token_vectors: np.ndarray, reads: np.ndarray) -> None:
         self.fz = fz
         self.members = members
-        self.feature_vectors = feature_vectors  # FeatureNode -> list of (layer written, (d,) vector)
-        self.error_vectors = error_vectors  # (L, seq, d)
+        self.activations = activations
+        self.errors = errors  # (L, seq, d)
         self.token_vectors = token_vectors  # (seq, d)
-        self.read_vectors = read_vectors  # target node -> (d,) read vector
+        self.reads = reads  # (n_nodes, d): each target's read vector
 
-    def writes(self, node: Any) -> list:
+    def writes(self, node: Any, row: int) -> list:
         fz = self.fz
         out = []
+
+        def at(p: int, v: np.ndarray) -> np.ndarray:
+            V = np.zeros((fz.seq, fz.d))
+            V[p] = v
+            return V
+
         if isinstance(node, FeatureNode):
-            for layer, v in self.feature_vectors[node]:
-                V = np.zeros((fz.seq, fz.d))
-                V[node.position] = v
-                out.append(("post", layer, V))
+            m = self.members[node.layer]
+            for j, wl in enumerate(m.writes):
+                v = self.activations[row] * np.asarray(m.dictionary.W_dec[j][:, node.index], dtype=np.float64)
+                out.append(("post", wl, at(node.position, v)))
         elif isinstance(node, ErrorNode):
-            V = np.zeros((fz.seq, fz.d))
-            V[node.position] = self.error_vectors[node.layer, node.position]
-            out.append(("post", node.layer, V))
+            out.append(("post", node.layer, at(node.position, self.errors[node.layer, node.position])))
         elif isinstance(node, TokenNode):
-            V = np.zeros((fz.seq, fz.d))
-            V[node.position] = self.token_vectors[node.position]
-            out.append(("pre", 0, V))
+            out.append(("pre", 0, at(node.position, self.token_vectors[node.position])))
         return out
 
-    def read(self, node: Any) -> tuple:
+    def read(self, node: Any, row: int) -> tuple:
         fz = self.fz
-        vec = self.read_vectors[node]
         if isinstance(node, FeatureNode):
-            return ("pre" if fz.parallel else "mid"), node.layer, node.position, vec
-        return "post", fz.L - 1, node.position, vec
+            return ("pre" if fz.parallel else "mid"), node.layer, node.position, self.reads[row]
+        return "post", fz.L - 1, node.position, self.reads[row]
 
 
 def _place(fz: _Frozen, station: str, layer: int) -> tuple[int, int]:
@@ -929,51 +937,50 @@ def attribute(
     # direct constants of targets (not through the stream)
     direct: list[tuple[int, int, float]] = []  # (row, const col, value)
 
-    # target read vectors and values
-    read_vectors: dict = {}
+    # target read vectors (rows of ``reads``) and values
+    reads = np.zeros((N, D))
     values = np.full(N, np.nan)
-    enc_rows: dict[int, list[int]] = {}  # layer -> feature rows
-    for r, f in enumerate(feats):
-        enc_rows.setdefault(f[0], []).append(r)
-    for l, rows in enc_rows.items():
+    values[:n_f] = activations
+    enc_rows: dict[int, np.ndarray] = {}  # layer -> its feature rows (a contiguous range)
+    for l in sorted(by_layer):
+        rows = np.nonzero(active[:, 0] == l)[0]
+        if not rows.size:
+            continue
+        enc_rows[l] = rows
         m = by_layer[l]
         d = m.dictionary
         We = np.asarray(d.W_enc[0], dtype=f64)
+        idx, pos = active[rows, 2], active[rows, 1]
+        E = We[idx] @ m.R
+        if m.scaled:
+            E /= fz.s2[l, pos][:, None]
+        reads[rows] = E
         b_enc = np.asarray(d.b_enc, dtype=f64)
-        shift = We @ np.asarray(d.b_dec[0], dtype=f64) if d.pre_shift else np.zeros(d.n_features)
-        for r in rows:
-            _, p, i, a = feats[r]
-            e = We[i] @ m.R
-            if m.scaled:
-                e = e / fz.s2[l, p]
-            read_vectors[feature_nodes[r]] = e
-            values[r] = a
-            if np.any(m.c != 0):
-                direct.append((r, const("ln2_bias", l), float(We[i] @ m.c)))
-            direct.append((r, const("enc_bias", l), float(b_enc[i] - shift[i])))
+        if d.pre_shift:
+            b_enc = b_enc - We @ np.asarray(d.b_dec[0], dtype=f64)
+        if np.any(m.c != 0):
+            col = const("ln2_bias", l)
+            direct += [(int(r), col, float(v)) for r, v in zip(rows, We[idx] @ m.c)]
+        col = const("enc_bias", l)
+        direct += [(int(r), col, float(v)) for r, v in zip(rows, b_enc[idx])]
+    reads[log0:log0 + n_log] = logit_read
+    values[log0:log0 + n_log] = logit_values
     for r in range(n_log):
-        read_vectors[logit_nodes[r]] = logit_read[r]
-        values[log0 + r] = logit_values[r]
         direct.append((log0 + r, const("unembed_bias"), float(C[r] @ b_U_raw)))
         if np.any(b_U_view != b_U_raw):
             direct.append((log0 + r, const("ln_final_bias"), float(C[r] @ (b_U_view - b_U_raw))))
 
-    # source vectors written by nodes
-    feature_vectors: dict = {}
-    # per (written layer, position): columns and (n, d) vectors of the features written there
+    # the features written into each MLP output, per position: (columns, (n, d) vectors a W_dec[:, i])
     fw: dict = {}
-    for r, f in enumerate(feats):
-        l, p, i, a = f
+    for l, rows in enc_rows.items():
         d = by_layer[l].dictionary
-        vs = []
+        idx, pos = active[rows, 2], active[rows, 1]
         for j, wl in enumerate(by_layer[l].writes):
-            v = a * np.asarray(d.W_dec[j][:, i], dtype=f64)
-            vs.append((wl, v))
-            fw.setdefault((wl, p), ([], []))
-            fw[(wl, p)][0].append(r)
-            fw[(wl, p)][1].append(v)
-        feature_vectors[feature_nodes[r]] = vs
-    fw = {k: (np.array(cols), np.array(vs)) for k, (cols, vs) in fw.items()}
+            Vd = (np.asarray(d.W_dec[j], dtype=f64)[:, idx] * activations[rows]).T  # (n, d)
+            for p in np.unique(pos):
+                sel = pos == p
+                cols, vs = fw.get((wl, int(p)), (np.zeros(0, dtype=np.int64), np.zeros((0, D))))
+                fw[(wl, int(p))] = (np.r_[cols, rows[sel]], np.vstack([vs, Vd[sel]]))
     token_vectors = np.asarray(model.W_E.array, dtype=f64)[:, tok].T  # (seq, d)
 
     # -- edges: for each group of targets, propagate their read vectors back through the frozen model --
@@ -984,33 +991,37 @@ def attribute(
         batch_size = max(1, int((64 << 20) // (8 * seq * D)))
     groups: list[tuple[str, int, list[int]]] = []
     for l in sorted(enc_rows):
-        groups.append(("pre" if fz.parallel else "mid", l, enc_rows[l]))
+        groups.append(("pre" if fz.parallel else "mid", l, [int(r) for r in enc_rows[l]]))
     groups.append(("post", L - 1, list(range(log0, log0 + n_log))))
 
-    def collect(rows: np.ndarray, G: np.ndarray, station: str, l: int) -> None:
+    def collect(rows: slice, G: np.ndarray, station: str, l: int) -> None:
+        P = G.shape[1]
         if station == "post":
-            for p in range(seq):
+            for p in range(P):
                 hit = fw.get((l, p))
                 if hit is not None:
                     cols, vs = hit
-                    A[rows[:, None], cols[None, :]] += G[:, p, :] @ vs.T
-            A[rows, err0 + l * seq: err0 + (l + 1) * seq] += np.einsum("npd,pd->np", G, errors[l])
+                    A[rows, cols] += G[:, p, :] @ vs.T
+            A[rows, err0 + l * seq: err0 + l * seq + P] += np.einsum("npd,pd->np", G, errors[l, :P])
         if station == "pre" and l == 0:
-            A[rows, tok0: tok0 + seq] += np.einsum("npd,pd->np", G, token_vectors)
+            A[rows, tok0: tok0 + P] += np.einsum("npd,pd->np", G, token_vectors[:P])
         for col, V in const_writes.get((station, l), ()):
-            Cadj[rows, col] += np.einsum("npd,pd->n", G, V)
+            Cadj[rows, col] += np.einsum("npd,pd->n", G, V[:P])
 
+    causal = bool(c.causal)
     for station, Lt, rows_all in groups:
         for b0 in range(0, len(rows_all), batch_size):
-            rows = np.array(rows_all[b0: b0 + batch_size])
-            G = np.zeros((len(rows), seq, D))
-            for k, r in enumerate(rows):
-                node = nodes[r]
-                G[k, node.position] = read_vectors[node]
+            rr = rows_all[b0: b0 + batch_size]  # a contiguous range of rows, by position within a layer
+            rows = slice(int(rr[0]), int(rr[-1]) + 1)
+            tpos = np.array([nodes[r].position for r in rr])
+            # causal attention: positions after the last target's are never on a path to it
+            P = int(tpos.max()) + 1 if causal else seq
+            G = np.zeros((len(rr), P, D))
+            G[np.arange(len(rr)), tpos] = reads[rows]
             l = Lt
             if station == "mid":
                 collect(rows, G, "mid", l)
-                G = G + fz.attn_T(l, G)
+                G += fz.attn_T(l, G)
                 l -= 1
             elif station == "pre":
                 l -= 1
@@ -1022,12 +1033,12 @@ def attribute(
                 collect(rows, G_mid, "mid", l)
                 G = G_mid + fz.attn_T(l, G_mid)
                 if fz.parallel and skip_in is not None:
-                    G = G + skip_in
+                    G += skip_in
                 l -= 1
             collect(rows, G, "pre", 0)
     for r, col, v in direct:
         Cadj[r, col] += v
-    sources = _Sources(fz, by_layer, feature_vectors, errors, token_vectors, read_vectors)
+    sources = _Sources(fz, by_layer, activations, errors, token_vectors, reads)
     return AttributionGraph(
         model_name=model.name,
         tokens=tok,

@@ -50,8 +50,13 @@ environment) does three things:
 
 ``manifest.json`` records the versions actually installed. Llama Scope's Hugging Face layout
 (``hyperparams.json`` + ``checkpoints/final.safetensors``) is read by no llamascopium code any
-more; its outputs come from SAELens's ``llama_scope`` loader run on the fixture's files
-(``"source": "saelens"`` in ``case.json``). dictionary_learning's ``config.json`` is written as
+more; its outputs come from SAELens's ``llama_scope`` loader run on the fixture's files followed
+by ``SAE.from_pretrained``'s fold of the release table's ``norm_scaling_factor`` (``sqrt(d_model) /
+dataset_average_activation_norm.in``), which is how both SAELens and llamascopium
+(``from_pretrained("release:sae_id")``) load a Llama Scope release (``"source": "saelens"`` in
+``case.json``). ``circuit_tracer/plt_gemma_scope_npz`` holds Gemma Scope 1 ``.npz`` transcoders
+listed in a ``config.yaml``, read by circuit-tracer's ``load_transcoder_set(special_load_fn=
+"gemma-scope")``. dictionary_learning's ``config.json`` is written as
 its trainer's ``config()`` writes it (the trainer itself needs a language model).
 
 Options: ``--venv DIR``, ``--out DIR``, ``--no-install`` (use the venv as it is).
@@ -393,6 +398,45 @@ def gen_circuit_tracer(out: Path) -> None:
                     reads=[f"blocks.{i}.hook_resid_mid" for i in range(L)],
                     writes=[f"blocks.{i}.hook_mlp_out" for i in range(L)],
                     notes="decode/forward: (n_layers, n, d), output layer j sums the features of layers <= j")
+
+    # Gemma Scope 1 transcoders as circuit-tracer's Gemma 2 config lists them: .npz files under
+    # 'transcoders:', read by load_transcoder_set(special_load_fn="gemma-scope") at the config's
+    # hooks (ln2.hook_normalized -> hook_mlp_out). Its own generator: the cases above keep their draws.
+    import numpy as np
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+
+    gen_npz = torch.Generator().manual_seed(SEED + 11)
+    case = Case(out, "circuit_tracer", "plt_gemma_scope_npz")
+    case.dict_dir.mkdir()
+    in_hook, out_hook = "ln2.hook_normalized", "hook_mlp_out"
+    files = []
+    for layer in range(L):
+        params = {"W_enc": _rand(gen_npz, d, F, scale=0.4), "W_dec": _rand(gen_npz, F, d, scale=0.3),
+                  "b_enc": _rand(gen_npz, F, scale=0.2), "b_dec": _rand(gen_npz, d, scale=0.1),
+                  "threshold": torch.rand(F, generator=gen_npz, dtype=torch.float64).to(torch.float32) * 0.8}
+        np.savez(case.dict_dir / f"layer_{layer}.npz", **{k: v.numpy() for k, v in params.items()})
+        files.append(f"layer_{layer}.npz")
+    cfg = {"model_kind": "transcoder_set", "feature_input_hook": in_hook, "feature_output_hook": out_hook,
+           "scan": "fixture", "transcoders": files}
+    (case.dict_dir / "config.yaml").write_text(yaml.dump(cfg))
+    for dn, tdt in _torch_dtypes().items():
+        tset = load_transcoder_set({i: str(case.dict_dir / f) for i, f in enumerate(files)}, "fixture", in_hook, out_hook,
+                                   device=dev, dtype=tdt, special_load_fn="gemma-scope")
+        cand = _rand(gen_npz, L, 256, d, scale=1.0).to(tdt)
+        with torch.no_grad():
+            pre = torch.stack([tset.encode_layer(cand[i], i, apply_activation_function=False) for i in range(L)])
+            thr = torch.stack([tset[i].activation_function.threshold for i in range(L)])[:, None, :]
+            x = _margin_rows(cand, _threshold_ok(pre, thr, 1e-3).all(dim=0))
+            pre = torch.stack([tset.encode_layer(x[i], i, apply_activation_function=False) for i in range(L)])
+            feats = tset.encode(x)
+            dec = tset.decode(feats, None)
+            fwd = torch.stack([tset[i](x[i]) for i in range(L)])
+        case.put(dn, x=x, pre=pre, feats=feats, decode=dec, forward=fwd)
+    case.finish(format="circuit_tracer", path="dict", structure="transcoder_set", n_layers=L, activation="jumprelu",
+                skip=False, writer_check=False,
+                reads=[f"blocks.{i}.{in_hook}" for i in range(L)], writes=[f"blocks.{i}.{out_hook}" for i in range(L)],
+                notes=("Gemma Scope 1 .npz files listed in config.yaml; outputs from circuit-tracer's "
+                       "load_transcoder_set(special_load_fn='gemma-scope') (load_gemma_scope_transcoder)"))
 
 
 def _ct_load_dir(path: Path, device, dtype):
@@ -764,9 +808,10 @@ def gen_lm_saes(out: Path) -> None:
                 hook_point_in=hp["hook_point_in"], hook_point_out=hp["hook_point_out"],
                 notes=("Llama Scope's released layout; outputs from SAELens's llama_scope loader "
                        "(sae_lens.loading.pretrained_sae_loaders.llama_scope_sae_huggingface_loader, its "
-                       "hf_hub_download pointed at these files) and its JumpReLU SAE: threshold = "
-                       "jump_relu_threshold * sqrt(d_model) / dataset_average_activation_norm.in, no run-time "
-                       "scaling"))
+                       "hf_hub_download pointed at these files) and its JumpReLU SAE, then SAE.from_pretrained's "
+                       "fold_activation_norm_scaling_factor(s), s = sqrt(d_model) / "
+                       "dataset_average_activation_norm.in: threshold = jump_relu_threshold * s, W_enc * s, "
+                       "W_dec / s, b_dec / s"))
 
 
 def _saelens_llama_scope(folder: Path, dtype_name: str):
@@ -784,6 +829,11 @@ def _saelens_llama_scope(folder: Path, dtype_name: str):
         loaders.hf_hub_download = saved
     sae = SAE.from_dict(cfg)
     sae.load_state_dict(state)
+    # what SAE.from_pretrained does next: fold the release table's norm_scaling_factor, which for
+    # Llama Scope is sqrt(d_model) / dataset_average_activation_norm.in (llamascopium loads Llama
+    # Scope releases through from_pretrained too)
+    hp = json.loads((folder / "hyperparams.json").read_text())
+    sae.fold_activation_norm_scaling_factor(hp["d_model"] ** 0.5 / hp["dataset_average_activation_norm"]["in"])
     return sae.to(getattr(__import__("torch"), dtype_name))
 
 

@@ -31,7 +31,8 @@ from circuitalg.features import (
     load_dictionary,
     save_dictionary,
 )
-from circuitalg.features.formats.circuit_tracer import parse_simple_yaml
+from circuitalg.features import Hook, HookKind
+from circuitalg.features.formats.circuit_tracer import hook_from_suffix, parse_simple_yaml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference_dictionaries"
 CASES = sorted(p.parent for p in FIXTURES.rglob("case.json"))
@@ -61,6 +62,7 @@ def test_fixtures_are_present_and_small() -> None:
     libraries = {c.parent.name for c in CASES}
     assert libraries == {"circuit_tracer", "sparsify", "dictionary_learning", "lm_saes"}
     assert {c.name for c in CASES if c.parent.name == "lm_saes"} >= {"clt_jumprelu", "clt_topk", "llama_scope_hf"}
+    assert "plt_gemma_scope_npz" in {c.name for c in CASES if c.parent.name == "circuit_tracer"}
     assert manifest["versions"]["circuit-tracer"] == "0.5.0"
     total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
     assert total < 2_000_000
@@ -80,7 +82,7 @@ def test_matches_the_library(case: Path) -> None:
         if structure == "transcoder_set":
             _check_transcoder_set(d, r, dt, info)
         elif structure == "cross_layer_transcoder":
-            _check_clt(d, r, dt)
+            _check_clt(d, r, dt, info)
         elif structure == "many":
             assert isinstance(d, DictionarySet)
             assert [m.name for m in d] == info["hookpoints"]
@@ -98,8 +100,21 @@ def test_matches_the_library(case: Path) -> None:
             assert (d.encode(x) != 0).sum() == (r["feats"] != 0).sum()
 
 
+def _check_hooks_and_names(d: DictionarySet, info: dict) -> None:
+    """Members read the config's hooks, are named ``{set}.L{l}``, and flag a pre-post-norm output."""
+    assert [m.name for m in d] == [f"{d.name}.L{i}" for i in range(len(d))]
+    assert len({m.name for m in d}) == len(d)
+    if "reads" in info:
+        assert [m.reads[0] for m in d] == [Hook.parse(h) for h in info["reads"]]
+    if "writes" in info:
+        suffixes = [h.split(".", 2)[2] for h in info["writes"]]
+        assert [m.writes[0] for m in d] == [hook_from_suffix(s, i, "t", "w") for i, s in enumerate(suffixes)]
+        assert all(m.meta.get("before_post_norm", False) == (s == "mlp.hook_out") for m, s in zip(d, suffixes))
+
+
 def _check_transcoder_set(d, r, dt: str, info: dict) -> None:
     assert isinstance(d, DictionarySet) and len(d) == info["n_layers"]
+    _check_hooks_and_names(d, info)
     for layer, m in enumerate(d):
         assert m.reads[0].layer == layer and m.writes[0].layer == layer
         x = r["x"][layer]
@@ -119,8 +134,11 @@ def _check_transcoder_set(d, r, dt: str, info: dict) -> None:
         assert (m.W_skip is not None) == info["skip"]
 
 
-def _check_clt(d, r, dt: str) -> None:
+def _check_clt(d, r, dt: str, info: dict | None = None) -> None:
     assert isinstance(d, DictionarySet) and d.kind is DictionaryKind.CROSS_LAYER_TRANSCODER
+    assert [m.name for m in d] == [f"{d.name}.L{i}" for i in range(len(d))]
+    if info is not None and info.get("format") == "circuit_tracer":
+        _check_hooks_and_names(d, {**info, "writes": info["writes"]})
     n = len(d)
     x = r["x"]
     decoded = [np.zeros_like(r["decode"][0], dtype=np.float64) for _ in range(n)]
@@ -499,3 +517,42 @@ def test_fuzzed_configs_and_files_raise_only_circuitalg_errors(tmp_path: Path) -
         lines[i % len(lines)] = line
         (d / "config.yaml").write_text("\n".join(lines))
         _loads_or_refuses(d)
+
+
+def test_module_outputs_are_flagged_and_trainer_folders_named_by_hook(tmp_path: Path) -> None:
+    """sparsify's ``layers.N.mlp`` / ``self_attn`` and dictionary_learning's ``mlp_out`` /
+    ``attn_out`` are module outputs, before any post-norm; ``trainer_N`` folders repeat across
+    layers, so their dictionaries are named after the hook."""
+    src = FIXTURES / "sparsify" / "sae_topk" / "dict" / "layers.2"
+    for hookpoint, flagged in (("layers.2.mlp", True), ("layers.2.self_attn", True), ("layers.2", False)):
+        dst = tmp_path / "sp" / hookpoint
+        shutil.copytree(src, dst)
+        d = load_dictionary(dst)
+        assert d.name == hookpoint and d.meta.get("before_post_norm", False) is flagged
+    names = set()
+    for sub, flagged in (("resid_post_layer_3", False), ("mlp_out_layer_3", True), ("mlp_out_layer_4", True)):
+        dst = tmp_path / "dl" / sub / "trainer_0"
+        shutil.copytree(FIXTURES / "dictionary_learning" / "standard" / "dict", dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg["trainer"]["submodule_name"] = sub
+        (dst / "config.json").write_text(json.dumps(cfg))
+        d = load_dictionary(dst)
+        assert d.name == f"{d.reads[0].hook_name}.trainer_0"
+        assert d.meta.get("before_post_norm", False) is flagged
+        names.add(d.name)
+    assert len(names) == 3
+
+
+def test_circuit_tracer_lists_gemma_scope_npz_at_the_config_hooks(tmp_path: Path) -> None:
+    src = FIXTURES / "circuit_tracer" / "plt_gemma_scope_npz" / "dict"
+    d = load_dictionary(src)
+    assert [m.reads[0] for m in d] == [Hook(HookKind.MLP_NORMALIZED, i) for i in range(3)]
+    assert [m.name for m in d] == ["dict.L0", "dict.L1", "dict.L2"]
+    assert all(isinstance(m.activation, JumpReLU) and not m.activation.relu for m in d)
+    dst = tmp_path / "bad"
+    shutil.copytree(src, dst)
+    with np.load(dst / "layer_1.npz") as z:
+        arrays = dict(z)
+    np.savez(dst / "layer_1.npz", **arrays, log_threshold=arrays["threshold"])
+    with pytest.raises(LoadError, match="log_threshold"):
+        load_dictionary(dst)

@@ -521,7 +521,8 @@ def _gemma_params(rng, d_in, F, d_out, upper: bool) -> dict[str, np.ndarray]:
     ("gemma-scope-2b-pt-res", Hook(HookKind.RESID_POST, 3), None),
     ("gemma-scope-2b-pt-mlp", Hook(HookKind.MLP_OUT, 3), None),
     ("gemma-scope-2b-pt-att", Hook(HookKind.ATTN_Z, 3), None),
-    ("gemma-scope-2b-pt-transcoders", Hook(HookKind.MLP_IN, 3), Hook(HookKind.MLP_OUT, 3)),
+    # circuit-tracer's Gemma 2 config and sae-lens both read these at ln2.hook_normalized (before ln2's weight)
+    ("gemma-scope-2b-pt-transcoders", Hook(HookKind.MLP_NORMALIZED, 3), Hook(HookKind.MLP_OUT, 3)),
 ])
 def test_gemma_scope_1_equals_sae_lens_loader(local_hub, repo, hook, hook_out, dtype) -> None:
     folder = "layer_3/width_16k/average_l0_5"
@@ -537,12 +538,29 @@ def test_gemma_scope_1_equals_sae_lens_loader(local_hub, repo, hook, hook_out, d
     else:
         cfg, sd, _ = sl_loaders.gemma_2_transcoder_huggingface_loader(f"google/{repo}", folder,
                                                                        cfg_overrides={**sizes, "d_out": D_IN})
-        assert cfg["hook_name"] == "blocks.3.ln2.hook_normalized"  # sae-lens's name; circuitalg says MLP input
+        assert cfg["hook_name"] == "blocks.3.ln2.hook_normalized"
     ref = _sae_from(cfg, sd, dtype)
-    if hook_out is None:
-        assert Hook.parse(ref.cfg.metadata.hook_name) == hook
+    assert Hook.parse(ref.cfg.metadata.hook_name) == hook
+    assert d.name == f"{repo.split('-')[-1]}3_16k_l0_5"
     x = _x(dtype)
     _compare(f"gemma scope 1 {repo.split('-')[-1]}", d, _reference(ref, x), x, dtype)
+    # the SAELens reading of the same dictionary (its files, read by circuitalg) reads and writes the same hooks
+    ref.save_model(local_hub / "saelens_copy")
+    via_saelens = load_dictionary(local_hub / "saelens_copy", dtype=dtype)
+    assert via_saelens.reads == d.reads and via_saelens.writes == d.writes
+    _compare(f"gemma scope 1 {repo.split('-')[-1]} via sae-lens files", via_saelens, _reference(ref, x), x, dtype)
+
+
+def test_gemma_scope_names_tell_layers_and_widths_apart(tmp_path) -> None:
+    params = _gemma_params(np.random.default_rng(3), D_IN, D_SAE, D_IN, upper=True)
+    names = set()
+    for layer in (1, 2):
+        for width in ("16k", "65k"):
+            path = tmp_path / "gemma-scope-2b-pt-res" / f"layer_{layer}" / f"width_{width}" / "average_l0_10"
+            path.mkdir(parents=True)
+            np.savez(path / "params.npz", **params)
+            names.add(load_dictionary(path).name)
+    assert names == {"res1_16k_l0_10", "res1_65k_l0_10", "res2_16k_l0_10", "res2_65k_l0_10"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_name)
@@ -605,6 +623,168 @@ def test_gemma_scope_hooks_from_override_and_refusals(tmp_path) -> None:
     np.savez(emb / "params.npz", **_gemma_params(np.random.default_rng(1), D_IN, D_SAE, D_IN, upper=True))
     with pytest.raises(LoadError, match="embedding"):
         load_dictionary(emb)
+
+
+# -- SAELens's release table (pretrained_saes.yaml config_overrides) ---------------------------------
+
+def _release_rows_from_yaml() -> tuple:
+    """The rows of sae-lens's installed pretrained_saes.yaml whose overrides change the computation,
+    rebuilt independently of circuitalg's copy (see saelens.SAELENS_RELEASES)."""
+    import collections
+    import re
+
+    import yaml
+
+    table = yaml.safe_load((Path(sae_lens.__file__).parent / "pretrained_saes.yaml").read_text())
+    count = collections.Counter((v.get("model"), re.sub(r"_\d+$", "", s["id"])) for v in table.values() for s in v["saes"])
+    rows = []
+    for rel, v in table.items():
+        if v.get("conversion_func"):
+            continue
+        co = v.get("config_overrides") or {}
+        over = {k: co[k] for k in ("model_from_pretrained_kwargs", "normalize_activations") if k in co}
+        for sae in v["saes"]:
+            if not over and "norm_scaling_factor" not in sae:
+                continue
+            hook = re.sub(r"_\d+$", "", sae["id"])
+            m = re.search(r"_(\d+)(?:_|:|$)", sae.get("path") or "") or re.search(r"_(\d+)$", sae["id"])
+            # gpt2-small-res-jb's paths do not say the width: 24576 (32 x 768) for every layer
+            d_sae = int(m.group(1)) if m and int(m.group(1)) >= 256 else (24576 if rel == "gpt2-small-res-jb" else None)
+            rows.append((rel, sae["id"], v["model"], hook, d_sae, sae.get("neuronpedia"), count[(v.get("model"), hook)] == 1,
+                         tuple(sorted((k, tuple(sorted(x.items())) if isinstance(x, dict) else x) for k, x in over.items())),
+                         sae.get("norm_scaling_factor")))
+    return tuple(rows)
+
+
+def test_release_table_is_sae_lens_s() -> None:
+    from circuitalg.features.formats.saelens import SAELENS_RELEASES
+
+    assert sae_lens.__version__ == "6.54.12"
+    assert SAELENS_RELEASES == _release_rows_from_yaml()
+
+
+def _pre6_gpt2(tmp_path: Path, name: str, d_sae: int, **extra) -> Path:
+    """A pre-6 SAELens directory as jbloom's GPT-2 releases hold them (no model_from_pretrained_kwargs)."""
+    rng = np.random.default_rng(5)
+    d_in = 768
+    out = tmp_path / name
+    out.mkdir()
+    save_file({"W_enc": (rng.standard_normal((d_in, d_sae)) * 0.05).astype(np.float32),
+               "b_enc": np.zeros(d_sae, np.float32),
+               "W_dec": (rng.standard_normal((d_sae, d_in)) * 0.05).astype(np.float32),
+               "b_dec": np.zeros(d_in, np.float32)}, str(out / "sae_weights.safetensors"))
+    cfg = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu", "model_name": "gpt2-small",
+           "hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8, "hook_point_head_index": None,
+           "apply_b_dec_to_input": True, "normalize_activations": False, "sae_lens_training_version": None,
+           "context_size": 128, **extra}
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_release_overrides_supply_preprocessing(tmp_path) -> None:
+    from sae_lens.loading.pretrained_saes_directory import get_config_overrides
+
+    # gpt2-small-res-jb-feature-splitting's 768-feature SAE: the files say nothing of preprocessing,
+    # SAELens's from_pretrained adds center_writing_weights from its table
+    d = load_dictionary(_pre6_gpt2(tmp_path, "fs768", 768))
+    want = get_config_overrides("gpt2-small-res-jb-feature-splitting", "blocks.8.hook_resid_pre_768")
+    assert want["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
+    assert d.preprocessing == frozenset({"center_writing_weights"})
+    assert d.meta["preprocessing_source"] == "saelens_release"
+    assert d.meta["saelens_release"]["release"] == "gpt2-small-res-jb-feature-splitting"
+    assert d.meta["saelens_release"]["sae_id"] == "blocks.8.hook_resid_pre_768"
+    assert d.meta["saelens_release"]["config_overrides"]["model_from_pretrained_kwargs"] == want["model_from_pretrained_kwargs"]
+    # the release's neuronpedia id matches too; another release's id does not
+    by_id = load_dictionary(_pre6_gpt2(tmp_path, "np_id", 640, neuronpedia_id="gpt2-small/8-res_fs768-jb"))
+    assert by_id.meta["preprocessing_source"] == "saelens_release"
+    other = load_dictionary(_pre6_gpt2(tmp_path, "other_id", 768, neuronpedia_id="gpt2-small/8-res_sll-ajt"))
+    assert other.meta["preprocessing_source"] == "files" and other.preprocessing == frozenset()
+
+
+def test_unknown_pre_6_config_without_kwargs_is_recorded_not_guessed(tmp_path) -> None:
+    d = load_dictionary(_pre6_gpt2(tmp_path, "w640", 640))
+    assert d.preprocessing == frozenset()
+    assert d.meta["preprocessing_source"] == "files" and "saelens_release" not in d.meta
+    assert any("without model_from_pretrained_kwargs" in n for n in d.meta["notes"])
+    stated = load_dictionary(_pre6_gpt2(tmp_path, "stated", 640, model_from_pretrained_kwargs={"fold_ln": True}))
+    assert stated.preprocessing == frozenset({"fold_ln"}) and stated.meta["preprocessing_source"] == "files"
+    assert not any("without model_from_pretrained_kwargs" in n for n in stated.meta["notes"])
+
+
+def test_release_norm_scaling_factor_and_refusal(tmp_path, monkeypatch) -> None:
+    """A row's norm_scaling_factor is folded as from_pretrained folds it; a row's
+    constant_norm_rescale is refused as the files' own would be."""
+    import circuitalg.features.formats.saelens as fmt
+
+    path = _pre6_gpt2(tmp_path, "scaled", 640, normalize_activations="expected_average_only_in")
+    with pytest.raises(LoadError, match="activation_scaler"):
+        load_dictionary(path)
+    row = ("test-release", "blocks.8.hook_resid_pre", "gpt2-small", "blocks.8.hook_resid_pre", 640, None, True, (), 2.5)
+    monkeypatch.setattr(fmt, "SAELENS_RELEASES", fmt.SAELENS_RELEASES + (row,))
+    d = load_dictionary(path)
+    t = load_file(str(path / "sae_weights.safetensors"))
+    assert np.allclose(d.W_enc[0], t["W_enc"].T.astype(np.float64) * 2.5, rtol=1e-6)
+    assert np.allclose(d.W_dec[0], t["W_dec"].T.astype(np.float64) / 2.5, rtol=1e-6)
+    sae = SAE.load_from_disk(_pre6_gpt2(tmp_path, "plain", 640), dtype="float32")
+    sae.fold_activation_norm_scaling_factor(2.5)
+    x = _x(np.float32, d=768)
+    _compare("release norm_scaling_factor", load_dictionary(path, dtype=np.float32), _reference(sae, x), x, np.float32)
+    rescale = ("test-release-2", "blocks.8.hook_resid_pre", "gpt2-small", "blocks.8.hook_resid_pre", 512, None, True,
+               (("normalize_activations", "constant_norm_rescale"),), None)
+    monkeypatch.setattr(fmt, "SAELENS_RELEASES", fmt.SAELENS_RELEASES + (rescale,))
+    with pytest.raises(LoadError, match="constant_norm_rescale"):
+        load_dictionary(_pre6_gpt2(tmp_path, "rescaled", 512))
+
+
+@pytest.mark.parametrize("model_name, expected", [
+    ("google/gemma-3-270m", HookKind.MLP_IN),  # Gemma Scope 2: pre_feedforward_layernorm.output
+    ("gpt2-small", HookKind.RESID_MID),  # TransformerLens's hook_mlp_in: ln2's input
+])
+def test_gemma_3_transcoder_without_hf_hook_name(tmp_path, model_name, expected) -> None:
+    tc = JumpReLUTranscoder(_cfg(JumpReLUTranscoderConfig, np.float32, d_out=D_OUT, apply_b_dec_to_input=False,
+                                 hook_name="blocks.4.hook_mlp_in",
+                                 meta={"hook_name_out": "blocks.4.hook_mlp_out", "model_name": model_name}))
+    _randomize(tc, 4)
+    tc.save_model(tmp_path / "tc")
+    cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    assert cfg["metadata"].get("hf_hook_name") is None
+    d = load_dictionary(tmp_path / "tc")
+    assert d.reads == (Hook(expected, 4),) and d.writes == (Hook(HookKind.MLP_OUT, 4),)
+    # an SAE at the same hook is TransformerLens's hook_mlp_in whatever the model
+    sae = JumpReLUSAE(_cfg(JumpReLUSAEConfig, np.float32, hook_name="blocks.4.hook_mlp_in", meta={"model_name": model_name}))
+    _randomize(sae, 5)
+    sae.save_model(tmp_path / "sae")
+    assert load_dictionary(tmp_path / "sae").reads == (Hook(HookKind.RESID_MID, 4),)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_name)
+def test_llama_scope_as_sae_lens_from_pretrained(tmp_path, monkeypatch, dtype) -> None:
+    """SAELens's llama_scope loader on the files, then from_pretrained's fold of the release's
+    norm_scaling_factor (sqrt(d_model) / dataset_average_activation_norm.in)."""
+    d, F, avg = D_IN, D_SAE, 1.6
+    rng = np.random.default_rng(21)
+    folder = tmp_path / "hub" / "Llama3_1-8B-Base-L3R-8x"
+    (folder / "checkpoints").mkdir(parents=True)
+    hp = {"d_model": d, "d_sae": F, "act_fn": "jumprelu", "jump_relu_threshold": 0.5, "norm_activation": "dataset-wise",
+          "dataset_average_activation_norm": {"in": avg, "out": avg},
+          "hook_point_in": "blocks.3.hook_resid_post", "hook_point_out": "blocks.3.hook_resid_post"}
+    (folder / "hyperparams.json").write_text(json.dumps(hp))
+    save_file({"encoder.weight": rng.standard_normal((F, d)).astype(np.float32),
+               "encoder.bias": (0.1 * rng.standard_normal(F)).astype(np.float32),
+               "decoder.weight": rng.standard_normal((d, F)).astype(np.float32),
+               "decoder.bias": (0.1 * rng.standard_normal(d)).astype(np.float32)},
+              str(folder / "checkpoints" / "final.safetensors"))
+    monkeypatch.setattr(sl_loaders, "hf_hub_download", lambda repo_id, filename, subfolder=None, **kw: str(
+        folder.parent / (f"{subfolder}/{filename}" if subfolder else filename)))
+    cfg, sd, _ = sl_loaders.llama_scope_sae_huggingface_loader("local/x", folder.name, cfg_overrides={"dtype": _name(dtype)})
+    assert cfg["normalize_activations"] == "expected_average_only_in"
+    ref = _sae_from(cfg, sd, dtype)
+    s = d ** 0.5 / avg
+    ref.fold_activation_norm_scaling_factor(s)
+    got = load_dictionary(folder, dtype=dtype)
+    assert got.meta["norm_scaling_factor"] == pytest.approx(s)
+    x = _x(dtype) * avg / d ** 0.5 * 4
+    _compare("llama scope as from_pretrained", got, _reference(ref, x), x, dtype)
 
 
 def test_measured_errors_are_reported() -> None:

@@ -9,10 +9,13 @@ A directory with ``config.yaml`` (``model_kind``, ``feature_input_hook``,
     ``b_dec (d,)``, optionally ``activation_function.threshold (F,)`` (JumpReLU, else ReLU) and
     ``W_skip (d, d)``. ``SingleLayerTranscoder.compute_skip`` is ``x @ W_skip.T``: the stored
     matrix is already the column-convention map. Gemma Scope 2 files (``w_enc (d, F)``,
-    ``w_dec``, ``threshold``, ``affine_skip_connection (d, d)`` used as ``x @ A``) are read too.
+    ``w_dec``, ``threshold``, ``affine_skip_connection (d, d)`` used as ``x @ A``) are read too,
+    and so are Gemma Scope 1 ``.npz`` files listed under ``transcoders:`` (``W_enc (d, F)``,
+    ``W_dec (F, d)``, ``b_enc``, ``b_dec``, ``threshold``; ``load_gemma_scope_transcoder``), at
+    the config's hooks (circuit-tracer's Gemma 2 config reads ``ln2.hook_normalized``).
     -> a :class:`DictionarySet` of per-layer :class:`Dictionary` (kind ``TRANSCODER`` or
     ``SKIP_TRANSCODER``) reading ``blocks.l.<feature_input_hook>`` and writing
-    ``blocks.l.<feature_output_hook>``.
+    ``blocks.l.<feature_output_hook>``. Member ``l`` is named ``{set}.L{l}``.
 
 ``model_kind: cross_layer_transcoder`` (``CrossLayerTranscoder``)
     ``W_enc_{l}.safetensors`` with ``W_enc_l (F, d)``, ``b_enc_l (F,)``, ``b_dec_l (d,)``,
@@ -28,6 +31,13 @@ Activations as circuit-tracer applies them: ReLU, or JumpReLU ``x * (x > thresho
 ReLU). Its TopK class (the ``k`` largest raw values, no ReLU: :class:`TopK` with ``relu=False``)
 cannot be recorded in these files. Transcoders are trained on unprocessed models
 (TransformerLens ``fold_ln=False``, no centering), so ``preprocessing`` is empty.
+
+``feature_output_hook: mlp.hook_out`` is circuit-tracer's ``ReplacementMLP.hook_out``: the MLP
+module's output. On a pre-norm model that is ``hook_mlp_out``; on a model with post-norms (Gemma
+2 and 3, OLMo 2) it is the output *before* the MLP's post-norm (``ln2_post``), which circuitalg
+has no hook kind for. Such dictionaries are read as writing ``hook_mlp_out`` with
+``meta["before_post_norm"] = True`` on every member: binding one to a model with post-norms must
+apply the post-norm to its output (or refuse); on a model without them the flag changes nothing.
 """
 
 from __future__ import annotations
@@ -47,13 +57,15 @@ from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.files import atomic_write
 from circuitalg.model.tensorfiles import read_tensors
 
-__all__ = ["NAME", "detect", "load", "save", "parse_simple_yaml", "hook_from_suffix"]
+__all__ = ["NAME", "BEFORE_POST_NORM_SUFFIXES", "detect", "load", "save", "parse_simple_yaml", "hook_from_suffix", "member_name"]
 
 NAME = "circuit_tracer"
 CONFIG = "config.yaml"
 _MODEL_KINDS = ("transcoder_set", "cross_layer_transcoder")
 #: hook suffixes circuit-tracer's configs use that are not TransformerLens's canonical names
 _SUFFIX_ALIASES = {"mlp.hook_out": HookKind.MLP_OUT.value}
+#: the suffixes that name a sublayer's output before its post-norm (see the module docstring)
+BEFORE_POST_NORM_SUFFIXES = frozenset({"mlp.hook_out"})
 
 
 def detect(path: Path) -> bool:
@@ -267,24 +279,52 @@ def load(path: Path, dtype: Any = np.float64) -> DictionarySet:
     return _load_clt(root, cfg, source, name, np.dtype(dtype), meta)
 
 
+def member_name(set_name: str, layer: int) -> str:
+    """The name of a set's member at ``layer``: ``{set_name}.L{layer}``."""
+    return f"{set_name}.L{layer}"
+
+
+def _member_meta(cfg: Mapping[str, Any], file: Path, layer: int) -> dict[str, Any]:
+    meta = {"format": NAME, "file": file.name, "layer": layer}
+    if cfg.get("feature_output_hook") in BEFORE_POST_NORM_SUFFIXES:
+        meta["before_post_norm"] = True
+    return meta
+
+
+def _gemma_scope_npz(t: Mapping[str, np.ndarray], file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """``W_enc (F, d)``, ``W_dec (F, d)`` and the threshold of a Gemma Scope 1 ``.npz`` transcoder."""
+    if "W_enc" not in t or t["W_enc"].ndim != 2:
+        raise LoadError(f"{file}: tensor 'W_enc' is missing or not 2-D (a Gemma Scope transcoder's encoder, (d_model, d_transcoder)).")
+    d, F = t["W_enc"].shape
+    W_enc = _take(t, "W_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
+    W_dec = _take(t, "W_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
+    thr = _take(t, "threshold", (F,), file, "JumpReLU threshold per feature")
+    extra = sorted(set(t) - {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"})
+    if extra:
+        raise LoadError(f"{file}: unexpected tensor(s) {extra} for a Gemma Scope transcoder (circuit-tracer's loader would refuse them).")
+    return W_enc, W_dec, thr, F, d
+
+
 def _load_set(root: Path, cfg: Mapping[str, Any], source: str, name: str, dtype: np.dtype, meta: dict) -> DictionarySet:
     files = _layer_files(root, cfg, r"layer_(\d+)\.safetensors", source, "layer_{l}.safetensors")
     members = []
     F0 = skip0 = None
     for layer, file in enumerate(files):
-        if file.suffix == ".npz":
-            raise LoadError(f"{file}: Gemma Scope .npz transcoders are the 'gemma_scope' format; load each file with format='gemma_scope'.")
         t = _read(file)
         read = hook_from_suffix(cfg["feature_input_hook"], layer, source, "feature_input_hook")
         write = hook_from_suffix(cfg["feature_output_hook"], layer, source, "feature_output_hook")
-        F, d = _dims(t, "b_enc", "b_dec", file)
-        if "w_enc" in t:  # Gemma Scope 2 names (circuit-tracer's load_gemma_scope_2_transcoder)
+        if file.suffix == ".npz":  # Gemma Scope 1 (circuit-tracer's load_gemma_scope_transcoder)
+            W_enc, W_dec, thr, F, d = _gemma_scope_npz(t, file)
+            W_skip = None
+        elif "w_enc" in t:  # Gemma Scope 2 names (circuit-tracer's load_gemma_scope_2_transcoder)
+            F, d = _dims(t, "b_enc", "b_dec", file)
             W_enc = _take(t, "w_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
             W_dec = _take(t, "w_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
             thr = _take(t, "threshold", (F,), file, "JumpReLU threshold per feature")
             skip = t.get("affine_skip_connection")
             W_skip = None if skip is None else _take(t, "affine_skip_connection", (d, d), file, "skip, used as x @ A").T
         else:
+            F, d = _dims(t, "b_enc", "b_dec", file)
             W_enc = _take(t, "W_enc", (F, d), file, "encoder rows, (d_transcoder, d_model)")
             W_dec = _take(t, "W_dec", (F, d), file, "decoder rows, (d_transcoder, d_model)")
             thr = None
@@ -312,9 +352,9 @@ def _load_set(root: Path, cfg: Mapping[str, Any], source: str, name: str, dtype:
         else:
             kind = DictionaryKind.SAE if read == write else DictionaryKind.TRANSCODER
         members.append(Dictionary(
-            name=f"{name}.{layer}", kind=kind, reads=(read,), writes=(write,), W_enc=(W_enc,), b_enc=b_enc,
+            name=member_name(name, layer), kind=kind, reads=(read,), writes=(write,), W_enc=(W_enc,), b_enc=b_enc,
             W_dec=(W_dec.T,), b_dec=(b_dec,), activation=ReLU() if thr is None else JumpReLU(thr),
-            W_skip=W_skip, dtype=dtype, meta={"format": NAME, "file": file.name, "layer": layer},
+            W_skip=W_skip, dtype=dtype, meta=_member_meta(cfg, file, layer),
         ))
     return DictionarySet(name, tuple(members), meta={**meta, "structure": "transcoder_set"})
 
@@ -348,11 +388,11 @@ def _load_clt(root: Path, cfg: Mapping[str, Any], source: str, name: str, dtype:
         writes = tuple(hook_from_suffix(cfg["feature_output_hook"], j, source, "feature_output_hook") for j in range(layer, n))
         zeros = np.zeros(d, dtype=b_dec.dtype)
         members.append(Dictionary(
-            name=f"{name}.{layer}", kind=DictionaryKind.CROSS_LAYER_TRANSCODER,
+            name=member_name(name, layer), kind=DictionaryKind.CROSS_LAYER_TRANSCODER,
             reads=(hook_from_suffix(cfg["feature_input_hook"], layer, source, "feature_input_hook"),), writes=writes,
             W_enc=(W_enc,), b_enc=b_enc, W_dec=tuple(W_dec[:, j, :].T for j in range(n - layer)),
             b_dec=(b_dec,) + (zeros,) * (n - layer - 1), activation=ReLU() if thr is None else JumpReLU(thr),
-            dtype=dtype, meta={"format": NAME, "file": efile.name, "layer": layer},
+            dtype=dtype, meta=_member_meta(cfg, efile, layer),
         ))
     return DictionarySet(name, tuple(members), meta={**meta, "structure": "cross_layer_transcoder"})
 

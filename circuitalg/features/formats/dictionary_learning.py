@@ -28,6 +28,13 @@ Classes, with their encode at inference exactly (tensor names in the state dict)
 The hook comes from ``submodule_name`` (``resid_post_layer_3``, ``mlp_out_layer3``,
 ``attn_out_layer_3``, ``resid_pre_layer_3``, or a TransformerLens name); without it,
 ``trainer.layer``'s residual output (what ``dictionary_learning.utils.get_submodule`` returns).
+``mlp_out`` and ``attn_out`` are the modules' outputs: on a model with post-norms (Gemma 2 and 3,
+OLMo 2) they come before the post-norm, so those dictionaries carry
+``meta["before_post_norm"] = True`` (binding to a model with post-norms must apply it, or refuse).
+
+Names: a dictionary in a ``trainer_N`` folder (dictionary_learning's layout, where every layer's
+run has ``trainer_0``) is named ``{hook}.trainer_N`` (``blocks.3.hook_resid_post.trainer_0``);
+other folders keep their name.
 """
 
 from __future__ import annotations
@@ -197,8 +204,10 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
                 thr = _take(t, "threshold", (), wfile, "the learned scalar threshold of BatchTopK at inference")
                 _k(t, trainer, wfile, source, F)
                 activation = BatchTopK(float(thr))
+    name = f"{hook.hook_name}.{p.name}" if re.fullmatch(r"trainer_\d+", p.name) else p.name
+    module_output = isinstance(trainer.get("submodule_name"), str) and re.match(r"(mlp|attn)_out", trainer["submodule_name"])
     return Dictionary(
-        name=p.name, kind=DictionaryKind.SAE, reads=(hook,), writes=(hook,), W_enc=(W_enc,), b_enc=b_enc,
+        name=name, kind=DictionaryKind.SAE, reads=(hook,), writes=(hook,), W_enc=(W_enc,), b_enc=b_enc,
         W_dec=(W_dec,), b_dec=(b_dec,), activation=activation, pre_shift=pre_shift, dtype=np.dtype(dtype),
-        meta={"format": NAME, **cfg},
+        meta={"format": NAME, **cfg, **({"before_post_norm": True} if module_output else {})},
     )

@@ -19,12 +19,23 @@ Hooks. Gemma Scope 2's ``config.json`` names the Hugging Face module read
 Gemma Scope 1's files name no hook: it is read from the path as the release is laid out
 (``.../gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71``: ``res`` is
 ``hook_resid_post``, ``mlp`` ``hook_mlp_out``, ``att`` ``attn.hook_z``, ``transcoders`` read
-``mlp.hook_in`` and write ``hook_mlp_out``), as SAELens does. SAELens names the Gemma Scope 1
-transcoders' input ``ln2.hook_normalized``, which is the MLP's input only when the norm weights are
-folded; circuitalg states the MLP's input. Where the path does not say, or to override it, put
+``ln2.hook_normalized`` and write ``hook_mlp_out``), as SAELens does. The Gemma Scope 1
+transcoders read the MLP's input norm *before* its weight (``MLP_NORMALIZED``): circuit-tracer's
+Gemma 2 configuration reads them at ``ln2.hook_normalized`` on an unfolded model (its Hugging Face
+mapping: the output of ``pre_feedforward_layernorm``'s normalisation, before the weight
+multiplies), and SAELens names the same hook (``blocks.L.ln2.hook_normalized``). Where the path does not say, or to override it, put
 ``circuitalg.json`` beside the weights: ``{"hook_name": "blocks.20.hook_resid_post"}`` (a
 transcoder adds ``"hook_name_out"``). The embedding SAEs (``embedding`` in the path) are refused:
 circuitalg has no hook for the embedding.
+
+Names. A dictionary is named after its place in the release, so that different layers' and
+widths' dictionaries never share a name (their feature spaces are told apart by it):
+``gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`` is ``res20_16k_l0_71``,
+``gemma-scope-2b-pt-transcoders/layer_3/width_16k/average_l0_5`` ``transcoders3_16k_l0_5``;
+Gemma Scope 2 folders (``transcoder/layer_5_width_16k_l0_small``) are ``transcoder5_16k_l0_small``.
+Other leaves keep their name (``.../res-canonical/layer_9/width_131k/canonical``:
+``res9_131k_canonical``); where the path has no layer and width, the last two folders are joined
+(``parent/leaf``).
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.features.formats.saelens import hf_hook, parse_hook
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
 
-__all__ = ["NAME", "OVERRIDE_FILENAME", "detect", "load"]
+__all__ = ["NAME", "OVERRIDE_FILENAME", "detect", "load", "dictionary_name"]
 
 NAME = "gemma_scope"
 #: the optional file naming the hooks (``hook_name``, ``hook_name_out``)
@@ -97,7 +108,8 @@ def _hooks_from_path(p: Path, source: str) -> tuple[Hook, Hook | None]:
             f"'gemma-scope-...-res|mlp|att|transcoders' folder and a 'layer_N' folder); {hint}."
         )
     if site.startswith("transcoder"):
-        return Hook(HookKind.MLP_IN, layer), Hook(HookKind.MLP_OUT, layer)
+        # ln2.hook_normalized: the norm's output before its weight (circuit-tracer and SAELens)
+        return Hook(HookKind.MLP_NORMALIZED, layer), Hook(HookKind.MLP_OUT, layer)
     return Hook(_SITES[site], layer), None
 
 
@@ -198,9 +210,36 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         raise LoadError(f"{p}: the files do not make a valid dictionary: {e}") from None
 
 
+def dictionary_name(path: Path) -> str:
+    """The name of the Gemma Scope dictionary in directory ``path`` (see the module docstring)."""
+    parts = Path(path).resolve().parts
+    site = layer = width = None
+    for part in parts:
+        low = part.lower()
+        m = re.search(r"gemma-scope-(?:2-)?[^/]*?-(res|mlp|att|transcoders?|clt)(?:$|[-_])", low)
+        if m:
+            site = m.group(1)
+        m = re.fullmatch(r"(resid_post|attn_out|mlp_out|transcoder|clt)(?:_.*)?", low)
+        if m and site is None:
+            site = m.group(1)
+        m = re.fullmatch(r"layer_(\d+)(?:_width_(\w+?))?(?:_(l0_.*))?", low)
+        if m:
+            layer, width = m.group(1), m.group(2) or width
+            if m.group(3):
+                return f"{site or 'layer'}{layer}_{width}_{m.group(3)}" if width else f"{site or 'layer'}{layer}_{m.group(3)}"
+        m = re.fullmatch(r"width_(\w+)", low)
+        if m:
+            width = m.group(1)
+    leaf = parts[-1] if parts else NAME
+    m = re.fullmatch(r"average_(l0_\w+)", leaf.lower())
+    if layer is not None and width is not None and parts and parts[-1] != f"width_{width}":
+        return f"{site or 'layer'}{layer}_{width}_{m.group(1) if m else leaf}"
+    return "/".join(parts[-2:]) if len(parts) >= 2 else leaf
+
+
 def _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, threshold, skip, dt, meta) -> Dictionary:
     return Dictionary(
-        name=p.resolve().name or NAME,
+        name=dictionary_name(p),
         kind=kind,
         reads=(reads,),
         writes=(writes,),

@@ -34,10 +34,23 @@ llamascopium cross-layer transcoders (``sae_type: "clt"``)
 
 Llama Scope on the Hugging Face Hub (``hyperparams.json`` + ``checkpoints/final.safetensors``)
     torch ``Linear`` names: ``encoder.weight (F, d)``, ``encoder.bias``, ``decoder.weight (d, F)``,
-    ``decoder.bias``, and a scalar ``jump_relu_threshold``. Read as SAELens's ``llama_scope``
-    loader reads it: JumpReLU with threshold ``jump_relu_threshold * sqrt(d_model) /
-    dataset_average_activation_norm["in"]`` on ``x @ encoder.weightᵀ + encoder.bias`` of the raw
-    input, and no other scaling.
+    ``decoder.bias``, and in ``hyperparams.json`` a scalar ``jump_relu_threshold``,
+    ``norm_activation: "dataset-wise"`` and ``dataset_average_activation_norm`` (``in``,
+    ``out``). The released weights expect the dataset-wise normalised input: ``x`` is scaled by
+    ``s = sqrt(d_model) / dataset_average_activation_norm["in"]`` before encoding and the
+    reconstruction is divided by ``s``. The factor lives only in ``hyperparams.json`` (SAELens's
+    release table repeats it as each SAE's ``norm_scaling_factor``). What the two libraries
+    compute from these files, and circuitalg with them: SAELens's ``llama_scope`` loader takes the
+    threshold ``jump_relu_threshold * s`` and ``SAE.from_pretrained`` then folds ``s`` into the
+    weights (``fold_activation_norm_scaling_factor``: ``W_enc * s``, ``W_dec / s``, ``b_dec /
+    s``); llamascopium loads a Llama Scope release through exactly that (``from_pretrained
+    ("release:sae_id")`` calls ``SAE.from_pretrained`` and converts). So the dictionary here maps
+    raw activations to raw activations: ``pre = s (x @ encoder.weightᵀ) + encoder.bias``,
+    ``f = pre * (pre > jump_relu_threshold * s)``, ``x̂ = (f @ decoder.weightᵀ + decoder.bias) /
+    s``; ``meta["norm_scaling_factor"]`` is ``s``. ``norm_activation`` other than
+    ``dataset-wise`` (``inference``: nothing to fold, ``s = 1``) is taken as it says; the
+    per-token kinds are refused. ``dataset_average_activation_norm["out"]`` is recorded but, as
+    in SAELens, only ``in`` scales (the releases' SAEs read and write one hook).
 """
 
 from __future__ import annotations
@@ -314,7 +327,7 @@ def _load_clt(p: Path, cfg: dict[str, Any], source: str, d: int, F: int, act: st
             activation = TopK(k, relu=True, rank_weights=norms[layer] if decnorm else None)
         outs = range(layer, L)
         members.append(Dictionary(
-            name=f"{p.name}.{layer}", kind=DictionaryKind.CROSS_LAYER_TRANSCODER, reads=(reads[layer],),
+            name=f"{p.name}.L{layer}", kind=DictionaryKind.CROSS_LAYER_TRANSCODER, reads=(reads[layer],),
             writes=tuple(writes[j] for j in outs), W_enc=(W_E[layer].T.astype(np.float64) * s_in[layer],),
             b_enc=b_E[layer], W_dec=tuple(W_D[j][layer].T.astype(np.float64) / s_out[j] for j in outs),
             b_dec=(b_D[layer].astype(np.float64) / s_out[layer],) + (np.zeros(d),) * (L - layer - 1),
@@ -354,10 +367,19 @@ def _load_llama_scope(p: Path, dtype: np.dtype) -> Dictionary:
     b_enc = _take(t, "encoder.bias", (F,), wfile, "encoder bias")
     W_dec = _take(t, "decoder.weight", (d, F), wfile, "decoder, (d_model, d_sae)")
     b_dec = _take(t, "decoder.bias", (d,), wfile, "decoder bias")
-    threshold = float(thr) * math.sqrt(d) / float(n_in)
+    norm = _field(cfg, "norm_activation", (str,), source, "dataset-wise")
+    if norm == "dataset-wise":
+        s = math.sqrt(d) / float(n_in)
+    elif norm == "inference":
+        s = 1.0
+    else:
+        raise LoadError(f"{source}: field 'norm_activation' = {norm!r}: a per-token or per-batch scaling is not a fixed map "
+                        "(circuitalg reads 'dataset-wise' and 'inference').")
+    # SAELens's llama_scope loader + from_pretrained's fold_activation_norm_scaling_factor(s)
     kind = DictionaryKind.SAE if hin == hout else DictionaryKind.TRANSCODER
     return Dictionary(
-        name=p.name, kind=kind, reads=(hin,), writes=(hout,), W_enc=(W_enc,), b_enc=b_enc, W_dec=(W_dec,),
-        b_dec=(b_dec,), activation=JumpReLU(np.float64(threshold)), dtype=dtype,
-        meta={"format": NAME, "layout": "llama_scope", **cfg},
+        name=p.name, kind=kind, reads=(hin,), writes=(hout,), W_enc=(W_enc.astype(np.float64) * s,), b_enc=b_enc,
+        W_dec=(W_dec.astype(np.float64) / s,), b_dec=(b_dec.astype(np.float64) / s,),
+        activation=JumpReLU(np.float64(float(thr) * s)), dtype=dtype,
+        meta={"format": NAME, "layout": "llama_scope", **cfg, "norm_scaling_factor": s},
     )

@@ -49,6 +49,32 @@ pre-6 ``activation_fn`` other than ``relu``/``topk``.
 ``from_pretrained_no_processing(**kwargs)``) becomes :attr:`Dictionary.preprocessing`: the options
 among :data:`~circuitalg.features.dictionary.PREPROCESSING` set to true.
 
+Release overrides. For some releases SAELens does not take the preprocessing from the files but
+from its release table (``pretrained_saes.yaml``, ``config_overrides``, merged over the files'
+config by ``SAE.from_pretrained``): e.g. ``gpt2-small-res-jb`` adds
+``model_from_pretrained_kwargs: {center_writing_weights: true}`` to files that say nothing of
+it, and ``normalize_activations`` / ``norm_scaling_factor`` come from the table for some others.
+:data:`SAELENS_RELEASES` holds the rows of sae-lens 6.54.12's table that change the computation
+(``(release, sae_id, model, hook_name, d_sae, neuronpedia_id, hook_unique, overrides,
+norm_scaling_factor)``; ``hook_unique``: no other release has this model and hook). A config
+matches a row by its ``neuronpedia_id`` where it has one; otherwise by ``model_name``,
+``hook_name`` and ``d_sae`` (the row's width, or where the table gives none, a model and hook no
+other release has). A matched dictionary gets the row's overrides as SAELens applies them,
+``meta["preprocessing_source"] = "saelens_release"`` and ``meta["saelens_release"]`` (release,
+sae id, overrides); a row's ``norm_scaling_factor`` is folded where the config says
+``expected_average_only_in`` and no ``activation_scaler.json`` is beside it. Otherwise
+``meta["preprocessing_source"] = "files"``: the preprocessing is what the files say, and a
+pre-6 config without ``model_from_pretrained_kwargs`` reads as no preprocessing, which is
+recorded, not guessed (SAELens before 6 loaded models with TransformerLens's processing
+defaults; which of them the weights expect is not in the files: check with the release).
+
+Post-norm models. On Gemma 3, SAELens names a Gemma Scope 2 transcoder's input
+``blocks.L.hook_mlp_in`` (in TransformerLens, ln2's input) but the Hugging Face module it reads is
+``pre_feedforward_layernorm.output``, the MLP's input after its norm: a transcoder
+(``architecture`` containing ``transcoder``) of a ``gemma-3`` model whose config has no
+``hf_hook_name`` reads :attr:`HookKind.MLP_IN` there. ``hf_hook_name`` / ``hf_hook_name_out``,
+where present, decide.
+
 Written (:func:`save`): SAEs, transcoders and skip transcoders with ReLU, JumpReLU (thresholds
 >= 0 or ``relu=True``), BatchTopK (as SAELens's inference JumpReLU), TopK (SAEs, plain ranking,
 with ReLU) and absolute TopK, in the version-6 layout ``sae_lens.SAE.load_from_disk`` reads.
@@ -71,7 +97,7 @@ from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.files import atomic_write
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
 
-__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "WHITENING_FILENAME", "detect", "load", "save", "parse_hook", "hf_hook"]
+__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "WHITENING_FILENAME", "detect", "load", "save", "parse_hook", "hf_hook", "SAELENS_RELEASES", "release_row"]
 
 NAME = "saelens"
 CFG_FILENAME = "cfg.json"
@@ -96,6 +122,49 @@ _HF_HOOKS = (
 )
 #: the version 6 config layout (what this module writes)
 _WRITE_VERSION = "6.0.0"
+
+#: sae-lens 6.54.12's ``pretrained_saes.yaml`` rows whose release overrides change what a dictionary
+#: computes: (release, sae_id, model, hook_name, d_sae, neuronpedia_id, hook_unique, overrides,
+#: norm_scaling_factor); tests/test_formats_saelens.py rebuilds it from the installed table
+SAELENS_RELEASES = (
+    ('gpt2-small-mlp-tm', 'blocks.0.hook_mlp_out', 'gpt2-small', 'blocks.0.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.049317316132615),
+    ('gpt2-small-mlp-tm', 'blocks.1.hook_mlp_out', 'gpt2-small', 'blocks.1.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 2.3693984005104283),
+    ('gpt2-small-mlp-tm', 'blocks.2.hook_mlp_out', 'gpt2-small', 'blocks.2.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.6411934982190302),
+    ('gpt2-small-mlp-tm', 'blocks.3.hook_mlp_out', 'gpt2-small', 'blocks.3.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.8958522157897557),
+    ('gpt2-small-mlp-tm', 'blocks.4.hook_mlp_out', 'gpt2-small', 'blocks.4.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.81673478700627),
+    ('gpt2-small-mlp-tm', 'blocks.5.hook_mlp_out', 'gpt2-small', 'blocks.5.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.550234472245924),
+    ('gpt2-small-mlp-tm', 'blocks.6.hook_mlp_out', 'gpt2-small', 'blocks.6.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.3237742807210804),
+    ('gpt2-small-mlp-tm', 'blocks.7.hook_mlp_out', 'gpt2-small', 'blocks.7.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.1042905114723296),
+    ('gpt2-small-mlp-tm', 'blocks.8.hook_mlp_out', 'gpt2-small', 'blocks.8.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 0.9123762783479742),
+    ('gpt2-small-mlp-tm', 'blocks.9.hook_mlp_out', 'gpt2-small', 'blocks.9.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 0.6955335635232373),
+    ('gpt2-small-mlp-tm', 'blocks.10.hook_mlp_out', 'gpt2-small', 'blocks.10.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 0.3619728926727644),
+    ('gpt2-small-mlp-tm', 'blocks.11.hook_mlp_out', 'gpt2-small', 'blocks.11.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 0.2851548652550073),
+    ('gpt2-small-res-jb', 'blocks.0.hook_resid_pre', 'gpt2-small', 'blocks.0.hook_resid_pre', 24576, 'gpt2-small/0-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.1.hook_resid_pre', 'gpt2-small', 'blocks.1.hook_resid_pre', 24576, 'gpt2-small/1-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.2.hook_resid_pre', 'gpt2-small', 'blocks.2.hook_resid_pre', 24576, 'gpt2-small/2-res-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.3.hook_resid_pre', 'gpt2-small', 'blocks.3.hook_resid_pre', 24576, 'gpt2-small/3-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.4.hook_resid_pre', 'gpt2-small', 'blocks.4.hook_resid_pre', 24576, 'gpt2-small/4-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.5.hook_resid_pre', 'gpt2-small', 'blocks.5.hook_resid_pre', 24576, 'gpt2-small/5-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.6.hook_resid_pre', 'gpt2-small', 'blocks.6.hook_resid_pre', 24576, 'gpt2-small/6-res-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.7.hook_resid_pre', 'gpt2-small', 'blocks.7.hook_resid_pre', 24576, 'gpt2-small/7-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.8.hook_resid_pre', 'gpt2-small', 'blocks.8.hook_resid_pre', 24576, 'gpt2-small/8-res-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.9.hook_resid_pre', 'gpt2-small', 'blocks.9.hook_resid_pre', 24576, 'gpt2-small/9-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.10.hook_resid_pre', 'gpt2-small', 'blocks.10.hook_resid_pre', 24576, 'gpt2-small/10-res-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.11.hook_resid_pre', 'gpt2-small', 'blocks.11.hook_resid_pre', 24576, 'gpt2-small/11-res-jb', True, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb', 'blocks.11.hook_resid_post', 'gpt2-small', 'blocks.11.hook_resid_post', 24576, 'gpt2-small/12-res-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_768', 'gpt2-small', 'blocks.8.hook_resid_pre', 768, 'gpt2-small/8-res_fs768-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_1536', 'gpt2-small', 'blocks.8.hook_resid_pre', 1536, 'gpt2-small/8-res_fs1536-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_3072', 'gpt2-small', 'blocks.8.hook_resid_pre', 3072, 'gpt2-small/8-res_fs3072-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_6144', 'gpt2-small', 'blocks.8.hook_resid_pre', 6144, 'gpt2-small/8-res_fs6144-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_12288', 'gpt2-small', 'blocks.8.hook_resid_pre', 12288, 'gpt2-small/8-res_fs12288-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_24576', 'gpt2-small', 'blocks.8.hook_resid_pre', 24576, 'gpt2-small/8-res_fs24576-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_49152', 'gpt2-small', 'blocks.8.hook_resid_pre', 49152, 'gpt2-small/8-res_fs49152-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('gpt2-small-res-jb-feature-splitting', 'blocks.8.hook_resid_pre_98304', 'gpt2-small', 'blocks.8.hook_resid_pre', 98304, 'gpt2-small/8-res_fs98304-jb', False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), None),
+    ('mistral-7b-res-wg', 'blocks.8.hook_resid_pre', 'mistral-7b', 'blocks.8.hook_resid_pre', None, None, True, (('normalize_activations', 'constant_norm_rescale'),), None),
+    ('mistral-7b-res-wg', 'blocks.16.hook_resid_pre', 'mistral-7b', 'blocks.16.hook_resid_pre', None, None, True, (('normalize_activations', 'constant_norm_rescale'),), None),
+    ('mistral-7b-res-wg', 'blocks.24.hook_resid_pre', 'mistral-7b', 'blocks.24.hook_resid_pre', None, None, True, (('normalize_activations', 'constant_norm_rescale'),), None),
+    ('gemma-2b-res-jb', 'blocks.12.hook_resid_post', 'gemma-2b', 'blocks.12.hook_resid_post', 16384, 'gemma-2b/12-res-jb', True, (), 0.21381938399317255),
+)
 
 
 def detect(path: Path) -> bool:
@@ -279,6 +348,32 @@ def _preprocessing(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
     return frozenset(k for k in PREPROCESSING if kwargs.get(k) is True)
 
 
+def release_row(cfg: Mapping[str, Any]) -> tuple | None:
+    """The :data:`SAELENS_RELEASES` row a (version-6 vocabulary) config matches, or None (see the
+    module docstring)."""
+    npid = cfg.get("neuronpedia_id")
+    if npid is not None:
+        return next((r for r in SAELENS_RELEASES if r[5] is not None and r[5] == npid), None)
+    model, hook, d_sae = cfg.get("model_name"), cfg.get("hook_name"), cfg.get("d_sae")
+    for r in SAELENS_RELEASES:
+        if r[2] == model and r[3] == hook and (r[4] == d_sae if r[4] is not None else r[6]):
+            return r
+    return None
+
+
+def _apply_release(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, float | None]:
+    """``cfg`` with its release's overrides merged as SAELens's ``from_pretrained`` merges them."""
+    row = release_row(cfg)
+    if row is None:
+        return cfg, None, None
+    overrides = {k: (dict(v) if isinstance(v, tuple) else v) for k, v in row[7]}
+    merged = {**cfg, **overrides}
+    info = {"release": row[0], "sae_id": row[1], "config_overrides": overrides}
+    if row[8] is not None:
+        info["norm_scaling_factor"] = row[8]
+    return merged, info, row[8]
+
+
 def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     """Read a SAELens directory (see the module docstring for what each architecture becomes)."""
     p = Path(path)
@@ -291,6 +386,7 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         raise LoadError(f"{cfg_file}: expected a JSON object, got {type(raw).__name__}.")
     src = str(cfg_file)
     cfg = _normalized_config(raw, src)
+    cfg, release, release_scale = _apply_release(cfg)
     arch = cfg["architecture"]
     if arch in _REFUSED_ARCHS:
         raise LoadError(f"{src}: architecture {arch!r} is not a dictionary circuitalg represents: {_REFUSED_ARCHS[arch]}.")
@@ -331,6 +427,9 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     # a Hugging Face module circuitalg knows is unambiguous where a TransformerLens name may not be
     # (SAELens names Gemma Scope 2 transcoders' post-norm input blocks.L.hook_mlp_in)
     reads = _known_hf_hook(cfg.get("hf_hook_name")) or reads
+    if (transcoder and cfg.get("hf_hook_name") is None and re.fullmatch(r"blocks\.\d+\.hook_mlp_in", cfg["hook_name"])
+            and "gemma-3" in str(cfg.get("model_name", "")).lower()):
+        reads = Hook(HookKind.MLP_IN, reads.layer)  # Gemma Scope 2: pre_feedforward_layernorm.output
     if reshape == "hook_z" and reads.kind is not HookKind.ATTN_Z:
         raise LoadError(f"{src}: reshape_activations 'hook_z' on hook {cfg['hook_name']!r} (expected blocks.L.attn.hook_z).")
     if transcoder:
@@ -344,6 +443,15 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     if isinstance(kwargs, Mapping) and kwargs.get("refactor_factored_attn_matrices") is True and HookKind.ATTN_Z in (reads.kind, writes.kind):
         raise LoadError(f"{src}: the model was loaded with refactor_factored_attn_matrices, which changes attn.hook_z.")
     preprocessing = _preprocessing(cfg, src)
+    source_meta: dict[str, Any] = {"preprocessing_source": "saelens_release" if release else "files"}
+    source_notes: list[str] = []
+    if release:
+        source_meta["saelens_release"] = release
+        source_notes.append(f"SAELens release {release['release']!r} ({release['sae_id']}) overrides applied: "
+                            f"{release['config_overrides']}")
+    elif _is_pre6(raw) and "model_from_pretrained_kwargs" not in cfg:
+        source_notes.append("pre-6 config without model_from_pretrained_kwargs: no preprocessing read from the files "
+                            "(the model loading the weights expect is not recorded in them)")
 
     tensors, _ = read_tensors(w_file)
 
@@ -383,30 +491,32 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return _folded(p, cfg, raw, src, w_file, arch, transcoder, norm, pre_shift, reads, writes, preprocessing, dt,
                            W_enc, b_enc, W_dec, b_dec, gated, b_gate, b_mag, r_mag, threshold, topk_threshold,
-                           finetuning_scale, W_skip, rescale)
+                           finetuning_scale, W_skip, rescale, release_scale, source_meta, source_notes)
     except (InvalidArgumentError, ShapeError, InvalidArrayError) as e:
         raise LoadError(f"{p}: the files do not make a valid dictionary: {e}") from None
 
 
 def _folded(p, cfg, raw, src, w_file, arch, transcoder, norm, pre_shift, reads, writes, preprocessing, dt,
             W_enc, b_enc, W_dec, b_dec, gated, b_gate, b_mag, r_mag, threshold, topk_threshold,
-            finetuning_scale, W_skip, rescale) -> Dictionary:
+            finetuning_scale, W_skip, rescale, release_scale, source_meta, source_notes) -> Dictionary:
     """The folds of the module docstring, in the order SAELens applies them, and the dictionary."""
     d_in, d_sae = W_enc.shape
     topk_archs = ("topk", "abstopk", "batchtopk", "matryoshka_batchtopk")
-    notes: list[str] = []
+    notes: list[str] = list(source_notes)
     if finetuning_scale is not None and not np.allclose(finetuning_scale, 1.0):
         if not cfg.get("finetuning_scaling_factor"):
             raise LoadError(f"{w_file}: tensor 'scaling_factor' is not all ones but {CFG_FILENAME} has finetuning_scaling_factor false.")
         W_dec = W_dec * finetuning_scale[:, None]
         notes.append("finetuning scaling_factor folded into W_dec")
     if norm == "expected_average_only_in":
-        input_scale = _scaler_factor(p)
+        # SAELens's from_pretrained folds the release table's factor; a checkpoint's own scaler file wins
+        input_scale = release_scale if release_scale is not None and not (p / SCALER_FILENAME).is_file() else _scaler_factor(p)
         s = dt.type(input_scale)
         W_enc, W_dec, b_dec = W_enc * s, W_dec / s, b_dec / s
         if topk_threshold is not None and rescale:
             topk_threshold /= input_scale  # SAELens's BatchTopK fold does the same (its #763)
-        notes.append(f"activation_scaler scaling_factor {input_scale!r} folded (W_enc * s, W_dec / s, b_dec / s)")
+        notes.append(f"input scaling factor {input_scale!r} ({'release table' if input_scale == release_scale else SCALER_FILENAME}) "
+                     "folded (W_enc * s, W_dec / s, b_dec / s)")
     elif norm == "covariance_whitening":
         mean, M, M_inv = _whitening(p, d_in)
         if rescale:  # SAELens folds the decoder norms first: unwhitening changes them
@@ -452,7 +562,7 @@ def _folded(p, cfg, raw, src, w_file, arch, transcoder, norm, pre_shift, reads, 
 
     kind = (DictionaryKind.SKIP_TRANSCODER if W_skip is not None else DictionaryKind.TRANSCODER) if transcoder else DictionaryKind.SAE
     return _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip,
-                       preprocessing, dt, {"format": NAME, "architecture": arch, "config": raw, "notes": notes})
+                       preprocessing, dt, {"format": NAME, "architecture": arch, "config": raw, "notes": notes, **source_meta})
 
 
 def _dictionary(p, kind, reads, writes, W_enc, b_enc, W_dec, b_dec, activation, pre_shift, W_skip, preprocessing, dt,

@@ -16,6 +16,13 @@ Hookpoints map to hooks as the module's output (SAEs) or input -> output (transc
 ``hook_resid_post``); ``layers.N.mlp`` -> ``hook_mlp_out`` (a transcoder: ``mlp.hook_in`` ->
 ``hook_mlp_out``); ``layers.N.self_attn`` / ``attn`` -> ``hook_attn_out`` (SAEs only).
 TransformerLens names (``blocks.N.hook_resid_post``) are taken as they are.
+
+``layers.N.mlp`` and ``layers.N.self_attn`` are the modules' outputs: on a model with post-norms
+(Gemma 2 and 3, OLMo 2) they come *before* the sublayer's post-norm, which circuitalg has no hook
+kind for. Such dictionaries are read as writing ``hook_mlp_out`` / ``hook_attn_out`` with
+``meta["before_post_norm"] = True``: binding one to a model with post-norms must apply the
+post-norm to what it writes (or refuse); on a model without them the flag changes nothing.
+Dictionaries are named after their hookpoint, which is unique within a run.
 """
 
 from __future__ import annotations
@@ -82,6 +89,12 @@ def hookpoint_hooks(hookpoint: str, transcode: bool, source: str) -> tuple[Hook,
     return out, out
 
 
+def _module_output(hookpoint: str) -> bool:
+    """Whether ``hookpoint`` is an MLP or attention module (output before any post-norm)."""
+    m = _HOOKPOINT.match(hookpoint)
+    return m is not None and m.group(2) is not None
+
+
 def _take(t: dict[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str) -> np.ndarray:
     if name not in t:
         raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
@@ -136,7 +149,7 @@ def _load_one(p: Path, dtype: np.dtype) -> Dictionary:
     return Dictionary(
         name=p.name, kind=kind, reads=(read,), writes=(write,), W_enc=(W_enc,), b_enc=b_enc, W_dec=(W_dec.T,),
         b_dec=(b_dec,), activation=TopK(k, relu=True), pre_shift=not transcode, W_skip=W_skip, dtype=dtype,
-        meta={"format": NAME, "hookpoint": p.name, **cfg},
+        meta={"format": NAME, "hookpoint": p.name, **cfg, **({"before_post_norm": True} if _module_output(p.name) else {})},
     )
 
 

@@ -25,13 +25,18 @@ TOL = 1e-10
 # --- models and transcoders --------------------------------------------------------------------------
 def make_model(kind: str, seed: int = 0) -> ca.Transformer:
     """``ln``: LayerNorm with weights and biases, learned positions, GELU, 3 layers; ``llama``: RMSNorm,
-    rotary, grouped-query attention, gated SiLU MLP; ``parallel``: LayerNorm, rotary, parallel blocks."""
+    rotary, grouped-query attention, gated SiLU MLP; ``gemma``: RMSNorm, output norms, q/k norms, soft-caps;
+    ``parallel``: LayerNorm, rotary, parallel blocks."""
     common = dict(d_model=16, d_head=4, d_vocab=19, n_ctx=12)
     if kind == "ln":
         cfg = ca.TransformerConfig(n_layers=3, n_heads=3, d_mlp=24, normalization="LN", act_fn="gelu_new", **common)
     elif kind == "llama":
         cfg = ca.TransformerConfig(n_layers=3, n_heads=4, n_kv_heads=2, d_mlp=20, normalization="RMS", act_fn="silu",
                                    gated_mlp=True, rotary={"dim": 4, "base": 50.0}, **common)
+    elif kind == "gemma":
+        cfg = ca.TransformerConfig(n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=20, normalization="RMS", act_fn="gelu",
+                                   gated_mlp=True, rotary={"dim": 4, "base": 40.0}, post_norms=True, qk_norm=True,
+                                   attn_softcap=5.0, final_softcap=3.0, **common)
     elif kind == "parallel":
         cfg = ca.TransformerConfig(n_layers=2, n_heads=2, d_mlp=20, normalization="LN", act_fn="gelu",
                                    parallel_attn_mlp=True, rotary={"dim": 2, "base": 30.0}, **common)
@@ -70,7 +75,7 @@ def transcoders(kind: str, n_layers: int, F: int = 24):
     return out
 
 
-CASES = [("ln", "relu"), ("ln", "jumprelu"), ("ln", "skip"), ("ln", "clt"), ("llama", "topk"), ("llama", "skip"),
+CASES = [("gemma", "jumprelu"), ("gemma", "clt"), ("ln", "relu"), ("ln", "jumprelu"), ("ln", "skip"), ("ln", "clt"), ("llama", "topk"), ("llama", "skip"),
          ("llama", "clt"), ("parallel", "relu"), ("parallel", "skip"), ("ln", "normalized"), ("ln", "partial")]
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6, 5]
 
@@ -87,6 +92,7 @@ class Replay:
         self.m, self.p, self.c = model, model.params, model.config
         self.tok = np.asarray(tokens)
         self.logits, self.cache = model.run(self.tok)
+        self.precap = self.logits if self.cache.logits_precap is None else self.cache.logits_precap
         self.n0 = n0
         self.tcs = {t.reads[0].layer: t for t in members(tcs)}
         cch = self.cache
@@ -153,6 +159,8 @@ class Replay:
                 g = h // (c.n_heads // c.kv_heads)
                 v = xn @ p[a + "W_V"][g].T + p[a + "b_V"][g]
                 attn += (cch.pattern[l, h] @ v) @ p[a + "W_O"][h].T
+            if c.post_norms:  # the attention output's RMSNorm, its scale frozen
+                attn = attn / cch.ln1_post_scale[l][:, None] * p[f"blocks.{l}.ln1_post.w"]
             x_mid = x + attn
             x_in = x if c.parallel_attn_mlp else x_mid
             mlp = np.array(cch.mlp_out[l])
@@ -208,10 +216,10 @@ def test_completeness_and_replay(model_kind, tc_kind):
         assert g.values[r] == pytest.approx(rp.acts[n.layer][n.position, n.index], rel=1e-12)
         assert g.activations[r] == g.values[r]
     C = coefficient_rows(g, model)
-    np.testing.assert_allclose(g.values[-g.n_logits:], C @ rp.logits[-1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.values[-g.n_logits:], C @ rp.precap[-1], rtol=1e-12, atol=1e-12)
     # the replay with every source reproduces the model's logits and the real pre-activations
     pre, logits = rp.run()
-    np.testing.assert_allclose(logits, rp.logits, rtol=0, atol=TOL * np.abs(rp.logits).max())
+    np.testing.assert_allclose(logits, rp.precap, rtol=0, atol=TOL * np.abs(rp.precap).max())
     for (l, p, i), v in pre.items():
         assert v == pytest.approx(rp.acts[l][p, i], rel=TOL, abs=TOL)
     # a source's edge is the change at the target when the source is removed from the replay
@@ -309,7 +317,7 @@ def test_node_order_and_logit_selection():
 
 
 # --- per-head split --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model_kind,tc_kind", [("ln", "skip"), ("llama", "clt"), ("parallel", "skip")])
+@pytest.mark.parametrize("model_kind,tc_kind", [("ln", "skip"), ("llama", "clt"), ("parallel", "skip"), ("gemma", "skip")])
 def test_edge_by_head_sums_to_edge(model_kind, tc_kind):
     model = make_model(model_kind)
     g = attribute(model, transcoders(tc_kind, model.config.n_layers), TOKENS)
@@ -399,6 +407,8 @@ def test_networkx_and_graph_file(tmp_path):
     s, t = np.argwhere(g.adjacency.T != 0)[0]
     assert nxg.edges[g.nodes[s], g.nodes[t]]["weight"] == g.adjacency[t, s]
     assert nxg.nodes[g.nodes[s]]["node_id"] == g.nodes[s].node_id
+    S = g.adjacency_sparse()
+    assert S.nnz == np.count_nonzero(g.adjacency) and np.array_equal(S.toarray(), g.adjacency)
     full = g.to_networkx(constants=True)
     assert full.number_of_nodes() == len(g.nodes) + len(g.constants)
     pr = g.prune()

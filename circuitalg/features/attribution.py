@@ -292,6 +292,8 @@ class _Frozen:
         self.s1 = None if cache.ln1_scale is None else np.asarray(cache.ln1_scale, dtype=f64)
         self.s2 = None if cache.ln2_scale is None else np.asarray(cache.ln2_scale, dtype=f64)
         self.sf = None if cache.ln_final_scale is None else np.asarray(cache.ln_final_scale, dtype=f64)
+        # the attention output's own norm (post_norms; its weight is in the view's W_O and b_O)
+        self.s_post = None if cache.ln1_post_scale is None else np.asarray(cache.ln1_post_scale, dtype=f64)
         self.skips: dict[int, tuple[np.ndarray, _Transcoder]] = {}
         for m in members:
             if m.dictionary.W_skip is not None:
@@ -309,6 +311,8 @@ class _Frozen:
         first ``P`` positions (causal attention: later positions neither read nor are read)."""
         n, P, d = G.shape
         H, dh = self.H, self.dh
+        if self.s_post is not None:
+            G = G / self.s_post[l, :P][None, :, None]
         U = G.reshape(n * P, d) @ self.W_O_cat[l]  # (n P, H dh): every head's W_Oᵀ g
         U = np.ascontiguousarray(U.reshape(n, P, H, dh).transpose(2, 1, 0, 3)).reshape(H, P, n * dh)
         Y = np.matmul(self.pattern[l, :, :P, :P].transpose(0, 2, 1), U)  # (H, P keys, n dh): Aᵀ per head
@@ -340,6 +344,8 @@ class _Frozen:
         for h in heads:
             v = xn @ self.W_V[l, h].T
             out += (self.pattern[l, h] @ v) @ self.W_O[l, h].T
+        if self.s_post is not None:
+            out /= self.s_post[l][:, None]
         return out
 
     def skip_fwd(self, l: int, X: np.ndarray) -> np.ndarray:
@@ -450,6 +456,12 @@ class AttributionGraph:
         total = self.adjacency[rows].sum(axis=1) + self.constant_adjacency[rows].sum(axis=1)
         v = self.values[rows]
         return np.abs(total - v) / np.maximum(1.0, np.abs(v))
+
+    def adjacency_sparse(self) -> Any:
+        """:attr:`adjacency` as a ``scipy.sparse.csr_array`` (its nonzero entries)."""
+        import scipy.sparse as sp
+
+        return sp.csr_array(self.adjacency)
 
     def full_adjacency(self) -> np.ndarray:
         """``(n_nodes + n_constants)²``: :attr:`adjacency` with the constants appended as sources
@@ -752,8 +764,6 @@ def attribute(
     """
     model = require_model(model, "attribute")
     c = model.config
-    if c.post_norms:
-        raise ConfigError(f"attribute: {model.name} normalises its sublayer outputs (post_norms); not supported yet.")
     if c.attn_only:
         raise ConfigError(f"attribute: {model.name} is attention-only; attribution graphs replace MLPs by transcoders.")
     tok = check_tokens(tokens, model)
@@ -916,9 +926,10 @@ def attribute(
         b_O = np.asarray(hw.b_O[l], dtype=f64)
         ab = b_O + np.einsum("hmd,hd->m", WO, bV_raw)
         ln1b = np.einsum("hmd,hd->m", WO, bV_view - bV_raw)
-        write("mid", l, const("attn_bias", l), np.broadcast_to(ab, (seq, D)))
+        post = np.ones(seq) if fz.s_post is None else 1.0 / fz.s_post[l]  # the output norm's frozen scale
+        write("mid", l, const("attn_bias", l), post[:, None] * ab)
         if np.any(ln1b != 0):
-            write("mid", l, const("ln1_bias", l), np.broadcast_to(ln1b, (seq, D)))
+            write("mid", l, const("ln1_bias", l), post[:, None] * ln1b)
     for l in range(L):
         m = by_layer.get(l)
         written_by = [mm for mm in members if l in mm.writes]

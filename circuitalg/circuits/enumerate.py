@@ -646,9 +646,8 @@ class _Search:
             sink = Sink(FEATURE_SIDE, feature=other)
         else:
             sink = UNEMBED if side == "unembed" else Sink(side, weights.heads[h], other)
-        circ = Circuit(source, tuple(weights.heads[g] for g in chain), sink, weights.model, math.sqrt(max(v2, 0.0)))
-        if weights.ends is not None:
-            circ = dataclasses.replace(circ, dictionaries=weights.ends.dictionaries)
+        circ = Circuit(source, tuple(weights.heads[g] for g in chain), sink, weights.model, math.sqrt(max(v2, 0.0)),
+                       *(() if weights.ends is None else (weights.ends.dictionaries,)))
         if self.on_score is not None:
             self.on_score(circ)
         if not kept:

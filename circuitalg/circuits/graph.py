@@ -34,9 +34,10 @@ kinds, with the feature's vector as the writer's or the reader's map, and one ne
 ``norm`` is the Frobenius norm (``|e_t d_s|`` between features) and ``score`` the norm divided
 by the product of the two maps' norms (the cosine ``e_t d_s / (‖e_t‖ ‖d_s‖)`` in absolute value
 between features). Edges follow depth (:mod:`circuitalg.circuits.circuit`): a component
-reading at depth ``r`` (a head of layer ``l``: ``l``, an MLP ``l + 0.5``, or ``l`` in a
-parallel block, the unembedding ``n_layers``) reads a decoder written at depth ``<= r``; an encoder reading at depth ``a`` reads
-writers at depth ``< a`` (heads ``l + 0.25``, MLPs ``l + 0.75``, embeddings first). A dictionary
+reading at depth ``r`` (a head of layer ``l``: ``l``; an MLP ``l + 0.5``, or ``l`` in a
+parallel block; the unembedding ``n_layers``) reads a decoder written at depth ``<= r``; an
+encoder reading at depth ``a`` reads writers at depth ``< a`` (heads ``l + 0.25``, MLPs
+``l + 0.75``, embeddings first). A dictionary
 with several hooks contributes the columns (rows) the other end sees, summed; between two
 features ``Σ_{i,j: b_j < a_i} e_i d_j``, whose ``score`` divides by ``Σ_i ‖e_i‖ ‖Σ_{b_j < a_i}
 d_j‖``. Only selected features become nodes: no feature-by-feature matrix is ever formed.
@@ -142,7 +143,7 @@ class CircuitGraph:
         if graph is not None:
             self.nx = graph
             self.baselines = dict(baselines or {})
-            self.dictionaries = bound_dictionaries(model, dictionaries, "CircuitGraph") if dictionaries else {}
+            self.dictionaries = bound_dictionaries(model, dictionaries, "CircuitGraph") if model is not None else {}
             return
         model = check_model(model)
         self.dictionaries = bound_dictionaries(model, dictionaries, "CircuitGraph")

@@ -121,7 +121,7 @@ from circuitalg.model import (
     save,
     to_transformer_lens,
 )
-from circuitalg.model.ids import GroupId, HeadId, Source
+from circuitalg.model.ids import FeatureId, GroupId, HeadId, Source
 from circuitalg.model.view import HeadWeights
 from circuitalg.model.rotary import Rotary
 from circuitalg.runtime import Runtime
@@ -199,6 +199,7 @@ __all__ = [
     "Rotary",
     "HeadId",
     "GroupId",
+    "FeatureId",
     "Source",
     "fold_layer_norm",
     "center_writing_weights",

@@ -460,3 +460,54 @@ def test_refusals():
         attribute(model, "not a transcoder", TOKENS)
     with pytest.raises(ca.InvalidArgumentError):
         attribute(model, [make_tc("a", 0, [0])], TOKENS, zero_positions=-1)
+
+
+# --- QK attribution ---------------------------------------------------------------------------------------------------
+def reference_scores(model: ca.Transformer, cache, l: int, h: int) -> np.ndarray:
+    """Head (l, h)'s pre-softmax scores (before soft-capping) from ``model.params`` and the cached stream."""
+    p, c = model.params, model.config
+    x = cache.resid[l]
+    y = x - x.mean(-1, keepdims=True) if c.normalization == "LN" else x
+    y = y / np.sqrt((y ** 2).mean(-1, keepdims=True) + c.ln_eps) * p[f"blocks.{l}.ln1.w"]
+    if f"blocks.{l}.ln1.b" in p:
+        y = y + p[f"blocks.{l}.ln1.b"]
+    a, g = f"blocks.{l}.attn.", h // (c.n_heads // c.kv_heads)
+    q = y @ p[a + "W_Q"][h].T + p[a + "b_Q"][h]
+    k = y @ p[a + "W_K"][g].T + p[a + "b_K"][g]
+    if c.qk_norm:
+        q = q / np.sqrt((q ** 2).mean(-1, keepdims=True) + c.ln_eps) * p[a + "q_norm.w"]
+        k = k / np.sqrt((k ** 2).mean(-1, keepdims=True) + c.ln_eps) * p[a + "k_norm.w"]
+    rot = c.layer_rotary(l)
+    if rot is not None:
+        pos = np.arange(len(x))
+        q, k = rot.apply(q, pos, len(x)), rot.apply(k, pos, len(x))
+    return q @ k.T / c.attn_scale
+
+
+@pytest.mark.parametrize("model_kind,tc_kind", [("ln", "relu"), ("llama", "clt"), ("gemma", "skip"), ("parallel", "skip")])
+def test_qk_attribution_sums_to_score(model_kind, tc_kind):
+    model = make_model(model_kind)
+    c = model.config
+    g = attribute(model, transcoders(tc_kind, c.n_layers), TOKENS)
+    _, cache = model.run(TOKENS)
+    for l in range(c.n_layers):
+        h = l % c.n_heads
+        S = reference_scores(model, cache, l, h)
+        # the reference is right: its soft-capped softmax is the cached pattern
+        Sc = S if c.attn_softcap is None else c.attn_softcap * np.tanh(S / c.attn_softcap)
+        Sc = np.where(np.tril(np.ones_like(S)) > 0, Sc, -np.inf)
+        P = np.exp(Sc - Sc.max(1, keepdims=True))
+        np.testing.assert_allclose(P / P.sum(1, keepdims=True), cache.pattern[l, h], atol=1e-12)
+        for i, j in ((len(TOKENS) - 1, 2), (4, 4), (3, 0)):
+            qa = g.qk_attribution(l, h, i, j)
+            assert qa.score == pytest.approx(S[i, j], rel=TOL, abs=TOL)
+            assert qa.terms().sum() == pytest.approx(S[i, j], rel=1e-9, abs=1e-9)
+            assert qa.query_shares().sum() == pytest.approx(S[i, j], rel=1e-9, abs=1e-9)
+            assert qa.key_shares().sum() == pytest.approx(S[i, j], rel=1e-9, abs=1e-9)
+            # only sources before the head's layer write into what it reads
+            later = [a for a, n in enumerate(qa.sources) if isinstance(n, FeatureNode) and n.layer >= l]
+            assert not np.any(qa.query_vectors[later]) and not np.any(qa.key_vectors[later])
+            top = qa.top_terms(3)
+            assert len(top) == 3 and abs(top[0][2]) >= abs(top[-1][2])
+    with pytest.raises(ca.InvalidArgumentError):
+        g.qk_attribution(0, 0, 2, 5)  # a key after the query

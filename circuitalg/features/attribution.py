@@ -45,7 +45,7 @@ from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
     "FeatureNode", "ErrorNode", "TokenNode", "LogitNode", "ConstantNode", "CONSTANT_ORIGINS", "LogitTarget",
-    "AttributionGraph", "PruneResult", "attribute", "normalize_matrix", "compute_influence",
+    "AttributionGraph", "QKAttribution", "PruneResult", "attribute", "normalize_matrix", "compute_influence",
     "compute_node_influence", "compute_edge_influence", "find_threshold", "prune_graph", "influence_matrix",
 ]
 
@@ -64,8 +64,9 @@ __all__ = [
 #:   circuit-tracer), less the decoder bias and the skip map
 #: - ``ln_final_bias``: the final norm's bias through the unembedding (``W_U b``)
 #: - ``unembed_bias``: ``b_U``
+#: - ``q_bias``, ``k_bias``: a head's query and key biases (sources of :class:`QKAttribution` only)
 CONSTANT_ORIGINS = ("pos", "attn_bias", "ln1_bias", "ln2_bias", "enc_bias", "dec_bias", "skip_bias", "mlp_frozen",
-                    "ln_final_bias", "unembed_bias")
+                    "ln_final_bias", "unembed_bias", "q_bias", "k_bias")
 
 
 @dataclass(frozen=True, order=True)
@@ -292,6 +293,8 @@ class _Frozen:
         self.s1 = None if cache.ln1_scale is None else np.asarray(cache.ln1_scale, dtype=f64)
         self.s2 = None if cache.ln2_scale is None else np.asarray(cache.ln2_scale, dtype=f64)
         self.sf = None if cache.ln_final_scale is None else np.asarray(cache.ln_final_scale, dtype=f64)
+        self.q_scale = None if cache.q_scale is None else np.asarray(cache.q_scale, dtype=f64)
+        self.k_scale = None if cache.k_scale is None else np.asarray(cache.k_scale, dtype=f64)
         # the attention output's own norm (post_norms; its weight is in the view's W_O and b_O)
         self.s_post = None if cache.ln1_post_scale is None else np.asarray(cache.ln1_post_scale, dtype=f64)
         self.skips: dict[int, tuple[np.ndarray, _Transcoder]] = {}
@@ -359,6 +362,58 @@ class _Frozen:
 
 
 @dataclass(frozen=True, eq=False)
+class QKAttribution:
+    """One head's attention score on one (query, key) pair, split over source pairs (build it with
+    :meth:`AttributionGraph.qk_attribution`): ``score = Σ_{a,b} query_vectors[a] · key_vectors[b] /
+    attn_scale``.
+
+    Attributes
+    ----------
+    layer, head, query, key : int
+    sources : tuple
+        The graph's nodes, then its constants, then ``ConstantNode("q_bias", layer)`` and
+        ``ConstantNode("k_bias", layer)``.
+    query_vectors, key_vectors : (n_sources, d_head) float64 arrays
+        Each source's share of the (normed, rotated) query at ``query`` and key at ``key``.
+    attn_scale : float
+    """
+
+    layer: int
+    head: int
+    query: int
+    key: int
+    sources: tuple
+    query_vectors: np.ndarray
+    key_vectors: np.ndarray
+    attn_scale: float
+
+    @property
+    def score(self) -> float:
+        """The pre-softmax score (before soft-capping)."""
+        return float(self.query_vectors.sum(0) @ self.key_vectors.sum(0) / self.attn_scale)
+
+    def terms(self) -> np.ndarray:
+        """``(n_sources, n_sources)``: ``terms[a, b]`` the score term of query source ``a`` and key source ``b``."""
+        return self.query_vectors @ self.key_vectors.T / self.attn_scale
+
+    def query_shares(self) -> np.ndarray:
+        """Each source's share of the score through the query (the rows of :meth:`terms` summed)."""
+        return self.query_vectors @ self.key_vectors.sum(0) / self.attn_scale
+
+    def key_shares(self) -> np.ndarray:
+        """Each source's share of the score through the key (the columns of :meth:`terms` summed)."""
+        return self.key_vectors @ self.query_vectors.sum(0) / self.attn_scale
+
+    def top_terms(self, k: int = 10) -> list:
+        """The ``k`` largest terms by magnitude: ``(query source, key source, value)``."""
+        qa = np.nonzero(np.any(self.query_vectors != 0, axis=1))[0]
+        ka = np.nonzero(np.any(self.key_vectors != 0, axis=1))[0]
+        T = self.query_vectors[qa] @ self.key_vectors[ka].T / self.attn_scale
+        flat = np.argsort(-np.abs(T), axis=None, kind="stable")[:k]
+        return [(self.sources[qa[f // T.shape[1]]], self.sources[ka[f % T.shape[1]]], float(T.flat[f])) for f in flat]
+
+
+@dataclass(frozen=True, eq=False)
 class AttributionGraph:
     """An attribution graph on one prompt (build it with :func:`attribute`).
 
@@ -412,6 +467,7 @@ class AttributionGraph:
     token_labels: tuple = ()
     _frozen: Any = field(default=None, repr=False, compare=False)
     _sources: Any = field(default=None, repr=False, compare=False)
+    _backprop: Any = field(default=None, repr=False, compare=False)
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -515,6 +571,49 @@ class AttributionGraph:
             for key, val in _propagate_split(fz, station, layer, V, read_station, read_layer, pos, vec).items():
                 parts[key] = parts.get(key, 0.0) + val
         return parts
+
+    # -- QK attribution -------------------------------------------------------------------------------
+    def qk_attribution(self, layer: int, head: int, query: int, key: int) -> QKAttribution:
+        """Head (``layer``, ``head``)'s attention score of ``query`` on ``key`` (before soft-capping and
+        the softmax), split over pairs of sources: every node and constant of the graph writes into
+        the residual stream that the head reads at both positions, and the query's and key's biases
+        (``q_bias``, ``k_bias``) are sources too; the frozen input-norm and q/k-norm scales and the
+        rotary rotations are applied. The terms sum to the score exactly."""
+        fz: _Frozen = self._frozen
+        model = fz.model
+        c = model.config
+        for name, v, n in (("layer", layer, self.n_layers), ("head", head, fz.H), ("query", query, self.n_pos),
+                           ("key", key, self.n_pos)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
+                raise InvalidArgumentError(f"qk_attribution: {name} {v!r} is out of range 0..{n - 1}.")
+        l, h, i, j = int(layer), int(head), int(query), int(key)
+        if c.causal and j > i:
+            raise InvalidArgumentError(f"qk_attribution: key {j} is after query {i}; causal attention never reads it.")
+        hw = model.head_weights
+        g = c.kv_head(h)
+        N, C = len(self.nodes), len(self.constants)
+        vectors = []
+        for W, b, pos, scale in ((hw.W_Q[l, h], hw.b_Q[l, h], i, None if fz.q_scale is None else fz.q_scale[l, h, i]),
+                                 (hw.W_K[l, h], hw.b_K[l, h], j, None if fz.k_scale is None else fz.k_scale[l, g, j])):
+            M = np.array(W, dtype=np.float64)  # (d_head, d): each row a functional of the stream
+            if fz.s1 is not None:
+                M = fz.centre(M) / fz.s1[l, pos]
+            bias = np.array(b, dtype=np.float64)
+            if scale is not None:
+                M, bias = M / scale, bias / scale
+            out_n, out_c = np.zeros((M.shape[0], N)), np.zeros((M.shape[0], C))
+            self._backprop(M, np.full(M.shape[0], pos), "pre", l, out_n, out_c)
+            vectors.append((np.hstack([out_n, out_c]).T, bias))  # (N + C, d_head)
+        (Qs, bq), (Ks, bk) = vectors
+        z = np.zeros((1, Qs.shape[1]))
+        Q = np.vstack([Qs, bq[None], z])
+        Kv = np.vstack([Ks, z, bk[None]])
+        rot = c.layer_rotary(l)
+        if rot is not None:
+            Q = rot.apply(Q[:, None, :], np.array([i]), self.n_pos)[:, 0, :]
+            Kv = rot.apply(Kv[:, None, :], np.array([j]), self.n_pos)[:, 0, :]
+        sources = tuple(self.nodes) + tuple(self.constants) + (ConstantNode("q_bias", l), ConstantNode("k_bias", l))
+        return QKAttribution(l, h, i, j, sources, Q, Kv, float(c.attn_scale))
 
     # -- export -------------------------------------------------------------------------------------
     def to_networkx(self, *, prune: PruneResult | None = None, constants: bool = False) -> Any:
@@ -1005,48 +1104,57 @@ def attribute(
         groups.append(("pre" if fz.parallel else "mid", l, [int(r) for r in enc_rows[l]]))
     groups.append(("post", L - 1, list(range(log0, log0 + n_log))))
 
-    def collect(rows: slice, G: np.ndarray, station: str, l: int) -> None:
-        P = G.shape[1]
-        if station == "post":
-            for p in range(P):
-                hit = fw.get((l, p))
-                if hit is not None:
-                    cols, vs = hit
-                    A[rows, cols] += G[:, p, :] @ vs.T
-            A[rows, err0 + l * seq: err0 + l * seq + P] += np.einsum("npd,pd->np", G, errors[l, :P])
-        if station == "pre" and l == 0:
-            A[rows, tok0: tok0 + P] += np.einsum("npd,pd->np", G, token_vectors[:P])
-        for col, V in const_writes.get((station, l), ()):
-            Cadj[rows, col] += np.einsum("npd,pd->n", G, V[:P])
-
     causal = bool(c.causal)
+
+    def backprop(R: np.ndarray, tpos: np.ndarray, station: str, Lt: int, out_nodes: np.ndarray,
+                 out_consts: np.ndarray) -> None:
+        """Add to ``out_nodes`` (n, N) and ``out_consts`` (n, n_c) the direct effects of every
+        source on the functionals ``R`` (n, d) of the stream at (``station``, ``Lt``), positions
+        ``tpos``: their read vectors carried back through the frozen model (the adjoint)."""
+
+        def collect(G: np.ndarray, st: str, l: int) -> None:
+            P = G.shape[1]
+            if st == "post":
+                for p in range(P):
+                    hit = fw.get((l, p))
+                    if hit is not None:
+                        cols, vs = hit
+                        out_nodes[:, cols] += G[:, p, :] @ vs.T
+                out_nodes[:, err0 + l * seq: err0 + l * seq + P] += np.einsum("npd,pd->np", G, errors[l, :P])
+            if st == "pre" and l == 0:
+                out_nodes[:, tok0: tok0 + P] += np.einsum("npd,pd->np", G, token_vectors[:P])
+            for col, V in const_writes.get((st, l), ()):
+                out_consts[:, col] += np.einsum("npd,pd->n", G, V[:P])
+
+        # causal attention: positions after the last target's are never on a path to it
+        P = int(tpos.max()) + 1 if causal else seq
+        G = np.zeros((len(tpos), P, D))
+        G[np.arange(len(tpos)), tpos] = R
+        l = Lt
+        if station == "mid":
+            collect(G, "mid", l)
+            G += fz.attn_T(l, G)
+            l -= 1
+        elif station == "pre":
+            l -= 1
+        # G is now the gradient at post_l (= pre_{l+1})
+        while l >= 0:
+            collect(G, "post", l)
+            skip_in = fz.skip_T(l, G)
+            G_mid = G if (fz.parallel or skip_in is None) else G + skip_in
+            collect(G_mid, "mid", l)
+            G = G_mid + fz.attn_T(l, G_mid)
+            if fz.parallel and skip_in is not None:
+                G += skip_in
+            l -= 1
+        collect(G, "pre", 0)
+
     for station, Lt, rows_all in groups:
         for b0 in range(0, len(rows_all), batch_size):
             rr = rows_all[b0: b0 + batch_size]  # a contiguous range of rows, by position within a layer
             rows = slice(int(rr[0]), int(rr[-1]) + 1)
             tpos = np.array([nodes[r].position for r in rr])
-            # causal attention: positions after the last target's are never on a path to it
-            P = int(tpos.max()) + 1 if causal else seq
-            G = np.zeros((len(rr), P, D))
-            G[np.arange(len(rr)), tpos] = reads[rows]
-            l = Lt
-            if station == "mid":
-                collect(rows, G, "mid", l)
-                G += fz.attn_T(l, G)
-                l -= 1
-            elif station == "pre":
-                l -= 1
-            # G is now the gradient at post_l (= pre_{l+1})
-            while l >= 0:
-                collect(rows, G, "post", l)
-                skip_in = fz.skip_T(l, G)
-                G_mid = G if (fz.parallel or skip_in is None) else G + skip_in
-                collect(rows, G_mid, "mid", l)
-                G = G_mid + fz.attn_T(l, G_mid)
-                if fz.parallel and skip_in is not None:
-                    G += skip_in
-                l -= 1
-            collect(rows, G, "pre", 0)
+            backprop(reads[rows], tpos, station, Lt, A[rows], Cadj[rows])
     for r, col, v in direct:
         Cadj[r, col] += v
     sources = _Sources(fz, by_layer, activations, errors, token_vectors, reads)
@@ -1068,6 +1176,7 @@ def attribute(
         token_labels=tuple(model.vocab[int(t)] if model.vocab is not None else str(int(t)) for t in tok),
         _frozen=fz,
         _sources=sources,
+        _backprop=backprop,
     )
 
 

@@ -5,6 +5,8 @@ rotations from their formula), never from the maps under test."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -27,8 +29,12 @@ from circuitalg.features.circuits import (
     top_feature_weights,
     virtual_weights,
     weight_entries,
+    weight_factors,
 )
 from circuitalg.features.coactivation import CoactivationStats, coactivation_stats, era, top_twera, twera
+from circuitalg.maps.nodes import Dense
+from circuitalg.maps.rules import add, compose
+from circuitalg.spaces import Space
 
 K = DictionaryKind
 RTOL = 1e-12
@@ -412,9 +418,7 @@ def test_era_twera_against_brute_force_on_a_batch() -> None:
     close(twera(vw, CoactivationStats.from_activations(A)).toarray(), ref)
     for by_abs in (True, False):
         top = top_twera(vw, stats, 12, by_abs=by_abs)
-        want = brute_top(ref, 12, by_abs)
-        if not by_abs:
-            want = [ij for ij in want if ref[ij] > 0]
+        want = brute_top(ref, 12, by_abs)  # the zeros (stored or not) rank too, in (row, column) order
         assert [(e.row.index, e.col.index) for e in top] == want
         assert top.exact and "co-active" in top.certificate()
     # the layer's other paths (through heads) weigh the same statistics
@@ -471,3 +475,172 @@ def test_inputs_are_checked_with_clear_errors() -> None:
         top_feature_weights(virtual_weights(bind(s, m), bind(t, m)), 0)
     with pytest.raises(ca.InvalidArgumentError, match="by="):
         top_feature_logits(bind(s, m), 3, by="largest")
+
+
+# --- review of issue 28: certificates, the feeding rule, names, factor budgets, TWERA's zeros ------
+def factored(L: np.ndarray, V: np.ndarray, a: str = "A", b: str = "B") -> ca.LinearMap:
+    """The map ``L @ V`` (``a`` -> ``b``) held as its two factors."""
+    mid = Space("mid", L.shape[1])
+    return compose(Dense(L, mid, Space(b, L.shape[0]), "L"), Dense(V, Space(a, V.shape[1]), mid, "V"))
+
+
+def adversarial_maps() -> dict[str, tuple[ca.LinearMap, np.ndarray]]:
+    """Maps whose unevaluated rows are zero, tie the k-th value at 0, or are all negative."""
+    rng = np.random.default_rng(0)
+    out = {}
+
+    def put(name: str, m: ca.LinearMap) -> None:
+        out[name] = (m, m.to_dense())
+
+    L = np.zeros((6, 2))
+    L[5] = [1, 0]
+    put("tie at zero", factored(L, np.array([[0.0, 1, 2, 3, 4], [1, 1, 1, 1, 1]])))
+    L = np.zeros((6, 2))
+    L[5] = [-1, 0]
+    put("zero rows, negative k-th", factored(L, np.array([[1.0, 1, 2, 3, 4], [1, 1, 1, 1, 1]])))
+    L = np.zeros((6, 2))
+    L[0] = [1, 0]
+    V = rng.normal(size=(2, 5))
+    V[:, 0] = 0
+    put("zero rows, fewer nonzero than k", factored(L, V))
+    put("all negative", factored(-np.abs(rng.normal(size=(8, 2))), np.abs(rng.normal(size=(2, 9)))))
+    put("all ties", factored(np.ones((10, 2)), np.ones((2, 10))))
+    put("tiny", factored(rng.normal(size=(3, 1)), rng.normal(size=(1, 3))))
+    put("sum", add(factored(rng.normal(size=(20, 2)) * 0.7 ** np.arange(20)[:, None], rng.normal(size=(2, 30))),
+                   factored(rng.normal(size=(20, 3)), rng.normal(size=(3, 30)))))
+    return out
+
+
+@pytest.mark.parametrize("by_abs", [True, False])
+def test_every_printed_certificate_is_true(by_abs: bool) -> None:
+    """Adversarial maps, every budget: an exact result is the brute-force ranking, and every
+    unevaluated entry satisfies the printed inequality (``<= bound``, and ``< k-th`` when exact)."""
+    for name, (m, ref) in adversarial_maps().items():
+        key = np.abs(ref) if by_abs else ref
+        for k in (1, 5, 12, ref.size, ref.size + 3):
+            for kw in ({}, {"max_rows": 1}, {"max_rows": 2}, {"max_rows": 3}, {"max_rows": 2, "rotate": True}):
+                top = top_feature_weights(m, k, by_abs=by_abs, **kw)
+                got = [(e.row.index, e.col.index) for e in top]
+                assert len(got) == min(k, ref.size)
+                cert = top.certificates[0]
+                text = str(cert)
+                left = key[cert.unscanned_rows].ravel()
+                assert cert.n_unevaluated == left.size
+                if left.size:  # the printed bound holds for every entry not evaluated
+                    assert np.abs(ref[cert.unscanned_rows]).max() <= cert.bound
+                    assert f"each <= {cert.bound:.4g}" in text
+                if kw.get("rotate"):  # ranked from the SVD's rounded factors: ties may break otherwise
+                    want = brute_top(ref, k, by_abs) if cert.exact else None
+                    if want is not None:
+                        np.testing.assert_allclose([key[ij] for ij in got], [key[ij] for ij in want], atol=1e-12)
+                elif cert.exact:
+                    assert got == brute_top(ref, k, by_abs), (name, k, kw)
+                    assert top.exact and "NOT" not in text
+                    if left.size:
+                        assert left.max() <= cert.bound < cert.kth == key[got[-1]]
+                        nums = re.search(r"each <= (\S+) < the k-th value (\S+)\)", text)
+                        assert nums and float(nums[1]) < float(nums[2]) or cert.bound < cert.kth
+                else:
+                    assert "NOT exact" in text and not top.exact
+                    assert cert.bound >= cert.kth  # an unevaluated entry could rank, as it says
+                    if not kw.get("rotate"):
+                        scanned = np.setdiff1d(np.arange(ref.shape[0]), cert.unscanned_rows)
+                        sub = brute_top(ref[scanned], k, by_abs)
+                        assert got == [(int(scanned[i]), j) for i, j in sub], (name, k, kw)
+
+
+def test_residual_hook_at_the_mlp_input_depth_feeds_the_mlp() -> None:
+    """resid_mid L is what MLP L reads (through ln2); the same depth on the stream, or an output
+    at its own depth, is no path."""
+    m = ln_model()
+    R = Ref(m)
+    mid = sae("mid1", HookKind.RESID_MID, 1)
+    b_mid = bind(mid, m)
+    for reads in (HookKind.MLP_IN, HookKind.MLP_NORMALIZED):
+        tc = transcoder(f"tc1{reads.name}", 1, reads=reads, seed=2)
+        close(virtual_weights(b_mid, bind(tc, m)).to_dense(), R.enc(tc) @ mid.W_dec[0])
+    tc1 = bind(transcoder("tc1", 1, seed=2), m)
+    no_path = [
+        (b_mid, bind(sae("mid1b", HookKind.RESID_MID, 1, seed=3), m)),  # two stream hooks at one depth
+        (bind(sae("post0", HookKind.RESID_POST, 0), m), bind(sae("pre1", HookKind.RESID_PRE, 1, seed=3), m)),
+        (b_mid, bind(transcoder("tc0", 0, seed=4), m)),  # the MLP before it
+        (bind(transcoder("tc1w", 1, seed=5), m), tc1),  # an MLP's output does not feed its own input
+    ]
+    for s, t in no_path:
+        with pytest.raises(ca.InvalidArgumentError, match="no residual path"):
+            virtual_weights(s, t)
+    # an attention output feeds the MLP of its layer; a resid_pre hook feeds that layer's heads,
+    # a resid_mid hook does not
+    attn = sae("a1", HookKind.ATTN_OUT, 1, seed=6)
+    close(virtual_weights(bind(attn, m), tc1).to_dense(), R.enc(tc1.dictionary) @ attn.W_dec[0])
+    with pytest.raises(ca.InvalidArgumentError, match="none before layer 1"):
+        head_virtual_weights(b_mid, tc1, (1, 0))
+    with pytest.raises(ca.InvalidArgumentError, match="none before layer 1"):
+        feature_qk(b_mid, b_mid, (1, 0))
+
+
+def test_repeated_dictionary_names_are_refused() -> None:
+    m = ln_model()
+    a, a2 = bind(sae("s", HookKind.RESID_PRE, 0), m), bind(sae("s", HookKind.RESID_PRE, 0, seed=9), m)
+    t, t2 = bind(transcoder("t", 1, seed=1), m), bind(transcoder("t", 2, seed=2), m)
+    for src, tgt in (([a, a2], [t]), ([a], [t, t2]), ([a, a], [t])):
+        with pytest.raises(ca.InvalidArgumentError, match="names repeat"):
+            virtual_weights(src, tgt)
+    same = bind(sae("t", HookKind.RESID_PRE, 0, seed=3), m)  # a source named like a different target
+    with pytest.raises(ca.InvalidArgumentError, match="two different dictionaries are named 't'"):
+        virtual_weights([same], [t2])
+    with pytest.raises(ca.InvalidArgumentError, match="two different"):
+        virtual_weights(same, t2)
+    with pytest.raises(ca.InvalidArgumentError, match="two different"):
+        head_virtual_weights(same, t, (1, 0))
+    with pytest.raises(ca.InvalidArgumentError, match="two different"):
+        layer_virtual_weights(same, t, 1)
+    with pytest.raises(ca.InvalidArgumentError, match="two different"):
+        feature_qk(same, bind(sae("t", HookKind.RESID_PRE, 1, seed=4), m), (1, 0))
+    # one dictionary on both sides is fine (a cross-layer transcoder against itself)
+    bc = bind(clt("c", 3), m)
+    assert sorted(virtual_weights(bc, bc)) == [("c0", "c1"), ("c0", "c2"), ("c1", "c2")]
+
+
+def test_float32_factors_are_ranked_without_float64_copies_and_the_budget_is_named() -> None:
+    rng = np.random.default_rng(4)
+    F_t, d, F_s = 20000, 128, 300
+    enc = rng.standard_normal((F_t, d), dtype=np.float32)
+    dec = rng.standard_normal((d, F_s), dtype=np.float32)
+    m = compose(Dense(enc, Space("resid", d), Space("t", F_t), "enc"), Dense(dec, Space("s", F_s), Space("resid", d), "dec"))
+    with pytest.raises(ca.TooLargeError, match="factor_bytes"):
+        top_feature_weights(m, 5, factor_bytes=enc.nbytes - 1)
+    tracemalloc.start()
+    try:
+        top = top_feature_weights(m, 5, factor_bytes=enc.nbytes, max_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < enc.nbytes  # the float32 encoder is not copied to float64 (that alone is 2x its size)
+    ref = enc.astype(np.float64) @ dec.astype(np.float64)
+    assert top.exact and [(e.row.index, e.col.index) for e in top] == brute_top(ref, 5, True)
+    np.testing.assert_allclose(top.values, [ref[e.row.index, e.col.index] for e in top], rtol=1e-13)
+    # a float64 factor counts 8 bytes an entry; weight_factors names its own keyword
+    m64 = compose(Dense(enc.astype(np.float64), Space("resid", d), Space("t", F_t), "enc"),
+                  Dense(dec.astype(np.float64), Space("s", F_s), Space("resid", d), "dec"))
+    with pytest.raises(ca.TooLargeError, match="factor_bytes"):
+        top_feature_weights(m64, 5, factor_bytes=enc.nbytes)
+    assert [(e.row, e.col) for e in top_feature_weights(m64, 5, factor_bytes=2 * enc.nbytes)] == [(e.row, e.col) for e in top]
+    with pytest.raises(ca.TooLargeError, match="max_bytes"):
+        weight_factors(m64, max_bytes=enc.nbytes)
+
+
+def test_top_twera_ranks_the_unstored_zeros() -> None:
+    rng = np.random.default_rng(0)
+    L, V = -np.abs(rng.normal(size=(4, 2))), np.abs(rng.normal(size=(2, 5)))
+    m = factored(L, V, "S", "T")
+    C = sp.csr_array(np.array([[0.5, 0, 0, 0, 0], [0, 0.2, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0.1, 0]]))
+    mt = np.array([1.0, 1.0, 0.0, 1.0])
+    dense = twera(m, comoment=C, target_mean=mt).toarray()
+    assert (dense <= 0).all() and (dense < 0).sum() == 3
+    for by_abs in (False, True):
+        for k in (1, 3, 18, 20, 25):
+            top = top_twera(m, comoment=C, target_mean=mt, k=k, by_abs=by_abs)
+            assert [(e.row.index, e.col.index) for e in top] == brute_top(dense, k, by_abs), (by_abs, k)
+            np.testing.assert_array_equal(top.values, [dense[e.row.index, e.col.index] for e in top])
+            assert top.exact and "every other entry is 0" in top.certificate()

@@ -85,3 +85,66 @@ def test_composition_pairs_rank_every_valid_pair_and_judge_it_over_the_whole_mod
     one = ca.zoo.load("attn1l")
     none = composition_pairs(ca.composition_scores(one, "k"), ca.composition_baseline(one, "k"))
     assert none.n_pairs == 0 and none.pairs == () and none.threshold == np.inf
+
+
+# --- the exactness flag: never a sentinel (issue 28 review) ----------------------------------------
+def _adversarial() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Factors where the Cauchy-Schwarz bound of the rows left is 0 or ties the k-th value."""
+    rng = np.random.default_rng(7)
+    cases = []
+    L = np.zeros((6, 2))
+    L[5] = [1, 0]
+    cases.append(("zero rows, a tie at 0", L, np.array([[0.0, 1, 2, 3, 4], [1, 1, 1, 1, 1]])))
+    L = np.zeros((6, 2))
+    L[5] = [-1, 0]
+    cases.append(("zero rows, negative k-th value", L, np.array([[1.0, 1, 2, 3, 4], [1, 1, 1, 1, 1]])))
+    cases.append(("all negative", -np.abs(rng.normal(size=(8, 2))), np.abs(rng.normal(size=(2, 9)))))
+    cases.append(("all ties", np.ones((10, 2)), np.ones((2, 10))))
+    L = np.zeros((7, 3))
+    L[[1, 4]] = rng.normal(size=(2, 3))
+    cases.append(("mostly zero rows", L, rng.normal(size=(3, 6))))
+    cases.append(("zero V", rng.normal(size=(5, 2)), np.zeros((2, 4))))
+    return cases
+
+
+@pytest.mark.parametrize("by_abs", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_means_every_unevaluated_entry_is_strictly_below_the_kth(by_abs: bool, causal: bool) -> None:
+    for name, L, V in _adversarial():
+        if causal:
+            V = np.concatenate([V, V, V], axis=1)[:, : L.shape[0]]  # a square position table
+            if V.shape[1] < L.shape[0]:
+                continue
+        P = L @ V
+        n_entries = count_entries(*P.shape, causal=causal)
+        for k in (1, 3, 5, n_entries, n_entries + 4):
+            for max_rows in (None, 1, 2, 3):
+                top = top_entries(L, V, k, SERIAL, by_abs=by_abs, causal=causal, max_rows=max_rows)
+                got = list(zip(top.rows.tolist(), top.cols.tolist()))
+                assert len(got) == min(k, n_entries), name
+                key = np.abs(P) if by_abs else P
+                left = top.unscanned_rows
+                assert np.array_equal(left, np.sort(np.argsort(-np.linalg.norm(L, axis=1), kind="stable")[top.rows_scanned:]))
+                if left.size:  # the bound holds for every entry not evaluated
+                    assert np.abs(P[left]).max() <= top.unscanned_bound
+                if top.exact:
+                    assert top.bound == 0.0
+                    assert got == _dense_top(P, min(k, n_entries), by_abs, causal, None), (name, k, max_rows)
+                    if left.size:
+                        assert top.unscanned_bound < key[tuple(np.array(got[-1]))], name
+                else:
+                    assert top.bound > 0 and top.bound == top.unscanned_bound
+                    assert top.bound >= key[tuple(np.array(got[-1]))]  # an unevaluated entry could rank
+
+
+def test_float32_factors_rank_as_their_float64_values() -> None:
+    rng = np.random.default_rng(3)
+    L = (rng.standard_normal((400, 24)) * 0.8 ** np.arange(24)).astype(np.float32)
+    V = rng.standard_normal((24, 300)).astype(np.float32)
+    for by_abs in (False, True):
+        a = top_entries(L, V, 9, SERIAL, by_abs=by_abs, max_bytes=40_000)
+        b = top_entries(L.astype(np.float64), V.astype(np.float64), 9, SERIAL, by_abs=by_abs, max_bytes=40_000)
+        assert a.exact and b.exact
+        assert np.array_equal(a.rows, b.rows) and np.array_equal(a.cols, b.cols)
+        np.testing.assert_array_equal(a.values, b.values)
+        assert a.values.dtype == np.float64

@@ -7,8 +7,9 @@ and ``.to_dense(max_bytes=...)`` work on it; none builds an ``F x F`` matrix. Th
 convention: rows index the codomain, the reading side):
 
 - :func:`virtual_weights`: the residual-direct path ``enc_t · dec_s`` (``F_s -> F_t``), summed over
-  every pair of a hook ``s`` writes and a hook ``t`` reads where the writer sits strictly before
-  the reader (:attr:`~circuitalg.features.hooks.Hook.depth`); a cross-layer transcoder member
+  every pair of a hook ``s`` writes and a hook ``t`` reads where the writer feeds the reader
+  (strictly before it by :attr:`~circuitalg.features.hooks.Hook.depth`, or a residual hook at the
+  depth where an MLP input reads the stream: ``resid_mid`` L feeds ``mlp_in`` L); a cross-layer transcoder member
   writes several layers, and only the decoders that land before the target reads count. The
   encoder includes the map from the stream to its hook (the MLP input's norm weight, centring
   and frozen scale: :meth:`~circuitalg.features.binding.BoundDictionary.encoder_from_resid`).
@@ -39,13 +40,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from circuitalg import runtime
-from circuitalg.errors import ConfigError, InvalidArgumentError, ShapeError, check_int
+from circuitalg.errors import ConfigError, InvalidArgumentError, ShapeError, TooLargeError, check_int
 from circuitalg.features.binding import BoundDictionary
 from circuitalg.features.dictionary import Dictionary, DictionarySet
 from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.features.streaming import top_entries_per_row
 from circuitalg.linalg.apply import evaluate, matmat, rmatmat
-from circuitalg.linalg.budget import check_budget
+from circuitalg.linalg.budget import DEFAULT_MAX_BYTES, nbytes
 from circuitalg.linalg.svd import svd
 from circuitalg.linalg.topk import top_entries
 from circuitalg.maps.chain import as_chain
@@ -136,6 +137,30 @@ def _members(x: Any, what: str) -> tuple[BoundDictionary, ...]:
     return (_bound(x, what),)
 
 
+def _distinct_names(what: str, *groups: Sequence[BoundDictionary]) -> None:
+    """Refuse names that repeat: within one group, any two members; across groups (the source
+    and target sides), two different dictionaries (one dictionary on both sides is its own
+    source and target). Results are keyed and features labelled by name."""
+    if len(groups) == 1:
+        names = [b.name for b in groups[0]]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InvalidArgumentError(
+                f"{what}: dictionary names repeat ({', '.join(map(repr, dup))}); each needs its own name "
+                "(results are keyed by name). Rename one: dataclasses.replace(d, name=...)."
+            )
+        return
+    seen: dict[str, Dictionary] = {}
+    for group in groups:
+        for b in group:
+            d = seen.setdefault(b.name, b.dictionary)
+            if d is not b.dictionary:
+                raise InvalidArgumentError(
+                    f"{what}: two different dictionaries are named {b.name!r}; their features would carry the "
+                    "same ids. Rename one: dataclasses.replace(d, name=...)."
+                )
+
+
 def _model_of(bounds: Sequence[BoundDictionary], what: str) -> Transformer:
     model = bounds[0].model
     for b in bounds[1:]:
@@ -170,16 +195,41 @@ def _read_depth(model: Transformer, hook: Hook) -> float:
     return hook.depth
 
 
-def _writers(b: BoundDictionary, keep: Callable[[float], bool]) -> list[LinearMap]:
-    """The decoders of ``b`` into the stream whose hook depth passes ``keep``."""
-    d = b.dictionary
-    return [b.decoder_to_resid(j) for j, h in enumerate(d.writes) if keep(h.depth)]
+def _feeds(writer: Hook, read_depth: float, reader_on_stream: bool) -> bool:
+    """Whether what ``writer`` adds to the residual stream reaches a reader at ``read_depth``.
+
+    ``reader_on_stream``: the reader is a hook on the stream itself (``RESID_*``); otherwise it
+    reads the stream through a sublayer's norm (``MLP_IN``/``MLP_NORMALIZED`` at ``l + 0.5``
+    read ``resid_mid`` of ``l``; attention ``l`` reads ``resid_pre`` of ``l`` at depth ``l``).
+
+    ===============================  ======================  =========================
+    writer (depth ``w``)             reader on the stream    reader through a norm
+    ===============================  ======================  =========================
+    ``RESID_*`` (on the stream)      ``w < r``               ``w <= r``
+    ``ATTN_OUT``, ``MLP_OUT``        ``w < r``               ``w < r``
+    ===============================  ======================  =========================
+
+    A residual hook at the depth a sublayer reads is that sublayer's input (an SAE at
+    ``resid_mid`` L feeds MLP L's transcoder); two stream hooks at one depth are the same point
+    of the stream (neither is the other's input), and an output is added after whatever reads
+    at its own depth.
+    """
+    w = writer.depth
+    if writer.on_residual and not reader_on_stream:
+        return w <= read_depth
+    return w < read_depth
 
 
-def _readers(b: BoundDictionary, keep: Callable[[float], bool]) -> list[LinearMap]:
-    """The encoders of ``b`` from the stream whose read depth passes ``keep``."""
+def _writers(b: BoundDictionary, keep: Callable[[Hook], bool]) -> list[LinearMap]:
+    """The decoders of ``b`` into the stream whose written hook passes ``keep``."""
     d = b.dictionary
-    return [b.encoder_from_resid(i) for i, h in enumerate(d.reads) if keep(_read_depth(b.model, h))]
+    return [b.decoder_to_resid(j) for j, h in enumerate(d.writes) if keep(h)]
+
+
+def _readers(b: BoundDictionary, keep: Callable[[Hook, float], bool]) -> list[LinearMap]:
+    """The encoders of ``b`` from the stream whose read hook and read depth pass ``keep``."""
+    d = b.dictionary
+    return [b.encoder_from_resid(i) for i, h in enumerate(d.reads) if keep(h, _read_depth(b.model, h))]
 
 
 def _hooks(hooks: Sequence[Hook]) -> str:
@@ -191,7 +241,7 @@ def _pair_weights(s: BoundDictionary, t: BoundDictionary) -> LinearMap | None:
     terms = []
     for i, h in enumerate(t.dictionary.reads):
         r = _read_depth(t.model, h)
-        decs = _writers(s, lambda w, r=r: w < r)
+        decs = _writers(s, lambda w, r=r, on=h.on_residual: _feeds(w, r, on))
         if decs:
             terms.append(compose(t.encoder_from_resid(i), add(*decs)))
     return add(*terms) if terms else None
@@ -212,18 +262,25 @@ def virtual_weights(source: Any, target: Any) -> Any:
     LinearMap or dict
         For two dictionaries, the map ``F_s -> F_t``: ``sum_(j, i) W_enc,i^t N_i W_dec,j^s`` over
         the written hooks ``j`` of ``source`` and read hooks ``i`` of ``target`` with the writer
-        strictly before the reader (``N_i`` the map from the stream to the read hook); for
+        feeding the reader (strictly before it, or a residual hook at the depth where the reader
+        reads the stream through a norm: ``resid_mid`` L feeds ``mlp_in`` L; ``N_i`` the map from
+        the stream to the read hook); for
         sequences, ``{(source name, target name): map}`` over the pairs with a path.
 
     Raises
     ------
     InvalidArgumentError
-        No written hook of ``source`` lies before a read hook of ``target`` (no path).
+        No written hook of ``source`` lies before a read hook of ``target`` (no path), or two
+        different dictionaries share a name (the result is keyed, and its features labelled, by
+        name).
     ConfigError
         The dictionaries are bound to different models, or a hook is off the stream.
     """
     srcs, tgts = _members(source, "virtual_weights source"), _members(target, "virtual_weights target")
     _model_of(srcs + tgts, "virtual_weights")
+    _distinct_names("virtual_weights source", srcs)
+    _distinct_names("virtual_weights target", tgts)
+    _distinct_names("virtual_weights", srcs, tgts)
     if len(srcs) == 1 and len(tgts) == 1 and not isinstance(source, (tuple, list)) and not isinstance(target, (tuple, list)):
         m = _pair_weights(srcs[0], tgts[0])
         if m is None:
@@ -250,12 +307,14 @@ def virtual_weights(source: Any, target: Any) -> Any:
 def _ov_parts(source: BoundDictionary, target: BoundDictionary, layer: int, what: str) -> tuple[LinearMap, LinearMap]:
     """``(sum of target encoders reading after layer's attention, sum of source decoders before it)``."""
     model = _model_of((source, target), what)
+    _distinct_names(what, (source,), (target,))
     if not 0 <= layer < model.config.n_layers:
         raise InvalidArgumentError(f"{what}: layer {layer} out of range for {model.name} (0..{model.config.n_layers - 1}).")
     # attention ``layer`` reads the stream at depth ``layer`` (a residual hook there is its input)
     # and adds its output at ``layer + 0.25``
-    decs = _writers(source, lambda w: w <= layer)
-    encs = _readers(target, lambda r: r > layer + 0.25)
+    decs = _writers(source, lambda w: _feeds(w, layer, False))
+    out = Hook(HookKind.ATTN_OUT, layer)  # the attention's output, added at layer + 0.25
+    encs = _readers(target, lambda h, r: _feeds(out, r, h.on_residual))
     if not decs:
         raise InvalidArgumentError(
             f"{what}: {source.name!r} writes {_hooks(source.dictionary.writes)}, none before layer {layer}'s attention; "
@@ -326,7 +385,7 @@ def _qk_side(x: Any, model: Transformer | None, layer: int, role: str) -> tuple[
     b = _bound(x, f"feature_qk {role}")
     if model is not None and b.model is not model:
         raise ConfigError("feature_qk: the query and key dictionaries are bound to different models; bind both to one.")
-    decs = _writers(b, lambda w: w <= layer)
+    decs = _writers(b, lambda w: _feeds(w, layer, False))
     if not decs:
         raise InvalidArgumentError(
             f"feature_qk: the {role} dictionary {b.name!r} writes {_hooks(b.dictionary.writes)}, none before layer "
@@ -366,6 +425,7 @@ def feature_qk(query: Any, key: Any, head: Any, delta: int = 0) -> LinearMap:
                 _bound(x, "feature_qk")  # raises, saying what was passed
         raise InvalidArgumentError("feature_qk: one side must be a bound dictionary (tokens x tokens is ca.top_tokens' map).")
     h = _head(model, head, "feature_qk")
+    _distinct_names("feature_qk", *([x] for x in (query, key) if isinstance(x, BoundDictionary)))
     q, _ = _qk_side(query, model, h.layer, "query")
     k, _ = _qk_side(key, model, h.layer, "key")
     return compose(transpose(q), h.qk_at(int(delta)), k)
@@ -416,7 +476,28 @@ def _as_f64(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _factor_parts(m: LinearMap, max_bytes: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _check_factor(shape: tuple[int, int], dtype: Any, what: Callable[[], str], budget: int | None, keyword: str) -> None:
+    """Raise :class:`TooLargeError` if a factor of ``shape`` and ``dtype`` exceeds ``budget``,
+    naming the keyword that raises the budget."""
+    limit = DEFAULT_MAX_BYTES if budget is None else check_int(keyword, budget, 0, hint=" or None (1 GiB)")
+    need = nbytes(shape, dtype)
+    if need > limit:
+        raise TooLargeError(
+            f"{what()} needs a {shape[0]} x {shape[1]} {np.dtype(dtype).name} array of {need / 1e9:.3g} GB, above the "
+            f"factor budget of {limit / 1e9:.3g} GB; pass {keyword}={need} (bytes) or more to allow it."
+        )
+
+
+def _leaf_dtype(f: LinearMap, keep32: bool) -> Any:
+    """The dtype a factor that is one leaf is handed out in: float32 kept with ``keep32``."""
+    return np.float32 if keep32 and np.dtype(f.dtype) == np.float32 else np.float64
+
+
+def _factor_parts(m: LinearMap, max_bytes: int | None, keep32: bool = False,
+                  keyword: str = "max_bytes") -> list[tuple[np.ndarray, np.ndarray]]:
+    """The factors ``(L, V)`` of ``m`` (one pair per term of a sum without a common factor);
+    with ``keep32`` a side that is one float32 leaf is handed out as it is (no float64 copy),
+    any product of leaves is formed in float64."""
     chain = as_chain(m)
     fs = chain.factors
     n, mm = m.shape
@@ -424,23 +505,42 @@ def _factor_parts(m: LinearMap, max_bytes: int | None) -> list[tuple[np.ndarray,
         j = chain.bottleneck
         r = chain.dims[j]
         if 0 < j < len(fs) and r < min(n, mm):
-            check_budget((n, r), np.float64, lambda: f"the left factor of {m.symbol}", max_bytes)
-            check_budget((mm, r), np.float64, lambda: f"the right factor of {m.symbol}", max_bytes)
-            L = _as_f64(evaluate(fs[j - 1], max_bytes))
+            left_dt = _leaf_dtype(fs[0], keep32) if j == 1 else np.float64
+            right_dt = _leaf_dtype(fs[j], keep32) if j == len(fs) - 1 else np.float64
+            _check_factor((n, r), left_dt, lambda: f"the left factor of {m.symbol}", max_bytes, keyword)
+            _check_factor((r, mm), right_dt, lambda: f"the right factor of {m.symbol}", max_bytes, keyword)
+            L = np.asarray(evaluate(fs[j - 1], max_bytes), dtype=left_dt)
             for f in reversed(fs[: j - 1]):
                 L = matmat(f, L)
-            # V is handed out as the transpose of a C-ordered (domain, r) array: top_entries
-            # gathers columns of V from V.T, which is then no copy
-            Rt = np.array(evaluate(fs[j], max_bytes).T, dtype=np.float64, order="C")
-            for f in fs[j + 1:]:
-                Rt = rmatmat(f, Rt)
-            L = _as_f64(L)
-            return [(L if chain.scalar == 1 else chain.scalar * L, np.ascontiguousarray(Rt, dtype=np.float64).T)]
+            if right_dt == np.float32:  # one float32 leaf: V as it is
+                V = np.asarray(evaluate(fs[j], max_bytes))
+            else:
+                # V is handed out as the transpose of a C-ordered (domain, r) array: top_entries
+                # gathers columns of V from V.T, which is then no copy
+                Rt = np.array(evaluate(fs[j], max_bytes).T, dtype=np.float64, order="C")
+                for f in fs[j + 1:]:
+                    Rt = rmatmat(f, Rt)
+                V = np.ascontiguousarray(Rt, dtype=np.float64).T
+            L = np.asarray(L, dtype=left_dt)
+            return [(L if chain.scalar == 1 else chain.scalar * _as_f64(L), V)]  # a scale: in float64
     if len(fs) == 1 and isinstance(fs[0], Sum):
-        return [(chain.scalar * L, V) for t in fs[0].terms for L, V in _factor_parts(t, max_bytes)]
-    check_budget((n, mm), np.float64, lambda: f"{m.symbol} (no factored form)", max_bytes)
-    check_budget((mm, mm), np.float64, lambda: f"{m.symbol} (no factored form)", max_bytes)
+        return [(L if chain.scalar == 1 else chain.scalar * _as_f64(L), V) for t in fs[0].terms
+                for L, V in _factor_parts(t, max_bytes, keep32, keyword)]
+    what = lambda: f"{m.symbol} (no factored form)"  # noqa: E731
+    _check_factor((n, mm), np.float64, what, max_bytes, keyword)
+    _check_factor((mm, mm), np.float64, what, max_bytes, keyword)
     return [(_as_f64(evaluate(m, max_bytes)).copy(), np.eye(mm))]
+
+
+def _factors(m: LinearMap, max_bytes: int | None, keep32: bool = False,
+             keyword: str = "max_bytes") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`weight_factors`, float32 leaves kept with ``keep32``; the budget error names ``keyword``."""
+    if not isinstance(m, LinearMap):
+        raise InvalidArgumentError(f"weight_factors takes a ca.LinearMap, got {type(m).__name__}.")
+    parts = _factor_parts(m, max_bytes, keep32, keyword)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=0)
 
 
 def weight_factors(m: LinearMap, *, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -458,12 +558,8 @@ def weight_factors(m: LinearMap, *, max_bytes: int | None = None) -> tuple[np.nd
     TooLargeError
         A factor (or a map with no factored form) exceeds ``max_bytes`` (default 1 GiB).
     """
-    if not isinstance(m, LinearMap):
-        raise InvalidArgumentError(f"weight_factors takes a ca.LinearMap, got {type(m).__name__}.")
-    parts = _factor_parts(m, max_bytes)
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=0)
+    L, V = _factors(m, max_bytes)
+    return _as_f64(L), _as_f64(V)
 
 
 #: Bytes of gathered factor rows one chunk of :func:`pair_dots` holds.
@@ -619,10 +715,16 @@ def _vocab_of(vocab: Any) -> Sequence[str] | None:
 
 
 def _top_one(m: LinearMap, k: int, by_abs: bool, rt: Runtime, max_rows: int | None, max_bytes: int | None,
-             vocab: Sequence[str] | None, rotate: bool) -> tuple[list[FeatureWeight], WeightCertificate, list[float]]:
+             vocab: Sequence[str] | None, rotate: bool,
+             factor_bytes: int | None = None) -> tuple[list[FeatureWeight], WeightCertificate, list[float]]:
     n_rows, n_cols = m.shape
     kk = min(k, n_rows * n_cols)
-    L_raw, V_raw = weight_factors(m, max_bytes=None)
+    # float32 leaves stay float32 (top_entries widens only what it gathers); the SVD of rotate
+    # is formed in float64
+    L_raw, V_raw = _factors(m, factor_bytes, keep32=not rotate, keyword="factor_bytes")
+    if kk == 0:
+        cert = WeightCertificate(str(m.symbol), n_rows, n_cols, n_rows, np.empty(0, dtype=np.int64), 0.0, 0.0, True)
+        return [], cert, []
     if rotate:  # ranked from the factored SVD (U S)(Vᵀ), its leading directions first
         space = Space("factor", L_raw.shape[1])
         U, S, Vh = svd(compose(Dense(L_raw, space, m.codomain, "L"), Dense(V_raw, m.domain, space, "V")))
@@ -632,17 +734,24 @@ def _top_one(m: LinearMap, k: int, by_abs: bool, rt: Runtime, max_rows: int | No
         L, V = L_raw, V_raw
     top = top_entries(L, V, kk, rt, by_abs=by_abs, max_rows=max_rows, max_bytes=max_bytes)
     rows, cols = top.rows.astype(np.int64), top.cols.astype(np.int64)
-    vals = np.einsum("ij,ji->i", L_raw[rows], V_raw[:, cols]) if rows.size else np.empty(0)
+    vals = pair_dots(L_raw, V_raw, rows, cols)  # the map's own factors, in float64
     keys = np.abs(vals) if by_abs else vals
     order = np.lexsort((cols, rows, -keys))
     rows, cols, vals, keys = rows[order], cols[order], vals[order], keys[order]
-    row_norm = np.linalg.norm(L, axis=1)
-    col_max = float(np.linalg.norm(V, axis=0).max()) if V.size else 0.0
-    ranked = np.argsort(-row_norm, kind="stable")  # the order top_entries scans
-    unscanned = np.sort(ranked[top.rows_scanned:])
-    bound = float(row_norm[ranked[top.rows_scanned]]) * col_max * (1 + 1e-12) if unscanned.size else 0.0
+    unscanned = top.unscanned_rows
+    if not unscanned.size:
+        bound = 0.0
+    elif rotate:  # top_entries bounds the rotated factors' entries; the values are the map's own factors'
+        r = L_raw.shape[1]
+        room = 1.0 + max(1e-12, 4.0 * (r + 4) * float(np.finfo(np.float64).eps))
+        col_max = float(np.linalg.norm(V_raw, axis=0).max()) if V_raw.size else 0.0
+        bound = float(np.linalg.norm(L_raw[unscanned], axis=1).max()) * col_max * room
+    else:
+        bound = top.unscanned_bound
     kth = float(keys[-1]) if keys.size else 0.0
-    cert = WeightCertificate(str(m.symbol), n_rows, n_cols, int(top.rows_scanned), unscanned, bound, kth, bool(top.exact))
+    # exact only if the printed inequality holds: every unevaluated entry <= bound < k-th key
+    exact = bool(top.exact) and (not unscanned.size or bound < kth)
+    cert = WeightCertificate(str(m.symbol), n_rows, n_cols, int(top.rows_scanned), unscanned, bound, kth, exact)
     entries = [FeatureWeight(axis_id(m.codomain, i, vocab), axis_id(m.domain, j, vocab), float(v))
                for i, j, v in zip(rows, cols, vals)]
     return entries, cert, [float(x) for x in keys]
@@ -651,7 +760,7 @@ def _top_one(m: LinearMap, k: int, by_abs: bool, rt: Runtime, max_rows: int | No
 def top_feature_weights(
     m: LinearMap | Mapping[Any, LinearMap], k: int = 10, *, by_abs: bool = True, rt: Runtime | None = None,
     vocab: Sequence[str] | Transformer | None = None, max_rows: int | None = None, max_bytes: int | None = None,
-    rotate: bool = False,
+    rotate: bool = False, factor_bytes: int | None = None,
 ) -> FeatureWeights:
     """The ``k`` largest entries of a feature map (``F_t x F_s``, ``vocab x F``, ...) without
     forming it, ranked in float64, with a certificate.
@@ -661,7 +770,8 @@ def top_feature_weights(
     product: rows strongest first, each block screened in float32 with a rigorous bound, the
     survivors in float64, the scan stopped when the Cauchy-Schwarz bound excludes every remaining
     row. The values returned are the float64 dot products of the map's own factors (exactly 0
-    where their supports are disjoint). The memory is that of the factors and one block of rows.
+    where their supports are disjoint). The memory is that of the factors (float32 ones as they
+    are), float32 copies for the screen and one block of rows.
 
     Parameters
     ----------
@@ -686,10 +796,20 @@ def top_feature_weights(
         directions let the float32 screen rule entries out from a prefix of the rank when the
         singular values decay fast, at the cost of two thin QR factorisations (the values are
         still those of the map's own factors).
+    factor_bytes : int, optional
+        Budget for each of the map's factors ``L`` and ``V`` (default 1 GiB): a 65,536-feature
+        encoder reading ``d_model = 2304`` is 0.6 GB in float32 (kept as it is: only the rows and
+        columns evaluated are widened to float64) and 1.2 GB in float64. Raise it for larger
+        dictionaries; ``max_bytes`` sets only the scan's block.
 
     Returns
     -------
     FeatureWeights
+
+    Raises
+    ------
+    TooLargeError
+        A factor exceeds ``factor_bytes``.
     """
     maps = dict(m) if isinstance(m, Mapping) else {None: m}
     if not maps:
@@ -709,7 +829,7 @@ def top_feature_weights(
     pooled: list[tuple[float, int, FeatureWeight]] = []
     certs = []
     for n, x in enumerate(maps.values()):
-        entries, cert, keys = _top_one(x, k, bool(by_abs), rt, max_rows, max_bytes, words, bool(rotate))
+        entries, cert, keys = _top_one(x, k, bool(by_abs), rt, max_rows, max_bytes, words, bool(rotate), factor_bytes)
         certs.append(cert)
         pooled += [(key, n, e) for key, e in zip(keys, entries)]
     pooled.sort(key=lambda t: (-t[0], t[1], t[2].row.index, t[2].col.index))

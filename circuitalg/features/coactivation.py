@@ -337,18 +337,39 @@ def twera(weights: LinearMap, stats: CoactivationStats | None = None, *, comomen
 
 def top_twera(weights: LinearMap, stats: CoactivationStats | None = None, k: int = 10, *, by_abs: bool = True,
               comoment: Any = None, target_mean: Any = None, vocab: Any = None) -> FeatureWeights:
-    """The ``k`` largest entries of :func:`twera` (every co-active pair evaluated; the rest are 0)."""
+    """The ``k`` largest entries of :func:`twera` (every co-active pair evaluated; the rest are 0),
+    ties by (row, column): where fewer than ``k`` entries rank above 0, the zero entries follow in
+    (row, column) order (stored or not), then, by value, the negative ones."""
     k = check_int("k", k, 1)
     T = sp.coo_array(twera(weights, stats, comoment=comoment, target_mean=target_mean))
-    key = np.abs(T.data) if by_abs else T.data
-    order = np.lexsort((T.col, T.row, -key))[:k]
-    if not by_abs and T.nnz < T.shape[0] * T.shape[1]:
-        order = order[key[order] > 0]  # the unstored entries are 0: they rank above every negative one
-    entries = [FeatureWeight(axis_id(weights.codomain, int(T.row[i]), vocab), axis_id(weights.domain, int(T.col[i]), vocab),
-                             float(T.data[i])) for i in order]
+    T.sum_duplicates()
     n_rows, n_cols = weights.shape
-    kth = float(key[order[-1]]) if order.size else 0.0
-    note = (f"exact: all {T.nnz:,} co-active pairs evaluated; every other entry is 0 (E[a_s a_t] = 0 or E[a_t] = 0)")
+    key = np.abs(T.data) if by_abs else T.data
+    pos = np.flatnonzero(key > 0)
+    pos = pos[np.lexsort((T.col[pos], T.row[pos], -key[pos]))][:k]
+    rows, cols, vals = [T.row[pos]], [T.col[pos]], [T.data[pos]]
+    need = k - pos.size
+    if need > 0:  # the zeros next: the first ``need`` entries in (row, column) order whose value is 0
+        nz = np.sort(T.row[T.data != 0].astype(np.int64) * n_cols + T.col[T.data != 0])
+        span = min(n_rows * n_cols, need + nz.size)  # holds at least ``need`` zeros (or all of them)
+        z = np.setdiff1d(np.arange(span, dtype=np.int64), nz, assume_unique=True)[:need]
+        rows.append(z // n_cols)
+        cols.append(z % n_cols)
+        vals.append(np.zeros(z.size))
+        need -= z.size
+    if need > 0 and not by_abs:  # then the negative entries, largest first
+        neg = np.flatnonzero(T.data < 0)
+        neg = neg[np.lexsort((T.col[neg], T.row[neg], -T.data[neg]))][:need]
+        rows.append(T.row[neg])
+        cols.append(T.col[neg])
+        vals.append(T.data[neg])
+    r, c, v = (np.concatenate(x) for x in (rows, cols, vals))
+    entries = [FeatureWeight(axis_id(weights.codomain, int(i), vocab), axis_id(weights.domain, int(j), vocab), float(x))
+               for i, j, x in zip(r, c, v)]
+    keys = np.abs(v) if by_abs else v
+    kth = float(keys[-1]) if keys.size else 0.0
+    note = (f"exact: all {T.nnz:,} co-active pairs evaluated; every other entry is 0 (E[a_s a_t] = 0 or E[a_t] = 0)"
+            + (", and the zeros are ranked among them" if (keys == 0).any() else ""))
     cert = WeightCertificate(f"TWERA of {weights.symbol}", n_rows, n_cols, n_rows, np.empty(0, dtype=np.int64), 0.0,
                              kth, True, note)
     return FeatureWeights(entries, [cert], bool(by_abs))

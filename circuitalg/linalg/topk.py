@@ -41,13 +41,23 @@ class TopEntries:
     rows, cols : int arrays
         Row and column of each entry.
     values : float64 array
-        Each entry, ``L[i] @ V[:, j]`` (signed, also when ranked by magnitude).
+        Each entry, ``L[i] @ V[:, j]`` in float64 (signed, also when ranked by magnitude).
     rows_scanned : int
-        Rows of ``L`` scanned, strongest (largest ``‖L_i‖``) first.
+        Rows of ``L`` whose entries are known, strongest (largest ``‖L_i‖``) first; rows of
+        norm 0 count as known once reached (their entries are exactly 0).
     n_rows : int
     bound : float
-        A bound on every entry of the rows not scanned; 0.0 when the scan proved that none of
-        them can enter the top ``k`` (the result is then exact).
+        ``unscanned_bound`` when the result is not exact (then always ``> 0``); 0.0 when it is
+        (callers that test ``bound == 0.0`` for exactness stay right).
+    exact : bool
+        Whether these are the top ``k`` entries of the whole product, ties by (row, column):
+        every entry of the rows not scanned is provably *strictly* below the ``k``-th key
+        (``unscanned_bound < k-th key``), or no row is left.
+    unscanned_bound : float
+        Every entry of the rows not scanned has magnitude at most this (Cauchy-Schwarz with
+        room for rounding); 0.0 when no row is left or every row left is zero.
+    unscanned_rows : int array
+        The rows not scanned, ascending.
     """
 
     rows: np.ndarray
@@ -56,11 +66,9 @@ class TopEntries:
     rows_scanned: int
     n_rows: int
     bound: float
-
-    @property
-    def exact(self) -> bool:
-        """Whether these are the top entries of the whole product (not only of the rows scanned)."""
-        return self.bound == 0.0
+    exact: bool
+    unscanned_bound: float
+    unscanned_rows: np.ndarray
 
 
 def count_entries(n_rows: int, n_cols: int, *, causal: bool = False, window: int | None = None) -> int:
@@ -100,8 +108,10 @@ def top_entries(
 
     Parameters
     ----------
-    L : (n_rows, r) float64 array
-    V : (r, n_cols) float64 array
+    L : (n_rows, r) float64 or float32 array
+    V : (r, n_cols) float64 or float32 array
+        Float32 factors are ranked as they are (their values are exact in float64): only the
+        rows and columns gathered for an evaluation are widened, never a whole factor.
     k : int
         Entries to return (fewer when the product has fewer).
     rt : Runtime
@@ -121,11 +131,15 @@ def top_entries(
     Returns
     -------
     TopEntries
-        Largest first; ties by (row, column).
+        Largest first; ties by (row, column). ``exact`` is set only when every entry not
+        evaluated is provably strictly below the ``k``-th key (rows of norm 0, whose entries are
+        exactly 0, are filled in as entries rather than bounded).
     """
     L, V = np.asarray(L), np.asarray(V)
     if L.ndim != 2 or V.ndim != 2 or L.shape[1] != V.shape[0]:
         raise ShapeError(f"top_entries: L {L.shape} and V {V.shape} are not the factors of a product L @ V.")
+    if L.dtype not in _FLOATS or V.dtype not in _FLOATS:
+        L, V = L.astype(np.float64), V.astype(np.float64)
     k = check_int("k", k, 1)
     if window is not None:
         window = check_int("window", window, 1)
@@ -134,9 +148,29 @@ def top_entries(
     if max_rows is not None:
         max_rows = check_int("max_rows", max_rows, 1)
     budget = SCAN_BYTES if max_bytes is None else max_bytes
-    rows, cols, scanned, bound = _scan(L, V, k, rt, bool(by_abs), bool(causal), window, budget, max_rows)
-    values = np.array([float(L[i] @ V[:, j]) for i, j in zip(rows, cols)], dtype=np.float64)
-    return TopEntries(rows, cols, values, int(scanned), L.shape[0], float(bound))
+    rows, cols, scanned, left, exact, order = _scan(L, V, k, rt, bool(by_abs), bool(causal), window, budget, max_rows)
+    values = np.array([float(np.dot(L[i].astype(np.float64), V[:, j].astype(np.float64))) for i, j in zip(rows, cols)],
+                      dtype=np.float64)
+    if not exact and not left > 0:  # (a positive bound marks an inexact result; see TopEntries.bound)
+        left = float(np.nextafter(0.0, 1.0))
+    return TopEntries(rows, cols, values, int(scanned), L.shape[0], 0.0 if exact else float(left), bool(exact),
+                      float(left), np.sort(order[scanned:]))
+
+
+#: The factor dtypes ranked as they are (float32 factors are widened to float64 only where gathered).
+_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def _norms(A: np.ndarray, axis: int) -> np.ndarray:
+    """The float64 norms of the rows (``axis=1``) or columns (``axis=0``) of ``A``, in blocks (no
+    full float64 copy of a float32 factor)."""
+    n = A.shape[1 - axis]
+    step = max(1, (SCREEN_BLOCK_BYTES // 8) // (8 * max(1, A.shape[axis])))  # a 2 MiB float64 block
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, step):
+        part = A[s:s + step] if axis == 1 else A[:, s:s + step]
+        out[s:s + step] = np.linalg.norm(part.astype(np.float64, copy=False), axis=axis)
+    return out
 
 
 def _merge_top(k: int, best: _Best, vals: np.ndarray, ri: np.ndarray, cj: np.ndarray) -> _Best:
@@ -148,23 +182,48 @@ def _merge_top(k: int, best: _Best, vals: np.ndarray, ri: np.ndarray, cj: np.nda
     return v[keep], i[keep], j[keep]
 
 
+def _zero_entries(rows: np.ndarray, n_cols: int, k: int, causal: bool, window: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` entries, in (row, column) order, of ``rows`` (ascending): the causal pairs
+    only with ``causal``."""
+    ri: list[np.ndarray] = []
+    cj: list[np.ndarray] = []
+    got = 0
+    for i in rows:
+        if got >= k:
+            break
+        if causal:
+            lo = 0 if window is None else max(0, int(i) - window + 1)
+            c = np.arange(lo, min(int(i) + 1, n_cols))
+        else:
+            c = np.arange(n_cols)
+        c = c[: k - got]
+        ri.append(np.full(c.size, i, dtype=np.int64))
+        cj.append(c)
+        got += c.size
+    if not ri:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return np.concatenate(ri), np.concatenate(cj)
+
+
 def _scan(
     L: np.ndarray, V: np.ndarray, k: int, rt: Runtime, by_abs: bool, causal: bool, window: int | None,
     budget: int, max_rows: int | None,
-) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Rows and columns of the top ``k`` (see :func:`top_entries`), the rows scanned and the
-    bound on the rows left."""
+) -> tuple[np.ndarray, np.ndarray, int, float, bool, np.ndarray]:
+    """Rows and columns of the top ``k`` (see :func:`top_entries`), the rows scanned (a prefix of
+    the scan order), the bound on the rows left, whether the result is exact, and the scan order."""
     n_rows, r = L.shape
     n_cols = V.shape[1]
     empty = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
     if n_rows == 0 or n_cols == 0:
-        return empty[1], empty[2], n_rows, 0.0
+        return empty[1], empty[2], n_rows, 0.0, True, np.arange(n_rows)
     stop = n_rows if max_rows is None else max(1, min(n_rows, max_rows))  # rows that may be scanned
-    row_norm = np.linalg.norm(L, axis=1)
-    col_norm = np.linalg.norm(V, axis=0)
+    row_norm = _norms(L, 1)
+    col_norm = _norms(V, 0)
     col_max = float(col_norm.max())
     order = np.argsort(-row_norm, kind="stable")
     cols = np.arange(n_cols)
+    # Cauchy-Schwarz with room for the rounding of the float64 entries and norms
+    room = 1.0 + max(1e-12, 4.0 * (r + 4) * float(np.finfo(np.float64).eps))
 
     def allowed(ri: np.ndarray, cj: np.ndarray) -> np.ndarray:
         back = ri - cj
@@ -173,7 +232,14 @@ def _scan(
     def exact_block(rows: np.ndarray, floor: float = -np.inf) -> _Best:
         """The top ``k`` of some rows in float64 (ties at the k-th kept, then cut in order); with
         ``floor`` (the running k-th value), only entries ``>= floor``, the only ones that can enter."""
-        ex = L[rows] @ V
+        Lr = L[rows].astype(np.float64, copy=False)
+        if V.dtype == np.float64:
+            ex = Lr @ V
+        else:  # a float32 V widened by column blocks, not whole
+            ex = np.empty((len(rows), n_cols))
+            step = max(1, SCREEN_BLOCK_BYTES // (8 * max(1, r)))
+            for c in range(0, n_cols, step):
+                np.matmul(Lr, V[:, c:c + step].astype(np.float64), out=ex[:, c:c + step])
         key = np.abs(ex) if by_abs else ex
         if causal:
             key = np.where(allowed(rows[:, None], cols[None, :]), key, -np.inf)
@@ -196,12 +262,25 @@ def _scan(
         best = _merge_top(k, best, *exact_block(rows))
         start += len(rows)
     if start >= n_rows or best[0].size < k:
-        return best[1], best[2], start, 0.0
+        return best[1], best[2], start, 0.0, True, order
 
-    def unscanned(at: int) -> tuple[np.ndarray, np.ndarray, int, float]:
-        """The result when the rows from ``order[at]`` on are left: exact if they cannot enter."""
-        cut = float(row_norm[order[at]]) * col_max * (1 + 1e-12)  # Cauchy-Schwarz, with rounding room
-        return best[1], best[2], at, (0.0 if cut < float(best[0].min()) else cut)
+    def unscanned(at: int) -> tuple[np.ndarray, np.ndarray, int, float, bool, np.ndarray]:
+        """The result when the rows from ``order[at]`` on are left: exact iff every entry left is
+        provably strictly below the k-th key (then no tie with it either), or known."""
+        nonlocal best
+        if at >= n_rows:
+            return best[1], best[2], n_rows, 0.0, True, order
+        kth = float(best[0].min())
+        strongest = float(row_norm[order[at]])
+        if strongest > 0 and col_max > 0:  # a nonzero row is left
+            cut = strongest * col_max * room
+            return best[1], best[2], at, cut, bool(cut < kth), order
+        # every entry left is exactly 0 (zero rows, or V = 0)
+        if kth > 0:
+            return best[1], best[2], at, 0.0, True, order
+        ri, cj = _zero_entries(np.sort(order[at:]), n_cols, k, causal, window)
+        best = _merge_top(k, best, np.zeros(ri.size), ri, cj)
+        return best[1], best[2], n_rows, 0.0, True, order
 
     if start >= stop:
         return unscanned(start)
@@ -216,19 +295,23 @@ def _scan(
     gamma = (p + 1) * u / (1 - (p + 1) * u)
     # + 3u: the magnitude screen adds the rank-one bound in float32 after the product (two more roundings)
     delta = (gamma + 5.01 * u) * float(row_norm.max()) * col_max
-    tail_l = np.linalg.norm(L[:, p:], axis=1)
-    tail_v = np.linalg.norm(V[p:], axis=0)
+    tail_l = _norms(L[:, p:], 1) if p < r else np.zeros(n_rows)
+    tail_v = _norms(V[p:], 0) if p < r else np.zeros(n_cols)
     if p < r and not by_abs:  # P + b in one product: the rank-one bound as one more column
-        L32 = np.concatenate([L[:, :p], tail_l[:, None]], axis=1).astype(np.float32)
-        V32 = np.concatenate([V[:p], tail_v[None, :]], axis=0).astype(np.float32)
+        L32 = np.empty((n_rows, p + 1), dtype=np.float32)  # filled in place: no float64 temporary
+        L32[:, :p], L32[:, p] = L[:, :p], tail_l
+        V32 = np.empty((p + 1, n_cols), dtype=np.float32)
+        V32[:p], V32[p] = V[:p], tail_v
     else:  # |P| + b: the bound is added after the absolute value
-        L32, V32 = L[:, :p].astype(np.float32), V[:p].astype(np.float32)
+        L32, V32 = L[:, :p].astype(np.float32, copy=False), V[:p].astype(np.float32, copy=False)
     tail_l32, tail_v32 = tail_l.astype(np.float32), tail_v.astype(np.float32)
-    Vt = np.ascontiguousarray(V.T)  # rows of V.T gathered for the float64 dot products
+    # rows of V.T gathered for the dot products (in V's dtype: float32 factors are widened to
+    # float64 only where gathered)
+    Vt = np.ascontiguousarray(V.T)
     # entries that pass the screen are first evaluated at full rank in float32 (half the bytes
     # to gather), within delta_full of the float64 value; only those that can still reach the
     # k-th value get the float64 dot product
-    Lf32, Vt32 = L.astype(np.float32), Vt.astype(np.float32)
+    Lf32, Vt32 = L.astype(np.float32, copy=False), Vt.astype(np.float32, copy=False)
     gamma_r = r * u / (1 - r * u)
     delta_full = (gamma_r * (1 + u) ** 2 + 2.01 * u) * float(row_norm.max()) * col_max
     block = max(1, min(len(rest), min(budget, SCREEN_BLOCK_BYTES) // (4 * n_cols)))
@@ -239,8 +322,8 @@ def _scan(
     for s in range(0, len(rest), block):
         rows = rest[s:s + block]
         kth = float(best[0].min())
-        if row_norm[rows[0]] * col_max * (1 + 1e-12) < kth:
-            return best[1], best[2], start + s, 0.0  # no remaining row can reach the k-th entry
+        if row_norm[rows[0]] * col_max * room < kth:
+            return unscanned(start + s)  # no remaining row can reach the k-th entry
         threshold = _float32_below(kth - delta)  # a float32 threshold, rounded down
 
         def screen(lo: int, hi: int, rows: np.ndarray = rows, threshold: np.float32 = threshold) -> np.ndarray:
@@ -269,12 +352,13 @@ def _scan(
             close = ~((np.abs(approx) if by_abs else approx) < kth - delta_full)  # NaN (overflow): kept
             ri, cj = ri[close], cj[close]
         if ri.size:
-            vals = np.einsum("ij,ij->i", L[ri], Vt[cj])  # float64, the ranking's values
+            vals = np.einsum("ij,ij->i", L[ri].astype(np.float64, copy=False),
+                             Vt[cj].astype(np.float64, copy=False))  # float64, the ranking's values
             vals = np.abs(vals) if by_abs else vals
             keep = vals >= kth  # the rest cannot enter (ties at the k-th are ordered by the merge)
             if keep.any():
                 best = _merge_top(k, best, vals[keep], ri[keep], cj[keep])
-    return unscanned(stop) if stop < n_rows else (best[1], best[2], n_rows, 0.0)
+    return unscanned(stop)
 
 
 def _float32_below(x: float) -> np.float32:

@@ -20,6 +20,10 @@ pre-activation; here the constants are nodes too (:attr:`AttributionGraph.consta
 that for every feature node the incoming edges (from nodes and constants) sum to its
 pre-activation, and for every logit node to its (demeaned) logit.
 
+QK attribution (:meth:`AttributionGraph.qk_attribution`): a head's pre-softmax score on a (query,
+key) pair split into terms over pairs of the same sources (and the query and key biases), with the
+frozen norm and q/k-norm scales and the rotary rotations applied; the terms sum to the score.
+
 Position 0 (``zero_positions`` positions from the start) is treated as circuit-tracer treats it:
 its features are not nodes and its error nodes are zero. What the MLP wrote there (its real output
 less the transcoder's decoder bias and skip map) is the constant node ``mlp_frozen`` of that layer
@@ -890,7 +894,6 @@ def attribute(
     precap = logits if cache.logits_precap is None else np.asarray(cache.logits_precap, dtype=f64)
     L, seq, D = c.n_layers, tok.shape[0], c.d_model
     fz = _Frozen(model, cache, members)
-    stream_in = np.asarray(cache.resid[:L] if c.parallel_attn_mlp else cache.resid_mid, dtype=f64)  # (L, seq, d)
     mlp_out = np.asarray(cache.mlp_out, dtype=f64)
 
     # -- features ------------------------------------------------------------------------------
@@ -1014,13 +1017,11 @@ def attribute(
             V = np.zeros((seq, D))
             V[p] = W_pos[:, p]
             write("pre", 0, const("pos", None, p), V)
-    b_V_raw_all = {}
     for l in range(L):
         bV_view = np.asarray(hw.b_V[l], dtype=f64)  # (H, dh)
         raw_key = f"blocks.{l}.attn.b_V"
         bV_raw = np.asarray(model.params[raw_key], dtype=f64)
         bV_raw = bV_raw[np.asarray(hw.kv_head[l])] if bV_raw.shape[0] != bV_view.shape[0] else bV_raw
-        b_V_raw_all[l] = bV_raw
         WO = fz.W_O[l]
         b_O = np.asarray(hw.b_O[l], dtype=f64)
         ab = b_O + np.einsum("hmd,hd->m", WO, bV_raw)
@@ -1031,8 +1032,7 @@ def attribute(
             write("mid", l, const("ln1_bias", l), post[:, None] * ln1b)
     for l in range(L):
         m = by_layer.get(l)
-        written_by = [mm for mm in members if l in mm.writes]
-        if written_by:
+        if any(l in mm.writes for mm in members):
             write("post", l, const("dec_bias", l), np.broadcast_to(dec_bias[l], (seq, D)))
         if m is not None and m.dictionary.W_skip is not None:
             Ws = np.asarray(m.dictionary.W_skip, dtype=f64)

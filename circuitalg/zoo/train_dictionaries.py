@@ -11,10 +11,14 @@ both read from circuitalg's own float32 forward pass:
 * a TopK sparse autoencoder of the residual stream entering the layer
   (``blocks.12.hook_resid_pre``), written in SAELens's format (``cfg.json`` and
   ``sae_weights.safetensors``, architecture ``"topk"``, ``apply_b_dec_to_input``);
-* a ReLU per-layer transcoder of the layer's MLP, from the MLP's input after its RMSNorm
+* a JumpReLU per-layer transcoder of the layer's MLP, from the MLP's input after its RMSNorm
   weight (TransformerLens ``blocks.12.mlp.hook_in``) to its output (``blocks.12.hook_mlp_out``),
-  in circuit-tracer's per-layer transcoder format (``W_enc (F, d)``, ``W_dec (F, d)``, ``b_enc``,
-  ``b_dec``; ReLU because circuit-tracer's per-layer loader knows ReLU and JumpReLU only).
+  trained as a BatchTopK transcoder (Bussmann et al. 2024) whose inference form is a JumpReLU
+  with one threshold; written twice: in SAELens's format (``jumprelu_transcoder``, which names
+  both hooks) and as circuit-tracer's per-layer file ``layer_12.safetensors`` (``W_enc (F, d)``,
+  ``W_dec (F, d)``, ``b_enc``, ``b_dec``, ``activation_function.threshold``: what its
+  ``load_relu_transcoder(file, 12)`` reads; circuit-tracer's ``config.yaml`` sets need a
+  transcoder for every layer from 0, so there is none).
 
 Text: the news articles of sae-probes 0.4.2 (``data/cleaned_data/100_news_fake.csv.zst``, its
 ``prompt`` column), tokenized with the GGUF's own tokenizer (through ``transformers``); each
@@ -27,9 +31,10 @@ token, before the late layers that write the next-token prediction, and cheap to
 the first 13 blocks run).
 
 Everything is seeded and torch runs with deterministic algorithms, so a run repeats bit for bit
-on the same machine and thread count. The output directory holds the two dictionaries, the
-held-out token ids (``heldout_tokens.safetensors``) and ``stats.json`` (held-out fraction of
-variance unexplained and L0 of each dictionary, data, seed and versions).
+on the same machine and thread count. The output directory holds ``sae/``, ``transcoder/``,
+``transcoder_circuit_tracer/``, the held-out token ids (``heldout_tokens.safetensors``) and
+``stats.json``: held-out fraction of variance unexplained and L0 of each dictionary (also on the
+first ``n_test_seqs`` held-out sequences, which the test suite re-measures), data, seed, versions.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ __all__ = [
     "LAYER", "SEQ_LEN", "RECIPE", "TEXT_SOURCE", "BOS",
     "model_path", "load_texts", "tokenize", "truncated_model", "collect",
     "mlp_input", "fvu", "train_topk_sae", "train_batchtopk_transcoder",
-    "sae_forward", "transcoder_forward", "write_saelens", "write_circuit_tracer", "main",
+    "sae_forward", "transcoder_forward", "as_dictionary", "write_saelens", "write_circuit_tracer", "main",
 ]
 
 #: The layer both dictionaries belong to.
@@ -344,34 +349,34 @@ def train_batchtopk_transcoder(x: np.ndarray, y: np.ndarray, *, d_transcoder: in
 # writers
 
 
+def as_dictionary(p: dict[str, np.ndarray], *, name: str, reads: str, k: int | None = None,
+                  writes: str | None = None, meta: dict[str, Any] | None = None) -> Any:
+    """The trained weights as a float32 :class:`~circuitalg.features.Dictionary`: with ``k``, the
+    TopK SAE (``p`` in SAELens's layout, ``W_enc (d, F)``, pre-shift by ``b_dec``); with
+    ``writes``, the JumpReLU transcoder (``p`` in circuit-tracer's layout, ``W_enc (F, d)``)."""
+    from circuitalg.features import Dictionary, DictionaryKind, Hook, JumpReLU, TopK
+
+    hook_in = Hook.parse(reads)
+    meta = {"format": "saelens", "config": {"metadata": dict(meta or {})}}
+    if writes is None:
+        return Dictionary(name, DictionaryKind.SAE, (hook_in,), (hook_in,), (p["W_enc"].T,), p["b_enc"],
+                          (p["W_dec"].T,), (p["b_dec"],), TopK(int(k)), pre_shift=True, dtype=np.float32, meta=meta)
+    return Dictionary(name, DictionaryKind.TRANSCODER, (hook_in,), (Hook.parse(writes),), (p["W_enc"],), p["b_enc"],
+                      (p["W_dec"].T,), (p["b_dec"],), JumpReLU(p["activation_function.threshold"]),
+                      dtype=np.float32, meta=meta)
+
+
 def write_saelens(path: Path, p: dict[str, np.ndarray], *, hook_name: str, metadata: dict[str, Any],
                   k: int | None = None, hook_name_out: str | None = None) -> None:
-    """A dictionary in SAELens 6's on-disk format: ``cfg.json`` and ``sae_weights.safetensors``
-    (``W_enc (d_in, d_sae)``, ``W_dec (d_sae, d_out)``, ``b_enc``, ``b_dec``). With ``k``, a TopK
-    SAE (``p`` in SAELens's layout, ``apply_b_dec_to_input``); with ``hook_name_out``, a JumpReLU
-    transcoder (``p`` in circuit-tracer's layout: ``W_enc (F, d)``, ``activation_function.threshold``)."""
-    from safetensors.numpy import save_file
+    """A dictionary in SAELens 6's on-disk format (``cfg.json`` and ``sae_weights.safetensors``,
+    written by :func:`circuitalg.features.save_dictionary`): with ``k`` the TopK SAE
+    (architecture ``topk``, ``apply_b_dec_to_input``), with ``hook_name_out`` the transcoder
+    (``jumprelu_transcoder``); see :func:`as_dictionary`. ``metadata`` fields SAELens knows
+    (``model_name``, ``context_size``, ``dataset_path``, ...) go into the config's metadata."""
+    from circuitalg.features import save_dictionary
 
-    path.mkdir(parents=True, exist_ok=True)
-    meta = {"hook_name": hook_name, "hook_head_index": None, **metadata}
-    if hook_name_out is None:
-        tensors = {n: p[n] for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
-        d_in, d_sae = p["W_enc"].shape
-        extra = {"k": int(k), "rescale_acts_by_decoder_norm": False, "architecture": "topk"}
-    else:
-        tensors = {"W_enc": p["W_enc"].T, "W_dec": p["W_dec"], "b_enc": p["b_enc"], "b_dec": p["b_dec"],
-                   "threshold": p["activation_function.threshold"]}
-        d_sae, d_in = p["W_enc"].shape
-        meta["hook_name_out"] = hook_name_out
-        extra = {"d_out": int(p["W_dec"].shape[1]), "architecture": "jumprelu_transcoder"}
-    cfg = {
-        "d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": hook_name_out is None, "normalize_activations": "none",
-        "reshape_activations": "none", "metadata": meta, **extra,
-    }
-    save_file({n: np.ascontiguousarray(v, dtype=np.float32) for n, v in tensors.items()},
-              str(path / "sae_weights.safetensors"))
-    (path / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    d = as_dictionary(p, name=path.name, reads=hook_name, k=k, writes=hook_name_out, meta=metadata)
+    save_dictionary(d, path, format="saelens")
 
 
 def write_circuit_tracer(path: Path, p: dict[str, np.ndarray], *, layer: int) -> Path:

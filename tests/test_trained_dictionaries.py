@@ -1,0 +1,151 @@
+"""The shipped SmolLM2 dictionaries (``circuitalg/zoo/dictionaries``): their files are in the formats
+they claim (SAELens and circuit-tracer read them and compute what circuitalg computes), and
+circuitalg's own forward pass and dictionaries reproduce the held-out figures that
+``python -m circuitalg.zoo.train_dictionaries`` recorded in ``stats.json``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import circuitalg.features as cf
+import circuitalg.zoo
+from circuitalg.zoo.train_dictionaries import LAYER, fvu, mlp_input, truncated_model
+from model_helpers import smollm2_gguf
+
+ROOT = Path(circuitalg.zoo.__file__).parent / "dictionaries" / "smollm2-135m-instruct-q4_1-L12"
+STATS = json.loads((ROOT / "stats.json").read_text())
+CT_FILE = ROOT / "transcoder_circuit_tracer" / f"layer_{LAYER}.safetensors"
+#: Both runs use circuitalg's float32 forward pass and float32 weights; the test runs fewer
+#: sequences per batch than training did, which moves activations by float32 rounding (relative
+#: 1e-6), so FVU agrees to far better than FVU_TOL and L0 up to a few activations that cross the
+#: threshold (L0_TOL is 0.25 flips per token).
+FVU_TOL = 1e-4
+L0_TOL = 0.25
+
+
+def test_files_are_small_and_recorded() -> None:
+    for sub in ("sae", "transcoder", "transcoder_circuit_tracer"):
+        for f in (ROOT / sub).iterdir():
+            assert f.stat().st_size <= 12 * 2**20, f
+    assert STATS["layer"] == LAYER
+    for what in ("sae", "transcoder"):
+        h = STATS["heldout"][what]
+        assert 0 < h["fvu"] < 0.6 and 1 <= h["l0"] <= 64
+    assert STATS["heldout"]["sae"]["l0"] <= STATS["sae"]["k"]
+
+
+def test_saelens_configs() -> None:
+    cfg = json.loads((ROOT / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk" and cfg["apply_b_dec_to_input"] is True
+    assert (cfg["d_in"], cfg["d_sae"], cfg["k"]) == (576, STATS["sae"]["d_sae"], STATS["sae"]["k"])
+    assert cfg["metadata"]["hook_name"] == f"blocks.{LAYER}.hook_resid_pre"
+    w = load_file(str(ROOT / "sae" / "sae_weights.safetensors"))
+    assert w["W_enc"].shape == (576, cfg["d_sae"]) and w["W_dec"].shape == (cfg["d_sae"], 576)
+    np.testing.assert_allclose(np.linalg.norm(w["W_dec"], axis=1), 1.0, atol=1e-5)
+    cfg = json.loads((ROOT / "transcoder" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu_transcoder" and cfg["apply_b_dec_to_input"] is False
+    assert cfg["metadata"]["hook_name"] == f"blocks.{LAYER}.mlp.hook_in"
+    assert cfg["metadata"]["hook_name_out"] == f"blocks.{LAYER}.hook_mlp_out"
+
+
+def test_the_two_transcoder_files_hold_the_same_weights() -> None:
+    ct = load_file(str(CT_FILE))
+    sl = load_file(str(ROOT / "transcoder" / "sae_weights.safetensors"))
+    F = STATS["transcoder"]["d_transcoder"]
+    assert {k: v.shape for k, v in ct.items()} == {
+        "W_enc": (F, 576), "W_dec": (F, 576), "b_enc": (F,), "b_dec": (576,), "activation_function.threshold": (F,)}
+    assert all(v.dtype == np.float32 for v in ct.values())
+    np.testing.assert_array_equal(ct["W_enc"], sl["W_enc"].T)
+    for a, b in (("W_dec", "W_dec"), ("b_enc", "b_enc"), ("b_dec", "b_dec"), ("activation_function.threshold", "threshold")):
+        np.testing.assert_array_equal(ct[a], sl[b])
+
+
+def test_circuitalg_reads_them_as_trained() -> None:
+    sae = cf.load_dictionary(ROOT / "sae")
+    tc = cf.load_dictionary(ROOT / "transcoder")
+    assert sae.kind is cf.DictionaryKind.SAE and sae.pre_shift
+    assert sae.reads == (cf.Hook.parse(f"blocks.{LAYER}.hook_resid_pre"),)
+    assert isinstance(sae.activation, cf.TopK) and sae.activation.k == STATS["sae"]["k"]
+    assert tc.kind is cf.DictionaryKind.TRANSCODER and isinstance(tc.activation, cf.JumpReLU)
+    assert tc.reads == (cf.Hook.parse(f"blocks.{LAYER}.mlp.hook_in"),)
+    assert tc.writes == (cf.Hook.parse(f"blocks.{LAYER}.hook_mlp_out"),)
+
+
+@pytest.fixture(scope="module")
+def heldout_slice() -> dict[str, np.ndarray]:
+    """circuitalg's float32 activations at layer 12 on the test slice of the held-out text (the
+    model's first 13 blocks, as in training: later blocks cannot change them)."""
+    import circuitalg as ca
+    from circuitalg.model.forward import run_batch
+
+    model = truncated_model(ca.load(smollm2_gguf(), dtype=np.float32), LAYER + 1)
+    tokens = load_file(str(ROOT / "heldout_tokens.safetensors"))["tokens"][: STATS["test_slice"]["n_seqs"]]
+    _, c = run_batch(model, tokens.astype(np.int64), unembed=False)
+    d = model.config.d_model
+    return {"resid_pre": c.resid[:, LAYER, 1:].reshape(-1, d),
+            "mlp_in": mlp_input(model, c, LAYER)[:, 1:].reshape(-1, d),
+            "mlp_out": c.mlp_out[:, LAYER, 1:].reshape(-1, d)}
+
+
+def test_heldout_figures_reproduce(heldout_slice: dict[str, np.ndarray]) -> None:
+    want = STATS["test_slice"]
+    acts = heldout_slice
+    assert acts["resid_pre"].shape[0] == want["n_tokens"]
+    sae = cf.load_dictionary(ROOT / "sae", dtype=np.float32)
+    f = sae.encode(acts["resid_pre"])
+    assert abs(fvu(acts["resid_pre"], sae.decode(f)) - want["sae"]["fvu"]) < FVU_TOL
+    assert abs((f > 0).sum(1).mean() - want["sae"]["l0"]) < L0_TOL
+    tc = cf.load_dictionary(ROOT / "transcoder", dtype=np.float32)
+    g = tc.encode(acts["mlp_in"])
+    assert abs(fvu(acts["mlp_out"], tc.decode(g)) - want["transcoder"]["fvu"]) < FVU_TOL
+    assert abs((g > 0).sum(1).mean() - want["transcoder"]["l0"]) < L0_TOL
+
+
+def test_sae_lens_loads_and_runs_them(heldout_slice: dict[str, np.ndarray]) -> None:
+    """SAELens itself reads both directories and computes what circuitalg computes."""
+    pytest.importorskip("sae_lens")
+    import torch
+    from sae_lens import SAE
+
+    for sub, hook in (("sae", "resid_pre"), ("transcoder", "mlp_in")):
+        ours = cf.load_dictionary(ROOT / sub, dtype=np.float32)
+        theirs = SAE.load_from_disk(str(ROOT / sub), device="cpu")
+        x = heldout_slice[hook][:64]
+        with torch.no_grad():
+            f = theirs.encode(torch.from_numpy(x))
+            np.testing.assert_allclose(f.numpy(), ours.encode(x), rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(theirs.decode(f).numpy(), ours.decode(f.numpy()), rtol=1e-5, atol=1e-4)
+
+
+def test_circuit_tracer_loads_and_runs_it(heldout_slice: dict[str, np.ndarray]) -> None:
+    """circuit-tracer's per-layer loader reads the transcoder file (where circuit-tracer is installed)."""
+    pytest.importorskip("circuit_tracer")
+    import torch
+    from circuit_tracer.transcoder.single_layer_transcoder import load_relu_transcoder
+
+    tc = load_relu_transcoder(str(CT_FILE), LAYER, device=torch.device("cpu"), dtype=torch.float32,
+                              lazy_encoder=False, lazy_decoder=False)
+    ours = cf.load_dictionary(ROOT / "transcoder", dtype=np.float32)
+    x = heldout_slice["mlp_in"][:64]
+    with torch.no_grad():
+        f = tc.encode(torch.from_numpy(x))
+        np.testing.assert_allclose(f.numpy(), ours.encode(x), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(tc.decode(f).numpy(), ours.decode(f.numpy()), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_features_example_runs() -> None:
+    smollm2_gguf()
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "examples" / "05_features.py")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "held-out FVU" in out and "top 6 logit tokens by value of 5 features of 'sae'" in out
+    assert out.count(": exact (") == 2 and "NOT exact" not in out  # both rankings certified
+    assert "strongest SAE -> transcoder weights through head L12H" in out

@@ -526,9 +526,9 @@ def test_every_printed_certificate_is_true(by_abs: bool) -> None:
                 text = str(cert)
                 left = key[cert.unscanned_rows].ravel()
                 assert cert.n_unevaluated == left.size
-                if left.size:  # the printed bound holds for every entry not evaluated
-                    assert np.abs(ref[cert.unscanned_rows]).max() <= cert.bound
-                    assert f"each <= {cert.bound:.4g}" in text
+                if left.size:  # the bound holds for every entry not evaluated, also as printed
+                    printed = float(re.search(r"each <= (\S+?)[ ,]", text)[1])
+                    assert np.abs(ref[cert.unscanned_rows]).max() <= cert.bound <= printed
                 if kw.get("rotate"):  # ranked from the SVD's rounded factors: ties may break otherwise
                     want = brute_top(ref, k, by_abs) if cert.exact else None
                     if want is not None:
@@ -539,7 +539,7 @@ def test_every_printed_certificate_is_true(by_abs: bool) -> None:
                     if left.size:
                         assert left.max() <= cert.bound < cert.kth == key[got[-1]]
                         nums = re.search(r"each <= (\S+) < the k-th value (\S+)\)", text)
-                        assert nums and float(nums[1]) < float(nums[2]) or cert.bound < cert.kth
+                        assert left.max() <= float(nums[1]) < float(nums[2]) <= cert.kth  # true as printed
                 else:
                     assert "NOT exact" in text and not top.exact
                     assert cert.bound >= cert.kth  # an unevaluated entry could rank, as it says
@@ -547,6 +547,14 @@ def test_every_printed_certificate_is_true(by_abs: bool) -> None:
                         scanned = np.setdiff1d(np.arange(ref.shape[0]), cert.unscanned_rows)
                         sub = brute_top(ref[scanned], k, by_abs)
                         assert got == [(int(scanned[i]), j) for i, j in sub], (name, k, kw)
+
+
+def test_a_printed_certificate_keeps_a_close_bound_and_kth_apart() -> None:
+    from circuitalg.features.circuits import WeightCertificate
+
+    c = WeightCertificate("M", 10, 3, 4, np.arange(4, 10), 1.00001, 1.00002, True)
+    nums = re.search(r"each <= (\S+) < the k-th value (\S+)\)", str(c))
+    assert 1.00001 <= float(nums[1]) < float(nums[2]) <= 1.00002
 
 
 def test_residual_hook_at_the_mlp_input_depth_feeds_the_mlp() -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -651,10 +652,26 @@ class WeightCertificate:
             return f"{self.symbol}: {self.note}"
         if self.rows_scanned >= self.n_rows:
             return f"{self.symbol}: exact (all {self.n_rows:,} rows evaluated)"
-        left = f"{self.n_unevaluated:,} entries of {self.n_rows - self.rows_scanned:,} rows not evaluated, each <= {self.bound:.4g}"
+        # the bound printed rounded up and the k-th value rounded down, with the digits that keep
+        # them apart: the printed inequality is true as printed
+        digits = 4
+        while self.exact and digits < 17 and not float(_decimal(self.bound, digits, True)) < float(_decimal(self.kth, digits, False)):
+            digits += 1
+        bound, kth = _decimal(self.bound, digits, True), _decimal(self.kth, digits, False)
+        left = f"{self.n_unevaluated:,} entries of {self.n_rows - self.rows_scanned:,} rows not evaluated, each <= {bound}"
         if self.exact:
-            return f"{self.symbol}: exact ({left} < the k-th value {self.kth:.4g})"
-        return f"{self.symbol}: NOT exact ({left}, the k-th value is {self.kth:.4g}: an unevaluated entry could rank)"
+            return f"{self.symbol}: exact ({left} < the k-th value {kth})"
+        return f"{self.symbol}: NOT exact ({left}, the k-th value is {kth}: an unevaluated entry could rank)"
+
+
+def _decimal(x: float, digits: int, up: bool) -> str:
+    """``x`` with ``digits`` significant digits, rounded up (``up``) or down: a printed bound stays a bound."""
+    if x == 0 or not np.isfinite(x):
+        return f"{x:g}"
+    d = Decimal(float(x))
+    q = Decimal(1).scaleb(d.adjusted() - digits + 1)
+    r = d.quantize(q, rounding=ROUND_CEILING if up else ROUND_FLOOR)
+    return f"{r:.{digits}g}"
 
 
 class FeatureWeights(Sequence[FeatureWeight]):

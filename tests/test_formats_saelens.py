@@ -720,7 +720,7 @@ def test_release_norm_scaling_factor_and_refusal(tmp_path, monkeypatch) -> None:
     with pytest.raises(LoadError, match="activation_scaler"):
         load_dictionary(path)
     row = ("test-release", "blocks.8.hook_resid_pre", "gpt2-small", "blocks.8.hook_resid_pre", 640, None, True, (), 2.5)
-    monkeypatch.setattr(fmt, "SAELENS_RELEASES", fmt.SAELENS_RELEASES + (row,))
+    monkeypatch.setattr(fmt, "SAELENS_RELEASES", fmt.SAELENS_RELEASES + (fmt.ReleaseRow(*row),))
     d = load_dictionary(path)
     t = load_file(str(path / "sae_weights.safetensors"))
     assert np.allclose(d.W_enc[0], t["W_enc"].T.astype(np.float64) * 2.5, rtol=1e-6)
@@ -731,7 +731,7 @@ def test_release_norm_scaling_factor_and_refusal(tmp_path, monkeypatch) -> None:
     _compare("release norm_scaling_factor", load_dictionary(path, dtype=np.float32), _reference(sae, x), x, np.float32)
     rescale = ("test-release-2", "blocks.8.hook_resid_pre", "gpt2-small", "blocks.8.hook_resid_pre", 512, None, True,
                (("normalize_activations", "constant_norm_rescale"),), None)
-    monkeypatch.setattr(fmt, "SAELENS_RELEASES", fmt.SAELENS_RELEASES + (rescale,))
+    monkeypatch.setattr(fmt, "SAELENS_RELEASES", fmt.SAELENS_RELEASES + (fmt.ReleaseRow(*rescale),))
     with pytest.raises(LoadError, match="constant_norm_rescale"):
         load_dictionary(_pre6_gpt2(tmp_path, "rescaled", 512))
 

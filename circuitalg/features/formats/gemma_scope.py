@@ -21,10 +21,11 @@ Gemma Scope 1's files name no hook: it is read from the path as the release is l
 ``hook_resid_post``, ``mlp`` ``hook_mlp_out``, ``att`` ``attn.hook_z``, ``transcoders`` read
 ``ln2.hook_normalized`` and write ``hook_mlp_out``), as SAELens does. The Gemma Scope 1
 transcoders read the MLP's input norm *before* its weight (``MLP_NORMALIZED``): circuit-tracer's
-Gemma 2 configuration reads them at ``ln2.hook_normalized`` on an unfolded model (its Hugging Face
-mapping: the output of ``pre_feedforward_layernorm``'s normalisation, before the weight
-multiplies), and SAELens names the same hook (``blocks.L.ln2.hook_normalized``). Where the path does not say, or to override it, put
-``circuitalg.json`` beside the weights: ``{"hook_name": "blocks.20.hook_resid_post"}`` (a
+Gemma 2 configuration reads them at ``ln2.hook_normalized`` on an unfolded model (its Hugging
+Face mapping: the output of ``pre_feedforward_layernorm``'s normalisation, before the weight
+multiplies), and SAELens names the same hook (``blocks.L.ln2.hook_normalized``; its models load
+with ``fold_ln``, which moves the weight into ``W_in``, so that hook is before the weight there
+too). Where the path does not say, or to override it, put ``circuitalg.json`` beside the weights: ``{"hook_name": "blocks.20.hook_resid_post"}`` (a
 transcoder adds ``"hook_name_out"``). The embedding SAEs (``embedding`` in the path) are refused:
 circuitalg has no hook for the embedding.
 

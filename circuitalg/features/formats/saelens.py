@@ -55,8 +55,7 @@ config by ``SAE.from_pretrained``): e.g. ``gpt2-small-res-jb`` adds
 ``model_from_pretrained_kwargs: {center_writing_weights: true}`` to files that say nothing of
 it, and ``normalize_activations`` / ``norm_scaling_factor`` come from the table for some others.
 :data:`SAELENS_RELEASES` holds the rows of sae-lens 6.54.12's table that change the computation
-(``(release, sae_id, model, hook_name, d_sae, neuronpedia_id, hook_unique, overrides,
-norm_scaling_factor)``; ``hook_unique``: no other release has this model and hook). A config
+(:class:`ReleaseRow`). A config
 matches a row by its ``neuronpedia_id`` where it has one; otherwise by ``model_name``,
 ``hook_name`` and ``d_sae`` (the row's width, or where the table gives none, a model and hook no
 other release has). A matched dictionary gets the row's overrides as SAELens applies them,
@@ -86,7 +85,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -97,7 +96,7 @@ from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.files import atomic_write
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
 
-__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "WHITENING_FILENAME", "detect", "load", "save", "parse_hook", "hf_hook", "SAELENS_RELEASES", "release_row"]
+__all__ = ["NAME", "CFG_FILENAME", "WEIGHTS_FILENAME", "SCALER_FILENAME", "WHITENING_FILENAME", "detect", "load", "save", "parse_hook", "hf_hook", "SAELENS_RELEASES", "ReleaseRow", "release_row"]
 
 NAME = "saelens"
 CFG_FILENAME = "cfg.json"
@@ -123,10 +122,26 @@ _HF_HOOKS = (
 #: the version 6 config layout (what this module writes)
 _WRITE_VERSION = "6.0.0"
 
+class ReleaseRow(NamedTuple):
+    """One SAE of a SAELens release whose table entry changes what the dictionary computes."""
+
+    release: str
+    sae_id: str
+    model: str
+    hook_name: str
+    #: the release's width, where its table says it (``None``: unknown)
+    d_sae: int | None
+    neuronpedia_id: str | None
+    #: no other release in the table has this model and hook
+    hook_unique: bool
+    #: ``config_overrides`` that change the computation, as sorted ``(key, value)`` pairs
+    overrides: tuple
+    norm_scaling_factor: float | None
+
+
 #: sae-lens 6.54.12's ``pretrained_saes.yaml`` rows whose release overrides change what a dictionary
-#: computes: (release, sae_id, model, hook_name, d_sae, neuronpedia_id, hook_unique, overrides,
-#: norm_scaling_factor); tests/test_formats_saelens.py rebuilds it from the installed table
-SAELENS_RELEASES = (
+#: computes; tests/test_formats_saelens.py rebuilds it from the installed table
+SAELENS_RELEASES: tuple[ReleaseRow, ...] = tuple(ReleaseRow(*r) for r in (
     ('gpt2-small-mlp-tm', 'blocks.0.hook_mlp_out', 'gpt2-small', 'blocks.0.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.049317316132615),
     ('gpt2-small-mlp-tm', 'blocks.1.hook_mlp_out', 'gpt2-small', 'blocks.1.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 2.3693984005104283),
     ('gpt2-small-mlp-tm', 'blocks.2.hook_mlp_out', 'gpt2-small', 'blocks.2.hook_mlp_out', 24576, None, False, (('model_from_pretrained_kwargs', (('center_writing_weights', True),)),), 1.6411934982190302),
@@ -164,7 +179,7 @@ SAELENS_RELEASES = (
     ('mistral-7b-res-wg', 'blocks.16.hook_resid_pre', 'mistral-7b', 'blocks.16.hook_resid_pre', None, None, True, (('normalize_activations', 'constant_norm_rescale'),), None),
     ('mistral-7b-res-wg', 'blocks.24.hook_resid_pre', 'mistral-7b', 'blocks.24.hook_resid_pre', None, None, True, (('normalize_activations', 'constant_norm_rescale'),), None),
     ('gemma-2b-res-jb', 'blocks.12.hook_resid_post', 'gemma-2b', 'blocks.12.hook_resid_post', 16384, 'gemma-2b/12-res-jb', True, (), 0.21381938399317255),
-)
+))
 
 
 def detect(path: Path) -> bool:
@@ -348,15 +363,15 @@ def _preprocessing(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
     return frozenset(k for k in PREPROCESSING if kwargs.get(k) is True)
 
 
-def release_row(cfg: Mapping[str, Any]) -> tuple | None:
+def release_row(cfg: Mapping[str, Any]) -> ReleaseRow | None:
     """The :data:`SAELENS_RELEASES` row a (version-6 vocabulary) config matches, or None (see the
     module docstring)."""
     npid = cfg.get("neuronpedia_id")
     if npid is not None:
-        return next((r for r in SAELENS_RELEASES if r[5] is not None and r[5] == npid), None)
+        return next((r for r in SAELENS_RELEASES if r.neuronpedia_id is not None and r.neuronpedia_id == npid), None)
     model, hook, d_sae = cfg.get("model_name"), cfg.get("hook_name"), cfg.get("d_sae")
     for r in SAELENS_RELEASES:
-        if r[2] == model and r[3] == hook and (r[4] == d_sae if r[4] is not None else r[6]):
+        if r.model == model and r.hook_name == hook and (r.d_sae == d_sae if r.d_sae is not None else r.hook_unique):
             return r
     return None
 
@@ -366,12 +381,12 @@ def _apply_release(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] 
     row = release_row(cfg)
     if row is None:
         return cfg, None, None
-    overrides = {k: (dict(v) if isinstance(v, tuple) else v) for k, v in row[7]}
+    overrides = {k: (dict(v) if isinstance(v, tuple) else v) for k, v in row.overrides}
     merged = {**cfg, **overrides}
-    info = {"release": row[0], "sae_id": row[1], "config_overrides": overrides}
-    if row[8] is not None:
-        info["norm_scaling_factor"] = row[8]
-    return merged, info, row[8]
+    info = {"release": row.release, "sae_id": row.sae_id, "config_overrides": overrides}
+    if row.norm_scaling_factor is not None:
+        info["norm_scaling_factor"] = row.norm_scaling_factor
+    return merged, info, row.norm_scaling_factor
 
 
 def load(path: Path, dtype: Any = np.float64) -> Dictionary:

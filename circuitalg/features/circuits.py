@@ -490,8 +490,9 @@ def _check_factor(shape: tuple[int, int], dtype: Any, what: Callable[[], str], b
 
 
 def _leaf_dtype(f: LinearMap, keep32: bool) -> Any:
-    """The dtype a factor that is one leaf is handed out in: float32 kept with ``keep32``."""
-    return np.float32 if keep32 and np.dtype(f.dtype) == np.float32 else np.float64
+    """The dtype a factor is handed out in: a float32 dense leaf kept with ``keep32`` (its array as
+    it is), anything else float64."""
+    return np.float32 if keep32 and isinstance(f, Dense) and np.dtype(f.dtype) == np.float32 else np.float64
 
 
 def _factor_parts(m: LinearMap, max_bytes: int | None, keep32: bool = False,

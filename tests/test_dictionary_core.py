@@ -180,3 +180,21 @@ def test_resid_binding_is_the_dictionary_itself():
     c = _sae(16, 10, Hook(HookKind.RESID_MID, 1), preprocessing={"center_writing_weights"})
     np.testing.assert_allclose(bind(c, m).encoder_from_resid().array, c.W_enc[0] - c.W_enc[0].mean(1, keepdims=True),
                                rtol=1e-13, atol=1e-15)
+
+
+def test_decoder_before_a_post_norm_passes_its_weight():
+    cfg = ca.TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_vocab=11, n_ctx=6, d_mlp=12,
+                               normalization="RMS", post_norms=True, act_fn="gelu_new")
+    rng = np.random.default_rng(7)
+    params = {k: (1 + 0.2 * rng.normal(size=s)) if k.endswith(".w") else 0.5 * rng.normal(size=s)
+              for k, s in ca.param_shapes(cfg).items()}
+    m = ca.Transformer(cfg, params, biases="zero-fill")
+    hi, ho = Hook(HookKind.MLP_IN, 1), Hook(HookKind.MLP_OUT, 1)
+    Wd = rng.normal(size=(8, 5))
+    make = lambda meta: Dictionary("tc", DictionaryKind.TRANSCODER, (hi,), (ho,), [rng.normal(size=(5, 8))],  # noqa: E731
+                                   np.zeros(5), [Wd], [np.zeros(8)], ReLU(), meta=meta)
+    b = bind(make({"before_post_norm": True}), m, post_norm_scale=4.0)
+    np.testing.assert_allclose(b.decoder_to_resid().array, params["blocks.1.ln2_post.w"][:, None] * Wd / 4.0, rtol=1e-15)
+    assert any("post-norm" in n for n in b.notes)
+    # a decoder of the block's output after its post-norm (TransformerLens's hook_mlp_out) is added as it is
+    np.testing.assert_array_equal(bind(make({}), m).decoder_to_resid().array, Wd)

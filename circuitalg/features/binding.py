@@ -52,12 +52,17 @@ class BoundDictionary:
         behind one (MLP input hooks); 1 unless stated.
     notes : tuple of str
         What binding resolved or froze, in words (printed by reports).
+    post_norm_scale : float
+        The frozen scale of the post-norm a decoder writes through (a dictionary whose
+        ``meta["before_post_norm"]`` says it writes a block's output before the model's post-norm);
+        1 unless stated.
     """
 
     dictionary: Dictionary
     model: Transformer
     norm_scale: float = 1.0
     notes: tuple[str, ...] = ()
+    post_norm_scale: float = 1.0
     _memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -121,7 +126,15 @@ class BoundDictionary:
                     "decoders into the stream or into an attention/MLP output have virtual weights through it."
                 )
             dec = d.decoder(j)
-            self._memo[key] = Dense(dec.array, d.feature_space, self.model.resid_space, dec.name)
+            arr, name = dec.array, dec.name
+            if d.meta.get("before_post_norm") and h.kind in OUTPUT_KINDS and self.model.config.post_norms:
+                # the decoder writes the block's output before its post-norm (circuit-tracer's
+                # mlp.hook_out, sparsify's module outputs): the stream receives diag(w) out / s
+                norm = "ln2_post" if h.kind is HookKind.MLP_OUT else "ln1_post"
+                w = np.asarray(self.model.params[f"blocks.{h.layer}.{norm}.w"], dtype=arr.dtype)
+                arr = w[:, None] * arr / arr.dtype.type(self.post_norm_scale)
+                name = f"G^{{{h.layer}}} {name}"
+            self._memo[key] = Dense(arr, d.feature_space, self.model.resid_space, name)
         return self._memo[key]
 
     def read_depth(self, i: int = 0) -> float:
@@ -174,10 +187,12 @@ def _check(d: Dictionary, model: Transformer) -> tuple[str, ...]:
             )
         else:
             notes.append(f"{h}: reads the MLP input after ln2's weight")
+    if d.meta.get("before_post_norm") and c.post_norms and any(h.kind in OUTPUT_KINDS for h in d.writes):
+        notes.append("writes before the post-norm: decoders pass through its weight G = diag(w) / s")
     return tuple(notes)
 
 
-def bind(d: Dictionary | DictionarySet, model: Any, *, norm_scale: float = 1.0) -> Any:
+def bind(d: Dictionary | DictionarySet, model: Any, *, norm_scale: float = 1.0, post_norm_scale: float = 1.0) -> Any:
     """Read ``d`` into ``model``: check its hooks (layer, dimension, preprocessing) and return a
     :class:`BoundDictionary` (a tuple of them for a :class:`DictionarySet`).
 
@@ -187,6 +202,9 @@ def bind(d: Dictionary | DictionarySet, model: Any, *, norm_scale: float = 1.0) 
     model : Transformer
     norm_scale : float
         The frozen scale of the norm before any hook read behind one (see the module docstring).
+    post_norm_scale : float
+        The frozen scale of the post-norm after a decoder that writes before it (post-norm
+        models such as Gemma 2; see :class:`BoundDictionary`).
 
     Raises
     ------
@@ -196,15 +214,18 @@ def bind(d: Dictionary | DictionarySet, model: Any, *, norm_scale: float = 1.0) 
         A hook or a recorded preprocessing step does not fit the model (the message says what to do).
     """
     model = require_model(model, "bind")
-    s = float(norm_scale)
-    if not np.isfinite(s) or s <= 0:
-        raise InvalidArgumentError(f"bind: norm_scale must be a positive finite number, got {norm_scale!r}.")
+    s, g = float(norm_scale), float(post_norm_scale)
+    for label, v, given in (("norm_scale", s, norm_scale), ("post_norm_scale", g, post_norm_scale)):
+        if not np.isfinite(v) or v <= 0:
+            raise InvalidArgumentError(f"bind: {label} must be a positive finite number, got {given!r}.")
     if isinstance(d, DictionarySet):
-        return tuple(bind(m, model, norm_scale=s) for m in d)
+        return tuple(bind(m, model, norm_scale=s, post_norm_scale=g) for m in d)
     if not isinstance(d, Dictionary):
         raise InvalidArgumentError(f"bind takes a Dictionary or DictionarySet, got {type(d).__name__}.")
     notes = _check(d, model)
     if s != 1.0:
         notes = notes + (f"norm scale frozen at {s:g}",)
-    return BoundDictionary(d, model, s, notes)
+    if g != 1.0:
+        notes = notes + (f"post-norm scale frozen at {g:g}",)
+    return BoundDictionary(d, model, s, notes, g)
 

@@ -253,7 +253,10 @@ def test_constants_by_origin():
     assert not np.any(g.adjacency[:, err])
     assert [c for c in g.constants if c.origin == "mlp_frozen"] == [ConstantNode("mlp_frozen", l, 0) for l in range(3)]
     # without zeroing, position 0 has features and no frozen constant; completeness holds both ways
-    g0 = attribute(model, transcoders("skip", 3), TOKENS, zero_positions=0)
+    seen = []
+    g0 = attribute(model, transcoders("skip", 3), TOKENS, zero_positions=0, batch_size=7,
+                   progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (g0.n_features + g0.n_logits,) * 2 and len(seen) > 3
     assert np.any(g0.active_features[:, 1] == 0) and not any(c.origin == "mlp_frozen" for c in g0.constants)
     assert g0.completeness_error().max() < TOL
     # RMSNorm without biases: no norm-bias constants

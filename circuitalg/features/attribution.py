@@ -834,6 +834,7 @@ def attribute(
     demean_logits: bool = True,
     zero_positions: int = 1,
     batch_size: int | None = None,
+    progress: Any = None,
 ) -> AttributionGraph:
     """The attribution graph of ``model`` with ``transcoders`` replacing its MLPs on ``tokens``.
 
@@ -860,6 +861,8 @@ def attribute(
     batch_size : int, optional
         Targets propagated together (memory ``batch_size * n_pos * d_model`` floats); default: as
         many as fit in about 64 MiB.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each batch of targets (rows of the adjacency).
 
     Returns
     -------
@@ -1149,12 +1152,16 @@ def attribute(
             l -= 1
         collect(G, "pre", 0)
 
+    total, done = sum(len(g[2]) for g in groups), 0
     for station, Lt, rows_all in groups:
         for b0 in range(0, len(rows_all), batch_size):
             rr = rows_all[b0: b0 + batch_size]  # a contiguous range of rows, by position within a layer
             rows = slice(int(rr[0]), int(rr[-1]) + 1)
             tpos = np.array([nodes[r].position for r in rr])
             backprop(reads[rows], tpos, station, Lt, A[rows], Cadj[rows])
+            done += len(rr)
+            if progress is not None:
+                progress(done, total)
     for r, col, v in direct:
         Cadj[r, col] += v
     sources = _Sources(fz, by_layer, activations, errors, token_vectors, reads)

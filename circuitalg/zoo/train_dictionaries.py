@@ -47,7 +47,6 @@ import importlib.metadata
 import importlib.util
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -482,9 +481,11 @@ def main(argv: list[str] | None = None) -> None:
         "layer": LAYER,
         "sae": {"path": "sae", "format": "saelens", "hook": f"blocks.{LAYER}.hook_resid_pre",
                 "architecture": "topk", "d_sae": s["d_sae"], "k": s["k"]},
-        "transcoder": {"path": "transcoder", "format": "circuit_tracer", "reads": f"blocks.{LAYER}.mlp.hook_in",
-                       "writes": f"blocks.{LAYER}.hook_mlp_out", "activation": "relu",
-                       "d_transcoder": t["d_transcoder"]},
+        "transcoder": {"path": "transcoder", "format": "saelens", "architecture": "jumprelu_transcoder",
+                       "circuit_tracer_file": f"transcoder_circuit_tracer/layer_{LAYER}.safetensors",
+                       "reads": f"blocks.{LAYER}.mlp.hook_in", "writes": f"blocks.{LAYER}.hook_mlp_out",
+                       "activation": "jumprelu", "threshold": float(tc["activation_function.threshold"][0]),
+                       "trained_as": f"BatchTopK, k={t['k']}", "d_transcoder": t["d_transcoder"]},
         "text": {**TEXT_SOURCE, "order": f"numpy.random.default_rng({args.seed}).permutation of the rows",
                  "texts_used": [int(order[i]) for i in used]},
         "sequences": {"seq_len": SEQ_LEN, "bos": BOS, "position_0": "excluded (attention sink)",

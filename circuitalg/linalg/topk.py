@@ -11,13 +11,16 @@ screen cannot rule out. The result is the float64 ranking exactly, with a certif
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 from circuitalg.errors import InvalidArgumentError, ShapeError, check_int
 from circuitalg.runtime import Runtime
 
-__all__ = ["TopEntries", "top_entries", "count_entries", "SCAN_BYTES", "SCREEN_BLOCK_BYTES", "SURVIVOR_COST"]
+__all__ = [
+    "TopEntries", "top_entries", "count_entries", "SCAN_BYTES", "SCREEN_BLOCK_BYTES", "SURVIVOR_COST", "GATHER_BYTES",
+]
 
 #: Default size of one block of rows scanned by :func:`top_entries` (64 MiB).
 SCAN_BYTES = 64 << 20
@@ -170,6 +173,22 @@ def _norms(A: np.ndarray, axis: int) -> np.ndarray:
     for s in range(0, n, step):
         part = A[s:s + step] if axis == 1 else A[:, s:s + step]
         out[s:s + step] = np.linalg.norm(part.astype(np.float64, copy=False), axis=axis)
+    return out
+
+
+#: Bytes of gathered factor rows one chunk of the screen's survivors holds.
+GATHER_BYTES = 16 << 20
+
+
+def _gathered_dots(A: np.ndarray, Bt: np.ndarray, ri: np.ndarray, cj: np.ndarray, dtype: Any) -> np.ndarray:
+    """``A[ri[n]] · Bt[cj[n]]`` in ``dtype`` for every pair, the rows gathered in chunks of at most
+    :data:`GATHER_BYTES` (a block's survivors at full rank would otherwise take ``2 n r`` values)."""
+    isz = np.dtype(dtype).itemsize
+    step = max(1, GATHER_BYTES // (2 * isz * max(1, A.shape[1])))
+    out = np.empty(ri.size, dtype=dtype)
+    for s in range(0, ri.size, step):
+        a, b = ri[s:s + step], cj[s:s + step]
+        out[s:s + step] = np.einsum("ij,ij->i", A[a].astype(dtype, copy=False), Bt[b].astype(dtype, copy=False))
     return out
 
 
@@ -348,12 +367,11 @@ def _scan(
             ok = allowed(ri, cj)
             ri, cj = ri[ok], cj[ok]
         if ri.size:
-            approx = np.einsum("ij,ij->i", Lf32[ri], Vt32[cj]).astype(np.float64)  # compared in float64
+            approx = _gathered_dots(Lf32, Vt32, ri, cj, np.float32).astype(np.float64)  # compared in float64
             close = ~((np.abs(approx) if by_abs else approx) < kth - delta_full)  # NaN (overflow): kept
             ri, cj = ri[close], cj[close]
         if ri.size:
-            vals = np.einsum("ij,ij->i", L[ri].astype(np.float64, copy=False),
-                             Vt[cj].astype(np.float64, copy=False))  # float64, the ranking's values
+            vals = _gathered_dots(L, Vt, ri, cj, np.float64)  # float64, the ranking's values
             vals = np.abs(vals) if by_abs else vals
             keep = vals >= kth  # the rest cannot enter (ties at the k-th are ordered by the merge)
             if keep.any():

@@ -13,6 +13,9 @@
 - :mod:`~circuitalg.features.coactivation`: co-activation statistics, ERA and TWERA.
 - :mod:`~circuitalg.features.streaming`: per-row top entries and a cross-layer transcoder's global
   weights as dask tiles.
+- :mod:`~circuitalg.features.attribution`: attribution graphs on a prompt (transcoders replacing the
+  MLPs, attention patterns and norm scales frozen, error and constant nodes: complete to rounding);
+  :mod:`~circuitalg.features.graphfile`: circuit-tracer's graph files.
 """
 
 from circuitalg.features.activations import Activation, BatchTopK, JumpReLU, Linear, ReLU, TopK
@@ -26,6 +29,10 @@ from circuitalg.features.circuits import (
     top_feature_weights, virtual_weights,
 )
 from circuitalg.features.coactivation import CoactivationStats, coactivation_stats, era, top_twera, twera
+from circuitalg.features.attribution import (
+    AttributionGraph, ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, QKAttribution, TokenNode, attribute,
+)
+from circuitalg.features.graphfile import read_circuit_tracer_json, write_circuit_tracer_json
 from circuitalg.model.ids import FeatureId
 
 __all__ = [
@@ -68,4 +75,15 @@ __all__ = [
     "era",
     "twera",
     "top_twera",
+    "attribute",
+    "AttributionGraph",
+    "FeatureNode",
+    "ErrorNode",
+    "TokenNode",
+    "LogitNode",
+    "ConstantNode",
+    "LogitTarget",
+    "QKAttribution",
+    "write_circuit_tracer_json",
+    "read_circuit_tracer_json",
 ]

@@ -9,10 +9,10 @@ convention: rows index the codomain, the reading side):
 - :func:`virtual_weights`: the residual-direct path ``enc_t · dec_s`` (``F_s -> F_t``), summed over
   every pair of a hook ``s`` writes and a hook ``t`` reads where the writer feeds the reader
   (strictly before it by :attr:`~circuitalg.features.hooks.Hook.depth`, or a residual hook at the
-  depth where an MLP input reads the stream: ``resid_mid`` L feeds ``mlp_in`` L); a cross-layer transcoder member
-  writes several layers, and only the decoders that land before the target reads count. The
-  encoder includes the map from the stream to its hook (the MLP input's norm weight, centring
-  and frozen scale: :meth:`~circuitalg.features.binding.BoundDictionary.encoder_from_resid`).
+  depth where an MLP input reads the stream: ``resid_mid`` L feeds ``mlp_in`` L); a cross-layer
+  transcoder member writes several layers, and only the decoders that feed the target's reads
+  count. The encoder includes the map from the stream to its hook (the MLP input's norm weight,
+  centring and frozen scale: :meth:`~circuitalg.features.binding.BoundDictionary.encoder_from_resid`).
 - :func:`head_virtual_weights`: through one head's OV circuit, ``enc_t W_O^h W_V^h dec_s``
   (rank at most ``d_head``); :func:`layer_virtual_weights` sums a layer's heads.
 - :func:`feature_qk`: the QK bilinear form between a query side and a key side (features,
@@ -265,8 +265,8 @@ def virtual_weights(source: Any, target: Any) -> Any:
         the written hooks ``j`` of ``source`` and read hooks ``i`` of ``target`` with the writer
         feeding the reader (strictly before it, or a residual hook at the depth where the reader
         reads the stream through a norm: ``resid_mid`` L feeds ``mlp_in`` L; ``N_i`` the map from
-        the stream to the read hook); for
-        sequences, ``{(source name, target name): map}`` over the pairs with a path.
+        the stream to the read hook); for sequences, ``{(source name, target name): map}`` over
+        the pairs with a path.
 
     Raises
     ------

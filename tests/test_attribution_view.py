@@ -72,7 +72,8 @@ def test_view_data_matches_the_graph(small) -> None:
     rows = [n["row"] for n in data["nodes"]]
     kept = np.nonzero(pr.node_mask)[0].tolist()
     # every kept node, except error nodes left without a kept edge out of them
-    lonely = {i for i in kept if isinstance(g.nodes[i], ErrorNode) and not (pr.edge_mask[:, i] & (g.adjacency[:, i] != 0)).any()}
+    lonely = {i for i in kept if isinstance(g.nodes[i], ErrorNode)
+              and not (pr.edge_mask[:, i] & (g.adjacency[:, i] != 0)).any()}
     assert rows == [i for i in kept if i not in lonely]
     counts = page_node_count(data)
     assert counts["token"] == g.n_pos and counts["logit"] == g.n_logits
@@ -140,7 +141,8 @@ def test_bad_arguments(small, tmp_path) -> None:
 
 
 # --- the page ---------------------------------------------------------------------------------------------
-NETWORK = re.compile(r"""(?:\bsrc|\bhref|\bxlink:href|\baction)\s*=\s*["']?\s*(?:https?:)?//|@import|url\(\s*["']?\s*(?:https?:)?//"""
+NETWORK = re.compile(r"""(?:\bsrc|\bhref|\bxlink:href|\baction)\s*=\s*["']?\s*(?:https?:)?//"""
+                     r"""|@import|url\(\s*["']?\s*(?:https?:)?//"""
                      r"""|<\s*(?:link|img|iframe|object|embed)\b|\bfetch\s*\(|XMLHttpRequest|importScripts""", re.I)
 
 
@@ -169,7 +171,8 @@ def chromium() -> str:
 
 def dump_dom(path: Path, profile: Path, fragment: str = "#selftest") -> str:
     """The DOM of ``path`` after its scripts ran, from headless Chromium."""
-    cmd = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+    cmd = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+           "--disable-extensions",
            "--disable-background-networking", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
            "--dump-dom", path.resolve().as_uri() + fragment]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -199,6 +202,7 @@ def test_page_in_headless_chromium(which, small, large, tmp_path) -> None:
     dom = dump_dom(path, tmp_path / "profile")
     res = selftest(dom)
     assert res["errors"] == [] and errors(dom) == "", errors(dom)
+    assert res["resources"] == []  # nothing fetched
     assert res["nodes"] == len(data["nodes"])
     assert res["kinds"] == page_node_count(data)
     assert res["edges"] == len(data["edges"])
@@ -222,3 +226,16 @@ def test_browser_check_sees_errors(small, tmp_path) -> None:
     dom = dump_dom(path, tmp_path / "profile")
     assert "notDefinedAnywhere" in errors(dom)
     assert re.search(r'<pre id="selftest"></pre>', dom)
+
+
+def test_browser_check_sees_network_requests(small, tmp_path) -> None:
+    """The check can fail: a page that requests something over the network lists it in the self-test's
+    resources (a closed local port: the request is made and fails, nothing leaves the machine)."""
+    _, _, g = small
+    path = write_attribution_html(g, tmp_path / "g.html")
+    img = '<img src="http://127.0.0.1:9/x.png">'
+    text = path.read_text(encoding="utf-8").replace('<div id="graph">', img + '<div id="graph">', 1)
+    assert NETWORK.search(text)
+    path.write_text(text, encoding="utf-8")
+    res = selftest(dump_dom(path, tmp_path / "profile"))
+    assert res["resources"] == ["http://127.0.0.1:9/x.png"]

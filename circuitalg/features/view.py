@@ -11,7 +11,7 @@ strings, logits orange diamonds.
 
 Opening the page with the URL fragment ``#selftest`` runs a check inside the page: it clicks the
 first feature node (else the first node) and writes a JSON summary (node count, the details
-panel's text, every error caught) into ``<pre id="selftest">``, for a headless browser's
+panel's text, the resources the page loaded, every error caught) into ``<pre id="selftest">``, for a headless browser's
 ``--dump-dom`` to read.
 """
 
@@ -378,6 +378,7 @@ SCRIPT = r"""<script>
       res.details = document.getElementById("details").textContent;
       res.selected = document.querySelectorAll("#svg g.node.sel").length;
     }
+    res.resources = performance.getEntriesByType("resource").map(function (e) { return e.name; });
     res.errors = window.__errors.slice();
     document.getElementById("selftest").textContent = JSON.stringify(res);
   }
@@ -389,14 +390,16 @@ def attribution_html(data: dict, title: str) -> str:
     """The page for ``data`` (:func:`view_data`)."""
     # inside <script> only "</" can end the element; JSON allows "<\/" for it
     blob = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
-    legend = ('<p class="legend"><span style="color:#6a51a3">● feature</span><span style="color:#999">■ error</span>'
+    legend = ('<p class="legend"><span style="color:#6a51a3">● feature</span>'
+              '<span style="color:#999">■ error</span>'
               '<span style="color:#41ab5d">■ token</span><span style="color:#f16913">◆ logit</span>'
               '<span style="color:#2166ac">— positive</span><span style="color:#b2182b">— negative</span></p>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>{ERROR_HOOK}'
             f"<style>{STYLE}</style></head><body>"
             f'<div id="graph"><svg id="svg"></svg></div>'
-            f'<div id="side"><h1>{html.escape(title)}</h1><p id="summary"></p>{legend}<button id="fit">fit / full size</button>'
+            f'<div id="side"><h1>{html.escape(title)}</h1><p id="summary"></p>{legend}'
+            '<button id="fit">fit / full size</button>'
             f'<div id="details"><p>Click a node.</p></div><div id="errors"></div><pre id="selftest"></pre></div>'
             f'<script type="application/json" id="graph-data">{blob}</script>{SCRIPT}</body></html>\n')
 

@@ -34,6 +34,7 @@ from circuitalg.circuits.composition import composition_baseline, composition_sc
 from circuitalg.circuits.enumerate import top_circuits
 from circuitalg.circuits.findings import FAMILY_ALPHA, composition_pairs
 from circuitalg.errors import CircuitAlgError, ConfigError, InvalidArgumentError, LoadError
+from circuitalg.features.io import FORMATS
 from circuitalg.model.io import load
 from circuitalg.model.weights import Transformer
 from circuitalg.report import ReportOptions, write_report
@@ -371,6 +372,8 @@ def _attribute_parser(sub: Any, fmt: type) -> None:
     p.add_argument("--dictionaries", action="append", required=True, metavar="DIR",
                    help="transcoders: a folder load_dictionary reads (circuit-tracer config.yaml folder, a SAELens "
                         "transcoder folder, ...); repeat for per-layer transcoders in separate folders")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+                   help="the dictionaries' format (auto: detected from the files)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt's text (needs a tokenizer: MODEL's own or --tokenizer); a special "
                                       "token is put first when the tokenizer does not, as circuit-tracer does")
@@ -507,7 +510,7 @@ def _attribute_command(args: argparse.Namespace, model: Transformer) -> int:
     dictionaries = []
     for d in args.dictionaries:
         try:
-            dictionaries.append(load_dictionary(d, dtype=dtype))
+            dictionaries.append(load_dictionary(d, format=args.format, dtype=dtype))
         except (LoadError, ConfigError) as e:
             print(f"circuitalg attribute: error: --dictionaries {d}: {e}", file=sys.stderr)
             return EXIT_MODEL

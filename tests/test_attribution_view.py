@@ -28,14 +28,13 @@ from circuitalg.features.view import page_node_count, view_data, write_attributi
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6, 5]
 
 
-def make_model(seed: int = 0) -> ca.Transformer:
+def make_model(seed: int = 0, vocab=None) -> ca.Transformer:
     cfg = ca.TransformerConfig(n_layers=3, n_heads=3, d_mlp=24, normalization="LN", act_fn="gelu_new", d_model=16,
                                d_head=4, d_vocab=19, n_ctx=12)
     rng = np.random.default_rng(seed)
     params = {k: (1.0 + 0.2 * rng.normal(size=s)) if k.endswith(".w") else 0.5 * rng.normal(size=s)
               for k, s in ca.param_shapes(cfg).items()}
-    model = ca.Transformer(cfg, params, name=f"view-{seed}")
-    return model
+    return ca.Transformer(cfg, params, name=f"view-{seed}", vocab=vocab)
 
 
 def make_transcoders(F: int, n_layers: int = 3, d: int = 16) -> list[Dictionary]:
@@ -239,3 +238,28 @@ def test_browser_check_sees_network_requests(small, tmp_path) -> None:
     path.write_text(text, encoding="utf-8")
     res = selftest(dump_dom(path, tmp_path / "profile"))
     assert res["resources"] == ["http://127.0.0.1:9/x.png"]
+
+
+# token strings that would break a page that pasted them in unescaped
+NASTY = ["</script><b>x</b>", "a\"b'c", "&amp;", "<!--", "]]>", "\u00e9t\u00e9", " the", "\n", "\\", "${x}", "{{y}}",
+         "<svg onload=alert(1)>", "\u2028", "0", "1", "2", "3", "4", "5"]
+
+
+def test_page_shows_token_strings_as_text(tmp_path) -> None:
+    model = make_model(vocab=NASTY)
+    tcs = make_transcoders(24)
+    g = attribute(model, tcs, TOKENS)
+    data = view_data(g)
+    path = write_attribution_html(g, tmp_path / "g.html")
+    text = path.read_text(encoding="utf-8")
+    assert "<b>x</b>" not in text and "<svg onload" not in text
+    dom = dump_dom(path, tmp_path / "profile")
+    res = selftest(dom)
+    assert res["errors"] == [] and res["nodes"] == len(data["nodes"]), errors(dom)
+    assert "<b>" not in dom and "<svg onload" not in dom
+    drawn = [html.unescape(t) for t in re.findall(r'<text[^>]*class="tok"[^>]*>(.*?)</text>', dom, re.S)]
+    want = [n["text"] for n in data["nodes"] if n["kind"] in ("token", "logit")]
+    assert drawn == want
+    assert set(want) & set(NASTY[:13])
+    clicked = data["nodes"][res["clicked"]]
+    assert clicked["logits"][0][0] in NASTY and clicked["logits"][0][0] in res["details"]

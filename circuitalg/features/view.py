@@ -388,8 +388,10 @@ SCRIPT = r"""<script>
 
 def attribution_html(data: dict, title: str) -> str:
     """The page for ``data`` (:func:`view_data`)."""
-    # inside <script> only "</" can end the element; JSON allows "<\/" for it
-    blob = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    # no "<" at all inside the <script> element ("</script" ends it, "<!--" with "<script" changes
+    # how the parser finds its end); JSON reads the escapes back
+    blob = (json.dumps(data, allow_nan=False, separators=(",", ":"))
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     legend = ('<p class="legend"><span style="color:#6a51a3">● feature</span>'
               '<span style="color:#999">■ error</span>'
               '<span style="color:#41ab5d">■ token</span><span style="color:#f16913">◆ logit</span>'

@@ -308,6 +308,17 @@ class _Frozen:
         # the stacked maps for the whole layer at once
         self.W_O_cat = self.W_O.transpose(0, 2, 1, 3).reshape(self.L, self.d, self.H * self.dh)  # (L, d, H dh)
         self.W_V_cat = self.W_V.reshape(self.L, self.H * self.dh, self.d)  # (L, H dh, d)
+        self.set_work_dtype(np.dtype(f64))
+
+    def set_work_dtype(self, dtype: np.dtype) -> None:
+        """The dtype of the adjoint maps (:meth:`attn_T`, :meth:`skip_T`): copies where it is not float64."""
+        def cast(a: Any) -> Any:
+            return None if a is None else np.asarray(a, dtype=dtype)
+
+        self.work = dtype
+        self.w_O_cat, self.w_V_cat, self.w_pattern = cast(self.W_O_cat), cast(self.W_V_cat), cast(self.pattern)
+        self.w_s1, self.w_s2, self.w_post = cast(self.s1), cast(self.s2), cast(self.s_post)
+        self.w_skips = {l: cast(M) for l, (M, _) in self.skips.items()}
 
     def centre(self, g: np.ndarray) -> np.ndarray:
         return g - g.mean(axis=-1, keepdims=True) if self.centred else g
@@ -315,30 +326,33 @@ class _Frozen:
     # backward (adjoint) maps on gradients G: (n, seq, d)
     def attn_T(self, l: int, G: np.ndarray) -> np.ndarray:
         """The adjoint of layer ``l``'s frozen attention on gradients ``G`` ``(n, P, d)`` over the
-        first ``P`` positions (causal attention: later positions neither read nor are read)."""
+        first ``P`` positions (causal attention: later positions neither read nor are read), in the
+        working dtype."""
         n, P, d = G.shape
         H, dh = self.H, self.dh
-        if self.s_post is not None:
-            G = G / self.s_post[l, :P][None, :, None]
-        U = G.reshape(n * P, d) @ self.W_O_cat[l]  # (n P, H dh): every head's W_Oᵀ g
+        if self.w_post is not None:
+            G = G / self.w_post[l, :P][None, :, None]
+        U = G.reshape(n * P, d) @ self.w_O_cat[l]  # (n P, H dh): every head's W_Oᵀ g
         U = np.ascontiguousarray(U.reshape(n, P, H, dh).transpose(2, 1, 0, 3)).reshape(H, P, n * dh)
-        Y = np.matmul(self.pattern[l, :, :P, :P].transpose(0, 2, 1), U)  # (H, P keys, n dh): Aᵀ per head
+        Y = np.matmul(self.w_pattern[l, :, :P, :P].transpose(0, 2, 1), U)  # (H, P keys, n dh): Aᵀ per head
+        del U
         Y = np.ascontiguousarray(Y.reshape(H, P, n, dh).transpose(2, 1, 0, 3)).reshape(n * P, H * dh)
-        out = (Y @ self.W_V_cat[l]).reshape(n, P, d)
-        if self.s1 is not None:
-            out /= self.s1[l, :P][None, :, None]
+        out = (Y @ self.w_V_cat[l]).reshape(n, P, d)
+        del Y
+        if self.w_s1 is not None:
+            out /= self.w_s1[l, :P][None, :, None]
             if self.centred:
                 out -= out.mean(axis=-1, keepdims=True)
         return out
 
     def skip_T(self, l: int, G: np.ndarray) -> np.ndarray | None:
-        if l not in self.skips:
+        M = self.w_skips.get(l)
+        if M is None:
             return None
-        M, _ = self.skips[l]
         P = G.shape[1]
         out = G @ M  # (n, P, d): M is (d, d) on the stream
-        if self.s2 is not None:
-            out /= self.s2[l, :P][None, :, None]
+        if self.w_s2 is not None:
+            out /= self.w_s2[l, :P][None, :, None]
         return out
 
     # forward maps on states X: (seq, d)
@@ -428,7 +442,7 @@ class AttributionGraph:
     nodes : tuple
         :class:`FeatureNode` ..., :class:`ErrorNode` ... (layer-major), :class:`TokenNode` ...,
         :class:`LogitNode` ...: circuit-tracer's order.
-    adjacency : (n_nodes, n_nodes) float64 array
+    adjacency : (n_nodes, n_nodes) float64 (or float32) array
         ``adjacency[target, source]``: the direct effect of ``source`` on ``target`` (rows of
         features and logits are filled; a feature source's column carries its activation).
     constants : tuple of ConstantNode
@@ -835,6 +849,7 @@ def attribute(
     zero_positions: int = 1,
     batch_size: int | None = None,
     progress: Any = None,
+    dtype: Any = np.float64,
 ) -> AttributionGraph:
     """The attribution graph of ``model`` with ``transcoders`` replacing its MLPs on ``tokens``.
 
@@ -859,10 +874,16 @@ def attribute(
         The leading positions whose features and errors are not nodes (circuit-tracer: 1); what the
         MLPs wrote there is the constant ``mlp_frozen``.
     batch_size : int, optional
-        Targets propagated together (memory ``batch_size * n_pos * d_model`` floats); default: as
-        many as fit in about 64 MiB.
+        Targets propagated together (memory ``batch_size * n_pos * d_model`` floats, a few times
+        over); default: as many as fit in about 64 MiB. On a causal model the targets go in waves,
+        one per position (whatever their layer), each cut into batches.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch of targets (rows of the adjacency).
+    dtype : numpy dtype
+        The dtype of the edge computation and of :attr:`AttributionGraph.adjacency`: float64 (the
+        default, exact to rounding) or float32 (half the memory of the adjacency and about twice
+        as fast; edges then carry float32 rounding, relative errors of order 1e-6, as
+        circuit-tracer's). Activations, values and constants' edges stay float64.
 
     Returns
     -------
@@ -876,6 +897,12 @@ def attribute(
     if isinstance(zero_positions, bool) or not isinstance(zero_positions, (int, np.integer)) or zero_positions < 0:
         raise InvalidArgumentError(f"attribute: zero_positions must be a non-negative integer, got {zero_positions!r}.")
     n0 = int(zero_positions)
+    try:
+        work = np.dtype(dtype)
+    except TypeError as e:
+        raise InvalidArgumentError(f"attribute: dtype must be float64 or float32, got {dtype!r}.") from e
+    if work not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise InvalidArgumentError(f"attribute: dtype must be float64 or float32, got {dtype!r}.")
     dicts = _members(transcoders, model)
     for d in dicts:
         bind(d, model)  # hooks, dimensions and preprocessing checked against the model
@@ -1096,70 +1123,145 @@ def attribute(
                 fw[(wl, int(p))] = (np.r_[cols, rows[sel]], np.vstack([vs, Vd[sel]]))
     token_vectors = np.asarray(model.W_E.array, dtype=f64)[:, tok].T  # (seq, d)
 
-    # -- edges: for each group of targets, propagate their read vectors back through the frozen model --
+    # -- edges: propagate the targets' read vectors back through the frozen model (the adjoint) ----------
     n_c = len(constants)
-    A = np.zeros((N, N))
+    fz.set_work_dtype(work)
+    A = np.zeros((N, N), dtype=work)
     Cadj = np.zeros((N, n_c))
-    if batch_size is None:
-        batch_size = max(1, int((64 << 20) // (8 * seq * D)))
-    groups: list[tuple[str, int, list[int]]] = []
-    for l in sorted(enc_rows):
-        groups.append(("pre" if fz.parallel else "mid", l, [int(r) for r in enc_rows[l]]))
-    groups.append(("post", L - 1, list(range(log0, log0 + n_log))))
-
     causal = bool(c.causal)
+    # sources in the working dtype: features per (layer, position) as a column slice where contiguous
+    fw_w = {}
+    for key, (cols, vs) in fw.items():
+        contiguous = cols.size and np.array_equal(cols, np.arange(cols[0], cols[0] + cols.size))
+        fw_w[key] = (slice(int(cols[0]), int(cols[0]) + cols.size) if contiguous else cols, vs.astype(work))
+    del fw
+    errors_w = errors.astype(work)
+    token_w = token_vectors.astype(work)
+    # each station's constant writes stacked: (columns, (seq, d, m) array), read by one product
+    const_w = {key: (np.array([col for col, _ in items]), np.stack([np.asarray(V, dtype=work) for _, V in items], axis=-1))
+               for key, items in const_writes.items()}
+    del const_writes
+
+    def entry(station: str, layer: int) -> int:
+        """When a target read at (``station``, ``layer``) joins the descent from the last layer."""
+        if station == "pre":
+            return 2 * L if layer == 0 else 2 * (L - layer)
+        if station == "post":
+            return 2 * (L - 1 - layer)
+        return 2 * (L - 1 - layer) + 1
+
+    def collect(G: np.ndarray, st: str, l: int, on: np.ndarray, oc: np.ndarray) -> None:
+        """Add the direct effects of the sources written at (``st``, ``l``) on the gradients ``G``
+        ``(n, P, d)`` into ``on`` (n, N) and ``oc`` (n, n_c)."""
+        n, P, _ = G.shape
+        if st == "post":
+            for p in range(P):
+                hit = fw_w.get((l, p))
+                if hit is not None:
+                    cols, vs = hit
+                    on[:, cols] += G[:, p, :] @ vs.T
+            on[:, err0 + l * seq: err0 + l * seq + P] += np.einsum("npd,pd->np", G, errors_w[l, :P])
+        if st == "pre" and l == 0:
+            on[:, tok0: tok0 + P] += np.einsum("npd,pd->np", G, token_w[:P])
+        hit = const_w.get((st, l))
+        if hit is not None:
+            cols, Vs = hit
+            oc[:, cols] += G.reshape(n, P * D) @ Vs[:P].reshape(P * D, -1)
+
+    def propagate(injections: list) -> tuple:
+        """The direct effects of every source on functionals of the stream: ``injections`` a list of
+        (station, layer, R (n_i, d), positions (n_i,)). All are carried down together from the last
+        layer, each joining where it reads; returns (nodes (n, N), constants (n, n_c), slices), the
+        rows of injection ``i`` being ``slices[i]``."""
+        order = sorted(range(len(injections)), key=lambda i: entry(injections[i][0], injections[i][1]))
+        sizes = [len(injections[i][3]) for i in order]
+        starts = np.cumsum([0] + sizes)
+        n = int(starts[-1])
+        tpos = np.concatenate([np.asarray(injections[i][3], dtype=np.int64) for i in order])
+        # causal attention: positions after the last target's are never on a path to it
+        P = int(tpos.max()) + 1 if causal else seq
+        G = np.zeros((n, P, D), dtype=work)
+        G[np.arange(n), tpos] = np.concatenate([np.asarray(injections[i][2], dtype=work) for i in order])
+        on = np.zeros((n, N), dtype=work)
+        oc = np.zeros((n, n_c))
+        keys = [entry(injections[i][0], injections[i][1]) for i in order]
+        k, j = 0, 0
+
+        def admit(key: int) -> int:
+            nonlocal j
+            while j < len(order) and keys[j] == key:
+                j += 1
+            return int(starts[j])
+
+        for l in range(L - 1, -1, -1):
+            k = admit(2 * (L - 1 - l))
+            skip_in = None
+            if k:
+                collect(G[:k], "post", l, on[:k], oc[:k])
+                skip_in = fz.skip_T(l, G[:k])
+                if skip_in is not None and not fz.parallel:
+                    G[:k] += skip_in
+            k_skip = k
+            k = admit(2 * (L - 1 - l) + 1)
+            if k:
+                collect(G[:k], "mid", l, on[:k], oc[:k])
+                G[:k] += fz.attn_T(l, G[:k])
+                if skip_in is not None and fz.parallel:
+                    G[:k_skip] += skip_in
+            del skip_in
+        k = admit(2 * L)
+        collect(G[:k], "pre", 0, on[:k], oc[:k])
+        slices = {i: slice(int(starts[r]), int(starts[r + 1])) for r, i in enumerate(order)}
+        return on, oc, slices
 
     def backprop(R: np.ndarray, tpos: np.ndarray, station: str, Lt: int, out_nodes: np.ndarray,
                  out_consts: np.ndarray) -> None:
         """Add to ``out_nodes`` (n, N) and ``out_consts`` (n, n_c) the direct effects of every
         source on the functionals ``R`` (n, d) of the stream at (``station``, ``Lt``), positions
-        ``tpos``: their read vectors carried back through the frozen model (the adjoint)."""
+        ``tpos``."""
+        on, oc, _ = propagate([(station, Lt, R, tpos)])
+        out_nodes += on
+        out_consts += oc
 
-        def collect(G: np.ndarray, st: str, l: int) -> None:
-            P = G.shape[1]
-            if st == "post":
-                for p in range(P):
-                    hit = fw.get((l, p))
-                    if hit is not None:
-                        cols, vs = hit
-                        out_nodes[:, cols] += G[:, p, :] @ vs.T
-                out_nodes[:, err0 + l * seq: err0 + l * seq + P] += np.einsum("npd,pd->np", G, errors[l, :P])
-            if st == "pre" and l == 0:
-                out_nodes[:, tok0: tok0 + P] += np.einsum("npd,pd->np", G, token_vectors[:P])
-            for col, V in const_writes.get((st, l), ()):
-                out_consts[:, col] += np.einsum("npd,pd->n", G, V[:P])
-
-        # causal attention: positions after the last target's are never on a path to it
-        P = int(tpos.max()) + 1 if causal else seq
-        G = np.zeros((len(tpos), P, D))
-        G[np.arange(len(tpos)), tpos] = R
-        l = Lt
-        if station == "mid":
-            collect(G, "mid", l)
-            G += fz.attn_T(l, G)
-            l -= 1
-        elif station == "pre":
-            l -= 1
-        # G is now the gradient at post_l (= pre_{l+1})
-        while l >= 0:
-            collect(G, "post", l)
-            skip_in = fz.skip_T(l, G)
-            G_mid = G if (fz.parallel or skip_in is None) else G + skip_in
-            collect(G_mid, "mid", l)
-            G = G_mid + fz.attn_T(l, G_mid)
-            if fz.parallel and skip_in is not None:
-                G += skip_in
-            l -= 1
-        collect(G, "pre", 0)
-
-    total, done = sum(len(g[2]) for g in groups), 0
-    for station, Lt, rows_all in groups:
-        for b0 in range(0, len(rows_all), batch_size):
-            rr = rows_all[b0: b0 + batch_size]  # a contiguous range of rows, by position within a layer
-            rows = slice(int(rr[0]), int(rr[-1]) + 1)
-            tpos = np.array([nodes[r].position for r in rr])
-            backprop(reads[rows], tpos, station, Lt, A[rows], Cadj[rows])
-            done += len(rr)
+    # targets in waves: (causal) those at one position together, whatever their layer, so that each
+    # wave's gradients span exactly the positions up to its own, and the products are large
+    stations: list[tuple[str, int, np.ndarray]] = []
+    for l in sorted(enc_rows):
+        stations.append(("pre" if fz.parallel else "mid", l, np.asarray(enc_rows[l], dtype=np.int64)))
+    stations.append(("post", L - 1, np.arange(log0, log0 + n_log, dtype=np.int64)))
+    row_pos = np.zeros(N, dtype=np.int64)
+    row_pos[:n_f] = active[:, 1]
+    row_pos[log0:] = seq - 1
+    waves = [np.arange(seq)] if not causal else [np.array([p]) for p in range(seq)]
+    total, done = sum(len(s[2]) for s in stations), 0
+    for wave in reversed(waves):
+        P = int(wave.max()) + 1 if causal else seq
+        cap = batch_size if batch_size is not None else max(1, int((64 << 20) // (work.itemsize * P * D)))
+        parts = []  # (station, layer, rows) of this wave, from the last layer down
+        for station, Lt, rows in reversed(stations):
+            sel = rows[np.isin(row_pos[rows], wave)]
+            if sel.size:
+                parts.append((station, Lt, sel))
+        chunk: list = []
+        size = 0
+        pending = list(parts)
+        while pending or chunk:
+            if pending and size < cap:
+                station, Lt, rows = pending.pop(0)
+                take = rows[: cap - size]
+                if take.size < rows.size:
+                    pending.insert(0, (station, Lt, rows[take.size:]))
+                chunk.append((station, Lt, take))
+                size += take.size
+                continue
+            inj = [(st, Lt, reads[rows], row_pos[rows]) for st, Lt, rows in chunk]
+            on, oc, slices = propagate(inj)
+            for i, (_, _, rows) in enumerate(chunk):
+                A[rows] = on[slices[i]]
+                Cadj[rows] += oc[slices[i]]
+            del on, oc
+            done += size
+            chunk, size = [], 0
             if progress is not None:
                 progress(done, total)
     for r, col, v in direct:

@@ -7,7 +7,8 @@ folding changes no number; ``report``, ``scores`` and ``circuits`` load checkpoi
 
 ``attribute`` builds an attribution graph on a prompt (:func:`circuitalg.features.attribution.attribute`)
 with the transcoders of ``--dictionaries`` and writes ``graph.json`` (circuit-tracer's graph file),
-``attribution.html`` and ``summary.txt`` (:func:`circuitalg.features.summary.summarise`); it loads the
+``attribution.html`` (:func:`circuitalg.features.view.write_attribution_html`, pruned as the graph
+file is) and ``summary.txt`` (:func:`circuitalg.features.summary.summarise`); it loads the
 model unfolded (a transcoder reading the MLP's input needs the norm's weight).
 
 Exit codes: 0 success, 2 bad options, 3 unknown model or unreadable file, 4 another
@@ -504,6 +505,7 @@ def _attribute_command(args: argparse.Namespace, model: Transformer) -> int:
     from circuitalg.features.attribution import attribute
     from circuitalg.features.graphfile import write_circuit_tracer_json
     from circuitalg.features.summary import summarise
+    from circuitalg.features.view import write_attribution_html
     from circuitalg.files import atomic_write
 
     dtype = np.dtype(args.dtype)
@@ -554,8 +556,10 @@ def _attribute_command(args: argparse.Namespace, model: Transformer) -> int:
                               edge_threshold=args.edge_threshold, prompt=args.prompt)
     text = summarise(graph, args.top_paths, prompt=args.prompt, node_threshold=args.node_threshold,
                      edge_threshold=args.edge_threshold, prune=pr)
+    title = f"{model.name}: {args.prompt!r}" if args.prompt is not None else None
+    write_attribution_html(graph, out / "attribution.html", prune=pr, title=title)
     atomic_write(out / "summary.txt", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
-    progress(f"wrote {out / 'graph.json'} and {out / 'summary.txt'}")
+    progress(f"wrote {out / 'graph.json'}, {out / 'attribution.html'} and {out / 'summary.txt'}")
     print(text)
     return 0
 

@@ -79,6 +79,8 @@ def test_attribute_writes_the_files_and_a_true_summary(files, tmp_path, capsys) 
     assert "adjacency rows (100%)" in err  # progress lines on stderr (not a terminal here)
     assert (out / "summary.txt").read_text() == text
     gf = read_circuit_tracer_json(out / "graph.json")
+    page = (out / "attribution.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<script src" not in page and 'href="http' not in page
     assert [n["feature_type"] for n in gf.nodes].count("embedding") == len(TOKENS)
     # the same graph through the Python API
     model = ca.load(files / "tiny.safetensors")

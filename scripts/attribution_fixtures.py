@@ -238,7 +238,8 @@ def ct_generate(folder: Path, out: Path, case: str) -> None:
     same_nodes = bool(torch.equal(g32.active_features, g.active_features)) and a64.shape == g32.adjacency_matrix.shape
     fig32 = {"same_active_features": same_nodes}
     if same_nodes:
-        fig32["adjacency_max_abs_diff_over_max"] = float((g32.adjacency_matrix.double() - a64).abs().max() / a64.abs().max())
+        diff = (g32.adjacency_matrix.double() - a64).abs().max()
+        fig32["adjacency_max_abs_diff_over_max"] = float(diff / a64.abs().max())
         fig32["activations_max_rel"] = float((g32.activation_values.double() - g.activation_values.double()).abs().max()
                                              / g.activation_values.double().abs().max())
 

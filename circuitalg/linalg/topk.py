@@ -316,14 +316,6 @@ def _scan(
     delta = (gamma + 5.01 * u) * float(row_norm.max()) * col_max
     tail_l = _norms(L[:, p:], 1) if p < r else np.zeros(n_rows)
     tail_v = _norms(V[p:], 0) if p < r else np.zeros(n_cols)
-    if p < r and not by_abs:  # P + b in one product: the rank-one bound as one more column
-        L32 = np.empty((n_rows, p + 1), dtype=np.float32)  # filled in place: no float64 temporary
-        L32[:, :p], L32[:, p] = L[:, :p], tail_l
-        V32 = np.empty((p + 1, n_cols), dtype=np.float32)
-        V32[:p], V32[p] = V[:p], tail_v
-    else:  # |P| + b: the bound is added after the absolute value
-        L32, V32 = L[:, :p].astype(np.float32, copy=False), V[:p].astype(np.float32, copy=False)
-    tail_l32, tail_v32 = tail_l.astype(np.float32), tail_v.astype(np.float32)
     # rows of V.T gathered for the dot products (in V's dtype: float32 factors are widened to
     # float64 only where gathered)
     Vt = np.ascontiguousarray(V.T)
@@ -331,6 +323,14 @@ def _scan(
     # to gather), within delta_full of the float64 value; only those that can still reach the
     # k-th value get the float64 dot product
     Lf32, Vt32 = L.astype(np.float32, copy=False), Vt.astype(np.float32, copy=False)
+    if p < r and not by_abs:  # P + b in one product: the rank-one bound as one more column
+        L32 = np.empty((n_rows, p + 1), dtype=np.float32)  # filled in place: no float64 temporary
+        L32[:, :p], L32[:, p] = Lf32[:, :p], tail_l
+        V32 = np.empty((p + 1, n_cols), dtype=np.float32)
+        V32[:p], V32[p] = Vt32.T[:p], tail_v
+    else:  # |P| + b: the bound is added after the absolute value; views of the full-rank copies
+        L32, V32 = Lf32[:, :p], Vt32.T[:p]
+    tail_l32, tail_v32 = tail_l.astype(np.float32), tail_v.astype(np.float32)
     gamma_r = r * u / (1 - r * u)
     delta_full = (gamma_r * (1 + u) ** 2 + 2.01 * u) * float(row_norm.max()) * col_max
     block = max(1, min(len(rest), min(budget, SCREEN_BLOCK_BYTES) // (4 * n_cols)))

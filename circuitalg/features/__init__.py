@@ -15,7 +15,9 @@
   weights as dask tiles.
 - :mod:`~circuitalg.features.attribution`: attribution graphs on a prompt (transcoders replacing the
   MLPs, attention patterns and norm scales frozen, error and constant nodes: complete to rounding);
-  :mod:`~circuitalg.features.graphfile`: circuit-tracer's graph files.
+  :mod:`~circuitalg.features.graphfile`: circuit-tracer's graph files;
+  :mod:`~circuitalg.features.view`: the offline HTML view; :mod:`~circuitalg.features.summary`:
+  the top paths to a target logit.
 """
 
 from circuitalg.features.activations import Activation, BatchTopK, JumpReLU, Linear, ReLU, TopK
@@ -33,6 +35,8 @@ from circuitalg.features.attribution import (
     AttributionGraph, ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, QKAttribution, TokenNode, attribute,
 )
 from circuitalg.features.graphfile import read_circuit_tracer_json, write_circuit_tracer_json
+from circuitalg.features.summary import summarise, top_paths
+from circuitalg.features.view import write_attribution_html
 from circuitalg.features.streaming import (
     GlobalWeights, GlobalWeightsPlan, RowTopEntries, plan_global_weights, stream_global_weights, top_entries_per_row,
 )
@@ -89,6 +93,9 @@ __all__ = [
     "QKAttribution",
     "write_circuit_tracer_json",
     "read_circuit_tracer_json",
+    "write_attribution_html",
+    "summarise",
+    "top_paths",
     "top_entries_per_row",
     "RowTopEntries",
     "stream_global_weights",

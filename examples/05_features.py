@@ -32,8 +32,8 @@ ROOT = Path(circuitalg.zoo.__file__).parent / "dictionaries" / "smollm2-135m-ins
 
 
 def words(vocab: tuple[str, ...], ids: np.ndarray) -> str:
-    """Token strings joined for printing (GGUF byte-level tokens: 'Ġ' is a space)."""
-    return "".join(vocab[int(t)] for t in ids).replace("Ġ", " ").replace("Ċ", "\\n")
+    """The text of token ids (circuitalg's vocabulary holds decoded token strings)."""
+    return "".join(vocab[int(t)] for t in ids)
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
 
     # 2. their direct effect on the logits: W_U diag(w_final) dec (the final norm's scale frozen)
     b_sae = cf.bind(sae, model)
-    print("\n" + str(cf.top_feature_logits(b_sae, 6, features=strongest)).replace("Ġ", " "))
+    print("\n" + str(cf.top_feature_logits(b_sae, 6, features=strongest)))
 
     # 3. SAE -> transcoder through the residual stream: enc_t diag(w_ln2) dec_s / s, with the MLP
     #    norm's per-token scale s frozen at its median on this text

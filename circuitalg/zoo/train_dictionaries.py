@@ -24,7 +24,9 @@ Text: the news articles of sae-probes 0.4.2 (``data/cleaned_data/100_news_fake.c
 ``prompt`` column), tokenized with the GGUF's own tokenizer (through ``transformers``); each
 sequence is ``<|endoftext|>`` followed by the first ``SEQ_LEN - 1`` tokens of one article.
 Position 0 is never used: its residual stream is an attention sink two orders of magnitude
-larger than the others. The held-out sequences are other articles than the training ones.
+larger than the others. The held-out sequences are other articles than the training ones, none
+equal to a training sequence (the file holds some articles more than once; the training set
+keeps its repeats).
 
 Layer 12 of 30: past the early layers whose residual stream still mostly spells the current
 token, before the late layers that write the next-token prediction, and cheap to reach (only
@@ -129,24 +131,38 @@ def load_texts() -> list[str]:
     return [row[src["column"]] for row in csv.DictReader(io.StringIO(text))]
 
 
-def tokenize(texts: list[str], n_seqs: int, seq_len: int = SEQ_LEN) -> tuple[np.ndarray, list[int]]:
-    """``(n_seqs, seq_len)`` token ids: :data:`BOS` then the first ``seq_len - 1`` tokens of each
-    text long enough, in order; also the indices of the texts used."""
+def tokenize(texts: list[str], n_train: int, n_heldout: int,
+             seq_len: int = SEQ_LEN) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Token ids of the training and held-out sequences, ``(n, seq_len)`` each: :data:`BOS` then the
+    first ``seq_len - 1`` tokens of each text long enough, in order. The training sequences are
+    the first ``n_train`` such texts; the held-out ones the next texts whose sequence is not
+    already taken (the news data repeats some articles, and a repeat would put training text
+    into the held-out set). Also returns the indices of the texts used, training ones first."""
     from transformers import AutoTokenizer
 
     path = model_path()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    rows, used = [], []
+    train: list[tuple[int, ...]] = []
+    held: list[tuple[int, ...]] = []
+    used: list[int] = []
     for i, t in enumerate(texts):
-        ids = tok(t, add_special_tokens=False)["input_ids"]
-        if len(ids) >= seq_len - 1:
-            rows.append([BOS] + list(ids[: seq_len - 1]))
-            used.append(i)
-            if len(rows) == n_seqs:
-                break
-    if len(rows) < n_seqs:
-        raise InvalidArgumentError(f"only {len(rows)} texts have {seq_len - 1} tokens; {n_seqs} were asked for.")
-    return np.asarray(rows, dtype=np.int64), used
+        ids = tuple(tok(t, add_special_tokens=False)["input_ids"][: seq_len - 1])
+        if len(ids) < seq_len - 1:
+            continue
+        if len(train) < n_train:
+            train.append(ids)
+        elif ids not in train and ids not in held:
+            held.append(ids)
+        else:
+            continue
+        used.append(i)
+        if len(held) == n_heldout:
+            break
+    if len(held) < n_heldout:
+        raise InvalidArgumentError(f"only {len(train) + len(held)} distinct texts have {seq_len - 1} tokens; "
+                                   f"{n_train} + {n_heldout} were asked for.")
+    as_array = lambda rows: np.asarray([[BOS, *r] for r in rows], dtype=np.int64)  # noqa: E731
+    return as_array(train), as_array(held), used
 
 
 def truncated_model(model: Any, n_layers: int) -> Any:
@@ -422,10 +438,24 @@ def _evaluate(torch: Any, sae: dict[str, np.ndarray], tc: dict[str, np.ndarray],
     }
 
 
+def _train_both(train: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The SAE and the transcoder of :data:`RECIPE` on the training activations."""
+    s, t = RECIPE["sae"], RECIPE["transcoder"]
+    sae = train_topk_sae(train["resid_pre"], d_sae=s["d_sae"], k=s["k"], steps=s["steps"], batch=s["batch"],
+                         lr=s["lr"], aux_k=s["aux_k"], aux_coef=s["aux_coef"], dead_tokens=s["dead_tokens"],
+                         seed=seed)
+    tc = train_batchtopk_transcoder(train["mlp_in"], train["mlp_out"], d_transcoder=t["d_transcoder"], k=t["k"],
+                                    steps=t["steps"], batch=t["batch"], lr=t["lr"],
+                                    threshold_steps=t["threshold_steps"], seed=seed + 1)
+    return sae, tc
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="re-measure the dictionaries already in OUTDIR instead of training them")
     args = ap.parse_args(argv)
 
     import torch
@@ -442,24 +472,26 @@ def main(argv: list[str] | None = None) -> None:
     n_train, n_held = r["n_train_seqs"], r["n_heldout_seqs"]
     texts = load_texts()
     order = np.random.default_rng(args.seed).permutation(len(texts))
-    tokens, used = tokenize([texts[i] for i in order], n_train + n_held)
-    train_tok, held_tok = tokens[:n_train], tokens[n_train:]
+    train_tok, held_tok, used = tokenize([texts[i] for i in order], n_train, n_held)
     print(f"{len(texts)} texts; {n_train} + {n_held} sequences of {SEQ_LEN} tokens")
 
     gguf = model_path()
     full = ca.load(gguf, dtype=np.float32)
     model = truncated_model(full, LAYER + 1)
-    train = collect(model, train_tok)
+    # training batches of 16 sequences from the start: the first n_held sequences' activations are
+    # the same whether or not the rest are collected
+    train = collect(model, train_tok[:n_held] if args.evaluate_only else train_tok)
     held = collect(model, held_tok)
     print(f"activations: {train['resid_pre'].shape[0]} train, {held['resid_pre'].shape[0]} held-out tokens")
 
     s, t = r["sae"], r["transcoder"]
-    sae = train_topk_sae(train["resid_pre"], d_sae=s["d_sae"], k=s["k"], steps=s["steps"], batch=s["batch"],
-                         lr=s["lr"], aux_k=s["aux_k"], aux_coef=s["aux_coef"], dead_tokens=s["dead_tokens"],
-                         seed=args.seed)
-    tc = train_batchtopk_transcoder(train["mlp_in"], train["mlp_out"], d_transcoder=t["d_transcoder"], k=t["k"],
-                                    steps=t["steps"], batch=t["batch"], lr=t["lr"],
-                                    threshold_steps=t["threshold_steps"], seed=args.seed + 1)
+    if args.evaluate_only:
+        from safetensors.numpy import load_file
+
+        sae = load_file(str(out / "sae" / "sae_weights.safetensors"))
+        tc = load_file(str(out / "transcoder_circuit_tracer" / f"layer_{LAYER}.safetensors"))
+    else:
+        sae, tc = _train_both(train, args.seed)
 
     n_test = r["n_test_seqs"] * (SEQ_LEN - 1)
     heldout = _evaluate(torch, sae, tc, held, s["k"])
@@ -489,10 +521,11 @@ def main(argv: list[str] | None = None) -> None:
         "text": {**TEXT_SOURCE, "order": f"numpy.random.default_rng({args.seed}).permutation of the rows",
                  "texts_used": [int(order[i]) for i in used]},
         "sequences": {"seq_len": SEQ_LEN, "bos": BOS, "position_0": "excluded (attention sink)",
-                      "n_train": n_train, "n_heldout": n_held,
-                      "train_tokens": int(train["resid_pre"].shape[0]),
+                      "n_train": n_train, "n_heldout": n_held, "train_tokens": n_train * (SEQ_LEN - 1),
+                      "heldout": "distinct from every training sequence",
                       "heldout_tokens_file": "heldout_tokens.safetensors"},
         "fvu_definition": "sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the evaluated tokens (their own mean)",
+        "measured": "re-measured from the saved files (--evaluate-only)" if args.evaluate_only else "after training",
         "heldout": heldout,
         "test_slice": {"n_seqs": r["n_test_seqs"], **test_slice},
         "train_subset": train_eval,

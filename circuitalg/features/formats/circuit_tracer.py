@@ -56,6 +56,7 @@ from circuitalg.features.dictionary import Dictionary, DictionaryKind, Dictionar
 from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.files import atomic_write
 from circuitalg.model.tensorfiles import read_tensors
+from circuitalg.features.formats.tensors import as_numpy, take_tensor
 
 __all__ = ["NAME", "BEFORE_POST_NORM_SUFFIXES", "detect", "load", "save", "parse_simple_yaml", "hook_from_suffix", "member_name"]
 
@@ -175,35 +176,12 @@ def hook_from_suffix(suffix: Any, layer: int, source: str, field: str) -> Hook:
 
 
 # -- tensors --------------------------------------------------------------------------------------
-def _numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):  # a torch tensor from a torch file
-        import torch
-
-        t = a.detach().cpu()
-        if t.dtype in (torch.bfloat16, torch.float16):
-            t = t.to(torch.float32)
-        return t.numpy()
-    return np.asarray(a)
-
 
 def _read(file: Path) -> dict[str, np.ndarray]:
     if not file.is_file():
         raise LoadError(f"{file}: missing (the config names it, or the layer numbering expects it).")
     tensors, _ = read_tensors(file)
-    return {k: _numpy(v) for k, v in tensors.items()}
-
-
-def _take(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str) -> np.ndarray:
-    if name not in tensors:
-        raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
-    a = tensors[name]
-    if a.dtype.kind != "f":
-        raise LoadError(f"{file}: tensor {name!r} has dtype {a.dtype}, expected floating point.")
-    if tuple(a.shape) != shape:
-        raise LoadError(f"{file}: tensor {name!r} has shape {tuple(a.shape)}, expected {shape} ({why}).")
-    if not np.all(np.isfinite(a)):
-        raise LoadError(f"{file}: tensor {name!r} holds non-finite values (NaN or infinity).")
-    return a
+    return {k: as_numpy(v) for k, v in tensors.items()}
 
 
 def _dims(tensors: Mapping[str, np.ndarray], f_key: str, d_key: str, file: Path) -> tuple[int, int]:
@@ -296,9 +274,9 @@ def _gemma_scope_npz(t: Mapping[str, np.ndarray], file: Path) -> tuple[np.ndarra
     if "W_enc" not in t or t["W_enc"].ndim != 2:
         raise LoadError(f"{file}: tensor 'W_enc' is missing or not 2-D (a Gemma Scope transcoder's encoder, (d_model, d_transcoder)).")
     d, F = t["W_enc"].shape
-    W_enc = _take(t, "W_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
-    W_dec = _take(t, "W_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
-    thr = _take(t, "threshold", (F,), file, "JumpReLU threshold per feature")
+    W_enc = take_tensor(t, "W_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
+    W_dec = take_tensor(t, "W_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
+    thr = take_tensor(t, "threshold", (F,), file, "JumpReLU threshold per feature")
     extra = sorted(set(t) - {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"})
     if extra:
         raise LoadError(f"{file}: unexpected tensor(s) {extra} for a Gemma Scope transcoder (circuit-tracer's loader would refuse them).")
@@ -318,23 +296,23 @@ def _load_set(root: Path, cfg: Mapping[str, Any], source: str, name: str, dtype:
             W_skip = None
         elif "w_enc" in t:  # Gemma Scope 2 names (circuit-tracer's load_gemma_scope_2_transcoder)
             F, d = _dims(t, "b_enc", "b_dec", file)
-            W_enc = _take(t, "w_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
-            W_dec = _take(t, "w_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
-            thr = _take(t, "threshold", (F,), file, "JumpReLU threshold per feature")
+            W_enc = take_tensor(t, "w_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
+            W_dec = take_tensor(t, "w_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
+            thr = take_tensor(t, "threshold", (F,), file, "JumpReLU threshold per feature")
             skip = t.get("affine_skip_connection")
-            W_skip = None if skip is None else _take(t, "affine_skip_connection", (d, d), file, "skip, used as x @ A").T
+            W_skip = None if skip is None else take_tensor(t, "affine_skip_connection", (d, d), file, "skip, used as x @ A").T
         else:
             F, d = _dims(t, "b_enc", "b_dec", file)
-            W_enc = _take(t, "W_enc", (F, d), file, "encoder rows, (d_transcoder, d_model)")
-            W_dec = _take(t, "W_dec", (F, d), file, "decoder rows, (d_transcoder, d_model)")
+            W_enc = take_tensor(t, "W_enc", (F, d), file, "encoder rows, (d_transcoder, d_model)")
+            W_dec = take_tensor(t, "W_dec", (F, d), file, "decoder rows, (d_transcoder, d_model)")
             thr = None
             if "activation_function.threshold" in t:
-                thr = _take(t, "activation_function.threshold", (F,), file, "JumpReLU threshold per feature")
+                thr = take_tensor(t, "activation_function.threshold", (F,), file, "JumpReLU threshold per feature")
             if "log_thresholds" in t:
                 raise LoadError(f"{file}: tensor 'log_thresholds' is not circuit-tracer's (its loader refuses it too).")
-            W_skip = None if "W_skip" not in t else _take(t, "W_skip", (d, d), file, "skip map, used as x @ W_skip.T")
-        b_enc = _take(t, "b_enc", (F,), file, "encoder bias")
-        b_dec = _take(t, "b_dec", (d,), file, "decoder bias")
+            W_skip = None if "W_skip" not in t else take_tensor(t, "W_skip", (d, d), file, "skip map, used as x @ W_skip.T")
+        b_enc = take_tensor(t, "b_enc", (F,), file, "encoder bias")
+        b_dec = take_tensor(t, "b_dec", (d,), file, "decoder bias")
         if F0 is not None and F != F0:
             raise LoadError(f"{file}: {F} features, but layer 0 has {F0} (circuit-tracer needs the same d_transcoder in every layer).")
         F0 = F
@@ -371,19 +349,19 @@ def _load_clt(root: Path, cfg: Mapping[str, Any], source: str, name: str, dtype:
         if F0 is not None and (F, d) != (F0, d0):
             raise LoadError(f"{efile}: d_transcoder, d_model = {(F, d)}, but layer 0 has {(F0, d0)}.")
         F0, d0 = F, d
-        W_enc = _take(t, f"W_enc_{layer}", (F, d), efile, "encoder rows, (d_transcoder, d_model)")
-        b_enc = _take(t, f"b_enc_{layer}", (F,), efile, "encoder bias")
-        b_dec = _take(t, f"b_dec_{layer}", (d,), efile, "decoder bias of this output layer")
+        W_enc = take_tensor(t, f"W_enc_{layer}", (F, d), efile, "encoder rows, (d_transcoder, d_model)")
+        b_enc = take_tensor(t, f"b_enc_{layer}", (F,), efile, "encoder bias")
+        b_dec = take_tensor(t, f"b_dec_{layer}", (d,), efile, "decoder bias of this output layer")
         has_thr = f"threshold_{layer}" in t
         if jump is None:
             jump = has_thr
         elif has_thr != jump:
             raise LoadError(f"{efile}: tensor 'threshold_{layer}' is {'present' if has_thr else 'missing'}, unlike layer 0 "
                             "(a cross-layer transcoder is JumpReLU in every layer or in none).")
-        thr = _take(t, f"threshold_{layer}", (F,), efile, "JumpReLU threshold per feature") if has_thr else None
+        thr = take_tensor(t, f"threshold_{layer}", (F,), efile, "JumpReLU threshold per feature") if has_thr else None
         dfile = root / f"W_dec_{layer}.safetensors"
         td = _read(dfile)
-        W_dec = _take(td, f"W_dec_{layer}", (F, n - layer, d), dfile,
+        W_dec = take_tensor(td, f"W_dec_{layer}", (F, n - layer, d), dfile,
                       f"decoders of layer {layer}'s features to layers {layer}..{n - 1}")
         writes = tuple(hook_from_suffix(cfg["feature_output_hook"], j, source, "feature_output_hook") for j in range(layer, n))
         zeros = np.zeros(d, dtype=b_dec.dtype)

@@ -50,6 +50,7 @@ from circuitalg.features.activations import BatchTopK, JumpReLU, ReLU, TopK
 from circuitalg.features.dictionary import Dictionary, DictionaryKind
 from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_torch
+from circuitalg.features.formats.tensors import as_numpy, take_tensor
 
 __all__ = ["NAME", "detect", "load", "submodule_hook"]
 
@@ -104,28 +105,6 @@ def submodule_hook(trainer: dict[str, Any], source: str) -> Hook:
         ) from None
 
 
-def _numpy(v: Any) -> np.ndarray:
-    import torch
-
-    t = v.detach().cpu()
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.to(torch.float32)
-    return t.numpy()
-
-
-def _take(t: dict[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str) -> np.ndarray:
-    if name not in t:
-        raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
-    a = t[name]
-    if a.dtype.kind != "f":
-        raise LoadError(f"{file}: tensor {name!r} has dtype {a.dtype}, expected floating point.")
-    if tuple(a.shape) != shape:
-        raise LoadError(f"{file}: tensor {name!r} has shape {tuple(a.shape)}, expected {shape} ({why}).")
-    if not np.all(np.isfinite(a)):
-        raise LoadError(f"{file}: tensor {name!r} holds non-finite values (NaN or infinity).")
-    return a
-
-
 def _k(t: dict[str, np.ndarray], trainer: dict[str, Any], file: Path, source: str, F: int) -> int:
     k = trainer.get("k")
     if "k" in t:
@@ -155,7 +134,7 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
     cls = trainer.get("dict_class")
     if cls not in _CLASSES:
         raise LoadError(f"{source}: field 'trainer.dict_class' = {cls!r}; circuitalg reads {', '.join(_CLASSES)}.")
-    t = {k: _numpy(v) for k, v in read_torch(wfile).items()}
+    t = {k: as_numpy(v) for k, v in read_torch(wfile).items()}
     hook = submodule_hook(trainer, source)
     if cls in _PARAMETER_CLASSES:
         if "W_enc" not in t or t["W_enc"].ndim != 2:
@@ -171,37 +150,37 @@ def load(path: Path, dtype: Any = np.float64) -> Dictionary:
             raise LoadError(f"{source}: field 'trainer.{key}' = {got!r} but {wfile.name}'s tensors give {want}.")
     pre_shift = False
     if cls in _PARAMETER_CLASSES:
-        W_enc = _take(t, "W_enc", (d, F), wfile, "encoder, (activation_dim, dict_size)").T
-        b_enc = _take(t, "b_enc", (F,), wfile, "encoder bias")
-        W_dec = _take(t, "W_dec", (F, d), wfile, "decoder rows, (dict_size, activation_dim)").T
-        b_dec = _take(t, "b_dec", (d,), wfile, "decoder bias")
+        W_enc = take_tensor(t, "W_enc", (d, F), wfile, "encoder, (activation_dim, dict_size)").T
+        b_enc = take_tensor(t, "b_enc", (F,), wfile, "encoder bias")
+        W_dec = take_tensor(t, "W_dec", (F, d), wfile, "decoder rows, (dict_size, activation_dim)").T
+        b_dec = take_tensor(t, "b_dec", (d,), wfile, "decoder bias")
         if cls == "JumpReluAutoEncoder":
-            thr = _take(t, "threshold", (F,), wfile, "JumpReLU threshold per feature")
+            thr = take_tensor(t, "threshold", (F,), wfile, "JumpReLU threshold per feature")
             activation = JumpReLU(thr, relu=True)
         else:
             sizes = t.get("group_sizes")
             if sizes is None or sizes.ndim != 1 or sizes.dtype.kind not in "iu" or int(sizes.sum()) != F:
                 raise LoadError(f"{wfile}: tensor 'group_sizes' is missing or does not sum to dict_size = {F}.")
-            thr = _take(t, "threshold", (), wfile, "the learned scalar threshold of BatchTopK at inference")
+            thr = take_tensor(t, "threshold", (), wfile, "the learned scalar threshold of BatchTopK at inference")
             _k(t, trainer, wfile, source, F)
             pre_shift, activation = True, BatchTopK(float(thr))
     else:
-        W_enc = _take(t, "encoder.weight", (F, d), wfile, "encoder, (dict_size, activation_dim)")
-        b_enc = _take(t, "encoder.bias", (F,), wfile, "encoder bias")
-        W_dec = _take(t, "decoder.weight", (d, F), wfile, "decoder, (activation_dim, dict_size)")
+        W_enc = take_tensor(t, "encoder.weight", (F, d), wfile, "encoder, (dict_size, activation_dim)")
+        b_enc = take_tensor(t, "encoder.bias", (F,), wfile, "encoder bias")
+        W_dec = take_tensor(t, "decoder.weight", (d, F), wfile, "decoder, (activation_dim, dict_size)")
         if cls == "AutoEncoder":
-            b_dec = _take(t, "bias", (d,), wfile, "the bias subtracted before encoding and added after decoding")
+            b_dec = take_tensor(t, "bias", (d,), wfile, "the bias subtracted before encoding and added after decoding")
             pre_shift, activation = True, ReLU()
         elif cls == "AutoEncoderNew":
-            b_dec = _take(t, "decoder.bias", (d,), wfile, "decoder bias")
+            b_dec = take_tensor(t, "decoder.bias", (d,), wfile, "decoder bias")
             activation = ReLU()
         else:
-            b_dec = _take(t, "b_dec", (d,), wfile, "decoder bias, also subtracted before encoding")
+            b_dec = take_tensor(t, "b_dec", (d,), wfile, "decoder bias, also subtracted before encoding")
             pre_shift = True
             if cls == "AutoEncoderTopK":
                 activation = TopK(_k(t, trainer, wfile, source, F), relu=True)
             else:
-                thr = _take(t, "threshold", (), wfile, "the learned scalar threshold of BatchTopK at inference")
+                thr = take_tensor(t, "threshold", (), wfile, "the learned scalar threshold of BatchTopK at inference")
                 _k(t, trainer, wfile, source, F)
                 activation = BatchTopK(float(thr))
     name = f"{hook.hook_name}.{p.name}" if re.fullmatch(r"trainer_\d+", p.name) else p.name

@@ -66,6 +66,7 @@ from circuitalg.features.activations import JumpReLU, ReLU, TopK
 from circuitalg.features.dictionary import Dictionary, DictionaryKind, DictionarySet
 from circuitalg.features.hooks import Hook
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
+from circuitalg.features.formats.tensors import as_numpy, take_tensor
 
 __all__ = ["NAME", "detect", "load"]
 
@@ -129,17 +130,6 @@ def _hook(name: Any, source: str, key: str) -> Hook:
         raise LoadError(f"{source}: field {key!r}: {exc}") from None
 
 
-def _numpy(v: Any) -> np.ndarray:
-    if hasattr(v, "detach"):
-        import torch
-
-        t = v.detach().cpu()
-        if t.dtype in (torch.bfloat16, torch.float16):
-            t = t.to(torch.float32)
-        return t.numpy()
-    return np.asarray(v)
-
-
 def _torch_checkpoint(file: Path) -> dict[str, Any]:
     """llamascopium's ``save_checkpoint(".pt")``: ``{"sae": state_dict, "version": str}``, read with
     ``torch.load(weights_only=True)`` only."""
@@ -161,25 +151,12 @@ def _torch_checkpoint(file: Path) -> dict[str, Any]:
 
 def _tensors(file: Path) -> dict[str, np.ndarray]:
     raw = _torch_checkpoint(file) if file.suffix == ".pt" else read_tensors(file)[0]
-    return {k: _numpy(v) for k, v in raw.items()}
-
-
-def _take(t: dict[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str) -> np.ndarray:
-    if name not in t:
-        raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
-    a = t[name]
-    if a.dtype.kind != "f":
-        raise LoadError(f"{file}: tensor {name!r} has dtype {a.dtype}, expected floating point.")
-    if tuple(a.shape) != shape:
-        raise LoadError(f"{file}: tensor {name!r} has shape {tuple(a.shape)}, expected {shape} ({why}).")
-    if not np.all(np.isfinite(a)):
-        raise LoadError(f"{file}: tensor {name!r} holds non-finite values (NaN or infinity).")
-    return a
+    return {k: as_numpy(v) for k, v in raw.items()}
 
 
 def _positive_norm(t: dict[str, np.ndarray], hook: str, file: Path) -> float:
     key = f"dataset_average_activation_norm.{hook}"
-    v = _take(t, key, (), file, "the dataset-wise average activation norm at this hook (norm_activation: dataset-wise)")
+    v = take_tensor(t, key, (), file, "the dataset-wise average activation norm at this hook (norm_activation: dataset-wise)")
     v = float(v)
     if not v > 0:
         raise LoadError(f"{file}: tensor {key!r} = {v}, expected a positive norm.")
@@ -239,10 +216,10 @@ def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary | DictionarySet:
     if wfile is None:
         raise LoadError(f"{p}: no weights file ({', '.join(WEIGHT_FILES)}).")
     t = _tensors(wfile)
-    W_E = _take(t, "W_E", (d, F), wfile, "encoder, (d_model, d_sae)")
-    b_E = _take(t, "b_E", (F,), wfile, "encoder bias")
-    W_D = _take(t, "W_D", (F, d), wfile, "decoder rows, (d_sae, d_model)")
-    b_D = _take(t, "b_D", (d,), wfile, "decoder bias") if use_bias else np.zeros(d, dtype=W_D.dtype)
+    W_E = take_tensor(t, "W_E", (d, F), wfile, "encoder, (d_model, d_sae)")
+    b_E = take_tensor(t, "b_E", (F,), wfile, "encoder bias")
+    W_D = take_tensor(t, "W_D", (F, d), wfile, "decoder rows, (d_sae, d_model)")
+    b_D = take_tensor(t, "b_D", (d,), wfile, "decoder bias") if use_bias else np.zeros(d, dtype=W_D.dtype)
     if norm == "dataset-wise":
         s_in = math.sqrt(d) / _positive_norm(t, hin_name, wfile)
         s_out = math.sqrt(d) / _positive_norm(t, hout_name, wfile)
@@ -254,7 +231,7 @@ def _load_llamascopium(p: Path, dtype: np.dtype) -> Dictionary | DictionarySet:
     if act == "relu":
         activation = ReLU()
     elif act == "jumprelu":
-        log_thr = _take(t, "activation_function.log_jumprelu_threshold", (F,), wfile, "log of the JumpReLU threshold per feature")
+        log_thr = take_tensor(t, "activation_function.log_jumprelu_threshold", (F,), wfile, "log of the JumpReLU threshold per feature")
         thr = np.exp(log_thr)  # in the file's precision, as the library exponentiates it
         if decnorm:
             thr = thr.astype(np.float64) / _decoder_norms(W_D, wfile)
@@ -292,11 +269,11 @@ def _load_clt(p: Path, cfg: dict[str, Any], source: str, d: int, F: int, act: st
     if wfile is None:
         raise LoadError(f"{p}: no weights file ({', '.join(WEIGHT_FILES)}).")
     t = _tensors(wfile)
-    W_E = _take(t, "W_E", (L, d, F), wfile, "encoders, (n_layers, d_model, d_sae)")
-    b_E = _take(t, "b_E", (L, F), wfile, "encoder biases, (n_layers, d_sae)")
+    W_E = take_tensor(t, "W_E", (L, d, F), wfile, "encoders, (n_layers, d_model, d_sae)")
+    b_E = take_tensor(t, "b_E", (L, F), wfile, "encoder biases, (n_layers, d_sae)")
     # W_D.j holds the decoders of layers 0..j's features into layer j
-    W_D = [_take(t, f"W_D.{j}", (j + 1, F, d), wfile, f"decoders from layers 0..{j} into layer {j}") for j in range(L)]
-    b_D = [_take(t, f"b_D.{j}", (d,), wfile, f"decoder bias of layer {j}") if use_bias else np.zeros(d) for j in range(L)]
+    W_D = [take_tensor(t, f"W_D.{j}", (j + 1, F, d), wfile, f"decoders from layers 0..{j} into layer {j}") for j in range(L)]
+    b_D = [take_tensor(t, f"b_D.{j}", (d,), wfile, f"decoder bias of layer {j}") if use_bias else np.zeros(d) for j in range(L)]
     if norm == "dataset-wise":
         s_in = [math.sqrt(d) / _positive_norm(t, h, wfile) for h in hins]
         s_out = [math.sqrt(d) / _positive_norm(t, h, wfile) for h in houts]
@@ -310,7 +287,7 @@ def _load_clt(p: Path, cfg: dict[str, Any], source: str, d: int, F: int, act: st
     if decnorm and not np.all(norms > 0):
         raise LoadError(f"{wfile}: a feature has all-zero decoders; sparsity_include_decoder_norm divides by their norm.")
     if act == "jumprelu":
-        log_thr = _take(t, "activation_function.log_jumprelu_threshold", (L, F), wfile,
+        log_thr = take_tensor(t, "activation_function.log_jumprelu_threshold", (L, F), wfile,
                         "log of the JumpReLU threshold per layer and feature")
         thr_all = np.exp(log_thr)
     k = _field(cfg, "top_k", (int,), source, 50)
@@ -363,10 +340,10 @@ def _load_llama_scope(p: Path, dtype: np.dtype) -> Dictionary:
     if not wfile.is_file():
         raise LoadError(f"{wfile}: missing (Llama Scope keeps its weights in checkpoints/final.safetensors).")
     t = _tensors(wfile)
-    W_enc = _take(t, "encoder.weight", (F, d), wfile, "encoder, (d_sae, d_model)")
-    b_enc = _take(t, "encoder.bias", (F,), wfile, "encoder bias")
-    W_dec = _take(t, "decoder.weight", (d, F), wfile, "decoder, (d_model, d_sae)")
-    b_dec = _take(t, "decoder.bias", (d,), wfile, "decoder bias")
+    W_enc = take_tensor(t, "encoder.weight", (F, d), wfile, "encoder, (d_sae, d_model)")
+    b_enc = take_tensor(t, "encoder.bias", (F,), wfile, "encoder bias")
+    W_dec = take_tensor(t, "decoder.weight", (d, F), wfile, "decoder, (d_model, d_sae)")
+    b_dec = take_tensor(t, "decoder.bias", (d,), wfile, "decoder bias")
     norm = _field(cfg, "norm_activation", (str,), source, "dataset-wise")
     if norm == "dataset-wise":
         s = math.sqrt(d) / float(n_in)

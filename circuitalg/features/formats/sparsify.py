@@ -38,6 +38,7 @@ from circuitalg.features.activations import TopK
 from circuitalg.features.dictionary import Dictionary, DictionaryKind, DictionarySet
 from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
+from circuitalg.features.formats.tensors import take_tensor
 
 __all__ = ["NAME", "detect", "load", "hookpoint_hooks"]
 
@@ -95,19 +96,6 @@ def _module_output(hookpoint: str) -> bool:
     return m is not None and m.group(2) is not None
 
 
-def _take(t: dict[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str) -> np.ndarray:
-    if name not in t:
-        raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
-    a = np.asarray(t[name])
-    if a.dtype.kind != "f":
-        raise LoadError(f"{file}: tensor {name!r} has dtype {a.dtype}, expected floating point.")
-    if tuple(a.shape) != shape:
-        raise LoadError(f"{file}: tensor {name!r} has shape {tuple(a.shape)}, expected {shape} ({why}).")
-    if not np.all(np.isfinite(a)):
-        raise LoadError(f"{file}: tensor {name!r} holds non-finite values (NaN or infinity).")
-    return a
-
-
 def _field(cfg: dict[str, Any], key: str, kind: type, source: str, default: Any = None) -> Any:
     v = cfg.get(key, default)
     ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
@@ -134,11 +122,11 @@ def _load_one(p: Path, dtype: np.dtype) -> Dictionary:
     if d < 1 or F < 1 or not 1 <= k <= F:
         raise LoadError(f"{source}: d_in={d}, num_latents={F}, k={k}: expected positive sizes with k <= num_latents.")
     tensors, _ = read_tensors(wfile)
-    W_enc = _take(tensors, "encoder.weight", (F, d), wfile, "encoder, (num_latents, d_in)")
-    b_enc = _take(tensors, "encoder.bias", (F,), wfile, "encoder bias")
-    W_dec = _take(tensors, "W_dec", (F, d), wfile, "decoder rows, (num_latents, d_in)")
-    b_dec = _take(tensors, "b_dec", (d,), wfile, "decoder bias")
-    W_skip = _take(tensors, "W_skip", (d, d), wfile, "skip map, used as x @ W_skip.T") if skip else None
+    W_enc = take_tensor(tensors, "encoder.weight", (F, d), wfile, "encoder, (num_latents, d_in)")
+    b_enc = take_tensor(tensors, "encoder.bias", (F,), wfile, "encoder bias")
+    W_dec = take_tensor(tensors, "W_dec", (F, d), wfile, "decoder rows, (num_latents, d_in)")
+    b_dec = take_tensor(tensors, "b_dec", (d,), wfile, "decoder bias")
+    W_skip = take_tensor(tensors, "W_skip", (d, d), wfile, "skip map, used as x @ W_skip.T") if skip else None
     if not skip and "W_skip" in tensors:
         raise LoadError(f"{wfile}: tensor 'W_skip' is present but cfg.json's field 'skip_connection' is false.")
     read, write = hookpoint_hooks(p.name, transcode, source)

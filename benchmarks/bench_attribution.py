@@ -18,7 +18,8 @@ ratio measured on a loaded machine is not a final figure.
 Usage::
 
     python benchmarks/bench_attribution.py               # the full case, both sides
-    python benchmarks/bench_attribution.py --quick       # tiny sizes, circuitalg only (smoke test)
+    python benchmarks/bench_attribution.py --quick       # tiny sizes, circuitalg only, in this process
+                                                         # (a smoke test; --with-reference adds circuit-tracer)
     python benchmarks/bench_attribution.py --layers 3    # a proxy: same widths, fewer layers
     python benchmarks/bench_attribution.py --json out.json
 """
@@ -232,7 +233,16 @@ def main(argv: list[str] | None = None) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--dtype", a.dtype, "--child", "circuitalg", str(work)]
         if a.batch_size:
             cmd[2:2] = ["--batch-size", str(a.batch_size)]
-        report["circuitalg"] = ours = run_child(cmd, "circuitalg")
+        if reference or not a.quick:
+            report["circuitalg"] = ours = run_child(cmd, "circuitalg")
+        else:  # the smoke test: in this process (its peak RSS is this process's)
+            import contextlib
+            import io
+
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                child_circuitalg(work, a.dtype, a.batch_size)
+            report["circuitalg"] = ours = json.loads(buf.getvalue().split("RESULT ", 1)[1])
         print(f"circuitalg ({ours['dtype']}): attribute {ours['wall_s']:.1f} s wall ({ours['user_s']:.1f} s user, "
               f"{ours['system_s']:.1f} s system), peak RSS {ours['peak_rss_gib']:.2f} GiB; {ours['n_nodes']} nodes, "
               f"{ours['n_features']} features, {ours['n_logits']} logits; completeness max {ours['completeness_max']:.1e}",

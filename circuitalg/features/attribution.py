@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from circuitalg import runtime
 from circuitalg.errors import ConfigError, InvalidArgumentError
 from circuitalg.features.binding import bind
 from circuitalg.features.coactivation import hook_activations
@@ -566,9 +567,11 @@ class AttributionGraph:
     # -- checks ---------------------------------------------------------------------------------
     def completeness_error(self) -> np.ndarray:
         """``|Σ incoming edges - value| / max(1, |value|)`` per feature and logit node."""
-        rows = np.r_[np.arange(self.n_features), np.arange(len(self.nodes) - self.n_logits, len(self.nodes))]
-        total = self.adjacency[rows].sum(axis=1) + self.constant_adjacency[rows].sum(axis=1)
-        v = self.values[rows]
+        # by slices, not an index array: a copy of the feature rows would be as large as the adjacency
+        n, f, k = len(self.nodes), self.n_features, self.n_logits
+        total = np.r_[self.adjacency[:f].sum(axis=1, dtype=np.float64), self.adjacency[n - k:].sum(axis=1, dtype=np.float64)]
+        total += np.r_[self.constant_adjacency[:f].sum(axis=1), self.constant_adjacency[n - k:].sum(axis=1)]
+        v = np.r_[self.values[:f], self.values[n - k:]]
         return np.abs(total - v) / np.maximum(1.0, np.abs(v))
 
     def adjacency_sparse(self) -> Any:
@@ -1262,7 +1265,8 @@ def attribute(
                 hit = fw_w.get((l, p))
                 if hit is not None:
                     cols, vs = hit
-                    on[:, cols] += G[:, p, :] @ vs.T
+                    # in this order BLAS takes the strided G[:, p] as it is (the other order copies it)
+                    on[:, cols] += (vs @ G[:, p, :].T).T
             on[:, err0 + l * seq: err0 + l * seq + P] += np.einsum("npd,pd->np", G, errors_w[l, :P])
         if st == "pre" and l == 0:
             on[:, tok0: tok0 + P] += np.einsum("npd,pd->np", G, token_w[:P])
@@ -1271,7 +1275,7 @@ def attribute(
             cols, Vs = hit
             oc[:, cols] += G.reshape(n, P * D) @ Vs[:P].reshape(P * D, -1)
 
-    def propagate(injections: list) -> tuple:
+    def propagate_one(injections: list) -> tuple:
         """The direct effects of every source on functionals of the stream: ``injections`` a list of
         (station, layer, R (n_i, d), positions (n_i,)). All are carried down together from the last
         layer, each joining where it reads; returns (nodes (n, N), constants (n, n_c), slices), the
@@ -1280,6 +1284,8 @@ def attribute(
         sizes = [len(injections[i][3]) for i in order]
         starts = np.cumsum([0] + sizes)
         n = int(starts[-1])
+        if n == 0:
+            return np.zeros((0, N), dtype=work), np.zeros((0, n_c)), {i: slice(0, 0) for i in order}
         tpos = np.concatenate([np.asarray(injections[i][3], dtype=np.int64) for i in order])
         # causal attention: positions after the last target's are never on a path to it
         P = int(tpos.max()) + 1 if causal else seq
@@ -1317,14 +1323,29 @@ def attribute(
         slices = {i: slice(int(starts[r]), int(starts[r + 1])) for r, i in enumerate(order)}
         return on, oc, slices
 
+    rt = runtime.current()
+
+    def propagate(injections: list) -> list:
+        """:func:`propagate_one` on the injections' rows split into interleaved parts (row ``r`` of
+        each injection in part ``r mod W``), one per worker of the runtime, each on one BLAS thread
+        (the per-position products are small: BLAS's own threads cost more than they gain).
+        Returns ``[(W, (nodes, constants, slices)) ...]``, part ``w`` holding rows ``w::W``."""
+        n = sum(len(inj[3]) for inj in injections)
+        W = max(1, min(rt.threads, n // 32))
+        if W == 1:
+            return [(1, propagate_one(injections))]
+        parts = [[(st, l, R[w::W], tp[w::W]) for st, l, R, tp in injections] for w in range(W)]
+        done = rt.map(lambda lo, hi: [propagate_one(parts[w]) for w in range(lo, hi)], W)
+        return [(W, r) for chunk in done for r in chunk]
+
     def backprop(R: np.ndarray, tpos: np.ndarray, station: str, Lt: int, out_nodes: np.ndarray,
                  out_consts: np.ndarray) -> None:
         """Add to ``out_nodes`` (n, N) and ``out_consts`` (n, n_c) the direct effects of every
         source on the functionals ``R`` (n, d) of the stream at (``station``, ``Lt``), positions
         ``tpos``."""
-        on, oc, _ = propagate([(station, Lt, R, tpos)])
-        out_nodes += on
-        out_consts += oc
+        for w, (W, (on, oc, _)) in enumerate(propagate([(station, Lt, np.asarray(R), np.asarray(tpos))])):
+            out_nodes[w::W] += on
+            out_consts[w::W] += oc
 
     # targets in waves: (causal) those at one position together, whatever their layer, so that each
     # wave's gradients span exactly the positions up to its own, and the products are large
@@ -1358,11 +1379,12 @@ def attribute(
                 size += take.size
                 continue
             inj = [(st, Lt, reads[rows], row_pos[rows]) for st, Lt, rows in chunk]
-            on, oc, slices = propagate(inj)
-            for i, (_, _, rows) in enumerate(chunk):
-                A[rows] = on[slices[i]]
-                Cadj[rows] += oc[slices[i]]
-            del on, oc
+            results = propagate(inj)
+            for w, (W, (on, oc, slices)) in enumerate(results):
+                for i, (_, _, rows) in enumerate(chunk):
+                    A[rows[w::W]] = on[slices[i]]
+                    Cadj[rows[w::W]] += oc[slices[i]]
+            del results
             done += size
             chunk, size = [], 0
             if progress is not None:

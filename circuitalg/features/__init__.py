@@ -32,7 +32,8 @@ from circuitalg.features.circuits import (
 )
 from circuitalg.features.coactivation import CoactivationStats, coactivation_stats, era, top_twera, twera
 from circuitalg.features.attribution import (
-    AttributionGraph, ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, QKAttribution, TokenNode, attribute,
+    AttributionGraph, ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, QKAttribution, QKFeatureAttribution,
+    TokenNode, attribute,
 )
 from circuitalg.features.graphfile import read_circuit_tracer_json, write_circuit_tracer_json
 from circuitalg.features.summary import summarise, top_paths
@@ -91,6 +92,7 @@ __all__ = [
     "ConstantNode",
     "LogitTarget",
     "QKAttribution",
+    "QKFeatureAttribution",
     "write_circuit_tracer_json",
     "read_circuit_tracer_json",
     "write_attribution_html",

@@ -14,7 +14,8 @@ import pytest
 import circuitalg as ca
 from circuitalg.features import Dictionary, DictionaryKind, DictionarySet, Hook, HookKind, JumpReLU, ReLU, TopK
 from circuitalg.features.attribution import (
-    ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, TokenNode, attribute, influence_matrix,
+    ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, SAEErrorNode, SAEFeatureNode, TokenNode, attribute,
+    influence_matrix,
 )
 from circuitalg.features.graphfile import read_circuit_tracer_json, write_circuit_tracer_json
 
@@ -88,7 +89,7 @@ def members(tcs) -> list[Dictionary]:
 class Replay:
     """Runs the replacement model forward from its sources; ``drop`` removes one node's write."""
 
-    def __init__(self, model: ca.Transformer, tcs, tokens, n0: int = 1) -> None:
+    def __init__(self, model: ca.Transformer, tcs, tokens, n0: int = 1, saes=()) -> None:
         self.m, self.p, self.c = model, model.params, model.config
         self.tok = np.asarray(tokens)
         self.logits, self.cache = model.run(self.tok)
@@ -100,6 +101,31 @@ class Replay:
         self.real_hook = {l: self.hook(l, self.mlp_stream(cch, l)) for l in self.tcs}
         self.acts = {l: t.encode(self.real_hook[l]) for l, t in self.tcs.items()}
         self.real_skip = {l: self.skip(l, self.real_hook[l]) for l in self.tcs}
+        # residual-stream SAEs: the real stream at each one's hook and its features there (key ("sae", i))
+        self.saes = list(saes)
+        self.sae_real = {}
+        for i, s in enumerate(self.saes):
+            h = s.reads[0]
+            self.sae_real[i] = {HookKind.RESID_PRE: cch.resid[h.layer], HookKind.RESID_MID: cch.resid_mid[h.layer],
+                                HookKind.RESID_POST: cch.resid[h.layer + 1]}[h.kind]
+            self.acts[("sae", i)] = s.encode(self.sae_real[i])
+
+    def sae_point(self, kind, l, x, pre, drop):
+        """At an SAE's hook: its pre-activations read from the live stream ``x``; the stream goes on
+        as the SAE's real reconstruction plus error (= the real stream) less a dropped SAE node's write."""
+        for i, s in enumerate(self.saes):
+            if s.reads[0] != Hook(kind, l):
+                continue
+            pre_all = s.pre_activations(x)
+            a = self.acts[("sae", i)]
+            for (pp, j) in zip(*np.nonzero(a)):
+                pre[(("sae", i), int(pp), int(j))] = pre_all[pp, j]
+            x = np.array(self.sae_real[i])
+            if isinstance(drop, SAEFeatureNode) and drop.sae == i:
+                x[drop.position] -= a[drop.position, drop.index] * s.W_dec[0][:, drop.index]
+            if isinstance(drop, SAEErrorNode) and drop.sae == i:
+                x[drop.position] -= self.sae_real[i][drop.position] - a[drop.position] @ s.W_dec[0].T - s.b_dec[0]
+        return x
 
     def mlp_stream(self, cache_like, l):
         return cache_like.resid[l] if self.c.parallel_attn_mlp else cache_like.resid_mid[l]
@@ -152,6 +178,7 @@ class Replay:
             x = x + p["W_pos"][:, :seq].T
         pre = {}
         for l in range(c.n_layers):
+            x = self.sae_point(HookKind.RESID_PRE, l, x, pre, drop)
             a = f"blocks.{l}.attn."
             xn = self.norm(x, f"blocks.{l}.ln1", cch.ln1_scale[l])
             attn = np.zeros_like(x) + p[a + "b_O"]
@@ -161,7 +188,7 @@ class Replay:
                 attn += (cch.pattern[l, h] @ v) @ p[a + "W_O"][h].T
             if c.post_norms:  # the attention output's RMSNorm, its scale frozen
                 attn = attn / cch.ln1_post_scale[l][:, None] * p[f"blocks.{l}.ln1_post.w"]
-            x_mid = x + attn
+            x_mid = self.sae_point(HookKind.RESID_MID, l, x + attn, pre, drop)
             x_in = x if c.parallel_attn_mlp else x_mid
             mlp = np.array(cch.mlp_out[l])
             if l in self.tcs:
@@ -175,7 +202,7 @@ class Replay:
                 mlp[drop.position] -= feats[(drop.layer, drop.position, drop.index)]
             if isinstance(drop, ErrorNode) and drop.layer == l:
                 mlp[drop.position] -= self.error(l)[drop.position]
-            x = x_mid + mlp
+            x = self.sae_point(HookKind.RESID_POST, l, x_mid + mlp, pre, drop)
         xf = self.norm(x, "ln_final", cch.ln_final_scale)
         return pre, xf @ p["W_U"].T + p["b_U"]
 
@@ -192,6 +219,8 @@ class Replay:
         pre, logits = out
         if isinstance(node, FeatureNode):
             return pre[(node.layer, node.position, node.index)]
+        if isinstance(node, SAEFeatureNode):
+            return pre[(("sae", node.sae), node.position, node.index)]
         return C[node.rank] @ logits[-1]
 
 
@@ -463,6 +492,141 @@ def test_refusals():
         attribute(model, "not a transcoder", TOKENS)
     with pytest.raises(ca.InvalidArgumentError):
         attribute(model, [make_tc("a", 0, [0])], TOKENS, zero_positions=-1)
+
+
+# --- residual-stream SAEs as extra nodes ------------------------------------------------------------------------------
+def make_sae(name, kind, layer, *, d=16, F=32, seed=0, pre_shift=False, activation=None):
+    rng = np.random.default_rng(100 + seed)
+    h = Hook(kind, layer)
+    return Dictionary(name, K.SAE, (h,), (h,), [rng.normal(size=(F, d)) / np.sqrt(d)], 0.1 * rng.normal(size=F),
+                      [0.3 * rng.normal(size=(d, F))], [0.1 * rng.normal(size=d)], activation or ReLU(), pre_shift=pre_shift)
+
+
+R = HookKind
+SAE_CASES = [
+    ("ln", "relu", [(R.RESID_MID, 1)]),
+    ("ln", "skip", [(R.RESID_POST, 2), (R.RESID_PRE, 0)]),
+    ("ln", "clt", [(R.RESID_PRE, 1), (R.RESID_MID, 2)]),
+    ("llama", "topk", [(R.RESID_POST, 0)]),
+    ("llama", "skip", [(R.RESID_PRE, 2), (R.RESID_MID, 0)]),
+    ("gemma", "jumprelu", [(R.RESID_MID, 0), (R.RESID_POST, 1)]),
+    ("parallel", "skip", [(R.RESID_PRE, 1), (R.RESID_POST, 1)]),
+    ("ln", "partial", [(R.RESID_POST, 1), (R.RESID_MID, 0)]),
+]
+
+
+def sae_set(points):
+    return [make_sae(f"sae{j}", kind, layer, seed=j, pre_shift=j % 2 == 1,
+                     activation=JumpReLU(np.linspace(0.0, 0.2, 32)) if j == 1 else None)
+            for j, (kind, layer) in enumerate(points)]
+
+
+@pytest.mark.parametrize("model_kind,tc_kind,points", SAE_CASES)
+def test_saes_completeness_and_replay(model_kind, tc_kind, points):
+    model = make_model(model_kind)
+    tcs = transcoders(tc_kind, model.config.n_layers)
+    saes = sae_set(points)
+    g = attribute(model, tcs, TOKENS, saes=saes)
+    g0 = attribute(model, tcs, TOKENS)
+    assert g.completeness_error().max() < TOL
+    n_tf, n_sf, seq, L = g0.n_features, len(g.sae_features), len(TOKENS), model.config.n_layers
+    assert n_sf > 0 and g.n_features == n_tf + n_sf and g.saes == tuple(s.name for s in saes)
+    # node order: transcoder features, SAE features, transcoder errors, SAE errors, tokens, logits
+    assert g.nodes[:n_tf] == g0.nodes[:n_tf]
+    assert all(isinstance(n, SAEFeatureNode) for n in g.nodes[n_tf:n_tf + n_sf])
+    assert g.nodes[g.n_features:g.n_features + L * seq] == g0.nodes[n_tf:n_tf + L * seq]
+    assert all(isinstance(n, SAEErrorNode) for n in g.nodes[g.n_features + L * seq:g.n_features + g.n_errors])
+    assert g.nodes[g.n_features + g.n_errors:] == g0.nodes[g0.n_features + g0.n_errors:]
+    # the logits are unchanged (the reconstruction plus error is the real stream)
+    np.testing.assert_array_equal(g.values[-g.n_logits:], g0.values[-g0.n_logits:])
+    rp = Replay(model, tcs, TOKENS, saes=saes)
+    for r, n in enumerate(g.nodes[n_tf:n_tf + n_sf]):
+        assert (n.sae, n.position, n.index) == tuple(g.sae_features[r])
+        assert g.values[n_tf + r] == g.sae_activations[r] == rp.acts[("sae", n.sae)][n.position, n.index]
+    pre, logits = rp.run()
+    np.testing.assert_allclose(logits, rp.precap, rtol=0, atol=TOL * np.abs(rp.precap).max())
+    for (l, p, i), v in pre.items():
+        assert v == pytest.approx(rp.acts[l][p, i], rel=TOL, abs=TOL)
+    # sampled edges into and out of SAE features against the replay with one source removed
+    C = coefficient_rows(g, model)
+    rng = np.random.default_rng(1)
+    base = rp.run()
+    n = len(g.nodes)
+    sae_rows = list(range(n_tf, n_tf + n_sf))
+    rows = list(rng.choice(sae_rows, size=min(4, n_sf), replace=False))
+    rows += list(rng.choice(range(n_tf), size=min(2, n_tf), replace=False)) + [n - 1]
+    sources = [s for s in range(n - g.n_logits) if not isinstance(g.nodes[s], (ErrorNode, SAEErrorNode))
+               or g.nodes[s].position >= g.zero_positions]
+    sae_sources = [s for s in sources if isinstance(g.nodes[s], (SAEFeatureNode, SAEErrorNode))]
+    checked = into_sae = from_sae = 0
+    for t in rows:
+        nz = np.nonzero(g.adjacency[t])[0]
+        picks = list(rng.choice(nz, size=min(4, len(nz)), replace=False)) + list(rng.choice(sources, size=3))
+        picks += list(rng.choice(sae_sources, size=3))
+        nz_sae = [s for s in nz if s in set(sae_sources)]
+        picks += list(rng.choice(nz_sae, size=min(3, len(nz_sae)), replace=False)) if nz_sae else []
+        for s in picks:
+            out = rp.run(drop=g.nodes[s])
+            want = rp.value(g.nodes[t], base, C) - rp.value(g.nodes[t], out, C)
+            scale = max(1.0, np.abs(g.adjacency[t]).max())
+            assert abs(g.adjacency[t, s] - want) <= TOL * scale, (g.nodes[t], g.nodes[s])
+            checked += 1
+            into_sae += t in sae_rows and g.adjacency[t, s] != 0
+            from_sae += s in sae_sources and g.adjacency[t, s] != 0
+    assert checked >= 20 and into_sae >= 3 and from_sae >= 3
+    # the SAE features' own edges: an SAE feature is a source of later targets only
+    assert np.any(g.adjacency[:, n_tf:n_tf + n_sf] != 0)
+    g.prune()
+
+
+def test_saes_none_is_the_graph_without_saes():
+    model = make_model("llama")
+    tcs = transcoders("skip", 3)
+    g = attribute(model, tcs, TOKENS)
+    for other in (attribute(model, tcs, TOKENS, saes=None), attribute(model, tcs, TOKENS, saes=[])):
+        assert other.nodes == g.nodes and other.constants == g.constants and other.saes == ()
+        np.testing.assert_array_equal(other.adjacency, g.adjacency)
+        np.testing.assert_array_equal(other.constant_adjacency, g.constant_adjacency)
+        np.testing.assert_array_equal(other.values, g.values)
+    assert not any(isinstance(n, (SAEFeatureNode, SAEErrorNode)) for n in g.nodes)
+    assert not any(c.origin.startswith("sae_") for c in g.constants)
+
+
+def test_saes_float32_and_qk():
+    model = make_model("ln")
+    tcs = transcoders("relu", 3)
+    saes = sae_set([(R.RESID_MID, 1), (R.RESID_POST, 0)])
+    g = attribute(model, tcs, TOKENS, saes=saes)
+    g32 = attribute(model, tcs, TOKENS, saes=saes, dtype=np.float32, batch_size=5)
+    np.testing.assert_allclose(g32.adjacency, g.adjacency, rtol=0, atol=1e-5 * np.abs(g.adjacency).max())
+    # a head downstream of an SAE reads its reconstruction: the QK terms still sum to the score
+    _, cache = model.run(np.asarray(TOKENS))
+    ref = reference_scores(model, cache, 2, 1)
+    qk = g.qk_attribution(2, 1, 7, 3)
+    assert qk.score == pytest.approx(ref[7, 3], rel=1e-10, abs=1e-10)
+    # an edge from before the SAE at resid_post 0 into a layer-2 feature runs only through SAE nodes
+    t = next(i for i, n in enumerate(g.nodes) if isinstance(n, FeatureNode) and n.layer == 2)
+    for s, n in enumerate(g.nodes):
+        if isinstance(n, TokenNode) or (isinstance(n, FeatureNode) and n.layer == 0):
+            assert g.adjacency[t, s] == 0
+
+
+def test_sae_refusals():
+    model = make_model("ln")
+    tcs = transcoders("relu", 3)
+    with pytest.raises(ca.ConfigError, match="residual-stream hook"):
+        attribute(model, tcs, TOKENS, saes=[make_tc("t", 0, [0])])
+    with pytest.raises(ca.ConfigError, match="same point"):
+        attribute(model, tcs, TOKENS, saes=[make_sae("a", R.RESID_POST, 0), make_sae("b", R.RESID_PRE, 1)])
+    with pytest.raises(ca.ConfigError, match="parallel"):
+        attribute(make_model("parallel"), transcoders("relu", 2), TOKENS, saes=[make_sae("a", R.RESID_MID, 0)])
+    with pytest.raises(ca.InvalidArgumentError):
+        attribute(model, tcs, TOKENS, saes=make_sae("a", R.RESID_MID, 0))
+    with pytest.raises(ca.InvalidArgumentError):
+        attribute(model, tcs, TOKENS, saes=["sae"])
+    g = attribute(model, tcs, TOKENS, saes=[make_sae("a", R.RESID_MID, 1)])
+    with pytest.raises(ca.InvalidArgumentError, match="SAE"):
+        g.edge_by_head(len(g.nodes) - 1, 0)
 
 
 # --- QK attribution ---------------------------------------------------------------------------------------------------

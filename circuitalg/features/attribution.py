@@ -14,8 +14,10 @@ float64 instead of by backward passes.
 Nodes, in circuit-tracer's order (:attr:`AttributionGraph.nodes`): the active features by
 (layer, position, index), the error nodes layer-major (``layer * n_pos + position``), one token
 node per position (``W_E[token]``, without the positional embedding) and the target logits by
-probability. circuit-tracer has no bias nodes, so a feature's incoming edges do not sum to its
-pre-activation; here the constants are nodes too (:attr:`AttributionGraph.constants`, origins in
+probability; with residual-stream SAEs (``saes``, :func:`attribute` states their model), their
+feature nodes follow the transcoders' features and their error nodes the transcoders' error nodes,
+and the stream is cut at each SAE's hook as the MLPs are by transcoders. circuit-tracer has no bias
+nodes, so a feature's incoming edges do not sum to its pre-activation; here the constants are nodes too (:attr:`AttributionGraph.constants`, origins in
 :data:`CONSTANT_ORIGINS`), with their own edges (:attr:`AttributionGraph.constant_adjacency`), so
 that for every feature node the incoming edges (from nodes and constants) sum to its
 pre-activation, and for every logit node to its (demeaned) logit.
@@ -35,7 +37,8 @@ runtime's workers (:mod:`circuitalg.runtime`).
 Position 0 (``zero_positions`` positions from the start) is treated as circuit-tracer treats it:
 its features are not nodes and its error nodes are zero. What the MLP wrote there (its real output
 less the transcoder's decoder bias and skip map) is the constant node ``mlp_frozen`` of that layer
-and position, so completeness still holds.
+and position, so completeness still holds; likewise an SAE has no nodes there, its input less its
+decoder bias being the constant ``sae_frozen``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from circuitalg.model.ids import HeadId
 from circuitalg.model.weights import Transformer, require_model
 
 __all__ = [
-    "FeatureNode", "ErrorNode", "TokenNode", "LogitNode", "ConstantNode", "CONSTANT_ORIGINS", "LogitTarget",
+    "FeatureNode", "ErrorNode", "SAEFeatureNode", "SAEErrorNode", "TokenNode", "LogitNode", "ConstantNode", "CONSTANT_ORIGINS", "LogitTarget",
     "AttributionGraph", "QKAttribution", "QKFeatureAttribution", "PruneResult", "attribute", "normalize_matrix", "compute_influence",
     "compute_node_influence", "compute_edge_influence", "find_threshold", "prune_graph", "influence_matrix",
 ]
@@ -78,8 +81,12 @@ __all__ = [
 #: - ``ln_final_bias``: the final norm's bias through the unembedding (``W_U b``)
 #: - ``unembed_bias``: ``b_U``
 #: - ``q_bias``, ``k_bias``: a head's query and key biases (sources of :class:`QKAttribution` only)
+#: - ``sae_enc_bias``, ``sae_dec_bias``: SAE ``layer``'s (its index in ``saes``) encoder bias (less
+#:   ``W_enc b_dec`` under ``pre_shift``) and decoder bias (written at every position)
+#: - ``sae_frozen``: SAE ``layer``'s input at a zeroed position ``p`` less its decoder bias (no
+#:   feature or error nodes there)
 CONSTANT_ORIGINS = ("pos", "attn_bias", "ln1_bias", "ln2_bias", "enc_bias", "dec_bias", "skip_bias", "mlp_frozen",
-                    "ln_final_bias", "unembed_bias", "q_bias", "k_bias")
+                    "ln_final_bias", "unembed_bias", "q_bias", "k_bias", "sae_enc_bias", "sae_dec_bias", "sae_frozen")
 
 
 @dataclass(frozen=True, order=True)
@@ -107,6 +114,34 @@ class ErrorNode:
     def node_id(self) -> str:
         """circuit-tracer's id ``0_{layer}_{position}``."""
         return f"0_{self.layer}_{self.position}"
+
+
+@dataclass(frozen=True, order=True)
+class SAEFeatureNode:
+    """An active feature ``index`` of residual-stream SAE ``sae`` (its index in ``saes``) at ``position``."""
+
+    sae: int
+    position: int
+    index: int
+
+    @property
+    def node_id(self) -> str:
+        """``S{sae}_{index}_{position}`` (circuit-tracer has no such nodes)."""
+        return f"S{self.sae}_{self.index}_{self.position}"
+
+
+@dataclass(frozen=True, order=True)
+class SAEErrorNode:
+    """The error of residual-stream SAE ``sae`` (its index in ``saes``) at ``position``: its input
+    less its reconstruction."""
+
+    sae: int
+    position: int
+
+    @property
+    def node_id(self) -> str:
+        """``S{sae}_E_{position}`` (circuit-tracer has no such nodes)."""
+        return f"S{self.sae}_E_{self.position}"
 
 
 @dataclass(frozen=True, order=True)
@@ -490,7 +525,9 @@ class AttributionGraph:
     tokens : (n_pos,) int array
     nodes : tuple
         :class:`FeatureNode` ..., :class:`ErrorNode` ... (layer-major), :class:`TokenNode` ...,
-        :class:`LogitNode` ...: circuit-tracer's order.
+        :class:`LogitNode` ...: circuit-tracer's order. With SAEs: :class:`SAEFeatureNode` ... (by
+        SAE, in forward order, position and index) after the :class:`FeatureNode` s and
+        :class:`SAEErrorNode` ... (SAE-major, in forward order) after the :class:`ErrorNode` s.
     adjacency : (n_nodes, n_nodes) float64 (or float32) array
         ``adjacency[target, source]``: the direct effect of ``source`` on ``target`` (rows of
         features and logits are filled; a feature source's column carries its activation).
@@ -500,10 +537,10 @@ class AttributionGraph:
     values : (n_nodes,) float64 array
         What each target's incoming edges sum to: a feature's pre-activation, a logit target's
         (demeaned) logit; NaN for errors and tokens (no incoming edges).
-    activations : (n_features,) float64 array
-        The active features' activations (equal to their pre-activations).
-    active_features : (n_features, 3) int array
-        ``(layer, position, index)`` of each feature node.
+    activations : (n_transcoder_features,) float64 array
+        The active transcoder features' activations (equal to their pre-activations).
+    active_features : (n_transcoder_features, 3) int array
+        ``(layer, position, index)`` of each :class:`FeatureNode`.
     dictionaries : tuple of str
         The name of the transcoder read at each layer (``""`` where there is none).
     logit_probabilities : (n_logits,) float64 array
@@ -515,6 +552,12 @@ class AttributionGraph:
     n_layers : int
     token_labels : tuple of str
         The prompt's tokens as strings (the model's vocabulary, else the ids).
+    saes : tuple of str
+        The residual-stream SAEs' names, in the order given to :func:`attribute` (``()``: none).
+    sae_features : (n_sae_features, 3) int array
+        ``(sae, position, index)`` of each :class:`SAEFeatureNode`, in node order.
+    sae_activations : (n_sae_features,) float64 array
+        Their activations (equal to their pre-activations).
     """
 
     model_name: str
@@ -532,6 +575,9 @@ class AttributionGraph:
     zero_positions: int
     n_layers: int
     token_labels: tuple = ()
+    saes: tuple = ()
+    sae_features: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    sae_activations: np.ndarray = field(default_factory=lambda: np.zeros(0))
     _frozen: Any = field(default=None, repr=False, compare=False)
     _sources: Any = field(default=None, repr=False, compare=False)
     _backprop: Any = field(default=None, repr=False, compare=False)
@@ -543,11 +589,13 @@ class AttributionGraph:
 
     @property
     def n_features(self) -> int:
-        return int(self.active_features.shape[0])
+        """Feature nodes: the transcoders' and the SAEs'."""
+        return int(self.active_features.shape[0]) + int(self.sae_features.shape[0])
 
     @property
     def n_errors(self) -> int:
-        return self.n_layers * self.n_pos
+        """Error nodes: the transcoders' and the SAEs'."""
+        return (self.n_layers + len(self.saes)) * self.n_pos
 
     @property
     def n_logits(self) -> int:
@@ -625,6 +673,8 @@ class AttributionGraph:
         first, ...}`` (the values sum to the edge). ``target`` and ``source`` are nodes or indices."""
         t = int(target) if isinstance(target, (int, np.integer)) else self.index(target)
         s = int(source) if isinstance(source, (int, np.integer)) else self.index(source)
+        if self.saes:
+            raise InvalidArgumentError("edge_by_head: not available on a graph with SAE nodes.")
         fz: _Frozen = self._frozen
         srcs = self._sources
         tnode = self.nodes[t]
@@ -767,6 +817,11 @@ class AttributionGraph:
                 attrs.update(layer=n.layer, position=n.position, activation=float(self.activations[i]))
             elif isinstance(n, ErrorNode):
                 attrs.update(layer=n.layer, position=n.position)
+            elif isinstance(n, SAEFeatureNode):
+                k = i - self.active_features.shape[0]
+                attrs.update(kind="sae_feature", sae=n.sae, position=n.position, activation=float(self.sae_activations[k]))
+            elif isinstance(n, SAEErrorNode):
+                attrs.update(kind="sae_error", sae=n.sae, position=n.position)
             elif isinstance(n, TokenNode):
                 attrs.update(layer=None, position=n.position)
             else:
@@ -899,6 +954,51 @@ def _members(transcoders: Any, model: Transformer) -> list[Dictionary]:
     return out
 
 
+def _sae_points(saes: Any, model: Transformer) -> list[tuple[int, Dictionary, str, int]]:
+    """The residual-stream SAEs checked, as ``(index in saes, dictionary, station, layer)`` in forward
+    order; the station is where the descent cuts the stream (``resid_pre`` of layer ``l > 0`` is
+    ``post`` of ``l - 1``)."""
+    if saes is None:
+        return []
+    if isinstance(saes, Dictionary) or not isinstance(saes, (list, tuple)):
+        raise InvalidArgumentError(f"attribute: saes must be a sequence of Dictionary, got {type(saes).__name__}.")
+    c = model.config
+    out: list[tuple[int, Dictionary, str, int]] = []
+    seen: dict = {}
+    kinds = (HookKind.RESID_PRE, HookKind.RESID_MID, HookKind.RESID_POST)
+    for i, d in enumerate(saes):
+        if not isinstance(d, Dictionary):
+            raise InvalidArgumentError(f"attribute: saes[{i}] is {type(d).__name__}, not a Dictionary.")
+        what = f"attribute: SAE {d.name!r}"
+        if len(d.reads) != 1 or len(d.writes) != 1 or d.reads[0] != d.writes[0] or d.reads[0].kind not in kinds:
+            raise ConfigError(f"{what} reads {d.reads} and writes {d.writes}; an SAE for attribution reads and writes one "
+                              "residual-stream hook (hook_resid_pre, hook_resid_mid or hook_resid_post).")
+        if d.W_skip is not None:
+            raise ConfigError(f"{what} has a skip map; a residual-stream SAE has none.")
+        if "center_writing_weights" in d.preprocessing:
+            raise ConfigError(f"{what} was trained with center_writing_weights; attribution reads the model as it is.")
+        bind(d, model)
+        h = d.reads[0]
+        if h.kind is HookKind.RESID_MID and c.parallel_attn_mlp:
+            raise ConfigError(f"{what} reads {h}; a model with parallel blocks has no hook_resid_mid.")
+        if h.kind is HookKind.RESID_PRE:
+            point = ("pre", 0) if h.layer == 0 else ("post", h.layer - 1)
+        elif h.kind is HookKind.RESID_MID:
+            point = ("mid", h.layer)
+        else:
+            point = ("post", h.layer)
+        if point in seen:
+            raise ConfigError(f"attribute: SAEs {seen[point]!r} and {d.name!r} read the same point of the residual stream; "
+                              "give one SAE per point.")
+        seen[point] = d.name
+        out.append((i, d, point[0], point[1]))
+
+    def depth(t: tuple) -> int:
+        return -1 if t[2] == "pre" else 2 * t[3] + (0 if t[2] == "mid" else 1)
+
+    return sorted(out, key=depth)
+
+
 def _read_map(model: Transformer, d: Dictionary) -> _Transcoder:
     c = model.config
     what = f"attribute: dictionary {d.name!r}"
@@ -964,6 +1064,7 @@ def attribute(
     batch_size: int | None = None,
     progress: Any = None,
     dtype: Any = np.float64,
+    saes: Sequence[Dictionary] | None = None,
 ) -> AttributionGraph:
     """The attribution graph of ``model`` with ``transcoders`` replacing its MLPs on ``tokens``.
 
@@ -998,6 +1099,20 @@ def attribute(
         default, exact to rounding) or float32 (half the memory of the adjacency and about twice
         as fast; edges then carry float32 rounding, relative errors of order 1e-6, as
         circuit-tracer's). Activations, values and constants' edges stay float64.
+    saes : sequence of Dictionary, optional
+        Residual-stream SAEs (each reading and writing one hook ``hook_resid_pre``,
+        ``hook_resid_mid`` (not on parallel blocks) or ``hook_resid_post``; at most one per point
+        of the stream), as extra nodes. At each SAE's hook the stream at every position is replaced
+        by ``W_dec f + b_dec + e``: ``f = encode(x)`` its features on the real stream ``x`` and
+        ``e = x - W_dec f - b_dec`` its error, so the logits are unchanged. Its active features
+        (:class:`SAEFeatureNode`) are targets (their incoming edges the direct effects of earlier
+        nodes on ``W_enc x``, plus the constant ``sae_enc_bias``) and sources; its error nodes
+        (:class:`SAEErrorNode`, one per position) and its decoder bias (the constant
+        ``sae_dec_bias``) are sources. The stream is cut there as the MLPs are by transcoders:
+        every path from an earlier source to a later target runs through the SAE's nodes. At the
+        ``zero_positions`` the SAE has no nodes; its input less ``b_dec`` there is the constant
+        ``sae_frozen``. ``None`` or empty: no SAE nodes (the graph is then circuit-tracer's).
+        :meth:`AttributionGraph.edge_by_head` is not available on a graph with SAE nodes.
 
     Returns
     -------
@@ -1031,6 +1146,7 @@ def attribute(
         if m.dictionary.W_skip is not None and m.writes != (m.layer,):
             raise ConfigError(f"attribute: {m.dictionary.name!r} has a skip map but writes {m.writes}; a skip map writes its own layer.")
         by_layer[m.layer] = m
+    sae_list = _sae_points(saes, model)
     f64 = np.float64
     logits_b, cache_b = run_batch(model, tok[None])
     cache = cache_b.first()
@@ -1080,6 +1196,32 @@ def attribute(
     if n0:
         frozen0 = mlp_out[:, :n0] - dec_bias[:, None, :] - skip_out[:, :n0]
         errors[:, :n0] = 0
+    # residual-stream SAEs: features from the real stream; the error completes the reconstruction
+    S = len(sae_list)
+    sae_feats = []  # (order k, pos, idx, activation)
+    sae_errors = np.zeros((S, seq, D))
+    sae_frozen0 = np.zeros((S, n0, D))
+    for k, (si, d, _, _) in enumerate(sae_list):
+        x = np.asarray(hook_activations(model, cache_b, d.reads[0])[0], dtype=f64)
+        pre = np.asarray(d.pre_activations(x), dtype=f64)
+        act = np.asarray(d.activation(pre), dtype=f64)
+        bd = np.asarray(d.b_dec[0], dtype=f64)
+        sae_errors[k] = x - act @ np.asarray(d.W_dec[0], dtype=f64).T - bd
+        if n0:
+            sae_frozen0[k] = x[:n0] - bd
+            sae_errors[k, :n0] = 0
+        act_nodes = act.copy()
+        act_nodes[:n0] = 0
+        ps, idx = np.nonzero(act_nodes)
+        if ps.size and not np.array_equal(act[ps, idx], pre[ps, idx]):
+            raise ConfigError(
+                f"attribute: SAE {d.name!r}'s activation changes the value of an active feature (not pre * mask); "
+                "attribution needs a feature's activation to equal its pre-activation."
+            )
+        sae_feats += [(k, int(p), int(i), float(act[p, i])) for p, i in zip(ps, idx)]
+    n_sf = len(sae_feats)
+    sae_active = np.array([f[:3] for f in sae_feats], dtype=np.int64).reshape(n_sf, 3)  # order k, not index si
+    sae_acts = np.array([f[3] for f in sae_feats], dtype=f64)
 
     # -- logit targets ------------------------------------------------------------------------------
     V_out = c.vocab_out
@@ -1131,12 +1273,17 @@ def attribute(
 
     # -- nodes ----------------------------------------------------------------------------------
     feature_nodes = [FeatureNode(f[0], f[1], f[2]) for f in feats]
+    sae_nodes = [SAEFeatureNode(sae_list[k][0], p, i) for k, p, i in sae_active.tolist()]
     error_nodes = [ErrorNode(l, p) for l in range(L) for p in range(seq)]
+    sae_error_nodes = [SAEErrorNode(t[0], p) for t in sae_list for p in range(seq)]
     token_nodes = [TokenNode(p, int(tok[p])) for p in range(seq)]
     logit_nodes = [LogitNode(r, vidx[r], labels[r], seq - 1, L) for r in range(n_log)]
-    nodes = tuple(feature_nodes + error_nodes + token_nodes + logit_nodes)
+    nodes = tuple(feature_nodes + sae_nodes + error_nodes + sae_error_nodes + token_nodes + logit_nodes)
     N = len(nodes)
-    err0, tok0, log0 = n_f, n_f + L * seq, n_f + (L + 1) * seq
+    sf0 = n_f  # the SAE features' rows
+    err0 = n_f + n_sf
+    serr0 = err0 + L * seq
+    tok0, log0 = serr0 + S * seq, serr0 + (S + 1) * seq
 
     constants: list[ConstantNode] = []
     const_index: dict = {}
@@ -1188,6 +1335,14 @@ def attribute(
             V = np.zeros((seq, D))
             V[p] = frozen0[l, p]
             write("post", l, const("mlp_frozen", l, p), V)
+    # the SAEs' constant sources, written where each cuts the stream: k -> list of (const col, (seq, d) array)
+    sae_consts: dict = {}
+    for k, (si, d, _, _) in enumerate(sae_list):
+        sae_consts[k] = [(const("sae_dec_bias", si), np.broadcast_to(np.asarray(d.b_dec[0], dtype=f64), (seq, D)))]
+        for p in range(n0):
+            V = np.zeros((seq, D))
+            V[p] = sae_frozen0[k, p]
+            sae_consts[k].append((const("sae_frozen", si, p), V))
     # direct constants of targets (not through the stream)
     direct: list[tuple[int, int, float]] = []  # (row, const col, value)
 
@@ -1217,6 +1372,21 @@ def attribute(
             direct += [(int(r), col, float(v)) for r, v in zip(rows, We[idx] @ m.c)]
         col = const("enc_bias", l)
         direct += [(int(r), col, float(v)) for r, v in zip(rows, b_enc[idx])]
+    sae_rows: dict[int, np.ndarray] = {}  # order k -> its feature rows
+    values[sf0:sf0 + n_sf] = sae_acts
+    for k, (si, d, _, _) in enumerate(sae_list):
+        rows = sf0 + np.nonzero(sae_active[:, 0] == k)[0]
+        if not rows.size:
+            continue
+        sae_rows[k] = rows
+        We = np.asarray(d.W_enc[0], dtype=f64)
+        idx = sae_active[rows - sf0, 2]
+        reads[rows] = We[idx]  # the SAE reads the stream itself
+        b_enc = np.asarray(d.b_enc, dtype=f64)
+        if d.pre_shift:
+            b_enc = b_enc - We @ np.asarray(d.b_dec[0], dtype=f64)
+        col = const("sae_enc_bias", si)
+        direct += [(int(r), col, float(v)) for r, v in zip(rows, b_enc[idx])]
     reads[log0:log0 + n_log] = logit_read
     values[log0:log0 + n_log] = logit_values
     for r in range(n_log):
@@ -1236,6 +1406,16 @@ def attribute(
                 cols, vs = fw.get((wl, int(p)), (np.zeros(0, dtype=np.int64), np.zeros((0, D))))
                 fw[(wl, int(p))] = (np.r_[cols, rows[sel]], np.vstack([vs, Vd[sel]]))
     token_vectors = np.asarray(model.W_E.array, dtype=f64)[:, tok].T  # (seq, d)
+    # the SAE features written at each SAE's point, per position: (k, p) -> (columns, (n, d) vectors a W_dec[:, i])
+    sfw: dict = {}
+    for k, rows in sae_rows.items():
+        Wd = np.asarray(sae_list[k][1].W_dec[0], dtype=f64)
+        loc = rows - sf0
+        pos = sae_active[loc, 1]
+        Vd = (Wd[:, sae_active[loc, 2]] * sae_acts[loc]).T
+        for p in np.unique(pos):
+            sel = pos == p
+            sfw[(k, int(p))] = (rows[sel], Vd[sel])
 
     # -- edges: propagate the targets' read vectors back through the frozen model (the adjoint) ----------
     n_c = len(constants)
@@ -1255,14 +1435,23 @@ def attribute(
     const_w = {key: (np.array([col for col, _ in items]), np.stack([np.asarray(V, dtype=work) for _, V in items], axis=-1))
                for key, items in const_writes.items()}
     del const_writes
+    sfw_w = {key: (slice(int(cols[0]), int(cols[0]) + cols.size), vs.astype(work)) for key, (cols, vs) in sfw.items()}
+    sae_err_w = sae_errors.astype(work)
+    sae_const_w = {k: (np.array([col for col, _ in items]), np.stack([np.asarray(V, dtype=work) for _, V in items], axis=-1))
+                   for k, items in sae_consts.items()}
+    cut_at = {(st, l): k for k, (_, _, st, l) in enumerate(sae_list)}
 
     def entry(station: str, layer: int) -> int:
-        """When a target read at (``station``, ``layer``) joins the descent from the last layer."""
+        """When a target read at (``station``, ``layer``) joins the descent from the last layer; the
+        features of SAE ``k`` (station ``"sae"``, layer ``k``) join just after its cut, the other
+        targets at the same point (reading its reconstruction) just before."""
+        if station == "sae":
+            return entry(sae_list[layer][2], sae_list[layer][3]) + 1
         if station == "pre":
-            return 2 * L if layer == 0 else 2 * (L - layer)
+            return 4 * L if layer == 0 else 4 * (L - layer)
         if station == "post":
-            return 2 * (L - 1 - layer)
-        return 2 * (L - 1 - layer) + 1
+            return 4 * (L - 1 - layer)
+        return 4 * (L - 1 - layer) + 2
 
     def collect(G: np.ndarray, st: str, l: int, on: np.ndarray, oc: np.ndarray) -> None:
         """Add the direct effects of the sources written at (``st``, ``l``) on the gradients ``G``
@@ -1282,6 +1471,21 @@ def attribute(
         if hit is not None:
             cols, Vs = hit
             oc[:, cols] += G.reshape(n, P * D) @ Vs[:P].reshape(P * D, -1)
+
+    def cut(G: np.ndarray, k: int, on: np.ndarray, oc: np.ndarray) -> None:
+        """SAE ``k``'s point: the direct effects of its sources (features, errors, constants) on the
+        gradients ``G`` (n, P, d) into ``on`` and ``oc``; then ``G`` is zeroed (nothing earlier
+        reaches a later target but through them)."""
+        n, P, _ = G.shape
+        for p in range(P):
+            hit = sfw_w.get((k, p))
+            if hit is not None:
+                cols, vs = hit
+                on[:, cols] += (vs @ G[:, p, :].T).T
+        on[:, serr0 + k * seq: serr0 + k * seq + P] += np.einsum("npd,pd->np", G, sae_err_w[k, :P])
+        cols, Vs = sae_const_w[k]
+        oc[:, cols] += G.reshape(n, P * D) @ Vs[:P].reshape(P * D, -1)
+        G[:] = 0
 
     def propagate_one(injections: list) -> tuple:
         """The direct effects of every source on functionals of the stream: ``injections`` a list of
@@ -1306,12 +1510,23 @@ def attribute(
 
         def admit(key: int) -> int:
             nonlocal j
-            while j < len(order) and keys[j] == key:
+            while j < len(order) and keys[j] <= key:
                 j += 1
             return int(starts[j])
 
+        def point(station: str, layer: int, k: int) -> int:
+            """The SAE cut at (``station``, ``layer``), if any, on the rows admitted so far, then
+            its own features admitted."""
+            s_k = cut_at.get((station, layer))
+            if s_k is None:
+                return k
+            if k:
+                cut(G[:k], s_k, on[:k], oc[:k])
+            return admit(entry("sae", s_k))
+
         for l in range(L - 1, -1, -1):
-            k = admit(2 * (L - 1 - l))
+            k = admit(4 * (L - 1 - l))
+            k = point("post", l, k)
             skip_in = None
             if k:
                 collect(G[:k], "post", l, on[:k], oc[:k])
@@ -1319,14 +1534,16 @@ def attribute(
                 if skip_in is not None and not fz.parallel:
                     G[:k] += skip_in
             k_skip = k
-            k = admit(2 * (L - 1 - l) + 1)
+            k = admit(4 * (L - 1 - l) + 2)
+            k = point("mid", l, k)
             if k:
                 collect(G[:k], "mid", l, on[:k], oc[:k])
                 G[:k] += fz.attn_T(l, G[:k])
                 if skip_in is not None and fz.parallel:
                     G[:k_skip] += skip_in
             del skip_in
-        k = admit(2 * L)
+        k = admit(4 * L)
+        k = point("pre", 0, k)
         collect(G[:k], "pre", 0, on[:k], oc[:k])
         slices = {i: slice(int(starts[r]), int(starts[r + 1])) for r, i in enumerate(order)}
         return on, oc, slices
@@ -1360,9 +1577,12 @@ def attribute(
     stations: list[tuple[str, int, np.ndarray]] = []
     for l in sorted(enc_rows):
         stations.append(("pre" if fz.parallel else "mid", l, np.asarray(enc_rows[l], dtype=np.int64)))
+    for k in sorted(sae_rows):
+        stations.append(("sae", k, np.asarray(sae_rows[k], dtype=np.int64)))
     stations.append(("post", L - 1, np.arange(log0, log0 + n_log, dtype=np.int64)))
     row_pos = np.zeros(N, dtype=np.int64)
     row_pos[:n_f] = active[:, 1]
+    row_pos[sf0:sf0 + n_sf] = sae_active[:, 1]
     row_pos[log0:] = seq - 1
     waves = [np.arange(seq)] if not causal else [np.array([p]) for p in range(seq)]
     total, done = sum(len(s[2]) for s in stations), 0
@@ -1416,6 +1636,10 @@ def attribute(
         zero_positions=n0,
         n_layers=L,
         token_labels=tuple(model.vocab[int(t)] if model.vocab is not None else str(int(t)) for t in tok),
+        saes=tuple(d.name for d in saes) if sae_list else (),
+        sae_features=np.c_[np.array([sae_list[k][0] for k in sae_active[:, 0]], dtype=np.int64).reshape(n_sf, 1),
+                           sae_active[:, 1:]].reshape(n_sf, 3),
+        sae_activations=sae_acts,
         _frozen=fz,
         _sources=sources,
         _backprop=backprop,

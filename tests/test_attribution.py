@@ -756,3 +756,19 @@ def test_benchmark_quick(tmp_path):
     ours = r["circuitalg"]
     assert ours["n_features"] > 0 and ours["completeness_max"] < 1e-10 and ours["peak_rss_gib"] > 0
     assert "circuit_tracer" not in r
+
+
+def test_outputs_refuse_sae_graphs_they_cannot_show(tmp_path):
+    """The graph file, the HTML view and the summary say so instead of dropping the SAE nodes."""
+    from circuitalg.errors import InvalidArgumentError
+    from circuitalg.features.graphfile import write_circuit_tracer_json
+    from circuitalg.features.summary import summarise
+    from circuitalg.features.view import write_attribution_html
+
+    model = make_model("ln")
+    g = attribute(model, transcoders("relu", 3), TOKENS, saes=sae_set([(R.RESID_MID, 1)]))
+    for write in (lambda: write_circuit_tracer_json(g, tmp_path / "g.json"),
+                  lambda: write_attribution_html(g, tmp_path / "g.html"), lambda: summarise(g)):
+        with pytest.raises(InvalidArgumentError, match="residual-SAE nodes"):
+            write()
+    assert not (tmp_path / "g.json").exists() and not (tmp_path / "g.html").exists()

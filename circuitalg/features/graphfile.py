@@ -51,6 +51,11 @@ def graph_file_dict(graph: AttributionGraph, *, slug: str = "graph", scan: str |
                     node_threshold: float = 0.8, edge_threshold: float = 0.98, prompt: str | None = None) -> dict:
     """The graph file as a dict (see the module docstring); ``scan`` names the transcoders (default
     the model's name), ``prompt`` the prompt's text (default its tokens joined)."""
+    if getattr(graph, "saes", ()):
+        raise InvalidArgumentError(
+            f"write_circuit_tracer_json: this graph has residual-SAE nodes ({', '.join(graph.saes)}); circuit-tracer's graph-file schema has no such nodes. Build the "
+            "graph without saes= for it (the SAE nodes stay in graph.nodes and graph.adjacency)."
+        )
     if not isinstance(graph, AttributionGraph):
         raise InvalidArgumentError(f"graph_file_dict takes an AttributionGraph, got {type(graph).__name__}.")
     pr = graph.prune(node_threshold, edge_threshold)

@@ -59,6 +59,11 @@ def top_paths(graph: AttributionGraph, k: int = 5, *, target: int = 0, max_hops:
     (a path through a token outside them is beaten by ``k`` paths through the same ``a`` and ``b``),
     and for each of those ``k`` ranks the ``k`` best ``(b, a)`` pairs are taken, in blocks of ``b``.
     """
+    if getattr(graph, "saes", ()):
+        raise InvalidArgumentError(
+            f"top_paths: this graph has residual-SAE nodes ({', '.join(graph.saes)}); the summary does not label them yet. Build the "
+            "graph without saes= for it (the SAE nodes stay in graph.nodes and graph.adjacency)."
+        )
     if not isinstance(graph, AttributionGraph):
         raise InvalidArgumentError(f"top_paths takes an AttributionGraph, got {type(graph).__name__}.")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:

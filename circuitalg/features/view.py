@@ -118,6 +118,11 @@ def view_data(graph: AttributionGraph, *, prune: tuple[float, float] | PruneResu
         ``inputs``, ``outputs``); ``edges``: ``[source, target, weight]`` in indices of ``nodes``;
         ``width``, ``height``, ``row_height``, ``top`` (the logit row's y), ``meta``.
     """
+    if getattr(graph, "saes", ()):
+        raise InvalidArgumentError(
+            f"write_attribution_html: this graph has residual-SAE nodes ({', '.join(graph.saes)}); the HTML view does not draw them yet. Build the "
+            "graph without saes= for it (the SAE nodes stay in graph.nodes and graph.adjacency)."
+        )
     if not isinstance(graph, AttributionGraph):
         raise InvalidArgumentError(f"write_attribution_html takes an AttributionGraph, got {type(graph).__name__}.")
     for name, v in (("top_tokens", top_tokens), ("top_edges", top_edges), ("max_edges", max_edges)):
@@ -385,7 +390,14 @@ SCRIPT = r"""<script>
       res.details = document.getElementById("details").textContent;
       res.selected = document.querySelectorAll("#svg g.node.sel").length;
     }
-    res.resources = performance.getEntriesByType("resource").map(function (e) { return e.name; });
+    // what the page fetched, plus what it references but may not have finished fetching yet (a
+    // failed request can reach the performance timeline after this runs): both, deduplicated
+    var seen = {};
+    res.resources = [];
+    performance.getEntriesByType("resource").map(function (e) { return e.name; })
+      .concat(Array.prototype.map.call(document.querySelectorAll("[src],link[href]"), function (el) {
+        return el.src || el.href; }))
+      .forEach(function (u) { if (u && !seen[u]) { seen[u] = true; res.resources.push(u); } });
     res.errors = window.__errors.slice();
     document.getElementById("selftest").textContent = JSON.stringify(res);
   }

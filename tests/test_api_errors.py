@@ -476,6 +476,12 @@ CASES = [
         "'L1X2' is not a head name; heads are named like 'L1H2' (layer 1, head 2).",
     ),
     (
+        'FeatureId',
+        lambda: ca.FeatureId.parse("res8-1234"),
+        ca.InvalidArgumentError,
+        "'res8-1234' is not a feature name; features are named like 'res8#1234' (dictionary res8, feature 1234).",
+    ),
+    (
         'previous_token_head',
         lambda: ca.previous_token_head(ca.head_table(m, k=1)),
         ca.InvalidArgumentError,

@@ -33,7 +33,7 @@ from circuitalg.features.circuits import (
 from circuitalg.features.coactivation import CoactivationStats, coactivation_stats, era, top_twera, twera
 from circuitalg.features.attribution import (
     AttributionGraph, ConstantNode, ErrorNode, FeatureNode, LogitNode, LogitTarget, QKAttribution, QKFeatureAttribution,
-    TokenNode, attribute,
+    SAEErrorNode, SAEFeatureNode, TokenNode, attribute,
 )
 from circuitalg.features.graphfile import read_circuit_tracer_json, write_circuit_tracer_json
 from circuitalg.features.summary import summarise, top_paths
@@ -93,6 +93,8 @@ __all__ = [
     "LogitTarget",
     "QKAttribution",
     "QKFeatureAttribution",
+    "SAEFeatureNode",
+    "SAEErrorNode",
     "write_circuit_tracer_json",
     "read_circuit_tracer_json",
     "write_attribution_html",

@@ -34,3 +34,24 @@ def test_smollm2_transcoder_graph_is_complete_and_matches_the_forward_pass():
     last = logits[-1] - logits[-1].mean()
     for node, value in zip(g.logit_nodes, g.values[len(g.nodes) - g.n_logits:]):
         assert abs(value - last[node.vocab_index]) <= 1e-10 * max(1.0, abs(last[node.vocab_index]))
+
+
+def test_shipped_zoo_models_graphs_are_complete():
+    """The zoo's attention-only models have no MLP to replace: their graphs run from tokens (and a
+    residual SAE's nodes) through the frozen attention to the logits, complete to rounding."""
+    rng = np.random.default_rng(0)
+    for name in ("attn1l", "attn2l"):
+        model = ca.zoo.load(name)
+        tokens = np.array([0, 3, 1, 4, 1, 5, 9, 2, 6]) % model.config.d_vocab
+        d, F = model.config.d_model, 48
+        hook = cf.Hook(cf.HookKind.RESID_POST, 0)
+        sae = cf.Dictionary("res0", cf.DictionaryKind.SAE, (hook,), (hook,), [rng.normal(size=(F, d)) / d**0.5],
+                            np.zeros(F), [rng.normal(size=(d, F)) / F**0.5], [np.zeros(d)], cf.TopK(8))
+        logits, _ = model.run(tokens)
+        last = logits[-1] - logits[-1].mean()
+        for saes in (None, [sae]):
+            g = cf.attribute(model, [], tokens, saes=saes)
+            assert g.completeness_error().max() < 1e-10
+            for node, value in zip(g.logit_nodes, g.values[len(g.nodes) - g.n_logits:]):
+                assert abs(value - last[node.vocab_index]) <= 1e-10 * max(1.0, abs(last[node.vocab_index]))
+        assert len(g.sae_features) > 0

@@ -949,8 +949,8 @@ def _members(transcoders: Any, model: Transformer) -> list[Dictionary]:
             out.append(d)
         else:
             raise InvalidArgumentError(f"attribute: {d!r} is not a Dictionary or DictionarySet.")
-    if not out:
-        raise InvalidArgumentError("attribute: no transcoders given.")
+    if not out and not model.config.attn_only:
+        raise InvalidArgumentError("attribute: no transcoders given (only an attention-only model has none to give).")
     return out
 
 
@@ -1074,7 +1074,8 @@ def attribute(
         With its norms as stored (a transcoder reading ``mlp.hook_in`` needs ``ln2``'s weight).
     transcoders : Dictionary, DictionarySet or sequence of them
         Per-layer transcoders, skip transcoders, or a cross-layer transcoder's members (at most one
-        per layer; a layer without one has its whole MLP output in its error nodes).
+        per layer; a layer without one has its whole MLP output in its error nodes). Empty for an
+        attention-only model, which has no MLP to replace (its error nodes are zero).
     tokens : sequence of int
     max_logits, logit_probability : int, float
         With ``targets=None``: the most probable next tokens at the last position, at most
@@ -1120,8 +1121,6 @@ def attribute(
     """
     model = require_model(model, "attribute")
     c = model.config
-    if c.attn_only:
-        raise ConfigError(f"attribute: {model.name} is attention-only; attribution graphs replace MLPs by transcoders.")
     tok = check_tokens(tokens, model)
     if isinstance(zero_positions, bool) or not isinstance(zero_positions, (int, np.integer)) or zero_positions < 0:
         raise InvalidArgumentError(f"attribute: zero_positions must be a non-negative integer, got {zero_positions!r}.")
@@ -1154,7 +1153,9 @@ def attribute(
     precap = logits if cache.logits_precap is None else np.asarray(cache.logits_precap, dtype=f64)
     L, seq, D = c.n_layers, tok.shape[0], c.d_model
     fz = _Frozen(model, cache, members)
-    mlp_out = np.asarray(cache.mlp_out, dtype=f64)
+    # an attention-only model has no MLP to replace: its error nodes are zero, and its graph runs
+    # from tokens (and residual SAEs' nodes) through the frozen attention to the logits
+    mlp_out = np.zeros((L, seq, D)) if cache.mlp_out is None else np.asarray(cache.mlp_out, dtype=f64)
 
     # -- features ------------------------------------------------------------------------------
     feats = []  # (layer, pos, idx, activation)

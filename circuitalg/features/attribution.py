@@ -51,7 +51,7 @@ import numpy as np
 
 from circuitalg import runtime
 from circuitalg.errors import ConfigError, InvalidArgumentError
-from circuitalg.features.binding import bind
+from circuitalg.features.binding import BoundDictionary, bind
 from circuitalg.features.coactivation import hook_activations
 from circuitalg.features.dictionary import Dictionary, DictionarySet
 from circuitalg.features.hooks import HookKind
@@ -213,11 +213,16 @@ class LogitTarget:
 
 
 class PruneResult(NamedTuple):
-    """circuit-tracer's pruning: boolean node and edge masks and each node's cumulative influence."""
+    """circuit-tracer's pruning: boolean node and edge masks and each node's cumulative influence
+    (pass the thresholds to the graph writers; they prune the graph themselves)."""
 
     node_mask: np.ndarray
     edge_mask: np.ndarray
     cumulative_scores: np.ndarray
+
+    def __repr__(self) -> str:
+        return (f"PruneResult({int(self.node_mask.sum())} of {self.node_mask.size} nodes, "
+                f"{int(self.edge_mask.sum())} edges kept)")
 
 
 # -- circuit-tracer's influence and pruning, in numpy -------------------------------------------
@@ -444,10 +449,10 @@ class QKAttribution:
     head: int
     query: int
     key: int
-    sources: tuple
-    query_vectors: np.ndarray
-    key_vectors: np.ndarray
-    attn_scale: float
+    sources: tuple = field(repr=False)
+    query_vectors: np.ndarray = field(repr=False)
+    key_vectors: np.ndarray = field(repr=False)
+    attn_scale: float = field(repr=False)
 
     @property
     def score(self) -> float:
@@ -496,11 +501,11 @@ class QKFeatureAttribution:
 
     layer: int
     head: int
-    queries: tuple
-    sources: tuple
-    query: np.ndarray
-    key: np.ndarray
-    total: float
+    queries: tuple = field(repr=False)
+    sources: tuple = field(repr=False)
+    query: np.ndarray = field(repr=False)
+    key: np.ndarray = field(repr=False)
+    total: float = 0.0
 
     def top(self, side: str = "query", k: int = 10, *, features_only: bool = True) -> list:
         """The ``k`` sources with the largest shares by magnitude on ``side`` (``"query"`` or
@@ -932,10 +937,12 @@ def _propagate_split(fz: _Frozen, station: str, layer: int, V: np.ndarray, read_
 # -- the entry point ------------------------------------------------------------------------------
 
 def _members(transcoders: Any, model: Transformer) -> list[Dictionary]:
+    if isinstance(transcoders, BoundDictionary):
+        transcoders = transcoders.dictionary  # binding is done here anyway, against this model
     if isinstance(transcoders, (Dictionary, DictionarySet)):
         items = [transcoders]
     elif isinstance(transcoders, (list, tuple)):
-        items = list(transcoders)
+        items = [t.dictionary if isinstance(t, BoundDictionary) else t for t in transcoders]
     else:
         raise InvalidArgumentError(
             f"attribute takes transcoders as a Dictionary, a DictionarySet or a sequence of them, got "
@@ -949,8 +956,6 @@ def _members(transcoders: Any, model: Transformer) -> list[Dictionary]:
             out.append(d)
         else:
             raise InvalidArgumentError(f"attribute: {d!r} is not a Dictionary or DictionarySet.")
-    if not out and not model.config.attn_only:
-        raise InvalidArgumentError("attribute: no transcoders given (only an attention-only model has none to give).")
     return out
 
 
@@ -1074,8 +1079,10 @@ def attribute(
         With its norms as stored (a transcoder reading ``mlp.hook_in`` needs ``ln2``'s weight).
     transcoders : Dictionary, DictionarySet or sequence of them
         Per-layer transcoders, skip transcoders, or a cross-layer transcoder's members (at most one
-        per layer; a layer without one has its whole MLP output in its error nodes). Empty for an
-        attention-only model, which has no MLP to replace (its error nodes are zero).
+        per layer; a layer without one has its whole MLP output in its error nodes, so an empty
+        sequence gives a graph of errors, tokens and logits, plus ``saes``' nodes). Bound
+        dictionaries are accepted (their dictionaries are bound to ``model`` again). An
+        attention-only model has no MLP to replace: its error nodes are zero.
     tokens : sequence of int
     max_logits, logit_probability : int, float
         With ``targets=None``: the most probable next tokens at the last position, at most

@@ -88,11 +88,20 @@ def _single_layer_file(p: Path) -> bool:
     return {"W_enc", "W_dec", "b_enc", "b_dec"} <= keys
 
 
+def _lone_layer_file(p: Path) -> Path | None:
+    """The one per-layer file of a directory without ``config.yaml`` that holds just that file."""
+    if not p.is_dir() or (p / CONFIG).exists():
+        return None
+    files = [f for f in p.iterdir() if f.suffix == ".safetensors"]
+    return files[0] if len(files) == 1 and _single_layer_file(files[0]) else None
+
+
 def detect(path: Path) -> bool:
     """A directory with a ``config.yaml`` whose ``model_kind`` is circuit-tracer's, or one per-layer
-    file ``layer_{l}.safetensors`` with circuit-tracer's tensor names."""
+    file ``layer_{l}.safetensors`` with circuit-tracer's tensor names (or a directory holding only
+    that file)."""
     p = Path(path)
-    if _single_layer_file(p):
+    if _single_layer_file(p) or _lone_layer_file(p) is not None:
         return True
     cfg = p / CONFIG
     if not (p.is_dir() and cfg.is_file()):
@@ -269,6 +278,7 @@ def load(path: Path, dtype: Any = np.float64) -> DictionarySet | Dictionary:
     ``layer_{l}.safetensors`` (a Dictionary reading ``blocks.l.mlp.hook_in``, writing
     ``blocks.l.hook_mlp_out``)."""
     root = Path(path)
+    root = _lone_layer_file(root) or root
     if _single_layer_file(root):
         # one layer's transcoder (circuit-tracer's sets need every layer from 0; its per-layer
         # loader reads a lone file): the hooks of its per-layer configs, mlp.hook_in -> hook_mlp_out

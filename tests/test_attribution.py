@@ -62,7 +62,7 @@ def make_tc(name, layer, writes, *, d=16, F=24, seed=0, activation=None, skip=Fa
 
 def transcoders(kind: str, n_layers: int, F: int = 24):
     """``relu``, ``jumprelu``, ``topk`` per-layer transcoders, ``skip`` skip transcoders (ReLU, with
-    ``b_skip``), ``clt`` a cross-layer transcoder (member l writes l..n-1), ``normalized`` per-layer
+    ``b_skip``; ``stream_skip`` the same reading the stream itself, ``hook_resid_mid``), ``clt`` a cross-layer transcoder (member l writes l..n-1), ``normalized`` per-layer
     transcoders reading ``ln2.hook_normalized``, ``partial`` transcoders on layer 0 only."""
     if kind == "clt":
         return DictionarySet("clt", [make_tc(f"clt{l}", l, range(l, n_layers), F=F, seed=20 + l,
@@ -70,14 +70,16 @@ def transcoders(kind: str, n_layers: int, F: int = 24):
     out = []
     for l in range(n_layers if kind != "partial" else 1):
         act = {"jumprelu": JumpReLU(np.linspace(0.0, 0.3, F)), "topk": TopK(5)}.get(kind)
-        reads = HookKind.MLP_NORMALIZED if kind == "normalized" else HookKind.MLP_IN
-        out.append(make_tc(f"{kind}{l}", l, [l], F=F, seed=l, activation=act, skip=kind == "skip", reads=reads,
-                           kind=K.SKIP_TRANSCODER if kind == "skip" else K.TRANSCODER))
+        reads = {"normalized": HookKind.MLP_NORMALIZED, "stream_skip": HookKind.RESID_MID}.get(kind, HookKind.MLP_IN)
+        skip = kind in ("skip", "stream_skip")
+        out.append(make_tc(f"{kind}{l}", l, [l], F=F, seed=l, activation=act, skip=skip, reads=reads,
+                           kind=K.SKIP_TRANSCODER if skip else K.TRANSCODER))
     return out
 
 
 CASES = [("gemma", "jumprelu"), ("gemma", "clt"), ("ln", "relu"), ("ln", "jumprelu"), ("ln", "skip"), ("ln", "clt"), ("llama", "topk"), ("llama", "skip"),
-         ("llama", "clt"), ("parallel", "relu"), ("parallel", "skip"), ("ln", "normalized"), ("ln", "partial")]
+         ("llama", "clt"), ("parallel", "relu"), ("parallel", "skip"), ("ln", "normalized"), ("ln", "partial"),
+         ("ln", "stream_skip"), ("llama", "stream_skip")]
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6, 5]
 
 
@@ -137,6 +139,8 @@ class Replay:
 
     def hook(self, l, x):
         t = self.tcs[l]
+        if t.reads[0].on_residual:  # a transcoder reading the stream itself
+            return x
         y = x - x.mean(-1, keepdims=True) if self.c.normalization == "LN" else x
         y = y / self.cache.ln2_scale[l][:, None]
         if t.reads[0].kind is HookKind.MLP_IN:
@@ -772,3 +776,13 @@ def test_outputs_refuse_sae_graphs_they_cannot_show(tmp_path):
         with pytest.raises(InvalidArgumentError, match="residual-SAE nodes"):
             write()
     assert not (tmp_path / "g.json").exists() and not (tmp_path / "g.html").exists()
+
+
+def test_bad_arguments_are_named():
+    model = make_model("ln")
+    tcs = transcoders("relu", 3)
+    for kw, name in (({"batch_size": 0}, "batch_size"), ({"max_logits": 0}, "max_logits"),
+                     ({"max_logits": -2}, "max_logits"), ({"logit_probability": 1.5}, "logit_probability"),
+                     ({"zero_positions": len(TOKENS) + 1}, "zero_positions")):
+        with pytest.raises(ca.InvalidArgumentError, match=name):
+            attribute(model, tcs, TOKENS, **kw)

@@ -20,7 +20,7 @@ and the stream is cut at each SAE's hook as the MLPs are by transcoders. circuit
 nodes, so a feature's incoming edges do not sum to its pre-activation; here the constants are nodes too (:attr:`AttributionGraph.constants`, origins in
 :data:`CONSTANT_ORIGINS`), with their own edges (:attr:`AttributionGraph.constant_adjacency`), so
 that for every feature node the incoming edges (from nodes and constants) sum to its
-pre-activation, and for every logit node to its (demeaned) logit.
+pre-activation, and for every logit node to its (demeaned) logit (before final soft-capping, where a model caps its logits).
 
 QK attribution (:meth:`AttributionGraph.qk_attribution`): a head's pre-softmax score on a (query,
 key) pair split into terms over pairs of the same sources (and the query and key biases), with the
@@ -400,7 +400,9 @@ class _Frozen:
             return None
         P = G.shape[1]
         out = G @ M  # (n, P, d): M is (d, d) on the stream
-        if self.w_s2 is not None:
+        # only a skip map that reads behind ln2 (MLP_IN, MLP_NORMALIZED) sees its frozen scale; one
+        # that reads the stream itself (resid_mid) does not
+        if self.w_s2 is not None and self.skips[l][1].scaled:
             out /= self.w_s2[l, :P][None, :, None]
         return out
 
@@ -421,9 +423,9 @@ class _Frozen:
     def skip_fwd(self, l: int, X: np.ndarray) -> np.ndarray:
         if l not in self.skips:
             return np.zeros_like(X)
-        M, _ = self.skips[l]
+        M, m = self.skips[l]
         out = X @ M.T
-        if self.s2 is not None:
+        if self.s2 is not None and m.scaled:
             out = out / self.s2[l][:, None]
         return out
 
@@ -541,7 +543,7 @@ class AttributionGraph:
         The constants' edges into the same targets.
     values : (n_nodes,) float64 array
         What each target's incoming edges sum to: a feature's pre-activation, a logit target's
-        (demeaned) logit; NaN for errors and tokens (no incoming edges).
+        (demeaned) logit, before final soft-capping; NaN for errors and tokens (no incoming edges).
     activations : (n_transcoder_features,) float64 array
         The active transcoder features' activations (equal to their pre-activations).
     active_features : (n_transcoder_features, 3) int array
@@ -1104,9 +1106,10 @@ def attribute(
         Called as ``progress(done, total)`` after each batch of targets (rows of the adjacency).
     dtype : numpy dtype
         The dtype of the edge computation and of :attr:`AttributionGraph.adjacency`: float64 (the
-        default, exact to rounding) or float32 (half the memory of the adjacency and about twice
-        as fast; edges then carry float32 rounding, relative errors of order 1e-6, as
-        circuit-tracer's). Activations, values and constants' edges stay float64.
+        default, exact to rounding) or float32 (half the memory of the adjacency and fewer bytes
+        moved; edges then carry float32 rounding, errors of order 1e-6 relative to the largest edge
+        into the same target, as circuit-tracer's). Activations, values and constants' edges stay
+        float64.
     saes : sequence of Dictionary, optional
         Residual-stream SAEs (each reading and writing one hook ``hook_resid_pre``,
         ``hook_resid_mid`` (not on parallel blocks) or ``hook_resid_post``; at most one per point
@@ -1132,6 +1135,15 @@ def attribute(
     if isinstance(zero_positions, bool) or not isinstance(zero_positions, (int, np.integer)) or zero_positions < 0:
         raise InvalidArgumentError(f"attribute: zero_positions must be a non-negative integer, got {zero_positions!r}.")
     n0 = int(zero_positions)
+    if n0 > tok.shape[0]:
+        raise InvalidArgumentError(f"attribute: zero_positions={n0} exceeds the prompt's {tok.shape[0]} tokens.")
+    for label, v in (("max_logits", max_logits), ("batch_size", batch_size)):
+        if v is None and label == "batch_size":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InvalidArgumentError(f"attribute: {label} must be a positive integer, got {v!r}.")
+    if not isinstance(logit_probability, (int, float, np.floating)) or not 0 < float(logit_probability) <= 1:
+        raise InvalidArgumentError(f"attribute: logit_probability must be in (0, 1], got {logit_probability!r}.")
     try:
         work = np.dtype(dtype)
     except TypeError as e:
@@ -1270,6 +1282,8 @@ def attribute(
                 raise InvalidArgumentError(f"attribute: target {t!r} is not a token id in 0..{V_out - 1} or a LogitTarget.")
         if not coeffs:
             raise InvalidArgumentError("attribute: targets is empty.")
+        if len(set(vidx)) != len(vidx):
+            raise InvalidArgumentError(f"attribute: targets name a token twice ({vidx}); each logit node is one target.")
     C = np.array(coeffs)  # (n_logits, V)
     if demean_logits:
         C = C - C.sum(axis=1, keepdims=True) / V_out

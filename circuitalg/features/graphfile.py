@@ -8,6 +8,12 @@ influence, ``activation``, ...), one link per kept edge (``source``, ``target``,
 adjacency), the nodes left without a kept edge dropped (tokens and logits always kept), and
 ``metadata`` and ``qParams``. Constant nodes are not written: circuit-tracer's schema has none.
 :func:`read_circuit_tracer_json` reads such a file back, checked.
+
+Node ids are circuit-tracer's, collisions included: an error node's id ``0_{layer}_{pos}`` equals
+the id of the layer-0 feature ``{layer}`` at the same position (circuit-tracer numbers them the
+same way, and its viewer reads files with them). :meth:`AttributionGraph.to_networkx` keys nodes by
+their records, never by these ids; the reader's :meth:`GraphFile.to_networkx` keys by id and so
+merges such a pair.
 """
 
 from __future__ import annotations

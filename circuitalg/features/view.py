@@ -231,7 +231,7 @@ def view_data(graph: AttributionGraph, *, prune: tuple[float, float] | PruneResu
             "n_nodes_graph": N, "n_features_graph": graph.n_features, "demeaned": bool(graph.demeaned),
             "pruned": pr is not None, "edges_dropped": int(sub.sum()) - len(edges)}
     return {"nodes": nodes, "edges": edges, "width": total_w, "height": total_h, "row_height": ROW,
-            "top": TOP, "meta": meta}
+            "top": TOP, "meta": meta, "cumulative": cum is not None}
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:0;display:flex;height:100vh;overflow:hidden}
@@ -346,7 +346,7 @@ SCRIPT = r"""<script>
     var h = "<h2 id='d-title'>" + esc(n.label) + "</h2><table>";
     var f = [["kind", n.kind], ["id", n.id], ["layer", n.layer], ["position", n.position], ["feature", n.index],
              ["dictionary", n.dictionary], ["token", n.text === undefined ? undefined : JSON.stringify(n.text)], ["activation", fmt(n.activation)],
-             ["value", fmt(n.value)], ["probability", fmt(n.probability)], ["influence (cumulative)", fmt(n.influence)]];
+             ["value", fmt(n.value)], ["probability", fmt(n.probability)], [data.cumulative ? "influence (cumulative)" : "influence", fmt(n.influence)]];
     f.forEach(function (kv) { if (kv[1] !== undefined && kv[1] !== "") { h += "<tr><td>" + kv[0] + '</td><td class="num">' + esc(kv[1]) + "</td></tr>"; } });
     h += "</table>";
     if (n.logits) { h += "<h3>top logit tokens (W<sub>U</sub> dec)</h3>" + rowsTable(n.logits.map(function (x) { return [JSON.stringify(x[0]), x[1], -1]; })); }

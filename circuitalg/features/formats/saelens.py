@@ -92,6 +92,7 @@ import numpy as np
 from circuitalg.errors import InvalidArgumentError, InvalidArrayError, LoadError, ShapeError
 from circuitalg.features.activations import BatchTopK, JumpReLU, ReLU, TopK
 from circuitalg.features.dictionary import PREPROCESSING, Dictionary, DictionaryKind, DictionarySet
+from circuitalg.features.formats.tensors import take_tensor
 from circuitalg.features.hooks import Hook, HookKind
 from circuitalg.files import atomic_write
 from circuitalg.model.tensorfiles import read_bytes, read_json, read_tensors
@@ -293,15 +294,8 @@ def _normalized_config(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def _take(tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], file: Path, why: str,
           dtype: np.dtype) -> np.ndarray:
-    if name not in tensors:
-        raise LoadError(f"{file}: tensor {name!r} is missing (expected shape {shape}: {why}).")
-    a = tensors.pop(name)
-    if a.dtype.kind != "f":
-        raise LoadError(f"{file}: tensor {name!r} has dtype {a.dtype}, expected floating point.")
-    if tuple(a.shape) != shape:
-        raise LoadError(f"{file}: tensor {name!r} has shape {tuple(a.shape)}, expected {shape} ({why}).")
-    if not np.all(np.isfinite(a)):
-        raise LoadError(f"{file}: tensor {name!r} holds non-finite values (NaN or infinity).")
+    a = take_tensor(tensors, name, shape, file, why)
+    del tensors[name]  # what is left over is reported as unexpected
     return a.astype(dtype, copy=False)
 
 

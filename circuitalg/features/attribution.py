@@ -1039,8 +1039,8 @@ def _read_map(model: Transformer, d: Dictionary) -> _Transcoder:
         return _Transcoder(d, l, tuple(writes), eye, zero, False)
     P = eye - 1.0 / c.d_model if c.centred_norm else eye
     if kind is HookKind.MLP_IN:
-        w = np.asarray(model.params[f"blocks.{l}.ln2.w"], dtype=np.float64)
-        b = model.params.get(f"blocks.{l}.ln2.b")
+        w, b = model.stored_norm(l, "ln2")
+        w = np.asarray(w, dtype=np.float64)
         return _Transcoder(d, l, tuple(writes), w[:, None] * P, zero if b is None else np.asarray(b, dtype=np.float64),
                            True)
     return _Transcoder(d, l, tuple(writes), P, zero, True)

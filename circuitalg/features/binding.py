@@ -88,7 +88,7 @@ class BoundDictionary:
                 return np.eye(c.d_model)  # no input norm: the MLP reads the stream itself
             N = np.eye(c.d_model) - 1.0 / c.d_model if centred else np.eye(c.d_model)
             if kind is HookKind.MLP_IN:
-                w = m.params[f"blocks.{h.layer}.ln2.w"]  # present: checked by bind
+                w, _ = m.stored_norm(h.layer, "ln2")  # present: checked by bind
                 N = np.asarray(w, dtype=np.float64)[:, None] * N
             return N / self.norm_scale
         raise ConfigError(
@@ -131,7 +131,7 @@ class BoundDictionary:
                 # the decoder writes the block's output before its post-norm (circuit-tracer's
                 # mlp.hook_out, sparsify's module outputs): the stream receives diag(w) out / s
                 norm = "ln2_post" if h.kind is HookKind.MLP_OUT else "ln1_post"
-                w = np.asarray(self.model.params[f"blocks.{h.layer}.{norm}.w"], dtype=arr.dtype)
+                w = np.asarray(self.model.stored_norm(h.layer, norm)[0], dtype=arr.dtype)
                 arr = w[:, None] * arr / arr.dtype.type(self.post_norm_scale)
                 name = f"G^{{{h.layer}}} {name}"
             self._memo[key] = Dense(arr, d.feature_space, self.model.resid_space, name)
@@ -179,7 +179,7 @@ def _check(d: Dictionary, model: Transformer) -> tuple[str, ...]:
             continue
         if "fold_ln" in d.preprocessing:
             notes.append(f"{h} under fold_ln: reads the normalised MLP input before ln2's weight")
-        elif f"blocks.{h.layer}.ln2.w" not in model.params:
+        elif model.stored_norm(h.layer, "ln2")[0] is None:
             raise ConfigError(
                 f"dictionary {d.name!r} reads {h} (the MLP input after ln2's weight), but {model.name} has its "
                 f"norms folded (normalization={c.normalization!r}): the weight is inside W_in and cannot be "

@@ -177,14 +177,13 @@ def hook_activations(model: Transformer, cache: Cache, hook: Hook, *, fold_ln: b
                 x = x - x.mean(axis=-1, keepdims=True)
             x = x / cache.ln2_scale[:, l][..., None]
             if kind is HookKind.MLP_IN:
-                w = model.params.get(f"blocks.{l}.ln2.w")
+                w, b = model.stored_norm(l, "ln2")
                 if w is None:
                     raise ConfigError(
                         f"hook_activations: {hook} is the MLP input after ln2's weight, but {model.name} has its norms "
                         "folded; use the unfolded model, or MLP_NORMALIZED."
                     )
                 x = x * w
-                b = model.params.get(f"blocks.{l}.ln2.b")
                 if b is not None:
                     x = x + b
         return x

@@ -415,6 +415,18 @@ class Transformer:
         self._check_index("head", index, self.config.n_heads)
         return self.layers[layer].heads[index]
 
+    def stored_norm(self, layer: int, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The weight and bias of layer ``layer``'s norm ``name`` (``"ln1"``, ``"ln2"``,
+        ``"ln1_post"``, ``"ln2_post"``) as ``params`` store them: ``None`` where the model has none,
+        or where :func:`~circuitalg.model.transforms.fold_layer_norm` folded them into the maps that
+        read the norm (the view's maps carry them either way; this is for readers of a hook, such
+        as a dictionary trained on the MLP's input after its norm's weight)."""
+        if name not in ("ln1", "ln2", "ln1_post", "ln2_post"):
+            raise InvalidArgumentError(f"stored_norm: name={name!r}; use 'ln1', 'ln2', 'ln1_post' or 'ln2_post'.")
+        self._check_index("layer", layer, self.config.n_layers)
+        prefix = f"blocks.{layer}.{name}."
+        return self.params.get(prefix + "w"), self.params.get(prefix + "b")
+
     def heads(self) -> Iterator[Head]:
         """All heads, layer by layer."""
         for layer in self.layers:

@@ -179,7 +179,7 @@ def truncated_model(model: Any, n_layers: int) -> Any:
 def mlp_input(model: Any, cache: Any, layer: int) -> np.ndarray:
     """The MLP's input after its RMSNorm weight (``blocks.{layer}.mlp.hook_in``) from a
     :class:`~circuitalg.model.forward.Cache` (batched or not)."""
-    w = model.params[f"blocks.{layer}.ln2.w"]
+    w, _ = model.stored_norm(layer, "ln2")  # RMSNorm: no bias
     return cache.resid_mid[..., layer, :, :] / cache.ln2_scale[..., layer, :, None] * w
 
 

@@ -30,20 +30,12 @@ def format_module(name: str) -> ModuleType:
     return importlib.import_module(f"circuitalg.features.formats.{name}")
 
 
-def _available() -> list[ModuleType]:
-    mods = []
-    for name in FORMATS:
-        if importlib.util.find_spec(f"circuitalg.features.formats.{name}") is not None:
-            mods.append(format_module(name))
-    return mods
-
-
 def detect_format(path: str | Path) -> str:
     """The name of the format the files at ``path`` are in; LoadError if none matches."""
     p = Path(path)
     if not p.exists():
         raise LoadError(f"{p}: no such file or directory (expected a dictionary's directory or file).")
-    for mod in _available():
+    for mod in map(format_module, FORMATS):
         if mod.detect(p):
             return mod.NAME
     listing = sorted(x.name for x in p.iterdir())[:12] if p.is_dir() else [p.name]
@@ -86,8 +78,7 @@ def save_dictionary(d: Dictionary | DictionarySet, path: str | Path, *, format: 
         raise InvalidArgumentError(f"save_dictionary takes a Dictionary or DictionarySet, got {type(d).__name__}.")
     mod = format_module(format)
     if not hasattr(mod, "save"):
-        writers = [n for n in FORMATS if importlib.util.find_spec(f"circuitalg.features.formats.{n}") is not None
-                   and hasattr(format_module(n), "save")]
+        writers = [n for n in FORMATS if hasattr(format_module(n), "save")]
         raise InvalidArgumentError(f"circuitalg does not write the {format!r} format; it writes {', '.join(writers)}.")
     out = Path(path)
     mod.save(d, out)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from circuitalg.features.hooks import Hook
 from circuitalg.maps.nodes import Dense, as_float_array
 from circuitalg.spaces import Space
 
-__all__ = ["DictionaryKind", "Dictionary", "DictionarySet", "PREPROCESSING", "feature_names"]
+__all__ = ["DictionaryKind", "Dictionary", "DictionarySet", "PREPROCESSING"]
 
 
 class DictionaryKind(enum.Enum):
@@ -366,7 +366,3 @@ class DictionarySet:
     def __repr__(self) -> str:
         return f"DictionarySet({self.name!r}, {len(self.members)} members, {self.kind.value})"
 
-
-def feature_names(d: Dictionary, idx: Sequence[int]) -> list[str]:
-    """``name#i`` labels of features ``idx``."""
-    return [f"{d.name}#{int(i)}" for i in idx]

@@ -65,7 +65,7 @@ class GroupId(NamedTuple):
 
 class FeatureId(NamedTuple):
     """Feature ``index`` of the dictionary named ``dictionary``; printed ``{dictionary}#{index}``
-    (e.g. ``res8#1234``), the label :func:`circuitalg.features.dictionary.feature_names` gives.
+    (e.g. ``res8#1234``): the one formatter of feature labels.
 
     A named tuple, so it unpacks as ``name, i = feature_id``.
     """
